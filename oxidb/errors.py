@@ -1,0 +1,218 @@
+"""
+The typed error hierarchy of the server.
+
+Every error a client can see is an L{OxiError}; its C{str()} is exactly the
+text that goes into the reply's C{error} field, so client libraries that match
+on substrings (C{"conflict"}, C{"already active"}, ...) keep working. The one
+table that maps error types to wire text is the set of C{template} attributes
+below: each class owns its prefix and nothing else formats error text.
+
+Anything that is not an L{OxiError} is a bug: the dispatcher logs the full
+failure and answers with L{InternalError}'s generic text, never with the
+exception's details.
+
+This module must stay free of Twisted imports: the engine and the sans-IO cores
+raise these too.
+"""
+
+from __future__ import annotations
+
+
+class OxiError(Exception):
+    """
+    Base class of every error with a wire representation.
+
+    Subclasses set C{template}, a C{str.format} pattern over the positional
+    arguments given to the constructor (C{{0}}, C{{1}}, ...). A subclass whose
+    template is C{"{0}"} carries a complete message.
+    """
+
+    template = "{0}"
+
+    def __str__(self) -> str:
+        return self.template.format(*self.args)
+
+    @property
+    def message(self) -> str:
+        """The exact text sent to the client."""
+        return str(self)
+
+
+# --- request shape ----------------------------------------------------------
+
+
+class BadRequestError(OxiError):
+    """
+    A request is missing a field or has one of the wrong type.
+
+    The message is complete, e.g. C{"missing 'collection'"}.
+    """
+
+
+class MissingCommandError(BadRequestError):
+    template = "missing or invalid 'cmd' field"
+
+
+class UnknownCommandError(OxiError):
+    template = "unknown command: {0}"
+
+
+class DecodeError(OxiError):
+    """
+    A frame payload could not be decoded; the message carries the format
+    prefix (C{"invalid JSON: ..."}, C{"invalid OxiWire request: ..."},
+    C{"invalid MsgPack: ..."}).
+    """
+
+
+class InternalError(OxiError):
+    """An unexpected failure; details go to the log only."""
+
+    template = "internal error"
+
+
+class UnavailableError(OxiError):
+    """The server cannot serve the request now (shutting down, no leader, ...)."""
+
+
+# --- engine -----------------------------------------------------------------
+
+
+class InvalidQueryError(OxiError):
+    template = "invalid query: {0}"
+
+
+class InvalidPipelineError(OxiError):
+    template = "invalid pipeline: {0}"
+
+
+class DocumentNotObjectError(OxiError):
+    template = "document must be a JSON object"
+
+
+class UniqueViolationError(OxiError):
+    template = "unique constraint violated: field '{0}' value already exists"
+
+
+class CollectionExistsError(OxiError):
+    template = "collection already exists: {0}"
+
+
+class IndexNotFoundError(OxiError):
+    template = "index not found: {0}"
+
+
+class IndexExistsError(OxiError):
+    template = "index already exists: {0}"
+
+
+class TooLargeError(OxiError):
+    """A document, query or value exceeds a size or depth limit."""
+
+
+# --- transactions -----------------------------------------------------------
+
+
+class TransactionConflictError(OxiError):
+    """
+    OCC validation failed. The word "conflict" is part of the contract: clients
+    detect conflicts by that substring, and no other error may contain it.
+    """
+
+    template = "transaction conflict on '{0}' doc {1}: expected version {2}, found {3}"
+
+
+class TransactionActiveError(OxiError):
+    template = "transaction already active"
+
+
+class NoTransactionError(OxiError):
+    template = "no active transaction"
+
+
+class TransactionNotFoundError(OxiError):
+    template = "transaction not found: {0}"
+
+
+# --- blobs, procedures, schedules, backup -----------------------------------
+
+
+class BucketNotFoundError(OxiError):
+    template = "bucket not found: {0}"
+
+
+class BlobNotFoundError(OxiError):
+    template = "blob not found: {0}/{1}"
+
+
+class ProcedureNotFoundError(OxiError):
+    template = "procedure not found: {0}"
+
+
+class ProcedureError(OxiError):
+    template = "procedure error: {0}"
+
+
+class ScheduleError(OxiError):
+    template = "schedule error: {0}"
+
+
+class BackupError(OxiError):
+    template = "backup error: {0}"
+
+
+class StorageIOError(OxiError):
+    template = "io error: {0}"
+
+
+# --- security ---------------------------------------------------------------
+
+
+class AuthenticationRequiredError(OxiError):
+    template = "authentication required"
+
+
+class AuthenticationFailedError(OxiError):
+    """
+    A login failed. The message is the same for an unknown user and a wrong
+    password, so that usernames cannot be probed.
+    """
+
+    template = "authentication failed"
+
+
+class PermissionDeniedError(OxiError):
+    template = "permission denied: role '{0}' cannot execute '{1}'"
+
+
+# --- cluster ----------------------------------------------------------------
+
+
+class RaftError(OxiError):
+    template = "raft error: {0}"
+
+
+class NotLeaderError(RaftError):
+    """
+    This node is not the leader and forwarding is off (upstream's text).
+    Arguments: leader id (or None) and the leader's Raft address (or None).
+    """
+
+    def __str__(self) -> str:
+        leader_id, addr = self.args
+        if leader_id is None:
+            return "raft error: has to forward request to: None, None"
+        return (
+            f"raft error: has to forward request to: Some({leader_id}), "
+            f'Some(BasicNode {{ addr: "{addr}" }})'
+        )
+
+
+# --- configuration (startup only; never on the wire) ------------------------
+
+
+class ConfigError(Exception):
+    """
+    A configuration value is invalid. The message names the variable (or
+    option) and the offending value; startup stops with it.
+    """

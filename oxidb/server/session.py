@@ -1,0 +1,45 @@
+"""
+Per-connection state. No Twisted imports: command handlers read and change it.
+
+A connection's requests run strictly one after another, so at most one thread
+touches a session at a time even when a handler's work runs on the pool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from oxidb.auth.rbac import Role
+
+
+@attrs.define
+class Session:
+    """
+    @ivar peer: C{host:port} of the client, for logs and audit.
+    @ivar user: the authenticated user name (C{anonymous} with auth off).
+    @ivar role: the user's role, or C{None} before login.
+    @ivar tx: the open transaction (engine object) or C{None}.
+    @ivar auth_state: an in-progress login exchange (SCRAM) or C{None}.
+    @ivar tls: the connection is encrypted.
+    @ivar wire_version: negotiated by C{hello}.
+    """
+
+    peer: str = "-"
+    user: str | None = None
+    role: Role | None = None
+    tx: Any = None
+    auth_state: Any = None
+    tls: bool = False
+    wire_version: int = 1
+    failed_logins: int = 0
+
+    @property
+    def authenticated(self) -> bool:
+        return self.role is not None
+
+    @classmethod
+    def anonymous_admin(cls, peer: str = "-", tls: bool = False) -> "Session":
+        """The session every connection gets when authentication is off."""
+        return cls(peer=peer, user="anonymous", role=Role.ADMIN, tls=tls)
