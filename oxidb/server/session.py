@@ -24,6 +24,9 @@ class Session:
     @ivar auth_state: an in-progress login exchange (SCRAM) or C{None}.
     @ivar tls: the connection is encrypted.
     @ivar wire_version: negotiated by C{hello}.
+    @ivar failed_logins: failed login attempts on this connection.
+    @ivar close_after_reply: a handler asks the server to close the
+        connection once the current reply has been written.
     """
 
     peer: str = "-"
@@ -34,6 +37,7 @@ class Session:
     tls: bool = False
     wire_version: int = 1
     failed_logins: int = 0
+    close_after_reply: bool = False
 
     @property
     def authenticated(self) -> bool:
