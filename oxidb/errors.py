@@ -185,6 +185,28 @@ class PermissionDeniedError(OxiError):
     template = "permission denied: role '{0}' cannot execute '{1}'"
 
 
+class ScramProtocolError(OxiError):
+    """A malformed or out-of-order SCRAM message; the message is complete."""
+
+
+class UserExistsError(OxiError):
+    template = "user '{0}' already exists"
+
+
+class UserNotFoundError(OxiError):
+    template = "user '{0}' not found"
+
+
+class InvalidRoleError(OxiError):
+    template = "invalid role: {0}"
+
+
+class LastAdminError(OxiError):
+    """Arguments: what was refused (C{drop}, C{demote}) and the user name."""
+
+    template = "refusing to {0} user '{1}': it is the last admin"
+
+
 # --- cluster ----------------------------------------------------------------
 
 

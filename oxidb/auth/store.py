@@ -1,0 +1,348 @@
+"""
+The user store: C{<data>/_auth/users.json} (server.md 4.2) held in memory.
+
+Readers (logins, C{list_users}) run on the reactor and see an immutable
+snapshot; changes come through the appliers at the bottom of this module
+(standalone: the engine's writer thread; cluster: the Raft state machine on
+every node) and rewrite the file atomically: temp file, fsync, rename,
+directory fsync, mode 0600. The file holds salts, SCRAM verifiers and Argon2id
+hashes, never a password.
+
+Blocking: L{UserStore.open}, the appliers and L{ensure_default_admin} do disk
+I/O (and the last one hashes); call them off the reactor or before it runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import threading
+from pathlib import Path
+from typing import IO, Any, Iterable
+
+import attrs
+from twisted.logger import Logger
+
+from oxidb.auth.passwords import SALT_LENGTH, PasswordSecrets, derive_secrets
+from oxidb.auth.rbac import Role
+from oxidb.auth.scram import ScramVerifier
+from oxidb.errors import (
+    BadRequestError,
+    ConfigError,
+    LastAdminError,
+    UserExistsError,
+    UserNotFoundError,
+)
+
+USERS_FILE = "users.json"
+SECRET_FILE = "scram_mock_secret"
+SECRET_LENGTH = 32
+
+#: Upstream [N] also stores C{authenticated}, which has the rights of C{read}.
+_STORED_ROLES = {"admin": Role.ADMIN, "readwrite": Role.READWRITE, "read": Role.READ, "authenticated": Role.READ}
+
+
+@attrs.frozen
+class UserRecord:
+    """One user as stored; C{scram} is None for records without a verifier."""
+
+    username: str
+    role: Role
+    password_hash: str
+    scram: ScramVerifier | None = None
+    db_roles: dict[str, str] = attrs.field(factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record in the C{users.json} shape (key order as server.md 4.2)."""
+        out: dict[str, Any] = {"username": self.username, "password_hash": self.password_hash, "role": self.role.stored}
+        if self.db_roles:
+            out["db_roles"] = dict(self.db_roles)
+        if self.scram is not None:
+            out.update(self.scram.to_fields())
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "UserRecord":
+        """
+        Parse a stored record (or a replicated C{CreateUser} body).
+
+        @raise ValueError: the record is malformed.
+        """
+        if not isinstance(obj, dict):
+            raise ValueError("a user record must be a JSON object")
+        username, password_hash, role = obj.get("username"), obj.get("password_hash"), obj.get("role")
+        if not isinstance(username, str) or not username:
+            raise ValueError("a user record needs a non-empty 'username'")
+        if not isinstance(password_hash, str):
+            raise ValueError(f"user {username!r} has no 'password_hash'")
+        if role not in _STORED_ROLES:
+            raise ValueError(f"user {username!r} has an unknown role {role!r}")
+        db_roles = obj.get("db_roles") or {}
+        if not isinstance(db_roles, dict) or not all(isinstance(v, str) for v in db_roles.values()):
+            raise ValueError(f"user {username!r} has malformed 'db_roles'")
+        return cls(username, _STORED_ROLES[role], password_hash, ScramVerifier.from_fields(obj), dict(db_roles))
+
+    def with_password(self, secrets: PasswordSecrets) -> "UserRecord":
+        return attrs.evolve(self, password_hash=secrets.password_hash, scram=secrets.verifier)
+
+
+class UserStore:
+    """
+    The users, keyed by name. Construct with L{open}; tests may pass a
+    directory that does not exist yet.
+    """
+
+    _log = Logger()
+
+    def __init__(self, directory: Path, users: Iterable[UserRecord] = ()) -> None:
+        self.directory = directory
+        self._users: dict[str, UserRecord] = {u.username: u for u in users}
+        self._write_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, directory: Path) -> "UserStore":
+        """
+        Read C{<directory>/users.json} (a missing file is an empty store).
+
+        @raise ConfigError: the file cannot be read or is malformed.
+        """
+        path = directory / USERS_FILE
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return cls(directory)
+        except OSError as e:
+            raise ConfigError(f"cannot read user store {path}: {e.strerror}") from None
+        try:
+            items = json.loads(raw)
+            if not isinstance(items, list):
+                raise ValueError("expected a JSON array of user records")
+            records = [UserRecord.from_json(item) for item in items]
+        except ValueError as e:
+            raise ConfigError(f"malformed user store {path}: {e}") from None
+        names = [r.username for r in records]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"malformed user store {path}: a user name appears twice")
+        store = cls(directory, records)
+        for record in records:
+            if record.scram is None:
+                cls._log.warn(
+                    "user {user} has no SCRAM verifier and can only use auth_simple; "
+                    "set its password with update_user to enable SCRAM",
+                    user=record.username,
+                )
+        return store
+
+    # --- reads (any thread) -------------------------------------------------
+
+    def get(self, username: str) -> UserRecord | None:
+        return self._users.get(username)
+
+    def users(self) -> list[UserRecord]:
+        """All users, sorted by name."""
+        return sorted(self._users.values(), key=lambda u: u.username)
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def verifier(self, username: str) -> ScramVerifier | None:
+        """The user's SCRAM verifier, or None (unknown user, or none stored)."""
+        record = self._users.get(username)
+        return None if record is None else record.scram
+
+    # --- changes (one writer at a time; blocking) ---------------------------
+
+    def create(self, record: UserRecord) -> None:
+        with self._write_lock:
+            existing = self._users.get(record.username)
+            if existing is not None:
+                if existing == record:
+                    return  # the same entry applied again after a restart
+                raise UserExistsError(record.username)
+            self._commit({**self._users, record.username: record})
+
+    def drop(self, username: str) -> None:
+        with self._write_lock:
+            record = self._require(username)
+            if record.role is Role.ADMIN and self._admins() == 1:
+                raise LastAdminError("drop", username)
+            users = dict(self._users)
+            del users[username]
+            self._commit(users)
+
+    def update(self, username: str, role: Role | None, secrets: PasswordSecrets | None) -> None:
+        with self._write_lock:
+            record = self._require(username)
+            if record.role is Role.ADMIN and role not in (None, Role.ADMIN) and self._admins() == 1:
+                raise LastAdminError("demote", username)
+            if role is not None:
+                record = attrs.evolve(record, role=role)
+            if secrets is not None:
+                record = record.with_password(secrets)
+            self._commit({**self._users, username: record})
+
+    def _require(self, username: str) -> UserRecord:
+        record = self._users.get(username)
+        if record is None:
+            raise UserNotFoundError(username)
+        return record
+
+    def _admins(self) -> int:
+        return sum(1 for u in self._users.values() if u.role is Role.ADMIN)
+
+    def _commit(self, users: dict[str, UserRecord]) -> None:
+        records = sorted(users.values(), key=lambda u: u.username)
+        text = json.dumps([r.to_json() for r in records], indent=2, ensure_ascii=False) + "\n"
+        write_private_file(self.directory / USERS_FILE, text.encode("utf-8"))
+        self._users = users
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """
+    Replace C{path} with C{data} atomically and durably, readable by the owner
+    only: temp file (0600), write, fsync, rename, fsync of the directory.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_or_create_secret(directory: Path, rng: random.Random) -> bytes:
+    """
+    The server secret from which fake SCRAM salts for unknown users are
+    derived. It must outlive restarts (a fake salt that changed at every
+    restart, unlike real ones, would give unknown users away), so it is kept
+    in C{<directory>/scram_mock_secret} and created on first use (blocking).
+    """
+    path = directory / SECRET_FILE
+    try:
+        secret = path.read_bytes()
+    except FileNotFoundError:
+        secret = b""
+    if len(secret) != SECRET_LENGTH:
+        secret = rng.randbytes(SECRET_LENGTH)
+        write_private_file(path, secret)
+    return secret
+
+
+# --- replicated operations ---------------------------------------------------
+#
+# The user commands reach the store as operations: C{{"CreateUser": body}},
+# C{{"DropUser": body}}, C{{"UpdateUser": body}}. Bodies carry hashes and
+# verifiers, never a password. Applying one is deterministic given the prior
+# state; an operation applied twice (replay after a crash) gives the same
+# state. Each returns the reply's data or raises an OxiError.
+
+
+def create_user_op(username: str, role: Role, secrets: PasswordSecrets) -> dict[str, Any]:
+    record = UserRecord(username, role, secrets.password_hash, secrets.verifier)
+    return {"CreateUser": record.to_json()}
+
+
+def update_user_op(username: str, role: Role | None, secrets: PasswordSecrets | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"username": username}
+    if role is not None:
+        body["role"] = role.stored
+    if secrets is not None:
+        body.update(secrets.to_fields())
+    return {"UpdateUser": body}
+
+
+def drop_user_op(username: str) -> dict[str, Any]:
+    return {"DropUser": {"username": username}}
+
+
+def apply_create_user(store: UserStore, body: dict[str, Any], now: float) -> str:
+    try:
+        record = UserRecord.from_json(body)
+    except ValueError as e:
+        raise BadRequestError(f"malformed CreateUser operation: {e}") from None
+    store.create(record)
+    return "user created"
+
+
+def apply_drop_user(store: UserStore, body: dict[str, Any], now: float) -> str:
+    store.drop(_op_username(body, "DropUser"))
+    return "user dropped"
+
+
+def apply_update_user(store: UserStore, body: dict[str, Any], now: float) -> str:
+    username = _op_username(body, "UpdateUser")
+    role = None
+    if "role" in body:
+        role = _STORED_ROLES.get(body["role"])
+        if role is None:
+            raise BadRequestError(f"malformed UpdateUser operation: unknown role {body['role']!r}")
+    secrets = None
+    if "password_hash" in body:
+        verifier = ScramVerifier.from_fields(body)
+        if not isinstance(body["password_hash"], str) or verifier is None:
+            raise BadRequestError("malformed UpdateUser operation: bad password fields")
+        secrets = PasswordSecrets(body["password_hash"], verifier)
+    store.update(username, role, secrets)
+    return "user updated"
+
+
+def _op_username(body: dict[str, Any], kind: str) -> str:
+    username = body.get("username")
+    if not isinstance(username, str):
+        raise BadRequestError(f"malformed {kind} operation: missing 'username'")
+    return username
+
+
+#: Op kind -> applier, for the engine's C{register_applier}.
+APPLIERS = {
+    "CreateUser": apply_create_user,
+    "DropUser": apply_drop_user,
+    "UpdateUser": apply_update_user,
+}
+
+
+# --- first start --------------------------------------------------------------
+
+BANNER = (
+    "=== FIRST STARTUP: default admin user created ===\n"
+    "  username: admin\n"
+    "  password: {password}\n"
+    "  CHANGE THIS PASSWORD IMMEDIATELY\n"
+    "================================================\n"
+)
+
+
+def new_admin_password(rng: random.Random) -> str:
+    """32 characters: unpadded standard base64 of 24 random bytes (4.3)."""
+    return base64.b64encode(rng.randbytes(24)).decode("ascii")
+
+
+def ensure_default_admin(store: UserStore, stream: IO[str], rng: random.Random, iterations: int) -> bool:
+    """
+    On a first start (no users) create C{admin} with a random password and
+    print it once to C{stream} in the banner of server.md 4.3. Pass the
+    process's real stderr (C{sys.__stderr__}), not a stream that feeds the
+    log: the password must never reach a log, the audit trail or GELF.
+    Blocking (hashing, file write). Returns whether the admin was created.
+    """
+    if len(store):
+        return False
+    password = new_admin_password(rng)
+    secrets = derive_secrets(password, rng.randbytes(SALT_LENGTH), rng.randbytes(SALT_LENGTH), iterations)
+    store.create(UserRecord("admin", Role.ADMIN, secrets.password_hash, secrets.verifier))
+    stream.write(BANNER.format(password=password))
+    stream.flush()
+    return True
