@@ -14,6 +14,7 @@ from oxidb.commands._registry import Command, CommandRegistry, Handler
 #: new family.
 COMMAND_MODULES = (
     "oxidb.commands.core",
+    "oxidb.commands.status",
 )
 
 
