@@ -1,0 +1,63 @@
+"""
+L{AuthManager}: everything the login and user commands need, built once by
+the service when authentication is on and reached by handlers as
+C{ctx.services.auth}.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import IO
+
+import attrs
+from twisted.cred.portal import Portal
+from twisted.internet.interfaces import IReactorTime
+
+from oxidb.auth.cred import RunBlocking, build_portal
+from oxidb.auth.settings import AuthSettings
+from oxidb.auth.store import UserStore, ensure_default_admin, load_or_create_secret
+from oxidb.auth.throttle import LoginThrottle
+
+
+@attrs.define
+class AuthManager:
+    """
+    @ivar store: the users.
+    @ivar portal: logs sessions in (SCRAM and C{auth_simple}).
+    @ivar throttle: slows down failed logins.
+    @ivar iterations: SCRAM iteration count for new passwords.
+    @ivar rng: salts and nonces come from here (C{random.SystemRandom} in
+        production, a seeded C{random.Random} in tests).
+    """
+
+    store: UserStore
+    portal: Portal
+    throttle: LoginThrottle
+    iterations: int
+    rng: random.Random
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        settings: AuthSettings,
+        clock: IReactorTime,
+        run_blocking: RunBlocking,
+        rng: random.Random,
+    ) -> "AuthManager":
+        """
+        Load the store and the server secret from C{directory}
+        (C{<data>/_auth}), creating the secret on first start. Blocking:
+        call at startup.
+
+        @raise oxidb.errors.ConfigError: the user store is unreadable.
+        """
+        store = UserStore.open(directory)
+        secret = load_or_create_secret(directory, rng)
+        portal = build_portal(store, secret, settings.iterations, rng, run_blocking)
+        return cls(store, portal, LoginThrottle(clock, settings.throttle), settings.iterations, rng)
+
+    def ensure_default_admin(self, stream: IO[str]) -> bool:
+        """See L{oxidb.auth.store.ensure_default_admin} (blocking)."""
+        return ensure_default_admin(self.store, stream, self.rng, self.iterations)

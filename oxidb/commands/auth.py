@@ -1,0 +1,239 @@
+"""
+Login and user-management commands (server.md 4.5, 4.6, 4.9). They exist
+only with authentication on; the service registers both lists then.
+
+Handlers reach the L{oxidb.auth.manager.AuthManager} as C{ctx.services.auth}
+and the L{oxidb.audit.events.Auditor} as C{ctx.services.audit} (None when
+auditing is off). Logins audit themselves (with the name tried), so their
+rows are C{audited=False}; user management is audited by the dispatcher.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Coroutine, NoReturn, cast
+
+from scramp import ScramException
+from scramp.utils import saslprep
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from oxidb.audit.events import DENIED, ERROR, OK
+from oxidb.auth.cred import IOxiUser, LoginFailed, OxiUser, ScramContinue, ScramCredentials
+from oxidb.auth.manager import AuthManager
+from oxidb.auth.passwords import SALT_LENGTH, PasswordSecrets, derive_secrets
+from oxidb.auth.rbac import Role
+from oxidb.auth.scram import ScramExchange
+from oxidb.auth.store import create_user_op, drop_user_op, update_user_op
+from oxidb.commands._args import optional_str, require_str
+from oxidb.commands._context import CommandContext
+from oxidb.commands._registry import Command
+from oxidb.errors import (
+    AuthenticationFailedError,
+    BadRequestError,
+    InternalError,
+    InvalidRoleError,
+    OxiError,
+    ScramProtocolError,
+    UnknownCommandError,
+    UserExistsError,
+    UserNotFoundError,
+)
+
+_log = Logger(namespace="oxidb.commands.auth")
+
+
+def _run(coroutine: Coroutine[Any, Any, Any]) -> "Deferred[Any]":
+    return Deferred.fromCoroutine(coroutine)
+
+
+def _auth(ctx: CommandContext) -> AuthManager:
+    manager: AuthManager = ctx.services.auth
+    return manager
+
+
+def _refuse_after_login(ctx: CommandContext, name: str) -> None:
+    """There is no re-login: once logged in these are unknown (4.8)."""
+    if ctx.session.authenticated:
+        raise UnknownCommandError(name)
+
+
+def _audit_login(ctx: CommandContext, cmd: str, username: str | None, role: Role | None, result: str, detail: str) -> None:
+    audit = ctx.services.audit
+    if audit is not None:
+        audit.record_login(ctx.session, cmd, username, None if role is None else role.wire, result, detail)
+
+
+def _logged_in(ctx: CommandContext, cmd: str, avatar: OxiUser) -> None:
+    session = ctx.session
+    session.user = avatar.username
+    session.role = avatar.role
+    session.auth_state = None
+    _auth(ctx).throttle.succeeded(avatar.username)
+    _audit_login(ctx, cmd, avatar.username, avatar.role, OK, "")
+
+
+async def _login_failed(ctx: CommandContext, cmd: str, username: str | None, error: OxiError) -> NoReturn:
+    """Audit a failed login, hold wrong credentials back, and raise C{error}."""
+    wrong_credentials = isinstance(error, AuthenticationFailedError)
+    _audit_login(ctx, cmd, username, None, DENIED if wrong_credentials else ERROR, error.message)
+    if wrong_credentials:
+        _log.info("failed login for {user} from {peer} ({cmd})", user=username, peer=ctx.session.peer, cmd=cmd)
+        await _auth(ctx).throttle.failed(ctx.session, username or "")
+    raise error
+
+
+# --- login -------------------------------------------------------------------
+
+
+def authenticate(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+    """SCRAM step 1: client-first in, server-first out."""
+    return _run(_authenticate(ctx, request))
+
+
+async def _authenticate(ctx: CommandContext, request: dict[str, Any]) -> dict[str, Any]:
+    _refuse_after_login(ctx, "authenticate")
+    ctx.session.auth_state = None
+    credentials = ScramCredentials(optional_str(request, "payload") or "")
+    try:
+        await _auth(ctx).portal.login(credentials, None, IOxiUser)
+    except ScramContinue as step:
+        ctx.session.auth_state = step.exchange
+        return {"payload": step.exchange.server_first, "done": False}
+    except LoginFailed as e:
+        await _login_failed(ctx, "authenticate", None, e.error)
+    raise InternalError()  # the first message never completes a login
+
+
+def authenticate_continue(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+    """SCRAM step 2: client-final in, server-final out; logs the session in."""
+    return _run(_authenticate_continue(ctx, request))
+
+
+async def _authenticate_continue(ctx: CommandContext, request: dict[str, Any]) -> dict[str, Any]:
+    _refuse_after_login(ctx, "authenticate_continue")
+    exchange = ctx.session.auth_state
+    ctx.session.auth_state = None  # consumed whatever the outcome
+    if not isinstance(exchange, ScramExchange):
+        await _login_failed(ctx, "authenticate", None, ScramProtocolError("no SCRAM state; send 'authenticate' first"))
+    credentials = ScramCredentials(optional_str(request, "payload") or "", exchange)
+    try:
+        _, avatar, _ = await _auth(ctx).portal.login(credentials, None, IOxiUser)
+    except LoginFailed as e:
+        await _login_failed(ctx, "authenticate", exchange.username, e.error)
+    _logged_in(ctx, "authenticate", cast(OxiUser, avatar))
+    return {"payload": exchange.server_final, "done": True}
+
+
+def auth_simple(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+    """Plaintext login against the Argon2id hash (legacy clients; use TLS)."""
+    return _run(_auth_simple(ctx, request))
+
+
+async def _auth_simple(ctx: CommandContext, request: dict[str, Any]) -> dict[str, Any]:
+    _refuse_after_login(ctx, "auth_simple")
+    username = optional_str(request, "username") or ""
+    password = optional_str(request, "password") or ""
+    credentials = UsernamePassword(username.encode("utf-8", "surrogatepass"), password.encode("utf-8", "surrogatepass"))
+    try:
+        _, avatar, _ = await _auth(ctx).portal.login(credentials, None, IOxiUser)
+    except LoginFailed as e:
+        await _login_failed(ctx, "auth_simple", username, e.error)
+    user = cast(OxiUser, avatar)
+    _logged_in(ctx, "auth_simple", user)
+    return {"role": user.role.wire, "done": True}
+
+
+# --- user management ---------------------------------------------------------
+
+
+def _role_field(request: dict[str, Any]) -> Role | None:
+    """The C{role} field: None when absent; an invalid role is an error."""
+    text = optional_str(request, "role")
+    if text is None:
+        return None
+    role = Role.parse(text)
+    if role is None:
+        raise InvalidRoleError(text)
+    return role
+
+
+def _hash(ctx: CommandContext, password: str) -> "Deferred[PasswordSecrets]":
+    """Derive the stored secrets on the thread pool (Argon2id + PBKDF2)."""
+    auth = _auth(ctx)
+    return ctx.read(
+        derive_secrets, password, auth.rng.randbytes(SALT_LENGTH), auth.rng.randbytes(SALT_LENGTH), auth.iterations
+    )
+
+
+def create_user(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+    return _run(_create_user(ctx, request))
+
+
+async def _create_user(ctx: CommandContext, request: dict[str, Any]) -> Any:
+    username = require_str(request, "username")
+    password = require_str(request, "password")
+    role = _role_field(request) or Role.READ
+    _check_username(username)
+    if _auth(ctx).store.get(username) is not None:
+        raise UserExistsError(username)
+    secrets = await _hash(ctx, password)
+    return await ctx.write(create_user_op(username, role, secrets))
+
+
+def _check_username(username: str) -> None:
+    """Only names a SCRAM client can send (SASLprep leaves them unchanged)."""
+    if not username:
+        raise BadRequestError("missing 'username'")
+    try:
+        prepared = saslprep(username)
+    except ScramException:
+        prepared = None
+    if prepared != username:
+        raise BadRequestError(f"invalid username: '{username}' is not in SASLprep normal form")
+
+
+def drop_user(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+    return ctx.write(drop_user_op(require_str(request, "username")))
+
+
+def update_user(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+    return _run(_update_user(ctx, request))
+
+
+async def _update_user(ctx: CommandContext, request: dict[str, Any]) -> Any:
+    username = require_str(request, "username")
+    password = optional_str(request, "password")
+    if password is None and optional_str(request, "role") is None:
+        raise BadRequestError("must specify 'password' or 'role' to update")
+    role = _role_field(request)
+    if _auth(ctx).store.get(username) is None:
+        raise UserNotFoundError(username)
+    secrets = None if password is None else await _hash(ctx, password)
+    return await ctx.write(update_user_op(username, role, secrets))
+
+
+def list_users(ctx: CommandContext, request: dict[str, Any]) -> list[dict[str, Any]]:
+    users = []
+    for record in _auth(ctx).store.users():
+        entry: dict[str, Any] = {"username": record.username, "role": record.role.wire}
+        if record.db_roles:
+            entry["db_roles"] = dict(record.db_roles)
+        users.append(entry)
+    return users
+
+
+#: Served before login; they audit themselves.
+LOGIN_COMMANDS = [
+    Command("authenticate", authenticate, pre_auth=True, audited=False),
+    Command("authenticate_continue", authenticate_continue, pre_auth=True, audited=False),
+    Command("auth_simple", auth_simple, pre_auth=True, audited=False),
+]
+
+#: Admin-only (RBAC table); the changes replicate in cluster mode.
+USER_COMMANDS = [
+    Command("create_user", create_user, writes=True, audit_collection=None),
+    Command("drop_user", drop_user, writes=True, audit_collection=None),
+    Command("update_user", update_user, writes=True, audit_collection=None),
+    Command("list_users", list_users, audit_collection=None),
+]
