@@ -1,0 +1,696 @@
+"""
+Aggregation pipelines (engine.md 5).
+
+L{compile_pipeline} validates the whole pipeline eagerly (stage shapes,
+expressions, accumulators, C{$match} queries) and returns a L{Pipeline};
+L{Pipeline.run} streams documents through the stages. Shape errors raise
+L{InvalidPipelineError} (C{invalid pipeline: ...}), C{$match} errors
+L{InvalidQueryError} (C{invalid query: ...}).
+
+Expressions (5.2): C{"$a.b"} reads an objects-only path (missing -> null);
+C{{"$add"|"$multiply": [..]}} take any number of operands (empty -> 0 / 1),
+C{{"$subtract"|"$divide": [a, b]}} exactly two; operands are expressions;
+arithmetic is f64 with integral results as integers, and any non-number
+operand (null, missing, bool, string...) or a division by zero gives null.
+Everything else is a literal, including arrays (elements not evaluated) and
+objects other than a single-key arithmetic object.
+
+Stages (5.3), with the decisions taken where the spec leaves room:
+
+  - C{$group}: groups by engine.md 2.1 equality except that an integer and a
+    float are different groups and containers group by canonical JSON text
+    (so, as in queries, key order inside objects does not matter); the
+    C{_id} shown is the first value seen. Groups come out in order of first
+    appearance; no input gives no groups. A non-object C{$group} raises
+    C{$group must be an object}.
+  - C{$sort}: stable, objects-only paths, missing as null; C{{}} sorts
+    nothing.
+  - C{$project}: C{1}/C{true} include, C{0}/C{false} exclude (integers and
+    booleans only: C{1.0} is a literal). Inclusion mode puts C{_id} first
+    (unless excluded; a computed C{_id} replaces it), then the fields in
+    spec order with dotted names as flat keys. Exclusion mode removes each
+    excluded key verbatim from the top level, so a dotted exclusion removes
+    only a literal flat key of that name.
+  - C{$lookup}: a spec that is not an object reports C{$lookup requires
+    'from' string}. For each document it runs C{lookup(from, {foreignField:
+    localValue})} (full query semantics); results for an identical local
+    value are reused within one run.
+  - C{$unwind}: C{preserveNullAndEmptyArrays} counts only when it is
+    C{true}.
+
+Output documents may share structure with the input documents, with each
+other and with the pipeline's literals: treat them as read-only. No stage
+mutates its input.
+
+For the storage layer, L{Pipeline.prefix} describes the leading run of
+C{$match}, C{$sort}, C{$skip} and C{$limit} stages as one find-like
+operation that it may evaluate itself; C{run(docs, lookup,
+skip_stages=prefix.stages)} then continues after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import attrs
+
+from oxidb.engine.matcher import Matcher, SortSpec, compile_query, is_uint, sort_key_function
+from oxidb.engine.paths import get_parts, get_path, with_path
+from oxidb.engine.values import (
+    check_depth,
+    compact_json,
+    is_number,
+    normalize_number,
+    sort_key,
+    to_float,
+)
+from oxidb.errors import InvalidPipelineError
+
+Document = dict[str, Any]
+Expression = Callable[[Any], Any]
+"""A compiled expression: document -> value."""
+Lookup = Callable[[str, Document], list[Document]]
+"""C{lookup(collection, query)}: the documents of a C{find} on C{collection}."""
+
+# --- expressions ----------------------------------------------------------------------
+
+_ARITHMETIC = ("$add", "$multiply", "$subtract", "$divide")
+
+
+def _field_reference(path: str) -> Expression:
+    parts = tuple(path.split("."))
+    return lambda doc: get_parts(doc, parts)[1]
+
+
+def _arithmetic(op: str, operands: tuple[Expression, ...]) -> Expression:
+    def evaluate(doc: Any) -> Any:
+        values = []
+        for operand in operands:
+            value = operand(doc)
+            if not is_number(value):
+                return None
+            values.append(to_float(value))
+        if op == "$add":
+            result = 0.0
+            for value in values:
+                result += value
+        elif op == "$multiply":
+            result = 1.0
+            for value in values:
+                result *= value
+        elif op == "$subtract":
+            result = values[0] - values[1]
+        else:
+            if values[1] == 0:
+                return None
+            result = values[0] / values[1]
+        return normalize_number(result)
+
+    return evaluate
+
+
+def compile_expression(spec: Any) -> Expression:
+    """
+    Compile an engine.md 5.2 expression; raises L{InvalidPipelineError} for
+    a malformed arithmetic operator.
+    """
+    if type(spec) is str and spec.startswith("$"):
+        return _field_reference(spec[1:])
+    if type(spec) is dict and len(spec) == 1:
+        ((op, arguments),) = spec.items()
+        if op in _ARITHMETIC:
+            if type(arguments) is not list:
+                raise InvalidPipelineError(f"{op} requires an array")
+            if op in ("$subtract", "$divide") and len(arguments) != 2:
+                raise InvalidPipelineError(f"{op} requires exactly 2 arguments")
+            return _arithmetic(op, tuple(compile_expression(item) for item in arguments))
+    return lambda doc: spec
+
+
+# --- stages ---------------------------------------------------------------------------
+
+
+class _Stage(Protocol):
+    """One compiled stage: a function from the stream to the next stream."""
+
+    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]: ...
+
+
+@attrs.frozen
+class _Match:
+    query: Any
+    matcher: Matcher
+
+    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
+        matches = self.matcher.matches
+        return [doc for doc in docs if matches(doc)]
+
+
+@attrs.frozen
+class _Sort:
+    spec: SortSpec
+
+    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
+        if not self.spec:
+            return docs
+        return sorted(docs, key=sort_key_function(self.spec, index_arrays=False, tie_break_id=False))
+
+
+@attrs.frozen
+class _Skip:
+    count: int
+
+    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
+        return docs[self.count :]
+
+
+@attrs.frozen
+class _Limit:
+    count: int
+
+    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
+        return docs[: self.count]
+
+
+@attrs.frozen
+class _Count:
+    name: str
+
+    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
+        return [{self.name: len(docs)}]
+
+
+class _Accumulator(Protocol):
+    """The running state of one accumulator over one group."""
+
+    def add(self, value: Any) -> None: ...
+
+    def result(self) -> Any: ...
+
+
+class _Sum:
+    def __init__(self) -> None:
+        self.total = 0.0
+
+    def add(self, value: Any) -> None:
+        if is_number(value):
+            self.total += to_float(value)
+
+    def result(self) -> Any:
+        return normalize_number(self.total)
+
+
+class _Avg:
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, value: Any) -> None:
+        if is_number(value):
+            self.total += to_float(value)
+            self.count += 1
+
+    def result(self) -> Any:
+        return normalize_number(self.total / self.count) if self.count else None
+
+
+class _Extreme:
+    wanted = -1
+
+    def __init__(self) -> None:
+        self.best: Any = None
+        self.best_key: tuple[Any, ...] | None = None
+
+    def add(self, value: Any) -> None:
+        if value is None:
+            return
+        key = sort_key(value)
+        if self.best_key is None or (key > self.best_key) - (key < self.best_key) == self.wanted:
+            self.best, self.best_key = value, key
+
+    def result(self) -> Any:
+        return self.best
+
+
+class _Min(_Extreme):
+    wanted = -1
+
+
+class _Max(_Extreme):
+    wanted = 1
+
+
+class _CountAcc:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def add(self, value: Any) -> None:
+        self.count += 1
+
+    def result(self) -> Any:
+        return self.count
+
+
+class _First:
+    def __init__(self) -> None:
+        self.value: Any = None
+        self.seen = False
+
+    def add(self, value: Any) -> None:
+        if not self.seen:
+            self.value, self.seen = value, True
+
+    def result(self) -> Any:
+        return self.value
+
+
+class _Last:
+    def __init__(self) -> None:
+        self.value: Any = None
+
+    def add(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
+class _Push:
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def add(self, value: Any) -> None:
+        self.values.append(value)
+
+    def result(self) -> Any:
+        return self.values
+
+
+_ACCUMULATORS: dict[str, Callable[[], _Accumulator]] = {
+    "$sum": _Sum,
+    "$avg": _Avg,
+    "$min": _Min,
+    "$max": _Max,
+    "$count": _CountAcc,
+    "$first": _First,
+    "$last": _Last,
+    "$push": _Push,
+}
+
+ACCUMULATORS = frozenset(_ACCUMULATORS)
+
+
+def group_identity(value: Any) -> tuple[Any, ...]:
+    """
+    The C{$group} identity of a key value: engine.md 2.1 equality, except
+    that integers and floats never share a group.
+    """
+    key = sort_key(value)
+    if type(value) is float:
+        return key + (True,)
+    return key
+
+
+@attrs.frozen
+class _Group:
+    key: Expression
+    accumulators: tuple[tuple[str, Callable[[], _Accumulator], Expression], ...]
+
+    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
+        groups: dict[tuple[Any, ...], tuple[Any, list[_Accumulator]]] = {}
+        for doc in docs:
+            key = self.key(doc)
+            identity = group_identity(key)
+            group = groups.get(identity)
+            if group is None:
+                group = (key, [factory() for _, factory, _ in self.accumulators])
+                groups[identity] = group
+            for (_, _, expression), state in zip(self.accumulators, group[1]):
+                state.add(expression(doc))
+        result = []
+        for key, states in groups.values():
+            out: Document = {"_id": key}
+            for (name, _, _), state in zip(self.accumulators, states):
+                out[name] = state.result()
+            result.append(out)
+        return result
+
+
+_INCLUDE = "include"
+_EXCLUDE = "exclude"
+_COMPUTE = "compute"
+
+
+def _projection_kind(spec: Any) -> str:
+    if spec is True or (type(spec) is int and spec == 1):
+        return _INCLUDE
+    if spec is False or (type(spec) is int and spec == 0):
+        return _EXCLUDE
+    return _COMPUTE
+
+
+@attrs.frozen
+class _Project:
+    fields: tuple[tuple[str, str, Expression | None], ...]
+    inclusion: bool
+    id_kind: str
+    id_expression: Expression | None
+
+    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
+        if self.inclusion:
+            return [self._include(doc) for doc in docs]
+        excluded = [name for name, kind, _ in self.fields if kind == _EXCLUDE]
+        if self.id_kind == _EXCLUDE:
+            excluded.append("_id")
+        result = []
+        for doc in docs:
+            out = dict(doc)
+            for name in excluded:
+                out.pop(name, None)
+            result.append(out)
+        return result
+
+    def _include(self, doc: Document) -> Document:
+        out: Document = {}
+        if self.id_expression is not None:
+            out["_id"] = self.id_expression(doc)
+        elif self.id_kind == _INCLUDE and "_id" in doc:
+            out["_id"] = doc["_id"]
+        for name, kind, expression in self.fields:
+            if expression is not None:
+                out[name] = expression(doc)
+            elif kind == _INCLUDE:
+                if "." not in name:
+                    if name in doc:
+                        out[name] = doc[name]
+                else:
+                    found, value = get_path(doc, name)
+                    if found and value is not None:
+                        out[name] = value
+        return out
+
+
+@attrs.frozen
+class _Unwind:
+    path: str
+    preserve: bool
+
+    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
+        parts = tuple(self.path.split("."))
+        result: list[Document] = []
+        for doc in docs:
+            value = get_parts(doc, parts)[1]
+            if type(value) is list and value:
+                result.extend(with_path(doc, self.path, item) for item in value)
+            elif type(value) is list or value is None:
+                if self.preserve:
+                    result.append(doc)
+            else:
+                result.append(doc)
+        return result
+
+
+@attrs.frozen
+class _AddFields:
+    fields: tuple[tuple[str, Expression], ...]
+
+    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
+        result = []
+        for doc in docs:
+            for path, expression in self.fields:
+                doc = with_path(doc, path, expression(doc))
+            result.append(doc)
+        return result
+
+
+@attrs.frozen
+class _Lookup:
+    source: str
+    local_field: str
+    foreign_field: str
+    target: str
+
+    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
+        local_parts = tuple(self.local_field.split("."))
+        cache: dict[str, list[Document]] = {}
+        result = []
+        for doc in docs:
+            local = get_parts(doc, local_parts)[1]
+            text = compact_json(local)
+            matches = cache.get(text)
+            if matches is None:
+                matches = lookup(self.source, {self.foreign_field: local})
+                cache[text] = matches
+            result.append(with_path(doc, self.target, matches))
+        return result
+
+
+# --- parsing ---------------------------------------------------------------------------
+
+
+def _parse_match(spec: Any) -> _Stage:
+    return _Match(spec, compile_query(spec))
+
+
+def _parse_group(spec: Any) -> _Stage:
+    if type(spec) is not dict:
+        raise InvalidPipelineError("$group must be an object")
+    if "_id" not in spec:
+        raise InvalidPipelineError("$group requires '_id' field")
+    key_spec = spec["_id"]
+    key: Expression
+    if type(key_spec) is dict and not any(name.startswith("$") for name in key_spec):
+        parts = tuple((name, compile_expression(expr)) for name, expr in key_spec.items())
+        key = lambda doc: {name: expr(doc) for name, expr in parts}  # noqa: E731
+    else:
+        key = compile_expression(key_spec)
+    accumulators = []
+    for name, acc in spec.items():
+        if name == "_id":
+            continue
+        if type(acc) is not dict:
+            raise InvalidPipelineError("accumulator must be an object")
+        if len(acc) != 1:
+            raise InvalidPipelineError("accumulator must have exactly one operator")
+        ((op, operand),) = acc.items()
+        factory = _ACCUMULATORS.get(op)
+        if factory is None:
+            raise InvalidPipelineError(f"unknown accumulator: {op}")
+        expression = (lambda doc: None) if op == "$count" else compile_expression(operand)
+        accumulators.append((name, factory, expression))
+    return _Group(key, tuple(accumulators))
+
+
+def parse_pipeline_sort(spec: Any) -> SortSpec:
+    """Validate a C{$sort} stage's operand."""
+    if type(spec) is not dict:
+        raise InvalidPipelineError("$sort must be an object")
+    fields = []
+    for path, direction in spec.items():
+        if type(direction) is not int or direction not in (1, -1):
+            raise InvalidPipelineError("sort direction must be 1 or -1")
+        fields.append((path, direction))
+    return tuple(fields)
+
+
+def _parse_sort(spec: Any) -> _Stage:
+    return _Sort(parse_pipeline_sort(spec))
+
+
+def _parse_skip(spec: Any) -> _Stage:
+    if not is_uint(spec):
+        raise InvalidPipelineError("$skip must be a non-negative integer")
+    return _Skip(spec)
+
+
+def _parse_limit(spec: Any) -> _Stage:
+    if not is_uint(spec):
+        raise InvalidPipelineError("$limit must be a positive integer")
+    return _Limit(spec)
+
+
+def _parse_project(spec: Any) -> _Stage:
+    if type(spec) is not dict:
+        raise InvalidPipelineError("$project must be an object")
+    fields = []
+    id_kind, id_expression = _INCLUDE, None
+    for name, value in spec.items():
+        kind = _projection_kind(value)
+        expression = compile_expression(value) if kind == _COMPUTE else None
+        if name == "_id":
+            id_kind, id_expression = kind, expression
+        else:
+            fields.append((name, kind, expression))
+    inclusion = id_kind == _COMPUTE or any(kind != _EXCLUDE for _, kind, _ in fields)
+    return _Project(tuple(fields), inclusion, id_kind, id_expression)
+
+
+def _parse_count(spec: Any) -> _Stage:
+    if type(spec) is not str:
+        raise InvalidPipelineError("$count must be a string")
+    return _Count(spec)
+
+
+def _parse_unwind(spec: Any) -> _Stage:
+    if type(spec) is str:
+        if not spec.startswith("$"):
+            raise InvalidPipelineError("$unwind must be a string or object")
+        return _Unwind(spec[1:], False)
+    if type(spec) is not dict:
+        raise InvalidPipelineError("$unwind must be a string or object")
+    path = spec.get("path")
+    if type(path) is not str:
+        raise InvalidPipelineError("$unwind requires 'path' string")
+    if not path.startswith("$"):
+        raise InvalidPipelineError("$unwind path must start with $")
+    return _Unwind(path[1:], spec.get("preserveNullAndEmptyArrays") is True)
+
+
+def _parse_add_fields(spec: Any) -> _Stage:
+    if type(spec) is not dict:
+        raise InvalidPipelineError("$addFields must be an object")
+    return _AddFields(tuple((path, compile_expression(expr)) for path, expr in spec.items()))
+
+
+def _parse_lookup(spec: Any) -> _Stage:
+    values = []
+    for key in ("from", "localField", "foreignField", "as"):
+        value = spec.get(key) if type(spec) is dict else None
+        if type(value) is not str:
+            raise InvalidPipelineError(f"$lookup requires '{key}' string")
+        values.append(value)
+    return _Lookup(*values)
+
+
+_STAGES: dict[str, Callable[[Any], _Stage]] = {
+    "$match": _parse_match,
+    "$group": _parse_group,
+    "$sort": _parse_sort,
+    "$skip": _parse_skip,
+    "$limit": _parse_limit,
+    "$project": _parse_project,
+    "$count": _parse_count,
+    "$unwind": _parse_unwind,
+    "$addFields": _parse_add_fields,
+    "$lookup": _parse_lookup,
+}
+
+STAGES = frozenset(_STAGES)
+
+
+# --- the pipeline ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Prefix:
+    """
+    The leading C{$match}/C{$sort}/C{$skip}/C{$limit} stages of a pipeline
+    as one find-like operation, in this order: keep the documents matching
+    C{query} (C{None}: all), sort them by C{sort} (C{None}: keep input
+    order), drop the first C{skip}, keep at most C{limit} (C{None}: all).
+
+    The sort is the aggregation one, not C{find}'s: objects-only paths
+    (C{"a.0"} never indexes an array), missing fields as null, stable, so
+    ties stay in input order (ascending C{_id}). C{stages} is the number of
+    pipeline stages covered (0 when the pipeline starts otherwise).
+    """
+
+    query: dict[str, Any] | None
+    sort: SortSpec | None
+    skip: int
+    limit: int | None
+    stages: int
+
+    def apply(self, docs: Iterable[Document]) -> list[Document]:
+        """Evaluate the prefix in Python (the reference for pushdown)."""
+        result = list(docs)
+        if self.query is not None:
+            matcher = compile_query(self.query)
+            result = [doc for doc in result if matcher.matches(doc)]
+        if self.sort:
+            key = sort_key_function(self.sort, index_arrays=False, tie_break_id=False)
+            result.sort(key=key)
+        result = result[self.skip :]
+        if self.limit is not None:
+            result = result[: self.limit]
+        return result
+
+
+def _prefix(stages: tuple[_Stage, ...]) -> Prefix:
+    queries: list[Any] = []
+    sort: SortSpec | None = None
+    skip = 0
+    limit: int | None = None
+    covered = 0
+    for stage in stages:
+        if isinstance(stage, _Match) and sort is None and skip == 0 and limit is None:
+            queries.append(stage.query)
+        elif isinstance(stage, _Sort) and sort is None and skip == 0 and limit is None:
+            sort = stage.spec
+        elif isinstance(stage, _Skip):
+            skip += stage.count
+            if limit is not None:
+                limit = max(limit - stage.count, 0)
+        elif isinstance(stage, _Limit):
+            limit = stage.count if limit is None else min(limit, stage.count)
+        else:
+            break
+        covered += 1
+    query: dict[str, Any] | None
+    if not queries:
+        query = None
+    elif len(queries) == 1:
+        query = queries[0]
+    else:
+        query = {"$and": queries}
+    return Prefix(query, sort, skip, limit, covered)
+
+
+@attrs.frozen
+class Pipeline:
+    """A compiled, validated pipeline."""
+
+    stages: tuple[_Stage, ...] = attrs.field(repr=False)
+    prefix: Prefix = attrs.field(init=False)
+
+    @prefix.default
+    def _compute_prefix(self) -> Prefix:
+        return _prefix(self.stages)
+
+    @property
+    def leading_match(self) -> dict[str, Any] | None:
+        """The query of the leading C{$match} stage(s), or C{None}."""
+        return self.prefix.query
+
+    def run(
+        self, docs: Iterable[Document], lookup: Lookup, *, skip_stages: int = 0
+    ) -> list[Document]:
+        """
+        Run the stages after the first C{skip_stages} over C{docs} (the
+        collection in ascending C{_id}, or the result of L{Prefix.apply}
+        when C{skip_stages} is C{prefix.stages}).
+        """
+        stream = list(docs)
+        for stage in self.stages[skip_stages:]:
+            stream = stage.run(stream, lookup)
+        return stream
+
+
+def compile_pipeline(pipeline: object) -> Pipeline:
+    """Validate C{pipeline} (engine.md 5.1) and compile every stage."""
+    if type(pipeline) is not list:
+        raise InvalidPipelineError("pipeline must be an array")
+    check_depth(pipeline, "pipeline")
+    stages = []
+    for stage in pipeline:
+        if type(stage) is not dict:
+            raise InvalidPipelineError("each pipeline stage must be an object")
+        if len(stage) != 1:
+            raise InvalidPipelineError("each pipeline stage must have exactly one key")
+        ((name, spec),) = stage.items()
+        parser = _STAGES.get(name)
+        if parser is None:
+            raise InvalidPipelineError(f"unknown stage: {name}")
+        stages.append(parser(spec))
+    return Pipeline(tuple(stages))
