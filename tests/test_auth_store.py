@@ -12,6 +12,7 @@ import json
 import random
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,7 @@ from oxidb.auth.store import (
     drop_user_op,
     ensure_default_admin,
     load_or_create_secret,
+    register_appliers,
     update_user_op,
 )
 from oxidb.errors import BadRequestError, ConfigError, LastAdminError, UserExistsError, UserNotFoundError
@@ -192,6 +194,9 @@ def test_ops_and_appliers(tmp_path: Path) -> None:
         (apply_create_user, {"username": "x"}),
         (apply_create_user, {"username": "x", "password_hash": "h", "role": "superuser"}),
         (apply_drop_user, {}),
+        (apply_drop_user, ["x"]),
+        (apply_create_user, None),
+        (apply_update_user, "x"),
         (apply_update_user, {"username": 5}),
         (apply_update_user, {"username": "x", "role": "superuser"}),
         (apply_update_user, {"username": "x", "password_hash": "h"}),
@@ -202,6 +207,24 @@ def test_malformed_operations(tmp_path: Path, applier, body) -> None:  # type: i
     store.create(record("x"))
     with pytest.raises(BadRequestError, match="malformed"):
         applier(store, body, 0.0)
+
+
+def test_register_appliers_with_the_engine(tmp_path: Path) -> None:
+    """The engine calls C{fn(txn, body, now)} on its writer thread."""
+
+    class Engine:
+        def __init__(self) -> None:
+            self.appliers: dict[str, Any] = {}
+
+        def register_applier(self, kind: str, fn: Any) -> None:
+            self.appliers[kind] = fn
+
+    engine, store = Engine(), UserStore(tmp_path)
+    register_appliers(engine, store)
+    assert set(engine.appliers) == {"CreateUser", "DropUser", "UpdateUser"}
+    [(kind, body)] = create_user_op("eve", Role.ADMIN, SECRETS).items()
+    assert engine.appliers[kind](object(), body, 0.0) == "user created"
+    assert store.get("eve") is not None
 
 
 def test_default_admin_banner(tmp_path: Path) -> None:

@@ -15,12 +15,13 @@ I/O (and the last one hashes); call them off the reactor or before it runs.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import random
 import threading
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any, Callable, Iterable
 
 import attrs
 from twisted.logger import Logger
@@ -268,7 +269,7 @@ def drop_user_op(username: str) -> dict[str, Any]:
     return {"DropUser": {"username": username}}
 
 
-def apply_create_user(store: UserStore, body: dict[str, Any], now: float) -> str:
+def apply_create_user(store: UserStore, body: Any, now: float) -> str:
     try:
         record = UserRecord.from_json(body)
     except ValueError as e:
@@ -277,12 +278,12 @@ def apply_create_user(store: UserStore, body: dict[str, Any], now: float) -> str
     return "user created"
 
 
-def apply_drop_user(store: UserStore, body: dict[str, Any], now: float) -> str:
+def apply_drop_user(store: UserStore, body: Any, now: float) -> str:
     store.drop(_op_username(body, "DropUser"))
     return "user dropped"
 
 
-def apply_update_user(store: UserStore, body: dict[str, Any], now: float) -> str:
+def apply_update_user(store: UserStore, body: Any, now: float) -> str:
     username = _op_username(body, "UpdateUser")
     role = None
     if "role" in body:
@@ -299,19 +300,34 @@ def apply_update_user(store: UserStore, body: dict[str, Any], now: float) -> str
     return "user updated"
 
 
-def _op_username(body: dict[str, Any], kind: str) -> str:
-    username = body.get("username")
+def _op_username(body: Any, kind: str) -> str:
+    username = body.get("username") if isinstance(body, dict) else None
     if not isinstance(username, str):
         raise BadRequestError(f"malformed {kind} operation: missing 'username'")
     return username
 
 
-#: Op kind -> applier, for the engine's C{register_applier}.
+#: Op kind -> C{applier(store, body, now)}.
 APPLIERS = {
     "CreateUser": apply_create_user,
     "DropUser": apply_drop_user,
     "UpdateUser": apply_update_user,
 }
+
+
+def register_appliers(engine: Any, store: UserStore) -> None:
+    """
+    Teach the storage engine the user operations
+    (C{engine.register_applier(kind, fn(txn, body, now))}). They run on its
+    writer thread, standalone and when Raft applies a committed entry, so
+    every node rewrites its own C{users.json}.
+    """
+    for kind, apply in APPLIERS.items():
+        engine.register_applier(kind, functools.partial(_engine_applier, apply, store))
+
+
+def _engine_applier(apply: Callable[[UserStore, Any, float], str], store: UserStore, txn: Any, body: Any, now: float) -> str:
+    return apply(store, body, now)
 
 
 # --- first start --------------------------------------------------------------
