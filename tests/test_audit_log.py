@@ -243,3 +243,28 @@ async def test_writer_thread_writes_everything_before_stop(tmp_path: Path) -> No
     assert len(files) > 1  # it rotated on the way
     details = [line["detail"] for path in files for line in lines(path)]
     assert details == [f"event {n}" for n in range(1, 201)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_failing_fsync_does_not_stop_the_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.internet import reactor
+    from twisted.logger import globalLogPublisher
+
+    failures: list[dict[str, Any]] = []
+    observer = failures.append
+    globalLogPublisher.addObserver(observer)
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    try:
+        sink = AuditLog(tmp_path, AuditRotation(), reactor, sync_interval=0.05)
+        sink.start()
+        monkeypatch.setattr("oxidb.audit.log.os.fsync", broken_fsync)
+        for n in range(1, 4):
+            sink.record(event(n))
+        await sink.stop()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert [line["detail"] for line in lines(tmp_path / "audit.log")] == ["event 1", "event 2", "event 3"]
+    assert any("log_failure" in e and e.get("log_namespace", "").startswith("oxidb.audit.log") for e in failures)

@@ -303,9 +303,9 @@ class AuditLog:
                     audit_file.write(batch, self.wall())
                     dirty = True
                 if dirty and (stopping or self.wall() - last_sync >= self.sync_interval):
+                    last_sync = self.wall()  # a failing fsync is retried after the interval
                     audit_file.sync()
                     dirty = False
-                    last_sync = self.wall()
             except OSError:
                 self._log.failure("audit file write failed; {count} lines lost", count=len(batch))
         try:
