@@ -460,6 +460,12 @@ def test_prefix(pipeline: list[Any], expected: Prefix) -> None:
     compiled = compile_pipeline(pipeline)
     assert compiled.prefix == expected
     assert compiled.leading_match == expected.query
+    matcher = compiled.prefix.matcher
+    if expected.query is None:
+        assert matcher is None
+    else:
+        assert matcher is not None
+        assert matcher.matches({"a": 1, "b": 2}) == compile_query(expected.query).matches({"a": 1, "b": 2})
 
 
 _values = st.one_of(

@@ -464,3 +464,19 @@ def test_operator_identities(doc: dict[str, Any], operand: Any, items: list[Any]
     assert matches({"$or": [{"x": operand}, {"y": operand}]}, doc) == (
         eq or matches({"y": {"$eq": operand}}, doc)
     )
+
+
+_sortable_docs = st.lists(
+    st.dictionaries(st.sampled_from(["x", "y"]), _values, max_size=2), max_size=8
+).map(lambda docs: [{"_id": 8 - i, **doc} for i, doc in enumerate(docs)])
+_sorts = st.dictionaries(
+    st.sampled_from(["x", "y", "x.0", "x.k", "_id"]), st.sampled_from([1, -1]), min_size=1, max_size=3
+)
+
+
+@given(_sortable_docs, _sorts)
+@settings(max_examples=200, deadline=None)
+def test_sort_key_function_agrees_with_find(docs: list[dict[str, Any]], sort: dict[str, int]) -> None:
+    key = compile_sort(sort)
+    assert key is not None
+    assert _ids(sorted(docs, key=key)) == _ids(apply_find(docs, {}, sort))

@@ -55,7 +55,14 @@ from typing import Any, Protocol
 
 import attrs
 
-from oxidb.engine.matcher import Matcher, SortSpec, compile_query, is_uint, sort_key_function
+from oxidb.engine.matcher import (
+    And,
+    Matcher,
+    SortSpec,
+    compile_query,
+    is_uint,
+    sort_documents,
+)
 from oxidb.engine.paths import get_parts, get_path, with_path
 from oxidb.engine.values import (
     check_depth,
@@ -152,9 +159,9 @@ class _Sort:
     spec: SortSpec
 
     def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
-        if not self.spec:
-            return docs
-        return sorted(docs, key=sort_key_function(self.spec, index_arrays=False, tie_break_id=False))
+        result = list(docs)
+        sort_documents(result, self.spec, index_arrays=False)
+        return result
 
 
 @attrs.frozen
@@ -601,16 +608,17 @@ class Prefix:
     skip: int
     limit: int | None
     stages: int
+    matcher: Matcher | None = attrs.field(default=None, eq=False, repr=False)
+    """C{query} compiled (C{None} when C{query} is), for the SQL compiler."""
 
     def apply(self, docs: Iterable[Document]) -> list[Document]:
         """Evaluate the prefix in Python (the reference for pushdown)."""
         result = list(docs)
-        if self.query is not None:
-            matcher = compile_query(self.query)
-            result = [doc for doc in result if matcher.matches(doc)]
+        if self.matcher is not None:
+            matches = self.matcher.matches
+            result = [doc for doc in result if matches(doc)]
         if self.sort:
-            key = sort_key_function(self.sort, index_arrays=False, tie_break_id=False)
-            result.sort(key=key)
+            sort_documents(result, self.sort, index_arrays=False)
         result = result[self.skip :]
         if self.limit is not None:
             result = result[: self.limit]
@@ -618,14 +626,14 @@ class Prefix:
 
 
 def _prefix(stages: tuple[_Stage, ...]) -> Prefix:
-    queries: list[Any] = []
+    matches: list[_Match] = []
     sort: SortSpec | None = None
     skip = 0
     limit: int | None = None
     covered = 0
     for stage in stages:
         if isinstance(stage, _Match) and sort is None and skip == 0 and limit is None:
-            queries.append(stage.query)
+            matches.append(stage)
         elif isinstance(stage, _Sort) and sort is None and skip == 0 and limit is None:
             sort = stage.spec
         elif isinstance(stage, _Skip):
@@ -637,14 +645,13 @@ def _prefix(stages: tuple[_Stage, ...]) -> Prefix:
         else:
             break
         covered += 1
-    query: dict[str, Any] | None
-    if not queries:
-        query = None
-    elif len(queries) == 1:
-        query = queries[0]
-    else:
-        query = {"$and": queries}
-    return Prefix(query, sort, skip, limit, covered)
+    if not matches:
+        return Prefix(None, sort, skip, limit, covered)
+    if len(matches) == 1:
+        return Prefix(matches[0].query, sort, skip, limit, covered, matches[0].matcher)
+    query = {"$and": [stage.query for stage in matches]}
+    matcher = Matcher(And(tuple(stage.matcher.root for stage in matches)))
+    return Prefix(query, sort, skip, limit, covered, matcher)
 
 
 @attrs.frozen

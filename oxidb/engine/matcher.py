@@ -533,6 +533,19 @@ def sort_key_function(
     return key
 
 
+def sort_documents(docs: list[Any], spec: SortSpec, *, index_arrays: bool) -> None:
+    """
+    Sort C{docs} in place by C{spec} (engine.md 2.1 order, missing fields as
+    null), stably: documents that tie keep their relative order. Same order
+    as L{sort_key_function} without the C{_id} tie-break, computed with one
+    stable pass per field, which is much faster than a composite key.
+    """
+    getter = get_parts_sort if index_arrays else get_parts
+    for path, direction in reversed(spec):
+        steps = tuple(path.split("."))
+        docs.sort(key=lambda doc: sort_key(getter(doc, steps)[1]), reverse=direction == -1)
+
+
 def compile_sort(sort: object) -> Callable[[Any], tuple[Any, ...]] | None:
     """
     The C{key=} function for C{find}'s C{sort}, or C{None} when there is
@@ -569,10 +582,10 @@ def apply_find(
     C{limit: 0} returns nothing.
     """
     matcher = query if isinstance(query, Matcher) else compile_query({} if query is None else query)
-    key = compile_sort(sort)
+    spec = parse_sort(sort)
     result = [doc for doc in sorted(docs, key=_id_order) if matcher.matches(doc)]
-    if key is not None:
-        result.sort(key=key)
+    if spec is not None:
+        sort_documents(result, spec, index_arrays=True)
     if is_uint(skip):
         result = result[skip:]
     if is_uint(limit):
