@@ -1,0 +1,800 @@
+/*
+ * The OxiWire value codec in C: the same API and behaviour as the reference
+ * implementation oxidb/wire/_oxiwire_py.py (read that first; every error text
+ * and every encoding rule here must match it byte for byte).
+ *
+ * The decoder parses hostile input: every read is bounds-checked, no
+ * allocation is sized from a count larger than the remaining input, nesting
+ * is bounded by the caller's max_depth, and every error path releases what
+ * it holds. The encoder only sees values built by the server.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#define U32_MAX_VALUE 0xFFFFFFFFu
+
+static PyObject *OxiWireError;
+
+/* ------------------------------------------------------------------------ */
+/* decoding                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    const unsigned char *buf;
+    Py_ssize_t len;
+    Py_ssize_t pos;
+    long max_depth;
+} Reader;
+
+static inline uint32_t
+load_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
+           ((uint32_t)p[3] << 24);
+}
+
+static inline uint64_t
+load_u64(const unsigned char *p)
+{
+    return (uint64_t)load_u32(p) | ((uint64_t)load_u32(p + 4) << 32);
+}
+
+static inline Py_ssize_t
+remaining(const Reader *r)
+{
+    return r->len - r->pos;
+}
+
+static PyObject *
+fail(const char *message)
+{
+    PyErr_SetString(OxiWireError, message);
+    return NULL;
+}
+
+/*
+ * Replace the pending UnicodeDecodeError by an OxiWireError worded like
+ * Rust's Utf8Error: "<what>: invalid utf-8 sequence of N bytes from index I"
+ * or "<what>: incomplete utf-8 byte sequence from index I".
+ */
+static void
+utf8_failure(const char *what)
+{
+    PyObject *type, *value, *traceback;
+    Py_ssize_t start, end;
+    PyObject *reason;
+    int incomplete;
+
+    if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        return; /* MemoryError and the like pass through */
+    }
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (value == NULL || PyUnicodeDecodeError_GetStart(value, &start) < 0 ||
+        PyUnicodeDecodeError_GetEnd(value, &end) < 0 ||
+        (reason = PyUnicodeDecodeError_GetReason(value)) == NULL) {
+        /* cannot happen for the codec's own exception; keep the original */
+        PyErr_Restore(type, value, traceback);
+        return;
+    }
+    incomplete = PyUnicode_CompareWithASCIIString(reason, "unexpected end of data") == 0;
+    Py_DECREF(reason);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+    if (incomplete) {
+        PyErr_Format(OxiWireError, "%s: incomplete utf-8 byte sequence from index %zd",
+                     what, start);
+    }
+    else {
+        PyErr_Format(OxiWireError, "%s: invalid utf-8 sequence of %zd bytes from index %zd",
+                     what, end - start, start);
+    }
+}
+
+/* Decode n bytes at the read position as UTF-8 and advance past them. */
+static PyObject *
+read_utf8(Reader *r, Py_ssize_t n, const char *what)
+{
+    PyObject *text = PyUnicode_DecodeUTF8((const char *)r->buf + r->pos, n, "strict");
+    if (text == NULL) {
+        utf8_failure(what);
+        return NULL;
+    }
+    r->pos += n;
+    return text;
+}
+
+/*
+ * Map keys repeat across the documents of a result, so short ASCII keys are
+ * kept in a small direct-mapped cache: a hit skips decoding, allocating and
+ * hashing a new str. Entries are strong references held for the life of the
+ * process (at most KEY_CACHE_SIZE strings of KEY_CACHE_MAX_LEN bytes).
+ */
+#define KEY_CACHE_SIZE 1024
+#define KEY_CACHE_MAX_LEN 64
+
+static PyObject *key_cache[KEY_CACHE_SIZE];
+
+static PyObject *
+read_key(Reader *r, Py_ssize_t n)
+{
+    const unsigned char *p = r->buf + r->pos;
+    uint32_t hash = 2166136261u; /* FNV-1a */
+    Py_ssize_t i;
+    PyObject *cached, *key;
+
+    if (n > KEY_CACHE_MAX_LEN) {
+        return read_utf8(r, n, "invalid utf8 key");
+    }
+    for (i = 0; i < n; i++) {
+        if (p[i] >= 0x80) {
+            return read_utf8(r, n, "invalid utf8 key");
+        }
+        hash = (hash ^ p[i]) * 16777619u;
+    }
+    cached = key_cache[hash % KEY_CACHE_SIZE];
+    if (cached != NULL && PyUnicode_GET_LENGTH(cached) == n &&
+        memcmp(PyUnicode_DATA(cached), p, (size_t)n) == 0) {
+        r->pos += n;
+        Py_INCREF(cached);
+        return cached;
+    }
+    key = read_utf8(r, n, "invalid utf8 key");
+    if (key != NULL) {
+        Py_XSETREF(key_cache[hash % KEY_CACHE_SIZE], Py_NewRef(key));
+    }
+    return key;
+}
+
+static PyObject *decode_value(Reader *r, long depth);
+
+static PyObject *
+decode_array(Reader *r, long depth)
+{
+    uint32_t count, i;
+    Py_ssize_t slots;
+    PyObject *list;
+
+    if (remaining(r) < 4) {
+        return fail("truncated array length");
+    }
+    count = load_u32(r->buf + r->pos);
+    r->pos += 4;
+    /* Every element takes at least one byte, so a count beyond the remaining
+       input can never be satisfied: never allocate more than the input. */
+    slots = (uint64_t)count < (uint64_t)remaining(r) ? (Py_ssize_t)count : remaining(r);
+    list = PyList_New(slots);
+    if (list == NULL) {
+        return NULL;
+    }
+    for (i = 0; i < count; i++) {
+        PyObject *item;
+        if ((Py_ssize_t)i >= slots) {
+            /* unreachable: element i would start at or past the end */
+            Py_DECREF(list);
+            return fail("unexpected end of input");
+        }
+        item = decode_value(r, depth + 1);
+        if (item == NULL) {
+            Py_DECREF(list); /* unfilled slots are NULL, which list_dealloc skips */
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+    }
+    return list;
+}
+
+static PyObject *
+decode_map(Reader *r, long depth)
+{
+    uint32_t count, i;
+    PyObject *dict;
+
+    if (remaining(r) < 4) {
+        return fail("truncated map length");
+    }
+    count = load_u32(r->buf + r->pos);
+    r->pos += 4;
+    /* an entry takes at least 5 bytes: size the table from what can fit */
+    dict = _PyDict_NewPresized(
+        (uint64_t)count < (uint64_t)(remaining(r) / 5) ? (Py_ssize_t)count : remaining(r) / 5);
+    if (dict == NULL) {
+        return NULL;
+    }
+    for (i = 0; i < count; i++) {
+        uint32_t length;
+        PyObject *key, *item;
+        int status;
+
+        if (remaining(r) < 4) {
+            Py_DECREF(dict);
+            return fail("truncated map key length");
+        }
+        length = load_u32(r->buf + r->pos);
+        r->pos += 4;
+        if ((uint64_t)remaining(r) < (uint64_t)length) {
+            Py_DECREF(dict);
+            return fail("truncated map key data");
+        }
+        key = read_key(r, (Py_ssize_t)length);
+        if (key == NULL) {
+            Py_DECREF(dict);
+            return NULL;
+        }
+        item = decode_value(r, depth + 1);
+        if (item == NULL) {
+            Py_DECREF(key);
+            Py_DECREF(dict);
+            return NULL;
+        }
+        status = PyDict_SetItem(dict, key, item);
+        Py_DECREF(key);
+        Py_DECREF(item);
+        if (status < 0) {
+            Py_DECREF(dict);
+            return NULL;
+        }
+    }
+    return dict;
+}
+
+static PyObject *
+decode_value(Reader *r, long depth)
+{
+    Py_ssize_t at;
+    unsigned char tag;
+
+    if (r->pos >= r->len) {
+        return fail("unexpected end of input");
+    }
+    at = r->pos;
+    tag = r->buf[r->pos++];
+    switch (tag) {
+    case 0x00:
+        Py_RETURN_NONE;
+    case 0x01:
+        Py_RETURN_FALSE;
+    case 0x02:
+        Py_RETURN_TRUE;
+    case 0x03: {
+        uint64_t bits;
+        int64_t number;
+        if (remaining(r) < 8) {
+            return fail("truncated int64");
+        }
+        bits = load_u64(r->buf + r->pos);
+        r->pos += 8;
+        /* two's complement without implementation-defined casts */
+        number = bits <= (uint64_t)INT64_MAX ? (int64_t)bits : -(int64_t)(~bits) - 1;
+        return PyLong_FromLongLong((long long)number);
+    }
+    case 0x04: {
+        uint64_t number;
+        if (remaining(r) < 8) {
+            return fail("truncated uint64");
+        }
+        number = load_u64(r->buf + r->pos);
+        r->pos += 8;
+        return PyLong_FromUnsignedLongLong((unsigned long long)number);
+    }
+    case 0x05: {
+        uint64_t bits;
+        double number;
+        if (remaining(r) < 8) {
+            return fail("truncated float64");
+        }
+        bits = load_u64(r->buf + r->pos);
+        r->pos += 8;
+        memcpy(&number, &bits, sizeof number);
+        if (!isfinite(number)) {
+            Py_RETURN_NONE;
+        }
+        return PyFloat_FromDouble(number);
+    }
+    case 0x06: {
+        uint32_t length;
+        if (remaining(r) < 4) {
+            return fail("truncated string length");
+        }
+        length = load_u32(r->buf + r->pos);
+        r->pos += 4;
+        if ((uint64_t)remaining(r) < (uint64_t)length) {
+            return fail("truncated string data");
+        }
+        return read_utf8(r, (Py_ssize_t)length, "invalid utf8");
+    }
+    case 0x07:
+        if (depth >= r->max_depth) {
+            return fail("nesting too deep");
+        }
+        return decode_array(r, depth);
+    case 0x08:
+        if (depth >= r->max_depth) {
+            return fail("nesting too deep");
+        }
+        return decode_map(r, depth);
+    default: {
+        char message[64];
+        snprintf(message, sizeof message, "unknown tag 0x%02x at position %zd",
+                 (unsigned int)tag, at);
+        return fail(message);
+    }
+    }
+}
+
+/* decode(data, offset, max_depth) -> object */
+static PyObject *
+oxiwire_decode(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    Py_ssize_t offset;
+    long max_depth;
+    Reader reader;
+    PyObject *result;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "decode() takes exactly 3 arguments");
+        return NULL;
+    }
+    offset = PyLong_AsSsize_t(args[1]);
+    if (offset == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    max_depth = PyLong_AsLong(args[2]);
+    if (max_depth == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (offset < 0 || offset > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "offset out of range");
+        return NULL;
+    }
+    reader.buf = (const unsigned char *)view.buf;
+    reader.len = view.len;
+    reader.pos = offset;
+    reader.max_depth = max_depth;
+    result = decode_value(&reader, 0);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* ------------------------------------------------------------------------ */
+/* encoding                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * The output grows in `small` (on the stack) until it outgrows it, then in a
+ * bytes object resized by doubling and trimmed at the end.
+ */
+#define SMALL_OUTPUT 4096
+
+typedef struct {
+    unsigned char *data; /* small, or the buffer of bytes */
+    PyObject *bytes;     /* owned once the output left small, else NULL */
+    Py_ssize_t len;
+    Py_ssize_t cap;
+    unsigned char small[SMALL_OUTPUT];
+} Writer;
+
+static int
+reserve(Writer *w, Py_ssize_t n)
+{
+    Py_ssize_t need, cap;
+
+    if (w->cap - w->len >= n) {
+        return 0;
+    }
+    if (n > PY_SSIZE_T_MAX - w->len) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    need = w->len + n;
+    cap = w->cap <= PY_SSIZE_T_MAX / 2 ? w->cap * 2 : PY_SSIZE_T_MAX;
+    if (cap < need) {
+        cap = need;
+    }
+    if (w->bytes == NULL) {
+        w->bytes = PyBytes_FromStringAndSize(NULL, cap);
+        if (w->bytes == NULL) {
+            return -1;
+        }
+        memcpy(PyBytes_AS_STRING(w->bytes), w->small, (size_t)w->len);
+    }
+    else if (_PyBytes_Resize(&w->bytes, cap) < 0) {
+        return -1; /* w->bytes is NULL now */
+    }
+    w->data = (unsigned char *)PyBytes_AS_STRING(w->bytes);
+    w->cap = cap;
+    return 0;
+}
+
+static inline unsigned char *
+cursor(Writer *w)
+{
+    return w->data + w->len;
+}
+
+static inline void
+store_u32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+
+static inline void
+store_u64(unsigned char *p, uint64_t v)
+{
+    store_u32(p, (uint32_t)v);
+    store_u32(p + 4, (uint32_t)(v >> 32));
+}
+
+static int
+put_byte(Writer *w, unsigned char byte)
+{
+    if (reserve(w, 1) < 0) {
+        return -1;
+    }
+    *cursor(w) = byte;
+    w->len += 1;
+    return 0;
+}
+
+static int
+put_tag_u64(Writer *w, unsigned char tag, uint64_t v)
+{
+    unsigned char *p;
+    if (reserve(w, 9) < 0) {
+        return -1;
+    }
+    p = cursor(w);
+    p[0] = tag;
+    store_u64(p + 1, v);
+    w->len += 9;
+    return 0;
+}
+
+static int
+put_double(Writer *w, double number)
+{
+    uint64_t bits;
+    if (!isfinite(number)) {
+        return put_byte(w, 0x00);
+    }
+    memcpy(&bits, &number, sizeof bits);
+    return put_tag_u64(w, 0x05, bits);
+}
+
+/* A length-prefixed UTF-8 string, preceded by `tag` unless tag < 0 (keys). */
+static int
+put_text(Writer *w, int tag, PyObject *text, const char *too_long)
+{
+    Py_ssize_t n;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(text, &n);
+    unsigned char *p;
+
+    if (utf8 == NULL) {
+        return -1;
+    }
+    if ((uint64_t)n > (uint64_t)U32_MAX_VALUE) {
+        PyErr_SetString(PyExc_ValueError, too_long);
+        return -1;
+    }
+    if (reserve(w, n + 5) < 0) {
+        return -1;
+    }
+    p = cursor(w);
+    if (tag >= 0) {
+        *p++ = (unsigned char)tag;
+        w->len += 1;
+    }
+    store_u32(p, (uint32_t)n);
+    memcpy(p + 4, utf8, (size_t)n);
+    w->len += 4 + n;
+    return 0;
+}
+
+static int
+put_header(Writer *w, unsigned char tag, Py_ssize_t count, const char *too_long)
+{
+    unsigned char *p;
+    if ((uint64_t)count > (uint64_t)U32_MAX_VALUE) {
+        PyErr_SetString(PyExc_ValueError, too_long);
+        return -1;
+    }
+    if (reserve(w, 5) < 0) {
+        return -1;
+    }
+    p = cursor(w);
+    p[0] = tag;
+    store_u32(p + 1, (uint32_t)count);
+    w->len += 5;
+    return 0;
+}
+
+static int
+put_int(Writer *w, PyObject *number)
+{
+    int overflow;
+    long long value = PyLong_AsLongLongAndOverflow(number, &overflow);
+    double approx;
+
+    if (value == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow == 0) {
+        if (value >= 0) {
+            return put_tag_u64(w, 0x04, (uint64_t)value);
+        }
+        return put_tag_u64(w, 0x03, (uint64_t)value);
+    }
+    if (overflow > 0) {
+        unsigned long long big = PyLong_AsUnsignedLongLong(number);
+        if (!(big == (unsigned long long)-1 && PyErr_Occurred())) {
+            return put_tag_u64(w, 0x04, (uint64_t)big);
+        }
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            return -1;
+        }
+        PyErr_Clear();
+    }
+    /* beyond int64/uint64: a double, or null when not even that fits */
+    approx = PyLong_AsDouble(number);
+    if (approx == -1.0 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            return -1;
+        }
+        PyErr_Clear();
+        return put_byte(w, 0x00);
+    }
+    return put_double(w, approx);
+}
+
+static int encode_value(Writer *w, PyObject *value);
+
+static int
+put_map(Writer *w, PyObject *dict)
+{
+    Py_ssize_t pos = 0;
+    PyObject *key, *item;
+    int status = 0;
+
+    if (put_header(w, 0x08, PyDict_GET_SIZE(dict), "map too long for OxiWire") < 0) {
+        return -1;
+    }
+    if (Py_EnterRecursiveCall(" while encoding an OxiWire value")) {
+        return -1;
+    }
+    while (PyDict_Next(dict, &pos, &key, &item)) {
+        if (!PyUnicode_Check(key)) {
+            PyErr_Format(PyExc_TypeError, "map keys must be strings, not %s",
+                         _PyType_Name(Py_TYPE(key)));
+            status = -1;
+            break;
+        }
+        /* hold both: a finalizer run by an allocation could mutate the dict */
+        Py_INCREF(key);
+        Py_INCREF(item);
+        status = put_text(w, -1, key, "map key too long for OxiWire");
+        if (status == 0) {
+            status = encode_value(w, item);
+        }
+        Py_DECREF(key);
+        Py_DECREF(item);
+        if (status < 0) {
+            break;
+        }
+    }
+    Py_LeaveRecursiveCall();
+    return status;
+}
+
+static int
+put_array(Writer *w, PyObject *sequence)
+{
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+    Py_ssize_t i;
+    int status = 0;
+
+    if (put_header(w, 0x07, n, "array too long for OxiWire") < 0) {
+        return -1;
+    }
+    if (Py_EnterRecursiveCall(" while encoding an OxiWire value")) {
+        return -1;
+    }
+    for (i = 0; i < n && i < PySequence_Fast_GET_SIZE(sequence); i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(sequence, i);
+        Py_INCREF(item);
+        status = encode_value(w, item);
+        Py_DECREF(item);
+        if (status < 0) {
+            break;
+        }
+    }
+    Py_LeaveRecursiveCall();
+    return status;
+}
+
+static int
+encode_value(Writer *w, PyObject *value)
+{
+    if (value == Py_None) {
+        return put_byte(w, 0x00);
+    }
+    if (value == Py_True) {
+        return put_byte(w, 0x02);
+    }
+    if (value == Py_False) {
+        return put_byte(w, 0x01);
+    }
+    if (PyUnicode_Check(value)) {
+        return put_text(w, 0x06, value, "string too long for OxiWire");
+    }
+    if (PyLong_Check(value)) {
+        return put_int(w, value);
+    }
+    if (PyFloat_Check(value)) {
+        return put_double(w, PyFloat_AS_DOUBLE(value));
+    }
+    if (PyDict_Check(value)) {
+        return put_map(w, value);
+    }
+    if (PyList_Check(value) || PyTuple_Check(value)) {
+        return put_array(w, value);
+    }
+    PyErr_Format(PyExc_TypeError, "cannot encode object of type %s as OxiWire",
+                 _PyType_Name(Py_TYPE(value)));
+    return -1;
+}
+
+/* encode(value, header=b"") -> bytes */
+static PyObject *
+oxiwire_encode(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    Writer w;
+
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "encode() takes 1 or 2 arguments");
+        return NULL;
+    }
+    if (nargs == 2 && !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "header must be bytes");
+        return NULL;
+    }
+    w.data = w.small;
+    w.bytes = NULL;
+    w.len = 0;
+    w.cap = SMALL_OUTPUT;
+    if (nargs == 2) {
+        Py_ssize_t n = PyBytes_GET_SIZE(args[1]);
+        if (reserve(&w, n) < 0) {
+            return NULL;
+        }
+        memcpy(w.data, PyBytes_AS_STRING(args[1]), (size_t)n);
+        w.len = n;
+    }
+    if (encode_value(&w, args[0]) < 0) {
+        Py_XDECREF(w.bytes);
+        return NULL;
+    }
+    if (w.bytes == NULL) {
+        return PyBytes_FromStringAndSize((const char *)w.small, w.len);
+    }
+    if (_PyBytes_Resize(&w.bytes, w.len) < 0) {
+        return NULL;
+    }
+    return w.bytes;
+}
+
+/* ------------------------------------------------------------------------ */
+/* JSON nesting scan                                                         */
+/* ------------------------------------------------------------------------ */
+
+/* json_depth_exceeds(data, limit) -> bool */
+static PyObject *
+oxiwire_json_depth_exceeds(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    long limit, depth = 0;
+    const unsigned char *p, *end;
+    int exceeded = 0;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "json_depth_exceeds() takes exactly 2 arguments");
+        return NULL;
+    }
+    limit = PyLong_AsLong(args[1]);
+    if (limit == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    p = (const unsigned char *)view.buf;
+    end = p + view.len;
+    while (p < end) {
+        unsigned char c = *p++;
+        if (c == '"') {
+            /* skip the string; an escape skips the byte after the backslash */
+            while (p < end) {
+                c = *p++;
+                if (c == '\\') {
+                    if (p < end) {
+                        p++;
+                    }
+                }
+                else if (c == '"') {
+                    break;
+                }
+            }
+        }
+        else if (c == '[' || c == '{') {
+            if (++depth > limit) {
+                exceeded = 1;
+                break;
+            }
+        }
+        else if ((c == ']' || c == '}') && depth > 0) {
+            depth--;
+        }
+    }
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(exceeded);
+}
+
+/* ------------------------------------------------------------------------ */
+/* module                                                                    */
+/* ------------------------------------------------------------------------ */
+
+static PyMethodDef oxiwire_methods[] = {
+    {"encode", (PyCFunction)(void (*)(void))oxiwire_encode, METH_FASTCALL,
+     "encode(value, header=b'') -> bytes: header followed by one tagged OxiWire value."},
+    {"decode", (PyCFunction)(void (*)(void))oxiwire_decode, METH_FASTCALL,
+     "decode(data, offset, max_depth) -> object: the tagged value at data[offset]."},
+    {"json_depth_exceeds", (PyCFunction)(void (*)(void))oxiwire_json_depth_exceeds,
+     METH_FASTCALL,
+     "json_depth_exceeds(data, limit) -> bool: JSON text nests deeper than limit."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef oxiwire_module = {
+    PyModuleDef_HEAD_INIT,
+    "oxidb.wire._oxiwire",
+    "The OxiWire value codec in C; see oxidb.wire._oxiwire_py for the reference.",
+    -1,
+    oxiwire_methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__oxiwire(void)
+{
+    PyObject *module = PyModule_Create(&oxiwire_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    OxiWireError = PyErr_NewExceptionWithDoc(
+        "oxidb.wire._oxiwire.OxiWireError",
+        "A malformed OxiWire value; str() is upstream's error text.",
+        PyExc_ValueError, NULL);
+    if (OxiWireError == NULL || PyModule_AddObjectRef(module, "OxiWireError", OxiWireError) < 0) {
+        Py_XDECREF(OxiWireError);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
