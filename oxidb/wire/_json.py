@@ -1,0 +1,106 @@
+"""
+The JSON payload codec (spec sections 1.8 and 2.2).
+
+Output is compact UTF-8 JSON as C{json.dumps(obj, ensure_ascii=False,
+separators=(",", ":"))} writes it, with non-finite floats as C{null}. Input
+is any JSON text. C{orjson} does the work; the standard library takes over
+where orjson would lose information (integers beyond 64 bits) or refuses
+(encoding nesting beyond its limit).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+import orjson
+
+from oxidb.errors import DecodeError
+from oxidb.wire._accel import impl as _impl
+from oxidb.wire.limits import MAX_DEPTH
+
+# orjson reads integers beyond 64 bits as floats. Any integer literal with 19
+# or more digits may be such an integer (the largest int64 has 19 digits), so
+# such input goes to the exact standard-library parser. Digit runs inside
+# strings trigger it too, which costs time but never changes the result.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def decode(payload: bytes) -> object:
+    """
+    Parse one JSON text. Integers stay exact at any size; C{NaN},
+    C{Infinity}, numbers that overflow a double, lone surrogates and nesting
+    deeper than L{MAX_DEPTH} are refused. Duplicate keys: the last wins.
+
+    @raise DecodeError: C{"invalid JSON: <detail>"}.
+    """
+    if _impl.json_depth_exceeds(payload, MAX_DEPTH):
+        raise DecodeError(f"invalid JSON: nesting deeper than {MAX_DEPTH}")
+    if _LONG_DIGITS.search(payload) is None:
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError as e:
+            raise DecodeError(f"invalid JSON: {e}") from None
+    return _decode_exact(payload)
+
+
+def _decode_exact(payload: bytes) -> object:
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DecodeError(f"invalid JSON: {e}") from None
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as e:
+        raise DecodeError(f"invalid JSON: {e}") from None
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DecodeError("invalid JSON: lone surrogate in string") from None
+    return value
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number out of range: {text}")
+    return number
+
+
+def encode(obj: object) -> bytes:
+    """
+    Compact UTF-8 JSON for C{obj} (non-finite floats as C{null}).
+
+    @raise TypeError: a value or object key that JSON cannot carry.
+    @raise UnicodeEncodeError: a string holding a lone surrogate.
+    """
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        # Integers beyond 64 bits or nesting beyond orjson's limit; anything
+        # else fails again below with the standard library's own message.
+        pass
+    text = json.dumps(
+        _json_safe(obj), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    )
+    return text.encode("utf-8")
+
+
+def _json_safe(value: Any) -> Any:
+    """C{value} with non-finite floats as C{None}; non-str keys are refused."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise TypeError(f"object keys must be strings, not {type(key).__name__}")
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value

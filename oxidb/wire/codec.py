@@ -1,0 +1,128 @@
+"""
+Payload formats: detection, request decoding and reply encoding (spec
+sections 1.4, 1.8 and 2.1-2.5).
+
+Each frame payload is classified on its own by its first byte (L{detect}); the
+reply to a request is encoded in the request's format, except that decode
+failures are always answered in JSON (C{encode_error(WireFormat.JSON,
+str(error))}) and the C{hello} success reply is always top-level JSON
+(L{encode_json_top}).
+"""
+
+from __future__ import annotations
+
+import enum
+
+from oxidb.errors import DecodeError
+from oxidb.wire import _json, _msgpack, oxiwire
+from oxidb.wire.limits import MAX_DEPTH
+
+__all__ = [
+    "MAX_DEPTH",
+    "WireFormat",
+    "decode_reply",
+    "decode_request",
+    "detect",
+    "encode_error",
+    "encode_json_top",
+    "encode_ok",
+]
+
+
+class WireFormat(enum.Enum):
+    JSON = "json"
+    OXIWIRE = "oxiwire"
+    MSGPACK = "msgpack"
+
+
+# First bytes that mean JSON: "{", "[" and the four JSON whitespace bytes.
+# Upstream takes leading whitespace for MessagePack; we deliberately do not.
+_JSON_FIRST = frozenset(b"{[ \t\n\r")
+
+
+def detect(payload: bytes) -> WireFormat:
+    """
+    The format of a payload, from its first byte: C{{}, C{[} or JSON
+    whitespace mean JSON, C{0xDB} OxiWire, anything else (the empty payload
+    included) MessagePack.
+    """
+    if not payload:
+        return WireFormat.MSGPACK
+    first = payload[0]
+    if first in _JSON_FIRST:
+        return WireFormat.JSON
+    if first == oxiwire.MAGIC:
+        return WireFormat.OXIWIRE
+    return WireFormat.MSGPACK
+
+
+def decode_request(payload: bytes) -> tuple[WireFormat, object]:
+    """
+    Detect the payload's format and decode it. The value is usually a dict;
+    any other valid value is returned as it is (the dispatcher treats it as
+    a request without C{cmd}).
+
+    @raise DecodeError: C{"invalid JSON: ..."}, C{"invalid OxiWire request:
+        ..."} or C{"invalid MsgPack: ..."}; reply with
+        C{encode_error(WireFormat.JSON, str(error))}.
+    """
+    fmt = detect(payload)
+    if fmt is WireFormat.JSON:
+        return fmt, _json.decode(payload)
+    if fmt is WireFormat.OXIWIRE:
+        return fmt, oxiwire.decode_request(payload)
+    return fmt, _msgpack.decode(payload)
+
+
+def encode_ok(fmt: WireFormat, data: object) -> bytes:
+    """
+    The success reply payload: JSON C{{"ok":true,"data":<data>}}, OxiWire
+    C{0xDB 0x00 <data>}, MessagePack map C{{"ok": true, "data": <data>}}.
+
+    @raise TypeError: C{data} holds something outside the JSON data model
+        (a server bug).
+    """
+    if fmt is WireFormat.JSON:
+        return _json.encode({"ok": True, "data": data})
+    if fmt is WireFormat.OXIWIRE:
+        return oxiwire.encode_ok(data)
+    return _msgpack.encode({"ok": True, "data": data})
+
+
+def encode_error(fmt: WireFormat, message: str) -> bytes:
+    """
+    The error reply payload: JSON C{{"ok":false,"error":<message>}}, OxiWire
+    C{0xDB 0x01 <string>}, MessagePack map C{{"ok": false, "error": <message>}}.
+    """
+    if fmt is WireFormat.JSON:
+        return _json.encode({"ok": False, "error": message})
+    if fmt is WireFormat.OXIWIRE:
+        return oxiwire.encode_error(message)
+    return _msgpack.encode({"ok": False, "error": message})
+
+
+def encode_json_top(obj: dict[str, object]) -> bytes:
+    """
+    Compact JSON of a whole top-level object, for replies that have no
+    C{data} wrapper (the C{hello} success reply).
+    """
+    return _json.encode(obj)
+
+
+def decode_reply(payload: bytes) -> dict[str, object]:
+    """
+    A reply payload in any format, as the JSON-shaped envelope dict
+    (C{{"ok": True, "data": ...}} or C{{"ok": False, "error": ...}}; a
+    top-level JSON reply such as C{hello}'s comes back as it is). For
+    clients, tests and the OxiWire branch of C{pipeline}.
+
+    @raise DecodeError: the payload is not a well-formed reply.
+    """
+    fmt = detect(payload)
+    if fmt is WireFormat.OXIWIRE:
+        ok, value = oxiwire.decode_reply(payload)
+        return {"ok": True, "data": value} if ok else {"ok": False, "error": value}
+    reply = _json.decode(payload) if fmt is WireFormat.JSON else _msgpack.decode(payload)
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+        raise DecodeError(f"invalid {fmt.value} reply: not an envelope")
+    return reply
