@@ -28,11 +28,6 @@ _MISSING = object()
 _INDEX = re.compile(r"\+?[0-9]+")
 
 
-def split_path(path: str) -> tuple[str, ...]:
-    """The steps of C{path}."""
-    return tuple(path.split("."))
-
-
 def get_parts(doc: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
     """L{get_path} on a pre-split path."""
     current = doc
@@ -51,11 +46,6 @@ def get_path(doc: Any, path: str) -> tuple[bool, Any]:
     else C{(False, None)}. An explicit C{null} is found.
     """
     return get_parts(doc, tuple(path.split(".")))
-
-
-def get_value(doc: Any, path: str) -> Any:
-    """The value at C{path}, with a missing path read as C{None}."""
-    return get_parts(doc, tuple(path.split(".")))[1]
 
 
 def get_parts_sort(doc: Any, parts: tuple[str, ...]) -> tuple[bool, Any]:
