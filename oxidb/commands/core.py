@@ -1,0 +1,115 @@
+"""
+Server-level commands: C{ping}, C{hello} (server.md 2.6) and C{pipeline} (2.7).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from oxidb import __version__
+from oxidb.commands._context import CommandContext
+from oxidb.commands._registry import Command
+from oxidb.errors import BadRequestError
+from oxidb.server.dispatch import Reply, TopLevel
+
+#: wire versions this server speaks.
+WIRE_VERSIONS = (1,)
+
+#: hello feature name -> a command whose presence proves the feature works.
+FEATURE_COMMANDS = (
+    ("indexes", "create_index"),
+    ("aggregation", "aggregate"),
+    ("fts", "text_search"),
+    ("txn", "begin_tx"),
+    ("blobs", "put_object"),
+    ("stored_procedures", "call_procedure"),
+    ("raft", "raft_metrics"),
+)
+
+
+def ping(ctx: CommandContext, request: dict[str, Any]) -> str:
+    return "pong"
+
+
+def _rust_list(values: list[Any]) -> str:
+    return "[" + ", ".join(str(v) for v in values) + "]"
+
+
+def hello(ctx: CommandContext, request: dict[str, Any]) -> TopLevel:
+    """
+    Advertise the server. Features are derived from what is really
+    registered and configured, never a fixed list.
+    """
+    offered = request.get("wire_versions", [1])
+    if not isinstance(offered, list) or not all(type(v) is int for v in offered):
+        raise BadRequestError("'wire_versions' must be an array of integers")
+    common = [v for v in offered if v in WIRE_VERSIONS]
+    if not common:
+        raise BadRequestError(
+            f"no compatible wire version (server supports {_rust_list(list(WIRE_VERSIONS))}, "
+            f"client offered {_rust_list(offered)})"
+        )
+    ctx.session.wire_version = max(common)
+    services = ctx.services
+    registry = services.registry
+    features = [name for name, cmd in FEATURE_COMMANDS if cmd in registry]
+    if services.auth_enabled:
+        features += ["rbac", "scram_sha_256"]
+    if services.tls_enabled:
+        features.append("tls")
+    if services.audit is not None:
+        features.append("audit")
+    return TopLevel(
+        {
+            "ok": True,
+            "server": {
+                "name": "oxidb-server",
+                "version": __version__,
+                "wire_version": ctx.session.wire_version,
+                "supported_wire_versions": list(WIRE_VERSIONS),
+                "stable_surface_version": "1.0",
+                "features": features,
+                "experimental_features": [],
+                "auth_methods": ["scram-sha-256"] if services.auth_enabled else ["anonymous"],
+            },
+        }
+    )
+
+
+def pipeline(ctx: CommandContext, request: dict[str, Any]) -> Any:
+    """
+    Run each sub-request through the full dispatch, in order, sharing the
+    session; reply with the list of their envelopes.
+    """
+    commands = request.get("commands")
+    if not isinstance(commands, list):
+        raise BadRequestError("pipeline: missing 'commands' array")
+    dispatcher = ctx.services.dispatcher
+    envelopes: list[dict[str, Any]] = []
+
+    def run_from(index: int) -> Any:
+        while index < len(commands):
+            sub = commands[index]
+            index += 1
+            if type(sub) is dict and sub.get("cmd") == "pipeline":
+                envelopes.append({"ok": False, "error": "pipeline: nested pipelines are not supported"})
+                continue
+            outcome = dispatcher.dispatch(ctx, sub)
+            if isinstance(outcome, Reply):
+                envelopes.append(outcome.envelope())
+                continue
+            return outcome.addCallback(_collect, index)
+        return envelopes
+
+    def _collect(reply: Reply, index: int) -> Any:
+        envelopes.append(reply.envelope())
+        return run_from(index)
+
+    return run_from(0)
+
+
+COMMANDS = [
+    Command("ping", ping, pre_auth=True, audit_collection=None),
+    Command("hello", hello, pre_auth=True, audited=False, audit_collection=None),
+    Command("pipeline", pipeline, pre_auth=True, audited=False, audit_collection=None),
+]

@@ -1,0 +1,237 @@
+"""
+Server configuration: C{OXIDB_*} environment variables, overridden by twistd
+options of the same meaning.
+
+Every setting is one row of L{SETTINGS}: its variable, its option, its
+default, its parser and its help text. L{oxidb.tap.Options} is generated from
+the same rows, so a variable without an option (or the reverse) cannot exist.
+A bad value stops startup with a L{ConfigError} naming the variable (or
+option) and the value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Any, Callable, Mapping
+
+import attrs
+
+from oxidb.errors import ConfigError
+
+Address = tuple[str, int]
+
+
+# --- value parsers: (text) -> value, raising ValueError with a reason -------
+
+
+def parse_address(text: str) -> Address:
+    """
+    C{host:port} with an IP literal (IPv6 in brackets: C{[::1]:4444}) or
+    C{localhost}; port 0-65535.
+    """
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError("expected [ipv6]:port")
+        _check_ip(host, version=6)
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError("expected host:port")
+        if host == "localhost":
+            host = "127.0.0.1"
+        else:
+            _check_ip(host, version=4)
+    return host, _parse_port(port)
+
+
+def parse_peer_address(text: str) -> Address:
+    """C{host:port} where host may also be a DNS name (peers are dialled)."""
+    if text.startswith("["):
+        return parse_address(text)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or any(c.isspace() for c in host):
+        raise ValueError("expected host:port")
+    return host, _parse_port(port)
+
+
+def _check_ip(host: str, version: int) -> None:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if address.version != version:
+        raise ValueError("IPv6 addresses must be written in brackets, e.g. [::1]:4444")
+
+
+def _parse_port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise ValueError("port must be an integer between 0 and 65535")
+    return int(text)
+
+
+def parse_uint(text: str) -> int:
+    text = text.strip()
+    if not text.isdigit():
+        raise ValueError("must be a non-negative integer")
+    return int(text)
+
+
+def parse_positive_int(text: str) -> int:
+    value = parse_uint(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def parse_bool(text: str) -> bool:
+    """
+    C{true}/C{1} are on, C{false}/C{0}/empty are off. Anything else is an
+    error: upstream silently treats C{TRUE} or C{yes} as off, which turns
+    security switches off by a typo.
+    """
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0", ""):
+        return False
+    raise ValueError("must be true, 1, false or 0")
+
+
+def parse_path(text: str) -> str:
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def parse_node_id(text: str) -> int:
+    value = parse_uint(text)
+    if value >= 2**64:
+        raise ValueError("must fit in 64 bits")
+    return value
+
+
+def parse_peers(text: str) -> dict[int, Address]:
+    """C{1=host:port,2=host:port}; whitespace around entries is ignored."""
+    peers: dict[int, Address] = {}
+    for entry in text.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        node, sep, addr = entry.partition("=")
+        if not sep:
+            raise ValueError(f"entry {entry!r} is not id=host:port")
+        try:
+            node_id = parse_node_id(node.strip())
+            peers[node_id] = parse_peer_address(addr.strip())
+        except ValueError as e:
+            raise ValueError(f"entry {entry!r}: {e}") from None
+    return peers
+
+
+def format_address(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- the table --------------------------------------------------------------
+
+
+@attrs.frozen
+class Setting:
+    """
+    @ivar field: the L{Config} attribute.
+    @ivar env: the environment variable.
+    @ivar option: the twistd long option (without C{--}).
+    @ivar default: the default as text (parsed like any value), or C{None}
+        for "unset".
+    """
+
+    field: str
+    env: str
+    option: str
+    default: str | None
+    parse: Callable[[str], Any]
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("addr", "OXIDB_ADDR", "addr", "127.0.0.1:4444", parse_address,
+            "client listen address, host:port ([::1]:4444 for IPv6)"),
+    Setting("data_dir", "OXIDB_DATA", "data", "./oxidb_data", parse_path,
+            "data directory (created if missing)"),
+    Setting("pool_size", "OXIDB_POOL_SIZE", "pool-size", "4", parse_positive_int,
+            "worker threads for blocking work"),
+    Setting("idle_timeout", "OXIDB_IDLE_TIMEOUT", "idle-timeout", "30", parse_uint,
+            "seconds a connection may stay silent (0 = never)"),
+    Setting("verbose", "OXIDB_VERBOSE", "verbose", "false", parse_bool,
+            "extra startup logging (true/false)"),
+    Setting("metrics_addr", "OXIDB_METRICS_ADDR", "metrics-addr", None, parse_address,
+            "host:port of the HTTP endpoint serving /metrics, /health and /ready (off when unset)"),
+)
+
+_BY_FIELD = {s.field: s for s in SETTINGS}
+
+
+@attrs.frozen
+class Config:
+    """The validated configuration of one server. See L{SETTINGS}."""
+
+    addr: Address = ("127.0.0.1", 4444)
+    data_dir: str = "./oxidb_data"
+    pool_size: int = 4
+    idle_timeout: int = 30
+    verbose: bool = False
+    metrics_addr: Address | None = None
+
+    @classmethod
+    def from_sources(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        options: Mapping[str, str | None] | None = None,
+    ) -> "Config":
+        """
+        Build a config from the environment, overridden by options (keyed by
+        option name; C{None} means "not given").
+
+        @raise ConfigError: a value is invalid; the message names the variable
+            or option and the value.
+        """
+        environ = {} if environ is None else environ
+        options = {} if options is None else options
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            given = options.get(setting.option)
+            if given is not None:
+                source, text = f"--{setting.option}", given
+            elif setting.env in environ:
+                source, text = setting.env, environ[setting.env]
+            elif setting.default is not None:
+                source, text = "default", setting.default
+            else:
+                values[setting.field] = None
+                continue
+            try:
+                values[setting.field] = setting.parse(text)
+            except ValueError as e:
+                raise ConfigError(f"{source}={text!r} is invalid: {e}") from None
+        return cls(**values)
+
+    def prepare_data_dir(self) -> str:
+        """
+        Create the data directory if missing and check that it is a writable
+        directory; return its absolute path.
+
+        @raise ConfigError: it cannot be created or written.
+        """
+        path = os.path.abspath(self.data_dir)
+        where = f"{_BY_FIELD['data_dir'].env}={self.data_dir!r}"
+        try:
+            os.makedirs(path, exist_ok=True)
+            probe = os.path.join(path, f".write-probe-{os.getpid()}")
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+            os.remove(probe)
+        except OSError as e:
+            raise ConfigError(f"{where}: data directory is not usable: {e.strerror or e}") from None
+        return path

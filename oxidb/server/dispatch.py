@@ -1,0 +1,180 @@
+"""
+From a decoded request to a reply: command lookup, the authentication gate,
+RBAC, the handler, audit and metrics.
+
+Processing order (server.md 3.1, with this project's RBAC table):
+
+ 1. the command name is C{cmd} (C{command} accepted as an alias);
+ 2. authentication gate: before login only C{pre_auth} commands run
+    (C{authentication required}; not audited);
+ 3. RBAC (auth on): a denied command is audited as C{denied};
+ 4. unknown command -> C{unknown command: <cmd>};
+ 5. the handler; its outcome is audited as C{ok} or C{error}.
+
+The fast path stays synchronous: a handler that returns a plain value yields a
+plain L{Reply}, without allocating Deferreds (C{ping} throughput is a goal).
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from oxidb.auth import rbac
+from oxidb.commands._context import CommandContext
+from oxidb.errors import (
+    AuthenticationRequiredError,
+    InternalError,
+    MissingCommandError,
+    OxiError,
+    PermissionDeniedError,
+    UnknownCommandError,
+)
+
+
+@attrs.frozen
+class Reply:
+    """
+    The outcome of one request.
+
+    @ivar ok: success or error.
+    @ivar value: the C{data} value, or the error text.
+    @ivar top_level: C{value} is a whole top-level JSON object sent as is,
+        always as JSON (the C{hello} success reply, server.md 2.5).
+    """
+
+    ok: bool
+    value: Any
+    top_level: bool = False
+
+    def envelope(self) -> dict[str, Any]:
+        """The reply as a plain envelope (used inside C{pipeline} replies)."""
+        if self.top_level:
+            return dict(self.value)
+        if self.ok:
+            return {"ok": True, "data": self.value}
+        return {"ok": False, "error": self.value}
+
+
+@attrs.frozen
+class TopLevel:
+    """A handler result to be sent as a top-level object (see L{Reply})."""
+
+    value: dict[str, Any]
+
+
+def command_name(request: Any) -> str:
+    """The request's command, or C{""} when missing or not a string."""
+    if type(request) is not dict:
+        return ""
+    name = request.get("cmd")
+    if name is None:
+        name = request.get("command")
+    return name if isinstance(name, str) else ""
+
+
+class Dispatcher:
+    """
+    Runs requests for sessions. One per service.
+
+    @ivar services: the service's shared parts (L{oxidb.commands.IServices});
+        C{services.auth_enabled}, C{services.health_open},
+        C{services.metrics} and C{services.audit} (or None) are read here.
+    """
+
+    _log = Logger()
+
+    def __init__(self, services: Any) -> None:
+        self.services = services
+        self.registry = services.registry
+
+    def dispatch(self, ctx: CommandContext, request: Any) -> "Reply | Deferred[Reply]":
+        """Run one request; a L{Reply} or a Deferred firing with one."""
+        started = perf_counter()
+        name = command_name(request)
+        command = self.registry.get(name)
+        session = ctx.session
+        services = self.services
+
+        if services.auth_enabled:
+            if not session.authenticated and not (command is not None and command.pre_auth):
+                if not (command is not None and rbac.open_before_login(name, health_open=services.health_open)):
+                    # Not audited (server.md 3.1), but counted.
+                    self._count(command, "denied", started)
+                    return Reply(False, AuthenticationRequiredError().message)
+            elif session.authenticated and not rbac.allowed(session.role, name, health_open=services.health_open):
+                error = PermissionDeniedError(session.role.wire, name)
+                self._finished(ctx, name, request, "denied", error.message, started)
+                return Reply(False, error.message)
+
+        if command is None:
+            error = UnknownCommandError(name) if name else MissingCommandError()
+            self._finished(ctx, name or "", request, "error", error.message, started)
+            return Reply(False, error.message)
+
+        try:
+            result = command.handler(ctx, request)
+        except Exception:
+            return self._failed(Failure(), ctx, command, request, started)
+        if isinstance(result, Deferred):
+            return result.addCallbacks(
+                self._succeeded,
+                self._failed,
+                callbackArgs=(ctx, command, request, started),
+                errbackArgs=(ctx, command, request, started),
+            )
+        return self._succeeded(result, ctx, command, request, started)
+
+    def _succeeded(self, result: Any, ctx: CommandContext, command: Any, request: Any, started: float) -> Reply:
+        self._finished(ctx, command.name, request, "ok", "", started, command)
+        if isinstance(result, TopLevel):
+            return Reply(True, result.value, top_level=True)
+        return Reply(True, result)
+
+    def _failed(self, failure: Failure, ctx: CommandContext, command: Any, request: Any, started: float) -> Reply:
+        error = failure.value
+        if not isinstance(error, OxiError):
+            self._log.failure(
+                "command {cmd} failed unexpectedly (peer {peer})",
+                failure,
+                cmd=command.name,
+                peer=ctx.session.peer,
+            )
+            error = InternalError()
+        self._finished(ctx, command.name, request, "error", error.message, started, command)
+        return Reply(False, error.message)
+
+    def _count(self, command: Any, result: str, started: float) -> None:
+        metrics = self.services.metrics
+        if metrics is not None:
+            metrics.command_finished(command.name if command is not None else "", result, perf_counter() - started)
+
+    def _finished(
+        self,
+        ctx: CommandContext,
+        name: str,
+        request: Any,
+        result: str,
+        detail: str,
+        started: float,
+        command: Any = None,
+    ) -> None:
+        """Count the outcome and, unless the command audits itself, audit it."""
+        self._count(command, result, started)
+        audit = self.services.audit
+        if audit is None or (command is not None and not command.audited):
+            return
+        field = command.audit_collection if command is not None else "collection"
+        collection = request.get(field) if field and type(request) is dict else None
+        audit.record_command(
+            ctx.session,
+            name,
+            collection if isinstance(collection, str) else None,
+            result,
+            detail,
+        )

@@ -1,0 +1,54 @@
+"""
+Where blocking work runs in a standalone server: reads on the thread pool,
+writes on the engine's writer thread (which commits them in groups).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from zope.interface import implementer
+
+from oxidb.commands._context import IExecutor
+from oxidb.errors import UnavailableError
+
+
+def deferred_from_future(reactor: Any, future: "Future[Any]") -> "Deferred[Any]":
+    """A Deferred firing on the reactor thread when C{future} completes."""
+    d: Deferred[Any] = Deferred()
+
+    def fire(done: "Future[Any]") -> None:
+        error = done.exception()
+        if error is None:
+            d.callback(done.result())
+        else:
+            d.errback(error)
+
+    future.add_done_callback(lambda done: reactor.callFromThread(fire, done))
+    return d
+
+
+@implementer(IExecutor)
+class LocalExecutor:
+    """
+    @param reactor: the reactor (for C{callFromThread} and C{seconds}).
+    @param threadpool: the service's started L{ThreadPool}.
+    @param services: read for C{services.engine} at call time.
+    """
+
+    def __init__(self, reactor: Any, threadpool: Any, services: Any) -> None:
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._services = services
+
+    def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
+        return deferToThreadPool(self._reactor, self._threadpool, fn, *args, **kwargs)
+
+    def write(self, op: dict[str, Any]) -> "Deferred[Any]":
+        engine = self._services.engine
+        if engine is None:
+            raise UnavailableError("storage engine is not available")
+        return deferred_from_future(self._reactor, engine.submit(op, self._reactor.seconds()))

@@ -1,0 +1,271 @@
+"""
+Test helpers, public so that applications embedding the server can test
+against it too (in the spirit of C{treq.testing}).
+
+ - L{SynchronousExecutor}: runs reads and writes inline, so a whole request
+   completes inside one C{pump()} of an in-memory connection.
+ - L{MemoryServer}: an L{OxiService}'s protocol stack on a
+   C{MemoryReactorClock}, with in-memory (iosim) client connections.
+ - L{OxiClientProtocol}: a small Twisted client speaking the framing, used by
+   the tests and benches; requests may be pipelined.
+ - L{ServerProcess} and L{BlockingClient}: a real C{twistd -n oxidb} child
+   process and a plain-socket client, for end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections import deque
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.test import iosim
+from zope.interface import implementer
+
+from oxidb.commands._context import IExecutor
+from oxidb.config import Config
+from oxidb.wire.framing import FrameDecoder, encode_frame
+
+
+@implementer(IExecutor)
+class SynchronousExecutor:
+    """Runs everything inline on the calling thread; results are already-fired Deferreds."""
+
+    def __init__(self, services: Any) -> None:
+        self._services = services
+
+    def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
+        try:
+            return succeed(fn(*args, **kwargs))
+        except Exception as e:
+            return fail(e)
+
+    def write(self, op: dict[str, Any]) -> "Deferred[Any]":
+        try:
+            return succeed(self._services.engine.apply(op, self._services.clock.seconds()))
+        except Exception as e:
+            return fail(e)
+
+
+class OxiClientProtocol(Protocol):
+    """
+    Sends requests and matches replies in order.
+
+    C{request(obj)} encodes C{obj} as JSON (or sends raw payload bytes with
+    C{request_raw}) and returns a Deferred firing with the decoded reply
+    payload: a dict for JSON replies, or C{("oxiwire", payload)} raw bytes
+    for binary replies (decode them with the wire codec).
+    """
+
+    def __init__(self) -> None:
+        self._decoder = FrameDecoder()
+        self._waiting: deque[Deferred[Any]] = deque()
+        self.connected_d: Deferred[OxiClientProtocol] = Deferred()
+        self.lost_d: Deferred[None] = Deferred()
+        self.unsolicited: list[bytes] = []
+
+    def connectionMade(self) -> None:
+        self.connected_d.callback(self)
+
+    def request(self, obj: Any) -> "Deferred[Any]":
+        return self.request_raw(json.dumps(obj).encode("utf-8"))
+
+    def request_raw(self, payload: bytes) -> "Deferred[Any]":
+        d: Deferred[Any] = Deferred()
+        self._waiting.append(d)
+        self.transport.write(encode_frame(payload))
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        for payload in self._decoder.feed(data):
+            if not self._waiting:
+                self.unsolicited.append(payload)
+                continue
+            d = self._waiting.popleft()
+            if payload[:1] == b"{":
+                d.callback(json.loads(payload))
+            else:
+                d.callback(("binary", payload))
+
+    def connectionLost(self, reason: Any) -> None:
+        waiting, self._waiting = self._waiting, deque()
+        for d in waiting:
+            d.errback(reason)
+        self.lost_d.callback(None)
+
+
+class MemoryServer:
+    """
+    An L{OxiService} on a L{MemoryReactorClock}, not listening on any socket:
+    L{connect} makes in-memory connections with iosim. Work runs inline
+    through L{SynchronousExecutor}; C{clock.advance()} drives timeouts.
+
+    @param engine: an opened engine (or C{None} for protocol-only tests).
+    """
+
+    def __init__(self, config: Config | None = None, *, engine: Any = None, data_dir: str | None = None) -> None:
+        from oxidb.service import OxiService
+
+        if config is None:
+            config = Config(data_dir=data_dir or "./oxidb_data")
+        self.clock = MemoryReactorClock()
+        self.service = OxiService(config, reactor=self.clock)
+        self.services = self.service.shared
+        self.services.engine = engine
+        self.services.executor = SynchronousExecutor(self.services)
+        self.factory = self.service.factory
+
+    def connect(self) -> "tuple[OxiClientProtocol, iosim.IOPump]":
+        """A connected client and the pump that moves bytes between the two."""
+        client = OxiClientProtocol()
+        server_protocol = self.factory.buildProtocol(None)
+        _, _, pump = iosim.connectedServerAndClient(
+            lambda: server_protocol, lambda: client, greet=True, clock=self.clock
+        )
+        return client, pump
+
+    def request(self, obj: Any) -> Any:
+        """One request on a fresh connection; the decoded reply."""
+        client, pump = self.connect()
+        d = client.request(obj)
+        pump.flush()
+        return _result(d)
+
+
+def _result(d: "Deferred[Any]") -> Any:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    if not results:
+        raise AssertionError("request did not complete")
+    if hasattr(results[0], "raiseException"):
+        results[0].raiseException()
+    return results[0]
+
+
+def result_of(d: "Deferred[Any]") -> Any:
+    """The result of an already-fired Deferred (raises its failure)."""
+    return _result(d)
+
+
+class ServerProcess:
+    """
+    A real C{twistd -n oxidb} child process on loopback, for the few
+    end-to-end tests. Blocking API (plain sockets, no reactor): start it,
+    read the port it bound from its log, stop it with a signal.
+
+    @param data_dir: its C{OXIDB_DATA}.
+    @param env: extra environment variables (C{OXIDB_*}).
+    @param args: extra twistd plugin options.
+    """
+
+    def __init__(self, data_dir: str, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.env = dict(env or {})
+        self.args = list(args or [])
+        self.process: Any = None
+        self.port: int | None = None
+        self.log_path = os.path.join(data_dir, "..", f"{os.path.basename(data_dir)}.twistd.log")
+        self.stderr_path = self.log_path + ".stderr"
+
+    def start(self, timeout: float = 30.0) -> "ServerProcess":
+        os.makedirs(self.data_dir, exist_ok=True)
+        env = dict(os.environ)
+        # Run the code under test: the tree this module was imported from
+        # (which also holds twisted/plugins/oxidb_plugin.py).
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        env.update({"OXIDB_DATA": self.data_dir, "OXIDB_ADDR": "127.0.0.1:0"})
+        env.update(self.env)
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        command = [twistd, "-n", "--pidfile=", f"--logfile={self.log_path}", "oxidb", *self.args]
+        with open(self.log_path, "w"):
+            pass
+        self._stderr = open(self.stderr_path, "wb")
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=self._stderr)
+        self.port = self._wait_for_port(timeout)
+        return self
+
+    def _wait_for_port(self, timeout: float) -> int:
+        pattern = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = pattern.search(self.log())
+            if match:
+                return int(match.group(1))
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}\n{self.stderr()}")
+            time.sleep(0.02)
+        raise RuntimeError(f"server did not start within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stderr(self) -> str:
+        with open(self.stderr_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        code: int = self.process.wait(timeout)
+        self._stderr.close()
+        return code
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, and the exit status."""
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush anything."""
+        self.process.kill()
+        self.wait()
+
+    def client(self, timeout: float = 10.0) -> "BlockingClient":
+        assert self.port is not None
+        return BlockingClient("127.0.0.1", self.port, timeout=timeout)
+
+
+class BlockingClient:
+    """A minimal blocking JSON client (for end-to-end tests and benches)."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send_raw(self, payload: bytes) -> None:
+        self.sock.sendall(encode_frame(payload))
+
+    def recv_raw(self) -> bytes:
+        (length,) = struct.unpack("<I", self._exactly(4))
+        return self._exactly(length)
+
+    def _exactly(self, n: int) -> bytes:
+        chunks = []
+        while n:
+            chunk = self.sock.recv(n)
+            if not chunk:
+                raise ConnectionError("connection closed by server")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def request(self, obj: Any) -> Any:
+        self.send_raw(json.dumps(obj).encode())
+        return json.loads(self.recv_raw())
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,119 @@
+"""
+End-to-end: the real C{twistd -n oxidb} process on loopback, the official
+client, plugin discovery from an installed wheel, clean shutdown.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from oxidb.config import SETTINGS
+from oxidb.testing import ServerProcess
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def server(tmp_path: Any) -> Any:
+    process = ServerProcess(str(tmp_path / "data")).start()
+    yield process
+    if process.process.poll() is None:
+        process.kill()
+
+
+def test_help_lists_every_option(tmp_path: Any) -> None:
+    out = subprocess.run([TWISTD, "oxidb", "--help"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    for setting in SETTINGS:
+        assert f"--{setting.option}" in out
+        assert setting.env in out
+
+
+def test_official_client_against_a_real_server(server: ServerProcess, official_client: ModuleType) -> None:
+    client = official_client.OxiDbClient("127.0.0.1", server.port, timeout=10)
+    try:
+        assert client.ping() == "pong"
+        with pytest.raises(official_client.OxiDbError, match="unknown command: frobnicate"):
+            client._checked({"cmd": "frobnicate"})
+    finally:
+        client.close()
+
+
+def test_sigterm_stops_cleanly_with_status_zero(server: ServerProcess) -> None:
+    client = server.client()
+    assert client.request({"cmd": "ping"}) == {"ok": True, "data": "pong"}
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    log = server.log()
+    assert "shutdown signal received" in log
+    assert "oxidb-server stopped" in log
+
+
+def test_startup_log_line(server: ServerProcess) -> None:
+    assert f"oxidb-server listening on 127.0.0.1:{server.port} (pool_size=4, data_dir=" in server.log()
+    assert "idle_timeout=30s)" in server.log()
+
+
+@pytest.mark.parametrize(
+    "env, fragment",
+    [
+        ({"OXIDB_POOL_SIZE": "lots"}, "OXIDB_POOL_SIZE='lots'"),
+        ({"OXIDB_ADDR": "nowhere"}, "OXIDB_ADDR='nowhere'"),
+    ],
+)
+def test_bad_configuration_exits_non_zero_with_a_message(tmp_path: Any, env: dict[str, str], fragment: str) -> None:
+    full = dict(os.environ, OXIDB_DATA=str(tmp_path / "d"), **env)
+    result = subprocess.run([TWISTD, "-n", "--pidfile=", "oxidb"], env=full, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode != 0
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_port_in_use_fails_startup(tmp_path: Any, server: ServerProcess) -> None:
+    env = dict(os.environ, OXIDB_DATA=str(tmp_path / "other"), OXIDB_ADDR=f"127.0.0.1:{server.port}")
+    result = subprocess.run([TWISTD, "-n", "--pidfile=", "oxidb"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Address already in use" in result.stderr + result.stdout
+
+
+def test_plugin_is_discovered_from_an_installed_wheel(tmp_path: Any) -> None:
+    """Build the wheel, install it alone into a fresh venv, and ask twistd."""
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), ROOT],
+        check=True,
+    )
+    (wheel,) = wheels.glob("oxidb_server-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    # Dependencies come from the test venv; the package itself only from the wheel.
+    deps = subprocess.run(
+        [sys.executable, "-c", "import twisted, os; print(os.path.dirname(os.path.dirname(twisted.__file__)))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    with open(os.path.join(site, "deps.pth"), "w") as f:
+        f.write(deps + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site, str(wheel)], check=True)
+    probe = (
+        "from twisted.plugin import getPlugins; from twisted.application.service import IServiceMaker;"
+        "import oxidb, sys; m = [p for p in getPlugins(IServiceMaker) if p.tapname == 'oxidb'];"
+        "print(m[0].tapname, oxidb.__file__)"
+    )
+    out = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    name, location = out.split()
+    assert name == "oxidb"
+    assert location.startswith(site)
+    assert os.path.exists(os.path.join(site, "twisted", "plugins", "oxidb_plugin.py"))
+    assert not os.path.exists(os.path.join(site, "twisted", "plugins", "__init__.py"))

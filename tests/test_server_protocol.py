@@ -1,0 +1,365 @@
+"""
+The client-port protocol in memory: framing, formats, ordering, flow control,
+timeouts, dispatch errors, hello and pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
+
+from oxidb.commands._registry import Command
+from oxidb.config import Config
+from oxidb.testing import MemoryServer, result_of
+from oxidb.wire.framing import MAX_FRAME, encode_frame
+
+PING_OXIWIRE = bytes.fromhex("db080100000003000000636d640604000000" + "70696e67")
+
+
+def frame(obj: Any) -> bytes:
+    return encode_frame(json.dumps(obj).encode())
+
+
+@pytest.fixture
+def server(tmp_path: Any) -> MemoryServer:
+    return MemoryServer(Config(data_dir=str(tmp_path)))
+
+
+def add_slow_command(server: MemoryServer) -> list[Deferred[Any]]:
+    """A command whose replies the test fires by hand."""
+    pending: list[Deferred[Any]] = []
+
+    def slow(ctx: Any, request: dict[str, Any]) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        pending.append(d)
+        return d
+
+    server.services.registry.add(Command("slow", slow))
+    return pending
+
+
+def test_ping_json_bytes(server: MemoryServer) -> None:
+    client, pump = server.connect()
+    client.transport.write(bytes.fromhex("0e000000") + b'{"cmd":"ping"}')
+    sent: list[bytes] = []
+    client.dataReceived = sent.append  # type: ignore[method-assign]
+    pump.flush()
+    assert b"".join(sent) == bytes.fromhex("19000000") + b'{"ok":true,"data":"pong"}'
+
+
+def test_ping_oxiwire_bytes(server: MemoryServer) -> None:
+    client, pump = server.connect()
+    d = client.request_raw(PING_OXIWIRE)
+    pump.flush()
+    assert result_of(d) == ("binary", bytes.fromhex("db000604000000") + b"pong")
+
+
+def test_official_client_style_json(server: MemoryServer) -> None:
+    # json.dumps default separators and \u escapes, as the official client sends.
+    assert server.request({"cmd": "ping", "x": "\u00e9"}) == {"ok": True, "data": "pong"}
+
+
+@pytest.mark.parametrize(
+    "request_, error",
+    [
+        ({}, "missing or invalid 'cmd' field"),
+        ({"cmd": 5}, "missing or invalid 'cmd' field"),
+        ([1], "missing or invalid 'cmd' field"),
+        ({"cmd": "nope"}, "unknown command: nope"),
+        ({"cmd": "PING"}, "unknown command: PING"),
+        ({"cmd": " ping"}, "unknown command:  ping"),
+    ],
+)
+def test_dispatch_errors(server: MemoryServer, request_: Any, error: str) -> None:
+    assert server.request(request_) == {"ok": False, "error": error}
+
+
+def test_command_alias(server: MemoryServer) -> None:
+    assert server.request({"command": "ping"}) == {"ok": True, "data": "pong"}
+
+
+def test_decode_errors_reply_in_json_and_keep_the_connection(server: MemoryServer) -> None:
+    client, pump = server.connect()
+    bad_json = client.request_raw(b'{"cmd":')
+    bad_wire = client.request_raw(b"\xdb\x07\xff\xff\xff\xff")
+    empty = client.request_raw(b"")
+    nan = client.request_raw(b'{"cmd":"ping","x":NaN}')
+    ping = client.request({"cmd": "ping"})
+    pump.flush()
+    assert result_of(bad_json)["error"].startswith("invalid JSON: ")
+    assert result_of(bad_wire)["error"].startswith("invalid OxiWire request: ")
+    assert result_of(empty)["error"].startswith("invalid MsgPack: ")
+    assert result_of(nan)["error"].startswith("invalid JSON: ")
+    assert result_of(ping) == {"ok": True, "data": "pong"}
+
+
+def test_leading_whitespace_is_json(server: MemoryServer) -> None:
+    client, pump = server.connect()
+    d = client.request_raw(b'\n {"cmd":"ping"}')
+    pump.flush()
+    assert result_of(d) == {"ok": True, "data": "pong"}
+
+
+def test_pipelined_frames_in_one_write_answer_in_order(server: MemoryServer) -> None:
+    client, pump = server.connect()
+    replies: list[bytes] = []
+    client.dataReceived = replies.append  # type: ignore[method-assign]
+    requests = [{"cmd": "ping"}, {"cmd": "nope"}, {"cmd": "ping"}, {}] * 50
+    client.transport.write(b"".join(frame(r) for r in requests))
+    pump.flush()
+    data = b"".join(replies)
+    answers = []
+    while data:
+        (n,) = struct.unpack_from("<I", data)
+        answers.append(json.loads(data[4 : 4 + n]))
+        data = data[4 + n :]
+    assert answers == [
+        {"ok": True, "data": "pong"},
+        {"ok": False, "error": "unknown command: nope"},
+        {"ok": True, "data": "pong"},
+        {"ok": False, "error": "missing or invalid 'cmd' field"},
+    ] * 50
+
+
+def test_one_connection_runs_requests_strictly_in_order(server: MemoryServer) -> None:
+    pending = add_slow_command(server)
+    client, pump = server.connect()
+    slow = client.request({"cmd": "slow"})
+    ping = client.request({"cmd": "ping"})
+    pump.flush()
+    assert len(pending) == 1
+    assert not ping.called  # queued behind the slow request
+    pending[0].callback("done")
+    pump.flush()
+    assert result_of(slow) == {"ok": True, "data": "done"}
+    assert result_of(ping) == {"ok": True, "data": "pong"}
+
+
+def test_other_connections_are_served_concurrently(server: MemoryServer) -> None:
+    pending = add_slow_command(server)
+    first, pump1 = server.connect()
+    second, pump2 = server.connect()
+    slow = first.request({"cmd": "slow"})
+    pump1.flush()
+    ping = second.request({"cmd": "ping"})
+    pump2.flush()
+    assert result_of(ping) == {"ok": True, "data": "pong"}
+    assert not slow.called
+    pending[0].callback(1)
+    pump1.flush()
+    assert result_of(slow) == {"ok": True, "data": 1}
+
+
+def test_handler_exceptions_give_a_generic_error(server: MemoryServer) -> None:
+    def broken(ctx: Any, request: Any) -> Any:
+        raise ZeroDivisionError("secret detail")
+
+    server.services.registry.add(Command("broken", broken))
+    assert server.request({"cmd": "broken"}) == {"ok": False, "error": "internal error"}
+    assert server.request({"cmd": "ping"}) == {"ok": True, "data": "pong"}
+
+
+def test_oversized_frame_closes_without_reply(server: MemoryServer) -> None:
+    client, pump = server.connect()
+    replies: list[bytes] = []
+    client.dataReceived = replies.append  # type: ignore[method-assign]
+    client.transport.write(struct.pack("<I", MAX_FRAME + 1) + b"{")
+    pump.flush()
+    assert replies == []
+    assert client.lost_d.called
+
+
+def test_exactly_16_mib_is_accepted(server: MemoryServer) -> None:
+    client, pump = server.connect()
+    body = b'{"cmd":"ping","pad":"' + b"x" * (MAX_FRAME - 23) + b'"}'
+    assert len(body) == MAX_FRAME
+    d = client.request_raw(body)
+    pump.flush()
+    assert result_of(d) == {"ok": True, "data": "pong"}
+
+
+def test_eof_mid_frame_closes_quietly(server: MemoryServer) -> None:
+    client, pump = server.connect()
+    client.transport.write(struct.pack("<I", 100) + b'{"cmd"')
+    pump.flush()
+    client.transport.loseConnection()
+    pump.flush()
+    assert len(server.factory.connections) == 0
+
+
+def test_idle_timeout_closes_a_silent_connection(server: MemoryServer) -> None:
+    client, pump = server.connect()
+    server.clock.advance(29)
+    pump.flush()
+    assert not client.lost_d.called
+    server.clock.advance(1.5)
+    pump.flush()
+    assert client.lost_d.called
+
+
+def test_activity_restarts_the_idle_clock(server: MemoryServer) -> None:
+    client, pump = server.connect()
+    for _ in range(5):
+        server.clock.advance(20)
+        d = client.request({"cmd": "ping"})
+        pump.flush()
+        assert result_of(d)["ok"]
+    assert not client.lost_d.called
+
+
+def test_idle_clock_stops_while_a_request_executes(server: MemoryServer) -> None:
+    pending = add_slow_command(server)
+    client, pump = server.connect()
+    d = client.request({"cmd": "slow"})
+    pump.flush()
+    server.clock.advance(100)
+    pump.flush()
+    assert not client.lost_d.called
+    pending[0].callback("ok")
+    pump.flush()
+    assert result_of(d)["ok"]
+    server.clock.advance(29)
+    pump.flush()
+    assert not client.lost_d.called
+    server.clock.advance(2)
+    pump.flush()
+    assert client.lost_d.called
+
+
+def test_slowly_arriving_frame_is_cut(server: MemoryServer) -> None:
+    client, pump = server.connect()
+    payload = frame({"cmd": "ping"})
+    for byte in payload[:-1]:
+        client.transport.write(bytes([byte]))
+        pump.flush()
+        server.clock.advance(2)
+        pump.flush()
+    assert client.lost_d.called
+
+
+def test_idle_timeout_zero_means_never(tmp_path: Any) -> None:
+    server = MemoryServer(Config(data_dir=str(tmp_path), idle_timeout=0))
+    client, pump = server.connect()
+    server.clock.advance(10**6)
+    pump.flush()
+    assert not client.lost_d.called
+
+
+def test_timeout_rolls_back_the_transaction(server: MemoryServer) -> None:
+    client, pump = server.connect()
+    protocol = next(iter(server.factory.connections))
+    protocol.session.tx = object()
+    server.clock.advance(31)
+    pump.flush()
+    assert protocol.session.tx is None
+
+
+def make_protocol(server: MemoryServer) -> tuple[Any, StringTransport]:
+    protocol = server.factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_reading_pauses_when_too_many_requests_are_queued(server: MemoryServer) -> None:
+    pending = add_slow_command(server)
+    protocol, transport = make_protocol(server)
+    protocol.dataReceived(frame({"cmd": "slow"}) + frame({"cmd": "ping"}) * 1000)
+    assert transport.producerState == "paused"
+    pending[0].callback(None)
+    assert transport.producerState == "producing"
+    replies = transport.value()
+    assert replies.count(b'"pong"') == 1000
+
+
+def test_client_that_does_not_read_stops_request_processing(server: MemoryServer) -> None:
+    protocol, transport = make_protocol(server)
+    protocol.pauseProducing()  # what the transport does when its buffer is full
+    protocol.dataReceived(frame({"cmd": "ping"}) * 1000)
+    assert transport.value() == b""
+    assert transport.producerState == "paused"  # and we stop reading too
+    protocol.resumeProducing()
+    assert transport.value().count(b'"pong"') == 1000
+    assert transport.producerState == "producing"
+
+
+def test_hello(server: MemoryServer) -> None:
+    reply = server.request({"cmd": "hello", "client": "test"})
+    assert reply["ok"] is True
+    assert "data" not in reply
+    info = reply["server"]
+    assert info["name"] == "oxidb-server"
+    assert info["wire_version"] == 1
+    assert info["supported_wire_versions"] == [1]
+    assert info["auth_methods"] == ["anonymous"]
+    assert "experimental_features" in info
+
+
+def test_hello_reports_only_registered_features(server: MemoryServer) -> None:
+    info = server.request({"cmd": "hello"})["server"]
+    for feature, command in [("txn", "begin_tx"), ("blobs", "put_object"), ("fts", "text_search")]:
+        assert (feature in info["features"]) == (command in server.services.registry)
+
+
+def test_hello_without_common_version(server: MemoryServer) -> None:
+    assert server.request({"cmd": "hello", "wire_versions": [2, 3]}) == {
+        "ok": False,
+        "error": "no compatible wire version (server supports [1], client offered [2, 3])",
+    }
+
+
+def test_hello_success_is_json_even_over_oxiwire(server: MemoryServer) -> None:
+    client, pump = server.connect()
+    hello = bytes.fromhex("db080100000003000000636d640605000000") + b"hello"
+    d = client.request_raw(hello)
+    pump.flush()
+    assert result_of(d)["server"]["name"] == "oxidb-server"
+
+
+def test_pipeline(server: MemoryServer) -> None:
+    reply = server.request(
+        {"cmd": "pipeline", "commands": [{"cmd": "ping"}, {"cmd": "nope"}, {"cmd": "pipeline", "commands": []}]}
+    )
+    assert reply == {
+        "ok": True,
+        "data": [
+            {"ok": True, "data": "pong"},
+            {"ok": False, "error": "unknown command: nope"},
+            {"ok": False, "error": "pipeline: nested pipelines are not supported"},
+        ],
+    }
+
+
+def test_pipeline_waits_for_asynchronous_commands(server: MemoryServer) -> None:
+    pending = add_slow_command(server)
+    client, pump = server.connect()
+    d = client.request({"cmd": "pipeline", "commands": [{"cmd": "slow"}, {"cmd": "ping"}]})
+    pump.flush()
+    assert not d.called
+    pending[0].callback(7)
+    pump.flush()
+    assert result_of(d)["data"] == [{"ok": True, "data": 7}, {"ok": True, "data": "pong"}]
+
+
+def test_pipeline_without_commands(server: MemoryServer) -> None:
+    assert server.request({"cmd": "pipeline"}) == {"ok": False, "error": "pipeline: missing 'commands' array"}
+
+
+def test_clean_shutdown_finishes_in_flight_requests(server: MemoryServer) -> None:
+    pending = add_slow_command(server)
+    client, pump = server.connect()
+    d = client.request({"cmd": "slow"})
+    pump.flush()
+    stopped = server.service.stopService()
+    pump.flush()
+    assert not stopped.called
+    pending[0].callback("finished")
+    pump.flush()
+    assert result_of(d) == {"ok": True, "data": "finished"}
+    assert stopped.called
+    assert client.lost_d.called
