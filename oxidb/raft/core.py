@@ -1,0 +1,1187 @@
+"""
+The Raft consensus core: deterministic and sans-IO.
+
+L{RaftCore} is driven by inputs (L{RaftCore.tick}, L{RaftCore.receive},
+L{RaftCore.propose} and the other commands, L{RaftCore.applied},
+L{RaftCore.snapshot_built}) and hands out its outputs as one L{Ready} at a
+time. The driver makes the ready's L{PersistBatch} durable, then sends
+L{Ready.persisted_messages}, gives the snapshot and committed entries to the
+state machine, and calls L{RaftCore.advance}; L{Ready.messages} may go out at
+once. Time is a logical millisecond clock passed to L{RaftCore.tick};
+randomness comes from the C{random.Random} given at construction.
+
+Protocol: Raft with pre-vote and check-quorum (etcd-io/raft style), pipelined
+and batched replication with per-follower progress, learners, joint-consensus
+membership changes (openraft style), leadership transfer, chunked snapshots,
+log compaction and ReadIndex reads (C{max(commit, the term's blank entry)},
+confirmed by a quorum heartbeat round). See C{docs/raft-internals.md}.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import deque
+from typing import Any, Iterable, Mapping
+
+import attrs
+
+from oxidb.errors import NotLeaderError, RaftError
+from oxidb.raft.messages import (
+    AppendEntriesRequest,
+    AppendEntriesResponse,
+    Entry,
+    HardState,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshotRequest,
+    InstallSnapshotResponse,
+    LogId,
+    Membership,
+    Message,
+    PersistBatch,
+    ReadIndexRequest,
+    ReadIndexResponse,
+    Snapshot,
+    SnapshotMeta,
+    StoredMembership,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+    snapshot_id_for,
+)
+from oxidb.raft.storage import DurableState
+
+
+@attrs.frozen
+class RaftConfig:
+    """
+    Timing (logical milliseconds) and limits. The defaults are upstream's
+    (server.md 8.9) and openraft's.
+    """
+
+    heartbeat_interval: int = 500
+    election_timeout_min: int = 1500
+    election_timeout_max: int = 3000
+    max_payload_entries: int = 300
+    max_payload_bytes: int = 1 << 20
+    max_inflight: int = 64
+    snapshot_threshold: int = 5000
+    keep_after_snapshot: int = 1000
+    snapshot_chunk_size: int = 3 << 20
+    pre_vote: bool = True
+    check_quorum: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if not 0 < self.heartbeat_interval < self.election_timeout_min:
+            raise ValueError("the heartbeat interval must be below the election timeout")
+        if self.election_timeout_max <= self.election_timeout_min:
+            raise ValueError("election_timeout_max must exceed election_timeout_min")
+        if min(self.max_payload_entries, self.max_payload_bytes, self.max_inflight,
+               self.snapshot_threshold, self.snapshot_chunk_size) < 1:
+            raise ValueError("limits must be positive")
+        if self.keep_after_snapshot < 0:
+            raise ValueError("keep_after_snapshot must not be negative")
+
+
+@attrs.frozen
+class ReadState:
+    """A confirmed read: the state machine has applied C{index}; read now."""
+
+    request_id: int
+    index: int
+
+
+@attrs.frozen
+class Ready:
+    """
+    One batch of outputs. Handle it in this order:
+
+      1. send L{messages} (they depend on nothing in this batch);
+      2. make L{persist} durable (L{oxidb.raft.storage.RaftStorage.save});
+      3. send L{persisted_messages};
+      4. give L{apply_snapshot} (replace the state machine's state), then
+         L{committed_entries} to the state machine, in order, and report
+         progress with L{RaftCore.applied};
+      5. answer L{read_states} (the read may run now) and fail
+         L{failed_reads}; if L{build_snapshot}, ask the state machine for a
+         snapshot and report it with L{RaftCore.snapshot_built};
+      6. call L{RaftCore.advance} with this ready.
+
+    No other ready is handed out until L{RaftCore.advance}; inputs that
+    arrive meanwhile are batched into the next one (group commit).
+    """
+
+    persist: PersistBatch
+    messages: tuple[Message, ...] = ()
+    persisted_messages: tuple[Message, ...] = ()
+    apply_snapshot: Snapshot | None = None
+    committed_entries: tuple[Entry, ...] = ()
+    read_states: tuple[ReadState, ...] = ()
+    failed_reads: tuple[int, ...] = ()
+    build_snapshot: bool = False
+
+
+@attrs.frozen
+class RaftMetrics:
+    """
+    Upstream's C{raft_metrics} fields plus monitoring extras: C{commit_index},
+    and on a leader C{replication} (each peer's matched index; the lag is
+    C{last_log_index - match}).
+    """
+
+    id: int
+    state: str
+    current_term: int
+    last_log_index: int | None
+    last_applied: LogId | None
+    current_leader: int | None
+    membership: StoredMembership | None
+    commit_index: int
+    replication: Mapping[int, int]
+    snapshot: LogId | None
+    last_purged: LogId | None
+
+
+class Role(enum.Enum):
+    FOLLOWER = "Follower"
+    PRE_CANDIDATE = "PreCandidate"
+    CANDIDATE = "Candidate"
+    LEADER = "Leader"
+    SHUTDOWN = "Shutdown"
+
+
+class _Mode(enum.Enum):
+    PROBE = "probe"
+    REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
+
+
+@attrs.define
+class _Progress:
+    """The leader's view of one follower or learner."""
+
+    next: int
+    match: int = 0
+    mode: _Mode = _Mode.PROBE
+    paused: bool = False
+    inflight: deque[int] = attrs.Factory(deque)
+    match_at_heartbeat: int = 0
+    snapshot_offset: int = 0
+    read_seq: int = 0
+    active: bool = False
+
+    def become_probe(self) -> None:
+        self.mode = _Mode.PROBE
+        self.next = self.match + 1
+        self.paused = False
+        self.inflight.clear()
+
+
+_FROM_LEADER = (AppendEntriesRequest, Heartbeat, InstallSnapshotRequest)
+
+
+class RaftCore:
+    """
+    One Raft node. See the module docstring for the driving protocol and
+    L{Ready} for the outputs.
+
+    @param node_id: this node's id (never reused for another node).
+    @param state: what L{oxidb.raft.storage.RaftStorage.load} returned.
+    @param now: the current logical time in milliseconds.
+    @param applied: the last log id the state machine has durably applied
+        (C{None} for an empty or volatile state machine).
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        *,
+        config: RaftConfig,
+        rng: random.Random,
+        state: DurableState,
+        now: int,
+        applied: LogId | None = None,
+    ) -> None:
+        self.id = node_id
+        self._cfg = config
+        self._rng = rng
+        self._now = now
+        self._term = state.hard_state.term
+        self._voted_for = state.hard_state.voted_for
+        self._role = Role.FOLLOWER
+        self._leader: int | None = None
+
+        # The log: _entries hold indexes _base.index + 1 .. last.
+        self._entries: list[Entry] = list(state.entries)
+        self._snapshot = state.snapshot
+        if self._entries:
+            first = self._entries[0].index
+            self._base = state.last_purged if first > 1 else None
+            if (self._base.index if self._base else 0) != first - 1:
+                raise ValueError("the log does not start after the purge point")
+        else:
+            candidates = [state.last_purged, state.snapshot and state.snapshot.meta.last_log_id]
+            known = [c for c in candidates if c is not None]
+            self._base = max(known, key=lambda c: c.index) if known else None
+        self._membership = self._find_membership(self._last_index)
+
+        last = self._last_index
+        applied_index = applied.index if applied else 0
+        if applied_index > last:
+            raise ValueError("the state machine is ahead of the Raft log")
+        snap_index = state.snapshot.meta.last_log_id.index if state.snapshot else 0
+        self._commit = min(
+            last,
+            max(
+                state.committed.index if state.committed else 0,
+                snap_index,
+                applied_index,
+                self._base_index,
+            ),
+        )
+        self._persisted = last
+        self._applying = applied_index
+        self._last_applied = applied
+        self._apply_snapshot: Snapshot | None = None
+        if self._snapshot is not None and applied_index < snap_index:
+            self._apply_snapshot = self._snapshot
+
+        # Output accumulators.
+        self._msgs: list[Message] = []
+        self._durable_msgs: list[Message] = []
+        self._hs_dirty = False
+        self._unstable_from = last + 1
+        self._pending_truncate: int | None = None
+        self._pending_snapshot: Snapshot | None = None
+        self._pending_purge: LogId | None = None
+        self._read_states: list[ReadState] = []
+        self._failed_reads: list[int] = []
+        self._in_flight: Ready | None = None
+        self._building_snapshot = False
+
+        # Elections.
+        self._votes: dict[int, bool] = {}
+        self._last_leader_contact: int | None = None
+        self._election_deadline = 0
+        self._reset_election_timer()
+
+        # Leader state.
+        self._progress: dict[int, _Progress] = {}
+        self._blank_index = 0
+        self._heartbeat_deadline = 0
+        self._quorum_deadline = 0
+        self._replication_dirty = False
+        self._transfer_to: int | None = None
+        self._transfer_deadline = 0
+
+        # Reads.
+        self._next_read_id = 1
+        self._read_seq = 0
+        self._read_round_pending = False
+        self._reads_to_confirm: deque[tuple[int, int, int, int]] = deque()
+        self._reads_waiting_apply: list[ReadState] = []
+        self._remote_reads: dict[int, int] = {}
+
+        # Follower-side snapshot reception: meta and bytes so far.
+        self._snapshot_rx: tuple[SnapshotMeta, bytearray] | None = None
+
+    # --- log helpers ----------------------------------------------------------
+
+    @property
+    def _base_index(self) -> int:
+        return self._base.index if self._base else 0
+
+    @property
+    def _last_index(self) -> int:
+        return self._entries[-1].index if self._entries else self._base_index
+
+    @property
+    def _last_log_id(self) -> LogId | None:
+        return self._entries[-1].log_id if self._entries else self._base
+
+    def _log_id_at(self, index: int) -> LogId | None:
+        """The log id at C{index}, which must lie in [base, last]; 0 gives None."""
+        if index == self._base_index:
+            return self._base
+        position = index - self._base_index - 1
+        if position < 0:
+            raise IndexError(f"log index {index} is purged")
+        return self._entries[position].log_id
+
+    def _has_index(self, index: int) -> bool:
+        return self._base_index <= index <= self._last_index
+
+    def _term_at(self, index: int) -> int:
+        log_id = self._log_id_at(index)
+        return log_id.term if log_id else 0
+
+    def _slice(self, first: int, last: int) -> list[Entry]:
+        offset = self._base_index + 1
+        return self._entries[first - offset : last - offset + 1]
+
+    def _append(self, entries: Iterable[Entry]) -> None:
+        changed = False
+        for entry in entries:
+            self._entries.append(entry)
+            changed = changed or entry.membership is not None
+        if changed:
+            self._membership = self._find_membership(self._last_index)
+            self._sync_progress()
+
+    def _truncate(self, index: int) -> None:
+        """Drop entries from C{index} on (a follower's conflicting suffix)."""
+        if index <= self._commit:
+            raise AssertionError("truncating committed entries")
+        del self._entries[index - self._base_index - 1 :]
+        if index < self._unstable_from:
+            # Some of the dropped entries went to storage already.
+            self._unstable_from = index
+            self._pending_truncate = min(self._pending_truncate or index, index)
+        self._persisted = min(self._persisted, index - 1)
+        self._membership = self._find_membership(self._last_index)
+
+    def _find_membership(self, upto: int) -> StoredMembership | None:
+        for entry in reversed(self._slice(self._base_index + 1, upto)):
+            if entry.membership is not None:
+                return StoredMembership(entry.log_id, entry.membership)
+        return self._snapshot.meta.last_membership if self._snapshot else None
+
+    @property
+    def _voters(self) -> frozenset[int]:
+        return self._membership.membership.voters if self._membership else frozenset()
+
+    def _is_quorum(self, ids: Iterable[int]) -> bool:
+        return self._membership is not None and self._membership.membership.is_quorum(ids)
+
+    # --- outputs --------------------------------------------------------------
+
+    def _send(self, msg: Message) -> None:
+        self._msgs.append(msg)
+
+    def _send_durable(self, msg: Message) -> None:
+        self._durable_msgs.append(msg)
+
+    def has_ready(self) -> bool:
+        """A ready is waiting (and none is in flight)."""
+        if self._in_flight is not None or self._role is Role.SHUTDOWN:
+            return False
+        return bool(
+            self._msgs
+            or self._durable_msgs
+            or self._hs_dirty
+            or self._unstable_from <= self._last_index
+            or self._pending_truncate is not None
+            or self._pending_snapshot is not None
+            or self._pending_purge is not None
+            or self._apply_snapshot is not None
+            or self._applying < min(self._commit, self._persisted)
+            or self._read_states
+            or self._failed_reads
+            or (
+                self._role is Role.LEADER
+                and (self._replication_dirty or self._read_round_pending)
+            )
+            or self._wants_snapshot()
+        )
+
+    def ready(self) -> Ready:
+        """Take the next batch of outputs; see L{Ready}."""
+        if not self.has_ready():
+            raise RuntimeError("no ready: check has_ready() first")
+        if self._role is Role.LEADER:
+            if self._read_round_pending:
+                self._broadcast_heartbeat()
+            self._flush_replication()
+        persist = PersistBatch(
+            hard_state=HardState(self._term, self._voted_for) if self._hs_dirty else None,
+            snapshot=self._pending_snapshot,
+            truncate_from=self._pending_truncate,
+            entries=tuple(self._slice(self._unstable_from, self._last_index)),
+            purge_upto=self._pending_purge,
+            committed=self._log_id_at(self._commit),
+        )
+        messages, durable = self._msgs, self._durable_msgs
+        if self._hs_dirty:
+            # Nothing leaves before the term and vote it was sent in are durable.
+            messages, durable = [], messages + durable
+        apply_snapshot = self._apply_snapshot
+        if apply_snapshot is not None:
+            self._applying = max(self._applying, apply_snapshot.meta.last_log_id.index)
+        upto = min(self._commit, self._persisted)
+        committed = tuple(self._slice(self._applying + 1, upto)) if upto > self._applying else ()
+        self._applying = max(self._applying, upto)
+        build = self._wants_snapshot()
+        ready = Ready(
+            persist=persist,
+            messages=tuple(messages),
+            persisted_messages=tuple(durable),
+            apply_snapshot=apply_snapshot,
+            committed_entries=committed,
+            read_states=tuple(self._read_states),
+            failed_reads=tuple(self._failed_reads),
+            build_snapshot=build,
+        )
+        self._building_snapshot = self._building_snapshot or build
+        self._msgs, self._durable_msgs = [], []
+        self._hs_dirty = False
+        self._unstable_from = self._last_index + 1
+        self._pending_truncate = self._pending_snapshot = self._pending_purge = None
+        self._apply_snapshot = None
+        self._read_states, self._failed_reads = [], []
+        self._in_flight = ready
+        return ready
+
+    def advance(self, ready: Ready) -> None:
+        """The driver has handled C{ready} (its batch is durable)."""
+        if ready is not self._in_flight:
+            raise RuntimeError("advance() takes the ready that is in flight")
+        self._in_flight = None
+        stable = ready.persist.entries[-1].log_id if ready.persist.entries else None
+        if stable is not None and self._has_index(stable.index):
+            if self._log_id_at(stable.index) == stable:
+                self._persisted = max(self._persisted, stable.index)
+        snapshot = ready.persist.snapshot
+        if snapshot is not None and self._has_index(snapshot.meta.last_log_id.index):
+            self._persisted = max(self._persisted, snapshot.meta.last_log_id.index)
+        if self._role is Role.LEADER:
+            self._maybe_commit()
+
+    def _wants_snapshot(self) -> bool:
+        if self._building_snapshot or self._last_applied is None:
+            return False
+        done = self._snapshot.meta.last_log_id.index if self._snapshot else 0
+        return self._last_applied.index - done >= self._cfg.snapshot_threshold
+
+    # --- inputs: time ------------------------------------------------------------
+
+    def _reset_election_timer(self) -> None:
+        self._election_deadline = self._now + self._rng.randrange(
+            self._cfg.election_timeout_min, self._cfg.election_timeout_max
+        )
+
+    def tick(self, now: int) -> None:
+        """Logical time (ms) has advanced to C{now}; call it every few tens of ms."""
+        if self._role is Role.SHUTDOWN:
+            return
+        self._now = max(self._now, now)
+        if self._role is Role.LEADER:
+            self._tick_leader()
+        elif self._now >= self._election_deadline:
+            if self.id in self._voters:
+                self._campaign(pre_vote=self._cfg.pre_vote)
+            else:
+                self._reset_election_timer()
+        for request_id, deadline in list(self._remote_reads.items()):
+            if self._now >= deadline:
+                del self._remote_reads[request_id]
+                self._failed_reads.append(request_id)
+
+    def _tick_leader(self) -> None:
+        if self._now >= self._heartbeat_deadline:
+            self._heartbeat_deadline = self._now + self._cfg.heartbeat_interval
+            for peer, pr in self._progress.items():
+                if pr.mode is _Mode.REPLICATE and pr.inflight and pr.match == pr.match_at_heartbeat:
+                    pr.become_probe()  # appends were lost: resend from the match
+                pr.match_at_heartbeat = pr.match
+                pr.paused = False
+            self._broadcast_heartbeat()
+            self._replication_dirty = True
+        if self._cfg.check_quorum and self._now >= self._quorum_deadline:
+            self._quorum_deadline = self._now + self._cfg.election_timeout_min
+            active = {self.id} | {p for p, pr in self._progress.items() if pr.active}
+            for pr in self._progress.values():
+                pr.active = False
+            if not self._is_quorum(active):
+                self._become_follower(self._term, None)
+                return
+        if self._transfer_to is not None and self._now >= self._transfer_deadline:
+            self._transfer_to = None
+            if self.id not in self._voters:
+                self._become_follower(self._term, None)
+
+    # --- role changes ------------------------------------------------------------
+
+    def _become_follower(self, term: int, leader: int | None) -> None:
+        if term > self._term:
+            self._term, self._voted_for = term, None
+            self._hs_dirty = True
+        if self._role is Role.LEADER:
+            self._abandon_leadership()
+        self._role = Role.FOLLOWER
+        self._leader = leader
+        self._reset_election_timer()
+
+    def _abandon_leadership(self) -> None:
+        for _seq, origin, request_id, _index in self._reads_to_confirm:
+            if origin == self.id:
+                self._failed_reads.append(request_id)
+            else:
+                self._send(ReadIndexResponse(self._term, self.id, origin, request_id, None))
+        self._reads_to_confirm.clear()
+        self._read_round_pending = False
+        self._progress.clear()
+        self._transfer_to = None
+        self._replication_dirty = False
+
+    def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
+        self._leader = None
+        self._votes = {self.id: True}
+        if pre_vote:
+            self._role = Role.PRE_CANDIDATE
+            term = self._term + 1
+        else:
+            self._role = Role.CANDIDATE
+            self._term += 1
+            self._voted_for = self.id
+            self._hs_dirty = True
+            term = self._term
+        self._reset_election_timer()
+        if self._is_quorum([self.id]):
+            if pre_vote:
+                self._campaign(pre_vote=False)
+            else:
+                self._become_leader()
+            return
+        send = self._send if pre_vote else self._send_durable
+        for voter in sorted(self._voters - {self.id}):
+            send(VoteRequest(term, self.id, voter, self._last_log_id, pre_vote, transfer))
+
+    def _become_leader(self) -> None:
+        self._role = Role.LEADER
+        self._leader = self.id
+        self._progress = {}
+        self._sync_progress()
+        self._heartbeat_deadline = self._now + self._cfg.heartbeat_interval
+        self._quorum_deadline = self._now + self._cfg.election_timeout_min
+        self._transfer_to = None
+        blank = Entry(LogId(self._term, self.id, self._last_index + 1))
+        self._append([blank])
+        self._blank_index = blank.index
+        self._replication_dirty = True
+
+    def _sync_progress(self) -> None:
+        if self._role is not Role.LEADER or self._membership is None:
+            return
+        nodes = set(self._membership.membership.nodes) - {self.id}
+        for gone in set(self._progress) - nodes:
+            del self._progress[gone]
+        for new in nodes - set(self._progress):
+            self._progress[new] = _Progress(next=self._last_index + 1)
+        self._replication_dirty = True
+
+    # --- inputs: messages -------------------------------------------------------
+
+    def receive(self, msg: Message) -> None:
+        """A message from a peer arrived (any order, duplicates allowed)."""
+        if self._role is Role.SHUTDOWN or msg.dst != self.id:
+            return
+        if msg.term > self._term:
+            if isinstance(msg, VoteRequest):
+                if not msg.transfer and self._in_lease():
+                    return
+                if not msg.pre_vote:
+                    self._become_follower(msg.term, None)
+            elif isinstance(msg, VoteResponse) and msg.pre_vote and msg.granted:
+                pass
+            else:
+                leader = msg.src if isinstance(msg, _FROM_LEADER) else None
+                self._become_follower(msg.term, leader)
+        elif msg.term < self._term:
+            self._reject_stale(msg)
+            return
+        handler = _HANDLERS.get(type(msg))
+        if handler is not None:
+            handler(self, msg)
+
+    def _in_lease(self) -> bool:
+        """A leader is known and was heard from recently (check-quorum on)."""
+        if not self._cfg.check_quorum:
+            return False
+        if self._role is Role.LEADER:
+            return True
+        return (
+            self._leader is not None
+            and self._last_leader_contact is not None
+            and self._now - self._last_leader_contact < self._cfg.election_timeout_min
+        )
+
+    def _reject_stale(self, msg: Message) -> None:
+        if isinstance(msg, _FROM_LEADER):
+            # Tell the stale leader about the newer term so that it steps down.
+            self._send(AppendEntriesResponse(self._term, self.id, msg.src, False, 0))
+        elif isinstance(msg, VoteRequest) and msg.pre_vote:
+            self._send(VoteResponse(self._term, self.id, msg.src, False, True))
+        elif isinstance(msg, ReadIndexRequest):
+            self._send(ReadIndexResponse(self._term, self.id, msg.src, msg.request_id, None))
+
+    def _on_vote_request(self, msg: VoteRequest) -> None:
+        last = self._last_log_id
+        up_to_date = (msg.last_log_id.key if msg.last_log_id else (0, 0)) >= (
+            last.key if last else (0, 0)
+        )
+        can_vote = (
+            self._voted_for == msg.src
+            or (self._voted_for is None and self._leader is None)
+            or (msg.pre_vote and msg.term > self._term)
+        )
+        granted = can_vote and up_to_date
+        if msg.pre_vote:
+            term = msg.term if granted else self._term
+            self._send(VoteResponse(term, self.id, msg.src, granted, True))
+            return
+        if granted:
+            self._voted_for = msg.src
+            self._hs_dirty = True
+            self._reset_election_timer()
+        self._send_durable(VoteResponse(self._term, self.id, msg.src, granted, False))
+
+    def _on_vote_response(self, msg: VoteResponse) -> None:
+        expected = Role.PRE_CANDIDATE if msg.pre_vote else Role.CANDIDATE
+        if self._role is not expected or msg.src not in self._voters:
+            return
+        self._votes.setdefault(msg.src, msg.granted)
+        granted = [n for n, ok in self._votes.items() if ok]
+        rejected = [n for n, ok in self._votes.items() if not ok]
+        if self._is_quorum(granted):
+            if msg.pre_vote:
+                self._campaign(pre_vote=False)
+            else:
+                self._become_leader()
+        elif self._is_quorum(rejected):
+            self._become_follower(self._term, None)
+
+    def _follow(self, leader: int) -> None:
+        """A valid message from the leader of the current term arrived."""
+        if self._role is not Role.FOLLOWER or self._leader != leader:
+            self._become_follower(self._term, leader)
+        self._last_leader_contact = self._now
+        self._reset_election_timer()
+
+    def _on_append(self, msg: AppendEntriesRequest) -> None:
+        self._follow(msg.src)
+        prev_index = msg.prev_log_id.index if msg.prev_log_id else 0
+        entries = list(msg.entries)
+        if prev_index < self._commit:
+            # Committed entries match the leader's; skip them.
+            skip = min(len(entries), self._commit - prev_index)
+            entries = entries[skip:]
+            prev_index += skip
+            if prev_index < self._commit:
+                self._send_durable(
+                    AppendEntriesResponse(self._term, self.id, msg.src, True, self._commit)
+                )
+                return
+        elif not self._has_index(prev_index) or self._log_id_at(prev_index) != msg.prev_log_id:
+            self._reject_append(msg, prev_index)
+            return
+        for i, entry in enumerate(entries):
+            if entry.index > self._last_index:
+                self._append(entries[i:])
+                break
+            if self._log_id_at(entry.index) != entry.log_id:
+                self._truncate(entry.index)
+                self._append(entries[i:])
+                break
+        last_new = prev_index + len(entries)
+        self._commit = max(self._commit, min(msg.leader_commit, last_new))
+        self._send_durable(AppendEntriesResponse(self._term, self.id, msg.src, True, last_new))
+
+    def _reject_append(self, msg: AppendEntriesRequest, prev_index: int) -> None:
+        prev_term = msg.prev_log_id.term if msg.prev_log_id else 0
+        hint = min(prev_index, self._last_index)
+        while hint > self._commit and self._term_at(hint) > prev_term:
+            hint -= 1
+        self._send_durable(
+            AppendEntriesResponse(
+                self._term, self.id, msg.src, False, prev_index, hint, self._term_at(hint)
+            )
+        )
+
+    def _on_heartbeat(self, msg: Heartbeat) -> None:
+        self._follow(msg.src)
+        self._commit = max(self._commit, min(msg.commit, self._last_index))
+        self._send_durable(HeartbeatResponse(self._term, self.id, msg.src, msg.read_seq))
+
+    def _on_install_snapshot(self, msg: InstallSnapshotRequest) -> None:
+        self._follow(msg.src)
+        meta = msg.meta
+        snapshot_id = meta.snapshot_id
+
+        def reply(next_offset: int, done: bool) -> None:
+            response = InstallSnapshotResponse(
+                self._term, self.id, msg.src, snapshot_id, next_offset, done
+            )
+            (self._send_durable if done else self._send)(response)
+
+        if meta.last_log_id.index <= self._commit:
+            self._snapshot_rx = None
+            reply(0, True)
+            return
+        rx = self._snapshot_rx
+        if msg.offset == 0:
+            rx = self._snapshot_rx = (meta, bytearray())
+        elif rx is None or rx[0] != meta or len(rx[1]) != msg.offset:
+            reply(len(rx[1]) if rx is not None and rx[0] == meta else 0, False)
+            return
+        rx[1].extend(msg.data)
+        if not msg.done:
+            reply(len(rx[1]), False)
+            return
+        self._snapshot_rx = None
+        self._install_snapshot(Snapshot(meta, bytes(rx[1])))
+        reply(len(rx[1]), True)
+
+    def _install_snapshot(self, snapshot: Snapshot) -> None:
+        last = snapshot.meta.last_log_id
+        if self._has_index(last.index) and self._log_id_at(last.index) == last:
+            self._entries = self._slice(last.index + 1, self._last_index)
+        else:
+            self._entries = []
+            if self._unstable_from > last.index + 1:
+                # Entries after the snapshot went to storage already.
+                self._pending_truncate = min(self._pending_truncate or last.index + 1, last.index + 1)
+            self._persisted = min(self._persisted, last.index)
+        self._unstable_from = max(self._unstable_from, last.index + 1)
+        self._base = last
+        self._snapshot = snapshot
+        self._pending_snapshot = snapshot
+        self._pending_purge = last
+        self._apply_snapshot = snapshot
+        self._commit = max(self._commit, last.index)
+        self._membership = self._find_membership(self._last_index)
+
+    def _on_timeout_now(self, msg: TimeoutNow) -> None:
+        if self._role is not Role.LEADER and self.id in self._voters:
+            self._campaign(pre_vote=False, transfer=True)
+
+    def _on_read_index_request(self, msg: ReadIndexRequest) -> None:
+        if self._role is Role.LEADER:
+            self._leader_read(msg.src, msg.request_id)
+        else:
+            self._send(ReadIndexResponse(self._term, self.id, msg.src, msg.request_id, None))
+
+    def _on_read_index_response(self, msg: ReadIndexResponse) -> None:
+        if self._remote_reads.pop(msg.request_id, None) is None:
+            return
+        if msg.read_index is None:
+            self._failed_reads.append(msg.request_id)
+        else:
+            self._wait_for_apply(ReadState(msg.request_id, msg.read_index))
+
+    # --- leader: replication ------------------------------------------------------
+
+    def _on_append_response(self, msg: AppendEntriesResponse) -> None:
+        pr = self._progress.get(msg.src)
+        if self._role is not Role.LEADER or pr is None:
+            return
+        pr.active = True
+        if msg.success:
+            if msg.index > pr.match:
+                pr.match = msg.index
+                pr.next = max(pr.next, pr.match + 1)
+                while pr.inflight and pr.inflight[0] <= pr.match:
+                    pr.inflight.popleft()
+                if pr.mode is _Mode.PROBE:
+                    pr.mode = _Mode.REPLICATE
+                    pr.next = pr.match + 1
+                    pr.inflight.clear()
+                self._maybe_commit()
+                if self._transfer_to == msg.src and pr.match == self._last_index:
+                    self._send(TimeoutNow(self._term, self.id, msg.src))
+            pr.paused = False
+            self._send_append(msg.src, pr)
+            return
+        if pr.mode is _Mode.SNAPSHOT or msg.index <= pr.match:
+            return
+        if pr.mode is _Mode.PROBE and msg.index != pr.next - 1:
+            return
+        j = min(msg.hint_index, self._last_index)
+        while j > self._base_index and self._term_at(j) > msg.hint_term:
+            j -= 1
+        pr.become_probe()
+        pr.next = max(pr.match + 1, min(j + 1, msg.index))
+        self._send_append(msg.src, pr)
+
+    def _on_heartbeat_response(self, msg: HeartbeatResponse) -> None:
+        pr = self._progress.get(msg.src)
+        if self._role is not Role.LEADER or pr is None:
+            return
+        pr.active = True
+        pr.read_seq = max(pr.read_seq, msg.read_seq)
+        self._confirm_reads()
+        if pr.match < self._last_index:
+            self._send_append(msg.src, pr)
+
+    def _on_snapshot_response(self, msg: InstallSnapshotResponse) -> None:
+        pr = self._progress.get(msg.src)
+        if self._role is not Role.LEADER or pr is None or pr.mode is not _Mode.SNAPSHOT:
+            return
+        pr.active = True
+        snapshot = self._snapshot
+        if snapshot is None or msg.snapshot_id != snapshot.meta.snapshot_id:
+            pr.snapshot_offset = 0
+        elif msg.done:
+            pr.match = max(pr.match, snapshot.meta.last_log_id.index)
+            pr.become_probe()
+        else:
+            pr.snapshot_offset = msg.next_offset
+        pr.paused = False
+        self._send_append(msg.src, pr)
+
+    def _flush_replication(self) -> None:
+        if self._replication_dirty:
+            self._replication_dirty = False
+            for peer, pr in self._progress.items():
+                self._send_append(peer, pr)
+
+    def _send_append(self, peer: int, pr: _Progress) -> None:
+        """Send what C{peer} needs next, within the progress' window."""
+        while True:
+            if pr.paused:
+                return
+            if pr.mode is _Mode.REPLICATE and len(pr.inflight) >= self._cfg.max_inflight:
+                return
+            if pr.mode is not _Mode.SNAPSHOT and pr.next - 1 < self._base_index:
+                pr.mode = _Mode.SNAPSHOT
+                pr.snapshot_offset = 0
+            if pr.mode is _Mode.SNAPSHOT:
+                self._send_snapshot_chunk(peer, pr)
+                return
+            entries = self._batch_from(pr.next)
+            if not entries and pr.mode is _Mode.REPLICATE:
+                return
+            self._send(
+                AppendEntriesRequest(
+                    self._term,
+                    self.id,
+                    peer,
+                    self._log_id_at(pr.next - 1),
+                    tuple(entries),
+                    self._commit,
+                )
+            )
+            if pr.mode is _Mode.PROBE:
+                pr.paused = True
+                return
+            pr.next = entries[-1].index + 1
+            pr.inflight.append(entries[-1].index)
+
+    def _batch_from(self, first: int) -> list[Entry]:
+        batch: list[Entry] = []
+        size = 0
+        for entry in self._slice(first, min(self._last_index, first + self._cfg.max_payload_entries - 1)):
+            size += len(entry.encoded)
+            if batch and size > self._cfg.max_payload_bytes:
+                break
+            batch.append(entry)
+        return batch
+
+    def _send_snapshot_chunk(self, peer: int, pr: _Progress) -> None:
+        snapshot = self._snapshot
+        if snapshot is None:
+            raise AssertionError("a purged log without a snapshot")
+        start = min(pr.snapshot_offset, len(snapshot.data))
+        chunk = snapshot.data[start : start + self._cfg.snapshot_chunk_size]
+        done = start + len(chunk) >= len(snapshot.data)
+        self._send(
+            InstallSnapshotRequest(self._term, self.id, peer, snapshot.meta, start, chunk, done)
+        )
+        pr.paused = True
+
+    def _broadcast_heartbeat(self) -> None:
+        if self._read_round_pending:
+            self._read_seq += 1
+            self._read_round_pending = False
+        for peer, pr in self._progress.items():
+            commit = min(self._commit, pr.match)
+            self._send(Heartbeat(self._term, self.id, peer, commit, self._read_seq))
+
+    def _maybe_commit(self) -> None:
+        if self._membership is None:
+            return
+        membership = self._membership.membership
+
+        def matched(node: int) -> int:
+            if node == self.id:
+                return self._persisted
+            pr = self._progress.get(node)
+            return pr.match if pr else 0
+
+        index = membership.quorum_index(matched)
+        if index <= self._commit or self._term_at(index) != self._term:
+            return
+        self._commit = index
+        self._replication_dirty = True
+        self._confirm_reads()
+        self._after_commit()
+
+    def _after_commit(self) -> None:
+        """Finish a joint change; hand over if this leader was removed."""
+        stored = self._membership
+        if stored is None or stored.log_id is None or stored.log_id.index > self._commit:
+            return
+        membership = stored.membership
+        if membership.is_joint:
+            old, new = membership.configs
+            nodes = {n: a for n, a in membership.nodes.items() if n not in old - new}
+            self._append_membership(Membership([new], nodes))
+        elif self.id not in membership.voters and self._transfer_to is None:
+            best = max(sorted(membership.voters), key=lambda n: self._progress[n].match)
+            self._start_transfer(best)
+
+    # --- commands -------------------------------------------------------------------
+
+    def _leader_address(self) -> str | None:
+        if self._leader is None or self._membership is None:
+            return None
+        return self._membership.membership.nodes.get(self._leader)
+
+    def _check_leader(self) -> None:
+        if self._role is not Role.LEADER:
+            raise NotLeaderError(self._leader, self._leader_address())
+        if self._transfer_to is not None:
+            raise RaftError("leadership transfer in progress")
+
+    def propose(self, request: Mapping[str, Any], ts: int) -> LogId:
+        """
+        Append a normal entry carrying C{request} (an opaque JSON object) and
+        the leader's timestamp C{ts} (Unix ms). Returns its log id: the entry
+        is committed once it comes back in L{Ready.committed_entries}; if a
+        different entry is applied at that index instead, it was lost.
+        Raises L{NotLeaderError} on a non-leader.
+        """
+        self._check_leader()
+        entry = Entry(LogId(self._term, self.id, self._last_index + 1), request, ts)
+        self._append([entry])
+        self._replication_dirty = True
+        return entry.log_id
+
+    def initialize(self, nodes: Mapping[int, str]) -> LogId:
+        """
+        Create the cluster with C{nodes} (id -> Raft address) as voters. Only
+        on a pristine node; the node campaigns after an election timeout.
+        """
+        if self._term or self._voted_for is not None or self._last_log_id or self._snapshot:
+            last = self._last_log_id.display() if self._last_log_id else "None"
+            raise RaftError(
+                "not allowed to initialize due to current raft state: "
+                f"last_log_id: {last} vote: T{self._term}-N{self._voted_for}"
+            )
+        if self.id not in nodes:
+            raise RaftError(f"node {self.id} must be a member of the cluster it initializes")
+        entry = Entry(LogId(0, self.id, 1), Membership([set(nodes)], nodes))
+        self._append([entry])
+        return entry.log_id
+
+    def _check_membership_change(self) -> StoredMembership:
+        self._check_leader()
+        if self._commit < self._blank_index:
+            raise RaftError("the leader has not committed an entry of its term yet")
+        stored = self._membership
+        if stored is None or stored.log_id is None:
+            raise AssertionError("a leader without a membership entry")
+        if stored.membership.is_joint or stored.log_id.index > self._commit:
+            raise RaftError("a membership change is in progress")
+        return stored
+
+    def _append_membership(self, membership: Membership) -> LogId:
+        entry = Entry(LogId(self._term, self.id, self._last_index + 1), membership)
+        self._append([entry])
+        self._replication_dirty = True
+        return entry.log_id
+
+    def add_learner(self, node_id: int, addr: str) -> LogId:
+        """Add (or re-address) a node that receives the log but does not vote."""
+        current = self._check_membership_change().membership
+        return self._append_membership(
+            Membership(current.configs, {**current.nodes, node_id: addr})
+        )
+
+    def change_membership(self, voters: Iterable[int]) -> LogId:
+        """
+        Make C{voters} the voter set through joint consensus: this appends
+        C{[old, new]}; once that commits the leader appends C{[new]} and
+        drops removed voters from the membership. Every new voter must already
+        be a learner. A leader that removes itself hands leadership to the most
+        up-to-date remaining voter once C{[new]} commits.
+        """
+        new = frozenset(voters)
+        stored = self._check_membership_change()
+        current = stored.membership
+        if not new:
+            raise RaftError("the voter set must not be empty")
+        for node in sorted(new - set(current.nodes)):
+            raise RaftError(f"node {node} is not a learner; add it with add_learner first")
+        (old,) = current.configs
+        if new == old:
+            return stored.log_id  # type: ignore[return-value]
+        return self._append_membership(Membership([old, new], current.nodes))
+
+    def transfer_leadership(self, to: int) -> None:
+        """Hand leadership to voter C{to} (a no-op for this node itself)."""
+        self._check_leader()
+        if to == self.id:
+            return
+        if to not in self._voters:
+            raise RaftError(f"node {to} is not a voter")
+        self._start_transfer(to)
+
+    def _start_transfer(self, to: int) -> None:
+        self._transfer_to = to
+        self._transfer_deadline = self._now + self._cfg.election_timeout_min
+        pr = self._progress[to]
+        if pr.match == self._last_index:
+            self._send(TimeoutNow(self._term, self.id, to))
+        else:
+            self._send_append(to, pr)
+
+    # --- reads ------------------------------------------------------------------------
+
+    def read_index(self) -> int:
+        """
+        Start a linearizable read; returns its request id. It comes back in
+        L{Ready.read_states} once confirmed and applied locally (read the
+        state machine then), or in L{Ready.failed_reads}.
+        """
+        request_id = self._next_read_id
+        self._next_read_id += 1
+        if self._role is Role.LEADER:
+            self._leader_read(self.id, request_id)
+        elif self._leader is not None:
+            self._send(ReadIndexRequest(self._term, self.id, self._leader, request_id))
+            self._remote_reads[request_id] = self._now + self._cfg.election_timeout_max
+        else:
+            self._failed_reads.append(request_id)
+        return request_id
+
+    def _leader_read(self, origin: int, request_id: int) -> None:
+        index = max(self._commit, self._blank_index)
+        self._reads_to_confirm.append((self._read_seq + 1, origin, request_id, index))
+        if self._is_quorum([self.id]):
+            self._read_seq += 1
+            self._confirm_reads()
+        else:
+            # One heartbeat round, sent with the next ready, confirms every
+            # read registered until then.
+            self._read_round_pending = True
+
+    def _confirm_reads(self) -> None:
+        while self._reads_to_confirm:
+            seq, origin, request_id, index = self._reads_to_confirm[0]
+            acked = {self.id} | {p for p, pr in self._progress.items() if pr.read_seq >= seq}
+            if seq > self._read_seq or not self._is_quorum(acked):
+                return
+            self._reads_to_confirm.popleft()
+            if origin == self.id:
+                self._wait_for_apply(ReadState(request_id, index))
+            else:
+                self._send(ReadIndexResponse(self._term, self.id, origin, request_id, index))
+
+    def _wait_for_apply(self, state: ReadState) -> None:
+        self._reads_waiting_apply.append(state)
+        self._release_reads()
+
+    def _release_reads(self) -> None:
+        applied = self._last_applied.index if self._last_applied else 0
+        waiting = []
+        for state in self._reads_waiting_apply:
+            (self._read_states if state.index <= applied else waiting).append(state)
+        self._reads_waiting_apply = waiting
+
+    # --- state machine feedback ---------------------------------------------------
+
+    def applied(self, log_id: LogId) -> None:
+        """The state machine has applied everything up to C{log_id}."""
+        if self._last_applied is None or log_id.index > self._last_applied.index:
+            self._last_applied = log_id
+            self._release_reads()
+
+    def snapshot_built(self, last_log_id: LogId, data: bytes) -> None:
+        """
+        The state machine produced a snapshot (asked for by
+        L{Ready.build_snapshot}) of its state up to C{last_log_id}. The core
+        keeps it for followers, persists it in the next ready and purges the
+        log up to C{keep_after_snapshot} entries before it.
+        """
+        self._building_snapshot = False
+        index = last_log_id.index
+        if self._snapshot is not None and index <= self._snapshot.meta.last_log_id.index:
+            return
+        if not self._has_index(index) or self._log_id_at(index) != last_log_id:
+            raise ValueError(f"no applied entry {last_log_id.display()} in the log")
+        membership = self._find_membership(index)
+        if membership is None:
+            raise ValueError("a snapshot without a membership")
+        meta = SnapshotMeta(last_log_id, membership, snapshot_id_for(last_log_id))
+        self._snapshot = self._pending_snapshot = Snapshot(meta, data)
+        purge = index - self._cfg.keep_after_snapshot
+        if purge > self._base_index:
+            self._entries, self._base = (
+                self._slice(purge + 1, self._last_index),
+                self._log_id_at(purge),
+            )
+            self._pending_purge = self._base
+
+    def shutdown(self) -> None:
+        """Stop: ignore every later input and hand out no more readies."""
+        self._role = Role.SHUTDOWN
+
+    # --- introspection ------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self._role is Role.LEADER
+
+    @property
+    def leader_id(self) -> int | None:
+        return self._leader
+
+    @property
+    def membership(self) -> StoredMembership | None:
+        return self._membership
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    def entries(self) -> list[Entry]:
+        """The log entries held in memory (after the purge point)."""
+        return list(self._entries)
+
+    def metrics(self) -> RaftMetrics:
+        if self._role is Role.FOLLOWER and self.id not in self._voters:
+            state = "Learner"
+        elif self._role is Role.PRE_CANDIDATE:
+            state = Role.CANDIDATE.value
+        else:
+            state = self._role.value
+        last = self._last_log_id
+        return RaftMetrics(
+            id=self.id,
+            state=state,
+            current_term=self._term,
+            last_log_index=last.index if last else None,
+            last_applied=self._last_applied,
+            current_leader=self._leader,
+            membership=self._membership,
+            commit_index=self._commit,
+            replication={p: pr.match for p, pr in sorted(self._progress.items())},
+            snapshot=self._snapshot.meta.last_log_id if self._snapshot else None,
+            last_purged=self._base,
+        )
+
+
+_HANDLERS: dict[type, Any] = {
+    VoteRequest: RaftCore._on_vote_request,
+    VoteResponse: RaftCore._on_vote_response,
+    AppendEntriesRequest: RaftCore._on_append,
+    AppendEntriesResponse: RaftCore._on_append_response,
+    Heartbeat: RaftCore._on_heartbeat,
+    HeartbeatResponse: RaftCore._on_heartbeat_response,
+    InstallSnapshotRequest: RaftCore._on_install_snapshot,
+    InstallSnapshotResponse: RaftCore._on_snapshot_response,
+    ReadIndexRequest: RaftCore._on_read_index_request,
+    ReadIndexResponse: RaftCore._on_read_index_response,
+    TimeoutNow: RaftCore._on_timeout_now,
+}
