@@ -563,6 +563,11 @@ put_int(Writer *w, PyObject *number)
 
 static int encode_value(Writer *w, PyObject *value);
 
+/*
+ * Dict and list items are used through borrowed references: no Python code
+ * can run while encoding (nothing here allocates a GC-tracked object, so no
+ * collection and no finalizer can mutate the containers underneath).
+ */
 static int
 put_map(Writer *w, PyObject *dict)
 {
@@ -583,16 +588,9 @@ put_map(Writer *w, PyObject *dict)
             status = -1;
             break;
         }
-        /* hold both: a finalizer run by an allocation could mutate the dict */
-        Py_INCREF(key);
-        Py_INCREF(item);
-        status = put_text(w, -1, key, "map key too long for OxiWire");
-        if (status == 0) {
-            status = encode_value(w, item);
-        }
-        Py_DECREF(key);
-        Py_DECREF(item);
-        if (status < 0) {
+        if (put_text(w, -1, key, "map key too long for OxiWire") < 0 ||
+            encode_value(w, item) < 0) {
+            status = -1;
             break;
         }
     }
@@ -613,12 +611,9 @@ put_array(Writer *w, PyObject *sequence)
     if (Py_EnterRecursiveCall(" while encoding an OxiWire value")) {
         return -1;
     }
-    for (i = 0; i < n && i < PySequence_Fast_GET_SIZE(sequence); i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(sequence, i);
-        Py_INCREF(item);
-        status = encode_value(w, item);
-        Py_DECREF(item);
-        if (status < 0) {
+    for (i = 0; i < n; i++) {
+        if (encode_value(w, PySequence_Fast_GET_ITEM(sequence, i)) < 0) {
+            status = -1;
             break;
         }
     }
@@ -629,6 +624,21 @@ put_array(Writer *w, PyObject *sequence)
 static int
 encode_value(Writer *w, PyObject *value)
 {
+    PyTypeObject *type = Py_TYPE(value);
+
+    /* exact types first: the subclass checks below are slower */
+    if (type == &PyUnicode_Type) {
+        return put_text(w, 0x06, value, "string too long for OxiWire");
+    }
+    if (type == &PyLong_Type) {
+        return put_int(w, value);
+    }
+    if (type == &PyDict_Type) {
+        return put_map(w, value);
+    }
+    if (type == &PyFloat_Type) {
+        return put_double(w, PyFloat_AS_DOUBLE(value));
+    }
     if (value == Py_None) {
         return put_byte(w, 0x00);
     }
@@ -637,6 +647,9 @@ encode_value(Writer *w, PyObject *value)
     }
     if (value == Py_False) {
         return put_byte(w, 0x01);
+    }
+    if (type == &PyList_Type || type == &PyTuple_Type) {
+        return put_array(w, value);
     }
     if (PyUnicode_Check(value)) {
         return put_text(w, 0x06, value, "string too long for OxiWire");
@@ -654,7 +667,7 @@ encode_value(Writer *w, PyObject *value)
         return put_array(w, value);
     }
     PyErr_Format(PyExc_TypeError, "cannot encode object of type %s as OxiWire",
-                 _PyType_Name(Py_TYPE(value)));
+                 _PyType_Name(type));
     return -1;
 }
 
