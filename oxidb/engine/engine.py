@@ -1,0 +1,349 @@
+"""
+The document engine: collections of JSON documents in one SQLite database.
+
+Blocking and thread-safe. Writes are operations (single-key dicts shaped like
+the Raft log's request payload, server.md 8.6) applied by one writer thread
+with group commit (L{oxidb.engine.writer}); C{submit} returns a future that
+resolves once the operation's transaction is durable. Reads run on the
+calling thread with that thread's own reader connection, each in one read
+transaction (a consistent WAL snapshot), concurrently with the writer and
+with each other.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable, TypeVar
+
+from oxidb.engine import keys, store, textstore
+from oxidb.engine.reads import Reader
+from oxidb.engine.writer import Writer
+from oxidb.engine.writes import WriteTxn
+from oxidb.errors import BadRequestError, InvalidQueryError, UnavailableError
+
+T = TypeVar("T")
+
+#: C{fn(txn, body, now) -> data}: applies one operation kind on the writer
+#: thread (see L{Engine.register_applier}).
+Applier = Callable[[WriteTxn, Any, float], Any]
+
+
+def _body(body: Any) -> dict[str, Any]:
+    if type(body) is not dict:
+        raise BadRequestError("malformed operation")
+    return body
+
+
+def _delete_limit(body: dict[str, Any]) -> int | None:
+    limit = body.get("limit")
+    if limit is None:
+        return None
+    if type(limit) is not int or limit < 0:
+        raise BadRequestError("'limit' must be a non-negative integer")
+    return limit
+
+
+_BUILTIN: dict[str, Applier] = {
+    "Insert": lambda txn, b, now: {"id": txn.insert(b.get("collection"), b.get("document"))},
+    "InsertMany": lambda txn, b, now: txn.insert_many(b.get("collection"), b.get("documents")),
+    "Update": lambda txn, b, now: {"modified": txn.update(b.get("collection"), b.get("query"), b.get("update"))},
+    "UpdateOne": lambda txn, b, now: {
+        "modified": txn.update(b.get("collection"), b.get("query"), b.get("update"), one=True)
+    },
+    "Delete": lambda txn, b, now: {"deleted": txn.delete(b.get("collection"), b.get("query"), _delete_limit(b))},
+    "DeleteOne": lambda txn, b, now: {"deleted": txn.delete(b.get("collection"), b.get("query"), 1)},
+    "CreateCollection": lambda txn, b, now: txn.create_collection(b.get("name")),
+    "DropCollection": lambda txn, b, now: txn.drop_collection(b.get("name")),
+    "EnsureCollection": lambda txn, b, now: txn.ensure_collection(b.get("name")) and None,
+    "Compact": lambda txn, b, now: txn.compact(b.get("collection")),
+    "CreateIndex": lambda txn, b, now: txn.create_index(b.get("collection"), b.get("field")),
+    "CreateUniqueIndex": lambda txn, b, now: txn.create_unique_index(b.get("collection"), b.get("field")),
+    "CreateCompositeIndex": lambda txn, b, now: txn.create_composite_index(b.get("collection"), b.get("fields")),
+    "CreateTextIndex": lambda txn, b, now: txn.create_text_index(b.get("collection"), b.get("fields")),
+    "DropIndex": lambda txn, b, now: txn.drop_index(b.get("collection"), b.get("index")),
+}
+
+#: Operations that name a collection in C{collection} and create it even when
+#: they then fail (engine.md 1.6: every command naming a collection does).
+_AUTO_CREATING = frozenset(
+    {
+        "Insert", "InsertMany", "Update", "UpdateOne", "Delete", "DeleteOne", "Compact",
+        "CreateIndex", "CreateUniqueIndex", "CreateCompositeIndex", "CreateTextIndex", "DropIndex",
+    }
+)
+
+
+class Engine:
+    """
+    One engine per data directory.
+
+    @param data_dir: directory of the database file (created if missing).
+    @param synchronous: SQLite's C{synchronous} for the writer (C{FULL}
+        standalone: a commit is on disk when it returns; cluster mode may use
+        C{NORMAL} since the Raft log is the durable record).
+    @param auto_create_on_read: a read naming a missing collection creates
+        it (engine.md 1.6); cluster mode turns this off so that reads never
+        write.
+    @param max_batch: most operations in one group commit.
+    @param on_commit: called on the writer thread after every commit with the
+        number of operations it carried (metrics, tests).
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        *,
+        synchronous: str = "FULL",
+        auto_create_on_read: bool = True,
+        max_batch: int = 512,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        if synchronous not in store.SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {', '.join(store.SYNCHRONOUS_MODES)}")
+        self.data_dir = data_dir
+        self.path = store.db_path(data_dir)
+        self.synchronous = synchronous
+        self.auto_create_on_read = auto_create_on_read
+        self._max_batch = max_batch
+        self._on_commit = on_commit
+        self._appliers: dict[str, Applier] = dict(_BUILTIN)
+        self._writer: Writer | None = None
+        self._writer_conn: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._open = False
+
+    # --- lifecycle --------------------------------------------------------
+
+    def open(self) -> None:
+        """Open (or create) the database and start the writer thread."""
+        if self._open:
+            return
+        os.makedirs(self.data_dir, exist_ok=True)
+        conn = store.connect(self.path, writer=True, synchronous=self.synchronous)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            store.init_schema(conn)
+            _refresh_derived(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        self._writer_conn = conn
+        self._writer = Writer(
+            conn, self._apply_op, max_batch=self._max_batch, prepare=self._prepare_op, on_commit=self._on_commit
+        )
+        self._writer.start()
+        self._open = True
+
+    def close(self) -> None:
+        """
+        Apply what is queued, stop the writer and close every connection.
+        Call it once no thread is reading any more.
+        """
+        if not self._open:
+            return
+        self._open = False
+        assert self._writer is not None and self._writer_conn is not None
+        self._writer.stop()
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+        self._local = threading.local()
+        self._writer_conn.close()
+        self._writer_conn = None
+
+    def __enter__(self) -> "Engine":
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- writes -----------------------------------------------------------
+
+    def register_applier(self, kind: str, fn: Applier) -> None:
+        """
+        Add an operation kind. C{fn(txn, body, now)} runs on the writer thread
+        inside the batch's transaction and its own savepoint (an exception
+        rolls back only its changes and becomes the future's exception); it
+        returns the reply data. C{txn} is a L{WriteTxn}: the engine's write
+        primitives, reads that see the batch's uncommitted changes,
+        C{txn.conn} for tables of the caller's own and C{txn.savepoint()} for
+        nested all-or-nothing blocks. It must be deterministic given the
+        database state, C{body} and C{now}.
+        """
+        if kind in self._appliers:
+            raise ValueError(f"operation kind registered twice: {kind}")
+        self._appliers[kind] = fn
+
+    def submit(self, op: dict[str, Any], now: float, raft_index: int | None = None) -> "Future[Any]":
+        """
+        Queue a write. The future resolves with the reply data, or fails with
+        an L{oxidb.errors.OxiError}, after the transaction carrying it has
+        committed. With C{raft_index}, the index is stored as
+        L{last_applied} in that transaction; an operation whose index is not
+        above L{last_applied} is skipped (its result is C{None}).
+        """
+        if self._writer is None or not self._open:
+            future: "Future[Any]" = Future()
+            future.set_exception(UnavailableError("engine is closed"))
+            return future
+        return self._writer.submit(op, now, raft_index)
+
+    def apply(self, op: dict[str, Any], now: float, raft_index: int | None = None) -> Any:
+        """L{submit} and wait. Never call it from an applier (the writer thread)."""
+        if self._writer is not None and self._writer.on_writer_thread():
+            raise RuntimeError("Engine.apply called on the writer thread")
+        return self.submit(op, now, raft_index).result()
+
+    def last_applied(self) -> int:
+        """The highest Raft index applied and committed (0 if none)."""
+        if self._writer is None or not self._open:
+            raise UnavailableError("engine is closed")
+        return self._writer.last_applied
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed by the writer since L{open}."""
+        return 0 if self._writer is None else self._writer.commits
+
+    def _prepare_op(self, op: dict[str, Any]) -> None:
+        if type(op) is not dict or len(op) != 1:
+            return
+        ((kind, body),) = op.items()
+        if kind in _AUTO_CREATING and type(body) is dict:
+            name = body.get("collection")
+            if isinstance(name, str):
+                assert self._writer_conn is not None
+                txn = WriteTxn(self._writer_conn, 0.0)
+                try:
+                    txn.ensure_collection(name)
+                except InvalidQueryError:
+                    pass  # an invalid name: the operation itself reports it
+
+    def _apply_op(self, op: dict[str, Any], now: float) -> Any:
+        if type(op) is not dict or len(op) != 1:
+            raise BadRequestError("malformed operation")
+        ((kind, body),) = op.items()
+        applier = self._appliers.get(kind)
+        if applier is None:
+            raise BadRequestError(f"unknown operation: {kind}")
+        assert self._writer_conn is not None
+        return applier(WriteTxn(self._writer_conn, now), _body(body) if kind in _BUILTIN else body, now)
+
+    # --- reads ------------------------------------------------------------
+
+    def _reader_conn(self) -> sqlite3.Connection:
+        if not self._open:
+            raise UnavailableError("engine is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = store.connect(self.path, writer=False)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def _auto_create(self, name: str) -> None:
+        if self.auto_create_on_read:
+            self.apply({"EnsureCollection": {"name": name}}, 0.0)
+
+    def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """
+        Run C{fn(reader, *args, **kwargs)} with this thread's L{Reader} in one
+        read transaction (one consistent snapshot).
+        """
+        conn = self._reader_conn()
+        reader = Reader(conn, self._auto_create)
+        if conn.in_transaction:  # a read nested in a read on this thread
+            return fn(reader, *args, **kwargs)
+        conn.execute("BEGIN")
+        try:
+            return fn(reader, *args, **kwargs)
+        finally:
+            conn.execute("COMMIT")
+
+    def find(
+        self,
+        collection: str,
+        query: object = None,
+        sort: object = None,
+        skip: object = None,
+        limit: object = None,
+    ) -> list[dict[str, Any]]:
+        """Matching documents: filter, sort, skip, limit (engine.md 2.5)."""
+        return self.read(Reader.find, collection, query, sort, skip, limit)
+
+    def find_one(self, collection: str, query: object = None) -> dict[str, Any] | None:
+        """The matching document with the lowest C{_id}, or None."""
+        return self.read(Reader.find_one, collection, query)
+
+    def count(self, collection: str, query: object = None) -> int:
+        """The number of matching documents."""
+        return self.read(Reader.count, collection, query)
+
+    def list_collections(self) -> list[str]:
+        """Every collection name, sorted."""
+        return self.read(Reader.list_collections)
+
+    def list_indexes(self, collection: str) -> list[dict[str, Any]]:
+        """The collection's index descriptors (engine.md 4.6)."""
+        return self.read(Reader.list_indexes, collection)
+
+    def collection_counts(self) -> dict[str, int]:
+        """Documents per collection (for metrics)."""
+        return self.read(Reader.collection_counts)
+
+    def text_search(self, collection: str, query: str, limit: int = 10) -> list[dict[str, Any]]:
+        """Documents ranked by TF-IDF, each with C{_score} (engine.md 8.3)."""
+        return self.read(Reader.text_search, collection, query, limit)
+
+    def aggregate(self, collection: str, pipeline: object) -> list[dict[str, Any]]:
+        """Run an aggregation pipeline (engine.md 5)."""
+        return self.read(Reader.aggregate, collection, pipeline)
+
+    def version_of(self, collection: str, doc_id: int) -> int:
+        """A document's committed C{_version} (0 if missing), for OCC."""
+        return self.read(Reader.version_of, collection, doc_id)
+
+    def backup(self, path: str) -> None:
+        """Write a consistent copy of the database to C{path} (online)."""
+        source = self._reader_conn()
+        target = sqlite3.connect(path)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+
+
+def _refresh_derived(conn: sqlite3.Connection) -> None:
+    """
+    Rebuild indexes whose content depends on code that changed since they
+    were built: the key encoding (expression indexes) and the tokenizer
+    (text postings). Fingerprints of both are kept in C{oxi_meta}.
+    """
+    key_format = keys.fingerprint()
+    stored = store.get_meta(conn, "key_format")
+    if stored is not None and stored != key_format:
+        for info in store.list_collections(conn):
+            for index in store.list_index_defs(conn, info.name):
+                if index.kind != store.INDEX_TEXT:
+                    conn.execute(f"REINDEX {index.sql_name(info.tbl)}")
+    store.set_meta(conn, "key_format", key_format)
+    text_format = textstore.fingerprint()
+    stored = store.get_meta(conn, "text_format")
+    if stored is not None and stored != text_format:
+        for info in store.list_collections(conn):
+            for index in store.list_index_defs(conn, info.name):
+                if index.kind == store.INDEX_TEXT:
+                    textstore.rebuild(conn, info.tbl, index.fields)
+    store.set_meta(conn, "text_format", text_format)
+
+
+__all__ = ["Applier", "Engine", "WriteTxn"]

@@ -1,0 +1,227 @@
+"""
+Order-preserving binary keys for the total order of values (engine.md 2.1),
+and the SQL functions that compute them from stored documents.
+
+L{encode_key} turns a value into bytes whose C{memcmp} order is exactly the
+order of L{oxidb.engine.values.sort_key}, and whose equality is exactly
+equality of sort keys. SQLite compares BLOBs with C{memcmp}, so conditions,
+C{ORDER BY} and expression indexes over these keys give the answers of the
+pure matcher while letting the planner use B-tree indexes.
+
+A missing path and an explicit C{null} have the same key (L{NULL_KEY}): that
+is what sorting needs (engine.md 2.5: missing sorts as null, ties by C{_id}),
+and it lets one index serve both sorts and filters. Conditions that must tell
+them apart add a presence test (L{present_sql}).
+
+Paths are read with SQLite's C{->} operator when the path can be written as
+an SQLite JSON path (every step is an object key; see L{json_path}); other
+paths go through a Python function over the whole document. Both forms are
+deterministic functions, so both can back an expression index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sqlite3
+import struct
+from typing import Any
+
+import orjson
+
+from oxidb.engine import paths, values
+
+#: The key of C{null} and of a missing path.
+NULL_KEY = b"\x00"
+
+_RANK_BYTES = tuple(bytes([rank]) for rank in range(8))
+_F64 = struct.Struct(">d")
+_U64 = struct.Struct(">Q")
+_DIGIT_CHARS = frozenset("0123456789")
+_SIGN = 1 << 63
+_MASK = (1 << 64) - 1
+
+
+def _encode_float(number: float) -> bytes:
+    if number == 0.0:
+        number = 0.0  # -0.0 == 0.0
+    (bits,) = _U64.unpack(_F64.pack(number))
+    bits = (~bits & _MASK) if bits & _SIGN else bits | _SIGN
+    return _U64.pack(bits)
+
+
+def _encode_number(number: int | float) -> bytes:
+    """
+    Exact order for ints of any size and floats: the nearest double (rounding
+    is monotonic, so distinct doubles already order their values), then the
+    exact integer remainder to break ties between values sharing a double.
+    """
+    if isinstance(number, float):
+        if math.isnan(number):
+            raise ValueError("NaN has no key")
+        return _encode_float(number) + b"\x01"
+    try:
+        nearest = float(number)
+    except OverflowError:
+        # Beyond every finite double: the infinities (which never occur as
+        # floats here: a non-finite float ranks as null) head these, and the
+        # integer itself orders them.
+        nearest = math.inf if number > 0 else -math.inf
+        remainder = number
+    else:
+        remainder = number - int(nearest)
+    head = _encode_float(nearest)
+    if remainder == 0:
+        return head + b"\x01"
+    magnitude = abs(remainder).to_bytes((abs(remainder).bit_length() + 7) // 8, "big")
+    if len(magnitude) > 254:
+        raise ValueError("number too large to index")
+    if remainder > 0:
+        return head + b"\x02" + bytes([len(magnitude)]) + magnitude
+    return head + b"\x00" + bytes([255 - len(magnitude)]) + bytes(255 - b for b in magnitude)
+
+
+def _encode_payload(payload: Any) -> bytes:
+    if payload is None:
+        return b""
+    if payload is True:
+        return b"\x01"
+    if payload is False:
+        return b"\x00"
+    if isinstance(payload, (int, float)):
+        return _encode_number(payload)
+    if isinstance(payload, str):
+        return payload.encode("utf-8", "surrogatepass")
+    raise TypeError(f"unexpected sort-key payload {payload!r}")
+
+
+def encode_sort_key(sort_key: tuple[Any, ...]) -> bytes:
+    """Bytes ordered like the L{values.sort_key} tuple C{sort_key}."""
+    rank = sort_key[0]
+    if len(sort_key) == 1:
+        return _RANK_BYTES[rank]
+    return _RANK_BYTES[rank] + _encode_payload(sort_key[1])
+
+
+def encode_key(value: Any) -> bytes:
+    """The key of a present value."""
+    return encode_sort_key(values.sort_key(value))
+
+
+def key_of_json(text: str | None) -> bytes:
+    """SQL function C{oxi_key(json_text)}: the key of C{doc -> path}."""
+    if text is None:
+        return NULL_KEY
+    return encode_key(orjson.loads(text))
+
+
+def _decode_path(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else raw
+
+
+def key_of_path(doc: str, raw_path: bytes | str) -> bytes:
+    """SQL function C{oxi_key_path(doc, path)} for paths C{->} cannot read."""
+    found, value = paths.get_path(orjson.loads(doc), _decode_path(raw_path))
+    return encode_key(value) if found else NULL_KEY
+
+
+def has_path(doc: str, raw_path: bytes | str) -> int:
+    """SQL function C{oxi_has_path(doc, path)}: 1 if the path resolves."""
+    return int(paths.get_path(orjson.loads(doc), _decode_path(raw_path))[0])
+
+
+def sort_key_of_path(doc: str, raw_path: bytes | str) -> bytes:
+    """SQL function C{oxi_sort_key(doc, path)}: the key C{find}'s sort uses."""
+    found, value = paths.get_path_sort(orjson.loads(doc), _decode_path(raw_path))
+    return encode_key(value) if found else NULL_KEY
+
+
+def register_functions(conn: sqlite3.Connection) -> None:
+    """Register the key functions on a connection (every connection needs them)."""
+    conn.create_function("oxi_key", 1, key_of_json, deterministic=True)
+    conn.create_function("oxi_key_path", 2, key_of_path, deterministic=True)
+    conn.create_function("oxi_has_path", 2, has_path, deterministic=True)
+    conn.create_function("oxi_sort_key", 2, sort_key_of_path, deterministic=True)
+
+
+# --- SQL expressions ----------------------------------------------------------
+
+
+def json_path(path: str) -> str | None:
+    """
+    The SQLite JSON path reading C{path} through objects only, or None.
+
+    Every step is written as a quoted object label (C{$."a"."b"}), which never
+    indexes an array. SQLite compares labels with the key's raw JSON text, and
+    documents are stored by orjson, which escapes only C{"}, C{\\} and control
+    characters; steps containing those cannot be written.
+    """
+    steps = path.split(".")
+    for step in steps:
+        if '"' in step or "\\" in step or any(ord(ch) < 0x20 for ch in step):
+            return None
+    return "$" + "".join(f'."{step}"' for step in steps)
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _sql_blob(text: str) -> str:
+    return "X'" + text.encode("utf-8", "surrogatepass").hex() + "'"
+
+
+def value_sql(path: str) -> str | None:
+    """C{doc -> '<path>'} (the value's JSON text, NULL if missing), or None."""
+    jpath = json_path(path)
+    return None if jpath is None else f"(doc -> {_sql_text(jpath)})"
+
+
+def key_sql(path: str) -> str:
+    """The SQL expression of the key at C{path} (also used in index DDL)."""
+    value = value_sql(path)
+    if value is None:
+        return f"oxi_key_path(doc, {_sql_blob(path)})"
+    return f"oxi_key{value}"
+
+
+def present_sql(path: str) -> str:
+    """An SQL condition true when C{path} resolves (to anything, even null)."""
+    value = value_sql(path)
+    if value is None:
+        return f"oxi_has_path(doc, {_sql_blob(path)})"
+    return f"{value} IS NOT NULL"
+
+
+def sort_key_sql(path: str) -> str:
+    """
+    The SQL expression of C{find}'s sort key at C{path}. Sort paths may index
+    arrays through numeric steps (engine.md 2.5); a path without any digit
+    cannot, so it reads like an objects-only path and shares L{key_sql} (and
+    therefore its indexes).
+    """
+    if any(ch in _DIGIT_CHARS for ch in path):
+        return f"oxi_sort_key(doc, {_sql_blob(path)})"
+    return key_sql(path)
+
+
+# --- fingerprint --------------------------------------------------------------
+
+_PROBES: tuple[Any, ...] = (
+    None, False, True, 0, -0.0, 1, 1.0, -1, 1.5, 2**53, 2**53 + 1, -(2**63), 2**64 - 1, 1e300, -1e-300,
+    "", "a", "é", "\U0001f600", "2024-01-15", "2024-01-15T00:00:00Z", "2024-01-15 10:30:00",
+    "2024-01-15T10:30:00.123+02:00", "2024-02-30", "2024-01-15T10:30:00.5", "1969-12-31T23:59:59.999Z",
+    [1, "a"], {"b": 1, "a": [None]}, [], {},
+)
+
+
+def fingerprint() -> str:
+    """
+    A digest of the encoding of fixed probe values. Stored with the data; when
+    it changes (a new version orders values differently), indexes are rebuilt.
+    """
+    digest = hashlib.sha256()
+    for probe in _PROBES:
+        digest.update(encode_key(probe))
+        digest.update(b"|")
+    return digest.hexdigest()[:32]

@@ -1,0 +1,207 @@
+"""
+The query compiler: a matcher tree (L{oxidb.engine.matcher}) to an SQL
+condition over a collection table, plus the C{ORDER BY} of a sort.
+
+Every condition is written over L{oxidb.engine.keys} expressions, which
+encode the engine.md 2.1 order exactly, so a compiled condition gives the
+pure matcher's answer and can use the expression indexes:
+
+  - C{$eq v}: C{K = key(v)}; for C{null} also the presence test (a missing
+    path has the null key too).
+  - C{$gt}/C{$gte}: C{K > key}/C{K >= key} (the null key is the smallest, so
+    missing paths fail by themselves, except C{$gte: null}).
+  - C{$ne}, C{$lt}, C{$lte}: the comparison and presence.
+  - C{$in}/C{$nin}: C{K IN (...)} (with presence when C{null} is listed) /
+    C{K NOT IN (...)}.
+  - C{$exists}: presence or its negation; C{$not} of compiled operators:
+    C{NOT (...)}.
+  - C{_id} with numeric operands compares the integer primary key directly.
+
+The key and presence expressions never yield SQL NULL, so C{NOT} is safe.
+Operators without an exact SQL form (C{$regex}, C{$all}, C{$elemMatch},
+C{$size}, C{$type}, oversized C{$in} lists) compile to no condition: the
+result is then a I{pre-filter} (a necessary condition: C{AND} and C{OR} of
+pre-filters are pre-filters of the C{AND}/C{OR}) and the caller runs the
+pure matcher on the rows it returns (L{Plan.exact} is false).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+
+from oxidb.engine import keys
+from oxidb.engine.matcher import And, FieldOp, Matcher, Or, SortSpec
+
+#: Longest C{$in}/C{$nin} list compiled to SQL; longer ones are checked in
+#: Python (SQLite limits the number of parameters of a statement).
+MAX_IN_KEYS = 500
+
+#: Most parameters one compiled condition may bind.
+MAX_PARAMS = 10_000
+
+_TRUE = "1"
+_FALSE = "0"
+_I64_MIN = -(2**63)
+_I64_MAX = 2**63 - 1
+
+
+@attrs.frozen
+class Plan:
+    """
+    A compiled query.
+
+    @ivar where: an SQL condition over the collection table's C{doc} and
+        C{_id} columns (C{"1"} when nothing could be compiled).
+    @ivar params: the values of the condition's C{?} placeholders.
+    @ivar exact: C{where} is the whole query; otherwise rows it selects must
+        still pass C{matcher}.
+    @ivar matcher: the compiled reference matcher.
+    """
+
+    where: str
+    params: tuple[Any, ...]
+    exact: bool
+    matcher: Matcher
+
+    def accepts(self, doc: dict[str, Any]) -> bool:
+        """The residual test for a row the condition selected."""
+        return self.exact or self.matcher.matches(doc)
+
+
+class _Compiler:
+    def __init__(self) -> None:
+        self.params: list[Any] = []
+
+    def node(self, node: And | Or | FieldOp) -> tuple[str, bool]:
+        """(condition, exact) for one node; an inexact condition is a pre-filter."""
+        if isinstance(node, And):
+            return self._junction(node.children, " AND ", _TRUE)
+        if isinstance(node, Or):
+            return self._junction(node.children, " OR ", _FALSE)
+        mark = len(self.params)
+        try:
+            sql = self.field(node)
+        except (ValueError, TypeError, OverflowError):
+            sql = None
+        if sql is None:
+            del self.params[mark:]
+            return _TRUE, False
+        return sql, True
+
+    def _junction(self, children: tuple[Any, ...], glue: str, empty: str) -> tuple[str, bool]:
+        if not children:
+            return empty, True
+        mark = len(self.params)
+        parts = []
+        exact = True
+        for child in children:
+            sql, child_exact = self.node(child)
+            exact = exact and child_exact
+            parts.append(sql)
+        if glue == " AND ":
+            parts = [part for part in parts if part != _TRUE] or [_TRUE]
+        elif _TRUE in parts:
+            # An OR with an unconstrained branch constrains nothing.
+            del self.params[mark:]
+            return _TRUE, exact
+        if len(parts) == 1:
+            return parts[0], exact
+        return "(" + glue.join(parts) + ")", exact
+
+    def bind(self, value: Any) -> str:
+        self.params.append(value)
+        return "?"
+
+    def field(self, node: FieldOp) -> str | None:
+        """The exact SQL of one operator, or None."""
+        op, operand, path = node.op, node.operand, node.path
+        if path == "_id":
+            sql = self._id_field(op, operand)
+            if sql is not None:
+                return sql
+        key = keys.key_sql(path)
+        present = keys.present_sql(path)
+        if op in ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte"):
+            k = keys.encode_key(operand)
+            null = k == keys.NULL_KEY
+            if op == "$eq":
+                return f"({key} = X'00' AND {present})" if null else f"{key} = {self.bind(k)}"
+            if op == "$ne":
+                return f"{key} != X'00'" if null else f"({key} != {self.bind(k)} AND {present})"
+            if op == "$gt":
+                return f"{key} > {self.bind(k)}"
+            if op == "$gte":
+                return present if null else f"{key} >= {self.bind(k)}"
+            if op == "$lt":
+                return _FALSE if null else f"({key} < {self.bind(k)} AND {present})"
+            return f"({key} = X'00' AND {present})" if null else f"({key} <= {self.bind(k)} AND {present})"
+        if op in ("$in", "$nin"):
+            if len(operand) > MAX_IN_KEYS:
+                return None
+            encoded = sorted({keys.encode_key(item) for item in operand})
+            if op == "$nin":
+                if not encoded:
+                    return _TRUE
+                return f"{key} NOT IN ({', '.join(self.bind(k) for k in encoded)})"
+            has_null = keys.NULL_KEY in encoded
+            others = [k for k in encoded if k != keys.NULL_KEY]
+            terms = []
+            if others:
+                terms.append(f"{key} IN ({', '.join(self.bind(k) for k in others)})")
+            if has_null:
+                terms.append(f"({key} = X'00' AND {present})")
+            if not terms:
+                return _FALSE
+            return terms[0] if len(terms) == 1 else "(" + " OR ".join(terms) + ")"
+        if op == "$exists":
+            return present if operand else f"({key} = X'00' AND NOT {present})"
+        if op == "$not":
+            inner = []
+            for item in operand:
+                sql = self.field(item)
+                if sql is None:
+                    return None
+                inner.append(sql)
+            return "NOT (" + " AND ".join(inner) + ")"
+        return None
+
+    def _id_field(self, op: str, operand: Any) -> str | None:
+        """C{_id} against a number: the integer primary key itself."""
+        kind = type(operand)
+        if op not in _ID_COMPARISONS:
+            return None
+        if kind is float:
+            if not math.isfinite(operand):
+                return None
+        elif kind is not int or not _I64_MIN <= operand <= _I64_MAX:
+            return None
+        return f"_id {_ID_COMPARISONS[op]} {self.bind(operand)}"
+
+
+_ID_COMPARISONS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+
+
+def compile_plan(matcher: Matcher) -> Plan:
+    """Compile a matcher to a L{Plan}."""
+    compiler = _Compiler()
+    sql, exact = compiler.node(matcher.root)
+    if len(compiler.params) > MAX_PARAMS:
+        return Plan(_TRUE, (), False, matcher)
+    return Plan(sql, tuple(compiler.params), exact, matcher)
+
+
+def order_by(spec: SortSpec | None, *, index_arrays: bool = True) -> str:
+    """
+    The C{ORDER BY} clause of a sort (engine.md 2.5): each key in order,
+    missing as null, then ascending C{_id}; without a sort, C{_id}.
+    C{index_arrays} selects C{find}'s path reading (numeric steps index
+    arrays) over the objects-only one of the aggregation C{$sort}.
+    """
+    if not spec:
+        return "ORDER BY _id"
+    key = keys.sort_key_sql if index_arrays else keys.key_sql
+    terms = [key(path) + (" DESC" if direction == -1 else "") for path, direction in spec]
+    return "ORDER BY " + ", ".join(terms) + ", _id"

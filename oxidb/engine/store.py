@@ -1,0 +1,306 @@
+"""
+The SQLite layout of the engine and the low-level access to it.
+
+One database file, C{oxidb.sqlite3}, in the data directory, in WAL mode with
+incremental auto-vacuum (so that C{compact} can give pages back to the file
+system). Catalog tables:
+
+  - C{oxi_meta(key, value)}: C{last_applied} (Raft), C{next_table} (the
+    counter naming collection tables, never reused), C{key_format} and
+    C{text_format} (fingerprints of the key encoding and the tokenizer; when
+    they change, indexes are rebuilt on open).
+  - C{oxi_collections(name, tbl, last_id)}: one row per collection; C{tbl} is
+    the SQL table holding its documents, C{last_id} the persisted high-water
+    mark of its ids (deleting a collection deletes the row, so a re-created
+    collection starts at 1 again).
+  - C{oxi_indexes(collection, kind, name, fields, is_unique, seq)}: index
+    definitions. C{kind} is C{field} (also unique indexes), C{composite} or
+    C{text}; C{seq} orders them by creation.
+
+A collection's table is C{<tbl>(_id INTEGER PRIMARY KEY, _version INTEGER,
+doc TEXT)} with the whole document (including C{_id} and C{_version}) as
+compact JSON in C{doc}. Field and composite indexes are expression indexes
+C{<tbl>_i<seq>} over L{oxidb.engine.keys} functions of the document; a text
+index is two posting tables C{<tbl>_tt(term, id, tf)} and
+C{<tbl>_td(id, ntok)}.
+
+Everything here takes a connection and runs inside whatever transaction the
+caller opened; nothing commits on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Any, Iterable
+
+import attrs
+
+from oxidb.engine import keys
+from oxidb.errors import InvalidQueryError
+
+#: The database file's name inside the data directory.
+DB_FILENAME = "oxidb.sqlite3"
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS oxi_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS oxi_collections("
+    " name TEXT PRIMARY KEY, tbl TEXT NOT NULL UNIQUE, last_id INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS oxi_indexes("
+    " collection TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,"
+    " fields TEXT NOT NULL, is_unique INTEGER NOT NULL, seq INTEGER NOT NULL,"
+    " PRIMARY KEY (collection, kind, name))",
+)
+
+INDEX_FIELD = "field"
+INDEX_COMPOSITE = "composite"
+INDEX_TEXT = "text"
+
+#: The name of a collection's text index (engine.md 4.4).
+TEXT_INDEX_NAME = "_text"
+
+
+def validate_collection_name(name: object) -> str:
+    """
+    The name if it is a safe collection name (engine.md 1.6 REC: non-empty,
+    no C{/}, C{\\} or NUL, no leading C{.}), else L{InvalidQueryError}.
+    """
+    if (
+        not isinstance(name, str)
+        or not name
+        or name.startswith(".")
+        or any(ch in name for ch in "/\\\x00")
+    ):
+        raise InvalidQueryError(f"invalid collection name: {name}")
+    return name
+
+
+@attrs.frozen
+class IndexDef:
+    """
+    One index definition.
+
+    @ivar kind: L{INDEX_FIELD}, L{INDEX_COMPOSITE} or L{INDEX_TEXT}.
+    @ivar name: the wire name (field path, joined composite name, C{_text}).
+    @ivar fields: the indexed paths.
+    @ivar unique: a unique field index.
+    @ivar seq: creation order; also names the SQL index C{<tbl>_i<seq>}.
+    """
+
+    kind: str
+    name: str
+    fields: tuple[str, ...]
+    unique: bool
+    seq: int
+
+    def sql_name(self, tbl: str) -> str:
+        return f"{tbl}_i{self.seq}"
+
+    def describe(self) -> dict[str, Any]:
+        """The C{list_indexes} descriptor (engine.md 4.6)."""
+        if self.kind == INDEX_FIELD:
+            index_type = "unique" if self.unique else "field"
+        else:
+            index_type = self.kind
+        return {"name": self.name, "index_type": index_type, "fields": list(self.fields), "unique": self.unique}
+
+
+@attrs.frozen
+class CollectionInfo:
+    """A collection's catalog row."""
+
+    name: str
+    tbl: str
+    last_id: int
+
+
+def connect(path: str, *, writer: bool, synchronous: str = "FULL") -> sqlite3.Connection:
+    """
+    Open a connection with the engine's SQL functions registered.
+
+    Connections are in autocommit mode (C{isolation_level=None}); callers issue
+    C{BEGIN}/C{COMMIT} themselves. Reader connections are C{query_only}.
+    """
+    if synchronous not in SYNCHRONOUS_MODES:
+        raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}: {synchronous!r}")
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, cached_statements=512)
+    keys.register_functions(conn)
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    if writer:
+        # auto_vacuum only takes effect before the first table is created.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            conn.close()
+            raise OSError(f"cannot switch {path} to WAL mode (got {mode})")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA cache_size=-65536")
+    else:
+        conn.execute("PRAGMA query_only=1")
+        conn.execute("PRAGMA cache_size=-32768")
+    return conn
+
+
+def init_schema(conn: sqlite3.Connection) -> None:
+    """Create the catalog tables if missing (inside the caller's transaction)."""
+    for statement in _SCHEMA:
+        conn.execute(statement)
+
+
+# --- meta -------------------------------------------------------------------
+
+
+def get_meta(conn: sqlite3.Connection, key: str, default: Any = None) -> Any:
+    row = conn.execute("SELECT value FROM oxi_meta WHERE key = ?", (key,)).fetchone()
+    return default if row is None else row[0]
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: Any) -> None:
+    conn.execute(
+        "INSERT INTO oxi_meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def new_table_name(conn: sqlite3.Connection) -> str:
+    """A fresh, never reused SQL table name for a collection."""
+    n = int(get_meta(conn, "next_table", 1))
+    set_meta(conn, "next_table", n + 1)
+    return f"c{n}"
+
+
+# --- collections ------------------------------------------------------------
+
+
+def get_collection(conn: sqlite3.Connection, name: str) -> CollectionInfo | None:
+    row = conn.execute("SELECT tbl, last_id FROM oxi_collections WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        return None
+    return CollectionInfo(name, row[0], row[1])
+
+
+def list_collections(conn: sqlite3.Connection) -> list[CollectionInfo]:
+    rows = conn.execute("SELECT name, tbl, last_id FROM oxi_collections ORDER BY name").fetchall()
+    return [CollectionInfo(*row) for row in rows]
+
+
+def create_collection(conn: sqlite3.Connection, name: str) -> CollectionInfo:
+    """Create the table and catalog row of a new collection."""
+    tbl = new_table_name(conn)
+    conn.execute(
+        f"CREATE TABLE {tbl}(_id INTEGER PRIMARY KEY, _version INTEGER NOT NULL, doc TEXT NOT NULL)"
+    )
+    conn.execute("INSERT INTO oxi_collections(name, tbl, last_id) VALUES (?, ?, 0)", (name, tbl))
+    return CollectionInfo(name, tbl, 0)
+
+
+def drop_collection(conn: sqlite3.Connection, info: CollectionInfo) -> None:
+    """Drop a collection's tables, indexes and catalog rows."""
+    conn.execute(f"DROP TABLE IF EXISTS {info.tbl}")
+    drop_text_tables(conn, info.tbl)
+    conn.execute("DELETE FROM oxi_indexes WHERE collection = ?", (info.name,))
+    conn.execute("DELETE FROM oxi_collections WHERE name = ?", (info.name,))
+
+
+def set_last_id(conn: sqlite3.Connection, name: str, last_id: int) -> None:
+    conn.execute("UPDATE oxi_collections SET last_id = ? WHERE name = ?", (last_id, name))
+
+
+def set_table(conn: sqlite3.Connection, name: str, tbl: str) -> None:
+    conn.execute("UPDATE oxi_collections SET tbl = ? WHERE name = ?", (tbl, name))
+
+
+# --- index catalog ----------------------------------------------------------
+
+
+def list_index_defs(conn: sqlite3.Connection, collection: str) -> list[IndexDef]:
+    """A collection's indexes in creation order."""
+    rows = conn.execute(
+        "SELECT kind, name, fields, is_unique, seq FROM oxi_indexes WHERE collection = ? ORDER BY seq",
+        (collection,),
+    ).fetchall()
+    return [IndexDef(kind, name, tuple(json.loads(fields)), bool(uniq), seq) for kind, name, fields, uniq, seq in rows]
+
+
+def add_index_def(conn: sqlite3.Connection, collection: str, kind: str, name: str, fields: Iterable[str], unique: bool) -> IndexDef:
+    seq = int(get_meta(conn, "next_index", 1))
+    set_meta(conn, "next_index", seq + 1)
+    fields = tuple(fields)
+    conn.execute(
+        "INSERT INTO oxi_indexes(collection, kind, name, fields, is_unique, seq) VALUES (?, ?, ?, ?, ?, ?)",
+        (collection, kind, name, json.dumps(list(fields), ensure_ascii=False), int(unique), seq),
+    )
+    return IndexDef(kind, name, fields, unique, seq)
+
+
+def set_index_unique(conn: sqlite3.Connection, collection: str, index: IndexDef) -> IndexDef:
+    conn.execute(
+        "UPDATE oxi_indexes SET is_unique = 1 WHERE collection = ? AND kind = ? AND name = ?",
+        (collection, index.kind, index.name),
+    )
+    return attrs.evolve(index, unique=True)
+
+
+def remove_index_def(conn: sqlite3.Connection, collection: str, index: IndexDef) -> None:
+    conn.execute(
+        "DELETE FROM oxi_indexes WHERE collection = ? AND kind = ? AND name = ?",
+        (collection, index.kind, index.name),
+    )
+
+
+def create_sql_index(conn: sqlite3.Connection, tbl: str, index: IndexDef) -> None:
+    """Create the expression index backing a field or composite index."""
+    exprs = ", ".join(keys.key_sql(field) for field in index.fields)
+    conn.execute(f"CREATE INDEX {index.sql_name(tbl)} ON {tbl}({exprs})")
+
+
+def drop_sql_index(conn: sqlite3.Connection, tbl: str, index: IndexDef) -> None:
+    conn.execute(f"DROP INDEX IF EXISTS {index.sql_name(tbl)}")
+
+
+# --- text postings ----------------------------------------------------------
+
+
+def create_text_tables(conn: sqlite3.Connection, tbl: str) -> None:
+    conn.execute(
+        f"CREATE TABLE {tbl}_tt(term TEXT NOT NULL, id INTEGER NOT NULL, tf INTEGER NOT NULL,"
+        " PRIMARY KEY (term, id)) WITHOUT ROWID"
+    )
+    conn.execute(f"CREATE INDEX {tbl}_tt_id ON {tbl}_tt(id)")
+    conn.execute(f"CREATE TABLE {tbl}_td(id INTEGER PRIMARY KEY, ntok INTEGER NOT NULL)")
+
+
+def drop_text_tables(conn: sqlite3.Connection, tbl: str) -> None:
+    conn.execute(f"DROP TABLE IF EXISTS {tbl}_tt")
+    conn.execute(f"DROP TABLE IF EXISTS {tbl}_td")
+
+
+# --- sizes ------------------------------------------------------------------
+
+
+def storage_bytes(conn: sqlite3.Connection, tbl: str) -> int:
+    """
+    Bytes of database pages used by a collection: its table, its expression
+    indexes and its text posting tables (measured with the C{dbstat} virtual
+    table, so this counts whole pages including their free space).
+    """
+    names = [
+        row[0]
+        for row in conn.execute(
+            "SELECT name FROM sqlite_schema WHERE tbl_name IN (?, ?, ?)",
+            (tbl, f"{tbl}_tt", f"{tbl}_td"),
+        )
+    ]
+    total = 0
+    for name in names:
+        row = conn.execute("SELECT sum(pgsize) FROM dbstat WHERE name = ?", (name,)).fetchone()
+        total += row[0] or 0
+    return total
+
+
+def db_path(data_dir: str) -> str:
+    return os.path.join(data_dir, DB_FILENAME)

@@ -1,0 +1,195 @@
+"""
+The engine's single writer thread and its group commit.
+
+Writes are queued with L{Writer.submit}. The thread takes everything queued
+(up to L{Writer.max_batch} operations), opens one transaction, applies each
+operation inside its own SAVEPOINT (a failing operation rolls back only
+itself and gets its error), records the highest Raft index of the batch in
+the same transaction, commits once (one fsync with C{synchronous=FULL}) and
+only then resolves the futures. A write is therefore acknowledged only when
+it is durable, and many concurrent writers share one fsync.
+
+An optional C{prepare(op)} runs just before an operation, in a savepoint of
+its own: its effects stay even when the operation then fails (upstream
+creates the collection a failing command names, engine.md 1.6).
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable
+
+import attrs
+from oxidb.engine import store
+from oxidb.errors import StorageIOError, UnavailableError
+
+#: Applies one operation on the writer connection inside the open
+#: transaction and returns the reply data: C{apply(op, now)}.
+ApplyFunction = Callable[[dict[str, Any], float], Any]
+
+
+@attrs.define
+class _Pending:
+    op: dict[str, Any]
+    now: float
+    raft_index: int | None
+    future: "Future[Any]"
+
+
+_STOP = object()
+
+
+class Writer:
+    """
+    Owns the writer connection's transactions.
+
+    @ivar commits: number of transactions committed so far.
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        apply: ApplyFunction,
+        *,
+        max_batch: int = 512,
+        prepare: Callable[[dict[str, Any]], None] | None = None,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._conn = conn
+        self._apply = apply
+        self.max_batch = max_batch
+        self._prepare = prepare
+        self._on_commit = on_commit
+        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._last_applied = int(store.get_meta(conn, "last_applied", 0))
+        self.commits = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="oxidb-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Apply everything already queued, then stop the thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def last_applied(self) -> int:
+        """The highest Raft index committed (0 if none)."""
+        return self._last_applied
+
+    def on_writer_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def submit(self, op: dict[str, Any], now: float, raft_index: int | None = None) -> "Future[Any]":
+        future: "Future[Any]" = Future()
+        with self._lock:
+            if self._closed:
+                future.set_exception(UnavailableError("engine is closed"))
+                return future
+            self._queue.put(_Pending(op, now, raft_index, future))
+        return future
+
+    # --- the thread -------------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._run_batch(batch)
+        # Anything submitted after stop() began is refused; nothing can be
+        # queued behind _STOP because submit() checks _closed under the lock.
+
+    def _run_batch(self, batch: list[_Pending]) -> None:
+        conn = self._conn
+        outcomes: list[tuple[bool, Any]] = []
+        last_applied = self._last_applied
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            self._fail_all(batch, e)
+            return
+        try:
+            for pending in batch:
+                if pending.raft_index is not None and pending.raft_index <= last_applied:
+                    # Already applied before a restart: replaying it is a no-op.
+                    outcomes.append((True, None))
+                    continue
+                outcomes.append(self._apply_one(pending))
+                if pending.raft_index is not None:
+                    last_applied = pending.raft_index
+            if last_applied != self._last_applied:
+                store.set_meta(conn, "last_applied", last_applied)
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._fail_all(batch, e)
+            return
+        self._last_applied = last_applied
+        self.commits += 1
+        if self._on_commit is not None:
+            self._on_commit(len(batch))
+        for pending, (ok, value) in zip(batch, outcomes):
+            if ok:
+                pending.future.set_result(value)
+            else:
+                pending.future.set_exception(value)
+
+    def _apply_one(self, pending: _Pending) -> tuple[bool, Any]:
+        conn = self._conn
+        conn.execute("SAVEPOINT op")
+        try:
+            if self._prepare is not None:
+                # Effects that outlive a failure of the operation itself.
+                self._prepare(pending.op)
+                conn.execute("RELEASE op")
+                conn.execute("SAVEPOINT op")
+            data = self._apply(pending.op, pending.now)
+        except sqlite3.OperationalError as e:
+            # Disk full, I/O error...: give up on the whole batch.
+            if _fatal(e):
+                raise
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return False, StorageIOError(str(e))
+        except Exception as e:  # noqa: BLE001 - the caller gets the exception
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return False, e
+        conn.execute("RELEASE op")
+        return True, data
+
+    def _fail_all(self, batch: list[_Pending], error: sqlite3.Error) -> None:
+        for pending in batch:
+            pending.future.set_exception(StorageIOError(str(error)))
+
+
+def _fatal(error: sqlite3.OperationalError) -> bool:
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+    return code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOMEM)

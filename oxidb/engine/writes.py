@@ -1,0 +1,411 @@
+"""
+Write operations on the writer connection.
+
+A L{WriteTxn} is what one queued operation (and a registered applier) works
+with: the writer connection inside the batch's open transaction, the
+operation's C{now}, and the engine's write primitives. It is also a
+L{Reader}, so it reads its own batch's uncommitted changes.
+
+Every multi-document write (C{insert_many}, C{update}, C{delete}) computes
+and checks everything before it changes a row, and the writer wraps each
+operation in a SAVEPOINT, so a failing operation leaves no trace: no row, no
+index entry, no consumed C{_id}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sqlite3
+from typing import Any, Iterable, Iterator
+
+import orjson
+
+from oxidb.engine import keys, paths, store, textstore, values
+from oxidb.engine.reads import Reader, plan_query
+from oxidb.engine.store import CollectionInfo, IndexDef
+from oxidb.engine.updates import compile_update
+from oxidb.errors import (
+    BadRequestError,
+    CollectionExistsError,
+    DocumentNotObjectError,
+    IndexNotFoundError,
+    InvalidQueryError,
+    TooLargeError,
+    UniqueViolationError,
+)
+
+#: Largest stored document (its compact JSON text), in bytes: the request
+#: frame limit, so that every stored document can be sent back.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+
+
+class WriteTxn(Reader):
+    """
+    The engine's write primitives inside the writer's open transaction.
+
+    @ivar now: the operation's time (seconds since the epoch); the only
+        clock writes may consult, so that replicas applying the same
+        operations stay identical.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, now: float) -> None:
+        super().__init__(conn, None)
+        self.now = now
+        self._savepoints = 0
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested all-or-nothing block: an exception rolls back its changes."""
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        self.conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute(f"ROLLBACK TO {name}")
+            self.conn.execute(f"RELEASE {name}")
+            raise
+        else:
+            self.conn.execute(f"RELEASE {name}")
+        finally:
+            self._savepoints -= 1
+
+    # --- collections ------------------------------------------------------
+
+    def ensure_collection(self, name: object) -> CollectionInfo:
+        """The named collection, created if missing (engine.md 1.6)."""
+        store.validate_collection_name(name)
+        assert isinstance(name, str)
+        info = store.get_collection(self.conn, name)
+        return info if info is not None else store.create_collection(self.conn, name)
+
+    def create_collection(self, name: object) -> str:
+        store.validate_collection_name(name)
+        assert isinstance(name, str)
+        if store.get_collection(self.conn, name) is not None:
+            raise CollectionExistsError(name)
+        store.create_collection(self.conn, name)
+        return "collection created"
+
+    def drop_collection(self, name: object) -> str:
+        """Drop a collection; an unknown (or invalid) name is no error."""
+        if isinstance(name, str):
+            info = store.get_collection(self.conn, name)
+            if info is not None:
+                store.drop_collection(self.conn, info)
+        return "collection dropped"
+
+    def compact(self, collection: object) -> dict[str, int]:
+        """
+        Rewrite a collection's table, indexes and text postings into fresh,
+        densely packed B-trees and give every free page of the database file
+        back to the file system (SQLite frees emptied pages on delete, but
+        keeps them in the file).
+
+        C{old_size} is the bytes of the pages the collection used plus the
+        free pages of the file (what this call can reclaim); C{new_size} the
+        bytes of the collection's pages afterwards (L{store.storage_bytes}).
+        """
+        info = self.ensure_collection(collection)
+        page_size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        free_pages = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+        old_size = store.storage_bytes(self.conn, info.tbl) + free_pages * page_size
+        tbl = store.new_table_name(self.conn)
+        conn = self.conn
+        conn.execute(f"CREATE TABLE {tbl}(_id INTEGER PRIMARY KEY, _version INTEGER NOT NULL, doc TEXT NOT NULL)")
+        conn.execute(f"INSERT INTO {tbl}(_id, _version, doc) SELECT _id, _version, doc FROM {info.tbl} ORDER BY _id")
+        defs = store.list_index_defs(conn, info.name)
+        for index in defs:
+            if index.kind == store.INDEX_TEXT:
+                store.create_text_tables(conn, tbl)
+                conn.execute(f"INSERT INTO {tbl}_tt SELECT * FROM {info.tbl}_tt ORDER BY term, id")
+                conn.execute(f"INSERT INTO {tbl}_td SELECT * FROM {info.tbl}_td ORDER BY id")
+            else:
+                store.create_sql_index(conn, tbl, index)
+        conn.execute(f"DROP TABLE {info.tbl}")
+        store.drop_text_tables(conn, info.tbl)
+        store.set_table(conn, info.name, tbl)
+        _release_free_pages(conn)
+        new_size = store.storage_bytes(conn, tbl)
+        kept = conn.execute(f"SELECT count(*) FROM {tbl}").fetchone()[0]
+        return {"old_size": old_size, "new_size": new_size, "docs_kept": kept}
+
+    # --- documents --------------------------------------------------------
+
+    def insert(self, collection: object, document: Any) -> int:
+        """Insert one document; its new C{_id}."""
+        info = self.ensure_collection(collection)
+        return self._insert(info, [document])[0]
+
+    def insert_many(self, collection: object, documents: Any) -> list[int]:
+        """Insert documents all-or-nothing; their consecutive new ids."""
+        if type(documents) is not list:
+            raise BadRequestError("missing or invalid 'docs' array")
+        info = self.ensure_collection(collection)
+        if not documents:
+            return []
+        return self._insert(info, documents)
+
+    def _insert(self, info: CollectionInfo, documents: list[Any]) -> list[int]:
+        first = info.last_id + 1
+        rows = [_prepare(document, first + i, 1) for i, document in enumerate(documents)]
+        defs = store.list_index_defs(self.conn, info.name)
+        self._check_unique(info, defs, rows, replacing=False)
+        self.conn.executemany(
+            f"INSERT INTO {info.tbl}(_id, _version, doc) VALUES (?, ?, ?)",
+            [(doc_id, version, text) for doc_id, version, _, text in rows],
+        )
+        last = first + len(rows) - 1
+        store.set_last_id(self.conn, info.name, last)
+        text_index = _text_index(defs)
+        if text_index is not None:
+            textstore.add(self.conn, info.tbl, text_index.fields, [(row[0], row[2]) for row in rows])
+        return list(range(first, last + 1))
+
+    def update(self, collection: object, query: object, update: object, *, one: bool = False) -> int:
+        """
+        Apply an update to every matching document (or the one with the
+        lowest C{_id}); the number matched. All-or-nothing.
+        """
+        if query is None:
+            raise BadRequestError("missing 'query'")
+        if update is None:
+            raise BadRequestError("missing 'update'")
+        plan = plan_query(query)
+        compiled = compile_update(update)
+        info = self.ensure_collection(collection)
+        matched = list(self.rows(info, plan, None, None, 1 if one else None))
+        if not matched:
+            return 0
+        rows = []
+        for doc_id, version, doc in matched:
+            new = compiled.apply(doc, self.now)
+            rows.append(_prepare(new, doc_id, version + 1))
+        defs = store.list_index_defs(self.conn, info.name)
+        self._check_unique(info, defs, rows, replacing=True)
+        self.conn.executemany(
+            f"UPDATE {info.tbl} SET _version = ?, doc = ? WHERE _id = ?",
+            [(version, text, doc_id) for doc_id, version, _, text in rows],
+        )
+        text_index = _text_index(defs)
+        if text_index is not None:
+            ids = [row[0] for row in rows]
+            textstore.remove(self.conn, info.tbl, ids)
+            textstore.add(self.conn, info.tbl, text_index.fields, [(row[0], row[2]) for row in rows])
+        return len(rows)
+
+    def delete(self, collection: object, query: object, limit: int | None = None) -> int:
+        """
+        Delete the matching documents (at most C{limit}, lowest C{_id}
+        first); the number deleted.
+        """
+        if query is None:
+            raise BadRequestError("missing 'query'")
+        plan = plan_query(query)
+        info = self.ensure_collection(collection)
+        text_index = _text_index(store.list_index_defs(self.conn, info.name))
+        if plan.exact and limit is None and text_index is None:
+            sql = f"DELETE FROM {info.tbl}"
+            if plan.where != "1":
+                sql += f" WHERE {plan.where}"
+            return self.conn.execute(sql, plan.params).rowcount
+        ids = [(doc_id,) for doc_id, _, _ in self.rows(info, plan, None, None, limit)]
+        self.conn.executemany(f"DELETE FROM {info.tbl} WHERE _id = ?", ids)
+        if text_index is not None:
+            textstore.remove(self.conn, info.tbl, [doc_id for (doc_id,) in ids])
+        return len(ids)
+
+    def _check_unique(
+        self,
+        info: CollectionInfo,
+        defs: list[IndexDef],
+        rows: list[tuple[int, int, dict[str, Any], str]],
+        *,
+        replacing: bool,
+    ) -> None:
+        """
+        Refuse the batch if a unique field (engine.md 4.2) would hold one
+        value twice: within the batch, or against any other stored document
+        as the collection is before the batch (for an update, each document
+        is only exempt from clashing with its own old value).
+        """
+        uniques = [d for d in defs if d.kind == store.INDEX_FIELD and d.unique]
+        for index in uniques:
+            path = index.fields[0]
+            seen: set[bytes] = set()
+            key_sql = keys.key_sql(path)
+            present_sql = keys.present_sql(path)
+            probe = f"SELECT 1 FROM {info.tbl} WHERE {key_sql} = ? AND {present_sql}"
+            if replacing:
+                probe += " AND _id != ?"
+            probe += " LIMIT 1"
+            for doc_id, _, doc, _ in rows:
+                found, value = paths.get_path(doc, path)
+                if not found:
+                    continue
+                key = keys.encode_key(value)
+                if key in seen:
+                    raise UniqueViolationError(path)
+                seen.add(key)
+                params = (key, doc_id) if replacing else (key,)
+                if self.conn.execute(probe, params).fetchone() is not None:
+                    raise UniqueViolationError(path)
+
+    # --- indexes ----------------------------------------------------------
+
+    def _find_def(self, info: CollectionInfo, kind: str, name: str) -> IndexDef | None:
+        for index in store.list_index_defs(self.conn, info.name):
+            if index.kind == kind and index.name == name:
+                return index
+        return None
+
+    def create_index(self, collection: object, field: object) -> str:
+        """A field index (idempotent; an existing unique index stays unique)."""
+        path = _field_name(field)
+        info = self.ensure_collection(collection)
+        if self._find_def(info, store.INDEX_FIELD, path) is None:
+            index = store.add_index_def(self.conn, info.name, store.INDEX_FIELD, path, (path,), False)
+            store.create_sql_index(self.conn, info.tbl, index)
+        return "index created"
+
+    def create_unique_index(self, collection: object, field: object) -> str:
+        """
+        A unique field index; an existing plain index on the field is
+        upgraded. Existing duplicates make it fail without creating anything.
+        """
+        path = _field_name(field)
+        info = self.ensure_collection(collection)
+        existing = self._find_def(info, store.INDEX_FIELD, path)
+        if existing is not None and existing.unique:
+            return "unique index created"
+        if existing is None:
+            index = store.add_index_def(self.conn, info.name, store.INDEX_FIELD, path, (path,), True)
+            store.create_sql_index(self.conn, info.tbl, index)
+        else:
+            store.set_index_unique(self.conn, info.name, existing)
+        key_sql = keys.key_sql(path)
+        duplicate = self.conn.execute(
+            f"SELECT 1 FROM {info.tbl} WHERE {keys.present_sql(path)}"
+            f" GROUP BY {key_sql} HAVING count(*) > 1 LIMIT 1"
+        ).fetchone()
+        if duplicate is not None:
+            raise UniqueViolationError(path)
+        return "unique index created"
+
+    def create_composite_index(self, collection: object, fields: object) -> dict[str, str]:
+        """A composite index named by its fields joined with C{_} (idempotent by name)."""
+        names = _field_list(fields)
+        info = self.ensure_collection(collection)
+        name = "_".join(names)
+        if self._find_def(info, store.INDEX_COMPOSITE, name) is None:
+            index = store.add_index_def(self.conn, info.name, store.INDEX_COMPOSITE, name, names, False)
+            store.create_sql_index(self.conn, info.tbl, index)
+        return {"index": name}
+
+    def create_text_index(self, collection: object, fields: object) -> str:
+        """The collection's text index; if one exists, its fields are kept."""
+        names = _field_list(fields)
+        info = self.ensure_collection(collection)
+        if self._find_def(info, store.INDEX_TEXT, store.TEXT_INDEX_NAME) is None:
+            store.add_index_def(self.conn, info.name, store.INDEX_TEXT, store.TEXT_INDEX_NAME, names, False)
+            store.create_text_tables(self.conn, info.tbl)
+            textstore.rebuild(self.conn, info.tbl, names)
+        return "text index created"
+
+    def drop_index(self, collection: object, name: object) -> str:
+        """
+        Drop an index looked up as a field/unique index on C{name}, then a
+        composite of that name, then the text index (engine.md 4.7).
+        """
+        if not isinstance(name, str):
+            raise BadRequestError("missing 'index'")
+        info = self.ensure_collection(collection)
+        for kind in (store.INDEX_FIELD, store.INDEX_COMPOSITE, store.INDEX_TEXT):
+            index = self._find_def(info, kind, name)
+            if index is None:
+                continue
+            store.remove_index_def(self.conn, info.name, index)
+            if kind == store.INDEX_TEXT:
+                store.drop_text_tables(self.conn, info.tbl)
+            else:
+                store.drop_sql_index(self.conn, info.tbl, index)
+            return "index dropped"
+        raise IndexNotFoundError(name)
+
+
+def _field_name(field: object) -> str:
+    if not isinstance(field, str):
+        raise BadRequestError("missing 'field'")
+    return field
+
+
+def _field_list(fields: object) -> tuple[str, ...]:
+    if type(fields) is not list:
+        raise BadRequestError("missing 'fields' array")
+    if not all(isinstance(field, str) for field in fields):
+        raise BadRequestError("'fields' must be an array of strings")
+    if not fields:
+        raise InvalidQueryError("an index needs at least one field")
+    return tuple(fields)
+
+
+def _text_index(defs: Iterable[IndexDef]) -> IndexDef | None:
+    for index in defs:
+        if index.kind == store.INDEX_TEXT:
+            return index
+    return None
+
+
+def _release_free_pages(conn: sqlite3.Connection) -> None:
+    """Give the free pages back to the file system (incremental auto-vacuum)."""
+    # Each execution of the pragma moves one page through the sqlite3 module.
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    while free:
+        conn.execute("PRAGMA incremental_vacuum")
+        remaining = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        if remaining >= free:
+            break
+        free = remaining
+
+
+def _prepare(document: Any, doc_id: int, version: int) -> tuple[int, int, dict[str, Any], str]:
+    """
+    Validate a document and give it its C{_id} and C{_version}; returns
+    C{(_id, _version, document, json_text)}. The returned document is the one
+    the stored text decodes to.
+    """
+    if type(document) is not dict:
+        raise DocumentNotObjectError()
+    values.check_depth(document, "document")
+    doc = dict(document)
+    doc["_id"] = doc_id
+    doc["_version"] = version
+    try:
+        data = orjson.dumps(doc)
+    except orjson.JSONEncodeError:
+        doc = _to_storable(doc)
+        try:
+            data = orjson.dumps(doc)
+        except orjson.JSONEncodeError as e:
+            raise InvalidQueryError(f"document is not valid JSON: {e}") from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise TooLargeError(f"document too large: {len(data)} bytes (limit {MAX_DOCUMENT_BYTES})")
+    return doc_id, version, doc, data.decode()
+
+
+def _to_storable(value: Any) -> Any:
+    """
+    A copy of C{value} with integers beyond 64 bits turned into floats (the
+    way they compare, engine.md Appendix D) and non-finite floats into null.
+    """
+    kind = type(value)
+    if kind is dict:
+        return {key: _to_storable(item) for key, item in value.items()}
+    if kind is list:
+        return [_to_storable(item) for item in value]
+    if kind is int and not -(2**63) <= value < 2**64:
+        return values.normalize_number(values.to_float(value))
+    if kind is float and not math.isfinite(value):
+        return None
+    return value

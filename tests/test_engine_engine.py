@@ -1,0 +1,275 @@
+"""
+The engine's machinery: the writer thread and its group commit, registered
+appliers, the Raft apply index, concurrent readers, shutdown and
+durability across a SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Iterator
+
+import pytest
+
+from oxidb.engine.engine import Engine
+from oxidb.engine.reads import Reader, plan_query
+from oxidb.engine.writes import WriteTxn
+from oxidb.errors import BadRequestError, InvalidQueryError, UnavailableError
+
+WAIT = 30.0  # generous deadline for events between threads
+
+
+@pytest.fixture
+def data_dir(tmp_path: Any) -> str:
+    return str(tmp_path / "data")
+
+
+class Gate:
+    """An applier kind that blocks the writer until released."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, txn: WriteTxn, body: Any, now: float) -> str:
+        if body.get("insert"):
+            txn.insert("c", {"uncommitted": True})
+        self.entered.set()
+        assert self.release.wait(WAIT)
+        return "opened"
+
+
+@pytest.fixture
+def gated(data_dir: str) -> Iterator[tuple[Engine, Gate, list[int]]]:
+    batches: list[int] = []
+    gate = Gate()
+    engine = Engine(data_dir, synchronous="NORMAL", max_batch=10, on_commit=batches.append)
+    engine.register_applier("Gate", gate)
+    with engine:
+        yield engine, gate, batches
+        gate.release.set()
+
+
+def test_group_commit_batches_queued_writes(gated: tuple[Engine, Gate, list[int]]) -> None:
+    engine, gate, batches = gated
+    blocker = engine.submit({"Gate": {}}, 0.0)
+    assert gate.entered.wait(WAIT)
+    futures = [engine.submit({"Insert": {"collection": "c", "document": {"n": i}}}, 0.0) for i in range(25)]
+    assert not any(f.done() for f in futures)  # nothing is acknowledged before its commit
+    assert engine.commits == 0
+    gate.release.set()
+    assert blocker.result(WAIT) == "opened"
+    assert [f.result(WAIT) for f in futures] == [{"id": i + 1} for i in range(25)]
+    # One commit for the gate, then the queue drained in bounded batches.
+    assert batches == [1, 10, 10, 5]
+    assert engine.commits == 4
+
+
+def test_writes_are_invisible_until_committed(gated: tuple[Engine, Gate, list[int]]) -> None:
+    engine, gate, _ = gated
+    engine.apply({"Insert": {"collection": "c", "document": {"n": 0}}}, 0.0)
+    blocker = engine.submit({"Gate": {"insert": True}}, 0.0)
+    assert gate.entered.wait(WAIT)
+    # The writer sits inside an open transaction holding a new document;
+    # readers on other threads carry on and do not see it.
+    seen: list[Any] = []
+    reader = threading.Thread(target=lambda: seen.append(engine.find("c")))
+    reader.start()
+    reader.join(WAIT)
+    assert seen == [[{"n": 0, "_id": 1, "_version": 1}]]
+    gate.release.set()
+    blocker.result(WAIT)
+    assert engine.count("c") == 2
+
+
+def test_a_slow_scan_blocks_neither_readers_nor_the_writer(data_dir: str) -> None:
+    with Engine(data_dir, synchronous="NORMAL") as engine:
+        engine.apply({"InsertMany": {"collection": "c", "documents": [{"n": i} for i in range(1000)]}}, 0.0)
+        halfway = threading.Event()
+        resume = threading.Event()
+        scanned: list[int] = []
+
+        def slow_scan(reader: Reader) -> None:
+            info = reader.collection("c")
+            assert info is not None
+            # A sorted scan streams rows from a live SQLite cursor.
+            for i, (doc_id, _, _) in enumerate(reader.rows(info, plan_query({}), (("n", 1),))):
+                scanned.append(doc_id)
+                if i == 500:
+                    halfway.set()
+                    assert resume.wait(WAIT)
+
+        scanner = threading.Thread(target=engine.read, args=(slow_scan,))
+        scanner.start()
+        assert halfway.wait(WAIT)
+        # While the scan holds its snapshot: the writer commits ...
+        assert engine.apply({"Insert": {"collection": "c", "document": {"n": 5000}}}, 0.0) == {"id": 1001}
+        engine.apply({"Delete": {"collection": "c", "query": {"n": {"$lt": 10}}}}, 0.0)
+        # ... and another reader sees the new state at once.
+        counts: list[int] = []
+        other = threading.Thread(target=lambda: counts.append(engine.count("c")))
+        other.start()
+        other.join(WAIT)
+        resume.set()
+        scanner.join(WAIT)
+        assert counts == [991]
+        # The scan saw one consistent snapshot: the 1000 original documents.
+        assert scanned == list(range(1, 1001))
+
+
+def test_register_applier(data_dir: str) -> None:
+    def transfer(txn: WriteTxn, body: Any, now: float) -> dict[str, int]:
+        with txn.savepoint():
+            moved = txn.update("acct", {"name": body["from"]}, {"$inc": {"balance": -body["amount"]}})
+            txn.update("acct", {"name": body["to"]}, {"$inc": {"balance": body["amount"]}})
+            if txn.find_one("acct", {"name": body["from"], "balance": {"$lt": 0}}) is not None:
+                raise InvalidQueryError("insufficient funds")
+        return {"moved": moved, "version": txn.version_of("acct", 1)}
+
+    with Engine(data_dir) as engine:
+        engine.register_applier("Transfer", transfer)
+        with pytest.raises(ValueError):
+            engine.register_applier("Transfer", transfer)
+        with pytest.raises(ValueError):
+            engine.register_applier("Insert", transfer)
+        engine.apply({"InsertMany": {"collection": "acct", "documents": [{"name": "a", "balance": 10}, {"name": "b", "balance": 0}]}}, 0.0)
+        assert engine.apply({"Transfer": {"from": "a", "to": "b", "amount": 7}}, 0.0) == {"moved": 1, "version": 2}
+        with pytest.raises(InvalidQueryError, match="insufficient funds"):
+            engine.apply({"Transfer": {"from": "a", "to": "b", "amount": 7}}, 0.0)
+        assert [d["balance"] for d in engine.find("acct")] == [3, 7]
+
+
+def test_malformed_operations(data_dir: str) -> None:
+    with Engine(data_dir) as engine:
+        for op in ({}, {"Insert": {}, "Delete": {}}, "Insert", {"Insert": [1]}):
+            with pytest.raises(BadRequestError, match="malformed operation"):
+                engine.apply(op, 0.0)  # type: ignore[arg-type]
+        with pytest.raises(BadRequestError, match="unknown operation: Frobnicate"):
+            engine.apply({"Frobnicate": {}}, 0.0)
+
+
+def test_raft_index_is_stored_with_the_data(data_dir: str) -> None:
+    with Engine(data_dir) as engine:
+        assert engine.last_applied() == 0
+        assert engine.apply({"Insert": {"collection": "c", "document": {}}}, 0.0, raft_index=5) == {"id": 1}
+        with pytest.raises(InvalidQueryError):  # a failing entry is applied too
+            engine.apply({"Insert": {"collection": "", "document": {}}}, 0.0, raft_index=6)
+        assert engine.last_applied() == 6
+        engine.apply({"Insert": {"collection": "c", "document": {}}}, 0.0)  # no index: unchanged
+        assert engine.last_applied() == 6
+    with Engine(data_dir) as engine:
+        assert engine.last_applied() == 6
+        # Replaying entries that were already applied changes nothing.
+        assert engine.apply({"Insert": {"collection": "c", "document": {}}}, 0.0, raft_index=5) is None
+        assert engine.count("c") == 2
+        assert engine.apply({"Insert": {"collection": "c", "document": {}}}, 0.0, raft_index=7) == {"id": 3}
+        assert engine.last_applied() == 7
+
+
+def test_closed_engine(data_dir: str) -> None:
+    engine = Engine(data_dir)
+    with pytest.raises(UnavailableError):
+        engine.find("c")
+    engine.open()
+    futures = [engine.submit({"Insert": {"collection": "c", "document": {"n": i}}}, 0.0) for i in range(50)]
+    engine.close()
+    assert all(f.result(0) for f in futures)  # close applies what was queued
+    failed: Future[Any] = engine.submit({"Insert": {"collection": "c", "document": {}}}, 0.0)
+    assert isinstance(failed.exception(0), UnavailableError)
+    with pytest.raises(UnavailableError):
+        engine.count("c")
+    with pytest.raises(UnavailableError):
+        engine.last_applied()
+    engine.close()
+    with Engine(data_dir) as again:
+        assert again.count("c") == 50
+
+
+def test_apply_on_the_writer_thread_is_refused(data_dir: str) -> None:
+    with Engine(data_dir) as engine:
+        engine.register_applier("Nested", lambda txn, body, now: engine.apply({"Insert": {"collection": "c", "document": {}}}, now))
+        with pytest.raises(RuntimeError, match="writer thread"):
+            engine.apply({"Nested": {}}, 0.0)
+
+
+def test_backup_is_a_consistent_copy(data_dir: str, tmp_path: Any) -> None:
+    with Engine(data_dir) as engine:
+        engine.apply({"CreateIndex": {"collection": "c", "field": "n"}}, 0.0)
+        engine.apply({"InsertMany": {"collection": "c", "documents": [{"n": i} for i in range(10)]}}, 0.0, raft_index=3)
+        copy_dir = tmp_path / "copy"
+        copy_dir.mkdir()
+        engine.backup(str(copy_dir / "oxidb.sqlite3"))
+    with Engine(str(copy_dir)) as copy:
+        assert copy.count("c", {"n": {"$gte": 5}}) == 5
+        assert copy.last_applied() == 3
+        assert copy.list_indexes("c")[0]["name"] == "n"
+
+
+def test_invalid_synchronous_mode(data_dir: str) -> None:
+    with pytest.raises(ValueError):
+        Engine(data_dir, synchronous="SOMETIMES")
+
+
+# --- durability -------------------------------------------------------------------
+
+_CHILD = textwrap.dedent(
+    """
+    import sys, threading
+    from oxidb.engine.engine import Engine
+
+    engine = Engine(sys.argv[1], synchronous="FULL")
+    engine.open()
+    lock = threading.Lock()
+
+    def writer(worker):
+        batch = 0
+        while True:
+            batch += 1
+            docs = [{"worker": worker, "batch": batch, "i": i} for i in range(10)]
+            ids = engine.apply({"InsertMany": {"collection": "c", "documents": docs}}, 0.0)
+            with lock:
+                print(worker, batch, ids[0], ids[-1], flush=True)
+
+    for worker in range(4):
+        threading.Thread(target=writer, args=(worker,), daemon=True).start()
+    threading.Event().wait()
+    """
+)
+
+
+@pytest.mark.slow
+def test_acknowledged_writes_survive_sigkill(data_dir: str) -> None:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, data_dir], stdout=subprocess.PIPE, text=True, env=env
+    )
+    acked: list[tuple[int, int, int, int]] = []
+    deadline = time.monotonic() + 60
+    try:
+        assert child.stdout is not None
+        while len(acked) < 60:
+            assert time.monotonic() < deadline, "child too slow"
+            line = child.stdout.readline()
+            assert line, "child died"
+            acked.append(tuple(int(x) for x in line.split()))  # type: ignore[arg-type]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    with Engine(data_dir) as engine:
+        docs = engine.find("c")
+    by_batch: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for doc in docs:
+        by_batch.setdefault((doc["worker"], doc["batch"]), []).append(doc)
+    # Every acknowledged batch is there, with the ids it was acknowledged with.
+    for worker, batch, first, last in acked:
+        assert [d["_id"] for d in by_batch[(worker, batch)]] == list(range(first, last + 1))
+    # No batch is partial: insert_many is all-or-nothing across the crash.
+    assert all(len(batch_docs) == 10 for batch_docs in by_batch.values())
+    assert [d["_id"] for d in docs] == list(range(1, len(docs) + 1))

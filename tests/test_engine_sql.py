@@ -1,0 +1,172 @@
+"""
+The SQL building blocks: order-preserving keys, path expressions, and the
+planner really using the expression indexes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Iterator
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from oxidb.engine import keys, paths, values
+from oxidb.engine.engine import Engine
+from oxidb.engine.matcher import compile_query, parse_sort
+from oxidb.engine.sqlquery import compile_plan, order_by
+
+def _json_values(integers: st.SearchStrategy[int]) -> st.SearchStrategy[Any]:
+    return st.recursive(
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            integers,
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.text(max_size=5),
+            st.sampled_from(["2024-01-15", "2024-01-15T00:00:00Z", "2024-01-15T01:00:00+01:00", "1999-12-31 23:59:59"]),
+        ),
+        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)),
+        max_leaves=5,
+    )
+
+
+json_values = _json_values(st.integers())
+#: What a stored document can hold (orjson stores 64-bit integers).
+stored_values = _json_values(st.integers(-(2**63), 2**64 - 1))
+
+@settings(max_examples=400, deadline=None)
+@given(json_values, json_values)
+def test_key_order_is_sort_key_order(a: Any, b: Any) -> None:
+    ka, kb = values.sort_key(a), values.sort_key(b)
+    ea, eb = keys.encode_key(a), keys.encode_key(b)
+    assert (ka < kb) == (ea < eb)
+    assert (ka == kb) == (ea == eb)
+
+
+def test_key_order_edge_cases() -> None:
+    ordered = [
+        None, False, True, -(10**400), -(2**63), -1.5, -1, -0.0, 0, 1, 2**53, 2**53 + 1, 2**53 + 3,
+        2**64, 1e300, 10**400, "1969-12-31T23:59:59.999Z", "2024-01-15", "2024-01-15T00:00:00.001Z",
+        "", "2024-02-30", "Z", "[1,2]", "a", "é", "\U0001f600",
+    ]
+    encoded = [keys.encode_key(v) for v in ordered]
+    for (va, ea), (vb, eb) in zip(zip(ordered, encoded), zip(ordered[1:], encoded[1:])):
+        assert values.compare(va, vb) <= 0
+        assert (ea < eb) == (values.compare(va, vb) < 0), (va, vb)
+    assert keys.encode_key(1) == keys.encode_key(1.0) == keys.encode_key(True is False or 1)
+    assert keys.encode_key("2024-01-15") == keys.encode_key("2024-01-15 00:00:00")
+    assert keys.encode_key({"a": 1, "b": 2}) == keys.encode_key({"b": 2, "a": 1})
+    assert keys.encode_key(float("nan")) == keys.NULL_KEY == keys.encode_key(None)
+
+
+field_names = st.text(
+    alphabet=st.sampled_from(list("ab.0 \"\\'[]$*é\x01\x7f\u2028")), max_size=4
+).filter(lambda name: "." not in name)
+
+
+@pytest.fixture(scope="module")
+def conn() -> Iterator[sqlite3.Connection]:
+    connection = sqlite3.connect(":memory:")
+    keys.register_functions(connection)
+    yield connection
+    connection.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(field_names, min_size=1, max_size=3), stored_values, st.booleans())
+def test_key_and_presence_sql_read_paths_like_get_path(
+    conn: sqlite3.Connection, steps: list[str], value: Any, wrap_in_array: bool
+) -> None:
+    doc: Any = value
+    for step in reversed(steps):
+        doc = {step: [doc] if wrap_in_array and step == steps[-1] else doc}
+    text = orjson.dumps(doc).decode()
+    for path in (".".join(steps), ".".join(steps[:-1] + ["0"]), steps[0]):
+        found, got = paths.get_path(doc, path)
+        key, present = conn.execute(
+            f"SELECT {keys.key_sql(path)}, {keys.present_sql(path)} FROM (SELECT ? AS doc)", (text,)
+        ).fetchone()
+        assert bool(present) == found, path
+        assert key == (keys.encode_key(got) if found else keys.NULL_KEY), path
+        found, got = paths.get_path_sort(doc, path)
+        (sort_key,) = conn.execute(f"SELECT {keys.sort_key_sql(path)} FROM (SELECT ? AS doc)", (text,)).fetchone()
+        assert sort_key == (keys.encode_key(got) if found else keys.NULL_KEY), path
+
+
+def test_json_path_quotes_every_step_and_refuses_escaped_keys() -> None:
+    assert keys.json_path("a.b") == '$."a"."b"'
+    assert keys.json_path("tags.0") == '$."tags"."0"'
+    assert keys.json_path("x y.[k]") == '$."x y"."[k]"'
+    assert keys.json_path('q"q') is None
+    assert keys.json_path("back\\slash") is None
+    assert keys.json_path("ctl\x01") is None
+    assert keys.key_sql('q"q').startswith("oxi_key_path(doc, X'")
+
+
+def test_sort_paths_with_digits_read_arrays(conn: sqlite3.Connection) -> None:
+    doc = orjson.dumps({"s": [5, 7], "o": {"1": "x"}}).decode()
+    for path, expected in (("s.1", 7), ("o.1", "x"), ("s.2", None)):
+        (got,) = conn.execute(f"SELECT {keys.sort_key_sql(path)} FROM (SELECT ? AS doc)", (doc,)).fetchone()
+        assert got == keys.encode_key(expected)
+    assert keys.sort_key_sql("abc") == keys.key_sql("abc")
+
+
+# --- the planner uses the indexes ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, str]]:
+    with Engine(str(tmp_path_factory.mktemp("plans")), synchronous="OFF") as engine:
+        docs = [{"age": i % 50, "city": f"c{i % 7}", "nested": {"k": i}, "tag": [i % 3]} for i in range(2000)]
+        engine.apply({"InsertMany": {"collection": "people", "documents": docs}}, 0.0)
+        for field in ("age", "nested.k"):
+            engine.apply({"CreateIndex": {"collection": "people", "field": field}}, 0.0)
+        engine.apply({"CreateCompositeIndex": {"collection": "people", "fields": ["city", "age"]}}, 0.0)
+        (tbl,) = engine._reader_conn().execute("SELECT tbl FROM oxi_collections WHERE name = 'people'").fetchone()
+        yield engine, tbl
+
+
+def _plan(engine: Engine, tbl: str, query: dict[str, Any], sort: Any = None) -> str:
+    plan = compile_plan(compile_query(query))
+    assert plan.exact
+    sql = f"SELECT doc FROM {tbl} WHERE {plan.where}"
+    if sort is not None:
+        sql += " " + order_by(parse_sort(sort))
+    rows = engine._reader_conn().execute("EXPLAIN QUERY PLAN " + sql, plan.params).fetchall()
+    return " | ".join(row[-1] for row in rows)
+
+
+@pytest.mark.parametrize(
+    "query, sort",
+    [
+        ({"age": 7}, None),
+        ({"age": {"$gt": 10, "$lte": 12}}, None),
+        ({"age": {"$in": [1, 2, 3]}}, None),
+        ({"nested.k": {"$lt": 3}}, None),
+        ({"age": None}, None),
+        ({"city": "c3", "age": 4}, None),
+        ({"city": "c3"}, {"age": 1}),
+    ],
+)
+def test_indexed_queries_search_the_index(indexed: tuple[Engine, str], query: dict[str, Any], sort: Any) -> None:
+    engine, tbl = indexed
+    plan = _plan(engine, tbl, query, sort)
+    assert "USING INDEX" in plan and "SCAN" not in plan.split("USING")[0], plan
+
+
+def test_sort_with_limit_walks_the_index(indexed: tuple[Engine, str]) -> None:
+    engine, tbl = indexed
+    plan = _plan(engine, tbl, {"age": {"$exists": True}}, {"age": 1})
+    assert "USING INDEX" in plan and "TEMP B-TREE" not in plan, plan
+    assert engine.find("people", {}, {"age": 1}, None, 3) == engine.find("people", {"age": 0})[:3]
+
+
+def test_id_queries_use_the_primary_key(indexed: tuple[Engine, str]) -> None:
+    engine, tbl = indexed
+    assert "INTEGER PRIMARY KEY" in _plan(engine, tbl, {"_id": {"$gte": 5, "$lt": 9}})
+    assert [d["_id"] for d in engine.find("people", {"_id": {"$gte": 5, "$lt": 9}})] == [5, 6, 7, 8]
+    assert engine.find("people", {"_id": 5.0})[0]["_id"] == 5
+    assert engine.find("people", {"_id": "5"}) == []
