@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oxidb.errors import DecodeError
+from oxidb.wire import _json
 from oxidb.wire.codec import (
     MAX_DEPTH,
     WireFormat,
@@ -118,6 +119,29 @@ def test_long_digit_runs_in_strings_change_nothing() -> None:
 
 def test_floats() -> None:
     assert decode_request(b'[1.0, 1e2, -0.0, 2.5E-3, 1e-400]')[1] == [1.0, 100.0, -0.0, 0.0025, 0.0]
+
+
+def test_long_digit_runs_in_floats() -> None:
+    payload = b"[0.000123456789012345678901, 12345678901234567890.5, 1234567890123456789012e-3, 1e-00000000000000000001]"
+    assert decode_request(payload)[1] == [
+        0.000123456789012345678901,
+        12345678901234567890.5,
+        1234567890123456789012e-3,
+        0.1,
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=30,
+))
+def test_fast_and_exact_json_paths_agree(value: object) -> None:
+    """The orjson path and the standard-library path give the same value."""
+    payload = json.dumps(value).encode()
+    exact = _json._decode_exact(payload)
+    assert json.dumps(decode_request(b" " + payload)[1]) == json.dumps(exact)
 
 
 def test_duplicate_keys_last_wins() -> None:

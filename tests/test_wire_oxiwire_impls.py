@@ -181,32 +181,57 @@ def test_number_rules_agree(c: ModuleType, number: float) -> None:
         assert decoded is None
 
 
-# --- JSON nesting scan ------------------------------------------------------------
+# --- JSON pre-scan ---------------------------------------------------------------
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(
-    data=st.lists(st.sampled_from(list(b'[]{}"\\a ,:')), max_size=60).map(bytes),
+    data=st.lists(st.sampled_from(list(b'[]{}"\\a ,:.eE-') + [b"1", b"9" * 10, b"0" * 19]), max_size=40).map(
+        lambda parts: b"".join(p if isinstance(p, bytes) else bytes([p]) for p in parts)
+    ),
     limit=st.integers(min_value=0, max_value=6),
 )
-def test_json_depth_scans_agree(c: ModuleType, data: bytes, limit: int) -> None:
-    assert c.json_depth_exceeds(data, limit) == py.json_depth_exceeds(data, limit)
+def test_json_scans_agree(c: ModuleType, data: bytes, limit: int) -> None:
+    assert c.json_scan(data, limit) == py.json_scan(data, limit)
+
+
+def test_json_scan_results_agree(c: ModuleType) -> None:
+    assert (c.JSON_FAST, c.JSON_TOO_DEEP, c.JSON_LONG_INTEGER) == (
+        py.JSON_FAST,
+        py.JSON_TOO_DEEP,
+        py.JSON_LONG_INTEGER,
+    )
+
+
+FAST, DEEP, LONG = py.JSON_FAST, py.JSON_TOO_DEEP, py.JSON_LONG_INTEGER
 
 
 @pytest.mark.parametrize(
-    "data, limit, exceeds",
+    "data, limit, result",
     [
-        (b"[[]]", 2, False),
-        (b"[[[]]]", 2, True),
-        (b'["[[[[", {"a": "{{{{"}]', 2, False),
-        (b'["\\"[[[["]', 1, False),
-        (b'"\\\\"[[', 1, True),
-        (b'"unterminated [[[[', 1, False),
-        (b"]]]][[", 2, False),
-        (b"{" * 129, 128, True),
-        (b"[" * 128, 128, False),
+        (b"[[]]", 2, FAST),
+        (b"[[[]]]", 2, DEEP),
+        (b'["[[[[", {"a": "{{{{"}]', 2, FAST),
+        (b'["\\"[[[["]', 1, FAST),
+        (b'"\\\\"[[', 1, DEEP),
+        (b'"unterminated [[[[', 1, FAST),
+        (b"]]]][[", 2, FAST),
+        (b"{" * 129, 128, DEEP),
+        (b"[" * 128, 128, FAST),
+        (b"[1234567890123456789]", 1, LONG),
+        (b"[-1234567890123456789]", 1, LONG),
+        (b"[123456789012345678]", 1, FAST),
+        (b"[0.1234567890123456789]", 1, FAST),
+        (b"[1234567890123456789.5]", 1, FAST),
+        (b"[1234567890123456789e5]", 1, FAST),
+        (b"[1234567890123456789E5]", 1, FAST),
+        (b"[1e1234567890123456789]", 1, LONG),
+        (b'["1234567890123456789"]', 1, FAST),
+        (b"1234567890123456789", 0, LONG),
+        (b"[[1234567890123456789]]", 1, DEEP),
+        (b"[1234567890123456789,[[]]]", 2, DEEP),
     ],
 )
-def test_json_depth_scan_examples(c: ModuleType, data: bytes, limit: int, exceeds: bool) -> None:
-    assert py.json_depth_exceeds(data, limit) is exceeds
-    assert c.json_depth_exceeds(data, limit) is exceeds
+def test_json_scan_examples(c: ModuleType, data: bytes, limit: int, result: int) -> None:
+    assert py.json_scan(data, limit) == result
+    assert c.json_scan(data, limit) == result

@@ -1,7 +1,7 @@
 """
 Selects the codec core: the C extension L{oxidb.wire._oxiwire} when it is
 built, else the pure-Python reference L{oxidb.wire._oxiwire_py}. Both expose
-C{OxiWireError}, C{encode}, C{decode} and C{json_depth_exceeds}.
+C{OxiWireError}, C{encode}, C{decode}, C{json_scan} and its results.
 """
 
 from __future__ import annotations

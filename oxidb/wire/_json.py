@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 import orjson
@@ -20,13 +19,6 @@ import orjson
 from oxidb.errors import DecodeError
 from oxidb.wire._accel import impl as _impl
 from oxidb.wire.limits import MAX_DEPTH
-
-# orjson reads integers beyond 64 bits as floats. Any integer literal with 19
-# or more digits may be such an integer (the largest int64 has 19 digits), so
-# such input goes to the exact standard-library parser. Digit runs inside
-# strings trigger it too, which costs time but never changes the result.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
-
 
 def decode(payload: bytes) -> object:
     """
@@ -36,9 +28,13 @@ def decode(payload: bytes) -> object:
 
     @raise DecodeError: C{"invalid JSON: <detail>"}.
     """
-    if _impl.json_depth_exceeds(payload, MAX_DEPTH):
+    # The scan runs first so that no parser ever recurses deeper than
+    # MAX_DEPTH. orjson reads integers beyond 64 bits as floats, so text that
+    # may hold one goes to the exact standard-library parser instead.
+    scan = _impl.json_scan(payload, MAX_DEPTH)
+    if scan == _impl.JSON_TOO_DEEP:
         raise DecodeError(f"invalid JSON: nesting deeper than {MAX_DEPTH}")
-    if _LONG_DIGITS.search(payload) is None:
+    if scan == _impl.JSON_FAST:
         try:
             return orjson.loads(payload)
         except orjson.JSONDecodeError as e:

@@ -711,20 +711,29 @@ oxiwire_encode(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
 }
 
 /* ------------------------------------------------------------------------ */
-/* JSON nesting scan                                                         */
+/* JSON pre-scan                                                             */
 /* ------------------------------------------------------------------------ */
 
-/* json_depth_exceeds(data, limit) -> bool */
+#define JSON_FAST 0
+#define JSON_TOO_DEEP 1
+#define JSON_LONG_INTEGER 2
+
+/*
+ * json_scan(data, limit) -> int: JSON_TOO_DEEP if the text opens more than
+ * `limit` arrays/objects inside one another, else JSON_LONG_INTEGER if it
+ * holds a run of 19 or more digits (outside strings) that is neither a
+ * fraction (after '.') nor followed by '.', 'e' or 'E', else JSON_FAST.
+ */
 static PyObject *
-oxiwire_json_depth_exceeds(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+oxiwire_json_scan(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer view;
     long limit, depth = 0;
-    const unsigned char *p, *end;
-    int exceeded = 0;
+    const unsigned char *start, *p, *end;
+    int result = JSON_FAST, long_integer = 0;
 
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "json_depth_exceeds() takes exactly 2 arguments");
+        PyErr_SetString(PyExc_TypeError, "json_scan() takes exactly 2 arguments");
         return NULL;
     }
     limit = PyLong_AsLong(args[1]);
@@ -734,7 +743,7 @@ oxiwire_json_depth_exceeds(PyObject *Py_UNUSED(module), PyObject *const *args, P
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
-    p = (const unsigned char *)view.buf;
+    start = p = (const unsigned char *)view.buf;
     end = p + view.len;
     while (p < end) {
         unsigned char c = *p++;
@@ -754,16 +763,31 @@ oxiwire_json_depth_exceeds(PyObject *Py_UNUSED(module), PyObject *const *args, P
         }
         else if (c == '[' || c == '{') {
             if (++depth > limit) {
-                exceeded = 1;
+                result = JSON_TOO_DEEP;
                 break;
             }
         }
-        else if ((c == ']' || c == '}') && depth > 0) {
-            depth--;
+        else if (c == ']' || c == '}') {
+            if (depth > 0) {
+                depth--;
+            }
+        }
+        else if (c >= '0' && c <= '9') {
+            const unsigned char *first = p - 1;
+            while (p < end && *p >= '0' && *p <= '9') {
+                p++;
+            }
+            if (p - first >= 19 && !(first > start && first[-1] == '.') &&
+                !(p < end && (*p == '.' || *p == 'e' || *p == 'E'))) {
+                long_integer = 1;
+            }
         }
     }
     PyBuffer_Release(&view);
-    return PyBool_FromLong(exceeded);
+    if (result == JSON_FAST && long_integer) {
+        result = JSON_LONG_INTEGER;
+    }
+    return PyLong_FromLong(result);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -775,9 +799,9 @@ static PyMethodDef oxiwire_methods[] = {
      "encode(value, header=b'') -> bytes: header followed by one tagged OxiWire value."},
     {"decode", (PyCFunction)(void (*)(void))oxiwire_decode, METH_FASTCALL,
      "decode(data, offset, max_depth) -> object: the tagged value at data[offset]."},
-    {"json_depth_exceeds", (PyCFunction)(void (*)(void))oxiwire_json_depth_exceeds,
-     METH_FASTCALL,
-     "json_depth_exceeds(data, limit) -> bool: JSON text nests deeper than limit."},
+    {"json_scan", (PyCFunction)(void (*)(void))oxiwire_json_scan, METH_FASTCALL,
+     "json_scan(data, limit) -> int: 1 if JSON text nests deeper than limit, "
+     "else 2 if it holds an integer literal of 19+ digits, else 0."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -804,7 +828,10 @@ PyInit__oxiwire(void)
         "oxidb.wire._oxiwire.OxiWireError",
         "A malformed OxiWire value; str() is upstream's error text.",
         PyExc_ValueError, NULL);
-    if (OxiWireError == NULL || PyModule_AddObjectRef(module, "OxiWireError", OxiWireError) < 0) {
+    if (OxiWireError == NULL || PyModule_AddObjectRef(module, "OxiWireError", OxiWireError) < 0 ||
+        PyModule_AddIntMacro(module, JSON_FAST) < 0 ||
+        PyModule_AddIntMacro(module, JSON_TOO_DEEP) < 0 ||
+        PyModule_AddIntMacro(module, JSON_LONG_INTEGER) < 0) {
         Py_XDECREF(OxiWireError);
         Py_DECREF(module);
         return NULL;

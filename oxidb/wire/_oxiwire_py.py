@@ -2,8 +2,8 @@
 The pure-Python OxiWire value codec.
 
 This is the reference implementation and the fallback when the C extension
-L{oxidb.wire._oxiwire} is not built. Both modules expose the same four names
-(L{OxiWireError}, L{encode}, L{decode}, L{json_depth_exceeds}) and must agree
+L{oxidb.wire._oxiwire} is not built. Both modules expose the same names (L{OxiWireError},
+L{encode}, L{decode}, L{json_scan} and its three results) and must agree
 on every input: the same bytes, the same value, or the same error type and
 text. C{tests/test_wire_oxiwire_impls.py} checks that with Hypothesis.
 
@@ -227,31 +227,44 @@ def _utf8(data: bytes, start: int, end: int, what: str) -> str:
         raise OxiWireError(f"{what}: {detail}") from None
 
 
-# --- JSON nesting scan --------------------------------------------------------
+# --- JSON pre-scan ------------------------------------------------------------
+
+#: L{json_scan} results.
+JSON_FAST = 0
+JSON_TOO_DEEP = 1
+JSON_LONG_INTEGER = 2
 
 # A JSON string from its opening quote to its closing quote, or to the end of
 # the input when it is unterminated (a trailing lone backslash included).
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\[\s\S][^"\\]*)*(?:"|\\?\Z)')
 _JSON_BRACKET = re.compile(rb"[\[\]{}]")
+_DIGIT_RUN = re.compile(rb"[0-9]{19,}")
 
 
-def json_depth_exceeds(data: bytes, limit: int) -> bool:
+def json_scan(data: bytes, limit: int) -> int:
     """
-    Whether the JSON text C{data} opens more than C{limit} arrays or objects
-    inside one another, ignoring brackets inside strings.
-
-    A cheap scan, run before parsing so that no parser ever recurses deeper
-    than C{limit}. Text that is not JSON gets an answer too (the parser
-    rejects it afterwards either way).
+    A cheap look at a JSON text before parsing it, ignoring what is inside
+    strings: L{JSON_TOO_DEEP} if it opens more than C{limit} arrays or
+    objects inside one another, else L{JSON_LONG_INTEGER} if it holds a run
+    of 19 or more digits that is neither a fraction (after C{.}) nor followed
+    by C{.}, C{e} or C{E} (an integer literal that may not fit 64 bits), else
+    L{JSON_FAST}. Text that is not JSON gets an answer too; the parser
+    rejects it afterwards either way.
     """
-    if data.count(b"[") + data.count(b"{") <= limit:
-        return False
+    if data.count(b"[") + data.count(b"{") <= limit and _DIGIT_RUN.search(data) is None:
+        return JSON_FAST
+    # Strings become "" so that what surrounds them keeps its neighbours.
+    outside = _JSON_STRING.sub(b'""', data)
     depth = 0
-    for match in _JSON_BRACKET.finditer(_JSON_STRING.sub(b"", data)):
+    for match in _JSON_BRACKET.finditer(outside):
         if match.group() in b"[{":
             depth += 1
             if depth > limit:
-                return True
+                return JSON_TOO_DEEP
         elif depth:
             depth -= 1
-    return False
+    for match in _DIGIT_RUN.finditer(outside):
+        start, end = match.span()
+        if outside[start - 1 : start] != b"." and outside[end : end + 1] not in (b".", b"e", b"E"):
+            return JSON_LONG_INTEGER
+    return JSON_FAST
