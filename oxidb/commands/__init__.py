@@ -13,8 +13,14 @@ from oxidb.commands._registry import Command, CommandRegistry, Handler
 #: Modules contributing commands, in no particular order. Add one line per
 #: new family.
 COMMAND_MODULES = (
+    "oxidb.commands.aggregation",
+    "oxidb.commands.collections",
+    "oxidb.commands.crud",
+    "oxidb.commands.indexes",
     "oxidb.commands.core",
     "oxidb.commands.status",
+    "oxidb.commands.blobs",
+    "oxidb.commands.backup",
 )
 
 

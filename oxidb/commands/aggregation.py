@@ -1,0 +1,31 @@
+"""
+The C{aggregate} command (server.md 3.3, engine.md 5).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from oxidb.commands._args import require_present, require_str
+from oxidb.commands._registry import Command
+from oxidb.commands.collections import engine_of
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from oxidb.commands._context import CommandContext
+
+
+def aggregate(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+    """
+    The pipeline's output documents. A C{pipeline} that is not an array
+    reaches the engine (C{invalid pipeline: pipeline must be an array}).
+    """
+    collection = require_str(request, "collection")
+    pipeline = require_present(request, "pipeline")
+    return ctx.read(engine_of(ctx).aggregate, collection, pipeline)
+
+
+COMMANDS = [
+    Command("aggregate", aggregate),
+]

@@ -1,0 +1,57 @@
+"""
+Collection commands: C{create_collection}, C{list_collections},
+C{drop_collection} and C{compact} (server.md 3.3, engine.md 1.6, 12).
+
+Handlers validate the request on the reactor thread and hand the work to the
+engine: writes as Raft-shaped operations through C{ctx.write}, reads through
+C{ctx.read}.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from oxidb.commands._args import require_str
+from oxidb.commands._registry import Command
+from oxidb.errors import UnavailableError
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from oxidb.commands._context import CommandContext
+
+
+def engine_of(ctx: "CommandContext") -> Any:
+    """The open engine, or L{UnavailableError} while there is none."""
+    engine = ctx.engine
+    if engine is None:
+        raise UnavailableError("storage engine is not available")
+    return engine
+
+
+def create_collection(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+    """C{"collection created"}; C{collection already exists: <name>} if it does."""
+    return ctx.write({"CreateCollection": {"name": require_str(request, "collection")}})
+
+
+def list_collections(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+    """Every collection name, sorted."""
+    return ctx.read(engine_of(ctx).list_collections)
+
+
+def drop_collection(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+    """C{"collection dropped"}, also for an unknown collection."""
+    return ctx.write({"DropCollection": {"name": require_str(request, "collection")}})
+
+
+def compact(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+    """C{{"old_size", "new_size", "docs_kept"}} (see L{oxidb.engine.writes.WriteTxn.compact})."""
+    return ctx.write({"Compact": {"collection": require_str(request, "collection")}})
+
+
+COMMANDS = [
+    Command("create_collection", create_collection, writes=True),
+    Command("list_collections", list_collections, audit_collection=None),
+    Command("drop_collection", drop_collection, writes=True),
+    Command("compact", compact, writes=True),
+]

@@ -1,0 +1,142 @@
+"""
+Document commands: C{insert}, C{insert_many}, C{find}, C{find_one},
+C{update}, C{update_one}, C{delete}, C{delete_one}, C{count} (server.md 3.3,
+engine.md 0-3).
+
+Request texts follow server.md 3.2: a required field that is absent, null or
+(for strings and arrays) of the wrong type is C{missing '<field>'}; an
+optional C{query} that is absent or null means C{{}}; a C{query} or
+C{update} of the wrong type reaches the engine, which reports it (C{invalid
+query: query must be a JSON object}). Invalid C{sort}/C{skip}/C{limit} values
+of C{find} are ignored by the engine as upstream does, except a bad sort
+direction.
+
+Transaction seam. Transactions are a later issue. When one is open on the
+connection (C{ctx.session.tx is not None}), the commands that honour it
+(server.md 3.3 "tx" column, [B]: C{insert}, C{insert_many}, C{update},
+C{delete} and C{find}) hand over to it: writes call C{tx.buffer(op)} with the
+very operation they would have written and return its result (C{"buffered"});
+C{find} calls C{tx.find(ctx, collection, query)}. C{find_one}, C{count},
+C{update_one} and C{delete_one} bypass an open transaction, as in v0.15.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from oxidb.commands._args import is_uint, require_list, require_present, require_str
+from oxidb.commands._registry import Command
+from oxidb.commands.collections import engine_of
+from oxidb.errors import BadRequestError
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from oxidb.commands._context import CommandContext
+
+
+def _write(ctx: "CommandContext", op: dict[str, Any], *, transactional: bool) -> Any:
+    tx = ctx.session.tx
+    if transactional and tx is not None:
+        return tx.buffer(op)
+    return ctx.write(op)
+
+
+def _query(request: dict[str, Any]) -> Any:
+    """The optional query of a read: absent or null means C{{}}."""
+    query = request.get("query")
+    return {} if query is None else query
+
+
+def insert(ctx: "CommandContext", request: dict[str, Any]) -> Any:
+    """C{{"id": n}}."""
+    collection = require_str(request, "collection")
+    document = require_present(request, "doc")
+    return _write(ctx, {"Insert": {"collection": collection, "document": document}}, transactional=True)
+
+
+def insert_many(ctx: "CommandContext", request: dict[str, Any]) -> Any:
+    """The new ids, consecutive, all-or-nothing."""
+    collection = require_str(request, "collection")
+    documents = require_list(request, "docs", "missing or invalid 'docs' array")
+    return _write(ctx, {"InsertMany": {"collection": collection, "documents": documents}}, transactional=True)
+
+
+def find(ctx: "CommandContext", request: dict[str, Any]) -> Any:
+    """Matching documents: filter, sort, skip, limit (engine.md 2.5)."""
+    collection = require_str(request, "collection")
+    query = _query(request)
+    tx = ctx.session.tx
+    if tx is not None:
+        return tx.find(ctx, collection, query)
+    return ctx.read(
+        engine_of(ctx).find, collection, query, request.get("sort"), request.get("skip"), request.get("limit")
+    )
+
+
+def find_one(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+    """The matching document with the lowest C{_id}, or null."""
+    collection = require_str(request, "collection")
+    return ctx.read(engine_of(ctx).find_one, collection, _query(request))
+
+
+def count(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+    """C{{"count": n}}."""
+    collection = require_str(request, "collection")
+    d = ctx.read(engine_of(ctx).count, collection, _query(request))
+    d.addCallback(lambda n: {"count": n})
+    return d
+
+
+def _update(kind: str, ctx: "CommandContext", request: dict[str, Any], *, transactional: bool) -> Any:
+    collection = require_str(request, "collection")
+    query = require_present(request, "query")
+    update = require_present(request, "update")
+    op = {kind: {"collection": collection, "query": query, "update": update}}
+    return _write(ctx, op, transactional=transactional)
+
+
+def update(ctx: "CommandContext", request: dict[str, Any]) -> Any:
+    """C{{"modified": n}}: every matching document, all-or-nothing."""
+    return _update("Update", ctx, request, transactional=True)
+
+
+def update_one(ctx: "CommandContext", request: dict[str, Any]) -> Any:
+    """C{{"modified": 0 | 1}}: the matching document with the lowest C{_id}."""
+    return _update("UpdateOne", ctx, request, transactional=False)
+
+
+def delete(ctx: "CommandContext", request: dict[str, Any]) -> Any:
+    """
+    C{{"deleted": n}}. The optional C{limit} ([N]) deletes at most that many
+    (lowest C{_id} first) and must be a non-negative integer.
+    """
+    collection = require_str(request, "collection")
+    query = require_present(request, "query")
+    body: dict[str, Any] = {"collection": collection, "query": query}
+    limit = request.get("limit")
+    if limit is not None:
+        if not is_uint(limit):
+            raise BadRequestError("'limit' must be a non-negative integer")
+        body["limit"] = limit
+    return _write(ctx, {"Delete": body}, transactional=True)
+
+
+def delete_one(ctx: "CommandContext", request: dict[str, Any]) -> Any:
+    """C{{"deleted": 0 | 1}}: the matching document with the lowest C{_id}."""
+    collection = require_str(request, "collection")
+    query = require_present(request, "query")
+    return _write(ctx, {"DeleteOne": {"collection": collection, "query": query}}, transactional=False)
+
+
+COMMANDS = [
+    Command("insert", insert, writes=True),
+    Command("insert_many", insert_many, writes=True),
+    Command("find", find),
+    Command("find_one", find_one),
+    Command("count", count),
+    Command("update", update, writes=True),
+    Command("update_one", update_one, writes=True),
+    Command("delete", delete, writes=True),
+    Command("delete_one", delete_one, writes=True),
+]
