@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
+import subprocess
+import sys
 from typing import Any
 
 import msgpack
@@ -446,3 +449,38 @@ def test_reply_round_trip_in_every_format(value: object, fmt: WireFormat, messag
 def test_decode_reply_refuses_non_envelopes(payload: bytes) -> None:
     with pytest.raises(DecodeError):
         decode_reply(payload)
+
+
+# --- without the C extension -----------------------------------------------------------
+
+_FALLBACK_SCRIPT = r"""
+import sys
+sys.modules["oxidb.wire._oxiwire"] = None  # as if the extension were not built
+from oxidb.errors import DecodeError
+from oxidb.wire import oxiwire
+from oxidb.wire.codec import WireFormat, decode_request, encode_ok
+assert oxiwire.IMPLEMENTATION == "python", oxiwire.IMPLEMENTATION
+assert decode_request(b'{"n":123456789012345678901234567890}')[1] == {"n": 123456789012345678901234567890}
+assert decode_request(b"\xdb\x08\x01\x00\x00\x00\x01\x00\x00\x00k\x02") == (WireFormat.OXIWIRE, {"k": True})
+assert encode_ok(WireFormat.OXIWIRE, "pong") == b"\xdb\x00\x06\x04\x00\x00\x00pong"
+for bad in (b"[" * 129 + b"]" * 129, b"\xdb\x09"):
+    try:
+        decode_request(bad)
+    except DecodeError as e:
+        print(e)
+"""
+
+
+def test_codec_works_without_the_c_extension() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _FALLBACK_SCRIPT],
+        capture_output=True,
+        text=True,
+        cwd=pathlib.Path(__file__).resolve().parent.parent,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "invalid JSON: nesting deeper than 128",
+        "invalid OxiWire request: unknown tag 0x09 at position 1",
+    ]

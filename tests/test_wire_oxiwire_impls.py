@@ -166,10 +166,12 @@ def test_utf8_errors_agree(c: ModuleType, body: bytes, tag: int) -> None:
     assert_agree(c, "decode", data, 0, MAX_DEPTH)
 
 
-def test_decoders_agree_on_offsets(c: ModuleType) -> None:
+def test_decoders_agree_on_offsets_and_depths(c: ModuleType) -> None:
     data = b"\xdb\x06\x01\x00\x00\x00a"
     for offset in (-1, 0, 1, 6, 7, 8):
         assert_agree(c, "decode", data, offset, MAX_DEPTH)
+    for max_depth in (-1, 0, 512, 513, 10**6):
+        assert_agree(c, "decode", data, 1, max_depth)
 
 
 @settings(max_examples=100, deadline=None)

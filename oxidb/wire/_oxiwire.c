@@ -18,6 +18,7 @@
 #include <string.h>
 
 #define U32_MAX_VALUE 0xFFFFFFFFu
+#define MAX_DEPTH_CAP 512 /* the largest max_depth decode() accepts */
 
 static PyObject *OxiWireError;
 
@@ -349,6 +350,11 @@ oxiwire_decode(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
     }
     max_depth = PyLong_AsLong(args[2]);
     if (max_depth == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (max_depth < 0 || max_depth > MAX_DEPTH_CAP) {
+        /* the decoder recurses once per level: keep the C stack safe */
+        PyErr_SetString(PyExc_ValueError, "max_depth out of range");
         return NULL;
     }
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {

@@ -29,6 +29,9 @@ _U32_MAX = 0xFFFF_FFFF
 _U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 _I64_MIN = -0x8000_0000_0000_0000
 
+# The largest max_depth decode() accepts: both decoders recurse once per level.
+_MAX_DEPTH_CAP = 512
+
 
 class OxiWireError(ValueError):
     """A malformed OxiWire value; C{str()} is upstream's error text."""
@@ -130,7 +133,8 @@ def decode(data: bytes, offset: int, max_depth: int) -> object:
     Decode the tagged value that starts at C{data[offset]}; bytes after it
     are ignored.
 
-    Arrays and maps nested more than C{max_depth} deep are refused. Counts
+    Arrays and maps nested more than C{max_depth} (at most 512) deep are
+    refused. Counts
     never size an allocation: a count larger than the input fails on the
     first missing element.
 
@@ -140,6 +144,8 @@ def decode(data: bytes, offset: int, max_depth: int) -> object:
     """
     if not 0 <= offset <= len(data):
         raise ValueError("offset out of range")
+    if not 0 <= max_depth <= _MAX_DEPTH_CAP:
+        raise ValueError("max_depth out of range")
     value, _ = _decode_value(data, offset, 0, max_depth)
     return value
 
