@@ -19,8 +19,6 @@ COMMAND_MODULES = (
     "oxidb.commands.indexes",
     "oxidb.commands.core",
     "oxidb.commands.status",
-    "oxidb.commands.blobs",
-    "oxidb.commands.backup",
 )
 
 
