@@ -145,6 +145,12 @@ class BlobNotFoundError(OxiError):
     template = "blob not found: {0}/{1}"
 
 
+class UnextractableError(OxiError):
+    """C{extract_text} on an object whose type (or content) has no text."""
+
+    template = "could not extract text from this file type"
+
+
 class ProcedureNotFoundError(OxiError):
     template = "procedure not found: {0}"
 
