@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "oxidb.commands.indexes",
     "oxidb.commands.core",
     "oxidb.commands.status",
+    "oxidb.commands.blobs",
+    "oxidb.commands.backup",
 )
 
 
