@@ -17,6 +17,10 @@ from typing import Any, Callable, Mapping
 
 import attrs
 
+from oxidb.audit.gelf import GelfSettings, parse_gelf_settings
+from oxidb.audit.log import AuditSettings, parse_audit_settings
+from oxidb.auth.settings import AuthSettings, parse_auth_settings
+from oxidb.auth.tls import TlsPaths, parse_tls_settings
 from oxidb.errors import ConfigError
 
 Address = tuple[str, int]
@@ -137,17 +141,29 @@ def format_address(address: Address) -> str:
 # --- the table --------------------------------------------------------------
 
 
+def passthrough(text: str) -> str:
+    """Text checked later by the subsystem that owns the variable."""
+    return text
+
+
+def bool_text(text: str) -> str:
+    """A boolean switch, passed on as C{true}/C{false} (see L{parse_bool})."""
+    return "true" if parse_bool(text) else "false"
+
+
 @attrs.frozen
 class Setting:
     """
-    @ivar field: the L{Config} attribute.
+    @ivar field: the L{Config} attribute, or C{None} for a variable read by a
+        subsystem's own parser (auth, TLS, audit, GELF) from the effective
+        environment.
     @ivar env: the environment variable.
     @ivar option: the twistd long option (without C{--}).
     @ivar default: the default as text (parsed like any value), or C{None}
         for "unset".
     """
 
-    field: str
+    field: str | None
     env: str
     option: str
     default: str | None
@@ -156,6 +172,7 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
+    # Core (server.md 9.1).
     Setting("addr", "OXIDB_ADDR", "addr", "127.0.0.1:4444", parse_address,
             "client listen address, host:port ([::1]:4444 for IPv6)"),
     Setting("data_dir", "OXIDB_DATA", "data", "./oxidb_data", parse_path,
@@ -166,23 +183,80 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds a connection may stay silent (0 = never)"),
     Setting("verbose", "OXIDB_VERBOSE", "verbose", "false", parse_bool,
             "extra startup logging (true/false)"),
+    Setting("encryption_key", "OXIDB_ENCRYPTION_KEY", "encryption-key", None, parse_path,
+            "encryption at rest: not supported by this server; setting it stops startup"),
+    # Security.
+    Setting(None, "OXIDB_AUTH", "auth", None, bool_text,
+            "require login (SCRAM-SHA-256) and enforce roles (true/false)"),
+    Setting(None, "OXIDB_SCRAM_ITERATIONS", "scram-iterations", None, passthrough,
+            "PBKDF2 iterations for new SCRAM verifiers (4096..10000000, default 4096)"),
+    Setting(None, "OXIDB_HEALTH_OPEN", "health-open", None, bool_text,
+            "let raft_metrics run without login, for load-balancer checks (true/false)"),
+    Setting(None, "OXIDB_AUTH_DELAY_MS", "auth-delay-ms", None, passthrough,
+            "delay after the first failed login, doubling per failure (default 100)"),
+    Setting(None, "OXIDB_AUTH_MAX_DELAY_MS", "auth-max-delay-ms", None, passthrough,
+            "longest delay after a failed login (default 5000)"),
+    Setting(None, "OXIDB_AUTH_FAILURE_WINDOW_SECS", "auth-failure-window-secs", None, passthrough,
+            "seconds a username's failures are remembered (default 300)"),
+    Setting(None, "OXIDB_AUTH_MAX_FAILURES", "auth-max-failures", None, passthrough,
+            "failed logins after which a connection is closed (default 5)"),
+    Setting(None, "OXIDB_TLS_CERT", "tls-cert", None, passthrough,
+            "PEM certificate chain for the client port (with --tls-key)"),
+    Setting(None, "OXIDB_TLS_KEY", "tls-key", None, passthrough,
+            "PEM private key for the client port (with --tls-cert)"),
+    Setting(None, "OXIDB_AUDIT", "audit", None, bool_text,
+            "write the audit log <data>/_audit/audit.log (true/false)"),
+    Setting(None, "OXIDB_AUDIT_MAX_BYTES", "audit-max-bytes", None, passthrough,
+            "rotate the audit log at this size (0 = never)"),
+    Setting(None, "OXIDB_AUDIT_MAX_AGE_SECS", "audit-max-age-secs", None, passthrough,
+            "rotate the audit log after this many seconds (0 = never)"),
+    Setting(None, "OXIDB_AUDIT_CALENDAR", "audit-calendar", None, passthrough,
+            "rotate the audit log hourly or daily (UTC), or none"),
+    Setting(None, "OXIDB_AUDIT_COMPRESS", "audit-compress", None, passthrough,
+            "gzip rotated audit logs (true/false)"),
+    Setting(None, "OXIDB_GELF_ADDR", "gelf-addr", None, passthrough,
+            "host:port of a GELF UDP collector for server and audit events"),
+    Setting(None, "OXIDB_GELF_COMPRESS", "gelf-compress", None, passthrough,
+            "GELF compression: none, zlib or gzip (default none)"),
+    Setting(None, "OXIDB_GELF_CHUNK_SIZE", "gelf-chunk-size", None, passthrough,
+            "largest GELF datagram in bytes (512..65507, default 1420)"),
+    # Monitoring.
     Setting("metrics_addr", "OXIDB_METRICS_ADDR", "metrics-addr", None, parse_address,
             "host:port of the HTTP endpoint serving /metrics, /health and /ready (off when unset)"),
+    # Cluster (server.md 8.1).
+    Setting("node_id", "OXIDB_NODE_ID", "node-id", None, parse_node_id,
+            "this node's Raft id (u64); setting it turns cluster mode on"),
+    Setting("raft_addr", "OXIDB_RAFT_ADDR", "raft-addr", "127.0.0.1:4445", parse_address,
+            "Raft listen address, host:port"),
+    Setting("raft_peers", "OXIDB_RAFT_PEERS", "raft-peers", None, parse_peers,
+            "Raft peer address book: 1=host:port,2=host:port,..."),
 )
 
-_BY_FIELD = {s.field: s for s in SETTINGS}
+_BY_FIELD = {s.field: s for s in SETTINGS if s.field is not None}
 
 
 @attrs.frozen
 class Config:
-    """The validated configuration of one server. See L{SETTINGS}."""
+    """
+    The validated configuration of one server. See L{SETTINGS}; the
+    subsystem settings (C{auth}, C{tls}, C{audit}, C{gelf}) are parsed by
+    their own modules from the same effective environment.
+    """
 
     addr: Address = ("127.0.0.1", 4444)
     data_dir: str = "./oxidb_data"
     pool_size: int = 4
     idle_timeout: int = 30
     verbose: bool = False
+    encryption_key: str | None = None
     metrics_addr: Address | None = None
+    node_id: int | None = None
+    raft_addr: Address = ("127.0.0.1", 4445)
+    raft_peers: dict[int, Address] | None = None
+    auth: AuthSettings = attrs.field(factory=AuthSettings)
+    tls: TlsPaths | None = None
+    audit: AuditSettings = attrs.field(factory=AuditSettings)
+    gelf: GelfSettings | None = None
 
     @classmethod
     def from_sources(
@@ -200,6 +274,7 @@ class Config:
         environ = {} if environ is None else environ
         options = {} if options is None else options
         values: dict[str, Any] = {}
+        effective = dict(environ)
         for setting in SETTINGS:
             given = options.get(setting.option)
             if given is not None:
@@ -209,13 +284,31 @@ class Config:
             elif setting.default is not None:
                 source, text = "default", setting.default
             else:
-                values[setting.field] = None
+                if setting.field is not None:
+                    values[setting.field] = None
                 continue
             try:
-                values[setting.field] = setting.parse(text)
+                value = setting.parse(text)
             except ValueError as e:
                 raise ConfigError(f"{source}={text!r} is invalid: {e}") from None
-        return cls(**values)
+            if setting.field is None:
+                effective[setting.env] = value
+            else:
+                values[setting.field] = value
+        if values.get("encryption_key") is not None:
+            raise ConfigError(
+                f"OXIDB_ENCRYPTION_KEY={values['encryption_key']!r}: encryption at rest is not supported by "
+                "this server; use an encrypted filesystem for the data directory and unset the variable"
+            )
+        if values.get("raft_peers") is None:
+            values["raft_peers"] = {}
+        return cls(
+            **values,
+            auth=parse_auth_settings(effective),
+            tls=parse_tls_settings(effective),
+            audit=parse_audit_settings(effective),
+            gelf=parse_gelf_settings(effective),
+        )
 
     def prepare_data_dir(self) -> str:
         """

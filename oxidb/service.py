@@ -11,20 +11,32 @@ Twisted application::
 
 from __future__ import annotations
 
+import random
 import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python.threadpool import ThreadPool
 
 from oxidb import __version__
+from oxidb.audit.events import Auditor
+from oxidb.audit.gelf import GelfEncoder
+from oxidb.audit.gelf_udp import GelfSender, resolve_gelf_address
+from oxidb.audit.log import AuditLog
+from oxidb.auth.manager import AuthManager
+from oxidb.auth.store import register_appliers
+from oxidb.auth.tls import load_server_tls
 from oxidb.commands import default_registry
+from oxidb.commands.auth import LOGIN_COMMANDS, USER_COMMANDS
 from oxidb.commands._registry import CommandRegistry
 from oxidb.config import Config, format_address
+from oxidb.engine.engine import Engine
 from oxidb.metrics import MetricsRefresher, NodeHealth, ServerMetrics, make_metrics_site, threadpool_stats
 from oxidb.server.dispatch import Dispatcher
 from oxidb.server.executor import LocalExecutor
@@ -52,6 +64,7 @@ class Services:
     engine: Any = None
     metrics: Any = None
     audit: Any = None
+    auth: Any = None
     raft: Any = None
     auth_enabled: bool = False
     health_open: bool = False
@@ -89,20 +102,51 @@ class OxiService(MultiService):
         self.shared.factory = self.factory
         self.port: Any = None
         self.metrics_port: Any = None
+        self.engine = Engine(data_dir, synchronous="FULL", auto_create_on_read=True)
         self._setup_metrics()
+        self._setup_security()
+
+    def _setup_security(self) -> None:
+        """TLS, GELF, audit and authentication, each only when configured."""
+        config, shared, reactor = self.config, self.shared, self.reactor
+        self.tls_options = None
+        if config.tls is not None:
+            self.tls_options = load_server_tls(config.tls.cert, config.tls.key)
+            shared.tls_enabled = True
+        self.gelf: GelfSender | None = None
+        if config.gelf is not None:
+            encoder = GelfEncoder(config.gelf.compress, config.gelf.chunk_size, random.SystemRandom())
+            self.gelf = GelfSender(reactor, config.gelf, resolve_gelf_address(config.gelf), encoder)
+        self.audit_log: AuditLog | None = None
+        if config.audit.enabled:
+            self.audit_log = AuditLog(Path(shared.data_dir) / "_audit", config.audit.rotation, reactor)
+            sinks: list[Any] = [self.audit_log] + ([self.gelf] if self.gelf is not None else [])
+            shared.audit = Auditor(reactor, sinks)
+        if config.auth.enabled:
+            shared.auth_enabled = True
+            shared.health_open = config.auth.health_open
+            shared.auth = AuthManager.open(
+                Path(shared.data_dir) / "_auth", config.auth, reactor, shared.executor.read, random.SystemRandom()
+            )
+            shared.registry.extend([*LOGIN_COMMANDS, *USER_COMMANDS])
+            register_appliers(self.engine, shared.auth.store)
 
     def _setup_metrics(self) -> None:
         """Request counters always; the HTTP endpoint when configured."""
         shared = self.shared
         metrics = ServerMetrics(self.reactor, shared.registry.names(), data_dir=shared.data_dir)
         metrics.threadpool_source = lambda: threadpool_stats(self.threadpool)
+        metrics.documents_source = self.engine.collection_counts
         shared.metrics = metrics
         if self.config.metrics_addr is not None:
             MetricsRefresher(metrics, self.reactor, shared.executor.read).setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         host, port = self.config.addr
-        self.port = self.reactor.listenTCP(port, self.factory, interface=host)
+        if self.tls_options is not None:
+            self.port = self.reactor.listenSSL(port, self.factory, self.tls_options, interface=host)
+        else:
+            self.port = self.reactor.listenTCP(port, self.factory, interface=host)
         if self.config.metrics_addr is not None:
             health = NodeHealth(lambda: self.shared.serving, raft=self.shared.metrics.sample_raft)
             site = make_metrics_site(self.shared.metrics, health, self.reactor, self.threadpool)
@@ -113,6 +157,25 @@ class OxiService(MultiService):
     def startService(self) -> None:
         if self.port is None:
             self.privilegedStartService()
+        # Blocking, once, before the reactor serves anything: a storage
+        # failure stops startup (twistd exits non-zero).
+        self.engine.open()
+        self.shared.engine = self.engine
+        if self.gelf is not None:
+            self.gelf.start()
+            self._gelf_observer = self.gelf.observer()
+            globalLogPublisher.addObserver(self._gelf_observer)
+            self._log.info("GELF logging: enabled ({addr})", addr=format_address((self.config.gelf.host, self.config.gelf.port)))
+        if self.audit_log is not None:
+            self.audit_log.start()
+            self._log.info("{line}", line=self.config.audit.startup_line())
+        if self.tls_options is not None:
+            self._log.info("TLS: enabled")
+        if self.shared.auth is not None:
+            self._log.info("authentication: enabled")
+            # The real stderr: twistd may redirect sys.stderr into the log,
+            # and the generated password must never reach a log.
+            self.shared.auth.ensure_default_admin(sys.__stderr__)
         self.threadpool.start()
         self.shared.started_at = self.reactor.seconds()
         self.shared.serving = True
@@ -153,6 +216,11 @@ class OxiService(MultiService):
         if engine is not None:
             yield deferToThreadPool(self.reactor, self.threadpool, engine.close)
         self.threadpool.stop()
+        if self.audit_log is not None:
+            yield self.audit_log.stop()
+        if self.gelf is not None:
+            globalLogPublisher.removeObserver(self._gelf_observer)
+            yield self.gelf.stop()
         if self.metrics_port is not None:
             # Last, so that /health answers 503 while connections drain.
             yield self.metrics_port.stopListening()

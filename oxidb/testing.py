@@ -122,6 +122,8 @@ class MemoryServer:
         self.service = OxiService(config, reactor=self.clock)
         self.services = self.service.shared
         self.services.engine = engine
+        if engine is not None:
+            self.services.metrics.documents_source = engine.collection_counts
         self.services.executor = SynchronousExecutor(self.services)
         self.factory = self.service.factory
 
@@ -234,17 +236,18 @@ class ServerProcess:
         self.process.kill()
         self.wait()
 
-    def client(self, timeout: float = 10.0) -> "BlockingClient":
+    def client(self, timeout: float = 10.0, ssl_context: Any = None) -> "BlockingClient":
         assert self.port is not None
-        return BlockingClient("127.0.0.1", self.port, timeout=timeout)
+        return BlockingClient("127.0.0.1", self.port, timeout=timeout, ssl_context=ssl_context)
 
 
 class BlockingClient:
     """A minimal blocking JSON client (for end-to-end tests and benches)."""
 
-    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, host: str, port: int, timeout: float = 10.0, ssl_context: Any = None) -> None:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = ssl_context.wrap_socket(sock, server_hostname=host) if ssl_context is not None else sock
 
     def send_raw(self, payload: bytes) -> None:
         self.sock.sendall(encode_frame(payload))

@@ -61,11 +61,22 @@ class ListSink:
 
 
 @attrs.define
+class AuthFailureCounter:
+    """The one metrics hook the login commands call."""
+
+    failures: int = 0
+
+    def auth_failed(self) -> None:
+        self.failures += 1
+
+
+@attrs.define
 class Services:
     clock: Clock
     auth: AuthManager
     audit: Auditor
     executor: Executor
+    metrics: AuthFailureCounter = attrs.field(factory=AuthFailureCounter)
 
 
 @attrs.define
@@ -162,6 +173,7 @@ def test_wrong_password_is_delayed_audited_and_counted(world: World) -> None:
     world.clock.advance(0.1)
     assert error_of(d) == "authentication failed"
     assert not ctx.session.authenticated and ctx.session.failed_logins == 1
+    assert world.services.metrics.failures == 1
     [event] = world.sink.events
     assert (event.user, event.role, event.cmd, event.result, event.detail) == (
         "alice",

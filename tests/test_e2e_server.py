@@ -117,3 +117,51 @@ def test_plugin_is_discovered_from_an_installed_wheel(tmp_path: Any) -> None:
     assert location.startswith(site)
     assert os.path.exists(os.path.join(site, "twisted", "plugins", "oxidb_plugin.py"))
     assert not os.path.exists(os.path.join(site, "twisted", "plugins", "__init__.py"))
+
+
+def test_official_client_documents(server: ServerProcess, official_client: ModuleType) -> None:
+    """The document commands through PyPI's client, unchanged, against the real process."""
+    db = official_client.OxiDbClient("127.0.0.1", server.port, timeout=10)
+    try:
+        assert db.insert("users", {"name": "Ada", "age": 36}) == {"id": 1}
+        assert db.insert_many("users", [{"name": "Bob", "age": 25}, {"name": "Cy", "age": 41}]) == [2, 3]
+        assert "users" in db.list_collections()
+        found = db.find("users", {"age": {"$gte": 30}}, sort={"age": -1})
+        assert [d["name"] for d in found] == ["Cy", "Ada"]
+        assert db.find("users", {}, sort={"_id": 1}, skip=1, limit=1)[0]["name"] == "Bob"
+        assert db.find_one("users", {"name": "Bob"})["_version"] == 1
+        assert db.count("users") == 3
+        assert db.update("users", {"name": "Bob"}, {"$inc": {"age": 1}}) == {"modified": 1}
+        assert db.find_one("users", {"name": "Bob"})["age"] == 26
+        db.create_unique_index("users", "name")
+        with pytest.raises(official_client.OxiDbError, match="unique constraint violated: field 'name'"):
+            db.insert("users", {"name": "Ada"})
+        groups = db.aggregate("users", [{"$group": {"_id": None, "total": {"$sum": "$age"}}}])
+        assert groups == [{"_id": None, "total": 36 + 26 + 41}]
+        assert db.delete("users", {"age": {"$lt": 30}}) == {"deleted": 1}
+        assert db.count("users") == 2
+    finally:
+        db.close()
+
+
+def test_acknowledged_writes_survive_sigkill(server: ServerProcess) -> None:
+    """kill -9 during a stream of acknowledged writes: every acknowledged one is there after restart."""
+    client = server.client()
+    acknowledged = []
+    for i in range(300):
+        reply = client.request({"cmd": "insert_many", "collection": "log", "docs": [{"i": i, "j": j} for j in range(5)]})
+        assert reply["ok"], reply
+        acknowledged.append(reply["data"])
+    client.send_raw(b'{"cmd":"insert_many","collection":"log","docs":[{"last":1},{"last":2}]}')
+    server.kill()
+    client.close()
+    restarted = ServerProcess(server.data_dir).start()
+    try:
+        docs = restarted.client().request({"cmd": "find", "collection": "log", "query": {}})["data"]
+        ids = {d["_id"] for d in docs}
+        for batch in acknowledged:
+            assert set(batch) <= ids
+        # The unacknowledged batch is all there or not at all.
+        assert len([d for d in docs if "last" in d]) in (0, 2)
+    finally:
+        restarted.stop()

@@ -78,6 +78,9 @@ async def _login_failed(ctx: CommandContext, cmd: str, username: str | None, err
     wrong_credentials = isinstance(error, AuthenticationFailedError)
     _audit_login(ctx, cmd, username, None, DENIED if wrong_credentials else ERROR, error.message)
     if wrong_credentials:
+        metrics = ctx.services.metrics
+        if metrics is not None:
+            metrics.auth_failed()
         _log.info("failed login for {user} from {peer} ({cmd})", user=username, peer=ctx.session.peer, cmd=cmd)
         await _auth(ctx).throttle.failed(ctx.session, username or "")
     raise error
