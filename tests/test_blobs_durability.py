@@ -75,8 +75,8 @@ def test_acknowledged_objects_survive_sigkill(tmp_path: Any) -> None:
             assert time.monotonic() < deadline, "child too slow"
             line = child.stdout.readline()
             assert line, "child died"
-            key, etag, i = line.split()
-            last_acked[key] = (etag, int(i))
+            key, etag, acked_version = line.split()
+            last_acked[key] = (etag, int(acked_version))
             acks += 1
     finally:
         child.send_signal(signal.SIGKILL)
