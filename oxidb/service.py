@@ -35,8 +35,9 @@ from oxidb.auth.tls import load_server_tls
 from oxidb.commands import default_registry
 from oxidb.commands.auth import LOGIN_COMMANDS, USER_COMMANDS
 from oxidb.commands._registry import CommandRegistry
-from oxidb.config import Config, format_address
+from oxidb.config import SETTINGS, Config, format_address
 from oxidb.engine.engine import Engine
+from oxidb.errors import ConfigError
 from oxidb.metrics import MetricsRefresher, NodeHealth, ServerMetrics, make_metrics_site, threadpool_stats
 from oxidb.server.dispatch import Dispatcher
 from oxidb.server.executor import LocalExecutor
@@ -88,6 +89,11 @@ class OxiService(MultiService):
 
     def __init__(self, config: Config, reactor: Any, *, handle_signals: bool = False) -> None:
         super().__init__()
+        if config.node_id is not None:
+            raise ConfigError(
+                f"OXIDB_NODE_ID={config.node_id}: cluster mode is not available in this build yet; "
+                "unset OXIDB_NODE_ID to run standalone"
+            )
         self.config = config
         self.reactor = reactor
         self.handle_signals = handle_signals
@@ -190,6 +196,10 @@ class OxiService(MultiService):
             idle_timeout=config.idle_timeout,
             version=__version__,
         )
+        if config.verbose:
+            for setting in SETTINGS:
+                if setting.field is not None:
+                    self._log.info("config {env} = {value!r}", env=setting.env, value=getattr(config, setting.field))
         if self.metrics_port is not None:
             mbound = self.metrics_port.getHost()
             self._log.info("metrics listening on {addr}", addr=format_address((mbound.host, mbound.port)))

@@ -170,10 +170,17 @@ class ServerProcess:
     @param args: extra twistd plugin options.
     """
 
-    def __init__(self, data_dir: str, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        twistd_args: list[str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.env = dict(env or {})
         self.args = list(args or [])
+        self.twistd_args = list(twistd_args or [])
         self.process: Any = None
         self.port: int | None = None
         self.log_path = os.path.join(data_dir, "..", f"{os.path.basename(data_dir)}.twistd.log")
@@ -189,21 +196,24 @@ class ServerProcess:
         env.update({"OXIDB_DATA": self.data_dir, "OXIDB_ADDR": "127.0.0.1:0"})
         env.update(self.env)
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        command = [twistd, "-n", "--pidfile=", f"--logfile={self.log_path}", "oxidb", *self.args]
+        logging = self.twistd_args or [f"--logfile={self.log_path}"]
+        command = [twistd, "-n", "--pidfile=", *logging, "oxidb", *self.args]
         with open(self.log_path, "w"):
             pass
         self._stderr = open(self.stderr_path, "wb")
-        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=self._stderr)
+        # With custom twistd logging options, stdout goes to the log file.
+        stdout = open(self.log_path, "wb") if self.twistd_args else subprocess.DEVNULL
+        self.process = subprocess.Popen(command, env=env, stdout=stdout, stderr=self._stderr)
         self.port = self._wait_for_port(timeout)
         return self
 
     def _wait_for_port(self, timeout: float) -> int:
-        pattern = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+        pattern = re.compile(r"listening on 127\.0\.0\.1:(\d+)|\"addr\": \"127\.0\.0\.1:(\d+)\"")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             match = pattern.search(self.log())
             if match:
-                return int(match.group(1))
+                return int(match.group(1) or match.group(2))
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}\n{self.stderr()}")
             time.sleep(0.02)

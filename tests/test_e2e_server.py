@@ -165,3 +165,19 @@ def test_acknowledged_writes_survive_sigkill(server: ServerProcess) -> None:
         assert len([d for d in docs if "last" in d]) in (0, 2)
     finally:
         restarted.stop()
+
+
+def test_json_log_output(tmp_path: Any) -> None:
+    """Production logging: structured events as JSON lines, fields intact."""
+    import json
+
+    process = ServerProcess(str(tmp_path / "data"), twistd_args=["--logger=oxidb.logs.json_observer"]).start()
+    try:
+        process.client().request({"cmd": "ping"})
+    finally:
+        assert process.stop() == 0
+    events = [json.loads(line) for line in process.log().splitlines() if line.startswith("{")]
+    listening = [e for e in events if e.get("log_format", "").startswith("oxidb-server listening on")]
+    assert listening and listening[0]["addr"] == f"127.0.0.1:{process.port}"
+    assert listening[0]["pool_size"] == 4
+    assert any(e.get("log_format") == "oxidb-server stopped" for e in events)
