@@ -101,6 +101,7 @@ def test_archive_contents(engine: Engine, data_dir: str, tmp_path: Any) -> None:
     path = str(tmp_path / "backup.tar.gz")
     reply = backup.create_backup(engine, path, NOW)
     assert reply == {"path": path, "size_bytes": os.path.getsize(path), "collections": 2}
+    assert os.stat(path).st_mode & 0o777 == 0o600  # it holds password verifiers
     infos = members(path)
     assert [i.name for i in infos] == ["manifest.json", "oxidb.sqlite3", "_auth/scram_mock_secret", "_auth/users.json"]
     assert all(i.isreg() and i.mode == 0o600 and i.mtime == int(NOW) for i in infos)

@@ -12,7 +12,8 @@ An archive is a gzip-compressed tar file holding, in this order:
     id high-water marks, blobs and their search postings) taken with SQLite's
     online backup while the server keeps serving writes, in rollback-journal
     mode so that it is one self-contained file;
-  - C{_auth/<file>}: the user store and the SCRAM secret, when present.
+  - C{_auth/<file>}: the user store and the SCRAM secret, when present
+    (which is why the archive file is created with mode 0600).
 
 Raft state (C{raft_meta.json}, C{raft_log.jsonl}) and the audit log are not
 part of a backup, and the copy's Raft apply index is reset to 0 (its old
@@ -150,7 +151,8 @@ def _copy_auth_files(data_dir: str, staging: str) -> list[tuple[str, str]]:
 
 
 def _write_archive(archive: str, manifest: dict[str, Any], members: Iterable[tuple[str, str]], now: float) -> None:
-    with open(archive, "xb") as raw:
+    fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as raw:
         with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=_COMPRESS_LEVEL) as tar:
             text = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
             tar.addfile(_tar_info(MANIFEST, len(text), now), io.BytesIO(text))
