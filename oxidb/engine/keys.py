@@ -35,6 +35,7 @@ from oxidb.engine import paths, values
 NULL_KEY = b"\x00"
 
 _RANK_BYTES = tuple(bytes([rank]) for rank in range(8))
+_NUMBER = _RANK_BYTES[values.RANK_NUMBER]
 _F64 = struct.Struct(">d")
 _U64 = struct.Struct(">Q")
 _DIGIT_CHARS = frozenset("0123456789")
@@ -112,7 +113,13 @@ def key_of_json(text: str | None) -> bytes:
     """SQL function C{oxi_key(json_text)}: the key of C{doc -> path}."""
     if text is None:
         return NULL_KEY
-    return encode_key(orjson.loads(text))
+    if text[0] == '"' and "\\" not in text:
+        # A string without escapes (the common case): skip the JSON parser.
+        return encode_key(text[1:-1])
+    value = orjson.loads(text)
+    if type(value) is int:
+        return _NUMBER + _encode_number(value)
+    return encode_key(value)
 
 
 def _decode_path(raw: bytes | str) -> str:
