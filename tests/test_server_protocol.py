@@ -363,3 +363,13 @@ def test_clean_shutdown_finishes_in_flight_requests(server: MemoryServer) -> Non
     assert result_of(d) == {"ok": True, "data": "finished"}
     assert stopped.called
     assert client.lost_d.called
+
+
+def test_requests_before_an_oversized_frame_are_answered_then_the_connection_closes(server: MemoryServer) -> None:
+    client, pump = server.connect()
+    replies: list[bytes] = []
+    client.dataReceived = replies.append  # type: ignore[method-assign]
+    client.transport.write(frame({"cmd": "ping"}) * 2 + struct.pack("<I", MAX_FRAME + 1) + b"{")
+    pump.flush()
+    assert b"".join(replies) == (encode_frame(b'{"ok":true,"data":"pong"}')) * 2
+    assert client.lost_d.called

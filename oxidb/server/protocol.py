@@ -63,6 +63,7 @@ class OxiServerProtocol(Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._closed = False
+        self._close_when_answered = False
         self._draining = False
         self._drained: list[Any] = []
         self._timer: IDelayedCall | None = None
@@ -131,6 +132,8 @@ class OxiServerProtocol(Protocol):
         metrics = self.factory.services.metrics
         if metrics is not None:
             metrics.bytes_received(len(data))
+        if self._close_when_answered:
+            return
         try:
             frames = self._decoder.feed(data)
         except FrameTooLargeError as e:
@@ -139,8 +142,14 @@ class OxiServerProtocol(Protocol):
                 peer=self.session.peer,
                 length=e.length,
             )
-            self._abort()
-            return
+            if not e.frames or self._draining:
+                self._abort()
+                return
+            # Answer the requests that arrived before the oversized one, then close.
+            self._close_when_answered = True
+            self.transport.pauseProducing()
+            self._reading_paused = True
+            frames = e.frames
         now = self.factory.clock.seconds()
         self._last_activity = now
         if self._decoder.in_frame:
@@ -222,11 +231,15 @@ class OxiServerProtocol(Protocol):
         self._last_activity = self.factory.clock.seconds()
         if not self._running:
             self._run()
+        if self._close_when_answered and not self._busy and not self._queue and not self._closed:
+            self._closed = True
+            self._cancel_timer()
+            self.transport.loseConnection()
 
     # --- flow control ----------------------------------------------------
 
     def _update_reading(self) -> None:
-        if self._closed:
+        if self._closed or self._close_when_answered:
             return
         full = len(self._queue) >= QUEUE_HIGH_FRAMES or self._queued_bytes >= QUEUE_HIGH_BYTES
         if full and not self._reading_paused:
