@@ -21,6 +21,7 @@ deterministic functions, so both can back an expression index.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import sqlite3
@@ -113,6 +114,12 @@ def key_of_json(text: str | None) -> bytes:
     """SQL function C{oxi_key(json_text)}: the key of C{doc -> path}."""
     if text is None:
         return NULL_KEY
+    if len(text) <= _CACHED_TEXT:
+        return _cached_key_of_json(text)
+    return _key_of_json(text)
+
+
+def _key_of_json(text: str) -> bytes:
     if text[0] == '"' and "\\" not in text:
         # A string without escapes (the common case): skip the JSON parser.
         return encode_key(text[1:-1])
@@ -120,6 +127,12 @@ def key_of_json(text: str | None) -> bytes:
     if type(value) is int:
         return _NUMBER + _encode_number(value)
     return encode_key(value)
+
+
+#: Keys of short JSON texts are cached: a column's values repeat a lot, and a
+#: scan or an index build computes one key per row.
+_CACHED_TEXT = 48
+_cached_key_of_json = functools.lru_cache(maxsize=1 << 16)(_key_of_json)
 
 
 def _decode_path(raw: bytes | str) -> str:
