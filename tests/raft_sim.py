@@ -356,9 +356,12 @@ class Simulation:
             return
         node.disk.crash_at_sync = None
         for msg in ready.persisted_messages:
-            if isinstance(msg, VoteResponse) and msg.granted and not msg.pre_vote:
-                self.votes_sent[(node.id, msg.term)] = msg.dst
-            self.max_term_sent[node.id] = max(self.max_term_sent.get(node.id, 0), msg.term)
+            if isinstance(msg, VoteResponse) and msg.pre_vote:
+                pass  # carries the asker's future term, not the node's
+            else:
+                if isinstance(msg, VoteResponse) and msg.granted:
+                    self.votes_sent[(node.id, msg.term)] = msg.dst
+                self.max_term_sent[node.id] = max(self.max_term_sent.get(node.id, 0), msg.term)
             self._transmit(msg)
         if ready.apply_snapshot is not None:
             meta = ready.apply_snapshot.meta
@@ -418,7 +421,7 @@ class Simulation:
             core = node.core
             if core is None or not core.is_leader:
                 continue
-            term = core.metrics().current_term
+            term = core.current_term
             seen = self.leaders.setdefault(term, node.id)
             if seen != node.id:
                 raise SafetyViolation(f"two leaders in term {term}: {seen} and {node.id}")
@@ -557,7 +560,7 @@ class Simulation:
 
     def _leader(self) -> SimNode | None:
         leaders = [n for n in self.nodes.values() if n.core is not None and n.core.is_leader]
-        return max(leaders, key=lambda n: n.core.metrics().current_term) if leaders else None  # type: ignore[union-attr]
+        return max(leaders, key=lambda n: n.core.current_term) if leaders else None  # type: ignore[union-attr]
 
     def _fault_step(self) -> None:
         self._schedule(100, self._fault_step)
@@ -645,9 +648,12 @@ class Simulation:
                     self.run_until(self.now + 50)
                     continue
                 self._drive(leader)
-                self.run_until(deadline, lambda: log_id.index in self.committed)
+                self.run_until(min(deadline, self.now + 2000), lambda: log_id.index in self.committed)
                 if self.committed.get(log_id.index) == log_id:
                     break
+                # A deposed leader (without check-quorum it may not know yet)
+                # took the write: the client retries.
+                self.run_until(self.now + 50)
 
         def converged() -> bool:
             leader = self._leader()

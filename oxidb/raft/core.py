@@ -221,8 +221,8 @@ class RaftCore:
             if (self._base.index if self._base else 0) != first - 1:
                 raise ValueError("the log does not start after the purge point")
         else:
-            candidates = [state.last_purged, state.snapshot and state.snapshot.meta.last_log_id]
-            known = [c for c in candidates if c is not None]
+            snapshot_id = state.snapshot.meta.last_log_id if state.snapshot else None
+            known = [c for c in (state.last_purged, snapshot_id) if c is not None]
             self._base = max(known, key=lambda c: c.index) if known else None
         self._membership = self._find_membership(self._last_index)
 
@@ -1084,7 +1084,7 @@ class RaftCore:
 
     def _release_reads(self) -> None:
         applied = self._last_applied.index if self._last_applied else 0
-        waiting = []
+        waiting: list[ReadState] = []
         for state in self._reads_waiting_apply:
             (self._read_states if state.index <= applied else waiting).append(state)
         self._reads_waiting_apply = waiting
@@ -1132,6 +1132,10 @@ class RaftCore:
     @property
     def is_leader(self) -> bool:
         return self._role is Role.LEADER
+
+    @property
+    def current_term(self) -> int:
+        return self._term
 
     @property
     def leader_id(self) -> int | None:

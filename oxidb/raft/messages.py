@@ -549,7 +549,8 @@ def message_from_json(value: Any) -> Message:
         if key not in obj:
             raise MessageDecodeError(f"{obj['type']} message without {key!r}")
         kwargs[field.name] = _FIELD_DECODERS[field.name](obj, key)
-    return cls(**kwargs)  # type: ignore[no-any-return]
+    message: Message = cls(**kwargs)
+    return message
 
 
 def decode_message(data: bytes) -> Message:
@@ -632,9 +633,9 @@ def _is_uint(value: Any) -> bool:
 
 def _uint(obj: Mapping[str, Any], key: str) -> int:
     value = obj.get(key)
-    if not _is_uint(value):
+    if not isinstance(value, int) or not _is_uint(value):
         raise MessageDecodeError(f"{key!r} must be a non-negative integer")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:

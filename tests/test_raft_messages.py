@@ -1,0 +1,164 @@
+"""JSON shapes of Raft values and peer messages, and strict decoding."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from oxidb.raft.messages import (
+    AppendEntriesRequest,
+    AppendEntriesResponse,
+    Entry,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshotRequest,
+    InstallSnapshotResponse,
+    LogId,
+    Membership,
+    MessageDecodeError,
+    ReadIndexRequest,
+    ReadIndexResponse,
+    SnapshotMeta,
+    StoredMembership,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+    decode_message,
+    encode_message,
+    message_to_json,
+)
+
+MEMBERS = Membership([{1, 2, 3}], {1: "h1:4445", 2: "h2:4445", 3: "h3:4445"})
+META = SnapshotMeta(LogId(3, 1, 40), StoredMembership(LogId(1, 1, 1), MEMBERS), "3-1-40")
+
+MESSAGES = [
+    VoteRequest(4, 1, 2, LogId(3, 1, 9), pre_vote=True),
+    VoteRequest(4, 1, 2, None, transfer=True),
+    VoteResponse(4, 2, 1, True, pre_vote=False),
+    AppendEntriesRequest(
+        3,
+        1,
+        2,
+        LogId(3, 1, 9),
+        (
+            Entry(LogId(3, 1, 10)),
+            Entry(LogId(3, 1, 11), {"Insert": {"collection": "c", "document": {"a": [1, "x"]}}}, 1700000000123),
+            Entry(LogId(3, 1, 12), MEMBERS),
+        ),
+        8,
+    ),
+    AppendEntriesRequest(3, 1, 2, None, (), 0),
+    AppendEntriesResponse(3, 2, 1, True, 12),
+    AppendEntriesResponse(3, 2, 1, False, 12, hint_index=7, hint_term=2),
+    Heartbeat(3, 1, 2, 12, 5),
+    HeartbeatResponse(3, 2, 1, 5),
+    InstallSnapshotRequest(3, 1, 2, META, 0, b"\x00\xffdata", False),
+    InstallSnapshotResponse(3, 2, 1, "3-1-40", 6, True),
+    ReadIndexRequest(3, 2, 1, 77),
+    ReadIndexResponse(3, 1, 2, 77, 12),
+    ReadIndexResponse(3, 1, 2, 78, None),
+    TimeoutNow(3, 1, 2),
+]
+
+
+@pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)
+def test_every_message_round_trips_through_json(msg: object) -> None:
+    data = encode_message(msg)  # type: ignore[arg-type]
+    assert decode_message(data) == msg
+
+
+def test_append_entries_shape() -> None:
+    obj = message_to_json(MESSAGES[3])  # type: ignore[arg-type]
+    assert obj["type"] == "append_entries"
+    assert (obj["from"], obj["to"], obj["term"], obj["leader_commit"]) == (1, 2, 3, 8)
+    assert obj["prev_log_id"] == {"leader_id": {"term": 3, "node_id": 1}, "index": 9}
+    assert obj["entries"][0] == {"log_id": {"leader_id": {"term": 3, "node_id": 1}, "index": 10}, "payload": "Blank"}
+    assert obj["entries"][1]["payload"] == {"Normal": {"Insert": {"collection": "c", "document": {"a": [1, "x"]}}}}
+    assert obj["entries"][1]["ts"] == 1700000000123
+    assert obj["entries"][2]["payload"] == {
+        "Membership": {
+            "configs": [[1, 2, 3]],
+            "nodes": {"1": {"addr": "h1:4445"}, "2": {"addr": "h2:4445"}, "3": {"addr": "h3:4445"}},
+        }
+    }
+
+
+def test_snapshot_chunks_are_base64() -> None:
+    obj = message_to_json(MESSAGES[9])  # type: ignore[arg-type]
+    assert obj["data"] == "AP9kYXRh"
+    assert obj["meta"]["snapshot_id"] == "3-1-40"
+    assert obj["meta"]["last_membership"]["log_id"]["index"] == 1
+
+
+def test_log_id_display_and_membership_texts() -> None:
+    assert LogId(2, 1, 7).display() == "T2-N1-7"
+    joint = Membership([{1, 2, 3}, {1, 2}], MEMBERS.nodes)
+    assert joint.is_joint and joint.voters == {1, 2, 3} and joint.learners == set()
+    assert StoredMembership(None, MEMBERS).debug_text().startswith("StoredMembership { log_id: None, ")
+
+
+def test_quorums_of_joint_configurations() -> None:
+    joint = Membership([{1, 2, 3}, {3, 4, 5}], {i: "a" for i in range(1, 6)})
+    assert not joint.is_quorum({1, 2, 3})  # a majority of the old set only
+    assert joint.is_quorum({1, 3, 4})
+    matched = {1: 9, 2: 9, 3: 5, 4: 2, 5: 1}
+    assert joint.quorum_index(matched.__getitem__) == 2
+
+
+def test_membership_needs_addresses_for_voters() -> None:
+    with pytest.raises(ValueError, match="without an address"):
+        Membership([{1, 4}], {1: "a"})
+    with pytest.raises(ValueError, match="one or two"):
+        Membership([], {})
+
+
+BAD = [
+    (b"not json", "invalid JSON"),
+    (b"[]", "message must be a JSON object"),
+    (b'{"type":"nope"}', "unknown message type"),
+    (b'{"type":"timeout_now","term":1,"from":1}', "without 'to'"),
+    (b'{"type":"timeout_now","term":-1,"from":1,"to":2}', "'term' must be a non-negative integer"),
+    (b'{"type":"timeout_now","term":true,"from":1,"to":2}', "'term' must be a non-negative integer"),
+    (b'{"type":"vote_response","term":1,"from":1,"to":2,"granted":1,"pre_vote":false}', "'granted' must be a boolean"),
+    (
+        b'{"type":"append_entries","term":1,"from":1,"to":2,"prev_log_id":null,"entries":{},"leader_commit":0}',
+        "'entries' must be an array",
+    ),
+    (
+        b'{"type":"append_entries","term":1,"from":1,"to":2,"prev_log_id":null,'
+        b'"entries":[{"log_id":{"leader_id":{"term":1,"node_id":1},"index":1},"payload":{"Normal":{}}}],"leader_commit":0}',
+        "needs an integer 'ts'",
+    ),
+    (
+        b'{"type":"append_entries","term":1,"from":1,"to":2,"prev_log_id":null,'
+        b'"entries":[{"log_id":{"leader_id":{"term":1,"node_id":1},"index":1},"payload":{"Evil":1}}],"leader_commit":0}',
+        "unknown entry payload",
+    ),
+    (
+        b'{"type":"append_entries","term":1,"from":1,"to":2,"prev_log_id":{"index":1},"entries":[],"leader_commit":0}',
+        "log id leader_id must be a JSON object",
+    ),
+    (
+        b'{"type":"install_snapshot","term":1,"from":1,"to":2,"meta":' + orjson.dumps(META.to_json())
+        + b',"offset":0,"data":"***","done":true}',
+        "not valid base64",
+    ),
+    (
+        b'{"type":"append_entries","term":1,"from":1,"to":2,"prev_log_id":null,'
+        b'"entries":[{"log_id":{"leader_id":{"term":1,"node_id":1},"index":1},'
+        b'"payload":{"Membership":{"configs":[[1,9]],"nodes":{"1":{"addr":"a"}}}}}],"leader_commit":0}',
+        "voters without an address",
+    ),
+    (
+        b'{"type":"append_entries","term":1,"from":1,"to":2,"prev_log_id":null,'
+        b'"entries":[{"log_id":{"leader_id":{"term":1,"node_id":1},"index":1},'
+        b'"payload":{"Membership":{"configs":[[1]],"nodes":{"x":{"addr":"a"}}}}}],"leader_commit":0}',
+        "is not a number",
+    ),
+]
+
+
+@pytest.mark.parametrize("data,error", BAD, ids=[e for _d, e in BAD])
+def test_malformed_messages_are_rejected(data: bytes, error: str) -> None:
+    with pytest.raises(MessageDecodeError, match=error):
+        decode_message(data)
