@@ -273,3 +273,12 @@ def test_acknowledged_writes_survive_sigkill(data_dir: str) -> None:
     # No batch is partial: insert_many is all-or-nothing across the crash.
     assert all(len(batch_docs) == 10 for batch_docs in by_batch.values())
     assert [d["_id"] for d in docs] == list(range(1, len(docs) + 1))
+
+
+def test_a_failing_commit_observer_does_not_stop_the_writer(data_dir: str) -> None:
+    def observer(batch: int) -> None:
+        raise RuntimeError("metrics broke")
+
+    with Engine(data_dir, on_commit=observer) as engine:
+        assert engine.apply({"Insert": {"collection": "c", "document": {}}}, 0.0) == {"id": 1}
+        assert engine.apply({"Insert": {"collection": "c", "document": {}}}, 0.0) == {"id": 2}

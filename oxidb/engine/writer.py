@@ -154,7 +154,10 @@ class Writer:
         self._last_applied = last_applied
         self.commits += 1
         if self._on_commit is not None:
-            self._on_commit(len(batch))
+            try:
+                self._on_commit(len(batch))
+            except Exception:  # noqa: BLE001 - an observer must not stop the writer
+                pass
         for pending, (ok, value) in zip(batch, outcomes):
             if ok:
                 pending.future.set_result(value)
