@@ -489,6 +489,14 @@ def test_metrics_of_a_leader() -> None:
         '2: BasicNode { addr: "n2" }, 3: BasicNode { addr: "n3" }} }'
     )
     assert metrics.last_applied.display() == "T1-N1-2"
+    upstream = metrics.upstream_json()
+    assert list(upstream) == [
+        "id", "state", "current_term", "last_log_index", "last_applied", "current_leader", "membership_config",
+    ]
+    assert upstream["state"] == "Leader" and upstream["last_applied"] == "T1-N1-2"
+    assert upstream["membership_config"].startswith("StoredMembership { log_id: Some(T0-N1-1), ")
+    follower = cluster[2].core.metrics().upstream_json()
+    assert (follower["state"], follower["current_leader"]) == ("Follower", 1)
 
 
 def test_config_is_validated() -> None:

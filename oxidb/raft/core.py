@@ -142,6 +142,18 @@ class RaftMetrics:
     snapshot: LogId | None
     last_purged: LogId | None
 
+    def upstream_json(self) -> dict[str, Any]:
+        """The C{raft_metrics} reply data of upstream, in its key order."""
+        return {
+            "id": self.id,
+            "state": self.state,
+            "current_term": self.current_term,
+            "last_log_index": self.last_log_index,
+            "last_applied": self.last_applied.display() if self.last_applied else None,
+            "current_leader": self.current_leader,
+            "membership_config": self.membership.debug_text() if self.membership else None,
+        }
+
 
 class Role(enum.Enum):
     FOLLOWER = "Follower"
