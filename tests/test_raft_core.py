@@ -527,3 +527,21 @@ def test_shutdown_ignores_inputs() -> None:
     cluster[2].core.tick(10_000)
     assert not cluster[2].core.has_ready()
     assert cluster[2].state == "Shutdown"
+
+
+def test_the_core_imports_no_reactor_clock_or_global_randomness() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, oxidb.raft.core, oxidb.raft.messages;"
+        "print(sorted(m for m in sys.modules if m.startswith('twisted.internet')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    import inspect
+
+    import oxidb.raft.core as core
+
+    source = inspect.getsource(core)
+    assert "import time" not in source and "random.random(" not in source
