@@ -36,12 +36,14 @@ from oxidb.commands import default_registry
 from oxidb.commands.auth import LOGIN_COMMANDS, USER_COMMANDS
 from oxidb.commands._registry import CommandRegistry
 from oxidb.config import SETTINGS, Config, format_address
+from oxidb.engine import procedures as procedure_store, transactions
 from oxidb.engine.engine import Engine
 from oxidb.errors import ConfigError
 from oxidb.metrics import MetricsRefresher, NodeHealth, ServerMetrics, make_metrics_site, threadpool_stats
 from oxidb.server.dispatch import Dispatcher
 from oxidb.server.executor import LocalExecutor
 from oxidb.server.protocol import OxiServerFactory
+from oxidb.server.scheduler import Scheduler
 
 #: seconds a clean shutdown waits for in-flight requests before closing anyway.
 DRAIN_TIMEOUT = 30.0
@@ -109,8 +111,11 @@ class OxiService(MultiService):
         self.port: Any = None
         self.metrics_port: Any = None
         self.engine = Engine(data_dir, synchronous="FULL", auto_create_on_read=True)
+        transactions.register_appliers(self.engine)
+        procedure_store.register_appliers(self.engine)
         self._setup_metrics()
         self._setup_security()
+        Scheduler(reactor, self.shared.executor, self.engine, metrics=self.shared.metrics).setServiceParent(self)
 
     def _setup_security(self) -> None:
         """TLS, GELF, audit and authentication, each only when configured."""
@@ -167,11 +172,12 @@ class OxiService(MultiService):
         # failure stops startup (twistd exits non-zero).
         self.engine.open()
         self.shared.engine = self.engine
-        if self.gelf is not None:
+        gelf_settings = self.config.gelf
+        if self.gelf is not None and gelf_settings is not None:
             self.gelf.start()
             self._gelf_observer = self.gelf.observer()
             globalLogPublisher.addObserver(self._gelf_observer)
-            self._log.info("GELF logging: enabled ({addr})", addr=format_address((self.config.gelf.host, self.config.gelf.port)))
+            self._log.info("GELF logging: enabled ({addr})", addr=format_address((gelf_settings.host, gelf_settings.port)))
         if self.audit_log is not None:
             self.audit_log.start()
             self._log.info("{line}", line=self.config.audit.startup_line())
@@ -221,7 +227,8 @@ class OxiService(MultiService):
         if timeout.active():
             timeout.cancel()
         for connection in connections:
-            connection.transport.loseConnection()
+            if connection.transport is not None:
+                connection.transport.loseConnection()
         engine = self.shared.engine
         if engine is not None:
             yield deferToThreadPool(self.reactor, self.threadpool, engine.close)

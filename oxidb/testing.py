@@ -27,7 +27,8 @@ from collections import deque
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
 from twisted.internet.testing import MemoryReactorClock
 from twisted.test import iosim
 from zope.interface import implementer
@@ -67,6 +68,8 @@ class OxiClientProtocol(Protocol):
     for binary replies (decode them with the wire codec).
     """
 
+    transport: Any
+
     def __init__(self) -> None:
         self._decoder = FrameDecoder()
         self._waiting: deque[Deferred[Any]] = deque()
@@ -97,7 +100,7 @@ class OxiClientProtocol(Protocol):
             else:
                 d.callback(("binary", payload))
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         waiting, self._waiting = self._waiting, deque()
         for d in waiting:
             d.errback(reason)

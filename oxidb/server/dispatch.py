@@ -102,20 +102,22 @@ class Dispatcher:
         services = self.services
 
         if services.auth_enabled:
-            if not session.authenticated and not (command is not None and command.pre_auth):
-                if not (command is not None and rbac.open_before_login(name, health_open=services.health_open)):
-                    # Not audited (server.md 3.1), but counted.
-                    self._count(command, "denied", started)
-                    return Reply(False, AuthenticationRequiredError().message)
-            elif session.authenticated and not rbac.allowed(session.role, name, health_open=services.health_open):
-                error = PermissionDeniedError(session.role.wire, name)
-                self._finished(ctx, name, request, "denied", error.message, started)
-                return Reply(False, error.message)
+            role = session.role
+            if role is None:
+                if not (command is not None and command.pre_auth):
+                    if not (command is not None and rbac.open_before_login(name, health_open=services.health_open)):
+                        # Not audited (server.md 3.1), but counted.
+                        self._count(command, "denied", started)
+                        return Reply(False, AuthenticationRequiredError().message)
+            elif not rbac.allowed(role, name, health_open=services.health_open):
+                denied = PermissionDeniedError(role.wire, name)
+                self._finished(ctx, name, request, "denied", denied.message, started)
+                return Reply(False, denied.message)
 
         if command is None:
-            error = UnknownCommandError(name) if name else MissingCommandError()
-            self._finished(ctx, name or "", request, "error", error.message, started)
-            return Reply(False, error.message)
+            unknown = UnknownCommandError(name) if name else MissingCommandError()
+            self._finished(ctx, name or "", request, "error", unknown.message, started)
+            return Reply(False, unknown.message)
 
         try:
             result = command.handler(ctx, request)

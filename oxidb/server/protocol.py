@@ -52,6 +52,8 @@ class OxiServerProtocol(Protocol):
     """One client connection. See the module docstring."""
 
     _log = Logger()
+    #: an ITCPTransport (or TLS) that is also an IPushProducer, once connected.
+    transport: Any
 
     def __init__(self, factory: "OxiServerFactory") -> None:
         self.factory = factory
