@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import attrs
 import pytest
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import maybeDeferred, succeed
 from twisted.internet.task import Clock
 
 from oxidb.commands import CommandContext, default_registry
@@ -181,13 +181,21 @@ def test_no_engine(ctx: CommandContext) -> None:
 class RecordingTx:
     calls: list[Any] = attrs.Factory(list)
 
-    def buffer(self, op: dict[str, Any]) -> str:
+    def buffer(self, ctx: CommandContext, op: dict[str, Any]) -> str:
         self.calls.append(op)
         return "buffered"
 
-    def find(self, ctx: CommandContext, collection: str, query: Any) -> list[Any]:
-        self.calls.append(("find", collection, query))
+    def find(self, ctx: CommandContext, collection: str, query: Any, sort: Any, skip: Any, limit: Any) -> list[Any]:
+        self.calls.append(("find", collection, query, sort))
         return []
+
+    def find_one(self, ctx: CommandContext, collection: str, query: Any) -> Any:
+        self.calls.append(("find_one", collection, query))
+        return succeed(None)
+
+    def count(self, ctx: CommandContext, collection: str, query: Any) -> Any:
+        self.calls.append(("count", collection, query))
+        return succeed(0)
 
 
 def test_transaction_seam(ctx: CommandContext, engine: Engine) -> None:
@@ -198,21 +206,27 @@ def test_transaction_seam(ctx: CommandContext, engine: Engine) -> None:
     assert call(ctx, "update", collection="c", query={}, update={"$set": {"a": 2}}) == "buffered"
     assert call(ctx, "delete", collection="c", query={}) == "buffered"
     assert call(ctx, "find", collection="c", sort={"a": 1}) == []
+    # Unlike v0.15, none of these bypasses the transaction.
+    assert call(ctx, "update_one", collection="c", query={}, update={"$set": {"a": 2}}) == "buffered"
+    assert call(ctx, "delete_one", collection="c", query={}) == "buffered"
+    assert call(ctx, "find_one", collection="c") is None
+    assert call(ctx, "count", collection="c") == {"count": 0}
     assert tx.calls == [
         {"Insert": {"collection": "c", "document": {"a": 1}}},
         {"InsertMany": {"collection": "c", "documents": [{}]}},
         {"Update": {"collection": "c", "query": {}, "update": {"$set": {"a": 2}}}},
         {"Delete": {"collection": "c", "query": {}}},
-        ("find", "c", {}),
+        ("find", "c", {}, {"a": 1}),
+        {"UpdateOne": {"collection": "c", "query": {}, "update": {"$set": {"a": 2}}}},
+        {"DeleteOne": {"collection": "c", "query": {}}},
+        ("find_one", "c", {}),
+        ("count", "c", {}),
     ]
-    # These bypass an open transaction (v0.15).
-    assert call(ctx, "update_one", collection="c", query={}, update={"$set": {"a": 2}}) == {"modified": 0}
-    assert call(ctx, "count", collection="c") == {"count": 0}
-    assert engine.list_collections() == ["c"]
+    assert engine.list_collections() == []
     # Validation happens before anything is buffered.
     with pytest.raises(BadRequestError):
         call(ctx, "insert", collection="c")
-    assert len(tx.calls) == 5
+    assert len(tx.calls) == 9
 
 
 # --- end to end through the protocol stack -------------------------------------------

@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "oxidb.commands.status",
     "oxidb.commands.blobs",
     "oxidb.commands.backup",
+    "oxidb.commands.transactions",
+    "oxidb.commands.procedures",
 )
 
 

@@ -11,13 +11,12 @@ query: query must be a JSON object}). Invalid C{sort}/C{skip}/C{limit} values
 of C{find} are ignored by the engine as upstream does, except a bad sort
 direction.
 
-Transaction seam. Transactions are a later issue. When one is open on the
-connection (C{ctx.session.tx is not None}), the commands that honour it
-(server.md 3.3 "tx" column, [B]: C{insert}, C{insert_many}, C{update},
-C{delete} and C{find}) hand over to it: writes call C{tx.buffer(op)} with the
-very operation they would have written and return its result (C{"buffered"});
-C{find} calls C{tx.find(ctx, collection, query)}. C{find_one}, C{count},
-C{update_one} and C{delete_one} bypass an open transaction, as in v0.15.
+Transaction seam. When a transaction is open on the connection
+(C{ctx.session.tx}, an L{oxidb.commands.transactions.ISessionTransaction}),
+every command here hands over to it: writes call C{tx.buffer(ctx, op)} with
+the very operation they would have written; C{find}, C{find_one} and
+C{count} call C{tx.find}/C{tx.find_one}/C{tx.count}. Unlike v0.15, none
+bypasses the transaction (see docs/transactions.md).
 """
 
 from __future__ import annotations
@@ -35,10 +34,10 @@ if TYPE_CHECKING:
     from oxidb.commands._context import CommandContext
 
 
-def _write(ctx: "CommandContext", op: dict[str, Any], *, transactional: bool) -> Any:
+def _write(ctx: "CommandContext", op: dict[str, Any]) -> Any:
     tx = ctx.session.tx
-    if transactional and tx is not None:
-        return tx.buffer(op)
+    if tx is not None:
+        return tx.buffer(ctx, op)
     return ctx.write(op)
 
 
@@ -52,14 +51,14 @@ def insert(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     """C{{"id": n}}."""
     collection = require_str(request, "collection")
     document = require_present(request, "doc")
-    return _write(ctx, {"Insert": {"collection": collection, "document": document}}, transactional=True)
+    return _write(ctx, {"Insert": {"collection": collection, "document": document}})
 
 
 def insert_many(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     """The new ids, consecutive, all-or-nothing."""
     collection = require_str(request, "collection")
     documents = require_list(request, "docs", "missing or invalid 'docs' array")
-    return _write(ctx, {"InsertMany": {"collection": collection, "documents": documents}}, transactional=True)
+    return _write(ctx, {"InsertMany": {"collection": collection, "documents": documents}})
 
 
 def find(ctx: "CommandContext", request: dict[str, Any]) -> Any:
@@ -68,7 +67,7 @@ def find(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     query = _query(request)
     tx = ctx.session.tx
     if tx is not None:
-        return tx.find(ctx, collection, query)
+        return tx.find(ctx, collection, query, request.get("sort"), request.get("skip"), request.get("limit"))
     return ctx.read(
         engine_of(ctx).find, collection, query, request.get("sort"), request.get("skip"), request.get("limit")
     )
@@ -77,33 +76,40 @@ def find(ctx: "CommandContext", request: dict[str, Any]) -> Any:
 def find_one(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """The matching document with the lowest C{_id}, or null."""
     collection = require_str(request, "collection")
+    tx = ctx.session.tx
+    if tx is not None:
+        return tx.find_one(ctx, collection, _query(request))
     return ctx.read(engine_of(ctx).find_one, collection, _query(request))
 
 
 def count(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{{"count": n}}."""
     collection = require_str(request, "collection")
-    d = ctx.read(engine_of(ctx).count, collection, _query(request))
+    tx = ctx.session.tx
+    if tx is not None:
+        d = tx.count(ctx, collection, _query(request))
+    else:
+        d = ctx.read(engine_of(ctx).count, collection, _query(request))
     d.addCallback(lambda n: {"count": n})
     return d
 
 
-def _update(kind: str, ctx: "CommandContext", request: dict[str, Any], *, transactional: bool) -> Any:
+def _update(kind: str, ctx: "CommandContext", request: dict[str, Any]) -> Any:
     collection = require_str(request, "collection")
     query = require_present(request, "query")
     update = require_present(request, "update")
     op = {kind: {"collection": collection, "query": query, "update": update}}
-    return _write(ctx, op, transactional=transactional)
+    return _write(ctx, op)
 
 
 def update(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     """C{{"modified": n}}: every matching document, all-or-nothing."""
-    return _update("Update", ctx, request, transactional=True)
+    return _update("Update", ctx, request)
 
 
 def update_one(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     """C{{"modified": 0 | 1}}: the matching document with the lowest C{_id}."""
-    return _update("UpdateOne", ctx, request, transactional=False)
+    return _update("UpdateOne", ctx, request)
 
 
 def delete(ctx: "CommandContext", request: dict[str, Any]) -> Any:
@@ -119,14 +125,14 @@ def delete(ctx: "CommandContext", request: dict[str, Any]) -> Any:
         if not is_uint(limit):
             raise BadRequestError("'limit' must be a non-negative integer")
         body["limit"] = limit
-    return _write(ctx, {"Delete": body}, transactional=True)
+    return _write(ctx, {"Delete": body})
 
 
 def delete_one(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     """C{{"deleted": 0 | 1}}: the matching document with the lowest C{_id}."""
     collection = require_str(request, "collection")
     query = require_present(request, "query")
-    return _write(ctx, {"DeleteOne": {"collection": collection, "query": query}}, transactional=False)
+    return _write(ctx, {"DeleteOne": {"collection": collection, "query": query}})
 
 
 COMMANDS = [

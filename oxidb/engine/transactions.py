@@ -1,0 +1,361 @@
+"""
+Optimistic transactions (engine.md 6) on top of the engine's reads and one
+write operation.
+
+A L{Transaction} lives in memory while it is open. It keeps:
+
+  - a I{read set}: the committed C{_version} of every document the
+    transaction read or matched, recorded the first time it saw it;
+  - an I{overlay}: the transaction's own view of every document it wrote
+    (the new document, or C{None} once deleted), so that its reads see its
+    writes (the docs' behaviour, engine.md 6.2 REC);
+  - the buffered I{write operations}, in order.
+
+Buffering runs each operation on the transaction's private view at once:
+an update or delete matches against committed data overlaid with the
+transaction's earlier writes, computes the new documents into the overlay,
+and records the ids it touched. The buffered operation is pinned to those
+ids, so that the commit writes exactly the documents the transaction saw
+(documents that start matching only after buffering are not touched).
+
+Commit is one write operation, C{{"CommitTransaction": {"read_set":
+[[collection, id, version], ...], "write_ops": [...]}}}, applied by
+L{apply_commit} on the writer thread: it checks every read-set version
+against the current one (a mismatch is a L{TransactionConflictError}) and
+applies the write operations one after another in the same SQLite
+transaction, so each sees the previous ones, unique indexes are checked
+across the whole transaction, and a failure or a crash leaves nothing. The
+operation is deterministic (it carries every id it writes), so a Raft
+replica applying it validates and writes exactly as the leader does.
+
+Inserted documents get their ids when they are buffered, through a
+C{ReserveIds} write operation (L{apply_reserve}) that advances the
+collection's persisted id high-water mark: a reserved id is never handed out
+again, whether the transaction commits, rolls back or dies with its
+connection, and every replica reserves the same range.
+
+Nothing here imports Twisted: the methods taking a C{reader} run inside
+L{oxidb.engine.engine.Engine.read} on a pool thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import attrs
+
+from oxidb.engine import store
+from oxidb.engine.matcher import apply_find, compile_query
+from oxidb.engine.reads import Reader, plan_query
+from oxidb.engine.updates import bump_version, compile_update
+from oxidb.engine.writes import WriteTxn
+from oxidb.errors import BadRequestError, DocumentNotObjectError, TransactionConflictError
+
+#: The operation kind of a commit.
+COMMIT = "CommitTransaction"
+
+#: The operation kind reserving ids for buffered inserts.
+RESERVE_IDS = "ReserveIds"
+
+Document = dict[str, Any]
+
+
+def _doc_id(doc: Document) -> int:
+    return int(doc["_id"])
+
+
+def _id_runs(ids: Iterable[int]) -> list[list[int]]:
+    """Ascending ids as C{[[first, last], ...]} runs of consecutive ids."""
+    runs: list[list[int]] = []
+    for doc_id in ids:
+        if runs and runs[-1][1] + 1 == doc_id:
+            runs[-1][1] = doc_id
+        else:
+            runs.append([doc_id, doc_id])
+    return runs
+
+
+def _id_range(first: int, last: int) -> dict[str, Any]:
+    """The query selecting ids C{first..last} (the primary key, in SQL)."""
+    if first == last:
+        return {"_id": first}
+    return {"_id": {"$gte": first, "$lte": last}}
+
+
+def reserve_operation(collection: str, count: int) -> dict[str, Any]:
+    """The write operation reserving C{count} new ids in C{collection}."""
+    return {RESERVE_IDS: {"collection": collection, "count": count}}
+
+
+@attrs.define(eq=False)
+class Transaction:
+    """
+    One open transaction. Not thread-safe: its owner (a connection, or a
+    procedure call) uses it from one thread at a time.
+
+    @ivar tx_id: the number C{begin_tx} answered.
+    @ivar read_set: C{(collection, _id)} -> the committed C{_version} seen.
+    @ivar overlay: collection -> C{_id} -> the transaction's document, or
+        C{None} if the transaction deleted it.
+    @ivar ops: the buffered write operations (see L{apply_commit}).
+    """
+
+    tx_id: int
+    read_set: dict[tuple[str, int], int] = attrs.Factory(dict)
+    overlay: dict[str, dict[int, Document | None]] = attrs.Factory(dict)
+    ops: list[dict[str, Any]] = attrs.Factory(list)
+
+    # --- reads ------------------------------------------------------------
+
+    def _view(self, reader: Reader, collection: str, query: object) -> list[Document]:
+        """Every document matching C{query} in this transaction's view, by C{_id}."""
+        committed = reader.find(collection, query)
+        touched = self.overlay.get(collection)
+        if not touched:
+            return committed
+        matcher = compile_query({} if query is None else query)
+        docs = [doc for doc in committed if doc["_id"] not in touched]
+        docs.extend(doc for doc in touched.values() if doc is not None and matcher.matches(doc))
+        docs.sort(key=_doc_id)
+        return docs
+
+    def _record(self, collection: str, docs: Iterable[Document]) -> None:
+        """Add the committed documents among C{docs} to the read set."""
+        touched = self.overlay.get(collection, {})
+        for doc in docs:
+            doc_id = doc["_id"]
+            if doc_id not in touched:
+                self.read_set.setdefault((collection, doc_id), doc["_version"])
+
+    def find(
+        self,
+        reader: Reader,
+        collection: str,
+        query: object = None,
+        sort: object = None,
+        skip: object = None,
+        limit: object = None,
+    ) -> list[Document]:
+        """
+        C{find} in the transaction's view, with sort, skip and limit as
+        outside a transaction; the returned documents join the read set.
+        """
+        if self.overlay.get(collection):
+            docs = apply_find(self._view(reader, collection, query), None, sort, skip, limit)
+        else:
+            docs = reader.find(collection, query, sort, skip, limit)
+        self._record(collection, docs)
+        return docs
+
+    def find_one(self, reader: Reader, collection: str, query: object = None) -> Document | None:
+        """The matching document with the lowest C{_id} in the view (read-set entry), or None."""
+        if self.overlay.get(collection):
+            docs = self._view(reader, collection, query)[:1]
+        else:
+            one = reader.find_one(collection, query)
+            docs = [] if one is None else [one]
+        self._record(collection, docs)
+        return docs[0] if docs else None
+
+    def count(self, reader: Reader, collection: str, query: object = None) -> int:
+        """The number of matching documents in the view; all of them join the read set."""
+        docs = self._view(reader, collection, query)
+        self._record(collection, docs)
+        return len(docs)
+
+    # --- buffered writes --------------------------------------------------
+
+    def stage_insert(self, collection: str, first_id: int, documents: list[Any]) -> list[int]:
+        """
+        Buffer an insert of C{documents} with the reserved ids C{first_id},
+        C{first_id + 1}, ...; their ids.
+        """
+        if any(type(doc) is not dict for doc in documents):
+            raise DocumentNotObjectError()
+        ids = list(range(first_id, first_id + len(documents)))
+        touched = self.overlay.setdefault(collection, {})
+        for doc_id, doc in zip(ids, documents):
+            touched[doc_id] = {**doc, "_id": doc_id, "_version": 1}
+        self.ops.append({"op": "insert", "collection": collection, "first_id": first_id, "documents": documents})
+        return ids
+
+    def stage_update(
+        self,
+        reader: Reader,
+        collection: str,
+        query: object,
+        update: object,
+        now: float,
+        limit: int | None = None,
+    ) -> int:
+        """
+        Buffer an update of the matching documents (the first C{limit} by
+        C{_id}); the number matched. An invalid update fails here and
+        buffers nothing.
+        """
+        compiled = compile_update(update)
+        matched = self._view(reader, collection, query)[:limit]
+        updated = [bump_version(compiled.apply(doc, now)) for doc in matched]
+        self._record(collection, matched)
+        if updated:
+            touched = self.overlay.setdefault(collection, {})
+            for doc in updated:
+                touched[doc["_id"]] = doc
+            ids = _id_runs(doc["_id"] for doc in updated)
+            self.ops.append({"op": "update", "collection": collection, "ids": ids, "update": update})
+        return len(updated)
+
+    def stage_delete(self, reader: Reader, collection: str, query: object, limit: int | None = None) -> int:
+        """Buffer a delete of the matching documents (the first C{limit}); the number matched."""
+        matched = self._view(reader, collection, query)[:limit]
+        self._record(collection, matched)
+        if matched:
+            touched = self.overlay.setdefault(collection, {})
+            for doc in matched:
+                touched[doc["_id"]] = None
+            ids = _id_runs(doc["_id"] for doc in matched)
+            self.ops.append({"op": "delete", "collection": collection, "ids": ids})
+        return len(matched)
+
+    # --- commit -----------------------------------------------------------
+
+    def commit_operation(self) -> dict[str, Any] | None:
+        """
+        The write operation committing this transaction, or C{None} when it
+        neither read nor wrote anything (nothing to check, nothing to do).
+        """
+        if not self.ops and not self.read_set:
+            return None
+        read_set = [[collection, doc_id, version] for (collection, doc_id), version in self.read_set.items()]
+        return {COMMIT: {"read_set": read_set, "write_ops": self.ops}}
+
+
+# --- appliers (writer thread) -------------------------------------------------
+
+
+def _malformed() -> BadRequestError:
+    return BadRequestError("malformed operation")
+
+
+def _is_id(value: object) -> bool:
+    return type(value) is int and 0 < value < 2**63
+
+
+def _collection_of(op: dict[str, Any]) -> str:
+    collection = op.get("collection")
+    if not isinstance(collection, str):
+        raise _malformed()
+    return collection
+
+
+def _apply_insert(txn: WriteTxn, op: dict[str, Any]) -> None:
+    """
+    Insert documents with the ids reserved for them. The engine's insert
+    takes the next ids after the collection's high-water mark, so the mark
+    is moved just below the reserved range for the insert and put back
+    afterwards. A reserved id that is taken (the collection was dropped and
+    re-created since the reservation) is a conflict.
+    """
+    collection = _collection_of(op)
+    first, documents = op.get("first_id"), op.get("documents")
+    if not _is_id(first) or type(documents) is not list or not documents:
+        raise _malformed()
+    assert isinstance(first, int)
+    last = first + len(documents) - 1
+    info = txn.ensure_collection(collection)
+    for doc_id, version, _ in txn.rows(info, plan_query(_id_range(first, last)), None, None, 1):
+        raise TransactionConflictError(collection, doc_id, 0, version)
+    store.set_last_id(txn.conn, info.name, first - 1)
+    txn.insert_many(collection, documents)
+    store.set_last_id(txn.conn, info.name, max(info.last_id, last))
+
+
+def _runs_of(op: dict[str, Any]) -> list[tuple[int, int]]:
+    runs = op.get("ids")
+    if type(runs) is not list:
+        raise _malformed()
+    result = []
+    for run in runs:
+        if type(run) is not list or len(run) != 2 or not all(_is_id(i) for i in run) or run[0] > run[1]:
+            raise _malformed()
+        result.append((run[0], run[1]))
+    return result
+
+
+def _apply_update(txn: WriteTxn, op: dict[str, Any]) -> None:
+    collection = _collection_of(op)
+    for first, last in _runs_of(op):
+        txn.update(collection, _id_range(first, last), op.get("update"))
+
+
+def _apply_delete(txn: WriteTxn, op: dict[str, Any]) -> None:
+    collection = _collection_of(op)
+    for first, last in _runs_of(op):
+        txn.delete(collection, _id_range(first, last))
+
+
+_WRITERS: dict[str, Callable[[WriteTxn, dict[str, Any]], None]] = {
+    "insert": _apply_insert,
+    "update": _apply_update,
+    "delete": _apply_delete,
+}
+
+
+def _read_set_of(body: dict[str, Any]) -> list[tuple[str, int, int]]:
+    entries = body.get("read_set")
+    if type(entries) is not list:
+        raise _malformed()
+    result = []
+    for entry in entries:
+        if (
+            type(entry) is not list
+            or len(entry) != 3
+            or not isinstance(entry[0], str)
+            or not _is_id(entry[1])
+            or type(entry[2]) is not int
+        ):
+            raise _malformed()
+        result.append((entry[0], entry[1], entry[2]))
+    return result
+
+
+def apply_commit(txn: WriteTxn, body: Any, now: float) -> str:
+    """
+    The C{CommitTransaction} applier: validate the read set, then apply the
+    write operations in order; C{"committed"}. Any error (a conflict, a
+    unique violation, an invalid document) raises, and the writer rolls the
+    whole operation back.
+    """
+    if type(body) is not dict or type(body.get("write_ops")) is not list:
+        raise _malformed()
+    for collection, doc_id, expected in _read_set_of(body):
+        found = txn.version_of(collection, doc_id)
+        if found != expected:
+            raise TransactionConflictError(collection, doc_id, expected, found)
+    for op in body["write_ops"]:
+        writer = _WRITERS.get(str(op.get("op"))) if type(op) is dict else None
+        if writer is None:
+            raise _malformed()
+        writer(txn, op)
+    return "committed"
+
+
+def apply_reserve(txn: WriteTxn, body: Any, now: float) -> int:
+    """
+    The C{ReserveIds} applier: advance the collection's id high-water mark
+    by C{count} (creating the collection if needed); the first reserved id.
+    """
+    if type(body) is not dict:
+        raise _malformed()
+    count = body.get("count")
+    if type(count) is not int or count < 1:
+        raise _malformed()
+    info = txn.ensure_collection(body.get("collection"))
+    store.set_last_id(txn.conn, info.name, info.last_id + count)
+    return info.last_id + 1
+
+
+def register_appliers(engine: Any) -> None:
+    """Register C{CommitTransaction} and C{ReserveIds} with an engine."""
+    engine.register_applier(COMMIT, apply_commit)
+    engine.register_applier(RESERVE_IDS, apply_reserve)
