@@ -56,7 +56,8 @@ def new_transaction() -> Transaction:
 class ISessionTransaction(Interface):
     """
     The seam between the CRUD handlers and a connection's open transaction.
-    Every method returns the reply data or a Deferred firing with it.
+    Every method returns a Deferred firing with the reply data (C{count}:
+    the number).
     """
 
     def buffer(ctx: "CommandContext", op: dict[str, Any]) -> Any:
@@ -86,7 +87,7 @@ class SessionTransaction:
     def _read(self, ctx: "CommandContext", fn: Any, *args: Any) -> "Deferred[Any]":
         return ctx.read(engine_of(ctx).read, fn, *args)
 
-    def buffer(self, ctx: "CommandContext", op: dict[str, Any]) -> Any:
+    def buffer(self, ctx: "CommandContext", op: dict[str, Any]) -> "Deferred[Any]":
         ((kind, body),) = op.items()
         collection = body["collection"]
         if kind == "Insert":
@@ -111,15 +112,15 @@ class SessionTransaction:
         if not documents:
             return succeed([])
         d = ctx.write(reserve_operation(collection, len(documents)))
-        return d.addCallback(lambda first: self.tx.stage_insert(collection, first, documents))
+        return d.addCallback(lambda first: ctx.read(self.tx.stage_insert, collection, first, documents))
 
-    def find(self, ctx: "CommandContext", collection: str, query: Any, sort: Any, skip: Any, limit: Any) -> Any:
+    def find(self, ctx: "CommandContext", collection: str, query: Any, sort: Any, skip: Any, limit: Any) -> "Deferred[Any]":
         return self._read(ctx, self.tx.find, collection, query, sort, skip, limit)
 
-    def find_one(self, ctx: "CommandContext", collection: str, query: Any) -> Any:
+    def find_one(self, ctx: "CommandContext", collection: str, query: Any) -> "Deferred[Any]":
         return self._read(ctx, self.tx.find_one, collection, query)
 
-    def count(self, ctx: "CommandContext", collection: str, query: Any) -> Any:
+    def count(self, ctx: "CommandContext", collection: str, query: Any) -> "Deferred[Any]":
         return self._read(ctx, self.tx.count, collection, query)
 
 

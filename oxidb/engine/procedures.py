@@ -213,6 +213,7 @@ class _Run:
         self,
         engine: Any,
         tx: Transaction,
+        params: dict[str, Any],
         now: float,
         max_steps: int,
         max_nesting: int,
@@ -220,13 +221,13 @@ class _Run:
     ) -> None:
         self.engine = engine
         self.tx = tx
+        self.params = params
         self.now = now
         self.max_steps = max_steps
         self.max_nesting = max_nesting
         self.work_left = max_work
         self.max_work = max_work
         self.executed = 0
-        self.params: dict[str, Any] = {}
         self.vars: dict[str, Any] = {}
 
     # --- values -----------------------------------------------------------
@@ -436,8 +437,7 @@ def run(
     if definition is None:
         raise ProcedureNotFoundError(name)
     procedure = parse_procedure(definition)
-    state = _Run(engine, tx, now, max_steps, max_nesting, max_work)
-    state.params = bind_params(procedure, params)
+    state = _Run(engine, tx, bind_params(procedure, params), now, max_steps, max_nesting, max_work)
     outcome = yield from state.block(procedure.steps, 0)
     return {"ok": True} if outcome is None else outcome.value
 
