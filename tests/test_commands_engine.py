@@ -19,6 +19,7 @@ from oxidb.engine.engine import Engine
 from oxidb.errors import BadRequestError, OxiError, UnavailableError
 from oxidb.server.session import Session
 from oxidb.testing import MemoryServer, SynchronousExecutor, result_of
+from oxidb.wire.codec import RawJSON, WireFormat, decode_reply, encode_ok
 
 ENGINE_COMMANDS = {
     "create_collection": True, "list_collections": False, "drop_collection": True, "compact": True,
@@ -51,8 +52,10 @@ def ctx(engine: Engine) -> CommandContext:
 
 
 def call(ctx: CommandContext, cmd: str, **request: Any) -> Any:
+    """The handler's reply data as a JSON client receives it."""
     handler = default_registry().get(cmd).handler  # type: ignore[union-attr]
-    return result_of(maybeDeferred(handler, ctx, {"cmd": cmd, **request}))
+    data = result_of(maybeDeferred(handler, ctx, {"cmd": cmd, **request}))
+    return decode_reply(encode_ok(WireFormat.JSON, data))["data"]
 
 
 def error(ctx: CommandContext, cmd: str, **request: Any) -> str:
@@ -252,3 +255,61 @@ def test_through_the_memory_server(engine: Engine) -> None:
         {"ok": False, "error": "missing 'doc'"},
         {"ok": False, "error": "invalid query: unknown operator: $bogus"},
     ]
+
+
+# --- raw document replies ----------------------------------------------------------------
+
+AWKWARD_DOCS = [
+    {
+        "s": 'é\u2028"\\\n\x01😀',
+        "floats": [1.5e300, -0.0, 0.1, 5e-324, 1e16],
+        "ints": [2**64 - 1, -(2**63), 0],
+        "nested": {"a": [1, {"b": None, "c": True}], "": {}},
+        "_id": "client id is replaced",
+    },
+    {"_version": 7, "k": False, "empty": []},
+]
+
+
+def _handler_data(ctx: CommandContext, cmd: str, **request: Any) -> Any:
+    handler = default_registry().get(cmd).handler  # type: ignore[union-attr]
+    return result_of(maybeDeferred(handler, ctx, {"cmd": cmd, **request}))
+
+
+def test_find_replies_embed_stored_texts(ctx: CommandContext, engine: Engine) -> None:
+    """
+    Outside a transaction find and find_one hand the stored texts to the
+    encoder; every wire format gets the bytes the parsed documents give.
+    """
+    call(ctx, "insert_many", collection="c", docs=AWKWARD_DOCS)
+    cases = [
+        ("find", {}, engine.find("c")),
+        ("find", {"sort": {"k": -1}, "limit": 1}, engine.find("c", None, {"k": -1}, None, 1)),
+        ("find", {"query": {"nested.a": {"$size": 2}}}, engine.find("c", {"nested.a": {"$size": 2}})),
+        ("find", {"query": {"nope": 1}}, []),
+        ("find", {"collection": "missing"}, []),
+        ("find_one", {"query": {"k": False}}, engine.find_one("c", {"k": False})),
+        ("find_one", {"query": {"k": True}}, None),
+    ]
+    for cmd, request, parsed in cases:
+        data = _handler_data(ctx, cmd, **{"collection": "c", **request})
+        if parsed is None:
+            assert data is None
+            continue
+        assert type(data) is RawJSON
+        for fmt in WireFormat:
+            assert encode_ok(fmt, data) == encode_ok(fmt, parsed), (cmd, request, fmt)
+            # Nested, as in a pipeline reply, next to an integer JSON's fast
+            # encoder refuses.
+            nested = [{"ok": True, "data": data}, 2**70]
+            assert encode_ok(fmt, nested) == encode_ok(fmt, [{"ok": True, "data": parsed}, 2**70])
+
+
+def test_raw_json_values() -> None:
+    raw = RawJSON('{"a":[1,2.5,"x"]}')
+    assert raw == RawJSON('{"a":[1,2.5,"x"]}') and raw != RawJSON("{}") and raw != '{"a":[1,2.5,"x"]}'
+    assert len({raw, RawJSON('{"a":[1,2.5,"x"]}')}) == 1
+    assert raw.value() == {"a": [1, 2.5, "x"]}
+    for fmt in WireFormat:
+        with pytest.raises(TypeError):
+            encode_ok(fmt, [raw, object()])

@@ -7,8 +7,10 @@ index, must give identical answers (same documents, same order).
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Any, Iterator
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -152,7 +154,8 @@ def _engine_find(engine: Engine, name: str, query: Any, sort: Any, skip: Any, li
 
 
 PROPERTY = settings(
-    max_examples=70,
+    # OXIDB_PROPERTY_EXAMPLES raises the count for a thorough run.
+    max_examples=int(os.environ.get("OXIDB_PROPERTY_EXAMPLES", "70")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
@@ -169,9 +172,12 @@ def _check_find(engine: Engine, setup: str, docs: list[dict[str, Any]], data: st
         expected = _reference(stored, query, sort, skip, limit)
         assert _engine_find(engine, name, query, sort, skip, limit) == expected, (query, sort, skip, limit)
         if isinstance(expected, list):
+            # The raw reads are byte for byte the encoding of the parsed ones.
+            assert engine.find_raw(name, query, sort, skip, limit) == orjson.dumps(expected).decode()
             everything = apply_find(stored, query)
             assert engine.count(name, query) == len(everything)
             assert engine.find_one(name, query) == (everything[0] if everything else None)
+            assert engine.find_one_raw(name, query) == (orjson.dumps(everything[0]).decode() if everything else None)
 
 
 # One test per index setup (pytest-twisted cannot wrap a parametrized

@@ -27,6 +27,7 @@ from oxidb.commands._args import is_uint, require_list, require_present, require
 from oxidb.commands._registry import Command
 from oxidb.commands.collections import engine_of
 from oxidb.errors import BadRequestError
+from oxidb.wire.codec import RawJSON
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -39,6 +40,11 @@ def _write(ctx: "CommandContext", op: dict[str, Any]) -> Any:
     if tx is not None:
         return tx.buffer(ctx, op)
     return ctx.write(op)
+
+
+def _raw(text: str | None) -> RawJSON | None:
+    """Stored document text, embedded in the reply without re-encoding."""
+    return None if text is None else RawJSON(text)
 
 
 def _query(request: dict[str, Any]) -> Any:
@@ -68,9 +74,10 @@ def find(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     tx = ctx.session.tx
     if tx is not None:
         return tx.find(ctx, collection, query, request.get("sort"), request.get("skip"), request.get("limit"))
-    return ctx.read(
-        engine_of(ctx).find, collection, query, request.get("sort"), request.get("skip"), request.get("limit")
+    d = ctx.read(
+        engine_of(ctx).find_raw, collection, query, request.get("sort"), request.get("skip"), request.get("limit")
     )
+    return d.addCallback(_raw)
 
 
 def find_one(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
@@ -79,7 +86,7 @@ def find_one(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     tx = ctx.session.tx
     if tx is not None:
         return tx.find_one(ctx, collection, _query(request))
-    return ctx.read(engine_of(ctx).find_one, collection, _query(request))
+    return ctx.read(engine_of(ctx).find_one_raw, collection, _query(request)).addCallback(_raw)
 
 
 def count(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":

@@ -284,6 +284,24 @@ class Engine:
         """The matching document with the lowest C{_id}, or None."""
         return self.read(Reader.find_one, collection, query)
 
+    def find_raw(
+        self,
+        collection: str,
+        query: object = None,
+        sort: object = None,
+        skip: object = None,
+        limit: object = None,
+    ) -> str:
+        """
+        L{find}'s documents as one JSON array text made of the stored
+        document texts (for replies: no parsing, no re-encoding).
+        """
+        return self.read(Reader.find_raw, collection, query, sort, skip, limit)
+
+    def find_one_raw(self, collection: str, query: object = None) -> str | None:
+        """L{find_one}'s document as its stored JSON text, or None."""
+        return self.read(Reader.find_one_raw, collection, query)
+
     def count(self, collection: str, query: object = None) -> int:
         """The number of matching documents."""
         return self.read(Reader.count, collection, query)

@@ -101,22 +101,61 @@ class Reader:
         Matching rows in C{find} order (sort, then ascending C{_id}), after
         C{skip}, at most C{limit}. C{index_arrays}: see L{order_by}.
         """
+        return self._select(info, plan, spec, skip, limit, index_arrays, raw=False)
+
+    def texts(
+        self,
+        info: CollectionInfo,
+        plan: Plan,
+        spec: SortSpec | None = None,
+        skip: int | None = None,
+        limit: int | None = None,
+    ) -> Iterator[str]:
+        """
+        The stored JSON texts of the rows L{rows} gives, in its order. A text
+        is only parsed when the query needs the reference matcher.
+        """
+        return self._select(info, plan, spec, skip, limit, True, raw=True)
+
+    def _select(
+        self,
+        info: CollectionInfo,
+        plan: Plan,
+        spec: SortSpec | None,
+        skip: int | None,
+        limit: int | None,
+        index_arrays: bool,
+        *,
+        raw: bool,
+    ) -> Iterator[Any]:
+        """L{rows} (C{raw} false) or L{texts} (C{raw} true)."""
         if limit == 0:
             return
         sql = f"SELECT _id, _version, doc FROM {info.tbl}"
         if plan.where != "1":
             sql += f" WHERE {plan.where}"
         params = plan.params
+        loads = orjson.loads
         if spec is None and limit is None and not skip:
             # Everything that matches, in _id order: sorting the matches here
             # leaves the planner free to use any index (an ORDER BY _id would
             # tempt it into a full scan to avoid a sort).
             cursor = self.conn.execute(sql, params)
+            if raw:
+                if plan.exact:
+                    found = cursor.fetchall()
+                else:
+                    matches = plan.matcher.matches
+                    found = [row for row in cursor if matches(loads(row[2]))]
+                found.sort(key=_row_id)
+                for row in found:
+                    yield row[2]
+                return
             if plan.exact:
-                rows = [(_id, version, orjson.loads(text)) for _id, version, text in cursor]
+                rows = [(_id, version, loads(text)) for _id, version, text in cursor]
             else:
                 matches = plan.matcher.matches
-                rows = [row for row in ((_id, version, orjson.loads(text)) for _id, version, text in cursor) if matches(row[2])]
+                rows = [row for row in ((_id, version, loads(text)) for _id, version, text in cursor) if matches(row[2])]
             rows.sort(key=_row_id)
             yield from rows
             return
@@ -125,19 +164,23 @@ class Reader:
             if limit is not None or skip:
                 sql += " LIMIT ? OFFSET ?"
                 params = params + (-1 if limit is None else limit, skip or 0)
+            if raw:
+                for _id, version, text in self.conn.execute(sql, params):
+                    yield text
+                return
             for _id, version, text in self.conn.execute(sql, params):
-                yield _id, version, orjson.loads(text)
+                yield _id, version, loads(text)
             return
         to_skip = skip or 0
         remaining = limit
         for _id, version, text in self.conn.execute(sql, params):
-            doc = orjson.loads(text)
+            doc = loads(text)
             if not plan.matcher.matches(doc):
                 continue
             if to_skip:
                 to_skip -= 1
                 continue
-            yield _id, version, doc
+            yield text if raw else (_id, version, doc)
             if remaining is not None:
                 remaining -= 1
                 if remaining == 0:
@@ -167,6 +210,43 @@ class Reader:
                 limit if is_uint(limit) else None,
             )
         ]
+
+    def find_raw(
+        self,
+        collection: str,
+        query: object = None,
+        sort: object = None,
+        skip: object = None,
+        limit: object = None,
+    ) -> str:
+        """
+        L{find}'s result as one JSON array text, built from the stored
+        document texts: byte for byte what encoding L{find}'s list gives
+        (documents are stored as the compact JSON the wire codec writes).
+        """
+        plan = plan_query(query)
+        spec = parse_sort(sort)
+        info = self.collection(collection)
+        if info is None:
+            return "[]"
+        texts = self.texts(
+            info,
+            plan,
+            spec,
+            skip if is_uint(skip) else None,
+            limit if is_uint(limit) else None,
+        )
+        return "[" + ",".join(texts) + "]"
+
+    def find_one_raw(self, collection: str, query: object = None) -> str | None:
+        """L{find_one}'s document as its stored JSON text, or None."""
+        plan = plan_query(query)
+        info = self.collection(collection)
+        if info is None:
+            return None
+        for text in self.texts(info, plan, None, None, 1):
+            return text
+        return None
 
     def find_one(self, collection: str, query: object = None) -> dict[str, Any] | None:
         """The matching document with the lowest C{_id}, or None."""

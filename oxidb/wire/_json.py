@@ -6,6 +6,11 @@ separators=(",", ":"))} writes it, with non-finite floats as C{null}. Input
 is any JSON text. C{orjson} does the work; the standard library takes over
 where orjson would lose information (integers beyond 64 bits) or refuses
 (encoding nesting beyond its limit).
+
+A L{RawJSON} value anywhere in an encoded object is embedded verbatim (the
+engine hands its stored document texts over this way, so that C{find}
+replies never parse and re-encode them); L{materialize} turns it back into
+values for the binary formats.
 """
 
 from __future__ import annotations
@@ -19,6 +24,61 @@ import orjson
 from oxidb.errors import DecodeError
 from oxidb.wire._accel import impl as _impl
 from oxidb.wire.limits import MAX_DEPTH
+
+
+class RawJSON:
+    """
+    A JSON text to embed verbatim in a reply, in place of the value it
+    denotes. The text must be compact JSON as L{encode} writes it (the
+    engine's stored documents are), so that the reply is byte for byte the
+    one the decoded value would give.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"RawJSON({self.text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is RawJSON and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def value(self) -> Any:
+        """The value the text denotes."""
+        return orjson.loads(self.text)
+
+
+def materialize(value: Any) -> Any:
+    """
+    C{value} with every L{RawJSON} inside replaced by the value it denotes;
+    C{value} itself when it holds none.
+    """
+    kind = type(value)
+    if kind is RawJSON:
+        return value.value()
+    if kind is dict:
+        items = {key: materialize(item) for key, item in value.items()}
+        if any(items[key] is not item for key, item in value.items()):
+            return items
+        return value
+    if kind is list or kind is tuple:
+        elements = [materialize(item) for item in value]
+        if any(new is not old for new, old in zip(elements, value)):
+            return elements
+        return value
+    return value
+
+
+def _default(value: Any) -> Any:
+    if type(value) is RawJSON:
+        return orjson.Fragment(value.text)
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
 
 def decode(payload: bytes) -> object:
     """
@@ -77,7 +137,7 @@ def encode(obj: object) -> bytes:
     @raise UnicodeEncodeError: a string holding a lone surrogate.
     """
     try:
-        return orjson.dumps(obj)
+        return orjson.dumps(obj, default=_default)
     except orjson.JSONEncodeError:
         # Integers beyond 64 bits or nesting beyond orjson's limit; anything
         # else fails again below with the standard library's own message.
@@ -89,7 +149,12 @@ def encode(obj: object) -> bytes:
 
 
 def _json_safe(value: Any) -> Any:
-    """C{value} with non-finite floats as C{None}; non-str keys are refused."""
+    """
+    C{value} with non-finite floats as C{None} and L{RawJSON} decoded;
+    non-str keys are refused.
+    """
+    if type(value) is RawJSON:
+        return value.value()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):

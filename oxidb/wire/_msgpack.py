@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 
 from oxidb.errors import DecodeError
+from oxidb.wire._json import RawJSON
 from oxidb.wire.limits import MAX_DEPTH
 
 _SCALARS = (type(None), bool, int, str)
@@ -101,7 +102,8 @@ def decode(payload: bytes) -> object:
 def encode(obj: object) -> bytes:
     """
     MessagePack for C{obj}: integers beyond int64/uint64 become float64 (nil
-    when even that overflows), non-finite floats nil, tuples arrays.
+    when even that overflows), non-finite floats nil, tuples arrays,
+    L{RawJSON} the value it denotes.
 
     @raise TypeError: a value or map key outside the JSON data model.
     """
@@ -112,6 +114,8 @@ def _msgpack_safe(value: Any) -> Any:
     kind = type(value)
     if kind is str or kind is bool or value is None:
         return value
+    if kind is RawJSON:
+        return _msgpack_safe(value.value())
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, int):

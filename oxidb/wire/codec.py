@@ -15,10 +15,12 @@ import enum
 
 from oxidb.errors import DecodeError
 from oxidb.wire import _json, _msgpack, oxiwire
+from oxidb.wire._json import RawJSON
 from oxidb.wire.limits import MAX_DEPTH
 
 __all__ = [
     "MAX_DEPTH",
+    "RawJSON",
     "WireFormat",
     "decode_reply",
     "decode_request",
@@ -78,6 +80,8 @@ def encode_ok(fmt: WireFormat, data: object) -> bytes:
     """
     The success reply payload: JSON C{{"ok":true,"data":<data>}}, OxiWire
     C{0xDB 0x00 <data>}, MessagePack map C{{"ok": true, "data": <data>}}.
+    A L{RawJSON} inside C{data} stands for the value its text denotes (JSON
+    embeds the text verbatim).
 
     @raise TypeError: C{data} holds something outside the JSON data model
         (a server bug).

@@ -14,6 +14,7 @@ import struct
 
 from oxidb.errors import DecodeError
 from oxidb.wire._accel import IMPLEMENTATION, impl as _impl
+from oxidb.wire._json import RawJSON, materialize
 from oxidb.wire.limits import MAX_DEPTH
 
 __all__ = [
@@ -72,8 +73,19 @@ def decode_request(payload: bytes) -> object:
 
 
 def encode_ok(data: object) -> bytes:
-    """The success reply payload C{0xDB 0x00 <data>}."""
-    return _impl.encode(data, _OK_HEADER)
+    """
+    The success reply payload C{0xDB 0x00 <data>}; L{RawJSON} texts in
+    C{data} are decoded first.
+    """
+    if type(data) is RawJSON:
+        data = data.value()
+    try:
+        return _impl.encode(data, _OK_HEADER)
+    except TypeError:
+        resolved = materialize(data)
+        if resolved is data:
+            raise
+    return _impl.encode(resolved, _OK_HEADER)
 
 
 def encode_error(message: str) -> bytes:
