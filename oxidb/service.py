@@ -36,7 +36,7 @@ from oxidb.commands import default_registry
 from oxidb.commands.auth import LOGIN_COMMANDS, USER_COMMANDS
 from oxidb.commands._registry import CommandRegistry
 from oxidb.config import SETTINGS, Config, format_address
-from oxidb.engine import procedures as procedure_store, transactions
+from oxidb.engine import blobs, procedures as procedure_store, transactions
 from oxidb.engine.engine import Engine
 from oxidb.errors import ConfigError
 from oxidb.metrics import MetricsRefresher, NodeHealth, ServerMetrics, make_metrics_site, threadpool_stats
@@ -113,6 +113,7 @@ class OxiService(MultiService):
         self.engine = Engine(data_dir, synchronous="FULL", auto_create_on_read=True)
         transactions.register_appliers(self.engine)
         procedure_store.register_appliers(self.engine)
+        blobs.register_appliers(self.engine)
         self._setup_metrics()
         self._setup_security()
         Scheduler(reactor, self.shared.executor, self.engine, metrics=self.shared.metrics).setServiceParent(self)
