@@ -533,3 +533,10 @@ def test_blob_tables_live_in_the_engine_database(engine: Engine) -> None:
     conn.close()
     assert {"oxi_blob_buckets", "oxi_blob_objects", "oxi_blob_docs", "oxi_blob_terms"} <= names
     assert engine.list_collections() == []  # blobs are not collections
+
+
+def test_base64_rejects_padding_after_a_complete_quantum() -> None:
+    # Found by hypothesis: Python's strict decoder accepts these.
+    for text in ("0000=", "AAAA==", "AAAAAA=="[:5]):
+        with pytest.raises(BadRequestError, match="^invalid base64: "):
+            blobs.decode_base64(text)

@@ -172,6 +172,10 @@ def decode_base64(data_b64: object) -> bytes:
     check_size(decoded_size(data_b64))
     try:
         data = binascii.a2b_base64(data_b64, strict_mode=True)
+        if len(data_b64) % 4:
+            # Python's strict mode still accepts padding after a complete
+            # quantum ("AAAA="); canonical padded base64 never has it.
+            raise binascii.Error("Excess data after padding")
     except (binascii.Error, ValueError) as e:
         raise BadRequestError(f"invalid base64: {_base64_error(data_b64, str(e))}") from None
     # Canonical encoding: the bits the padding hides must be zero.
