@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from oxidb.engine import writes
+from oxidb.engine import store, writes
 from oxidb.engine.engine import Engine
 from oxidb.errors import (
     BadRequestError,
@@ -150,6 +150,25 @@ def test_bad_documents(engine: Engine) -> None:
     with pytest.raises(TooLargeError, match="document exceeds the maximum nesting depth of 100"):
         run(engine, "Insert", collection="c", document=deep)
     assert engine.find("c") == []
+
+
+def _nested(depth: int, container: str) -> dict[str, Any]:
+    """A document nesting C{depth} containers (itself included)."""
+    value: Any = 1
+    for _ in range(depth - 1):
+        value = {"a": value} if container == "object" else [value]
+    return {"a": value}
+
+
+@pytest.mark.parametrize("container", ["object", "array"])
+def test_nesting_limit_boundary(engine: Engine, container: str) -> None:
+    insert(engine, "c", _nested(100, container))
+    for depth in (101, 300):  # 300: beyond what orjson itself encodes
+        with pytest.raises(TooLargeError, match="document exceeds the maximum nesting depth of 100"):
+            run(engine, "Insert", collection="c", document=_nested(depth, container))
+    # Brackets inside strings are no nesting.
+    insert(engine, "c", {"s": "{[" * 200, "t": ["{" * 120]})
+    assert [doc["_id"] for doc in engine.find("c")] == [1, 2]
 
 
 def test_oversized_document(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -388,7 +407,8 @@ def test_compact_reports_sizes_and_shrinks_the_file(engine: Engine) -> None:
     assert engine.count("c", {"n": {"$lt": 300}}) == 10
     assert len(engine.text_search("c", "word0", 1000)) == 100
     assert insert(engine, "c", {"n": -1}) == 3001
-    assert run(engine, "Compact", collection="fresh") == {"old_size": 4096, "new_size": 4096, "docs_kept": 0}
+    page = store.PAGE_SIZE
+    assert run(engine, "Compact", collection="fresh") == {"old_size": page, "new_size": page, "docs_kept": 0}
 
 
 def test_errors_are_oxi_errors(engine: Engine) -> None:

@@ -377,18 +377,23 @@ def _prepare(document: Any, doc_id: int, version: int) -> tuple[int, int, dict[s
     """
     if type(document) is not dict:
         raise DocumentNotObjectError()
-    values.check_depth(document, "document")
     doc = dict(document)
     doc["_id"] = doc_id
     doc["_version"] = version
     try:
         data = orjson.dumps(doc)
     except orjson.JSONEncodeError:
+        values.check_depth(document, "document")
         doc = _to_storable(doc)
         try:
             data = orjson.dumps(doc)
         except orjson.JSONEncodeError as e:
             raise InvalidQueryError(f"document is not valid JSON: {e}") from None
+    else:
+        # Nesting needs as many brackets in the text: most documents have
+        # too few to need the walk.
+        if data.count(b"{") + data.count(b"[") > values.MAX_DEPTH:
+            values.check_depth(document, "document")
     if len(data) > MAX_DOCUMENT_BYTES:
         raise TooLargeError(f"document too large: {len(data)} bytes (limit {MAX_DOCUMENT_BYTES})")
     return doc_id, version, doc, data.decode()
