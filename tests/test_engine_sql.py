@@ -170,3 +170,28 @@ def test_id_queries_use_the_primary_key(indexed: tuple[Engine, str]) -> None:
     assert [d["_id"] for d in engine.find("people", {"_id": {"$gte": 5, "$lt": 9}})] == [5, 6, 7, 8]
     assert engine.find("people", {"_id": 5.0})[0]["_id"] == 5
     assert engine.find("people", {"_id": "5"}) == []
+
+
+def test_unsorted_reads_aggregate_inside_sqlite(indexed: tuple[Engine, str]) -> None:
+    """
+    Unsorted finds fetch every match with one aggregate query over the same
+    condition (still searching the index), and fall back to fetching row by
+    row when the concatenation would be longer than SQLite's string limit.
+    """
+    engine, tbl = indexed
+    plan = compile_plan(compile_query({"age": {"$gt": 10, "$lte": 12}}))
+    sql = f"SELECT group_concat(_id), group_concat(doc, char(31)) FROM (SELECT _id, doc FROM {tbl} WHERE {plan.where})"
+    rows = engine._reader_conn().execute("EXPLAIN QUERY PLAN " + sql, plan.params).fetchall()
+    assert "USING INDEX" in " | ".join(row[-1] for row in rows)
+    queries: list[Any] = [{"age": {"$gt": 10, "$lte": 12}}, {"age": {"$gt": 48}, "tag": {"$size": 1}}, {}]
+    expected = [engine.find("people", q) for q in queries]
+    assert [d["_id"] for d in expected[0]] == sorted(d["_id"] for d in expected[0])
+    assert [len(e) for e in expected] == [80, 40, 2000]
+    conn = engine._reader_conn()
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 5000)
+    try:
+        for query, docs in zip(queries, expected):
+            assert engine.find("people", query) == docs
+            assert engine.find_raw("people", query) == orjson.dumps(docs).decode()
+    finally:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1_000_000_000)

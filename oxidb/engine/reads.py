@@ -13,6 +13,7 @@ writer when auto-creation on read is on).
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from typing import Any, Callable, Iterator
 
@@ -29,8 +30,7 @@ Row = tuple[int, int, dict[str, Any]]
 """C{(_id, _version, document)}."""
 
 
-def _row_id(row: Row) -> int:
-    return row[0]
+_row_id = operator.itemgetter(0)
 
 
 def plan_query(query: object) -> Plan:
@@ -137,27 +137,21 @@ class Reader:
         params = plan.params
         loads = orjson.loads
         if spec is None and limit is None and not skip:
-            # Everything that matches, in _id order: sorting the matches here
-            # leaves the planner free to use any index (an ORDER BY _id would
-            # tempt it into a full scan to avoid a sort).
-            cursor = self.conn.execute(sql, params)
-            if raw:
-                if plan.exact:
-                    found = cursor.fetchall()
-                else:
-                    matches = plan.matcher.matches
-                    found = [row for row in cursor if matches(loads(row[2]))]
-                found.sort(key=_row_id)
-                for row in found:
-                    yield row[2]
-                return
-            if plan.exact:
-                rows = [(_id, version, loads(text)) for _id, version, text in cursor]
-            else:
+            found = self._all_selected(info, plan, versions=not raw)
+            if not plan.exact:
                 matches = plan.matcher.matches
-                rows = [row for row in ((_id, version, loads(text)) for _id, version, text in cursor) if matches(row[2])]
-            rows.sort(key=_row_id)
-            yield from rows
+                if raw:
+                    found = [row for row in found if matches(loads(row[-1]))]
+                else:
+                    found = [(row[0], row[1], doc) for row in found if matches(doc := loads(row[2]))]
+                    yield from found
+                    return
+            if raw:
+                for row in found:
+                    yield row[-1]
+            else:
+                for _id, version, text in found:
+                    yield _id, version, loads(text)
             return
         sql += " " + order_by(spec, index_arrays=index_arrays)
         if plan.exact:
@@ -185,6 +179,42 @@ class Reader:
                 remaining -= 1
                 if remaining == 0:
                     return
+
+    def _all_selected(self, info: CollectionInfo, plan: Plan, *, versions: bool) -> list[tuple[Any, ...]]:
+        """
+        Every row C{plan.where} selects, in ascending C{_id}: C{(_id,
+        _version, text)}, or C{(_id, text)} without C{versions}.
+
+        One aggregate query concatenates the columns inside SQLite (stored
+        texts never hold a raw U+001F: the JSON encoder escapes control
+        characters), so that fetching takes one step: a query stepped once
+        per row gives up and takes back the GIL for every row, which stalls
+        when other threads are busy. The rows are sorted here rather than by
+        an C{ORDER BY _id}, which would tempt the planner into a full scan
+        to avoid a sort.
+        """
+        columns = "_id, _version, doc" if versions else "_id, doc"
+        inner = f"SELECT {columns} FROM {info.tbl}"
+        if plan.where != "1":
+            inner += f" WHERE {plan.where}"
+        concat = "group_concat(_id), group_concat(_version), " if versions else "group_concat(_id), "
+        sql = f"SELECT {concat}group_concat(doc, char(31)) FROM ({inner})"
+        try:
+            result = self.conn.execute(sql, plan.params).fetchone()
+        except sqlite3.DataError:
+            # Longer than SQLite's string limit: row by row.
+            rows: list[tuple[Any, ...]] = self.conn.execute(inner, plan.params).fetchall()
+        else:
+            if result[-1] is None:
+                return []
+            ids = map(int, result[0].split(","))
+            texts = result[-1].split("\x1f")
+            if versions:
+                rows = list(zip(ids, map(int, result[1].split(",")), texts))
+            else:
+                rows = list(zip(ids, texts))
+        rows.sort(key=_row_id)
+        return rows
 
     def find(
         self,
