@@ -195,3 +195,39 @@ def test_unsorted_reads_aggregate_inside_sqlite(indexed: tuple[Engine, str]) -> 
             assert engine.find_raw("people", query) == orjson.dumps(docs).decode()
     finally:
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1_000_000_000)
+
+
+def test_sibling_bounds_make_presence_tests_redundant(tmp_path: Any) -> None:
+    """
+    A C{$gt}, or a C{$gte}/C{$eq} of a non-null value, already excludes the
+    null key that missing paths share: its siblings on the same path skip
+    the presence test (which parses the document), with the same answers.
+    """
+    from oxidb.engine.matcher import apply_find
+
+    def where(query: dict[str, Any]) -> str:
+        return compile_plan(compile_query(query)).where
+
+    assert "IS NOT NULL" not in where({"a": {"$gte": 1, "$lt": 3}})
+    assert "IS NOT NULL" not in where({"a": {"$gt": None, "$ne": 3}})
+    assert "IS NOT NULL" in where({"a": {"$gte": None, "$lt": 3}})
+    assert "IS NOT NULL" in where({"a": {"$lt": 3}, "b": {"$gt": 1}})
+    assert "IS NOT NULL" in where({"a": {"$gt": 1}, "$or": [{"a": {"$lt": 3}}]})
+    assert "IS NOT NULL" in where({"a": {"$gt": 1, "$not": {"$lt": 3}}})
+    docs = [{}, {"a": None}, {"a": 1}, {"a": 2.5}, {"a": 3}, {"a": "x"}, {"a": False}, {"b": 2}]
+    queries: list[dict[str, Any]] = [
+        {"a": {"$gte": 1, "$lt": 3}},
+        {"a": {"$gt": None, "$lte": 3}},
+        {"a": {"$gt": False, "$ne": 3}},
+        {"a": 2.5, "b": {"$lt": 5}},
+        {"a": {"$gte": None, "$lt": 3}},
+        {"a": {"$gt": 1, "$not": {"$lt": 3}}},
+    ]
+    with Engine(str(tmp_path / "data"), synchronous="OFF") as engine:
+        engine.apply({"InsertMany": {"collection": "c", "documents": docs}}, 0.0)
+        stored = engine.find("c")
+        for query in queries:
+            assert engine.find("c", query) == apply_find(stored, query), query
+        engine.apply({"CreateIndex": {"collection": "c", "field": "a"}}, 0.0)
+        for query in queries:
+            assert engine.find("c", query) == apply_find(stored, query), query

@@ -75,15 +75,19 @@ class _Compiler:
     def __init__(self) -> None:
         self.params: list[Any] = []
 
-    def node(self, node: And | Or | FieldOp) -> tuple[str, bool]:
-        """(condition, exact) for one node; an inexact condition is a pre-filter."""
+    def node(self, node: And | Or | FieldOp, present: frozenset[str] = frozenset()) -> tuple[str, bool]:
+        """
+        (condition, exact) for one node; an inexact condition is a
+        pre-filter. C{present}: paths a sibling condition already proves
+        present (see L{_proves_presence}).
+        """
         if isinstance(node, And):
             return self._junction(node.children, " AND ", _TRUE)
         if isinstance(node, Or):
             return self._junction(node.children, " OR ", _FALSE)
         mark = len(self.params)
         try:
-            sql = self.field(node)
+            sql = self.field(node, node.path in present)
         except (ValueError, TypeError, OverflowError):
             sql = None
         if sql is None:
@@ -97,8 +101,11 @@ class _Compiler:
         mark = len(self.params)
         parts = []
         exact = True
+        present: frozenset[str] = frozenset()
+        if glue == " AND ":
+            present = frozenset(child.path for child in children if isinstance(child, FieldOp) and _proves_presence(child))
         for child in children:
-            sql, child_exact = self.node(child)
+            sql, child_exact = self.node(child, present)
             exact = exact and child_exact
             parts.append(sql)
         if glue == " AND ":
@@ -115,8 +122,12 @@ class _Compiler:
         self.params.append(value)
         return "?"
 
-    def field(self, node: FieldOp) -> str | None:
-        """The exact SQL of one operator, or None."""
+    def field(self, node: FieldOp, known_present: bool = False) -> str | None:
+        """
+        The exact SQL of one operator, or None. C{known_present}: the
+        enclosing conjunction already proves the path present, so the
+        presence test (which reads the document's JSON) can be left out.
+        """
         op, operand, path = node.op, node.operand, node.path
         if path == "_id":
             sql = self._id_field(op, operand)
@@ -129,15 +140,20 @@ class _Compiler:
             null = k == keys.NULL_KEY
             if op == "$eq":
                 return f"({key} = X'00' AND {present})" if null else f"{key} = {self.bind(k)}"
-            if op == "$ne":
-                return f"{key} != X'00'" if null else f"({key} != {self.bind(k)} AND {present})"
             if op == "$gt":
                 return f"{key} > {self.bind(k)}"
             if op == "$gte":
                 return present if null else f"{key} >= {self.bind(k)}"
-            if op == "$lt":
-                return _FALSE if null else f"({key} < {self.bind(k)} AND {present})"
-            return f"({key} = X'00' AND {present})" if null else f"({key} <= {self.bind(k)} AND {present})"
+            if op == "$lt" and null:
+                return _FALSE
+            if op == "$lte" and null:
+                return f"({key} = X'00' AND {present})"
+            if op == "$ne" and null:
+                return f"{key} != X'00'"
+            sign = {"$ne": "!=", "$lt": "<", "$lte": "<="}[op]
+            if known_present:
+                return f"{key} {sign} {self.bind(k)}"
+            return f"({key} {sign} {self.bind(k)} AND {present})"
         if op in ("$in", "$nin"):
             if len(operand) > MAX_IN_KEYS:
                 return None
@@ -182,6 +198,24 @@ class _Compiler:
 
 
 _ID_COMPARISONS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+
+
+def _proves_presence(node: FieldOp) -> bool:
+    """
+    The compiled C{node} holds only for documents where its path is
+    present: C{$gt} anything, C{$gte} or C{$eq} a non-null value (the key
+    then differs from the null key that missing paths share). Should it
+    compile to no condition, the plan is inexact and the matcher checks
+    everything anyway.
+    """
+    if node.op == "$gt":
+        return True
+    if node.op not in ("$gte", "$eq"):
+        return False
+    try:
+        return keys.encode_key(node.operand) != keys.NULL_KEY
+    except (ValueError, TypeError, OverflowError):
+        return False
 
 
 def compile_plan(matcher: Matcher) -> Plan:
