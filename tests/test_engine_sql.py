@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oxidb.engine import keys, paths, values
+from oxidb.engine import keys, paths, store, values
 from oxidb.engine.engine import Engine
 from oxidb.engine.matcher import compile_query, parse_sort
 from oxidb.engine.sqlquery import compile_plan, order_by
@@ -44,6 +44,12 @@ def test_key_order_is_sort_key_order(a: Any, b: Any) -> None:
     ea, eb = keys.encode_key(a), keys.encode_key(b)
     assert (ka < kb) == (ea < eb)
     assert (ka == kb) == (ea == eb)
+
+
+@settings(max_examples=400, deadline=None)
+@given(stored_values)
+def test_fast_value_keys_are_the_keys(value: Any) -> None:
+    assert keys.key_of_value(value) == keys.encode_key(value)
 
 
 def test_key_order_edge_cases() -> None:
@@ -91,6 +97,8 @@ def test_key_and_presence_sql_read_paths_like_get_path(
         ).fetchone()
         assert bool(present) == found, path
         assert key == (keys.encode_key(got) if found else keys.NULL_KEY), path
+        # Key columns are computed in Python from the document itself.
+        assert keys.key_at(doc, tuple(path.split("."))) == key, path
         found, got = paths.get_path_sort(doc, path)
         (sort_key,) = conn.execute(f"SELECT {keys.sort_key_sql(path)} FROM (SELECT ? AS doc)", (text,)).fetchone()
         assert sort_key == (keys.encode_key(got) if found else keys.NULL_KEY), path
@@ -129,12 +137,16 @@ def indexed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, 
         yield engine, tbl
 
 
+def _columns(engine: Engine) -> dict[str, str]:
+    return store.column_map(store.list_index_defs(engine._reader_conn(), "people"))
+
+
 def _plan(engine: Engine, tbl: str, query: dict[str, Any], sort: Any = None) -> str:
-    plan = compile_plan(compile_query(query))
+    plan = compile_plan(compile_query(query), _columns(engine))
     assert plan.exact
     sql = f"SELECT doc FROM {tbl} WHERE {plan.where}"
     if sort is not None:
-        sql += " " + order_by(parse_sort(sort))
+        sql += " " + order_by(parse_sort(sort), columns=plan.columns)
     rows = engine._reader_conn().execute("EXPLAIN QUERY PLAN " + sql, plan.params).fetchall()
     return " | ".join(row[-1] for row in rows)
 
@@ -179,7 +191,7 @@ def test_unsorted_reads_aggregate_inside_sqlite(indexed: tuple[Engine, str]) -> 
     row when the concatenation would be longer than SQLite's string limit.
     """
     engine, tbl = indexed
-    plan = compile_plan(compile_query({"age": {"$gt": 10, "$lte": 12}}))
+    plan = compile_plan(compile_query({"age": {"$gt": 10, "$lte": 12}}), _columns(engine))
     sql = f"SELECT group_concat(_id), group_concat(doc, char(31)) FROM (SELECT _id, doc FROM {tbl} WHERE {plan.where})"
     rows = engine._reader_conn().execute("EXPLAIN QUERY PLAN " + sql, plan.params).fetchall()
     assert "USING INDEX" in " | ".join(row[-1] for row in rows)

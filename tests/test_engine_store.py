@@ -427,3 +427,104 @@ def test_errors_are_oxi_errors(engine: Engine) -> None:
         run(engine, "Delete", collection="c", query={}, limit=-1)
     assert engine.count("c") == 1
     assert run(engine, "Delete", collection="c", query={}, limit=0) == {"deleted": 0}
+
+
+# --- key columns and the table layout ------------------------------------------------
+
+
+def _table_columns(engine: Engine, collection: str) -> list[str]:
+    conn = engine._reader_conn()
+    (tbl,) = conn.execute("SELECT tbl FROM oxi_collections WHERE name = ?", (collection,)).fetchone()
+    return [row[1] for row in conn.execute(f"PRAGMA table_info({tbl})")]
+
+
+def _query_plan(engine: Engine, collection: str, query: dict[str, Any]) -> str:
+    from oxidb.engine.matcher import compile_query
+
+    def plan(reader: Any) -> str:
+        info = reader.collection(collection)
+        compiled = reader.plan_for(info, compile_query(query))
+        rows = reader.conn.execute(f"EXPLAIN QUERY PLAN SELECT doc FROM {info.tbl} WHERE {compiled.where}", compiled.params)
+        return " | ".join(row[-1] for row in rows)
+
+    return engine.read(plan)
+
+
+def test_index_key_columns_follow_the_indexes(engine: Engine) -> None:
+    run(engine, "CreateIndex", collection="c", field="a")
+    run(engine, "CreateCompositeIndex", collection="c", fields=["b", "a.x"])
+    run(engine, "InsertMany", collection="c", documents=[{"a": i % 3, "b": str(i), "x": {"y": i}} for i in range(30)])
+    assert _table_columns(engine, "c") == ["_id", "_version", "doc", "k1_0", "k2_0", "k2_1"]
+    assert "USING INDEX" in _query_plan(engine, "c", {"a": 1})
+    run(engine, "DropIndex", collection="c", index="a")
+    assert _table_columns(engine, "c") == ["_id", "_version", "doc", "k2_0", "k2_1"]
+    assert len(engine.find("c", {"a": 1})) == 10
+    run(engine, "CreateUniqueIndex", collection="c", field="b")
+    run(engine, "Compact", collection="c")
+    assert _table_columns(engine, "c") == ["_id", "_version", "doc", "k2_0", "k2_1", "k3_0"]
+    assert "USING INDEX" in _query_plan(engine, "c", {"b": "7"})
+    with pytest.raises(UniqueViolationError):
+        insert(engine, "c", {"b": "7"})
+    run(engine, "Update", collection="c", query={"b": "7"}, update={"$set": {"b": "seven"}})
+    assert [d["_id"] for d in engine.find("c", {"b": "seven"})] == [8]
+    assert engine.find("c", {"b": "7"}) == []
+
+
+def _to_layout_1(data_dir: str) -> None:
+    """Rewrite a closed database the way layout 1 stored it: expression indexes."""
+    from oxidb.engine import keys
+
+    conn = store.connect(store.db_path(data_dir), writer=True, synchronous="OFF")
+    conn.execute("BEGIN")
+    for info in store.list_collections(conn):
+        for index in store.list_index_defs(conn, info.name):
+            if index.kind != store.INDEX_TEXT:
+                store.drop_sql_index(conn, info.tbl, index)
+                exprs = ", ".join(keys.key_sql(path) for path in index.fields)
+                conn.execute(f"CREATE INDEX {index.sql_name(info.tbl)} ON {info.tbl}({exprs})")
+    conn.execute("DELETE FROM oxi_meta WHERE key = 'layout'")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_layout_1_databases_are_migrated_on_open(data_dir: str) -> None:
+    docs = [{"n": i, "s": f"v{i % 4}", "o": {"k": -i}} for i in range(40)] + [{"other": 1}]
+    queries: list[dict[str, Any]] = [{"n": {"$gte": 5, "$lt": 9}}, {"s": "v1", "o.k": {"$lt": -20}}, {"n": None}]
+    with Engine(data_dir, synchronous="OFF") as engine:
+        run(engine, "InsertMany", collection="c", documents=docs)
+        run(engine, "CreateUniqueIndex", collection="c", field="n")
+        run(engine, "CreateCompositeIndex", collection="c", fields=["s", "o.k"])
+        run(engine, "CreateTextIndex", collection="c", fields=["s"])
+        expected = [engine.find("c", q) for q in queries]
+    _to_layout_1(data_dir)
+    with Engine(data_dir, synchronous="OFF") as engine:
+        assert _table_columns(engine, "c") == ["_id", "_version", "doc", "k1_0", "k2_0", "k2_1"]
+        assert engine.read(lambda reader: store.get_meta(reader.conn, "layout")) == store.LAYOUT
+        assert [engine.find("c", q) for q in queries] == expected
+        assert "USING INDEX c1_i2" in _query_plan(engine, "c", {"s": "v1"})
+        with pytest.raises(UniqueViolationError):
+            insert(engine, "c", {"n": 3})
+        assert len(engine.text_search("c", "v1", 100)) == 10
+
+
+def test_key_columns_are_recomputed_when_the_key_format_changes(data_dir: str) -> None:
+    with Engine(data_dir, synchronous="OFF") as engine:
+        run(engine, "CreateIndex", collection="c", field="n")
+        run(engine, "InsertMany", collection="c", documents=[{"n": i} for i in range(10)])
+    conn = store.connect(store.db_path(data_dir), writer=True, synchronous="OFF")
+    (tbl,) = conn.execute("SELECT tbl FROM oxi_collections").fetchone()
+    conn.execute(f"UPDATE {tbl} SET k1_0 = X'FF'")
+    conn.execute("UPDATE oxi_meta SET value = 'old' WHERE key = 'key_format'")
+    conn.close()
+    with Engine(data_dir, synchronous="OFF") as engine:
+        assert [d["n"] for d in engine.find("c", {"n": {"$gt": 6}})] == [7, 8, 9]
+
+
+def test_newer_layouts_are_refused(data_dir: str) -> None:
+    with Engine(data_dir, synchronous="OFF"):
+        pass
+    conn = store.connect(store.db_path(data_dir), writer=True, synchronous="OFF")
+    conn.execute("UPDATE oxi_meta SET value = 99 WHERE key = 'layout'")
+    conn.close()
+    with pytest.raises(OSError, match="layout 99"):
+        Engine(data_dir, synchronous="OFF").open()

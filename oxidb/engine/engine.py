@@ -128,6 +128,7 @@ class Engine:
         try:
             conn.execute("BEGIN IMMEDIATE")
             store.init_schema(conn)
+            store.migrate_layout(conn)
             _refresh_derived(conn)
             conn.execute("COMMIT")
         except BaseException:
@@ -342,9 +343,9 @@ class Engine:
 
 def _refresh_derived(conn: sqlite3.Connection) -> None:
     """
-    Rebuild indexes whose content depends on code that changed since they
-    were built: the key encoding (expression indexes) and the tokenizer
-    (text postings). Fingerprints of both are kept in C{oxi_meta}.
+    Recompute what depends on code that changed since it was stored: the
+    key encoding (key columns, and so their indexes) and the tokenizer (text
+    postings). Fingerprints of both are kept in C{oxi_meta}.
     """
     key_format = keys.fingerprint()
     stored = store.get_meta(conn, "key_format")
@@ -352,7 +353,7 @@ def _refresh_derived(conn: sqlite3.Connection) -> None:
         for info in store.list_collections(conn):
             for index in store.list_index_defs(conn, info.name):
                 if index.kind != store.INDEX_TEXT:
-                    conn.execute(f"REINDEX {index.sql_name(info.tbl)}")
+                    store.fill_key_columns(conn, info.tbl, index)
     store.set_meta(conn, "key_format", key_format)
     text_format = textstore.fingerprint()
     stored = store.get_meta(conn, "text_format")

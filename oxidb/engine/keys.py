@@ -5,8 +5,10 @@ and the SQL functions that compute them from stored documents.
 L{encode_key} turns a value into bytes whose C{memcmp} order is exactly the
 order of L{oxidb.engine.values.sort_key}, and whose equality is exactly
 equality of sort keys. SQLite compares BLOBs with C{memcmp}, so conditions,
-C{ORDER BY} and expression indexes over these keys give the answers of the
-pure matcher while letting the planner use B-tree indexes.
+C{ORDER BY} and indexes over these keys give the answers of the pure
+matcher while letting the planner use B-tree indexes. Indexed paths have
+their keys stored in key columns, computed with L{key_at} when a document is
+written (see L{oxidb.engine.store}); other paths are keyed in SQL.
 
 A missing path and an explicit C{null} have the same key (L{NULL_KEY}): that
 is what sorting needs (engine.md 2.5: missing sorts as null, ties by C{_id}),
@@ -15,8 +17,8 @@ them apart add a presence test (L{present_sql}).
 
 Paths are read with SQLite's C{->} operator when the path can be written as
 an SQLite JSON path (every step is an object key; see L{json_path}); other
-paths go through a Python function over the whole document. Both forms are
-deterministic functions, so both can back an expression index.
+paths go through a Python function over the whole document. Both forms
+give what L{key_at} gives for the same path of the parsed document.
 """
 
 from __future__ import annotations
@@ -110,6 +112,33 @@ def encode_key(value: Any) -> bytes:
     return encode_sort_key(values.sort_key(value))
 
 
+def key_of_value(value: Any) -> bytes:
+    """
+    L{encode_key} with fast paths for the common scalars (what index key
+    columns are computed with on every write).
+    """
+    kind = type(value)
+    if kind is str:
+        return _cached_str_key(value)
+    if kind is float:
+        if math.isfinite(value):
+            return _NUMBER + _encode_float(value) + b"\x01"
+    elif kind is int:
+        if -_SMALL_INT <= value <= _SMALL_INT:
+            return _SMALL_INT_KEYS[value + _SMALL_INT]
+        return _NUMBER + _encode_number(value)
+    return encode_key(value)
+
+
+def key_at(doc: dict[str, Any], parts: tuple[str, ...]) -> bytes:
+    """
+    The key at a split objects-only path of a document, L{NULL_KEY} when the
+    path does not resolve: what L{key_sql} computes from the stored text.
+    """
+    found, value = paths.get_parts(doc, parts)
+    return key_of_value(value) if found else NULL_KEY
+
+
 def key_of_json(text: str | None) -> bytes:
     """SQL function C{oxi_key(json_text)}: the key of C{doc -> path}."""
     if text is None:
@@ -133,6 +162,11 @@ def _key_of_json(text: str) -> bytes:
 #: scan or an index build computes one key per row.
 _CACHED_TEXT = 48
 _cached_key_of_json = functools.lru_cache(maxsize=1 << 16)(_key_of_json)
+
+#: Strings need the date test; their keys are cached like short JSON texts.
+_cached_str_key = functools.lru_cache(maxsize=1 << 16)(encode_key)
+_SMALL_INT = 1024
+_SMALL_INT_KEYS = tuple(_NUMBER + _encode_number(n) for n in range(-_SMALL_INT, _SMALL_INT + 1))
 
 
 def _decode_path(raw: bytes | str) -> str:

@@ -21,7 +21,7 @@ import orjson
 
 from oxidb.engine import store, textindex, textstore
 from oxidb.engine.aggregate import compile_pipeline
-from oxidb.engine.matcher import SortSpec, compile_query, is_uint, parse_sort
+from oxidb.engine.matcher import Matcher, SortSpec, compile_query, is_uint, parse_sort
 from oxidb.engine.sqlquery import Plan, compile_plan, order_by
 from oxidb.engine.store import CollectionInfo
 from oxidb.errors import BadRequestError, InvalidQueryError
@@ -34,8 +34,17 @@ _row_id = operator.itemgetter(0)
 
 
 def plan_query(query: object) -> Plan:
-    """Validate and compile a query (C{None} means C{{}})."""
+    """
+    Validate and compile a query (C{None} means C{{}}) into a plan that
+    suits any collection (see L{Reader.plan_for} for one that uses a
+    collection's indexes).
+    """
     return compile_plan(compile_query({} if query is None else query))
+
+
+def check_query(query: object) -> Matcher:
+    """Validate and compile a query (C{None} means C{{}}) to its matcher."""
+    return compile_query({} if query is None else query)
 
 
 class Reader:
@@ -86,6 +95,10 @@ class Reader:
         return [d.describe() for d in sorted(defs, key=lambda d: (order[d.kind], d.seq))]
 
     # --- documents --------------------------------------------------------
+
+    def plan_for(self, info: CollectionInfo, matcher: Matcher) -> Plan:
+        """C{matcher} compiled against the collection's index key columns."""
+        return compile_plan(matcher, store.column_map(store.list_index_defs(self.conn, info.name)))
 
     def rows(
         self,
@@ -153,7 +166,7 @@ class Reader:
                 for _id, version, text in found:
                     yield _id, version, loads(text)
             return
-        sql += " " + order_by(spec, index_arrays=index_arrays)
+        sql += " " + order_by(spec, index_arrays=index_arrays, columns=plan.columns)
         if plan.exact:
             if limit is not None or skip:
                 sql += " LIMIT ? OFFSET ?"
@@ -225,11 +238,12 @@ class Reader:
         limit: object = None,
     ) -> list[dict[str, Any]]:
         """C{find} (engine.md 2.5): filter, sort, skip, limit."""
-        plan = plan_query(query)
+        matcher = check_query(query)
         spec = parse_sort(sort)
         info = self.collection(collection)
         if info is None:
             return []
+        plan = self.plan_for(info, matcher)
         return [
             doc
             for _, _, doc in self.rows(
@@ -254,11 +268,12 @@ class Reader:
         document texts: byte for byte what encoding L{find}'s list gives
         (documents are stored as the compact JSON the wire codec writes).
         """
-        plan = plan_query(query)
+        matcher = check_query(query)
         spec = parse_sort(sort)
         info = self.collection(collection)
         if info is None:
             return "[]"
+        plan = self.plan_for(info, matcher)
         texts = self.texts(
             info,
             plan,
@@ -270,30 +285,33 @@ class Reader:
 
     def find_one_raw(self, collection: str, query: object = None) -> str | None:
         """L{find_one}'s document as its stored JSON text, or None."""
-        plan = plan_query(query)
+        matcher = check_query(query)
         info = self.collection(collection)
         if info is None:
             return None
+        plan = self.plan_for(info, matcher)
         for text in self.texts(info, plan, None, None, 1):
             return text
         return None
 
     def find_one(self, collection: str, query: object = None) -> dict[str, Any] | None:
         """The matching document with the lowest C{_id}, or None."""
-        plan = plan_query(query)
+        matcher = check_query(query)
         info = self.collection(collection)
         if info is None:
             return None
+        plan = self.plan_for(info, matcher)
         for _, _, doc in self.rows(info, plan, None, None, 1):
             return doc
         return None
 
     def count(self, collection: str, query: object = None) -> int:
         """The number of matching documents (canonical: C{len(find(query))})."""
-        plan = plan_query(query)
+        matcher = check_query(query)
         info = self.collection(collection)
         if info is None:
             return 0
+        plan = self.plan_for(info, matcher)
         if plan.exact:
             sql = f"SELECT count(*) FROM {info.tbl}"
             if plan.where != "1":
@@ -346,7 +364,7 @@ class Reader:
         prefix = compiled.prefix
         docs: list[dict[str, Any]] = []
         if info is not None:
-            plan = compile_plan(prefix.matcher) if prefix.matcher is not None else plan_query(None)
+            plan = self.plan_for(info, prefix.matcher if prefix.matcher is not None else check_query(None))
             docs = [
                 doc
                 for _, _, doc in self.rows(

@@ -2,9 +2,10 @@
 The query compiler: a matcher tree (L{oxidb.engine.matcher}) to an SQL
 condition over a collection table, plus the C{ORDER BY} of a sort.
 
-Every condition is written over L{oxidb.engine.keys} expressions, which
-encode the engine.md 2.1 order exactly, so a compiled condition gives the
-pure matcher's answer and can use the expression indexes:
+Every condition is written over L{oxidb.engine.keys} keys (an indexed
+path's key column, else the key expression over the document), which encode
+the engine.md 2.1 order exactly, so a compiled condition gives the pure
+matcher's answer and can use the indexes:
 
   - C{$eq v}: C{K = key(v)}; for C{null} also the presence test (a missing
     path has the null key too).
@@ -28,6 +29,7 @@ pure matcher on the rows it returns (L{Plan.exact} is false).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -42,6 +44,7 @@ MAX_IN_KEYS = 500
 #: Most parameters one compiled condition may bind.
 MAX_PARAMS = 10_000
 
+_DIGITS = frozenset("0123456789")
 _TRUE = "1"
 _FALSE = "0"
 _I64_MIN = -(2**63)
@@ -59,12 +62,15 @@ class Plan:
     @ivar exact: C{where} is the whole query; otherwise rows it selects must
         still pass C{matcher}.
     @ivar matcher: the compiled reference matcher.
+    @ivar columns: see L{compile_plan}.
     """
 
     where: str
     params: tuple[Any, ...]
     exact: bool
     matcher: Matcher
+    columns: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
+    """The key columns the plan was compiled against (for L{order_by})."""
 
     def accepts(self, doc: dict[str, Any]) -> bool:
         """The residual test for a row the condition selected."""
@@ -72,8 +78,9 @@ class Plan:
 
 
 class _Compiler:
-    def __init__(self) -> None:
+    def __init__(self, columns: Mapping[str, str]) -> None:
         self.params: list[Any] = []
+        self.columns = columns
 
     def node(self, node: And | Or | FieldOp, present: frozenset[str] = frozenset()) -> tuple[str, bool]:
         """
@@ -133,7 +140,7 @@ class _Compiler:
             sql = self._id_field(op, operand)
             if sql is not None:
                 return sql
-        key = keys.key_sql(path)
+        key = self.columns.get(path) or keys.key_sql(path)
         present = keys.present_sql(path)
         if op in ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte"):
             k = keys.encode_key(operand)
@@ -218,24 +225,36 @@ def _proves_presence(node: FieldOp) -> bool:
         return False
 
 
-def compile_plan(matcher: Matcher) -> Plan:
-    """Compile a matcher to a L{Plan}."""
-    compiler = _Compiler()
+def compile_plan(matcher: Matcher, columns: Mapping[str, str] | None = None) -> Plan:
+    """
+    Compile a matcher to a L{Plan}. C{columns} maps indexed paths to the
+    collection table's key columns (L{oxidb.engine.store.column_map}), which
+    then stand for the key expressions; without it the plan reads every key
+    from the document and suits any collection.
+    """
+    compiler = _Compiler(columns or {})
     sql, exact = compiler.node(matcher.root)
     if len(compiler.params) > MAX_PARAMS:
-        return Plan(_TRUE, (), False, matcher)
-    return Plan(sql, tuple(compiler.params), exact, matcher)
+        return Plan(_TRUE, (), False, matcher, compiler.columns)
+    return Plan(sql, tuple(compiler.params), exact, matcher, compiler.columns)
 
 
-def order_by(spec: SortSpec | None, *, index_arrays: bool = True) -> str:
+def order_by(spec: SortSpec | None, *, index_arrays: bool = True, columns: Mapping[str, str] | None = None) -> str:
     """
     The C{ORDER BY} clause of a sort (engine.md 2.5): each key in order,
     missing as null, then ascending C{_id}; without a sort, C{_id}.
     C{index_arrays} selects C{find}'s path reading (numeric steps index
-    arrays) over the objects-only one of the aggregation C{$sort}.
+    arrays) over the objects-only one of the aggregation C{$sort};
+    C{columns} as for L{compile_plan}.
     """
     if not spec:
         return "ORDER BY _id"
-    key = keys.sort_key_sql if index_arrays else keys.key_sql
+    columns = columns or {}
+
+    def key(path: str) -> str:
+        if index_arrays and any(ch in _DIGITS for ch in path):
+            return keys.sort_key_sql(path)  # may index arrays: no key column
+        return columns.get(path) or keys.key_sql(path)
+
     terms = [key(path) + (" DESC" if direction == -1 else "") for path, direction in spec]
     return "ORDER BY " + ", ".join(terms) + ", _id"

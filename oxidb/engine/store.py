@@ -18,11 +18,16 @@ system). Catalog tables:
     C{text}; C{seq} orders them by creation.
 
 A collection's table is C{<tbl>(_id INTEGER PRIMARY KEY, _version INTEGER,
-doc TEXT)} with the whole document (including C{_id} and C{_version}) as
-compact JSON in C{doc}. Field and composite indexes are expression indexes
-C{<tbl>_i<seq>} over L{oxidb.engine.keys} functions of the document; a text
-index is two posting tables C{<tbl>_tt(term, id, tf)} and
-C{<tbl>_td(id, ntok)}.
+doc TEXT, k<seq>_<n> BLOB...)} with the whole document (including C{_id} and
+C{_version}) as compact JSON in C{doc}. A field or composite index C{seq}
+adds one key column C{k<seq>_<n>} per indexed path, holding the
+L{oxidb.engine.keys} key of the document at that path (computed in Python on
+every write, from the document the writer already holds), and a plain SQL
+index C{<tbl>_i<seq>} over those columns. A text index is two posting tables
+C{<tbl>_tt(term, id, tf)} and C{<tbl>_td(id, ntok)}.
+
+C{oxi_meta.layout} is L{LAYOUT}; databases of layout 1 (expression indexes
+over the key functions instead of key columns) are migrated on open.
 
 Everything here takes a connection and runs inside whatever transaction the
 caller opened; nothing commits on its own.
@@ -61,6 +66,9 @@ _SCHEMA = (
     " fields TEXT NOT NULL, is_unique INTEGER NOT NULL, seq INTEGER NOT NULL,"
     " PRIMARY KEY (collection, kind, name))",
 )
+
+#: The table layout this code writes (see the module docstring).
+LAYOUT = 2
 
 INDEX_FIELD = "field"
 INDEX_COMPOSITE = "composite"
@@ -105,6 +113,11 @@ class IndexDef:
 
     def sql_name(self, tbl: str) -> str:
         return f"{tbl}_i{self.seq}"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The key columns of a field or composite index, one per field."""
+        return tuple(f"k{self.seq}_{n}" for n in range(len(self.fields)))
 
     def describe(self) -> dict[str, Any]:
         """The C{list_indexes} descriptor (engine.md 4.6)."""
@@ -196,12 +209,16 @@ def list_collections(conn: sqlite3.Connection) -> list[CollectionInfo]:
     return [CollectionInfo(*row) for row in rows]
 
 
+def create_table(conn: sqlite3.Connection, tbl: str, key_columns: Iterable[str] = ()) -> None:
+    """Create a collection table (with these key columns)."""
+    columns = "".join(f", {column} BLOB" for column in key_columns)
+    conn.execute(f"CREATE TABLE {tbl}(_id INTEGER PRIMARY KEY, _version INTEGER NOT NULL, doc TEXT NOT NULL{columns})")
+
+
 def create_collection(conn: sqlite3.Connection, name: str) -> CollectionInfo:
     """Create the table and catalog row of a new collection."""
     tbl = new_table_name(conn)
-    conn.execute(
-        f"CREATE TABLE {tbl}(_id INTEGER PRIMARY KEY, _version INTEGER NOT NULL, doc TEXT NOT NULL)"
-    )
+    create_table(conn, tbl)
     conn.execute("INSERT INTO oxi_collections(name, tbl, last_id) VALUES (?, ?, 0)", (name, tbl))
     return CollectionInfo(name, tbl, 0)
 
@@ -260,14 +277,69 @@ def remove_index_def(conn: sqlite3.Connection, collection: str, index: IndexDef)
     )
 
 
-def create_sql_index(conn: sqlite3.Connection, tbl: str, index: IndexDef) -> None:
-    """Create the expression index backing a field or composite index."""
-    exprs = ", ".join(keys.key_sql(field) for field in index.fields)
-    conn.execute(f"CREATE INDEX {index.sql_name(tbl)} ON {tbl}({exprs})")
+def key_columns(defs: Iterable[IndexDef]) -> list[tuple[str, str]]:
+    """C{(column, path)} of every key column of these indexes, in order."""
+    return [
+        (column, path)
+        for index in defs
+        if index.kind != INDEX_TEXT
+        for column, path in zip(index.columns, index.fields)
+    ]
+
+
+def column_map(defs: Iterable[IndexDef]) -> dict[str, str]:
+    """The key column to read each indexed path from (the oldest index's)."""
+    columns: dict[str, str] = {}
+    for column, path in key_columns(defs):
+        columns.setdefault(path, column)
+    return columns
+
+
+def fill_key_columns(conn: sqlite3.Connection, tbl: str, index: IndexDef) -> None:
+    """Compute an index's key columns of every row from the stored texts."""
+    assignments = ", ".join(f"{column} = {keys.key_sql(path)}" for column, path in zip(index.columns, index.fields))
+    conn.execute(f"UPDATE {tbl} SET {assignments}")
+
+
+def create_sql_index(conn: sqlite3.Connection, tbl: str, index: IndexDef, *, add_columns: bool = True) -> None:
+    """
+    Back a field or composite index: add and fill its key columns (unless
+    C{add_columns} is false: the table already has them, filled) and index
+    them.
+    """
+    if add_columns:
+        for column in index.columns:
+            conn.execute(f"ALTER TABLE {tbl} ADD COLUMN {column} BLOB")
+        fill_key_columns(conn, tbl, index)
+    conn.execute(f"CREATE INDEX {index.sql_name(tbl)} ON {tbl}({', '.join(index.columns)})")
 
 
 def drop_sql_index(conn: sqlite3.Connection, tbl: str, index: IndexDef) -> None:
+    """Drop a field or composite index and its key columns."""
     conn.execute(f"DROP INDEX IF EXISTS {index.sql_name(tbl)}")
+    for column in index.columns:
+        conn.execute(f"ALTER TABLE {tbl} DROP COLUMN {column}")
+
+
+def migrate_layout(conn: sqlite3.Connection) -> None:
+    """
+    Bring a database to L{LAYOUT} (inside the caller's transaction): layout 1
+    expression indexes become key columns with plain indexes. A database
+    without collections is simply marked.
+    """
+    layout = get_meta(conn, "layout")
+    if layout is None:
+        layout = 1 if list_collections(conn) else LAYOUT
+    if layout == 1:
+        for info in list_collections(conn):
+            for index in list_index_defs(conn, info.name):
+                if index.kind != INDEX_TEXT:
+                    conn.execute(f"DROP INDEX IF EXISTS {index.sql_name(info.tbl)}")
+                    create_sql_index(conn, info.tbl, index)
+        layout = LAYOUT
+    if layout != LAYOUT:
+        raise OSError(f"database layout {layout} is newer than this server understands ({LAYOUT})")
+    set_meta(conn, "layout", LAYOUT)
 
 
 # --- text postings ----------------------------------------------------------

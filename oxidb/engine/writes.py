@@ -17,12 +17,12 @@ from __future__ import annotations
 import contextlib
 import math
 import sqlite3
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 
 from oxidb.engine import keys, paths, store, textstore, values
-from oxidb.engine.reads import Reader, plan_query
+from oxidb.engine.reads import Reader, check_query
 from oxidb.engine.store import CollectionInfo, IndexDef
 from oxidb.engine.updates import compile_update
 from oxidb.errors import (
@@ -113,16 +113,20 @@ class WriteTxn(Reader):
         old_size = store.storage_bytes(self.conn, info.tbl) + free_pages * page_size
         tbl = store.new_table_name(self.conn)
         conn = self.conn
-        conn.execute(f"CREATE TABLE {tbl}(_id INTEGER PRIMARY KEY, _version INTEGER NOT NULL, doc TEXT NOT NULL)")
-        conn.execute(f"INSERT INTO {tbl}(_id, _version, doc) SELECT _id, _version, doc FROM {info.tbl} ORDER BY _id")
         defs = store.list_index_defs(conn, info.name)
+        columns = "".join(f", {column}" for column, _ in store.key_columns(defs))
+        store.create_table(conn, tbl, [column for column, _ in store.key_columns(defs)])
+        conn.execute(
+            f"INSERT INTO {tbl}(_id, _version, doc{columns})"
+            f" SELECT _id, _version, doc{columns} FROM {info.tbl} ORDER BY _id"
+        )
         for index in defs:
             if index.kind == store.INDEX_TEXT:
                 store.create_text_tables(conn, tbl)
                 conn.execute(f"INSERT INTO {tbl}_tt SELECT * FROM {info.tbl}_tt ORDER BY term, id")
                 conn.execute(f"INSERT INTO {tbl}_td SELECT * FROM {info.tbl}_td ORDER BY id")
             else:
-                store.create_sql_index(conn, tbl, index)
+                store.create_sql_index(conn, tbl, index, add_columns=False)
         conn.execute(f"DROP TABLE {info.tbl}")
         store.drop_text_tables(conn, info.tbl)
         store.set_table(conn, info.name, tbl)
@@ -152,9 +156,12 @@ class WriteTxn(Reader):
         rows = [_prepare(document, first + i, 1) for i, document in enumerate(documents)]
         defs = store.list_index_defs(self.conn, info.name)
         self._check_unique(info, defs, rows, replacing=False)
+        key_columns = store.key_columns(defs)
+        names = "".join(f", {column}" for column, _ in key_columns)
+        marks = ", ?" * len(key_columns)
         self.conn.executemany(
-            f"INSERT INTO {info.tbl}(_id, _version, doc) VALUES (?, ?, ?)",
-            [(doc_id, version, text) for doc_id, version, _, text in rows],
+            f"INSERT INTO {info.tbl}(_id, _version, doc{names}) VALUES (?, ?, ?{marks})",
+            _with_keys(rows, key_columns, lambda row: (row[0], row[1], row[3])),
         )
         last = first + len(rows) - 1
         store.set_last_id(self.conn, info.name, last)
@@ -172,10 +179,10 @@ class WriteTxn(Reader):
             raise BadRequestError("missing 'query'")
         if update is None:
             raise BadRequestError("missing 'update'")
-        plan = plan_query(query)
+        matcher = check_query(query)
         compiled = compile_update(update)
         info = self.ensure_collection(collection)
-        matched = list(self.rows(info, plan, None, None, 1 if one else None))
+        matched = list(self.rows(info, self.plan_for(info, matcher), None, None, 1 if one else None))
         if not matched:
             return 0
         rows = []
@@ -184,9 +191,11 @@ class WriteTxn(Reader):
             rows.append(_prepare(new, doc_id, version + 1))
         defs = store.list_index_defs(self.conn, info.name)
         self._check_unique(info, defs, rows, replacing=True)
+        key_columns = store.key_columns(defs)
+        assignments = "".join(f", {column} = ?" for column, _ in key_columns)
         self.conn.executemany(
-            f"UPDATE {info.tbl} SET _version = ?, doc = ? WHERE _id = ?",
-            [(version, text, doc_id) for doc_id, version, _, text in rows],
+            f"UPDATE {info.tbl} SET _version = ?, doc = ?{assignments} WHERE _id = ?",
+            _with_keys(rows, key_columns, lambda row: (row[1], row[3]), lambda row: (row[0],)),
         )
         text_index = _text_index(defs)
         if text_index is not None:
@@ -202,8 +211,9 @@ class WriteTxn(Reader):
         """
         if query is None:
             raise BadRequestError("missing 'query'")
-        plan = plan_query(query)
+        matcher = check_query(query)
         info = self.ensure_collection(collection)
+        plan = self.plan_for(info, matcher)
         text_index = _text_index(store.list_index_defs(self.conn, info.name))
         if plan.exact and limit is None and text_index is None:
             sql = f"DELETE FROM {info.tbl}"
@@ -234,9 +244,8 @@ class WriteTxn(Reader):
         for index in uniques:
             path = index.fields[0]
             seen: set[bytes] = set()
-            key_sql = keys.key_sql(path)
             present_sql = keys.present_sql(path)
-            probe = f"SELECT 1 FROM {info.tbl} WHERE {key_sql} = ? AND {present_sql}"
+            probe = f"SELECT 1 FROM {info.tbl} WHERE {index.columns[0]} = ? AND {present_sql}"
             if replacing:
                 probe += " AND _id != ?"
             probe += " LIMIT 1"
@@ -244,7 +253,7 @@ class WriteTxn(Reader):
                 found, value = paths.get_path(doc, path)
                 if not found:
                     continue
-                key = keys.encode_key(value)
+                key = keys.key_of_value(value)
                 if key in seen:
                     raise UniqueViolationError(path)
                 seen.add(key)
@@ -279,15 +288,16 @@ class WriteTxn(Reader):
         existing = self._find_def(info, store.INDEX_FIELD, path)
         if existing is not None and existing.unique:
             return "unique index created"
-        if existing is None:
+        index = existing
+        if index is None:
             index = store.add_index_def(self.conn, info.name, store.INDEX_FIELD, path, (path,), True)
             store.create_sql_index(self.conn, info.tbl, index)
         else:
-            store.set_index_unique(self.conn, info.name, existing)
-        key_sql = keys.key_sql(path)
+            store.set_index_unique(self.conn, info.name, index)
+        column = index.columns[0]
         duplicate = self.conn.execute(
             f"SELECT 1 FROM {info.tbl} WHERE {keys.present_sql(path)}"
-            f" GROUP BY {key_sql} HAVING count(*) > 1 LIMIT 1"
+            f" GROUP BY {column} HAVING count(*) > 1 LIMIT 1"
         ).fetchone()
         if duplicate is not None:
             raise UniqueViolationError(path)
@@ -369,7 +379,37 @@ def _release_free_pages(conn: sqlite3.Connection) -> None:
         free = remaining
 
 
-def _prepare(document: Any, doc_id: int, version: int) -> tuple[int, int, dict[str, Any], str]:
+_PreparedRow = tuple[int, int, dict[str, Any], str]
+
+
+def _with_keys(
+    rows: list[_PreparedRow],
+    key_columns: list[tuple[str, str]],
+    head: Callable[[_PreparedRow], tuple[Any, ...]],
+    tail: Callable[[_PreparedRow], tuple[Any, ...]] = lambda row: (),
+) -> list[tuple[Any, ...]]:
+    """
+    Statement parameters per prepared row: C{head(row)}, the row's key of
+    every key column (computed from the stored form of the document), then
+    C{tail(row)}.
+    """
+    if not key_columns:
+        return [head(row) + tail(row) for row in rows]
+    split = [tuple(path.split(".")) for _, path in key_columns]
+    key_at = keys.key_at
+
+    def row_keys(row: _PreparedRow) -> tuple[bytes, ...]:
+        try:
+            return tuple([key_at(row[2], parts) for parts in split])
+        except TypeError:
+            # A value of a subclass of a JSON type: read the stored form.
+            doc = orjson.loads(row[3])
+            return tuple([key_at(doc, parts) for parts in split])
+
+    return [head(row) + row_keys(row) + tail(row) for row in rows]
+
+
+def _prepare(document: Any, doc_id: int, version: int) -> _PreparedRow:
     """
     Validate a document and give it its C{_id} and C{_version}; returns
     C{(_id, _version, document, json_text)}. The returned document is the one
