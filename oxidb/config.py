@@ -133,6 +133,37 @@ def parse_peers(text: str) -> dict[int, Address]:
     return peers
 
 
+@attrs.frozen(repr=False)
+class Secret:
+    """A secret setting; its repr never shows the value (verbose logging)."""
+
+    value: str
+
+    def __repr__(self) -> str:
+        return "Secret(<redacted>)"
+
+
+#: Shortest cluster key accepted.
+MIN_CLUSTER_KEY = 16
+
+
+def parse_cluster_key(text: str) -> Secret:
+    if len(text) < MIN_CLUSTER_KEY:
+        raise ValueError(f"must be at least {MIN_CLUSTER_KEY} characters long")
+    return Secret(text)
+
+
+def parse_ms_range(text: str) -> tuple[int, int]:
+    """C{low-high} in milliseconds, C{0 < low < high}."""
+    low, sep, high = text.partition("-")
+    if not sep:
+        raise ValueError("expected low-high, e.g. 1500-3000")
+    first, last = parse_positive_int(low), parse_positive_int(high)
+    if first >= last:
+        raise ValueError("the low end must be below the high end")
+    return first, last
+
+
 def format_address(address: Address) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -230,6 +261,26 @@ SETTINGS: tuple[Setting, ...] = (
             "Raft listen address, host:port"),
     Setting("raft_peers", "OXIDB_RAFT_PEERS", "raft-peers", None, parse_peers,
             "Raft peer address book: 1=host:port,2=host:port,..."),
+    Setting("raft_advertise", "OXIDB_RAFT_ADVERTISE", "raft-advertise", None, parse_peer_address,
+            "Raft address published to peers when OXIDB_RAFT_ADDR is not dialable (e.g. 0.0.0.0:4445)"),
+    Setting("cluster_key", "OXIDB_CLUSTER_KEY", "cluster-key", None, parse_cluster_key,
+            "shared secret every peer proves (HMAC) when it connects to the Raft port; 16+ characters"),
+    Setting("raft_tls_cert", "OXIDB_RAFT_TLS_CERT", "raft-tls-cert", None, parse_path,
+            "PEM certificate of this node for mutual TLS on the Raft port (with key and CA)"),
+    Setting("raft_tls_key", "OXIDB_RAFT_TLS_KEY", "raft-tls-key", None, parse_path,
+            "PEM private key for mutual TLS on the Raft port"),
+    Setting("raft_tls_ca", "OXIDB_RAFT_TLS_CA", "raft-tls-ca", None, parse_path,
+            "PEM CA certificate(s) that sign every cluster member's Raft certificate"),
+    Setting("forward_writes", "OXIDB_FORWARD_WRITES", "forward-writes", "true", parse_bool,
+            "a follower forwards writes to the leader instead of refusing them (true/false)"),
+    Setting("raft_heartbeat_ms", "OXIDB_RAFT_HEARTBEAT_MS", "raft-heartbeat-ms", "500", parse_positive_int,
+            "Raft heartbeat interval in milliseconds"),
+    Setting("raft_election_ms", "OXIDB_RAFT_ELECTION_MS", "raft-election-ms", "1500-3000", parse_ms_range,
+            "Raft election timeout range in milliseconds, low-high (randomised per term)"),
+    Setting("raft_snapshot_logs", "OXIDB_RAFT_SNAPSHOT_LOGS", "raft-snapshot-logs", "5000", parse_positive_int,
+            "applied log entries between two Raft snapshots"),
+    Setting("raft_keep_logs", "OXIDB_RAFT_KEEP_LOGS", "raft-keep-logs", "1000", parse_uint,
+            "log entries kept behind a snapshot for followers that lag a little"),
 )
 
 _BY_FIELD = {s.field: s for s in SETTINGS if s.field is not None}
@@ -253,6 +304,16 @@ class Config:
     node_id: int | None = None
     raft_addr: Address = ("127.0.0.1", 4445)
     raft_peers: dict[int, Address] | None = None
+    raft_advertise: Address | None = None
+    cluster_key: Secret | None = None
+    raft_tls_cert: str | None = None
+    raft_tls_key: str | None = None
+    raft_tls_ca: str | None = None
+    forward_writes: bool = True
+    raft_heartbeat_ms: int = 500
+    raft_election_ms: tuple[int, int] = (1500, 3000)
+    raft_snapshot_logs: int = 5000
+    raft_keep_logs: int = 1000
     auth: AuthSettings = attrs.field(factory=AuthSettings)
     tls: TlsPaths | None = None
     audit: AuditSettings = attrs.field(factory=AuditSettings)

@@ -236,6 +236,13 @@ class NotLeaderError(RaftError):
         )
 
 
+class LeaderError(OxiError):
+    """
+    The leader's error for a write a follower forwarded to it; the message is
+    the leader's text, unchanged, so that the client sees what the leader said.
+    """
+
+
 # --- configuration (startup only; never on the wire) ------------------------
 
 
