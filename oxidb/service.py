@@ -34,12 +34,13 @@ from oxidb.auth.store import register_appliers
 from oxidb.auth.tls import load_server_tls
 from oxidb.commands import default_registry
 from oxidb.commands.auth import LOGIN_COMMANDS, USER_COMMANDS
+from oxidb.commands.raft import RAFT_COMMANDS
 from oxidb.commands._registry import CommandRegistry
 from oxidb.config import SETTINGS, Config, format_address
 from oxidb.engine import blobs, procedures as procedure_store, transactions
 from oxidb.engine.engine import Engine
-from oxidb.errors import ConfigError
 from oxidb.metrics import MetricsRefresher, NodeHealth, ServerMetrics, make_metrics_site, threadpool_stats
+from oxidb.raft.service import RaftService
 from oxidb.server.dispatch import Dispatcher
 from oxidb.server.executor import LocalExecutor
 from oxidb.server.protocol import OxiServerFactory
@@ -91,11 +92,6 @@ class OxiService(MultiService):
 
     def __init__(self, config: Config, reactor: Any, *, handle_signals: bool = False) -> None:
         super().__init__()
-        if config.node_id is not None:
-            raise ConfigError(
-                f"OXIDB_NODE_ID={config.node_id}: cluster mode is not available in this build yet; "
-                "unset OXIDB_NODE_ID to run standalone"
-            )
         self.config = config
         self.reactor = reactor
         self.handle_signals = handle_signals
@@ -110,13 +106,19 @@ class OxiService(MultiService):
         self.shared.factory = self.factory
         self.port: Any = None
         self.metrics_port: Any = None
-        self.engine = Engine(data_dir, synchronous="FULL", auto_create_on_read=True)
+        # Cluster mode: reads never write, and the Raft log is the durable
+        # record (docs/clustering.md, "Durability").
+        cluster = config.node_id is not None
+        self.engine = Engine(data_dir, synchronous="NORMAL" if cluster else "FULL", auto_create_on_read=not cluster)
         transactions.register_appliers(self.engine)
         procedure_store.register_appliers(self.engine)
         blobs.register_appliers(self.engine)
+        self.raft: RaftService | None = self._setup_cluster() if cluster else None
         self._setup_metrics()
         self._setup_security()
-        Scheduler(reactor, self.shared.executor, self.engine, metrics=self.shared.metrics).setServiceParent(self)
+        Scheduler(
+            reactor, self.shared.executor, self.engine, should_run=self._runs_schedules, metrics=self.shared.metrics
+        ).setServiceParent(self)
 
     def _setup_security(self) -> None:
         """TLS, GELF, audit and authentication, each only when configured."""
@@ -149,9 +151,46 @@ class OxiService(MultiService):
         metrics = ServerMetrics(self.reactor, shared.registry.names(), data_dir=shared.data_dir)
         metrics.threadpool_source = lambda: threadpool_stats(self.threadpool)
         metrics.documents_source = self.engine.collection_counts
+        if self.raft is not None:
+            metrics.raft_source = self.raft.status
         shared.metrics = metrics
         if self.config.metrics_addr is not None:
             MetricsRefresher(metrics, self.reactor, shared.executor.read).setServiceParent(self)
+
+    # --- cluster mode ---------------------------------------------------------
+
+    def _setup_cluster(self) -> RaftService:
+        """
+        Raft (OXIDB_NODE_ID set): the node and its Raft port, writes through
+        Raft (the cluster executor), linearizable reads on request, and the
+        raft_* commands.
+        """
+        shared = self.shared
+        raft = RaftService(
+            self.config,
+            self.reactor,
+            engine=self.engine,
+            threadpool=self.threadpool,
+            users=lambda: shared.auth.store if shared.auth is not None else None,
+            on_fatal=self._cluster_failed,
+        )
+        shared.raft = raft
+        shared.executor = raft.executor
+        shared.dispatcher = self.factory.dispatcher = raft.wrap_dispatcher(self.dispatcher)
+        shared.registry.extend(RAFT_COMMANDS)
+        raft.setServiceParent(self)
+        return raft
+
+    def _runs_schedules(self) -> bool:
+        """Standalone servers run schedules; in a cluster, only the leader."""
+        return self.raft is None or self.raft.node.is_leader
+
+    def _cluster_failed(self, failure: Any) -> None:
+        """The Raft node stopped itself (its storage failed): stop the server."""
+        self._log.critical("oxidb-server: stopping: the Raft node failed ({error})", error=failure.getErrorMessage())
+        self.reactor.callLater(0, self.reactor.stop)
+
+    # --- starting and stopping -----------------------------------------------
 
     def privilegedStartService(self) -> None:
         host, port = self.config.addr

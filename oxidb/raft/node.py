@@ -1,0 +1,771 @@
+"""
+L{RaftNode}: the driver that turns the sans-IO L{oxidb.raft.core.RaftCore}
+into a working replica.
+
+It feeds the core ticks from the injected clock, messages from the peer
+transport and requests from the server, and handles the core's outputs one
+L{oxidb.raft.core.Ready} at a time in the documented order: send the
+messages, make the batch durable (L{RaftStorage.save} on the Raft I/O
+thread), send the messages that waited for that, install a snapshot and
+apply committed entries through the L{IStateMachine} (one group commit per
+batch), answer ReadIndex reads, start a snapshot when asked, and
+L{advance <oxidb.raft.core.RaftCore.advance>}. Inputs that arrive while a
+ready is being handled are batched into the next one, so concurrent writes
+share one fsync and one append message per follower.
+
+Requests:
+
+* L{write}: on the leader, propose and fire with the apply result (matched
+  by log id: a different entry applied at that index means the write was
+  lost and may be retried); on a follower, forward to the leader
+  (L{oxidb.raft.forward}) unless forwarding is off; with no leader, wait a
+  bounded time for one.
+* L{read_barrier}: a ReadIndex round; fires once the local state machine has
+  applied everything committed when the read began.
+* L{initialize}, L{add_learner}, L{change_membership}: the management
+  commands, each waiting (bounded) for its effect.
+
+A storage error (a failed fsync above all) or a failure to apply is fatal:
+the node shuts down and reports it; it never retries.
+"""
+
+from __future__ import annotations
+
+import random
+from itertools import count
+from typing import Any, Callable, Mapping, Sequence
+
+import attrs
+import orjson
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from oxidb.errors import InternalError, LeaderError, NotLeaderError, OxiError, RaftError, TooLargeError, UnavailableError
+from oxidb.metrics import RaftStatus
+from oxidb.raft.core import RaftConfig, RaftCore, RaftMetrics, Ready
+from oxidb.raft.forward import FORWARD, FORWARD_RESULT, ForwardRequest, ForwardResult
+from oxidb.raft.messages import Entry, LogId, Message, PersistBatch, StoredMembership, encode_message, message_from_json
+from oxidb.raft.storage import DurableState, RaftStorage
+from oxidb.raft.transport import IPeerChannel, IPeerHandler, IRaftTransport, PeerProtocolError
+from oxidb.wire.framing import MAX_FRAME
+
+#: Room left in a frame for the envelope around a replicated operation.
+_FRAME_ROOM = 64 << 10
+
+
+@attrs.frozen
+class Outcome:
+    """The result of applying one entry: C{value} is the data, or the exception."""
+
+    ok: bool
+    value: Any
+
+
+@attrs.frozen
+class SnapshotBuild:
+    """
+    A snapshot being made: C{pinned} fires once the state it captures is fixed
+    (the driver may go on applying), C{data} with the snapshot's bytes.
+    """
+
+    pinned: "Deferred[None]"
+    data: "Deferred[bytes]"
+
+
+class IStateMachine(Interface):
+    """What the replicated log is applied to."""
+
+    def apply(entries: Sequence[Entry]) -> "Deferred[list[Outcome]]":
+        """
+        Apply committed entries in order, durably recording the last index
+        applied with them; fire with one L{Outcome} per entry. A failure
+        (rather than an outcome) means the state machine is broken.
+        """
+
+    def install_snapshot(data: bytes) -> "Deferred[None]":
+        """Replace the whole state with a snapshot's bytes."""
+
+    def build_snapshot() -> SnapshotBuild:
+        """Capture the current state (everything applied so far)."""
+
+
+class _Timeout(Exception):
+    """A bounded wait ran out."""
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    check: Callable[[], bool]
+    deferred: "Deferred[None]"
+    timer: Any = None
+
+
+@attrs.define(eq=False)
+class _Proposal:
+    log_id: LogId
+    deferred: "Deferred[Any]"
+    timer: IDelayedCall
+
+
+@attrs.define(eq=False)
+class _Forward:
+    """A write forwarded to C{leader}, the leader of C{term}."""
+
+    leader: int
+    term: int
+    deferred: "Deferred[ForwardResult]"
+    timer: IDelayedCall
+
+
+@implementer(IPeerHandler)
+class RaftNode:
+    """
+    @param node_id: this node's id.
+    @param clock: an C{IReactorTime}: ticks, timeouts, entry timestamps.
+    @param config: the core's timing and limits.
+    @param storage: the loaded L{RaftStorage} (its C{save} runs via C{run_io}).
+    @param state_machine: an L{IStateMachine}.
+    @param transport: an L{IRaftTransport} (this node is its frame
+        handler); may be set later through L{transport}, before L{start}.
+    @param rng: the core's randomness (election timeouts).
+    @param run_io: C{run_io(fn, *args)} runs blocking storage work off the
+        reactor thread, one call at a time, and returns a Deferred.
+    @param peers: the address book (node id -> C{host:port}) used for nodes
+        whose address the membership does not give.
+    @param forward_writes: followers forward writes to the leader.
+    @param leader_wait: seconds a request waits for a leader to be elected.
+    @param write_timeout: seconds a write waits to be committed and applied.
+    @param catch_up_timeout: seconds C{raft_add_learner} and
+        C{raft_change_membership} wait for their effect.
+    @param on_fatal: called with the failure when the node stops itself.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        node_id: int,
+        *,
+        clock: Any,
+        config: RaftConfig,
+        storage: RaftStorage,
+        state_machine: IStateMachine,
+        transport: IRaftTransport | None = None,
+        rng: random.Random,
+        run_io: Callable[..., "Deferred[Any]"],
+        peers: Mapping[int, str] | None = None,
+        forward_writes: bool = True,
+        leader_wait: float = 5.0,
+        write_timeout: float = 30.0,
+        catch_up_timeout: float = 60.0,
+        tick_interval: float = 0.05,
+        on_fatal: Callable[[Failure], None] | None = None,
+    ) -> None:
+        self.id = node_id
+        self._clock = clock
+        self._config = config
+        self._storage = storage
+        self._sm = state_machine
+        self.transport = transport
+        self._rng = rng
+        self._run_io = run_io
+        self._peers = dict(peers or {})
+        self.forward_writes = forward_writes
+        self.leader_wait = leader_wait
+        self.write_timeout = write_timeout
+        self.catch_up_timeout = catch_up_timeout
+        self._tick_interval = tick_interval
+        self._on_fatal = on_fatal
+        self.core: RaftCore | None = None
+        self._loop: LoopingCall | None = None
+        self._busy = False
+        self._stopped = False
+        self.failure: Failure | None = None
+        self._durable_index = 0
+        self._applied: LogId | None = None
+        self._proposals: dict[int, _Proposal] = {}
+        self._reads: dict[int, Deferred[bool]] = {}
+        self._forwards: dict[int, _Forward] = {}
+        self._forward_ids = count(1)
+        self._waiters: list[_Waiter] = []
+        self._retained: frozenset[int] = frozenset()
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    def start(self, state: DurableState, applied: LogId | None) -> None:
+        """Start from the loaded durable state; C{applied} is the state machine's."""
+        self.core = RaftCore(
+            self.id, config=self._config, rng=self._rng, state=state, now=self._now_ms(), applied=applied
+        )
+        self._applied = applied
+        last = state.entries[-1].index if state.entries else 0
+        self._durable_index = last
+        self._retain_links()
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self._clock
+        self._loop.start(self._tick_interval, now=False)
+        self._kick()
+
+    def stop(self) -> None:
+        """Stop taking inputs; fail every waiting request."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self.core is not None:
+            self.core.shutdown()
+        self._fail_everything(self._stopped_error())
+
+    def _stopped_error(self) -> UnavailableError:
+        if self.failure is not None:
+            return UnavailableError("raft node stopped after a storage failure")
+        return UnavailableError("the raft node is shutting down")
+
+    @property
+    def running(self) -> bool:
+        return self.core is not None and not self._stopped
+
+    def _require_core(self) -> RaftCore:
+        if self.core is None:
+            raise UnavailableError("the raft node is not running")
+        if self._stopped:
+            raise self._stopped_error()
+        return self.core
+
+    # --- driving the core ------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if self.core is None or self._stopped:
+            return
+        self.core.tick(self._now_ms())
+        self._kick()
+
+    def _kick(self) -> None:
+        """Handle readies until none is left or one waits for I/O."""
+        if self._busy:
+            return
+        self._busy = True
+        self._run_readies()
+
+    def _run_readies(self) -> None:
+        core = self.core
+        while core is not None and not self._stopped and core.has_ready():
+            d = self._process(core.ready())
+            if not d.called:
+                d.addCallbacks(lambda _: self._run_readies(), self._fatal)
+                return
+            failures: list[Failure] = []
+            d.addErrback(failures.append)
+            if failures:
+                self._fatal(failures[0])
+                return
+        self._busy = False
+        self._notify()
+
+    @inlineCallbacks
+    def _process(self, ready: Ready) -> Any:
+        core = self.core
+        assert core is not None
+        self._send_all(ready.messages)
+        persist = ready.persist
+        if not persist.is_empty:
+            yield self._run_io(self._storage.save, persist)
+            if self._stopped:
+                return
+            self._saved(persist)
+        self._send_all(ready.persisted_messages)
+        if ready.apply_snapshot is not None:
+            meta = ready.apply_snapshot.meta
+            self._log.info("raft: installing snapshot {id}", id=meta.snapshot_id)
+            yield self._sm.install_snapshot(ready.apply_snapshot.data)
+            if self._stopped:
+                return
+            core.applied(meta.last_log_id)
+            self._applied = meta.last_log_id
+        if ready.committed_entries:
+            outcomes = yield self._sm.apply(ready.committed_entries)
+            if self._stopped:
+                return
+            last = ready.committed_entries[-1].log_id
+            core.applied(last)
+            self._applied = last
+            self._settle(ready.committed_entries, outcomes)
+        for state in ready.read_states:
+            self._read_done(state.request_id, True)
+        for request_id in ready.failed_reads:
+            self._read_done(request_id, False)
+        if ready.build_snapshot:
+            yield self._start_snapshot()
+        core.advance(ready)
+        self._retain_links()
+
+    def _saved(self, persist: PersistBatch) -> None:
+        if persist.truncate_from is not None:
+            self._durable_index = min(self._durable_index, persist.truncate_from - 1)
+        if persist.snapshot is not None:
+            self._durable_index = max(self._durable_index, persist.snapshot.meta.last_log_id.index)
+        if persist.entries:
+            self._durable_index = persist.entries[-1].index
+
+    def _require_transport(self) -> IRaftTransport:
+        if self.transport is None:
+            raise RuntimeError("the node has no transport")
+        return self.transport
+
+    def _send_frame(self, peer: int, payload: bytes) -> None:
+        self._require_transport().send(peer, payload)
+
+    def _send_all(self, messages: Sequence[Message]) -> None:
+        for msg in messages:
+            self._send_frame(msg.dst, encode_message(msg))
+
+    def _start_snapshot(self) -> "Deferred[None]":
+        applied = self._applied
+        assert applied is not None
+        build = self._sm.build_snapshot()
+
+        def built(data: bytes) -> None:
+            if self.core is None or self._stopped:
+                return
+            self.core.snapshot_built(applied, data)
+            self._log.info(
+                "raft: snapshot at {log_id} built ({size} bytes)", log_id=applied.display(), size=len(data)
+            )
+            self._kick()
+
+        build.data.addCallbacks(built, self._fatal)
+        return build.pinned
+
+    def _retain_links(self) -> None:
+        core = self.core
+        if core is None or core.membership is None:
+            return
+        peers = frozenset(core.membership.membership.nodes) - {self.id}
+        if peers != self._retained:
+            self._retained = peers
+            self._require_transport().retain(set(peers))
+
+    def _fatal(self, failure: Failure) -> None:
+        if self.failure is not None:
+            return
+        self.failure = failure
+        self._busy = False
+        self._log.failure("raft: stopping the node after a fatal error", failure)
+        self.stop()
+        if self._on_fatal is not None:
+            self._on_fatal(failure)
+
+    def _fail_everything(self, error: OxiError) -> None:
+        proposals, self._proposals = self._proposals, {}
+        for proposal in proposals.values():
+            proposal.timer.cancel()
+            proposal.deferred.errback(error)
+        reads, self._reads = self._reads, {}
+        for d in reads.values():
+            d.callback(False)
+        forwards, self._forwards = self._forwards, {}
+        for forward in forwards.values():
+            forward.timer.cancel()
+            forward.deferred.errback(error)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.timer.cancel()
+            waiter.deferred.errback(error)
+
+    # --- bounded waits ---------------------------------------------------------------
+
+    def _wait(self, check: Callable[[], bool], timeout: float) -> "Deferred[None]":
+        """
+        Fire when C{check()} is true (checked after every change), or fail
+        with L{_Timeout} after C{timeout} seconds. C{check} may raise an
+        L{OxiError} to fail the wait.
+        """
+        d: Deferred[None] = Deferred()
+        try:
+            if check():
+                d.callback(None)
+                return d
+        except OxiError:
+            d.errback()
+            return d
+        waiter = _Waiter(check, d)
+        waiter.timer = self._clock.callLater(max(0.0, timeout), self._wait_expired, waiter)
+        self._waiters.append(waiter)
+        return d
+
+    def _wait_expired(self, waiter: _Waiter) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+            waiter.deferred.errback(_Timeout())
+
+    def _notify(self) -> None:
+        self._check_forwards()
+        if not self._waiters:
+            return
+        for waiter in list(self._waiters):
+            try:
+                ready = waiter.check()
+            except OxiError:
+                self._waiters.remove(waiter)
+                waiter.timer.cancel()
+                waiter.deferred.errback()
+                continue
+            if ready:
+                self._waiters.remove(waiter)
+                waiter.timer.cancel()
+                waiter.deferred.callback(None)
+
+    # --- IPeerHandler --------------------------------------------------------------------
+
+    def frame_received(self, peer: int, frame: dict[str, Any], channel: IPeerChannel) -> None:
+        if self.core is None or self._stopped:
+            return
+        kind = frame.get("type")
+        if kind == FORWARD:
+            self._forward_received(ForwardRequest.from_json(frame), channel)
+            return
+        if kind == FORWARD_RESULT:
+            self._forward_answered(ForwardResult.from_json(frame))
+            return
+        msg = message_from_json(frame)
+        if msg.src != peer or msg.dst != self.id:
+            raise PeerProtocolError(f"a message from node {msg.src} to node {msg.dst} on node {peer}'s connection")
+        self.core.receive(msg)
+        self._kick()
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def propose(self, op: dict[str, Any]) -> "Deferred[Any]":
+        """
+        Propose C{op} on this node, which must lead (L{NotLeaderError}
+        otherwise); fires with the apply result.
+        """
+        core = self._require_core()
+        log_id = core.propose(op, self._now_ms())
+        d: Deferred[Any] = Deferred()
+        timer = self._clock.callLater(self.write_timeout, self._proposal_expired, log_id.index)
+        previous = self._proposals.pop(log_id.index, None)
+        if previous is not None:
+            # An earlier proposal at this index was overwritten before it came back.
+            previous.timer.cancel()
+            previous.deferred.errback(RaftError("the write was lost in a leader change; retry it"))
+        self._proposals[log_id.index] = _Proposal(log_id, d, timer)
+        self._kick()
+        return d
+
+    def _proposal_expired(self, index: int) -> None:
+        proposal = self._proposals.pop(index, None)
+        if proposal is not None:
+            proposal.deferred.errback(
+                RaftError(f"the write was not committed within {self.write_timeout:g}s; its outcome is unknown")
+            )
+
+    def _settle(self, entries: Sequence[Entry], outcomes: Sequence[Outcome]) -> None:
+        for entry, outcome in zip(entries, outcomes):
+            proposal = self._proposals.pop(entry.index, None)
+            if proposal is None:
+                continue
+            proposal.timer.cancel()
+            if proposal.log_id != entry.log_id:
+                proposal.deferred.errback(RaftError("the write was lost in a leader change; retry it"))
+            elif outcome.ok:
+                proposal.deferred.callback(outcome.value)
+            else:
+                proposal.deferred.errback(outcome.value)
+
+    @inlineCallbacks
+    def write(self, op: dict[str, Any]) -> Any:
+        """
+        Replicate C{op} and return the leader's apply result, from any node
+        (see the module docstring).
+        """
+        size = len(orjson.dumps(op))
+        if size > MAX_FRAME - _FRAME_ROOM:
+            raise TooLargeError(f"replicated operation of {size} bytes exceeds the Raft frame limit")
+        deadline = self._clock.seconds() + self.leader_wait
+        while True:
+            core = self._require_core()
+            if core.is_leader or not self.forward_writes:
+                try:
+                    proposed = self.propose(op)
+                except NotLeaderError:
+                    raise
+                except RaftError:
+                    # The leader is handing over: wait for the next one.
+                    yield self._wait_for_leader_change(core.leader_id, deadline)
+                    continue
+                result = yield proposed
+                return result
+            leader = core.leader_id
+            if leader is None:
+                yield self._wait_for_leader_change(None, deadline)
+                continue
+            answer = yield self._forward(leader, core.current_term, op)
+            if answer.ok:
+                return answer.data
+            if not answer.redirect:
+                raise LeaderError(answer.error)
+            yield self._wait_for_leader_change(leader, deadline)
+
+    def _wait_for_leader_change(self, leader: int | None, deadline: float) -> "Deferred[None]":
+        """Wait until a leader other than C{leader} is known, until C{deadline}."""
+
+        def changed() -> bool:
+            core = self._require_core()
+            return core.leader_id is not None and core.leader_id != leader
+
+        d = self._wait(changed, deadline - self._clock.seconds())
+
+        def timed_out(failure: Failure) -> None:
+            failure.trap(_Timeout)
+            raise RaftError(f"no leader elected within {self.leader_wait:g}s; retry")
+
+        d.addErrback(timed_out)
+        return d
+
+    def _forward(self, leader: int, term: int, op: dict[str, Any]) -> "Deferred[ForwardResult]":
+        """
+        Send C{op} to C{leader}, bound to its C{term}: a node that does not
+        lead in that term (a restarted old leader, say) refuses it.
+        """
+        request_id = next(self._forward_ids)
+        d: Deferred[ForwardResult] = Deferred()
+        timer = self._clock.callLater(self.write_timeout, self._forward_expired, request_id, leader)
+        self._forwards[request_id] = _Forward(leader, term, d, timer)
+        self._send_frame(leader, ForwardRequest(request_id, term, op).encode())
+        return d
+
+    def _check_forwards(self) -> None:
+        """Fail forwards whose leader this node no longer follows: their outcome is unknown."""
+        core = self.core
+        if not self._forwards or core is None:
+            return
+        for request_id, forward in list(self._forwards.items()):
+            if core.leader_id != forward.leader or core.current_term != forward.term:
+                del self._forwards[request_id]
+                forward.timer.cancel()
+                forward.deferred.errback(
+                    RaftError(
+                        f"the leader (node {forward.leader}) changed before it answered a forwarded write; "
+                        "its outcome is unknown"
+                    )
+                )
+
+    def _forward_expired(self, request_id: int, leader: int) -> None:
+        forward = self._forwards.pop(request_id, None)
+        if forward is not None:
+            forward.deferred.errback(
+                RaftError(
+                    f"the leader (node {leader}) did not answer a forwarded write within "
+                    f"{self.write_timeout:g}s; its outcome is unknown"
+                )
+            )
+
+    def _forward_answered(self, answer: ForwardResult) -> None:
+        forward = self._forwards.pop(answer.request_id, None)
+        if forward is not None:
+            forward.timer.cancel()
+            forward.deferred.callback(answer)
+
+    def _forward_received(self, request: ForwardRequest, channel: IPeerChannel) -> None:
+        core = self.core
+        assert core is not None
+        if not core.is_leader or core.current_term != request.term:
+            channel.send(
+                ForwardResult(request.request_id, False, error="not the leader of that term", redirect=True).encode()
+            )
+            return
+        try:
+            d = self.propose(request.op)
+        except RaftError as e:
+            # Not the leader any more, or handing leadership over.
+            channel.send(ForwardResult(request.request_id, False, error=str(e), redirect=True).encode())
+            return
+
+        def done(data: Any) -> None:
+            try:
+                channel.send(ForwardResult(request.request_id, True, data).encode())
+            except TypeError:
+                self._log.failure("raft: a forwarded write's result is not JSON")
+                channel.send(ForwardResult(request.request_id, False, error=InternalError().message).encode())
+
+        def failed(failure: Failure) -> None:
+            error = failure.value
+            if not isinstance(error, OxiError):
+                self._log.failure("raft: a forwarded write failed unexpectedly", failure)
+                error = InternalError()
+            channel.send(ForwardResult(request.request_id, False, error=error.message).encode())
+
+        d.addCallbacks(done, failed)
+
+    # --- linearizable reads -----------------------------------------------------------
+
+    @inlineCallbacks
+    def read_barrier(self) -> Any:
+        """
+        Fire once this node's state machine holds every write committed before
+        the call (ReadIndex through the leader); fails with L{RaftError} when
+        no leader confirms within the leader wait.
+        """
+        deadline = self._clock.seconds() + self.leader_wait
+        while True:
+            core = self._require_core()
+            request_id = core.read_index()
+            d: Deferred[bool] = Deferred()
+            self._reads[request_id] = d
+            self._kick()
+            confirmed = yield d
+            if confirmed:
+                return None
+            if self._clock.seconds() >= deadline:
+                raise RaftError(f"linearizable read: no leader confirmed within {self.leader_wait:g}s; retry")
+            yield self._wait_for_leader_change(None, deadline)
+
+    def _read_done(self, request_id: int, confirmed: bool) -> None:
+        d = self._reads.pop(request_id, None)
+        if d is not None:
+            d.callback(confirmed)
+
+    # --- management --------------------------------------------------------------------
+
+    @inlineCallbacks
+    def initialize(self, addr: str) -> Any:
+        """Create a one-member cluster of this node; fires once that is durable."""
+        core = self._require_core()
+        log_id = core.initialize({self.id: addr})
+        self._kick()
+        yield self._wait(lambda: self._durable_index >= log_id.index, self.write_timeout)
+        return log_id
+
+    def _settled(self, core: RaftCore) -> "Deferred[None]":
+        """
+        On a leader, wait (up to the leader wait) until a membership change
+        may start: an entry of its term is applied (a new leader's blank
+        entry) and no earlier change is still under way. The core decides
+        and explains afterwards if the wait runs out.
+        """
+
+        def settled() -> bool:
+            if not core.is_leader:
+                return True
+            applied, stored = self._applied, core.membership
+            return (
+                applied is not None
+                and applied.term == core.current_term
+                and stored is not None
+                and stored.log_id is not None
+                and not stored.membership.is_joint
+                and stored.log_id.index <= applied.index
+            )
+
+        return self._wait(settled, self.leader_wait).addErrback(lambda f: f.trap(_Timeout) and None)
+
+    @inlineCallbacks
+    def add_learner(self, node_id: int, addr: str) -> Any:
+        """
+        Add (or re-address) a learner and wait until it has replicated the
+        log up to the membership change; fires with C{(log id, membership)}.
+        """
+        core = self._require_core()
+        yield self._settled(core)
+        log_id = core.add_learner(node_id, addr)
+        self._kick()
+
+        def caught_up() -> bool:
+            if not core.is_leader:
+                raise RaftError("leadership was lost while the learner caught up; check raft_metrics")
+            applied = self._applied.index if self._applied else 0
+            if applied < log_id.index:
+                return False
+            return node_id == self.id or core.metrics().replication.get(node_id, 0) >= log_id.index
+
+        try:
+            yield self._wait(caught_up, self.catch_up_timeout)
+        except _Timeout:
+            raise RaftError(
+                f"node {node_id} has not caught up within {self.catch_up_timeout:g}s; it keeps replicating"
+            ) from None
+        return log_id, core.membership
+
+    @inlineCallbacks
+    def change_membership(self, voters: set[int]) -> Any:
+        """
+        Make C{voters} the voter set (joint consensus); fires with the log id
+        and membership of the final configuration once it is applied here.
+        """
+        core = self._require_core()
+        yield self._settled(core)
+        current = core.membership
+        log_id = core.change_membership(voters)
+        self._kick()
+        if current is not None and current.log_id == log_id:
+            return log_id, current
+
+        def final() -> StoredMembership | None:
+            stored = core.membership
+            applied = self._applied.index if self._applied else 0
+            if stored is None or stored.log_id is None or stored.membership.is_joint:
+                return None
+            if stored.log_id.index <= log_id.index or applied < stored.log_id.index:
+                return None
+            return stored
+
+        try:
+            yield self._wait(lambda: final() is not None, self.catch_up_timeout)
+        except _Timeout:
+            raise RaftError(
+                f"the membership change did not complete within {self.catch_up_timeout:g}s; check raft_metrics"
+            ) from None
+        stored = final()
+        assert stored is not None and stored.log_id is not None
+        return stored.log_id, stored
+
+    # --- introspection ------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.core is not None and not self._stopped and self.core.is_leader
+
+    def metrics(self) -> RaftMetrics:
+        core = self.core
+        if core is None:
+            raise UnavailableError("the raft node is not running")
+        metrics = core.metrics()
+        if self._stopped:
+            metrics = attrs.evolve(metrics, state="Shutdown")
+        return metrics
+
+    def status(self) -> RaftStatus:
+        """The node's Raft status for C{/metrics}, C{/ready} and C{server_status}."""
+        core = self.core
+        if core is None:
+            return RaftStatus(node_id=self.id, state="Shutdown", term=0, leader_id=None,
+                              last_log_index=0, commit_index=0, applied_index=0)
+        m = core.metrics()
+        return RaftStatus(
+            node_id=self.id,
+            state="Shutdown" if self._stopped else m.state,
+            term=m.current_term,
+            leader_id=m.current_leader,
+            last_log_index=m.last_log_index or 0,
+            commit_index=m.commit_index,
+            applied_index=m.last_applied.index if m.last_applied else 0,
+            match_index=dict(m.replication) if m.state == "Leader" else {},
+        )
+
+    def address_of(self, node: int) -> str | None:
+        """A node's Raft address: the membership's, else the address book's."""
+        core = self.core
+        if core is not None and core.membership is not None:
+            addr = core.membership.membership.nodes.get(node)
+            if addr:
+                return addr
+        return self._peers.get(node)

@@ -1,0 +1,171 @@
+"""
+L{RaftService}: the cluster-mode parts of a server, as one Twisted service.
+
+It holds the durable Raft storage in C{OXIDB_DATA}, the engine-backed state
+machine, the peer transport on C{OXIDB_RAFT_ADDR} and the L{RaftNode}
+driving them, plus what the rest of the server plugs in: the
+L{ClusterExecutor}, the L{LinearizableDispatcher} wrapper and the Raft
+status for metrics and health. L{oxidb.service.OxiService} adds it as a
+child; it starts after the engine has opened and stops before it closes.
+
+Start-up (blocking, before the reactor serves anything): load the Raft
+files (L{oxidb.raft.storage.StorageCorruptError} stops the server), find the
+log id of the state machine's C{last_applied} so that nothing is applied
+twice, bind the Raft port and start the node. A node restarted on its data
+rejoins by itself: the term, vote, log and membership are on disk.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from oxidb.auth.store import UserStore
+from oxidb.config import Config
+from oxidb.errors import ConfigError
+from oxidb.metrics import RaftStatus
+from oxidb.raft.disk import OsDisk
+from oxidb.raft.executor import ClusterExecutor, LinearizableDispatcher
+from oxidb.raft.messages import LogId
+from oxidb.raft.node import RaftNode
+from oxidb.raft.settings import ClusterSettings
+from oxidb.raft.statemachine import EngineStateMachine, ReadGate
+from oxidb.raft.storage import DurableState, RaftStorage
+from oxidb.raft.transport import PeerTransport
+
+
+def applied_log_id(state: DurableState, index: int) -> LogId | None:
+    """
+    The log id of the entry the state machine applied last (C{index}), for
+    the core's C{applied=}; C{None} when the state machine must start over
+    from the snapshot (its index lies in the purged part of the log).
+
+    @raise ConfigError: the state machine is ahead of the Raft log (the Raft
+        files were removed or replaced).
+    """
+    if index == 0:
+        return None
+    entries = state.entries
+    if entries and entries[0].index <= index <= entries[-1].index:
+        return entries[index - entries[0].index].log_id
+    snapshot = state.snapshot
+    if snapshot is not None and snapshot.meta.last_log_id.index == index:
+        return snapshot.meta.last_log_id
+    last = entries[-1].index if entries else (snapshot.meta.last_log_id.index if snapshot else 0)
+    if index > last:
+        raise ConfigError(
+            f"the database has applied Raft index {index} but the Raft log ends at {last}: "
+            "raft_meta.json/raft_log.jsonl were removed or replaced; restore them, or start this node "
+            "on an empty data directory and add it to the cluster again"
+        )
+    return None
+
+
+class RaftService(Service):
+    """
+    @param config: the server configuration (C{node_id} set).
+    @param reactor: the reactor.
+    @param engine: the server's engine (opened before this service starts).
+    @param threadpool: the server's thread pool (reads, snapshot backups).
+    @param users: the user store, or C{None} when authentication is off
+        (asked when a snapshot is installed).
+    @param on_fatal: called after the node stopped itself on a storage or
+        apply failure (the server stops).
+    @raise ConfigError: see L{ClusterSettings.from_config}.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        *,
+        engine: Any,
+        threadpool: Any,
+        users: Callable[[], UserStore | None],
+        on_fatal: Callable[[Failure], None],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings = ClusterSettings.from_config(config)
+        self.reactor = reactor
+        self.engine = engine
+        rng = rng if rng is not None else random.SystemRandom()
+        self.io_pool = ThreadPool(minthreads=1, maxthreads=1, name="oxidb-raft-io")
+        self.gate = ReadGate()
+        self.storage = RaftStorage(OsDisk(engine.data_dir))
+        self.state_machine = EngineStateMachine(
+            engine, reactor=reactor, threadpool=threadpool, run_io=self.run_io, gate=self.gate, users=users
+        )
+        self.node: RaftNode = RaftNode(
+            settings.node_id,
+            clock=reactor,
+            config=settings.raft,
+            storage=self.storage,
+            state_machine=self.state_machine,
+            rng=rng,
+            run_io=self.run_io,
+            peers=settings.peers,
+            forward_writes=settings.forward_writes,
+            on_fatal=on_fatal,
+        )
+        host, port = settings.listen
+        self.transport = PeerTransport(
+            settings.node_id,
+            clock=reactor,
+            authenticator=settings.authenticator,
+            handler=self.node,
+            address_of=self.node.address_of,
+            rng=rng,
+            listen=(reactor, host, port, settings.tls),
+        )
+        self.node.transport = self.transport
+        self.executor = ClusterExecutor(reactor, threadpool, self.node, self.gate)
+        self.published_address: str | None = None
+
+    def run_io(self, fn: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+        """Run blocking Raft I/O on the single Raft I/O thread."""
+        return deferToThreadPool(self.reactor, self.io_pool, fn, *args)
+
+    def wrap_dispatcher(self, dispatcher: Any) -> LinearizableDispatcher:
+        return LinearizableDispatcher(dispatcher, self.node)
+
+    def status(self) -> RaftStatus:
+        return self.node.status()
+
+    def privilegedStartService(self) -> None:
+        self.transport.privilegedStartService()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self.io_pool.start()
+        state = self.storage.load()
+        applied = applied_log_id(state, self.engine.last_applied())
+        self.transport.startService()
+        bound = self.transport.port.getHost()
+        self.published_address = self.settings.published_address(bound.port)
+        self.node.start(state, applied)
+        self._log.info(
+            "raft: node {node_id} listening on {host}:{port} (published as {addr}, peer authentication: {auth})",
+            node_id=self.settings.node_id,
+            host=bound.host,
+            port=bound.port,
+            addr=self.published_address,
+            auth="mutual TLS" if self.settings.tls is not None else type(self.settings.authenticator).__name__,
+        )
+        super().startService()
+
+    def stopService(self) -> "Deferred[None] | None":
+        super().stopService()
+        self.node.stop()
+        stopped = self.transport.stopService()
+        self.io_pool.stop()
+        self.storage.close()
+        return stopped
