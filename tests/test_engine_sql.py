@@ -243,3 +243,35 @@ def test_sibling_bounds_make_presence_tests_redundant(tmp_path: Any) -> None:
         engine.apply({"CreateIndex": {"collection": "c", "field": "a"}}, 0.0)
         for query in queries:
             assert engine.find("c", query) == apply_find(stored, query), query
+
+
+def test_unindexed_equality_compares_stored_texts(tmp_path: Any) -> None:
+    """
+    Equality on a path without an index compares JSON texts where every
+    equal value's text can be listed, with the reference's answers.
+    """
+    from oxidb.engine.matcher import apply_find
+
+    def where(query: dict[str, Any]) -> str:
+        return compile_plan(compile_query(query)).where
+
+    assert "IN (" in where({"x": 5}) and "oxi_key" not in where({"x": 5})
+    assert "IN (" in where({"x": "plain"}) and "IN (" in where({"x": True})
+    for query in ({"x": "2024-01-01"}, {"x": "[1]"}, {"x": [1]}, {"x": None}, {'q"q': 1}):
+        assert "IN (" not in where(query), query
+    assert "IN (" not in compile_plan(compile_query({"x": 5}), {"x": "k1_0"}).where
+    docs: list[Any] = [
+        {"x": 5}, {"x": 5.0}, {"x": 0}, {"x": -0.0}, {"x": 0.0}, {"x": "5"}, {"x": True}, {"x": 1},
+        {"x": "2024-01-01"}, {"x": "2024-01-01T00:00:00Z"}, {"x": "[1]"}, {"x": [1]}, {"x": 10**16},
+        {"x": 1e16}, {"x": 2**53 + 1}, {"x": 'q"\\\n\u2028é'}, {"x": None}, {}, {"x": {"y": 5}},
+    ]
+    operands: list[Any] = [
+        5, 5.0, 0, -0.0, "5", True, 1, "2024-01-01", "[1]", 10**16, 1e16, 2**53 + 1, float(2**53 + 1),
+        'q"\\\n\u2028é', 2**70, False, 7,
+    ]
+    with Engine(str(tmp_path / "data"), synchronous="OFF") as engine:
+        engine.apply({"InsertMany": {"collection": "c", "documents": docs}}, 0.0)
+        stored = engine.find("c")
+        for operand in operands:
+            for query in ({"x": operand}, {"x": {"$not": {"$eq": operand}}}):
+                assert engine.find("c", query) == apply_find(stored, query), query

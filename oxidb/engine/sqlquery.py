@@ -8,7 +8,10 @@ the engine.md 2.1 order exactly, so a compiled condition gives the pure
 matcher's answer and can use the indexes:
 
   - C{$eq v}: C{K = key(v)}; for C{null} also the presence test (a missing
-    path has the null key too).
+    path has the null key too). On a path without a key column, a number,
+    boolean or plain string compares the stored JSON text with every text
+    an equal value can have instead (L{_equal_texts}), which SQLite checks
+    without calling back into Python.
   - C{$gt}/C{$gte}: C{K > key}/C{K >= key} (the null key is the smallest, so
     missing paths fail by themselves, except C{$gte: null}).
   - C{$ne}, C{$lt}, C{$lte}: the comparison and presence.
@@ -33,8 +36,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+import orjson
 
-from oxidb.engine import keys
+from oxidb.engine import keys, values
 from oxidb.engine.matcher import And, FieldOp, Matcher, Or, SortSpec
 
 #: Longest C{$in}/C{$nin} list compiled to SQL; longer ones are checked in
@@ -140,13 +144,23 @@ class _Compiler:
             sql = self._id_field(op, operand)
             if sql is not None:
                 return sql
-        key = self.columns.get(path) or keys.key_sql(path)
+        column = self.columns.get(path)
+        key = column or keys.key_sql(path)
         present = keys.present_sql(path)
         if op in ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte"):
             k = keys.encode_key(operand)
             null = k == keys.NULL_KEY
             if op == "$eq":
-                return f"({key} = X'00' AND {present})" if null else f"{key} = {self.bind(k)}"
+                if null:
+                    return f"({key} = X'00' AND {present})"
+                value = keys.value_sql(path)
+                texts = None if column is not None or value is None else _equal_texts(operand)
+                if texts is not None:
+                    # No index to use: compare the stored JSON text, without
+                    # calling back into Python for every row (never NULL, so
+                    # that NOT stays exact).
+                    return f"ifnull({value} IN ({', '.join(self.bind(text) for text in texts)}), 0)"
+                return f"{key} = {self.bind(k)}"
             if op == "$gt":
                 return f"{key} > {self.bind(k)}"
             if op == "$gte":
@@ -205,6 +219,49 @@ class _Compiler:
 
 
 _ID_COMPARISONS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+
+
+def _equal_texts(operand: Any) -> list[str] | None:
+    """
+    Every JSON text a stored value equal to C{operand} (engine.md 2.1) can
+    have, or None when they cannot be listed. Stored documents are written
+    by orjson, whose text for a value is unique, and SQLite's C{->} returns a
+    scalar's text as stored. Equal values of other types: an integer and
+    the float of the same value, C{0.0} and C{-0.0}; a date string has
+    equal spellings and a string starting with C{[} or C{{} may equal an
+    array or object, so neither is listed.
+    """
+    kind = type(operand)
+    if kind is bool:
+        return ["true" if operand else "false"]
+    if kind is int:
+        texts = {str(operand)}
+        try:
+            nearest = float(operand)
+        except OverflowError:
+            return sorted(texts)
+        if nearest == operand:
+            texts.add(orjson.dumps(nearest).decode())
+            if operand == 0:
+                texts.add("-0.0")
+        return sorted(texts)
+    if kind is float:
+        if not math.isfinite(operand):
+            return None
+        texts = {orjson.dumps(operand).decode()}
+        if operand == 0:
+            texts.update(("0.0", "-0.0"))
+        if operand.is_integer():
+            texts.add(str(int(operand)))
+        return sorted(texts)
+    if kind is str:
+        if operand[:1] in ("[", "{") or values.parse_date_ms(operand) is not None:
+            return None
+        try:
+            return [orjson.dumps(operand).decode()]
+        except orjson.JSONEncodeError:
+            return None
+    return None
 
 
 def _proves_presence(node: FieldOp) -> bool:
