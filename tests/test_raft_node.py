@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 
@@ -281,6 +282,30 @@ def test_a_storage_failure_stops_the_node() -> None:
         h.result(h.nodes[1].write(set_op("b", 1)))
     # The others elect a new leader and go on.
     h.run_until(lambda: any(h.nodes[i].is_leader for i in (2, 3)), timeout=20)
+
+
+def test_a_slow_state_machine_does_not_hold_up_replication() -> None:
+    h = three_nodes()
+    sm = h.sms[1]
+    fast_apply = sm.apply
+
+    def slow_apply(entries: Any) -> Any:
+        d = fast_apply(entries)
+        later: Deferred[Any] = Deferred()
+        h.clock.callLater(1.0, lambda: d.chainDeferred(later))
+        return later
+
+    sm.apply = slow_apply  # type: ignore[method-assign]
+    first = h.nodes[1].write(set_op("first", 1))
+    h.run(0.1)
+    second = h.nodes[1].write(set_op("second", 2))
+    h.run(0.1)
+    # Both are durable and committed on a quorum while the first still applies.
+    metrics = h.nodes[1].metrics()
+    assert not first.called and not second.called
+    assert metrics.commit_index == metrics.last_log_index and h.nodes[1]._durable_index == metrics.last_log_index
+    assert h.sms[2].data == {"first": 1, "second": 2}
+    assert h.result(first) == {"set": "first"} and h.result(second) == {"set": "second"}
 
 
 def test_an_oversize_operation_is_refused_before_proposing() -> None:

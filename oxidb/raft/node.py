@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 import orjson
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -55,6 +55,9 @@ from oxidb.wire.framing import MAX_FRAME
 
 #: Room left in a frame for the envelope around a replicated operation.
 _FRAME_ROOM = 64 << 10
+#: Committed entries waiting for the state machine beyond which no new ready
+#: is taken.
+APPLY_BACKLOG = 20_000
 
 
 @attrs.frozen
@@ -187,6 +190,9 @@ class RaftNode:
         self.failure: Failure | None = None
         self._durable_index = 0
         self._applied: LogId | None = None
+        # The apply pipeline: the state machine's work, one ready after the other.
+        self._apply_tail: Deferred[Any] = succeed(None)
+        self._apply_backlog = 0
         self._proposals: dict[int, _Proposal] = {}
         self._reads: dict[int, Deferred[bool]] = {}
         self._forwards: dict[int, _Forward] = {}
@@ -229,6 +235,10 @@ class RaftNode:
             return UnavailableError("raft node stopped after a storage failure")
         return UnavailableError("the raft node is shutting down")
 
+    def _halted(self) -> bool:
+        """Stopped (asked after waiting: it may have happened meanwhile)."""
+        return self._stopped
+
     @property
     def running(self) -> bool:
         return self.core is not None and not self._stopped
@@ -258,6 +268,10 @@ class RaftNode:
     def _run_readies(self) -> None:
         core = self.core
         while core is not None and not self._stopped and core.has_ready():
+            if self._apply_backlog > APPLY_BACKLOG:
+                # The state machine is behind: let it catch up first.
+                self._apply_tail.addCallback(lambda _: self._run_readies())
+                return
             d = self._process(core.ready())
             if not d.called:
                 d.addCallbacks(lambda _: self._run_readies(), self._fatal)
@@ -272,6 +286,11 @@ class RaftNode:
 
     @inlineCallbacks
     def _process(self, ready: Ready) -> Any:
+        """
+        Steps 1-3 and 5-6 of a ready; the state machine's part (step 4, and
+        building a snapshot) goes to the apply pipeline, so that the next
+        ready is persisted while this one is applied.
+        """
         core = self.core
         assert core is not None
         self._send_all(ready.messages)
@@ -282,30 +301,50 @@ class RaftNode:
                 return
             self._saved(persist)
         self._send_all(ready.persisted_messages)
-        if ready.apply_snapshot is not None:
-            meta = ready.apply_snapshot.meta
-            self._log.info("raft: installing snapshot {id}", id=meta.snapshot_id)
-            yield self._sm.install_snapshot(ready.apply_snapshot.data)
-            if self._stopped:
-                return
-            core.applied(meta.last_log_id)
-            self._applied = meta.last_log_id
-        if ready.committed_entries:
-            outcomes = yield self._sm.apply(ready.committed_entries)
-            if self._stopped:
-                return
-            last = ready.committed_entries[-1].log_id
-            core.applied(last)
-            self._applied = last
-            self._settle(ready.committed_entries, outcomes)
+        # The core releases reads only for indexes the state machine has
+        # reported applied, so they may run now.
         for state in ready.read_states:
             self._read_done(state.request_id, True)
         for request_id in ready.failed_reads:
             self._read_done(request_id, False)
-        if ready.build_snapshot:
-            yield self._start_snapshot()
+        if ready.apply_snapshot is not None or ready.committed_entries or ready.build_snapshot:
+            self._apply_backlog += len(ready.committed_entries)
+            self._apply_tail.addCallback(lambda _: self._apply(ready)).addErrback(self._fatal)
         core.advance(ready)
         self._retain_links()
+
+    @inlineCallbacks
+    def _apply(self, ready: Ready) -> Any:
+        """
+        Give a ready's snapshot and committed entries to the state machine
+        (after those of earlier readies) and report them applied; then start
+        a snapshot if the ready asked for one.
+        """
+        core = self.core
+        if core is None or self._halted():
+            return
+        if ready.apply_snapshot is not None:
+            meta = ready.apply_snapshot.meta
+            self._log.info("raft: installing snapshot {id}", id=meta.snapshot_id)
+            yield self._sm.install_snapshot(ready.apply_snapshot.data)
+            if self._halted():
+                return
+            core.applied(meta.last_log_id)
+            self._applied = meta.last_log_id
+        entries = ready.committed_entries
+        if entries:
+            outcomes = yield self._sm.apply(entries)
+            if self._halted():
+                return
+            self._apply_backlog -= len(entries)
+            core.applied(entries[-1].log_id)
+            self._applied = entries[-1].log_id
+            self._settle(entries, outcomes)
+        if ready.build_snapshot:
+            # Later applies wait until the snapshot's state is pinned.
+            yield self._start_snapshot()
+        self._kick()
+        self._notify()
 
     def _saved(self, persist: PersistBatch) -> None:
         if persist.truncate_from is not None:

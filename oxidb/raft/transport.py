@@ -175,6 +175,10 @@ class PeerProtocol(Protocol):
     # --- connection events ----------------------------------------------------
 
     def connectionMade(self) -> None:
+        # Small frames (heartbeats, acknowledgements) must not wait for Nagle.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         self.transport.registerProducer(self, True)
         self._deadline = self._clock.callLater(self._handshake_timeout, self._drop, "handshake timed out")
         if isinstance(self._handshake, Initiator):
