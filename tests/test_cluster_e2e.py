@@ -10,12 +10,14 @@ from __future__ import annotations
 import socket
 import struct
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from oxidb.testing import LocalCluster, wait_until
+from oxidb.testing import LocalCluster, free_port, wait_until
 
 #: Fast elections and a tiny snapshot threshold, so that the log is compacted
 #: and a late node must be sent a snapshot.
@@ -104,11 +106,23 @@ def test_bootstrap_failover_restart_and_snapshot_catch_up(cluster: LocalCluster)
     assert cluster.metrics(4)["state"] == "Learner"
 
 
+def ready(port: int, query: str = "") -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready{query}", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
 def test_forwarding_off_linearizable_reads_and_errors(cluster: LocalCluster) -> None:
-    cluster.start(1)
-    cluster.start(2, OXIDB_FORWARD_WRITES="false")
+    metrics = {1: free_port(), 2: free_port()}
+    cluster.start(1, OXIDB_METRICS_ADDR=f"127.0.0.1:{metrics[1]}")
+    cluster.start(2, OXIDB_FORWARD_WRITES="false", OXIDB_METRICS_ADDR=f"127.0.0.1:{metrics[2]}")
     cluster.start(3)
     cluster.bootstrap([1, 2, 3])
+    # The HTTP leader check on the metrics port.
+    wait_until(lambda: ready(metrics[2]) == 200, 10)
+    assert ready(metrics[1], "?role=leader") == 200 and ready(metrics[2], "?role=leader") == 503
     leader_addr = cluster.raft_addr(1)
     assert cluster.request(2, {"cmd": "insert", "collection": "c", "doc": {"a": 1}}) == {
         "ok": False,

@@ -395,6 +395,11 @@ class RaftNode:
     def _fatal(self, failure: Failure) -> None:
         if self.failure is not None:
             return
+        if self._stopped:
+            # Work cut short by a clean shutdown (the engine closing under an
+            # apply, say) is not a failure of the node.
+            self._log.debug("raft: ignoring an error after shutdown: {error}", error=failure.getErrorMessage())
+            return
         self.failure = failure
         self._busy = False
         self._log.failure("raft: stopping the node after a fatal error", failure)
