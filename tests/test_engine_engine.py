@@ -282,3 +282,35 @@ def test_a_failing_commit_observer_does_not_stop_the_writer(data_dir: str) -> No
     with Engine(data_dir, on_commit=observer) as engine:
         assert engine.apply({"Insert": {"collection": "c", "document": {}}}, 0.0) == {"id": 1}
         assert engine.apply({"Insert": {"collection": "c", "document": {}}}, 0.0) == {"id": 2}
+
+
+def test_readers_follow_index_changes(data_dir: str) -> None:
+    """
+    A reader thread remembers each collection's key columns; creating,
+    dropping and compacting indexes (all schema changes) are noticed.
+    """
+    with Engine(data_dir, synchronous="OFF") as engine:
+        engine.apply({"InsertMany": {"collection": "c", "documents": [{"a": i % 5, "b": i} for i in range(50)]}}, 0.0)
+        expected = [d["_id"] for d in engine.find("c", {"a": 3})]
+        assert len(expected) == 10
+
+        def where(reader: Reader) -> str:
+            info = reader.collection("c")
+            assert info is not None
+            return reader.plan_for(info, plan_query({"a": 3}).matcher).where
+
+        assert "k" not in engine.read(where)
+        steps: list[dict[str, Any]] = [
+            {"CreateIndex": {"collection": "c", "field": "b"}},
+            {"CreateIndex": {"collection": "c", "field": "a"}},
+            {"Compact": {"collection": "c"}},
+            {"DropIndex": {"collection": "c", "index": "b"}},
+            {"DropIndex": {"collection": "c", "index": "a"}},
+            {"CreateCompositeIndex": {"collection": "c", "fields": ["a", "b"]}},
+        ]
+        shown = []
+        for step in steps:
+            engine.apply(step, 0.0)
+            assert [d["_id"] for d in engine.find("c", {"a": 3})] == expected
+            shown.append(engine.read(where).split(" ")[0])
+        assert shown == ["ifnull((doc", "k2_0", "k2_0", "k2_0", "ifnull((doc", "k3_0"]

@@ -247,6 +247,7 @@ class Engine:
         if conn is None:
             conn = store.connect(self.path, writer=False)
             self._local.conn = conn
+            self._local.columns = {}
             with self._readers_lock:
                 self._readers.append(conn)
         return conn
@@ -261,7 +262,7 @@ class Engine:
         read transaction (one consistent snapshot).
         """
         conn = self._reader_conn()
-        reader = Reader(conn, self._auto_create)
+        reader = Reader(conn, self._auto_create, self._local.columns)
         if conn.in_transaction:  # a read nested in a read on this thread
             return fn(reader, *args, **kwargs)
         conn.execute("BEGIN")

@@ -54,11 +54,22 @@ class Reader:
     @ivar conn: the connection.
     @ivar on_missing: called with the name of a missing collection a read
         named (after validating the name), or None.
+
+    C{column_cache}, owned by the caller and kept for the connection's
+    life, remembers each collection's key columns with the schema version
+    they were read at (every change to them is DDL, which bumps the
+    version).
     """
 
-    def __init__(self, conn: sqlite3.Connection, on_missing: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        on_missing: Callable[[str], None] | None = None,
+        column_cache: dict[str, tuple[int, str, dict[str, str]]] | None = None,
+    ) -> None:
         self.conn = conn
         self.on_missing = on_missing
+        self._column_cache = column_cache
 
     # --- collections ------------------------------------------------------
 
@@ -98,7 +109,19 @@ class Reader:
 
     def plan_for(self, info: CollectionInfo, matcher: Matcher) -> Plan:
         """C{matcher} compiled against the collection's index key columns."""
-        return compile_plan(matcher, store.column_map(store.list_index_defs(self.conn, info.name)))
+        return compile_plan(matcher, self._columns(info))
+
+    def _columns(self, info: CollectionInfo) -> dict[str, str]:
+        cache = self._column_cache
+        if cache is None:
+            return store.column_map(store.list_index_defs(self.conn, info.name))
+        (version,) = self.conn.execute("PRAGMA schema_version").fetchone()
+        cached = cache.get(info.name)
+        if cached is not None and cached[0] == version and cached[1] == info.tbl:
+            return cached[2]
+        columns = store.column_map(store.list_index_defs(self.conn, info.name))
+        cache[info.name] = (version, info.tbl, columns)
+        return columns
 
     def rows(
         self,
