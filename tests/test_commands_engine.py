@@ -282,7 +282,7 @@ def test_find_replies_embed_stored_texts(ctx: CommandContext, engine: Engine) ->
     encoder; every wire format gets the bytes the parsed documents give.
     """
     call(ctx, "insert_many", collection="c", docs=AWKWARD_DOCS)
-    cases = [
+    cases: list[tuple[str, dict[str, Any], Any]] = [
         ("find", {}, engine.find("c")),
         ("find", {"sort": {"k": -1}, "limit": 1}, engine.find("c", None, {"k": -1}, None, 1)),
         ("find", {"query": {"nested.a": {"$size": 2}}}, engine.find("c", {"nested.a": {"$size": 2}})),

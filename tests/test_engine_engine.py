@@ -148,9 +148,10 @@ def test_register_applier(data_dir: str) -> None:
 
 def test_malformed_operations(data_dir: str) -> None:
     with Engine(data_dir) as engine:
-        for op in ({}, {"Insert": {}, "Delete": {}}, "Insert", {"Insert": [1]}):
+        malformed: list[Any] = [{}, {"Insert": {}, "Delete": {}}, "Insert", {"Insert": [1]}]
+        for op in malformed:
             with pytest.raises(BadRequestError, match="malformed operation"):
-                engine.apply(op, 0.0)  # type: ignore[arg-type]
+                engine.apply(op, 0.0)
         with pytest.raises(BadRequestError, match="unknown operation: Frobnicate"):
             engine.apply({"Frobnicate": {}}, 0.0)
 

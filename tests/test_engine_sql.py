@@ -273,5 +273,6 @@ def test_unindexed_equality_compares_stored_texts(tmp_path: Any) -> None:
         engine.apply({"InsertMany": {"collection": "c", "documents": docs}}, 0.0)
         stored = engine.find("c")
         for operand in operands:
-            for query in ({"x": operand}, {"x": {"$not": {"$eq": operand}}}):
+            queries: list[dict[str, Any]] = [{"x": operand}, {"x": {"$not": {"$eq": operand}}}]
+            for query in queries:
                 assert engine.find("c", query) == apply_find(stored, query), query

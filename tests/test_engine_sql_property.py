@@ -109,7 +109,7 @@ sorts = st.one_of(
 )
 skips_limits = st.one_of(st.none(), st.integers(0, 6), st.sampled_from([-1, 1.5, "2", True]))
 
-INDEX_SETUPS = {
+INDEX_SETUPS: dict[str, list[dict[str, dict[str, Any]]]] = {
     "none": [],
     "field": [{"CreateIndex": {"field": p}} for p in ["a", "b", "a.b", 'q"q', "c"]],
     # Unique indexes on fields the generated documents never hold twice.
