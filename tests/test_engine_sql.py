@@ -99,6 +99,7 @@ def test_key_and_presence_sql_read_paths_like_get_path(
         assert key == (keys.encode_key(got) if found else keys.NULL_KEY), path
         # Key columns are computed in Python from the document itself.
         assert keys.key_at(doc, tuple(path.split("."))) == key, path
+        assert keys.keys_at(doc, [tuple(path.split(".")), (steps[0],)])[0] == key, path
         found, got = paths.get_path_sort(doc, path)
         (sort_key,) = conn.execute(f"SELECT {keys.sort_key_sql(path)} FROM (SELECT ? AS doc)", (text,)).fetchone()
         assert sort_key == (keys.encode_key(got) if found else keys.NULL_KEY), path

@@ -139,6 +139,35 @@ def key_at(doc: dict[str, Any], parts: tuple[str, ...]) -> bytes:
     return key_of_value(value) if found else NULL_KEY
 
 
+def keys_at(doc: dict[str, Any], paths_parts: list[tuple[str, ...]]) -> tuple[bytes, ...]:
+    """L{key_at} of each split path (one call per written row, so inlined)."""
+    out = []
+    for parts in paths_parts:
+        if len(parts) == 1:
+            value = doc.get(parts[0], _ABSENT)
+            if value is _ABSENT:
+                out.append(NULL_KEY)
+                continue
+        else:
+            found, value = paths.get_parts(doc, parts)
+            if not found:
+                out.append(NULL_KEY)
+                continue
+        kind = type(value)
+        if kind is str:
+            out.append(_cached_str_key(value))
+        elif kind is float and math.isfinite(value):
+            out.append(_NUMBER + _encode_float(value) + b"\x01")
+        elif kind is int and -_SMALL_INT <= value <= _SMALL_INT:
+            out.append(_SMALL_INT_KEYS[value + _SMALL_INT])
+        else:
+            out.append(key_of_value(value))
+    return tuple(out)
+
+
+_ABSENT = object()
+
+
 def key_of_json(text: str | None) -> bytes:
     """SQL function C{oxi_key(json_text)}: the key of C{doc -> path}."""
     if text is None:

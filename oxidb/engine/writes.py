@@ -396,15 +396,14 @@ def _with_keys(
     if not key_columns:
         return [head(row) + tail(row) for row in rows]
     split = [tuple(path.split(".")) for _, path in key_columns]
-    key_at = keys.key_at
+    keys_at = keys.keys_at
 
     def row_keys(row: _PreparedRow) -> tuple[bytes, ...]:
         try:
-            return tuple([key_at(row[2], parts) for parts in split])
+            return keys_at(row[2], split)
         except TypeError:
             # A value of a subclass of a JSON type: read the stored form.
-            doc = orjson.loads(row[3])
-            return tuple([key_at(doc, parts) for parts in split])
+            return keys_at(orjson.loads(row[3]), split)
 
     return [head(row) + row_keys(row) + tail(row) for row in rows]
 
