@@ -269,6 +269,50 @@ def test_a_lagging_node_catches_up_through_a_snapshot() -> None:
     assert h.sms[3].installs == 1
 
 
+def test_entries_after_a_slow_snapshot_install_wait_for_it() -> None:
+    config = RaftConfig(
+        heartbeat_interval=100, election_timeout_min=300, election_timeout_max=600,
+        snapshot_threshold=10, keep_after_snapshot=2,
+    )
+    h = Harness([1, 2, 3], config=config)
+    h.bootstrap([1, 2, 3])
+    h.net.isolate(3, [1, 2])
+    for n in range(30):
+        h.result(h.nodes[1].write(set_op(f"k{n}", n)))
+    sm = h.sms[3]
+    events: list[tuple[str, int]] = []
+    install, apply = sm.install_snapshot, sm.apply
+
+    def slow_install(data: bytes) -> Any:
+        later: Deferred[None] = Deferred()
+
+        def done() -> None:
+            install(data)
+            events.append(("installed", sm.last))
+            later.callback(None)
+
+        h.clock.callLater(0.5, done)
+        return later
+
+    def recording_apply(entries: Any) -> Any:
+        events.append(("apply", entries[0].index))
+        return apply(entries)
+
+    sm.install_snapshot = slow_install  # type: ignore[method-assign]
+    sm.apply = recording_apply  # type: ignore[method-assign]
+    h.net.heal()
+    # Writes keep coming while node 3 installs.
+    for n in range(30, 40):
+        h.result(h.nodes[1].write(set_op(f"k{n}", n)))
+    h.run_until(lambda: sm.data == h.sms[1].data)
+    (at,) = [i for i, (kind, _) in enumerate(events) if kind == "installed"]
+    snapshot_index = events[at][1]
+    # Entries node 3 already held may be applied before the snapshot; every
+    # entry after it waited for the install (none was applied meanwhile).
+    assert all(index <= snapshot_index for _, index in events[:at])
+    assert [kind for kind, _ in events[at + 1:]] and all(index > snapshot_index for _, index in events[at + 1:])
+
+
 def test_a_storage_failure_stops_the_node() -> None:
     h = three_nodes()
     h.disks[1].broken = True

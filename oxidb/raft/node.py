@@ -48,7 +48,16 @@ from oxidb.errors import InternalError, LeaderError, NotLeaderError, OxiError, R
 from oxidb.metrics import RaftStatus
 from oxidb.raft.core import RaftConfig, RaftCore, RaftMetrics, Ready
 from oxidb.raft.forward import FORWARD, FORWARD_RESULT, ForwardRequest, ForwardResult
-from oxidb.raft.messages import Entry, LogId, Message, PersistBatch, StoredMembership, encode_message, message_from_json
+from oxidb.raft.messages import (
+    Entry,
+    LogId,
+    Message,
+    PersistBatch,
+    Snapshot,
+    StoredMembership,
+    encode_message,
+    message_from_json,
+)
 from oxidb.raft.storage import DurableState, RaftStorage
 from oxidb.raft.transport import IPeerChannel, IPeerHandler, IRaftTransport, PeerProtocolError
 from oxidb.wire.framing import MAX_FRAME
@@ -190,9 +199,12 @@ class RaftNode:
         self.failure: Failure | None = None
         self._durable_index = 0
         self._applied: LogId | None = None
-        # The apply pipeline: the state machine's work, one ready after the other.
+        # The apply pipeline: the state machine's work, one ready after the
+        # other; entries not yet applied; pipeline steps that hold back the
+        # submission of later entries.
         self._apply_tail: Deferred[Any] = succeed(None)
         self._apply_backlog = 0
+        self._held_back = 0
         self._proposals: dict[int, _Proposal] = {}
         self._reads: dict[int, Deferred[bool]] = {}
         self._forwards: dict[int, _Forward] = {}
@@ -307,42 +319,74 @@ class RaftNode:
             self._read_done(state.request_id, True)
         for request_id in ready.failed_reads:
             self._read_done(request_id, False)
-        if ready.apply_snapshot is not None or ready.committed_entries or ready.build_snapshot:
-            self._apply_backlog += len(ready.committed_entries)
-            self._apply_tail.addCallback(lambda _: self._apply(ready)).addErrback(self._fatal)
+        self._schedule_apply(ready)
         core.advance(ready)
         self._retain_links()
 
+    def _schedule_apply(self, ready: Ready) -> None:
+        """
+        Hand a ready's state machine work to the apply pipeline. Committed
+        entries are submitted to the state machine at once when nothing
+        ahead of them is still to be submitted (so the engine's writer
+        commits the entries of several readies together); their results are
+        taken in log order. Installing a snapshot and pinning the state for a
+        new one wait for everything before them, and hold back what comes
+        after.
+        """
+        tail = self._apply_tail
+        if ready.apply_snapshot is not None:
+            snapshot = ready.apply_snapshot
+            self._held_back += 1
+            tail.addCallback(lambda _: self._install(snapshot))
+        entries = ready.committed_entries
+        if entries:
+            self._apply_backlog += len(entries)
+            if self._held_back == 0:
+                applying = self._sm.apply(entries)
+                tail.addCallback(lambda _: applying)
+            else:
+                self._held_back += 1
+                tail.addCallback(lambda _: self._submit_in_turn(entries))
+            tail.addCallback(self._entries_applied, entries)
+        if ready.build_snapshot:
+            self._held_back += 1
+            # Later entries wait until the snapshot's state is pinned.
+            tail.addCallback(lambda _: self._start_snapshot()).addCallback(self._released)
+        tail.addErrback(self._fatal)
+
+    def _released(self, result: Any = None) -> None:
+        self._held_back -= 1
+
+    def _submit_in_turn(self, entries: Sequence[Entry]) -> "Deferred[list[Outcome]] | None":
+        if self._halted():
+            return None
+        self._released()
+        return self._sm.apply(entries)
+
     @inlineCallbacks
-    def _apply(self, ready: Ready) -> Any:
-        """
-        Give a ready's snapshot and committed entries to the state machine
-        (after those of earlier readies) and report them applied; then start
-        a snapshot if the ready asked for one.
-        """
+    def _install(self, snapshot: Snapshot) -> Any:
         core = self.core
         if core is None or self._halted():
             return
-        if ready.apply_snapshot is not None:
-            meta = ready.apply_snapshot.meta
-            self._log.info("raft: installing snapshot {id}", id=meta.snapshot_id)
-            yield self._sm.install_snapshot(ready.apply_snapshot.data)
-            if self._halted():
-                return
-            core.applied(meta.last_log_id)
-            self._applied = meta.last_log_id
-        entries = ready.committed_entries
-        if entries:
-            outcomes = yield self._sm.apply(entries)
-            if self._halted():
-                return
-            self._apply_backlog -= len(entries)
-            core.applied(entries[-1].log_id)
-            self._applied = entries[-1].log_id
-            self._settle(entries, outcomes)
-        if ready.build_snapshot:
-            # Later applies wait until the snapshot's state is pinned.
-            yield self._start_snapshot()
+        meta = snapshot.meta
+        self._log.info("raft: installing snapshot {id}", id=meta.snapshot_id)
+        yield self._sm.install_snapshot(snapshot.data)
+        if self._halted():
+            return
+        self._released()
+        core.applied(meta.last_log_id)
+        self._applied = meta.last_log_id
+        self._kick()
+        self._notify()
+
+    def _entries_applied(self, outcomes: list[Outcome] | None, entries: Sequence[Entry]) -> None:
+        core = self.core
+        if core is None or outcomes is None or self._halted():
+            return
+        self._apply_backlog -= len(entries)
+        core.applied(entries[-1].log_id)
+        self._applied = entries[-1].log_id
+        self._settle(entries, outcomes)
         self._kick()
         self._notify()
 
