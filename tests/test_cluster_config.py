@@ -236,3 +236,10 @@ def test_cluster_mode_wires_raft_into_the_service(tmp_path: Path) -> None:
     assert shared.metrics.raft_source == service.raft.status
     assert service.raft.status().state == "Shutdown"  # not started yet
     assert server.request({"cmd": "raft_metrics"}) == {"ok": False, "error": "the raft node is not running"}
+
+
+def test_only_the_leader_runs_schedules(tmp_path: Path) -> None:
+    standalone = MemoryServer(Config(data_dir=str(tmp_path / "alone")))
+    assert standalone.service._runs_schedules() is True
+    clustered = MemoryServer(config(OXIDB_DATA=str(tmp_path / "node")))
+    assert clustered.service._runs_schedules() is False  # not started: not the leader
