@@ -11,8 +11,9 @@ Writes:
   * ``insert``: one document per request, CONNECTIONS connections each with
     one request in flight (latency bound: group commit is what helps);
   * ``insert_many``: 100 documents per request, same concurrency;
-  each against a standalone server (fsync per commit), the cluster's leader,
-  and a follower (which forwards to the leader).
+  each against a standalone server (fsync per commit), a one-node cluster
+  (the Raft log and driver alone), the leader of a 3-node cluster, and a
+  follower of it (which forwards to the leader).
 
 Failover: kill -9 the leader, time until a survivor reports itself leader
 and until a write sent to a survivor succeeds; restart the old leader on its
@@ -82,6 +83,21 @@ def standalone(root: str, args: argparse.Namespace) -> dict[str, float]:
         server.stop()
 
 
+def single_node_rates(root: str, args: argparse.Namespace) -> dict[str, float]:
+    """A one-node cluster: the Raft log and driver without replication or shared cores."""
+    cluster = LocalCluster(os.path.join(root, "single"), env=KEY)
+    try:
+        cluster.start(1)
+        cluster.bootstrap([1])
+        return measure(
+            cluster.nodes[1].port or 0,
+            lambda: int(cluster.request(1, {"cmd": "count", "collection": "bench"})["data"]["count"]),
+            args,
+        )
+    finally:
+        cluster.stop()
+
+
 def cluster_rates(root: str, args: argparse.Namespace) -> tuple[dict[str, float], dict[str, float]]:
     cluster = LocalCluster(os.path.join(root, "cluster"), env=KEY)
     try:
@@ -142,13 +158,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="oxidb-cluster-bench-") as root:
         print(f"throughput: {args.connections} connections, {args.seconds:g}s per run")
         alone = standalone(root, args)
+        single = single_node_rates(root, args)
         leader, follower = cluster_rates(root, args)
         print()
-        print(f"{'workload (docs/s)':<20} {'standalone':>12} {'cluster leader':>15} {'ratio':>7} {'via follower':>13} {'ratio':>7}")
+        print(
+            f"{'workload (docs/s)':<18} {'standalone':>10} {'1-node cluster':>15} {'ratio':>6} "
+            f"{'3 nodes, leader':>16} {'ratio':>6} {'via follower':>13} {'ratio':>6}"
+        )
         for name in alone:
             print(
-                f"{name:<20} {alone[name]:>12.0f} {leader[name]:>15.0f} {leader[name] / alone[name]:>7.2f} "
-                f"{follower[name]:>13.0f} {follower[name] / alone[name]:>7.2f}"
+                f"{name:<18} {alone[name]:>10.0f} {single[name]:>15.0f} {single[name] / alone[name]:>6.2f} "
+                f"{leader[name]:>16.0f} {leader[name] / alone[name]:>6.2f} "
+                f"{follower[name]:>13.0f} {follower[name] / alone[name]:>6.2f}"
             )
         print()
         print(f"failover after kill -9 of the leader ({args.failovers} runs, election timeout 1500-3000 ms):")
