@@ -6,12 +6,15 @@ It feeds the core ticks from the injected clock, messages from the peer
 transport and requests from the server, and handles the core's outputs one
 L{oxidb.raft.core.Ready} at a time in the documented order: send the
 messages, make the batch durable (L{RaftStorage.save} on the Raft I/O
-thread), send the messages that waited for that, install a snapshot and
-apply committed entries through the L{IStateMachine} (one group commit per
-batch), answer ReadIndex reads, start a snapshot when asked, and
-L{advance <oxidb.raft.core.RaftCore.advance>}. Inputs that arrive while a
-ready is being handled are batched into the next one, so concurrent writes
-share one fsync and one append message per follower.
+thread), send the messages that waited for that, answer ReadIndex reads and
+L{advance <oxidb.raft.core.RaftCore.advance>}. The state machine's part
+(install a snapshot, apply committed entries, pin the state for a new
+snapshot) runs in an apply pipeline behind that, strictly in log order, and
+reports back with L{applied <oxidb.raft.core.RaftCore.applied>}: the next
+batch is persisted and replicated while this one is applied, and entries of
+consecutive batches share the engine's group commit. Inputs that arrive
+while a ready is being handled are batched into the next one, so concurrent
+writes share one fsync and one append message per follower.
 
 Requests:
 
@@ -223,8 +226,10 @@ class RaftNode:
             self.id, config=self._config, rng=self._rng, state=state, now=self._now_ms(), applied=applied
         )
         self._applied = applied
-        last = state.entries[-1].index if state.entries else 0
-        self._durable_index = last
+        if state.entries:
+            self._durable_index = state.entries[-1].index
+        elif state.snapshot is not None:
+            self._durable_index = state.snapshot.meta.last_log_id.index
         self._retain_links()
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self._clock
