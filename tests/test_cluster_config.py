@@ -206,9 +206,12 @@ def test_mutual_tls_admits_members_and_refuses_outsiders(tmp_path: Path) -> Any:
         c.send(2, orjson.dumps({"type": "test", "from": "outsider"}))
         a.send(2, orjson.dumps({"type": "test", "from": "member"}))
         yield inbox.arrived
-        yield deferLater(reactor, 0.3, lambda: None)
+        # Wait (with a deadline) until the outsider's TLS handshake has failed.
+        deadline = reactor.seconds() + 10
+        while c.links[2].attempts == 0 and reactor.seconds() < deadline:
+            yield deferLater(reactor, 0.01, lambda: None)
+        assert c.links[2].attempts >= 1 and c.links[2].protocol is None
         assert inbox.frames == [(1, {"type": "test", "from": "member"})]
-        assert c.links[2].protocol is None
     finally:
         for transport in (a, b, c):
             yield transport.stopService()

@@ -17,7 +17,6 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -175,20 +174,21 @@ def test_reads_never_see_a_half_installed_snapshot(nodes: Any) -> Any:
         release.wait(10)
         return target.engine.count("docs")
 
-    before = target.read(slow_count)
-    install = target.sm.install_snapshot(data)
+    order: list[str] = []
+    before = target.read(slow_count).addCallback(lambda n: order.append(f"before={n}"))
+    install = target.sm.install_snapshot(data).addCallback(lambda _: order.append("installed"))
     # Reads keep seeing the whole old state while the snapshot is staged...
     while not target.gate.closed:
         assert (yield target.read(target.engine.count, "docs")) == 1
-    # ...then the install waits for the read in flight, and later reads
-    # wait for the install.
-    after = target.read(target.engine.count, "docs")
-    yield deferLater(reactor, 0.05, lambda: None)
-    assert not install.called and not after.called
+    # ...then the install waits for the read in flight (which still sees the
+    # old state), and a later read waits for the install (and sees the new).
+    after = target.read(target.engine.count, "docs").addCallback(lambda n: order.append(f"after={n}"))
+    assert order == []
     release.set()
-    assert (yield before) == 1
+    yield before
     yield install
-    assert (yield after) == 5
+    yield after
+    assert order == ["before=1", "installed", "after=5"]
     assert not target.gate.closed
 
 
