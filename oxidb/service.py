@@ -11,6 +11,7 @@ Twisted application::
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import sys
@@ -186,9 +187,21 @@ class OxiService(MultiService):
         return self.raft is None or self.raft.node.is_leader
 
     def _cluster_failed(self, failure: Any) -> None:
-        """The Raft node stopped itself (its storage failed): stop the server."""
+        """
+        The Raft node stopped itself (its storage failed): stop the server.
+        Under twistd the process then exits with status 1, so that a
+        supervisor sees a failure rather than a clean stop.
+        """
         self._log.critical("oxidb-server: stopping: the Raft node failed ({error})", error=failure.getErrorMessage())
+        if self.handle_signals:
+            self.reactor.addSystemEventTrigger("after", "shutdown", self._exit_failed)
         self.reactor.callLater(0, self.reactor.stop)
+
+    @staticmethod
+    def _exit_failed() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
     # --- starting and stopping -----------------------------------------------
 
@@ -257,9 +270,10 @@ class OxiService(MultiService):
     def stopService(self) -> Any:
         """Stop accepting, finish in-flight requests, close, flush."""
         self.shared.serving = False
-        yield super().stopService()
         if self.port is not None:
             yield self.port.stopListening()
+        # In-flight requests finish while everything they need (the Raft node
+        # in a cluster, the scheduler's writes) still runs.
         connections = list(self.factory.connections)
         drains = DeferredList([c.drain() for c in connections], consumeErrors=True)
         timeout = self.reactor.callLater(DRAIN_TIMEOUT, drains.cancel)
@@ -269,6 +283,7 @@ class OxiService(MultiService):
         for connection in connections:
             if connection.transport is not None:
                 connection.transport.loseConnection()
+        yield super().stopService()
         engine = self.shared.engine
         if engine is not None:
             yield deferToThreadPool(self.reactor, self.threadpool, engine.close)

@@ -255,3 +255,15 @@ def test_secret_is_created_once(tmp_path: Path) -> None:
     path = tmp_path / "_auth" / "scram_mock_secret"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_or_create_secret(tmp_path / "_auth", random.Random(2)) == secret
+
+
+def test_replace_all_installs_exactly_the_given_users(tmp_path: Path) -> None:
+    """A Raft snapshot's users replace the node's, whatever they were."""
+    store = UserStore(tmp_path)
+    local_admin = UserRecord("admin", Role.ADMIN, "$argon2id$local")
+    store.create(local_admin)
+    store.create(UserRecord("bob", Role.READ, "$argon2id$bob"))
+    snapshot = [UserRecord("carol", Role.ADMIN, "$argon2id$carol"), UserRecord("dave", Role.READWRITE, "$argon2id$d")]
+    store.replace_all(snapshot)
+    assert store.users() == snapshot
+    assert UserStore.open(tmp_path).users() == snapshot

@@ -184,6 +184,15 @@ class UserStore:
                 record = record.with_password(secrets)
             self._commit({**self._users, username: record})
 
+    def replace_all(self, records: Iterable[UserRecord]) -> None:
+        """
+        Make the store hold exactly C{records} (a Raft snapshot's users). No
+        per-user rules apply: the snapshot is the replicated truth.
+        """
+        users = {r.username: r for r in records}
+        with self._write_lock:
+            self._commit(users)
+
     def _require(self, username: str) -> UserRecord:
         record = self._users.get(username)
         if record is None:

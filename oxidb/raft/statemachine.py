@@ -33,10 +33,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from oxidb.auth.passwords import PasswordSecrets
 from oxidb.auth.store import USERS_FILE, UserRecord, UserStore
 from oxidb.engine import store
-from oxidb.errors import LastAdminError
 from oxidb.raft.messages import Entry
 from oxidb.raft.node import IStateMachine, Outcome, SnapshotBuild
 
@@ -161,43 +159,6 @@ def parse_users(data: bytes) -> list[UserRecord]:
         return [UserRecord.from_json(item) for item in items]
     except (orjson.JSONDecodeError, ValueError) as e:
         raise SnapshotError(f"the snapshot's user file is malformed: {e}") from None
-
-
-class _Users:
-    """Brings a L{UserStore} to a given set of users through its public changes."""
-
-    _log = Logger()
-
-    @classmethod
-    def replace(cls, user_store: UserStore, records: Sequence[UserRecord]) -> None:
-        wanted = {r.username: r for r in records}
-        current = {u.username: u for u in user_store.users()}
-        # Admins first, so that the last-admin rule never blocks the rest.
-        order = sorted(wanted.values(), key=lambda r: (r.role.stored != "admin", r.username))
-        recreate: list[UserRecord] = []
-        for record in order:
-            have = current.get(record.username)
-            if have is None:
-                user_store.create(record)
-            elif have != record:
-                if have.db_roles == record.db_roles and record.scram is not None:
-                    secrets = PasswordSecrets(record.password_hash, record.scram)
-                    user_store.update(record.username, record.role, secrets)
-                else:
-                    recreate.append(record)
-        for record in recreate:
-            cls._drop(user_store, record.username)
-            if user_store.get(record.username) is None:
-                user_store.create(record)
-        for name in sorted(set(current) - set(wanted)):
-            cls._drop(user_store, name)
-
-    @classmethod
-    def _drop(cls, user_store: UserStore, name: str) -> None:
-        try:
-            user_store.drop(name)
-        except LastAdminError:
-            cls._log.warn("raft snapshot: keeping user {user}, the last admin of this node", user=name)
 
 
 @implementer(IStateMachine)
@@ -377,7 +338,7 @@ class EngineStateMachine:
         engine.open()
         user_store = self._users()
         if user_store is not None and users is not None:
-            _Users.replace(user_store, users)
+            user_store.replace_all(users)
 
 
 __all__ = [
