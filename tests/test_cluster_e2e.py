@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import pytest
 
 from oxidb.testing import LocalCluster, free_port, wait_until
+from oxidb.wire import oxiwire
 
 #: Fast elections and a tiny snapshot threshold, so that the log is compacted
 #: and a late node must be sent a snapshot.
@@ -144,5 +145,12 @@ def test_forwarding_off_linearizable_reads_and_errors(cluster: LocalCluster) -> 
         found = ok(cluster.request(node, {"cmd": "find", "collection": "c", "query": {"a": 2},
                                           "consistency": "linearizable"}))
         assert [d["_id"] for d in found] == [written["id"]]
+    # OxiWire works in cluster mode too: a binary write forwarded by a follower.
+    client = cluster.client(3)
+    client.send_raw(b"\xdb" + oxiwire.encode_value({"cmd": "insert", "collection": "c", "doc": {"wire": "oxi"}}))
+    reply = client.recv_raw()
+    assert reply[:2] == b"\xdb\x00"
+    assert oxiwire.decode_reply(reply) == (True, {"id": written["id"] + 1})
+    client.close()
     status = ok(cluster.request(2, {"cmd": "server_status"}))
     assert status["mode"] == "cluster" and status["raft"]["leader"] == 1
