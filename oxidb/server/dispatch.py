@@ -37,10 +37,10 @@ from oxidb.errors import (
 )
 
 
-@attrs.frozen
 class Reply:
     """
-    The outcome of one request.
+    The outcome of one request (a plain slotted class: one is made per
+    request, so it must be cheap).
 
     @ivar ok: success or error.
     @ivar value: the C{data} value, or the error text.
@@ -48,9 +48,21 @@ class Reply:
         always as JSON (the C{hello} success reply, server.md 2.5).
     """
 
-    ok: bool
-    value: Any
-    top_level: bool = False
+    __slots__ = ("ok", "value", "top_level")
+
+    def __init__(self, ok: bool, value: Any, top_level: bool = False) -> None:
+        self.ok = ok
+        self.value = value
+        self.top_level = top_level
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is Reply
+            and (self.ok, self.value, self.top_level) == (other.ok, other.value, other.top_level)
+        )
+
+    def __repr__(self) -> str:
+        return f"Reply(ok={self.ok!r}, value={self.value!r}, top_level={self.top_level!r})"
 
     def envelope(self) -> dict[str, Any]:
         """The reply as a plain envelope (used inside C{pipeline} replies)."""

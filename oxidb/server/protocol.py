@@ -194,7 +194,7 @@ class OxiServerProtocol(Protocol):
             self._log.failure("dispatch failed for {peer}", peer=self.session.peer)
             self._send(encode_error(fmt, "internal error"))
             return
-        if isinstance(outcome, Reply):
+        if type(outcome) is Reply:
             self._send(self._encode(fmt, outcome))
         else:
             outcome.addCallback(lambda reply: self._send(self._encode(fmt, reply)))
