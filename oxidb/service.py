@@ -21,9 +21,7 @@ from typing import Any
 import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, inlineCallbacks
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, globalLogPublisher
-from twisted.python.threadpool import ThreadPool
 
 from oxidb import __version__
 from oxidb.audit.events import Auditor
@@ -45,6 +43,7 @@ from oxidb.raft.service import RaftService
 from oxidb.server.dispatch import Dispatcher
 from oxidb.server.executor import LocalExecutor
 from oxidb.server.protocol import OxiServerFactory
+from oxidb.server.workers import WorkerPool
 from oxidb.server.scheduler import Scheduler
 
 #: seconds a clean shutdown waits for in-flight requests before closing anyway.
@@ -98,7 +97,7 @@ class OxiService(MultiService):
         self.handle_signals = handle_signals
         data_dir = config.prepare_data_dir()
         self.shared = Services(config=config, clock=reactor, data_dir=data_dir, registry=default_registry())
-        self.threadpool = ThreadPool(minthreads=config.pool_size, maxthreads=config.pool_size, name="oxidb-pool")
+        self.threadpool = WorkerPool(reactor, config.pool_size, name="oxidb-pool")
         self.shared.threadpool = self.threadpool
         self.shared.executor = LocalExecutor(reactor, self.threadpool, self.shared)
         self.dispatcher = Dispatcher(self.shared)
@@ -286,7 +285,7 @@ class OxiService(MultiService):
         yield super().stopService()
         engine = self.shared.engine
         if engine is not None:
-            yield deferToThreadPool(self.reactor, self.threadpool, engine.close)
+            yield self.threadpool.defer(engine.close)
         self.threadpool.stop()
         if self.audit_log is not None:
             yield self.audit_log.stop()

@@ -28,8 +28,6 @@ from twisted.web.wsgi import WSGIResource
 from oxidb.metrics._interfaces import IHealth
 
 if TYPE_CHECKING:
-    from twisted.python.threadpool import ThreadPool
-
     from oxidb.metrics._server import ServerMetrics
 
 _WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -111,16 +109,16 @@ def make_metrics_site(
     metrics: "ServerMetrics",
     health: IHealth,
     reactor: Any,
-    threadpool: "ThreadPool",
+    threadpool: Any,
     timeout: float = 60.0,
 ) -> Site:
     """
     The site to listen on at C{OXIDB_METRICS_ADDR}.
 
     @param reactor: provides C{IReactorThreads} and C{IReactorTime}.
-    @param threadpool: runs the scrapes; a started pool the caller stops
-        (C{reactor.getThreadPool()} does, as prometheus_client's own resource
-        does, and keeps scrapes off the engine's pool).
+    @param threadpool: runs the scrapes: a started Twisted C{ThreadPool}
+        (C{reactor.getThreadPool()}) or the server's
+        L{oxidb.server.workers.WorkerPool}; the caller stops it.
     @param timeout: idle connection timeout, seconds.
     """
     root = _Root()

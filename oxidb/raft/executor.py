@@ -21,7 +21,6 @@ from time import perf_counter
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -52,7 +51,7 @@ class ClusterExecutor:
         self._gate = gate
 
     def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
-        return self._gate.run(lambda: deferToThreadPool(self._reactor, self._threadpool, fn, *args, **kwargs))
+        return self._gate.run(lambda: self._threadpool.defer(fn, *args, **kwargs))
 
     def write(self, op: dict[str, Any]) -> "Deferred[Any]":
         result: Deferred[Any] = self._node.write(op)

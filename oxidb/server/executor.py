@@ -9,7 +9,6 @@ from concurrent.futures import Future
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
 from oxidb.commands._context import IExecutor
@@ -35,7 +34,7 @@ def deferred_from_future(reactor: Any, future: "Future[Any]") -> "Deferred[Any]"
 class LocalExecutor:
     """
     @param reactor: the reactor (for C{callFromThread} and C{seconds}).
-    @param threadpool: the service's started L{ThreadPool}.
+    @param threadpool: the service's started L{oxidb.server.workers.WorkerPool}.
     @param services: read for C{services.engine} at call time.
     """
 
@@ -45,7 +44,7 @@ class LocalExecutor:
         self._services = services
 
     def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
-        return deferToThreadPool(self._reactor, self._threadpool, fn, *args, **kwargs)
+        return self._threadpool.defer(fn, *args, **kwargs)
 
     def write(self, op: dict[str, Any]) -> "Deferred[Any]":
         engine = self._services.engine
