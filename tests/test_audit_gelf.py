@@ -129,9 +129,11 @@ def test_log_levels_and_failures() -> None:
     fields = log_event_fields({"log_format": "boom", "log_level": LogLevel.critical, "log_failure": failure}, "h")
     assert fields is not None and fields["level"] == 2
     assert "ZeroDivisionError" in fields["full_message"]
-    for level, number in [(LogLevel.error, 3), (LogLevel.warn, 4), (LogLevel.debug, 7)]:
+    for level, number in [(LogLevel.error, 3), (LogLevel.warn, 4), (LogLevel.info, 6)]:
         fields = log_event_fields({"log_format": "x", "log_level": level}, "h")
         assert fields is not None and fields["level"] == number
+    # Debug events (one per connection) stay local.
+    assert log_event_fields({"log_format": "x", "log_level": LogLevel.debug}, "h") is None
 
 
 def test_stdio_text_never_leaves() -> None:
@@ -246,6 +248,7 @@ async def test_udp_round_trip() -> None:
     try:
         publisher = LogPublisher(sender.observer())
         log = Logger(namespace="oxidb.test", observer=publisher)
+        log.debug("debug only: {peer}", peer="9.9.9.9:1")
         log.info("client connected: {peer}", peer="9.9.9.9:1")
         publisher({"log_io": "  password: hunter2", "log_namespace": "stderr", "log_level": LogLevel.error})
         big = random.Random(5).randbytes(40_000).hex()  # about 40 chunks
@@ -261,3 +264,4 @@ async def test_udp_round_trip() -> None:
     assert by_text["large: " + big[:13]]["_blob"] == big  # chunked, not lost
     assert by_text["audit: alice find de"]["_type"] == "audit"
     assert not any("hunter2" in json.dumps(m) for m in messages)
+    assert not any(m["short_message"].startswith("debug only") for m in messages)

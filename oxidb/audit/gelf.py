@@ -103,9 +103,11 @@ def log_event_fields(event: Mapping[str, Any], source: str) -> dict[str, Any] | 
     """
     The GELF message for a C{twisted.logger} event, or None for events that
     must not leave the process: text written to stdout/stderr (C{log_io};
-    the first-start password banner goes to stderr).
+    the first-start password banner goes to stderr), and debug events (one
+    per client connection and disconnection: noise a collector should not
+    have to store).
     """
-    if "log_io" in event:
+    if "log_io" in event or event.get("log_level") is LogLevel.debug:
         return None
     text = formatEvent(dict(event)) or "-"
     fields: dict[str, Any] = {
