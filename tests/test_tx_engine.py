@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oxidb.engine import transactions
+from oxidb.engine import store, transactions
 from oxidb.engine.engine import Engine
 from oxidb.engine.transactions import Transaction
 from oxidb.errors import (
@@ -205,6 +205,42 @@ def test_reserved_ids_taken_after_a_recreate_conflict(engine: Engine) -> None:
     assert seed(engine, "d", [{"n": 2}]) == [2]
 
 
+def test_a_recreated_collection_is_not_the_one_read(engine: Engine) -> None:
+    """Ids and versions restart at 1 in a re-created collection: same numbers, other documents."""
+    seed(engine, "c", [{"n": 1}])
+    tx = Transaction(1)
+    assert engine.read(tx.stage_update, "c", {"n": 1}, {"$inc": {"n": 1}}, NOW) == 1
+    apply(engine, {"DropCollection": {"name": "c"}})
+    seed(engine, "c", [{"n": 100}])  # _id 1, _version 1 again
+    with pytest.raises(TransactionConflictError, match="'c' doc 1: expected version 1, found 0"):
+        commit(engine, tx)
+    assert strip(engine.find("c")) == [{"n": 100, "_id": 1}]
+    # A read-only transaction is checked the same way.
+    tx = Transaction(2)
+    engine.read(tx.find, "c", {})
+    apply(engine, {"DropCollection": {"name": "c"}})
+    seed(engine, "c", [{"n": 100}])
+    with pytest.raises(TransactionConflictError):
+        commit(engine, tx)
+
+
+def test_compact_is_not_a_conflict(engine: Engine) -> None:
+    seed(engine, "c", [{"n": 1}, {"n": 2}])
+    tx = Transaction(1)
+    engine.read(tx.stage_update, "c", {"n": 1}, {"$set": {"x": 1}}, NOW)
+    apply(engine, {"Compact": {"collection": "c"}})
+    assert commit(engine, tx) == "committed"
+    assert strip(engine.find("c", {"x": 1})) == [{"n": 1, "x": 1, "_id": 1}]
+
+
+def test_commits_without_incarnations_still_apply(engine: Engine) -> None:
+    """Raft log entries written before incarnations were recorded."""
+    seed(engine, "c", [{"n": 1}])
+    body = {"read_set": [["c", 1, 1]], "write_ops": [{"op": "update", "collection": "c", "ids": [[1, 1]], "update": {"$set": {"n": 5}}}]}
+    assert apply(engine, {"CommitTransaction": body}) == "committed"
+    assert strip(engine.find("c")) == [{"n": 5, "_id": 1}]
+
+
 def test_reserve_ids(engine: Engine) -> None:
     assert apply(engine, transactions.reserve_operation("r", 3)) == 1
     assert apply(engine, transactions.reserve_operation("r", 1)) == 4
@@ -233,6 +269,7 @@ def test_reserve_ids(engine: Engine) -> None:
         {"read_set": [], "write_ops": [{"op": "delete", "collection": "c", "ids": [3]}]},
         {"read_set": [], "write_ops": [{"op": "delete", "ids": [[1, 1]]}]},
         {"read_set": [], "write_ops": ["insert"]},
+        {"read_set": [], "write_ops": [], "collections": []},
     ],
 )
 def test_malformed_commit_operations(engine: Engine, body: Any) -> None:
@@ -246,9 +283,12 @@ def test_commit_operation_shape(engine: Engine) -> None:
     assert tx.commit_operation() is None
     engine.read(tx.stage_update, "c", {"n": {"$ne": 3}}, {"$set": {"x": 1}}, NOW)
     stage_insert(engine, tx, "c", [{"n": 5}, {"n": 6}])
+    incarnation = engine.read(lambda reader: store.incarnation(reader.conn, "c"))
+    assert isinstance(incarnation, str) and incarnation
     assert tx.commit_operation() == {
         "CommitTransaction": {
             "read_set": [["c", 1, 1], ["c", 2, 1], ["c", 4, 1]],
+            "collections": {"c": incarnation},
             "write_ops": [
                 {"op": "update", "collection": "c", "ids": [[1, 2], [4, 4]], "update": {"$set": {"x": 1}}},
                 {"op": "insert", "collection": "c", "first_id": 5, "documents": [{"n": 5}, {"n": 6}]},
@@ -258,7 +298,9 @@ def test_commit_operation_shape(engine: Engine) -> None:
     # A read-only transaction still validates what it read.
     reader = Transaction(8)
     engine.read(reader.find, "c", {"n": 3})
-    assert reader.commit_operation() == {"CommitTransaction": {"read_set": [["c", 3, 1]], "write_ops": []}}
+    assert reader.commit_operation() == {
+        "CommitTransaction": {"read_set": [["c", 3, 1]], "collections": {"c": incarnation}, "write_ops": []}
+    }
 
 
 # --- the view against direct application ----------------------------------------------

@@ -187,6 +187,10 @@ def set_meta(conn: sqlite3.Connection, key: str, value: Any) -> None:
     )
 
 
+def delete_meta(conn: sqlite3.Connection, key: str) -> None:
+    conn.execute("DELETE FROM oxi_meta WHERE key = ?", (key,))
+
+
 def new_table_name(conn: sqlite3.Connection) -> str:
     """A fresh, never reused SQL table name for a collection."""
     n = int(get_meta(conn, "next_table", 1))
@@ -220,7 +224,25 @@ def create_collection(conn: sqlite3.Connection, name: str) -> CollectionInfo:
     tbl = new_table_name(conn)
     create_table(conn, tbl)
     conn.execute("INSERT INTO oxi_collections(name, tbl, last_id) VALUES (?, ?, 0)", (name, tbl))
+    set_meta(conn, _INCARNATION + name, tbl)
     return CollectionInfo(name, tbl, 0)
+
+
+#: Meta key prefix of a collection's incarnation (see L{incarnation}).
+_INCARNATION = "incarnation:"
+
+
+def incarnation(conn: sqlite3.Connection, name: str) -> str | None:
+    """
+    What tells this life of a collection from an earlier one of the same
+    name (ids and versions start again at 1 when a dropped name is created
+    anew, engine.md 1.6): the table name it was created with, which
+    L{compact} does not change. C{""} for a collection created before
+    incarnations were recorded; None if the collection does not exist.
+    """
+    if get_collection(conn, name) is None:
+        return None
+    return str(get_meta(conn, _INCARNATION + name, ""))
 
 
 def drop_collection(conn: sqlite3.Connection, info: CollectionInfo) -> None:
@@ -229,6 +251,7 @@ def drop_collection(conn: sqlite3.Connection, info: CollectionInfo) -> None:
     drop_text_tables(conn, info.tbl)
     conn.execute("DELETE FROM oxi_indexes WHERE collection = ?", (info.name,))
     conn.execute("DELETE FROM oxi_collections WHERE name = ?", (info.name,))
+    delete_meta(conn, _INCARNATION + info.name)
 
 
 def set_last_id(conn: sqlite3.Connection, name: str, last_id: int) -> None:

@@ -19,9 +19,13 @@ ids, so that the commit writes exactly the documents the transaction saw
 (documents that start matching only after buffering are not touched).
 
 Commit is one write operation, C{{"CommitTransaction": {"read_set":
-[[collection, id, version], ...], "write_ops": [...]}}}, applied by
-L{apply_commit} on the writer thread: it checks every read-set version
-against the current one (a mismatch is a L{TransactionConflictError}) and
+[[collection, id, version], ...], "collections": {name: incarnation},
+"write_ops": [...]}}}, applied by L{apply_commit} on the writer thread: it
+checks every read-set version against the current one, and that each
+collection read from is still the same incarnation (a collection dropped
+and created again restarts its ids and versions at 1, so a version alone
+cannot tell its documents from the old ones); a mismatch is a
+L{TransactionConflictError}. It then
 applies the write operations one after another in the same SQLite
 transaction, so each sees the previous ones, unique indexes are checked
 across the whole transaction, and a failure or a crash leaves nothing. The
@@ -95,6 +99,8 @@ class Transaction:
 
     @ivar tx_id: the number C{begin_tx} answered.
     @ivar read_set: C{(collection, _id)} -> the committed C{_version} seen.
+    @ivar collections: collection -> its L{store.incarnation} when the read
+        set first took a document from it.
     @ivar overlay: collection -> C{_id} -> the transaction's document, or
         C{None} if the transaction deleted it.
     @ivar ops: the buffered write operations (see L{apply_commit}).
@@ -102,6 +108,7 @@ class Transaction:
 
     tx_id: int
     read_set: dict[tuple[str, int], int] = attrs.Factory(dict)
+    collections: dict[str, str | None] = attrs.Factory(dict)
     overlay: dict[str, dict[int, Document | None]] = attrs.Factory(dict)
     ops: list[dict[str, Any]] = attrs.Factory(list)
 
@@ -119,13 +126,16 @@ class Transaction:
         docs.sort(key=_doc_id)
         return docs
 
-    def _record(self, collection: str, docs: Iterable[Document]) -> None:
+    def _record(self, reader: Reader, collection: str, docs: Iterable[Document]) -> None:
         """Add the committed documents among C{docs} to the read set."""
         touched = self.overlay.get(collection, {})
         for doc in docs:
             doc_id = doc["_id"]
             if doc_id not in touched:
                 self.read_set.setdefault((collection, doc_id), doc["_version"])
+                if collection not in self.collections:
+                    # The same snapshot as the versions just read.
+                    self.collections[collection] = store.incarnation(reader.conn, collection)
 
     def find(
         self,
@@ -144,7 +154,7 @@ class Transaction:
             docs = apply_find(self._view(reader, collection, query), None, sort, skip, limit)
         else:
             docs = reader.find(collection, query, sort, skip, limit)
-        self._record(collection, docs)
+        self._record(reader, collection, docs)
         return docs
 
     def find_one(self, reader: Reader, collection: str, query: object = None) -> Document | None:
@@ -154,13 +164,13 @@ class Transaction:
         else:
             one = reader.find_one(collection, query)
             docs = [] if one is None else [one]
-        self._record(collection, docs)
+        self._record(reader, collection, docs)
         return docs[0] if docs else None
 
     def count(self, reader: Reader, collection: str, query: object = None) -> int:
         """The number of matching documents in the view; all of them join the read set."""
         docs = self._view(reader, collection, query)
-        self._record(collection, docs)
+        self._record(reader, collection, docs)
         return len(docs)
 
     # --- buffered writes --------------------------------------------------
@@ -196,7 +206,7 @@ class Transaction:
         compiled = compile_update(update)
         matched = self._view(reader, collection, query)[:limit]
         updated = [bump_version(compiled.apply(doc, now)) for doc in matched]
-        self._record(collection, matched)
+        self._record(reader, collection, matched)
         if updated:
             touched = self.overlay.setdefault(collection, {})
             for doc in updated:
@@ -208,7 +218,7 @@ class Transaction:
     def stage_delete(self, reader: Reader, collection: str, query: object, limit: int | None = None) -> int:
         """Buffer a delete of the matching documents (the first C{limit}); the number matched."""
         matched = self._view(reader, collection, query)[:limit]
-        self._record(collection, matched)
+        self._record(reader, collection, matched)
         if matched:
             touched = self.overlay.setdefault(collection, {})
             for doc in matched:
@@ -227,7 +237,10 @@ class Transaction:
         if not self.ops and not self.read_set:
             return None
         read_set = [[collection, doc_id, version] for (collection, doc_id), version in self.read_set.items()]
-        return {COMMIT: {"read_set": read_set, "write_ops": self.ops}}
+        body: dict[str, Any] = {"read_set": read_set, "write_ops": self.ops}
+        if self.collections:
+            body["collections"] = dict(self.collections)
+        return {COMMIT: body}
 
 
 # --- appliers (writer thread) -------------------------------------------------
@@ -328,7 +341,13 @@ def apply_commit(txn: WriteTxn, body: Any, now: float) -> str:
     """
     if type(body) is not dict or type(body.get("write_ops")) is not list:
         raise _malformed()
+    incarnations = body.get("collections", {})
+    if type(incarnations) is not dict:
+        raise _malformed()
     for collection, doc_id, expected in _read_set_of(body):
+        if collection in incarnations and store.incarnation(txn.conn, collection) != incarnations[collection]:
+            # Dropped (and perhaps created again): what was read is gone.
+            raise TransactionConflictError(collection, doc_id, expected, 0)
         found = txn.version_of(collection, doc_id)
         if found != expected:
             raise TransactionConflictError(collection, doc_id, expected, found)
