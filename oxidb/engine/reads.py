@@ -107,6 +107,13 @@ class Reader:
 
     # --- documents --------------------------------------------------------
 
+    def _planned(self, collection: str, matcher: Matcher) -> tuple[CollectionInfo, Plan] | None:
+        """The collection and C{matcher}'s plan over it; None if it does not exist."""
+        info = self.collection(collection)
+        if info is None:
+            return None
+        return info, self.plan_for(info, matcher)
+
     def plan_for(self, info: CollectionInfo, matcher: Matcher) -> Plan:
         """C{matcher} compiled against the collection's index key columns."""
         return compile_plan(matcher, self._columns(info))
@@ -263,20 +270,10 @@ class Reader:
         """C{find} (engine.md 2.5): filter, sort, skip, limit."""
         matcher = check_query(query)
         spec = parse_sort(sort)
-        info = self.collection(collection)
-        if info is None:
+        planned = self._planned(collection, matcher)
+        if planned is None:
             return []
-        plan = self.plan_for(info, matcher)
-        return [
-            doc
-            for _, _, doc in self.rows(
-                info,
-                plan,
-                spec,
-                skip if is_uint(skip) else None,
-                limit if is_uint(limit) else None,
-            )
-        ]
+        return [doc for _, _, doc in self.rows(*planned, spec, *_window(skip, limit))]
 
     def find_raw(
         self,
@@ -293,48 +290,33 @@ class Reader:
         """
         matcher = check_query(query)
         spec = parse_sort(sort)
-        info = self.collection(collection)
-        if info is None:
+        planned = self._planned(collection, matcher)
+        if planned is None:
             return "[]"
-        plan = self.plan_for(info, matcher)
-        texts = self.texts(
-            info,
-            plan,
-            spec,
-            skip if is_uint(skip) else None,
-            limit if is_uint(limit) else None,
-        )
-        return "[" + ",".join(texts) + "]"
+        return "[" + ",".join(self.texts(*planned, spec, *_window(skip, limit))) + "]"
 
     def find_one_raw(self, collection: str, query: object = None) -> str | None:
         """L{find_one}'s document as its stored JSON text, or None."""
-        matcher = check_query(query)
-        info = self.collection(collection)
-        if info is None:
+        planned = self._planned(collection, check_query(query))
+        if planned is None:
             return None
-        plan = self.plan_for(info, matcher)
-        for text in self.texts(info, plan, None, None, 1):
-            return text
-        return None
+        return next(self.texts(*planned, None, None, 1), None)
 
     def find_one(self, collection: str, query: object = None) -> dict[str, Any] | None:
         """The matching document with the lowest C{_id}, or None."""
-        matcher = check_query(query)
-        info = self.collection(collection)
-        if info is None:
+        planned = self._planned(collection, check_query(query))
+        if planned is None:
             return None
-        plan = self.plan_for(info, matcher)
-        for _, _, doc in self.rows(info, plan, None, None, 1):
+        for _, _, doc in self.rows(*planned, None, None, 1):
             return doc
         return None
 
     def count(self, collection: str, query: object = None) -> int:
         """The number of matching documents (canonical: C{len(find(query))})."""
-        matcher = check_query(query)
-        info = self.collection(collection)
-        if info is None:
+        planned = self._planned(collection, check_query(query))
+        if planned is None:
             return 0
-        plan = self.plan_for(info, matcher)
+        info, plan = planned
         if plan.exact:
             sql = f"SELECT count(*) FROM {info.tbl}"
             if plan.where != "1":
@@ -406,3 +388,8 @@ class Reader:
             return 0
         row = self.conn.execute(f"SELECT _version FROM {info.tbl} WHERE _id = ?", (doc_id,)).fetchone()
         return 0 if row is None else int(row[0])
+
+
+def _window(skip: object, limit: object) -> tuple[int | None, int | None]:
+    """C{find}'s C{skip} and C{limit}: non-negative integers, anything else ignored (engine.md 2.5)."""
+    return (skip if is_uint(skip) else None, limit if is_uint(limit) else None)
