@@ -94,6 +94,8 @@ class SendQueue:
     full queue drops the oldest frames; C{dropped} counts them.
     """
 
+    _log = Logger()
+
     def __init__(self, max_messages: int = QUEUE_MESSAGES, max_bytes: int = QUEUE_BYTES) -> None:
         self._frames: deque[bytes] = deque()
         self._bytes = 0
@@ -108,6 +110,18 @@ class SendQueue:
     def size(self) -> int:
         """Bytes queued."""
         return self._bytes
+
+    def push_payload(self, payload: bytes, peer: int | None) -> bool:
+        """Frame C{payload} and queue it; False (logged) when it is over the frame limit."""
+        if len(payload) > MAX_FRAME:
+            self._log.error(
+                "raft: not sending a {size}-byte frame to node {peer}: over the frame limit",
+                size=len(payload),
+                peer=peer,
+            )
+            return False
+        self.push(encode_frame(payload))
+        return True
 
     def push(self, frame: bytes) -> None:
         self._frames.append(frame)
@@ -255,17 +269,8 @@ class PeerProtocol(Protocol):
             self._drop(f"bad frame: {e}")
 
     def send(self, payload: bytes) -> None:
-        if self.closed:
-            return
-        if len(payload) > MAX_FRAME:
-            self._log.error(
-                "raft: not sending a {size}-byte frame to node {peer}: over the frame limit",
-                size=len(payload),
-                peer=self.peer_id,
-            )
-            return
-        self.outbox.push(encode_frame(payload))
-        self.flush()
+        if not self.closed and self.outbox.push_payload(payload, self.peer_id):
+            self.flush()
 
     def flush(self) -> None:
         """Write queued frames while the peer keeps up."""
@@ -346,15 +351,7 @@ class PeerLink:
         self._attempt()
 
     def send(self, payload: bytes) -> None:
-        if len(payload) > MAX_FRAME:
-            self._log.error(
-                "raft: not sending a {size}-byte frame to node {peer}: over the frame limit",
-                size=len(payload),
-                peer=self.peer_id,
-            )
-            return
-        self.outbox.push(encode_frame(payload))
-        if self.protocol is not None:
+        if self.outbox.push_payload(payload, self.peer_id) and self.protocol is not None:
             self.protocol.flush()
 
     def stop(self) -> None:
