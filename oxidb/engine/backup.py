@@ -59,6 +59,17 @@ _COMPRESS_LEVEL = 6
 # --- backup -----------------------------------------------------------------
 
 
+def _staging_next_to(path: str, prefix: str) -> str:
+    """A new private directory beside C{path} (same file system: the result is renamed into place)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise BackupError(f"directory does not exist: {parent}")
+    try:
+        return tempfile.mkdtemp(prefix=prefix, dir=parent)
+    except OSError as e:
+        raise BackupError(str(e)) from None
+
+
 def create_backup(engine: Any, path: str, now: float) -> dict[str, Any]:
     """
     Write an archive of the engine's data directory to C{path}, which must
@@ -71,13 +82,7 @@ def create_backup(engine: Any, path: str, now: float) -> dict[str, Any]:
     """
     if os.path.lexists(path):
         raise BackupError(f"path already exists: {path}")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise BackupError(f"directory does not exist: {parent}")
-    try:
-        staging = tempfile.mkdtemp(prefix=".oxidb-backup-", dir=parent)
-    except OSError as e:
-        raise BackupError(str(e)) from None
+    staging = _staging_next_to(path, ".oxidb-backup-")
     try:
         db_copy = os.path.join(staging, store.DB_FILENAME)
         engine.backup(db_copy)
@@ -202,13 +207,7 @@ def restore_backup(archive: str, target: str) -> dict[str, Any]:
     if os.path.lexists(target):
         if os.path.islink(target) or not os.path.isdir(target) or os.listdir(target):
             raise BackupError(f"target exists and is not an empty directory: {target}")
-    parent = os.path.dirname(os.path.abspath(target))
-    if not os.path.isdir(parent):
-        raise BackupError(f"directory does not exist: {parent}")
-    try:
-        staging = tempfile.mkdtemp(prefix=".oxidb-restore-", dir=parent)
-    except OSError as e:
-        raise BackupError(str(e)) from None
+    staging = _staging_next_to(target, ".oxidb-restore-")
     try:
         files = _unpack(archive, staging)
         manifest = _check_manifest(staging, files)
@@ -223,7 +222,7 @@ def restore_backup(archive: str, target: str) -> dict[str, Any]:
         if os.path.isdir(target):
             os.rmdir(target)
         os.rename(staging, target)
-        _fsync_dir(parent)
+        _fsync_dir(os.path.dirname(staging))
     except (OSError, sqlite3.Error) as e:
         shutil.rmtree(staging, ignore_errors=True)
         raise BackupError(str(e)) from None
