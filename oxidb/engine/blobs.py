@@ -583,29 +583,25 @@ def _existing_bucket(conn: sqlite3.Connection, bucket: object) -> str:
     return name
 
 
-def head_object(reader: Any, bucket: object, key: object) -> dict[str, Any]:
-    """An object's metadata record."""
+def _object_row(reader: Any, bucket: object, key: object, columns: str) -> tuple[Any, ...]:
+    """C{columns} of an object's row; the spec's error for a bad or unknown bucket or key."""
     conn = reader.conn
     name = _existing_bucket(conn, bucket)
     key = validate_key(key)
-    row = conn.execute(
-        f"SELECT {_RECORD_COLUMNS} FROM oxi_blob_objects WHERE bucket = ? AND key = ?", (name, key)
-    ).fetchone()
+    row = conn.execute(f"SELECT {columns} FROM oxi_blob_objects WHERE bucket = ? AND key = ?", (name, key)).fetchone()
     if row is None:
         raise BlobNotFoundError(name, key)
-    return _row_record(row)
+    return tuple(row)
+
+
+def head_object(reader: Any, bucket: object, key: object) -> dict[str, Any]:
+    """An object's metadata record."""
+    return _row_record(_object_row(reader, bucket, key, _RECORD_COLUMNS))
 
 
 def read_object(reader: Any, bucket: object, key: object) -> tuple[bytes, dict[str, Any]]:
     """An object's bytes and metadata record."""
-    conn = reader.conn
-    name = _existing_bucket(conn, bucket)
-    key = validate_key(key)
-    row = conn.execute(
-        f"SELECT {_RECORD_COLUMNS}, content FROM oxi_blob_objects WHERE bucket = ? AND key = ?", (name, key)
-    ).fetchone()
-    if row is None:
-        raise BlobNotFoundError(name, key)
+    row = _object_row(reader, bucket, key, f"{_RECORD_COLUMNS}, content")
     return bytes(row[-1]), _row_record(row[:-1])
 
 
