@@ -59,7 +59,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -73,6 +72,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # the raw sqlite3 baseline reads the engine's settings
+
+from oxidb.testing import free_port, wait_for_port  # noqa: E402
 PYTHON = sys.executable
 TWISTD = os.path.join(os.path.dirname(PYTHON), "twistd")
 OFFICIAL_CLIENT = "oxidb==0.18.0"
@@ -100,23 +101,6 @@ def make_docs(n: int, seed: int = 7) -> list[dict[str, Any]]:
         )
         docs.append(doc)
     return docs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
 
 
 # --- targets --------------------------------------------------------------------------

@@ -13,14 +13,17 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from oxidb.testing import free_port, wait_for_port  # noqa: E402
+
 PYTHON = sys.executable
 TWISTD = os.path.join(os.path.dirname(PYTHON), "twistd")
 
@@ -29,23 +32,6 @@ SHAPES = [
     ("16 conns, 1 in flight each", 16, 1),
     ("16 conns, pipelined x32", 16, 32),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
 
 
 def start_bare(port: int) -> subprocess.Popen:

@@ -295,6 +295,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
+    """Wait until something accepts TCP connections on C{host:port}."""
+
+    def accepting() -> bool:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    wait_until(accepting, timeout, interval=0.05)
+
+
 def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
     """Poll C{condition} until it returns something true; that value. Raises after C{timeout}."""
     deadline = time.monotonic() + timeout
