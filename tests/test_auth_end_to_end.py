@@ -11,7 +11,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 from scramp import ScramClient
 from twisted.internet.testing import MemoryReactorClock
@@ -27,6 +26,7 @@ from oxidb.commands.auth import LOGIN_COMMANDS, USER_COMMANDS
 from oxidb.config import Config
 from oxidb.server.dispatch import Dispatcher
 from oxidb.server.protocol import OxiServerFactory
+from oxidb.service import Services
 from oxidb.testing import OxiClientProtocol, SynchronousExecutor
 
 
@@ -41,30 +41,12 @@ class UserEngine:
         return APPLIERS[kind](self.auth.store, body, now)
 
 
-@attrs.define(eq=False)
-class Services:
-    """What the protocol, the dispatcher and the handlers read."""
-
-    config: Config
-    clock: MemoryReactorClock
-    registry: Any
-    auth: Any = None
-    audit: Any = None
-    engine: Any = None
-    executor: Any = None
-    dispatcher: Any = None
-    metrics: Any = None
-    auth_enabled: bool = True
-    health_open: bool = False
-    tls_enabled: bool = False
-
-
 class Server:
     def __init__(self, tmp_path: Path) -> None:
         self.clock = MemoryReactorClock()
         registry = default_registry()
         registry.extend(LOGIN_COMMANDS + USER_COMMANDS)
-        services = Services(Config(data_dir=str(tmp_path)), self.clock, registry)
+        services = Services(Config(data_dir=str(tmp_path)), self.clock, str(tmp_path), registry, auth_enabled=True)
         services.executor = SynchronousExecutor(services)
         settings = AuthSettings(enabled=True, throttle=ThrottlePolicy(base_delay=0.5, max_delay=2.0, max_failures=3))
         services.auth = AuthManager.open(tmp_path / "_auth", settings, self.clock, services.executor.read, random.Random(3))
