@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
-from twisted.python.threadpool import ThreadPool
+from twisted.internet.testing import MemoryReactorClock
 from zope.interface.verify import verifyObject
 
 from oxidb.metrics import (
@@ -25,6 +25,7 @@ from oxidb.metrics import (
     directory_size,
     threadpool_stats,
 )
+from oxidb.server.workers import WorkerPool
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -234,8 +235,8 @@ def test_directory_size_counts_files_only_once(tmp_path: Path) -> None:
     assert directory_size(str(tmp_path / "missing")) == 0
 
 
-def test_threadpool_stats_of_a_twisted_pool(metrics: ServerMetrics) -> None:
-    pool = ThreadPool(minthreads=0, maxthreads=3)
+def test_threadpool_stats_of_the_worker_pool(metrics: ServerMetrics) -> None:
+    pool = WorkerPool(MemoryReactorClock(), 3)
     assert threadpool_stats(pool) == ThreadPoolStats(size=3, busy=0)
     started, release = threading.Event(), threading.Event()
 

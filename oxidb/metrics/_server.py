@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from bisect import bisect_left
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import (
@@ -37,6 +37,8 @@ from oxidb.metrics._values import RAFT_STATES, RaftStatus, StorageSample, Thread
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
+
+    from oxidb.server.workers import WorkerPool
 
 #: Values of the C{result} label.
 RESULTS = ("ok", "error", "denied")
@@ -85,14 +87,9 @@ def directory_size(path: str) -> int:
     return total
 
 
-def threadpool_stats(pool: Any) -> ThreadPoolStats:
-    """
-    The L{ThreadPoolStats} of the server's L{oxidb.server.workers.WorkerPool}
-    or of a Twisted C{ThreadPool} (callable from any thread).
-    """
-    if hasattr(pool, "busy"):
-        return ThreadPoolStats(size=pool.size, busy=pool.busy)
-    return ThreadPoolStats(size=pool.max, busy=len(pool.working))
+def threadpool_stats(pool: "WorkerPool") -> ThreadPoolStats:
+    """The L{ThreadPoolStats} of the server's worker pool (callable from any thread)."""
+    return ThreadPoolStats(size=pool.size, busy=pool.busy)
 
 
 @implementer(IServerMetrics)
