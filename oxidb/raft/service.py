@@ -22,10 +22,8 @@ from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from oxidb.auth.store import UserStore
 from oxidb.config import Config
@@ -39,6 +37,7 @@ from oxidb.raft.settings import ClusterSettings
 from oxidb.raft.statemachine import EngineStateMachine, ReadGate
 from oxidb.raft.storage import DurableState, RaftStorage
 from oxidb.raft.transport import PeerTransport
+from oxidb.server.workers import WorkerPool
 
 
 def applied_log_id(state: DurableState, index: int) -> LogId | None:
@@ -98,7 +97,7 @@ class RaftService(Service):
         self.reactor = reactor
         self.engine = engine
         rng = rng if rng is not None else random.SystemRandom()
-        self.io_pool = ThreadPool(minthreads=1, maxthreads=1, name="oxidb-raft-io")
+        self.io_pool = WorkerPool(reactor, 1, name="oxidb-raft-io")
         self.gate = ReadGate()
         self.storage = RaftStorage(OsDisk(engine.data_dir))
         self.state_machine = EngineStateMachine(
@@ -132,7 +131,7 @@ class RaftService(Service):
 
     def run_io(self, fn: Callable[..., Any], *args: Any) -> "Deferred[Any]":
         """Run blocking Raft I/O on the single Raft I/O thread."""
-        return deferToThreadPool(self.reactor, self.io_pool, fn, *args)
+        return self.io_pool.defer(fn, *args)
 
     def wrap_dispatcher(self, dispatcher: Any) -> LinearizableDispatcher:
         return LinearizableDispatcher(dispatcher, self.node)
