@@ -22,6 +22,7 @@ from oxidb.audit.log import AuditSettings, parse_audit_settings
 from oxidb.auth.settings import AuthSettings, parse_auth_settings
 from oxidb.auth.tls import TlsPaths, parse_tls_settings
 from oxidb.errors import ConfigError
+from oxidb.limits import LIMIT_ROWS, LimitRow, Limits, parse_limit
 
 Address = tuple[str, int]
 
@@ -283,6 +284,18 @@ SETTINGS: tuple[Setting, ...] = (
             "log entries kept behind a snapshot for followers that lag a little"),
 )
 
+
+def _limit_setting(row: LimitRow) -> Setting:
+    def parse(text: str) -> int:
+        return parse_limit(row, text)
+
+    return Setting(None, row.env, row.option, str(row.default), parse, row.help)
+
+
+# Resource limits (docs/security.md, "Limits"): one setting per row of
+# L{oxidb.limits.LIMIT_ROWS}, read back into C{Config.limits}.
+SETTINGS += tuple(_limit_setting(row) for row in LIMIT_ROWS)
+
 _BY_FIELD = {s.field: s for s in SETTINGS if s.field is not None}
 
 
@@ -318,6 +331,7 @@ class Config:
     tls: TlsPaths | None = None
     audit: AuditSettings = attrs.field(factory=AuditSettings)
     gelf: GelfSettings | None = None
+    limits: Limits = attrs.field(factory=Limits)
 
     @classmethod
     def from_sources(
@@ -369,6 +383,7 @@ class Config:
             tls=parse_tls_settings(effective),
             audit=parse_audit_settings(effective),
             gelf=parse_gelf_settings(effective),
+            limits=Limits.from_environ(effective),
         )
 
     def prepare_data_dir(self) -> str:
