@@ -173,6 +173,7 @@ class OxiService(MultiService):
             threadpool=self.threadpool,
             users=lambda: shared.auth.store if shared.auth is not None else None,
             on_fatal=self._cluster_failed,
+            audit=lambda: shared.audit,
         )
         shared.raft = raft
         shared.executor = raft.executor
