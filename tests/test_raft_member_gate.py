@@ -12,10 +12,12 @@ import orjson
 import pytest
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
+from zope.interface import implementer
 
 from oxidb.audit.events import AuditEvent, Auditor
 from oxidb.raft.forward import AUDIT_CMD, ForwardRequest, ForwardResult, MemberGate
 from oxidb.raft.messages import MessageDecodeError
+from oxidb.raft.transport import IPeerChannel
 
 
 class Inner:
@@ -26,6 +28,7 @@ class Inner:
         self.frames.append((peer, frame))
 
 
+@implementer(IPeerChannel)
 class Channel:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
