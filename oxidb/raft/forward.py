@@ -18,11 +18,17 @@ A forward may carry C{"user"}: the name of the client whose write it is, for
 the leader's audit trail.
 
 L{MemberGate} sits between the peer transport and the node: it accepts
-forwarded writes, and every Raft message, only from peers in this node's
-current cluster configuration (voters and learners) and audits each
-forwarded write (as the originating user when the forward names one).
-Authentication proves that a peer holds the cluster key, not that it is
-still a member: a removed node, or one that was never added, keeps the key.
+forwarded writes (and their results) only from peers in this node's current
+cluster configuration (voters and learners) and audits each forwarded write
+(as the originating user when the forward names one). Authentication proves
+that a peer holds the cluster key, not that it is still a member: a removed
+node, or one that was never added, keeps the key.
+
+Raft's own messages are not filtered by membership, on purpose: a node whose
+configuration is behind (it was down while a node was added, and that node
+now leads) must accept the new leader's entries to learn the configuration
+at all (Raft dissertation, 4.1). Terms, log matching, pre-vote and
+check-quorum govern them.
 """
 
 from __future__ import annotations
@@ -117,13 +123,12 @@ AUDIT_CMD = "raft_forward"
 @implementer(IPeerHandler)
 class MemberGate:
     """
-    Wraps the node's L{IPeerHandler}: frames from a peer outside the current
-    configuration are not handed on. A forwarded write from such a peer is
-    answered with L{NotAMemberError} (C{redirect: false}: nothing was
-    proposed); other frames are dropped (the connection stays: a node that
-    is being added learns its membership from the leader's first entries).
-    A node that knows no configuration yet (new, before its first entries)
-    accepts every authenticated peer, as it must to be added.
+    Wraps the node's L{IPeerHandler}. A forwarded write from a peer outside
+    the current configuration is answered with L{NotAMemberError}
+    (C{redirect: false}: nothing was proposed); a forward result from such a
+    peer is dropped (it could only answer a forward this node never sent
+    it). Raft messages pass (see the module docstring). A node that knows no
+    configuration yet accepts forwards from every authenticated peer.
 
     @param inner: the node.
     @param members: the current configuration's node ids (voters and
@@ -162,13 +167,9 @@ class MemberGate:
                 channel.send(ForwardResult(request.request_id, False, error=error.message, redirect=False).encode())
                 return
             self._record(peer, request, OK, "")
-        elif not member:
+        elif frame.get("type") == FORWARD_RESULT and not member:
             self.refused += 1
-            self._log.debug(
-                "raft: ignoring a {kind!r} frame from node {peer}: not a member of the configuration",
-                kind=frame.get("type"),
-                peer=peer,
-            )
+            self._log.warn("raft: ignoring a forward result from node {peer}: not a member of the configuration", peer=peer)
             return
         self._inner.frame_received(peer, frame, channel)
 
