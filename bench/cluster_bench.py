@@ -41,7 +41,7 @@ from loadgen import run as load  # noqa: E402
 
 from oxidb.testing import LocalCluster, ServerProcess, wait_until  # noqa: E402
 
-KEY = {"OXIDB_CLUSTER_KEY": "cluster bench shared secret"}
+KEY = {"OXIDB_CLUSTER_KEY": "cluster bench shared secret, 32+ characters"}
 DOC = {"name": "bench", "n": 1, "tags": ["a", "b"], "nested": {"x": 1.5}}
 
 

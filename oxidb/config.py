@@ -144,13 +144,24 @@ class Secret:
         return "Secret(<redacted>)"
 
 
-#: Shortest cluster key accepted.
-MIN_CLUSTER_KEY = 16
+#: Shortest cluster key accepted: 32 characters hold 128 bits as hex, more
+#: as base64 (C{openssl rand -base64 32} gives 44).
+MIN_CLUSTER_KEY = 32
+#: Fewest different characters in a cluster key (catches "aaaa...", "abab...").
+MIN_CLUSTER_KEY_DISTINCT = 8
 
 
 def parse_cluster_key(text: str) -> Secret:
+    """The cluster key; the error never quotes it."""
     if len(text) < MIN_CLUSTER_KEY:
-        raise ValueError(f"must be at least {MIN_CLUSTER_KEY} characters long")
+        raise ValueError(
+            f"must be at least {MIN_CLUSTER_KEY} characters long (generate one with 'openssl rand -base64 32')"
+        )
+    if len(set(text)) < MIN_CLUSTER_KEY_DISTINCT:
+        raise ValueError(
+            f"must use at least {MIN_CLUSTER_KEY_DISTINCT} different characters "
+            "(generate one with 'openssl rand -base64 32')"
+        )
     return Secret(text)
 
 
@@ -225,9 +236,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(None, "OXIDB_HEALTH_OPEN", "health-open", None, bool_text,
             "let raft_metrics run without login, for load-balancer checks (true/false)"),
     Setting(None, "OXIDB_AUTH_DELAY_MS", "auth-delay-ms", None, passthrough,
-            "delay after the first failed login, doubling per failure (default 100)"),
+            "delay after the first failed login, doubling per failure; also the first throttle wait (default 100)"),
     Setting(None, "OXIDB_AUTH_MAX_DELAY_MS", "auth-max-delay-ms", None, passthrough,
-            "longest delay after a failed login (default 5000)"),
+            "longest delay after a failed login, and longest throttle wait (default 5000)"),
     Setting(None, "OXIDB_AUTH_FAILURE_WINDOW_SECS", "auth-failure-window-secs", None, passthrough,
             "seconds a username's failures are remembered (default 300)"),
     Setting(None, "OXIDB_AUTH_MAX_FAILURES", "auth-max-failures", None, passthrough,
@@ -265,7 +276,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("raft_advertise", "OXIDB_RAFT_ADVERTISE", "raft-advertise", None, parse_peer_address,
             "Raft address published to peers when OXIDB_RAFT_ADDR is not dialable (e.g. 0.0.0.0:4445)"),
     Setting("cluster_key", "OXIDB_CLUSTER_KEY", "cluster-key", None, parse_cluster_key,
-            "shared secret every peer proves (HMAC) when it connects to the Raft port; 16+ characters"),
+            "shared secret every peer proves (SPAKE2) when it connects to the Raft port; 32+ characters"),
     Setting("raft_tls_cert", "OXIDB_RAFT_TLS_CERT", "raft-tls-cert", None, parse_path,
             "PEM certificate of this node for mutual TLS on the Raft port (with key and CA)"),
     Setting("raft_tls_key", "OXIDB_RAFT_TLS_KEY", "raft-tls-key", None, parse_path,
@@ -365,7 +376,8 @@ class Config:
             try:
                 value = setting.parse(text)
             except ValueError as e:
-                raise ConfigError(f"{source}={text!r} is invalid: {e}") from None
+                shown = "<redacted>" if setting.parse is parse_cluster_key else repr(text)
+                raise ConfigError(f"{source}={shown} is invalid: {e}") from None
             if setting.field is None:
                 effective[setting.env] = value
             else:

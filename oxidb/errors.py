@@ -187,6 +187,22 @@ class AuthenticationFailedError(OxiError):
     template = "authentication failed"
 
 
+class LoginThrottledError(OxiError):
+    """
+    A login attempt refused before any credential is checked: the user name
+    or the source address failed too often recently (docs/security.md,
+    "Throttling"). Same text whether or not the user exists.
+    """
+
+    template = "too many failed logins; retry later"
+
+
+class LoginBusyError(OxiError):
+    """An C{auth_simple} login refused: the Argon2 checks already running are at their cap."""
+
+    template = "server busy: too many password checks in progress; retry later"
+
+
 class PermissionDeniedError(OxiError):
     template = "permission denied: role '{0}' cannot execute '{1}'"
 
@@ -234,6 +250,12 @@ class NotLeaderError(RaftError):
             f"raft error: has to forward request to: Some({leader_id}), "
             f'Some(BasicNode {{ addr: "{addr}" }})'
         )
+
+
+class NotAMemberError(RaftError):
+    """A peer that is not in this node's cluster configuration sent a forwarded write."""
+
+    template = "raft error: node {0} is not a member of the cluster configuration"
 
 
 class LeaderError(OxiError):

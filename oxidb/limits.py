@@ -49,12 +49,34 @@ SERVER_ROWS: tuple[LimitRow, ...] = ()
 
 # --- login (enforced by the authentication layer) ---------------------------
 
-AUTH_ROWS: tuple[LimitRow, ...] = ()
+AUTH_ROWS: tuple[LimitRow, ...] = (
+    LimitRow(
+        "auth_name_free_attempts", "OXIDB_AUTH_NAME_FREE_ATTEMPTS", "auth-name-free-attempts", 5, 1,
+        "login attempts per user name, counted when they start, before failures throttle the name",
+    ),
+    LimitRow(
+        "auth_address_free_attempts", "OXIDB_AUTH_ADDRESS_FREE_ATTEMPTS", "auth-address-free-attempts", 20, 1,
+        "login attempts per source address, counted when they start, before failures throttle the address",
+    ),
+    LimitRow(
+        "auth_simple_concurrency", "OXIDB_AUTH_SIMPLE_CONCURRENCY", "auth-simple-concurrency", 2, 1,
+        "auth_simple (Argon2) checks running at once; more are refused with 'server busy'",
+    ),
+)
 
 
 # --- the Raft port (enforced by the Raft transport) -------------------------
 
-RAFT_ROWS: tuple[LimitRow, ...] = ()
+RAFT_ROWS: tuple[LimitRow, ...] = (
+    LimitRow(
+        "raft_handshake_secs", "OXIDB_RAFT_HANDSHAKE_SECS", "raft-handshake-secs", 5, 1,
+        "seconds a Raft peer connection may take to finish the authentication handshake",
+    ),
+    LimitRow(
+        "raft_inbound_per_address", "OXIDB_RAFT_INBOUND_PER_ADDRESS", "raft-inbound-per-address", 16, 1,
+        "inbound Raft connections (authenticated or not) open at once from one source address",
+    ),
+)
 
 
 LIMIT_ROWS: tuple[LimitRow, ...] = ENGINE_ROWS + SERVER_ROWS + AUTH_ROWS + RAFT_ROWS

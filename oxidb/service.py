@@ -140,7 +140,12 @@ class OxiService(MultiService):
             shared.auth_enabled = True
             shared.health_open = config.auth.health_open
             shared.auth = AuthManager.open(
-                Path(shared.data_dir) / "_auth", config.auth, reactor, shared.executor.read, random.SystemRandom()
+                Path(shared.data_dir) / "_auth",
+                config.auth,
+                reactor,
+                shared.executor.read,
+                random.SystemRandom(),
+                limits=config.limits,
             )
             shared.registry.extend([*LOGIN_COMMANDS, *USER_COMMANDS])
             register_appliers(self.engine, shared.auth.store)
@@ -173,6 +178,7 @@ class OxiService(MultiService):
             threadpool=self.threadpool,
             users=lambda: shared.auth.store if shared.auth is not None else None,
             on_fatal=self._cluster_failed,
+            audit=lambda: shared.audit,
         )
         shared.raft = raft
         shared.executor = raft.executor

@@ -14,6 +14,7 @@ against it too (in the spirit of C{treq.testing}).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -327,12 +328,16 @@ class LocalCluster:
     node restarted on its data keeps its address.
 
     @param root: a directory for the nodes' data directories and logs.
-    @param env: extra environment for every node (C{OXIDB_*}).
+    @param env: extra environment for every node (C{OXIDB_*}). Cluster mode
+        needs peer authentication: without C{OXIDB_CLUSTER_KEY} (or mutual
+        TLS) in C{env}, every node gets the same fresh random cluster key.
     """
 
     def __init__(self, root: str, env: dict[str, str] | None = None) -> None:
         self.root = root
         self.env = dict(env or {})
+        if "OXIDB_CLUSTER_KEY" not in self.env and "OXIDB_RAFT_TLS_CERT" not in self.env:
+            self.env["OXIDB_CLUSTER_KEY"] = base64.b64encode(os.urandom(32)).decode("ascii")
         self.raft_ports: dict[int, int] = {}
         self.nodes: dict[int, ServerProcess] = {}
         self._clients: dict[int, BlockingClient] = {}

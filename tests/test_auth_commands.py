@@ -156,7 +156,11 @@ def test_scram_login(world: World) -> None:
     reply = result_of(scram_login(world, ctx, "alice", "pencil"))
     assert reply["done"] is True and reply["payload"].startswith("v=")
     assert (ctx.session.user, ctx.session.role, ctx.session.auth_state) == ("alice", Role.READWRITE, None)
-    [event] = world.sink.events
+    # The first step is audited too (it starts the attempt), then the outcome.
+    first, event = world.sink.events
+    assert (first.user, first.role, first.cmd, first.result, first.detail) == (
+        "alice", None, "authenticate", "ok", commands.FIRST_STEP
+    )
     assert (event.user, event.role, event.cmd, event.result, event.peer) == (
         "alice",
         "readWrite",
@@ -174,7 +178,8 @@ def test_wrong_password_is_delayed_audited_and_counted(world: World) -> None:
     assert error_of(d) == "authentication failed"
     assert not ctx.session.authenticated and ctx.session.failed_logins == 1
     assert world.services.metrics.failures == 1
-    [event] = world.sink.events
+    first, event = world.sink.events
+    assert (first.user, first.result, first.detail) == ("alice", "ok", commands.FIRST_STEP)
     assert (event.user, event.role, event.cmd, event.result, event.detail) == (
         "alice",
         None,

@@ -33,31 +33,70 @@ from oxidb.testing import MemoryServer
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
 
+#: A cluster key for tests: cluster mode always needs peer authentication.
+TEST_KEY = "test cluster key: 32 characters or more"
+
+
 def config(**env: str) -> Config:
-    return Config.from_sources({"OXIDB_NODE_ID": "1", **env})
+    """A node's config; with the test cluster key unless C{env} sets mutual TLS (or a key)."""
+    defaults = {} if "OXIDB_RAFT_TLS_CERT" in env else {"OXIDB_CLUSTER_KEY": TEST_KEY}
+    return Config.from_sources({"OXIDB_NODE_ID": "1", **defaults, **env})
 
 
-def test_a_non_loopback_raft_address_needs_peer_authentication() -> None:
+@pytest.mark.parametrize("addr", ["0.0.0.0:4445", "127.0.0.1:4445", "[::1]:4445"])
+def test_cluster_mode_always_needs_peer_authentication(addr: str) -> None:
+    bare = Config.from_sources({"OXIDB_NODE_ID": "1", "OXIDB_RAFT_ADDR": addr})
     with pytest.raises(ConfigError) as info:
-        ClusterSettings.from_config(config(OXIDB_RAFT_ADDR="0.0.0.0:4445"))
+        ClusterSettings.from_config(bare)
     message = str(info.value)
-    assert "OXIDB_RAFT_ADDR=0.0.0.0:4445 is not a loopback address" in message
+    assert f"cluster mode needs peer authentication on the Raft port (OXIDB_RAFT_ADDR={addr}), also on loopback" in message
     for name in ("OXIDB_CLUSTER_KEY", "OXIDB_RAFT_TLS_CERT", "OXIDB_RAFT_TLS_KEY", "OXIDB_RAFT_TLS_CA"):
         assert name in message
-    settings = ClusterSettings.from_config(
-        config(OXIDB_RAFT_ADDR="0.0.0.0:4445", OXIDB_CLUSTER_KEY="sixteen-chars-ok")
-    )
-    assert settings.authenticator == ClusterKeyAuthenticator(b"sixteen-chars-ok")
-    loopback = ClusterSettings.from_config(config(OXIDB_RAFT_ADDR="127.0.0.1:4445"))
-    assert loopback.authenticator == TransportTrust() and loopback.tls is None
+    settings = ClusterSettings.from_config(config(OXIDB_RAFT_ADDR=addr))
+    assert settings.authenticator == ClusterKeyAuthenticator(TEST_KEY.encode())
+    assert settings.tls is None
 
 
-def test_the_cluster_key_is_checked_and_never_shown() -> None:
-    with pytest.raises(ConfigError, match="OXIDB_CLUSTER_KEY='short' is invalid: must be at least 16"):
-        config(OXIDB_CLUSTER_KEY="short")
-    cfg = config(OXIDB_CLUSTER_KEY="a very secret cluster key")
+def test_a_server_without_peer_authentication_does_not_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cluster mode needs peer authentication"):
+        MemoryServer(Config.from_sources({"OXIDB_NODE_ID": "1", "OXIDB_DATA": str(tmp_path)}))
+
+
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ("short", "must be at least 32 characters long"),
+        ("sixteen-chars-ok", "must be at least 32 characters long"),
+        ("k" * 64, "at least 8 different characters"),
+        ("abcd" * 10, "at least 8 different characters"),
+    ],
+)
+def test_weak_cluster_keys_are_refused_without_being_shown(key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config(OXIDB_CLUSTER_KEY=key)
+    text = str(info.value)
+    assert text.startswith("OXIDB_CLUSTER_KEY=<redacted> is invalid: ") and message in text
+    assert key not in text
+    with pytest.raises(ConfigError) as info:
+        Config.from_sources({"OXIDB_NODE_ID": "1"}, {"cluster-key": key})
+    assert str(info.value).startswith("--cluster-key=<redacted> is invalid") and key not in str(info.value)
+
+
+def test_the_cluster_key_is_never_shown() -> None:
+    cfg = config(OXIDB_CLUSTER_KEY="a very secret cluster key, 32+ characters")
     assert "a very secret" not in repr(cfg)
     assert "a very secret" not in repr(ClusterSettings.from_config(cfg))
+
+
+def test_the_raft_port_limits_reach_the_transport(tmp_path: Path) -> None:
+    server = MemoryServer(
+        config(OXIDB_DATA=str(tmp_path), OXIDB_RAFT_HANDSHAKE_SECS="3", OXIDB_RAFT_INBOUND_PER_ADDRESS="4")
+    )
+    raft = server.service.raft
+    assert raft is not None
+    assert raft.transport.handshake_timeout == 3.0 and raft.transport.inbound_per_address == 4
+    # Frames from peers pass the membership gate before the node.
+    assert raft.transport.handler is raft.member_gate
 
 
 @pytest.mark.parametrize(
@@ -91,10 +130,10 @@ def test_timings_must_be_consistent() -> None:
 
 def test_the_published_address() -> None:
     assert ClusterSettings.from_config(config(OXIDB_RAFT_ADDR="127.0.0.1:0")).published_address(4711) == "127.0.0.1:4711"
-    wildcard = ClusterSettings.from_config(config(OXIDB_RAFT_ADDR="0.0.0.0:5000", OXIDB_CLUSTER_KEY="k" * 16))
+    wildcard = ClusterSettings.from_config(config(OXIDB_RAFT_ADDR="0.0.0.0:5000"))
     assert wildcard.published_address(5000) is None
     advertised = ClusterSettings.from_config(
-        config(OXIDB_RAFT_ADDR="0.0.0.0:5000", OXIDB_CLUSTER_KEY="k" * 16, OXIDB_RAFT_ADVERTISE="db-a0:5000")
+        config(OXIDB_RAFT_ADDR="0.0.0.0:5000", OXIDB_RAFT_ADVERTISE="db-a0:5000")
     )
     assert advertised.published_address(5000) == "db-a0:5000"
     peers = ClusterSettings.from_config(config(OXIDB_RAFT_PEERS="2=db-b:4445, 3=[::1]:4445"))
@@ -161,7 +200,7 @@ def test_partial_or_broken_tls_settings_fail(tmp_path: Path) -> None:
         ClusterSettings.from_config(config(**missing))
     # Complete TLS settings make a non-loopback address acceptable.
     settings = ClusterSettings.from_config(config(OXIDB_RAFT_ADDR="0.0.0.0:4445", **tls_env(paths, "a")))
-    assert settings.tls is not None
+    assert settings.tls is not None and settings.authenticator == TransportTrust()
 
 
 class Inbox:

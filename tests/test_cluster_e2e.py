@@ -27,7 +27,7 @@ FAST = {
     "OXIDB_RAFT_ELECTION_MS": "500-1000",
     "OXIDB_RAFT_SNAPSHOT_LOGS": "10",
     "OXIDB_RAFT_KEEP_LOGS": "3",
-    "OXIDB_CLUSTER_KEY": "end-to-end test cluster key",
+    "OXIDB_CLUSTER_KEY": "end-to-end test cluster key, 32+ characters",
 }
 
 pytestmark = pytest.mark.timeout(120)

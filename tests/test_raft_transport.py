@@ -16,20 +16,27 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 
+from spake2 import SPAKE2_A
+from spake2.spake2 import DefaultParams, finalize_SPAKE2
+from twisted.internet.address import IPv4Address
+
 from oxidb.raft.auth import (
     MAX_HANDSHAKE_FRAME,
+    PROTOCOL,
     ClusterKeyAuthenticator,
     HandshakeError,
     Initiator,
     Responder,
     TransportTrust,
+    confirmation,
+    transcript,
 )
 from oxidb.raft.transport import PeerTransport, PeerProtocol, SendQueue
 from oxidb.wire.framing import MAX_FRAME, FrameDecoder, encode_frame
 from raft_wire import MemoryWire
 
-KEY = ClusterKeyAuthenticator(b"correct horse battery staple")
-OTHER_KEY = ClusterKeyAuthenticator(b"another cluster's secret")
+KEY = ClusterKeyAuthenticator(b"correct horse battery staple, long enough")
+OTHER_KEY = ClusterKeyAuthenticator(b"another cluster's secret, also long enough")
 
 
 def run_handshake(initiator: Initiator, responder: Responder) -> list[dict[str, Any]]:
@@ -57,13 +64,15 @@ def test_handshake_authenticates_both_sides(auth: Any) -> None:
 
 
 def test_the_key_never_travels_and_nonces_are_fresh() -> None:
-    key = b"correct horse battery staple"
+    key = KEY.key
     first = run_handshake(Initiator(1, 2, KEY, random.Random(1)), Responder(2, KEY, random.Random(2)))
     second = run_handshake(Initiator(1, 2, KEY, random.Random(3)), Responder(2, KEY, random.Random(4)))
     wire = orjson.dumps(first + second)
     assert key not in wire and base64.b64encode(key) not in wire
-    assert first[0]["nonce"] != second[0]["nonce"] and first[1]["nonce"] != second[1]["nonce"]
-    assert first[1]["proof"] != second[1]["proof"] and first[2]["proof"] != second[2]["proof"]
+    for field in ("nonce", "pake"):
+        assert first[0][field] != second[0][field] and first[1][field] != second[1][field]
+    assert first[1]["confirm"] != second[1]["confirm"] and first[2]["confirm"] != second[2]["confirm"]
+    assert first[0]["protocol"] == PROTOCOL == "oxidb-raft/2"
 
 
 def test_wrong_key_fails_on_both_sides() -> None:
@@ -77,7 +86,7 @@ def test_wrong_key_fails_on_both_sides() -> None:
     liar = Initiator(1, 2, OTHER_KEY, random.Random(1))
     honest = Responder(2, KEY, random.Random(2))
     challenge = honest.frame_received(liar.hello())[0]
-    forged = {"type": "proof", "proof": OTHER_KEY.prove(b"anything")}
+    forged = {"type": "proof", "confirm": challenge["confirm"]}
     with pytest.raises(HandshakeError, match="node 1 failed to prove the cluster key"):
         honest.frame_received(forged)
     assert not honest.done
@@ -88,6 +97,10 @@ def test_a_key_and_no_key_do_not_mix() -> None:
     responder = Responder(2, KEY, random.Random(2))
     with pytest.raises(HandshakeError):
         initiator.frame_received(responder.frame_received(initiator.hello())[0])
+    initiator = Initiator(1, 2, KEY, random.Random(1))
+    responder = Responder(2, TransportTrust(), random.Random(2))
+    with pytest.raises(HandshakeError, match="uses a cluster key"):
+        responder.frame_received(initiator.hello())
 
 
 def test_a_replayed_handshake_is_refused() -> None:
@@ -101,14 +114,23 @@ def test_a_replayed_handshake_is_refused() -> None:
     assert not responder.done
 
 
-def test_a_reflected_proof_is_refused() -> None:
-    # An attacker dials node 2 and sends node 2's own challenge proof back.
+def test_a_reflected_confirmation_is_refused() -> None:
+    # An attacker dials node 2 and sends node 2's own confirmation back.
     responder = Responder(2, KEY, random.Random(2))
-    hello = {"type": "hello", "protocol": "oxidb-raft/1", "from": 1, "to": 2,
-             "nonce": base64.b64encode(b"\1" * 32).decode()}
-    challenge = responder.frame_received(hello)[0]
+    challenge = responder.frame_received(Initiator(1, 2, OTHER_KEY, random.Random(5)).hello())[0]
     with pytest.raises(HandshakeError):
-        responder.frame_received({"type": "proof", "proof": challenge["proof"]})
+        responder.frame_received({"type": "proof", "confirm": challenge["confirm"]})
+
+
+def test_the_confirmations_bind_both_node_ids() -> None:
+    # A man in the middle rewrites who is calling: the key exchange no
+    # longer agrees, so the initiator refuses the responder's confirmation.
+    initiator = Initiator(1, 2, KEY, random.Random(1))
+    responder = Responder(2, KEY, random.Random(2))
+    challenge = responder.frame_received(dict(initiator.hello(), **{"from": 3}))[0]
+    assert responder.peer_id == 3
+    with pytest.raises(HandshakeError, match="failed to prove"):
+        initiator.frame_received(challenge)
 
 
 def test_the_initiator_checks_who_answers() -> None:
@@ -119,18 +141,74 @@ def test_the_initiator_checks_who_answers() -> None:
         initiator.frame_received(impostor.frame_received(hello)[0])
 
 
+# --- what a party without the key can learn ------------------------------------------
+
+
+def offline_check(key_guess: bytes, candidates: list[bytes]) -> list[bytes]:
+    """
+    Play an attacker that dials node 2 with a SPAKE2 message made from
+    C{key_guess} and stops after the challenge (everything node 2 sends
+    before the attacker has proved anything). Then try every candidate key
+    offline the best way there is: knowing its own secret scalar, recompute
+    the secret node 2 would hold under the candidate and test node 2's
+    confirmation. Returns the candidates that pass.
+    """
+    params = DefaultParams
+    group = params.group
+    id_a, id_b = b"oxidb-raft/2 node 1", b"oxidb-raft/2 node 2"
+    attacker = SPAKE2_A(key_guess, idA=id_a, idB=id_b, entropy_f=random.Random(7).randbytes)
+    x_message = attacker.start()
+    nonce = b"\7" * 32
+    hello = {"type": "hello", "protocol": PROTOCOL, "from": 1, "to": 2,
+             "nonce": base64.b64encode(nonce).decode(), "pake": base64.b64encode(x_message).decode()}
+    [challenge] = Responder(2, KEY, random.Random(2)).frame_received(hello)
+    # Everything in the challenge is the node id, a nonce, the SPAKE2 message
+    # and a confirmation: no MAC under the key itself.
+    assert set(challenge) == {"type", "from", "nonce", "pake", "confirm"}
+    y_message = base64.b64decode(challenge["pake"])
+    t = transcript(1, 2, nonce, base64.b64decode(challenge["nonce"]), x_message, y_message)
+    y_element = group.bytes_to_element(y_message[1:])
+    passed = []
+    for candidate in candidates:
+        unblinded = y_element.add(params.N.scalarmult(-group.password_to_scalar(candidate)))
+        k_bytes = unblinded.scalarmult(attacker.xy_scalar).to_bytes()
+        secret = finalize_SPAKE2(id_a, id_b, x_message[1:], y_message[1:], k_bytes, candidate)
+        if confirmation(secret, "responder", t) == challenge["confirm"]:
+            passed.append(candidate)
+    return passed
+
+
+def test_an_attacker_without_the_key_has_nothing_to_test_offline() -> None:
+    real = KEY.key
+    dictionary = [b"password", b"cluster key", OTHER_KEY.key, b"a guessed key", real]
+    # The attacker's one online guess was wrong: no candidate, not even the
+    # right key, matches what node 2 sent. Its dictionary is useless.
+    assert offline_check(b"a guessed key", dictionary) == []
+    # (The same computation does work when the online guess was right: the
+    # check above is a real attack, and each connection is one guess.)
+    assert offline_check(real, dictionary) == [real]
+
+
 @pytest.mark.parametrize(
     "hello, message",
     [
-        ({"type": "hello", "protocol": "oxidb-raft/1", "from": 1, "to": 5, "nonce": "AA=="}, "wants node 5"),
-        ({"type": "hello", "protocol": "oxidb-raft/1", "from": 2, "to": 2,
+        ({"type": "hello", "protocol": PROTOCOL, "from": 1, "to": 5, "nonce": "AA=="}, "wants node 5"),
+        ({"type": "hello", "protocol": PROTOCOL, "from": 2, "to": 2,
           "nonce": base64.b64encode(bytes(32)).decode()}, "itself"),
         ({"type": "hello", "protocol": "oxidb-raft/9", "from": 1, "to": 2}, "unsupported"),
-        ({"type": "hello", "protocol": "oxidb-raft/1", "from": "1", "to": 2}, "'from' must be a node id"),
-        ({"type": "hello", "protocol": "oxidb-raft/1", "from": -1, "to": 2}, "'from' must be a node id"),
-        ({"type": "hello", "protocol": "oxidb-raft/1", "from": 1, "to": 2, "nonce": "AA=="}, "nonce must be 32"),
-        ({"type": "hello", "protocol": "oxidb-raft/1", "from": 1, "to": 2, "nonce": "!!"}, "nonce must be 32"),
-        ({"type": "proof", "proof": ""}, "expected a 'hello' frame"),
+        ({"type": "hello", "protocol": "oxidb-raft/1", "from": 1, "to": 2}, "unsupported"),
+        ({"type": "hello", "protocol": PROTOCOL, "from": "1", "to": 2}, "'from' must be a node id"),
+        ({"type": "hello", "protocol": PROTOCOL, "from": -1, "to": 2}, "'from' must be a node id"),
+        ({"type": "hello", "protocol": PROTOCOL, "from": 1, "to": 2, "nonce": "AA=="}, "nonce must be 32"),
+        ({"type": "hello", "protocol": PROTOCOL, "from": 1, "to": 2, "nonce": "!!"}, "nonce must be 32"),
+        ({"type": "hello", "protocol": PROTOCOL, "from": 1, "to": 2,
+          "nonce": base64.b64encode(bytes(32)).decode()}, "must be base64"),
+        ({"type": "hello", "protocol": PROTOCOL, "from": 1, "to": 2,
+          "nonce": base64.b64encode(bytes(32)).decode(), "pake": "AAAA"}, "must be 33 bytes"),
+        ({"type": "hello", "protocol": PROTOCOL, "from": 1, "to": 2,
+          "nonce": base64.b64encode(bytes(32)).decode(), "pake": base64.b64encode(b"B" + bytes(32)).decode()},
+         "invalid key exchange message"),
+        ({"type": "proof", "confirm": ""}, "expected a 'hello' frame"),
         ([1, 2], "expected a 'hello' frame"),
     ],
 )
@@ -148,14 +226,14 @@ def test_out_of_turn_frames_fail() -> None:
     with pytest.raises(HandshakeError):
         responder.frame_received({"type": "hello"})
     with pytest.raises(HandshakeError):
-        responder.frame_received({"type": "proof", "proof": "x"})  # failed: stays failed
+        responder.frame_received({"type": "proof", "confirm": "x"})  # failed: stays failed
 
 
-def test_proofs_are_short_strings() -> None:
+def test_confirmations_are_short_strings() -> None:
     responder = Responder(2, KEY, random.Random(2))
     responder.frame_received(Initiator(1, 2, KEY, random.Random(1)).hello())
     with pytest.raises(HandshakeError, match="short string"):
-        responder.frame_received({"type": "proof", "proof": "A" * 4096})
+        responder.frame_received({"type": "proof", "confirm": "A" * 4096})
 
 
 # --- connections ------------------------------------------------------------------
@@ -333,9 +411,7 @@ def connect_raw(cluster: Cluster, node: int) -> tuple[PeerProtocol, StringTransp
 
 
 def raw_hello(frm: int = 1, to: int = 2) -> bytes:
-    hello = {"type": "hello", "protocol": "oxidb-raft/1", "from": frm, "to": to,
-             "nonce": base64.b64encode(b"\7" * 32).decode()}
-    return encode_frame(orjson.dumps(hello))
+    return encode_frame(orjson.dumps(Initiator(frm, to, KEY, random.Random(frm)).hello()))
 
 
 def test_garbage_before_authentication_is_dropped() -> None:
@@ -401,16 +477,11 @@ def test_an_oversize_frame_after_authentication_drops_the_connection() -> None:
 def test_frames_pipelined_before_the_welcome_are_refused() -> None:
     cluster = Cluster(2)
     protocol, transport = connect_raw(cluster, 2)
-    protocol.dataReceived(raw_hello())
+    initiator = Initiator(1, 2, KEY, random.Random(1))
+    protocol.dataReceived(encode_frame(orjson.dumps(initiator.hello())))
     challenge = orjson.loads(FrameDecoder().feed(transport.value())[0])
-    initiator_nonce = b"\7" * 32
-    from oxidb.raft.auth import transcript
-
-    responder_nonce = base64.b64decode(challenge["nonce"])
-    proof = KEY.prove(transcript("initiator", initiator_nonce, responder_nonce, 1, 2))
-    protocol.dataReceived(
-        encode_frame(orjson.dumps({"type": "proof", "proof": proof})) + encode_frame(frame(1))
-    )
+    [proof] = initiator.frame_received(challenge)
+    protocol.dataReceived(encode_frame(orjson.dumps(proof)) + encode_frame(frame(1)))
     assert protocol.closed
     assert cluster.handlers[2].frames == []
 
@@ -473,3 +544,57 @@ def test_stopping_closes_everything() -> None:
     cluster.transports[1].send(2, frame(2))  # not running: dropped
     assert not cluster.transports[1].links
     assert not cluster.clock.getDelayedCalls()
+
+
+# --- inbound slots and the handshake deadline -----------------------------------------
+
+
+def inbound_from(transport: PeerTransport, host: str, port: int) -> tuple[PeerProtocol | None, StringTransport]:
+    """An inbound connection as the listening port builds it (with the source address)."""
+    protocol = transport.build_inbound(IPv4Address("TCP", host, port))
+    string = StringTransport(peerAddress=IPv4Address("TCP", host, port))
+    if protocol is not None:
+        protocol.makeConnection(string)
+    return protocol, string
+
+
+def test_one_address_cannot_take_every_inbound_slot() -> None:
+    cluster = Cluster(2, inbound_per_address=3)
+    node = cluster.transports[2]
+    held = [inbound_from(node, "192.0.2.7", 1000 + i) for i in range(3)]
+    assert all(p is not None for p, _ in held)
+    with capturedLogs() as events:
+        refused, _ = inbound_from(node, "192.0.2.7", 2000)
+    assert refused is None
+    assert any("OXIDB_RAFT_INBOUND_PER_ADDRESS" in e["log_format"] for e in events)
+    # Other addresses, and real peers, still get in.
+    other, _ = inbound_from(node, "192.0.2.8", 1000)
+    assert other is not None
+    cluster.transports[1].send(2, frame(1))
+    cluster.wire.flush()
+    assert cluster.handlers[2].frames == [(1, {"type": "test", "n": 1})]
+    # A slot is given back when its connection goes (here: the deadline).
+    first, first_transport = held[0]
+    assert first is not None
+    first.connectionLost()
+    assert node.inbound_by_address["192.0.2.7"] == 2
+    again, _ = inbound_from(node, "192.0.2.7", 3000)
+    assert again is not None and node.inbound_by_address["192.0.2.7"] == 3
+
+
+def test_the_handshake_deadline_is_a_setting() -> None:
+    cluster = Cluster(2, handshake_timeout=2.0)
+    protocol, transport = inbound_from(cluster.transports[2], "192.0.2.7", 1000)
+    assert protocol is not None
+    with capturedLogs():
+        cluster.clock.advance(1.9)
+        assert not protocol.closed
+        cluster.clock.advance(0.2)
+    assert protocol.closed and transport.disconnecting
+    # Connections that finish the handshake in time are not touched.
+    cluster.transports[1].send(2, frame(1))
+    cluster.wire.flush()
+    cluster.clock.advance(10)
+    cluster.wire.flush()
+    link = cluster.transports[1].links[2]
+    assert link.protocol is not None and link.protocol.authenticated and not link.protocol.closed

@@ -29,7 +29,7 @@ from oxidb.auth.passwords import HASHER, verify_password
 from oxidb.auth.rbac import Role
 from oxidb.auth.scram import ScramExchange, ScramVerifier, start_exchange
 from oxidb.auth.store import UserStore
-from oxidb.errors import AuthenticationFailedError, OxiError
+from oxidb.errors import AuthenticationFailedError, LoginBusyError, OxiError
 
 #: Runs a blocking function off the reactor (the executor's C{read}).
 RunBlocking = Callable[..., "Deferred[Any]"]
@@ -129,13 +129,20 @@ class Argon2Checker:
     Checks user name and password (C{auth_simple}) against the Argon2id
     hashes, on the thread pool. An unknown user costs the same: the password
     is verified against a dummy hash and the login fails.
+
+    At most C{max_running} checks run at once (C{OXIDB_AUTH_SIMPLE_CONCURRENCY}),
+    so parallel attempts can never hold more worker threads than that; an
+    attempt beyond it fails at once with L{LoginBusyError}, without hashing.
     """
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, store: UserStore, run_blocking: RunBlocking) -> None:
+    def __init__(self, store: UserStore, run_blocking: RunBlocking, max_running: int = 2) -> None:
         self.store = store
         self.run_blocking = run_blocking
+        self.max_running = max_running
+        #: Checks handed to the pool and not finished yet.
+        self.running = 0
         self._dummy_hash: str | None = None
 
     def _verify(self, password_hash: str | None, password: bytes) -> bool:
@@ -147,16 +154,23 @@ class Argon2Checker:
         return False
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> "Deferred[Any]":
+        if self.running >= self.max_running:
+            return fail(LoginFailed(LoginBusyError()))
         username = credentials.username.decode("utf-8", "surrogatepass")
         record = self.store.get(username)
+        self.running += 1
         d = self.run_blocking(self._verify, None if record is None else record.password_hash, credentials.password)
+
+        def release(result: Any) -> Any:
+            self.running -= 1
+            return result
 
         def checked(ok: bool) -> str:
             if not ok:
                 raise LoginFailed(AuthenticationFailedError())
             return username
 
-        return d.addCallback(checked)
+        return d.addBoth(release).addCallback(checked)
 
 
 @implementer(IRealm)
@@ -177,10 +191,15 @@ class OxiRealm:
 
 
 def build_portal(
-    store: UserStore, secret: bytes, iterations: int, rng: random.Random, run_blocking: RunBlocking
+    store: UserStore,
+    secret: bytes,
+    iterations: int,
+    rng: random.Random,
+    run_blocking: RunBlocking,
+    argon2_concurrency: int = 2,
 ) -> Portal:
     """The portal with the SCRAM and Argon2 checkers over C{store}."""
     return Portal(
         OxiRealm(store),
-        [ScramChecker(store, secret, iterations, rng), Argon2Checker(store, run_blocking)],
+        [ScramChecker(store, secret, iterations, rng), Argon2Checker(store, run_blocking, argon2_concurrency)],
     )

@@ -18,6 +18,7 @@ from oxidb.auth.cred import RunBlocking, build_portal
 from oxidb.auth.settings import AuthSettings
 from oxidb.auth.store import UserStore, ensure_default_admin, load_or_create_secret
 from oxidb.auth.throttle import LoginThrottle
+from oxidb.limits import Limits
 
 
 @attrs.define
@@ -45,18 +46,27 @@ class AuthManager:
         clock: IReactorTime,
         run_blocking: RunBlocking,
         rng: random.Random,
+        limits: Limits | None = None,
     ) -> "AuthManager":
         """
         Load the store and the server secret from C{directory}
         (C{<data>/_auth}), creating the secret on first start. Blocking:
-        call at startup.
+        call at startup. C{limits} (default: the defaults) gives the login
+        rows: free attempts per name and address, the Argon2 cap.
 
         @raise oxidb.errors.ConfigError: the user store is unreadable.
         """
+        limits = limits if limits is not None else Limits()
         store = UserStore.open(directory)
         secret = load_or_create_secret(directory, rng)
-        portal = build_portal(store, secret, settings.iterations, rng, run_blocking)
-        return cls(store, portal, LoginThrottle(clock, settings.throttle), settings.iterations, rng)
+        portal = build_portal(store, secret, settings.iterations, rng, run_blocking, limits.auth_simple_concurrency)
+        throttle = LoginThrottle(
+            clock,
+            settings.throttle,
+            name_free=limits.auth_name_free_attempts,
+            address_free=limits.auth_address_free_attempts,
+        )
+        return cls(store, portal, throttle, settings.iterations, rng)
 
     def ensure_default_admin(self, stream: IO[str]) -> bool:
         """See L{oxidb.auth.store.ensure_default_admin} (blocking)."""

@@ -33,6 +33,7 @@ from oxidb.errors import (
     BadRequestError,
     InternalError,
     InvalidRoleError,
+    LoginThrottledError,
     OxiError,
     ScramProtocolError,
     UnknownCommandError,
@@ -69,8 +70,22 @@ def _logged_in(ctx: CommandContext, cmd: str, avatar: OxiUser) -> None:
     session.user = avatar.username
     session.role = avatar.role
     session.auth_state = None
-    _auth(ctx).throttle.succeeded(avatar.username)
+    _auth(ctx).throttle.succeeded(avatar.username, session)
     _audit_login(ctx, cmd, avatar.username, avatar.role, OK, "")
+
+
+def _begin_attempt(ctx: CommandContext, cmd: str, username: str) -> None:
+    """
+    Count a login attempt for C{username} from this session's address, or
+    refuse it (audited as denied) while the name or the address is
+    throttled. Runs alike for known and unknown names.
+    """
+    try:
+        _auth(ctx).throttle.begin(ctx.session, username)
+    except LoginThrottledError as e:
+        _audit_login(ctx, cmd, username, None, DENIED, e.message)
+        _log.info("refused a login for {user} from {peer}: throttled ({cmd})", user=username, peer=ctx.session.peer, cmd=cmd)
+        raise
 
 
 async def _login_failed(ctx: CommandContext, cmd: str, username: str | None, error: OxiError) -> NoReturn:
@@ -94,6 +109,10 @@ def authenticate(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]
     return _run(_authenticate(ctx, request))
 
 
+#: Audit detail of an accepted SCRAM first step (the proof follows).
+FIRST_STEP = "SCRAM first step accepted; proof pending"
+
+
 async def _authenticate(ctx: CommandContext, request: dict[str, Any]) -> dict[str, Any]:
     _refuse_after_login(ctx, "authenticate")
     ctx.session.auth_state = None
@@ -101,8 +120,13 @@ async def _authenticate(ctx: CommandContext, request: dict[str, Any]) -> dict[st
     try:
         await _auth(ctx).portal.login(credentials, None, IOxiUser)
     except ScramContinue as step:
-        ctx.session.auth_state = step.exchange
-        return {"payload": step.exchange.server_first, "done": False}
+        exchange = step.exchange
+        # Counted (or refused) here, when the attempt starts, and audited
+        # like the final step: the same work for known and unknown names.
+        _begin_attempt(ctx, "authenticate", exchange.username)
+        _audit_login(ctx, "authenticate", exchange.username, None, OK, FIRST_STEP)
+        ctx.session.auth_state = exchange
+        return {"payload": exchange.server_first, "done": False}
     except LoginFailed as e:
         await _login_failed(ctx, "authenticate", None, e.error)
     raise InternalError()  # the first message never completes a login
@@ -138,6 +162,7 @@ async def _auth_simple(ctx: CommandContext, request: dict[str, Any]) -> dict[str
     username = optional_str(request, "username") or ""
     password = optional_str(request, "password") or ""
     credentials = UsernamePassword(username.encode("utf-8", "surrogatepass"), password.encode("utf-8", "surrogatepass"))
+    _begin_attempt(ctx, "auth_simple", username)
     try:
         _, avatar, _ = await _auth(ctx).portal.login(credentials, None, IOxiUser)
     except LoginFailed as e:

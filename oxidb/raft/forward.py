@@ -13,16 +13,37 @@ write, next to the core's messages on the same authenticated connections:
   came in on. C{redirect} says that the receiver is not (or no longer) the
   leader and did not propose anything, so the follower may send the write
   elsewhere.
+
+A forward may carry C{"user"}: the name of the client whose write it is, for
+the leader's audit trail.
+
+L{MemberGate} sits between the peer transport and the node: it accepts
+forwarded writes (and their results) only from peers in this node's current
+cluster configuration (voters and learners) and audits each forwarded write
+(as the originating user when the forward names one). Authentication proves
+that a peer holds the cluster key, not that it is still a member: a removed
+node, or one that was never added, keeps the key.
+
+Raft's own messages are not filtered by membership, on purpose: a node whose
+configuration is behind (it was down while a node was added, and that node
+now leads) must accept the new leader's entries to learn the configuration
+at all (Raft dissertation, 4.1). Terms, log matching, pre-vote and
+check-quorum govern them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 import orjson
+from twisted.logger import Logger
+from zope.interface import implementer
 
+from oxidb.audit.events import DENIED, OK, AuditEvent
+from oxidb.errors import NotAMemberError
 from oxidb.raft.messages import MessageDecodeError
+from oxidb.raft.transport import IPeerChannel, IPeerHandler
 
 FORWARD = "forward"
 FORWARD_RESULT = "forward_result"
@@ -30,12 +51,18 @@ FORWARD_RESULT = "forward_result"
 
 @attrs.frozen
 class ForwardRequest:
+    """C{user}: the originating client's user name, when the sender gives it."""
+
     request_id: int
     term: int
     op: dict[str, Any]
+    user: str | None = None
 
     def encode(self) -> bytes:
-        return orjson.dumps({"type": FORWARD, "id": self.request_id, "term": self.term, "op": self.op})
+        out: dict[str, Any] = {"type": FORWARD, "id": self.request_id, "term": self.term, "op": self.op}
+        if self.user is not None:
+            out["user"] = self.user
+        return orjson.dumps(out)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "ForwardRequest":
@@ -45,7 +72,10 @@ class ForwardRequest:
         term = obj.get("term")
         if type(term) is not int or term < 0:
             raise MessageDecodeError("'term' must be a non-negative integer")
-        return cls(_request_id(obj), term, op)
+        user = obj.get("user")
+        if user is not None and (not isinstance(user, str) or len(user) > 1024):
+            raise MessageDecodeError("'user' must be a short string")
+        return cls(_request_id(obj), term, op, user)
 
 
 @attrs.frozen
@@ -84,3 +114,80 @@ def _request_id(obj: dict[str, Any]) -> int:
     if type(value) is not int or value < 0:
         raise MessageDecodeError("'id' must be a non-negative integer")
     return value
+
+
+#: The audit trail's command name for a forwarded write received from a peer.
+AUDIT_CMD = "raft_forward"
+
+
+@implementer(IPeerHandler)
+class MemberGate:
+    """
+    Wraps the node's L{IPeerHandler}. A forwarded write from a peer outside
+    the current configuration is answered with L{NotAMemberError}
+    (C{redirect: false}: nothing was proposed); a forward result from such a
+    peer is dropped (it could only answer a forward this node never sent
+    it). Raft messages pass (see the module docstring). A node that knows no
+    configuration yet accepts forwards from every authenticated peer.
+
+    @param inner: the node.
+    @param members: the current configuration's node ids (voters and
+        learners), or C{None} when this node has none yet.
+    @param audit: the L{oxidb.audit.events.Auditor}, or C{None} (auditing off).
+    @param clock: timestamps of audit events.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        inner: Any,
+        members: Callable[[], "frozenset[int] | None"],
+        audit: Callable[[], Any],
+        clock: Any,
+    ) -> None:
+        self._inner = inner
+        self._members = members
+        self._audit = audit
+        self._clock = clock
+        self.refused = 0
+
+    def frame_received(self, peer: int, frame: dict[str, Any], channel: IPeerChannel) -> None:
+        members = self._members()
+        member = members is None or peer in members
+        if frame.get("type") == FORWARD:
+            request = ForwardRequest.from_json(frame)
+            if not member:
+                self.refused += 1
+                error = NotAMemberError(peer)
+                self._log.warn(
+                    "raft: refusing a forwarded write from node {peer}: not a member of the configuration", peer=peer
+                )
+                self._record(peer, request, DENIED, error.message)
+                channel.send(ForwardResult(request.request_id, False, error=error.message, redirect=False).encode())
+                return
+            self._record(peer, request, OK, "")
+        elif frame.get("type") == FORWARD_RESULT and not member:
+            self.refused += 1
+            self._log.warn("raft: ignoring a forward result from node {peer}: not a member of the configuration", peer=peer)
+            return
+        self._inner.frame_received(peer, frame, channel)
+
+    def _record(self, peer: int, request: ForwardRequest, result: str, detail: str) -> None:
+        auditor = self._audit()
+        if auditor is None:
+            return
+        [kind] = request.op
+        user = request.user if request.user is not None else f"raft node {peer}"
+        auditor.record(
+            AuditEvent(
+                ts=self._clock.seconds(),
+                user=user,
+                role=None,
+                cmd=AUDIT_CMD,
+                collection=str(kind),
+                result=result,
+                detail=detail,
+                peer=f"raft node {peer}",
+            )
+        )

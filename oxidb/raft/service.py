@@ -31,6 +31,7 @@ from oxidb.errors import ConfigError
 from oxidb.metrics import RaftStatus
 from oxidb.raft.disk import OsDisk
 from oxidb.raft.executor import ClusterExecutor, LinearizableDispatcher
+from oxidb.raft.forward import MemberGate
 from oxidb.raft.messages import LogId
 from oxidb.raft.node import RaftNode
 from oxidb.raft.settings import ClusterSettings
@@ -92,6 +93,7 @@ class RaftService(Service):
         users: Callable[[], UserStore | None],
         on_fatal: Callable[[Failure], None],
         rng: random.Random | None = None,
+        audit: Callable[[], Any] = lambda: None,
     ) -> None:
         self.settings = settings = ClusterSettings.from_config(config)
         self.reactor = reactor
@@ -116,18 +118,28 @@ class RaftService(Service):
             on_fatal=on_fatal,
         )
         host, port = settings.listen
+        self.member_gate = MemberGate(self.node, self._members, audit, reactor)
         self.transport = PeerTransport(
             settings.node_id,
             clock=reactor,
             authenticator=settings.authenticator,
-            handler=self.node,
+            handler=self.member_gate,
             address_of=self.node.address_of,
             rng=rng,
             listen=(reactor, host, port, settings.tls),
+            handshake_timeout=float(config.limits.raft_handshake_secs),
+            inbound_per_address=config.limits.raft_inbound_per_address,
         )
         self.node.transport = self.transport
         self.executor = ClusterExecutor(reactor, threadpool, self.node, self.gate)
         self.published_address: str | None = None
+
+    def _members(self) -> frozenset[int] | None:
+        """The current configuration's nodes (voters and learners), or None before the first."""
+        core = self.node.core
+        if core is None or core.membership is None:
+            return None
+        return frozenset(core.membership.membership.nodes)
 
     def run_io(self, fn: Callable[..., Any], *args: Any) -> "Deferred[Any]":
         """Run blocking Raft I/O on the single Raft I/O thread."""

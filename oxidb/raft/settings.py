@@ -2,8 +2,9 @@
 Cluster settings, checked together at startup: how peers authenticate, the
 loopback rule, the Raft timings and the address this node publishes.
 
-Without a cluster key or mutual TLS the Raft port would accept any peer, so
-cluster mode refuses to bind it anywhere but on loopback.
+Cluster mode never runs without peer authentication: it needs a cluster key
+(L{oxidb.config.parse_cluster_key} checks its strength) or mutual TLS, on
+every address including loopback (any local process could otherwise join).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from OpenSSL import crypto
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 
 from oxidb.auth.tls import CIPHERS
-from oxidb.config import Address, Config, format_address
+from oxidb.config import MIN_CLUSTER_KEY, Address, Config, format_address
 from oxidb.errors import ConfigError
 from oxidb.raft.auth import ClusterKeyAuthenticator, IPeerAuthenticator, TransportTrust
 from oxidb.raft.core import RaftConfig
@@ -58,12 +59,12 @@ class ClusterSettings:
                 f"{', '.join(given)} set but {', '.join(missing)} not"
             )
         tls = load_peer_tls(*tls_paths) if given else None  # type: ignore[arg-type]
-        host, _port = config.raft_addr
-        if config.cluster_key is None and tls is None and not is_loopback(host):
+        if config.cluster_key is None and tls is None:
             raise ConfigError(
-                f"OXIDB_RAFT_ADDR={format_address(config.raft_addr)} is not a loopback address and the Raft "
-                "port would accept any peer: set OXIDB_CLUSTER_KEY (a shared secret of 16+ characters) or "
-                "mutual TLS (OXIDB_RAFT_TLS_CERT, OXIDB_RAFT_TLS_KEY and OXIDB_RAFT_TLS_CA)"
+                f"cluster mode needs peer authentication on the Raft port "
+                f"(OXIDB_RAFT_ADDR={format_address(config.raft_addr)}), also on loopback: set OXIDB_CLUSTER_KEY "
+                f"(the same secret of {MIN_CLUSTER_KEY}+ characters on every node, e.g. 'openssl rand -base64 32') "
+                "or mutual TLS (OXIDB_RAFT_TLS_CERT, OXIDB_RAFT_TLS_KEY and OXIDB_RAFT_TLS_CA)"
             )
         low, high = config.raft_election_ms
         try:
@@ -78,6 +79,7 @@ class ClusterSettings:
             raise ConfigError(
                 f"OXIDB_RAFT_HEARTBEAT_MS={config.raft_heartbeat_ms}, OXIDB_RAFT_ELECTION_MS={low}-{high}: {e}"
             ) from None
+        # With both, the key is proved inside the TLS connection too.
         authenticator: IPeerAuthenticator = (
             TransportTrust()
             if config.cluster_key is None
@@ -106,10 +108,6 @@ class ClusterSettings:
         if ipaddress.ip_address(host).is_unspecified:
             return None
         return format_address((host, bound_port))
-
-
-def is_loopback(host: str) -> bool:
-    return ipaddress.ip_address(host).is_loopback
 
 
 def load_peer_tls(cert_path: str, key_path: str, ca_path: str) -> CertificateOptions:

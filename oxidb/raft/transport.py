@@ -14,11 +14,17 @@ then a compact JSON object; frames over 16 MiB are refused).
   injected clock (as Twisted's C{ClientService} does) and keeps a bounded
   queue of outgoing frames across reconnects.
 * L{PeerProtocol} is one connection: the handshake of L{oxidb.raft.auth}
-  first (frames of at most 4 KiB, a deadline), then frames in both
+  first (frames of at most 4 KiB, a deadline: C{OXIDB_RAFT_HANDSHAKE_SECS}),
+  then frames in both
   directions. It is a push producer of its transport: when the peer reads too
   slowly, writing stops and frames wait in the bounded L{SendQueue}; when that
   is full the oldest frame is dropped (Raft retransmits). One slow peer never
   holds up another, and nothing is buffered without bound.
+
+Inbound connections are limited before any byte is read: at most
+L{MAX_INBOUND} at once, and at most C{OXIDB_RAFT_INBOUND_PER_ADDRESS} from
+one source address (authenticated or not), so that one host cannot take
+every slot with sockets that never finish the handshake.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ QUEUE_MESSAGES = 4096
 QUEUE_BYTES = 64 << 20
 #: Inbound connections accepted at once (authenticated or not).
 MAX_INBOUND = 256
+#: Inbound connections accepted at once from one source address.
+INBOUND_PER_ADDRESS = 16
 
 #: C{connect(host, port, factory)}: dial and fire with the connected protocol.
 Connector = Callable[[str, int, IProtocolFactory], "Deferred[Any]"]
@@ -370,7 +378,9 @@ class PeerLink:
     def build_protocol(self) -> PeerProtocol:
         transport = self._transport
         handshake = Initiator(transport.node_id, self.peer_id, transport.authenticator, transport.rng)
-        protocol = PeerProtocol(handshake, self, transport.handler, transport.clock, self.outbox)
+        protocol = PeerProtocol(
+            handshake, self, transport.handler, transport.clock, self.outbox, transport.handshake_timeout
+        )
         self._candidate = protocol
         return protocol
 
@@ -434,7 +444,7 @@ class _InboundFactory(Factory):
         self._transport = transport
 
     def buildProtocol(self, addr: Any) -> PeerProtocol | None:
-        return self._transport.build_inbound()
+        return self._transport.build_inbound(addr)
 
 
 @implementer(IRaftTransport, _Owner)
@@ -471,6 +481,8 @@ class PeerTransport(Service):
         connector: Connector | None = None,
         queue_messages: int = QUEUE_MESSAGES,
         queue_bytes: int = QUEUE_BYTES,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        inbound_per_address: int = INBOUND_PER_ADDRESS,
     ) -> None:
         self.node_id = node_id
         self.clock = clock
@@ -485,6 +497,11 @@ class PeerTransport(Service):
         self.inbound: set[PeerProtocol] = set()
         #: The latest authenticated inbound connection of each peer.
         self.inbound_from: dict[int, PeerProtocol] = {}
+        self.handshake_timeout = handshake_timeout
+        self.inbound_per_address = inbound_per_address
+        #: Open inbound connections per source host.
+        self.inbound_by_address: dict[str, int] = {}
+        self._address_of_protocol: dict[PeerProtocol, str] = {}
         self.port: Any = None
 
     def new_queue(self) -> SendQueue:
@@ -543,14 +560,38 @@ class PeerTransport(Service):
 
     # --- inbound connections ------------------------------------------------------------
 
-    def build_inbound(self) -> PeerProtocol | None:
+    def build_inbound(self, addr: Any = None) -> PeerProtocol | None:
+        """
+        The protocol for a new inbound connection from C{addr} (an
+        C{IAddress}; C{None} in in-memory tests, which skips the
+        per-address count), or C{None} to refuse it.
+        """
         if len(self.inbound) >= MAX_INBOUND:
             self._log.warn("raft: refusing a connection: {n} peer connections are open", n=len(self.inbound))
             return None
+        host = getattr(addr, "host", None)
+        if host is not None:
+            open_from = self.inbound_by_address.get(host, 0)
+            if open_from >= self.inbound_per_address:
+                self._log.warn(
+                    "raft: refusing a connection from {host}: {n} connections from that address are open "
+                    "(OXIDB_RAFT_INBOUND_PER_ADDRESS)",
+                    host=host,
+                    n=open_from,
+                )
+                return None
         protocol = PeerProtocol(
-            Responder(self.node_id, self.authenticator, self.rng), self, self.handler, self.clock, self.new_queue()
+            Responder(self.node_id, self.authenticator, self.rng),
+            self,
+            self.handler,
+            self.clock,
+            self.new_queue(),
+            handshake_timeout=self.handshake_timeout,
         )
         self.inbound.add(protocol)
+        if host is not None:
+            self.inbound_by_address[host] = self.inbound_by_address.get(host, 0) + 1
+            self._address_of_protocol[protocol] = host
         return protocol
 
     def peer_authenticated(self, protocol: PeerProtocol) -> None:
@@ -560,6 +601,13 @@ class PeerTransport(Service):
 
     def peer_lost(self, protocol: PeerProtocol) -> None:
         self.inbound.discard(protocol)
+        host = self._address_of_protocol.pop(protocol, None)
+        if host is not None:
+            left = self.inbound_by_address.get(host, 1) - 1
+            if left > 0:
+                self.inbound_by_address[host] = left
+            else:
+                self.inbound_by_address.pop(host, None)
         if protocol.peer_id is not None and self.inbound_from.get(protocol.peer_id) is protocol:
             del self.inbound_from[protocol.peer_id]
 
