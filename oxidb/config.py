@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 
 import attrs
 
+from oxidb import filemodes
 from oxidb.audit.gelf import GelfSettings, parse_gelf_settings
 from oxidb.audit.log import AuditSettings, parse_audit_settings
 from oxidb.auth.settings import AuthSettings, parse_auth_settings
@@ -193,6 +194,8 @@ class Setting:
     @ivar option: the twistd long option (without C{--}).
     @ivar default: the default as text (parsed like any value), or C{None}
         for "unset".
+    @ivar secret: the value is a secret: errors name the variable and the
+        reason, never the value.
     """
 
     field: str | None
@@ -201,6 +204,7 @@ class Setting:
     default: str | None
     parse: Callable[[str], Any]
     help: str
+    secret: bool = attrs.field(default=False, kw_only=True)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -216,7 +220,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("verbose", "OXIDB_VERBOSE", "verbose", "false", parse_bool,
             "extra startup logging (true/false)"),
     Setting("encryption_key", "OXIDB_ENCRYPTION_KEY", "encryption-key", None, parse_path,
-            "encryption at rest: not supported by this server; setting it stops startup"),
+            "encryption at rest: not supported by this server; setting it stops startup", secret=True),
     # Security.
     Setting(None, "OXIDB_AUTH", "auth", None, bool_text,
             "require login (SCRAM-SHA-256) and enforce roles (true/false)"),
@@ -265,7 +269,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("raft_advertise", "OXIDB_RAFT_ADVERTISE", "raft-advertise", None, parse_peer_address,
             "Raft address published to peers when OXIDB_RAFT_ADDR is not dialable (e.g. 0.0.0.0:4445)"),
     Setting("cluster_key", "OXIDB_CLUSTER_KEY", "cluster-key", None, parse_cluster_key,
-            "shared secret every peer proves (HMAC) when it connects to the Raft port; 16+ characters"),
+            "shared secret every peer proves (HMAC) when it connects to the Raft port; 16+ characters",
+            secret=True),
     Setting("raft_tls_cert", "OXIDB_RAFT_TLS_CERT", "raft-tls-cert", None, parse_path,
             "PEM certificate of this node for mutual TLS on the Raft port (with key and CA)"),
     Setting("raft_tls_key", "OXIDB_RAFT_TLS_KEY", "raft-tls-key", None, parse_path,
@@ -365,14 +370,15 @@ class Config:
             try:
                 value = setting.parse(text)
             except ValueError as e:
-                raise ConfigError(f"{source}={text!r} is invalid: {e}") from None
+                shown = source if setting.secret else f"{source}={text!r}"
+                raise ConfigError(f"{shown} is invalid: {e}") from None
             if setting.field is None:
                 effective[setting.env] = value
             else:
                 values[setting.field] = value
         if values.get("encryption_key") is not None:
             raise ConfigError(
-                f"OXIDB_ENCRYPTION_KEY={values['encryption_key']!r}: encryption at rest is not supported by "
+                "OXIDB_ENCRYPTION_KEY is set: encryption at rest is not supported by "
                 "this server; use an encrypted filesystem for the data directory and unset the variable"
             )
         if values.get("raft_peers") is None:
@@ -396,9 +402,11 @@ class Config:
         path = os.path.abspath(self.data_dir)
         where = f"{_BY_FIELD['data_dir'].env}={self.data_dir!r}"
         try:
-            os.makedirs(path, exist_ok=True)
+            # Private modes (0700/0600) whatever the umask, also for what
+            # an older version or an operator left there (docs/security.md).
+            filemodes.secure_tree(path)
             probe = os.path.join(path, f".write-probe-{os.getpid()}")
-            with open(probe, "wb") as f:
+            with filemodes.open_private(probe) as f:
                 f.write(b"ok")
             os.remove(probe)
         except OSError as e:
