@@ -106,10 +106,11 @@ class OxiService(MultiService):
         self.shared.factory = self.factory
         self.port: Any = None
         self.metrics_port: Any = None
-        # Cluster mode: reads never write, and the Raft log is the durable
-        # record (docs/clustering.md, "Durability").
+        # Reads never write (so a Read user creates nothing, docs/security.md);
+        # in cluster mode the Raft log is the durable record
+        # (docs/clustering.md, "Durability").
         cluster = config.node_id is not None
-        self.engine = Engine(data_dir, synchronous="NORMAL" if cluster else "FULL", auto_create_on_read=not cluster)
+        self.engine = Engine(data_dir, synchronous="NORMAL" if cluster else "FULL", auto_create_on_read=False)
         transactions.register_appliers(self.engine)
         procedure_store.register_appliers(self.engine)
         blobs.register_appliers(self.engine)
