@@ -24,6 +24,7 @@ from oxidb.auth.settings import AuthSettings, parse_auth_settings
 from oxidb.auth.tls import TlsPaths, parse_tls_settings
 from oxidb.errors import ConfigError
 from oxidb.limits import LIMIT_ROWS, LimitRow, Limits, parse_limit
+from oxidb.metrics._settings import MetricsSettings, parse_metrics_settings
 
 Address = tuple[str, int]
 
@@ -259,6 +260,16 @@ SETTINGS: tuple[Setting, ...] = (
     # Monitoring.
     Setting("metrics_addr", "OXIDB_METRICS_ADDR", "metrics-addr", None, parse_address,
             "host:port of the HTTP endpoint serving /metrics, /health and /ready (off when unset)"),
+    Setting(None, "OXIDB_METRICS_NAMES", "metrics-names", None, bool_text,
+            "show collection names as label values on /metrics (true/false, default false)"),
+    Setting(None, "OXIDB_METRICS_USER", "metrics-user", None, passthrough,
+            "user name for HTTP basic authentication on /metrics (with the password file)"),
+    Setting(None, "OXIDB_METRICS_PASSWORD_FILE", "metrics-password-file", None, passthrough,
+            "file holding the /metrics basic-auth password (with the user)"),
+    Setting(None, "OXIDB_METRICS_TLS_CERT", "metrics-tls-cert", None, passthrough,
+            "PEM certificate chain for HTTPS on the metrics port (with the key)"),
+    Setting(None, "OXIDB_METRICS_TLS_KEY", "metrics-tls-key", None, passthrough,
+            "PEM private key for HTTPS on the metrics port (with the certificate)"),
     # Cluster (server.md 8.1).
     Setting("node_id", "OXIDB_NODE_ID", "node-id", None, parse_node_id,
             "this node's Raft id (u64); setting it turns cluster mode on"),
@@ -336,6 +347,7 @@ class Config:
     tls: TlsPaths | None = None
     audit: AuditSettings = attrs.field(factory=AuditSettings)
     gelf: GelfSettings | None = None
+    metrics: MetricsSettings = attrs.field(factory=MetricsSettings)
     limits: Limits = attrs.field(factory=Limits)
 
     @classmethod
@@ -389,6 +401,7 @@ class Config:
             tls=parse_tls_settings(effective),
             audit=parse_audit_settings(effective),
             gelf=parse_gelf_settings(effective),
+            metrics=parse_metrics_settings(effective),
             limits=Limits.from_environ(effective),
         )
 

@@ -149,12 +149,16 @@ class OxiService(MultiService):
     def _setup_metrics(self) -> None:
         """Request counters always; the HTTP endpoint when configured."""
         shared = self.shared
-        metrics = ServerMetrics(self.reactor, shared.registry.names(), data_dir=shared.data_dir)
+        metrics = ServerMetrics(
+            self.reactor, shared.registry.names(), data_dir=shared.data_dir, names=self.config.metrics.names
+        )
         metrics.threadpool_source = lambda: threadpool_stats(self.threadpool)
         metrics.documents_source = self.engine.collection_counts
         if self.raft is not None:
             metrics.raft_source = self.raft.status
         shared.metrics = metrics
+        tls = self.config.metrics.tls
+        self.metrics_tls = None if tls is None else load_server_tls(tls.cert, tls.key)
         if self.config.metrics_addr is not None:
             MetricsRefresher(metrics, self.reactor, shared.executor.read).setServiceParent(self)
 
@@ -213,9 +217,15 @@ class OxiService(MultiService):
             self.port = self.reactor.listenTCP(port, self.factory, interface=host)
         if self.config.metrics_addr is not None:
             health = NodeHealth(lambda: self.shared.serving, raft=self.shared.metrics.sample_raft)
-            site = make_metrics_site(self.shared.metrics, health, self.reactor, self.threadpool)
+            settings = self.config.metrics
+            site = make_metrics_site(
+                self.shared.metrics, health, self.reactor, self.threadpool, credentials=settings.credentials
+            )
             mhost, mport = self.config.metrics_addr
-            self.metrics_port = self.reactor.listenTCP(mport, site, interface=mhost)
+            if self.metrics_tls is not None:
+                self.metrics_port = self.reactor.listenSSL(mport, site, self.metrics_tls, interface=mhost)
+            else:
+                self.metrics_port = self.reactor.listenTCP(mport, site, interface=mhost)
         super().privilegedStartService()
 
     def startService(self) -> None:
