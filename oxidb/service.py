@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, inlineCallbacks
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import globalLogPublisher
 
 from oxidb import __version__
 from oxidb.audit.events import Auditor
@@ -38,6 +38,7 @@ from oxidb.commands._registry import CommandRegistry
 from oxidb.config import SETTINGS, Config, format_address
 from oxidb.engine import blobs, procedures as procedure_store, transactions
 from oxidb.engine.engine import Engine
+from oxidb.logs import Logger
 from oxidb.metrics import MetricsRefresher, NodeHealth, ServerMetrics, make_metrics_site, threadpool_stats
 from oxidb.raft.service import RaftService
 from oxidb.server.dispatch import Dispatcher

@@ -63,7 +63,15 @@ class AuditEvent:
             "detail": self.detail,
             "peer": self.peer,
         }
-        return orjson.dumps(record) + b"\n"
+        return json_line_safe(orjson.dumps(record)) + b"\n"
+
+
+def json_line_safe(encoded: bytes) -> bytes:
+    """
+    Compact JSON with the two characters JSON leaves raw but some readers
+    take for line breaks (U+2028, U+2029) escaped as well: the same JSON.
+    """
+    return encoded.replace("\u2028".encode(), b"\\u2028").replace("\u2029".encode(), b"\\u2029")
 
 
 def format_timestamp(ts: float) -> str:

@@ -25,13 +25,13 @@ from typing import Any, Callable, Mapping
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from oxidb import filemodes
 from oxidb.audit.events import AuditEvent, IAuditSink
 from oxidb.auth.settings import flag, parse_u64
 from oxidb.errors import ConfigError
+from oxidb.logs import Logger
 
 AUDIT_FILE = "audit.log"
 

@@ -16,7 +16,6 @@ from scramp import ScramException
 from scramp.utils import saslprep
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
 from oxidb.audit.events import DENIED, ERROR, OK
 from oxidb.auth.cred import IOxiUser, LoginFailed, OxiUser, ScramContinue, ScramCredentials
@@ -39,6 +38,7 @@ from oxidb.errors import (
     UserExistsError,
     UserNotFoundError,
 )
+from oxidb.logs import Logger
 
 _log = Logger(namespace="oxidb.commands.auth")
 

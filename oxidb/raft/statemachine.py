@@ -30,12 +30,12 @@ from typing import Any, Callable, Sequence
 import orjson
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from oxidb import filemodes
 from oxidb.auth.store import USERS_FILE, UserRecord, UserStore
 from oxidb.engine import store
+from oxidb.logs import Logger
 from oxidb.raft.messages import Entry
 from oxidb.raft.node import IStateMachine, Outcome, SnapshotBuild
 

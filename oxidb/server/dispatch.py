@@ -22,7 +22,6 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from oxidb.auth import rbac
@@ -35,6 +34,7 @@ from oxidb.errors import (
     PermissionDeniedError,
     UnknownCommandError,
 )
+from oxidb.logs import Logger
 
 
 class Reply:
