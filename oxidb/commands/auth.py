@@ -235,8 +235,8 @@ LOGIN_COMMANDS = [
 
 #: Admin-only (RBAC table); the changes replicate in cluster mode.
 USER_COMMANDS = [
-    Command("create_user", create_user, writes=True, audit_collection=None),
-    Command("drop_user", drop_user, writes=True, audit_collection=None),
-    Command("update_user", update_user, writes=True, audit_collection=None),
+    Command("create_user", create_user, writes=True, audit_collection=None, audit_target=("username", "role")),
+    Command("drop_user", drop_user, writes=True, audit_collection=None, audit_target=("username",)),
+    Command("update_user", update_user, writes=True, audit_collection=None, audit_target=("username", "role")),
     Command("list_users", list_users, audit_collection=None),
 ]

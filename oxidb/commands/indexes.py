@@ -74,11 +74,11 @@ def text_search(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any
 
 
 COMMANDS = [
-    Command("create_index", create_index, writes=True),
-    Command("create_unique_index", create_unique_index, writes=True),
-    Command("create_composite_index", create_composite_index, writes=True),
-    Command("create_text_index", create_text_index, writes=True),
+    Command("create_index", create_index, writes=True, audit_target=("field",)),
+    Command("create_unique_index", create_unique_index, writes=True, audit_target=("field",)),
+    Command("create_composite_index", create_composite_index, writes=True, audit_target=("fields",)),
+    Command("create_text_index", create_text_index, writes=True, audit_target=("fields",)),
     Command("list_indexes", list_indexes),
-    Command("drop_index", drop_index, writes=True),
+    Command("drop_index", drop_index, writes=True, audit_target=("index",)),
     Command("text_search", text_search),
 ]
