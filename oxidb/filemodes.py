@@ -63,18 +63,35 @@ def open_private(path: str | os.PathLike[str], *, exclusive: bool = False) -> IO
         raise
 
 
+#: Top-level names in the data directory that are the server's: the
+#: database (C{oxidb.sqlite3}, C{-wal}, C{-shm}, staged copies), Raft files
+#: (C{raft_meta.json}, C{raft_log.jsonl}, C{raft_snapshot-*}), directories
+#: such as C{_auth} and C{_audit}, and hidden temporary files.
+SERVER_PREFIXES = ("oxidb", "raft_", "_", ".")
+
+
 def secure_tree(root: str | os.PathLike[str]) -> None:
     """
-    Bring C{root} and everything under it to the private modes: directories
-    C{0700}, regular files C{0600}. Symbolic links are neither followed nor
-    changed. Used at start-up on the data directory.
+    Bring a data directory to the private modes: C{root} itself C{0700}, and
+    every top-level entry named like the server's (L{SERVER_PREFIXES}) with
+    everything under it: directories C{0700}, regular files C{0600}.
+    Anything else an operator put there is left alone (a data directory
+    pointed at a shared directory by mistake is not re-moded wholesale).
+    Symbolic links are neither followed nor changed. Used at start-up.
     """
     private_dir(root)
-    for directory, dirnames, filenames in os.walk(root):
-        for name in dirnames:
-            _chmod_if(os.path.join(directory, name), stat.S_ISDIR, DIR_MODE)
-        for name in filenames:
-            _chmod_if(os.path.join(directory, name), stat.S_ISREG, FILE_MODE)
+    for entry in os.scandir(root):
+        if not entry.name.startswith(SERVER_PREFIXES):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            _chmod_if(entry.path, stat.S_ISDIR, DIR_MODE)
+            for directory, dirnames, filenames in os.walk(entry.path):
+                for name in dirnames:
+                    _chmod_if(os.path.join(directory, name), stat.S_ISDIR, DIR_MODE)
+                for name in filenames:
+                    _chmod_if(os.path.join(directory, name), stat.S_ISREG, FILE_MODE)
+        else:
+            _chmod_if(entry.path, stat.S_ISREG, FILE_MODE)
 
 
 def _chmod_if(path: str, kind: Callable[[int], bool], mode: int) -> None:

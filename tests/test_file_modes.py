@@ -116,10 +116,13 @@ def test_startup_makes_an_existing_data_directory_private(tmp_path: Path, loose_
     for name in ("oxidb.sqlite3", "oxidb.sqlite3-wal", "_audit/audit.log", "raft_meta.json"):
         (data / name).write_bytes(b"")
         os.chmod(data / name, 0o644)
-    os.symlink("/etc/hostname", data / "link")
+    os.symlink("/etc/hostname", data / "_link")
+    (data / "operator-notes.txt").write_bytes(b"")
+    os.chmod(data / "operator-notes.txt", 0o644)
     Config(data_dir=str(data)).prepare_data_dir()
     found = modes(str(data))
-    del found["link"]  # symbolic links are left alone (and never followed)
+    del found["_link"]  # symbolic links are left alone (and never followed)
+    assert found.pop("operator-notes.txt") == 0o644  # not the server's: left alone
     assert loose(found, str(data)) == {}
 
 
