@@ -17,12 +17,14 @@ from typing import Any, Callable, Mapping
 
 import attrs
 
+from oxidb import filemodes
 from oxidb.audit.gelf import GelfSettings, parse_gelf_settings
 from oxidb.audit.log import AuditSettings, parse_audit_settings
 from oxidb.auth.settings import AuthSettings, parse_auth_settings
 from oxidb.auth.tls import TlsPaths, parse_tls_settings
 from oxidb.errors import ConfigError
 from oxidb.limits import LIMIT_ROWS, LimitRow, Limits, parse_limit
+from oxidb.metrics._settings import MetricsSettings, parse_metrics_settings
 
 Address = tuple[str, int]
 
@@ -204,6 +206,8 @@ class Setting:
     @ivar option: the twistd long option (without C{--}).
     @ivar default: the default as text (parsed like any value), or C{None}
         for "unset".
+    @ivar secret: the value is a secret: errors name the variable and the
+        reason, never the value.
     """
 
     field: str | None
@@ -212,6 +216,7 @@ class Setting:
     default: str | None
     parse: Callable[[str], Any]
     help: str
+    secret: bool = attrs.field(default=False, kw_only=True)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -227,7 +232,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("verbose", "OXIDB_VERBOSE", "verbose", "false", parse_bool,
             "extra startup logging (true/false)"),
     Setting("encryption_key", "OXIDB_ENCRYPTION_KEY", "encryption-key", None, parse_path,
-            "encryption at rest: not supported by this server; setting it stops startup"),
+            "encryption at rest: not supported by this server; setting it stops startup", secret=True),
     # Security.
     Setting(None, "OXIDB_AUTH", "auth", None, bool_text,
             "require login (SCRAM-SHA-256) and enforce roles (true/false)"),
@@ -266,6 +271,16 @@ SETTINGS: tuple[Setting, ...] = (
     # Monitoring.
     Setting("metrics_addr", "OXIDB_METRICS_ADDR", "metrics-addr", None, parse_address,
             "host:port of the HTTP endpoint serving /metrics, /health and /ready (off when unset)"),
+    Setting(None, "OXIDB_METRICS_NAMES", "metrics-names", None, bool_text,
+            "show collection names as label values on /metrics (true/false, default false)"),
+    Setting(None, "OXIDB_METRICS_USER", "metrics-user", None, passthrough,
+            "user name for HTTP basic authentication on /metrics (with the password file)"),
+    Setting(None, "OXIDB_METRICS_PASSWORD_FILE", "metrics-password-file", None, passthrough,
+            "file holding the /metrics basic-auth password (with the user)"),
+    Setting(None, "OXIDB_METRICS_TLS_CERT", "metrics-tls-cert", None, passthrough,
+            "PEM certificate chain for HTTPS on the metrics port (with the key)"),
+    Setting(None, "OXIDB_METRICS_TLS_KEY", "metrics-tls-key", None, passthrough,
+            "PEM private key for HTTPS on the metrics port (with the certificate)"),
     # Cluster (server.md 8.1).
     Setting("node_id", "OXIDB_NODE_ID", "node-id", None, parse_node_id,
             "this node's Raft id (u64); setting it turns cluster mode on"),
@@ -276,7 +291,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("raft_advertise", "OXIDB_RAFT_ADVERTISE", "raft-advertise", None, parse_peer_address,
             "Raft address published to peers when OXIDB_RAFT_ADDR is not dialable (e.g. 0.0.0.0:4445)"),
     Setting("cluster_key", "OXIDB_CLUSTER_KEY", "cluster-key", None, parse_cluster_key,
-            "shared secret every peer proves (SPAKE2) when it connects to the Raft port; 32+ characters"),
+            "shared secret every peer proves (SPAKE2) when it connects to the Raft port; 32+ characters",
+            secret=True),
     Setting("raft_tls_cert", "OXIDB_RAFT_TLS_CERT", "raft-tls-cert", None, parse_path,
             "PEM certificate of this node for mutual TLS on the Raft port (with key and CA)"),
     Setting("raft_tls_key", "OXIDB_RAFT_TLS_KEY", "raft-tls-key", None, parse_path,
@@ -342,6 +358,7 @@ class Config:
     tls: TlsPaths | None = None
     audit: AuditSettings = attrs.field(factory=AuditSettings)
     gelf: GelfSettings | None = None
+    metrics: MetricsSettings = attrs.field(factory=MetricsSettings)
     limits: Limits = attrs.field(factory=Limits)
 
     @classmethod
@@ -376,7 +393,7 @@ class Config:
             try:
                 value = setting.parse(text)
             except ValueError as e:
-                shown = "<redacted>" if setting.parse is parse_cluster_key else repr(text)
+                shown = "<redacted>" if setting.secret else repr(text)
                 raise ConfigError(f"{source}={shown} is invalid: {e}") from None
             if setting.field is None:
                 effective[setting.env] = value
@@ -384,7 +401,7 @@ class Config:
                 values[setting.field] = value
         if values.get("encryption_key") is not None:
             raise ConfigError(
-                f"OXIDB_ENCRYPTION_KEY={values['encryption_key']!r}: encryption at rest is not supported by "
+                "OXIDB_ENCRYPTION_KEY is set: encryption at rest is not supported by "
                 "this server; use an encrypted filesystem for the data directory and unset the variable"
             )
         if values.get("raft_peers") is None:
@@ -395,6 +412,7 @@ class Config:
             tls=parse_tls_settings(effective),
             audit=parse_audit_settings(effective),
             gelf=parse_gelf_settings(effective),
+            metrics=parse_metrics_settings(effective),
             limits=Limits.from_environ(effective),
         )
 
@@ -408,9 +426,11 @@ class Config:
         path = os.path.abspath(self.data_dir)
         where = f"{_BY_FIELD['data_dir'].env}={self.data_dir!r}"
         try:
-            os.makedirs(path, exist_ok=True)
+            # Private modes (0700/0600) whatever the umask, also for what
+            # an older version or an operator left there (docs/security.md).
+            filemodes.secure_tree(path)
             probe = os.path.join(path, f".write-probe-{os.getpid()}")
-            with open(probe, "wb") as f:
+            with filemodes.open_private(probe) as f:
                 f.write(b"ok")
             os.remove(probe)
         except OSError as e:

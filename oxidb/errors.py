@@ -82,6 +82,16 @@ class InvalidQueryError(OxiError):
     template = "invalid query: {0}"
 
 
+class ReservedCollectionError(InvalidQueryError):
+    """
+    A client named a collection reserved for the server (a name starting
+    with C{_}, such as C{_procedures}); only the server's own commands use
+    those. Argument: the name.
+    """
+
+    template = "invalid query: collection name is reserved for the server: {0}"
+
+
 class InvalidPipelineError(OxiError):
     template = "invalid pipeline: {0}"
 

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, inlineCallbacks
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import globalLogPublisher
 
 from oxidb import __version__
 from oxidb.audit.events import Auditor
@@ -38,6 +38,7 @@ from oxidb.commands._registry import CommandRegistry
 from oxidb.config import SETTINGS, Config, format_address
 from oxidb.engine import blobs, procedures as procedure_store, transactions
 from oxidb.engine.engine import Engine
+from oxidb.logs import Logger
 from oxidb.metrics import MetricsRefresher, NodeHealth, ServerMetrics, make_metrics_site, threadpool_stats
 from oxidb.raft.service import RaftService
 from oxidb.server.dispatch import Dispatcher
@@ -106,10 +107,11 @@ class OxiService(MultiService):
         self.shared.factory = self.factory
         self.port: Any = None
         self.metrics_port: Any = None
-        # Cluster mode: reads never write, and the Raft log is the durable
-        # record (docs/clustering.md, "Durability").
+        # Reads never write (so a Read user creates nothing, docs/security.md);
+        # in cluster mode the Raft log is the durable record
+        # (docs/clustering.md, "Durability").
         cluster = config.node_id is not None
-        self.engine = Engine(data_dir, synchronous="NORMAL" if cluster else "FULL", auto_create_on_read=not cluster)
+        self.engine = Engine(data_dir, synchronous="NORMAL" if cluster else "FULL", auto_create_on_read=False)
         transactions.register_appliers(self.engine)
         procedure_store.register_appliers(self.engine)
         blobs.register_appliers(self.engine)
@@ -153,12 +155,16 @@ class OxiService(MultiService):
     def _setup_metrics(self) -> None:
         """Request counters always; the HTTP endpoint when configured."""
         shared = self.shared
-        metrics = ServerMetrics(self.reactor, shared.registry.names(), data_dir=shared.data_dir)
+        metrics = ServerMetrics(
+            self.reactor, shared.registry.names(), data_dir=shared.data_dir, names=self.config.metrics.names
+        )
         metrics.threadpool_source = lambda: threadpool_stats(self.threadpool)
         metrics.documents_source = self.engine.collection_counts
         if self.raft is not None:
             metrics.raft_source = self.raft.status
         shared.metrics = metrics
+        tls = self.config.metrics.tls
+        self.metrics_tls = None if tls is None else load_server_tls(tls.cert, tls.key)
         if self.config.metrics_addr is not None:
             MetricsRefresher(metrics, self.reactor, shared.executor.read).setServiceParent(self)
 
@@ -218,9 +224,15 @@ class OxiService(MultiService):
             self.port = self.reactor.listenTCP(port, self.factory, interface=host)
         if self.config.metrics_addr is not None:
             health = NodeHealth(lambda: self.shared.serving, raft=self.shared.metrics.sample_raft)
-            site = make_metrics_site(self.shared.metrics, health, self.reactor, self.threadpool)
+            settings = self.config.metrics
+            site = make_metrics_site(
+                self.shared.metrics, health, self.reactor, self.threadpool, credentials=settings.credentials
+            )
             mhost, mport = self.config.metrics_addr
-            self.metrics_port = self.reactor.listenTCP(mport, site, interface=mhost)
+            if self.metrics_tls is not None:
+                self.metrics_port = self.reactor.listenSSL(mport, site, self.metrics_tls, interface=mhost)
+            else:
+                self.metrics_port = self.reactor.listenTCP(mport, site, interface=mhost)
         super().privilegedStartService()
 
     def startService(self) -> None:

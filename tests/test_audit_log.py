@@ -49,8 +49,10 @@ def test_line_format() -> None:
     line = event().to_json_line()
     assert line == (
         b'{"ts":"2026-02-21T10:49:12.345Z","user":"alice","role":"readWrite","cmd":"insert",'
-        b'"collection":"users","result":"ok","detail":"","peer":"1.2.3.4:5"}\n'
+        b'"collection":"users","target":null,"result":"ok","detail":"","peer":"1.2.3.4:5"}\n'
     )
+    named = event(cmd="create_user", collection=None, target={"username": "bob", "role": "read"}).to_json_line()
+    assert b'"collection":null,"target":{"username":"bob","role":"read"},"result"' in named
     odd = event(user=None, role=None, collection=None, detail='quote " and \n newline').to_json_line()
     assert odd.count(b"\n") == 1
     assert json.loads(odd)["detail"] == 'quote " and \n newline'

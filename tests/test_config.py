@@ -109,3 +109,16 @@ def test_unusable_data_directory(tmp_path: "os.PathLike[str]") -> None:
     config = Config.from_sources({"OXIDB_DATA": os.path.join(blocker, "data")}, {})
     with pytest.raises(ConfigError, match="OXIDB_DATA=.*data directory is not usable"):
         config.prepare_data_dir()
+
+
+
+def test_secret_settings_are_never_echoed() -> None:
+    assert {s.env for s in SETTINGS if s.secret} >= {"OXIDB_CLUSTER_KEY", "OXIDB_ENCRYPTION_KEY"}
+    with pytest.raises(ConfigError) as info:
+        Config.from_sources({"OXIDB_CLUSTER_KEY": "tiny-secret"})
+    assert str(info.value).startswith("OXIDB_CLUSTER_KEY=<redacted> is invalid: must be at least 32 characters long")
+    assert "tiny-secret" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        Config.from_sources({}, {"encryption-key": "hunter2-secret"})
+    assert str(info.value).startswith("OXIDB_ENCRYPTION_KEY is set: encryption at rest is not supported")
+    assert "hunter2" not in str(info.value)

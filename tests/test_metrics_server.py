@@ -196,7 +196,7 @@ def test_each_service_has_its_own_registry(clock: Clock) -> None:
 
 def test_storage_is_exported_once_measured(tmp_path: Path, clock: Clock) -> None:
     (tmp_path / "db.sqlite").write_bytes(b"x" * 1000)
-    metrics = ServerMetrics(clock, COMMANDS, data_dir=str(tmp_path))
+    metrics = ServerMetrics(clock, COMMANDS, data_dir=str(tmp_path), names=True)
     metrics.documents_source = lambda: {"users": 3, "orders": 5}
     assert not any(n.startswith("oxidb_documents") for n in names(scrape(metrics)))
 
@@ -211,13 +211,25 @@ def test_storage_is_exported_once_measured(tmp_path: Path, clock: Clock) -> None
     assert value(samples, "oxidb_data_dir_bytes") == 1000
 
 
+def test_collection_names_are_not_exported_by_default(clock: Clock) -> None:
+    metrics = ServerMetrics(clock, COMMANDS)
+    metrics.storage_measured(StorageSample({"payroll_2026": 3, "secret_merger": 5}, 10))
+    samples = scrape(metrics)
+    assert not any(n == "oxidb_documents" for n in names(samples))
+    assert value(samples, "oxidb_documents_total") == 8
+    assert value(samples, "oxidb_collections") == 2
+    text = generate_latest(metrics.registry)
+    assert b"payroll" not in text and b"secret_merger" not in text
+
+
 def test_storage_without_sources(metrics: ServerMetrics) -> None:
     metrics.storage_measured(metrics.measure_storage())
     assert metrics.measure_storage() == StorageSample(None, None)
     assert not any(n.startswith(("oxidb_documents", "oxidb_data_dir")) for n in names(scrape(metrics)))
 
 
-def test_collection_names_are_escaped_label_values(metrics: ServerMetrics) -> None:
+def test_collection_names_are_escaped_label_values(clock: Clock) -> None:
+    metrics = ServerMetrics(clock, COMMANDS, names=True)
     odd = 'a"b\\c\nd'
     metrics.storage_measured(StorageSample({odd: 1}, None))
     assert value(scrape(metrics), "oxidb_documents", collection=odd) == 1

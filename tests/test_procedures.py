@@ -88,7 +88,8 @@ def test_definition_commands(server: MemoryServer) -> None:
     for cmd in ("get_procedure", "delete_procedure", "call_procedure"):
         assert error(server, cmd, name="zeta") == "procedure not found: zeta"
         assert error(server, cmd) == "missing 'name'"
-    assert [i["index_type"] for i in ok(server, "list_indexes", collection="_procedures")] == ["unique"]
+    engine = server.services.engine
+    assert [i["index_type"] for i in engine.list_indexes("_procedures")] == ["unique"]
 
 
 @pytest.mark.parametrize(
@@ -108,10 +109,17 @@ def test_definition_errors(server: MemoryServer, request_: dict[str, Any], text:
     assert ok(server, "list_procedures") == []
 
 
-def test_a_document_inserted_into_procedures_is_callable(server: MemoryServer) -> None:
-    ok(server, "insert", collection="_procedures", doc={"name": "raw", "steps": [{"step": "return", "value": "hi"}]})
-    assert ok(server, "call_procedure", name="raw") == "hi"
-    ok(server, "insert", collection="_procedures", doc={"name": "broken", "steps": []})
+def test_procedures_cannot_be_written_through_insert(server: MemoryServer) -> None:
+    # Upstream lets a plain insert into _procedures define a procedure; here
+    # the collection is the server's own (docs/security.md).
+    doc = {"name": "raw", "steps": [{"step": "return", "value": "hi"}]}
+    reserved = "invalid query: collection name is reserved for the server: _procedures"
+    assert error(server, "insert", collection="_procedures", doc=doc) == reserved
+    assert error(server, "call_procedure", name="raw") == "procedure not found: raw"
+
+
+def test_a_stored_definition_is_checked_when_called(server: MemoryServer) -> None:
+    server.services.engine.apply({"Insert": {"collection": "_procedures", "document": {"name": "broken", "steps": []}}}, 0.0)
     assert error(server, "call_procedure", name="broken") == "procedure error: 'steps' must not be empty"
 
 

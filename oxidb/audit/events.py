@@ -40,6 +40,11 @@ class AuditEvent:
     @ivar result: C{ok}, C{error} or C{denied}.
     @ivar detail: the error text, C{""} on success.
     @ivar peer: the client's C{host:port}.
+    @ivar target: what an operation acted on beyond its collection, from
+        the request fields its registry row names (C{audit_target}): the
+        user and role of user management, a procedure's or schedule's name,
+        a backup's path, an index's field or name; None when the command
+        names none. Values are strings, lists of strings or integers.
     """
 
     ts: float
@@ -50,6 +55,7 @@ class AuditEvent:
     result: str
     detail: str
     peer: str
+    target: dict[str, Any] | None = attrs.field(default=None, hash=False)
 
     def to_json_line(self) -> bytes:
         """One audit-file line: compact JSON, fields in a fixed order, C{\\n}."""
@@ -59,11 +65,52 @@ class AuditEvent:
             "role": self.role,
             "cmd": self.cmd,
             "collection": self.collection,
+            "target": self.target,
             "result": self.result,
             "detail": self.detail,
             "peer": self.peer,
         }
-        return orjson.dumps(record) + b"\n"
+        return json_line_safe(orjson.dumps(record)) + b"\n"
+
+
+#: Longest string kept in an audit target value; longer ones are cut and
+#: marked, so that a huge key or path cannot bloat the audit trail.
+MAX_TARGET_TEXT = 1024
+
+
+def _target_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= MAX_TARGET_TEXT else value[:MAX_TARGET_TEXT] + "...(cut)"
+    if type(value) is int:
+        return value
+    if type(value) is list and len(value) <= 64 and all(isinstance(v, (str, int)) and type(v) is not bool for v in value):
+        return [_target_value(v) for v in value]
+    return None
+
+
+def audit_target(request: Any, keys: Sequence[str]) -> dict[str, Any] | None:
+    """
+    The C{target} of an audit line: the request's values at C{keys} that
+    are strings, integers or short lists of them (others are left out);
+    None when none is present. Never name a secret field (a password) in
+    C{keys}: the audit trail holds no request bodies.
+    """
+    if not keys or type(request) is not dict:
+        return None
+    target = {}
+    for key in keys:
+        value = _target_value(request.get(key))
+        if value is not None:
+            target[key] = value
+    return target or None
+
+
+def json_line_safe(encoded: bytes) -> bytes:
+    """
+    Compact JSON with the two characters JSON leaves raw but some readers
+    take for line breaks (U+2028, U+2029) escaped as well: the same JSON.
+    """
+    return encoded.replace("\u2028".encode(), b"\\u2028").replace("\u2029".encode(), b"\\u2029")
 
 
 def format_timestamp(ts: float) -> str:
@@ -100,10 +147,20 @@ class Auditor:
         for sink in self.sinks:
             sink.record(event)
 
-    def record_command(self, session: "Session", cmd: str, collection: str | None, result: str, detail: str) -> None:
-        """One operation by a session (C{result}: ok, error or denied)."""
+    def record_command(
+        self,
+        session: "Session",
+        cmd: str,
+        collection: str | None,
+        result: str,
+        detail: str,
+        target: dict[str, Any] | None = None,
+    ) -> None:
+        """One operation by a session (C{result}: ok, error or denied), and what it acted on."""
         role = session.role.wire if session.role is not None else None
-        self.record(AuditEvent(self.clock.seconds(), session.user, role, cmd, collection, result, detail, session.peer))
+        self.record(
+            AuditEvent(self.clock.seconds(), session.user, role, cmd, collection, result, detail, session.peer, target)
+        )
 
     def record_login(
         self, session: "Session", cmd: str, username: str | None, role: str | None, result: str, detail: str

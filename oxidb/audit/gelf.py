@@ -149,6 +149,8 @@ def audit_event_fields(event: AuditEvent, source: str) -> dict[str, Any]:
         value = getattr(event, key)
         if value:
             fields["_" + key] = value
+    if event.target:
+        fields["_target"] = orjson.dumps(event.target).decode()
     return fields
 
 

@@ -16,12 +16,13 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import ILogObserver
 from zope.interface import implementer
 
 from oxidb.audit.events import AuditEvent, IAuditSink
 from oxidb.audit.gelf import MAX_CHUNKS, GelfEncoder, GelfSettings, audit_event_fields, log_event_fields
 from oxidb.errors import ConfigError
+from oxidb.logs import Logger
 
 
 def resolve_gelf_address(settings: GelfSettings) -> tuple[str, int]:

@@ -25,12 +25,13 @@ from typing import Any, Callable, Mapping
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from oxidb import filemodes
 from oxidb.audit.events import AuditEvent, IAuditSink
 from oxidb.auth.settings import flag, parse_u64
 from oxidb.errors import ConfigError
+from oxidb.logs import Logger
 
 AUDIT_FILE = "audit.log"
 
@@ -199,7 +200,7 @@ class AuditFile:
     def _compress(self, plain: Path) -> Path:
         packed = plain.with_name(plain.name + ".gz")
         try:
-            with open(plain, "rb") as source, open(packed, "wb") as raw:
+            with open(plain, "rb") as source, filemodes.open_private(packed) as raw:
                 with gzip.GzipFile(filename=plain.name, mode="wb", fileobj=raw) as out:
                     shutil.copyfileobj(source, out)
                 raw.flush()

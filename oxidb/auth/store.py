@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterable
 
 import attrs
-from twisted.logger import Logger
 
 from oxidb.auth.passwords import SALT_LENGTH, PasswordSecrets, derive_secrets
 from oxidb.auth.rbac import Role
@@ -36,6 +35,7 @@ from oxidb.errors import (
     UserExistsError,
     UserNotFoundError,
 )
+from oxidb.logs import Logger
 
 USERS_FILE = "users.json"
 SECRET_FILE = "scram_mock_secret"

@@ -32,18 +32,21 @@ class TlsPaths:
     key: Path
 
 
-def parse_tls_settings(environ: Mapping[str, str]) -> TlsPaths | None:
+def parse_tls_settings(
+    environ: Mapping[str, str], cert_var: str = "OXIDB_TLS_CERT", key_var: str = "OXIDB_TLS_KEY"
+) -> TlsPaths | None:
     """
-    The certificate and key paths, or None when neither is set.
+    The certificate and key paths, or None when neither is set (the client
+    port's variables unless others are named: the metrics port has its own).
 
     @raise ConfigError: only one of the two is set.
     """
-    cert = environ.get("OXIDB_TLS_CERT", "")
-    key = environ.get("OXIDB_TLS_KEY", "")
+    cert = environ.get(cert_var, "")
+    key = environ.get(key_var, "")
     if not cert and not key:
         return None
     if not cert or not key:
-        present, missing = ("OXIDB_TLS_CERT", "OXIDB_TLS_KEY") if cert else ("OXIDB_TLS_KEY", "OXIDB_TLS_CERT")
+        present, missing = (cert_var, key_var) if cert else (key_var, cert_var)
         raise ConfigError(
             f"failed to load TLS config: {present} is set but {missing} is not; set both to enable TLS "
             "or neither to serve plaintext"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from oxidb.engine.store import check_client_collection
 from oxidb.errors import BadRequestError
 
 
@@ -20,6 +21,17 @@ def require_str(request: dict[str, Any], key: str, message: str | None = None) -
     if not isinstance(value, str):
         raise BadRequestError(message or f"missing '{key}'")
     return value
+
+
+def require_collection(request: dict[str, Any], key: str = "collection") -> str:
+    """
+    The collection a client names at C{key}: L{require_str}, and never one
+    reserved for the server (L{oxidb.engine.store.RESERVED_PREFIX},
+    L{oxidb.errors.ReservedCollectionError}).
+    """
+    name = require_str(request, key)
+    check_client_collection(name)
+    return name
 
 
 def optional_str(request: dict[str, Any], key: str) -> str | None:

@@ -41,6 +41,9 @@ class Command:
         themselves).
     @ivar audit_collection: the request key whose string value the audit
         line records as C{collection}; C{None} records C{null}.
+    @ivar audit_target: request keys whose values the audit line records
+        in C{target} (L{oxidb.audit.events.audit_target}): what an admin or
+        index operation acted on. Never a secret field.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Command:
     pre_auth: bool = False
     audited: bool = True
     audit_collection: str | None = "collection"
+    audit_target: tuple[str, ...] = ()
 
 
 class CommandRegistry:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from oxidb.commands._args import require_present, require_str
+from oxidb.commands._args import require_collection, require_present
 from oxidb.commands._registry import Command
 from oxidb.commands.collections import engine_of
 
@@ -21,7 +21,7 @@ def aggregate(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]"
     The pipeline's output documents. A C{pipeline} that is not an array
     reaches the engine (C{invalid pipeline: pipeline must be an array}).
     """
-    collection = require_str(request, "collection")
+    collection = require_collection(request)
     pipeline = require_present(request, "pipeline")
     return ctx.read(engine_of(ctx).aggregate, collection, pipeline)
 

@@ -16,7 +16,6 @@ from scramp import ScramException
 from scramp.utils import saslprep
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
 from oxidb.audit.events import DENIED, ERROR, OK
 from oxidb.auth.cred import IOxiUser, LoginFailed, OxiUser, ScramContinue, ScramCredentials
@@ -40,6 +39,7 @@ from oxidb.errors import (
     UserExistsError,
     UserNotFoundError,
 )
+from oxidb.logs import Logger
 
 _log = Logger(namespace="oxidb.commands.auth")
 
@@ -260,8 +260,8 @@ LOGIN_COMMANDS = [
 
 #: Admin-only (RBAC table); the changes replicate in cluster mode.
 USER_COMMANDS = [
-    Command("create_user", create_user, writes=True, audit_collection=None),
-    Command("drop_user", drop_user, writes=True, audit_collection=None),
-    Command("update_user", update_user, writes=True, audit_collection=None),
+    Command("create_user", create_user, writes=True, audit_collection=None, audit_target=("username", "role")),
+    Command("drop_user", drop_user, writes=True, audit_collection=None, audit_target=("username",)),
+    Command("update_user", update_user, writes=True, audit_collection=None, audit_target=("username", "role")),
     Command("list_users", list_users, audit_collection=None),
 ]

@@ -39,6 +39,6 @@ def restore(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
 
 
 COMMANDS = [
-    Command("backup", backup, audit_collection=None),
-    Command("restore", restore, audit_collection=None),
+    Command("backup", backup, audit_collection=None, audit_target=("path",)),
+    Command("restore", restore, audit_collection=None, audit_target=("archive", "target")),
 ]

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from oxidb.commands._args import require_str
+from oxidb.commands._args import require_collection
 from oxidb.commands._registry import Command
+from oxidb.engine.store import is_reserved_collection
 from oxidb.errors import UnavailableError
 
 if TYPE_CHECKING:
@@ -31,22 +32,23 @@ def engine_of(ctx: "CommandContext") -> Any:
 
 def create_collection(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{"collection created"}; C{collection already exists: <name>} if it does."""
-    return ctx.write({"CreateCollection": {"name": require_str(request, "collection")}})
+    return ctx.write({"CreateCollection": {"name": require_collection(request)}})
 
 
 def list_collections(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
-    """Every collection name, sorted."""
-    return ctx.read(engine_of(ctx).list_collections)
+    """Every collection name a client may use, sorted (the server's own are not listed)."""
+    d = ctx.read(engine_of(ctx).list_collections)
+    return d.addCallback(lambda names: [name for name in names if not is_reserved_collection(name)])
 
 
 def drop_collection(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{"collection dropped"}, also for an unknown collection."""
-    return ctx.write({"DropCollection": {"name": require_str(request, "collection")}})
+    return ctx.write({"DropCollection": {"name": require_collection(request)}})
 
 
 def compact(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{{"old_size", "new_size", "docs_kept"}} (see L{oxidb.engine.writes.WriteTxn.compact})."""
-    return ctx.write({"Compact": {"collection": require_str(request, "collection")}})
+    return ctx.write({"Compact": {"collection": require_collection(request)}})
 
 
 COMMANDS = [

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from oxidb.commands._args import is_uint, require_list, require_present, require_str
+from oxidb.commands._args import is_uint, require_collection, require_list, require_present
 from oxidb.commands._registry import Command
 from oxidb.commands.collections import engine_of
 from oxidb.errors import BadRequestError
@@ -55,21 +55,21 @@ def _query(request: dict[str, Any]) -> Any:
 
 def insert(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     """C{{"id": n}}."""
-    collection = require_str(request, "collection")
+    collection = require_collection(request)
     document = require_present(request, "doc")
     return _write(ctx, {"Insert": {"collection": collection, "document": document}})
 
 
 def insert_many(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     """The new ids, consecutive, all-or-nothing."""
-    collection = require_str(request, "collection")
+    collection = require_collection(request)
     documents = require_list(request, "docs", "missing or invalid 'docs' array")
     return _write(ctx, {"InsertMany": {"collection": collection, "documents": documents}})
 
 
 def find(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     """Matching documents: filter, sort, skip, limit (engine.md 2.5)."""
-    collection = require_str(request, "collection")
+    collection = require_collection(request)
     query = _query(request)
     tx = ctx.session.tx
     if tx is not None:
@@ -82,7 +82,7 @@ def find(ctx: "CommandContext", request: dict[str, Any]) -> Any:
 
 def find_one(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """The matching document with the lowest C{_id}, or null."""
-    collection = require_str(request, "collection")
+    collection = require_collection(request)
     tx = ctx.session.tx
     if tx is not None:
         return tx.find_one(ctx, collection, _query(request))
@@ -91,7 +91,7 @@ def find_one(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
 
 def count(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{{"count": n}}."""
-    collection = require_str(request, "collection")
+    collection = require_collection(request)
     tx = ctx.session.tx
     if tx is not None:
         d = tx.count(ctx, collection, _query(request))
@@ -102,7 +102,7 @@ def count(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
 
 
 def _update(kind: str, ctx: "CommandContext", request: dict[str, Any]) -> Any:
-    collection = require_str(request, "collection")
+    collection = require_collection(request)
     query = require_present(request, "query")
     update = require_present(request, "update")
     op = {kind: {"collection": collection, "query": query, "update": update}}
@@ -124,7 +124,7 @@ def delete(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     C{{"deleted": n}}. The optional C{limit} ([N]) deletes at most that many
     (lowest C{_id} first) and must be a non-negative integer.
     """
-    collection = require_str(request, "collection")
+    collection = require_collection(request)
     query = require_present(request, "query")
     body: dict[str, Any] = {"collection": collection, "query": query}
     limit = request.get("limit")
@@ -137,7 +137,7 @@ def delete(ctx: "CommandContext", request: dict[str, Any]) -> Any:
 
 def delete_one(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     """C{{"deleted": 0 | 1}}: the matching document with the lowest C{_id}."""
-    collection = require_str(request, "collection")
+    collection = require_collection(request)
     query = require_present(request, "query")
     return _write(ctx, {"DeleteOne": {"collection": collection, "query": query}})
 

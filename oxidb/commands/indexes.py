@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from oxidb.commands._args import optional_uint, require_list, require_str
+from oxidb.commands._args import optional_uint, require_collection, require_list, require_str
 from oxidb.commands._registry import Command
 from oxidb.commands.collections import engine_of
 from oxidb.engine.textindex import DEFAULT_LIMIT
@@ -29,56 +29,56 @@ def _fields(request: dict[str, Any]) -> list[str]:
 
 def create_index(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{"index created"}; idempotent."""
-    collection = require_str(request, "collection")
+    collection = require_collection(request)
     field = require_str(request, "field")
     return ctx.write({"CreateIndex": {"collection": collection, "field": field}})
 
 
 def create_unique_index(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{"unique index created"}; upgrades a plain index on the field."""
-    collection = require_str(request, "collection")
+    collection = require_collection(request)
     field = require_str(request, "field")
     return ctx.write({"CreateUniqueIndex": {"collection": collection, "field": field}})
 
 
 def create_composite_index(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{{"index": "<fields joined by _>"}}."""
-    collection = require_str(request, "collection")
+    collection = require_collection(request)
     return ctx.write({"CreateCompositeIndex": {"collection": collection, "fields": _fields(request)}})
 
 
 def create_text_index(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{"text index created"}; an existing text index keeps its fields."""
-    collection = require_str(request, "collection")
+    collection = require_collection(request)
     return ctx.write({"CreateTextIndex": {"collection": collection, "fields": _fields(request)}})
 
 
 def list_indexes(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """Index descriptors (engine.md 4.6)."""
-    return ctx.read(engine_of(ctx).list_indexes, require_str(request, "collection"))
+    return ctx.read(engine_of(ctx).list_indexes, require_collection(request))
 
 
 def drop_index(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{"index dropped"}, or C{index not found: <name>}."""
-    collection = require_str(request, "collection")
+    collection = require_collection(request)
     index = require_str(request, "index")
     return ctx.write({"DropIndex": {"collection": collection, "index": index}})
 
 
 def text_search(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """Documents with C{_score}, best first; C{limit} defaults to 10."""
-    collection = require_str(request, "collection")
+    collection = require_collection(request)
     query = require_str(request, "query", "missing 'query' string")
     limit = optional_uint(request, "limit", DEFAULT_LIMIT)
     return ctx.read(engine_of(ctx).text_search, collection, query, limit)
 
 
 COMMANDS = [
-    Command("create_index", create_index, writes=True),
-    Command("create_unique_index", create_unique_index, writes=True),
-    Command("create_composite_index", create_composite_index, writes=True),
-    Command("create_text_index", create_text_index, writes=True),
+    Command("create_index", create_index, writes=True, audit_target=("field",)),
+    Command("create_unique_index", create_unique_index, writes=True, audit_target=("field",)),
+    Command("create_composite_index", create_composite_index, writes=True, audit_target=("fields",)),
+    Command("create_text_index", create_text_index, writes=True, audit_target=("fields",)),
     Command("list_indexes", list_indexes),
-    Command("drop_index", drop_index, writes=True),
+    Command("drop_index", drop_index, writes=True, audit_target=("index",)),
     Command("text_search", text_search),
 ]

@@ -165,16 +165,19 @@ def disable_schedule(ctx: "CommandContext", request: dict[str, Any]) -> "Deferre
     return _switch(ctx, request, False)
 
 
+#: The audited target of the commands naming one procedure or schedule.
+_NAME = ("name",)
+
 COMMANDS = [
-    Command("create_procedure", create_procedure, writes=True),
-    Command("call_procedure", call_procedure, writes=True),
+    Command("create_procedure", create_procedure, writes=True, audit_target=_NAME),
+    Command("call_procedure", call_procedure, writes=True, audit_target=_NAME),
     Command("list_procedures", list_procedures),
-    Command("get_procedure", get_procedure),
-    Command("delete_procedure", delete_procedure, writes=True),
-    Command("create_schedule", create_schedule, writes=True),
+    Command("get_procedure", get_procedure, audit_target=_NAME),
+    Command("delete_procedure", delete_procedure, writes=True, audit_target=_NAME),
+    Command("create_schedule", create_schedule, writes=True, audit_target=("name", "procedure")),
     Command("list_schedules", list_schedules),
-    Command("get_schedule", get_schedule),
-    Command("delete_schedule", delete_schedule, writes=True),
-    Command("enable_schedule", enable_schedule, writes=True),
-    Command("disable_schedule", disable_schedule, writes=True),
+    Command("get_schedule", get_schedule, audit_target=_NAME),
+    Command("delete_schedule", delete_schedule, writes=True, audit_target=_NAME),
+    Command("enable_schedule", enable_schedule, writes=True, audit_target=_NAME),
+    Command("disable_schedule", disable_schedule, writes=True, audit_target=_NAME),
 ]

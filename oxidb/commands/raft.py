@@ -88,8 +88,8 @@ def raft_metrics(ctx: CommandContext, request: dict[str, Any]) -> dict[str, Any]
 
 #: Added to the registry by the service in cluster mode only.
 RAFT_COMMANDS = [
-    Command("raft_init", raft_init, audit_collection=None),
-    Command("raft_add_learner", raft_add_learner, audit_collection=None),
-    Command("raft_change_membership", raft_change_membership, audit_collection=None),
+    Command("raft_init", raft_init, audit_collection=None, audit_target=("addr",)),
+    Command("raft_add_learner", raft_add_learner, audit_collection=None, audit_target=("node_id", "addr")),
+    Command("raft_change_membership", raft_change_membership, audit_collection=None, audit_target=("members",)),
     Command("raft_metrics", raft_metrics, audit_collection=None),
 ]

@@ -64,6 +64,7 @@ from oxidb.engine.matcher import (
     sort_documents,
 )
 from oxidb.engine.paths import get_parts, get_path, with_path
+from oxidb.engine.store import check_client_collection
 from oxidb.engine.values import (
     check_depth,
     compact_json,
@@ -567,6 +568,7 @@ def _parse_lookup(spec: Any) -> _Stage:
         if type(value) is not str:
             raise InvalidPipelineError(f"$lookup requires '{key}' string")
         values.append(value)
+    check_client_collection(values[0])
     return _Lookup(*values)
 
 

@@ -42,6 +42,7 @@ from typing import IO, Any, Iterable
 
 import orjson
 
+from oxidb import filemodes
 from oxidb.engine import blobs, store
 from oxidb.errors import BackupError
 
@@ -149,7 +150,7 @@ def _copy_auth_files(data_dir: str, staging: str) -> list[tuple[str, str]]:
         with open(source, "rb") as f:
             content = f.read()
         copy = os.path.join(target_dir, name)
-        with open(copy, "wb") as f:
+        with filemodes.open_private(copy) as f:
             f.write(content)
         members.append((f"{AUTH_DIR}/{name}", copy))
     return members

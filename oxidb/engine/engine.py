@@ -18,6 +18,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any, Callable, TypeVar
 
+from oxidb import filemodes
 from oxidb.engine import keys, store, textstore
 from oxidb.engine.reads import Reader
 from oxidb.engine.writer import Writer
@@ -85,8 +86,9 @@ class Engine:
         standalone: a commit is on disk when it returns; cluster mode may use
         C{NORMAL} since the Raft log is the durable record).
     @param auto_create_on_read: a read naming a missing collection creates
-        it (engine.md 1.6); cluster mode turns this off so that reads never
-        write.
+        it (upstream's behaviour, engine.md 1.6). Off by default and in the
+        server: reads answer as for an empty collection and never write, so
+        that the Read role cannot create state (docs/security.md).
     @param max_batch: most operations in one group commit.
     @param on_commit: called on the writer thread after every commit with the
         number of operations it carried (metrics, tests).
@@ -97,7 +99,7 @@ class Engine:
         data_dir: str,
         *,
         synchronous: str = "FULL",
-        auto_create_on_read: bool = True,
+        auto_create_on_read: bool = False,
         max_batch: int = 512,
         on_commit: Callable[[int], None] | None = None,
     ) -> None:
@@ -123,7 +125,13 @@ class Engine:
         """Open (or create) the database and start the writer thread."""
         if self._open:
             return
-        os.makedirs(self.data_dir, exist_ok=True)
+        filemodes.private_dir(self.data_dir)
+        # SQLite gives -wal and -shm the database file's mode: a private
+        # database file makes them private too (also those left behind).
+        filemodes.private_file(self.path)
+        for suffix in ("-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                filemodes.private_file(self.path + suffix)
         conn = store.connect(self.path, writer=True, synchronous=self.synchronous)
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -335,6 +343,7 @@ class Engine:
     def backup(self, path: str) -> None:
         """Write a consistent copy of the database to C{path} (online)."""
         source = self._reader_conn()
+        filemodes.private_file(path)
         target = sqlite3.connect(path)
         try:
             source.backup(target)

@@ -35,6 +35,7 @@ from typing import Any, Callable, Generator
 import attrs
 
 from oxidb.engine.schedules import SCHEDULES
+from oxidb.engine.store import check_client_collection
 from oxidb.engine.transactions import Transaction, reserve_operation
 from oxidb.engine.writes import WriteTxn
 from oxidb.errors import (
@@ -310,6 +311,9 @@ class _Run:
         collection = self.resolve(step.get("collection"))
         if not isinstance(collection, str):
             raise ProcedureError("step missing 'collection'")
+        # A step is a generic command: the server's own collections (this
+        # very _procedures among them) are out of its reach.
+        check_client_collection(collection)
         return collection
 
     def _query(self, step: dict[str, Any]) -> Any:

@@ -43,7 +43,7 @@ from typing import Any, Iterable
 import attrs
 
 from oxidb.engine import keys
-from oxidb.errors import InvalidQueryError
+from oxidb.errors import InvalidQueryError, ReservedCollectionError
 
 #: The database file's name inside the data directory.
 DB_FILENAME = "oxidb.sqlite3"
@@ -91,6 +91,26 @@ def validate_collection_name(name: object) -> str:
     ):
         raise InvalidQueryError(f"invalid collection name: {name}")
     return name
+
+
+#: Collection names starting with this are the server's own (C{_procedures},
+#: C{_schedules} and any future internal collection). Clients may not name
+#: them in generic commands (CRUD, indexes, aggregation, transactions,
+#: search, collection admin); only the commands that own them touch them.
+#: Upstream allows such names (engine.md 1.4, 1.6); we reserve the prefix
+#: so that an internal collection is never reachable by accident.
+RESERVED_PREFIX = "_"
+
+
+def is_reserved_collection(name: object) -> bool:
+    """Is C{name} a collection name reserved for the server?"""
+    return isinstance(name, str) and name.startswith(RESERVED_PREFIX)
+
+
+def check_client_collection(name: object) -> None:
+    """L{ReservedCollectionError} if a client may not name this collection."""
+    if is_reserved_collection(name):
+        raise ReservedCollectionError(name)
 
 
 @attrs.frozen

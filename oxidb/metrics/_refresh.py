@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from oxidb.logs import Logger
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime

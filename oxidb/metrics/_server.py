@@ -126,6 +126,7 @@ class ServerMetrics:
         proc_root: str = "/proc",
         version: str = __version__,
         buckets: Sequence[float] = DURATION_BUCKETS,
+        names: bool = False,
     ) -> None:
         """
         @param clock: wall time, for uptime and CPU%.
@@ -135,10 +136,14 @@ class ServerMetrics:
         @param proc_root: where procfs is mounted.
         @param version: reported by C{oxidb_build_info} and C{server_status}.
         @param buckets: upper bounds of the duration histogram, ascending.
+        @param names: export data names (collection names) as label values
+            (C{oxidb_documents{collection=...}}); off by default, when only
+            totals are exported (C{OXIDB_METRICS_NAMES}).
         """
         if list(buckets) != sorted(set(buckets)):
             raise ValueError("histogram buckets must be strictly ascending")
         self.version = version
+        self.names = names
         self.data_dir = data_dir
         self.started_at = clock.seconds()
         self._clock = clock
@@ -287,7 +292,7 @@ class ServerMetrics:
             yield GaugeMetricFamily("oxidb_threadpool_size", "Worker threads at most.", value=pool.size)
             yield GaugeMetricFamily("oxidb_threadpool_busy", "Worker threads running work now.", value=pool.busy)
         if self._storage is not None:
-            yield from _storage_families(self._storage)
+            yield from _storage_families(self._storage, self.names)
         if self._raft is not None:
             yield from _raft_families(self._raft)
             yield CounterMetricFamily(
@@ -335,14 +340,15 @@ class ServerMetrics:
         yield GaugeMetricFamily("oxidb_process_threads", "OS threads of the process.", value=sample.threads)
 
 
-def _storage_families(sample: StorageSample) -> Iterator[Metric]:
+def _storage_families(sample: StorageSample, names: bool) -> Iterator[Metric]:
     if sample.documents is not None:
-        per_collection = GaugeMetricFamily(
-            "oxidb_documents", "Documents per collection (last measurement).", labels=["collection"]
-        )
-        for name, count in sorted(sample.documents.items()):
-            per_collection.add_metric([name], count)
-        yield per_collection
+        if names:
+            per_collection = GaugeMetricFamily(
+                "oxidb_documents", "Documents per collection (last measurement).", labels=["collection"]
+            )
+            for name, count in sorted(sample.documents.items()):
+                per_collection.add_metric([name], count)
+            yield per_collection
         yield GaugeMetricFamily("oxidb_documents_total", "Documents in all collections (last measurement).",
                                 value=sum(sample.documents.values()))
         yield GaugeMetricFamily("oxidb_collections", "Collections (last measurement).",

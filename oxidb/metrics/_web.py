@@ -8,8 +8,11 @@ reactor thread. It always answers in the classic text format (0.0.4): the
 required pair C{oxidb_connections} (gauge) / C{oxidb_connections_total}
 (counter) is valid there but is one family name twice in OpenMetrics.
 
-C{/health} and C{/ready} render on the reactor thread from in-memory state.
-No endpoint needs a login; none reveals documents, configuration or secrets.
+C{/health} and C{/ready} render on the reactor thread from in-memory state
+and never need a login. C{/metrics} may require HTTP basic authentication
+(L{oxidb.metrics._settings.BasicCredentials}); it shows data names only when
+told to (C{OXIDB_METRICS_NAMES}). No endpoint reveals documents,
+configuration or secrets.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from twisted.web.server import Request, Site
 from twisted.web.wsgi import WSGIResource
 
 from oxidb.metrics._interfaces import IHealth
+from oxidb.metrics._settings import BasicCredentials
 
 if TYPE_CHECKING:
     from oxidb.metrics._server import ServerMetrics
@@ -96,6 +100,26 @@ def ready_answer(health: IHealth, request: Request) -> bytes:
     return _answer(request, 200 if ok else 503, b"application/json", encoded)
 
 
+class _BasicAuthGuard(Resource):
+    """
+    C{inner} behind HTTP basic authentication: 401 with a C{WWW-Authenticate}
+    challenge unless the request carries the right user and password.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: IResource, credentials: BasicCredentials) -> None:
+        super().__init__()
+        self._inner = inner
+        self._credentials = credentials
+
+    def render(self, request: Request) -> Any:
+        if not self._credentials.check(request.getUser(), request.getPassword()):
+            request.setHeader(b"www-authenticate", b'Basic realm="oxidb metrics", charset="UTF-8"')
+            return _answer(request, 401, b"text/plain; charset=utf-8", b"unauthorized\n")
+        return self._inner.render(request)
+
+
 class _QuietSite(Site):
     """A Site that writes no access log (probes arrive every second)."""
 
@@ -111,6 +135,7 @@ def make_metrics_site(
     reactor: Any,
     threadpool: Any,
     timeout: float = 60.0,
+    credentials: BasicCredentials | None = None,
 ) -> Site:
     """
     The site to listen on at C{OXIDB_METRICS_ADDR}.
@@ -120,10 +145,15 @@ def make_metrics_site(
         (C{reactor.getThreadPool()}) or the server's
         L{oxidb.server.workers.WorkerPool}; the caller stops it.
     @param timeout: idle connection timeout, seconds.
+    @param credentials: required on C{/metrics} (basic authentication), or
+        None to leave it open.
     """
     root = _Root()
     app = _classic_text_only(make_wsgi_app(metrics.registry))
-    root.putChild(b"metrics", WSGIResource(reactor, threadpool, app))
+    scrape: IResource = WSGIResource(reactor, threadpool, app)
+    if credentials is not None:
+        scrape = _BasicAuthGuard(scrape, credentials)
+    root.putChild(b"metrics", scrape)
     root.putChild(b"health", _Probe(partial(health_answer, health)))
     root.putChild(b"ready", _Probe(partial(ready_answer, health)))
     return _QuietSite(root, timeout=timeout, reactor=reactor)

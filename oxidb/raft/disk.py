@@ -16,6 +16,8 @@ import os
 
 from zope.interface import Interface, implementer
 
+from oxidb import filemodes
+
 
 class IDisk(Interface):
     """One directory of files, addressed by plain file names."""
@@ -61,7 +63,7 @@ class OsDisk:
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
-        os.makedirs(directory, exist_ok=True)
+        filemodes.private_dir(directory)
         self._append_fds: dict[str, int] = {}
 
     def _path(self, name: str) -> str:

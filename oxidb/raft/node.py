@@ -43,11 +43,11 @@ import orjson
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from oxidb.errors import InternalError, LeaderError, NotLeaderError, OxiError, RaftError, TooLargeError, UnavailableError
+from oxidb.logs import Logger
 from oxidb.metrics import RaftStatus
 from oxidb.raft.core import RaftConfig, RaftCore, RaftMetrics, Ready
 from oxidb.raft.forward import FORWARD, FORWARD_RESULT, ForwardRequest, ForwardResult

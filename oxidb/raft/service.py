@@ -22,12 +22,12 @@ from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from oxidb.auth.store import UserStore
 from oxidb.config import Config
 from oxidb.errors import ConfigError
+from oxidb.logs import Logger
 from oxidb.metrics import RaftStatus
 from oxidb.raft.disk import OsDisk
 from oxidb.raft.executor import ClusterExecutor, LinearizableDispatcher

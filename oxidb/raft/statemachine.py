@@ -30,11 +30,12 @@ from typing import Any, Callable, Sequence
 import orjson
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from oxidb import filemodes
 from oxidb.auth.store import USERS_FILE, UserRecord, UserStore
 from oxidb.engine import store
+from oxidb.logs import Logger
 from oxidb.raft.messages import Entry
 from oxidb.raft.node import IStateMachine, Outcome, SnapshotBuild
 
@@ -265,6 +266,7 @@ class EngineStateMachine:
             except FileNotFoundError:
                 users = None
             pin()
+            filemodes.private_file(target)
             out = sqlite3.connect(target)
             try:
                 conn.backup(out)
@@ -298,7 +300,7 @@ class EngineStateMachine:
         """Blocking: write the snapshot's database beside the live one and check it."""
         database, users = unpack_snapshot(data)
         records = None if users is None else parse_users(users)
-        with open(staged, "wb") as f:
+        with filemodes.open_private(staged) as f:
             f.write(database)
             f.flush()
             os.fsync(f.fileno())

@@ -31,8 +31,8 @@ from typing import Any
 
 import attrs
 import orjson
-from twisted.logger import Logger
 
+from oxidb.logs import Logger
 from oxidb.raft.disk import IDisk
 from oxidb.raft.messages import (
     Entry,

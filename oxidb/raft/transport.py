@@ -40,11 +40,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from oxidb.config import parse_peer_address
+from oxidb.logs import Logger
 from oxidb.raft.auth import MAX_HANDSHAKE_FRAME, HandshakeError, Initiator, IPeerAuthenticator, Responder
 from oxidb.raft.messages import MessageDecodeError
 from oxidb.wire.framing import MAX_FRAME, FrameDecoder, FrameTooLargeError, encode_frame

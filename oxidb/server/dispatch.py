@@ -22,9 +22,9 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from oxidb.audit.events import audit_target
 from oxidb.auth import rbac
 from oxidb.commands._context import CommandContext
 from oxidb.errors import (
@@ -35,6 +35,7 @@ from oxidb.errors import (
     PermissionDeniedError,
     UnknownCommandError,
 )
+from oxidb.logs import Logger
 
 
 class Reply:
@@ -191,4 +192,5 @@ class Dispatcher:
             collection if isinstance(collection, str) else None,
             result,
             detail,
+            audit_target(request, command.audit_target) if command is not None else None,
         )

@@ -22,11 +22,11 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oxidb.commands._context import CommandContext
+from oxidb.logs import Logger
 from oxidb.server.dispatch import Reply
 from oxidb.server.session import Session
 from oxidb.wire.codec import WireFormat, decode_request, encode_error, encode_json_top, encode_ok

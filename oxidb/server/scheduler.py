@@ -27,13 +27,13 @@ from typing import Any, Callable, Generator
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
 from oxidb.commands.procedures import call
 from oxidb.engine import store
 from oxidb.engine.reads import Reader
 from oxidb.engine.schedules import SCHEDULES, is_due, run_record
 from oxidb.errors import InternalError, OxiError
+from oxidb.logs import Logger
 
 
 def due_schedules(reader: Reader, now: float) -> list[dict[str, Any]]:

@@ -25,8 +25,9 @@ from collections import deque
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from oxidb.logs import Logger
 
 _STOP = object()
 
