@@ -109,7 +109,7 @@ class OxiService(MultiService):
         # Cluster mode: reads never write, and the Raft log is the durable
         # record (docs/clustering.md, "Durability").
         cluster = config.node_id is not None
-        self.engine = Engine(data_dir, synchronous="NORMAL" if cluster else "FULL", auto_create_on_read=not cluster)
+        self.engine = Engine(data_dir, synchronous="NORMAL" if cluster else "FULL", auto_create_on_read=not cluster, limits=config.limits)
         transactions.register_appliers(self.engine)
         procedure_store.register_appliers(self.engine)
         blobs.register_appliers(self.engine)
