@@ -48,7 +48,7 @@ import attrs
 import orjson
 
 from oxidb.engine import blobtext, store, textindex, textstore
-from oxidb.engine.governor import DEFAULT_LIMITS, NO_DEADLINE, reply_cap
+from oxidb.engine.governor import DEFAULT_LIMITS, NO_DEADLINE, approx_size, reply_cap
 from oxidb.errors import (
     BadRequestError,
     BlobNotFoundError,
@@ -638,10 +638,15 @@ def list_objects(reader: Any, bucket: object, prefix: str | None = None, limit: 
     result: list[dict[str, Any]] = []
     if limit <= 0:
         return result
+    deadline = getattr(reader, "deadline", NO_DEADLINE)
+    cap = reply_cap(getattr(reader, "limits", DEFAULT_LIMITS), "limit and a later prefix")
     for row in _rows_from(conn, name, prefix):
+        deadline.check()
         if not row[0].startswith(prefix):
             break
-        result.append(_row_record(row))
+        record = _row_record(row)
+        cap.add(approx_size(record) + 1)
+        result.append(record)
         if len(result) >= limit:
             break
     return result
