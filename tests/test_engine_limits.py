@@ -461,3 +461,20 @@ def test_a_find_past_16_mib_stops_while_reading(make_engine: Callable[..., Engin
     with pytest.raises(ReplyTooLargeError):
         engine.find("big", {"b": {"$regex": "^x"}})
     assert engine.find_raw("big", {}, None, None, 10).count('"b"') == 10
+
+
+def test_blob_listing_and_search_stop_at_the_reply_limit(make_engine: Callable[..., Engine]) -> None:
+    import base64
+
+    engine = make_engine(limits=limits(max_reply_bytes=2_000))
+    blobs.register_appliers(engine)
+    engine.apply({"CreateBucket": {"bucket": "b"}}, 0.0)
+    data = base64.b64encode(b"hello blob").decode()
+    for n in range(40):
+        engine.apply(blobs.put_operation("b", f"key-{n:03}", data, "text/plain", {}), 0.0)
+    with pytest.raises(ReplyTooLargeError):
+        engine.read(blobs.list_objects, "b")
+    assert len(engine.read(blobs.list_objects, "b", None, 5)) == 5
+    with pytest.raises(ReplyTooLargeError):
+        engine.read(blobs.search, "hello", None, 1000)
+    assert len(engine.read(blobs.search, "hello", None, 5)) == 5
