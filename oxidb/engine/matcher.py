@@ -328,12 +328,12 @@ def _regex(path: str, op: str, operand: Any, siblings: dict[str, Any], limits: Q
     if type(options) is not str:
         options = ""
     compiled = compile_regex(operand, "i" in options, limits.max_regex_length)
-    search = compiled.search
+    search = regex_searcher(compiled)
     return FieldOp(
         path,
         op,
         Regex(operand, options, compiled),
-        lambda found, value: found and type(value) is str and search(value) is not None,
+        lambda found, value: found and type(value) is str and search(value),
     )
 
 
@@ -465,11 +465,34 @@ def _regex_problem(message: str) -> str:
 def _regex_options(ignore_case: bool) -> Any:
     options = re2.Options()
     options.log_errors = False
+    options.never_capture = True  # only "is there a match" is asked
     options.case_sensitive = not ignore_case
     return options
 
 
 _OPTIONS = {False: _regex_options(False), True: _regex_options(True)}
+
+
+def regex_searcher(compiled: Any) -> Callable[[str], bool]:
+    """
+    C{found(text)}: does the RE2 pattern match somewhere in C{text}? Calls
+    RE2's matcher directly when the binding exposes it (google-re2's
+    C{search} decodes match offsets back to characters in Python, several
+    times slower), else C{search}. Lone surrogates are passed through
+    rather than failing the encoding.
+    """
+    regexp = getattr(compiled, "_regexp", None)
+    anchor = getattr(getattr(re2, "_Anchor", None), "UNANCHORED", None)
+    match = getattr(regexp, "Match", None)
+    if match is None or anchor is None:
+        search = compiled.search
+        return lambda text: search(text) is not None
+
+    def found(text: str) -> bool:
+        data = text.encode("utf-8", "surrogatepass")
+        return bool(match(anchor, data, 0, len(data))[0][0] != -1)
+
+    return found
 
 
 def compile_regex(pattern: str, ignore_case: bool, max_length: int = MAX_REGEX_LENGTH) -> Any:

@@ -19,6 +19,7 @@ instead of being built.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import sqlite3
 from typing import Any, Callable, Iterator
@@ -205,7 +206,7 @@ class Reader:
         The stored JSON texts of the rows L{rows} gives, in its order. A text
         is only parsed when the query needs the reference matcher.
         """
-        for _, _, text, _ in self._scan(info, plan, spec, skip, limit, True, charge):
+        for _, _, text, _ in self._scan(info, plan, spec, skip, limit, True, charge, versions=False):
             yield text
 
     def _scan(
@@ -217,8 +218,15 @@ class Reader:
         limit: int | None,
         index_arrays: bool,
         charge: Charge | None,
+        *,
+        versions: bool = True,
     ) -> Iterator[_Scanned]:
-        """The rows of L{rows} as L{_Scanned}, checking the deadline for each."""
+        """
+        The rows of L{rows} as L{_Scanned} (with C{_version} 0 unless
+        C{versions}), checking the deadline for each row that needs Python
+        work (rows SQLite has already fetched in one step are checked in
+        batches).
+        """
         if limit == 0:
             return
         check = self.deadline.check
@@ -226,16 +234,22 @@ class Reader:
         matches = None if plan.exact else plan.matcher.matches
         if spec is None and limit is None and not skip:
             concat_limit = None if charge is None else CAPPED_CONCAT_LENGTH
-            for _id, version, text in self._all_selected(info, plan, concat_limit):
+            selected = self._all_selected(info, plan, concat_limit, versions=versions)
+            if matches is None:
+                for n, (_id, version, text) in enumerate(selected):
+                    if not n & 1023:
+                        check()
+                    if charge is not None:
+                        charge(text_size(text))
+                    yield _id, version, text, None
+                return
+            for _id, version, text in selected:
                 check()
-                doc = None
-                if matches is not None:
-                    doc = loads(text)
-                    if not matches(doc):
-                        continue
-                if charge is not None:
-                    charge(text_size(text))
-                yield _id, version, text, doc
+                doc = loads(text)
+                if matches(doc):
+                    if charge is not None:
+                        charge(text_size(text))
+                    yield _id, version, text, doc
             return
         sql = f"SELECT _id, _version, doc FROM {info.tbl}"
         if plan.where != "1":
@@ -272,11 +286,11 @@ class Reader:
                     return
 
     def _all_selected(
-        self, info: CollectionInfo, plan: Plan, concat_limit: int | None = None
+        self, info: CollectionInfo, plan: Plan, concat_limit: int | None = None, *, versions: bool = True
     ) -> Iterator[tuple[int, int, str]]:
         """
         Every row C{plan.where} selects, C{(_id, _version, text)} in
-        ascending C{_id}.
+        ascending C{_id} (C{_version} 0 unless C{versions}).
 
         One aggregate query concatenates the columns inside SQLite (stored
         texts never hold a raw U+001F: the JSON encoder escapes control
@@ -293,7 +307,8 @@ class Reader:
         inner = f"SELECT _id, _version, doc FROM {info.tbl}"
         if plan.where != "1":
             inner += f" WHERE {plan.where}"
-        sql = f"SELECT group_concat(_id), group_concat(_version), group_concat(doc, char(31)) FROM ({inner})"
+        version_sql = "group_concat(_version)" if versions else "NULL"
+        sql = f"SELECT group_concat(_id), {version_sql}, group_concat(doc, char(31)) FROM ({inner})"
         saved = None
         if concat_limit is not None:
             saved = self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, concat_limit)
@@ -313,7 +328,10 @@ class Reader:
             return
         ids = map(int, result[0].split(","))
         texts = result[-1].split("\x1f")
-        rows = list(zip(ids, map(int, result[1].split(",")), texts))
+        if versions:
+            rows = list(zip(ids, map(int, result[1].split(",")), texts))
+        else:
+            rows = list(zip(ids, itertools.repeat(0), texts))
         del result, texts
         rows.sort(key=_row_id)
         yield from rows
