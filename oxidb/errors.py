@@ -120,6 +120,31 @@ class TooLargeError(OxiError):
     """A document, query or value exceeds a size or depth limit."""
 
 
+class TimeLimitError(OxiError):
+    """A read ran past its time limit (server default or the request's C{max_time_ms}); argument: the limit in ms."""
+
+    template = "operation exceeded time limit of {0} ms"
+
+
+class AggregationLimitError(OxiError):
+    """
+    An aggregation stage would hold more than its budget. Arguments: the
+    stage (C{$unwind}, ...), what ran out (C{memory}, C{document}) and the
+    limit (with its unit).
+    """
+
+    template = "aggregation stage {0} exceeded the {1} limit of {2}; filter or limit earlier in the pipeline"
+
+
+class ReplyTooLargeError(OxiError):
+    """
+    A result would not fit in one reply frame. Argument: how to page
+    (C{limit and skip}, C{$skip and $limit}).
+    """
+
+    template = "result exceeds the 16 MiB reply limit; use {0} to page"
+
+
 # --- transactions -----------------------------------------------------------
 
 

@@ -39,7 +39,30 @@ class LimitRow:
 
 # --- queries, aggregation and search (enforced by the engine) ---------------
 
-ENGINE_ROWS: tuple[LimitRow, ...] = ()
+ENGINE_ROWS: tuple[LimitRow, ...] = (
+    LimitRow("max_time_ms", "OXIDB_MAX_TIME_MS", "max-time-ms", 30_000, 1,
+             "most milliseconds one query, aggregation or search may run (a request's max_time_ms may lower it)"),
+    LimitRow("max_regex_length", "OXIDB_MAX_REGEX_LENGTH", "max-regex-length", 4096, 1,
+             "longest $regex pattern, in characters"),
+    LimitRow("query_max_array", "OXIDB_QUERY_MAX_ARRAY", "query-max-array", 10_000, 1,
+             "most elements in one $and/$or/$in/$nin/$all array of a query"),
+    LimitRow("query_max_depth", "OXIDB_QUERY_MAX_DEPTH", "query-max-depth", 100, 2,
+             "deepest nesting of arrays and objects in a query or pipeline"),
+    LimitRow("sort_max_keys", "OXIDB_SORT_MAX_KEYS", "sort-max-keys", 32, 1,
+             "most keys in a find sort or a $sort stage"),
+    LimitRow("pipeline_max_stages", "OXIDB_PIPELINE_MAX_STAGES", "pipeline-max-stages", 1000, 1,
+             "most stages in one aggregation pipeline"),
+    LimitRow("pipeline_max_fields", "OXIDB_PIPELINE_MAX_FIELDS", "pipeline-max-fields", 1000, 1,
+             "most fields in one $project, $addFields or $group stage"),
+    LimitRow("agg_max_bytes", "OXIDB_AGG_MAX_BYTES", "agg-max-bytes", 100 * 1024 * 1024, 1024,
+             "most bytes (JSON size plus 100 per document) one aggregation stage may hold"),
+    LimitRow("agg_max_docs", "OXIDB_AGG_MAX_DOCS", "agg-max-docs", 1_000_000, 1,
+             "most documents one aggregation stage may hold or produce"),
+    LimitRow("search_max_query_length", "OXIDB_SEARCH_MAX_QUERY_LENGTH", "search-max-query-length", 16_384, 1,
+             "longest text_search or search query, in characters"),
+    LimitRow("search_max_terms", "OXIDB_SEARCH_MAX_TERMS", "search-max-terms", 64, 1,
+             "most distinct terms in a text_search or search query"),
+)
 
 
 # --- connections, frames and the worker pool (enforced by the server) ------

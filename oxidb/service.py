@@ -111,7 +111,9 @@ class OxiService(MultiService):
         # in cluster mode the Raft log is the durable record
         # (docs/clustering.md, "Durability").
         cluster = config.node_id is not None
-        self.engine = Engine(data_dir, synchronous="NORMAL" if cluster else "FULL", auto_create_on_read=False)
+        self.engine = Engine(
+            data_dir, synchronous="NORMAL" if cluster else "FULL", auto_create_on_read=False, limits=config.limits
+        )
         transactions.register_appliers(self.engine)
         procedure_store.register_appliers(self.engine)
         blobs.register_appliers(self.engine)

@@ -74,3 +74,12 @@ def optional_uint(request: dict[str, Any], key: str, default: int | None = None)
 def optional_bool(request: dict[str, Any], key: str, default: bool) -> bool:
     value = request.get(key)
     return value if isinstance(value, bool) else default
+
+
+def max_time_ms(request: dict[str, Any]) -> Any:
+    """
+    The request's own time limit, C{max_time_ms} (or MongoDB's spelling
+    C{maxTimeMS}), unchecked (the engine validates it); None if absent.
+    """
+    value = request.get("max_time_ms")
+    return request.get("maxTimeMS") if value is None else value

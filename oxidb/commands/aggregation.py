@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from oxidb.commands._args import require_collection, require_present
+from oxidb.commands._args import max_time_ms, require_collection, require_present
 from oxidb.commands._registry import Command
 from oxidb.commands.collections import engine_of
 
@@ -23,7 +23,7 @@ def aggregate(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]"
     """
     collection = require_collection(request)
     pipeline = require_present(request, "pipeline")
-    return ctx.read(engine_of(ctx).aggregate, collection, pipeline)
+    return ctx.read(engine_of(ctx).aggregate, collection, pipeline, max_time_ms(request))
 
 
 COMMANDS = [

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 
-from oxidb.commands._args import optional_str, optional_uint, require_str
+from oxidb.commands._args import max_time_ms, optional_str, optional_uint, require_str
 from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
 from oxidb.engine import blobs, textindex
@@ -93,7 +93,10 @@ def search(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
     query = require_str(request, "query")
     bucket = optional_str(request, "bucket")
     limit = optional_uint(request, "limit", textindex.DEFAULT_LIMIT)
-    return _read(ctx, blobs.search, query, bucket, limit)
+    engine = ctx.engine
+    if engine is None:
+        raise UnavailableError("storage engine is not available")
+    return ctx.read(engine.read_within, max_time_ms(request), blobs.search, query, bucket, limit)
 
 
 def extract_text(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":

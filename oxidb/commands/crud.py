@@ -9,7 +9,10 @@ optional C{query} that is absent or null means C{{}}; a C{query} or
 C{update} of the wrong type reaches the engine, which reports it (C{invalid
 query: query must be a JSON object}). Invalid C{sort}/C{skip}/C{limit} values
 of C{find} are ignored by the engine as upstream does, except a bad sort
-direction.
+direction and integers past 2**63 - 1.
+
+Reads take an optional C{max_time_ms} (or C{maxTimeMS}): it may lower the
+server's time limit (see docs/security.md, "Limits").
 
 Transaction seam. When a transaction is open on the connection
 (C{ctx.session.tx}, an L{oxidb.commands.transactions.ISessionTransaction}),
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from oxidb.commands._args import is_uint, require_collection, require_list, require_present
+from oxidb.commands._args import is_uint, max_time_ms, require_collection, require_list, require_present
 from oxidb.commands._registry import Command
 from oxidb.commands.collections import engine_of
 from oxidb.errors import BadRequestError
@@ -75,7 +78,13 @@ def find(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     if tx is not None:
         return tx.find(ctx, collection, query, request.get("sort"), request.get("skip"), request.get("limit"))
     d = ctx.read(
-        engine_of(ctx).find_raw, collection, query, request.get("sort"), request.get("skip"), request.get("limit")
+        engine_of(ctx).find_raw,
+        collection,
+        query,
+        request.get("sort"),
+        request.get("skip"),
+        request.get("limit"),
+        max_time_ms(request),
     )
     return d.addCallback(_raw)
 
@@ -86,7 +95,8 @@ def find_one(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     tx = ctx.session.tx
     if tx is not None:
         return tx.find_one(ctx, collection, _query(request))
-    return ctx.read(engine_of(ctx).find_one_raw, collection, _query(request)).addCallback(_raw)
+    d = ctx.read(engine_of(ctx).find_one_raw, collection, _query(request), max_time_ms(request))
+    return d.addCallback(_raw)
 
 
 def count(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
@@ -96,7 +106,7 @@ def count(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     if tx is not None:
         d = tx.count(ctx, collection, _query(request))
     else:
-        d = ctx.read(engine_of(ctx).count, collection, _query(request))
+        d = ctx.read(engine_of(ctx).count, collection, _query(request), max_time_ms(request))
     d.addCallback(lambda n: {"count": n})
     return d
 

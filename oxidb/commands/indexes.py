@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from oxidb.commands._args import optional_uint, require_collection, require_list, require_str
+from oxidb.commands._args import max_time_ms, optional_uint, require_collection, require_list, require_str
 from oxidb.commands._registry import Command
 from oxidb.commands.collections import engine_of
 from oxidb.engine.textindex import DEFAULT_LIMIT
@@ -70,7 +70,7 @@ def text_search(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any
     collection = require_collection(request)
     query = require_str(request, "query", "missing 'query' string")
     limit = optional_uint(request, "limit", DEFAULT_LIMIT)
-    return ctx.read(engine_of(ctx).text_search, collection, query, limit)
+    return ctx.read(engine_of(ctx).text_search, collection, query, limit, max_time_ms(request))
 
 
 COMMANDS = [

@@ -46,6 +46,16 @@ For the storage layer, L{Pipeline.prefix} describes the leading run of
 C{$match}, C{$sort}, C{$skip} and C{$limit} stages as one find-like
 operation that it may evaluate itself; C{run(docs, lookup,
 skip_stages=prefix.stages)} then continues after it.
+
+Budget: L{Pipeline.run_sized} carries each document's size (its JSON
+length) along with it and runs every stage under a
+L{oxidb.engine.governor.Budget}: a stage counts the documents and bytes it
+is about to produce (C{$unwind} the array's elements, C{$lookup} the
+matched documents, C{$group} each new group and each C{$push}) and fails
+with L{AggregationLimitError} before building past the budget; loops check
+the budget's deadline. Shapes are checked at compile time against
+L{QueryLimits}: stage count, nesting depth, sort keys, fields per stage,
+and C{$skip}/C{$limit} within 64 bits.
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from oxidb.engine.governor import DEFAULT_LIMITS, Budget, QueryLimits, approx_size
 from oxidb.engine.matcher import (
     And,
     Matcher,
@@ -66,6 +77,7 @@ from oxidb.engine.matcher import (
 from oxidb.engine.paths import get_parts, get_path, with_path
 from oxidb.engine.store import check_client_collection
 from oxidb.engine.values import (
+    I64_MAX,
     check_depth,
     compact_json,
     is_number,
@@ -80,6 +92,8 @@ Expression = Callable[[Any], Any]
 """A compiled expression: document -> value."""
 Lookup = Callable[[str, Document], list[Document]]
 """C{lookup(collection, query)}: the documents of a C{find} on C{collection}."""
+SizedLookup = Callable[[str, Document], tuple[list[Document], int]]
+"""Like L{Lookup}, with the documents' total JSON size."""
 
 # --- expressions ----------------------------------------------------------------------
 
@@ -140,9 +154,17 @@ def compile_expression(spec: Any) -> Expression:
 
 
 class _Stage(Protocol):
-    """One compiled stage: a function from the stream to the next stream."""
+    """
+    One compiled stage: a function from the stream (documents and their
+    sizes) to the next stream, within C{budget}.
+    """
 
-    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]: ...
+    def run(
+        self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget
+    ) -> tuple[list[Document], list[int]]: ...
+
+
+Stream = tuple[list[Document], list[int]]
 
 
 @attrs.frozen
@@ -150,43 +172,65 @@ class _Match:
     query: Any
     matcher: Matcher
 
-    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
+    def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
         matches = self.matcher.matches
-        return [doc for doc in docs if matches(doc)]
+        check = budget.deadline.check
+        out: list[Document] = []
+        out_sizes: list[int] = []
+        for doc, size in zip(docs, sizes):
+            check()
+            if matches(doc):
+                out.append(doc)
+                out_sizes.append(size)
+        return out, out_sizes
+
+
+def _sort_stream(docs: list[Document], sizes: list[int], spec: SortSpec, budget: Budget) -> Stream:
+    """L{sort_documents} (objects-only paths) over a sized stream, checking the deadline."""
+    check = budget.deadline.check
+    pairs = list(zip(docs, sizes))
+    for path, direction in reversed(spec):
+        steps = tuple(path.split("."))
+
+        def key(pair: tuple[Document, int], steps: tuple[str, ...] = steps) -> tuple[Any, ...]:
+            check()
+            return sort_key(get_parts(pair[0], steps)[1])
+
+        pairs.sort(key=key, reverse=direction == -1)
+    return [doc for doc, _ in pairs], [size for _, size in pairs]
 
 
 @attrs.frozen
 class _Sort:
     spec: SortSpec
 
-    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
-        result = list(docs)
-        sort_documents(result, self.spec, index_arrays=False)
-        return result
+    def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
+        return _sort_stream(docs, sizes, self.spec, budget)
 
 
 @attrs.frozen
 class _Skip:
     count: int
 
-    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
-        return docs[self.count :]
+    def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
+        return docs[self.count :], sizes[self.count :]
 
 
 @attrs.frozen
 class _Limit:
     count: int
 
-    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
-        return docs[: self.count]
+    def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
+        return docs[: self.count], sizes[: self.count]
 
 
 @attrs.frozen
 class _Count:
     name: str
 
-    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
-        return [{self.name: len(docs)}]
+    def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
+        out = {self.name: len(docs)}
+        return [out], [approx_size(out)]
 
 
 class _Accumulator(Protocol):
@@ -325,24 +369,38 @@ class _Group:
     key: Expression
     accumulators: tuple[tuple[str, Callable[[], _Accumulator], Expression], ...]
 
-    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
+    def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
+        check = budget.deadline.check
+        pushes = tuple(factory is _Push for _, factory, _ in self.accumulators)
+        state_size = 16 * len(self.accumulators)
         groups: dict[tuple[Any, ...], tuple[Any, list[_Accumulator]]] = {}
         for doc in docs:
+            check()
             key = self.key(doc)
             identity = group_identity(key)
             group = groups.get(identity)
             if group is None:
+                budget.add(1, approx_size(key) + state_size)
                 group = (key, [factory() for _, factory, _ in self.accumulators])
                 groups[identity] = group
-            for (_, _, expression), state in zip(self.accumulators, group[1]):
-                state.add(expression(doc))
-        result = []
+            for (_, _, expression), state, push in zip(self.accumulators, group[1], pushes):
+                value = expression(doc)
+                if push:
+                    budget.add(0, approx_size(value) + 1)
+                state.add(value)
+        result: list[Document] = []
+        result_sizes: list[int] = []
+        budget.start(budget.stage)
         for key, states in groups.values():
+            check()
             out: Document = {"_id": key}
             for (name, _, _), state in zip(self.accumulators, states):
                 out[name] = state.result()
+            size = approx_size(out)
+            budget.add(1, size)
             result.append(out)
-        return result
+            result_sizes.append(size)
+        return result, result_sizes
 
 
 _INCLUDE = "include"
@@ -365,19 +423,30 @@ class _Project:
     id_kind: str
     id_expression: Expression | None
 
-    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
+    def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
+        check = budget.deadline.check
+        result: list[Document] = []
+        result_sizes: list[int] = []
         if self.inclusion:
-            return [self._include(doc) for doc in docs]
+            for doc in docs:
+                check()
+                out = self._include(doc)
+                size = approx_size(out)
+                budget.add(1, size)
+                result.append(out)
+                result_sizes.append(size)
+            return result, result_sizes
         excluded = [name for name, kind, _ in self.fields if kind == _EXCLUDE]
         if self.id_kind == _EXCLUDE:
             excluded.append("_id")
-        result = []
-        for doc in docs:
+        for doc, size in zip(docs, sizes):
+            check()
             out = dict(doc)
             for name in excluded:
                 out.pop(name, None)
             result.append(out)
-        return result
+            result_sizes.append(size)  # at most the input's
+        return result, result_sizes
 
     def _include(self, doc: Document) -> Document:
         out: Document = {}
@@ -404,32 +473,52 @@ class _Unwind:
     path: str
     preserve: bool
 
-    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
+    def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
+        check = budget.deadline.check
         parts = tuple(self.path.split("."))
         result: list[Document] = []
-        for doc in docs:
+        result_sizes: list[int] = []
+        for doc, size in zip(docs, sizes):
+            check()
             value = get_parts(doc, parts)[1]
             if type(value) is list and value:
+                # Each output is the document with one element for the
+                # array: counted before any is built.
+                array_size = approx_size(value)
+                item_size = max(array_size // len(value), 1)
+                base = max(size - array_size, 0)
+                budget.add(len(value), len(value) * (base + item_size))
                 result.extend(with_path(doc, self.path, item) for item in value)
+                result_sizes.extend([base + item_size] * len(value))
             elif type(value) is list or value is None:
                 if self.preserve:
+                    budget.add(1, size)
                     result.append(doc)
+                    result_sizes.append(size)
             else:
+                budget.add(1, size)
                 result.append(doc)
-        return result
+                result_sizes.append(size)
+        return result, result_sizes
 
 
 @attrs.frozen
 class _AddFields:
     fields: tuple[tuple[str, Expression], ...]
 
-    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
-        result = []
+    def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
+        check = budget.deadline.check
+        result: list[Document] = []
+        result_sizes: list[int] = []
         for doc in docs:
+            check()
             for path, expression in self.fields:
                 doc = with_path(doc, path, expression(doc))
+            size = approx_size(doc)
+            budget.add(1, size)
             result.append(doc)
-        return result
+            result_sizes.append(size)
+        return result, result_sizes
 
 
 @attrs.frozen
@@ -439,31 +528,45 @@ class _Lookup:
     foreign_field: str
     target: str
 
-    def run(self, docs: list[Document], lookup: Lookup) -> list[Document]:
+    def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
+        check = budget.deadline.check
         local_parts = tuple(self.local_field.split("."))
-        cache: dict[str, list[Document]] = {}
-        result = []
-        for doc in docs:
+        cache: dict[str, tuple[list[Document], int]] = {}
+        result: list[Document] = []
+        result_sizes: list[int] = []
+        extra = len(self.target) + 4
+        for doc, size in zip(docs, sizes):
+            check()
             local = get_parts(doc, local_parts)[1]
             text = compact_json(local)
-            matches = cache.get(text)
-            if matches is None:
-                matches = lookup(self.source, {self.foreign_field: local})
-                cache[text] = matches
+            found = cache.get(text)
+            if found is None:
+                found = lookup(self.source, {self.foreign_field: local})
+                cache[text] = found
+            matches, matches_size = found
+            out_size = size + matches_size + extra
+            budget.add(1, out_size)
             result.append(with_path(doc, self.target, matches))
-        return result
+            result_sizes.append(out_size)
+        return result, result_sizes
 
 
 # --- parsing ---------------------------------------------------------------------------
 
 
-def _parse_match(spec: Any) -> _Stage:
-    return _Match(spec, compile_query(spec))
+def _check_fields(stage: str, spec: dict[str, Any], limits: QueryLimits) -> None:
+    if len(spec) > limits.pipeline_max_fields:
+        raise InvalidPipelineError(f"{stage} has more than {limits.pipeline_max_fields} fields")
 
 
-def _parse_group(spec: Any) -> _Stage:
+def _parse_match(spec: Any, limits: QueryLimits) -> _Stage:
+    return _Match(spec, compile_query(spec, limits))
+
+
+def _parse_group(spec: Any, limits: QueryLimits) -> _Stage:
     if type(spec) is not dict:
         raise InvalidPipelineError("$group must be an object")
+    _check_fields("$group", spec, limits)
     if "_id" not in spec:
         raise InvalidPipelineError("$group requires '_id' field")
     key_spec = spec["_id"]
@@ -490,10 +593,12 @@ def _parse_group(spec: Any) -> _Stage:
     return _Group(key, tuple(accumulators))
 
 
-def parse_pipeline_sort(spec: Any) -> SortSpec:
+def parse_pipeline_sort(spec: Any, limits: QueryLimits = DEFAULT_LIMITS) -> SortSpec:
     """Validate a C{$sort} stage's operand."""
     if type(spec) is not dict:
         raise InvalidPipelineError("$sort must be an object")
+    if len(spec) > limits.sort_max_keys:
+        raise InvalidPipelineError(f"$sort has more than {limits.sort_max_keys} keys")
     fields = []
     for path, direction in spec.items():
         if type(direction) is not int or direction not in (1, -1):
@@ -502,25 +607,30 @@ def parse_pipeline_sort(spec: Any) -> SortSpec:
     return tuple(fields)
 
 
-def _parse_sort(spec: Any) -> _Stage:
-    return _Sort(parse_pipeline_sort(spec))
+def _parse_sort(spec: Any, limits: QueryLimits) -> _Stage:
+    return _Sort(parse_pipeline_sort(spec, limits))
 
 
-def _parse_skip(spec: Any) -> _Stage:
+def _parse_skip(spec: Any, limits: QueryLimits) -> _Stage:
     if not is_uint(spec):
         raise InvalidPipelineError("$skip must be a non-negative integer")
+    if spec > I64_MAX:
+        raise InvalidPipelineError(f"$skip must be at most {I64_MAX}")
     return _Skip(spec)
 
 
-def _parse_limit(spec: Any) -> _Stage:
+def _parse_limit(spec: Any, limits: QueryLimits) -> _Stage:
     if not is_uint(spec):
         raise InvalidPipelineError("$limit must be a positive integer")
+    if spec > I64_MAX:
+        raise InvalidPipelineError(f"$limit must be at most {I64_MAX}")
     return _Limit(spec)
 
 
-def _parse_project(spec: Any) -> _Stage:
+def _parse_project(spec: Any, limits: QueryLimits) -> _Stage:
     if type(spec) is not dict:
         raise InvalidPipelineError("$project must be an object")
+    _check_fields("$project", spec, limits)
     fields = []
     id_kind, id_expression = _INCLUDE, None
     for name, value in spec.items():
@@ -534,13 +644,13 @@ def _parse_project(spec: Any) -> _Stage:
     return _Project(tuple(fields), inclusion, id_kind, id_expression)
 
 
-def _parse_count(spec: Any) -> _Stage:
+def _parse_count(spec: Any, limits: QueryLimits) -> _Stage:
     if type(spec) is not str:
         raise InvalidPipelineError("$count must be a string")
     return _Count(spec)
 
 
-def _parse_unwind(spec: Any) -> _Stage:
+def _parse_unwind(spec: Any, limits: QueryLimits) -> _Stage:
     if type(spec) is str:
         if not spec.startswith("$"):
             raise InvalidPipelineError("$unwind must be a string or object")
@@ -555,13 +665,14 @@ def _parse_unwind(spec: Any) -> _Stage:
     return _Unwind(path[1:], spec.get("preserveNullAndEmptyArrays") is True)
 
 
-def _parse_add_fields(spec: Any) -> _Stage:
+def _parse_add_fields(spec: Any, limits: QueryLimits) -> _Stage:
     if type(spec) is not dict:
         raise InvalidPipelineError("$addFields must be an object")
+    _check_fields("$addFields", spec, limits)
     return _AddFields(tuple((path, compile_expression(expr)) for path, expr in spec.items()))
 
 
-def _parse_lookup(spec: Any) -> _Stage:
+def _parse_lookup(spec: Any, limits: QueryLimits) -> _Stage:
     values = []
     for key in ("from", "localField", "foreignField", "as"):
         value = spec.get(key) if type(spec) is dict else None
@@ -572,7 +683,7 @@ def _parse_lookup(spec: Any) -> _Stage:
     return _Lookup(*values)
 
 
-_STAGES: dict[str, Callable[[Any], _Stage]] = {
+_STAGES: dict[str, Callable[[Any, QueryLimits], _Stage]] = {
     "$match": _parse_match,
     "$group": _parse_group,
     "$sort": _parse_sort,
@@ -639,7 +750,8 @@ def _prefix(stages: tuple[_Stage, ...]) -> Prefix:
         elif isinstance(stage, _Sort) and sort is None and skip == 0 and limit is None:
             sort = stage.spec
         elif isinstance(stage, _Skip):
-            skip += stage.count
+            # Past 2**63 - 1 rows every later row is skipped anyway.
+            skip = min(skip + stage.count, I64_MAX)
             if limit is not None:
                 limit = max(limit - stage.count, 0)
         elif isinstance(stage, _Limit):
@@ -661,6 +773,8 @@ class Pipeline:
     """A compiled, validated pipeline."""
 
     stages: tuple[_Stage, ...] = attrs.field(repr=False)
+    names: tuple[str, ...] = attrs.field(default=(), repr=False)
+    """Each stage's operator (C{$unwind}, ...), for budget errors."""
     prefix: Prefix = attrs.field(init=False)
 
     @prefix.default
@@ -678,20 +792,47 @@ class Pipeline:
         """
         Run the stages after the first C{skip_stages} over C{docs} (the
         collection in ascending C{_id}, or the result of L{Prefix.apply}
-        when C{skip_stages} is C{prefix.stages}).
+        when C{skip_stages} is C{prefix.stages}), without a budget.
         """
         stream = list(docs)
-        for stage in self.stages[skip_stages:]:
-            stream = stage.run(stream, lookup)
-        return stream
+
+        def sized(collection: str, query: Document) -> tuple[list[Document], int]:
+            found = lookup(collection, query)
+            return found, sum(approx_size(doc) + 1 for doc in found)
+
+        out, _ = self.run_sized(
+            stream, [approx_size(doc) for doc in stream], sized, Budget.unlimited(), skip_stages=skip_stages
+        )
+        return out
+
+    def run_sized(
+        self,
+        docs: list[Document],
+        sizes: list[int],
+        lookup: SizedLookup,
+        budget: Budget,
+        *,
+        skip_stages: int = 0,
+    ) -> Stream:
+        """
+        L{run} over documents with their JSON sizes, each stage within
+        C{budget} (see the module docstring); the output and its sizes.
+        """
+        for index in range(skip_stages, len(self.stages)):
+            budget.start(self.names[index] if index < len(self.names) else "stage")
+            docs, sizes = self.stages[index].run(docs, sizes, lookup, budget)
+        return docs, sizes
 
 
-def compile_pipeline(pipeline: object) -> Pipeline:
-    """Validate C{pipeline} (engine.md 5.1) and compile every stage."""
+def compile_pipeline(pipeline: object, limits: QueryLimits = DEFAULT_LIMITS) -> Pipeline:
+    """Validate C{pipeline} (engine.md 5.1) within C{limits} and compile every stage."""
     if type(pipeline) is not list:
         raise InvalidPipelineError("pipeline must be an array")
-    check_depth(pipeline, "pipeline")
+    if len(pipeline) > limits.pipeline_max_stages:
+        raise InvalidPipelineError(f"pipeline has more than {limits.pipeline_max_stages} stages")
+    check_depth(pipeline, "pipeline", limits.query_max_depth)
     stages = []
+    names = []
     for stage in pipeline:
         if type(stage) is not dict:
             raise InvalidPipelineError("each pipeline stage must be an object")
@@ -701,5 +842,6 @@ def compile_pipeline(pipeline: object) -> Pipeline:
         parser = _STAGES.get(name)
         if parser is None:
             raise InvalidPipelineError(f"unknown stage: {name}")
-        stages.append(parser(spec))
-    return Pipeline(tuple(stages))
+        stages.append(parser(spec, limits))
+        names.append(name)
+    return Pipeline(tuple(stages), tuple(names))

@@ -48,6 +48,7 @@ import attrs
 import orjson
 
 from oxidb.engine import blobtext, store, textindex, textstore
+from oxidb.engine.governor import DEFAULT_LIMITS, NO_DEADLINE, approx_size, reply_cap
 from oxidb.errors import (
     BadRequestError,
     BlobNotFoundError,
@@ -637,10 +638,15 @@ def list_objects(reader: Any, bucket: object, prefix: str | None = None, limit: 
     result: list[dict[str, Any]] = []
     if limit <= 0:
         return result
+    deadline = getattr(reader, "deadline", NO_DEADLINE)
+    cap = reply_cap(getattr(reader, "limits", DEFAULT_LIMITS), "limit and a later prefix")
     for row in _rows_from(conn, name, prefix):
+        deadline.check()
         if not row[0].startswith(prefix):
             break
-        result.append(_row_record(row))
+        record = _row_record(row)
+        cap.add(approx_size(record) + 1)
+        result.append(record)
         if len(result) >= limit:
             break
     return result
@@ -667,13 +673,16 @@ def search(reader: Any, query: str, bucket: str | None = None, limit: int = text
     8.4): C{[{"bucket", "key", "score"}]}, at most C{limit}.
     """
     conn = reader.conn
-    tokens = textindex.tokenize(query)
+    limits = getattr(reader, "limits", DEFAULT_LIMITS)
+    deadline = getattr(reader, "deadline", NO_DEADLINE)
+    tokens = textindex.query_terms(query, limits.search_max_query_length, limits.search_max_terms)
     if not tokens or limit <= 0 or not _has_schema(conn):
         return []
     total = conn.execute("SELECT count(*) FROM oxi_blob_docs").fetchone()[0]
     df: dict[str, int] = {}
     counts: dict[int, dict[str, int]] = {}
-    for term in dict.fromkeys(tokens):
+    for term in tokens:
+        deadline.check()
         postings = conn.execute("SELECT id, tf FROM oxi_blob_terms WHERE term = ?", (term,)).fetchall()
         df[term] = len(postings)
         for object_id, tf in postings:
@@ -689,6 +698,7 @@ def search(reader: Any, query: str, bucket: str | None = None, limit: int = text
         sql += " AND o.bucket = ?"
     scored: list[tuple[float, str, str]] = []
     for start in range(0, len(ids), 500):
+        deadline.check()
         chunk = ids[start : start + 500]
         params: list[Any] = list(chunk)
         if bucket is not None:
@@ -698,7 +708,11 @@ def search(reader: Any, query: str, bucket: str | None = None, limit: int = text
             if value > 0:
                 scored.append((value, owner, key))
     scored.sort(key=lambda item: (-item[0], item[1], item[2]))
-    return [{"bucket": owner, "key": key, "score": value} for value, owner, key in scored[:limit]]
+    result = scored[:limit]
+    cap = reply_cap(limits)
+    for _, owner, key in result:
+        cap.add(len(owner) + len(key) + 64)
+    return [{"bucket": owner, "key": key, "score": value} for value, owner, key in result]
 
 
 def bucket_names(conn: sqlite3.Connection) -> list[str]:

@@ -8,6 +8,11 @@ resolves once the operation's transaction is durable. Reads run on the
 calling thread with that thread's own reader connection, each in one read
 transaction (a consistent WAL snapshot), concurrently with the writer and
 with each other.
+
+Reads are governed (L{oxidb.engine.governor}): each runs under a time limit
+(the C{max_time_ms} limit, lowered by a request's own), enforced by the
+reader connection's SQLite progress handler and by deadline checks in the
+Python loops, and under the query, aggregation, search and reply limits.
 """
 
 from __future__ import annotations
@@ -15,17 +20,30 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Callable, TypeVar
 
 from oxidb import filemodes
 from oxidb.engine import keys, store, textstore
+from oxidb.engine.governor import DEFAULT_LIMITS, Clock, Deadline, QueryLimits, time_limit_ms
 from oxidb.engine.reads import Reader
 from oxidb.engine.writer import Writer
 from oxidb.engine.writes import WriteTxn
 from oxidb.errors import BadRequestError, InvalidQueryError, UnavailableError
+from oxidb.limits import Limits
 
 T = TypeVar("T")
+
+#: SQLite virtual machine steps between two calls of a read's progress
+#: handler (its deadline check): a few hundred microseconds of work.
+PROGRESS_STEPS = 20_000
+
+#: SQLite's longest string or blob on reader connections. Stored documents
+#: are at most 16 MiB; longer values only arise from concatenating many rows,
+#: which then proceeds row by row (see L{Reader._all_selected}) so that a
+#: capped read can stop early.
+READ_LENGTH_LIMIT = 64 * 1024 * 1024
 
 #: C{fn(txn, body, now) -> data}: applies one operation kind on the writer
 #: thread (see L{Engine.register_applier}).
@@ -92,6 +110,13 @@ class Engine:
     @param max_batch: most operations in one group commit.
     @param on_commit: called on the writer thread after every commit with the
         number of operations it carried (metrics, tests).
+    @param limits: the server's limits (C{config.limits}); only the engine's
+        rows are used. A L{QueryLimits} is taken as is. Default: every
+        limit at its default.
+    @param clock: a monotonic clock in seconds for read time limits
+        (C{time.monotonic}; tests pass a fake one).
+    @param progress_steps: SQLite steps between deadline checks inside a
+        statement (L{PROGRESS_STEPS}).
     """
 
     def __init__(
@@ -102,6 +127,9 @@ class Engine:
         auto_create_on_read: bool = False,
         max_batch: int = 512,
         on_commit: Callable[[int], None] | None = None,
+        limits: Limits | QueryLimits | None = None,
+        clock: Clock = time.monotonic,
+        progress_steps: int = PROGRESS_STEPS,
     ) -> None:
         if synchronous not in store.SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {', '.join(store.SYNCHRONOUS_MODES)}")
@@ -111,6 +139,14 @@ class Engine:
         self.auto_create_on_read = auto_create_on_read
         self._max_batch = max_batch
         self._on_commit = on_commit
+        if limits is None:
+            self.limits = DEFAULT_LIMITS
+        elif isinstance(limits, QueryLimits):
+            self.limits = limits
+        else:
+            self.limits = QueryLimits.from_limits(limits)
+        self._clock = clock
+        self._progress_steps = progress_steps
         self._appliers: dict[str, Applier] = dict(_BUILTIN)
         self._writer: Writer | None = None
         self._writer_conn: sqlite3.Connection | None = None
@@ -254,7 +290,9 @@ class Engine:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = store.connect(self.path, writer=False)
+            conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, READ_LENGTH_LIMIT)
             self._local.conn = conn
+            self._local.reader = None
             self._local.columns = {}
             with self._readers_lock:
                 self._readers.append(conn)
@@ -267,16 +305,41 @@ class Engine:
     def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """
         Run C{fn(reader, *args, **kwargs)} with this thread's L{Reader} in one
-        read transaction (one consistent snapshot).
+        read transaction (one consistent snapshot), under the server's time
+        limit.
         """
+        return self.read_within(None, fn, *args, **kwargs)
+
+    def read_within(self, max_time_ms: object, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """
+        L{read} under the time limit a request asked for: C{max_time_ms}
+        (C{None} or C{0}: the server's; a larger value than the server's
+        counts as the server's; anything but a non-negative integer is a
+        L{BadRequestError}). Past it, the read stops with
+        L{oxidb.errors.TimeLimitError}. A read nested in another keeps the
+        outer one's reader and deadline.
+        """
+        limit_ms = time_limit_ms(max_time_ms, self.limits.max_time_ms)
         conn = self._reader_conn()
-        reader = Reader(conn, self._auto_create, self._local.columns)
         if conn.in_transaction:  # a read nested in a read on this thread
-            return fn(reader, *args, **kwargs)
+            outer: Reader | None = self._local.reader
+            if outer is None:
+                outer = Reader(conn, self._auto_create, self._local.columns, limits=self.limits)
+            return fn(outer, *args, **kwargs)
+        deadline = Deadline(limit_ms, self._clock)
+        reader = Reader(conn, self._auto_create, self._local.columns, limits=self.limits, deadline=deadline)
         conn.execute("BEGIN")
+        conn.set_progress_handler(deadline.progress, self._progress_steps)
+        self._local.reader = reader
         try:
             return fn(reader, *args, **kwargs)
+        except sqlite3.OperationalError:
+            if deadline.expired:
+                raise deadline.error() from None
+            raise
         finally:
+            self._local.reader = None
+            conn.set_progress_handler(None, 0)
             conn.execute("COMMIT")
 
     def find(
@@ -286,13 +349,14 @@ class Engine:
         sort: object = None,
         skip: object = None,
         limit: object = None,
+        max_time_ms: object = None,
     ) -> list[dict[str, Any]]:
         """Matching documents: filter, sort, skip, limit (engine.md 2.5)."""
-        return self.read(Reader.find, collection, query, sort, skip, limit)
+        return self.read_within(max_time_ms, Reader.find, collection, query, sort, skip, limit)
 
-    def find_one(self, collection: str, query: object = None) -> dict[str, Any] | None:
+    def find_one(self, collection: str, query: object = None, max_time_ms: object = None) -> dict[str, Any] | None:
         """The matching document with the lowest C{_id}, or None."""
-        return self.read(Reader.find_one, collection, query)
+        return self.read_within(max_time_ms, Reader.find_one, collection, query)
 
     def find_raw(
         self,
@@ -301,20 +365,21 @@ class Engine:
         sort: object = None,
         skip: object = None,
         limit: object = None,
+        max_time_ms: object = None,
     ) -> str:
         """
         L{find}'s documents as one JSON array text made of the stored
         document texts (for replies: no parsing, no re-encoding).
         """
-        return self.read(Reader.find_raw, collection, query, sort, skip, limit)
+        return self.read_within(max_time_ms, Reader.find_raw, collection, query, sort, skip, limit)
 
-    def find_one_raw(self, collection: str, query: object = None) -> str | None:
+    def find_one_raw(self, collection: str, query: object = None, max_time_ms: object = None) -> str | None:
         """L{find_one}'s document as its stored JSON text, or None."""
-        return self.read(Reader.find_one_raw, collection, query)
+        return self.read_within(max_time_ms, Reader.find_one_raw, collection, query)
 
-    def count(self, collection: str, query: object = None) -> int:
+    def count(self, collection: str, query: object = None, max_time_ms: object = None) -> int:
         """The number of matching documents."""
-        return self.read(Reader.count, collection, query)
+        return self.read_within(max_time_ms, Reader.count, collection, query)
 
     def list_collections(self) -> list[str]:
         """Every collection name, sorted."""
@@ -328,13 +393,15 @@ class Engine:
         """Documents per collection (for metrics)."""
         return self.read(Reader.collection_counts)
 
-    def text_search(self, collection: str, query: str, limit: int = 10) -> list[dict[str, Any]]:
+    def text_search(
+        self, collection: str, query: str, limit: int = 10, max_time_ms: object = None
+    ) -> list[dict[str, Any]]:
         """Documents ranked by TF-IDF, each with C{_score} (engine.md 8.3)."""
-        return self.read(Reader.text_search, collection, query, limit)
+        return self.read_within(max_time_ms, Reader.text_search, collection, query, limit)
 
-    def aggregate(self, collection: str, pipeline: object) -> list[dict[str, Any]]:
+    def aggregate(self, collection: str, pipeline: object, max_time_ms: object = None) -> list[dict[str, Any]]:
         """Run an aggregation pipeline (engine.md 5)."""
-        return self.read(Reader.aggregate, collection, pipeline)
+        return self.read_within(max_time_ms, Reader.aggregate, collection, pipeline)
 
     def version_of(self, collection: str, doc_id: int) -> int:
         """A document's committed C{_version} (0 if missing), for OCC."""

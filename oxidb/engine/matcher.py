@@ -67,10 +67,15 @@ C{unknown operator}. Top-level keys other than C{$and}/C{$or} are field
 names, even C{$nor}/C{$where} (v0.15; such a query matches nothing unless a
 document really has that field).
 
-Regular expressions use Python's C{re} with C{search} semantics. For parity
-with v0.15's RE2-style engine, patterns using back-references, look-around,
-conditionals, atomic groups or possessive repetition are rejected as
-C{invalid regex}, as are patterns longer than L{MAX_REGEX_LENGTH}.
+Regular expressions run on RE2 (google-re2), in time linear in the text, with
+C{search} semantics; client patterns never reach Python's C{re}. Like
+v0.15's Rust C{regex}, RE2 has no back-references, look-around, conditionals,
+atomic groups or possessive repetition: such patterns are C{invalid regex}
+with a message naming the construct, as are patterns longer than the
+C{max_regex_length} limit.
+
+Shape limits (L{oxidb.engine.governor.QueryLimits}): nesting depth,
+elements of one C{$and}/C{$or}/C{$in}/C{$nin}/C{$all} array, sort keys.
 
 Ordering of results (L{apply_find}): documents in ascending C{_id}, a stable
 sort, ties broken by ascending C{_id}; missing sort fields sort as null.
@@ -78,20 +83,19 @@ sort, ties broken by ascending C{_id}; missing sort fields sort as null.
 
 from __future__ import annotations
 
-import re
-import re._constants as _sre_constants
-import re._parser as _sre_parser
 from collections.abc import Callable, Iterable
 from typing import Any, TypeGuard, Union
 
 import attrs
+import re2
 
+from oxidb.engine.governor import DEFAULT_LIMITS, Deadline, NO_DEADLINE, QueryLimits
 from oxidb.engine.paths import get_parts, get_parts_sort
-from oxidb.engine.values import check_depth, is_date_string, sort_key
+from oxidb.engine.values import I64_MAX, check_depth, is_date_string, sort_key
 from oxidb.errors import InvalidQueryError
 
-MAX_REGEX_LENGTH = 4096
-"""Longest C{$regex} pattern accepted, in characters."""
+MAX_REGEX_LENGTH = DEFAULT_LIMITS.max_regex_length
+"""Longest C{$regex} pattern accepted by default, in characters."""
 
 Predicate = Callable[[bool, Any], bool]
 """C{predicate(found, value)}: does a (possibly missing) value satisfy a condition?"""
@@ -105,7 +109,8 @@ class Regex:
 
     pattern: str
     options: str
-    compiled: re.Pattern[str] = attrs.field(eq=False, repr=False)
+    compiled: Any = attrs.field(eq=False, repr=False)
+    """The RE2 pattern."""
 
     @property
     def ignore_case(self) -> bool:
@@ -207,19 +212,24 @@ class Matcher:
 # --- parsing ----------------------------------------------------------------------
 
 
-def compile_query(query: object) -> Matcher:
+def compile_query(query: object, limits: QueryLimits = DEFAULT_LIMITS) -> Matcher:
     """
     Parse and validate a query document (engine.md 2.2); every error is an
-    L{InvalidQueryError} with the v0.15 text, raised before any document is
-    looked at.
+    L{InvalidQueryError} with the v0.15 text (or L{TooLargeError} for a
+    query nested too deep), raised before any document is looked at.
     """
     if type(query) is not dict:
         raise InvalidQueryError("query must be a JSON object")
-    check_depth(query, "query")
-    return Matcher(_parse_query(query))
+    check_depth(query, "query", limits.query_max_depth)
+    return Matcher(_parse_query(query, limits))
 
 
-def _parse_query(query: object) -> And:
+def _check_array(op: str, items: list[Any], limits: QueryLimits) -> None:
+    if len(items) > limits.query_max_array:
+        raise InvalidQueryError(f"{op} has more than {limits.query_max_array} elements")
+
+
+def _parse_query(query: object, limits: QueryLimits) -> And:
     if type(query) is not dict:
         raise InvalidQueryError("query must be a JSON object")
     children: list[Node] = []
@@ -227,17 +237,18 @@ def _parse_query(query: object) -> And:
         if key == "$and" or key == "$or":
             if type(value) is not list:
                 raise InvalidQueryError(f"{key} must be an array")
-            subs = tuple(_parse_query(sub) for sub in value)
+            _check_array(key, value, limits)
+            subs = tuple(_parse_query(sub, limits) for sub in value)
             children.append(And(subs) if key == "$and" else Or(subs))
         elif type(value) is dict and any(k.startswith("$") for k in value):
-            children.extend(_parse_operators(key, value))
+            children.extend(_parse_operators(key, value, limits))
         else:
             children.append(_eq(key, value))
     return And(tuple(children))
 
 
-def _parse_operators(path: str, ops: dict[str, Any]) -> list[FieldOp]:
-    return [_parse_op(path, op, operand, ops) for op, operand in ops.items() if op != "$options"]
+def _parse_operators(path: str, ops: dict[str, Any], limits: QueryLimits) -> list[FieldOp]:
+    return [_parse_op(path, op, operand, ops, limits) for op, operand in ops.items() if op != "$options"]
 
 
 def _eq(path: str, operand: Any) -> FieldOp:
@@ -245,14 +256,14 @@ def _eq(path: str, operand: Any) -> FieldOp:
     return FieldOp(path, "$eq", operand, lambda found, value: found and sort_key(value) == key)
 
 
-def _parse_op(path: str, op: str, operand: Any, siblings: dict[str, Any]) -> FieldOp:
+def _parse_op(path: str, op: str, operand: Any, siblings: dict[str, Any], limits: QueryLimits) -> FieldOp:
     parser = _OPERATORS.get(op)
     if parser is None:
         raise InvalidQueryError(f"unknown operator: {op}")
-    return parser(path, op, operand, siblings)
+    return parser(path, op, operand, siblings, limits)
 
 
-def _comparison(path: str, op: str, operand: Any, siblings: dict[str, Any]) -> FieldOp:
+def _comparison(path: str, op: str, operand: Any, siblings: dict[str, Any], limits: QueryLimits) -> FieldOp:
     key = sort_key(operand)
     predicate: Predicate
     if op == "$eq":
@@ -270,9 +281,10 @@ def _comparison(path: str, op: str, operand: Any, siblings: dict[str, Any]) -> F
     return FieldOp(path, op, operand, predicate)
 
 
-def _in(path: str, op: str, operand: Any, siblings: dict[str, Any]) -> FieldOp:
+def _in(path: str, op: str, operand: Any, siblings: dict[str, Any], limits: QueryLimits) -> FieldOp:
     if type(operand) is not list:
         raise InvalidQueryError(f"{op} must be an array")
+    _check_array(op, operand, limits)
     keys = frozenset(sort_key(item) for item in operand)
     predicate: Predicate
     if op == "$in":
@@ -285,9 +297,10 @@ def _in(path: str, op: str, operand: Any, siblings: dict[str, Any]) -> FieldOp:
     return FieldOp(path, op, tuple(operand), predicate)
 
 
-def _all(path: str, op: str, operand: Any, siblings: dict[str, Any]) -> FieldOp:
+def _all(path: str, op: str, operand: Any, siblings: dict[str, Any], limits: QueryLimits) -> FieldOp:
     if type(operand) is not list:
         raise InvalidQueryError("$all must be an array")
+    _check_array(op, operand, limits)
     keys = tuple(sort_key(item) for item in operand)
 
     def predicate(found: bool, value: Any) -> bool:
@@ -302,32 +315,32 @@ def _all(path: str, op: str, operand: Any, siblings: dict[str, Any]) -> FieldOp:
     return FieldOp(path, op, tuple(operand), predicate)
 
 
-def _exists(path: str, op: str, operand: Any, siblings: dict[str, Any]) -> FieldOp:
+def _exists(path: str, op: str, operand: Any, siblings: dict[str, Any], limits: QueryLimits) -> FieldOp:
     if type(operand) is not bool:
         raise InvalidQueryError("$exists must be a boolean")
     return FieldOp(path, op, operand, lambda found, value: found is operand)
 
 
-def _regex(path: str, op: str, operand: Any, siblings: dict[str, Any]) -> FieldOp:
+def _regex(path: str, op: str, operand: Any, siblings: dict[str, Any], limits: QueryLimits) -> FieldOp:
     if type(operand) is not str:
         raise InvalidQueryError("$regex must be a string")
     options = siblings.get("$options")
     if type(options) is not str:
         options = ""
-    compiled = compile_regex(operand, "i" in options)
-    search = compiled.search
+    compiled = compile_regex(operand, "i" in options, limits.max_regex_length)
+    search = regex_searcher(compiled)
     return FieldOp(
         path,
         op,
         Regex(operand, options, compiled),
-        lambda found, value: found and type(value) is str and search(value) is not None,
+        lambda found, value: found and type(value) is str and search(value),
     )
 
 
-def _not(path: str, op: str, operand: Any, siblings: dict[str, Any]) -> FieldOp:
+def _not(path: str, op: str, operand: Any, siblings: dict[str, Any], limits: QueryLimits) -> FieldOp:
     if type(operand) is not dict:
         raise InvalidQueryError("$not must be an object")
-    inner = tuple(_parse_operators(path, operand))
+    inner = tuple(_parse_operators(path, operand, limits))
     if not inner:
         raise InvalidQueryError("$not must contain at least one operator")
     predicates = tuple(item.predicate for item in inner)
@@ -339,13 +352,13 @@ def _not(path: str, op: str, operand: Any, siblings: dict[str, Any]) -> FieldOp:
     )
 
 
-def _elem_match(path: str, op: str, operand: Any, siblings: dict[str, Any]) -> FieldOp:
+def _elem_match(path: str, op: str, operand: Any, siblings: dict[str, Any], limits: QueryLimits) -> FieldOp:
     if type(operand) is not dict:
         raise InvalidQueryError("$elemMatch must be an object")
     if any(key.startswith("$") and key not in ("$and", "$or") for key in operand):
-        spec = ElemMatch(tuple(_parse_operators("", operand)), None)
+        spec = ElemMatch(tuple(_parse_operators("", operand, limits)), None)
     else:
-        spec = ElemMatch(None, _parse_query(operand))
+        spec = ElemMatch(None, _parse_query(operand, limits))
     element_matches = spec.element_matches
     return FieldOp(
         path,
@@ -357,7 +370,7 @@ def _elem_match(path: str, op: str, operand: Any, siblings: dict[str, Any]) -> F
     )
 
 
-def _size(path: str, op: str, operand: Any, siblings: dict[str, Any]) -> FieldOp:
+def _size(path: str, op: str, operand: Any, siblings: dict[str, Any], limits: QueryLimits) -> FieldOp:
     if type(operand) is not int or operand < 0:
         raise InvalidQueryError("$size must be a non-negative integer")
     return FieldOp(
@@ -384,7 +397,7 @@ _TYPE_TESTS: dict[str, Callable[[Any], bool]] = {
 }
 
 
-def _type(path: str, op: str, operand: Any, siblings: dict[str, Any]) -> FieldOp:
+def _type(path: str, op: str, operand: Any, siblings: dict[str, Any], limits: QueryLimits) -> FieldOp:
     names = operand if type(operand) is list else [operand]
     if not names or any(type(name) is not str for name in names):
         raise InvalidQueryError("$type must be a string or an array of strings")
@@ -400,7 +413,7 @@ def _type(path: str, op: str, operand: Any, siblings: dict[str, Any]) -> FieldOp
     )
 
 
-_OPERATORS: dict[str, Callable[[str, str, Any, dict[str, Any]], FieldOp]] = {
+_OPERATORS: dict[str, Callable[[str, str, Any, dict[str, Any], QueryLimits], FieldOp]] = {
     "$eq": _comparison,
     "$ne": _comparison,
     "$gt": _comparison,
@@ -423,50 +436,82 @@ OPERATORS = frozenset(_OPERATORS)
 
 # --- regular expressions -------------------------------------------------------------
 
-_UNSUPPORTED_REGEX = {
-    _sre_constants.GROUPREF: "back-references are not supported",
-    _sre_constants.GROUPREF_EXISTS: "conditional groups are not supported",
-    _sre_constants.ASSERT: "look-around is not supported",
-    _sre_constants.ASSERT_NOT: "look-around is not supported",
-    _sre_constants.ATOMIC_GROUP: "atomic groups are not supported",
-    _sre_constants.POSSESSIVE_REPEAT: "possessive repetition is not supported",
-}
+# RE2's parse errors for constructs it does not have, by the text it quotes,
+# mapped to what the client is told.
+_UNSUPPORTED_OPERATORS = (
+    ("(?=", "look-around is not supported"),
+    ("(?!", "look-around is not supported"),
+    ("(?<=", "look-around is not supported"),
+    ("(?<!", "look-around is not supported"),
+    ("(?>", "atomic groups are not supported"),
+    ("(?(", "conditional groups are not supported"),
+)
 
 
-def _unsupported_feature(tree: Any) -> str | None:
-    """The first RE2-incompatible construct in a parsed pattern, if any."""
-    stack = [tree]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, _sre_parser.SubPattern):
-            for op, argument in item.data:
-                problem = _UNSUPPORTED_REGEX.get(op)
-                if problem is not None:
-                    return problem
-                stack.append(argument)
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return None
+def _regex_problem(message: str) -> str:
+    """The client's text for an RE2 parse error."""
+    if message.startswith("invalid escape sequence: \\") and message[-1:].isdigit():
+        return "back-references are not supported"
+    if message.startswith("invalid perl operator: ") or message.startswith("missing argument to repetition operator"):
+        quoted = message.split(": ", 1)[-1]
+        for prefix, problem in _UNSUPPORTED_OPERATORS:
+            if quoted.startswith(prefix):
+                return problem
+    if message.startswith("bad repetition operator: ") and message[-1:] == "+" and len(message.split(": ", 1)[1]) == 2:
+        return "possessive repetition is not supported"
+    return message
 
 
-def compile_regex(pattern: str, ignore_case: bool) -> re.Pattern[str]:
+def _regex_options(ignore_case: bool) -> Any:
+    options = re2.Options()
+    options.log_errors = False
+    options.never_capture = True  # only "is there a match" is asked
+    options.case_sensitive = not ignore_case
+    return options
+
+
+_OPTIONS = {False: _regex_options(False), True: _regex_options(True)}
+
+
+def regex_searcher(compiled: Any) -> Callable[[str], bool]:
     """
-    Compile a C{$regex} pattern, raising C{invalid regex: <detail>} for
-    patterns that v0.15 would not accept (see the module docstring).
+    C{found(text)}: does the RE2 pattern match somewhere in C{text}? Calls
+    RE2's matcher directly when the binding exposes it (google-re2's
+    C{search} decodes match offsets back to characters in Python, several
+    times slower), else C{search}. Lone surrogates are passed through
+    rather than failing the encoding.
     """
-    if len(pattern) > MAX_REGEX_LENGTH:
-        raise InvalidQueryError(
-            f"invalid regex: pattern longer than {MAX_REGEX_LENGTH} characters"
-        )
-    flags = re.IGNORECASE if ignore_case else 0
+    regexp = getattr(compiled, "_regexp", None)
+    anchor = getattr(getattr(re2, "_Anchor", None), "UNANCHORED", None)
+    match = getattr(regexp, "Match", None)
+    if match is None or anchor is None:
+        search = compiled.search
+        return lambda text: search(text) is not None
+
+    def found(text: str) -> bool:
+        data = text.encode("utf-8", "surrogatepass")
+        return bool(match(anchor, data, 0, len(data))[0][0] != -1)
+
+    return found
+
+
+def compile_regex(pattern: str, ignore_case: bool, max_length: int = MAX_REGEX_LENGTH) -> Any:
+    """
+    Compile a C{$regex} pattern with RE2, raising C{invalid regex: <detail>}
+    for patterns that v0.15 would not accept (see the module docstring) or
+    longer than C{max_length} characters.
+    """
+    if len(pattern) > max_length:
+        raise InvalidQueryError(f"invalid regex: pattern longer than {max_length} characters")
     try:
-        compiled = re.compile(pattern, flags)
-        problem = _unsupported_feature(_sre_parser.parse(pattern, flags))
-    except (re.error, RecursionError, OverflowError) as e:
+        return re2.compile(pattern, _OPTIONS[ignore_case])
+    except re2.error as e:
+        detail = e.args[0] if e.args else str(e)
+        if isinstance(detail, bytes):
+            detail = detail.decode("utf-8", "replace")
+        raise InvalidQueryError(f"invalid regex: {_regex_problem(str(detail))}") from None
+    except (TypeError, ValueError, OverflowError) as e:
         raise InvalidQueryError(f"invalid regex: {e}") from None
-    if problem is not None:
-        raise InvalidQueryError(f"invalid regex: {problem}")
-    return compiled
 
 
 # --- sort, skip, limit --------------------------------------------------------------
@@ -475,14 +520,17 @@ SortSpec = tuple[tuple[str, int], ...]
 """C{((path, 1 | -1), ...)} in the order given."""
 
 
-def parse_sort(sort: object) -> SortSpec | None:
+def parse_sort(sort: object, limits: QueryLimits = DEFAULT_LIMITS) -> SortSpec | None:
     """
     Validate C{find}'s C{sort} (engine.md 2.5). A non-object or empty sort is
     ignored (C{None}); a direction other than the integer 1 or -1 raises
-    C{sort direction must be 1 (asc) or -1 (desc)}.
+    C{sort direction must be 1 (asc) or -1 (desc)}; more keys than the
+    C{sort_max_keys} limit are an error.
     """
     if type(sort) is not dict or not sort:
         return None
+    if len(sort) > limits.sort_max_keys:
+        raise InvalidQueryError(f"sort has more than {limits.sort_max_keys} keys")
     spec = []
     for path, direction in sort.items():
         if type(direction) is not int or direction not in (1, -1):
@@ -566,6 +614,23 @@ def is_uint(value: object) -> TypeGuard[int]:
     return type(value) is int and value >= 0
 
 
+def _window_value(name: str, value: object) -> int | None:
+    if not is_uint(value):
+        return None
+    if value > I64_MAX:
+        raise InvalidQueryError(f"{name} must be at most {I64_MAX}")
+    return value
+
+
+def find_window(skip: object, limit: object) -> tuple[int | None, int | None]:
+    """
+    C{find}'s C{skip} and C{limit}: non-negative integers count, anything
+    else is ignored (engine.md 2.5); an integer past 2**63 - 1 is an
+    C{invalid query} error (it cannot reach SQLite).
+    """
+    return _window_value("skip", skip), _window_value("limit", limit)
+
+
 def apply_find(
     docs: Iterable[dict[str, Any]],
     query: object = None,
@@ -583,11 +648,12 @@ def apply_find(
     """
     matcher = query if isinstance(query, Matcher) else compile_query({} if query is None else query)
     spec = parse_sort(sort)
+    first, most = find_window(skip, limit)
     result = [doc for doc in sorted(docs, key=_id_order) if matcher.matches(doc)]
     if spec is not None:
         sort_documents(result, spec, index_arrays=True)
-    if is_uint(skip):
-        result = result[skip:]
-    if is_uint(limit):
-        result = result[:limit]
+    if first is not None:
+        result = result[first:]
+    if most is not None:
+        result = result[:most]
     return result

@@ -9,10 +9,17 @@ uncommitted changes; L{oxidb.engine.writes.WriteTxn} builds on it).
 Reads of a collection that does not exist answer as for an empty one and
 call C{on_missing(name)} (the engine creates the collection through the
 writer when auto-creation on read is on).
+
+Every read runs under the reader's L{QueryLimits} and L{Deadline}: query
+shapes are checked when compiled, loops over rows check the deadline, and
+results that become replies are counted as their stored texts are read, so
+that a result past the reply frame stops early with L{ReplyTooLargeError}
+instead of being built.
 """
 
 from __future__ import annotations
 
+import itertools
 import operator
 import sqlite3
 from typing import Any, Callable, Iterator
@@ -21,10 +28,32 @@ import orjson
 
 from oxidb.engine import store, textindex, textstore
 from oxidb.engine.aggregate import compile_pipeline
-from oxidb.engine.matcher import Matcher, SortSpec, compile_query, is_uint, parse_sort
+from oxidb.engine.governor import (
+    DEFAULT_LIMITS,
+    NO_DEADLINE,
+    Budget,
+    ByteCap,
+    Deadline,
+    QueryLimits,
+    reply_cap,
+    text_size,
+)
+from oxidb.engine.matcher import Matcher, SortSpec, compile_query, find_window, parse_sort
 from oxidb.engine.sqlquery import Plan, compile_plan, order_by
 from oxidb.engine.store import CollectionInfo
 from oxidb.errors import BadRequestError, InvalidQueryError
+from oxidb.wire.limits import MAX_FRAME
+
+#: SQLite's string limit for the one-step fetch of a capped read (a reply,
+#: an aggregation): a little over a reply frame. Longer results are read row
+#: by row, so that the cap stops them early instead of after building them.
+CAPPED_CONCAT_LENGTH = MAX_FRAME + 1024 * 1024
+
+Charge = Callable[[int], None]
+"""C{charge(size)}: count one row of C{size} bytes against a cap (may raise)."""
+
+_Scanned = tuple[int, int, str, Any]
+"""C{(_id, _version, text, document or None if not parsed yet)}."""
 
 Row = tuple[int, int, dict[str, Any]]
 """C{(_id, _version, document)}."""
@@ -42,9 +71,9 @@ def plan_query(query: object) -> Plan:
     return compile_plan(compile_query({} if query is None else query))
 
 
-def check_query(query: object) -> Matcher:
+def check_query(query: object, limits: QueryLimits = DEFAULT_LIMITS) -> Matcher:
     """Validate and compile a query (C{None} means C{{}}) to its matcher."""
-    return compile_query({} if query is None else query)
+    return compile_query({} if query is None else query, limits)
 
 
 class Reader:
@@ -54,6 +83,9 @@ class Reader:
     @ivar conn: the connection.
     @ivar on_missing: called with the name of a missing collection a read
         named (after validating the name), or None.
+
+    @ivar limits: the L{QueryLimits} queries are checked against.
+    @ivar deadline: the read's L{Deadline} (none by default).
 
     C{column_cache}, owned by the caller and kept for the connection's
     life, remembers each collection's key columns with the schema version
@@ -66,10 +98,19 @@ class Reader:
         conn: sqlite3.Connection,
         on_missing: Callable[[str], None] | None = None,
         column_cache: dict[str, tuple[int, str, dict[str, str]]] | None = None,
+        *,
+        limits: QueryLimits = DEFAULT_LIMITS,
+        deadline: Deadline = NO_DEADLINE,
     ) -> None:
         self.conn = conn
         self.on_missing = on_missing
         self._column_cache = column_cache
+        self.limits = limits
+        self.deadline = deadline
+
+    def check_query(self, query: object) -> Matcher:
+        """L{check_query} under this reader's limits."""
+        return check_query(query, self.limits)
 
     # --- collections ------------------------------------------------------
 
@@ -139,12 +180,17 @@ class Reader:
         limit: int | None = None,
         *,
         index_arrays: bool = True,
+        charge: Charge | None = None,
     ) -> Iterator[Row]:
         """
         Matching rows in C{find} order (sort, then ascending C{_id}), after
         C{skip}, at most C{limit}. C{index_arrays}: see L{order_by}.
+        C{charge} is called with each row's stored text size before the
+        row is given out.
         """
-        return self._select(info, plan, spec, skip, limit, index_arrays, raw=False)
+        loads = orjson.loads
+        for _id, version, text, doc in self._scan(info, plan, spec, skip, limit, index_arrays, charge):
+            yield _id, version, loads(text) if doc is None else doc
 
     def texts(
         self,
@@ -153,14 +199,17 @@ class Reader:
         spec: SortSpec | None = None,
         skip: int | None = None,
         limit: int | None = None,
+        *,
+        charge: Charge | None = None,
     ) -> Iterator[str]:
         """
         The stored JSON texts of the rows L{rows} gives, in its order. A text
         is only parsed when the query needs the reference matcher.
         """
-        return self._select(info, plan, spec, skip, limit, True, raw=True)
+        for _, _, text, _ in self._scan(info, plan, spec, skip, limit, True, charge, versions=False):
+            yield text
 
-    def _select(
+    def _scan(
         self,
         info: CollectionInfo,
         plan: Plan,
@@ -168,65 +217,80 @@ class Reader:
         skip: int | None,
         limit: int | None,
         index_arrays: bool,
+        charge: Charge | None,
         *,
-        raw: bool,
-    ) -> Iterator[Any]:
-        """L{rows} (C{raw} false) or L{texts} (C{raw} true)."""
+        versions: bool = True,
+    ) -> Iterator[_Scanned]:
+        """
+        The rows of L{rows} as L{_Scanned} (with C{_version} 0 unless
+        C{versions}), checking the deadline for each row that needs Python
+        work (rows SQLite has already fetched in one step are checked in
+        batches).
+        """
         if limit == 0:
+            return
+        check = self.deadline.check
+        loads = orjson.loads
+        matches = None if plan.exact else plan.matcher.matches
+        if spec is None and limit is None and not skip:
+            concat_limit = None if charge is None else CAPPED_CONCAT_LENGTH
+            selected = self._all_selected(info, plan, concat_limit, versions=versions)
+            if matches is None:
+                for n, (_id, version, text) in enumerate(selected):
+                    if not n & 1023:
+                        check()
+                    if charge is not None:
+                        charge(text_size(text))
+                    yield _id, version, text, None
+                return
+            for _id, version, text in selected:
+                check()
+                doc = loads(text)
+                if matches(doc):
+                    if charge is not None:
+                        charge(text_size(text))
+                    yield _id, version, text, doc
             return
         sql = f"SELECT _id, _version, doc FROM {info.tbl}"
         if plan.where != "1":
             sql += f" WHERE {plan.where}"
         params = plan.params
-        loads = orjson.loads
-        if spec is None and limit is None and not skip:
-            found = self._all_selected(info, plan, versions=not raw)
-            if not plan.exact:
-                matches = plan.matcher.matches
-                if raw:
-                    found = [row for row in found if matches(loads(row[-1]))]
-                else:
-                    found = [(row[0], row[1], doc) for row in found if matches(doc := loads(row[2]))]
-                    yield from found
-                    return
-            if raw:
-                for row in found:
-                    yield row[-1]
-            else:
-                for _id, version, text in found:
-                    yield _id, version, loads(text)
-            return
         sql += " " + order_by(spec, index_arrays=index_arrays, columns=plan.columns)
         if plan.exact:
             if limit is not None or skip:
                 sql += " LIMIT ? OFFSET ?"
                 params = params + (-1 if limit is None else limit, skip or 0)
-            if raw:
-                for _id, version, text in self.conn.execute(sql, params):
-                    yield text
-                return
             for _id, version, text in self.conn.execute(sql, params):
-                yield _id, version, loads(text)
+                check()
+                if charge is not None:
+                    charge(text_size(text))
+                yield _id, version, text, None
             return
         to_skip = skip or 0
         remaining = limit
         for _id, version, text in self.conn.execute(sql, params):
+            check()
             doc = loads(text)
-            if not plan.matcher.matches(doc):
+            assert matches is not None
+            if not matches(doc):
                 continue
             if to_skip:
                 to_skip -= 1
                 continue
-            yield text if raw else (_id, version, doc)
+            if charge is not None:
+                charge(text_size(text))
+            yield _id, version, text, doc
             if remaining is not None:
                 remaining -= 1
                 if remaining == 0:
                     return
 
-    def _all_selected(self, info: CollectionInfo, plan: Plan, *, versions: bool) -> list[tuple[Any, ...]]:
+    def _all_selected(
+        self, info: CollectionInfo, plan: Plan, concat_limit: int | None = None, *, versions: bool = True
+    ) -> Iterator[tuple[int, int, str]]:
         """
-        Every row C{plan.where} selects, in ascending C{_id}: C{(_id,
-        _version, text)}, or C{(_id, text)} without C{versions}.
+        Every row C{plan.where} selects, C{(_id, _version, text)} in
+        ascending C{_id} (C{_version} 0 unless C{versions}).
 
         One aggregate query concatenates the columns inside SQLite (stored
         texts never hold a raw U+001F: the JSON encoder escapes control
@@ -234,30 +298,43 @@ class Reader:
         per row gives up and takes back the GIL for every row, which stalls
         when other threads are busy. The rows are sorted here rather than by
         an C{ORDER BY _id}, which would tempt the planner into a full scan
-        to avoid a sort.
+        to avoid a sort. A concatenation longer than SQLite's string limit
+        (C{concat_limit} if given, else the connection's: the engine sets it
+        on reader connections, see L{oxidb.engine.engine.READ_LENGTH_LIMIT})
+        falls back to stepping through the rows in C{_id} order, so that a
+        capped caller can stop early.
         """
-        columns = "_id, _version, doc" if versions else "_id, doc"
-        inner = f"SELECT {columns} FROM {info.tbl}"
+        inner = f"SELECT _id, _version, doc FROM {info.tbl}"
         if plan.where != "1":
             inner += f" WHERE {plan.where}"
-        concat = "group_concat(_id), group_concat(_version), " if versions else "group_concat(_id), "
-        sql = f"SELECT {concat}group_concat(doc, char(31)) FROM ({inner})"
+        version_sql = "group_concat(_version)" if versions else "NULL"
+        sql = f"SELECT group_concat(_id), {version_sql}, group_concat(doc, char(31)) FROM ({inner})"
+        saved = None
+        if concat_limit is not None:
+            saved = self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, concat_limit)
         try:
             result = self.conn.execute(sql, plan.params).fetchone()
         except sqlite3.DataError:
+            if saved is not None:
+                self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, saved)
+                saved = None
             # Longer than SQLite's string limit: row by row.
-            rows: list[tuple[Any, ...]] = self.conn.execute(inner, plan.params).fetchall()
+            yield from self.conn.execute(inner + " ORDER BY _id", plan.params)
+            return
+        finally:
+            if saved is not None:
+                self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, saved)
+        if result[-1] is None:
+            return
+        ids = map(int, result[0].split(","))
+        texts = result[-1].split("\x1f")
+        if versions:
+            rows = list(zip(ids, map(int, result[1].split(",")), texts))
         else:
-            if result[-1] is None:
-                return []
-            ids = map(int, result[0].split(","))
-            texts = result[-1].split("\x1f")
-            if versions:
-                rows = list(zip(ids, map(int, result[1].split(",")), texts))
-            else:
-                rows = list(zip(ids, texts))
+            rows = list(zip(ids, itertools.repeat(0), texts))
+        del result, texts
         rows.sort(key=_row_id)
-        return rows
+        yield from rows
 
     def find(
         self,
@@ -266,14 +343,22 @@ class Reader:
         sort: object = None,
         skip: object = None,
         limit: object = None,
+        *,
+        capped: bool = True,
     ) -> list[dict[str, Any]]:
-        """C{find} (engine.md 2.5): filter, sort, skip, limit."""
-        matcher = check_query(query)
-        spec = parse_sort(sort)
+        """
+        C{find} (engine.md 2.5): filter, sort, skip, limit. The result must
+        fit in a reply unless C{capped} is false (for callers that do not
+        send it).
+        """
+        matcher = self.check_query(query)
+        spec = parse_sort(sort, self.limits)
+        window = _window(skip, limit)
         planned = self._planned(collection, matcher)
         if planned is None:
             return []
-        return [doc for _, _, doc in self.rows(*planned, spec, *_window(skip, limit))]
+        charge = reply_cap(self.limits).add if capped else None
+        return [doc for _, _, doc in self.rows(*planned, spec, *window, charge=charge)]
 
     def find_raw(
         self,
@@ -288,23 +373,25 @@ class Reader:
         document texts: byte for byte what encoding L{find}'s list gives
         (documents are stored as the compact JSON the wire codec writes).
         """
-        matcher = check_query(query)
-        spec = parse_sort(sort)
+        matcher = self.check_query(query)
+        spec = parse_sort(sort, self.limits)
+        window = _window(skip, limit)
         planned = self._planned(collection, matcher)
         if planned is None:
             return "[]"
-        return "[" + ",".join(self.texts(*planned, spec, *_window(skip, limit))) + "]"
+        cap = reply_cap(self.limits)
+        return "[" + ",".join(self.texts(*planned, spec, *window, charge=lambda n: cap.add(n + 1))) + "]"
 
     def find_one_raw(self, collection: str, query: object = None) -> str | None:
         """L{find_one}'s document as its stored JSON text, or None."""
-        planned = self._planned(collection, check_query(query))
+        planned = self._planned(collection, self.check_query(query))
         if planned is None:
             return None
         return next(self.texts(*planned, None, None, 1), None)
 
     def find_one(self, collection: str, query: object = None) -> dict[str, Any] | None:
         """The matching document with the lowest C{_id}, or None."""
-        planned = self._planned(collection, check_query(query))
+        planned = self._planned(collection, self.check_query(query))
         if planned is None:
             return None
         for _, _, doc in self.rows(*planned, None, None, 1):
@@ -313,7 +400,7 @@ class Reader:
 
     def count(self, collection: str, query: object = None) -> int:
         """The number of matching documents (canonical: C{len(find(query))})."""
-        planned = self._planned(collection, check_query(query))
+        planned = self._planned(collection, self.check_query(query))
         if planned is None:
             return 0
         info, plan = planned
@@ -322,7 +409,7 @@ class Reader:
             if plan.where != "1":
                 sql += f" WHERE {plan.where}"
             return int(self.conn.execute(sql, plan.params).fetchone()[0])
-        return sum(1 for _ in self.rows(info, plan))
+        return sum(1 for _ in self._scan(info, plan, None, None, None, True, None))
 
     def text_search(self, collection: str, query: object, limit: int = textindex.DEFAULT_LIMIT) -> list[dict[str, Any]]:
         """
@@ -332,16 +419,17 @@ class Reader:
         """
         if not isinstance(query, str):
             raise BadRequestError("missing 'query' string")
+        terms = textindex.query_terms(query, self.limits.search_max_query_length, self.limits.search_max_terms)
         info = self.collection(collection)
         index = None
         if info is not None:
             index = next((d for d in store.list_index_defs(self.conn, info.name) if d.kind == store.INDEX_TEXT), None)
         if info is None or index is None:
             raise InvalidQueryError("no text index on this collection; create one with create_text_index")
-        ranked = textstore.search(self.conn, info.tbl, query, limit)
+        ranked = textstore.search(self.conn, info.tbl, terms, limit, self.deadline)
         if not ranked:
             return []
-        docs = self._docs_by_id(info, [doc_id for doc_id, _ in ranked])
+        docs = self._docs_by_id(info, [doc_id for doc_id, _ in ranked], reply_cap(self.limits))
         result = []
         for doc_id, score in ranked:
             doc = docs[doc_id]
@@ -349,12 +437,14 @@ class Reader:
             result.append(doc)
         return result
 
-    def _docs_by_id(self, info: CollectionInfo, ids: list[int]) -> dict[int, dict[str, Any]]:
+    def _docs_by_id(self, info: CollectionInfo, ids: list[int], cap: ByteCap) -> dict[int, dict[str, Any]]:
         docs: dict[int, dict[str, Any]] = {}
         for start in range(0, len(ids), 500):
+            self.deadline.check()
             chunk = ids[start : start + 500]
             marks = ", ".join("?" * len(chunk))
             for doc_id, text in self.conn.execute(f"SELECT _id, doc FROM {info.tbl} WHERE _id IN ({marks})", chunk):
+                cap.add(text_size(text) + 12)
                 docs[doc_id] = orjson.loads(text)
         return docs
 
@@ -362,24 +452,45 @@ class Reader:
         """
         Run a pipeline (engine.md 5) over the collection; its leading
         C{$match}/C{$sort}/C{$skip}/C{$limit} stages run in SQL, C{$lookup}
-        runs real finds.
+        runs real finds. Every stage stays within the aggregation budget
+        (L{Budget}), and the output must fit in a reply.
         """
-        compiled = compile_pipeline(pipeline)
+        compiled = compile_pipeline(pipeline, self.limits)
+        budget = Budget.of(self.limits, self.deadline)
         info = self.collection(collection)
         prefix = compiled.prefix
         docs: list[dict[str, Any]] = []
+        sizes: list[int] = []
         if info is not None:
-            plan = self.plan_for(info, prefix.matcher if prefix.matcher is not None else check_query(None))
-            docs = [
-                doc
-                for _, _, doc in self.rows(
-                    info, plan, prefix.sort, prefix.skip or None, prefix.limit, index_arrays=False
-                )
-            ]
-        return compiled.run(docs, self._lookup, skip_stages=prefix.stages)
+            plan = self.plan_for(info, prefix.matcher if prefix.matcher is not None else self.check_query(None))
+            budget.start("$match" if prefix.stages else "input")
+            loads = orjson.loads
+            for _, _, text, doc in self._scan(
+                info, plan, prefix.sort, prefix.skip or None, prefix.limit, False, lambda n: budget.add(1, n)
+            ):
+                docs.append(loads(text) if doc is None else doc)
+                sizes.append(text_size(text))
+        out, out_sizes = compiled.run_sized(
+            docs, sizes, self._lookup_in(budget), budget, skip_stages=prefix.stages
+        )
+        cap = reply_cap(self.limits, "$skip and $limit")
+        for size in out_sizes:
+            cap.add(size + 1)
+        return out
 
-    def _lookup(self, collection: str, query: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.find(collection, query)
+    def _lookup_in(self, budget: Budget) -> Callable[[str, dict[str, Any]], tuple[list[dict[str, Any]], int]]:
+        """C{$lookup}'s find: the documents and their total size, within the budget."""
+
+        def lookup(collection: str, query: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+            matcher = self.check_query(query)
+            planned = self._planned(collection, matcher)
+            if planned is None:
+                return [], 0
+            cap = budget.cap()
+            docs = [doc for _, _, doc in self.rows(*planned, charge=lambda n: cap.add(n + 1))]
+            return docs, cap.total
+
+        return lookup
 
     def version_of(self, collection: str, doc_id: int) -> int:
         """A document's C{_version}, 0 if it (or the collection) does not exist."""
@@ -391,5 +502,8 @@ class Reader:
 
 
 def _window(skip: object, limit: object) -> tuple[int | None, int | None]:
-    """C{find}'s C{skip} and C{limit}: non-negative integers, anything else ignored (engine.md 2.5)."""
-    return (skip if is_uint(skip) else None, limit if is_uint(limit) else None)
+    """
+    C{find}'s C{skip} and C{limit}: non-negative integers, anything else
+    ignored (engine.md 2.5); integers past 2**63 - 1 are an error.
+    """
+    return find_window(skip, limit)

@@ -13,8 +13,9 @@ newer than its Unicode database, and lower-cases fewer new letters, so the
 differences are carried in two small tables generated from Rust 1.95's
 C{char} tables (checked against Rust on 20,000 random strings).
 
-Scoring (8.2): for each query token C{t} (duplicates count again) present
-in the index, C{idf(t) = ln(N / df(t)) + 1} with C{N} the number of indexed
+Scoring (8.2): for each query token C{t} (duplicates count again: a token
+given k times contributes k times its share, computed once) present in the
+index, C{idf(t) = ln(N / df(t)) + 1} with C{N} the number of indexed
 items (items with no token are not indexed) and C{df(t)} the items that
 contain C{t}; every item containing C{t} gains C{tf * idf} with C{tf =
 count of t in the item / number of tokens in the item}. Items scoring above
@@ -30,6 +31,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from oxidb.engine.paths import get_path
+from oxidb.errors import InvalidQueryError
 
 DEFAULT_LIMIT = 10
 """Results returned by a search that gives no C{limit}."""
@@ -178,6 +180,20 @@ def term_counts(tokens: Iterable[str]) -> Counter[str]:
     return Counter(tokens)
 
 
+def query_terms(query: str, max_length: int, max_terms: int) -> Counter[str]:
+    """
+    The distinct tokens of a search query with their multiplicity, in order
+    of first appearance. A query longer than C{max_length} characters, or
+    with more than C{max_terms} distinct tokens, is an C{invalid query}.
+    """
+    if len(query) > max_length:
+        raise InvalidQueryError(f"search query longer than {max_length} characters")
+    terms = term_counts(tokenize(query))
+    if len(terms) > max_terms:
+        raise InvalidQueryError(f"search query has more than {max_terms} distinct terms")
+    return terms
+
+
 def idf(total: int, df: int) -> float:
     """C{ln(N / df) + 1}."""
     return math.log(total / df) + 1.0
@@ -193,23 +209,26 @@ def tf_idf(total: int, df: int, count: int, length: int) -> float:
 
 
 def score(
-    query_tokens: Iterable[str],
+    query_terms: Mapping[str, int] | Iterable[str],
     total: int,
     df: Callable[[str], int],
     counts: Mapping[str, int],
     length: int,
 ) -> float:
     """
-    The score of one item: the sum of L{tf_idf} over the query tokens (in
-    order, duplicates included) that the item contains. C{counts} are the
-    item's L{term_counts}, C{length} its number of tokens, C{df(token)} the
+    The score of one item: the sum of L{tf_idf} over the query tokens that
+    the item contains, each as often as the query gives it. C{query_terms}
+    are the query's L{term_counts} (or its tokens, duplicates included),
+    C{counts} the item's, C{length} its number of tokens, C{df(token)} the
     number of indexed items containing a token.
     """
+    if not isinstance(query_terms, Mapping):
+        query_terms = term_counts(query_terms)
     result = 0.0
-    for token in query_tokens:
+    for token, times in query_terms.items():
         count = counts.get(token, 0)
         if count:
-            result += tf_idf(total, df(token), count, length)
+            result += times * tf_idf(total, df(token), count, length)
     return result
 
 
@@ -224,7 +243,7 @@ def rank(
     C{(key, score)} for the items scoring above zero, best first (ties in
     corpus order), at most C{limit}. A query without tokens finds nothing.
     """
-    query_tokens = tokenize(query)
+    query_tokens = term_counts(tokenize(query))
     if not query_tokens:
         return []
     items = []

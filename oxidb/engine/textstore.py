@@ -17,11 +17,12 @@ from __future__ import annotations
 import collections
 import hashlib
 import sqlite3
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import orjson
 
 from oxidb.engine import textindex
+from oxidb.engine.governor import NO_DEADLINE, Deadline
 
 
 def _postings(doc: dict[str, Any], fields: Iterable[str]) -> tuple[int, collections.Counter[str]]:
@@ -64,18 +65,26 @@ def rebuild(conn: sqlite3.Connection, tbl: str, fields: Iterable[str]) -> None:
         add(conn, tbl, fields, ((doc_id, orjson.loads(text)) for doc_id, text in batch))
 
 
-def search(conn: sqlite3.Connection, tbl: str, query: str, limit: int) -> list[tuple[int, float]]:
+def search(
+    conn: sqlite3.Connection,
+    tbl: str,
+    query: str | Mapping[str, int],
+    limit: int,
+    deadline: Deadline = NO_DEADLINE,
+) -> list[tuple[int, float]]:
     """
     C{(id, score)} of the best matches, best first, ties by ascending id, at
-    most C{limit}; scores are L{textindex.score}'s.
+    most C{limit}; scores are L{textindex.score}'s. C{query} is the text or
+    its L{textindex.query_terms}.
     """
-    tokens = textindex.tokenize(query)
+    tokens = textindex.term_counts(textindex.tokenize(query)) if isinstance(query, str) else query
     if not tokens or limit <= 0:
         return []
     total = conn.execute(f"SELECT count(*) FROM {tbl}_td").fetchone()[0]
     df: dict[str, int] = {}
     counts: dict[int, dict[str, int]] = {}
-    for term in dict.fromkeys(tokens):
+    for term in tokens:
+        deadline.check()
         postings = conn.execute(f"SELECT id, tf FROM {tbl}_tt WHERE term = ?", (term,)).fetchall()
         df[term] = len(postings)
         for doc_id, tf in postings:
@@ -90,6 +99,7 @@ def search(conn: sqlite3.Connection, tbl: str, query: str, limit: int) -> list[t
         lengths.update(conn.execute(f"SELECT id, ntok FROM {tbl}_td WHERE id IN ({marks})", chunk))
     scored = []
     for doc_id in ids:
+        deadline.check()
         value = textindex.score(tokens, total, df.__getitem__, counts[doc_id], lengths[doc_id])
         if value > 0:
             scored.append((doc_id, value))

@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterable
 import attrs
 
 from oxidb.engine import store
+from oxidb.engine.governor import approx_size, reply_cap
 from oxidb.engine.matcher import apply_find, compile_query
 from oxidb.engine.reads import Reader, plan_query
 from oxidb.engine.updates import bump_version, compile_update
@@ -116,11 +117,11 @@ class Transaction:
 
     def _view(self, reader: Reader, collection: str, query: object) -> list[Document]:
         """Every document matching C{query} in this transaction's view, by C{_id}."""
-        committed = reader.find(collection, query)
+        committed = reader.find(collection, query, capped=False)
         touched = self.overlay.get(collection)
         if not touched:
             return committed
-        matcher = compile_query({} if query is None else query)
+        matcher = compile_query({} if query is None else query, reader.limits)
         docs = [doc for doc in committed if doc["_id"] not in touched]
         docs.extend(doc for doc in touched.values() if doc is not None and matcher.matches(doc))
         docs.sort(key=_doc_id)
@@ -152,6 +153,9 @@ class Transaction:
         """
         if self.overlay.get(collection):
             docs = apply_find(self._view(reader, collection, query), None, sort, skip, limit)
+            cap = reply_cap(reader.limits)
+            for doc in docs:
+                cap.add(approx_size(doc) + 1)
         else:
             docs = reader.find(collection, query, sort, skip, limit)
         self._record(reader, collection, docs)

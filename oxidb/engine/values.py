@@ -321,10 +321,10 @@ def deep_copy(value: Any) -> Any:
     return value
 
 
-def check_depth(value: Any, what: str) -> None:
+def check_depth(value: Any, what: str, limit: int = MAX_DEPTH) -> None:
     """
     Raise L{TooLargeError} C{"<what> exceeds the maximum nesting depth of
-    100"} if C{value} nests deeper than L{MAX_DEPTH}.
+    <limit>"} if C{value} nests deeper than C{limit} (L{MAX_DEPTH}).
     """
     stack = [(value, 1)]
     while stack:
@@ -336,8 +336,8 @@ def check_depth(value: Any, what: str) -> None:
             children = item
         else:
             continue
-        if depth > MAX_DEPTH:
-            raise TooLargeError(f"{what} exceeds the maximum nesting depth of {MAX_DEPTH}")
+        if depth > limit:
+            raise TooLargeError(f"{what} exceeds the maximum nesting depth of {limit}")
         stack.extend(
             (child, depth + 1) for child in children if type(child) is dict or type(child) is list
         )
