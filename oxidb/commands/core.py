@@ -9,8 +9,8 @@ from typing import Any
 from oxidb import __version__
 from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
-from oxidb.errors import BadRequestError
-from oxidb.server.dispatch import Reply, TopLevel
+from oxidb.errors import BadRequestError, PipelineTooLongError
+from oxidb.server.dispatch import Reply, TopLevel, command_name
 
 #: wire versions this server speaks.
 WIRE_VERSIONS = (1,)
@@ -78,12 +78,16 @@ def hello(ctx: CommandContext, request: dict[str, Any]) -> TopLevel:
 
 def pipeline(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """
-    Run each sub-request through the full dispatch, in order, sharing the
-    session; reply with the list of their envelopes.
+    Run each sub-request through the full dispatch (the auth gate included),
+    in order, sharing the session; reply with the list of their envelopes.
+    At most C{max_pipeline} commands (limits table).
     """
     commands = request.get("commands")
     if not isinstance(commands, list):
         raise BadRequestError("pipeline: missing 'commands' array")
+    limit = ctx.services.config.limits.max_pipeline
+    if len(commands) > limit:
+        raise PipelineTooLongError(len(commands), limit)
     dispatcher = ctx.services.dispatcher
     envelopes: list[dict[str, Any]] = []
 
@@ -91,7 +95,7 @@ def pipeline(ctx: CommandContext, request: dict[str, Any]) -> Any:
         while index < len(commands):
             sub = commands[index]
             index += 1
-            if type(sub) is dict and sub.get("cmd") == "pipeline":
+            if command_name(sub) == "pipeline":
                 envelopes.append({"ok": False, "error": "pipeline: nested pipelines are not supported"})
                 continue
             outcome = dispatcher.dispatch(ctx, sub)
