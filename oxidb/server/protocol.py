@@ -286,17 +286,14 @@ class OxiServerProtocol(Protocol):
         if len(payload) > OFFLOAD_BYTES:
             d = self.factory.offload(self, decode_request, payload)
             if d is not None:
-                d.addCallbacks(self._decoded, self._decode_failed, errbackArgs=(payload,))
+                d.addCallbacks(self._dispatch, self._decode_failed, errbackArgs=(payload,))
                 return
         try:
-            fmt, request = decode_request(payload)
+            decoded = decode_request(payload)
         except DecodeError as e:
             self._send(encode_error(WireFormat.JSON, e.message))
             return
-        self._dispatch(fmt, request)
-
-    def _decoded(self, decoded: tuple[WireFormat, object]) -> None:
-        self._dispatch(*decoded)
+        self._dispatch(decoded)
 
     def _decode_failed(self, failure: Failure, payload: bytes) -> None:
         error = failure.value
@@ -308,7 +305,8 @@ class OxiServerProtocol(Protocol):
             self._log.failure("decoding failed for {peer}", failure, peer=self.session.peer)
             self._send(encode_error(WireFormat.JSON, InternalError().message))
 
-    def _dispatch(self, fmt: WireFormat, request: Any) -> None:
+    def _dispatch(self, decoded: tuple[WireFormat, object]) -> None:
+        fmt, request = decoded
         if type(request) is dict and "commands" in request:
             commands = request["commands"]
             if type(commands) is list and len(commands) > 1 and command_name(request) == "pipeline":
@@ -319,16 +317,26 @@ class OxiServerProtocol(Protocol):
         try:
             outcome = self.factory.dispatcher.dispatch(self.ctx, request)
         except Exception:
+            current_owner.reset(token)
             self._log.failure("dispatch failed for {peer}", peer=self.session.peer)
             self._send(encode_error(fmt, InternalError().message))
             return
-        finally:
-            current_owner.reset(token)
-        if type(outcome) is Reply:
-            self._reply(outcome, fmt)
-        else:
+        current_owner.reset(token)
+        if type(outcome) is not Reply:
             outcome.addCallback(self._reply, fmt)
             outcome.addErrback(self._unexpected, fmt)
+            return
+        value = outcome.value
+        if type(value) is str and len(value) <= 4096 and not outcome.top_level:
+            # The fast path (ping, every error): small, encoded inline.
+            try:
+                payload = encode_ok(fmt, value) if outcome.ok else encode_error(fmt, value)
+            except Exception:
+                self._encode_failed(Failure(), fmt)
+                return
+            self._send(payload)
+            return
+        self._reply(outcome, fmt)
 
     def _unexpected(self, failure: Failure, fmt: WireFormat) -> None:
         self._log.failure("reply failed for {peer}", failure, peer=self.session.peer)
@@ -341,7 +349,7 @@ class OxiServerProtocol(Protocol):
         if self._closed:
             self._send(b"")
             return
-        if not (reply.top_level or not reply.ok or is_small(reply.value)):
+        if reply.ok and not reply.top_level and not is_small(reply.value):
             d = self.factory.offload(self, self._encode, fmt, reply)
             if d is not None:
                 d.addCallbacks(self._encoded, self._encode_failed, callbackArgs=(fmt,), errbackArgs=(fmt,))
@@ -351,7 +359,9 @@ class OxiServerProtocol(Protocol):
         except Exception:
             self._encode_failed(Failure(), fmt)
             return
-        self._encoded(payload, fmt)
+        if len(payload) > OFFLOAD_BYTES:
+            payload = self._bounded(payload, fmt)
+        self._send(payload)
 
     def _encode_failed(self, failure: Failure, fmt: WireFormat) -> None:
         error = failure.value
@@ -362,15 +372,20 @@ class OxiServerProtocol(Protocol):
         self._send(encode_error(fmt, InternalError().message))
 
     def _encoded(self, payload: bytes, fmt: WireFormat) -> None:
-        """Send an encoded reply, unless it is too large for the frame or the budget."""
+        self._send(self._bounded(payload, fmt))
+
+    def _bounded(self, payload: bytes, fmt: WireFormat) -> bytes:
+        """
+        C{payload}, or an error in its place when it is too large for a
+        frame or for the unsent-bytes budget.
+        """
         size = len(payload)
-        if size > OFFLOAD_BYTES:
-            if size > MAX_FRAME:
-                payload = encode_error(fmt, ReplyTooLargeError(size, MAX_FRAME).message)
-            elif not self.factory.unsent_fits(size + 4):
-                self.factory.replies_refused += 1
-                payload = encode_error(fmt, ServerBusyError("too many reply bytes unsent (OXIDB_MAX_UNSENT_BYTES)").message)
-        self._send(payload)
+        if size > MAX_FRAME:
+            return encode_error(fmt, ReplyTooLargeError(size, MAX_FRAME).message)
+        if size > OFFLOAD_BYTES and not self.factory.unsent_fits(size + 4):
+            self.factory.replies_refused += 1
+            return encode_error(fmt, ServerBusyError("too many reply bytes unsent (OXIDB_MAX_UNSENT_BYTES)").message)
+        return payload
 
     @staticmethod
     def _encode(fmt: WireFormat, reply: Reply) -> bytes:
