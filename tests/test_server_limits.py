@@ -432,3 +432,22 @@ def test_large_frames_and_replies_are_coded_off_the_reactor(tmp_path: Any) -> No
         {"ok": True, "data": "pong"},
     ]
     assert len(offloaded) == 2
+
+
+def test_pipeline_stops_when_its_connection_must_close(tmp_path: Any) -> None:
+    """A pre-login pipeline of many failing logins does not run them all."""
+    server = make_server(tmp_path, auth=True)
+    ran: list[int] = []
+
+    def failing_login(ctx: Any, request: Any) -> str:
+        ran.append(1)
+        ctx.session.close_after_reply = True  # what the third failed login does
+        return "no"
+
+    add_command(server, "failing_login", failing_login, pre_auth=True, audited=False)
+    protocol, transport = connect(server)
+    protocol.dataReceived(frame({"cmd": "pipeline", "commands": [{"cmd": "ping"}] + [{"cmd": "failing_login"}] * 50}))
+    [reply] = replies(transport.value())
+    closing = {"ok": False, "error": "pipeline: not run, the connection is closing"}
+    assert reply["data"] == [{"ok": True, "data": "pong"}, {"ok": True, "data": "no"}] + [closing] * 49
+    assert ran == [1] and transport.disconnecting

@@ -11,6 +11,10 @@ from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
 from oxidb.errors import BadRequestError, PipelineTooLongError
 from oxidb.server.dispatch import Reply, TopLevel, command_name
+from oxidb.server.workers import current_owner
+
+#: the envelope of pipeline commands not run because the connection is closing.
+CLOSING = "pipeline: not run, the connection is closing"
 
 #: wire versions this server speaks.
 WIRE_VERSIONS = (1,)
@@ -90,15 +94,26 @@ def pipeline(ctx: CommandContext, request: dict[str, Any]) -> Any:
         raise PipelineTooLongError(len(commands), limit)
     dispatcher = ctx.services.dispatcher
     envelopes: list[dict[str, Any]] = []
+    # Later commands run from callbacks: keep them the connection's work.
+    owner = current_owner.get()
 
     def run_from(index: int) -> Any:
         while index < len(commands):
+            if ctx.session.close_after_reply or (owner is not None and owner.gone):
+                # The connection is closing (too many failed logins) or
+                # closed: run nothing more for it.
+                envelopes.extend([{"ok": False, "error": CLOSING}] * (len(commands) - index))
+                break
             sub = commands[index]
             index += 1
             if command_name(sub) == "pipeline":
                 envelopes.append({"ok": False, "error": "pipeline: nested pipelines are not supported"})
                 continue
-            outcome = dispatcher.dispatch(ctx, sub)
+            token = current_owner.set(owner)
+            try:
+                outcome = dispatcher.dispatch(ctx, sub)
+            finally:
+                current_owner.reset(token)
             if isinstance(outcome, Reply):
                 envelopes.append(outcome.envelope())
                 continue
