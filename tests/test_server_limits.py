@@ -451,3 +451,19 @@ def test_pipeline_stops_when_its_connection_must_close(tmp_path: Any) -> None:
     closing = {"ok": False, "error": "pipeline: not run, the connection is closing"}
     assert reply["data"] == [{"ok": True, "data": "pong"}, {"ok": True, "data": "no"}] + [closing] * 49
     assert ran == [1] and transport.disconnecting
+
+
+def test_pipeline_stops_once_its_reply_surely_exceeds_a_frame(tmp_path: Any) -> None:
+    server = make_server(tmp_path)
+    chunk = "x" * (4 * 1024 * 1024)
+    ran: list[int] = []
+
+    def big(ctx: Any, request: Any) -> str:
+        ran.append(1)
+        return chunk
+
+    add_command(server, "big", big)
+    reply = server.request({"cmd": "pipeline", "commands": [{"cmd": "big"}] * 100})
+    assert reply["ok"] is False
+    assert reply["error"].startswith("reply too large: at least ")
+    assert len(ran) == 4  # just over 16 MiB: no more ran after that

@@ -9,9 +9,11 @@ from typing import Any
 from oxidb import __version__
 from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
-from oxidb.errors import BadRequestError, PipelineTooLongError
+from oxidb.errors import BadRequestError, PipelineTooLongError, ReplyTooLargeError
 from oxidb.server.dispatch import Reply, TopLevel, command_name
 from oxidb.server.workers import current_owner
+from oxidb.wire.codec import size_at_least
+from oxidb.wire.limits import MAX_FRAME
 
 #: the envelope of pipeline commands not run because the connection is closing.
 CLOSING = "pipeline: not run, the connection is closing"
@@ -115,14 +117,25 @@ def pipeline(ctx: CommandContext, request: dict[str, Any]) -> Any:
             finally:
                 current_owner.reset(token)
             if isinstance(outcome, Reply):
-                envelopes.append(outcome.envelope())
+                add(outcome)
                 continue
             return outcome.addCallback(_collect, index)
         return envelopes
 
     def _collect(reply: Reply, index: int) -> Any:
-        envelopes.append(reply.envelope())
+        add(reply)
         return run_from(index)
+
+    size = 0
+
+    def add(reply: Reply) -> None:
+        # Stop as soon as the whole reply surely exceeds a frame: it would
+        # be refused anyway, and 1000 large results must not pile up first.
+        nonlocal size
+        size += size_at_least(reply.value, MAX_FRAME - size)
+        if size > MAX_FRAME:
+            raise ReplyTooLargeError(f"at least {size}", MAX_FRAME)
+        envelopes.append(reply.envelope())
 
     return run_from(0)
 
