@@ -421,7 +421,7 @@ def test_large_frames_and_replies_are_coded_off_the_reactor(tmp_path: Any) -> No
     # ping behind it waits too (one connection's requests stay in order).
     assert replies(transport.value()) == [{"ok": True, "data": "pong"}]
     [(d, fn, args)] = offloaded
-    assert fn.__name__ == "decode_request"
+    assert fn.__name__ == "decode_large"
     d.callback(fn(*args))
     [_, (d, fn, args)] = offloaded
     assert fn.__name__ == "_encode"  # the large reply
@@ -467,3 +467,25 @@ def test_pipeline_stops_once_its_reply_surely_exceeds_a_frame(tmp_path: Any) -> 
     assert reply["ok"] is False
     assert reply["error"].startswith("reply too large: at least ")
     assert len(ran) == 4  # just over 16 MiB: no more ran after that
+
+
+def test_gc_pause_for_large_decodes_is_bounded() -> None:
+    import gc
+
+    from oxidb.server.protocol import _GcPause
+
+    pause = _GcPause()
+    assert gc.isenabled()
+    seen: list[bool] = []
+
+    def nested(depth: int) -> None:
+        seen.append(gc.isenabled())
+        if depth:
+            pause.run(nested, depth - 1)
+
+    # Overlapping decodes: collection stays off for at most MAX_STREAK of them.
+    pause.run(nested, _GcPause.MAX_STREAK + 3)
+    assert seen[: _GcPause.MAX_STREAK] == [False] * _GcPause.MAX_STREAK
+    assert gc.isenabled()
+    pause.run(lambda: seen.append(gc.isenabled()))
+    assert seen[-1] is False and gc.isenabled()
