@@ -489,3 +489,23 @@ def test_gc_pause_for_large_decodes_is_bounded() -> None:
     assert gc.isenabled()
     pause.run(lambda: seen.append(gc.isenabled()))
     assert seen[-1] is False and gc.isenabled()
+
+
+def test_a_frame_decoded_after_its_connection_closed_does_not_run(tmp_path: Any) -> None:
+    server = make_server(tmp_path)
+    ran: list[int] = []
+    add_command(server, "work", lambda ctx, request: ran.append(1))
+    offloaded: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def offload(owner: Any, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        offloaded.append((d, fn, args))
+        return d
+
+    server.factory.offload = offload  # type: ignore[method-assign]
+    protocol, _ = connect(server)
+    protocol.dataReceived(frame({"cmd": "work", "pad": "z" * OFFLOAD_BYTES}))
+    protocol.connectionLost()
+    [(d, fn, args)] = offloaded
+    d.callback(fn(*args))
+    assert ran == []

@@ -360,6 +360,9 @@ class OxiServerProtocol(Protocol):
             self._send(encode_error(WireFormat.JSON, InternalError().message))
 
     def _dispatch(self, decoded: tuple[WireFormat, object]) -> None:
+        if self._closed:  # closed while its frame was decoded on the pool
+            self._send(b"")
+            return
         fmt, request = decoded
         if type(request) is dict and "commands" in request:
             commands = request["commands"]
