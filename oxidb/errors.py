@@ -75,6 +75,46 @@ class UnavailableError(OxiError):
     """The server cannot serve the request now (shutting down, no leader, ...)."""
 
 
+# --- server resources (connections, frames, the worker pool) ---------------
+
+
+class ServerBusyError(UnavailableError):
+    """
+    A server-wide resource is exhausted; retrying later may succeed. The
+    argument names what is full and the limit's variable, e.g.
+    C{"worker queue full (OXIDB_POOL_QUEUE)"}.
+    """
+
+    template = "server busy: {0}"
+
+
+class PipelineTooLongError(BadRequestError):
+    """Arguments: the number of commands sent and the limit."""
+
+    template = "pipeline: {0} commands exceed the limit of {1} (OXIDB_MAX_PIPELINE)"
+
+
+class EncodedReplyTooLargeError(OxiError):
+    """
+    A reply would exceed the frame limit. Arguments: its encoded size and the
+    limit, both in bytes.
+    """
+
+    template = (
+        "reply too large: {0} bytes exceed the {1}-byte frame limit; "
+        "ask for fewer documents with 'limit' and 'skip'"
+    )
+
+
+class RequesterGoneError(OxiError):
+    """
+    Work dropped because the connection that asked for it has closed; no
+    client ever sees it.
+    """
+
+    template = "connection closed"
+
+
 # --- engine -----------------------------------------------------------------
 
 

@@ -67,7 +67,28 @@ ENGINE_ROWS: tuple[LimitRow, ...] = (
 
 # --- connections, frames and the worker pool (enforced by the server) ------
 
-SERVER_ROWS: tuple[LimitRow, ...] = ()
+SERVER_ROWS: tuple[LimitRow, ...] = (
+    LimitRow("max_connections", "OXIDB_MAX_CONNECTIONS", "max-connections", 1024, 0,
+             "open client connections at most; more are refused at once (0: no limit)"),
+    LimitRow("max_connections_per_ip", "OXIDB_MAX_CONNECTIONS_PER_IP", "max-connections-per-ip", 256, 0,
+             "open client connections from one address at most (0: no limit)"),
+    LimitRow("preauth_max_frame", "OXIDB_PREAUTH_MAX_FRAME", "preauth-max-frame", 65536, 1024,
+             "largest frame in bytes a connection may send before it has logged in (auth on)"),
+    LimitRow("login_timeout", "OXIDB_LOGIN_TIMEOUT", "login-timeout", 30, 0,
+             "seconds a connection has to complete a login before it is closed (auth on; 0: no limit)"),
+    LimitRow("max_pipeline", "OXIDB_MAX_PIPELINE", "max-pipeline", 1000, 1,
+             "commands in one pipeline request at most"),
+    LimitRow("max_queued_requests", "OXIDB_MAX_QUEUED_REQUESTS", "max-queued-requests", 256, 1,
+             "requests of one connection waiting or running (a pipeline counts its commands) "
+             "before the server stops reading from it"),
+    LimitRow("max_queued_bytes", "OXIDB_MAX_QUEUED_BYTES", "max-queued-bytes", 4 * 1024 * 1024, 65536,
+             "bytes of request frames one connection may have waiting before the server stops reading from it"),
+    LimitRow("pool_queue", "OXIDB_POOL_QUEUE", "pool-queue", 1024, 1,
+             "requests waiting for a worker thread at most; past it requests get 'server busy'"),
+    LimitRow("max_unsent_bytes", "OXIDB_MAX_UNSENT_BYTES", "max-unsent-bytes", 256 * 1024 * 1024, 1024 * 1024,
+             "encoded reply bytes waiting for slow clients to read them, all connections together; "
+             "past it large replies get 'server busy'"),
+)
 
 
 # --- login (enforced by the authentication layer) ---------------------------

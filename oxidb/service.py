@@ -98,7 +98,9 @@ class OxiService(MultiService):
         self.handle_signals = handle_signals
         data_dir = config.prepare_data_dir()
         self.shared = Services(config=config, clock=reactor, data_dir=data_dir, registry=default_registry())
-        self.threadpool = WorkerPool(reactor, config.pool_size, name="oxidb-pool")
+        self.threadpool = WorkerPool(
+            reactor, config.pool_size, name="oxidb-pool", owned=True, max_queued=config.limits.pool_queue
+        )
         self.shared.threadpool = self.threadpool
         self.shared.executor = LocalExecutor(reactor, self.threadpool, self.shared)
         self.dispatcher = Dispatcher(self.shared)

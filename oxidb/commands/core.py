@@ -9,8 +9,14 @@ from typing import Any
 from oxidb import __version__
 from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
-from oxidb.errors import BadRequestError
-from oxidb.server.dispatch import Reply, TopLevel
+from oxidb.errors import BadRequestError, PipelineTooLongError, EncodedReplyTooLargeError
+from oxidb.server.dispatch import Reply, TopLevel, command_name
+from oxidb.server.workers import current_owner
+from oxidb.wire.codec import size_at_least
+from oxidb.wire.limits import MAX_FRAME
+
+#: the envelope of pipeline commands not run because the connection is closing.
+CLOSING = "pipeline: not run, the connection is closing"
 
 #: wire versions this server speaks.
 WIRE_VERSIONS = (1,)
@@ -78,32 +84,58 @@ def hello(ctx: CommandContext, request: dict[str, Any]) -> TopLevel:
 
 def pipeline(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """
-    Run each sub-request through the full dispatch, in order, sharing the
-    session; reply with the list of their envelopes.
+    Run each sub-request through the full dispatch (the auth gate included),
+    in order, sharing the session; reply with the list of their envelopes.
+    At most C{max_pipeline} commands (limits table).
     """
     commands = request.get("commands")
     if not isinstance(commands, list):
         raise BadRequestError("pipeline: missing 'commands' array")
+    limit = ctx.services.config.limits.max_pipeline
+    if len(commands) > limit:
+        raise PipelineTooLongError(len(commands), limit)
     dispatcher = ctx.services.dispatcher
     envelopes: list[dict[str, Any]] = []
+    # Later commands run from callbacks: keep them the connection's work.
+    owner = current_owner.get()
 
     def run_from(index: int) -> Any:
         while index < len(commands):
+            if ctx.session.close_after_reply or (owner is not None and owner.gone):
+                # The connection is closing (too many failed logins) or
+                # closed: run nothing more for it.
+                envelopes.extend([{"ok": False, "error": CLOSING}] * (len(commands) - index))
+                break
             sub = commands[index]
             index += 1
-            if type(sub) is dict and sub.get("cmd") == "pipeline":
+            if command_name(sub) == "pipeline":
                 envelopes.append({"ok": False, "error": "pipeline: nested pipelines are not supported"})
                 continue
-            outcome = dispatcher.dispatch(ctx, sub)
+            token = current_owner.set(owner)
+            try:
+                outcome = dispatcher.dispatch(ctx, sub)
+            finally:
+                current_owner.reset(token)
             if isinstance(outcome, Reply):
-                envelopes.append(outcome.envelope())
+                add(outcome)
                 continue
             return outcome.addCallback(_collect, index)
         return envelopes
 
     def _collect(reply: Reply, index: int) -> Any:
-        envelopes.append(reply.envelope())
+        add(reply)
         return run_from(index)
+
+    size = 0
+
+    def add(reply: Reply) -> None:
+        # Stop as soon as the whole reply surely exceeds a frame: it would
+        # be refused anyway, and 1000 large results must not pile up first.
+        nonlocal size
+        size += size_at_least(reply.value, MAX_FRAME - size)
+        if size > MAX_FRAME:
+            raise EncodedReplyTooLargeError(f"at least {size}", MAX_FRAME)
+        envelopes.append(reply.envelope())
 
     return run_from(0)
 

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import attrs
 import orjson
-from twisted.logger import Logger
+from oxidb.logs import Logger
 from zope.interface import implementer
 
 from oxidb.audit.events import DENIED, OK, AuditEvent

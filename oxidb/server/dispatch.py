@@ -6,7 +6,7 @@ Processing order (server.md 3.1, with this project's RBAC table):
 
  1. the command name is C{cmd} (C{command} accepted as an alias);
  2. authentication gate: before login only C{pre_auth} commands run
-    (C{authentication required}; not audited);
+    (C{authentication required}); nothing is audited before login;
  3. RBAC (auth on): a denied command is audited as C{denied};
  4. unknown command -> C{unknown command: <cmd>};
  5. the handler; its outcome is audited as C{ok} or C{error}.
@@ -179,10 +179,13 @@ class Dispatcher:
         started: float,
         command: Any = None,
     ) -> None:
-        """Count the outcome and, unless the command audits itself, audit it."""
+        """
+        Count the outcome and, unless the command audits itself or the
+        session has not logged in (server.md 4.4), audit it.
+        """
         self._count(command, result, started)
         audit = self.services.audit
-        if audit is None or (command is not None and not command.audited):
+        if audit is None or (command is not None and not command.audited) or ctx.session.role is None:
             return
         field = command.audit_collection if command is not None else "collection"
         collection = request.get(field) if field and type(request) is dict else None

@@ -44,6 +44,12 @@ class LocalExecutor:
         self._services = services
 
     def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
+        """
+        On the pool, as the work of the connection being served (see
+        L{oxidb.server.workers}): may fail at once with C{server busy}, and
+        with L{oxidb.errors.RequesterGoneError} if that connection closes
+        before a thread picks the work up.
+        """
         return self._threadpool.defer(fn, *args, **kwargs)
 
     def write(self, op: dict[str, Any]) -> "Deferred[Any]":

@@ -2,11 +2,40 @@
 The client-port protocol: frames in, requests run strictly in order, replies
 out in the request's format.
 
-Flow control: when the client pipelines faster than we answer, queued frames
-pile up; above L{QUEUE_HIGH_FRAMES} or L{QUEUE_HIGH_BYTES} the protocol stops
-reading from the socket until the queue drains. When the client does not read
-its replies, the transport pauses us (we are its push producer) and no further
-request runs until it resumes, so neither direction buffers without bound.
+Every bound below is a row of the limits table (C{config.limits}, documented
+in docs/security.md, "Connections, frames and the worker pool").
+
+Input. Queued frames pile up when the client pipelines faster than we
+answer; when the waiting frames plus the executing request (a C{pipeline}
+counts as its number of commands) reach C{max_queued_requests}, or their
+bytes C{max_queued_bytes}, the protocol stops reading from the socket until
+the queue drains. A frame prefix above the frame limit closes the connection
+before any of its payload is buffered.
+
+Before login (auth on) a connection can do little, cheaply: its frame limit
+and its queued-bytes limit are C{preauth_max_frame}, only the pre-auth
+commands run (the dispatcher's gate, also for each command of a
+C{pipeline}), and it is closed when C{login_timeout} seconds pass without a
+completed login. A prefix is checked against the limit in force when it
+arrives, so a client sends large frames only after its login reply.
+
+The reactor thread never decodes or encodes much: a frame above
+L{OFFLOAD_BYTES} is decoded on the worker pool and a reply that is not
+surely small (L{oxidb.wire.codec.is_small}) is encoded there; the small
+frames of the fast path (C{ping}) stay synchronous. Work on the pool belongs
+to the connection (L{oxidb.server.workers.current_owner}): it is refused
+with C{server busy} when the pool's queue is full and dropped unrun once the
+connection has closed.
+
+Output. When the client does not read its replies, the transport pauses us
+(we are its push producer) and no further request runs until it resumes, so
+one connection holds at most one unsent reply. A reply is at most
+L{MAX_FRAME} bytes: a larger one is replaced by an error naming C{limit} and
+C{skip}. Bytes written while the transport is paused are counted for all
+connections together (L{OxiServerFactory.unsent}) until the transport has
+sent them; a reply above L{OFFLOAD_BYTES} that would take that count past
+C{max_unsent_bytes} is replaced by a C{server busy} error, so clients that
+do not read cannot make the server hold more than that.
 
 Timeouts (C{OXIDB_IDLE_TIMEOUT}, 0 = off): the idle timer runs only while no
 request of this connection is executing and restarts on every byte received;
@@ -16,6 +45,9 @@ trickled in slowly is cut too. Either closes the connection without a reply.
 
 from __future__ import annotations
 
+import gc
+import struct
+import threading
 from collections import deque
 from typing import Any
 
@@ -27,16 +59,86 @@ from zope.interface import implementer
 
 from oxidb.commands._context import CommandContext
 from oxidb.logs import Logger
-from oxidb.server.dispatch import Reply
+from oxidb.errors import (
+    DecodeError,
+    InternalError,
+    OxiError,
+    EncodedReplyTooLargeError,
+    ServerBusyError,
+)
+from oxidb.server.dispatch import Reply, command_name
 from oxidb.server.session import Session
-from oxidb.wire.codec import WireFormat, decode_request, encode_error, encode_json_top, encode_ok
+from oxidb.server.workers import current_owner
+from oxidb.wire.codec import (
+    WireFormat,
+    decode_request,
+    detect,
+    encode_error,
+    encode_json_top,
+    encode_ok,
+    is_small,
+)
 from oxidb.wire.framing import FrameDecoder, FrameTooLargeError, encode_frame
-from oxidb.errors import DecodeError
+from oxidb.wire.limits import MAX_FRAME
 
-#: stop reading from a client with this many requests queued ...
-QUEUE_HIGH_FRAMES = 256
-#: ... or this many bytes of queued request payloads.
-QUEUE_HIGH_BYTES = 4 * 1024 * 1024
+#: Frames above this many bytes are decoded on the worker pool; replies above
+#: it count against the unsent-bytes budget (it is also the transport's
+#: write buffer size, above which a write pauses us).
+OFFLOAD_BYTES = 64 * 1024
+
+_PREFIX = struct.Struct("<I")
+
+
+class _GcPause:
+    """
+    Cyclic garbage collection off while large frames are decoded on worker
+    threads. Decoding builds up to millions of containers; each automatic
+    full collection that triggers walks the whole heap holding the GIL,
+    which stalls the reactor thread for hundreds of milliseconds. A decoded
+    request holds no reference cycles, so nothing is lost by not looking.
+
+    Collection comes back on when no such decode runs, and at the latest
+    after L{MAX_STREAK} decodes, however they overlap: later ones run with
+    it on until the earlier ones have finished.
+    """
+
+    MAX_STREAK = 16
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._streak = 0
+        self._was_enabled = False
+
+    def run(self, fn: Any, *args: Any) -> Any:
+        with self._lock:
+            hold = self._streak < self.MAX_STREAK
+            if hold:
+                if not self._holders:
+                    self._was_enabled = gc.isenabled()
+                    gc.disable()
+                self._holders += 1
+                self._streak += 1
+        if not hold:
+            return fn(*args)
+        try:
+            return fn(*args)
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if not self._holders:
+                    self._streak = 0
+                    if self._was_enabled:
+                        gc.enable()
+
+
+_gc_pause = _GcPause()
+
+
+def decode_large(payload: bytes) -> tuple[WireFormat, object]:
+    """L{decode_request} for a worker thread (see L{_GcPause})."""
+    result: tuple[WireFormat, object] = _gc_pause.run(decode_request, payload)
+    return result
 
 
 def format_peer(address: Any) -> str:
@@ -49,30 +151,52 @@ def format_peer(address: Any) -> str:
 
 @implementer(IPushProducer)
 class OxiServerProtocol(Protocol):
-    """One client connection. See the module docstring."""
+    """
+    One client connection. See the module docstring.
+
+    @ivar host: the client's address (for the per-address connection
+        count), or None.
+    """
 
     _log = Logger()
     #: an ITCPTransport (or TLS) that is also an IPushProducer, once connected.
     transport: Any
 
-    def __init__(self, factory: "OxiServerFactory") -> None:
+    def __init__(self, factory: "OxiServerFactory", host: str | None = None) -> None:
         self.factory = factory
+        self.host = host
         self._decoder = FrameDecoder()
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
+        # Requests the executing one counts for (a pipeline: its commands).
+        self._weight = 0
+        self._max_requests: int = factory.max_queued_requests
+        self._max_bytes: int = factory.max_queued_bytes
         self._busy = False
         self._running = False
         self._reading_paused = False
         self._writing_paused = False
+        # Reply bytes written while the transport was paused (see unsent).
+        self._unsent = 0
         self._closed = False
         self._close_when_answered = False
         self._draining = False
         self._drained: list[Any] = []
         self._timer: IDelayedCall | None = None
+        self._login_timer: IDelayedCall | None = None
+        self._preauth = False
         self._last_activity = 0.0
         self._frame_started: float | None = None
         self.session: Session
         self.ctx: CommandContext
+
+    @property
+    def gone(self) -> bool:
+        """
+        No reply will be written on this connection any more: work done
+        for it can be dropped. Read from worker threads.
+        """
+        return self._closed
 
     # --- connection lifecycle ------------------------------------------------
 
@@ -82,6 +206,11 @@ class OxiServerProtocol(Protocol):
         tls = ISSLTransport.providedBy(self.transport)
         if factory.services.auth_enabled:
             self.session = Session(peer=peer, tls=tls)
+            self._preauth = True
+            self._decoder.max_frame = factory.preauth_max_frame
+            self._max_bytes = min(self._max_bytes, factory.preauth_max_frame)
+            if factory.login_timeout:
+                self._login_timer = factory.clock.callLater(factory.login_timeout, self._login_expired)
         else:
             self.session = Session.anonymous_admin(peer, tls=tls)
         self.ctx = CommandContext(self.session, factory.services)
@@ -101,6 +230,7 @@ class OxiServerProtocol(Protocol):
         self._closed = True
         self._cancel_timer()
         self._queue.clear()
+        self._release_unsent()
         # An open transaction dies with its connection (server.md 1.7).
         self.session.tx = None
         self.session.auth_state = None
@@ -126,6 +256,20 @@ class OxiServerProtocol(Protocol):
         for d in waiting:
             d.callback(None)
 
+    def _logged_in(self) -> None:
+        """The session has just logged in: lift the pre-login limits."""
+        self._preauth = False
+        self._cancel_login_timer()
+        self._decoder.max_frame = MAX_FRAME
+        self._max_bytes = self.factory.max_queued_bytes
+
+    def _login_expired(self) -> None:
+        self._login_timer = None
+        if self._closed or self.session.role is not None:
+            return
+        self._log.info("login timeout for {peer}, disconnecting", peer=self.session.peer)
+        self._abort()
+
     # --- input -----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
@@ -139,11 +283,20 @@ class OxiServerProtocol(Protocol):
         try:
             frames = self._decoder.feed(data)
         except FrameTooLargeError as e:
-            self._log.warn(
-                "read error from {peer}: message too large (>16 MiB): declared {length} bytes",
-                peer=self.session.peer,
-                length=e.length,
-            )
+            if self._preauth and e.length <= MAX_FRAME:
+                self._log.warn(
+                    "read error from {peer}: frame of {length} bytes before login (limit {limit}, "
+                    "OXIDB_PREAUTH_MAX_FRAME)",
+                    peer=self.session.peer,
+                    length=e.length,
+                    limit=self._decoder.max_frame,
+                )
+            else:
+                self._log.warn(
+                    "read error from {peer}: message too large (>16 MiB): declared {length} bytes",
+                    peer=self.session.peer,
+                    length=e.length,
+                )
             if not e.frames or self._draining:
                 self._abort()
                 return
@@ -177,32 +330,119 @@ class OxiServerProtocol(Protocol):
                 payload = self._queue.popleft()
                 self._queued_bytes -= len(payload)
                 self._busy = True
+                self._weight = 1
                 self._handle(payload)
         finally:
             self._running = False
         self._update_reading()
 
     def _handle(self, payload: bytes) -> None:
+        if len(payload) > OFFLOAD_BYTES:
+            d = self.factory.offload(self, decode_large, payload)
+            if d is not None:
+                d.addCallbacks(self._dispatch, self._decode_failed, errbackArgs=(payload,))
+                return
         try:
-            fmt, request = decode_request(payload)
+            decoded = decode_request(payload)
         except DecodeError as e:
             self._send(encode_error(WireFormat.JSON, e.message))
             return
+        self._dispatch(decoded)
+
+    def _decode_failed(self, failure: Failure, payload: bytes) -> None:
+        error = failure.value
+        if isinstance(error, DecodeError):
+            self._send(encode_error(WireFormat.JSON, error.message))
+        elif isinstance(error, OxiError):  # server busy, or the connection is gone
+            self._send(encode_error(detect(payload), error.message))
+        else:
+            self._log.failure("decoding failed for {peer}", failure, peer=self.session.peer)
+            self._send(encode_error(WireFormat.JSON, InternalError().message))
+
+    def _dispatch(self, decoded: tuple[WireFormat, object]) -> None:
+        if self._closed:  # closed while its frame was decoded on the pool
+            self._send(b"")
+            return
+        fmt, request = decoded
+        if type(request) is dict and "commands" in request:
+            commands = request["commands"]
+            if type(commands) is list and len(commands) > 1 and command_name(request) == "pipeline":
+                self._weight = len(commands)
+                self._update_reading()
+        # Work this request sends to the worker pool belongs to this connection.
+        token = current_owner.set(self)
         try:
             outcome = self.factory.dispatcher.dispatch(self.ctx, request)
         except Exception:
+            current_owner.reset(token)
             self._log.failure("dispatch failed for {peer}", peer=self.session.peer)
-            self._send(encode_error(fmt, "internal error"))
+            self._send(encode_error(fmt, InternalError().message))
             return
-        if type(outcome) is Reply:
-            self._send(self._encode(fmt, outcome))
-        else:
-            outcome.addCallback(lambda reply: self._send(self._encode(fmt, reply)))
+        current_owner.reset(token)
+        if type(outcome) is not Reply:
+            outcome.addCallback(self._reply, fmt)
             outcome.addErrback(self._unexpected, fmt)
+            return
+        value = outcome.value
+        if type(value) is str and len(value) <= 4096 and not outcome.top_level:
+            # The fast path (ping, every error): small, encoded inline.
+            try:
+                payload = encode_ok(fmt, value) if outcome.ok else encode_error(fmt, value)
+            except Exception:
+                self._encode_failed(Failure(), fmt)
+                return
+            self._send(payload)
+            return
+        self._reply(outcome, fmt)
 
     def _unexpected(self, failure: Failure, fmt: WireFormat) -> None:
         self._log.failure("reply failed for {peer}", failure, peer=self.session.peer)
-        self._send(encode_error(fmt, "internal error"))
+        self._send(encode_error(fmt, InternalError().message))
+
+    # --- output ------------------------------------------------------------
+
+    def _reply(self, reply: Reply, fmt: WireFormat) -> None:
+        """Encode C{reply} (on the pool unless it is small) and send it."""
+        if self._closed:
+            self._send(b"")
+            return
+        if reply.ok and not reply.top_level and not is_small(reply.value):
+            d = self.factory.offload(self, self._encode, fmt, reply)
+            if d is not None:
+                d.addCallbacks(self._encoded, self._encode_failed, callbackArgs=(fmt,), errbackArgs=(fmt,))
+                return
+        try:
+            payload = self._encode(fmt, reply)
+        except Exception:
+            self._encode_failed(Failure(), fmt)
+            return
+        if len(payload) > OFFLOAD_BYTES:
+            payload = self._bounded(payload, fmt)
+        self._send(payload)
+
+    def _encode_failed(self, failure: Failure, fmt: WireFormat) -> None:
+        error = failure.value
+        if isinstance(error, OxiError):  # server busy, or the connection is gone
+            self._send(encode_error(fmt, error.message))
+            return
+        self._log.failure("encoding the reply failed for {peer}", failure, peer=self.session.peer)
+        self._send(encode_error(fmt, InternalError().message))
+
+    def _encoded(self, payload: bytes, fmt: WireFormat) -> None:
+        self._send(self._bounded(payload, fmt))
+
+    def _bounded(self, payload: bytes, fmt: WireFormat) -> bytes:
+        """
+        C{payload}, or an error in its place when it is too large for a
+        frame or for the unsent-bytes budget.
+        """
+        size = len(payload)
+        if size > MAX_FRAME:
+            return encode_error(fmt, EncodedReplyTooLargeError(size, MAX_FRAME).message)
+        if size > OFFLOAD_BYTES and not self.factory.unsent_fits(size + 4):
+            self.factory.replies_refused += 1
+            return encode_error(fmt, ServerBusyError("too many reply bytes unsent (OXIDB_MAX_UNSENT_BYTES)").message)
+        return payload
 
     @staticmethod
     def _encode(fmt: WireFormat, reply: Reply) -> bytes:
@@ -215,14 +455,27 @@ class OxiServerProtocol(Protocol):
     def _send(self, payload: bytes) -> None:
         """Write one reply and move on to the next request."""
         self._busy = False
+        self._weight = 0
         if self._closed:
             self._fire_drained()
             return
-        frame = encode_frame(payload)
+        size = len(payload) + 4
+        if size <= OFFLOAD_BYTES:
+            self.transport.write(encode_frame(payload))
+        else:
+            # Two writes: no copy of a large payload just to prefix it.
+            self.transport.write(_PREFIX.pack(len(payload)))
+            self.transport.write(payload)
+        if self._writing_paused:
+            # The transport holds more than its buffer size: count the reply
+            # against the budget until it has been sent (resumeProducing).
+            self._unsent += size
+            self.factory.unsent += size
         metrics = self.factory.services.metrics
         if metrics is not None:
-            metrics.bytes_sent(len(frame))
-        self.transport.write(frame)
+            metrics.bytes_sent(size)
+        if self._preauth and self.session.role is not None:
+            self._logged_in()
         if self.session.close_after_reply or self._draining:
             self._fire_drained()
             if self.session.close_after_reply:
@@ -238,12 +491,17 @@ class OxiServerProtocol(Protocol):
             self._cancel_timer()
             self.transport.loseConnection()
 
+    def _release_unsent(self) -> None:
+        if self._unsent:
+            self.factory.unsent -= self._unsent
+            self._unsent = 0
+
     # --- flow control ----------------------------------------------------
 
     def _update_reading(self) -> None:
         if self._closed or self._close_when_answered:
             return
-        full = len(self._queue) >= QUEUE_HIGH_FRAMES or self._queued_bytes >= QUEUE_HIGH_BYTES
+        full = len(self._queue) + self._weight >= self._max_requests or self._queued_bytes >= self._max_bytes
         if full and not self._reading_paused:
             self._reading_paused = True
             self.transport.pauseProducing()
@@ -259,7 +517,9 @@ class OxiServerProtocol(Protocol):
         self._writing_paused = True
 
     def resumeProducing(self) -> None:
+        """The transport has sent everything it held."""
         self._writing_paused = False
+        self._release_unsent()
         self._run()
 
     def stopProducing(self) -> None:
@@ -269,6 +529,7 @@ class OxiServerProtocol(Protocol):
     #
     # One timer per connection, re-armed lazily: the hot path only records
     # timestamps, and the timer works out on expiry whether a deadline passed.
+    # The login deadline has a timer of its own, cancelled at login.
 
     def _arm_timer(self) -> None:
         timeout = self.factory.services.config.idle_timeout
@@ -301,6 +562,13 @@ class OxiServerProtocol(Protocol):
             if self._timer.active():
                 self._timer.cancel()
             self._timer = None
+        self._cancel_login_timer()
+
+    def _cancel_login_timer(self) -> None:
+        if self._login_timer is not None:
+            if self._login_timer.active():
+                self._login_timer.cancel()
+            self._login_timer = None
 
     def _abort(self) -> None:
         self._closed = True
@@ -309,14 +577,42 @@ class OxiServerProtocol(Protocol):
         self.transport.abortConnection()
 
 
+class _RefusedProtocol(Protocol):
+    """A connection over a connection limit: one error frame, then closed."""
+
+    transport: Any
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def connectionMade(self) -> None:
+        self.transport.write(encode_frame(encode_error(WireFormat.JSON, self.message)))
+        self.transport.loseConnection()
+
+
 class OxiServerFactory(Factory):
     """
     Builds L{OxiServerProtocol}s and keeps the set of live connections.
 
-    @ivar services: the service's shared parts.
+    Connections over C{max_connections}, or over C{max_connections_per_ip}
+    from one address, get one short C{server busy} error frame and are
+    closed at once.
+
+    @ivar services: the service's shared parts; the limits are read from
+        C{services.config.limits} once, here.
     @ivar dispatcher: the L{oxidb.server.dispatch.Dispatcher}.
     @ivar clock: an IReactorTime for the timeouts.
+    @ivar unsent: reply bytes written by all connections while their
+        transports were paused, not yet sent.
+    @ivar refused: connections refused by a connection limit.
+    @ivar replies_refused: replies replaced by C{server busy} because of
+        C{max_unsent_bytes}.
     """
+
+    _log = Logger()
+
+    #: seconds between two log lines about refused connections.
+    REFUSAL_LOG_INTERVAL = 60.0
 
     def __init__(self, services: Any, dispatcher: Any, clock: Any) -> None:
         self.services = services
@@ -324,13 +620,47 @@ class OxiServerFactory(Factory):
         self.clock = clock
         self.connections: set[OxiServerProtocol] = set()
         self.connections_total = 0
+        limits = services.config.limits
+        self.max_connections: int = limits.max_connections
+        self.max_connections_per_ip: int = limits.max_connections_per_ip
+        self.preauth_max_frame: int = limits.preauth_max_frame
+        self.login_timeout: int = limits.login_timeout
+        self.max_queued_requests: int = limits.max_queued_requests
+        self.max_queued_bytes: int = limits.max_queued_bytes
+        self.max_unsent_bytes: int = limits.max_unsent_bytes
+        self.per_host: dict[str, int] = {}
+        self.unsent = 0
+        self.refused = 0
+        self.replies_refused = 0
+        self._refusals_logged = 0
+        self._refusal_logged_at: float | None = None
 
-    def buildProtocol(self, addr: Any) -> OxiServerProtocol:
-        return OxiServerProtocol(self)
+    def buildProtocol(self, addr: Any) -> Protocol:
+        host = getattr(addr, "host", None)
+        if self.max_connections and len(self.connections) >= self.max_connections:
+            return self._refuse("too many connections (OXIDB_MAX_CONNECTIONS)")
+        if host is not None and self.max_connections_per_ip and self.per_host.get(host, 0) >= self.max_connections_per_ip:
+            return self._refuse("too many connections from your address (OXIDB_MAX_CONNECTIONS_PER_IP)")
+        return OxiServerProtocol(self, host)
+
+    def _refuse(self, why: str) -> Protocol:
+        self.refused += 1
+        now = self.clock.seconds()
+        if self._refusal_logged_at is None or now - self._refusal_logged_at >= self.REFUSAL_LOG_INTERVAL:
+            self._log.warn(
+                "refusing client connections: {why} ({count} refused since the last report)",
+                why=why,
+                count=self.refused - self._refusals_logged,
+            )
+            self._refusal_logged_at = now
+            self._refusals_logged = self.refused
+        return _RefusedProtocol(ServerBusyError(why).message)
 
     def connection_opened(self, protocol: OxiServerProtocol) -> None:
         self.connections.add(protocol)
         self.connections_total += 1
+        if protocol.host is not None:
+            self.per_host[protocol.host] = self.per_host.get(protocol.host, 0) + 1
         metrics = self.services.metrics
         if metrics is not None:
             metrics.connection_opened()
@@ -338,6 +668,32 @@ class OxiServerFactory(Factory):
     def connection_closed(self, protocol: OxiServerProtocol) -> None:
         if protocol in self.connections:
             self.connections.discard(protocol)
+            host = protocol.host
+            if host is not None:
+                left = self.per_host.get(host, 1) - 1
+                if left > 0:
+                    self.per_host[host] = left
+                else:
+                    self.per_host.pop(host, None)
             metrics = self.services.metrics
             if metrics is not None:
                 metrics.connection_closed()
+
+    def unsent_fits(self, size: int) -> bool:
+        """
+        May a reply of C{size} bytes be written now? Always when nothing is
+        unsent (so that any reply up to the frame limit can go out), else
+        only within C{max_unsent_bytes}.
+        """
+        return not self.unsent or self.unsent + size <= self.max_unsent_bytes
+
+    def offload(self, owner: Any, fn: Any, *args: Any) -> "Deferred[Any] | None":
+        """
+        Run C{fn(*args)} on the worker pool for C{owner}; None when there is
+        no started pool (the caller then runs it inline).
+        """
+        pool = self.services.threadpool
+        if pool is None or not pool.started:
+            return None
+        d: Deferred[Any] = pool.submit(owner, fn, *args)
+        return d

@@ -15,6 +15,18 @@ trips/s for Twisted's pool, 160k for this one.
 It also offers C{callInThread} and C{callInThreadWithCallback}, so code written
 for Twisted's C{ThreadPool} (C{deferToThreadPool}, C{WSGIResource}) runs on it
 unchanged.
+
+Admission (an I{owned} pool, the server's main one): work done for a client
+connection has an I{owner}, the connection (anything with a C{gone}
+attribute). L{defer} takes the owner from L{current_owner}, which the
+protocol sets while it dispatches a request (coroutines started then keep
+it), or L{submit} takes it explicitly. Owned work is refused at once with
+L{ServerBusyError} when C{max_queued} jobs are already waiting, and a job
+whose owner is gone by the time a worker picks it up is not run: its
+Deferred fails with L{RequesterGoneError}. Work without an owner (startup,
+shutdown, scheduler ticks, Raft snapshots, C{callInThread}) is always
+admitted and always runs. Pools that must never drop work (the Raft I/O
+thread) are created unowned and ignore owners altogether.
 """
 
 from __future__ import annotations
@@ -22,14 +34,20 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
+from contextvars import ContextVar
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
+from oxidb.errors import RequesterGoneError, ServerBusyError
 from oxidb.logs import Logger
 
 _STOP = object()
+
+#: The owner of the work submitted now (see the module docstring): the
+#: client connection whose request is being dispatched, or None.
+current_owner: ContextVar[Any] = ContextVar("oxidb_work_owner", default=None)
 
 
 class WorkerPool:
@@ -39,16 +57,27 @@ class WorkerPool:
     @param reactor: results are delivered on its thread (C{callFromThread}).
     @param size: the number of threads.
     @param name: thread name prefix.
+    @param owned: honour owners (admission and dropping; module docstring).
+    @param max_queued: owned jobs waiting at most (0: no limit); read as
+        C{max_queued} and may be changed.
     """
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, size: int, name: str = "oxidb-worker") -> None:
+    def __init__(
+        self, reactor: Any, size: int, name: str = "oxidb-worker", *, owned: bool = False, max_queued: int = 0
+    ) -> None:
         if size < 1:
             raise ValueError("a worker pool needs at least one thread")
         self._reactor = reactor
         self.size = size
         self.name = name
+        self.owned = owned
+        self.max_queued = max_queued
+        #: owned jobs refused because the queue was full, and dropped
+        #: because their owner had gone (counters for tests and metrics).
+        self.refused = 0
+        self.dropped = 0
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._results: deque[tuple[Deferred[Any], bool, Any]] = deque()
         self._lock = threading.Lock()
@@ -60,6 +89,11 @@ class WorkerPool:
     def busy(self) -> int:
         """Threads running a job now (a snapshot; safe from any thread)."""
         return self._busy
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a thread (a snapshot)."""
+        return self._jobs.qsize()
 
     @property
     def started(self) -> bool:
@@ -84,16 +118,34 @@ class WorkerPool:
     # --- submitting work (reactor thread) ---------------------------------
 
     def defer(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
-        """Run C{fn(*args, **kwargs)} on a worker; fire on the reactor thread."""
+        """
+        Run C{fn(*args, **kwargs)} on a worker; fire on the reactor thread.
+        In an owned pool the work belongs to L{current_owner}.
+        """
+        return self.submit(current_owner.get() if self.owned else None, fn, *args, **kwargs)
+
+    def submit(self, owner: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
+        """
+        Like L{defer}, for C{owner} (None: no owner). Fails at once with
+        L{ServerBusyError} when the queue is full, and later with
+        L{RequesterGoneError} if C{owner.gone} is true when a worker picks
+        the job up.
+        """
+        if owner is not None and self.owned:
+            if self.max_queued and self._jobs.qsize() >= self.max_queued:
+                self.refused += 1
+                return fail(ServerBusyError("worker queue full (OXIDB_POOL_QUEUE)"))
+        else:
+            owner = None
         d: Deferred[Any] = Deferred()
-        self._jobs.put((d, fn, args, kwargs))
+        self._jobs.put((d, fn, args, kwargs, owner))
         return d
 
     def callInThreadWithCallback(
         self, onResult: Callable[[bool, Any], None] | None, func: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> None:
         """C{ThreadPool}'s API: C{onResult(success, result)} runs on the worker thread."""
-        self._jobs.put((onResult, func, args, kwargs))
+        self._jobs.put((onResult, func, args, kwargs, None))
 
     def callInThread(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         self.callInThreadWithCallback(None, func, *args, **kwargs)
@@ -107,15 +159,20 @@ class WorkerPool:
             job = get()
             if job is _STOP:
                 return
-            target, fn, args, kwargs = job
-            with lock:
-                self._busy += 1
-            try:
-                result, ok = fn(*args, **kwargs), True
-            except BaseException:
-                result, ok = Failure(), False
-            with lock:
-                self._busy -= 1
+            target, fn, args, kwargs, owner = job
+            if owner is not None and owner.gone:
+                with lock:
+                    self.dropped += 1
+                result, ok = Failure(RequesterGoneError()), False
+            else:
+                with lock:
+                    self._busy += 1
+                try:
+                    result, ok = fn(*args, **kwargs), True
+                except BaseException:
+                    result, ok = Failure(), False
+                with lock:
+                    self._busy -= 1
             if type(target) is Deferred:
                 with lock:
                     self._results.append((target, ok, result))

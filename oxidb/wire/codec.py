@@ -12,6 +12,7 @@ str(error))}) and the C{hello} success reply is always top-level JSON
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 from oxidb.errors import DecodeError
 from oxidb.wire import _json, _msgpack, oxiwire
@@ -28,6 +29,8 @@ __all__ = [
     "encode_error",
     "encode_json_top",
     "encode_ok",
+    "is_small",
+    "size_at_least",
 ]
 
 
@@ -103,6 +106,72 @@ def encode_error(fmt: WireFormat, message: str) -> bytes:
     if fmt is WireFormat.OXIWIRE:
         return oxiwire.encode_error(message)
     return _msgpack.encode({"ok": False, "error": message})
+
+
+def is_small(value: object, budget: int = 1024) -> bool:
+    """
+    Whether C{value} is surely cheap to encode in every format, looking at
+    no more than about C{budget} of its parts: every value counts 1, a
+    container also the number of its elements, a string or L{RawJSON} text
+    also one per 64 characters. False as soon as the count passes
+    C{budget}, so the answer costs little even for a huge value. A server
+    encodes small replies inline and hands the others to a worker thread.
+    """
+    stack: list[Any] = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is str:
+            budget -= 1 + len(item) // 64
+        elif kind is RawJSON:
+            budget -= 1 + len(item.text) // 64
+        elif kind is dict:
+            budget -= 1 + len(item)
+            if budget < 0:
+                return False
+            extend(item.values())
+        elif kind is list or kind is tuple:
+            budget -= 1 + len(item)
+            if budget < 0:
+                return False
+            extend(item)
+        else:
+            budget -= 1
+        if budget < 0:
+            return False
+    return True
+
+
+def size_at_least(value: object, limit: int) -> int:
+    """
+    A lower bound of the size of C{value} encoded in any format. Every
+    value counts one byte, a string its length, a L{RawJSON} text a fifth of
+    its length (C{false} is five characters of JSON, one byte of
+    MessagePack). The walk stops as soon as the bound passes C{limit}, so it
+    costs no more than the first C{limit} bytes' worth of C{value}.
+    """
+    total = 0
+    stack: list[Any] = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is str:
+            total += 1 + len(item)
+        elif kind is RawJSON:
+            total += 1 + len(item.text) // 5
+        elif kind is dict:
+            total += 1 + sum(map(len, item))
+            extend(item.values())
+        elif kind is list or kind is tuple:
+            total += 1
+            extend(item)
+        else:
+            total += 1
+        if total > limit:
+            break
+    return total
 
 
 def encode_json_top(obj: dict[str, object]) -> bytes:

@@ -61,6 +61,19 @@ class FrameDecoder:
         self._failure: FrameTooLargeError | None = None
 
     @property
+    def max_frame(self) -> int:
+        """
+        The largest payload a prefix may declare. It may be changed between
+        calls to L{feed} (a server raises it once a client has logged in);
+        a prefix is checked against the value in force when it arrives.
+        """
+        return self._max_frame
+
+    @max_frame.setter
+    def max_frame(self, value: int) -> None:
+        self._max_frame = value
+
+    @property
     def in_frame(self) -> bool:
         """Some bytes of an unfinished frame are buffered."""
         return len(self._buffer) > self._start

@@ -1,0 +1,511 @@
+"""
+Resource limits of the client port, one test (or a few) per attack class:
+what an unauthenticated client may send, pipelines, the worker pool's
+admission and dropping, connection caps, clients that do not read, reply
+size, and keeping big decodes and encodes off the reactor.
+
+All in memory: StringTransport connections on a MemoryReactorClock.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from typing import Any, Callable
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
+
+from oxidb.audit.events import AuditEvent, Auditor
+from oxidb.auth.rbac import Role
+from oxidb.commands._registry import Command
+from oxidb.config import Config
+from oxidb.errors import RequesterGoneError, ServerBusyError
+from oxidb.server.executor import LocalExecutor
+from oxidb.server.protocol import OFFLOAD_BYTES
+from oxidb.server.workers import WorkerPool
+from oxidb.testing import MemoryServer, result_of
+from oxidb.wire.framing import MAX_FRAME, encode_frame
+
+
+def frame(obj: Any) -> bytes:
+    return encode_frame(json.dumps(obj).encode())
+
+
+def replies(data: bytes) -> list[Any]:
+    """The JSON replies in C{data}, a stream of frames."""
+    out = []
+    while data:
+        (n,) = struct.unpack_from("<I", data)
+        out.append(json.loads(data[4 : 4 + n]))
+        data = data[4 + n :]
+    return out
+
+
+def fake_login(ctx: Any, request: Any) -> str:
+    """A stand-in for a completed login, so that no password hashing runs."""
+    ctx.session.user, ctx.session.role = "admin", Role.ADMIN
+    return "logged in"
+
+
+def make_server(tmp_path: Any, auth: bool = False, **env: str) -> MemoryServer:
+    environ = {"OXIDB_DATA": str(tmp_path), **env}
+    if auth:
+        environ["OXIDB_AUTH"] = "true"
+    server = MemoryServer(Config.from_sources(environ))
+    server.services.registry.add(Command("fake_login", fake_login, pre_auth=True, audited=False))
+    return server
+
+
+def connect(server: MemoryServer, host: str = "10.0.0.1", transport: Any = None) -> tuple[Any, Any]:
+    transport = StringTransport() if transport is None else transport
+    protocol = server.factory.buildProtocol(IPv4Address("TCP", host, 40000))
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def add_command(server: MemoryServer, name: str, fn: Callable[..., Any], **kw: Any) -> None:
+    server.services.registry.add(Command(name, fn, **kw))
+
+
+def add_slow(server: MemoryServer, **kw: Any) -> list[Deferred[Any]]:
+    pending: list[Deferred[Any]] = []
+
+    def slow(ctx: Any, request: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        pending.append(d)
+        return d
+
+    add_command(server, "slow", slow, **kw)
+    return pending
+
+
+# --- before login -------------------------------------------------------------
+
+
+def test_preauth_frame_over_the_limit_closes_on_its_prefix(tmp_path: Any) -> None:
+    server = make_server(tmp_path, auth=True)
+    protocol, transport = connect(server)
+    # The 4-byte prefix alone is enough: none of the payload is awaited.
+    protocol.dataReceived(struct.pack("<I", 64 * 1024 + 1))
+    assert transport.value() == b""
+    assert protocol.gone and transport.disconnecting
+    # Exactly the limit is a frame like any other.
+    protocol, transport = connect(server)
+    body = b'{"cmd":"ping","pad":"' + b"x" * (64 * 1024 - 23) + b'"}'
+    protocol.dataReceived(encode_frame(body))
+    assert replies(transport.value()) == [{"ok": True, "data": "pong"}]
+
+
+def test_frames_up_to_16_mib_once_logged_in(tmp_path: Any) -> None:
+    server = make_server(tmp_path, auth=True)
+    protocol, transport = connect(server)
+    protocol.dataReceived(frame({"cmd": "fake_login"}))
+    body = b'{"cmd":"ping","pad":"' + b"x" * (1024 * 1024) + b'"}'
+    protocol.dataReceived(encode_frame(body))
+    assert replies(transport.value())[1] == {"ok": True, "data": "pong"}
+    assert not protocol.gone
+
+
+def test_preauth_queued_bytes_are_bounded_by_the_frame_limit(tmp_path: Any) -> None:
+    server = make_server(tmp_path, auth=True)
+    add_slow(server, pre_auth=True)
+    protocol, transport = connect(server)
+    protocol.dataReceived(frame({"cmd": "slow"}) + frame({"cmd": "ping", "pad": "x" * 1000}) * 70)
+    assert transport.producerState == "paused"
+
+
+def test_preauth_pipeline_runs_only_preauth_commands(tmp_path: Any) -> None:
+    server = make_server(tmp_path, auth=True)
+    protocol, transport = connect(server)
+    request = {
+        "command": "pipeline",
+        "commands": [
+            {"cmd": "find", "collection": "c"},
+            {"command": "find", "collection": "c"},
+            {"cmd": "ping"},
+            {"command": "pipeline", "commands": [{"cmd": "find", "collection": "c"}]},
+            {"cmd": "pipeline", "commands": [{"cmd": "find", "collection": "c"}]},
+        ],
+    }
+    protocol.dataReceived(frame(request))
+    required = {"ok": False, "error": "authentication required"}
+    nested = {"ok": False, "error": "pipeline: nested pipelines are not supported"}
+    pong = {"ok": True, "data": "pong"}
+    assert replies(transport.value()) == [{"ok": True, "data": [required, required, pong, nested, nested]}]
+
+
+def test_login_deadline_closes_the_connection(tmp_path: Any) -> None:
+    server = make_server(tmp_path, auth=True, OXIDB_LOGIN_TIMEOUT="5", OXIDB_IDLE_TIMEOUT="0")
+    idle, _ = connect(server)
+    pinging, _ = connect(server)
+    logged_in, _ = connect(server)
+    logged_in.dataReceived(frame({"cmd": "fake_login"}))
+    for _ in range(4):
+        server.clock.advance(1)
+        pinging.dataReceived(frame({"cmd": "ping"}))  # activity does not extend the deadline
+    assert not idle.gone and not pinging.gone
+    server.clock.advance(1)
+    assert idle.gone and pinging.gone
+    assert not logged_in.gone
+    server.clock.advance(1000)
+    assert not logged_in.gone
+
+
+def test_nothing_before_login_is_audited(tmp_path: Any) -> None:
+    server = make_server(tmp_path, auth=True)
+    events: list[AuditEvent] = []
+
+    class Sink:
+        def record(self, event: AuditEvent) -> None:
+            events.append(event)
+
+    server.services.audit = Auditor(server.clock, [Sink()])
+    protocol, _ = connect(server)
+    requests = [
+        {"cmd": "ping"},
+        {"cmd": "hello"},
+        {"cmd": "find", "collection": "c"},
+        {"cmd": "pipeline", "commands": [{"cmd": "ping"}] * 5},
+    ]
+    protocol.dataReceived(b"".join(frame(r) for r in requests * 10))
+    assert events == []
+    protocol.dataReceived(frame({"cmd": "fake_login"}) + frame({"cmd": "ping"}))
+    assert [(e.user, e.cmd, e.result) for e in events] == [("admin", "ping", "ok")]
+
+
+# --- pipelines ----------------------------------------------------------------
+
+
+def test_pipeline_has_an_element_cap(tmp_path: Any) -> None:
+    server = make_server(tmp_path, OXIDB_MAX_PIPELINE="3")
+    assert server.request({"cmd": "pipeline", "commands": [{"cmd": "ping"}] * 3})["ok"]
+    assert server.request({"cmd": "pipeline", "commands": [{}] * 4}) == {
+        "ok": False,
+        "error": "pipeline: 4 commands exceed the limit of 3 (OXIDB_MAX_PIPELINE)",
+    }
+
+
+def test_a_pipelines_commands_count_as_queued_requests(tmp_path: Any) -> None:
+    server = make_server(tmp_path, OXIDB_MAX_QUEUED_REQUESTS="8")
+    pending = add_slow(server)
+    protocol, transport = connect(server)
+    protocol.dataReceived(frame({"cmd": "pipeline", "commands": [{"cmd": "slow"}] * 7}))
+    assert transport.producerState == "producing"
+    protocol.dataReceived(frame({"cmd": "ping"}))
+    assert transport.producerState == "paused"  # 7 running + 1 waiting
+    while pending:
+        pending.pop(0).callback(1)
+    assert transport.producerState == "producing"
+    assert len(replies(transport.value())) == 2
+
+
+# --- the worker pool ----------------------------------------------------------
+
+
+class QueuedReactor:
+    """C{callFromThread} records calls; the test runs them as the reactor would."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self.lock = threading.Lock()
+
+    def callFromThread(self, fn: Callable[..., Any], *args: Any) -> None:
+        with self.lock:
+            self.calls.append((fn, args))
+
+    def run_pending(self) -> None:
+        with self.lock:
+            calls, self.calls = self.calls, []
+        for fn, args in calls:
+            fn(*args)
+
+    def seconds(self) -> float:
+        return 0.0
+
+
+class Owner:
+    gone = False
+
+
+@pytest.fixture
+def blocked_pool() -> Any:
+    """An owned one-thread pool (2 jobs may wait) whose thread waits for C{gate}."""
+    reactor = QueuedReactor()
+    pool = WorkerPool(reactor, 1, owned=True, max_queued=2)
+    pool.start()
+    gate = threading.Event()
+    started = threading.Event()
+
+    def block() -> None:
+        started.set()
+        gate.wait(10)
+
+    pool.submit(None, block)
+    assert started.wait(10)
+    yield pool, reactor, gate
+    gate.set()
+    pool.stop()
+
+
+def test_job_of_a_gone_owner_never_runs(blocked_pool: Any) -> None:
+    pool, reactor, gate = blocked_pool
+    ran: list[str] = []
+    owner = Owner()
+    dropped = pool.submit(owner, ran.append, "dropped")
+    unowned = pool.defer(ran.append, "unowned")  # no current owner: always runs
+    owner.gone = True
+    gate.set()
+    pool.stop()
+    reactor.run_pending()
+    assert ran == ["unowned"]
+    with pytest.raises(RequesterGoneError):
+        result_of(dropped)
+    assert result_of(unowned) is None
+    assert pool.dropped == 1
+
+
+def test_full_worker_queue_answers_server_busy_at_once(blocked_pool: Any) -> None:
+    pool, reactor, gate = blocked_pool
+    owner = Owner()
+    waiting = [pool.submit(owner, lambda: "ran") for _ in range(2)]
+    refused = pool.submit(owner, lambda: "ran")
+    with pytest.raises(ServerBusyError, match=r"^server busy: worker queue full \(OXIDB_POOL_QUEUE\)$"):
+        result_of(refused)
+    internal = pool.submit(None, lambda: "internal")  # work without an owner is always admitted
+    gate.set()
+    pool.stop()
+    reactor.run_pending()
+    assert [result_of(d) for d in waiting] == ["ran", "ran"]
+    assert result_of(internal) == "internal"
+
+
+def test_reads_of_a_closed_connection_are_dropped(tmp_path: Any, blocked_pool: Any) -> None:
+    """Through the protocol: the read a request queued belongs to its connection."""
+    pool, reactor, gate = blocked_pool
+    server = make_server(tmp_path)
+    server.services.executor = LocalExecutor(reactor, pool, server.services)
+    ran: list[int] = []
+    add_command(server, "work", lambda ctx, request: ctx.read(ran.append, request["n"]))
+    closing, _ = connect(server)
+    staying, transport = connect(server)
+    closing.dataReceived(frame({"cmd": "work", "n": 1}))
+    staying.dataReceived(frame({"cmd": "work", "n": 2}))
+    closing.connectionLost()
+    gate.set()
+    pool.stop()
+    reactor.run_pending()
+    assert ran == [2]
+    assert replies(transport.value()) == [{"ok": True, "data": None}]
+
+
+def test_busy_pool_is_a_reply_not_a_wait(tmp_path: Any, blocked_pool: Any) -> None:
+    pool, reactor, gate = blocked_pool
+    server = make_server(tmp_path)
+    server.services.executor = LocalExecutor(reactor, pool, server.services)
+    add_command(server, "work", lambda ctx, request: ctx.read(lambda: "done"))
+    connections = [connect(server) for _ in range(3)]
+    for protocol, _ in connections:
+        protocol.dataReceived(frame({"cmd": "work"}))
+    assert replies(connections[2][1].value()) == [
+        {"ok": False, "error": "server busy: worker queue full (OXIDB_POOL_QUEUE)"}
+    ]
+    gate.set()
+    pool.stop()
+    reactor.run_pending()
+    assert [replies(t.value()) for _, t in connections[:2]] == [[{"ok": True, "data": "done"}]] * 2
+
+
+# --- connections ----------------------------------------------------------------
+
+
+def test_connection_caps_overall_and_per_address(tmp_path: Any) -> None:
+    server = make_server(tmp_path, OXIDB_MAX_CONNECTIONS="3", OXIDB_MAX_CONNECTIONS_PER_IP="2")
+    first, _ = connect(server, "10.0.0.1")
+    connect(server, "10.0.0.1")
+    _, transport = connect(server, "10.0.0.1")
+    assert replies(transport.value()) == [
+        {"ok": False, "error": "server busy: too many connections from your address (OXIDB_MAX_CONNECTIONS_PER_IP)"}
+    ]
+    assert transport.disconnecting
+    connect(server, "10.0.0.2")
+    _, transport = connect(server, "10.0.0.3")
+    assert replies(transport.value()) == [
+        {"ok": False, "error": "server busy: too many connections (OXIDB_MAX_CONNECTIONS)"}
+    ]
+    assert len(server.factory.connections) == 3 and server.factory.refused == 2
+    first.connectionLost()
+    again, transport = connect(server, "10.0.0.1")
+    again.dataReceived(frame({"cmd": "ping"}))
+    assert replies(transport.value()) == [{"ok": True, "data": "pong"}]
+
+
+# --- output -------------------------------------------------------------------
+
+
+class PausingTransport(StringTransport):
+    """Like a TCP transport: pauses its producer when more than 64 KiB wait; L{drain} sends them."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        producer: Any = self.producer
+        if len(self.io.getvalue()) > 64 * 1024 and producer is not None:
+            producer.pauseProducing()
+
+    def drain(self) -> bytes:
+        data = self.value()
+        self.clear()
+        producer: Any = self.producer
+        if producer is not None:
+            producer.resumeProducing()
+        return data
+
+
+def test_non_reading_clients_share_a_bounded_reply_budget(tmp_path: Any) -> None:
+    server = make_server(tmp_path, OXIDB_MAX_UNSENT_BYTES=str(1024 * 1024))
+    add_command(server, "big", lambda ctx, request: "x" * (600 * 1024))
+    clients = [connect(server, transport=PausingTransport()) for _ in range(3)]
+    for protocol, _ in clients:
+        protocol.dataReceived(frame({"cmd": "big"}) * 5)
+    (_, first), (_, second), (_, third) = clients
+    busy = {"ok": False, "error": "server busy: too many reply bytes unsent (OXIDB_MAX_UNSENT_BYTES)"}
+    # The first reply fits the budget and fills its transport, so that
+    # connection runs nothing more; the others' replies would pass the
+    # budget and become short errors.
+    assert [r["ok"] for r in replies(first.value())] == [True]
+    assert replies(second.value()) == [busy] * 5
+    assert replies(third.value()) == [busy] * 5
+    reply_size = len(first.value())
+    assert server.factory.unsent == reply_size
+    first.drain()  # the first client reads: its next reply is written
+    assert server.factory.unsent == reply_size
+    assert [r["ok"] for r in replies(first.value())] == [True]
+    # A closed connection frees its share.
+    clients[0][0].connectionLost()
+    assert server.factory.unsent == 0
+
+
+def test_a_reply_over_the_frame_limit_becomes_an_error(tmp_path: Any) -> None:
+    server = make_server(tmp_path)
+    add_command(server, "huge", lambda ctx, request: ["y" * 1024] * (MAX_FRAME // 1024))
+    protocol, transport = connect(server)
+    protocol.dataReceived(frame({"cmd": "huge"}) + frame({"cmd": "ping"}))
+    [error, pong] = replies(transport.value())
+    assert error["ok"] is False
+    assert error["error"].startswith("reply too large: ")
+    assert "'limit' and 'skip'" in error["error"] and f"the {MAX_FRAME}-byte frame limit" in error["error"]
+    assert pong == {"ok": True, "data": "pong"}
+
+
+# --- decoding and encoding off the reactor ----------------------------------------
+
+
+def test_large_frames_and_replies_are_coded_off_the_reactor(tmp_path: Any) -> None:
+    server = make_server(tmp_path)
+    add_command(server, "echo", lambda ctx, request: request["pad"])
+    offloaded: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def offload(owner: Any, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        offloaded.append((d, fn, args))
+        return d
+
+    server.factory.offload = offload  # type: ignore[method-assign]
+    protocol, transport = connect(server)
+    pad = "z" * OFFLOAD_BYTES
+    protocol.dataReceived(frame({"cmd": "ping"}) + frame({"cmd": "echo", "pad": pad}) + frame({"cmd": "ping"}))
+    # The small ping ran inline; the large frame waits for the pool, and the
+    # ping behind it waits too (one connection's requests stay in order).
+    assert replies(transport.value()) == [{"ok": True, "data": "pong"}]
+    [(d, fn, args)] = offloaded
+    assert fn.__name__ == "decode_large"
+    d.callback(fn(*args))
+    [_, (d, fn, args)] = offloaded
+    assert fn.__name__ == "_encode"  # the large reply
+    d.callback(fn(*args))
+    assert replies(transport.value()) == [
+        {"ok": True, "data": "pong"},
+        {"ok": True, "data": pad},
+        {"ok": True, "data": "pong"},
+    ]
+    assert len(offloaded) == 2
+
+
+def test_pipeline_stops_when_its_connection_must_close(tmp_path: Any) -> None:
+    """A pre-login pipeline of many failing logins does not run them all."""
+    server = make_server(tmp_path, auth=True)
+    ran: list[int] = []
+
+    def failing_login(ctx: Any, request: Any) -> str:
+        ran.append(1)
+        ctx.session.close_after_reply = True  # what the third failed login does
+        return "no"
+
+    add_command(server, "failing_login", failing_login, pre_auth=True, audited=False)
+    protocol, transport = connect(server)
+    protocol.dataReceived(frame({"cmd": "pipeline", "commands": [{"cmd": "ping"}] + [{"cmd": "failing_login"}] * 50}))
+    [reply] = replies(transport.value())
+    closing = {"ok": False, "error": "pipeline: not run, the connection is closing"}
+    assert reply["data"] == [{"ok": True, "data": "pong"}, {"ok": True, "data": "no"}] + [closing] * 49
+    assert ran == [1] and transport.disconnecting
+
+
+def test_pipeline_stops_once_its_reply_surely_exceeds_a_frame(tmp_path: Any) -> None:
+    server = make_server(tmp_path)
+    chunk = "x" * (4 * 1024 * 1024)
+    ran: list[int] = []
+
+    def big(ctx: Any, request: Any) -> str:
+        ran.append(1)
+        return chunk
+
+    add_command(server, "big", big)
+    reply = server.request({"cmd": "pipeline", "commands": [{"cmd": "big"}] * 100})
+    assert reply["ok"] is False
+    assert reply["error"].startswith("reply too large: at least ")
+    assert len(ran) == 4  # just over 16 MiB: no more ran after that
+
+
+def test_gc_pause_for_large_decodes_is_bounded() -> None:
+    import gc
+
+    from oxidb.server.protocol import _GcPause
+
+    pause = _GcPause()
+    assert gc.isenabled()
+    seen: list[bool] = []
+
+    def nested(depth: int) -> None:
+        seen.append(gc.isenabled())
+        if depth:
+            pause.run(nested, depth - 1)
+
+    # Overlapping decodes: collection stays off for at most MAX_STREAK of them.
+    pause.run(nested, _GcPause.MAX_STREAK + 3)
+    assert seen[: _GcPause.MAX_STREAK] == [False] * _GcPause.MAX_STREAK
+    assert gc.isenabled()
+    pause.run(lambda: seen.append(gc.isenabled()))
+    assert seen[-1] is False and gc.isenabled()
+
+
+def test_a_frame_decoded_after_its_connection_closed_does_not_run(tmp_path: Any) -> None:
+    server = make_server(tmp_path)
+    ran: list[int] = []
+    add_command(server, "work", lambda ctx, request: ran.append(1))
+    offloaded: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def offload(owner: Any, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        offloaded.append((d, fn, args))
+        return d
+
+    server.factory.offload = offload  # type: ignore[method-assign]
+    protocol, _ = connect(server)
+    protocol.dataReceived(frame({"cmd": "work", "pad": "z" * OFFLOAD_BYTES}))
+    protocol.connectionLost()
+    [(d, fn, args)] = offloaded
+    d.callback(fn(*args))
+    assert ran == []
