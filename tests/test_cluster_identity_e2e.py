@@ -9,13 +9,14 @@ removes it and adds it again.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from oxidb.testing import LocalCluster, wait_until
+from oxidb.testing import BlockingClient, LocalCluster, free_port, wait_until
 
 ENV = {
     "OXIDB_RAFT_HEARTBEAT_MS": "100",
@@ -112,3 +113,84 @@ def test_upstream_bootstrap_then_a_wiped_node_loses_nothing(cluster: LocalCluste
     moved = ok(cluster.request(1, {"cmd": "raft_transfer_leader", "node_id": 3}))
     assert moved["leader"] == 3
     assert cluster.leader([1, 2, 3]) == 3
+
+
+HAPROXY_CFG = """
+global
+    maxconn 200
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend oxidb_writes
+    bind 127.0.0.1:{port}
+    default_backend oxidb_leader
+backend oxidb_leader
+    option tcp-check
+    tcp-check connect
+    # 16 00 00 00 + {{"cmd":"raft_metrics"}}
+    tcp-check send-binary 160000007b22636d64223a22726166745f6d657472696373227d
+    # "state":"Leader"
+    tcp-check expect binary 227374617465223a224c656164657222
+    default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions
+{servers}
+"""
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (Debian package haproxy)")
+def test_upstream_bootstrap_through_haproxy(cluster: LocalCluster, tmp_path: Path) -> None:
+    for node in (1, 2, 3):
+        cluster.start(node)
+    port = free_port()
+    servers = "\n".join(f"    server db{i} 127.0.0.1:{cluster.nodes[i].port} check" for i in (1, 2, 3))
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(HAPROXY_CFG.format(port=port, servers=servers))
+    with open(tmp_path / "haproxy.log", "wb") as log:
+        haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=log, stderr=log)
+    try:
+
+        def down() -> bool:
+            try:
+                client = BlockingClient("127.0.0.1", port, timeout=5)
+                try:
+                    client.request({"cmd": "raft_metrics"})
+                finally:
+                    client.close()
+            except ConnectionRefusedError:
+                return False  # haproxy is not listening yet
+            except ConnectionError:
+                return True  # accepted, then closed: no server is up
+            return False
+
+        # As deployed upstream, haproxy runs before the cluster is formed and
+        # has marked every server down (no leader yet: it closes connections).
+        wait_until(down, 15, interval=0.2)
+        # So raft_init goes to node 1 itself.
+        assert ok(cluster.request(1, {"cmd": "raft_init"})) == "cluster initialized"
+        time.sleep(1)  # part of upstream's scenario
+
+        def through_haproxy(request: dict[str, Any]) -> Any:
+            # haproxy marks node 1 up at its next check (every second).
+            def answer() -> Any:
+                try:
+                    client = BlockingClient("127.0.0.1", port, timeout=30)
+                    try:
+                        return client.request(request)
+                    finally:
+                        client.close()
+                except (ConnectionError, OSError):
+                    return None
+
+            return wait_until(answer, 10, interval=0.1)
+
+        for node in (2, 3):
+            reply = through_haproxy({"cmd": "raft_add_learner", "node_id": node, "addr": cluster.raft_addr(node)})
+            assert f"{node}: BasicNode" in ok(reply)["membership"]
+        ok(through_haproxy({"cmd": "raft_change_membership", "members": [1, 2, 3]}))
+        assert ok(through_haproxy({"cmd": "raft_metrics"}))["state"] == "Leader"
+        assert ok(through_haproxy({"cmd": "insert", "collection": "docs", "doc": {"via": "haproxy"}})) == {"id": 1}
+        wait_until(lambda: len(everything(cluster, 3)) == 1, 10)
+    finally:
+        haproxy.terminate()
+        haproxy.wait(10)
