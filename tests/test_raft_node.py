@@ -433,3 +433,42 @@ def test_a_peer_that_fails_authentication_changes_nothing() -> None:
     assert reloaded.entries == ()
     assert not transport.inbound
     assert Attacker.frames == []
+
+
+def test_a_safety_violation_stops_the_node_with_the_node_term_and_index() -> None:
+    from oxidb.raft.core import SafetyViolationError
+    from oxidb.raft.messages import AppendEntriesRequest, message_to_json
+
+    h = three_nodes()
+    h.result(h.nodes[1].write(set_op("a", 1)))
+    h.run(0.5)
+    follower = h.nodes[2]
+    commit = follower.metrics().commit_index
+    term = follower.metrics().current_term + 1
+    entries = follower.core.entries() if follower.core is not None else []
+    prev = entries[commit - 2].log_id
+    # A leader of a later term sends another entry at a committed index.
+    forged = AppendEntriesRequest(term, 3, 2, prev, (Entry(LogId(term, 3, commit), set_op("a", 2), 0),), commit)
+    with capturedLogs() as events:
+        follower.frame_received(3, message_to_json(forged), object())  # type: ignore[arg-type]
+    assert isinstance(h.fatal[2].value, SafetyViolationError)
+    assert f"raft safety violation on node 2 (term {term}, index {commit})" in str(h.fatal[2].value)
+    assert follower.metrics().state == "Shutdown"
+    assert any(e.get("log_level").name == "critical" for e in events)
+    # The data is untouched.
+    assert h.sms[2].data == {"a": 1}
+
+
+def test_leadership_and_membership_changes_are_logged_at_info() -> None:
+    from twisted.logger import LogLevel, formatEvent
+
+    h = Harness([1, 2])
+    with capturedLogs() as events:
+        h.result(h.nodes[1].initialize("n1"))
+        assert h.nodes[1].is_leader  # raft_init returns with the node leading
+        h.result(h.nodes[1].add_learner(2, "n2"))
+    lines = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.info]
+    assert "raft: node 1 became leader (term 1)" in lines
+    assert any(line.startswith("raft: node 1 membership is now") for line in lines)
+    assert "raft: node 2 follows leader 1 (term 1)" in lines
+    assert any(line.startswith("raft: node 2 joined cluster ") for line in lines)
