@@ -36,6 +36,8 @@ from oxidb.commands.auth import LOGIN_COMMANDS, USER_COMMANDS
 from oxidb.commands.raft import RAFT_COMMANDS
 from oxidb.commands._registry import CommandRegistry
 from oxidb.config import SETTINGS, Config, format_address
+from oxidb.datadir import DataDirLock
+from oxidb.errors import ConfigError
 from oxidb.engine import blobs, procedures as procedure_store, transactions
 from oxidb.engine.engine import Engine
 from oxidb.logs import Logger
@@ -97,6 +99,7 @@ class OxiService(MultiService):
         self.reactor = reactor
         self.handle_signals = handle_signals
         data_dir = config.prepare_data_dir()
+        self.datadir_lock = DataDirLock(data_dir)
         self.shared = Services(config=config, clock=reactor, data_dir=data_dir, registry=default_registry())
         self.threadpool = WorkerPool(
             reactor, config.pool_size, name="oxidb-pool", owned=True, max_queued=config.limits.pool_queue
@@ -220,7 +223,18 @@ class OxiService(MultiService):
 
     # --- starting and stopping -----------------------------------------------
 
+    def _lock_data_dir(self) -> None:
+        """One server per data directory: take its OS lock before anything else."""
+        try:
+            self.datadir_lock.acquire()
+        except ConfigError as e:
+            if self.handle_signals:
+                # Under twistd: a one-line message and a non-zero exit.
+                raise SystemExit(f"oxidb: configuration error: {e}") from None
+            raise
+
     def privilegedStartService(self) -> None:
+        self._lock_data_dir()
         host, port = self.config.addr
         if self.tls_options is not None:
             self.port = self.reactor.listenSSL(port, self.factory, self.tls_options, interface=host)
@@ -317,6 +331,7 @@ class OxiService(MultiService):
         if self.metrics_port is not None:
             # Last, so that /health answers 503 while connections drain.
             yield self.metrics_port.stopListening()
+        self.datadir_lock.release()
         self._log.info("oxidb-server stopped")
 
     def _install_signal_handlers(self) -> None:

@@ -31,6 +31,7 @@ class Node:
         now: int = 0,
         disk: CrashingDisk | None = None,
         state: DurableState | None = None,
+        seed: int | None = None,
     ) -> None:
         self.id = node_id
         self.config = config
@@ -45,7 +46,7 @@ class Node:
             loaded = self.storage.load()
         self.sm = KVStateMachine()
         self.core = RaftCore(
-            node_id, config=config, rng=random.Random(node_id), state=loaded, now=now
+            node_id, config=config, rng=random.Random(node_id if seed is None else seed), state=loaded, now=now
         )
         self.read_states: list[int] = []
         self.failed_reads: list[int] = []

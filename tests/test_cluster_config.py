@@ -261,7 +261,8 @@ def test_mutual_tls_admits_members_and_refuses_outsiders(tmp_path: Path) -> Any:
 
 def test_standalone_servers_do_not_know_raft_commands(tmp_path: Path) -> None:
     server = MemoryServer(Config(data_dir=str(tmp_path)))
-    for cmd in ("raft_init", "raft_add_learner", "raft_change_membership", "raft_metrics"):
+    for cmd in ("raft_init", "raft_add_learner", "raft_change_membership", "raft_metrics",
+                "raft_remove_node", "raft_transfer_leader", "raft_status"):
         assert server.request({"cmd": cmd}) == {"ok": False, "error": f"unknown command: {cmd}"}
     assert "raft" not in server.request({"cmd": "hello"})["server"]["features"]
 
@@ -273,7 +274,8 @@ def test_cluster_mode_wires_raft_into_the_service(tmp_path: Path) -> None:
     assert service.engine.synchronous == "NORMAL" and service.engine.auto_create_on_read is False
     assert isinstance(service.raft.executor, ClusterExecutor)
     assert isinstance(shared.dispatcher, LinearizableDispatcher) and shared.dispatcher is service.factory.dispatcher
-    assert {"raft_init", "raft_add_learner", "raft_change_membership", "raft_metrics"} <= set(shared.registry.names())
+    assert {"raft_init", "raft_add_learner", "raft_change_membership", "raft_metrics",
+            "raft_remove_node", "raft_transfer_leader", "raft_status"} <= set(shared.registry.names())
     assert "raft" in server.request({"cmd": "hello"})["server"]["features"]
     assert shared.metrics.raft_source == service.raft.status
     assert service.raft.status().state == "Shutdown"  # not started yet
@@ -285,3 +287,11 @@ def test_only_the_leader_runs_schedules(tmp_path: Path) -> None:
     assert standalone.service._runs_schedules() is True
     clustered = MemoryServer(config(OXIDB_DATA=str(tmp_path / "node")))
     assert clustered.service._runs_schedules() is False  # not started: not the leader
+
+
+def test_new_management_commands_validate_their_fields(tmp_path: Path) -> None:
+    server = MemoryServer(config(OXIDB_DATA=str(tmp_path)))
+    for cmd in ("raft_remove_node", "raft_transfer_leader"):
+        for request in ({"cmd": cmd}, {"cmd": cmd, "node_id": "2"}, {"cmd": cmd, "node_id": -1}):
+            assert server.request(request) == {"ok": False, "error": "missing 'node_id'"}
+    assert server.request({"cmd": "raft_status"}) == {"ok": False, "error": "the raft node is not running"}

@@ -198,7 +198,7 @@ def test_a_stale_leader_append_is_rejected_and_it_steps_down() -> None:
 
 def crafted(term: int, entries: list[tuple[int, int, dict | None]], voted_for: int | None = None) -> DurableState:
     """A durable state with entries given as (term, index, payload)."""
-    members = Membership([{1, 2, 3}], {1: "n1", 2: "n2", 3: "n3"})
+    members = Membership([{1, 2, 3}], {1: "n1", 2: "n2", 3: "n3"}, cluster_id="crafted")
     log = [Entry(LogId(0, 1, 1), members)]
     for t, i, payload in entries:
         log.append(Entry(LogId(t, t % 3 + 1, i), payload, 0 if payload else None))
@@ -477,7 +477,11 @@ def test_restart_keeps_term_vote_log_and_membership() -> None:
     assert after.last_log_index == before.last_log_index
     assert after.membership == before.membership
     assert after.state == "Follower"
-    assert restarted.storage.load().hard_state == HardState(1, 1)
+    hard_state = restarted.storage.load().hard_state
+    assert (hard_state.term, hard_state.voted_for) == (1, 1)
+    # The identity survives the restart too.
+    assert (hard_state.incarnation, hard_state.cluster_id) == (before.incarnation, before.cluster_id)
+    assert before.incarnation and before.cluster_id
 
 
 def test_metrics_of_a_leader() -> None:

@@ -162,3 +162,40 @@ BAD = [
 def test_malformed_messages_are_rejected(data: bytes, error: str) -> None:
     with pytest.raises(MessageDecodeError, match=error):
         decode_message(data)
+
+
+def test_identity_fields_travel_and_are_optional() -> None:
+    from oxidb.raft.messages import AppendEntriesResponse, LogId, Refused, decode_message, encode_message
+
+    msg = AppendEntriesResponse(3, 2, 1, True, 7, commit_id=LogId(3, 1, 6), cluster="c1", incarnation="i2")
+    wire = orjson.loads(encode_message(msg))
+    assert (wire["cluster"], wire["incarnation"], wire["commit_id"]["index"]) == ("c1", "i2", 6)
+    back = decode_message(encode_message(msg))
+    assert (back.cluster, back.incarnation, back.commit_id) == ("c1", "i2", LogId(3, 1, 6))  # type: ignore[union-attr]
+    # A peer of an earlier version sends none of them: still a valid message.
+    old = {k: v for k, v in wire.items() if k not in ("cluster", "incarnation", "commit_id")}
+    decoded = decode_message(orjson.dumps(old))
+    assert decoded == msg and decoded.incarnation is None
+    refused = Refused(3, 1, 2, "node 2 answers as ...", cluster="c1", incarnation="i1")
+    assert decode_message(encode_message(refused)) == refused
+    with pytest.raises(ValueError, match="'incarnation' must be a string"):
+        decode_message(orjson.dumps({**wire, "incarnation": 5}))
+
+
+def test_membership_records_incarnations_and_cluster_id() -> None:
+    from oxidb.raft.messages import Membership
+
+    members = Membership([{1, 2}], {1: "a:1", 2: "b:2", 3: "c:3"}, {1: "i1", 3: "i3"}, "c1")
+    assert members.to_json() == {
+        "configs": [[1, 2]],
+        "nodes": {"1": {"addr": "a:1", "incarnation": "i1"}, "2": {"addr": "b:2"}, "3": {"addr": "c:3", "incarnation": "i3"}},
+        "cluster_id": "c1",
+    }
+    assert Membership.from_json(members.to_json()) == members
+    # Upstream's debug text is unchanged (tooling treats it as opaque).
+    assert "incarnation" not in members.debug_text()
+    # The shape of earlier versions still loads.
+    legacy = Membership.from_json({"configs": [[1]], "nodes": {"1": {"addr": "a:1"}}})
+    assert legacy.incarnations == {} and legacy.cluster_id is None
+    with pytest.raises(ValueError, match="not members"):
+        Membership([{1}], {1: "a:1"}, {2: "i2"})

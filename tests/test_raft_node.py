@@ -88,11 +88,13 @@ def test_membership_changes_wait_for_a_new_leader_to_commit_its_first_entry() ->
     h = Harness([1, 2])
     h.nodes[1].stop()
     h.start(1, run_io=slow_io(h.clock, 0.2))
-    h.result(h.nodes[1].initialize("n1"))
-    h.run_until(lambda: h.nodes[1].is_leader)
-    # Its blank entry is not durable yet: the change waits instead of failing.
-    assert h.nodes[1].metrics().commit_index < (h.nodes[1].metrics().last_log_index or 0)
-    log_id, _ = h.result(h.nodes[1].add_learner(2, "n2"))
+    init = h.nodes[1].initialize("n1")
+    # Sent at once: node 1 has neither elected itself nor made its blank
+    # entry durable yet. The change waits for both instead of failing.
+    added = h.nodes[1].add_learner(2, "n2")
+    assert not h.nodes[1].is_leader
+    h.result(init)
+    log_id, _ = h.result(added)
     assert log_id.index == 3
 
 
@@ -348,7 +350,10 @@ def test_a_slow_state_machine_does_not_hold_up_replication() -> None:
     metrics = h.nodes[1].metrics()
     assert not first.called and not second.called
     assert metrics.commit_index == metrics.last_log_index and h.nodes[1]._durable_index == metrics.last_log_index
-    assert h.sms[2].data == {"first": 1, "second": 2}
+    # The followers learn the commit with the next heartbeat (at most one
+    # interval later, whatever its phase), long before the first apply ends.
+    h.run_until(lambda: h.sms[2].data == {"first": 1, "second": 2}, timeout=FAST.heartbeat_interval / 1000 + 0.05)
+    assert not first.called and not second.called
     assert h.result(first) == {"set": "first"} and h.result(second) == {"set": "second"}
 
 
@@ -428,3 +433,42 @@ def test_a_peer_that_fails_authentication_changes_nothing() -> None:
     assert reloaded.entries == ()
     assert not transport.inbound
     assert Attacker.frames == []
+
+
+def test_a_safety_violation_stops_the_node_with_the_node_term_and_index() -> None:
+    from oxidb.raft.core import SafetyViolationError
+    from oxidb.raft.messages import AppendEntriesRequest, message_to_json
+
+    h = three_nodes()
+    h.result(h.nodes[1].write(set_op("a", 1)))
+    h.run(0.5)
+    follower = h.nodes[2]
+    commit = follower.metrics().commit_index
+    term = follower.metrics().current_term + 1
+    entries = follower.core.entries() if follower.core is not None else []
+    prev = entries[commit - 2].log_id
+    # A leader of a later term sends another entry at a committed index.
+    forged = AppendEntriesRequest(term, 3, 2, prev, (Entry(LogId(term, 3, commit), set_op("a", 2), 0),), commit)
+    with capturedLogs() as events:
+        follower.frame_received(3, message_to_json(forged), object())  # type: ignore[arg-type]
+    assert isinstance(h.fatal[2].value, SafetyViolationError)
+    assert f"raft safety violation on node 2 (term {term}, index {commit})" in str(h.fatal[2].value)
+    assert follower.metrics().state == "Shutdown"
+    assert any(e.get("log_level").name == "critical" for e in events)
+    # The data is untouched.
+    assert h.sms[2].data == {"a": 1}
+
+
+def test_leadership_and_membership_changes_are_logged_at_info() -> None:
+    from twisted.logger import LogLevel, formatEvent
+
+    h = Harness([1, 2])
+    with capturedLogs() as events:
+        h.result(h.nodes[1].initialize("n1"))
+        assert h.nodes[1].is_leader  # raft_init returns with the node leading
+        h.result(h.nodes[1].add_learner(2, "n2"))
+    lines = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.info]
+    assert "raft: node 1 became leader (term 1)" in lines
+    assert any(line.startswith("raft: node 1 membership is now") for line in lines)
+    assert "raft: node 2 follows leader 1 (term 1)" in lines
+    assert any(line.startswith("raft: node 2 joined cluster ") for line in lines)

@@ -421,3 +421,21 @@ def test_crashing_disk_loses_unsynced_writes() -> None:
     assert all(s[:1] == b"1" for s in scraps)
     check: Callable[[bytes], bool] = lambda s: all(c in b"12345\0" for c in s)
     assert all(check(s) for s in scraps)
+
+
+def test_meta_of_an_earlier_version_loads_and_gains_an_identity() -> None:
+    # raft_meta.json as written before identities: no incarnation, no cluster id.
+    disk, _storage = fresh(PersistBatch(hard_state=HardState(4, 2)))
+    meta = orjson.loads(disk.read("raft_meta.json").rstrip(b"\n")[: -len(',"crc32":"00000000"}')] + b"}")
+    assert "incarnation" not in meta and "cluster_id" not in meta
+    state = reopen(disk)
+    assert state.hard_state == HardState(4, 2) and state.hard_state.incarnation is None
+    storage = RaftStorage(disk)
+    storage.load()
+    storage.save(PersistBatch(hard_state=HardState(4, 2, "inc-1", "cluster-1")))
+    hard = reopen(disk).hard_state
+    assert (hard.term, hard.voted_for, hard.incarnation, hard.cluster_id) == (4, 2, "inc-1", "cluster-1")
+    # A later hard state without them (never written so by the core) keeps them.
+    storage.save(PersistBatch(hard_state=HardState(5, None)))
+    hard = reopen(disk).hard_state
+    assert (hard.term, hard.incarnation, hard.cluster_id) == (5, "inc-1", "cluster-1")

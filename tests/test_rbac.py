@@ -44,6 +44,7 @@ ADMIN_ONLY = {
     "create_procedure", "delete_procedure", "create_schedule", "delete_schedule",
     "backup", "restore", "restore_to_point", "archive_status",
     "raft_init", "raft_add_learner", "raft_change_membership", "raft_metrics",
+    "raft_remove_node", "raft_transfer_leader", "raft_status",
     "create_database", "drop_database", "watch", "unwatch",
     "authenticate", "authenticate_continue", "auth_simple",
 }  # fmt: skip

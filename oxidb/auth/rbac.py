@@ -144,6 +144,9 @@ REQUIRED_ROLE: dict[str, Role] = {
     "raft_add_learner": _ADMIN,
     "raft_change_membership": _ADMIN,
     "raft_metrics": _ADMIN,
+    "raft_remove_node": _ADMIN,
+    "raft_transfer_leader": _ADMIN,
+    "raft_status": _ADMIN,
     # User and database management, change streams.
     "create_user": _ADMIN,
     "drop_user": _ADMIN,

@@ -2,8 +2,10 @@
 Cluster management commands (server.md 8.2), registered only in cluster
 mode (a standalone server answers C{unknown command: raft_*}): C{raft_init},
 C{raft_add_learner}, C{raft_change_membership} and C{raft_metrics}, with
-upstream's request fields, reply shapes and error texts. The handlers reach
-the node as C{ctx.services.raft} (an L{oxidb.raft.service.RaftService}).
+upstream's request fields, reply shapes and error texts; and our own
+C{raft_remove_node}, C{raft_transfer_leader} and C{raft_status}
+(docs/clustering.md). The handlers reach the node as C{ctx.services.raft}
+(an L{oxidb.raft.service.RaftService}).
 """
 
 from __future__ import annotations
@@ -86,10 +88,96 @@ def raft_metrics(ctx: CommandContext, request: dict[str, Any]) -> dict[str, Any]
     return metrics
 
 
+def raft_remove_node(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+    node_id = request.get("node_id")
+    if not _node_id(node_id):
+        raise BadRequestError("missing 'node_id'")
+    return _managed(ctx.services.raft.node.remove_node, "remove node failed", node_id)
+
+
+@inlineCallbacks
+def raft_transfer_leader(ctx: CommandContext, request: dict[str, Any]) -> Any:
+    node_id = request.get("node_id")
+    if not _node_id(node_id):
+        raise BadRequestError("missing 'node_id'")
+    try:
+        leader, term = yield ctx.services.raft.node.transfer_leadership(node_id)
+    except RaftError as e:
+        raise BadRequestError(f"transfer leader failed: {_cause(e)}") from None
+    return {"leader": leader, "term": term}
+
+
+def raft_status(ctx: CommandContext, request: dict[str, Any]) -> dict[str, Any]:
+    return status_report(ctx.services.raft.node.metrics())
+
+
+def status_report(metrics: Any) -> dict[str, Any]:
+    """
+    C{raft_status}: the node's view of the cluster, as fields and as a
+    human-readable C{text} (one line per member).
+    """
+    stored = metrics.membership
+    membership = stored.membership if stored is not None else None
+    last = metrics.last_log_index or 0
+    members = []
+    if membership is not None:
+        for node, addr in membership.nodes.items():
+            role = "voter" if node in membership.voters else "learner"
+            if node == metrics.id:
+                match: int | None = last
+            else:
+                match = metrics.replication.get(node)
+            refused = metrics.refused.get(node)
+            members.append(
+                {
+                    "id": node,
+                    "role": role,
+                    "addr": addr,
+                    "incarnation": membership.incarnations.get(node),
+                    "match": match,
+                    "lag": None if match is None else max(0, last - match),
+                    "status": f"refused: {refused}" if refused else "ok",
+                }
+            )
+    refused_by = metrics.refused_by
+    report: dict[str, Any] = {
+        "id": metrics.id,
+        "state": metrics.state,
+        "term": metrics.current_term,
+        "leader": metrics.current_leader,
+        "cluster_id": metrics.cluster_id,
+        "incarnation": metrics.incarnation,
+        "last_log_index": metrics.last_log_index,
+        "commit_index": metrics.commit_index,
+        "last_applied": metrics.last_applied.index if metrics.last_applied else None,
+        "joint": bool(membership is not None and membership.is_joint),
+        "members": members,
+        "refused_by": None if refused_by is None else {"node": refused_by[0], "reason": refused_by[1]},
+    }
+    lines = [
+        f"node {metrics.id}: {metrics.state}, term {metrics.current_term}, leader {metrics.current_leader}, "
+        f"cluster {metrics.cluster_id}, incarnation {metrics.incarnation}",
+        f"log: last {metrics.last_log_index}, commit {metrics.commit_index}, applied {report['last_applied']}",
+    ]
+    for m in members:
+        known = "-" if m["match"] is None else f"match {m['match']} lag {m['lag']}"
+        lines.append(
+            f"  {m['id']:>4} {m['role']:<7} {m['addr']:<21} incarnation {m['incarnation'] or 'not pinned'}"
+            f"  {known}  {m['status']}"
+        )
+    if refused_by is not None:
+        lines.append(f"refused by node {refused_by[0]}: {refused_by[1]}")
+    report["text"] = "\n".join(lines)
+    return report
+
+
 #: Added to the registry by the service in cluster mode only.
 RAFT_COMMANDS = [
     Command("raft_init", raft_init, audit_collection=None, audit_target=("addr",)),
     Command("raft_add_learner", raft_add_learner, audit_collection=None, audit_target=("node_id", "addr")),
     Command("raft_change_membership", raft_change_membership, audit_collection=None, audit_target=("members",)),
     Command("raft_metrics", raft_metrics, audit_collection=None),
+    Command("raft_remove_node", raft_remove_node, audit_collection=None),
+    Command("raft_transfer_leader", raft_transfer_leader, audit_collection=None),
+    Command("raft_status", raft_status, audit_collection=None),
 ]

@@ -42,6 +42,7 @@ from oxidb.raft.messages import (
     PersistBatch,
     ReadIndexRequest,
     ReadIndexResponse,
+    Refused,
     Snapshot,
     SnapshotMeta,
     StoredMembership,
@@ -84,6 +85,33 @@ class RaftConfig:
             raise ValueError("keep_after_snapshot must not be negative")
 
 
+class SafetyViolationError(Exception):
+    """
+    This node would contradict an entry it has committed, or sees a peer's
+    committed prefix disagree with its own log: the node must stop (as etcd
+    panics) rather than answer or carry on. The message names the node, the
+    term and the index.
+    """
+
+
+@attrs.frozen
+class RaftEvent:
+    """
+    Something an operator should see in the log (the driver logs it):
+    C{level} is C{"info"} or C{"warn"}, C{text} a format string over
+    C{fields}.
+    """
+
+    level: str
+    text: str
+    fields: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+def new_identity(rng: random.Random) -> str:
+    """A fresh random id (an incarnation or a cluster id): 128 bits in hex."""
+    return f"{rng.getrandbits(128):032x}"
+
+
 @attrs.frozen
 class ReadState:
     """A confirmed read: the state machine has applied C{index}; read now."""
@@ -120,6 +148,7 @@ class Ready:
     read_states: tuple[ReadState, ...] = ()
     failed_reads: tuple[int, ...] = ()
     build_snapshot: bool = False
+    events: tuple[RaftEvent, ...] = ()
 
 
 @attrs.frozen
@@ -141,6 +170,12 @@ class RaftMetrics:
     replication: Mapping[int, int]
     snapshot: LogId | None
     last_purged: LogId | None
+    incarnation: str | None = None
+    cluster_id: str | None = None
+    #: Peers this node refuses to count, and why.
+    refused: Mapping[int, str] = attrs.field(factory=dict)
+    #: Why a peer (the leader, usually) refuses this node, if it does.
+    refused_by: tuple[int, str] | None = None
 
     def upstream_json(self) -> dict[str, Any]:
         """The C{raft_metrics} reply data of upstream, in its key order."""
@@ -182,6 +217,11 @@ class _Progress:
     snapshot_offset: int = 0
     read_seq: int = 0
     active: bool = False
+    #: The incarnation this leader saw the peer answer with first (while the
+    #: membership has none pinned for it).
+    incarnation: str | None = None
+    #: Why the peer is refused (it is neither counted nor replicated to).
+    refused: str | None = None
 
     def become_probe(self) -> None:
         self.mode = _Mode.PROBE
@@ -223,6 +263,17 @@ class RaftCore:
         self._voted_for = state.hard_state.voted_for
         self._role = Role.FOLLOWER
         self._leader: int | None = None
+        # Identity: the data directory's incarnation (minted here if the
+        # storage has none; it is saved with the next batch, before any
+        # message that carries it leaves) and the cluster's id.
+        self._incarnation = state.hard_state.incarnation or new_identity(rng)
+        self._identity_unsaved = state.hard_state.incarnation is None
+        self._cluster_id = state.hard_state.cluster_id
+        self._events: list[RaftEvent] = []
+        self._refused_peers: dict[int, str] = {}
+        self._refused_by: tuple[int, str] | None = None
+        self._refused_by_logged = 0
+        self._became_leader_at = 0
 
         # The log: _entries hold indexes _base.index + 1 .. last.
         self._entries: list[Entry] = list(state.entries)
@@ -237,6 +288,9 @@ class RaftCore:
             known = [c for c in (state.last_purged, snapshot_id) if c is not None]
             self._base = max(known, key=lambda c: c.index) if known else None
         self._membership = self._find_membership(self._last_index)
+        if self._cluster_id is None and self._membership is not None:
+            self._cluster_id = self._membership.membership.cluster_id
+            self._identity_unsaved = self._identity_unsaved or self._cluster_id is not None
 
         last = self._last_index
         applied_index = applied.index if applied else 0
@@ -338,7 +392,7 @@ class RaftCore:
             self._entries.append(entry)
             changed = changed or entry.membership is not None
         if changed:
-            self._membership = self._find_membership(self._last_index)
+            self._set_membership(self._find_membership(self._last_index))
             self._sync_progress()
 
     def _truncate(self, index: int) -> None:
@@ -351,7 +405,37 @@ class RaftCore:
             self._unstable_from = index
             self._pending_truncate = min(self._pending_truncate or index, index)
         self._persisted = min(self._persisted, index - 1)
-        self._membership = self._find_membership(self._last_index)
+        self._set_membership(self._find_membership(self._last_index))
+
+    def _set_membership(self, stored: StoredMembership | None) -> None:
+        """The membership in force changed (appended, truncated or from a snapshot)."""
+        if stored == self._membership:
+            return
+        self._membership = stored
+        if stored is None:
+            return
+        self._event(
+            "info",
+            "raft: node {node} membership is now {membership} (entry {log_id})",
+            node=self.id,
+            membership=stored.membership.to_json(),
+            log_id=stored.log_id.display() if stored.log_id else None,
+        )
+        cluster = stored.membership.cluster_id
+        if cluster is not None and self._cluster_id is None:
+            self._cluster_id = cluster
+            self._identity_unsaved = True
+            self._event("info", "raft: node {node} joined cluster {cluster}", node=self.id, cluster=cluster)
+
+    def _event(self, level: str, text: str, **fields: Any) -> None:
+        self._events.append(RaftEvent(level, text, fields))
+
+    def _violation(self, detail: str, index: int) -> SafetyViolationError:
+        """Stop this node: it would break Raft's safety (see L{SafetyViolationError})."""
+        self._role = Role.SHUTDOWN
+        return SafetyViolationError(
+            f"raft safety violation on node {self.id} (term {self._term}, index {index}): {detail}; stopping"
+        )
 
     def _find_membership(self, upto: int) -> StoredMembership | None:
         for entry in reversed(self._slice(self._base_index + 1, upto)):
@@ -368,11 +452,15 @@ class RaftCore:
 
     # --- outputs --------------------------------------------------------------
 
+    def _stamp(self, msg: Message) -> Message:
+        stamped: Message = attrs.evolve(msg, cluster=self._cluster_id, incarnation=self._incarnation)
+        return stamped
+
     def _send(self, msg: Message) -> None:
-        self._msgs.append(msg)
+        self._msgs.append(self._stamp(msg))
 
     def _send_durable(self, msg: Message) -> None:
-        self._durable_msgs.append(msg)
+        self._durable_msgs.append(self._stamp(msg))
 
     def has_ready(self) -> bool:
         """A ready is waiting (and none is in flight)."""
@@ -395,6 +483,7 @@ class RaftCore:
                 and (self._replication_dirty or self._read_round_pending)
             )
             or self._wants_snapshot()
+            or bool(self._events)
         )
 
     def ready(self) -> Ready:
@@ -405,8 +494,11 @@ class RaftCore:
             if self._read_round_pending:
                 self._broadcast_heartbeat()
             self._flush_replication()
+        save_state = self._hs_dirty or self._identity_unsaved
         persist = PersistBatch(
-            hard_state=HardState(self._term, self._voted_for) if self._hs_dirty else None,
+            hard_state=(
+                HardState(self._term, self._voted_for, self._incarnation, self._cluster_id) if save_state else None
+            ),
             snapshot=self._pending_snapshot,
             truncate_from=self._pending_truncate,
             entries=tuple(self._slice(self._unstable_from, self._last_index)),
@@ -414,8 +506,9 @@ class RaftCore:
             committed=self._log_id_at(self._commit),
         )
         messages, durable = self._msgs, self._durable_msgs
-        if self._hs_dirty:
-            # Nothing leaves before the term and vote it was sent in are durable.
+        if save_state:
+            # Nothing leaves before the term, vote and identity it was sent
+            # with are durable.
             messages, durable = [], messages + durable
         apply_snapshot = self._apply_snapshot
         if apply_snapshot is not None:
@@ -433,10 +526,12 @@ class RaftCore:
             read_states=tuple(self._read_states),
             failed_reads=tuple(self._failed_reads),
             build_snapshot=build,
+            events=tuple(self._events),
         )
         self._building_snapshot = self._building_snapshot or build
         self._msgs, self._durable_msgs = [], []
-        self._hs_dirty = False
+        self._events = []
+        self._hs_dirty = self._identity_unsaved = False
         self._unstable_from = self._last_index + 1
         self._pending_truncate = self._pending_snapshot = self._pending_purge = None
         self._apply_snapshot = None
@@ -480,7 +575,7 @@ class RaftCore:
         if self._role is Role.LEADER:
             self._tick_leader()
         elif self._now >= self._election_deadline:
-            if self.id in self._voters:
+            if self.id in self._voters and self._own_refusal() is None:
                 self._campaign(pre_vote=self._cfg.pre_vote)
             else:
                 self._reset_election_timer()
@@ -505,24 +600,41 @@ class RaftCore:
             for pr in self._progress.values():
                 pr.active = False
             if not self._is_quorum(active):
-                self._become_follower(self._term, None)
+                self._become_follower(self._term, None, "no quorum of voters answered within an election timeout")
                 return
         if self._transfer_to is not None and self._now >= self._transfer_deadline:
             self._transfer_to = None
             if self.id not in self._voters:
-                self._become_follower(self._term, None)
+                self._become_follower(self._term, None, "it is no longer a voter")
+                return
+        self._maybe_pin_identities()
 
     # --- role changes ------------------------------------------------------------
 
-    def _become_follower(self, term: int, leader: int | None) -> None:
+    def _become_follower(self, term: int, leader: int | None, why: str = "") -> None:
         if term > self._term:
             self._term, self._voted_for = term, None
             self._hs_dirty = True
         if self._role is Role.LEADER:
             self._abandon_leadership()
+            self._event(
+                "info",
+                "raft: node {node} lost leadership (term {term}): {why}",
+                node=self.id,
+                term=self._term,
+                why=why or "a higher term was seen",
+            )
         self._role = Role.FOLLOWER
-        self._leader = leader
+        self._see_leader(leader)
         self._reset_election_timer()
+
+    def _see_leader(self, leader: int | None) -> None:
+        if leader is not None and leader != self._leader and leader != self.id:
+            self._event(
+                "info", "raft: node {node} follows leader {leader} (term {term})",
+                node=self.id, leader=leader, term=self._term,
+            )
+        self._leader = leader
 
     def _abandon_leadership(self) -> None:
         for _seq, origin, request_id, _index in self._reads_to_confirm:
@@ -562,6 +674,8 @@ class RaftCore:
     def _become_leader(self) -> None:
         self._role = Role.LEADER
         self._leader = self.id
+        self._became_leader_at = self._now
+        self._event("info", "raft: node {node} became leader (term {term})", node=self.id, term=self._term)
         self._progress = {}
         self._sync_progress()
         self._heartbeat_deadline = self._now + self._cfg.heartbeat_interval
@@ -578,6 +692,7 @@ class RaftCore:
         nodes = set(self._membership.membership.nodes) - {self.id}
         for gone in set(self._progress) - nodes:
             del self._progress[gone]
+            self._refused_peers.pop(gone, None)
         for new in nodes - set(self._progress):
             self._progress[new] = _Progress(next=self._last_index + 1)
         self._replication_dirty = True
@@ -587,6 +702,16 @@ class RaftCore:
     def receive(self, msg: Message) -> None:
         """A message from a peer arrived (any order, duplicates allowed)."""
         if self._role is Role.SHUTDOWN or msg.dst != self.id:
+            return
+        if isinstance(msg, Refused):
+            self._on_refused(msg)
+            return
+        if msg.cluster is not None and self._cluster_id is not None and msg.cluster != self._cluster_id:
+            self._refuse(
+                msg.src,
+                f"node {msg.src} belongs to cluster {msg.cluster} and node {self.id} to cluster "
+                f"{self._cluster_id}: a node never joins another cluster",
+            )
             return
         if msg.term > self._term:
             if isinstance(msg, VoteRequest):
@@ -627,6 +752,132 @@ class RaftCore:
         elif isinstance(msg, ReadIndexRequest):
             self._send(ReadIndexResponse(self._term, self.id, msg.src, msg.request_id, None))
 
+    # --- identity -----------------------------------------------------------------
+
+    def _own_refusal(self) -> str | None:
+        """Why this node may neither vote nor campaign (the membership pins another incarnation for it)."""
+        if self._membership is None:
+            return None
+        pinned = self._membership.membership.incarnations.get(self.id)
+        if pinned is None or pinned == self._incarnation:
+            return None
+        return (
+            f"this data directory is incarnation {self._incarnation} but the membership pins {pinned} "
+            f"for node {self.id} (a wiped or replaced disk)"
+        )
+
+    def _pinned_mismatch(self, peer: int, incarnation: str | None) -> str | None:
+        """Why C{peer}, answering as C{incarnation}, is not the member the membership pinned."""
+        if incarnation is None or self._membership is None:
+            # No membership yet, or a peer of a version without identities.
+            return None
+        pinned = self._membership.membership.incarnations.get(peer)
+        if pinned is None or pinned == incarnation:
+            return None
+        return _refusal_text(peer, incarnation, pinned)
+
+    def _refuse(self, peer: int, reason: str) -> None:
+        """Tell C{peer} why it is not counted (and log it once per reason)."""
+        if self._refused_peers.get(peer) != reason:
+            self._refused_peers[peer] = reason
+            self._event("warn", "raft: node {node} refuses node {peer}: {reason}", node=self.id, peer=peer, reason=reason)
+        self._send(Refused(self._term, self.id, peer, reason))
+
+    def _on_refused(self, msg: Refused) -> None:
+        seen = (msg.src, msg.reason)
+        if self._refused_by != seen or self._now - self._refused_by_logged >= _REFUSED_LOG_INTERVAL:
+            self._refused_by_logged = self._now
+            self._event(
+                "warn", "raft: node {node} is refused by node {peer}: {reason}",
+                node=self.id, peer=msg.src, reason=msg.reason,
+            )
+        self._refused_by = seen
+
+    def _responder(self, msg: AppendEntriesResponse | HeartbeatResponse | InstallSnapshotResponse) -> _Progress | None:
+        """
+        The leader's progress of the peer that answered, if it counts: a
+        peer whose incarnation is not the one the membership pinned (or, not
+        pinned yet, the one it first answered with) is refused.
+        """
+        pr = self._progress.get(msg.src)
+        if self._role is not Role.LEADER or pr is None or self._membership is None:
+            return None
+        refusal = self._pinned_mismatch(msg.src, msg.incarnation)
+        pinned = self._membership.membership.incarnations.get(msg.src)
+        if refusal is None and msg.incarnation is not None and pinned is None:
+            if pr.incarnation is None:
+                pr.incarnation = msg.incarnation
+            elif pr.incarnation != msg.incarnation:
+                refusal = _refusal_text(msg.src, msg.incarnation, pr.incarnation)
+        if refusal is not None:
+            if pr.refused is None:
+                # What it acknowledged may be gone: it counts for nothing.
+                pr.match = 0
+                pr.become_probe()
+            pr.refused = refusal
+            self._refuse(msg.src, refusal)
+            return None
+        if self._refused_peers.pop(msg.src, None) is not None:
+            self._event("info", "raft: node {node} accepts node {peer} again", node=self.id, peer=msg.src)
+        if not isinstance(msg, InstallSnapshotResponse):
+            self._check_follower_commit(msg.src, msg.commit_id)
+        return pr
+
+    def _check_follower_commit(self, peer: int, commit_id: LogId | None) -> None:
+        """A follower's committed prefix must be this leader's (Leader Completeness)."""
+        if commit_id is None or commit_id.index == 0:
+            return
+        if commit_id.index > self._last_index:
+            raise self._violation(
+                f"node {peer} has committed {commit_id.display()} but this leader's log ends at index "
+                f"{self._last_index}: the leader lacks committed entries",
+                commit_id.index,
+            )
+        if commit_id.index >= self._base_index:
+            mine = self._log_id_at(commit_id.index)
+            if mine != commit_id:
+                raise self._violation(
+                    f"node {peer} has committed {commit_id.display()} but this leader holds "
+                    f"{_display(mine)} at that index",
+                    commit_id.index,
+                )
+
+    def _commit_id(self) -> LogId | None:
+        return self._log_id_at(self._commit)
+
+    def _maybe_pin_identities(self) -> None:
+        """
+        Pin the incarnations of a membership written before identities
+        existed (no cluster id), once every member has answered (or an
+        election timeout after this node became leader, with those that
+        have): the one-time trust of an upgrade. Also gives it a cluster id.
+        """
+        stored = self._membership
+        if stored is None or stored.membership.cluster_id is not None or self._transfer_to is not None:
+            return
+        if self._commit < self._blank_index or stored.log_id is None or stored.log_id.index > self._commit:
+            return
+        if stored.membership.is_joint:
+            return
+        waiting = [p for p, pr in self._progress.items() if pr.incarnation is None and pr.refused is None]
+        if waiting and self._now - self._became_leader_at < self._cfg.election_timeout_max:
+            return
+        membership = stored.membership
+        cluster = self._cluster_id or new_identity(self._rng)
+        if self._cluster_id is None:
+            self._cluster_id = cluster
+            self._identity_unsaved = True
+        self._append_membership(
+            Membership(membership.configs, membership.nodes, membership.incarnations, cluster)
+        )
+        self._event(
+            "warn",
+            "raft: node {node} pinned the incarnations of a cluster formed before identities existed "
+            "(trusted once, as first seen): cluster id {cluster}",
+            node=self.id,
+            cluster=cluster,
+        )
+
     def _on_vote_request(self, msg: VoteRequest) -> None:
         last = self._last_log_id
         up_to_date = (msg.last_log_id.key if msg.last_log_id else (0, 0)) >= (
@@ -637,7 +888,15 @@ class RaftCore:
             or (self._voted_for is None and self._leader is None)
             or (msg.pre_vote and msg.term > self._term)
         )
-        granted = can_vote and up_to_date
+        refusal = self._pinned_mismatch(msg.src, msg.incarnation)
+        if refusal is not None:
+            self._refuse(msg.src, refusal)
+        # A node the membership does not recognise (another incarnation is
+        # pinned for it) votes for no one. (A wiped node knows no membership;
+        # its vote is discounted by the candidate, which checks the voter's
+        # pinned incarnation.)
+        eligible = refusal is None and self._own_refusal() is None
+        granted = can_vote and up_to_date and eligible
         if msg.pre_vote:
             term = msg.term if granted else self._term
             self._send(VoteResponse(term, self.id, msg.src, granted, True))
@@ -651,6 +910,10 @@ class RaftCore:
     def _on_vote_response(self, msg: VoteResponse) -> None:
         expected = Role.PRE_CANDIDATE if msg.pre_vote else Role.CANDIDATE
         if self._role is not expected or msg.src not in self._voters:
+            return
+        refusal = self._pinned_mismatch(msg.src, msg.incarnation)
+        if refusal is not None:
+            self._refuse(msg.src, refusal)
             return
         self._votes.setdefault(msg.src, msg.granted)
         granted = [n for n, ok in self._votes.items() if ok]
@@ -672,19 +935,33 @@ class RaftCore:
 
     def _on_append(self, msg: AppendEntriesRequest) -> None:
         self._follow(msg.src)
-        prev_index = msg.prev_log_id.index if msg.prev_log_id else 0
+        self._refused_by = None
+        prev = msg.prev_log_id
+        prev_index = prev.index if prev else 0
         entries = list(msg.entries)
-        if prev_index < self._commit:
-            # Committed entries match the leader's; skip them.
-            skip = min(len(entries), self._commit - prev_index)
+        if prev_index <= self._commit:
+            # Entries up to the commit point are committed here: they must be
+            # the leader's. Check them (where not purged), never rewrite them.
+            if prev_index >= self._base_index and self._log_id_at(prev_index) != prev:
+                raise self._violation(
+                    f"leader {msg.src} sent prev_log_id {_display(prev)} but this node committed "
+                    f"{_display(self._log_id_at(prev_index))} at that index",
+                    prev_index,
+                )
+            skip = 0
+            for entry in entries:
+                if entry.index > self._commit:
+                    break
+                if entry.index >= max(self._base_index, 1) and self._log_id_at(entry.index) != entry.log_id:
+                    raise self._violation(
+                        f"leader {msg.src} sent entry {entry.log_id.display()} but this node committed "
+                        f"{_display(self._log_id_at(entry.index))} at that index",
+                        entry.index,
+                    )
+                skip += 1
             entries = entries[skip:]
             prev_index += skip
-            if prev_index < self._commit:
-                self._send_durable(
-                    AppendEntriesResponse(self._term, self.id, msg.src, True, self._commit)
-                )
-                return
-        elif not self._has_index(prev_index) or self._log_id_at(prev_index) != msg.prev_log_id:
+        elif not self._has_index(prev_index) or self._log_id_at(prev_index) != prev:
             self._reject_append(msg, prev_index)
             return
         for i, entry in enumerate(entries):
@@ -697,7 +974,11 @@ class RaftCore:
                 break
         last_new = prev_index + len(entries)
         self._commit = max(self._commit, min(msg.leader_commit, last_new))
-        self._send_durable(AppendEntriesResponse(self._term, self.id, msg.src, True, last_new))
+        self._send_durable(
+            AppendEntriesResponse(
+                self._term, self.id, msg.src, True, last_new, commit_id=self._commit_id()
+            )
+        )
 
     def _reject_append(self, msg: AppendEntriesRequest, prev_index: int) -> None:
         prev_term = msg.prev_log_id.term if msg.prev_log_id else 0
@@ -706,14 +987,17 @@ class RaftCore:
             hint -= 1
         self._send_durable(
             AppendEntriesResponse(
-                self._term, self.id, msg.src, False, prev_index, hint, self._term_at(hint)
+                self._term, self.id, msg.src, False, prev_index, hint, self._term_at(hint),
+                commit_id=self._commit_id(),
             )
         )
 
     def _on_heartbeat(self, msg: Heartbeat) -> None:
         self._follow(msg.src)
         self._commit = max(self._commit, min(msg.commit, self._last_index))
-        self._send_durable(HeartbeatResponse(self._term, self.id, msg.src, msg.read_seq))
+        self._send_durable(
+            HeartbeatResponse(self._term, self.id, msg.src, msg.read_seq, commit_id=self._commit_id())
+        )
 
     def _on_install_snapshot(self, msg: InstallSnapshotRequest) -> None:
         self._follow(msg.src)
@@ -727,6 +1011,13 @@ class RaftCore:
             (self._send_durable if done else self._send)(response)
 
         if meta.last_log_id.index <= self._commit:
+            index = meta.last_log_id.index
+            if index >= self._base_index and index > 0 and self._log_id_at(index) != meta.last_log_id:
+                raise self._violation(
+                    f"leader {msg.src} sent snapshot {snapshot_id} ending at {meta.last_log_id.display()} "
+                    f"but this node committed {_display(self._log_id_at(index))} at that index",
+                    index,
+                )
             self._snapshot_rx = None
             reply(0, True)
             return
@@ -761,7 +1052,15 @@ class RaftCore:
         self._pending_purge = last
         self._apply_snapshot = snapshot
         self._commit = max(self._commit, last.index)
-        self._membership = self._find_membership(self._last_index)
+        self._set_membership(self._find_membership(self._last_index))
+        self._event(
+            "info",
+            "raft: node {node} installed snapshot {id} ({size} bytes) from leader {leader}",
+            node=self.id,
+            id=snapshot.meta.snapshot_id,
+            size=len(snapshot.data),
+            leader=self._leader,
+        )
 
     def _on_timeout_now(self, msg: TimeoutNow) -> None:
         if self._role is not Role.LEADER and self.id in self._voters:
@@ -784,8 +1083,8 @@ class RaftCore:
     # --- leader: replication ------------------------------------------------------
 
     def _on_append_response(self, msg: AppendEntriesResponse) -> None:
-        pr = self._progress.get(msg.src)
-        if self._role is not Role.LEADER or pr is None:
+        pr = self._responder(msg)
+        if pr is None:
             return
         pr.active = True
         if msg.success:
@@ -816,8 +1115,8 @@ class RaftCore:
         self._send_append(msg.src, pr)
 
     def _on_heartbeat_response(self, msg: HeartbeatResponse) -> None:
-        pr = self._progress.get(msg.src)
-        if self._role is not Role.LEADER or pr is None:
+        pr = self._responder(msg)
+        if pr is None:
             return
         pr.active = True
         pr.read_seq = max(pr.read_seq, msg.read_seq)
@@ -826,8 +1125,8 @@ class RaftCore:
             self._send_append(msg.src, pr)
 
     def _on_snapshot_response(self, msg: InstallSnapshotResponse) -> None:
-        pr = self._progress.get(msg.src)
-        if self._role is not Role.LEADER or pr is None or pr.mode is not _Mode.SNAPSHOT:
+        pr = self._responder(msg)
+        if pr is None or pr.mode is not _Mode.SNAPSHOT:
             return
         pr.active = True
         snapshot = self._snapshot
@@ -836,6 +1135,10 @@ class RaftCore:
         elif msg.done:
             pr.match = max(pr.match, snapshot.meta.last_log_id.index)
             pr.become_probe()
+            self._event(
+                "info", "raft: node {node} sent snapshot {id} ({size} bytes) to node {peer}",
+                node=self.id, id=snapshot.meta.snapshot_id, size=len(snapshot.data), peer=msg.src,
+            )
         else:
             pr.snapshot_offset = msg.next_offset
         pr.paused = False
@@ -850,7 +1153,7 @@ class RaftCore:
     def _send_append(self, peer: int, pr: _Progress) -> None:
         """Send what C{peer} needs next, within the progress' window."""
         while True:
-            if pr.paused:
+            if pr.paused or pr.refused is not None:
                 return
             if pr.mode is _Mode.REPLICATE and len(pr.inflight) >= self._cfg.max_inflight:
                 return
@@ -896,6 +1199,11 @@ class RaftCore:
         start = min(pr.snapshot_offset, len(snapshot.data))
         chunk = snapshot.data[start : start + self._cfg.snapshot_chunk_size]
         done = start + len(chunk) >= len(snapshot.data)
+        if start == 0:
+            self._event(
+                "info", "raft: node {node} sending snapshot {id} ({size} bytes) to node {peer}",
+                node=self.id, id=snapshot.meta.snapshot_id, size=len(snapshot.data), peer=peer,
+            )
         self._send(
             InstallSnapshotRequest(self._term, self.id, peer, snapshot.meta, start, chunk, done)
         )
@@ -937,7 +1245,7 @@ class RaftCore:
         if membership.is_joint:
             old, new = membership.configs
             nodes = {n: a for n, a in membership.nodes.items() if n not in old - new}
-            self._append_membership(Membership([new], nodes))
+            self._append_membership(_members(membership, [new], nodes))
         elif self.id not in membership.voters and self._transfer_to is None:
             best = max(sorted(membership.voters), key=lambda n: self._progress[n].match)
             self._start_transfer(best)
@@ -971,8 +1279,11 @@ class RaftCore:
 
     def initialize(self, nodes: Mapping[int, str]) -> LogId:
         """
-        Create the cluster with C{nodes} (id -> Raft address) as voters. Only
-        on a pristine node; the node campaigns after an election timeout.
+        Create the cluster with C{nodes} (id -> Raft address) as voters and a
+        new cluster id; this node's incarnation is pinned (the others' are
+        pinned by the leader when they first answer, at the next membership
+        change). Only on a pristine node. A node that is the only voter
+        campaigns at its next tick; otherwise after an election timeout.
         """
         if self._term or self._voted_for is not None or self._last_log_id or self._snapshot:
             last = self._last_log_id.display() if self._last_log_id else "None"
@@ -982,8 +1293,16 @@ class RaftCore:
             )
         if self.id not in nodes:
             raise RaftError(f"node {self.id} must be a member of the cluster it initializes")
-        entry = Entry(LogId(0, self.id, 1), Membership([set(nodes)], nodes))
+        self._cluster_id = new_identity(self._rng)
+        self._identity_unsaved = True
+        membership = Membership([set(nodes)], nodes, {self.id: self._incarnation}, self._cluster_id)
+        entry = Entry(LogId(0, self.id, 1), membership)
         self._append([entry])
+        if set(nodes) == {self.id}:
+            # Campaign at the next tick, not now: the entry must be durable
+            # first (a crash before that leaves a node that may be
+            # initialized again, not one with a term and no cluster).
+            self._election_deadline = self._now
         return entry.log_id
 
     def _check_membership_change(self) -> StoredMembership:
@@ -998,6 +1317,12 @@ class RaftCore:
         return stored
 
     def _append_membership(self, membership: Membership) -> LogId:
+        # Pin what this leader has seen of members not pinned yet, and itself.
+        seen = {p: pr.incarnation for p, pr in self._progress.items() if pr.incarnation and pr.refused is None}
+        seen[self.id] = self._incarnation
+        pins = {n: i for n, i in seen.items() if n in membership.nodes}
+        pins.update(membership.incarnations)
+        membership = Membership(membership.configs, membership.nodes, pins, membership.cluster_id or self._cluster_id)
         entry = Entry(LogId(self._term, self.id, self._last_index + 1), membership)
         self._append([entry])
         self._replication_dirty = True
@@ -1006,9 +1331,7 @@ class RaftCore:
     def add_learner(self, node_id: int, addr: str) -> LogId:
         """Add (or re-address) a node that receives the log but does not vote."""
         current = self._check_membership_change().membership
-        return self._append_membership(
-            Membership(current.configs, {**current.nodes, node_id: addr})
-        )
+        return self._append_membership(_members(current, current.configs, {**current.nodes, node_id: addr}))
 
     def change_membership(self, voters: Iterable[int]) -> LogId:
         """
@@ -1028,7 +1351,32 @@ class RaftCore:
         (old,) = current.configs
         if new == old:
             return stored.log_id  # type: ignore[return-value]
-        return self._append_membership(Membership([old, new], current.nodes))
+        for node in sorted(new - old):
+            pr = self._progress.get(node)
+            if pr is not None and pr.refused is not None:
+                raise RaftError(f"node {node} is refused: {pr.refused}")
+            if current.cluster_id is not None and node not in current.incarnations and node != self.id:
+                if pr is None or pr.incarnation is None:
+                    raise RaftError(
+                        f"node {node} has not answered the leader yet, so its incarnation is unknown; "
+                        "wait until it has caught up and retry"
+                    )
+        return self._append_membership(_members(current, [old, new], current.nodes))
+
+    def remove_node(self, node_id: int) -> LogId:
+        """
+        Remove a member: a voter through L{change_membership} (joint
+        consensus), a learner with one membership entry. Its pinned
+        incarnation goes with it, so it can be added again (with a new disk)
+        through L{add_learner}.
+        """
+        current = self._check_membership_change().membership
+        if node_id not in current.nodes:
+            raise RaftError(f"node {node_id} is not a member")
+        if node_id in current.voters:
+            return self.change_membership(current.voters - {node_id})
+        nodes = {n: a for n, a in current.nodes.items() if n != node_id}
+        return self._append_membership(_members(current, current.configs, nodes))
 
     def transfer_leadership(self, to: int) -> None:
         """Hand leadership to voter C{to} (a no-op for this node itself)."""
@@ -1185,7 +1533,32 @@ class RaftCore:
             replication={p: pr.match for p, pr in sorted(self._progress.items())},
             snapshot=self._snapshot.meta.last_log_id if self._snapshot else None,
             last_purged=self._base,
+            incarnation=self._incarnation,
+            cluster_id=self._cluster_id,
+            refused=dict(self._refused_peers),
+            refused_by=self._refused_by,
         )
+
+
+_REFUSED_LOG_INTERVAL = 30_000
+
+
+def _members(current: Membership, configs: Iterable[Iterable[int]], nodes: Mapping[int, str]) -> Membership:
+    """A membership derived from C{current}: its pins (of the remaining nodes) and cluster id."""
+    pins = {n: i for n, i in current.incarnations.items() if n in nodes}
+    return Membership(configs, nodes, pins, current.cluster_id)
+
+
+def _display(log_id: LogId | None) -> str:
+    return log_id.display() if log_id is not None else "nothing"
+
+
+def _refusal_text(peer: int, incarnation: str, expected: str) -> str:
+    return (
+        f"node {peer} answers as data-directory incarnation {incarnation} but is known as {expected} "
+        "(its disk was wiped or replaced): it takes no part in votes or commit until an operator "
+        "removes it and adds it again (raft_remove_node, raft_add_learner, raft_change_membership)"
+    )
 
 
 _HANDLERS: dict[type, Any] = {

@@ -84,6 +84,10 @@ def _frozen_configs(configs: Iterable[Iterable[int]]) -> tuple[frozenset[int], .
     return tuple(frozenset(c) for c in configs)
 
 
+def _frozen_incarnations(incarnations: Mapping[int, str] | None) -> Mapping[int, str]:
+    return MappingProxyType(dict(sorted((incarnations or {}).items())))
+
+
 @attrs.frozen
 class Membership:
     """
@@ -91,10 +95,19 @@ class Membership:
     (C{[old, new]}), and the Raft address of every member. Nodes that are in
     C{nodes} but in no voter set are learners: they receive the log and never
     count towards a quorum.
+
+    Identity (docs/raft-internals.md, "Identity"): C{incarnations} pins the
+    incarnation id of a member's data directory once the leader has learned
+    it (a member without one is not pinned yet: a learner before its first
+    contact, or a cluster formed before identities existed); C{cluster_id}
+    names the cluster (C{None} only in memberships written before it
+    existed).
     """
 
     configs: tuple[frozenset[int], ...] = attrs.field(converter=_frozen_configs)
     nodes: Mapping[int, str] = attrs.field(converter=_frozen_nodes)
+    incarnations: Mapping[int, str] = attrs.field(default=None, converter=_frozen_incarnations)
+    cluster_id: str | None = None
 
     @configs.validator
     def _check_configs(self, attribute: Any, value: tuple[frozenset[int], ...]) -> None:
@@ -104,6 +117,12 @@ class Membership:
             missing = config - set(self.nodes)
             if missing:
                 raise ValueError(f"voters without an address: {sorted(missing)}")
+
+    @incarnations.validator
+    def _check_incarnations(self, attribute: Any, value: Mapping[int, str]) -> None:
+        stray = set(value) - set(self.nodes)
+        if stray:
+            raise ValueError(f"incarnations of nodes that are not members: {sorted(stray)}")
 
     @property
     def voters(self) -> frozenset[int]:
@@ -136,10 +155,16 @@ class Membership:
         return result or 0
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "configs": [sorted(c) for c in self.configs],
-            "nodes": {str(n): {"addr": a} for n, a in self.nodes.items()},
-        }
+        nodes: dict[str, Any] = {}
+        for n, a in self.nodes.items():
+            node: dict[str, Any] = {"addr": a}
+            if n in self.incarnations:
+                node["incarnation"] = self.incarnations[n]
+            nodes[str(n)] = node
+        out: dict[str, Any] = {"configs": [sorted(c) for c in self.configs], "nodes": nodes}
+        if self.cluster_id is not None:
+            out["cluster_id"] = self.cluster_id
+        return out
 
     @classmethod
     def from_json(cls, value: Any) -> "Membership":
@@ -149,20 +174,32 @@ class Membership:
         if not isinstance(configs, list):
             raise MessageDecodeError("membership configs must be an array")
         parsed_nodes: dict[int, str] = {}
+        incarnations: dict[int, str] = {}
         for key, node in nodes.items():
             if not key.isdigit():
                 raise MessageDecodeError(f"membership node id {key!r} is not a number")
-            addr = _object(node, "membership node").get("addr")
+            fields = _object(node, "membership node")
+            addr = fields.get("addr")
             if not isinstance(addr, str):
                 raise MessageDecodeError("membership node addr must be a string")
             parsed_nodes[int(key)] = addr
+            incarnation = fields.get("incarnation")
+            if incarnation is not None:
+                if not isinstance(incarnation, str) or not incarnation:
+                    raise MessageDecodeError("membership node incarnation must be a non-empty string")
+                incarnations[int(key)] = incarnation
+        cluster_id = obj.get("cluster_id")
+        if cluster_id is not None and (not isinstance(cluster_id, str) or not cluster_id):
+            raise MessageDecodeError("membership cluster_id must be a non-empty string")
         parsed_configs = []
         for config in configs:
             if not isinstance(config, list) or not all(_is_uint(n) for n in config):
                 raise MessageDecodeError("a membership config must be an array of node ids")
             parsed_configs.append(config)
         try:
-            return cls(configs=parsed_configs, nodes=parsed_nodes)
+            return cls(
+                configs=parsed_configs, nodes=parsed_nodes, incarnations=incarnations, cluster_id=cluster_id
+            )
         except ValueError as e:
             raise MessageDecodeError(str(e)) from None
 
@@ -271,10 +308,16 @@ class Entry:
 
 @attrs.frozen
 class HardState:
-    """What a node must remember before it answers anyone: its term and vote."""
+    """
+    What a node must remember before it answers anyone: its term and vote,
+    and its identity: the incarnation id of its data directory (minted at
+    first start) and the id of the cluster it belongs to (once known).
+    """
 
     term: int = 0
     voted_for: int | None = None
+    incarnation: str | None = None
+    cluster_id: str | None = None
 
 
 @attrs.frozen
@@ -370,6 +413,11 @@ class VoteRequest:
     last_log_id: LogId | None
     pre_vote: bool = False
     transfer: bool = False
+    #: The sender's cluster id and data-directory incarnation (stamped by the
+    #: core on every message it sends; C{None} from a node that has none yet,
+    #: or that runs a version without identities).
+    cluster: str | None = attrs.field(default=None, eq=False)
+    incarnation: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -379,6 +427,9 @@ class VoteResponse:
     dst: int
     granted: bool
     pre_vote: bool = False
+    # The sender's identity, as above (not part of equality).
+    cluster: str | None = attrs.field(default=None, eq=False)
+    incarnation: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -389,6 +440,9 @@ class AppendEntriesRequest:
     prev_log_id: LogId | None
     entries: tuple[Entry, ...]
     leader_commit: int
+    # The sender's identity, as above (not part of equality).
+    cluster: str | None = attrs.field(default=None, eq=False)
+    incarnation: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -406,6 +460,11 @@ class AppendEntriesResponse:
     index: int
     hint_index: int = 0
     hint_term: int = 0
+    #: The follower's commit point, for the leader's safety check.
+    commit_id: LogId | None = attrs.field(default=None, eq=False)
+    # The sender's identity, as above (not part of equality).
+    cluster: str | None = attrs.field(default=None, eq=False)
+    incarnation: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -421,6 +480,9 @@ class Heartbeat:
     dst: int
     commit: int
     read_seq: int
+    # The sender's identity, as above (not part of equality).
+    cluster: str | None = attrs.field(default=None, eq=False)
+    incarnation: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -429,6 +491,11 @@ class HeartbeatResponse:
     src: int
     dst: int
     read_seq: int
+    #: The follower's commit point, for the leader's safety check.
+    commit_id: LogId | None = attrs.field(default=None, eq=False)
+    # The sender's identity, as above (not part of equality).
+    cluster: str | None = attrs.field(default=None, eq=False)
+    incarnation: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -440,6 +507,9 @@ class InstallSnapshotRequest:
     offset: int
     data: bytes = attrs.field(repr=lambda d: f"<{len(d)} bytes>")
     done: bool
+    # The sender's identity, as above (not part of equality).
+    cluster: str | None = attrs.field(default=None, eq=False)
+    incarnation: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -455,6 +525,9 @@ class InstallSnapshotResponse:
     snapshot_id: str
     next_offset: int
     done: bool
+    # The sender's identity, as above (not part of equality).
+    cluster: str | None = attrs.field(default=None, eq=False)
+    incarnation: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -465,6 +538,9 @@ class ReadIndexRequest:
     src: int
     dst: int
     request_id: int
+    # The sender's identity, as above (not part of equality).
+    cluster: str | None = attrs.field(default=None, eq=False)
+    incarnation: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -476,6 +552,9 @@ class ReadIndexResponse:
     dst: int
     request_id: int
     read_index: int | None
+    # The sender's identity, as above (not part of equality).
+    cluster: str | None = attrs.field(default=None, eq=False)
+    incarnation: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -485,6 +564,25 @@ class TimeoutNow:
     term: int
     src: int
     dst: int
+    # The sender's identity, as above (not part of equality).
+    cluster: str | None = attrs.field(default=None, eq=False)
+    incarnation: str | None = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen
+class Refused:
+    """
+    The receiver will not count the sender (its data directory is not the
+    incarnation the membership pinned, or it belongs to another cluster);
+    C{reason} says why and what the operator can do.
+    """
+
+    term: int
+    src: int
+    dst: int
+    reason: str
+    cluster: str | None = attrs.field(default=None, eq=False)
+    incarnation: str | None = attrs.field(default=None, eq=False)
 
 
 Message = Union[
@@ -499,6 +597,7 @@ Message = Union[
     ReadIndexRequest,
     ReadIndexResponse,
     TimeoutNow,
+    Refused,
 ]
 
 _TYPE_NAMES: dict[type, str] = {
@@ -513,7 +612,11 @@ _TYPE_NAMES: dict[type, str] = {
     ReadIndexRequest: "read_index",
     ReadIndexResponse: "read_index_response",
     TimeoutNow: "timeout_now",
+    Refused: "refused",
 }
+
+#: Fields added after the first release: left out when C{None}, optional when decoding.
+_OPTIONAL_FIELDS = frozenset({"cluster", "incarnation", "commit_id"})
 _TYPES_BY_NAME = {name: cls for cls, name in _TYPE_NAMES.items()}
 
 
@@ -523,6 +626,8 @@ def message_to_json(msg: Message) -> dict[str, Any]:
     for field in attrs.fields(type(msg)):
         value = getattr(msg, field.name)
         key = {"src": "from", "dst": "to"}.get(field.name, field.name)
+        if value is None and field.name in _OPTIONAL_FIELDS:
+            continue
         if isinstance(value, (LogId, SnapshotMeta)):
             value = value.to_json()
         elif isinstance(value, bytes):
@@ -547,6 +652,8 @@ def message_from_json(value: Any) -> Message:
     for field in attrs.fields(cls):
         key = {"src": "from", "dst": "to"}.get(field.name, field.name)
         if key not in obj:
+            if field.name in _OPTIONAL_FIELDS:
+                continue
             raise MessageDecodeError(f"{obj['type']} message without {key!r}")
         kwargs[field.name] = _FIELD_DECODERS[field.name](obj, key)
     message: Message = cls(**kwargs)
@@ -589,6 +696,10 @@ def _bool(obj: Mapping[str, Any], key: str) -> bool:
     return value
 
 
+def _optional_str(obj: Mapping[str, Any], key: str) -> str | None:
+    return None if obj[key] is None else _str(obj, key)
+
+
 def _str(obj: Mapping[str, Any], key: str) -> str:
     value = obj[key]
     if not isinstance(value, str):
@@ -621,6 +732,10 @@ _FIELD_DECODERS: dict[str, Callable[[Mapping[str, Any], str], Any]] = {
     "snapshot_id": _str,
     "next_offset": lambda o, k: _uint(o, k),
     "request_id": lambda o, k: _uint(o, k),
+    "reason": _str,
+    "cluster": lambda o, k: _optional_str(o, k),
+    "incarnation": lambda o, k: _optional_str(o, k),
+    "commit_id": lambda o, k: log_id_from_json(o[k]),
 }
 
 

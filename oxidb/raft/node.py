@@ -49,7 +49,7 @@ from zope.interface import Interface, implementer
 from oxidb.errors import InternalError, LeaderError, NotLeaderError, OxiError, RaftError, TooLargeError, UnavailableError
 from oxidb.logs import Logger
 from oxidb.metrics import RaftStatus
-from oxidb.raft.core import RaftConfig, RaftCore, RaftMetrics, Ready
+from oxidb.raft.core import RaftConfig, RaftCore, RaftEvent, RaftMetrics, Ready, SafetyViolationError
 from oxidb.raft.forward import FORWARD, FORWARD_RESULT, ForwardRequest, ForwardResult
 from oxidb.raft.messages import (
     Entry,
@@ -310,6 +310,7 @@ class RaftNode:
         """
         core = self.core
         assert core is not None
+        self._log_events(ready.events)
         self._send_all(ready.messages)
         persist = ready.persist
         if not persist.is_empty:
@@ -327,6 +328,13 @@ class RaftNode:
         self._schedule_apply(ready)
         core.advance(ready)
         self._retain_links()
+
+    def _log_events(self, events: Sequence[RaftEvent]) -> None:
+        for event in events:
+            if event.level == "warn":
+                self._log.warn(event.text, **event.fields)
+            else:
+                self._log.info(event.text, **event.fields)
 
     def _schedule_apply(self, ready: Ready) -> None:
         """
@@ -374,7 +382,10 @@ class RaftNode:
         if core is None or self._halted():
             return
         meta = snapshot.meta
-        self._log.info("raft: installing snapshot {id}", id=meta.snapshot_id)
+        self._log.info(
+            "raft: installing snapshot {id} ({size} bytes) into the state machine", id=meta.snapshot_id,
+            size=len(snapshot.data),
+        )
         yield self._sm.install_snapshot(snapshot.data)
         if self._halted():
             return
@@ -531,7 +542,11 @@ class RaftNode:
         msg = message_from_json(frame)
         if msg.src != peer or msg.dst != self.id:
             raise PeerProtocolError(f"a message from node {msg.src} to node {msg.dst} on node {peer}'s connection")
-        self.core.receive(msg)
+        try:
+            self.core.receive(msg)
+        except SafetyViolationError:
+            self._fatal(Failure())
+            return
         self._kick()
 
     # --- writes ------------------------------------------------------------------------------
@@ -731,22 +746,34 @@ class RaftNode:
 
     @inlineCallbacks
     def initialize(self, addr: str) -> Any:
-        """Create a one-member cluster of this node; fires once that is durable."""
+        """
+        Create a one-member cluster of this node; fires once that is durable
+        and the node leads (it campaigns at once; a bounded wait).
+        """
         core = self._require_core()
         log_id = core.initialize({self.id: addr})
         self._kick()
         yield self._wait(lambda: self._durable_index >= log_id.index, self.write_timeout)
+        try:
+            yield self._wait(lambda: core.is_leader, self.leader_wait)
+        except _Timeout:
+            pass  # add_learner waits for a leader too
         return log_id
 
     def _settled(self, core: RaftCore) -> "Deferred[None]":
         """
-        On a leader, wait (up to the leader wait) until a membership change
-        may start: an entry of its term is applied (a new leader's blank
-        entry) and no earlier change is still under way. The core decides
-        and explains afterwards if the wait runs out.
+        Wait (up to the leader wait) until a membership change may start:
+        a leader is known (right after C{raft_init}, or during an election,
+        the command waits instead of failing) and, on the leader, an entry
+        of its term is applied (a new leader's blank entry) and no earlier
+        change is still under way. The core decides and explains afterwards
+        if the wait runs out (another node leads: upstream's "has to forward
+        request to").
         """
 
         def settled() -> bool:
+            if core.leader_id is None:
+                return False
             if not core.is_leader:
                 return True
             applied, stored = self._applied, core.membership
@@ -820,6 +847,52 @@ class RaftNode:
         stored = final()
         assert stored is not None and stored.log_id is not None
         return stored.log_id, stored
+
+    @inlineCallbacks
+    def remove_node(self, node_id: int) -> Any:
+        """
+        Remove a member (a voter through joint consensus, or a learner);
+        fires with the log id and membership once the change is applied
+        here.
+        """
+        core = self._require_core()
+        yield self._settled(core)
+        stored = core.membership
+        if stored is not None and node_id in stored.membership.voters:
+            result = yield self.change_membership(set(stored.membership.voters) - {node_id})
+            return result
+        log_id = core.remove_node(node_id)
+        self._kick()
+        try:
+            yield self._wait(lambda: (self._applied.index if self._applied else 0) >= log_id.index, self.catch_up_timeout)
+        except _Timeout:
+            raise RaftError(
+                f"the membership change did not complete within {self.catch_up_timeout:g}s; check raft_metrics"
+            ) from None
+        return log_id, core.membership
+
+    @inlineCallbacks
+    def transfer_leadership(self, to: int) -> Any:
+        """
+        Hand leadership to voter C{to} (like C{etcdctl move-leader}); fires
+        with C{(leader, term)} once C{to} leads, as this node sees it.
+        """
+        core = self._require_core()
+        yield self._settled(core)
+        core.transfer_leadership(to)
+        self._kick()
+        timeout = 2 * self._config.election_timeout_max / 1000
+
+        def moved() -> bool:
+            return core.leader_id == to
+
+        try:
+            yield self._wait(moved, timeout)
+        except _Timeout:
+            raise RaftError(
+                f"node {to} did not take over within {timeout:g}s; leader is {core.leader_id}"
+            ) from None
+        return to, core.current_term
 
     # --- introspection ------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
+import attrs
+
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -31,8 +33,9 @@ from oxidb.logs import Logger
 from oxidb.metrics import RaftStatus
 from oxidb.raft.disk import OsDisk
 from oxidb.raft.executor import ClusterExecutor, LinearizableDispatcher
+from oxidb.raft.core import new_identity
 from oxidb.raft.forward import MemberGate
-from oxidb.raft.messages import LogId
+from oxidb.raft.messages import HardState, LogId, PersistBatch
 from oxidb.raft.node import RaftNode
 from oxidb.raft.settings import ClusterSettings
 from oxidb.raft.statemachine import EngineStateMachine, ReadGate
@@ -99,6 +102,7 @@ class RaftService(Service):
         self.reactor = reactor
         self.engine = engine
         rng = rng if rng is not None else random.SystemRandom()
+        self._rng = rng
         self.io_pool = WorkerPool(reactor, 1, name="oxidb-raft-io")
         self.gate = ReadGate()
         self.storage = RaftStorage(OsDisk(engine.data_dir))
@@ -157,7 +161,7 @@ class RaftService(Service):
 
     def startService(self) -> None:
         self.io_pool.start()
-        state = self.storage.load()
+        state = self.ensure_incarnation(self.storage.load())
         applied = applied_log_id(state, self.engine.last_applied())
         self.transport.startService()
         bound = self.transport.port.getHost()
@@ -172,6 +176,27 @@ class RaftService(Service):
             auth="mutual TLS" if self.settings.tls is not None else type(self.settings.authenticator).__name__,
         )
         super().startService()
+
+    def ensure_incarnation(self, state: DurableState) -> DurableState:
+        """
+        Give a data directory without one its incarnation id, durably, before
+        the node starts: at its first start, or once when it was written by a
+        version without identities (the leader then pins it on first contact).
+        """
+        hard = state.hard_state
+        if hard.incarnation is not None:
+            return state
+        incarnation = new_identity(self._rng)
+        hard = HardState(hard.term, hard.voted_for, incarnation, hard.cluster_id)
+        self.storage.save(PersistBatch(hard_state=hard))
+        fresh = hard.term == 0 and not state.entries and state.snapshot is None
+        self._log.info(
+            "raft: node {node_id} data directory incarnation {incarnation} ({why})",
+            node_id=self.settings.node_id,
+            incarnation=incarnation,
+            why="first start" if fresh else "assigned once to Raft state written by an earlier version",
+        )
+        return attrs.evolve(state, hard_state=hard)
 
     def stopService(self) -> "Deferred[None] | None":
         super().stopService()

@@ -105,19 +105,22 @@ class _Meta:
     committed: LogId | None = None
     last_purged: LogId | None = None
     snapshot: SnapshotMeta | None = None
+    incarnation: str | None = None
+    cluster_id: str | None = None
 
     def encode(self) -> bytes:
-        return seal(
-            orjson.dumps(
-                {
-                    "term": self.term,
-                    "voted_for": self.voted_for,
-                    "committed": log_id_json(self.committed),
-                    "last_purged_log_id": log_id_json(self.last_purged),
-                    "snapshot": None if self.snapshot is None else self.snapshot.to_json(),
-                }
-            )
-        )
+        obj: dict[str, Any] = {
+            "term": self.term,
+            "voted_for": self.voted_for,
+            "committed": log_id_json(self.committed),
+            "last_purged_log_id": log_id_json(self.last_purged),
+            "snapshot": None if self.snapshot is None else self.snapshot.to_json(),
+        }
+        if self.incarnation is not None:
+            obj["incarnation"] = self.incarnation
+        if self.cluster_id is not None:
+            obj["cluster_id"] = self.cluster_id
+        return seal(orjson.dumps(obj))
 
     @classmethod
     def decode(cls, data: bytes) -> "_Meta":
@@ -128,9 +131,17 @@ class _Meta:
         if not isinstance(term, int) or not (voted_for is None or isinstance(voted_for, int)):
             raise ValueError("bad term or vote")
         snapshot = obj.get("snapshot")
+        # Written by versions before identities: no incarnation (the core
+        # mints one) and no cluster id.
+        incarnation, cluster_id = obj.get("incarnation"), obj.get("cluster_id")
+        for value in (incarnation, cluster_id):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError("bad incarnation or cluster id")
         return cls(
             term=term,
             voted_for=voted_for,
+            incarnation=incarnation,
+            cluster_id=cluster_id,
             committed=log_id_from_json(obj.get("committed")),
             last_purged=log_id_from_json(obj.get("last_purged_log_id")),
             snapshot=None if snapshot is None else SnapshotMeta.from_json(snapshot),
@@ -173,14 +184,18 @@ class RaftStorage:
         entries = self._load_log(names)
         self._log.info(
             "raft: loaded state ({n} log entries, term={term}, vote={vote}, "
-            "snapshot={snapshot})",
+            "snapshot={snapshot}, incarnation={incarnation}, cluster={cluster})",
+            incarnation=self._meta.incarnation,
+            cluster=self._meta.cluster_id,
             n=len(entries),
             term=self._meta.term,
             vote=self._meta.voted_for,
             snapshot=None if snapshot is None else snapshot.meta.last_log_id.display(),
         )
         return DurableState(
-            hard_state=HardState(self._meta.term, self._meta.voted_for),
+            hard_state=HardState(
+                self._meta.term, self._meta.voted_for, self._meta.incarnation, self._meta.cluster_id
+            ),
             committed=self._meta.committed,
             last_purged=self._meta.last_purged,
             snapshot=snapshot,
@@ -296,6 +311,10 @@ class RaftStorage:
         meta = attrs.evolve(self._meta)
         if batch.hard_state is not None:
             meta.term, meta.voted_for = batch.hard_state.term, batch.hard_state.voted_for
+            if batch.hard_state.incarnation is not None:
+                meta.incarnation = batch.hard_state.incarnation
+            if batch.hard_state.cluster_id is not None:
+                meta.cluster_id = batch.hard_state.cluster_id
         if batch.snapshot is not None:
             self._write_snapshot(batch.snapshot)
             meta.snapshot = batch.snapshot.meta
