@@ -2,8 +2,8 @@
 Cluster bench: durable quorum write throughput of a 3-node cluster against
 the same writes on a standalone server, and failover time after kill -9 of
 the leader. Every server is a real ``twistd -n oxidb`` process on loopback;
-the cluster uses its default timings (heartbeat 500 ms, elections
-1500-3000 ms) and a cluster key, as in production.
+the cluster uses its default timings (heartbeat 200 ms, elections
+1000-2000 ms) unless told otherwise, and a cluster key, as in production.
 
     python bench/cluster_bench.py [--seconds 5] [--connections 16] [--failovers 5]
     python bench/cluster_bench.py --failover-only --failovers 11 --steady-seconds 60 \
