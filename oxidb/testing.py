@@ -201,6 +201,10 @@ class ServerProcess:
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         logging = self.twistd_args or [f"--logfile={self.log_path}"]
         command = [twistd, "-n", "--pidfile=", *logging, "oxidb", *self.args]
+        if os.path.exists(self.log_path) and os.path.getsize(self.log_path):
+            # A restart on the same data: keep the earlier runs' logs (.1 is the latest).
+            for path in (self.log_path, self.stderr_path):
+                _rotate(path)
         with open(self.log_path, "w"):
             pass
         self._stderr = open(self.stderr_path, "wb")
@@ -285,6 +289,18 @@ class BlockingClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _rotate(path: str) -> None:
+    """C{path} becomes C{path.1}, C{path.1} becomes C{path.2}, and so on."""
+    if not os.path.exists(path):
+        return
+    last = 1
+    while os.path.exists(f"{path}.{last}"):
+        last += 1
+    for n in range(last, 1, -1):
+        os.replace(f"{path}.{n - 1}", f"{path}.{n}")
+    os.replace(path, f"{path}.1")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -375,15 +391,22 @@ class LocalCluster:
         ids = list(self.nodes) if among is None else list(among)
         return int(wait_until(lambda: next((i for i in ids if self.metrics(i)["state"] == "Leader"), 0), timeout))
 
-    def bootstrap(self, ids: list[int]) -> None:
-        """Upstream's sequence: raft_init on the first, raft_add_learner for the others, raft_change_membership."""
+    def bootstrap(self, ids: list[int], addresses: dict[int, str] | None = None) -> None:
+        """
+        Upstream's sequence: raft_init on the first, raft_add_learner for the
+        others, raft_change_membership. C{addresses}: the Raft address each
+        node is to be known by (default: its own; the first node publishes its
+        C{OXIDB_RAFT_ADVERTISE} or listen address).
+        """
+        addresses = addresses or {}
         first = ids[0]
         reply = self.request(first, {"cmd": "raft_init"})
         if not reply.get("ok"):
             raise AssertionError(f"raft_init: {reply}")
         self.leader([first])
         for node_id in ids[1:]:
-            reply = self.request(first, {"cmd": "raft_add_learner", "node_id": node_id, "addr": self.raft_addr(node_id)})
+            addr = addresses.get(node_id) or self.raft_addr(node_id)
+            reply = self.request(first, {"cmd": "raft_add_learner", "node_id": node_id, "addr": addr})
             if not reply.get("ok"):
                 raise AssertionError(f"raft_add_learner {node_id}: {reply}")
         reply = self.request(first, {"cmd": "raft_change_membership", "members": ids})
