@@ -10,6 +10,9 @@ against it too (in the spirit of C{treq.testing}).
    the tests and benches; requests may be pipelined.
  - L{ServerProcess} and L{BlockingClient}: a real C{twistd -n oxidb} child
    process and a plain-socket client, for end-to-end tests.
+ - L{LocalCluster}: cluster nodes as real processes on loopback.
+ - L{FaultProxyProcess}: a fault-injecting proxy for the Raft links between
+   such nodes (partitions, one-way cuts, delays; L{oxidb._faultproxy}).
 """
 
 from __future__ import annotations

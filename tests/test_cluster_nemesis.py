@@ -126,6 +126,13 @@ class Nemesis:
             # Every node is known by its front door, so all Raft traffic crosses the proxy.
             assert self.proxy.address(node) in membership and self.cluster.raft_addr(node) not in membership, membership
         assert all(s["bytes_forward"] > 0 for s in self.proxy.stats() if s["src"] == 1)
+        # The proxy really partitions: cut off from the others, the leader is replaced.
+        old = self.cluster.leader()
+        others = [n for n in NODES if n != old]
+        self.proxy.partition([[old], others])
+        new = self.cluster.leader(others, timeout=30)
+        self.proxy.heal()
+        wait_until(lambda: self.cluster.metrics(old)["current_leader"] == new, 30)
 
     def log(self, text: str) -> None:
         self.events.append(f"{time.monotonic() - self.started:7.2f}s {text}")
