@@ -17,7 +17,7 @@ After healing everything it checks:
 
 Knobs: C{OXIDB_NEMESIS_SECONDS} (how long faults are injected, default 35),
 C{OXIDB_NEMESIS_SEED} (replay a schedule; the seed is printed on failure),
-C{OXIDB_NEMESIS_OPS} (most client operations, default 4000). The seed fixes
+C{OXIDB_NEMESIS_OPS} (most client operations, default 120 per second of faults). The seed fixes
 the schedule (which faults, on which nodes, for how long) and the clients'
 choices; process timing on a real machine still varies from run to run.
 """
@@ -43,7 +43,7 @@ from linearizability import Op, check_history
 from oxidb.testing import BlockingClient, FaultProxyProcess, LocalCluster, wait_until
 
 SECONDS = float(os.environ.get("OXIDB_NEMESIS_SECONDS", "35"))
-MAX_OPS = int(os.environ.get("OXIDB_NEMESIS_OPS", "4000"))
+MAX_OPS = int(os.environ.get("OXIDB_NEMESIS_OPS") or 120 * SECONDS)
 SEED = int(os.environ.get("OXIDB_NEMESIS_SEED") or secrets.randbelow(2**32))
 
 NODES = (1, 2, 3)
