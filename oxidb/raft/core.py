@@ -58,7 +58,7 @@ class RaftConfig:
     """
     Timing (logical milliseconds) and limits. The limits are upstream's
     (server.md 8.9) and openraft's; the timings are faster than upstream's
-    500 and 1500-3000 ms (failover in about 1.3 s instead of 1.9 s, with no
+    500 and 1500-3000 ms (failover in about 1.4 s instead of 1.9 s, with no
     more elections under load: docs/clustering.md, "Timing").
     """
 
