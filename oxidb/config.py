@@ -301,9 +301,9 @@ SETTINGS: tuple[Setting, ...] = (
             "PEM CA certificate(s) that sign every cluster member's Raft certificate"),
     Setting("forward_writes", "OXIDB_FORWARD_WRITES", "forward-writes", "true", parse_bool,
             "a follower forwards writes to the leader instead of refusing them (true/false)"),
-    Setting("raft_heartbeat_ms", "OXIDB_RAFT_HEARTBEAT_MS", "raft-heartbeat-ms", "500", parse_positive_int,
+    Setting("raft_heartbeat_ms", "OXIDB_RAFT_HEARTBEAT_MS", "raft-heartbeat-ms", "200", parse_positive_int,
             "Raft heartbeat interval in milliseconds"),
-    Setting("raft_election_ms", "OXIDB_RAFT_ELECTION_MS", "raft-election-ms", "1500-3000", parse_ms_range,
+    Setting("raft_election_ms", "OXIDB_RAFT_ELECTION_MS", "raft-election-ms", "1000-2000", parse_ms_range,
             "Raft election timeout range in milliseconds, low-high (randomised per term)"),
     Setting("raft_snapshot_logs", "OXIDB_RAFT_SNAPSHOT_LOGS", "raft-snapshot-logs", "5000", parse_positive_int,
             "applied log entries between two Raft snapshots"),
@@ -350,8 +350,8 @@ class Config:
     raft_tls_key: str | None = None
     raft_tls_ca: str | None = None
     forward_writes: bool = True
-    raft_heartbeat_ms: int = 500
-    raft_election_ms: tuple[int, int] = (1500, 3000)
+    raft_heartbeat_ms: int = 200
+    raft_election_ms: tuple[int, int] = (1000, 2000)
     raft_snapshot_logs: int = 5000
     raft_keep_logs: int = 1000
     auth: AuthSettings = attrs.field(factory=AuthSettings)

@@ -10,6 +10,9 @@ against it too (in the spirit of C{treq.testing}).
    the tests and benches; requests may be pipelined.
  - L{ServerProcess} and L{BlockingClient}: a real C{twistd -n oxidb} child
    process and a plain-socket client, for end-to-end tests.
+ - L{LocalCluster}: cluster nodes as real processes on loopback.
+ - L{FaultProxyProcess}: a fault-injecting proxy for the Raft links between
+   such nodes (partitions, one-way cuts, delays; L{oxidb._faultproxy}).
 """
 
 from __future__ import annotations
@@ -202,6 +205,10 @@ class ServerProcess:
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         logging = self.twistd_args or [f"--logfile={self.log_path}"]
         command = [twistd, "-n", "--pidfile=", *logging, "oxidb", *self.args]
+        if os.path.exists(self.log_path) and os.path.getsize(self.log_path):
+            # A restart on the same data: keep the earlier runs' logs (.1 is the latest).
+            for path in (self.log_path, self.stderr_path):
+                _rotate(path)
         with open(self.log_path, "w"):
             pass
         self._stderr = open(self.stderr_path, "wb")
@@ -286,6 +293,18 @@ class BlockingClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _rotate(path: str) -> None:
+    """C{path} becomes C{path.1}, C{path.1} becomes C{path.2}, and so on."""
+    if not os.path.exists(path):
+        return
+    last = 1
+    while os.path.exists(f"{path}.{last}"):
+        last += 1
+    for n in range(last, 1, -1):
+        os.replace(f"{path}.{n - 1}", f"{path}.{n}")
+    os.replace(path, f"{path}.1")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -380,15 +399,22 @@ class LocalCluster:
         ids = list(self.nodes) if among is None else list(among)
         return int(wait_until(lambda: next((i for i in ids if self.metrics(i)["state"] == "Leader"), 0), timeout))
 
-    def bootstrap(self, ids: list[int]) -> None:
-        """Upstream's sequence: raft_init on the first, raft_add_learner for the others, raft_change_membership."""
+    def bootstrap(self, ids: list[int], addresses: dict[int, str] | None = None) -> None:
+        """
+        Upstream's sequence: raft_init on the first, raft_add_learner for the
+        others, raft_change_membership. C{addresses}: the Raft address each
+        node is to be known by (default: its own; the first node publishes its
+        C{OXIDB_RAFT_ADVERTISE} or listen address).
+        """
+        addresses = addresses or {}
         first = ids[0]
         reply = self.request(first, {"cmd": "raft_init"})
         if not reply.get("ok"):
             raise AssertionError(f"raft_init: {reply}")
         self.leader([first])
         for node_id in ids[1:]:
-            reply = self.request(first, {"cmd": "raft_add_learner", "node_id": node_id, "addr": self.raft_addr(node_id)})
+            addr = addresses.get(node_id) or self.raft_addr(node_id)
+            reply = self.request(first, {"cmd": "raft_add_learner", "node_id": node_id, "addr": addr})
             if not reply.get("ok"):
                 raise AssertionError(f"raft_add_learner {node_id}: {reply}")
         reply = self.request(first, {"cmd": "raft_change_membership", "members": ids})
@@ -409,3 +435,99 @@ class LocalCluster:
         for node in self.nodes.values():
             if node.process.poll() is None:
                 node.stop()
+
+
+def partition_links(groups: Any, nodes: Any) -> list[tuple[int, int]]:
+    """
+    The directed links a partition cuts: between two nodes that share no
+    group. C{[[1], [2, 3]]} isolates node 1; C{[[1, 2], [2, 3]]} is a bridge
+    (node 2 talks to both sides, 1 and 3 do not talk).
+    """
+    member = {n: {i for i, group in enumerate(groups) if n in group} for n in nodes}
+    return sorted((a, b) for a in nodes for b in nodes if a != b and not member[a] & member[b])
+
+
+class FaultProxyProcess:
+    """
+    The fault-injecting Raft link proxy (L{oxidb._faultproxy}) as a child
+    process on loopback, controlled over its standard input and output.
+    Blocking API, like L{LocalCluster}.
+
+    Register every node with L{add_node} (its real Raft address) before the
+    cluster forms, and give the cluster the returned front ports as the
+    nodes' addresses (C{raft_init}/C{raft_add_learner} C{addr}, and
+    C{OXIDB_RAFT_PEERS}): then every Raft connection goes through the proxy,
+    and L{set_links} cuts, delays or holds single directed links.
+    """
+
+    def __init__(self) -> None:
+        self.process: Any = None
+        self.fronts: dict[int, int] = {}
+        self.links: dict[tuple[int, int], int] = {}
+
+    def start(self) -> "FaultProxyProcess":
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "oxidb._faultproxy", "127.0.0.1"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=root,
+        )
+        return self
+
+    def command(self, op: str, **fields: Any) -> dict[str, Any]:
+        assert self.process is not None and self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps({"op": op, **fields}).encode() + b"\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the fault proxy exited ({self.process.poll()})")
+        reply: dict[str, Any] = json.loads(line)
+        if not reply.pop("ok"):
+            raise RuntimeError(f"fault proxy: {op}: {reply['error']}")
+        return reply
+
+    def add_node(self, node: int, target: str) -> int:
+        """Proxy C{node} (real Raft address C{target}); the port it is to be known by."""
+        ports = self.command("add_node", node=node, target=target)
+        self.fronts = {int(n): p for n, p in ports["fronts"].items()}
+        self.links = {(int(k.split("-")[0]), int(k.split("-")[1])): p for k, p in ports["links"].items()}
+        return self.fronts[node]
+
+    def address(self, node: int) -> str:
+        return f"127.0.0.1:{self.fronts[node]}"
+
+    def link_port(self, src: int, dst: int) -> int:
+        """The port of node C{src}'s own view of node C{dst} (for C{OXIDB_RAFT_PEERS})."""
+        return self.links[(src, dst)]
+
+    def set_links(self, links: Any, mode: str, delay_ms: int = 0, reset: bool = False) -> None:
+        """Put the directed links C{[(src, dst), ...]} in C{mode} (see L{oxidb._faultproxy})."""
+        self.command("modes", links=[[s, d, mode, delay_ms] for s, d in links], reset=reset)
+
+    def partition(self, groups: Any, mode: str = "blackhole") -> list[tuple[int, int]]:
+        """Cut every link between nodes that share no group (see L{partition_links}); the links cut."""
+        cut = partition_links(groups, sorted(self.fronts))
+        self.set_links(cut, mode)
+        return cut
+
+    def heal(self, reset: bool = False) -> None:
+        """Every link passes again; with C{reset} held connections are aborted instead of let through."""
+        self.command("heal", reset=reset)
+
+    def stats(self) -> list[dict[str, Any]]:
+        stats: list[dict[str, Any]] = self.command("stats")["links"]
+        return stats
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            self.command("quit")
+        except (RuntimeError, OSError, ValueError):
+            pass
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
