@@ -1,5 +1,5 @@
 """
-A reproduction of a driver bug found by the nemesis test
+A regression test for a driver bug found by the nemesis test
 (tests/test_cluster_nemesis.py, where it shows as C{Unhandled Error ...
 ValueError: list.remove(x): x not in list} in a node's log).
 
@@ -18,12 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 
 from raft_node_harness import Harness
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="RaftNode._notify removes a waiter a re-entrant call already released")
 def test_writes_released_by_a_leader_change_that_propose_at_once() -> None:
     h = Harness([1, 2, 3])
     h.bootstrap([1, 2, 3])

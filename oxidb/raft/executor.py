@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from oxidb.commands._context import CommandContext, IExecutor
 from oxidb.errors import InternalError, OxiError
+from oxidb.logs import Logger
 from oxidb.raft.node import RaftNode
 from oxidb.raft.statemachine import ReadGate
 from oxidb.server.dispatch import Reply, command_name
@@ -67,6 +68,8 @@ class LinearizableDispatcher:
     barrier fails the request is answered with its error and counted.
     """
 
+    _log = Logger()
+
     def __init__(self, inner: Any, node: RaftNode) -> None:
         self._inner = inner
         self._node = node
@@ -91,7 +94,11 @@ class LinearizableDispatcher:
         )
 
     def _barrier_failed(self, failure: Failure, name: str, started: float) -> Reply:
-        error = failure.value if isinstance(failure.value, OxiError) else InternalError()
+        if isinstance(failure.value, OxiError):
+            error = failure.value
+        else:
+            self._log.failure("linearizable read barrier for {cmd} failed unexpectedly", failure, cmd=name)
+            error = InternalError()
         metrics = self.services.metrics
         if metrics is not None:
             metrics.command_finished(name, "error", perf_counter() - started)

@@ -514,7 +514,12 @@ class RaftNode:
         self._check_forwards()
         if not self._waiters:
             return
+        # Releasing a waiter runs its callbacks, which may propose and so
+        # notify again (re-entrantly): that inner call may already have
+        # released waiters still on this copy of the list.
         for waiter in list(self._waiters):
+            if waiter not in self._waiters:
+                continue
             try:
                 ready = waiter.check()
             except OxiError:
