@@ -21,7 +21,7 @@ from oxidb.testing import BlockingClient, LocalCluster, free_port, wait_until
 ENV = {
     "OXIDB_RAFT_HEARTBEAT_MS": "100",
     "OXIDB_RAFT_ELECTION_MS": "500-1000",
-    "OXIDB_CLUSTER_KEY": "identity end-to-end cluster key",
+    "OXIDB_CLUSTER_KEY": "identity end-to-end test cluster key, 32+ characters",
 }
 
 pytestmark = pytest.mark.timeout(120)
