@@ -324,15 +324,24 @@ def attack_collection_spam(ctx: "Context") -> str:
 
 def attack_connection_flood(ctx: "Context") -> str:
     conns = []
-    refused = 0
+    failed = 0
     for _ in range(3000):
         try:
             conns.append(Conn(ctx.port, timeout=5))
         except OSError:
-            refused += 1
+            failed += 1
+    served = refused = 0
     for conn in conns:
+        try:
+            reply = conn.request({"cmd": "ping"})
+            if reply.get("ok"):
+                served += 1
+            else:
+                refused += 1
+        except (OSError, ValueError):
+            refused += 1
         conn.close()
-    return f"{len(conns)} opened, {refused} refused"
+    return f"{served} served, {refused} refused or closed, {failed} connects failed"
 
 
 ATTACKS: list[tuple[str, Callable[["Context"], str]]] = [
