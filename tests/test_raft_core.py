@@ -129,6 +129,36 @@ def test_single_voter_commits_only_after_its_own_fsync() -> None:
     assert [e.log_id for e in ready.committed_entries] == [log_id]
 
 
+def test_a_single_voter_leads_only_a_term_it_has_made_durable() -> None:
+    # Found by the simulator (seeds 1388 and 2005): a lone voter that took
+    # term 1, became leader and appended entries in the same ready crashed
+    # before the save; restarted at term 0, it led term 1 again and wrote a
+    # different entry 1-1-3. It must not act as leader of a term it could
+    # forget: its own vote counts once durable, as a peer's vote does.
+    node = Node(1)
+    node.core.initialize({1: "n1"})
+    node.process()
+    node.core.tick(CONFIG.election_timeout_max)
+    ready = node.core.ready()
+    assert ready.persist.hard_state is not None
+    assert (ready.persist.hard_state.term, ready.persist.hard_state.voted_for) == (1, 1)
+    assert ready.persist.entries == () and node.state == "Candidate"
+    with pytest.raises(NotLeaderError):
+        node.core.propose(put("a", "1"), ts=0)
+    # A crash before the save: the term is forgotten, and nothing was led.
+    node.disk.crash()
+    node = Node(1, disk=node.disk)
+    assert (node.term, node.log_ids()) == (0, [(0, 1)])
+    node.core.tick(CONFIG.election_timeout_max)
+    ready = node.core.ready()
+    assert ready.persist.entries == () and node.state == "Candidate"
+    node.storage.save(ready.persist)
+    node.core.advance(ready)
+    assert node.state == "Leader" and node.term == 1
+    node.process()
+    assert node.log_ids() == [(0, 1), (1, 2)]
+
+
 def test_pre_vote_keeps_a_partitioned_node_from_bumping_the_term() -> None:
     cluster = bootstrap()
     term = cluster[1].term

@@ -54,6 +54,14 @@ def test_simulated_clusters_stay_safe_and_live() -> None:
     assert acked > 20 * SEEDS and ops > 100 * SEEDS and steps > 1000 * SEEDS
 
 
+# Seeds that found safety bugs, run whatever OXIDB_RAFT_SIM_SEEDS says:
+# 1388 and 2005, a lone voter that led a term it had not made durable and,
+# restarted without it, wrote a second entry 1-1-3 (log matching).
+@pytest.mark.parametrize("seed", [1388, 2005])
+def test_seeds_that_found_bugs(seed: int) -> None:
+    run_seed(seed)
+
+
 def test_a_fault_free_cluster_serves_every_client() -> None:
     sim = Simulation(7, faults=NO_FAULTS)
     sim.run_until(1500)  # bootstrap: reads fail while no leader is known

@@ -580,6 +580,14 @@ class RaftCore:
         snapshot = ready.persist.snapshot
         if snapshot is not None and self._has_index(snapshot.meta.last_log_id.index):
             self._persisted = max(self._persisted, snapshot.meta.last_log_id.index)
+        hard_state = ready.persist.hard_state
+        if (
+            self._role is Role.CANDIDATE
+            and hard_state is not None
+            and (hard_state.term, hard_state.voted_for) == (self._term, self.id)
+            and self._is_quorum([self.id])
+        ):
+            self._become_leader()
         if self._role is Role.LEADER:
             self._maybe_commit()
 
@@ -693,8 +701,12 @@ class RaftCore:
         if self._is_quorum([self.id]):
             if pre_vote:
                 self._campaign(pre_vote=False)
-            else:
-                self._become_leader()
+            # Otherwise this node is a quorum alone: it becomes leader in
+            # advance(), once the ready carrying its term and vote is
+            # durable, as a candidate that needs other votes does (they
+            # answer a request sent only after that). Leading a term it
+            # could forget in a crash would let it write a second, different
+            # entry at the same index of the same term after a restart.
             return
         send = self._send if pre_vote else self._send_durable
         for voter in sorted(self._voters - {self.id}):
