@@ -107,7 +107,12 @@ class CrashingDisk:
         """Lose power: keep what was durable (and, with C{rng}, torn scraps)."""
         self.crash_at_sync = None
         self._dir = dict(self._durable_dir)
-        for inode in set(self._dir.values()):
+        # In name order: a set of inodes iterates in the order of their
+        # addresses, which differ from run to run (and with PYTHONHASHSEED),
+        # and each inode draws from rng, so the whole schedule after the
+        # first crash would change.
+        inodes = list({id(inode): inode for _name, inode in sorted(self._dir.items())}.values())
+        for inode in inodes:
             data = bytes(inode.synced)
             if rng is not None and rng.random() < 0.6 and len(inode.data) > inode.floor:
                 keep = rng.randint(inode.floor, len(inode.data))

@@ -20,12 +20,14 @@ from oxidb.raft.messages import (
     InstallSnapshotRequest,
     LogId,
     Membership,
+    PersistBatch,
     ReadIndexRequest,
     TimeoutNow,
     VoteRequest,
 )
-from oxidb.raft.storage import DurableState
+from oxidb.raft.storage import DurableState, RaftStorage
 from raft_harness import CONFIG, Cluster, Node, bootstrap
+from raft_sim import CrashingDisk, DiskCrashed
 
 
 def put(key: str, value: str) -> dict:
@@ -127,6 +129,36 @@ def test_single_voter_commits_only_after_its_own_fsync() -> None:
     assert [e.log_id for e in ready.committed_entries] == [log_id]
 
 
+def test_a_single_voter_leads_only_a_term_it_has_made_durable() -> None:
+    # Found by the simulator (seeds 1388 and 2005): a lone voter that took
+    # term 1, became leader and appended entries in the same ready crashed
+    # before the save; restarted at term 0, it led term 1 again and wrote a
+    # different entry 1-1-3. It must not act as leader of a term it could
+    # forget: its own vote counts once durable, as a peer's vote does.
+    node = Node(1)
+    node.core.initialize({1: "n1"})
+    node.process()
+    node.core.tick(CONFIG.election_timeout_max)
+    ready = node.core.ready()
+    assert ready.persist.hard_state is not None
+    assert (ready.persist.hard_state.term, ready.persist.hard_state.voted_for) == (1, 1)
+    assert ready.persist.entries == () and node.state == "Candidate"
+    with pytest.raises(NotLeaderError):
+        node.core.propose(put("a", "1"), ts=0)
+    # A crash before the save: the term is forgotten, and nothing was led.
+    node.disk.crash()
+    node = Node(1, disk=node.disk)
+    assert (node.term, node.log_ids()) == (0, [(0, 1)])
+    node.core.tick(CONFIG.election_timeout_max)
+    ready = node.core.ready()
+    assert ready.persist.entries == () and node.state == "Candidate"
+    node.storage.save(ready.persist)
+    node.core.advance(ready)
+    assert node.state == "Leader" and node.term == 1
+    node.process()
+    assert node.log_ids() == [(0, 1), (1, 2)]
+
+
 def test_pre_vote_keeps_a_partitioned_node_from_bumping_the_term() -> None:
     cluster = bootstrap()
     term = cluster[1].term
@@ -217,6 +249,62 @@ def test_log_conflict_truncates_the_follower_suffix_durably() -> None:
     reopened = Node(2, disk=follower.disk)
     assert reopened.log_ids() == [(0, 1), (1, 2), (3, 3)]
     assert reopened.core.metrics().current_term == 3
+
+
+def test_a_crash_mid_save_never_leaves_a_commit_point_over_a_stale_entry() -> None:
+    # Found by the simulator (seed 107): a follower holds uncommitted term-1
+    # entries 3 and 4; the term-2 leader's first append cuts them and commits
+    # its own 3 and 4. That ready rewrites the meta file (the term changed)
+    # before the log is cut and appended. A crash between the two left a meta
+    # file whose commit point named 2-1-3 over a log still holding 1-2-3,
+    # and the restarted node applied the stale entry. Every crash point must
+    # leave a commit point over the leader's entries only.
+    stale = [(1, 2, None), (1, 3, put("a", "stale")), (1, 4, put("b", "stale"))]
+    new = (Entry(LogId(2, 1, 3), None), Entry(LogId(2, 1, 4), put("a", "kept"), 5))
+    leader_log = {1: LogId(0, 1, 1), 2: LogId(1, 2, 2), 3: new[0].log_id, 4: new[1].log_id}
+    crashed_between = False
+    for boundary in range(1, 10):
+        follower = Node(3, state=crafted(1, stale))
+        follower.core.receive(Heartbeat(1, 2, 3, 2, 0))
+        follower.process()
+        assert follower.commit == 2
+        follower.core.receive(AppendEntriesRequest(2, 1, 3, LogId(1, 2, 2), new, 4))
+        ready = follower.core.ready()
+        assert ready.persist.truncate_from == 3 and ready.persist.hard_state is not None
+        follower.disk.crash_at_sync = follower.disk.syncs + boundary
+        try:
+            follower.storage.save(ready.persist)
+        except DiskCrashed:
+            pass
+        else:
+            break
+        restarted = Node(3, disk=follower.disk)
+        log = {e.index: e.log_id for e in restarted.core.entries()}
+        crashed_between = crashed_between or (restarted.term == 2 and log[3] == LogId(1, 2, 3))
+        assert all(log[i] == leader_log[i] for i in range(1, restarted.commit + 1))
+        restarted.process()
+        assert all(leader_log[e.index] == e.log_id for e in restarted.applied_entries)
+    assert crashed_between  # the crash point of the bug was reached
+
+
+def test_a_commit_point_saved_over_a_stale_entry_is_ignored_on_restart() -> None:
+    # Meta files of versions before the fix above may name a commit point
+    # that the log does not hold (a crash cut the save short): the restarted
+    # node must not apply the stale entry the log holds there.
+    disk = CrashingDisk()
+    storage = RaftStorage(disk)
+    state = crafted(2, [(1, 2, None), (1, 3, put("a", "stale"))])
+    storage.save(PersistBatch(hard_state=state.hard_state, entries=state.entries, committed=LogId(2, 1, 3)))
+    restarted = Node(3, disk=disk)
+    assert restarted.commit == 0
+    ready = restarted.core.ready()
+    assert ready.committed_entries == ()
+    (event,) = [e for e in ready.events if "ignores the commit point" in e.text]
+    assert event.fields["committed"] == "T2-N1-3" and event.fields["held"] == "T1-N2-3"
+    # A commit point the log does hold is kept.
+    disk = CrashingDisk()
+    RaftStorage(disk).save(PersistBatch(hard_state=state.hard_state, entries=state.entries, committed=LogId(1, 2, 2)))
+    assert Node(3, disk=disk).commit == 2
 
 
 def test_append_with_a_mismatched_prev_is_rejected_with_a_hint() -> None:

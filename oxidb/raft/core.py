@@ -299,15 +299,28 @@ class RaftCore:
         if applied_index > last:
             raise ValueError("the state machine is ahead of the Raft log")
         snap_index = state.snapshot.meta.last_log_id.index if state.snapshot else 0
-        self._commit = min(
-            last,
-            max(
-                state.committed.index if state.committed else 0,
-                snap_index,
-                applied_index,
-                self._base_index,
-            ),
-        )
+        # The meta file's commit point is trusted only where the log holds
+        # that very entry. Versions before this check saved it in the same
+        # batch as the entries it named, and the meta file is written before
+        # the log is cut and appended: a crash between the two left a commit
+        # point over a stale entry (or beyond the log). Such a node learns
+        # its commit point from the leader again.
+        committed = state.committed
+        committed_index = 0
+        if committed is not None and committed.index > self._base_index:
+            if self._has_index(committed.index) and self._log_id_at(committed.index) == committed:
+                committed_index = committed.index
+            else:
+                held = self._log_id_at(committed.index) if self._has_index(committed.index) else None
+                self._event(
+                    "warn",
+                    "raft: node {node} ignores the commit point {committed} of its meta file: its log holds "
+                    "{held} at that index (a save interrupted by a crash)",
+                    node=node_id,
+                    committed=committed.display(),
+                    held=_display(held),
+                )
+        self._commit = min(last, max(committed_index, snap_index, applied_index, self._base_index))
         self._persisted = last
         self._applying = applied_index
         self._last_applied = applied
@@ -505,7 +518,7 @@ class RaftCore:
             truncate_from=self._pending_truncate,
             entries=tuple(self._slice(self._unstable_from, self._last_index)),
             purge_upto=self._pending_purge,
-            committed=self._log_id_at(self._commit),
+            committed=self._durable_commit_id(),
         )
         messages, durable = self._msgs, self._durable_msgs
         if save_state:
@@ -541,6 +554,20 @@ class RaftCore:
         self._in_flight = ready
         return ready
 
+    def _durable_commit_id(self) -> LogId | None:
+        """
+        The commit point to record in the meta file of the next batch: one
+        whose entry is already durable in the log. The meta file is written
+        before the batch cuts and appends the log, so the commit point may
+        not name an entry of the batch itself: a crash between the two would
+        leave a commit point over the stale entry the batch was replacing
+        (a follower that truncates its uncommitted suffix and commits the
+        new leader's entries in one append). C{_persisted} counts neither
+        the batch's entries nor those it cuts.
+        """
+        index = max(min(self._commit, self._persisted), self._base_index)
+        return self._log_id_at(index)
+
     def advance(self, ready: Ready) -> None:
         """The driver has handled C{ready} (its batch is durable)."""
         if ready is not self._in_flight:
@@ -553,6 +580,14 @@ class RaftCore:
         snapshot = ready.persist.snapshot
         if snapshot is not None and self._has_index(snapshot.meta.last_log_id.index):
             self._persisted = max(self._persisted, snapshot.meta.last_log_id.index)
+        hard_state = ready.persist.hard_state
+        if (
+            self._role is Role.CANDIDATE
+            and hard_state is not None
+            and (hard_state.term, hard_state.voted_for) == (self._term, self.id)
+            and self._is_quorum([self.id])
+        ):
+            self._become_leader()
         if self._role is Role.LEADER:
             self._maybe_commit()
 
@@ -666,8 +701,12 @@ class RaftCore:
         if self._is_quorum([self.id]):
             if pre_vote:
                 self._campaign(pre_vote=False)
-            else:
-                self._become_leader()
+            # Otherwise this node is a quorum alone: it becomes leader in
+            # advance(), once the ready carrying its term and vote is
+            # durable, as a candidate that needs other votes does (they
+            # answer a request sent only after that). Leading a term it
+            # could forget in a crash would let it write a second, different
+            # entry at the same index of the same term after a restart.
             return
         send = self._send if pre_vote else self._send_durable
         for voter in sorted(self._voters - {self.id}):
