@@ -15,7 +15,7 @@ After healing everything it checks:
 * each register's history is linearizable (L{linearizability}); writes of
   unknown outcome may have happened or not.
 
-Knobs: C{OXIDB_NEMESIS_SECONDS} (how long faults are injected, default 35),
+Knobs: C{OXIDB_NEMESIS_SECONDS} (how long faults are injected, default 20),
 C{OXIDB_NEMESIS_SEED} (replay a schedule; the seed is printed on failure),
 C{OXIDB_NEMESIS_OPS} (most client operations, default 120 per second of faults). The seed fixes
 the schedule (which faults, on which nodes, for how long) and the clients'
@@ -42,7 +42,7 @@ import pytest
 from linearizability import Op, check_history
 from oxidb.testing import BlockingClient, FaultProxyProcess, LocalCluster, wait_until
 
-SECONDS = float(os.environ.get("OXIDB_NEMESIS_SECONDS", "35"))
+SECONDS = float(os.environ.get("OXIDB_NEMESIS_SECONDS", "20"))
 MAX_OPS = int(os.environ.get("OXIDB_NEMESIS_OPS") or 120 * SECONDS)
 SEED = int(os.environ.get("OXIDB_NEMESIS_SEED") or secrets.randbelow(2**32))
 

@@ -13,7 +13,7 @@ were sent. Then faults stop: a leader must appear, new writes must commit,
 every member must converge, no acknowledged write may be lost, and the client
 history must be linearizable.
 
-C{OXIDB_RAFT_SIM_SEEDS} sets the number of seeds (default 1000, ~95 s on one
+C{OXIDB_RAFT_SIM_SEEDS} sets the number of seeds (default 500, ~100 s on one
 core); C{OXIDB_RAFT_SIM_FIRST_SEED} the first one.
 """
 
@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from linearizability import check_history
 from raft_sim import NO_FAULTS, Faults, SafetyViolation, Simulation
 
-SEEDS = int(os.environ.get("OXIDB_RAFT_SIM_SEEDS", "1000"))
+SEEDS = int(os.environ.get("OXIDB_RAFT_SIM_SEEDS", "500"))
 FIRST = int(os.environ.get("OXIDB_RAFT_SIM_FIRST_SEED", "0"))
 
 
