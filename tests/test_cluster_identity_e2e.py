@@ -8,6 +8,7 @@ removes it and adds it again.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -138,8 +139,14 @@ backend oxidb_leader
 """
 
 
+#: Upstream's flow through haproxy runs this many times (each on a new
+#: cluster); the issue's bar is 20 out of 20: OXIDB_BOOTSTRAP_RUNS=20.
+BOOTSTRAP_RUNS = int(os.environ.get("OXIDB_BOOTSTRAP_RUNS", "1"))
+
+
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (Debian package haproxy)")
-def test_upstream_bootstrap_through_haproxy(cluster: LocalCluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("run", range(BOOTSTRAP_RUNS))
+def test_upstream_bootstrap_through_haproxy(cluster: LocalCluster, tmp_path: Path, run: int) -> None:
     for node in (1, 2, 3):
         cluster.start(node)
     port = free_port()
