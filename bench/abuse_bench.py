@@ -8,7 +8,8 @@ latency, the server's peak RSS during the attack, and what the attacker got.
 
 Goal (issue 11): ping p99 < 50 ms and peak RSS < 512 MB for every attack.
 The baseline row ("quiet") is the same two bystanders with no attack, in the
-same run. Peak RSS is the kernel's high-water mark (VmHWM), reset before
+same run. Each bystander is a process of its own, so that the attacker's
+work in this process does not delay it. Peak RSS is the kernel's high-water mark (VmHWM), reset before
 each attack.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import re
 import socket
@@ -98,52 +100,67 @@ def outcome(fn: Callable[[], Any]) -> str:
     return repr(reply)[:70]
 
 
+def _bystander(port: int, password: str, kind: str, pipe: Any) -> None:
+    """
+    One bystander, in its own process so that the attacks (which run in
+    the bench's process and hold its GIL while they build frames) never
+    delay it: ping without login, or an Admin's small indexed find.
+    Answers each message on C{pipe} with the latencies measured since the
+    last one; stops on C{None}.
+    """
+
+    def connect() -> Conn:
+        conn = Conn(port, timeout=120)
+        if kind == "find":
+            conn.login("admin", password)
+        return conn
+
+    conn = connect()
+    request = {"cmd": "ping"} if kind == "ping" else {"cmd": "find", "collection": "small", "query": {"k": 7}}
+    samples: list[float] = []
+    while True:
+        if pipe.poll():
+            if pipe.recv() is None:
+                return
+            pipe.send(samples)
+            samples = []
+        started = time.perf_counter()
+        try:
+            conn.request(request)
+        except (ConnectionError, OSError):
+            conn = connect()
+            continue
+        samples.append(time.perf_counter() - started)
+        time.sleep(0.005)
+
+
 class Bystanders:
     """A pinging client and an Admin running a small find, timing each."""
 
     def __init__(self, port: int, password: str) -> None:
-        self.port = port
-        self.password = password
-        self.samples: dict[str, list[float]] = {"ping": [], "find": []}
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-        self.threads = [
-            threading.Thread(target=self._run, args=("ping", None), daemon=True),
-            threading.Thread(target=self._run, args=("find", "admin"), daemon=True),
-        ]
+        self.pipes: dict[str, Any] = {}
+        self.processes = []
+        for kind in ("ping", "find"):
+            ours, theirs = multiprocessing.Pipe()
+            self.pipes[kind] = ours
+            self.processes.append(
+                multiprocessing.Process(target=_bystander, args=(port, password, kind, theirs), daemon=True)
+            )
 
     def start(self) -> None:
-        for t in self.threads:
-            t.start()
-
-    def _run(self, kind: str, user: str | None) -> None:
-        conn = Conn(self.port, timeout=120)
-        if user is not None:
-            conn.login(user, self.password)
-        request = {"cmd": "ping"} if kind == "ping" else {"cmd": "find", "collection": "small", "query": {"k": 7}}
-        while not self.stopped.is_set():
-            started = time.perf_counter()
-            try:
-                conn.request(request)
-            except (ConnectionError, OSError):
-                conn = Conn(self.port, timeout=120)
-                if user is not None:
-                    conn.login(user, self.password)
-                continue
-            elapsed = time.perf_counter() - started
-            with self.lock:
-                self.samples[kind].append(elapsed)
-            time.sleep(0.005)
+        for p in self.processes:
+            p.start()
 
     def take(self) -> dict[str, list[float]]:
-        with self.lock:
-            taken = {k: list(v) for k, v in self.samples.items()}
-            for v in self.samples.values():
-                v.clear()
-        return taken
+        for pipe in self.pipes.values():
+            pipe.send("take")
+        return {kind: pipe.recv() for kind, pipe in self.pipes.items()}
 
     def stop(self) -> None:
-        self.stopped.set()
+        for pipe in self.pipes.values():
+            pipe.send(None)
+        for p in self.processes:
+            p.join(10)
 
 
 def p99(samples: list[float]) -> str:
