@@ -26,6 +26,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from typing import Any, Callable
@@ -159,6 +160,33 @@ def _result(d: "Deferred[Any]") -> Any:
     if hasattr(results[0], "raiseException"):
         results[0].raiseException()
     return results[0]
+
+
+class QueuedReactor:
+    """
+    A reactor stand-in for worker-pool tests: C{callFromThread} only records
+    the call (from any thread); the test runs the recorded calls on its own
+    thread with L{run_pending}, as the reactor would.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self.lock = threading.Lock()
+
+    def callFromThread(self, fn: Callable[..., Any], *args: Any) -> None:
+        with self.lock:
+            self.calls.append((fn, args))
+
+    def run_pending(self) -> int:
+        """Run the calls recorded so far; how many ran."""
+        with self.lock:
+            calls, self.calls = self.calls, []
+        for fn, args in calls:
+            fn(*args)
+        return len(calls)
+
+    def seconds(self) -> float:
+        return 0.0
 
 
 def result_of(d: "Deferred[Any]") -> Any:

@@ -27,7 +27,7 @@ from oxidb.errors import RequesterGoneError, ServerBusyError
 from oxidb.server.executor import LocalExecutor
 from oxidb.server.protocol import OFFLOAD_BYTES
 from oxidb.server.workers import WorkerPool
-from oxidb.testing import MemoryServer, result_of
+from oxidb.testing import MemoryServer, QueuedReactor, result_of
 from oxidb.wire.framing import MAX_FRAME, encode_frame
 
 
@@ -204,27 +204,6 @@ def test_a_pipelines_commands_count_as_queued_requests(tmp_path: Any) -> None:
 
 
 # --- the worker pool ----------------------------------------------------------
-
-
-class QueuedReactor:
-    """C{callFromThread} records calls; the test runs them as the reactor would."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
-        self.lock = threading.Lock()
-
-    def callFromThread(self, fn: Callable[..., Any], *args: Any) -> None:
-        with self.lock:
-            self.calls.append((fn, args))
-
-    def run_pending(self) -> None:
-        with self.lock:
-            calls, self.calls = self.calls, []
-        for fn, args in calls:
-            fn(*args)
-
-    def seconds(self) -> float:
-        return 0.0
 
 
 class Owner:

@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from twisted.internet.threads import deferToThreadPool
 
 from oxidb.server.workers import WorkerPool
-from oxidb.testing import result_of
-
-
-class QueuedReactor:
-    """C{callFromThread} records the calls; the test runs them as the reactor would."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
-        self.lock = threading.Lock()
-
-    def callFromThread(self, fn: Callable[..., Any], *args: Any) -> None:
-        with self.lock:
-            self.calls.append((fn, args))
-
-    def run_pending(self) -> int:
-        with self.lock:
-            calls, self.calls = self.calls, []
-        for fn, args in calls:
-            fn(*args)
-        return len(calls)
+from oxidb.testing import QueuedReactor, result_of
 
 
 @pytest.fixture
