@@ -382,9 +382,11 @@ def test_a_reply_over_the_frame_limit_becomes_an_error(tmp_path: Any) -> None:
 # --- decoding and encoding off the reactor ----------------------------------------
 
 
-def test_large_frames_and_replies_are_coded_off_the_reactor(tmp_path: Any) -> None:
-    server = make_server(tmp_path)
-    add_command(server, "echo", lambda ctx, request: request["pad"])
+def capture_offloads(server: Any) -> list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]]:
+    """
+    Make the server's off-reactor work wait: each job is recorded as
+    (Deferred, fn, args) for the test to run and fire.
+    """
     offloaded: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
 
     def offload(owner: Any, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
@@ -392,7 +394,14 @@ def test_large_frames_and_replies_are_coded_off_the_reactor(tmp_path: Any) -> No
         offloaded.append((d, fn, args))
         return d
 
-    server.factory.offload = offload  # type: ignore[method-assign]
+    server.factory.offload = offload
+    return offloaded
+
+
+def test_large_frames_and_replies_are_coded_off_the_reactor(tmp_path: Any) -> None:
+    server = make_server(tmp_path)
+    add_command(server, "echo", lambda ctx, request: request["pad"])
+    offloaded = capture_offloads(server)
     protocol, transport = connect(server)
     pad = "z" * OFFLOAD_BYTES
     protocol.dataReceived(frame({"cmd": "ping"}) + frame({"cmd": "echo", "pad": pad}) + frame({"cmd": "ping"}))
@@ -474,14 +483,7 @@ def test_a_frame_decoded_after_its_connection_closed_does_not_run(tmp_path: Any)
     server = make_server(tmp_path)
     ran: list[int] = []
     add_command(server, "work", lambda ctx, request: ran.append(1))
-    offloaded: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
-
-    def offload(owner: Any, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        offloaded.append((d, fn, args))
-        return d
-
-    server.factory.offload = offload  # type: ignore[method-assign]
+    offloaded = capture_offloads(server)
     protocol, _ = connect(server)
     protocol.dataReceived(frame({"cmd": "work", "pad": "z" * OFFLOAD_BYTES}))
     protocol.connectionLost()
