@@ -13,10 +13,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
+from cluster_helpers import everything, ok
 from oxidb.testing import LocalCluster, free_port, wait_until
 from oxidb.wire import oxiwire
 
@@ -38,15 +39,6 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     local = LocalCluster(str(tmp_path), env=FAST)
     yield local
     local.stop()
-
-
-def ok(reply: dict[str, Any]) -> Any:
-    assert reply.get("ok") is True, reply
-    return reply["data"]
-
-
-def everything(cluster: LocalCluster, node: int) -> list[dict[str, Any]]:
-    return ok(cluster.request(node, {"cmd": "find", "collection": "docs", "query": {}, "sort": {"_id": 1}}))
 
 
 def haproxy_check(port: int) -> bytes:

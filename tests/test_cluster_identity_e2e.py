@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from cluster_helpers import everything, ok
 from oxidb.testing import BlockingClient, LocalCluster, free_port, wait_until
 
 ENV = {
@@ -33,15 +34,6 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     local = LocalCluster(str(tmp_path), env=ENV)
     yield local
     local.stop()
-
-
-def ok(reply: dict[str, Any]) -> Any:
-    assert reply.get("ok") is True, reply
-    return reply["data"]
-
-
-def everything(cluster: LocalCluster, node: int) -> list[dict[str, Any]]:
-    return ok(cluster.request(node, {"cmd": "find", "collection": "docs", "query": {}, "sort": {"_id": 1}}))
 
 
 def logged(cluster: LocalCluster, node: int, text: str, timeout: float = 20) -> None:
