@@ -183,9 +183,9 @@ class Limits:
         The limits given by C{environ} (values already parsed to integers by
         the config table, or text), defaults for the rest.
         """
-        values = _defaults()
-        for row in LIMIT_ROWS:
-            if row.env in environ:
-                given = environ[row.env]
-                values[row.attr] = given if isinstance(given, int) else parse_limit(row, given)
-        return cls(values)
+        given = {
+            row.attr: value if isinstance(value, int) else parse_limit(row, value)
+            for row in LIMIT_ROWS
+            if (value := environ.get(row.env)) is not None
+        }
+        return cls.with_values(**given)
