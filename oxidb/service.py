@@ -310,11 +310,24 @@ class OxiService(MultiService):
         # In-flight requests finish while everything they need (the Raft node
         # in a cluster, the scheduler's writes) still runs.
         connections = list(self.factory.connections)
+        busy = [c for c in connections if c.busy]
+        if busy:
+            self._log.info(
+                "oxidb-server: waiting up to {timeout:g}s for {count} in-flight requests",
+                timeout=DRAIN_TIMEOUT,
+                count=len(busy),
+            )
         drains = DeferredList([c.drain() for c in connections], consumeErrors=True)
         timeout = self.reactor.callLater(DRAIN_TIMEOUT, drains.cancel)
         yield drains
         if timeout.active():
             timeout.cancel()
+        else:
+            self._log.warn(
+                "oxidb-server: {count} requests still in flight after {timeout:g}s; closing their connections",
+                count=sum(1 for c in connections if c.busy),
+                timeout=DRAIN_TIMEOUT,
+            )
         for connection in connections:
             if connection.transport is not None:
                 connection.transport.loseConnection()

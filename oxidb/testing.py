@@ -229,6 +229,8 @@ class ServerProcess:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         env.update({"OXIDB_DATA": self.data_dir, "OXIDB_ADDR": "127.0.0.1:0"})
+        # A hung process dumps every thread's stack on SIGABRT (see stop()).
+        env["PYTHONFAULTHANDLER"] = "1"
         env.update(self.env)
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         logging = self.twistd_args or [f"--logfile={self.log_path}"]
@@ -275,10 +277,28 @@ class ServerProcess:
         return code
 
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, and the exit status."""
+        """
+        SIGTERM, and the exit status. A process still running after
+        C{timeout} seconds is aborted with a dump of its threads' stacks,
+        and the error carries that dump and the end of its log.
+        """
         if self.process.poll() is None:
             self.signal(signal.SIGTERM)
-        return self.wait(timeout)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGABRT)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self._stderr.close()
+            log_tail = "\n".join(self.log().splitlines()[-40:])
+            raise AssertionError(
+                f"server did not stop within {timeout}s of SIGTERM; its threads:\n{self.stderr()}\n"
+                f"--- end of its log ---\n{log_tail}"
+            ) from None
 
     def kill(self) -> None:
         """SIGKILL: no chance to flush anything."""

@@ -238,6 +238,11 @@ class OxiServerProtocol(Protocol):
         self._log.debug("client disconnected: {peer}", peer=self.session.peer)
         self._fire_drained()
 
+    @property
+    def busy(self) -> bool:
+        """A request is executing (open connections only)."""
+        return self._busy and not self._closed
+
     def drain(self) -> Any:
         """
         Stop taking new requests; fire when the one executing (if any) has
