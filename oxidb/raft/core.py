@@ -250,12 +250,12 @@ class RaftCore:
         self._became_leader_at = 0
 
         self._log = log = RaftLog.restore(state)
-        self._membership = self._log.find_membership(self._log.last_index)
+        self._membership = log.find_membership(log.last_index)
         if self._cluster_id is None and self._membership is not None:
             self._cluster_id = self._membership.membership.cluster_id
             self._identity_unsaved = self._identity_unsaved or self._cluster_id is not None
 
-        last = self._log.last_index
+        last = log.last_index
         applied_index = applied.index if applied else 0
         if applied_index > last:
             raise ValueError("the state machine is ahead of the Raft log")
@@ -268,11 +268,11 @@ class RaftCore:
         # its commit point from the leader again.
         committed = state.committed
         committed_index = 0
-        if committed is not None and committed.index > self._log.base_index:
-            if self._log.has_index(committed.index) and self._log.log_id_at(committed.index) == committed:
+        if committed is not None and committed.index > log.base_index:
+            if log.has_index(committed.index) and log.log_id_at(committed.index) == committed:
                 committed_index = committed.index
             else:
-                held = self._log.log_id_at(committed.index) if self._log.has_index(committed.index) else None
+                held = log.log_id_at(committed.index) if log.has_index(committed.index) else None
                 self._event(
                     "warn",
                     "raft: node {node} ignores the commit point {committed} of its meta file: its log holds "
