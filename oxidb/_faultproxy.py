@@ -36,7 +36,7 @@ bytes it read are forwarded unchanged.
 The proxy runs on any reactor (tests drive it on a C{MemoryReactorClock}).
 Run as C{python -m oxidb._faultproxy}, it is a child process controlled by
 JSON lines on its standard input (L{ControlProtocol}); L{FaultProxyProcess}
-in L{oxidb.testing} is the blocking client of that.
+in L{oxidb._harness} is the blocking client of that.
 """
 
 from __future__ import annotations
