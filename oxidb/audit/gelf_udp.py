@@ -49,6 +49,7 @@ class _GelfProtocol(DatagramProtocol):
 
 
 @implementer(IAuditSink)
+@attrs.define(eq=False)
 class GelfSender:
     """
     Sends GELF messages to one collector. Also the GELF audit sink; its
@@ -60,19 +61,12 @@ class GelfSender:
 
     _log = Logger()
 
-    def __init__(
-        self,
-        reactor: Any,
-        settings: GelfSettings,
-        address: tuple[str, int],
-        encoder: GelfEncoder,
-    ) -> None:
-        self.reactor = reactor
-        self.settings = settings
-        self.address = address
-        self.encoder = encoder
-        self._protocol = _GelfProtocol()
-        self._port: Any = None
+    reactor: Any
+    settings: GelfSettings
+    address: tuple[str, int]
+    encoder: GelfEncoder
+    _protocol: _GelfProtocol = attrs.field(init=False, factory=_GelfProtocol)
+    _port: Any = attrs.field(init=False, default=None)
 
     def start(self) -> None:
         """Bind to an ephemeral port and connect it to the collector."""
