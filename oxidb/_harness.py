@@ -113,11 +113,12 @@ class ServerProcess:
         self._stderr.close()
         return code
 
-    def stop(self, timeout: float = 30.0) -> int:
+    def stop(self, timeout: float = 75.0) -> int:
         """
         SIGTERM, and the exit status. A process still running after
-        C{timeout} seconds is aborted with a dump of its threads' stacks,
-        and the error carries that dump and the end of its log.
+        C{timeout} seconds (longer than the server's own shutdown deadline)
+        is aborted with a dump of its threads' stacks, and the error carries
+        that dump and the end of its log.
         """
         if self.process.poll() is None:
             self.signal(signal.SIGTERM)
@@ -314,12 +315,22 @@ class LocalCluster:
         self.nodes[node_id].kill()
 
     def stop(self) -> None:
+        """
+        Stop every running node; each must exit cleanly (status 0), or the
+        error shows what the failed ones wrote to stderr (a server stuck in
+        its shutdown dumps its threads' stacks there).
+        """
         for client in self._clients.values():
             client.close()
         self._clients.clear()
-        for node in self.nodes.values():
+        failed = []
+        for node_id, node in self.nodes.items():
             if node.process.poll() is None:
-                node.stop()
+                code = node.stop()
+                if code != 0:
+                    failed.append(f"node {node_id} exited with {code} on SIGTERM:\n{node.stderr()[-20000:]}")
+        if failed:
+            raise AssertionError("\n".join(failed))
 
 
 def partition_links(groups: Any, nodes: Any) -> list[tuple[int, int]]:
