@@ -15,13 +15,20 @@ and batched replication with per-follower progress, learners, joint-consensus
 membership changes (openraft style), leadership transfer, chunked snapshots,
 log compaction and ReadIndex reads (C{max(commit, the term's blank entry)},
 confirmed by a quorum heartbeat round). See C{docs/raft-internals.md}.
+
+This module holds the step logic (etcd-io/raft's C{raft.go}): roles,
+elections, the handling of each message, replication decisions, membership
+commands and identity checks. What it steps over lives beside it, along
+etcd's seams: the log in L{oxidb.raft.log}, each peer's replication progress
+in L{oxidb.raft.progress}, quorum arithmetic in L{oxidb.raft.quorum},
+membership changes in L{oxidb.raft.confchange} and ReadIndex reads in
+L{oxidb.raft.readonly}.
 """
 
 from __future__ import annotations
 
 import enum
 import random
-from collections import deque
 from typing import Any, Iterable, Mapping
 
 import attrs
@@ -51,6 +58,11 @@ from oxidb.raft.messages import (
     VoteResponse,
     snapshot_id_for,
 )
+from oxidb.raft import confchange
+from oxidb.raft.log import RaftLog
+from oxidb.raft.progress import Mode, Progress
+from oxidb.raft.quorum import VoteResult, tally
+from oxidb.raft.readonly import ReadOnly, ReadState
 from oxidb.raft.storage import DurableState
 
 
@@ -112,14 +124,6 @@ class RaftEvent:
 def new_identity(rng: random.Random) -> str:
     """A fresh random id (an incarnation or a cluster id): 128 bits in hex."""
     return f"{rng.getrandbits(128):032x}"
-
-
-@attrs.frozen
-class ReadState:
-    """A confirmed read: the state machine has applied C{index}; read now."""
-
-    request_id: int
-    index: int
 
 
 @attrs.frozen
@@ -200,38 +204,6 @@ class Role(enum.Enum):
     SHUTDOWN = "Shutdown"
 
 
-class _Mode(enum.Enum):
-    PROBE = "probe"
-    REPLICATE = "replicate"
-    SNAPSHOT = "snapshot"
-
-
-@attrs.define
-class _Progress:
-    """The leader's view of one follower or learner."""
-
-    next: int
-    match: int = 0
-    mode: _Mode = _Mode.PROBE
-    paused: bool = False
-    inflight: deque[int] = attrs.Factory(deque)
-    match_at_heartbeat: int = 0
-    snapshot_offset: int = 0
-    read_seq: int = 0
-    active: bool = False
-    #: The incarnation this leader saw the peer answer with first (while the
-    #: membership has none pinned for it).
-    incarnation: str | None = None
-    #: Why the peer is refused (it is neither counted nor replicated to).
-    refused: str | None = None
-
-    def become_probe(self) -> None:
-        self.mode = _Mode.PROBE
-        self.next = self.match + 1
-        self.paused = False
-        self.inflight.clear()
-
-
 _FROM_LEADER = (AppendEntriesRequest, Heartbeat, InstallSnapshotRequest)
 
 
@@ -277,24 +249,13 @@ class RaftCore:
         self._refused_by_logged = 0
         self._became_leader_at = 0
 
-        # The log: _entries hold indexes _base.index + 1 .. last.
-        self._entries: list[Entry] = list(state.entries)
-        self._snapshot = state.snapshot
-        if self._entries:
-            first = self._entries[0].index
-            self._base = state.last_purged if first > 1 else None
-            if (self._base.index if self._base else 0) != first - 1:
-                raise ValueError("the log does not start after the purge point")
-        else:
-            snapshot_id = state.snapshot.meta.last_log_id if state.snapshot else None
-            known = [c for c in (state.last_purged, snapshot_id) if c is not None]
-            self._base = max(known, key=lambda c: c.index) if known else None
-        self._membership = self._find_membership(self._last_index)
+        self._log = log = RaftLog.restore(state)
+        self._membership = log.find_membership(log.last_index)
         if self._cluster_id is None and self._membership is not None:
             self._cluster_id = self._membership.membership.cluster_id
             self._identity_unsaved = self._identity_unsaved or self._cluster_id is not None
 
-        last = self._last_index
+        last = log.last_index
         applied_index = applied.index if applied else 0
         if applied_index > last:
             raise ValueError("the state machine is ahead of the Raft log")
@@ -307,11 +268,11 @@ class RaftCore:
         # its commit point from the leader again.
         committed = state.committed
         committed_index = 0
-        if committed is not None and committed.index > self._base_index:
-            if self._has_index(committed.index) and self._log_id_at(committed.index) == committed:
+        if committed is not None and committed.index > log.base_index:
+            if log.has_index(committed.index) and log.log_id_at(committed.index) == committed:
                 committed_index = committed.index
             else:
-                held = self._log_id_at(committed.index) if self._has_index(committed.index) else None
+                held = log.log_id_at(committed.index) if log.has_index(committed.index) else None
                 self._event(
                     "warn",
                     "raft: node {node} ignores the commit point {committed} of its meta file: its log holds "
@@ -320,24 +281,16 @@ class RaftCore:
                     committed=committed.display(),
                     held=_display(held),
                 )
-        self._commit = min(last, max(committed_index, snap_index, applied_index, self._base_index))
-        self._persisted = last
-        self._applying = applied_index
+        log.committed = min(last, max(committed_index, snap_index, applied_index, log.base_index))
+        log.applying = applied_index
         self._last_applied = applied
-        self._apply_snapshot: Snapshot | None = None
-        if self._snapshot is not None and applied_index < snap_index:
-            self._apply_snapshot = self._snapshot
+        if log.snapshot is not None and applied_index < snap_index:
+            log.apply_snapshot = log.snapshot
 
         # Output accumulators.
         self._msgs: list[Message] = []
         self._durable_msgs: list[Message] = []
         self._hs_dirty = False
-        self._unstable_from = last + 1
-        self._pending_truncate: int | None = None
-        self._pending_snapshot: Snapshot | None = None
-        self._pending_purge: LogId | None = None
-        self._read_states: list[ReadState] = []
-        self._failed_reads: list[int] = []
         self._in_flight: Ready | None = None
         self._building_snapshot = False
 
@@ -348,7 +301,7 @@ class RaftCore:
         self._reset_election_timer()
 
         # Leader state.
-        self._progress: dict[int, _Progress] = {}
+        self._progress: dict[int, Progress] = {}
         self._blank_index = 0
         self._heartbeat_deadline = 0
         self._quorum_deadline = 0
@@ -357,70 +310,39 @@ class RaftCore:
         self._transfer_deadline = 0
 
         # Reads.
-        self._next_read_id = 1
-        self._read_seq = 0
-        self._read_round_pending = False
-        self._reads_to_confirm: deque[tuple[int, int, int, int]] = deque()
-        self._reads_waiting_apply: list[ReadState] = []
-        self._remote_reads: dict[int, int] = {}
+        self._reads = ReadOnly()
 
         # Follower-side snapshot reception: meta and bytes so far.
         self._snapshot_rx: tuple[SnapshotMeta, bytearray] | None = None
 
-    # --- log helpers ----------------------------------------------------------
+    # --- the log ----------------------------------------------------------------
+
+    # The step logic's names for the log's commit point, last index and terms.
 
     @property
-    def _base_index(self) -> int:
-        return self._base.index if self._base else 0
+    def _commit(self) -> int:
+        return self._log.committed
+
+    @_commit.setter
+    def _commit(self, index: int) -> None:
+        self._log.committed = index
 
     @property
     def _last_index(self) -> int:
-        return self._entries[-1].index if self._entries else self._base_index
-
-    @property
-    def _last_log_id(self) -> LogId | None:
-        return self._entries[-1].log_id if self._entries else self._base
-
-    def _log_id_at(self, index: int) -> LogId | None:
-        """The log id at C{index}, which must lie in [base, last]; 0 gives None."""
-        if index == self._base_index:
-            return self._base
-        position = index - self._base_index - 1
-        if position < 0:
-            raise IndexError(f"log index {index} is purged")
-        return self._entries[position].log_id
-
-    def _has_index(self, index: int) -> bool:
-        return self._base_index <= index <= self._last_index
+        return self._log.last_index
 
     def _term_at(self, index: int) -> int:
-        log_id = self._log_id_at(index)
-        return log_id.term if log_id else 0
-
-    def _slice(self, first: int, last: int) -> list[Entry]:
-        offset = self._base_index + 1
-        return self._entries[first - offset : last - offset + 1]
+        return self._log.term_at(index)
 
     def _append(self, entries: Iterable[Entry]) -> None:
-        changed = False
-        for entry in entries:
-            self._entries.append(entry)
-            changed = changed or entry.membership is not None
-        if changed:
-            self._set_membership(self._find_membership(self._last_index))
+        if self._log.append(entries):
+            self._set_membership(self._log.find_membership(self._log.last_index))
             self._sync_progress()
 
     def _truncate(self, index: int) -> None:
         """Drop entries from C{index} on (a follower's conflicting suffix)."""
-        if index <= self._commit:
-            raise AssertionError("truncating committed entries")
-        del self._entries[index - self._base_index - 1 :]
-        if index < self._unstable_from:
-            # Some of the dropped entries went to storage already.
-            self._unstable_from = index
-            self._pending_truncate = min(self._pending_truncate or index, index)
-        self._persisted = min(self._persisted, index - 1)
-        self._set_membership(self._find_membership(self._last_index))
+        self._log.truncate(index)
+        self._set_membership(self._log.find_membership(self._log.last_index))
 
     def _set_membership(self, stored: StoredMembership | None) -> None:
         """The membership in force changed (appended, truncated or from a snapshot)."""
@@ -452,12 +374,6 @@ class RaftCore:
             f"raft safety violation on node {self.id} (term {self._term}, index {index}): {detail}; stopping"
         )
 
-    def _find_membership(self, upto: int) -> StoredMembership | None:
-        for entry in reversed(self._slice(self._base_index + 1, upto)):
-            if entry.membership is not None:
-                return StoredMembership(entry.log_id, entry.membership)
-        return self._snapshot.meta.last_membership if self._snapshot else None
-
     @property
     def _voters(self) -> frozenset[int]:
         return self._membership.membership.voters if self._membership else frozenset()
@@ -485,17 +401,11 @@ class RaftCore:
             self._msgs
             or self._durable_msgs
             or self._hs_dirty
-            or self._unstable_from <= self._last_index
-            or self._pending_truncate is not None
-            or self._pending_snapshot is not None
-            or self._pending_purge is not None
-            or self._apply_snapshot is not None
-            or self._applying < min(self._commit, self._persisted)
-            or self._read_states
-            or self._failed_reads
+            or self._log.has_updates()
+            or self._reads.has_answers()
             or (
                 self._role is Role.LEADER
-                and (self._replication_dirty or self._read_round_pending)
+                and (self._replication_dirty or self._reads.round_pending)
             )
             or self._wants_snapshot()
             or bool(self._events)
@@ -506,40 +416,29 @@ class RaftCore:
         if not self.has_ready():
             raise RuntimeError("no ready: check has_ready() first")
         if self._role is Role.LEADER:
-            if self._read_round_pending:
+            if self._reads.round_pending:
                 self._broadcast_heartbeat()
             self._flush_replication()
         save_state = self._hs_dirty or self._identity_unsaved
-        persist = PersistBatch(
-            hard_state=(
-                HardState(self._term, self._voted_for, self._incarnation, self._cluster_id) if save_state else None
-            ),
-            snapshot=self._pending_snapshot,
-            truncate_from=self._pending_truncate,
-            entries=tuple(self._slice(self._unstable_from, self._last_index)),
-            purge_upto=self._pending_purge,
-            committed=self._durable_commit_id(),
+        persist = self._log.take_persist(
+            HardState(self._term, self._voted_for, self._incarnation, self._cluster_id) if save_state else None
         )
         messages, durable = self._msgs, self._durable_msgs
         if save_state:
             # Nothing leaves before the term, vote and identity it was sent
             # with are durable.
             messages, durable = [], messages + durable
-        apply_snapshot = self._apply_snapshot
-        if apply_snapshot is not None:
-            self._applying = max(self._applying, apply_snapshot.meta.last_log_id.index)
-        upto = min(self._commit, self._persisted)
-        committed = tuple(self._slice(self._applying + 1, upto)) if upto > self._applying else ()
-        self._applying = max(self._applying, upto)
+        apply_snapshot, committed = self._log.take_committed()
         build = self._wants_snapshot()
+        read_states, failed_reads = self._reads.take_answers()
         ready = Ready(
             persist=persist,
             messages=tuple(messages),
             persisted_messages=tuple(durable),
             apply_snapshot=apply_snapshot,
             committed_entries=committed,
-            read_states=tuple(self._read_states),
-            failed_reads=tuple(self._failed_reads),
+            read_states=read_states,
+            failed_reads=failed_reads,
             build_snapshot=build,
             events=tuple(self._events),
         )
@@ -547,39 +446,15 @@ class RaftCore:
         self._msgs, self._durable_msgs = [], []
         self._events = []
         self._hs_dirty = self._identity_unsaved = False
-        self._unstable_from = self._last_index + 1
-        self._pending_truncate = self._pending_snapshot = self._pending_purge = None
-        self._apply_snapshot = None
-        self._read_states, self._failed_reads = [], []
         self._in_flight = ready
         return ready
-
-    def _durable_commit_id(self) -> LogId | None:
-        """
-        The commit point to record in the meta file of the next batch: one
-        whose entry is already durable in the log. The meta file is written
-        before the batch cuts and appends the log, so the commit point may
-        not name an entry of the batch itself: a crash between the two would
-        leave a commit point over the stale entry the batch was replacing
-        (a follower that truncates its uncommitted suffix and commits the
-        new leader's entries in one append). C{_persisted} counts neither
-        the batch's entries nor those it cuts.
-        """
-        index = max(min(self._commit, self._persisted), self._base_index)
-        return self._log_id_at(index)
 
     def advance(self, ready: Ready) -> None:
         """The driver has handled C{ready} (its batch is durable)."""
         if ready is not self._in_flight:
             raise RuntimeError("advance() takes the ready that is in flight")
         self._in_flight = None
-        stable = ready.persist.entries[-1].log_id if ready.persist.entries else None
-        if stable is not None and self._has_index(stable.index):
-            if self._log_id_at(stable.index) == stable:
-                self._persisted = max(self._persisted, stable.index)
-        snapshot = ready.persist.snapshot
-        if snapshot is not None and self._has_index(snapshot.meta.last_log_id.index):
-            self._persisted = max(self._persisted, snapshot.meta.last_log_id.index)
+        self._log.stable_to(ready.persist)
         hard_state = ready.persist.hard_state
         if (
             self._role is Role.CANDIDATE
@@ -594,7 +469,7 @@ class RaftCore:
     def _wants_snapshot(self) -> bool:
         if self._building_snapshot or self._last_applied is None:
             return False
-        done = self._snapshot.meta.last_log_id.index if self._snapshot else 0
+        done = self._log.snapshot.meta.last_log_id.index if self._log.snapshot else 0
         return self._last_applied.index - done >= self._cfg.snapshot_threshold
 
     # --- inputs: time ------------------------------------------------------------
@@ -616,19 +491,13 @@ class RaftCore:
                 self._campaign(pre_vote=self._cfg.pre_vote)
             else:
                 self._reset_election_timer()
-        for request_id, deadline in list(self._remote_reads.items()):
-            if self._now >= deadline:
-                del self._remote_reads[request_id]
-                self._failed_reads.append(request_id)
+        self._reads.expire(self._now)
 
     def _tick_leader(self) -> None:
         if self._now >= self._heartbeat_deadline:
             self._heartbeat_deadline = self._now + self._cfg.heartbeat_interval
-            for peer, pr in self._progress.items():
-                if pr.mode is _Mode.REPLICATE and pr.inflight and pr.match == pr.match_at_heartbeat:
-                    pr.become_probe()  # appends were lost: resend from the match
-                pr.match_at_heartbeat = pr.match
-                pr.paused = False
+            for pr in self._progress.values():
+                pr.heartbeat_elapsed()
             self._broadcast_heartbeat()
             self._replication_dirty = True
         if self._cfg.check_quorum and self._now >= self._quorum_deadline:
@@ -674,13 +543,11 @@ class RaftCore:
         self._leader = leader
 
     def _abandon_leadership(self) -> None:
-        for _seq, origin, request_id, _index in self._reads_to_confirm:
+        for origin, request_id in self._reads.abandon():
             if origin == self.id:
-                self._failed_reads.append(request_id)
+                self._reads.failed.append(request_id)
             else:
                 self._send(ReadIndexResponse(self._term, self.id, origin, request_id, None))
-        self._reads_to_confirm.clear()
-        self._read_round_pending = False
         self._progress.clear()
         self._transfer_to = None
         self._replication_dirty = False
@@ -710,7 +577,7 @@ class RaftCore:
             return
         send = self._send if pre_vote else self._send_durable
         for voter in sorted(self._voters - {self.id}):
-            send(VoteRequest(term, self.id, voter, self._last_log_id, pre_vote, transfer))
+            send(VoteRequest(term, self.id, voter, self._log.last_log_id, pre_vote, transfer))
 
     def _become_leader(self) -> None:
         self._role = Role.LEADER
@@ -722,7 +589,7 @@ class RaftCore:
         self._heartbeat_deadline = self._now + self._cfg.heartbeat_interval
         self._quorum_deadline = self._now + self._cfg.election_timeout_min
         self._transfer_to = None
-        blank = Entry(LogId(self._term, self.id, self._last_index + 1))
+        blank = Entry(LogId(self._term, self.id, self._log.last_index + 1))
         self._append([blank])
         self._blank_index = blank.index
         self._replication_dirty = True
@@ -735,7 +602,7 @@ class RaftCore:
             del self._progress[gone]
             self._refused_peers.pop(gone, None)
         for new in nodes - set(self._progress):
-            self._progress[new] = _Progress(next=self._last_index + 1)
+            self._progress[new] = Progress(next=self._log.last_index + 1)
         self._replication_dirty = True
 
     # --- inputs: messages -------------------------------------------------------
@@ -834,7 +701,7 @@ class RaftCore:
             )
         self._refused_by = seen
 
-    def _responder(self, msg: AppendEntriesResponse | HeartbeatResponse | InstallSnapshotResponse) -> _Progress | None:
+    def _responder(self, msg: AppendEntriesResponse | HeartbeatResponse | InstallSnapshotResponse) -> Progress | None:
         """
         The leader's progress of the peer that answered, if it counts: a
         peer whose incarnation is not the one the membership pinned (or, not
@@ -868,14 +735,14 @@ class RaftCore:
         """A follower's committed prefix must be this leader's (Leader Completeness)."""
         if commit_id is None or commit_id.index == 0:
             return
-        if commit_id.index > self._last_index:
+        if commit_id.index > self._log.last_index:
             raise self._violation(
                 f"node {peer} has committed {commit_id.display()} but this leader's log ends at index "
-                f"{self._last_index}: the leader lacks committed entries",
+                f"{self._log.last_index}: the leader lacks committed entries",
                 commit_id.index,
             )
-        if commit_id.index >= self._base_index:
-            mine = self._log_id_at(commit_id.index)
+        if commit_id.index >= self._log.base_index:
+            mine = self._log.log_id_at(commit_id.index)
             if mine != commit_id:
                 raise self._violation(
                     f"node {peer} has committed {commit_id.display()} but this leader holds "
@@ -884,7 +751,7 @@ class RaftCore:
                 )
 
     def _commit_id(self) -> LogId | None:
-        return self._log_id_at(self._commit)
+        return self._log.log_id_at(self._log.committed)
 
     def _maybe_pin_identities(self) -> None:
         """
@@ -896,7 +763,7 @@ class RaftCore:
         stored = self._membership
         if stored is None or stored.membership.cluster_id is not None or self._transfer_to is not None:
             return
-        if self._commit < self._blank_index or stored.log_id is None or stored.log_id.index > self._commit:
+        if self._log.committed < self._blank_index or stored.log_id is None or stored.log_id.index > self._log.committed:
             return
         if stored.membership.is_joint:
             return
@@ -920,7 +787,7 @@ class RaftCore:
         )
 
     def _on_vote_request(self, msg: VoteRequest) -> None:
-        last = self._last_log_id
+        last = self._log.last_log_id
         up_to_date = (msg.last_log_id.key if msg.last_log_id else (0, 0)) >= (
             last.key if last else (0, 0)
         )
@@ -957,14 +824,13 @@ class RaftCore:
             self._refuse(msg.src, refusal)
             return
         self._votes.setdefault(msg.src, msg.granted)
-        granted = [n for n, ok in self._votes.items() if ok]
-        rejected = [n for n, ok in self._votes.items() if not ok]
-        if self._is_quorum(granted):
+        result = tally(self._membership.membership.configs, self._votes) if self._membership else VoteResult.PENDING
+        if result is VoteResult.WON:
             if msg.pre_vote:
                 self._campaign(pre_vote=False)
             else:
                 self._become_leader()
-        elif self._is_quorum(rejected):
+        elif result is VoteResult.LOST:
             self._become_follower(self._term, None)
 
     def _follow(self, leader: int) -> None:
@@ -980,64 +846,64 @@ class RaftCore:
         prev = msg.prev_log_id
         prev_index = prev.index if prev else 0
         entries = list(msg.entries)
-        if prev_index <= self._commit:
+        if prev_index <= self._log.committed:
             # Entries up to the commit point are committed here: they must be
             # the leader's. Check them (where not purged), never rewrite them.
-            if prev_index >= self._base_index and self._log_id_at(prev_index) != prev:
+            if prev_index >= self._log.base_index and self._log.log_id_at(prev_index) != prev:
                 raise self._violation(
                     f"leader {msg.src} sent prev_log_id {_display(prev)} but this node committed "
-                    f"{_display(self._log_id_at(prev_index))} at that index",
+                    f"{_display(self._log.log_id_at(prev_index))} at that index",
                     prev_index,
                 )
             skip = 0
             for entry in entries:
-                if entry.index > self._commit:
+                if entry.index > self._log.committed:
                     break
-                if entry.index >= max(self._base_index, 1) and self._log_id_at(entry.index) != entry.log_id:
+                if entry.index >= max(self._log.base_index, 1) and self._log.log_id_at(entry.index) != entry.log_id:
                     raise self._violation(
                         f"leader {msg.src} sent entry {entry.log_id.display()} but this node committed "
-                        f"{_display(self._log_id_at(entry.index))} at that index",
+                        f"{_display(self._log.log_id_at(entry.index))} at that index",
                         entry.index,
                     )
                 skip += 1
             entries = entries[skip:]
             prev_index += skip
-        elif not self._has_index(prev_index) or self._log_id_at(prev_index) != prev:
+        elif not self._log.has_index(prev_index) or self._log.log_id_at(prev_index) != prev:
             self._reject_append(msg, prev_index)
             return
         for i, entry in enumerate(entries):
-            if entry.index > self._last_index:
+            if entry.index > self._log.last_index:
                 self._append(entries[i:])
                 break
-            if self._log_id_at(entry.index) != entry.log_id:
+            if self._log.log_id_at(entry.index) != entry.log_id:
                 self._truncate(entry.index)
                 self._append(entries[i:])
                 break
         last_new = prev_index + len(entries)
-        self._commit = max(self._commit, min(msg.leader_commit, last_new))
+        self._log.committed = max(self._log.committed, min(msg.leader_commit, last_new))
         self._send_durable(
             AppendEntriesResponse(
-                self._term, self.id, msg.src, True, last_new, commit_id=self._commit_id()
+                self._term, self.id, msg.src, True, last_new, commit_id=self._log.commit_id()
             )
         )
 
     def _reject_append(self, msg: AppendEntriesRequest, prev_index: int) -> None:
         prev_term = msg.prev_log_id.term if msg.prev_log_id else 0
-        hint = min(prev_index, self._last_index)
-        while hint > self._commit and self._term_at(hint) > prev_term:
+        hint = min(prev_index, self._log.last_index)
+        while hint > self._log.committed and self._log.term_at(hint) > prev_term:
             hint -= 1
         self._send_durable(
             AppendEntriesResponse(
-                self._term, self.id, msg.src, False, prev_index, hint, self._term_at(hint),
-                commit_id=self._commit_id(),
+                self._term, self.id, msg.src, False, prev_index, hint, self._log.term_at(hint),
+                commit_id=self._log.commit_id(),
             )
         )
 
     def _on_heartbeat(self, msg: Heartbeat) -> None:
         self._follow(msg.src)
-        self._commit = max(self._commit, min(msg.commit, self._last_index))
+        self._log.committed = max(self._log.committed, min(msg.commit, self._log.last_index))
         self._send_durable(
-            HeartbeatResponse(self._term, self.id, msg.src, msg.read_seq, commit_id=self._commit_id())
+            HeartbeatResponse(self._term, self.id, msg.src, msg.read_seq, commit_id=self._log.commit_id())
         )
 
     def _on_install_snapshot(self, msg: InstallSnapshotRequest) -> None:
@@ -1051,12 +917,12 @@ class RaftCore:
             )
             (self._send_durable if done else self._send)(response)
 
-        if meta.last_log_id.index <= self._commit:
+        if meta.last_log_id.index <= self._log.committed:
             index = meta.last_log_id.index
-            if index >= self._base_index and index > 0 and self._log_id_at(index) != meta.last_log_id:
+            if index >= self._log.base_index and index > 0 and self._log.log_id_at(index) != meta.last_log_id:
                 raise self._violation(
                     f"leader {msg.src} sent snapshot {snapshot_id} ending at {meta.last_log_id.display()} "
-                    f"but this node committed {_display(self._log_id_at(index))} at that index",
+                    f"but this node committed {_display(self._log.log_id_at(index))} at that index",
                     index,
                 )
             self._snapshot_rx = None
@@ -1077,23 +943,8 @@ class RaftCore:
         reply(len(rx[1]), True)
 
     def _install_snapshot(self, snapshot: Snapshot) -> None:
-        last = snapshot.meta.last_log_id
-        if self._has_index(last.index) and self._log_id_at(last.index) == last:
-            self._entries = self._slice(last.index + 1, self._last_index)
-        else:
-            self._entries = []
-            if self._unstable_from > last.index + 1:
-                # Entries after the snapshot went to storage already.
-                self._pending_truncate = min(self._pending_truncate or last.index + 1, last.index + 1)
-            self._persisted = min(self._persisted, last.index)
-        self._unstable_from = max(self._unstable_from, last.index + 1)
-        self._base = last
-        self._snapshot = snapshot
-        self._pending_snapshot = snapshot
-        self._pending_purge = last
-        self._apply_snapshot = snapshot
-        self._commit = max(self._commit, last.index)
-        self._set_membership(self._find_membership(self._last_index))
+        self._log.install_snapshot(snapshot)
+        self._set_membership(self._log.find_membership(self._log.last_index))
         self._event(
             "info",
             "raft: node {node} installed snapshot {id} ({size} bytes) from leader {leader}",
@@ -1114,10 +965,10 @@ class RaftCore:
             self._send(ReadIndexResponse(self._term, self.id, msg.src, msg.request_id, None))
 
     def _on_read_index_response(self, msg: ReadIndexResponse) -> None:
-        if self._remote_reads.pop(msg.request_id, None) is None:
+        if not self._reads.remote_answered(msg.request_id):
             return
         if msg.read_index is None:
-            self._failed_reads.append(msg.request_id)
+            self._reads.failed.append(msg.request_id)
         else:
             self._wait_for_apply(ReadState(msg.request_id, msg.read_index))
 
@@ -1129,30 +980,19 @@ class RaftCore:
             return
         pr.active = True
         if msg.success:
-            if msg.index > pr.match:
-                pr.match = msg.index
-                pr.next = max(pr.next, pr.match + 1)
-                while pr.inflight and pr.inflight[0] <= pr.match:
-                    pr.inflight.popleft()
-                if pr.mode is _Mode.PROBE:
-                    pr.mode = _Mode.REPLICATE
-                    pr.next = pr.match + 1
-                    pr.inflight.clear()
+            if pr.maybe_update(msg.index):
                 self._maybe_commit()
-                if self._transfer_to == msg.src and pr.match == self._last_index:
+                if self._transfer_to == msg.src and pr.match == self._log.last_index:
                     self._send(TimeoutNow(self._term, self.id, msg.src))
             pr.paused = False
             self._send_append(msg.src, pr)
             return
-        if pr.mode is _Mode.SNAPSHOT or msg.index <= pr.match:
+        if not pr.rejection_counts(msg.index):
             return
-        if pr.mode is _Mode.PROBE and msg.index != pr.next - 1:
-            return
-        j = min(msg.hint_index, self._last_index)
-        while j > self._base_index and self._term_at(j) > msg.hint_term:
+        j = min(msg.hint_index, self._log.last_index)
+        while j > self._log.base_index and self._log.term_at(j) > msg.hint_term:
             j -= 1
-        pr.become_probe()
-        pr.next = max(pr.match + 1, min(j + 1, msg.index))
+        pr.probe_from(min(j + 1, msg.index))
         self._send_append(msg.src, pr)
 
     def _on_heartbeat_response(self, msg: HeartbeatResponse) -> None:
@@ -1162,15 +1002,15 @@ class RaftCore:
         pr.active = True
         pr.read_seq = max(pr.read_seq, msg.read_seq)
         self._confirm_reads()
-        if pr.match < self._last_index:
+        if pr.match < self._log.last_index:
             self._send_append(msg.src, pr)
 
     def _on_snapshot_response(self, msg: InstallSnapshotResponse) -> None:
         pr = self._responder(msg)
-        if pr is None or pr.mode is not _Mode.SNAPSHOT:
+        if pr is None or pr.mode is not Mode.SNAPSHOT:
             return
         pr.active = True
-        snapshot = self._snapshot
+        snapshot = self._log.snapshot
         if snapshot is None or msg.snapshot_id != snapshot.meta.snapshot_id:
             pr.snapshot_offset = 0
         elif msg.done:
@@ -1191,50 +1031,46 @@ class RaftCore:
             for peer, pr in self._progress.items():
                 self._send_append(peer, pr)
 
-    def _send_append(self, peer: int, pr: _Progress) -> None:
+    def _send_append(self, peer: int, pr: Progress) -> None:
         """Send what C{peer} needs next, within the progress' window."""
         while True:
-            if pr.paused or pr.refused is not None:
+            if pr.is_paused(self._cfg.max_inflight):
                 return
-            if pr.mode is _Mode.REPLICATE and len(pr.inflight) >= self._cfg.max_inflight:
-                return
-            if pr.mode is not _Mode.SNAPSHOT and pr.next - 1 < self._base_index:
-                pr.mode = _Mode.SNAPSHOT
-                pr.snapshot_offset = 0
-            if pr.mode is _Mode.SNAPSHOT:
+            if pr.mode is not Mode.SNAPSHOT and pr.next - 1 < self._log.base_index:
+                pr.become_snapshot()
+            if pr.mode is Mode.SNAPSHOT:
                 self._send_snapshot_chunk(peer, pr)
                 return
             entries = self._batch_from(pr.next)
-            if not entries and pr.mode is _Mode.REPLICATE:
+            if not entries and pr.mode is Mode.REPLICATE:
                 return
             self._send(
                 AppendEntriesRequest(
                     self._term,
                     self.id,
                     peer,
-                    self._log_id_at(pr.next - 1),
+                    self._log.log_id_at(pr.next - 1),
                     tuple(entries),
-                    self._commit,
+                    self._log.committed,
                 )
             )
-            if pr.mode is _Mode.PROBE:
+            if pr.mode is Mode.PROBE:
                 pr.paused = True
                 return
-            pr.next = entries[-1].index + 1
-            pr.inflight.append(entries[-1].index)
+            pr.sent_entries(entries[-1].index)
 
     def _batch_from(self, first: int) -> list[Entry]:
         batch: list[Entry] = []
         size = 0
-        for entry in self._slice(first, min(self._last_index, first + self._cfg.max_payload_entries - 1)):
+        for entry in self._log.slice(first, min(self._log.last_index, first + self._cfg.max_payload_entries - 1)):
             size += len(entry.encoded)
             if batch and size > self._cfg.max_payload_bytes:
                 break
             batch.append(entry)
         return batch
 
-    def _send_snapshot_chunk(self, peer: int, pr: _Progress) -> None:
-        snapshot = self._snapshot
+    def _send_snapshot_chunk(self, peer: int, pr: Progress) -> None:
+        snapshot = self._log.snapshot
         if snapshot is None:
             raise AssertionError("a purged log without a snapshot")
         start = min(pr.snapshot_offset, len(snapshot.data))
@@ -1251,12 +1087,10 @@ class RaftCore:
         pr.paused = True
 
     def _broadcast_heartbeat(self) -> None:
-        if self._read_round_pending:
-            self._read_seq += 1
-            self._read_round_pending = False
+        read_seq = self._reads.heartbeat_round()
         for peer, pr in self._progress.items():
-            commit = min(self._commit, pr.match)
-            self._send(Heartbeat(self._term, self.id, peer, commit, self._read_seq))
+            commit = min(self._log.committed, pr.match)
+            self._send(Heartbeat(self._term, self.id, peer, commit, read_seq))
 
     def _maybe_commit(self) -> None:
         if self._membership is None:
@@ -1265,14 +1099,14 @@ class RaftCore:
 
         def matched(node: int) -> int:
             if node == self.id:
-                return self._persisted
+                return self._log.persisted
             pr = self._progress.get(node)
             return pr.match if pr else 0
 
         index = membership.quorum_index(matched)
-        if index <= self._commit or self._term_at(index) != self._term:
+        if index <= self._log.committed or self._log.term_at(index) != self._term:
             return
-        self._commit = index
+        self._log.committed = index
         self._replication_dirty = True
         self._confirm_reads()
         self._after_commit()
@@ -1280,13 +1114,11 @@ class RaftCore:
     def _after_commit(self) -> None:
         """Finish a joint change; hand over if this leader was removed."""
         stored = self._membership
-        if stored is None or stored.log_id is None or stored.log_id.index > self._commit:
+        if stored is None or stored.log_id is None or stored.log_id.index > self._log.committed:
             return
         membership = stored.membership
         if membership.is_joint:
-            old, new = membership.configs
-            nodes = {n: a for n, a in membership.nodes.items() if n not in old - new}
-            self._append_membership(_members(membership, [new], nodes))
+            self._append_membership(confchange.leave_joint(membership))
         elif self.id not in membership.voters and self._transfer_to is None:
             best = max(sorted(membership.voters), key=lambda n: self._progress[n].match)
             self._start_transfer(best)
@@ -1313,7 +1145,7 @@ class RaftCore:
         Raises L{NotLeaderError} on a non-leader.
         """
         self._check_leader()
-        entry = Entry(LogId(self._term, self.id, self._last_index + 1), request, ts)
+        entry = Entry(LogId(self._term, self.id, self._log.last_index + 1), request, ts)
         self._append([entry])
         self._replication_dirty = True
         return entry.log_id
@@ -1326,8 +1158,8 @@ class RaftCore:
         change). Only on a pristine node. A node that is the only voter
         campaigns at its next tick; otherwise after an election timeout.
         """
-        if self._term or self._voted_for is not None or self._last_log_id or self._snapshot:
-            last = self._last_log_id.display() if self._last_log_id else "None"
+        if self._term or self._voted_for is not None or self._log.last_log_id or self._log.snapshot:
+            last = self._log.last_log_id.display() if self._log.last_log_id else "None"
             raise RaftError(
                 "not allowed to initialize due to current raft state: "
                 f"last_log_id: {last} vote: T{self._term}-N{self._voted_for}"
@@ -1348,12 +1180,12 @@ class RaftCore:
 
     def _check_membership_change(self) -> StoredMembership:
         self._check_leader()
-        if self._commit < self._blank_index:
+        if self._log.committed < self._blank_index:
             raise RaftError("the leader has not committed an entry of its term yet")
         stored = self._membership
         if stored is None or stored.log_id is None:
             raise AssertionError("a leader without a membership entry")
-        if stored.membership.is_joint or stored.log_id.index > self._commit:
+        if stored.membership.is_joint or stored.log_id.index > self._log.committed:
             raise RaftError("a membership change is in progress")
         return stored
 
@@ -1361,10 +1193,8 @@ class RaftCore:
         # Pin what this leader has seen of members not pinned yet, and itself.
         seen = {p: pr.incarnation for p, pr in self._progress.items() if pr.incarnation and pr.refused is None}
         seen[self.id] = self._incarnation
-        pins = {n: i for n, i in seen.items() if n in membership.nodes}
-        pins.update(membership.incarnations)
-        membership = Membership(membership.configs, membership.nodes, pins, membership.cluster_id or self._cluster_id)
-        entry = Entry(LogId(self._term, self.id, self._last_index + 1), membership)
+        membership = confchange.pin(membership, seen, self._cluster_id)
+        entry = Entry(LogId(self._term, self.id, self._log.last_index + 1), membership)
         self._append([entry])
         self._replication_dirty = True
         return entry.log_id
@@ -1372,7 +1202,7 @@ class RaftCore:
     def add_learner(self, node_id: int, addr: str) -> LogId:
         """Add (or re-address) a node that receives the log but does not vote."""
         current = self._check_membership_change().membership
-        return self._append_membership(_members(current, current.configs, {**current.nodes, node_id: addr}))
+        return self._append_membership(confchange.with_learner(current, node_id, addr))
 
     def change_membership(self, voters: Iterable[int]) -> LogId:
         """
@@ -1385,10 +1215,7 @@ class RaftCore:
         new = frozenset(voters)
         stored = self._check_membership_change()
         current = stored.membership
-        if not new:
-            raise RaftError("the voter set must not be empty")
-        for node in sorted(new - set(current.nodes)):
-            raise RaftError(f"node {node} is not a learner; add it with add_learner first")
+        confchange.check_voters(current, new)
         (old,) = current.configs
         if new == old:
             return stored.log_id  # type: ignore[return-value]
@@ -1402,7 +1229,7 @@ class RaftCore:
                         f"node {node} has not answered the leader yet, so its incarnation is unknown; "
                         "wait until it has caught up and retry"
                     )
-        return self._append_membership(_members(current, [old, new], current.nodes))
+        return self._append_membership(confchange.enter_joint(current, new))
 
     def remove_node(self, node_id: int) -> LogId:
         """
@@ -1416,8 +1243,7 @@ class RaftCore:
             raise RaftError(f"node {node_id} is not a member")
         if node_id in current.voters:
             return self.change_membership(current.voters - {node_id})
-        nodes = {n: a for n, a in current.nodes.items() if n != node_id}
-        return self._append_membership(_members(current, current.configs, nodes))
+        return self._append_membership(confchange.without_learner(current, node_id))
 
     def transfer_leadership(self, to: int) -> None:
         """Hand leadership to voter C{to} (a no-op for this node itself)."""
@@ -1432,7 +1258,7 @@ class RaftCore:
         self._transfer_to = to
         self._transfer_deadline = self._now + self._cfg.election_timeout_min
         pr = self._progress[to]
-        if pr.match == self._last_index:
+        if pr.match == self._log.last_index:
             self._send(TimeoutNow(self._term, self.id, to))
         else:
             self._send_append(to, pr)
@@ -1445,50 +1271,42 @@ class RaftCore:
         L{Ready.read_states} once confirmed and applied locally (read the
         state machine then), or in L{Ready.failed_reads}.
         """
-        request_id = self._next_read_id
-        self._next_read_id += 1
+        request_id = self._reads.new_request()
         if self._role is Role.LEADER:
             self._leader_read(self.id, request_id)
         elif self._leader is not None:
             self._send(ReadIndexRequest(self._term, self.id, self._leader, request_id))
-            self._remote_reads[request_id] = self._now + self._cfg.election_timeout_max
+            self._reads.wait_remote(request_id, self._now + self._cfg.election_timeout_max)
         else:
-            self._failed_reads.append(request_id)
+            self._reads.failed.append(request_id)
         return request_id
 
     def _leader_read(self, origin: int, request_id: int) -> None:
-        index = max(self._commit, self._blank_index)
-        self._reads_to_confirm.append((self._read_seq + 1, origin, request_id, index))
+        index = max(self._log.committed, self._blank_index)
+        self._reads.add_request(origin, request_id, index)
         if self._is_quorum([self.id]):
-            self._read_seq += 1
+            self._reads.seq += 1
             self._confirm_reads()
         else:
             # One heartbeat round, sent with the next ready, confirms every
             # read registered until then.
-            self._read_round_pending = True
+            self._reads.round_pending = True
 
     def _confirm_reads(self) -> None:
-        while self._reads_to_confirm:
-            seq, origin, request_id, index = self._reads_to_confirm[0]
-            acked = {self.id} | {p for p, pr in self._progress.items() if pr.read_seq >= seq}
-            if seq > self._read_seq or not self._is_quorum(acked):
-                return
-            self._reads_to_confirm.popleft()
+        if not self._reads.to_confirm:
+            return
+
+        def acknowledged(seq: int) -> bool:
+            return self._is_quorum({self.id} | {p for p, pr in self._progress.items() if pr.read_seq >= seq})
+
+        for origin, request_id, index in self._reads.confirmed(acknowledged):
             if origin == self.id:
                 self._wait_for_apply(ReadState(request_id, index))
             else:
                 self._send(ReadIndexResponse(self._term, self.id, origin, request_id, index))
 
     def _wait_for_apply(self, state: ReadState) -> None:
-        self._reads_waiting_apply.append(state)
-        self._release_reads()
-
-    def _release_reads(self) -> None:
-        applied = self._last_applied.index if self._last_applied else 0
-        waiting: list[ReadState] = []
-        for state in self._reads_waiting_apply:
-            (self._read_states if state.index <= applied else waiting).append(state)
-        self._reads_waiting_apply = waiting
+        self._reads.wait_for_apply(state, self._last_applied.index if self._last_applied else 0)
 
     # --- state machine feedback ---------------------------------------------------
 
@@ -1496,7 +1314,7 @@ class RaftCore:
         """The state machine has applied everything up to C{log_id}."""
         if self._last_applied is None or log_id.index > self._last_applied.index:
             self._last_applied = log_id
-            self._release_reads()
+            self._reads.release(log_id.index)
 
     def snapshot_built(self, last_log_id: LogId, data: bytes) -> None:
         """
@@ -1507,22 +1325,15 @@ class RaftCore:
         """
         self._building_snapshot = False
         index = last_log_id.index
-        if self._snapshot is not None and index <= self._snapshot.meta.last_log_id.index:
+        if self._log.snapshot is not None and index <= self._log.snapshot.meta.last_log_id.index:
             return
-        if not self._has_index(index) or self._log_id_at(index) != last_log_id:
+        if not self._log.has_index(index) or self._log.log_id_at(index) != last_log_id:
             raise ValueError(f"no applied entry {last_log_id.display()} in the log")
-        membership = self._find_membership(index)
+        membership = self._log.find_membership(index)
         if membership is None:
             raise ValueError("a snapshot without a membership")
         meta = SnapshotMeta(last_log_id, membership, snapshot_id_for(last_log_id))
-        self._snapshot = self._pending_snapshot = Snapshot(meta, data)
-        purge = index - self._cfg.keep_after_snapshot
-        if purge > self._base_index:
-            self._entries, self._base = (
-                self._slice(purge + 1, self._last_index),
-                self._log_id_at(purge),
-            )
-            self._pending_purge = self._base
+        self._log.compact(Snapshot(meta, data), index - self._cfg.keep_after_snapshot)
 
     def shutdown(self) -> None:
         """Stop: ignore every later input and hand out no more readies."""
@@ -1548,11 +1359,11 @@ class RaftCore:
 
     @property
     def snapshot(self) -> Snapshot | None:
-        return self._snapshot
+        return self._log.snapshot
 
     def entries(self) -> list[Entry]:
         """The log entries held in memory (after the purge point)."""
-        return list(self._entries)
+        return list(self._log.entries)
 
     def metrics(self) -> RaftMetrics:
         if self._role is Role.FOLLOWER and self.id not in self._voters:
@@ -1561,7 +1372,7 @@ class RaftCore:
             state = Role.CANDIDATE.value
         else:
             state = self._role.value
-        last = self._last_log_id
+        last = self._log.last_log_id
         return RaftMetrics(
             id=self.id,
             state=state,
@@ -1570,10 +1381,10 @@ class RaftCore:
             last_applied=self._last_applied,
             current_leader=self._leader,
             membership=self._membership,
-            commit_index=self._commit,
+            commit_index=self._log.committed,
             replication={p: pr.match for p, pr in sorted(self._progress.items())},
-            snapshot=self._snapshot.meta.last_log_id if self._snapshot else None,
-            last_purged=self._base,
+            snapshot=self._log.snapshot.meta.last_log_id if self._log.snapshot else None,
+            last_purged=self._log.base,
             incarnation=self._incarnation,
             cluster_id=self._cluster_id,
             refused=dict(self._refused_peers),
@@ -1582,12 +1393,6 @@ class RaftCore:
 
 
 _REFUSED_LOG_INTERVAL = 30_000
-
-
-def _members(current: Membership, configs: Iterable[Iterable[int]], nodes: Mapping[int, str]) -> Membership:
-    """A membership derived from C{current}: its pins (of the remaining nodes) and cluster id."""
-    pins = {n: i for n, i in current.incarnations.items() if n in nodes}
-    return Membership(configs, nodes, pins, current.cluster_id)
 
 
 def _display(log_id: LogId | None) -> str:

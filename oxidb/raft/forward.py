@@ -17,6 +17,10 @@ write, next to the core's messages on the same authenticated connections:
 A forward may carry C{"user"}: the name of the client whose write it is, for
 the leader's audit trail.
 
+L{Forwarder} is the node's side of both: it sends a follower's writes to the
+leader and waits (bounded) for the answers, and proposes the writes a
+follower forwarded to this node while it leads.
+
 L{MemberGate} sits between the peer transport and the node: it accepts
 forwarded writes (and their results) only from peers in this node's current
 cluster configuration (voters and learners) and audits each forwarded write
@@ -33,17 +37,24 @@ check-quorum govern them.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from itertools import count
+from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 import orjson
 from oxidb.logs import Logger
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oxidb.audit.events import DENIED, OK, AuditEvent
-from oxidb.errors import NotAMemberError
+from oxidb.errors import InternalError, NotAMemberError, OxiError, RaftError
 from oxidb.raft.messages import MessageDecodeError
 from oxidb.raft.transport import IPeerChannel, IPeerHandler
+
+if TYPE_CHECKING:
+    from oxidb.raft.core import RaftCore
 
 FORWARD = "forward"
 FORWARD_RESULT = "forward_result"
@@ -114,6 +125,130 @@ def _request_id(obj: dict[str, Any]) -> int:
     if type(value) is not int or value < 0:
         raise MessageDecodeError("'id' must be a non-negative integer")
     return value
+
+
+@attrs.define(eq=False)
+class _Forward:
+    """A write forwarded to C{leader}, the leader of C{term}."""
+
+    leader: int
+    term: int
+    deferred: "Deferred[ForwardResult]"
+    timer: IDelayedCall
+
+
+class Forwarder:
+    """
+    A node's forwarded writes: those it sent to a leader (L{forward}) and
+    those a follower sent it (L{received}).
+
+    @param clock: an C{IReactorTime} (the forwards' timeouts).
+    @param core: the node's L{RaftCore}, or C{None} before it starts.
+    @param send_frame: C{send_frame(peer, payload)} sends a frame to a peer.
+    @param propose: proposes an operation on this node (the leader) and
+        fires with its apply result.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        clock: Any,
+        core: Callable[[], RaftCore | None],
+        send_frame: Callable[[int, bytes], None],
+        propose: Callable[[dict[str, Any]], "Deferred[Any]"],
+    ) -> None:
+        self._clock = clock
+        self._core = core
+        self._send_frame = send_frame
+        self._propose = propose
+        self._forwards: dict[int, _Forward] = {}
+        self._ids = count(1)
+
+    def forward(self, leader: int, term: int, op: dict[str, Any], timeout: float) -> "Deferred[ForwardResult]":
+        """
+        Send C{op} to C{leader}, bound to its C{term}: a node that does not
+        lead in that term (a restarted old leader, say) refuses it. Fails
+        after C{timeout} seconds without an answer.
+        """
+        request_id = next(self._ids)
+        d: Deferred[ForwardResult] = Deferred()
+        timer = self._clock.callLater(timeout, self._expired, request_id, leader, timeout)
+        self._forwards[request_id] = _Forward(leader, term, d, timer)
+        self._send_frame(leader, ForwardRequest(request_id, term, op).encode())
+        return d
+
+    def check(self) -> None:
+        """Fail forwards whose leader this node no longer follows: their outcome is unknown."""
+        core = self._core()
+        if not self._forwards or core is None:
+            return
+        for request_id, forward in list(self._forwards.items()):
+            if core.leader_id != forward.leader or core.current_term != forward.term:
+                del self._forwards[request_id]
+                forward.timer.cancel()
+                forward.deferred.errback(
+                    RaftError(
+                        f"the leader (node {forward.leader}) changed before it answered a forwarded write; "
+                        "its outcome is unknown"
+                    )
+                )
+
+    def fail_all(self, error: OxiError) -> None:
+        """The node stops: fail every forward still waiting."""
+        forwards, self._forwards = self._forwards, {}
+        for forward in forwards.values():
+            forward.timer.cancel()
+            forward.deferred.errback(error)
+
+    def _expired(self, request_id: int, leader: int, timeout: float) -> None:
+        forward = self._forwards.pop(request_id, None)
+        if forward is not None:
+            forward.deferred.errback(
+                RaftError(
+                    f"the leader (node {leader}) did not answer a forwarded write within "
+                    f"{timeout:g}s; its outcome is unknown"
+                )
+            )
+
+    def answered(self, answer: ForwardResult) -> None:
+        """The leader answered one of this node's forwards."""
+        forward = self._forwards.pop(answer.request_id, None)
+        if forward is not None:
+            forward.timer.cancel()
+            forward.deferred.callback(answer)
+
+    def received(self, request: ForwardRequest, channel: IPeerChannel) -> None:
+        """A follower forwarded a write: propose it if this node leads in its term, and answer."""
+        core = self._core()
+        assert core is not None
+        if not core.is_leader or core.current_term != request.term:
+            channel.send(
+                ForwardResult(request.request_id, False, error="not the leader of that term", redirect=True).encode()
+            )
+            return
+        try:
+            d = self._propose(request.op)
+        except RaftError as e:
+            # Not the leader any more, or handing leadership over.
+            channel.send(ForwardResult(request.request_id, False, error=str(e), redirect=True).encode())
+            return
+
+        def done(data: Any) -> None:
+            try:
+                channel.send(ForwardResult(request.request_id, True, data).encode())
+            except TypeError:
+                self._log.failure("raft: a forwarded write's result is not JSON")
+                channel.send(ForwardResult(request.request_id, False, error=InternalError().message).encode())
+
+        def failed(failure: Failure) -> None:
+            error = failure.value
+            if not isinstance(error, OxiError):
+                self._log.failure("raft: a forwarded write failed unexpectedly", failure)
+                error = InternalError()
+            channel.send(ForwardResult(request.request_id, False, error=error.message).encode())
+
+        d.addCallbacks(done, failed)
 
 
 #: The audit trail's command name for a forwarded write received from a peer.

@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable, Mapping, Union
 import attrs
 import orjson
 
+from oxidb.raft import quorum
+
 
 class MessageDecodeError(ValueError):
     """A JSON value does not have the shape of a Raft value or message."""
@@ -139,20 +141,14 @@ class Membership:
 
     def is_quorum(self, granted: Iterable[int]) -> bool:
         """C{granted} holds a majority of every voter set."""
-        ids = set(granted)
-        return all(len(ids & config) * 2 > len(config) for config in self.configs)
+        return quorum.is_quorum(self.configs, granted)
 
     def quorum_index(self, matched: Callable[[int], int]) -> int:
         """
         The highest index that a majority of every voter set has reached,
         given each voter's matched index.
         """
-        result = None
-        for config in self.configs:
-            indexes = sorted((matched(n) for n in config), reverse=True)
-            majority = indexes[len(indexes) // 2] if indexes else 0
-            result = majority if result is None else min(result, majority)
-        return result or 0
+        return quorum.quorum_index(self.configs, matched)
 
     def to_json(self) -> dict[str, Any]:
         nodes: dict[str, Any] = {}

@@ -25,8 +25,12 @@ Requests:
   bounded time for one.
 * L{read_barrier}: a ReadIndex round; fires once the local state machine has
   applied everything committed when the read began.
-* L{initialize}, L{add_learner}, L{change_membership}: the management
-  commands, each waiting (bounded) for its effect.
+* L{initialize}, L{add_learner}, L{change_membership}, L{remove_node},
+  L{transfer_leadership}: the management commands, each waiting (bounded)
+  for its effect (L{oxidb.raft.management}).
+
+Forwarded writes, both ways, are kept by a L{oxidb.raft.forward.Forwarder};
+bounded waits for a condition on the node's state by L{oxidb.raft.waits}.
 
 A storage error (a failed fsync above all) or a failure to apply is fatal:
 the node shuts down and reports it; it never retries.
@@ -35,7 +39,6 @@ the node shuts down and reports it; it never retries.
 from __future__ import annotations
 
 import random
-from itertools import count
 from typing import Any, Callable, Mapping, Sequence
 
 import attrs
@@ -46,23 +49,24 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from oxidb.errors import InternalError, LeaderError, NotLeaderError, OxiError, RaftError, TooLargeError, UnavailableError
+from oxidb.errors import LeaderError, NotLeaderError, OxiError, RaftError, TooLargeError, UnavailableError
 from oxidb.logs import Logger
 from oxidb.metrics import RaftStatus
 from oxidb.raft.core import RaftConfig, RaftCore, RaftEvent, RaftMetrics, Ready, SafetyViolationError
-from oxidb.raft.forward import FORWARD, FORWARD_RESULT, ForwardRequest, ForwardResult
+from oxidb.raft.forward import FORWARD, FORWARD_RESULT, Forwarder, ForwardRequest, ForwardResult
+from oxidb.raft.management import MembershipCommands
 from oxidb.raft.messages import (
     Entry,
     LogId,
     Message,
     PersistBatch,
     Snapshot,
-    StoredMembership,
     encode_message,
     message_from_json,
 )
 from oxidb.raft.storage import DurableState, RaftStorage
 from oxidb.raft.transport import IPeerChannel, IPeerHandler, IRaftTransport, PeerProtocolError
+from oxidb.raft.waits import Waits, WaitTimeout
 from oxidb.wire.framing import MAX_FRAME
 
 #: Room left in a frame for the envelope around a replicated operation.
@@ -108,17 +112,6 @@ class IStateMachine(Interface):
         """Capture the current state (everything applied so far)."""
 
 
-class _Timeout(Exception):
-    """A bounded wait ran out."""
-
-
-@attrs.define(eq=False)
-class _Waiter:
-    check: Callable[[], bool]
-    deferred: "Deferred[None]"
-    timer: Any = None
-
-
 @attrs.define(eq=False)
 class _Proposal:
     log_id: LogId
@@ -126,18 +119,8 @@ class _Proposal:
     timer: IDelayedCall
 
 
-@attrs.define(eq=False)
-class _Forward:
-    """A write forwarded to C{leader}, the leader of C{term}."""
-
-    leader: int
-    term: int
-    deferred: "Deferred[ForwardResult]"
-    timer: IDelayedCall
-
-
 @implementer(IPeerHandler)
-class RaftNode:
+class RaftNode(MembershipCommands):
     """
     @param node_id: this node's id.
     @param clock: an C{IReactorTime}: ticks, timeouts, entry timestamps.
@@ -210,9 +193,8 @@ class RaftNode:
         self._held_back = 0
         self._proposals: dict[int, _Proposal] = {}
         self._reads: dict[int, Deferred[bool]] = {}
-        self._forwards: dict[int, _Forward] = {}
-        self._forward_ids = count(1)
-        self._waiters: list[_Waiter] = []
+        self._forwarder = Forwarder(clock, lambda: self.core, self._send_frame, self.propose)
+        self._waits = Waits(clock)
         self._retained: frozenset[int] = frozenset()
 
     # --- lifecycle -------------------------------------------------------------
@@ -475,62 +457,13 @@ class RaftNode:
         reads, self._reads = self._reads, {}
         for d in reads.values():
             d.callback(False)
-        forwards, self._forwards = self._forwards, {}
-        for forward in forwards.values():
-            forward.timer.cancel()
-            forward.deferred.errback(error)
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.timer.cancel()
-            waiter.deferred.errback(error)
-
-    # --- bounded waits ---------------------------------------------------------------
-
-    def _wait(self, check: Callable[[], bool], timeout: float) -> "Deferred[None]":
-        """
-        Fire when C{check()} is true (checked after every change), or fail
-        with L{_Timeout} after C{timeout} seconds. C{check} may raise an
-        L{OxiError} to fail the wait.
-        """
-        d: Deferred[None] = Deferred()
-        try:
-            if check():
-                d.callback(None)
-                return d
-        except OxiError:
-            d.errback()
-            return d
-        waiter = _Waiter(check, d)
-        waiter.timer = self._clock.callLater(max(0.0, timeout), self._wait_expired, waiter)
-        self._waiters.append(waiter)
-        return d
-
-    def _wait_expired(self, waiter: _Waiter) -> None:
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
-            waiter.deferred.errback(_Timeout())
+        self._forwarder.fail_all(error)
+        self._waits.fail_all(error)
 
     def _notify(self) -> None:
-        self._check_forwards()
-        if not self._waiters:
-            return
-        # Releasing a waiter runs its callbacks, which may propose and so
-        # notify again (re-entrantly): that inner call may already have
-        # released waiters still on this copy of the list.
-        for waiter in list(self._waiters):
-            if waiter not in self._waiters:
-                continue
-            try:
-                ready = waiter.check()
-            except OxiError:
-                self._waiters.remove(waiter)
-                waiter.timer.cancel()
-                waiter.deferred.errback()
-                continue
-            if ready:
-                self._waiters.remove(waiter)
-                waiter.timer.cancel()
-                waiter.deferred.callback(None)
+        """Something changed: fail forwards to a former leader, release the waits now satisfied."""
+        self._forwarder.check()
+        self._waits.notify()
 
     # --- IPeerHandler --------------------------------------------------------------------
 
@@ -539,10 +472,10 @@ class RaftNode:
             return
         kind = frame.get("type")
         if kind == FORWARD:
-            self._forward_received(ForwardRequest.from_json(frame), channel)
+            self._forwarder.received(ForwardRequest.from_json(frame), channel)
             return
         if kind == FORWARD_RESULT:
-            self._forward_answered(ForwardResult.from_json(frame))
+            self._forwarder.answered(ForwardResult.from_json(frame))
             return
         msg = message_from_json(frame)
         if msg.src != peer or msg.dst != self.id:
@@ -621,7 +554,7 @@ class RaftNode:
             if leader is None:
                 yield self._wait_for_leader_change(None, deadline)
                 continue
-            answer = yield self._forward(leader, core.current_term, op)
+            answer = yield self._forwarder.forward(leader, core.current_term, op, self.write_timeout)
             if answer.ok:
                 return answer.data
             if not answer.redirect:
@@ -635,89 +568,14 @@ class RaftNode:
             core = self._require_core()
             return core.leader_id is not None and core.leader_id != leader
 
-        d = self._wait(changed, deadline - self._clock.seconds())
+        d = self._waits.wait(changed, deadline - self._clock.seconds())
 
         def timed_out(failure: Failure) -> None:
-            failure.trap(_Timeout)
+            failure.trap(WaitTimeout)
             raise RaftError(f"no leader elected within {self.leader_wait:g}s; retry")
 
         d.addErrback(timed_out)
         return d
-
-    def _forward(self, leader: int, term: int, op: dict[str, Any]) -> "Deferred[ForwardResult]":
-        """
-        Send C{op} to C{leader}, bound to its C{term}: a node that does not
-        lead in that term (a restarted old leader, say) refuses it.
-        """
-        request_id = next(self._forward_ids)
-        d: Deferred[ForwardResult] = Deferred()
-        timer = self._clock.callLater(self.write_timeout, self._forward_expired, request_id, leader)
-        self._forwards[request_id] = _Forward(leader, term, d, timer)
-        self._send_frame(leader, ForwardRequest(request_id, term, op).encode())
-        return d
-
-    def _check_forwards(self) -> None:
-        """Fail forwards whose leader this node no longer follows: their outcome is unknown."""
-        core = self.core
-        if not self._forwards or core is None:
-            return
-        for request_id, forward in list(self._forwards.items()):
-            if core.leader_id != forward.leader or core.current_term != forward.term:
-                del self._forwards[request_id]
-                forward.timer.cancel()
-                forward.deferred.errback(
-                    RaftError(
-                        f"the leader (node {forward.leader}) changed before it answered a forwarded write; "
-                        "its outcome is unknown"
-                    )
-                )
-
-    def _forward_expired(self, request_id: int, leader: int) -> None:
-        forward = self._forwards.pop(request_id, None)
-        if forward is not None:
-            forward.deferred.errback(
-                RaftError(
-                    f"the leader (node {leader}) did not answer a forwarded write within "
-                    f"{self.write_timeout:g}s; its outcome is unknown"
-                )
-            )
-
-    def _forward_answered(self, answer: ForwardResult) -> None:
-        forward = self._forwards.pop(answer.request_id, None)
-        if forward is not None:
-            forward.timer.cancel()
-            forward.deferred.callback(answer)
-
-    def _forward_received(self, request: ForwardRequest, channel: IPeerChannel) -> None:
-        core = self.core
-        assert core is not None
-        if not core.is_leader or core.current_term != request.term:
-            channel.send(
-                ForwardResult(request.request_id, False, error="not the leader of that term", redirect=True).encode()
-            )
-            return
-        try:
-            d = self.propose(request.op)
-        except RaftError as e:
-            # Not the leader any more, or handing leadership over.
-            channel.send(ForwardResult(request.request_id, False, error=str(e), redirect=True).encode())
-            return
-
-        def done(data: Any) -> None:
-            try:
-                channel.send(ForwardResult(request.request_id, True, data).encode())
-            except TypeError:
-                self._log.failure("raft: a forwarded write's result is not JSON")
-                channel.send(ForwardResult(request.request_id, False, error=InternalError().message).encode())
-
-        def failed(failure: Failure) -> None:
-            error = failure.value
-            if not isinstance(error, OxiError):
-                self._log.failure("raft: a forwarded write failed unexpectedly", failure)
-                error = InternalError()
-            channel.send(ForwardResult(request.request_id, False, error=error.message).encode())
-
-        d.addCallbacks(done, failed)
 
     # --- linearizable reads -----------------------------------------------------------
 
@@ -746,158 +604,6 @@ class RaftNode:
         d = self._reads.pop(request_id, None)
         if d is not None:
             d.callback(confirmed)
-
-    # --- management --------------------------------------------------------------------
-
-    @inlineCallbacks
-    def initialize(self, addr: str) -> Any:
-        """
-        Create a one-member cluster of this node; fires once that is durable
-        and the node leads (it campaigns at once; a bounded wait).
-        """
-        core = self._require_core()
-        log_id = core.initialize({self.id: addr})
-        self._kick()
-        yield self._wait(lambda: self._durable_index >= log_id.index, self.write_timeout)
-        try:
-            yield self._wait(lambda: core.is_leader, self.leader_wait)
-        except _Timeout:
-            pass  # add_learner waits for a leader too
-        return log_id
-
-    def _settled(self, core: RaftCore) -> "Deferred[None]":
-        """
-        Wait (up to the leader wait) until a membership change may start:
-        a leader is known (right after C{raft_init}, or during an election,
-        the command waits instead of failing) and, on the leader, an entry
-        of its term is applied (a new leader's blank entry) and no earlier
-        change is still under way. The core decides and explains afterwards
-        if the wait runs out (another node leads: upstream's "has to forward
-        request to").
-        """
-
-        def settled() -> bool:
-            if core.leader_id is None:
-                return False
-            if not core.is_leader:
-                return True
-            applied, stored = self._applied, core.membership
-            return (
-                applied is not None
-                and applied.term == core.current_term
-                and stored is not None
-                and stored.log_id is not None
-                and not stored.membership.is_joint
-                and stored.log_id.index <= applied.index
-            )
-
-        return self._wait(settled, self.leader_wait).addErrback(lambda f: f.trap(_Timeout) and None)
-
-    @inlineCallbacks
-    def add_learner(self, node_id: int, addr: str) -> Any:
-        """
-        Add (or re-address) a learner and wait until it has replicated the
-        log up to the membership change; fires with C{(log id, membership)}.
-        """
-        core = self._require_core()
-        yield self._settled(core)
-        log_id = core.add_learner(node_id, addr)
-        self._kick()
-
-        def caught_up() -> bool:
-            if not core.is_leader:
-                raise RaftError("leadership was lost while the learner caught up; check raft_metrics")
-            applied = self._applied.index if self._applied else 0
-            if applied < log_id.index:
-                return False
-            return node_id == self.id or core.metrics().replication.get(node_id, 0) >= log_id.index
-
-        try:
-            yield self._wait(caught_up, self.catch_up_timeout)
-        except _Timeout:
-            raise RaftError(
-                f"node {node_id} has not caught up within {self.catch_up_timeout:g}s; it keeps replicating"
-            ) from None
-        return log_id, core.membership
-
-    @inlineCallbacks
-    def change_membership(self, voters: set[int]) -> Any:
-        """
-        Make C{voters} the voter set (joint consensus); fires with the log id
-        and membership of the final configuration once it is applied here.
-        """
-        core = self._require_core()
-        yield self._settled(core)
-        current = core.membership
-        log_id = core.change_membership(voters)
-        self._kick()
-        if current is not None and current.log_id == log_id:
-            return log_id, current
-
-        def final() -> StoredMembership | None:
-            stored = core.membership
-            applied = self._applied.index if self._applied else 0
-            if stored is None or stored.log_id is None or stored.membership.is_joint:
-                return None
-            if stored.log_id.index <= log_id.index or applied < stored.log_id.index:
-                return None
-            return stored
-
-        try:
-            yield self._wait(lambda: final() is not None, self.catch_up_timeout)
-        except _Timeout:
-            raise RaftError(
-                f"the membership change did not complete within {self.catch_up_timeout:g}s; check raft_metrics"
-            ) from None
-        stored = final()
-        assert stored is not None and stored.log_id is not None
-        return stored.log_id, stored
-
-    @inlineCallbacks
-    def remove_node(self, node_id: int) -> Any:
-        """
-        Remove a member (a voter through joint consensus, or a learner);
-        fires with the log id and membership once the change is applied
-        here.
-        """
-        core = self._require_core()
-        yield self._settled(core)
-        stored = core.membership
-        if stored is not None and node_id in stored.membership.voters:
-            result = yield self.change_membership(set(stored.membership.voters) - {node_id})
-            return result
-        log_id = core.remove_node(node_id)
-        self._kick()
-        try:
-            yield self._wait(lambda: (self._applied.index if self._applied else 0) >= log_id.index, self.catch_up_timeout)
-        except _Timeout:
-            raise RaftError(
-                f"the membership change did not complete within {self.catch_up_timeout:g}s; check raft_metrics"
-            ) from None
-        return log_id, core.membership
-
-    @inlineCallbacks
-    def transfer_leadership(self, to: int) -> Any:
-        """
-        Hand leadership to voter C{to} (like C{etcdctl move-leader}); fires
-        with C{(leader, term)} once C{to} leads, as this node sees it.
-        """
-        core = self._require_core()
-        yield self._settled(core)
-        core.transfer_leadership(to)
-        self._kick()
-        timeout = 2 * self._config.election_timeout_max / 1000
-
-        def moved() -> bool:
-            return core.leader_id == to
-
-        try:
-            yield self._wait(moved, timeout)
-        except _Timeout:
-            raise RaftError(
-                f"node {to} did not take over within {timeout:g}s; leader is {core.leader_id}"
-            ) from None
-        return to, core.current_term
 
     # --- introspection ------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from oxidb.raft.settings import ClusterSettings
 from oxidb.raft.statemachine import EngineStateMachine, ReadGate
 from oxidb.raft.storage import DurableState, RaftStorage
 from oxidb.raft.transport import PeerTransport
-from oxidb.server.workers import WorkerPool
+from oxidb.workers import WorkerPool
 
 
 def applied_log_id(state: DurableState, index: int) -> LogId | None:
