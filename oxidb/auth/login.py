@@ -108,7 +108,8 @@ def _build() -> "TypeMachine[LoginInputs, LoginCore]":
     anonymous.upon(I.attempt).loop().returns(None)
     anonymous.upon(I.scram_first).loop().returns(None)
     scram_started.upon(I.attempt, nodata=True).loop().returns(None)
-    scram_started.upon(I.scram_first, nodata=True).to(anonymous).returns(None)
+    # (A transition to a state without data gets the old state's data.)
+    scram_started.upon(I.scram_first).to(anonymous).returns(None)
 
     @pep614(anonymous.upon(I.server_first_sent).to(scram_started))
     def exchange_started(m: LoginInputs, c: LoginCore, exchange: ScramExchange) -> None:
@@ -121,10 +122,13 @@ def _build() -> "TypeMachine[LoginInputs, LoginCore]":
     anonymous.upon(I.scram_final).loop().returns(None)
 
     @pep614(anonymous.upon(I.succeeded).to(authenticated))
-    @pep614(scram_started.upon(I.succeeded, nodata=True).to(authenticated))
     def log_in(m: LoginInputs, c: LoginCore, user: str, role: Role) -> None:
         c.session.user = user
         c.session.role = role
+
+    @pep614(scram_started.upon(I.succeeded).to(authenticated))
+    def log_in_dropping_exchange(m: LoginInputs, c: LoginCore, exchange: ScramExchange, user: str, role: Role) -> None:
+        log_in(m, c, user, role)
 
     @pep614(scram_started.upon(I.exchange).loop())
     def current(m: LoginInputs, c: LoginCore, exchange: ScramExchange) -> ScramExchange:
@@ -134,8 +138,11 @@ def _build() -> "TypeMachine[LoginInputs, LoginCore]":
         state.upon(I.exchange).loop().returns(None)
 
     @pep614(anonymous.upon(I.deadline_passed).to(expired))
-    @pep614(scram_started.upon(I.deadline_passed, nodata=True).to(expired))
     def expire(m: LoginInputs, c: LoginCore) -> None:
+        c.on_expired()
+
+    @pep614(scram_started.upon(I.deadline_passed).to(expired))
+    def expire_dropping_exchange(m: LoginInputs, c: LoginCore, exchange: ScramExchange) -> None:
         c.on_expired()
 
     for state in (authenticated, logged_in, expired, closed):
@@ -176,7 +183,7 @@ def _build() -> "TypeMachine[LoginInputs, LoginCore]":
 
     for state in (anonymous, authenticated, logged_in, expired):
         state.upon(I.lost).to(closed).returns(None)
-    scram_started.upon(I.lost, nodata=True).to(closed).returns(None)
+    scram_started.upon(I.lost).to(closed).returns(None)
     closed.upon(I.lost).loop().returns(None)
 
     return machine.build()

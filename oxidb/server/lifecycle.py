@@ -114,7 +114,7 @@ class ConnectionCore(Protocol):
     def cleanup(self) -> None:
         """The connection is lost: release everything it holds."""
 
-    def wait_drained(self) -> "Deferred[None]":
+    def wait_drained(self) -> Deferred[None]:
         """A Deferred fired by L{fire_drained}."""
 
     def fire_drained(self) -> None:
@@ -151,7 +151,7 @@ class ConnectionInputs(Protocol):
     def close_after_reply(self) -> None:
         """The session asked to close once its reply was written."""
 
-    def drain(self) -> "Deferred[None]":
+    def drain(self) -> Deferred[None]:
         """Shutdown: take no new request; fire once the executing one is answered."""
 
     def abort(self) -> None:
@@ -316,14 +316,14 @@ def _build() -> "TypeMachine[ConnectionInputs, ConnectionCore]":
 
     @pep614(idle.upon(I.drain).to(drained))
     @pep614(paused.upon(I.drain).to(drained))
-    def drain_now(m: ConnectionInputs, c: ConnectionCore) -> "Deferred[None]":
+    def drain_now(m: ConnectionInputs, c: ConnectionCore) -> Deferred[None]:
         c.clear_queue()
         c.set_intake(Intake.DROP, NO_TURN)
         return succeed(None)
 
     @pep614(closing.upon(I.drain).to(drained))
     @pep614(closing_paused.upon(I.drain).to(drained))
-    def drain_closing(m: ConnectionInputs, c: ConnectionCore) -> "Deferred[None]":
+    def drain_closing(m: ConnectionInputs, c: ConnectionCore) -> Deferred[None]:
         c.clear_queue()
         c.set_intake(Intake.DISCARD, STOPPED)
         return succeed(None)
@@ -332,14 +332,14 @@ def _build() -> "TypeMachine[ConnectionInputs, ConnectionCore]":
     @pep614(executing_paused.upon(I.drain).to(draining_paused))
     @pep614(closing_executing.upon(I.drain).to(draining))
     @pep614(closing_executing_paused.upon(I.drain).to(draining_paused))
-    def drain_later(m: ConnectionInputs, c: ConnectionCore) -> "Deferred[None]":
+    def drain_later(m: ConnectionInputs, c: ConnectionCore) -> Deferred[None]:
         c.clear_queue()
         c.set_intake(Intake.DROP, NO_TURN)
         return c.wait_drained()
 
     @pep614(draining.upon(I.drain).loop())
     @pep614(draining_paused.upon(I.drain).loop())
-    def drain_again(m: ConnectionInputs, c: ConnectionCore) -> "Deferred[None]":
+    def drain_again(m: ConnectionInputs, c: ConnectionCore) -> Deferred[None]:
         return c.wait_drained()
 
     for state in (new, drained, closed, gone):
