@@ -384,7 +384,8 @@ class _LinkCore(TypingProtocol):
 
 
 def _build_link_machine() -> "TypeMachine[_LinkInputs, _LinkCore]":
-    machine = TypeMachineBuilder(_LinkInputs, _LinkCore)
+    # The core is a typing.Protocol (its implementation imports this module).
+    machine = TypeMachineBuilder(_LinkInputs, _LinkCore)  # type: ignore[type-abstract]
     I = _LinkInputs  # noqa: E741
 
     def dial(m: _LinkInputs, c: _LinkCore) -> "Deferred[Any]":

@@ -437,7 +437,7 @@ class OxiServerProtocol(Protocol):
             self._queued_bytes -= len(payload)
             self._weight = 1
             result = self._handle(payload)
-            if type(result) is not bytes:
+            if isinstance(result, Deferred):
                 self._machine.request_pending()
                 result.addCallback(self._answered)
                 break
