@@ -184,17 +184,8 @@ def _build() -> "TypeMachine[ConnectionInputs, ConnectionCore]":
     gone = machine.state("gone")
 
     I = ConnectionInputs  # noqa: E741
-    C = ConnectionCore
 
-    executing_states = [
-        executing,
-        executing_paused,
-        closing_executing,
-        closing_executing_paused,
-        draining,
-        draining_paused,
-    ]
-    for state in executing_states:
+    for state in (executing, executing_paused, closing_executing, closing_executing_paused, draining, draining_paused):
         state.upon(I.busy).loop().returns(True)
     for state in (new, idle, paused, closing, closing_paused, drained, closed, gone):
         state.upon(I.busy).loop().returns(False)
@@ -390,17 +381,16 @@ def _build() -> "TypeMachine[ConnectionInputs, ConnectionCore]":
     closed.upon(I.request_pending).loop().returns(None)
     gone.upon(I.request_pending).loop().returns(None)
 
+    def clean_up(m: ConnectionInputs, c: ConnectionCore) -> None:
+        c.set_intake(Intake.DISCARD, STOPPED)
+        c.cleanup()
+        c.fire_drained()
+
     for state in (new, idle, paused, executing, executing_paused, closing, closing_paused,
                   closing_executing, closing_executing_paused, draining, draining_paused, drained, closed):
-        state.upon(I.lost).to(gone)(_cleanup)
+        state.upon(I.lost).to(gone)(clean_up)
 
     return machine.build()
-
-
-def _cleanup(m: ConnectionInputs, c: ConnectionCore) -> None:
-    c.set_intake(Intake.DISCARD, STOPPED)
-    c.cleanup()
-    c.fire_drained()
 
 
 #: Builds the machine of one connection: C{ConnectionMachine(core)}.

@@ -49,7 +49,7 @@ import gc
 import struct
 import threading
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
@@ -437,14 +437,18 @@ class OxiServerProtocol(Protocol):
             self._queued_bytes -= len(payload)
             self._weight = 1
             result = self._handle(payload)
-            if isinstance(result, Deferred):
+            if type(result) is not bytes:
                 self._machine.request_pending()
-                result.addCallback(self._answered)
+                cast("Deferred[bytes]", result).addCallback(self._answered)
                 break
             self._weight = 0
             self.write_reply(result)
-            self.after_reply()
             self._writing = 0
+            # after_reply, inline: this is the fast path.
+            if self.session.close_after_reply:
+                self._machine.close_after_reply()
+            else:
+                self._last_activity = self.factory.clock.seconds()
         if turn.flow:
             self._update_reading()
         elif turn.live and turn.closing and not queue:
