@@ -58,12 +58,12 @@ def to_dot(name: str) -> str:
         "    rankdir=LR;",
         "    node [shape=box, style=rounded];",
     ]
-    for state in sorted(states, key=lambda s: (s != initial, s)):
-        extra = ", style=\"rounded,bold\"" if state == initial else ""
-        lines.append(f"    {_quote(state)} [label={_quote(state)}{extra}];")
-    for (old, new), labels in sorted(edges.items()):
+    for state_name in sorted(states, key=lambda s: (s != initial, s)):
+        extra = ", style=\"rounded,bold\"" if state_name == initial else ""
+        lines.append(f"    {_quote(state_name)} [label={_quote(state_name)}{extra}];")
+    for (source, target), labels in sorted(edges.items()):
         label = "\\n".join(_quote(text)[1:-1] for text in sorted(labels))
-        lines.append(f'    {_quote(old)} -> {_quote(new)} [label="{label}"];')
+        lines.append(f'    {_quote(source)} -> {_quote(target)} [label="{label}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
