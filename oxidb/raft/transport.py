@@ -419,6 +419,16 @@ def _build_link_machine() -> "TypeMachine[_LinkInputs, _LinkCore]":
     def authenticated(m: _LinkInputs, c: _LinkCore, protocol: PeerProtocol) -> None:
         c.connected_to(protocol)
 
+    @pep614(handshaking.upon(I._connect_failed).to(waiting))
+    def failed_after_building(m: _LinkInputs, c: _LinkCore, candidate: PeerProtocol, failure: Failure) -> None:
+        # The connector gave up on a connection it had built a protocol for.
+        if candidate.transport is not None:
+            candidate.close()
+        c.schedule_retry()
+
+    # A connection given up on is lost.
+    waiting.upon(I._lost).loop().returns(None)
+
     @pep614(handshaking.upon(I._lost).to(waiting))
     def handshake_lost(m: _LinkInputs, c: _LinkCore, candidate: PeerProtocol, protocol: PeerProtocol) -> None:
         c.schedule_retry()
