@@ -598,3 +598,71 @@ def test_the_handshake_deadline_is_a_setting() -> None:
     cluster.wire.flush()
     link = cluster.transports[1].links[2]
     assert link.protocol is not None and link.protocol.authenticated and not link.protocol.closed
+
+
+# --- the link's machine: stopping at each stage ---------------------------------------
+
+
+def test_stopping_a_link_while_it_waits_to_redial() -> None:
+    cluster = Cluster(2)
+    cluster.wire.refused.add("10.0.0.2:4445")
+    cluster.transports[1].send(2, frame(1))
+    link = cluster.transports[1].links[2]
+    assert [c for c in cluster.clock.getDelayedCalls() if c.func == link._attempt]
+    cluster.transports[1].retain(set())
+    assert not [c for c in cluster.clock.getDelayedCalls() if c.func == link._attempt]
+    assert len(link.outbox) == 0
+    cluster.wire.refused.clear()
+    cluster.clock.advance(10)
+    cluster.wire.flush()
+    assert cluster.wire.dials == ["10.0.0.2:4445"]
+
+
+def test_stopping_a_link_during_its_handshake_closes_the_connection() -> None:
+    cluster = Cluster(2)
+    cluster.transports[1].send(2, frame(1))  # dialled; the handshake has not run
+    link = cluster.transports[1].links[2]
+    assert link.protocol is None
+    cluster.transports[1].retain(set())
+    cluster.wire.flush()
+    assert link.protocol is None and cluster.handlers[2].frames == []
+    assert not cluster.transports[2].inbound
+    cluster.clock.advance(10)
+    cluster.wire.flush()
+    assert cluster.wire.dials == ["10.0.0.2:4445"]
+
+
+def test_stopping_a_connected_link_does_not_redial() -> None:
+    cluster = Cluster(2)
+    cluster.transports[1].send(2, frame(1))
+    cluster.wire.flush()
+    link = cluster.transports[1].links[2]
+    assert link.protocol is not None
+    cluster.transports[1].retain(set())
+    cluster.wire.flush()
+    assert link.protocol is None and not cluster.transports[2].inbound
+    cluster.clock.advance(10)
+    cluster.wire.flush()
+    assert cluster.wire.dials == ["10.0.0.2:4445"]
+
+
+def test_a_connector_that_fails_after_building_its_protocol_is_retried() -> None:
+    from twisted.internet.defer import fail
+
+    cluster = Cluster(2)
+    wire_connector = cluster.wire.connector
+
+    def flaky(host: str, port: int, factory: Any) -> Any:
+        wire_connector(host, port, factory)
+        return fail(ConnectionRefusedError("gave up"))
+
+    cluster.transports[1].connector = flaky
+    cluster.transports[1].send(2, frame(1))
+    link = cluster.transports[1].links[2]
+    cluster.wire.flush()
+    assert link.protocol is None and link.attempts == 1
+    cluster.transports[1].connector = wire_connector
+    cluster.clock.advance(0.25)
+    cluster.wire.flush()
+    assert link.protocol is not None and link.attempts == 0
+    assert cluster.handlers[2].frames == [(1, {"type": "test", "n": 1})]

@@ -47,7 +47,7 @@ def replies(data: bytes) -> list[Any]:
 
 def fake_login(ctx: Any, request: Any) -> str:
     """A stand-in for a completed login, so that no password hashing runs."""
-    ctx.session.user, ctx.session.role = "admin", Role.ADMIN
+    ctx.session.login.machine.succeeded("admin", Role.ADMIN)
     return "logged in"
 
 

@@ -19,10 +19,10 @@ from twisted.internet.defer import Deferred
 
 from oxidb.audit.events import DENIED, ERROR, OK
 from oxidb.auth.cred import IOxiUser, LoginFailed, OxiUser, ScramContinue, ScramCredentials
+from oxidb.auth.login import LoginInputs
 from oxidb.auth.manager import AuthManager
 from oxidb.auth.passwords import SALT_LENGTH, PasswordSecrets, derive_secrets
 from oxidb.auth.rbac import Role
-from oxidb.auth.scram import ScramExchange
 from oxidb.auth.store import create_user_op, drop_user_op, update_user_op
 from oxidb.commands._args import optional_str, require_str
 from oxidb.commands._context import CommandContext
@@ -35,7 +35,6 @@ from oxidb.errors import (
     LoginThrottledError,
     OxiError,
     ScramProtocolError,
-    UnknownCommandError,
     UserExistsError,
     UserNotFoundError,
 )
@@ -53,10 +52,9 @@ def _auth(ctx: CommandContext) -> AuthManager:
     return manager
 
 
-def _refuse_after_login(ctx: CommandContext, name: str) -> None:
-    """There is no re-login: once logged in these are unknown (4.8)."""
-    if ctx.session.authenticated:
-        raise UnknownCommandError(name)
+def _login(ctx: CommandContext) -> LoginInputs:
+    """The session's login machine (L{oxidb.auth.login}): it refuses steps out of order."""
+    return ctx.session.login.machine
 
 
 def _audit_login(ctx: CommandContext, cmd: str, username: str | None, role: Role | None, result: str, detail: str) -> None:
@@ -67,9 +65,7 @@ def _audit_login(ctx: CommandContext, cmd: str, username: str | None, role: Role
 
 def _logged_in(ctx: CommandContext, cmd: str, avatar: OxiUser) -> None:
     session = ctx.session
-    session.user = avatar.username
-    session.role = avatar.role
-    session.auth_state = None
+    _login(ctx).succeeded(avatar.username, avatar.role)
     _auth(ctx).throttle.succeeded(avatar.username, session)
     _audit_login(ctx, cmd, avatar.username, avatar.role, OK, "")
 
@@ -114,8 +110,7 @@ FIRST_STEP = "SCRAM first step accepted; proof pending"
 
 
 async def _authenticate(ctx: CommandContext, request: dict[str, Any]) -> dict[str, Any]:
-    _refuse_after_login(ctx, "authenticate")
-    ctx.session.auth_state = None
+    _login(ctx).scram_first("authenticate")
     credentials = ScramCredentials(optional_str(request, "payload") or "")
     try:
         await _auth(ctx).portal.login(credentials, None, IOxiUser)
@@ -125,7 +120,7 @@ async def _authenticate(ctx: CommandContext, request: dict[str, Any]) -> dict[st
         # like the final step: the same work for known and unknown names.
         _begin_attempt(ctx, "authenticate", exchange.username)
         _audit_login(ctx, "authenticate", exchange.username, None, OK, FIRST_STEP)
-        ctx.session.auth_state = exchange
+        _login(ctx).server_first_sent(exchange)
         return {"payload": exchange.server_first, "done": False}
     except LoginFailed as e:
         await _login_failed(ctx, "authenticate", None, e.error)
@@ -138,10 +133,8 @@ def authenticate_continue(ctx: CommandContext, request: dict[str, Any]) -> "Defe
 
 
 async def _authenticate_continue(ctx: CommandContext, request: dict[str, Any]) -> dict[str, Any]:
-    _refuse_after_login(ctx, "authenticate_continue")
-    exchange = ctx.session.auth_state
-    ctx.session.auth_state = None  # consumed whatever the outcome
-    if not isinstance(exchange, ScramExchange):
+    exchange = _login(ctx).scram_final("authenticate_continue")  # consumed whatever the outcome
+    if exchange is None:
         await _login_failed(ctx, "authenticate", None, ScramProtocolError("no SCRAM state; send 'authenticate' first"))
     credentials = ScramCredentials(optional_str(request, "payload") or "", exchange)
     try:
@@ -158,7 +151,7 @@ def auth_simple(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]"
 
 
 async def _auth_simple(ctx: CommandContext, request: dict[str, Any]) -> dict[str, Any]:
-    _refuse_after_login(ctx, "auth_simple")
+    _login(ctx).attempt("auth_simple")
     username = optional_str(request, "username") or ""
     password = optional_str(request, "password") or ""
     credentials = UsernamePassword(username.encode("utf-8", "surrogatepass"), password.encode("utf-8", "surrogatepass"))

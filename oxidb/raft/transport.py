@@ -11,8 +11,9 @@ then a compact JSON object; frames over 16 MiB are refused).
   Replies to a request may also go back on the connection the request came
   in on (L{IPeerChannel}).
 * L{PeerLink} dials the peer, reconnects with exponential backoff on the
-  injected clock (as Twisted's C{ClientService} does) and keeps a bounded
-  queue of outgoing frames across reconnects.
+  injected clock and keeps a bounded queue of outgoing frames across
+  reconnects; its life is a typed automat machine built like Twisted's
+  C{ClientService} (see L{PeerLink} for why it is not one).
 * L{PeerProtocol} is one connection: the handshake of L{oxidb.raft.auth}
   first (frames of at most 4 KiB, a deadline: C{OXIDB_RAFT_HANDSHAKE_SECS}),
   then frames in both
@@ -31,12 +32,13 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Protocol as TypingProtocol
 
 import orjson
+from automat import TypeMachine, TypeMachineBuilder, pep614
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -330,12 +332,173 @@ class _LinkFactory(Factory):
         return self._link.build_protocol()
 
 
+class _LinkInputs(TypingProtocol):
+    """The events of one outbound peer link."""
+
+    def start(self) -> None:
+        """Dial the peer."""
+
+    def stop(self) -> None:
+        """Stop dialling and close any connection."""
+
+    def _built(self, protocol: PeerProtocol) -> None:
+        """The dial connected; C{protocol} runs the handshake."""
+
+    def _connect_done(self) -> None:
+        """The connector's Deferred fired (after L{_built})."""
+
+    def _connect_failed(self, failure: Failure) -> None:
+        """The dial failed (or no address is known)."""
+
+    def _authenticated(self, protocol: PeerProtocol) -> None:
+        """C{protocol}'s handshake succeeded."""
+
+    def _lost(self, protocol: PeerProtocol) -> None:
+        """C{protocol}'s connection is gone (at any stage)."""
+
+    def _retry(self) -> None:
+        """The wait between two dials is over."""
+
+
+class _LinkCore(TypingProtocol):
+    """What the link machine needs from L{PeerLink}."""
+
+    protocol: "PeerProtocol | None"
+    attempts: int
+    outbox: SendQueue
+
+    def dial(self) -> "Deferred[Any]":
+        """Dial the peer's current address; the Deferred fails if there is none."""
+
+    def schedule_retry(self) -> None:
+        """Count a failed attempt and call L{PeerLink._attempt} after the backoff."""
+
+    def cancel_retry(self) -> None:
+        """Cancel the scheduled retry."""
+
+    def connected_to(self, protocol: PeerProtocol) -> None:
+        """C{protocol} is authenticated: frames leave on it."""
+
+    def disconnected(self) -> None:
+        """The authenticated connection is gone."""
+
+
+def _build_link_machine() -> "TypeMachine[_LinkInputs, _LinkCore]":
+    # The core is a typing.Protocol (its implementation imports this module).
+    machine = TypeMachineBuilder(_LinkInputs, _LinkCore)  # type: ignore[type-abstract]
+    I = _LinkInputs  # noqa: E741
+
+    def dial(m: _LinkInputs, c: _LinkCore) -> "Deferred[Any]":
+        d = c.dial()
+        d.addCallbacks(lambda _: m._connect_done(), m._connect_failed)
+        return d
+
+    def hold(m: _LinkInputs, c: _LinkCore, protocol: PeerProtocol) -> PeerProtocol:
+        return protocol
+
+    idle = machine.state("idle")
+    connecting = machine.state("connecting", dial)
+    handshaking = machine.state("handshaking", hold)
+    connected = machine.state("connected", hold)
+    waiting = machine.state("waiting")
+    stopped = machine.state("stopped")
+
+    idle.upon(I.start).to(connecting).returns(None)
+    waiting.upon(I._retry).to(connecting).returns(None)
+    connecting.upon(I._built, nodata=True).to(handshaking).returns(None)
+    handshaking.upon(I._connect_done).loop().returns(None)
+    connected.upon(I._connect_done).loop().returns(None)
+    waiting.upon(I._connect_done).loop().returns(None)
+
+    # (A transition to a state without data gets the old state's data.)
+    @pep614(connecting.upon(I._connect_failed).to(waiting))
+    def failed(m: _LinkInputs, c: _LinkCore, attempt: Deferred[Any], failure: Failure) -> None:
+        c.schedule_retry()
+
+    @pep614(handshaking.upon(I._authenticated, nodata=True).to(connected))
+    def authenticated(m: _LinkInputs, c: _LinkCore, protocol: PeerProtocol) -> None:
+        c.connected_to(protocol)
+
+    @pep614(handshaking.upon(I._connect_failed).to(waiting))
+    def failed_after_building(m: _LinkInputs, c: _LinkCore, candidate: PeerProtocol, failure: Failure) -> None:
+        # The connector gave up on a connection it had built a protocol for.
+        if candidate.transport is not None:
+            candidate.close()
+        c.schedule_retry()
+
+    # A connection given up on is lost.
+    waiting.upon(I._lost).loop().returns(None)
+
+    @pep614(handshaking.upon(I._lost).to(waiting))
+    def handshake_lost(m: _LinkInputs, c: _LinkCore, candidate: PeerProtocol, protocol: PeerProtocol) -> None:
+        c.schedule_retry()
+
+    @pep614(connected.upon(I._lost).to(waiting))
+    def connection_lost(m: _LinkInputs, c: _LinkCore, current: PeerProtocol, protocol: PeerProtocol) -> None:
+        c.disconnected()
+        c.schedule_retry()
+
+    # --- stopping ---------------------------------------------------------------
+
+    @pep614(idle.upon(I.stop).to(stopped))
+    @pep614(stopped.upon(I.stop).loop())
+    def stop_idle(m: _LinkInputs, c: _LinkCore) -> None:
+        c.outbox.clear()
+
+    @pep614(connecting.upon(I.stop).to(stopped))
+    def stop_dialling(m: _LinkInputs, c: _LinkCore, attempt: Deferred[Any]) -> None:
+        attempt.cancel()
+        c.outbox.clear()
+
+    @pep614(handshaking.upon(I.stop).to(stopped))
+    @pep614(connected.upon(I.stop).to(stopped))
+    def stop_connection(m: _LinkInputs, c: _LinkCore, protocol: PeerProtocol) -> None:
+        c.protocol = None
+        protocol.close()
+        c.outbox.clear()
+
+    @pep614(waiting.upon(I.stop).to(stopped))
+    def stop_waiting(m: _LinkInputs, c: _LinkCore) -> None:
+        c.cancel_retry()
+        c.outbox.clear()
+
+    # What was under way when the link stopped ends here.
+    stopped.upon(I._connect_done).loop().returns(None)
+    stopped.upon(I._connect_failed).loop().returns(None)
+    stopped.upon(I._lost).loop().returns(None)
+    stopped.upon(I._retry).loop().returns(None)
+
+    @pep614(stopped.upon(I._built).loop())
+    @pep614(stopped.upon(I._authenticated).loop())
+    def close_late(m: _LinkInputs, c: _LinkCore, protocol: PeerProtocol) -> None:
+        if protocol.transport is not None:
+            protocol.close()
+
+    return machine.build()
+
+
+#: Builds the machine of one link: C{LinkMachine(link)}.
+LinkMachine = _build_link_machine()
+
+
 @implementer(_Owner)
 class PeerLink:
     """
     The outbound connection to one peer: dials, authenticates, reconnects
     after a failure or loss with exponential backoff (0.1 s doubling up to
     2 s, plus jitter), and queues frames meanwhile (bounded).
+
+    Its life is a typed automat machine built the way Twisted's
+    C{ClientService} is (idle, connecting, handshaking, connected, waiting,
+    stopped; docs/state-machines/peer-link.dot), not a C{ClientService}: the
+    peer's address is looked up at every dial (membership changes), the
+    SPAKE2 handshake is part of connecting, and a connection that fails
+    its handshake is dropped and retried (C{ClientService}'s
+    C{prepareConnection} leaves a rejected connection open, and has no
+    transition for its loss while waiting to retry).
+
+    @ivar protocol: the authenticated connection, while there is one.
+    @ivar attempts: failed attempts since the last success.
     """
 
     _log = Logger()
@@ -345,35 +508,25 @@ class PeerLink:
         self.peer_id = peer_id
         self.outbox = transport.new_queue()
         self.protocol: PeerProtocol | None = None
-        self._candidate: PeerProtocol | None = None
-        self._connecting: Deferred[Any] | None = None
         self._retry: IDelayedCall | None = None
         self._policy = backoffPolicy(
             initialDelay=0.1, maxDelay=2.0, factor=2.0, jitter=lambda: transport.rng.uniform(0, 0.1)
         )
         self.attempts = 0
-        self._stopped = False
         self._warned_address: str | None = None
+        self._machine: _LinkInputs = LinkMachine(self)
 
     def start(self) -> None:
-        self._attempt()
+        self._machine.start()
 
     def send(self, payload: bytes) -> None:
         if self.outbox.push_payload(payload, self.peer_id) and self.protocol is not None:
             self.protocol.flush()
 
     def stop(self) -> None:
-        self._stopped = True
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        if self._connecting is not None:
-            self._connecting.cancel()
-        for protocol in (self.protocol, self._candidate):
-            if protocol is not None:
-                protocol.close()
-        self.outbox.clear()
+        self._machine.stop()
 
-    # --- connecting --------------------------------------------------------------
+    # --- connecting (_LinkCore) -----------------------------------------------------
 
     def build_protocol(self) -> PeerProtocol:
         transport = self._transport
@@ -381,13 +534,10 @@ class PeerLink:
         protocol = PeerProtocol(
             handshake, self, transport.handler, transport.clock, self.outbox, transport.handshake_timeout
         )
-        self._candidate = protocol
+        self._machine._built(protocol)
         return protocol
 
-    def _attempt(self) -> None:
-        self._retry = None
-        if self._stopped:
-            return
+    def dial(self) -> "Deferred[Any]":
         address = self._transport.address_of(self.peer_id)
         try:
             if address is None:
@@ -397,44 +547,39 @@ class PeerLink:
             if address != self._warned_address:
                 self._warned_address = address
                 self._log.warn("raft: cannot dial node {peer} ({addr!r}): {reason}", peer=self.peer_id, addr=address, reason=e)
-            self._schedule()
-            return
-        d = self._transport.connector(host, port, _LinkFactory(self))
-        self._connecting = d
-        d.addCallbacks(self._connected, self._connect_failed)
+            return fail(e)
+        return self._transport.connector(host, port, _LinkFactory(self))
 
-    def _connected(self, protocol: Any) -> None:
-        self._connecting = None
+    def _attempt(self) -> None:
+        self._retry = None
+        self._machine._retry()
 
-    def _connect_failed(self, failure: Failure) -> None:
-        self._connecting = None
-        self._candidate = None
-        if not self._stopped:
-            self._schedule()
-
-    def _schedule(self) -> None:
+    def schedule_retry(self) -> None:
         self.attempts += 1
         self._retry = self._transport.clock.callLater(self._policy(self.attempts - 1), self._attempt)
 
-    # --- _Owner -------------------------------------------------------------------
+    def cancel_retry(self) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
 
-    def peer_authenticated(self, protocol: PeerProtocol) -> None:
-        self._candidate = None
+    def connected_to(self, protocol: PeerProtocol) -> None:
         self.protocol = protocol
         self.attempts = 0
         self._warned_address = None
         self._log.info("raft: connected to node {peer}", peer=self.peer_id)
 
+    def disconnected(self) -> None:
+        self.protocol = None
+        self._log.info("raft: connection to node {peer} lost", peer=self.peer_id)
+
+    # --- _Owner -------------------------------------------------------------------
+
+    def peer_authenticated(self, protocol: PeerProtocol) -> None:
+        self._machine._authenticated(protocol)
+
     def peer_lost(self, protocol: PeerProtocol) -> None:
-        if protocol is self._candidate:
-            self._candidate = None
-        elif protocol is self.protocol:
-            self.protocol = None
-            self._log.info("raft: connection to node {peer} lost", peer=self.peer_id)
-        else:
-            return
-        if not self._stopped and self._retry is None and self._connecting is None:
-            self._schedule()
+        self._machine._lost(protocol)
 
 
 class _InboundFactory(Factory):

@@ -49,7 +49,7 @@ import gc
 import struct
 import threading
 from collections import deque
-from typing import Any
+from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
@@ -67,6 +67,7 @@ from oxidb.errors import (
     ServerBusyError,
 )
 from oxidb.server.dispatch import Reply, command_name
+from oxidb.server.lifecycle import NO_TURN, ConnectionInputs, ConnectionMachine, Intake, Turn
 from oxidb.server.session import Session
 from oxidb.server.workers import current_owner
 from oxidb.wire.codec import (
@@ -152,7 +153,9 @@ def format_peer(address: Any) -> str:
 @implementer(IPushProducer)
 class OxiServerProtocol(Protocol):
     """
-    One client connection. See the module docstring.
+    One client connection. See the module docstring; its life is the
+    machine of L{oxidb.server.lifecycle} (this object is that machine's
+    core) and, with auth on, the login machine of L{oxidb.auth.login}.
 
     @ivar host: the client's address (for the per-address connection
         count), or None.
@@ -172,21 +175,26 @@ class OxiServerProtocol(Protocol):
         self._weight = 0
         self._max_requests: int = factory.max_queued_requests
         self._max_bytes: int = factory.max_queued_bytes
-        self._busy = False
-        self._running = False
+        # Whether we asked the transport to stop reading (input flow control).
         self._reading_paused = False
-        self._writing_paused = False
         # Reply bytes written while the transport was paused (see unsent).
         self._unsent = 0
-        self._closed = False
-        self._close_when_answered = False
-        self._draining = False
-        self._drained: list[Any] = []
+        # The size of the reply frame being written (see count_writing_unsent).
+        self._writing = 0
+        self._drained: list[Deferred[None]] = []
         self._timer: IDelayedCall | None = None
         self._login_timer: IDelayedCall | None = None
-        self._preauth = False
         self._last_activity = 0.0
         self._frame_started: float | None = None
+        #: No reply will be written any more (set by the machine; read by
+        #: worker threads, see L{gone}).
+        self._gone = False
+        # Set by the machine (lifecycle.ConnectionCore.set_intake).
+        self._intake: Callable[[bytes], None] = self._discard
+        self._turn: Turn = NO_TURN
+        # Called after each reply until the login's reply has been written.
+        self._after_reply: Callable[[], None] | None = None
+        self._machine: ConnectionInputs = ConnectionMachine(self)
         self.session: Session
         self.ctx: CommandContext
 
@@ -196,7 +204,7 @@ class OxiServerProtocol(Protocol):
         No reply will be written on this connection any more: work done
         for it can be dropped. Read from worker threads.
         """
-        return self._closed
+        return self._gone
 
     # --- connection lifecycle ------------------------------------------------
 
@@ -206,11 +214,13 @@ class OxiServerProtocol(Protocol):
         tls = ISSLTransport.providedBy(self.transport)
         if factory.services.auth_enabled:
             self.session = Session(peer=peer, tls=tls)
-            self._preauth = True
             self._decoder.max_frame = factory.preauth_max_frame
             self._max_bytes = min(self._max_bytes, factory.preauth_max_frame)
+            login = self.session.login
+            login.attach(self._logged_in, self._login_expired)
+            self._after_reply = login.reply_written
             if factory.login_timeout:
-                self._login_timer = factory.clock.callLater(factory.login_timeout, self._login_expired)
+                self._login_timer = factory.clock.callLater(factory.login_timeout, login.deadline_passed)
         else:
             self.session = Session.anonymous_admin(peer, tls=tls)
         self.ctx = CommandContext(self.session, factory.services)
@@ -220,6 +230,7 @@ class OxiServerProtocol(Protocol):
                 set_no_delay(True)
             except OSError:
                 pass
+        self._machine.connected()
         self.transport.registerProducer(self, True)
         factory.connection_opened(self)
         self._log.debug("client connected: {peer}", peer=peer)
@@ -227,68 +238,167 @@ class OxiServerProtocol(Protocol):
         self._arm_timer()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._closed = True
-        self._cancel_timer()
-        self._queue.clear()
-        self._release_unsent()
-        # An open transaction dies with its connection (server.md 1.7).
-        self.session.tx = None
-        self.session.auth_state = None
-        self.factory.connection_closed(self)
-        self._log.debug("client disconnected: {peer}", peer=self.session.peer)
-        self._fire_drained()
+        self._machine.lost()
 
     @property
     def busy(self) -> bool:
         """A request is executing (open connections only)."""
-        return self._busy and not self._closed
+        return self._machine.busy()
 
-    def drain(self) -> Any:
+    def drain(self) -> "Deferred[None]":
         """
         Stop taking new requests; fire when the one executing (if any) has
         been answered. Used by a clean shutdown.
         """
-        self._draining = True
-        self._queue.clear()
-        if not self._busy or self._closed:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._drained.append(d)
-        return d
-
-    def _fire_drained(self) -> None:
-        waiting, self._drained = self._drained, []
-        for d in waiting:
-            d.callback(None)
+        return self._machine.drain()
 
     def _logged_in(self) -> None:
-        """The session has just logged in: lift the pre-login limits."""
-        self._preauth = False
+        """The login's reply has been written: lift the pre-login limits."""
+        self._after_reply = None
         self._cancel_login_timer()
         self._decoder.max_frame = MAX_FRAME
         self._max_bytes = self.factory.max_queued_bytes
 
     def _login_expired(self) -> None:
         self._login_timer = None
-        if self._closed or self.session.role is not None:
-            return
         self._log.info("login timeout for {peer}, disconnecting", peer=self.session.peer)
-        self._abort()
+        self._machine.abort()
+
+    # --- lifecycle.ConnectionCore ------------------------------------------------
+
+    _INTAKES = {
+        Intake.RUN: "_read_and_run",
+        Intake.QUEUE: "_read_and_queue",
+        Intake.DROP: "_read_and_drop",
+        Intake.DISCARD: "_discard",
+    }
+
+    def set_intake(self, intake: Intake, turn: Turn) -> None:
+        self._intake = getattr(self, self._INTAKES[intake])
+        self._turn.live = False
+        self._turn = turn
+
+    def enqueue(self, frames: list[bytes]) -> None:
+        self._queue.extend(frames)
+        self._queued_bytes += sum(len(f) for f in frames)
+
+    def clear_queue(self) -> None:
+        self._queue.clear()
+        self._queued_bytes = 0
+
+    def stop_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+
+    def write_reply(self, payload: bytes) -> None:
+        """Write one reply frame (no copy of a large payload to prefix it)."""
+        size = len(payload) + 4
+        self._writing = size
+        if size <= OFFLOAD_BYTES:
+            self.transport.write(encode_frame(payload))
+        else:
+            self.transport.write(_PREFIX.pack(len(payload)))
+            self.transport.write(payload)
+        metrics = self.factory.services.metrics
+        if metrics is not None:
+            metrics.bytes_sent(size)
+        if self._after_reply is not None:
+            self._after_reply()
+
+    def after_reply(self) -> None:
+        if self.session.close_after_reply:
+            self._machine.close_after_reply()
+        else:
+            # The idle clock did not run while the request executed.
+            self._last_activity = self.factory.clock.seconds()
+
+    def count_writing_unsent(self) -> None:
+        self._add_unsent(self._writing)
+        self._writing = 0
+
+    def count_unsent(self, payload: bytes) -> None:
+        self._add_unsent(len(payload) + 4)
+        self._writing = 0
+
+    def _add_unsent(self, size: int) -> None:
+        # The transport holds more than its buffer size: count the reply
+        # against the budget until it has been sent (resumeProducing).
+        self._unsent += size
+        self.factory.unsent += size
+
+    def release_unsent(self) -> None:
+        if self._unsent:
+            self.factory.unsent -= self._unsent
+            self._unsent = 0
+
+    def close(self) -> None:
+        self._gone = True
+        self._cancel_timer()
+        self.transport.loseConnection()
+
+    def abort(self) -> None:
+        self._gone = True
+        self._cancel_timer()
+        self.clear_queue()
+        self.transport.abortConnection()
+
+    def cleanup(self) -> None:
+        self._gone = True
+        self._cancel_timer()
+        self.clear_queue()
+        self.release_unsent()
+        # An open transaction dies with its connection (server.md 1.7).
+        self.session.tx = None
+        self.session.login.lost()
+        self.factory.connection_closed(self)
+        self._log.debug("client disconnected: {peer}", peer=self.session.peer)
+
+    def wait_drained(self) -> "Deferred[None]":
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        return d
+
+    def fire_drained(self) -> None:
+        waiting, self._drained = self._drained, []
+        for d in waiting:
+            d.callback(None)
 
     # --- input -----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closed:
-            return
         metrics = self.factory.services.metrics
         if metrics is not None:
             metrics.bytes_received(len(data))
-        if self._close_when_answered:
-            return
+        self._intake(data)
+
+    def _discard(self, data: bytes) -> None:
+        """Closing or closed: nothing more is read."""
+
+    def _read_and_run(self, data: bytes) -> None:
+        frames = self._read(data)
+        if frames:
+            self.enqueue(frames)
+            self._run()
+        else:
+            self._update_reading()
+
+    def _read_and_queue(self, data: bytes) -> None:
+        frames = self._read(data)
+        if frames:
+            self.enqueue(frames)
+        self._update_reading()
+
+    def _read_and_drop(self, data: bytes) -> None:
+        self._read(data)
+        self._update_reading()
+
+    def _read(self, data: bytes) -> list[bytes] | None:
+        """The whole frames in C{data}; None once a too large frame closes the connection."""
         try:
             frames = self._decoder.feed(data)
         except FrameTooLargeError as e:
-            if self._preauth and e.length <= MAX_FRAME:
+            if e.length <= MAX_FRAME:  # so the pre-login limit was in force
                 self._log.warn(
                     "read error from {peer}: frame of {length} bytes before login (limit {limit}, "
                     "OXIDB_PREAUTH_MAX_FRAME)",
@@ -302,14 +412,13 @@ class OxiServerProtocol(Protocol):
                     peer=self.session.peer,
                     length=e.length,
                 )
-            if not e.frames or self._draining:
-                self._abort()
-                return
-            # Answer the requests that arrived before the oversized one, then close.
-            self._close_when_answered = True
-            self.transport.pauseProducing()
-            self._reading_paused = True
-            frames = e.frames
+            if not e.frames:
+                self._machine.oversized()
+            else:
+                # Answer the requests that arrived before the oversized one, then close.
+                self._machine.oversized_after(e.frames)
+                self._run()
+            return None
         now = self.factory.clock.seconds()
         self._last_activity = now
         if self._decoder.in_frame:
@@ -317,57 +426,65 @@ class OxiServerProtocol(Protocol):
                 self._frame_started = now
         else:
             self._frame_started = None
-        if frames:
-            if self._draining:
-                return
-            self._queue.extend(frames)
-            self._queued_bytes += sum(len(f) for f in frames)
-            self._run()
-        self._update_reading()
+        return frames
 
     def _run(self) -> None:
-        """Run queued requests one at a time, looping while they finish synchronously."""
-        if self._running:
-            return
-        self._running = True
-        try:
-            while self._queue and not self._busy and not self._writing_paused and not self._closed:
-                payload = self._queue.popleft()
-                self._queued_bytes -= len(payload)
-                self._busy = True
-                self._weight = 1
-                self._handle(payload)
-        finally:
-            self._running = False
-        self._update_reading()
+        """Run queued requests one at a time while the current turn lasts."""
+        turn = self._turn
+        queue = self._queue
+        while queue and turn.live:
+            payload = queue.popleft()
+            self._queued_bytes -= len(payload)
+            self._weight = 1
+            result = self._handle(payload)
+            if type(result) is not bytes:
+                self._machine.request_pending()
+                cast("Deferred[bytes]", result).addCallback(self._answered)
+                break
+            self._weight = 0
+            self.write_reply(result)
+            self._writing = 0
+            # after_reply, inline: this is the fast path.
+            if self.session.close_after_reply:
+                self._machine.close_after_reply()
+            else:
+                self._last_activity = self.factory.clock.seconds()
+        if turn.flow:
+            self._update_reading()
+        elif turn.live and turn.closing and not queue:
+            self._machine.all_answered()
 
-    def _handle(self, payload: bytes) -> None:
+    def _answered(self, payload: bytes) -> None:
+        """The pending request's reply is ready (a Deferred's callback)."""
+        self._weight = 0
+        self._machine.answered(payload)
+        self._writing = 0
+        self._run()
+
+    def _handle(self, payload: bytes) -> "bytes | Deferred[bytes]":
+        """The reply to one request, or a Deferred firing with it."""
         if len(payload) > OFFLOAD_BYTES:
             d = self.factory.offload(self, decode_large, payload)
             if d is not None:
-                d.addCallbacks(self._dispatch, self._decode_failed, errbackArgs=(payload,))
-                return
+                return d.addCallbacks(self._dispatch, self._decode_failed, errbackArgs=(payload,))
         try:
             decoded = decode_request(payload)
         except DecodeError as e:
-            self._send(encode_error(WireFormat.JSON, e.message))
-            return
-        self._dispatch(decoded)
+            return encode_error(WireFormat.JSON, e.message)
+        return self._dispatch(decoded)
 
-    def _decode_failed(self, failure: Failure, payload: bytes) -> None:
+    def _decode_failed(self, failure: Failure, payload: bytes) -> bytes:
         error = failure.value
         if isinstance(error, DecodeError):
-            self._send(encode_error(WireFormat.JSON, error.message))
-        elif isinstance(error, OxiError):  # server busy, or the connection is gone
-            self._send(encode_error(detect(payload), error.message))
-        else:
-            self._log.failure("decoding failed for {peer}", failure, peer=self.session.peer)
-            self._send(encode_error(WireFormat.JSON, InternalError().message))
+            return encode_error(WireFormat.JSON, error.message)
+        if isinstance(error, OxiError):  # server busy, or the connection is gone
+            return encode_error(detect(payload), error.message)
+        self._log.failure("decoding failed for {peer}", failure, peer=self.session.peer)
+        return encode_error(WireFormat.JSON, InternalError().message)
 
-    def _dispatch(self, decoded: tuple[WireFormat, object]) -> None:
-        if self._closed:  # closed while its frame was decoded on the pool
-            self._send(b"")
-            return
+    def _dispatch(self, decoded: tuple[WireFormat, object]) -> "bytes | Deferred[bytes]":
+        if self._gone:  # closed while its frame was decoded on the pool
+            return b""
         fmt, request = decoded
         if type(request) is dict and "commands" in request:
             commands = request["commands"]
@@ -381,60 +498,56 @@ class OxiServerProtocol(Protocol):
         except Exception:
             current_owner.reset(token)
             self._log.failure("dispatch failed for {peer}", peer=self.session.peer)
-            self._send(encode_error(fmt, InternalError().message))
-            return
+            return encode_error(fmt, InternalError().message)
         current_owner.reset(token)
         if type(outcome) is not Reply:
-            outcome.addCallback(self._reply, fmt)
-            outcome.addErrback(self._unexpected, fmt)
-            return
+            d: Deferred[bytes] = outcome.addCallback(self._reply, fmt)
+            d.addErrback(self._unexpected, fmt)
+            if d.called and type(d.result) is bytes:
+                # Answered synchronously: no pending request.
+                payload: bytes = d.result
+                return payload
+            return d
         value = outcome.value
         if type(value) is str and len(value) <= 4096 and not outcome.top_level:
             # The fast path (ping, every error): small, encoded inline.
             try:
-                payload = encode_ok(fmt, value) if outcome.ok else encode_error(fmt, value)
+                return encode_ok(fmt, value) if outcome.ok else encode_error(fmt, value)
             except Exception:
-                self._encode_failed(Failure(), fmt)
-                return
-            self._send(payload)
-            return
-        self._reply(outcome, fmt)
+                return self._encode_failed(Failure(), fmt)
+        return self._reply(outcome, fmt)
 
-    def _unexpected(self, failure: Failure, fmt: WireFormat) -> None:
+    def _unexpected(self, failure: Failure, fmt: WireFormat) -> bytes:
         self._log.failure("reply failed for {peer}", failure, peer=self.session.peer)
-        self._send(encode_error(fmt, InternalError().message))
+        return encode_error(fmt, InternalError().message)
 
     # --- output ------------------------------------------------------------
 
-    def _reply(self, reply: Reply, fmt: WireFormat) -> None:
-        """Encode C{reply} (on the pool unless it is small) and send it."""
-        if self._closed:
-            self._send(b"")
-            return
+    def _reply(self, reply: Reply, fmt: WireFormat) -> "bytes | Deferred[bytes]":
+        """Encode C{reply} (on the pool unless it is small)."""
+        if self._gone:
+            return b""
         if reply.ok and not reply.top_level and not is_small(reply.value):
             d = self.factory.offload(self, self._encode, fmt, reply)
             if d is not None:
-                d.addCallbacks(self._encoded, self._encode_failed, callbackArgs=(fmt,), errbackArgs=(fmt,))
-                return
+                return d.addCallbacks(self._encoded, self._encode_failed, callbackArgs=(fmt,), errbackArgs=(fmt,))
         try:
             payload = self._encode(fmt, reply)
         except Exception:
-            self._encode_failed(Failure(), fmt)
-            return
+            return self._encode_failed(Failure(), fmt)
         if len(payload) > OFFLOAD_BYTES:
             payload = self._bounded(payload, fmt)
-        self._send(payload)
+        return payload
 
-    def _encode_failed(self, failure: Failure, fmt: WireFormat) -> None:
+    def _encode_failed(self, failure: Failure, fmt: WireFormat) -> bytes:
         error = failure.value
         if isinstance(error, OxiError):  # server busy, or the connection is gone
-            self._send(encode_error(fmt, error.message))
-            return
+            return encode_error(fmt, error.message)
         self._log.failure("encoding the reply failed for {peer}", failure, peer=self.session.peer)
-        self._send(encode_error(fmt, InternalError().message))
+        return encode_error(fmt, InternalError().message)
 
-    def _encoded(self, payload: bytes, fmt: WireFormat) -> None:
-        self._send(self._bounded(payload, fmt))
+    def _encoded(self, payload: bytes, fmt: WireFormat) -> bytes:
+        return self._bounded(payload, fmt)
 
     def _bounded(self, payload: bytes, fmt: WireFormat) -> bytes:
         """
@@ -457,54 +570,10 @@ class OxiServerProtocol(Protocol):
             return encode_ok(fmt, reply.value)
         return encode_error(fmt, reply.value)
 
-    def _send(self, payload: bytes) -> None:
-        """Write one reply and move on to the next request."""
-        self._busy = False
-        self._weight = 0
-        if self._closed:
-            self._fire_drained()
-            return
-        size = len(payload) + 4
-        if size <= OFFLOAD_BYTES:
-            self.transport.write(encode_frame(payload))
-        else:
-            # Two writes: no copy of a large payload just to prefix it.
-            self.transport.write(_PREFIX.pack(len(payload)))
-            self.transport.write(payload)
-        if self._writing_paused:
-            # The transport holds more than its buffer size: count the reply
-            # against the budget until it has been sent (resumeProducing).
-            self._unsent += size
-            self.factory.unsent += size
-        metrics = self.factory.services.metrics
-        if metrics is not None:
-            metrics.bytes_sent(size)
-        if self._preauth and self.session.role is not None:
-            self._logged_in()
-        if self.session.close_after_reply or self._draining:
-            self._fire_drained()
-            if self.session.close_after_reply:
-                self.transport.loseConnection()
-                self._closed = True
-            return
-        # The idle clock did not run while the request executed.
-        self._last_activity = self.factory.clock.seconds()
-        if not self._running:
-            self._run()
-        if self._close_when_answered and not self._busy and not self._queue and not self._closed:
-            self._closed = True
-            self._cancel_timer()
-            self.transport.loseConnection()
-
-    def _release_unsent(self) -> None:
-        if self._unsent:
-            self.factory.unsent -= self._unsent
-            self._unsent = 0
-
     # --- flow control ----------------------------------------------------
 
     def _update_reading(self) -> None:
-        if self._closed or self._close_when_answered:
+        if not self._turn.flow:
             return
         full = len(self._queue) + self._weight >= self._max_requests or self._queued_bytes >= self._max_bytes
         if full and not self._reading_paused:
@@ -519,16 +588,15 @@ class OxiServerProtocol(Protocol):
 
     def pauseProducing(self) -> None:
         """The client is not reading its replies: run nothing more for now."""
-        self._writing_paused = True
+        self._machine.pause_writing()
 
     def resumeProducing(self) -> None:
         """The transport has sent everything it held."""
-        self._writing_paused = False
-        self._release_unsent()
+        self._machine.resume_writing()
         self._run()
 
     def stopProducing(self) -> None:
-        self._writing_paused = True
+        self._machine.pause_writing()
 
     # --- timers ------------------------------------------------------------
     #
@@ -538,12 +606,12 @@ class OxiServerProtocol(Protocol):
 
     def _arm_timer(self) -> None:
         timeout = self.factory.services.config.idle_timeout
-        if timeout and not self._closed:
+        if timeout and not self._gone:
             self._timer = self.factory.clock.callLater(timeout, self._check_timeouts)
 
     def _check_timeouts(self) -> None:
         self._timer = None
-        if self._closed:
+        if self._gone:
             return
         timeout = self.factory.services.config.idle_timeout
         now = self.factory.clock.seconds()
@@ -552,7 +620,7 @@ class OxiServerProtocol(Protocol):
             if now - self._frame_started >= timeout:
                 return self._timed_out("frame arriving too slowly")
             deadline = min(deadline, self._frame_started + timeout)
-        if not self._busy:
+        if not self._machine.busy():
             if now - self._last_activity >= timeout:
                 return self._timed_out("silent")
             deadline = min(deadline, self._last_activity + timeout)
@@ -560,7 +628,7 @@ class OxiServerProtocol(Protocol):
 
     def _timed_out(self, why: str) -> None:
         self._log.info("idle timeout for {peer}, disconnecting ({why})", peer=self.session.peer, why=why)
-        self._abort()
+        self._machine.abort()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -574,12 +642,6 @@ class OxiServerProtocol(Protocol):
             if self._login_timer.active():
                 self._login_timer.cancel()
             self._login_timer = None
-
-    def _abort(self) -> None:
-        self._closed = True
-        self._cancel_timer()
-        self._queue.clear()
-        self.transport.abortConnection()
 
 
 class _RefusedProtocol(Protocol):

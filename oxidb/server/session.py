@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from oxidb.auth.login import Login
 from oxidb.auth.rbac import Role
 
 
@@ -21,23 +22,32 @@ class Session:
     @ivar user: the authenticated user name (C{anonymous} with auth off).
     @ivar role: the user's role, or C{None} before login.
     @ivar tx: the open transaction (engine object) or C{None}.
-    @ivar auth_state: an in-progress login exchange (SCRAM) or C{None}.
     @ivar tls: the connection is encrypted.
     @ivar wire_version: negotiated by C{hello}.
     @ivar failed_logins: failed login attempts on this connection.
     @ivar close_after_reply: a handler asks the server to close the
         connection once the current reply has been written.
+    @ivar login: the login sequence (L{oxidb.auth.login}); logged in from
+        the start when C{role} is given.
     """
 
     peer: str = "-"
     user: str | None = None
     role: Role | None = None
     tx: Any = None
-    auth_state: Any = None
     tls: bool = False
     wire_version: int = 1
     failed_logins: int = 0
     close_after_reply: bool = False
+    login: Login = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.login = Login(self)
+
+    @property
+    def auth_state(self) -> Any:
+        """The SCRAM exchange in progress, or C{None}."""
+        return self.login.machine.exchange()
 
     @property
     def authenticated(self) -> bool:
