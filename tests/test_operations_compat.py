@@ -17,6 +17,11 @@ from typing import Any, Iterator
 import pytest
 from scramp import ScramClient
 
+from oxidb.auth.store import CreateUser, DropUser, UpdateUser, UserStore, register_appliers
+from oxidb.engine import blobs, operations, procedures, transactions
+from oxidb.engine.engine import Engine
+from oxidb.engine.operations import VERSION_KEY, Operation, Rejected
+from oxidb.errors import BadRequestError
 from oxidb.testing import BlockingClient, LocalCluster, wait_until
 
 FIXTURE = Path(__file__).parent / "fixtures" / "raft_v1"
@@ -80,6 +85,67 @@ def test_fixture_log_holds_every_kind() -> None:
     kinds = {next(iter(op)) for _, op in log_payloads()}
     assert len(kinds) == 25
     assert all("v" not in body for _, op in log_payloads() for body in op.values())
+
+
+#: The type each kind of the fixture's log decodes to.
+TYPES: dict[str, type[Operation]] = {
+    op_type.KIND: op_type
+    for op_type in (
+        *operations.BUILTIN,
+        *transactions.OPERATIONS,
+        *blobs.OPERATIONS,
+        *procedures.OPERATIONS,
+        CreateUser,
+        DropUser,
+        UpdateUser,
+    )
+}
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """An engine that knows every operation the server replicates."""
+    engine = Engine(str(tmp_path / "data"), synchronous="NORMAL")
+    transactions.register_appliers(engine)
+    procedures.register_appliers(engine)
+    blobs.register_appliers(engine)
+    register_appliers(engine, UserStore(tmp_path / "auth"))
+    with engine:
+        yield engine
+
+
+def test_old_entries_decode_to_their_types(engine: Engine) -> None:
+    for index, payload in log_payloads():
+        [(kind, body)] = payload.items()
+        op = engine.codec.decode(payload)
+        assert type(op) is TYPES[kind], index
+        # Written again, the body is the old one with its version (1).
+        assert op.to_json() == {kind: {**body, VERSION_KEY: 1}}, index
+        assert engine.codec.decode(op.to_json()) == op
+
+
+def test_versions(engine: Engine) -> None:
+    insert = operations.Insert("c", {"a": 1})
+    assert insert.to_json() == {"Insert": {"collection": "c", "document": {"a": 1}, "v": 1}}
+    assert engine.codec.decode({"Insert": {"collection": "c", "document": {"a": 1}}}) == insert
+    for version in (0, -1, "1", 1.0, None, True):
+        with pytest.raises(BadRequestError, match="^malformed operation$"):
+            engine.codec.decode({"Insert": {"collection": "c", "document": {}, "v": version}})
+    with pytest.raises(BadRequestError, match=r"^unsupported operation version: Insert v2 \(this server applies up to v1\)$"):
+        engine.codec.decode({"Insert": {"collection": "c", "document": {}, "v": 2}})
+
+
+def test_a_payload_that_does_not_decode_is_applied_as_a_failure(engine: Engine) -> None:
+    """Its Raft index is recorded all the same, so a replica does not stall on it."""
+    op = engine.operation_of({"Insert": {"collection": "c", "document": {}, "v": 9}})
+    assert isinstance(op, Rejected)
+    with pytest.raises(BadRequestError, match="unsupported operation version"):
+        engine.apply(op, 0.0, raft_index=3)
+    assert engine.last_applied() == 3
+    with pytest.raises(BadRequestError, match="^unknown operation: Frobnicate$"):
+        engine.apply({"Frobnicate": {}}, 0.0, raft_index=4)
+    assert engine.last_applied() == 4
+    assert engine.list_collections() == []
 
 
 @pytest.mark.timeout(120)

@@ -41,7 +41,7 @@ operations), the command module (handler and registry row), and a test.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, TypeVar, cast
 
 import attrs
 
@@ -81,7 +81,7 @@ class Operation:
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {}
-        for field in attrs.fields(type(self)):  # type: ignore[misc]
+        for field in attrs.fields(cast(Any, type(self))):
             value = getattr(self, field.name)
             if value is None and field.default is None:
                 continue
@@ -100,7 +100,7 @@ class Operation:
         reject what does not fit. Unknown keys are ignored.
         """
         values = {}
-        for field in attrs.fields(cls):  # type: ignore[misc]
+        for field in attrs.fields(cast(Any, cls)):
             if field.name in body:
                 values[field.name] = body[field.name]
             elif field.default is attrs.NOTHING:
@@ -207,7 +207,8 @@ def check(test: Callable[[Any], bool], error: Callable[[], OxiError]) -> Callabl
     return validate
 
 
-def _collection_name(instance: Any, attribute: Any, value: Any) -> None:
+def collection_name(instance: Any, attribute: Any, value: Any) -> None:
+    """Validator of a collection name: a string (the engine checks the rest when applying)."""
     if not isinstance(value, str):
         # The engine's own text for a name that is not a string.
         store.validate_collection_name(value)
@@ -239,11 +240,6 @@ def is_uint(value: Any) -> bool:
     return type(value) is int and value >= 0
 
 
-def collection_field() -> Any:
-    """An attrs field holding a collection name (a string; the engine checks the rest)."""
-    return attrs.field(validator=_collection_name)
-
-
 # --- document operations ------------------------------------------------------
 
 
@@ -251,7 +247,7 @@ def collection_field() -> Any:
 class _OnCollection(Operation):
     """An operation naming a collection, which it creates if missing (engine.md 1.6)."""
 
-    collection: str = collection_field()
+    collection: str = attrs.field(validator=collection_name)
 
     def auto_create(self) -> str | None:
         return self.collection
@@ -347,7 +343,7 @@ class DeleteOne(_OnCollection):
 class CreateCollection(Operation):
     KIND: ClassVar[str] = "CreateCollection"
 
-    name: str = collection_field()
+    name: str = attrs.field(validator=collection_name)
 
     def apply(self, txn: "WriteTxn", now: float) -> Any:
         return txn.create_collection(self.name)
@@ -357,7 +353,7 @@ class CreateCollection(Operation):
 class DropCollection(Operation):
     KIND: ClassVar[str] = "DropCollection"
 
-    name: str = collection_field()
+    name: str = attrs.field(validator=collection_name)
 
     def apply(self, txn: "WriteTxn", now: float) -> Any:
         return txn.drop_collection(self.name)
@@ -369,7 +365,7 @@ class EnsureCollection(Operation):
 
     KIND: ClassVar[str] = "EnsureCollection"
 
-    name: str = collection_field()
+    name: str = attrs.field(validator=collection_name)
 
     def apply(self, txn: "WriteTxn", now: float) -> Any:
         txn.ensure_collection(self.name)

@@ -52,7 +52,7 @@ import attrs
 from oxidb.engine import store
 from oxidb.engine.governor import approx_size, reply_cap
 from oxidb.engine.matcher import apply_find, compile_query
-from oxidb.engine.operations import Operation, check, collection_field, malformed
+from oxidb.engine.operations import Operation, check, collection_name, malformed
 from oxidb.engine.reads import Reader, plan_query
 from oxidb.engine.updates import bump_version, compile_update
 from oxidb.engine.writes import WriteTxn
@@ -431,7 +431,7 @@ class ReserveIds(Operation):
 
     KIND: ClassVar[str] = "ReserveIds"
 
-    collection: str = collection_field()
+    collection: str = attrs.field(validator=collection_name)
     count: int = attrs.field(validator=check(lambda v: type(v) is int and v >= 1, malformed))
 
     def apply(self, txn: WriteTxn, now: float) -> int:
