@@ -47,7 +47,7 @@ import orjson
 
 from oxidb.engine import blobtext, store, textindex, textstore
 from oxidb.engine.governor import DEFAULT_LIMITS, NO_DEADLINE, approx_size, reply_cap
-from oxidb.engine.operations import Operation, check, malformed
+from oxidb.engine.operations import Operation, check
 from oxidb.engine.writes import WriteTxn
 from oxidb.errors import (
     BadRequestError,

@@ -40,7 +40,6 @@ from oxidb.engine.store import check_client_collection
 from oxidb.engine.transactions import ReserveIds, Transaction, reserve_operation
 from oxidb.engine.writes import WriteTxn
 from oxidb.errors import (
-    BadRequestError,
     DocumentNotObjectError,
     ProcedureError,
     ProcedureNotFoundError,

@@ -56,7 +56,7 @@ from oxidb.engine.operations import Operation, check, collection_name, malformed
 from oxidb.engine.reads import Reader, plan_query
 from oxidb.engine.updates import bump_version, compile_update
 from oxidb.engine.writes import WriteTxn
-from oxidb.errors import BadRequestError, DocumentNotObjectError, TransactionConflictError
+from oxidb.errors import DocumentNotObjectError, TransactionConflictError
 
 Document = dict[str, Any]
 

@@ -44,6 +44,7 @@ from oxidb.logs import Logger
 from oxidb.raft.messages import Entry
 from oxidb.raft.node import IStateMachine, Outcome, SnapshotBuild
 
+
 @attrs.frozen
 class RaftNoop(Operation):
     """The engine operation of a blank or membership entry: it records the entry's index, nothing else."""
@@ -54,8 +55,6 @@ class RaftNoop(Operation):
         return None
 
 
-#: The kind of L{RaftNoop}.
-NOOP = RaftNoop.KIND
 #: Snapshot archive members.
 MANIFEST = "snapshot.json"
 DATABASE = "oxidb.sqlite3"
@@ -362,7 +361,6 @@ class EngineStateMachine:
 
 __all__ = [
     "EngineStateMachine",
-    "NOOP",
     "RaftNoop",
     "ReadGate",
     "SnapshotError",
