@@ -22,7 +22,7 @@ from oxidb.engine import blobs, operations, procedures, transactions
 from oxidb.engine.engine import Engine
 from oxidb.engine.operations import VERSION_KEY, Operation, Rejected
 from oxidb.errors import BadRequestError
-from oxidb.testing import BlockingClient, LocalCluster, wait_until
+from oxidb._harness import BlockingClient, LocalCluster, wait_until
 
 FIXTURE = Path(__file__).parent / "fixtures" / "raft_v1"
 KEY = "raft v1 fixture cluster key, 32+ characters long"
