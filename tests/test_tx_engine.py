@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from oxidb.engine import store, transactions
 from oxidb.engine.engine import Engine
+from oxidb.engine.operations import Operation
 from oxidb.engine.transactions import Transaction
 from oxidb.errors import (
     BadRequestError,
@@ -34,7 +35,7 @@ def engine(tmp_path: Any) -> Iterator[Engine]:
         yield engine
 
 
-def apply(engine: Engine, op: dict[str, Any]) -> Any:
+def apply(engine: Engine, op: Operation | dict[str, Any]) -> Any:
     return engine.apply(op, NOW)
 
 
