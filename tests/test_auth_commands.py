@@ -22,7 +22,7 @@ from oxidb.auth.manager import AuthManager
 from oxidb.auth.passwords import derive_secrets
 from oxidb.auth.rbac import Role
 from oxidb.auth.settings import AuthSettings
-from oxidb.auth.store import APPLIERS, UserRecord
+from oxidb.auth.store import CreateUser, DropUser, UpdateUser, UserRecord
 from oxidb.auth.throttle import ThrottlePolicy
 from oxidb.commands import auth as commands
 from oxidb.commands._context import CommandContext
@@ -35,7 +35,7 @@ class Executor:
 
     def __init__(self) -> None:
         self.store: Any = None
-        self.ops: list[dict[str, Any]] = []
+        self.ops: list[dict[str, Any]] = []  # what the Raft log would carry
 
     def read(self, fn: Any, *args: Any, **kwargs: Any) -> "Deferred[Any]":
         try:
@@ -43,11 +43,10 @@ class Executor:
         except Exception as e:
             return fail(e)
 
-    def write(self, op: dict[str, Any]) -> "Deferred[Any]":
-        self.ops.append(op)
-        [(kind, body)] = op.items()
+    def write(self, op: CreateUser | DropUser | UpdateUser) -> "Deferred[Any]":
+        self.ops.append(op.to_json())
         try:
-            return succeed(APPLIERS[kind](self.store, body, 0.0))
+            return succeed(op.apply_to(self.store))
         except Exception as e:
             return fail(e)
 

@@ -19,7 +19,7 @@ from twisted.test import iosim
 from oxidb.audit.events import AuditEvent, Auditor
 from oxidb.auth.manager import AuthManager
 from oxidb.auth.settings import AuthSettings
-from oxidb.auth.store import APPLIERS
+from oxidb.auth.store import CreateUser, DropUser, UpdateUser
 from oxidb.auth.throttle import ThrottlePolicy
 from oxidb.commands import default_registry
 from oxidb.commands.auth import LOGIN_COMMANDS, USER_COMMANDS
@@ -36,9 +36,8 @@ class UserEngine:
     def __init__(self, auth: AuthManager) -> None:
         self.auth = auth
 
-    def apply(self, op: dict[str, Any], now: float) -> Any:
-        [(kind, body)] = op.items()
-        return APPLIERS[kind](self.auth.store, body, now)
+    def apply(self, op: CreateUser | DropUser | UpdateUser, now: float) -> Any:
+        return op.apply_to(self.auth.store)
 
 
 class Server:

@@ -20,12 +20,12 @@ from oxidb.auth.passwords import derive_secrets, verify_password
 from oxidb.auth.rbac import Role
 from oxidb.auth.scram import ScramVerifier
 from oxidb.auth.store import (
-    APPLIERS,
+    OPERATIONS,
+    CreateUser,
+    DropUser,
+    UpdateUser,
     UserRecord,
     UserStore,
-    apply_create_user,
-    apply_drop_user,
-    apply_update_user,
     create_user_op,
     drop_user_op,
     ensure_default_admin,
@@ -33,10 +33,21 @@ from oxidb.auth.store import (
     register_appliers,
     update_user_op,
 )
+from oxidb.engine.operations import OperationCodec
 from oxidb.errors import BadRequestError, ConfigError, LastAdminError, UserExistsError, UserNotFoundError
 
 SECRETS = derive_secrets("hunter2", b"a" * 16, b"b" * 16, 4096)
 OTHER_SECRETS = derive_secrets("correct horse", b"c" * 16, b"d" * 16, 4096)
+
+
+CODEC = OperationCodec(OPERATIONS)
+
+
+def apply(store: UserStore, kind: str, body: Any) -> str:
+    """Decode C{{kind: body}} as the state machine does and apply it to C{store}."""
+    op = CODEC.decode({kind: body})
+    assert isinstance(op, (CreateUser, DropUser, UpdateUser))
+    return op.apply_to(store)
 
 
 def record(name: str, role: Role = Role.READ) -> UserRecord:
@@ -155,14 +166,15 @@ def test_unknown_user_changes(tmp_path: Path) -> None:
 
 def test_ops_and_appliers(tmp_path: Path) -> None:
     store = UserStore(tmp_path)
-    [(kind, body)] = create_user_op("carol", Role.READWRITE, SECRETS).items()
+    [(kind, body)] = create_user_op("carol", Role.READWRITE, SECRETS).to_json().items()
     assert kind == "CreateUser" and "hunter2" not in json.dumps(body)
-    assert APPLIERS[kind](store, body, 0.0) == "user created"
+    assert apply(store, kind, body) == "user created"
     carol = store.get("carol")
     assert carol is not None and carol.role is Role.READWRITE
 
-    [(kind, body)] = update_user_op("carol", None, OTHER_SECRETS).items()
+    [(kind, body)] = update_user_op("carol", None, OTHER_SECRETS).to_json().items()
     assert kind == "UpdateUser" and set(body) == {
+        "v",
         "username",
         "password_hash",
         "scram_salt",
@@ -170,60 +182,60 @@ def test_ops_and_appliers(tmp_path: Path) -> None:
         "scram_stored_key",
         "scram_server_key",
     }
-    assert apply_update_user(store, body, 0.0) == "user updated"
+    assert apply(store, kind, body) == "user updated"
     carol = store.get("carol")
     assert carol is not None and verify_password(carol.password_hash, "correct horse")
     assert carol.scram == OTHER_SECRETS.verifier and carol.role is Role.READWRITE
 
-    [(kind, body)] = update_user_op("carol", Role.ADMIN, None).items()
-    assert body == {"username": "carol", "role": "admin"}
-    apply_update_user(store, body, 0.0)
+    [(kind, body)] = update_user_op("carol", Role.ADMIN, None).to_json().items()
+    assert body == {"username": "carol", "role": "admin", "v": 1}
+    apply(store, kind, body)
     carol = store.get("carol")
     assert carol is not None and carol.role is Role.ADMIN and carol.scram == OTHER_SECRETS.verifier
 
     store.create(record("dave", Role.ADMIN))
-    [(kind, body)] = drop_user_op("carol").items()
-    assert (kind, body) == ("DropUser", {"username": "carol"})
-    assert apply_drop_user(store, body, 0.0) == "user dropped"
+    [(kind, body)] = drop_user_op("carol").to_json().items()
+    assert (kind, body) == ("DropUser", {"username": "carol", "v": 1})
+    assert apply(store, kind, body) == "user dropped"
     assert store.get("carol") is None
 
 
 @pytest.mark.parametrize(
-    "applier, body",
+    "kind, body",
     [
-        (apply_create_user, {"username": "x"}),
-        (apply_create_user, {"username": "x", "password_hash": "h", "role": "superuser"}),
-        (apply_drop_user, {}),
-        (apply_drop_user, ["x"]),
-        (apply_create_user, None),
-        (apply_update_user, "x"),
-        (apply_update_user, {"username": 5}),
-        (apply_update_user, {"username": "x", "role": "superuser"}),
-        (apply_update_user, {"username": "x", "password_hash": "h"}),
+        ("CreateUser", {"username": "x"}),
+        ("CreateUser", {"username": "x", "password_hash": "h", "role": "superuser"}),
+        ("DropUser", {}),
+        ("DropUser", ["x"]),
+        ("CreateUser", None),
+        ("UpdateUser", "x"),
+        ("UpdateUser", {"username": 5}),
+        ("UpdateUser", {"username": "x", "role": "superuser"}),
+        ("UpdateUser", {"username": "x", "password_hash": "h"}),
     ],
 )
-def test_malformed_operations(tmp_path: Path, applier, body) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_operations(tmp_path: Path, kind: str, body: Any) -> None:
     store = UserStore(tmp_path)
     store.create(record("x"))
     with pytest.raises(BadRequestError, match="malformed"):
-        applier(store, body, 0.0)
+        apply(store, kind, body)
 
 
 def test_register_appliers_with_the_engine(tmp_path: Path) -> None:
-    """The engine calls C{fn(txn, body, now)} on its writer thread."""
+    """The engine calls C{fn(txn, op, now)} on its writer thread."""
 
     class Engine:
         def __init__(self) -> None:
-            self.appliers: dict[str, Any] = {}
+            self.appliers: dict[type, Any] = {}
 
-        def register_applier(self, kind: str, fn: Any) -> None:
-            self.appliers[kind] = fn
+        def register_operation(self, op_type: type, fn: Any) -> None:
+            self.appliers[op_type] = fn
 
     engine, store = Engine(), UserStore(tmp_path)
     register_appliers(engine, store)
-    assert set(engine.appliers) == {"CreateUser", "DropUser", "UpdateUser"}
-    [(kind, body)] = create_user_op("eve", Role.ADMIN, SECRETS).items()
-    assert engine.appliers[kind](object(), body, 0.0) == "user created"
+    assert set(engine.appliers) == {CreateUser, DropUser, UpdateUser}
+    op = create_user_op("eve", Role.ADMIN, SECRETS)
+    assert engine.appliers[CreateUser](object(), op, 0.0) == "user created"
     assert store.get("eve") is not None
 
 

@@ -15,8 +15,9 @@ import os
 import tarfile
 import threading
 import zlib
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
+import attrs
 import pytest
 
 from oxidb.auth import rbac
@@ -25,6 +26,7 @@ from oxidb.commands import default_registry
 from oxidb.config import Config
 from oxidb.engine import backup, blobs, store
 from oxidb.engine.engine import Engine
+from oxidb.engine.operations import Operation
 from oxidb.engine.writes import WriteTxn
 from oxidb.errors import BackupError
 from oxidb.testing import MemoryServer
@@ -217,13 +219,17 @@ def test_backup_does_not_wait_for_an_open_write_transaction(engine: Engine, tmp_
     entered = threading.Event()
     release = threading.Event()
 
-    def gate(txn: WriteTxn, body: Any, now: float) -> str:
+    @attrs.frozen
+    class Gate(Operation):
+        KIND: ClassVar[str] = "Gate"
+
+    def gate(txn: WriteTxn, op: Gate, now: float) -> str:
         txn.insert("c", {"uncommitted": True})
         entered.set()
         assert release.wait(WAIT)
         return "done"
 
-    engine.register_applier("Gate", gate)
+    engine.register_operation(Gate, gate)
     engine.apply({"Insert": {"collection": "c", "document": {"committed": True}}}, NOW)
     future = engine.submit({"Gate": {}}, NOW)
     assert entered.wait(WAIT)

@@ -226,7 +226,7 @@ def test_valid_bucket_names(engine: Engine, name: str) -> None:
 
 
 def test_malformed_operation_bodies(engine: Engine) -> None:
-    for kind in blobs.APPLIERS:
+    for kind in (op.KIND for op in blobs.OPERATIONS):
         with pytest.raises(BadRequestError, match="^malformed operation$"):
             engine.apply({kind: ["not", "a", "dict"]}, NOW)
     with pytest.raises(BadRequestError, match=r"^missing 'data' \(base64\)$"):
@@ -500,12 +500,12 @@ def test_prepared_put_is_used_by_the_applier(engine: Engine, monkeypatch: pytest
 
     monkeypatch.setattr(blobs, "_prepare", counting)
     data_b64 = base64.b64encode(b"prepared text").decode()
-    blobs.prepare_put(data_b64, "text/plain", {})  # the handler's side
+    blobs.prepare_put(engine.prepared_puts, data_b64, "text/plain", {})  # the handler's side
     engine.apply({"PutObject": {"bucket": "b", "key": "k", "data_b64": data_b64, "content_type": "text/plain"}}, NOW)
     assert calls == ["text/plain"]  # the writer did not decode or tokenize again
     assert keys(search(engine, "prepared")) == [("b", "k")]
     # Another content type, or an equal but distinct string: prepared afresh.
-    blobs.prepare_put(data_b64, "text/plain", {})
+    blobs.prepare_put(engine.prepared_puts, data_b64, "text/plain", {})
     engine.apply({"PutObject": {"bucket": "b", "key": "k2", "data_b64": data_b64, "content_type": "text/html"}}, NOW)
     copy = "".join(list(data_b64))
     assert copy == data_b64 and copy is not data_b64
@@ -514,8 +514,30 @@ def test_prepared_put_is_used_by_the_applier(engine: Engine, monkeypatch: pytest
     assert sorted(keys(search(engine, "prepared"))) == [("b", "k"), ("b", "k2"), ("b", "k3")]
 
 
+def test_prepared_puts_belong_to_one_engine(engine: Engine, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A put prepared for one engine is not taken by another engine of the process."""
+    other = Engine(str(tmp_path / "other"), synchronous="NORMAL")
+    blobs.register_appliers(other)
+    assert other.prepared_puts is not engine.prepared_puts
+    calls: list[str] = []
+    real = blobs._prepare
+
+    def counting(data_b64: Any, content_type: str, metadata: dict[str, str]) -> Any:
+        calls.append(content_type)
+        return real(data_b64, content_type, metadata)
+
+    monkeypatch.setattr(blobs, "_prepare", counting)
+    data_b64 = base64.b64encode(b"shared text").decode()
+    prepared = blobs.prepare_put(engine.prepared_puts, data_b64, "text/plain", {})
+    with other:
+        other.apply(blobs.PutObject("b", "k", data_b64, "text/plain", {}), NOW)
+        assert keys(other.read(blobs.search, "shared")) == [("b", "k")]
+    assert calls == ["text/plain", "text/plain"]  # the other engine did its own work
+    assert engine.prepared_puts.take(data_b64) is prepared  # and left this engine's entry alone
+
+
 def test_prepared_cache_is_bounded() -> None:
-    cache = blobs._PreparedPuts(max_bytes=100)
+    cache = blobs.PreparedPuts(max_bytes=100)
     entries = [blobs._prepare(base64.b64encode(bytes([i]) * 20).decode(), "x/y", {}) for i in range(5)]
     for entry in entries:
         cache.add(entry)

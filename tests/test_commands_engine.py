@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from oxidb.commands import CommandContext, default_registry
 from oxidb.commands import aggregation, collections, crud, indexes
 from oxidb.engine.engine import Engine
+from oxidb.engine.operations import Delete, DeleteOne, Insert, InsertMany, Operation, Update, UpdateOne
 from oxidb.errors import BadRequestError, OxiError, UnavailableError
 from oxidb.server.session import Session
 from oxidb.testing import MemoryServer, SynchronousExecutor, result_of
@@ -184,7 +185,7 @@ def test_no_engine(ctx: CommandContext) -> None:
 class RecordingTx:
     calls: list[Any] = attrs.Factory(list)
 
-    def buffer(self, ctx: CommandContext, op: dict[str, Any]) -> str:
+    def buffer(self, ctx: CommandContext, op: Operation) -> str:
         self.calls.append(op)
         return "buffered"
 
@@ -215,13 +216,13 @@ def test_transaction_seam(ctx: CommandContext, engine: Engine) -> None:
     assert call(ctx, "find_one", collection="c") is None
     assert call(ctx, "count", collection="c") == {"count": 0}
     assert tx.calls == [
-        {"Insert": {"collection": "c", "document": {"a": 1}}},
-        {"InsertMany": {"collection": "c", "documents": [{}]}},
-        {"Update": {"collection": "c", "query": {}, "update": {"$set": {"a": 2}}}},
-        {"Delete": {"collection": "c", "query": {}}},
+        Insert(collection="c", document={"a": 1}),
+        InsertMany(collection="c", documents=[{}]),
+        Update(collection="c", query={}, update={"$set": {"a": 2}}),
+        Delete(collection="c", query={}),
         ("find", "c", {}, {"a": 1}),
-        {"UpdateOne": {"collection": "c", "query": {}, "update": {"$set": {"a": 2}}}},
-        {"DeleteOne": {"collection": "c", "query": {}}},
+        UpdateOne(collection="c", query={}, update={"$set": {"a": 2}}),
+        DeleteOne(collection="c", query={}),
         ("find_one", "c", {}),
         ("count", "c", {}),
     ]

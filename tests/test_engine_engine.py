@@ -14,11 +14,13 @@ import textwrap
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
+import attrs
 import pytest
 
 from oxidb.engine.engine import Engine
+from oxidb.engine.operations import Operation
 from oxidb.engine.reads import Reader, plan_query
 from oxidb.engine.writes import WriteTxn
 from oxidb.errors import BadRequestError, InvalidQueryError, UnavailableError
@@ -31,15 +33,41 @@ def data_dir(tmp_path: Any) -> str:
     return str(tmp_path / "data")
 
 
+@attrs.frozen
+class GateOp(Operation):
+    KIND: ClassVar[str] = "Gate"
+
+    insert: bool = False
+
+
+@attrs.frozen
+class Nested(Operation):
+    KIND: ClassVar[str] = "Nested"
+
+
+@attrs.frozen
+class Transfer(Operation):
+    KIND: ClassVar[str] = "Transfer"
+
+    payer: str
+    payee: str
+    amount: int
+
+
+@attrs.frozen
+class Duplicate(Operation):
+    KIND: ClassVar[str] = "Insert"
+
+
 class Gate:
-    """An applier kind that blocks the writer until released."""
+    """An applier of L{GateOp} that blocks the writer until released."""
 
     def __init__(self) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def __call__(self, txn: WriteTxn, body: Any, now: float) -> str:
-        if body.get("insert"):
+    def __call__(self, txn: WriteTxn, op: GateOp, now: float) -> str:
+        if op.insert:
             txn.insert("c", {"uncommitted": True})
         self.entered.set()
         assert self.release.wait(WAIT)
@@ -51,7 +79,7 @@ def gated(data_dir: str) -> Iterator[tuple[Engine, Gate, list[int]]]:
     batches: list[int] = []
     gate = Gate()
     engine = Engine(data_dir, synchronous="NORMAL", max_batch=10, on_commit=batches.append)
-    engine.register_applier("Gate", gate)
+    engine.register_operation(GateOp, gate)
     with engine:
         yield engine, gate, batches
         gate.release.set()
@@ -124,25 +152,27 @@ def test_a_slow_scan_blocks_neither_readers_nor_the_writer(data_dir: str) -> Non
         assert scanned == list(range(1, 1001))
 
 
-def test_register_applier(data_dir: str) -> None:
-    def transfer(txn: WriteTxn, body: Any, now: float) -> dict[str, int]:
+def test_register_operation(data_dir: str) -> None:
+    def transfer(txn: WriteTxn, op: Transfer, now: float) -> dict[str, int]:
         with txn.savepoint():
-            moved = txn.update("acct", {"name": body["from"]}, {"$inc": {"balance": -body["amount"]}})
-            txn.update("acct", {"name": body["to"]}, {"$inc": {"balance": body["amount"]}})
-            if txn.find_one("acct", {"name": body["from"], "balance": {"$lt": 0}}) is not None:
+            moved = txn.update("acct", {"name": op.payer}, {"$inc": {"balance": -op.amount}})
+            txn.update("acct", {"name": op.payee}, {"$inc": {"balance": op.amount}})
+            if txn.find_one("acct", {"name": op.payer, "balance": {"$lt": 0}}) is not None:
                 raise InvalidQueryError("insufficient funds")
         return {"moved": moved, "version": txn.version_of("acct", 1)}
 
     with Engine(data_dir) as engine:
-        engine.register_applier("Transfer", transfer)
+        with pytest.raises(BadRequestError, match="unknown operation: Transfer"):
+            engine.apply(Transfer("a", "b", 7), 0.0)
+        engine.register_operation(Transfer, transfer)
         with pytest.raises(ValueError):
-            engine.register_applier("Transfer", transfer)
+            engine.register_operation(Transfer, transfer)
         with pytest.raises(ValueError):
-            engine.register_applier("Insert", transfer)
+            engine.register_operation(Duplicate, transfer)
         engine.apply({"InsertMany": {"collection": "acct", "documents": [{"name": "a", "balance": 10}, {"name": "b", "balance": 0}]}}, 0.0)
-        assert engine.apply({"Transfer": {"from": "a", "to": "b", "amount": 7}}, 0.0) == {"moved": 1, "version": 2}
+        assert engine.apply(Transfer("a", "b", 7), 0.0) == {"moved": 1, "version": 2}
         with pytest.raises(InvalidQueryError, match="insufficient funds"):
-            engine.apply({"Transfer": {"from": "a", "to": "b", "amount": 7}}, 0.0)
+            engine.apply({"Transfer": {"payer": "a", "payee": "b", "amount": 7}}, 0.0)
         assert [d["balance"] for d in engine.find("acct")] == [3, 7]
 
 
@@ -195,7 +225,7 @@ def test_closed_engine(data_dir: str) -> None:
 
 def test_apply_on_the_writer_thread_is_refused(data_dir: str) -> None:
     with Engine(data_dir) as engine:
-        engine.register_applier("Nested", lambda txn, body, now: engine.apply({"Insert": {"collection": "c", "document": {}}}, now))
+        engine.register_operation(Nested, lambda txn, op, now: engine.apply({"Insert": {"collection": "c", "document": {}}}, now))
         with pytest.raises(RuntimeError, match="writer thread"):
             engine.apply({"Nested": {}}, 0.0)
 

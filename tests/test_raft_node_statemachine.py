@@ -119,6 +119,27 @@ def test_a_batch_is_applied_with_its_index_and_a_replay_applies_nothing(nodes: A
 
 
 @pytest_twisted.inlineCallbacks
+def test_entries_that_do_not_decode_fail_alone(nodes: Any) -> Any:
+    """An unknown kind, a malformed body or a newer version: a failed outcome; its index still counts."""
+    node = nodes["a"]
+    entries = [
+        Entry(LogId(1, 1, 1), {"Frobnicate": {}}, 1),
+        Entry(LogId(1, 1, 2), {"Insert": ["docs"]}, 1),
+        Entry(LogId(1, 1, 3), {"Insert": {"collection": "docs", "document": {}, "v": 2}}, 1),
+        insert(4, 1),
+    ]
+    outcomes = yield node.sm.apply(entries)
+    assert [o.ok for o in outcomes] == [False, False, False, True]
+    assert [o.value.message for o in outcomes[:3]] == [
+        "unknown operation: Frobnicate",
+        "malformed operation",
+        "unsupported operation version: Insert v2 (this server applies up to v1)",
+    ]
+    assert outcomes[3].value == {"id": 1}
+    assert node.engine.last_applied() == 4
+
+
+@pytest_twisted.inlineCallbacks
 def test_a_snapshot_carries_documents_and_users(nodes: Any) -> Any:
     leader, follower = nodes["leader"], nodes["follower"]
     yield leader.sm.apply([insert(i, i) for i in range(1, 101)])

@@ -16,6 +16,7 @@ from twisted.logger import capturedLogs
 from oxidb.config import Config
 from oxidb.engine import procedures, transactions
 from oxidb.engine.engine import Engine
+from oxidb.engine.operations import Operation, Update
 from oxidb.engine.schedules import format_timestamp, is_due, new_schedule, parse_cron, parse_interval
 from oxidb.errors import ScheduleError
 from oxidb.server.scheduler import Scheduler
@@ -415,8 +416,8 @@ class FlakyExecutor(SynchronousExecutor):
             return fail(RuntimeError("disk on fire"))
         return super().read(fn, *args, **kwargs)
 
-    def write(self, op: dict[str, Any]) -> "Deferred[Any]":
-        if self.write_failures and "Update" in op:
+    def write(self, op: Operation) -> "Deferred[Any]":
+        if self.write_failures and isinstance(op, Update):
             self.write_failures -= 1
             return fail(RuntimeError("disk full"))
         return super().write(op)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from oxidb.engine import store, transactions
 from oxidb.engine.engine import Engine
+from oxidb.engine.operations import Operation
 from oxidb.engine.transactions import Transaction
 from oxidb.errors import (
     BadRequestError,
@@ -34,7 +35,7 @@ def engine(tmp_path: Any) -> Iterator[Engine]:
         yield engine
 
 
-def apply(engine: Engine, op: dict[str, Any]) -> Any:
+def apply(engine: Engine, op: Operation | dict[str, Any]) -> Any:
     return engine.apply(op, NOW)
 
 
@@ -285,7 +286,8 @@ def test_commit_operation_shape(engine: Engine) -> None:
     stage_insert(engine, tx, "c", [{"n": 5}, {"n": 6}])
     incarnation = engine.read(lambda reader: store.incarnation(reader.conn, "c"))
     assert isinstance(incarnation, str) and incarnation
-    assert tx.commit_operation() == {
+    op = tx.commit_operation()
+    assert op is not None and op.to_json() == {
         "CommitTransaction": {
             "read_set": [["c", 1, 1], ["c", 2, 1], ["c", 4, 1]],
             "collections": {"c": incarnation},
@@ -293,13 +295,15 @@ def test_commit_operation_shape(engine: Engine) -> None:
                 {"op": "update", "collection": "c", "ids": [[1, 2], [4, 4]], "update": {"$set": {"x": 1}}},
                 {"op": "insert", "collection": "c", "first_id": 5, "documents": [{"n": 5}, {"n": 6}]},
             ],
+            "v": 1,
         }
     }
     # A read-only transaction still validates what it read.
     reader = Transaction(8)
     engine.read(reader.find, "c", {"n": 3})
-    assert reader.commit_operation() == {
-        "CommitTransaction": {"read_set": [["c", 3, 1]], "collections": {"c": incarnation}, "write_ops": []}
+    op = reader.commit_operation()
+    assert op is not None and op.to_json() == {
+        "CommitTransaction": {"read_set": [["c", 3, 1]], "collections": {"c": incarnation}, "write_ops": [], "v": 1}
     }
 
 

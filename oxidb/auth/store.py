@@ -21,13 +21,14 @@ import os
 import random
 import threading
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any, ClassVar, Iterable
 
 import attrs
 
 from oxidb.auth.passwords import SALT_LENGTH, PasswordSecrets, derive_secrets
 from oxidb.auth.rbac import Role
 from oxidb.auth.scram import ScramVerifier
+from oxidb.engine.operations import Operation
 from oxidb.errors import (
     BadRequestError,
     ConfigError,
@@ -253,90 +254,126 @@ def load_or_create_secret(directory: Path, rng: random.Random) -> bytes:
 
 # --- replicated operations ---------------------------------------------------
 #
-# The user commands reach the store as operations: C{{"CreateUser": body}},
-# C{{"DropUser": body}}, C{{"UpdateUser": body}}. Bodies carry hashes and
-# verifiers, never a password. Applying one is deterministic given the prior
-# state; an operation applied twice (replay after a crash) gives the same
-# state. Each returns the reply's data or raises an OxiError.
+# The user commands reach the store as operations: L{CreateUser},
+# L{DropUser}, L{UpdateUser} (JSON: C{{"CreateUser": <record>}}, ...).
+# Bodies carry hashes and verifiers, never a password. Applying one
+# (C{apply_to(store)}) is deterministic given the prior state; an operation
+# applied twice (replay after a crash) gives the same state. Each returns the
+# reply's data or raises an OxiError.
 
 
-def create_user_op(username: str, role: Role, secrets: PasswordSecrets) -> dict[str, Any]:
-    record = UserRecord(username, role, secrets.password_hash, secrets.verifier)
-    return {"CreateUser": record.to_json()}
-
-
-def update_user_op(username: str, role: Role | None, secrets: PasswordSecrets | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"username": username}
-    if role is not None:
-        body["role"] = role.stored
-    if secrets is not None:
-        body.update(secrets.to_fields())
-    return {"UpdateUser": body}
-
-
-def drop_user_op(username: str) -> dict[str, Any]:
-    return {"DropUser": {"username": username}}
-
-
-def apply_create_user(store: UserStore, body: Any, now: float) -> str:
-    try:
-        record = UserRecord.from_json(body)
-    except ValueError as e:
-        raise BadRequestError(f"malformed CreateUser operation: {e}") from None
-    store.create(record)
-    return "user created"
-
-
-def apply_drop_user(store: UserStore, body: Any, now: float) -> str:
-    store.drop(_op_username(body, "DropUser"))
-    return "user dropped"
-
-
-def apply_update_user(store: UserStore, body: Any, now: float) -> str:
-    username = _op_username(body, "UpdateUser")
-    role = None
-    if "role" in body:
-        role = _STORED_ROLES.get(body["role"])
-        if role is None:
-            raise BadRequestError(f"malformed UpdateUser operation: unknown role {body['role']!r}")
-    secrets = None
-    if "password_hash" in body:
-        verifier = ScramVerifier.from_fields(body)
-        if not isinstance(body["password_hash"], str) or verifier is None:
-            raise BadRequestError("malformed UpdateUser operation: bad password fields")
-        secrets = PasswordSecrets(body["password_hash"], verifier)
-    store.update(username, role, secrets)
-    return "user updated"
-
-
-def _op_username(body: Any, kind: str) -> str:
-    username = body.get("username") if isinstance(body, dict) else None
+def _username_of(body: dict[str, Any], kind: str) -> str:
+    username = body.get("username")
     if not isinstance(username, str):
         raise BadRequestError(f"malformed {kind} operation: missing 'username'")
     return username
 
 
-#: Op kind -> C{applier(store, body, now)}.
-APPLIERS = {
-    "CreateUser": apply_create_user,
-    "DropUser": apply_drop_user,
-    "UpdateUser": apply_update_user,
-}
+@attrs.frozen
+class CreateUser(Operation):
+    """Add a user: C{"user created"}. The body is the record's C{users.json} shape."""
+
+    KIND: ClassVar[str] = "CreateUser"
+
+    record: UserRecord
+
+    def to_body(self) -> dict[str, Any]:
+        return self.record.to_json()
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], version: int) -> "CreateUser":
+        try:
+            return cls(UserRecord.from_json(body))
+        except ValueError as e:
+            raise BadRequestError(f"malformed CreateUser operation: {e}") from None
+
+    def apply_to(self, store: "UserStore") -> str:
+        store.create(self.record)
+        return "user created"
+
+
+@attrs.frozen
+class DropUser(Operation):
+    KIND: ClassVar[str] = "DropUser"
+
+    username: str
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], version: int) -> "DropUser":
+        return cls(_username_of(body, cls.KIND))
+
+    def apply_to(self, store: "UserStore") -> str:
+        store.drop(self.username)
+        return "user dropped"
+
+
+@attrs.frozen
+class UpdateUser(Operation):
+    """Change a user's role, password secrets, or both (C{None}: unchanged)."""
+
+    KIND: ClassVar[str] = "UpdateUser"
+
+    username: str
+    role: Role | None = None
+    secrets: PasswordSecrets | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"username": self.username}
+        if self.role is not None:
+            body["role"] = self.role.stored
+        if self.secrets is not None:
+            body.update(self.secrets.to_fields())
+        return body
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], version: int) -> "UpdateUser":
+        username = _username_of(body, cls.KIND)
+        role = None
+        if "role" in body:
+            role = _STORED_ROLES.get(body["role"]) if isinstance(body["role"], str) else None
+            if role is None:
+                raise BadRequestError(f"malformed UpdateUser operation: unknown role {body['role']!r}")
+        secrets = None
+        if "password_hash" in body:
+            verifier = ScramVerifier.from_fields(body)
+            if not isinstance(body["password_hash"], str) or verifier is None:
+                raise BadRequestError("malformed UpdateUser operation: bad password fields")
+            secrets = PasswordSecrets(body["password_hash"], verifier)
+        return cls(username, role, secrets)
+
+    def apply_to(self, store: "UserStore") -> str:
+        store.update(self.username, self.role, self.secrets)
+        return "user updated"
+
+
+#: The user operation types.
+OPERATIONS: tuple[type[CreateUser] | type[DropUser] | type[UpdateUser], ...] = (CreateUser, DropUser, UpdateUser)
+
+
+def create_user_op(username: str, role: Role, secrets: PasswordSecrets) -> CreateUser:
+    return CreateUser(UserRecord(username, role, secrets.password_hash, secrets.verifier))
+
+
+def update_user_op(username: str, role: Role | None, secrets: PasswordSecrets | None) -> UpdateUser:
+    return UpdateUser(username, role, secrets)
+
+
+def drop_user_op(username: str) -> DropUser:
+    return DropUser(username)
 
 
 def register_appliers(engine: Any, store: UserStore) -> None:
     """
-    Teach the storage engine the user operations
-    (C{engine.register_applier(kind, fn(txn, body, now))}). They run on its
-    writer thread, standalone and when Raft applies a committed entry, so
-    every node rewrites its own C{users.json}.
+    Teach the storage engine the user operations, applied to C{store}. They
+    run on its writer thread, standalone and when Raft applies a committed
+    entry, so every node rewrites its own C{users.json}.
     """
-    for kind, apply in APPLIERS.items():
-        engine.register_applier(kind, functools.partial(_engine_applier, apply, store))
+    for op_type in OPERATIONS:
+        engine.register_operation(op_type, functools.partial(_apply_to, store))
 
 
-def _engine_applier(apply: Callable[[UserStore, Any, float], str], store: UserStore, txn: Any, body: Any, now: float) -> str:
-    return apply(store, body, now)
+def _apply_to(store: UserStore, txn: Any, op: CreateUser | DropUser | UpdateUser, now: float) -> str:
+    return op.apply_to(store)
 
 
 # --- first start --------------------------------------------------------------

@@ -13,6 +13,8 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
+    from oxidb.engine.operations import Operation
+
     from oxidb.server.session import Session
 
 
@@ -26,14 +28,14 @@ class IExecutor(Interface):
     def read(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
         """Run C{fn(*args, **kwargs)} off the reactor thread."""
 
-    def write(op: dict[str, Any]) -> "Deferred[Any]":
+    def write(op: "Operation") -> "Deferred[Any]":
         """
         Apply one state change and fire with its result (the reply's data).
 
-        C{op} is a single-key dict in the shape of the Raft log's request
-        payload (server.md 8.6), e.g. C{{"Insert": {"collection": "c",
-        "document": {...}}}}. It must be JSON-serialisable and applying it
-        must be deterministic given the same prior state and C{now}.
+        C{op} is an L{oxidb.engine.operations.Operation}, e.g.
+        C{Insert(collection="c", document={...})}; its C{to_json()} is what
+        the Raft log carries (server.md 8.6), and applying it is
+        deterministic given the same prior state and C{now}.
         """
 
 
@@ -62,7 +64,7 @@ class CommandContext:
     def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
         return self.services.executor.read(fn, *args, **kwargs)
 
-    def write(self, op: dict[str, Any]) -> "Deferred[Any]":
+    def write(self, op: "Operation") -> "Deferred[Any]":
         return self.services.executor.write(op)
 
     @property

@@ -40,7 +40,7 @@ def _bucket_and_key(request: dict[str, Any]) -> tuple[str, str]:
 
 
 def create_bucket(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
-    return ctx.write({"CreateBucket": {"bucket": _bucket(request)}})
+    return ctx.write(blobs.CreateBucket(_bucket(request)))
 
 
 def list_buckets(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
@@ -48,7 +48,7 @@ def list_buckets(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]
 
 
 def delete_bucket(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
-    return ctx.write({"DeleteBucket": {"bucket": _bucket(request)}})
+    return ctx.write(blobs.DeleteBucket(_bucket(request)))
 
 
 def put_object(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
@@ -62,8 +62,11 @@ def put_object(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
     if content_type is None:
         content_type = blobs.DEFAULT_CONTENT_TYPE
     metadata = blobs.clean_metadata(request.get("metadata"))
-    op = blobs.put_operation(bucket, key, data, content_type, metadata)
-    d = ctx.read(blobs.prepare_put, data, content_type, metadata)
+    engine = ctx.engine
+    if engine is None:
+        raise UnavailableError("storage engine is not available")
+    op = blobs.PutObject(bucket, key, data, content_type, metadata)
+    d = ctx.read(blobs.prepare_put, engine.prepared_puts, data, content_type, metadata)
     d.addCallback(lambda _: ctx.write(op))
     return d
 
@@ -78,7 +81,7 @@ def head_object(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]"
 
 def delete_object(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
     bucket, key = _bucket_and_key(request)
-    return ctx.write({"DeleteObject": {"bucket": bucket, "key": key}})
+    return ctx.write(blobs.DeleteObject(bucket, key))
 
 
 def list_objects(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from oxidb.commands._args import require_collection
 from oxidb.commands._registry import Command
+from oxidb.engine.operations import Compact, CreateCollection, DropCollection
 from oxidb.engine.store import is_reserved_collection
 from oxidb.errors import UnavailableError
 
@@ -32,7 +33,7 @@ def engine_of(ctx: "CommandContext") -> Any:
 
 def create_collection(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{"collection created"}; C{collection already exists: <name>} if it does."""
-    return ctx.write({"CreateCollection": {"name": require_collection(request)}})
+    return ctx.write(CreateCollection(require_collection(request)))
 
 
 def list_collections(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
@@ -43,12 +44,12 @@ def list_collections(ctx: "CommandContext", request: dict[str, Any]) -> "Deferre
 
 def drop_collection(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{"collection dropped"}, also for an unknown collection."""
-    return ctx.write({"DropCollection": {"name": require_collection(request)}})
+    return ctx.write(DropCollection(require_collection(request)))
 
 
 def compact(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{{"old_size", "new_size", "docs_kept"}} (see L{oxidb.engine.writes.WriteTxn.compact})."""
-    return ctx.write({"Compact": {"collection": require_collection(request)}})
+    return ctx.write(Compact(require_collection(request)))
 
 
 COMMANDS = [

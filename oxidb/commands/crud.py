@@ -17,7 +17,8 @@ server's time limit (see docs/security.md, "Limits").
 Transaction seam. When a transaction is open on the connection
 (C{ctx.session.tx}, an L{oxidb.commands.transactions.ISessionTransaction}),
 every command here hands over to it: writes call C{tx.buffer(ctx, op)} with
-the very operation they would have written; C{find}, C{find_one} and
+the very operation (an L{oxidb.engine.operations.Operation}) they would have
+written; C{find}, C{find_one} and
 C{count} call C{tx.find}/C{tx.find_one}/C{tx.count}. Unlike v0.15, none
 bypasses the transaction (see docs/transactions.md).
 """
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from oxidb.commands._args import is_uint, max_time_ms, require_collection, require_list, require_present
 from oxidb.commands._registry import Command
 from oxidb.commands.collections import engine_of
+from oxidb.engine.operations import Delete, DeleteOne, Insert, InsertMany, Operation, Update, UpdateOne
 from oxidb.errors import BadRequestError
 from oxidb.wire.codec import RawJSON
 
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from oxidb.commands._context import CommandContext
 
 
-def _write(ctx: "CommandContext", op: dict[str, Any]) -> Any:
+def _write(ctx: "CommandContext", op: Operation) -> Any:
     tx = ctx.session.tx
     if tx is not None:
         return tx.buffer(ctx, op)
@@ -60,14 +62,14 @@ def insert(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     """C{{"id": n}}."""
     collection = require_collection(request)
     document = require_present(request, "doc")
-    return _write(ctx, {"Insert": {"collection": collection, "document": document}})
+    return _write(ctx, Insert(collection, document))
 
 
 def insert_many(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     """The new ids, consecutive, all-or-nothing."""
     collection = require_collection(request)
     documents = require_list(request, "docs", "missing or invalid 'docs' array")
-    return _write(ctx, {"InsertMany": {"collection": collection, "documents": documents}})
+    return _write(ctx, InsertMany(collection, documents))
 
 
 def find(ctx: "CommandContext", request: dict[str, Any]) -> Any:
@@ -111,22 +113,21 @@ def count(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     return d
 
 
-def _update(kind: str, ctx: "CommandContext", request: dict[str, Any]) -> Any:
+def _update(kind: type[Update] | type[UpdateOne], ctx: "CommandContext", request: dict[str, Any]) -> Any:
     collection = require_collection(request)
     query = require_present(request, "query")
     update = require_present(request, "update")
-    op = {kind: {"collection": collection, "query": query, "update": update}}
-    return _write(ctx, op)
+    return _write(ctx, kind(collection, query, update))
 
 
 def update(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     """C{{"modified": n}}: every matching document, all-or-nothing."""
-    return _update("Update", ctx, request)
+    return _update(Update, ctx, request)
 
 
 def update_one(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     """C{{"modified": 0 | 1}}: the matching document with the lowest C{_id}."""
-    return _update("UpdateOne", ctx, request)
+    return _update(UpdateOne, ctx, request)
 
 
 def delete(ctx: "CommandContext", request: dict[str, Any]) -> Any:
@@ -136,20 +137,17 @@ def delete(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     """
     collection = require_collection(request)
     query = require_present(request, "query")
-    body: dict[str, Any] = {"collection": collection, "query": query}
     limit = request.get("limit")
-    if limit is not None:
-        if not is_uint(limit):
-            raise BadRequestError("'limit' must be a non-negative integer")
-        body["limit"] = limit
-    return _write(ctx, {"Delete": body})
+    if limit is not None and not is_uint(limit):
+        raise BadRequestError("'limit' must be a non-negative integer")
+    return _write(ctx, Delete(collection, query, limit))
 
 
 def delete_one(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     """C{{"deleted": 0 | 1}}: the matching document with the lowest C{_id}."""
     collection = require_collection(request)
     query = require_present(request, "query")
-    return _write(ctx, {"DeleteOne": {"collection": collection, "query": query}})
+    return _write(ctx, DeleteOne(collection, query))
 
 
 COMMANDS = [

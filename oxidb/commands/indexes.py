@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from oxidb.commands._args import max_time_ms, optional_uint, require_collection, require_list, require_str
 from oxidb.commands._registry import Command
 from oxidb.commands.collections import engine_of
+from oxidb.engine.operations import CreateCompositeIndex, CreateIndex, CreateTextIndex, CreateUniqueIndex, DropIndex
 from oxidb.engine.textindex import DEFAULT_LIMIT
 from oxidb.errors import BadRequestError
 
@@ -31,26 +32,26 @@ def create_index(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[An
     """C{"index created"}; idempotent."""
     collection = require_collection(request)
     field = require_str(request, "field")
-    return ctx.write({"CreateIndex": {"collection": collection, "field": field}})
+    return ctx.write(CreateIndex(collection, field))
 
 
 def create_unique_index(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{"unique index created"}; upgrades a plain index on the field."""
     collection = require_collection(request)
     field = require_str(request, "field")
-    return ctx.write({"CreateUniqueIndex": {"collection": collection, "field": field}})
+    return ctx.write(CreateUniqueIndex(collection, field))
 
 
 def create_composite_index(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{{"index": "<fields joined by _>"}}."""
     collection = require_collection(request)
-    return ctx.write({"CreateCompositeIndex": {"collection": collection, "fields": _fields(request)}})
+    return ctx.write(CreateCompositeIndex(collection, _fields(request)))
 
 
 def create_text_index(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{"text index created"}; an existing text index keeps its fields."""
     collection = require_collection(request)
-    return ctx.write({"CreateTextIndex": {"collection": collection, "fields": _fields(request)}})
+    return ctx.write(CreateTextIndex(collection, _fields(request)))
 
 
 def list_indexes(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
@@ -62,7 +63,7 @@ def drop_index(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]
     """C{"index dropped"}, or C{index not found: <name>}."""
     collection = require_collection(request)
     index = require_str(request, "index")
-    return ctx.write({"DropIndex": {"collection": collection, "index": index}})
+    return ctx.write(DropIndex(collection, index))
 
 
 def text_search(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":

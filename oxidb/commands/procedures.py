@@ -27,7 +27,8 @@ from oxidb.commands._registry import Command
 from oxidb.commands.collections import engine_of
 from oxidb.commands.transactions import commit, new_transaction
 from oxidb.engine import procedures, schedules
-from oxidb.engine.procedures import PROCEDURES, PUT_PROCEDURE, PUT_SCHEDULE, Finished
+from oxidb.engine.operations import Delete, Update
+from oxidb.engine.procedures import PROCEDURES, Finished, PutProcedure, PutSchedule
 from oxidb.engine.schedules import SCHEDULES
 from oxidb.errors import OxiError, ProcedureNotFoundError, ScheduleError
 
@@ -87,7 +88,7 @@ def create_procedure(ctx: "CommandContext", request: dict[str, Any]) -> "Deferre
     """C{"procedure created"}; the whole request is the stored definition."""
     require_str(request, "name")
     procedures.parse_procedure(request)
-    return ctx.write({PUT_PROCEDURE: {"document": request}})
+    return ctx.write(PutProcedure(request))
 
 
 def call_procedure(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
@@ -114,7 +115,7 @@ def get_procedure(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[A
 def delete_procedure(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{"procedure deleted"}. Schedules naming it stay, and record errors."""
     name = require_str(request, "name")
-    d = ctx.write({"Delete": {"collection": PROCEDURES, "query": {"name": name}}})
+    d = ctx.write(Delete(PROCEDURES, {"name": name}))
     return d.addCallback(_changed("deleted", "procedure deleted", ProcedureNotFoundError(name)))
 
 
@@ -128,7 +129,7 @@ def _not_found(name: str) -> ScheduleError:
 def create_schedule(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     """C{"schedule created"} (create or replace, with a fresh run state)."""
     require_str(request, "name")
-    return ctx.write({PUT_SCHEDULE: {"document": schedules.new_schedule(request)}})
+    return ctx.write(PutSchedule(schedules.new_schedule(request)))
 
 
 def list_schedules(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
@@ -145,14 +146,14 @@ def get_schedule(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[An
 
 def delete_schedule(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     name = require_str(request, "name")
-    d = ctx.write({"Delete": {"collection": SCHEDULES, "query": {"name": name}}})
+    d = ctx.write(Delete(SCHEDULES, {"name": name}))
     return d.addCallback(_changed("deleted", "schedule deleted", _not_found(name)))
 
 
 def _switch(ctx: "CommandContext", request: dict[str, Any], enabled: bool) -> "Deferred[Any]":
     name = require_str(request, "name")
     update = {"$set": {"enabled": enabled}}
-    d = ctx.write({"Update": {"collection": SCHEDULES, "query": {"name": name}, "update": update}})
+    d = ctx.write(Update(SCHEDULES, {"name": name}, update))
     reply = "schedule enabled" if enabled else "schedule disabled"
     return d.addCallback(_changed("modified", reply, _not_found(name)))
 

@@ -33,6 +33,7 @@ from zope.interface import Interface, implementer
 
 from oxidb.commands._registry import Command
 from oxidb.commands.collections import engine_of
+from oxidb.engine.operations import Delete, DeleteOne, Insert, InsertMany, Operation, Update, UpdateOne
 from oxidb.engine.transactions import Transaction, reserve_operation
 from oxidb.errors import (
     DocumentNotObjectError,
@@ -60,11 +61,11 @@ class ISessionTransaction(Interface):
     the number).
     """
 
-    def buffer(ctx: "CommandContext", op: dict[str, Any]) -> Any:
+    def buffer(ctx: "CommandContext", op: Operation) -> Any:
         """
-        Buffer the write operation a handler would have written: C{Insert},
-        C{InsertMany}, C{Update}, C{UpdateOne}, C{Delete} (with its optional
-        C{limit}) or C{DeleteOne}.
+        Buffer the write operation a handler would have written: L{Insert},
+        L{InsertMany}, L{Update}, L{UpdateOne}, L{Delete} (with its optional
+        C{limit}) or L{DeleteOne}.
         """
 
     def find(ctx: "CommandContext", collection: str, query: Any, sort: Any, skip: Any, limit: Any) -> Any:
@@ -87,24 +88,30 @@ class SessionTransaction:
     def _read(self, ctx: "CommandContext", fn: Any, *args: Any) -> "Deferred[Any]":
         return ctx.read(engine_of(ctx).read, fn, *args)
 
-    def buffer(self, ctx: "CommandContext", op: dict[str, Any]) -> "Deferred[Any]":
-        ((kind, body),) = op.items()
-        collection = body["collection"]
-        if kind == "Insert":
-            d = self._insert(ctx, collection, [body["document"]])
-            return d.addCallback(lambda ids: {"id": ids[0]})
-        if kind == "InsertMany":
-            return self._insert(ctx, collection, body["documents"])
-        if kind in ("Update", "UpdateOne"):
-            limit = 1 if kind == "UpdateOne" else None
-            now = ctx.services.clock.seconds()
-            d = self._read(ctx, self.tx.stage_update, collection, body["query"], body["update"], now, limit)
-        elif kind in ("Delete", "DeleteOne"):
-            limit = 1 if kind == "DeleteOne" else body.get("limit")
-            d = self._read(ctx, self.tx.stage_delete, collection, body["query"], limit)
-        else:
-            raise ValueError(f"not a transactional operation: {kind}")
+    def buffer(self, ctx: "CommandContext", op: Operation) -> "Deferred[Any]":
+        match op:
+            case Insert(collection=collection, document=document):
+                d = self._insert(ctx, collection, [document])
+                return d.addCallback(lambda ids: {"id": ids[0]})
+            case InsertMany(collection=collection, documents=documents):
+                return self._insert(ctx, collection, documents)
+            case Update(collection=collection, query=query, update=update):
+                d = self._stage_update(ctx, collection, query, update, None)
+            case UpdateOne(collection=collection, query=query, update=update):
+                d = self._stage_update(ctx, collection, query, update, 1)
+            case Delete(collection=collection, query=query, limit=limit):
+                d = self._read(ctx, self.tx.stage_delete, collection, query, limit)
+            case DeleteOne(collection=collection, query=query):
+                d = self._read(ctx, self.tx.stage_delete, collection, query, 1)
+            case _:
+                raise ValueError(f"not a transactional operation: {op.KIND}")
         return d.addCallback(lambda _: "buffered")
+
+    def _stage_update(
+        self, ctx: "CommandContext", collection: str, query: Any, update: Any, limit: int | None
+    ) -> "Deferred[Any]":
+        now = ctx.services.clock.seconds()
+        return self._read(ctx, self.tx.stage_update, collection, query, update, now, limit)
 
     def _insert(self, ctx: "CommandContext", collection: str, documents: list[Any]) -> "Deferred[list[int]]":
         if any(type(doc) is not dict for doc in documents):

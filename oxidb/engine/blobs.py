@@ -26,10 +26,8 @@ Scores are L{oxidb.engine.textindex.score}'s, with C{N} and C{df} over every
 bucket; a C{bucket} filter only selects what is returned. Ties are ordered by
 bucket, then key.
 
-Operations (their shapes are the Raft log's, server.md 8.6):
-C{{"CreateBucket": {"bucket"}}}, C{{"DeleteBucket": {"bucket"}}},
-C{{"PutObject": {"bucket", "key", "data_b64", "content_type", "metadata"}}},
-C{{"DeleteObject": {"bucket", "key"}}}.
+Operations (L{OPERATIONS}; their JSON forms are the Raft log's, server.md
+8.6): L{CreateBucket}, L{DeleteBucket}, L{PutObject}, L{DeleteObject}.
 """
 
 from __future__ import annotations
@@ -42,13 +40,15 @@ import sqlite3
 import threading
 import time
 import zlib
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import attrs
 import orjson
 
 from oxidb.engine import blobtext, store, textindex, textstore
 from oxidb.engine.governor import DEFAULT_LIMITS, NO_DEADLINE, approx_size, reply_cap
+from oxidb.engine.operations import Operation, check
+from oxidb.engine.writes import WriteTxn
 from oxidb.errors import (
     BadRequestError,
     BlobNotFoundError,
@@ -279,16 +279,22 @@ def _prepare(data_b64: object, content_type: str, metadata: dict[str, str]) -> P
     return PreparedPut(data_b64, content_type, metadata, data, etag_of(data), postings)
 
 
-class _PreparedPuts:
+#: Bytes (base64 and decoded) an engine's L{PreparedPuts} holds at most.
+PREPARED_MAX_BYTES = 64 * 1024 * 1024
+
+
+class PreparedPuts:
     """
     Puts prepared by request handlers (on the thread pool) and waiting for
     the writer. Keyed by the identity of the operation's base64 string, which
     the entry keeps alive, so a hit is the very same data. Bounded by the
     bytes held (base64 and decoded); an evicted or missing entry only means
-    the applier does the work itself.
+    the applier does the work itself. Each engine owns one
+    (C{engine.prepared_puts}): identities are only compared with the puts of
+    the writer they were prepared for.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int = PREPARED_MAX_BYTES) -> None:
         self._max_bytes = max_bytes
         self._bytes = 0
         self._entries: collections.OrderedDict[int, PreparedPut] = collections.OrderedDict()
@@ -322,35 +328,25 @@ def _footprint(prepared: PreparedPut) -> int:
     return len(prepared.data) + len(prepared.data_b64)
 
 
-_PREPARED = _PreparedPuts(max_bytes=64 * 1024 * 1024)
-
-
-def prepare_put(data_b64: object, content_type: str, metadata: dict[str, str]) -> PreparedPut:
+def prepare_put(prepared_puts: PreparedPuts, data_b64: object, content_type: str, metadata: dict[str, str]) -> PreparedPut:
     """
     Validate and decode a put's data and compute its postings (blocking,
     CPU-heavy for big text: call it on the thread pool). The result is kept
-    for the applier of an operation carrying the same C{data_b64} object, so
-    the writer thread does not redo the work.
+    in C{prepared_puts} (the engine's) for the applier of an operation
+    carrying the same C{data_b64} object, so the writer thread does not redo
+    the work.
 
     @raise BadRequestError: bad base64.
     @raise TooLargeError: more than L{MAX_OBJECT_BYTES}.
     """
     prepared = _prepare(data_b64, content_type, metadata)
-    _PREPARED.add(prepared)
+    prepared_puts.add(prepared)
     return prepared
 
 
-def put_operation(bucket: str, key: str, data_b64: str, content_type: str, metadata: dict[str, str]) -> dict[str, Any]:
+def put_operation(bucket: str, key: str, data_b64: str, content_type: str, metadata: dict[str, str]) -> "PutObject":
     """The C{PutObject} operation."""
-    return {
-        "PutObject": {
-            "bucket": bucket,
-            "key": key,
-            "data_b64": data_b64,
-            "content_type": content_type,
-            "metadata": metadata,
-        }
-    }
+    return PutObject(bucket, key, data_b64, content_type, metadata)
 
 
 # --- schema -----------------------------------------------------------------
@@ -443,13 +439,14 @@ def put_object(
     content_type: object,
     metadata: object,
     now: float,
+    prepared: PreparedPut | None = None,
 ) -> dict[str, Any]:
     """
     Store an object (creating its bucket), replacing any object under the
     same key with its content, metadata and C{created_at}; index its text.
-    The metadata record (engine.md 7.3).
+    The metadata record (engine.md 7.3). C{prepared}: the work
+    L{prepare_put} did for this put, if any.
     """
-    prepared = _PREPARED.take(data_b64)
     name = validate_bucket_name(bucket)
     key = validate_key(key)
     kind = content_type if isinstance(content_type, str) else DEFAULT_CONTENT_TYPE
@@ -506,47 +503,103 @@ def _check_bucket(conn: sqlite3.Connection, bucket: str) -> None:
         raise BucketNotFoundError(bucket)
 
 
-# --- appliers ---------------------------------------------------------------
+# --- operations -------------------------------------------------------------
 
 
-def _op_body(body: object) -> dict[str, Any]:
-    if type(body) is not dict:
-        raise BadRequestError("malformed operation")
-    return body
+def _bucket_field(instance: Any, attribute: Any, value: Any) -> None:
+    validate_bucket_name(value)
 
 
-def apply_create_bucket(txn: Any, body: object, now: float) -> str:
-    return create_bucket(txn.conn, _op_body(body).get("bucket"))
+def _key_field(instance: Any, attribute: Any, value: Any) -> None:
+    validate_key(value)
 
 
-def apply_delete_bucket(txn: Any, body: object, now: float) -> str:
-    return delete_bucket(txn.conn, _op_body(body).get("bucket"))
+@attrs.frozen
+class CreateBucket(Operation):
+    """C{{"CreateBucket": {"bucket"}}}: C{"bucket created"} (also when it exists)."""
+
+    KIND: ClassVar[str] = "CreateBucket"
+
+    bucket: str = attrs.field(validator=_bucket_field)
+
+    def apply(self, txn: WriteTxn, now: float) -> Any:
+        return create_bucket(txn.conn, self.bucket)
 
 
-def apply_put_object(txn: Any, body: object, now: float) -> dict[str, Any]:
-    op = _op_body(body)
-    return put_object(
-        txn.conn, op.get("bucket"), op.get("key"), op.get("data_b64"), op.get("content_type"), op.get("metadata"), now
+@attrs.frozen
+class DeleteBucket(Operation):
+    """C{{"DeleteBucket": {"bucket"}}}: its objects go with it."""
+
+    KIND: ClassVar[str] = "DeleteBucket"
+
+    bucket: str = attrs.field(validator=_bucket_field)
+
+    def apply(self, txn: WriteTxn, now: float) -> Any:
+        return delete_bucket(txn.conn, self.bucket)
+
+
+@attrs.frozen
+class PutObject(Operation):
+    """
+    C{{"PutObject": {"bucket", "key", "data_b64", "content_type",
+    "metadata"}}}: the object's record. A C{content_type} that is not a
+    string is the default one and the metadata keeps its string values
+    only, as decoded.
+    """
+
+    KIND: ClassVar[str] = "PutObject"
+
+    bucket: str = attrs.field(validator=_bucket_field)
+    key: str = attrs.field(validator=_key_field)
+    data_b64: str = attrs.field(
+        validator=check(lambda value: isinstance(value, str), lambda: BadRequestError("missing 'data' (base64)"))
     )
+    content_type: str = attrs.field(default=DEFAULT_CONTENT_TYPE, validator=attrs.validators.instance_of(str))
+    metadata: dict[str, str] = attrs.Factory(dict)
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], version: int) -> "PutObject":
+        content_type = body.get("content_type")
+        return cls(
+            body.get("bucket"),  # type: ignore[arg-type]
+            body.get("key"),  # type: ignore[arg-type]
+            body.get("data_b64"),  # type: ignore[arg-type]
+            content_type if isinstance(content_type, str) else DEFAULT_CONTENT_TYPE,
+            clean_metadata(body.get("metadata")),
+        )
+
+    def apply(self, txn: WriteTxn, now: float) -> Any:
+        # Registered with the engine's prepared puts (see register_appliers).
+        return put_object(txn.conn, self.bucket, self.key, self.data_b64, self.content_type, self.metadata, now)
 
 
-def apply_delete_object(txn: Any, body: object, now: float) -> str:
-    op = _op_body(body)
-    return delete_object(txn.conn, op.get("bucket"), op.get("key"))
+@attrs.frozen
+class DeleteObject(Operation):
+    """C{{"DeleteObject": {"bucket", "key"}}}."""
+
+    KIND: ClassVar[str] = "DeleteObject"
+
+    bucket: str = attrs.field(validator=_bucket_field)
+    key: str = attrs.field(validator=_key_field)
+
+    def apply(self, txn: WriteTxn, now: float) -> Any:
+        return delete_object(txn.conn, self.bucket, self.key)
 
 
-APPLIERS = {
-    "CreateBucket": apply_create_bucket,
-    "DeleteBucket": apply_delete_bucket,
-    "PutObject": apply_put_object,
-    "DeleteObject": apply_delete_object,
-}
+#: The blob operation types.
+OPERATIONS: tuple[type[Operation], ...] = (CreateBucket, DeleteBucket, PutObject, DeleteObject)
 
 
 def register_appliers(engine: Any) -> None:
     """Teach an engine the blob operations (before it applies any)."""
-    for kind, applier in APPLIERS.items():
-        engine.register_applier(kind, applier)
+    prepared_puts: PreparedPuts = engine.prepared_puts
+
+    def apply_put(txn: WriteTxn, op: PutObject, now: float) -> dict[str, Any]:
+        prepared = prepared_puts.take(op.data_b64)
+        return put_object(txn.conn, op.bucket, op.key, op.data_b64, op.content_type, op.metadata, now, prepared)
+
+    for op_type in OPERATIONS:
+        engine.register_operation(op_type, apply_put if op_type is PutObject else None)
 
 
 # --- reads (any thread, with C{engine.read(fn, ...)}) -----------------------

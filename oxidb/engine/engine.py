@@ -1,8 +1,9 @@
 """
 The document engine: collections of JSON documents in one SQLite database.
 
-Blocking and thread-safe. Writes are operations (single-key dicts shaped like
-the Raft log's request payload, server.md 8.6) applied by one writer thread
+Blocking and thread-safe. Writes are typed operations
+(L{oxidb.engine.operations}; their JSON form is the Raft log's request
+payload, server.md 8.6) applied by one writer thread
 with group commit (L{oxidb.engine.writer}); C{submit} returns a future that
 resolves once the operation's transaction is durable. Reads run on the
 calling thread with that thread's own reader connection, each in one read
@@ -26,11 +27,13 @@ from typing import Any, Callable, TypeVar
 
 from oxidb import filemodes
 from oxidb.engine import keys, store, textstore
+from oxidb.engine.blobs import PreparedPuts
 from oxidb.engine.governor import DEFAULT_LIMITS, Clock, Deadline, QueryLimits, time_limit_ms
+from oxidb.engine.operations import BUILTIN, EnsureCollection, Operation, OperationCodec, Rejected
 from oxidb.engine.reads import Reader
 from oxidb.engine.writer import Writer
 from oxidb.engine.writes import WriteTxn
-from oxidb.errors import BadRequestError, InvalidQueryError, UnavailableError
+from oxidb.errors import BadRequestError, InvalidQueryError, OxiError, UnavailableError
 from oxidb.limits import Limits
 
 T = TypeVar("T")
@@ -45,54 +48,13 @@ PROGRESS_STEPS = 20_000
 #: capped read can stop early.
 READ_LENGTH_LIMIT = 64 * 1024 * 1024
 
-#: C{fn(txn, body, now) -> data}: applies one operation kind on the writer
-#: thread (see L{Engine.register_applier}).
+#: C{fn(txn, op, now) -> data}: applies one operation type on the writer
+#: thread (see L{Engine.register_operation}).
 Applier = Callable[[WriteTxn, Any, float], Any]
 
 
-def _body(body: Any) -> dict[str, Any]:
-    if type(body) is not dict:
-        raise BadRequestError("malformed operation")
-    return body
-
-
-def _delete_limit(body: dict[str, Any]) -> int | None:
-    limit = body.get("limit")
-    if limit is None:
-        return None
-    if type(limit) is not int or limit < 0:
-        raise BadRequestError("'limit' must be a non-negative integer")
-    return limit
-
-
-_BUILTIN: dict[str, Applier] = {
-    "Insert": lambda txn, b, now: {"id": txn.insert(b.get("collection"), b.get("document"))},
-    "InsertMany": lambda txn, b, now: txn.insert_many(b.get("collection"), b.get("documents")),
-    "Update": lambda txn, b, now: {"modified": txn.update(b.get("collection"), b.get("query"), b.get("update"))},
-    "UpdateOne": lambda txn, b, now: {
-        "modified": txn.update(b.get("collection"), b.get("query"), b.get("update"), one=True)
-    },
-    "Delete": lambda txn, b, now: {"deleted": txn.delete(b.get("collection"), b.get("query"), _delete_limit(b))},
-    "DeleteOne": lambda txn, b, now: {"deleted": txn.delete(b.get("collection"), b.get("query"), 1)},
-    "CreateCollection": lambda txn, b, now: txn.create_collection(b.get("name")),
-    "DropCollection": lambda txn, b, now: txn.drop_collection(b.get("name")),
-    "EnsureCollection": lambda txn, b, now: txn.ensure_collection(b.get("name")) and None,
-    "Compact": lambda txn, b, now: txn.compact(b.get("collection")),
-    "CreateIndex": lambda txn, b, now: txn.create_index(b.get("collection"), b.get("field")),
-    "CreateUniqueIndex": lambda txn, b, now: txn.create_unique_index(b.get("collection"), b.get("field")),
-    "CreateCompositeIndex": lambda txn, b, now: txn.create_composite_index(b.get("collection"), b.get("fields")),
-    "CreateTextIndex": lambda txn, b, now: txn.create_text_index(b.get("collection"), b.get("fields")),
-    "DropIndex": lambda txn, b, now: txn.drop_index(b.get("collection"), b.get("index")),
-}
-
-#: Operations that name a collection in C{collection} and create it even when
-#: they then fail (engine.md 1.6: every command naming a collection does).
-_AUTO_CREATING = frozenset(
-    {
-        "Insert", "InsertMany", "Update", "UpdateOne", "Delete", "DeleteOne", "Compact",
-        "CreateIndex", "CreateUniqueIndex", "CreateCompositeIndex", "CreateTextIndex", "DropIndex",
-    }
-)
+def _apply_itself(txn: WriteTxn, op: Operation, now: float) -> Any:
+    return op.apply(txn, now)
 
 
 class Engine:
@@ -117,6 +79,11 @@ class Engine:
         (C{time.monotonic}; tests pass a fake one).
     @param progress_steps: SQLite steps between deadline checks inside a
         statement (L{PROGRESS_STEPS}).
+
+    @ivar codec: the L{OperationCodec} of every operation type this engine
+        applies (L{BUILTIN} and those registered).
+    @ivar prepared_puts: blob puts prepared off the writer thread for this
+        engine's writer (L{oxidb.engine.blobs.prepare_put}).
     """
 
     def __init__(
@@ -147,7 +114,9 @@ class Engine:
             self.limits = QueryLimits.from_limits(limits)
         self._clock = clock
         self._progress_steps = progress_steps
-        self._appliers: dict[str, Applier] = dict(_BUILTIN)
+        self.codec = OperationCodec(BUILTIN)
+        self._appliers: dict[type[Operation], Applier] = {op_type: _apply_itself for op_type in BUILTIN}
+        self.prepared_puts = PreparedPuts()
         self._writer: Writer | None = None
         self._writer_conn: sqlite3.Connection | None = None
         self._local = threading.local()
@@ -212,36 +181,49 @@ class Engine:
 
     # --- writes -----------------------------------------------------------
 
-    def register_applier(self, kind: str, fn: Applier) -> None:
+    def register_operation(self, op_type: type[Operation], applier: Applier | None = None) -> None:
         """
-        Add an operation kind. C{fn(txn, body, now)} runs on the writer thread
-        inside the batch's transaction and its own savepoint (an exception
-        rolls back only its changes and becomes the future's exception); it
-        returns the reply data. C{txn} is a L{WriteTxn}: the engine's write
-        primitives, reads that see the batch's uncommitted changes,
-        C{txn.conn} for tables of the caller's own and C{txn.savepoint()} for
-        nested all-or-nothing blocks. It must be deterministic given the
-        database state, C{body} and C{now}.
+        Teach the engine an operation type (and its kind to L{codec}).
+        C{applier(txn, op, now)} (default: C{op.apply(txn, now)}) runs on the
+        writer thread inside the batch's transaction and its own savepoint
+        (an exception rolls back only its changes and becomes the future's
+        exception); it returns the reply data. C{txn} is a L{WriteTxn}: the
+        engine's write primitives, reads that see the batch's uncommitted
+        changes, C{txn.conn} for tables of the caller's own and
+        C{txn.savepoint()} for nested all-or-nothing blocks. It must be
+        deterministic given the database state, C{op} and C{now}.
         """
-        if kind in self._appliers:
-            raise ValueError(f"operation kind registered twice: {kind}")
-        self._appliers[kind] = fn
+        self.codec.register(op_type)
+        self._appliers[op_type] = _apply_itself if applier is None else applier
 
-    def submit(self, op: dict[str, Any], now: float, raft_index: int | None = None) -> "Future[Any]":
+    def operation_of(self, payload: object) -> Operation:
+        """
+        The operation of a log payload (L{codec}); one that does not decode
+        becomes a L{Rejected} operation, which fails when applied.
+        """
+        try:
+            return self.codec.decode(payload)
+        except OxiError as e:
+            return Rejected(e)
+
+    def submit(self, op: Operation | dict[str, Any], now: float, raft_index: int | None = None) -> "Future[Any]":
         """
         Queue a write. The future resolves with the reply data, or fails with
         an L{oxidb.errors.OxiError}, after the transaction carrying it has
         committed. With C{raft_index}, the index is stored as
         L{last_applied} in that transaction; an operation whose index is not
-        above L{last_applied} is skipped (its result is C{None}).
+        above L{last_applied} is skipped (its result is C{None}). A dict is
+        an operation's JSON form (L{operation_of}).
         """
+        if not isinstance(op, Operation):
+            op = self.operation_of(op)
         if self._writer is None or not self._open:
             future: "Future[Any]" = Future()
             future.set_exception(UnavailableError("engine is closed"))
             return future
         return self._writer.submit(op, now, raft_index)
 
-    def apply(self, op: dict[str, Any], now: float, raft_index: int | None = None) -> Any:
+    def apply(self, op: Operation | dict[str, Any], now: float, raft_index: int | None = None) -> Any:
         """L{submit} and wait. Never call it from an applier (the writer thread)."""
         if self._writer is not None and self._writer.on_writer_thread():
             raise RuntimeError("Engine.apply called on the writer thread")
@@ -258,29 +240,26 @@ class Engine:
         """Transactions committed by the writer since L{open}."""
         return 0 if self._writer is None else self._writer.commits
 
-    def _prepare_op(self, op: dict[str, Any]) -> None:
-        if type(op) is not dict or len(op) != 1:
-            return
-        ((kind, body),) = op.items()
-        if kind in _AUTO_CREATING and type(body) is dict:
-            name = body.get("collection")
-            if isinstance(name, str):
-                assert self._writer_conn is not None
-                txn = WriteTxn(self._writer_conn, 0.0)
-                try:
-                    txn.ensure_collection(name)
-                except InvalidQueryError:
-                    pass  # an invalid name: the operation itself reports it
+    def _prepare_op(self, op: Operation) -> None:
+        name = op.auto_create()
+        if name is not None:
+            assert self._writer_conn is not None
+            txn = WriteTxn(self._writer_conn, 0.0)
+            try:
+                txn.ensure_collection(name)
+            except InvalidQueryError:
+                pass  # an invalid name: the operation itself reports it
 
-    def _apply_op(self, op: dict[str, Any], now: float) -> Any:
-        if type(op) is not dict or len(op) != 1:
-            raise BadRequestError("malformed operation")
-        ((kind, body),) = op.items()
-        applier = self._appliers.get(kind)
+    def _apply_op(self, op: Operation, now: float) -> Any:
+        applier = self._appliers.get(type(op))
         if applier is None:
-            raise BadRequestError(f"unknown operation: {kind}")
+            if isinstance(op, Rejected):
+                raise op.error
+            if isinstance(op, Operation):
+                raise BadRequestError(f"unknown operation: {op.KIND}")
+            raise BadRequestError("malformed operation")
         assert self._writer_conn is not None
-        return applier(WriteTxn(self._writer_conn, now), _body(body) if kind in _BUILTIN else body, now)
+        return applier(WriteTxn(self._writer_conn, now), op, now)
 
     # --- reads ------------------------------------------------------------
 
@@ -300,7 +279,7 @@ class Engine:
 
     def _auto_create(self, name: str) -> None:
         if self.auto_create_on_read:
-            self.apply({"EnsureCollection": {"name": name}}, 0.0)
+            self.apply(EnsureCollection(name), 0.0)
 
     def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """
@@ -442,4 +421,4 @@ def _refresh_derived(conn: sqlite3.Connection) -> None:
     store.set_meta(conn, "text_format", text_format)
 
 
-__all__ = ["Applier", "Engine", "WriteTxn"]
+__all__ = ["Applier", "Engine", "Operation", "WriteTxn"]

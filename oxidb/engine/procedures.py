@@ -30,16 +30,16 @@ v0.15 treats it as an always-true object, which no one can usefully rely on).
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Generator
+from typing import Any, Callable, ClassVar, Generator
 
 import attrs
 
+from oxidb.engine.operations import Operation, check, malformed
 from oxidb.engine.schedules import SCHEDULES
 from oxidb.engine.store import check_client_collection
-from oxidb.engine.transactions import Transaction, reserve_operation
+from oxidb.engine.transactions import ReserveIds, Transaction, reserve_operation
 from oxidb.engine.writes import WriteTxn
 from oxidb.errors import (
-    BadRequestError,
     DocumentNotObjectError,
     ProcedureError,
     ProcedureNotFoundError,
@@ -48,9 +48,6 @@ from oxidb.errors import (
 #: The collection holding procedure definitions.
 PROCEDURES = "_procedures"
 
-#: Operation kinds storing definitions (create-or-replace).
-PUT_PROCEDURE = "PutProcedure"
-PUT_SCHEDULE = "PutSchedule"
 
 MAX_STEPS = 10_000
 MAX_NESTING = 32
@@ -188,7 +185,7 @@ class Reserve:
     collection: str
     count: int
 
-    def operation(self) -> dict[str, Any]:
+    def operation(self) -> ReserveIds:
         return reserve_operation(self.collection, self.count)
 
 
@@ -452,11 +449,8 @@ def advance(procedure_run: Generator[Reserve, int, Any], value: Any) -> Reserve 
 # --- definition storage (writer thread) ----------------------------------------
 
 
-def _document_of(body: Any) -> dict[str, Any]:
-    document = body.get("document") if type(body) is dict else None
-    if type(document) is not dict or not isinstance(document.get("name"), str):
-        raise BadRequestError("malformed operation")
-    return document
+def _is_named_document(value: object) -> bool:
+    return type(value) is dict and isinstance(value.get("name"), str)
 
 
 def _replace(txn: WriteTxn, collection: str, document: dict[str, Any]) -> None:
@@ -466,27 +460,46 @@ def _replace(txn: WriteTxn, collection: str, document: dict[str, Any]) -> None:
     txn.insert(collection, document)
 
 
-def apply_put_procedure(txn: WriteTxn, body: Any, now: float) -> str:
-    """C{PutProcedure {document}}: create or replace a procedure definition."""
-    document = _document_of(body)
-    parse_procedure(document)
-    _replace(txn, PROCEDURES, document)
-    return "procedure created"
+@attrs.frozen
+class PutProcedure(Operation):
+    """Create or replace a procedure definition (C{document}, with its C{name}): C{"procedure created"}."""
+
+    KIND: ClassVar[str] = "PutProcedure"
+
+    document: dict[str, Any] = attrs.field(validator=check(_is_named_document, malformed))
+
+    def apply(self, txn: WriteTxn, now: float) -> str:
+        parse_procedure(self.document)
+        _replace(txn, PROCEDURES, self.document)
+        return "procedure created"
 
 
-def apply_put_schedule(txn: WriteTxn, body: Any, now: float) -> str:
-    """C{PutSchedule {document}}: create or replace a schedule; its procedure must exist."""
-    document = _document_of(body)
-    procedure = document.get("procedure")
-    if not isinstance(procedure, str):
-        raise BadRequestError("malformed operation")
-    if txn.find_one(PROCEDURES, {"name": procedure}) is None:
-        raise ProcedureNotFoundError(procedure)
-    _replace(txn, SCHEDULES, document)
-    return "schedule created"
+@attrs.frozen
+class PutSchedule(Operation):
+    """
+    Create or replace a schedule (C{document}, with its C{name} and
+    C{procedure}): C{"schedule created"}. Its procedure must exist.
+    """
+
+    KIND: ClassVar[str] = "PutSchedule"
+
+    document: dict[str, Any] = attrs.field(
+        validator=check(lambda d: _is_named_document(d) and isinstance(d.get("procedure"), str), malformed)
+    )
+
+    def apply(self, txn: WriteTxn, now: float) -> str:
+        procedure = self.document["procedure"]
+        if txn.find_one(PROCEDURES, {"name": procedure}) is None:
+            raise ProcedureNotFoundError(procedure)
+        _replace(txn, SCHEDULES, self.document)
+        return "schedule created"
+
+
+#: The procedure operation types.
+OPERATIONS: tuple[type[Operation], ...] = (PutProcedure, PutSchedule)
 
 
 def register_appliers(engine: Any) -> None:
-    """Register C{PutProcedure} and C{PutSchedule} with an engine."""
-    engine.register_applier(PUT_PROCEDURE, apply_put_procedure)
-    engine.register_applier(PUT_SCHEDULE, apply_put_schedule)
+    """Register L{PutProcedure} and L{PutSchedule} with an engine."""
+    for op_type in OPERATIONS:
+        engine.register_operation(op_type)

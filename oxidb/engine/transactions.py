@@ -18,9 +18,10 @@ and records the ids it touched. The buffered operation is pinned to those
 ids, so that the commit writes exactly the documents the transaction saw
 (documents that start matching only after buffering are not touched).
 
-Commit is one write operation, C{{"CommitTransaction": {"read_set":
-[[collection, id, version], ...], "collections": {name: incarnation},
-"write_ops": [...]}}}, applied by L{apply_commit} on the writer thread: it
+Commit is one write operation, L{CommitTransaction} (JSON:
+C{{"CommitTransaction": {"read_set": [[collection, id, version], ...],
+"collections": {name: incarnation}, "write_ops": [...]}}}), applied on the
+writer thread: it
 checks every read-set version against the current one, and that each
 collection read from is still the same incarnation (a collection dropped
 and created again restarts its ids and versions at 1, so a version alone
@@ -33,7 +34,7 @@ operation is deterministic (it carries every id it writes), so a Raft
 replica applying it validates and writes exactly as the leader does.
 
 Inserted documents get their ids when they are buffered, through a
-C{ReserveIds} write operation (L{apply_reserve}) that advances the
+L{ReserveIds} write operation that advances the
 collection's persisted id high-water mark: a reserved id is never handed out
 again, whether the transaction commits, rolls back or dies with its
 connection, and every replica reserves the same range.
@@ -44,23 +45,18 @@ L{oxidb.engine.engine.Engine.read} on a pool thread.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, ClassVar, Iterable, Union
 
 import attrs
 
 from oxidb.engine import store
 from oxidb.engine.governor import approx_size, reply_cap
 from oxidb.engine.matcher import apply_find, compile_query
+from oxidb.engine.operations import Operation, check, collection_name, malformed
 from oxidb.engine.reads import Reader, plan_query
 from oxidb.engine.updates import bump_version, compile_update
 from oxidb.engine.writes import WriteTxn
-from oxidb.errors import BadRequestError, DocumentNotObjectError, TransactionConflictError
-
-#: The operation kind of a commit.
-COMMIT = "CommitTransaction"
-
-#: The operation kind reserving ids for buffered inserts.
-RESERVE_IDS = "ReserveIds"
+from oxidb.errors import DocumentNotObjectError, TransactionConflictError
 
 Document = dict[str, Any]
 
@@ -69,27 +65,20 @@ def _doc_id(doc: Document) -> int:
     return int(doc["_id"])
 
 
-def _id_runs(ids: Iterable[int]) -> list[list[int]]:
-    """Ascending ids as C{[[first, last], ...]} runs of consecutive ids."""
+def _id_runs(ids: Iterable[int]) -> tuple[tuple[int, int], ...]:
+    """Ascending ids as C{((first, last), ...)} runs of consecutive ids."""
     runs: list[list[int]] = []
     for doc_id in ids:
         if runs and runs[-1][1] + 1 == doc_id:
             runs[-1][1] = doc_id
         else:
             runs.append([doc_id, doc_id])
-    return runs
+    return tuple((first, last) for first, last in runs)
 
 
-def _id_range(first: int, last: int) -> dict[str, Any]:
-    """The query selecting ids C{first..last} (the primary key, in SQL)."""
-    if first == last:
-        return {"_id": first}
-    return {"_id": {"$gte": first, "$lte": last}}
-
-
-def reserve_operation(collection: str, count: int) -> dict[str, Any]:
+def reserve_operation(collection: str, count: int) -> "ReserveIds":
     """The write operation reserving C{count} new ids in C{collection}."""
-    return {RESERVE_IDS: {"collection": collection, "count": count}}
+    return ReserveIds(collection, count)
 
 
 @attrs.define(eq=False)
@@ -104,14 +93,14 @@ class Transaction:
         set first took a document from it.
     @ivar overlay: collection -> C{_id} -> the transaction's document, or
         C{None} if the transaction deleted it.
-    @ivar ops: the buffered write operations (see L{apply_commit}).
+    @ivar ops: the buffered writes (see L{CommitTransaction}).
     """
 
     tx_id: int
     read_set: dict[tuple[str, int], int] = attrs.Factory(dict)
     collections: dict[str, str | None] = attrs.Factory(dict)
     overlay: dict[str, dict[int, Document | None]] = attrs.Factory(dict)
-    ops: list[dict[str, Any]] = attrs.Factory(list)
+    ops: list["TxWrite"] = attrs.Factory(list)
 
     # --- reads ------------------------------------------------------------
 
@@ -190,7 +179,7 @@ class Transaction:
         touched = self.overlay.setdefault(collection, {})
         for doc_id, doc in zip(ids, documents):
             touched[doc_id] = {**doc, "_id": doc_id, "_version": 1}
-        self.ops.append({"op": "insert", "collection": collection, "first_id": first_id, "documents": documents})
+        self.ops.append(TxInsert(collection, first_id, documents))
         return ids
 
     def stage_update(
@@ -216,7 +205,7 @@ class Transaction:
             for doc in updated:
                 touched[doc["_id"]] = doc
             ids = _id_runs(doc["_id"] for doc in updated)
-            self.ops.append({"op": "update", "collection": collection, "ids": ids, "update": update})
+            self.ops.append(TxUpdate(collection, ids, update))
         return len(updated)
 
     def stage_delete(self, reader: Reader, collection: str, query: object, limit: int | None = None) -> int:
@@ -228,157 +217,234 @@ class Transaction:
             for doc in matched:
                 touched[doc["_id"]] = None
             ids = _id_runs(doc["_id"] for doc in matched)
-            self.ops.append({"op": "delete", "collection": collection, "ids": ids})
+            self.ops.append(TxDelete(collection, ids))
         return len(matched)
 
     # --- commit -----------------------------------------------------------
 
-    def commit_operation(self) -> dict[str, Any] | None:
+    def commit_operation(self) -> "CommitTransaction | None":
         """
         The write operation committing this transaction, or C{None} when it
         neither read nor wrote anything (nothing to check, nothing to do).
         """
         if not self.ops and not self.read_set:
             return None
-        read_set = [[collection, doc_id, version] for (collection, doc_id), version in self.read_set.items()]
-        body: dict[str, Any] = {"read_set": read_set, "write_ops": self.ops}
-        if self.collections:
-            body["collections"] = dict(self.collections)
-        return {COMMIT: body}
+        read_set = tuple((collection, doc_id, version) for (collection, doc_id), version in self.read_set.items())
+        return CommitTransaction(read_set, tuple(self.ops), dict(self.collections) if self.collections else None)
 
 
-# --- appliers (writer thread) -------------------------------------------------
-
-
-def _malformed() -> BadRequestError:
-    return BadRequestError("malformed operation")
+# --- operations (writer thread) -----------------------------------------------
 
 
 def _is_id(value: object) -> bool:
     return type(value) is int and 0 < value < 2**63
 
 
-def _collection_of(op: dict[str, Any]) -> str:
-    collection = op.get("collection")
-    if not isinstance(collection, str):
-        raise _malformed()
-    return collection
+def _id_range(first: int, last: int) -> dict[str, Any]:
+    """The query selecting ids C{first..last} (the primary key, in SQL)."""
+    if first == last:
+        return {"_id": first}
+    return {"_id": {"$gte": first, "$lte": last}}
 
 
-def _apply_insert(txn: WriteTxn, op: dict[str, Any]) -> None:
-    """
-    Insert documents with the ids reserved for them. The engine's insert
-    takes the next ids after the collection's high-water mark, so the mark
-    is moved just below the reserved range for the insert and put back
-    afterwards. A reserved id that is taken (the collection was dropped and
-    re-created since the reservation) is a conflict.
-    """
-    collection = _collection_of(op)
-    first, documents = op.get("first_id"), op.get("documents")
-    if not _is_id(first) or type(documents) is not list or not documents:
-        raise _malformed()
-    assert isinstance(first, int)
-    last = first + len(documents) - 1
-    info = txn.ensure_collection(collection)
-    for doc_id, version, _ in txn.rows(info, plan_query(_id_range(first, last)), None, None, 1):
-        raise TransactionConflictError(collection, doc_id, 0, version)
-    store.set_last_id(txn.conn, info.name, first - 1)
-    txn.insert_many(collection, documents)
-    store.set_last_id(txn.conn, info.name, max(info.last_id, last))
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
 
 
-def _runs_of(op: dict[str, Any]) -> list[tuple[int, int]]:
-    runs = op.get("ids")
-    if type(runs) is not list:
-        raise _malformed()
-    result = []
-    for run in runs:
+def _runs_of(value: object) -> tuple[tuple[int, int], ...]:
+    """C{[[first, last], ...]} as decoded, checked."""
+    if type(value) is not list:
+        raise malformed()
+    runs = []
+    for run in value:
         if type(run) is not list or len(run) != 2 or not all(_is_id(i) for i in run) or run[0] > run[1]:
-            raise _malformed()
-        result.append((run[0], run[1]))
-    return result
+            raise malformed()
+        runs.append((run[0], run[1]))
+    return tuple(runs)
 
 
-def _apply_update(txn: WriteTxn, op: dict[str, Any]) -> None:
-    collection = _collection_of(op)
-    for first, last in _runs_of(op):
-        txn.update(collection, _id_range(first, last), op.get("update"))
+@attrs.frozen
+class TxInsert:
+    """Buffered: insert C{documents} with the reserved ids C{first_id}, C{first_id + 1}, ..."""
+
+    OP: ClassVar[str] = "insert"
+
+    collection: str = attrs.field(validator=check(_is_str, malformed))
+    first_id: int = attrs.field(validator=check(_is_id, malformed))
+    documents: list[Any] = attrs.field(validator=check(lambda v: type(v) is list and bool(v), malformed))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.OP, "collection": self.collection, "first_id": self.first_id, "documents": self.documents}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> "TxInsert":
+        return cls(value.get("collection"), value.get("first_id"), value.get("documents"))  # type: ignore[arg-type]
+
+    def apply(self, txn: WriteTxn) -> None:
+        """
+        Insert documents with the ids reserved for them. The engine's insert
+        takes the next ids after the collection's high-water mark, so the
+        mark is moved just below the reserved range for the insert and put
+        back afterwards. A reserved id that is taken (the collection was
+        dropped and re-created since the reservation) is a conflict.
+        """
+        first = self.first_id
+        last = first + len(self.documents) - 1
+        info = txn.ensure_collection(self.collection)
+        for doc_id, version, _ in txn.rows(info, plan_query(_id_range(first, last)), None, None, 1):
+            raise TransactionConflictError(self.collection, doc_id, 0, version)
+        store.set_last_id(txn.conn, info.name, first - 1)
+        txn.insert_many(self.collection, self.documents)
+        store.set_last_id(txn.conn, info.name, max(info.last_id, last))
 
 
-def _apply_delete(txn: WriteTxn, op: dict[str, Any]) -> None:
-    collection = _collection_of(op)
-    for first, last in _runs_of(op):
-        txn.delete(collection, _id_range(first, last))
+@attrs.frozen
+class TxUpdate:
+    """Buffered: apply C{update} to the documents with the ids in C{ids} (runs C{(first, last)})."""
+
+    OP: ClassVar[str] = "update"
+
+    collection: str = attrs.field(validator=check(_is_str, malformed))
+    ids: tuple[tuple[int, int], ...]
+    update: Any
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.OP, "collection": self.collection, "ids": [list(run) for run in self.ids], "update": self.update}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> "TxUpdate":
+        return cls(value.get("collection"), _runs_of(value.get("ids")), value.get("update"))  # type: ignore[arg-type]
+
+    def apply(self, txn: WriteTxn) -> None:
+        for first, last in self.ids:
+            txn.update(self.collection, _id_range(first, last), self.update)
 
 
-_WRITERS: dict[str, Callable[[WriteTxn, dict[str, Any]], None]] = {
-    "insert": _apply_insert,
-    "update": _apply_update,
-    "delete": _apply_delete,
+@attrs.frozen
+class TxDelete:
+    """Buffered: delete the documents with the ids in C{ids}."""
+
+    OP: ClassVar[str] = "delete"
+
+    collection: str = attrs.field(validator=check(_is_str, malformed))
+    ids: tuple[tuple[int, int], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.OP, "collection": self.collection, "ids": [list(run) for run in self.ids]}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> "TxDelete":
+        return cls(value.get("collection"), _runs_of(value.get("ids")))  # type: ignore[arg-type]
+
+    def apply(self, txn: WriteTxn) -> None:
+        for first, last in self.ids:
+            txn.delete(self.collection, _id_range(first, last))
+
+
+TxWrite = Union[TxInsert, TxUpdate, TxDelete]
+
+_TX_WRITES: dict[str, type[TxInsert] | type[TxUpdate] | type[TxDelete]] = {
+    write.OP: write for write in (TxInsert, TxUpdate, TxDelete)
 }
 
 
-def _read_set_of(body: dict[str, Any]) -> list[tuple[str, int, int]]:
-    entries = body.get("read_set")
-    if type(entries) is not list:
-        raise _malformed()
-    result = []
-    for entry in entries:
-        if (
-            type(entry) is not list
-            or len(entry) != 3
-            or not isinstance(entry[0], str)
-            or not _is_id(entry[1])
-            or type(entry[2]) is not int
-        ):
-            raise _malformed()
-        result.append((entry[0], entry[1], entry[2]))
-    return result
+def _tx_write(value: object) -> TxWrite:
+    write = _TX_WRITES.get(str(value.get("op"))) if type(value) is dict else None
+    if write is None:
+        raise malformed()
+    assert isinstance(value, dict)
+    return write.from_json(value)
 
 
-def apply_commit(txn: WriteTxn, body: Any, now: float) -> str:
-    """
-    The C{CommitTransaction} applier: validate the read set, then apply the
-    write operations in order; C{"committed"}. Any error (a conflict, a
-    unique violation, an invalid document) raises, and the writer rolls the
-    whole operation back.
-    """
-    if type(body) is not dict or type(body.get("write_ops")) is not list:
-        raise _malformed()
-    incarnations = body.get("collections", {})
-    if type(incarnations) is not dict:
-        raise _malformed()
-    for collection, doc_id, expected in _read_set_of(body):
-        if collection in incarnations and store.incarnation(txn.conn, collection) != incarnations[collection]:
-            # Dropped (and perhaps created again): what was read is gone.
-            raise TransactionConflictError(collection, doc_id, expected, 0)
-        found = txn.version_of(collection, doc_id)
-        if found != expected:
-            raise TransactionConflictError(collection, doc_id, expected, found)
-    for op in body["write_ops"]:
-        writer = _WRITERS.get(str(op.get("op"))) if type(op) is dict else None
-        if writer is None:
-            raise _malformed()
-        writer(txn, op)
-    return "committed"
+def _read_set_entry(entry: object) -> tuple[str, int, int]:
+    if (
+        type(entry) is not list
+        or len(entry) != 3
+        or not isinstance(entry[0], str)
+        or not _is_id(entry[1])
+        or type(entry[2]) is not int
+    ):
+        raise malformed()
+    return (entry[0], entry[1], entry[2])
 
 
-def apply_reserve(txn: WriteTxn, body: Any, now: float) -> int:
+@attrs.frozen
+class CommitTransaction(Operation):
     """
-    The C{ReserveIds} applier: advance the collection's id high-water mark
-    by C{count} (creating the collection if needed); the first reserved id.
+    Commit a transaction: C{"committed"}. Validates the read set
+    (C{(collection, _id, version)} entries; C{collections}: the incarnation
+    of each collection read from, absent in entries written before they
+    were recorded), then applies the buffered writes in order. Any error (a
+    conflict, a unique violation, an invalid document) raises, and the
+    writer rolls the whole operation back.
     """
-    if type(body) is not dict:
-        raise _malformed()
-    count = body.get("count")
-    if type(count) is not int or count < 1:
-        raise _malformed()
-    info = txn.ensure_collection(body.get("collection"))
-    store.set_last_id(txn.conn, info.name, info.last_id + count)
-    return info.last_id + 1
+
+    KIND: ClassVar[str] = "CommitTransaction"
+
+    read_set: tuple[tuple[str, int, int], ...]
+    write_ops: tuple[TxWrite, ...]
+    collections: dict[str, Any] | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "read_set": [list(entry) for entry in self.read_set],
+            "write_ops": [write.to_json() for write in self.write_ops],
+        }
+        if self.collections is not None:
+            body["collections"] = dict(self.collections)
+        return body
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], version: int) -> "CommitTransaction":
+        read_set, write_ops = body.get("read_set"), body.get("write_ops")
+        collections = body.get("collections")
+        if type(read_set) is not list or type(write_ops) is not list:
+            raise malformed()
+        if collections is not None and type(collections) is not dict:
+            raise malformed()
+        return cls(
+            tuple(_read_set_entry(entry) for entry in read_set),
+            tuple(_tx_write(write) for write in write_ops),
+            collections,
+        )
+
+    def apply(self, txn: WriteTxn, now: float) -> str:
+        incarnations = self.collections or {}
+        for collection, doc_id, expected in self.read_set:
+            if collection in incarnations and store.incarnation(txn.conn, collection) != incarnations[collection]:
+                # Dropped (and perhaps created again): what was read is gone.
+                raise TransactionConflictError(collection, doc_id, expected, 0)
+            found = txn.version_of(collection, doc_id)
+            if found != expected:
+                raise TransactionConflictError(collection, doc_id, expected, found)
+        for write in self.write_ops:
+            write.apply(txn)
+        return "committed"
+
+
+@attrs.frozen
+class ReserveIds(Operation):
+    """
+    Advance the collection's id high-water mark by C{count} (creating the
+    collection if needed): the first reserved id.
+    """
+
+    KIND: ClassVar[str] = "ReserveIds"
+
+    collection: str = attrs.field(validator=collection_name)
+    count: int = attrs.field(validator=check(lambda v: type(v) is int and v >= 1, malformed))
+
+    def apply(self, txn: WriteTxn, now: float) -> int:
+        info = txn.ensure_collection(self.collection)
+        store.set_last_id(txn.conn, info.name, info.last_id + self.count)
+        return info.last_id + 1
+
+
+#: The transaction operation types.
+OPERATIONS: tuple[type[Operation], ...] = (CommitTransaction, ReserveIds)
 
 
 def register_appliers(engine: Any) -> None:
-    """Register C{CommitTransaction} and C{ReserveIds} with an engine."""
-    engine.register_applier(COMMIT, apply_commit)
-    engine.register_applier(RESERVE_IDS, apply_reserve)
+    """Register L{CommitTransaction} and L{ReserveIds} with an engine."""
+    for op_type in OPERATIONS:
+        engine.register_operation(op_type)

@@ -20,20 +20,23 @@ import queue
 import sqlite3
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 from oxidb.engine import store
 from oxidb.errors import StorageIOError, UnavailableError
 
+if TYPE_CHECKING:
+    from oxidb.engine.operations import Operation
+
 #: Applies one operation on the writer connection inside the open
 #: transaction and returns the reply data: C{apply(op, now)}.
-ApplyFunction = Callable[[dict[str, Any], float], Any]
+ApplyFunction = Callable[["Operation", float], Any]
 
 
 @attrs.define
 class _Pending:
-    op: dict[str, Any]
+    op: "Operation"
     now: float
     raft_index: int | None
     future: "Future[Any]"
@@ -55,7 +58,7 @@ class Writer:
         apply: ApplyFunction,
         *,
         max_batch: int = 512,
-        prepare: Callable[[dict[str, Any]], None] | None = None,
+        prepare: Callable[["Operation"], None] | None = None,
         on_commit: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch < 1:
@@ -94,7 +97,7 @@ class Writer:
     def on_writer_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
-    def submit(self, op: dict[str, Any], now: float, raft_index: int | None = None) -> "Future[Any]":
+    def submit(self, op: "Operation", now: float, raft_index: int | None = None) -> "Future[Any]":
         future: "Future[Any]" = Future()
         with self._lock:
             if self._closed:

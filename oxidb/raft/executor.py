@@ -4,8 +4,9 @@ How a cluster node runs requests.
 * L{ClusterExecutor} is the server's L{IExecutor} in cluster mode: reads run
   on the thread pool against the local engine (through the state machine's
   L{ReadGate}, so no read sees a snapshot being installed); writes go through
-  Raft (L{RaftNode.write}: proposed on the leader, forwarded from a follower)
-  and fire with the leader's apply result.
+  Raft as their operation's JSON form (L{RaftNode.write}: proposed on the
+  leader, forwarded from a follower) and fire with the leader's apply
+  result.
 * L{LinearizableDispatcher} is the seam for linearizable reads. Handlers call
   C{ctx.read(fn, ...)} without the request, so the decision is made one step
   earlier: a read request carrying C{"consistency": "linearizable"} first
@@ -25,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oxidb.commands._context import CommandContext, IExecutor
+from oxidb.engine.operations import Operation
 from oxidb.errors import InternalError, OxiError
 from oxidb.logs import Logger
 from oxidb.raft.node import RaftNode
@@ -54,8 +56,9 @@ class ClusterExecutor:
     def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
         return self._gate.run(lambda: self._threadpool.defer(fn, *args, **kwargs))
 
-    def write(self, op: dict[str, Any]) -> "Deferred[Any]":
-        result: Deferred[Any] = self._node.write(op)
+    def write(self, op: Operation) -> "Deferred[Any]":
+        """Replicate C{op.to_json()}; every node decodes and applies it (L{EngineStateMachine})."""
+        result: Deferred[Any] = self._node.write(op.to_json())
         return result
 
 

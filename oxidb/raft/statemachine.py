@@ -2,7 +2,10 @@
 The replicated state machine: the document engine and the user store.
 
 * Applying: every committed entry becomes one engine operation submitted
-  with its Raft index (blank and membership entries become a no-op), so the
+  with its Raft index: a normal entry's payload is decoded by the engine's
+  operation codec (a payload that does not decode becomes an operation that
+  fails, so its index is recorded all the same; L{Engine.operation_of}),
+  blank and membership entries become a L{RaftNoop}. So the
   engine stores C{last_applied} in the same SQLite transaction as the writes
   and skips entries it applied before a restart. A batch is submitted at
   once and shares the writer's group commit; the outcomes are collected when
@@ -25,8 +28,9 @@ import sqlite3
 import tarfile
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
+import attrs
 import orjson
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
@@ -36,12 +40,22 @@ from oxidb import filemodes
 from oxidb._threads import deferred_from_future, fire_from_thread
 from oxidb.auth.store import USERS_FILE, UserRecord, UserStore
 from oxidb.engine import store
+from oxidb.engine.operations import Operation
 from oxidb.logs import Logger
 from oxidb.raft.messages import Entry
 from oxidb.raft.node import IStateMachine, Outcome, SnapshotBuild
 
-#: The engine operation that applies nothing but the entry's index.
-NOOP = "RaftNoop"
+
+@attrs.frozen
+class RaftNoop(Operation):
+    """The engine operation of a blank or membership entry: it records the entry's index, nothing else."""
+
+    KIND: ClassVar[str] = "RaftNoop"
+
+    def apply(self, txn: Any, now: float) -> None:
+        return None
+
+
 #: Snapshot archive members.
 MANIFEST = "snapshot.json"
 DATABASE = "oxidb.sqlite3"
@@ -193,7 +207,7 @@ class EngineStateMachine:
         self._gate = gate
         self._users = users
         self._building: Deferred[Any] | None = None
-        engine.register_applier(NOOP, lambda txn, body, now: None)
+        engine.register_operation(RaftNoop)
 
     @property
     def _users_path(self) -> Path:
@@ -205,8 +219,10 @@ class EngineStateMachine:
         engine = self._engine
         futures: list[Future[Any]] = []
         for entry in entries:
-            op = entry.payload if entry.membership is None and entry.payload is not None else {NOOP: {}}
-            assert isinstance(op, dict)
+            if entry.membership is None and entry.payload is not None:
+                op = engine.operation_of(entry.payload)
+            else:
+                op = RaftNoop()
             futures.append(engine.submit(op, (entry.ts or 0) / 1000.0, entry.index))
         # The writer resolves futures in submission order, so the last one
         # resolving means every one has; the outcomes are read from them all.
@@ -344,7 +360,7 @@ class EngineStateMachine:
 
 __all__ = [
     "EngineStateMachine",
-    "NOOP",
+    "RaftNoop",
     "ReadGate",
     "SnapshotError",
     "pack_snapshot",

@@ -12,6 +12,7 @@ from zope.interface import implementer
 
 from oxidb._threads import deferred_from_future
 from oxidb.commands._context import IExecutor
+from oxidb.engine.operations import Operation
 from oxidb.errors import UnavailableError
 
 
@@ -37,7 +38,7 @@ class LocalExecutor:
         """
         return self._threadpool.defer(fn, *args, **kwargs)
 
-    def write(self, op: dict[str, Any]) -> "Deferred[Any]":
+    def write(self, op: Operation) -> "Deferred[Any]":
         engine = self._services.engine
         if engine is None:
             raise UnavailableError("storage engine is not available")

@@ -30,6 +30,7 @@ from twisted.internet.task import LoopingCall
 
 from oxidb.commands.procedures import call
 from oxidb.engine import store
+from oxidb.engine.operations import Update
 from oxidb.engine.reads import Reader
 from oxidb.engine.schedules import SCHEDULES, is_due, run_record
 from oxidb.errors import InternalError, OxiError
@@ -147,8 +148,8 @@ class Scheduler(Service):
             self._log.debug("schedule {name} ran {procedure}", name=name, procedure=procedure)
         else:
             self._log.warn("schedule {name} failed: {error}", name=name, error=error)
-        record = {"collection": SCHEDULES, "query": {"_id": schedule["_id"]}, "update": run_record(now, error)}
+        record = Update(SCHEDULES, {"_id": schedule["_id"]}, run_record(now, error))
         try:
-            yield self._executor.write({"Update": record})
+            yield self._executor.write(record)
         except Exception:
             self._log.failure("could not record the run of schedule {name}", name=name)

@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from oxidb.commands._context import IExecutor
 from oxidb.config import Config
+from oxidb.engine.operations import Operation
 from oxidb.wire.framing import FrameDecoder, encode_frame
 
 
@@ -43,7 +44,7 @@ class SynchronousExecutor:
         except Exception as e:
             return fail(e)
 
-    def write(self, op: dict[str, Any]) -> "Deferred[Any]":
+    def write(self, op: Operation) -> "Deferred[Any]":
         try:
             return succeed(self._services.engine.apply(op, self._services.clock.seconds()))
         except Exception as e:

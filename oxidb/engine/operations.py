@@ -1,0 +1,483 @@
+"""
+Typed, versioned write operations: every replicated state change.
+
+A state change is an L{Operation}: a frozen attrs value with typed fields,
+built by a command handler (C{ctx.write(Insert(collection="c",
+document={...}))}), applied by the engine's writer thread and, in cluster
+mode, carried by a Raft log entry as its JSON form. Design choices:
+
+  - B{One class per kind, with its own C{apply}.} The engine dispatches on
+    the operation's I{type} (L{oxidb.engine.engine.Engine.register_operation}
+    maps a type to how it is applied; by default its C{apply(txn, now)}).
+    Operations that need state outside the database (the user store) are
+    registered with an applier bound to it; unregistered ones fail with
+    C{unknown operation: <kind>} as before.
+  - B{The JSON form is the Raft log's request shape} (server.md 8.6), a
+    single-key object C{{KIND: body}}, so that logs written before
+    operations had types still decode. The body carries the operation's
+    version as C{"v"}; a body without it (every entry written before this
+    module existed) is version 1. The version sits inside the body rather
+    than beside the kind because peers (forwarded writes) and older nodes
+    require the single-key shape, and older nodes ignore unknown body keys,
+    so a log written from now on is still readable by them.
+  - B{Decoding is the only place a body is checked.} L{OperationCodec}
+    turns a payload into an operation or raises L{BadRequestError}
+    (C{malformed operation}, C{unknown operation: <kind>}, or a field's own
+    text); field types are checked by attrs validators when an operation is
+    built, be it by a handler or by decoding, never in C{apply}. Checks that
+    depend on the database state (names that must exist, documents that must
+    be objects after the collection was auto-created) stay in the engine's
+    write primitives, so their errors and side effects are unchanged.
+  - B{Versions move forward only.} C{from_body(body, version)} receives the
+    version found, so a type whose shape changes bumps C{VERSION} and keeps
+    reading the older bodies; a version above the type's C{VERSION} (written
+    by a newer server) is refused with a clear error instead of being half
+    understood.
+
+Adding a write command therefore touches the module that defines its
+operation (a class with its fields and C{apply}, listed in that module's
+operations), the command module (handler and registry row), and a test.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, TypeVar, cast
+
+import attrs
+
+from oxidb.engine import store
+from oxidb.errors import BadRequestError, OxiError
+
+if TYPE_CHECKING:
+    from oxidb.engine.writes import WriteTxn
+
+#: The body key holding an operation's version.
+VERSION_KEY = "v"
+
+#: A JSON value as decoded (dict, list, str, int, float, bool or None).
+JSON = Any
+
+Op = TypeVar("Op", bound="Operation")
+
+
+def malformed() -> BadRequestError:
+    """The error of a payload or body that does not have its documented shape."""
+    return BadRequestError("malformed operation")
+
+
+class Operation:
+    """
+    Base of every write operation. Subclasses are C{@attrs.frozen} and set
+    L{KIND}; their JSON body is their fields by name (fields whose value is
+    C{None} and whose default is C{None} are left out) unless they override
+    L{to_body} and L{from_body}.
+
+    @cvar KIND: the name in the Raft log, e.g. C{"Insert"}.
+    @cvar VERSION: the version written, and the highest one read.
+    """
+
+    KIND: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        for field in attrs.fields(cast(Any, type(self))):
+            value = getattr(self, field.name)
+            if value is None and field.default is None:
+                continue
+            body[field.name] = value
+        return body
+
+    def to_json(self) -> dict[str, Any]:
+        """The log form: C{{KIND: {**body, "v": VERSION}}}."""
+        return {self.KIND: {**self.to_body(), VERSION_KEY: self.VERSION}}
+
+    @classmethod
+    def from_body(cls: type[Op], body: dict[str, Any], version: int) -> Op:
+        """
+        Build from a decoded body of C{version} (at most L{VERSION}). An
+        absent field is C{None} unless it has a default; the validators then
+        reject what does not fit. Unknown keys are ignored.
+        """
+        values = {}
+        for field in attrs.fields(cast(Any, cls)):
+            if field.name in body:
+                values[field.name] = body[field.name]
+            elif field.default is attrs.NOTHING:
+                values[field.name] = None
+        return cls(**values)
+
+    def auto_create(self) -> str | None:
+        """
+        The collection the engine creates before applying this operation,
+        and keeps even when it then fails (engine.md 1.6), or C{None}.
+        """
+        return None
+
+    def apply(self, txn: "WriteTxn", now: float) -> Any:
+        """
+        Apply on the writer thread inside the batch's transaction and the
+        operation's savepoint; the reply data. Deterministic given the
+        database state, the operation and C{now}.
+        """
+        raise BadRequestError(f"unknown operation: {self.KIND}")
+
+
+class OperationCodec:
+    """Kind -> operation type: decodes log payloads (and forwarded writes)."""
+
+    def __init__(self, types: Iterable[type[Operation]] = ()) -> None:
+        self._types: dict[str, type[Operation]] = {}
+        for op_type in types:
+            self.register(op_type)
+
+    def register(self, op_type: type[Operation]) -> None:
+        kind = op_type.KIND
+        if not kind or kind in self._types:
+            raise ValueError(f"operation kind registered twice: {kind}")
+        self._types[kind] = op_type
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._types
+
+    def type_of(self, kind: str) -> type[Operation] | None:
+        return self._types.get(kind)
+
+    def decode(self, payload: object) -> Operation:
+        """
+        The operation of a log payload C{{kind: body}}.
+
+        @raise BadRequestError: C{malformed operation} (not a single-key
+            object, a body that is not an object, a field of the wrong type,
+            a bad version), C{unknown operation: <kind>}, or a field's own
+            error text.
+        """
+        if type(payload) is not dict or len(payload) != 1:
+            raise malformed()
+        ((kind, body),) = payload.items()
+        op_type = self._types.get(kind)
+        if op_type is None:
+            raise BadRequestError(f"unknown operation: {kind}")
+        if type(body) is not dict:
+            raise malformed()
+        version = body.get(VERSION_KEY, 1)
+        if type(version) is not int or version < 1:
+            raise malformed()
+        if version > op_type.VERSION:
+            raise BadRequestError(
+                f"unsupported operation version: {kind} v{version} (this server applies up to v{op_type.VERSION})"
+            )
+        try:
+            return op_type.from_body(body, version)
+        except OxiError:
+            raise
+        except (TypeError, ValueError):
+            raise malformed() from None
+
+
+@attrs.frozen
+class Rejected(Operation):
+    """
+    A payload that did not decode, still submitted so that its Raft index is
+    recorded like any failing entry's: applying it raises L{error} (every
+    replica rejects it alike). Never encoded.
+    """
+
+    KIND: ClassVar[str] = "Rejected"
+
+    error: OxiError
+
+    def to_json(self) -> dict[str, Any]:
+        raise TypeError("a rejected payload is not an operation to replicate")
+
+    def apply(self, txn: "WriteTxn", now: float) -> Any:
+        raise self.error
+
+
+# --- field validators --------------------------------------------------------
+
+
+def check(test: Callable[[Any], bool], error: Callable[[], OxiError]) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator raising C{error()} when C{test(value)} is false."""
+
+    def validate(instance: Any, attribute: Any, value: Any) -> None:
+        if not test(value):
+            raise error()
+
+    return validate
+
+
+def collection_name(instance: Any, attribute: Any, value: Any) -> None:
+    """Validator of a collection name: a string (the engine checks the rest when applying)."""
+    if not isinstance(value, str):
+        # The engine's own text for a name that is not a string.
+        store.validate_collection_name(value)
+        raise malformed()
+
+
+def text(message: str) -> Callable[[Any, Any, Any], None]:
+    """Validator: a string, else C{BadRequestError(message)}."""
+    return check(lambda value: isinstance(value, str), lambda: BadRequestError(message))
+
+
+def present(message: str) -> Callable[[Any, Any, Any], None]:
+    """Validator: any value but C{None}, else C{BadRequestError(message)}."""
+    return check(lambda value: value is not None, lambda: BadRequestError(message))
+
+
+def _is_list(value: Any) -> bool:
+    return type(value) is list
+
+
+def _field_names(instance: Any, attribute: Any, value: Any) -> None:
+    if type(value) is not list:
+        raise BadRequestError(f"missing '{attribute.name}' array")
+    if not all(isinstance(field, str) for field in value):
+        raise BadRequestError(f"'{attribute.name}' must be an array of strings")
+
+
+def is_uint(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+# --- document operations ------------------------------------------------------
+
+
+@attrs.frozen
+class _OnCollection(Operation):
+    """An operation naming a collection, which it creates if missing (engine.md 1.6)."""
+
+    collection: str = attrs.field(validator=collection_name)
+
+    def auto_create(self) -> str | None:
+        return self.collection
+
+
+@attrs.frozen
+class Insert(_OnCollection):
+    """Insert one document: C{{"id": n}}. C{document} is checked by the engine (an object)."""
+
+    KIND: ClassVar[str] = "Insert"
+
+    document: JSON = attrs.field()
+
+    def apply(self, txn: "WriteTxn", now: float) -> Any:
+        return {"id": txn.insert(self.collection, self.document)}
+
+
+@attrs.frozen
+class InsertMany(_OnCollection):
+    """Insert documents all-or-nothing: their consecutive ids."""
+
+    KIND: ClassVar[str] = "InsertMany"
+
+    documents: list[JSON] = attrs.field(
+        validator=check(_is_list, lambda: BadRequestError("missing or invalid 'docs' array"))
+    )
+
+    def apply(self, txn: "WriteTxn", now: float) -> Any:
+        return txn.insert_many(self.collection, self.documents)
+
+
+@attrs.frozen
+class _Updating(_OnCollection):
+    query: JSON = attrs.field(validator=present("missing 'query'"))
+    update: JSON = attrs.field(validator=present("missing 'update'"))
+
+
+@attrs.frozen
+class Update(_Updating):
+    """Update every matching document: C{{"modified": n}}."""
+
+    KIND: ClassVar[str] = "Update"
+
+    def apply(self, txn: "WriteTxn", now: float) -> Any:
+        return {"modified": txn.update(self.collection, self.query, self.update)}
+
+
+@attrs.frozen
+class UpdateOne(_Updating):
+    """Update the matching document with the lowest C{_id}: C{{"modified": 0 | 1}}."""
+
+    KIND: ClassVar[str] = "UpdateOne"
+
+    def apply(self, txn: "WriteTxn", now: float) -> Any:
+        return {"modified": txn.update(self.collection, self.query, self.update, one=True)}
+
+
+@attrs.frozen
+class Delete(_OnCollection):
+    """Delete the matching documents, at most C{limit} (lowest C{_id} first): C{{"deleted": n}}."""
+
+    KIND: ClassVar[str] = "Delete"
+
+    query: JSON = attrs.field(validator=present("missing 'query'"))
+    limit: int | None = attrs.field(
+        default=None,
+        validator=check(
+            lambda value: value is None or is_uint(value),
+            lambda: BadRequestError("'limit' must be a non-negative integer"),
+        ),
+    )
+
+    def apply(self, txn: "WriteTxn", now: float) -> Any:
+        return {"deleted": txn.delete(self.collection, self.query, self.limit)}
+
+
+@attrs.frozen
+class DeleteOne(_OnCollection):
+    """Delete the matching document with the lowest C{_id}: C{{"deleted": 0 | 1}}."""
+
+    KIND: ClassVar[str] = "DeleteOne"
+
+    query: JSON = attrs.field(validator=present("missing 'query'"))
+
+    def apply(self, txn: "WriteTxn", now: float) -> Any:
+        return {"deleted": txn.delete(self.collection, self.query, 1)}
+
+
+# --- collections ----------------------------------------------------------------
+
+
+@attrs.frozen
+class CreateCollection(Operation):
+    KIND: ClassVar[str] = "CreateCollection"
+
+    name: str = attrs.field(validator=collection_name)
+
+    def apply(self, txn: "WriteTxn", now: float) -> Any:
+        return txn.create_collection(self.name)
+
+
+@attrs.frozen
+class DropCollection(Operation):
+    KIND: ClassVar[str] = "DropCollection"
+
+    name: str = attrs.field(validator=collection_name)
+
+    def apply(self, txn: "WriteTxn", now: float) -> Any:
+        return txn.drop_collection(self.name)
+
+
+@attrs.frozen
+class EnsureCollection(Operation):
+    """Create a collection if missing (a read's auto-create); no reply data."""
+
+    KIND: ClassVar[str] = "EnsureCollection"
+
+    name: str = attrs.field(validator=collection_name)
+
+    def apply(self, txn: "WriteTxn", now: float) -> Any:
+        txn.ensure_collection(self.name)
+        return None
+
+
+@attrs.frozen
+class Compact(_OnCollection):
+    KIND: ClassVar[str] = "Compact"
+
+    def apply(self, txn: "WriteTxn", now: float) -> Any:
+        return txn.compact(self.collection)
+
+
+# --- indexes ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class _FieldIndex(_OnCollection):
+    field: str = attrs.field(validator=text("missing 'field'"))
+
+
+@attrs.frozen
+class CreateIndex(_FieldIndex):
+    KIND: ClassVar[str] = "CreateIndex"
+
+    def apply(self, txn: "WriteTxn", now: float) -> Any:
+        return txn.create_index(self.collection, self.field)
+
+
+@attrs.frozen
+class CreateUniqueIndex(_FieldIndex):
+    KIND: ClassVar[str] = "CreateUniqueIndex"
+
+    def apply(self, txn: "WriteTxn", now: float) -> Any:
+        return txn.create_unique_index(self.collection, self.field)
+
+
+@attrs.frozen
+class _FieldsIndex(_OnCollection):
+    """An index on C{fields}; an empty list is the engine's error (after the auto-create)."""
+
+    fields: list[str] = attrs.field(validator=_field_names)
+
+
+@attrs.frozen
+class CreateCompositeIndex(_FieldsIndex):
+    KIND: ClassVar[str] = "CreateCompositeIndex"
+
+    def apply(self, txn: "WriteTxn", now: float) -> Any:
+        return txn.create_composite_index(self.collection, self.fields)
+
+
+@attrs.frozen
+class CreateTextIndex(_FieldsIndex):
+    KIND: ClassVar[str] = "CreateTextIndex"
+
+    def apply(self, txn: "WriteTxn", now: float) -> Any:
+        return txn.create_text_index(self.collection, self.fields)
+
+
+@attrs.frozen
+class DropIndex(_OnCollection):
+    KIND: ClassVar[str] = "DropIndex"
+
+    index: str = attrs.field(validator=text("missing 'index'"))
+
+    def apply(self, txn: "WriteTxn", now: float) -> Any:
+        return txn.drop_index(self.collection, self.index)
+
+
+#: The operations every engine applies (others are registered by the
+#: modules that define them).
+BUILTIN: tuple[type[Operation], ...] = (
+    Insert,
+    InsertMany,
+    Update,
+    UpdateOne,
+    Delete,
+    DeleteOne,
+    CreateCollection,
+    DropCollection,
+    EnsureCollection,
+    Compact,
+    CreateIndex,
+    CreateUniqueIndex,
+    CreateCompositeIndex,
+    CreateTextIndex,
+    DropIndex,
+)
+
+__all__ = [
+    "BUILTIN",
+    "JSON",
+    "VERSION_KEY",
+    "Compact",
+    "CreateCollection",
+    "CreateCompositeIndex",
+    "CreateIndex",
+    "CreateTextIndex",
+    "CreateUniqueIndex",
+    "Delete",
+    "DeleteOne",
+    "DropCollection",
+    "DropIndex",
+    "EnsureCollection",
+    "Insert",
+    "InsertMany",
+    "Operation",
+    "OperationCodec",
+    "Rejected",
+    "Update",
+    "UpdateOne",
+    "malformed",
+]
