@@ -9,9 +9,9 @@ from typing import Any
 from oxidb import __version__
 from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
+from oxidb.commands._reply import Reply, TopLevel, command_name
 from oxidb.errors import BadRequestError, PipelineTooLongError, EncodedReplyTooLargeError
-from oxidb.server.dispatch import Reply, TopLevel, command_name
-from oxidb.server.workers import current_owner
+from oxidb.owner import current_owner
 from oxidb.wire.codec import size_at_least
 from oxidb.wire.limits import MAX_FRAME
 

@@ -20,13 +20,13 @@ from __future__ import annotations
 from time import perf_counter
 from typing import Any
 
-import attrs
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from oxidb.audit.events import audit_target
 from oxidb.auth import rbac
 from oxidb.commands._context import CommandContext
+from oxidb.commands._reply import Reply, TopLevel, command_name
 from oxidb.errors import (
     AuthenticationRequiredError,
     InternalError,
@@ -36,59 +36,6 @@ from oxidb.errors import (
     UnknownCommandError,
 )
 from oxidb.logs import Logger
-
-
-class Reply:
-    """
-    The outcome of one request (a plain slotted class: one is made per
-    request, so it must be cheap).
-
-    @ivar ok: success or error.
-    @ivar value: the C{data} value, or the error text.
-    @ivar top_level: C{value} is a whole top-level JSON object sent as is,
-        always as JSON (the C{hello} success reply, server.md 2.5).
-    """
-
-    __slots__ = ("ok", "value", "top_level")
-
-    def __init__(self, ok: bool, value: Any, top_level: bool = False) -> None:
-        self.ok = ok
-        self.value = value
-        self.top_level = top_level
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            type(other) is Reply
-            and (self.ok, self.value, self.top_level) == (other.ok, other.value, other.top_level)
-        )
-
-    def __repr__(self) -> str:
-        return f"Reply(ok={self.ok!r}, value={self.value!r}, top_level={self.top_level!r})"
-
-    def envelope(self) -> dict[str, Any]:
-        """The reply as a plain envelope (used inside C{pipeline} replies)."""
-        if self.top_level:
-            return dict(self.value)
-        if self.ok:
-            return {"ok": True, "data": self.value}
-        return {"ok": False, "error": self.value}
-
-
-@attrs.frozen
-class TopLevel:
-    """A handler result to be sent as a top-level object (see L{Reply})."""
-
-    value: dict[str, Any]
-
-
-def command_name(request: Any) -> str:
-    """The request's command, or C{""} when missing or not a string."""
-    if type(request) is not dict:
-        return ""
-    name = request.get("cmd")
-    if name is None:
-        name = request.get("command")
-    return name if isinstance(name, str) else ""
 
 
 class Dispatcher:
@@ -197,3 +144,6 @@ class Dispatcher:
             detail,
             audit_target(request, command.audit_target) if command is not None else None,
         )
+
+
+__all__ = ["Dispatcher", "Reply", "TopLevel", "command_name"]
