@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from oxidb.commands._context import CommandContext, IExecutor, IServices
+from oxidb.commands._context import CommandContext, IDispatcher, IEngineSource, IExecutor, IServices, provides
 from oxidb.commands._registry import Command, CommandRegistry, Handler
 from oxidb.commands._schema import Field, JsonType, Schema
 from oxidb.commands.auth import LOGIN_COMMANDS, USER_COMMANDS
@@ -69,6 +69,8 @@ __all__ = [
     "CommandRegistry",
     "Field",
     "Handler",
+    "IDispatcher",
+    "IEngineSource",
     "IExecutor",
     "IServices",
     "JsonType",
@@ -77,4 +79,5 @@ __all__ = [
     "build_registry",
     "core_commands",
     "default_registry",
+    "provides",
 ]

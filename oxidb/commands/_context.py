@@ -115,7 +115,7 @@ class CommandContext:
     """
 
     session: "Session"
-    services: Any = attrs.field(validator=provides(IServices))
+    services: IServices = attrs.field(validator=provides(IServices))
 
     def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
         return self.services.executor.read(fn, *args, **kwargs)
