@@ -36,7 +36,7 @@ if ROOT not in sys.path:
 import msgpack  # noqa: E402
 from scramp import ScramClient  # noqa: E402
 
-from oxidb.testing import ServerProcess  # noqa: E402
+from oxidb._harness import ServerProcess  # noqa: E402
 
 MiB = 1024 * 1024
 

@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from loadgen import run as load  # noqa: E402
 
-from oxidb.testing import LocalCluster, ServerProcess, wait_until  # noqa: E402
+from oxidb._harness import LocalCluster, ServerProcess, wait_until  # noqa: E402
 
 KEY = {"OXIDB_CLUSTER_KEY": "cluster bench shared secret, 32+ characters"}
 DOC = {"name": "bench", "n": 1, "tags": ["a", "b"], "nested": {"x": 1.5}}

@@ -22,7 +22,7 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from oxidb.testing import free_port, wait_for_port  # noqa: E402
+from oxidb._harness import free_port, wait_for_port  # noqa: E402
 
 PYTHON = sys.executable
 TWISTD = os.path.join(os.path.dirname(PYTHON), "twistd")

@@ -36,7 +36,7 @@ bytes it read are forwarded unchanged.
 The proxy runs on any reactor (tests drive it on a C{MemoryReactorClock}).
 Run as C{python -m oxidb._faultproxy}, it is a child process controlled by
 JSON lines on its standard input (L{ControlProtocol}); L{FaultProxyProcess}
-in L{oxidb.testing} is the blocking client of that.
+in L{oxidb._harness} is the blocking client of that.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ import sys
 from collections import deque
 from typing import Any, Callable
 
+import attrs
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -91,13 +92,13 @@ def hello_sender(data: bytes) -> int | None:
     return sender
 
 
+@attrs.define(eq=False)
 class _Direction:
     """One direction of a pipe: bytes (and the close) waiting to be written, in order."""
 
-    def __init__(self) -> None:
-        self.pending: deque[tuple[float, bytes | None]] = deque()
-        self.timer: IDelayedCall | None = None
-        self.closed = False  # the close was delivered
+    pending: deque[tuple[float, bytes | None]] = attrs.field(factory=deque)
+    timer: IDelayedCall | None = None
+    closed: bool = False  # the close was delivered
 
 
 class _Side(Protocol):
@@ -162,15 +163,15 @@ class _UpstreamFactory(ClientFactory):
         self.pipe.upstream_failed()
 
 
+@attrs.define(eq=False)
 class _Pipe:
     """One proxied connection: the dialler's side, the proxy's connection to the target, and the bytes between."""
 
-    def __init__(self, link: "FaultLink", inbound: "_Inbound") -> None:
-        self.link = link
-        self.inbound = inbound
-        self.upstream: _Upstream | None = None
-        self.directions = (_Direction(), _Direction())
-        self.upstream_done = False  # the dial failed
+    link: FaultLink
+    inbound: _Inbound
+    upstream: _Upstream | None = attrs.field(init=False, default=None)
+    directions: tuple[_Direction, _Direction] = attrs.field(init=False, factory=lambda: (_Direction(), _Direction()))
+    upstream_done: bool = attrs.field(init=False, default=False)  # the dial failed
 
     # --- events -------------------------------------------------------------------
 
@@ -257,6 +258,7 @@ class _Pipe:
         return any(d.pending and not self.link.flows(i) for i, d in enumerate(self.directions))
 
 
+@attrs.define(eq=False)
 class FaultLink:
     """
     Node C{src}'s view of node C{dst}: connections to it are proxied to
@@ -265,20 +267,19 @@ class FaultLink:
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, src: int, dst: int, target: tuple[str, int]) -> None:
-        self.reactor = reactor
-        self.clock = reactor
-        self.src = src
-        self.dst = dst
-        self.target = target
-        self.mode = "pass"
-        self.delay_ms = 0
-        self.pipes: set[_Pipe] = set()
-        self.port: Any = None
-        #: Bytes received per direction, and connections accepted and refused.
-        self.bytes = [0, 0]
-        self.accepted = 0
-        self.refused = 0
+    reactor: Any
+    src: int
+    dst: int
+    target: tuple[str, int]
+    clock: Any = attrs.field(init=False, default=attrs.Factory(lambda self: self.reactor, takes_self=True))
+    mode: str = attrs.field(init=False, default="pass")
+    delay_ms: int = attrs.field(init=False, default=0)
+    pipes: set[_Pipe] = attrs.field(init=False, factory=set)
+    port: Any = attrs.field(init=False, default=None)
+    #: Bytes received per direction, and connections accepted and refused.
+    bytes: list[int] = attrs.field(init=False, factory=lambda: [0, 0])
+    accepted: int = attrs.field(init=False, default=0)
+    refused: int = attrs.field(init=False, default=0)
 
     def flows(self, direction: int) -> bool:
         if self.mode in ("blackhole", "drop"):
@@ -415,18 +416,18 @@ class FrontDoor(Factory):
         return _Inbound(None, lambda sender: self.links.get((sender, self.dst)))
 
 
+@attrs.define(eq=False)
 class FaultProxy:
     """
     The proxy for a set of nodes: a front door per node and a link per
     ordered pair of nodes, all listening on C{interface}.
     """
 
-    def __init__(self, reactor: Any, interface: str = "127.0.0.1") -> None:
-        self.reactor = reactor
-        self.interface = interface
-        self.targets: dict[int, tuple[str, int]] = {}
-        self.links: dict[tuple[int, int], FaultLink] = {}
-        self.fronts: dict[int, FrontDoor] = {}
+    reactor: Any
+    interface: str = "127.0.0.1"
+    targets: dict[int, tuple[str, int]] = attrs.field(init=False, factory=dict)
+    links: dict[tuple[int, int], FaultLink] = attrs.field(init=False, factory=dict)
+    fronts: dict[int, FrontDoor] = attrs.field(init=False, factory=dict)
 
     def add_node(self, node: int, target: str) -> dict[str, Any]:
         """Proxy node C{node} (whose real Raft address is C{target}); its front port and link ports."""

@@ -15,11 +15,14 @@ import errno
 import fcntl
 import os
 
+import attrs
+
 from oxidb.errors import ConfigError
 
 LOCK_FILE = "oxidb.lock"
 
 
+@attrs.define(eq=False)
 class DataDirLock:
     """
     The lock of one data directory. L{acquire} takes it or raises
@@ -29,10 +32,13 @@ class DataDirLock:
     same directory fails even in the same process.
     """
 
-    def __init__(self, data_dir: str) -> None:
-        self.data_dir = data_dir
-        self.path = os.path.join(data_dir, LOCK_FILE)
-        self._fd: int | None = None
+    data_dir: str
+    path: str = attrs.field(init=False)
+    _fd: int | None = attrs.field(init=False, default=None)
+
+    @path.default
+    def _lock_path(self) -> str:
+        return os.path.join(self.data_dir, LOCK_FILE)
 
     @property
     def held(self) -> bool:

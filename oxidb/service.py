@@ -11,6 +11,7 @@ Twisted application::
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -34,7 +35,13 @@ from oxidb.server.scheduler import Scheduler
 #: seconds a clean shutdown waits for in-flight requests before closing anyway.
 DRAIN_TIMEOUT = 30.0
 
-__all__ = ["DRAIN_TIMEOUT", "Lifecycle", "OxiService", "Services"]
+#: seconds after a shutdown signal by which the process has exited: a clean
+#: stop that takes longer is stuck (a bug), so every thread's stack is
+#: written to stderr and the process exits with status 1. Nothing
+#: acknowledged is lost by that: the stores survive a kill -9.
+SHUTDOWN_DEADLINE = DRAIN_TIMEOUT + 30.0
+
+__all__ = ["DRAIN_TIMEOUT", "SHUTDOWN_DEADLINE", "Lifecycle", "OxiService", "Services"]
 
 
 class OxiService(MultiService):
@@ -263,6 +270,8 @@ class OxiService(MultiService):
 
         def on_signal(signum: int, frame: Any) -> None:
             self._log.info("oxidb-server: shutdown signal received, flushing...")
+            if sys.__stderr__ is not None:
+                faulthandler.dump_traceback_later(SHUTDOWN_DEADLINE, exit=True, file=sys.__stderr__)
             self.reactor.callFromThread(self.reactor.stop)
 
         signal.signal(signal.SIGTERM, on_signal)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from oxidb.testing import LocalCluster
+from oxidb._harness import LocalCluster
 
 
 def ok(reply: dict[str, Any]) -> Any:

@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 from oxidb.raft.core import RaftConfig, RaftCore
 from oxidb.raft.messages import Message, PersistBatch, decode_message, encode_message
 from oxidb.raft.storage import DurableState, RaftStorage
-from raft_sim import CrashingDisk, KVStateMachine
+from oxidb.testing import CrashingDisk, KVStateMachine
 
 CONFIG = RaftConfig(
     heartbeat_interval=100,

@@ -24,7 +24,7 @@ from oxidb.raft.node import IStateMachine, Outcome, RaftNode, SnapshotBuild
 from oxidb.raft.service import applied_log_id
 from oxidb.raft.storage import RaftStorage
 from oxidb.raft.transport import IRaftTransport
-from raft_sim import CrashingDisk
+from oxidb.testing import CrashingDisk
 
 FAST = RaftConfig(heartbeat_interval=100, election_timeout_min=300, election_timeout_max=600)
 

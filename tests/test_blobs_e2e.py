@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from oxidb.testing import ServerProcess
+from oxidb._harness import ServerProcess
 
 
 @pytest.fixture

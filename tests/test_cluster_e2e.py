@@ -18,7 +18,7 @@ from typing import Iterator
 import pytest
 
 from cluster_helpers import everything, ok
-from oxidb.testing import LocalCluster, free_port, wait_until
+from oxidb._harness import LocalCluster, free_port, wait_until
 from oxidb.wire import oxiwire
 
 #: Fast elections and a tiny snapshot threshold, so that the log is compacted

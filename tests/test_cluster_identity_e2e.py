@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import pytest
 
 from cluster_helpers import everything, ok
-from oxidb.testing import BlockingClient, LocalCluster, free_port, wait_until
+from oxidb._harness import BlockingClient, LocalCluster, free_port, wait_until
 
 ENV = {
     "OXIDB_RAFT_HEARTBEAT_MS": "100",

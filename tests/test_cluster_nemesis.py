@@ -1,7 +1,7 @@
 """
 A Jepsen-style nemesis against a real 3-node cluster (twistd processes on
 loopback). Every Raft connection goes through the fault proxy
-(L{oxidb.testing.FaultProxyProcess}); a seeded schedule mixes partitions
+(L{oxidb._harness.FaultProxyProcess}); a seeded schedule mixes partitions
 (the leader isolated, a node isolated, a bridge, a one-way cut, slow links),
 kill -9, SIGSTOP/SIGCONT and graceful restarts, while clients write
 registers and read them back with linearizable reads on random nodes.
@@ -12,7 +12,7 @@ After healing everything it checks:
   outcome is unknown (timeout, lost connection, an "outcome unknown" error)
   at most once; a write the server said was not applied, nowhere;
 * every node holds the same data;
-* each register's history is linearizable (L{linearizability}); writes of
+* each register's history is linearizable (L{oxidb.testing.linearizability}); writes of
   unknown outcome may have happened or not.
 
 Knobs: C{OXIDB_NEMESIS_SECONDS} (how long faults are injected, default 20),
@@ -39,8 +39,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from linearizability import Op, check_history
-from oxidb.testing import BlockingClient, FaultProxyProcess, LocalCluster, wait_until
+from oxidb._harness import BlockingClient, FaultProxyProcess, LocalCluster, wait_until
+from oxidb.testing import Op, check_history
 
 SECONDS = float(os.environ.get("OXIDB_NEMESIS_SECONDS", "20"))
 MAX_OPS = int(os.environ.get("OXIDB_NEMESIS_OPS") or 120 * SECONDS)

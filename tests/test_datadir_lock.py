@@ -11,7 +11,7 @@ import pytest
 
 from oxidb.datadir import LOCK_FILE, DataDirLock
 from oxidb.errors import ConfigError
-from oxidb.testing import ServerProcess
+from oxidb._harness import ServerProcess
 
 
 def test_a_second_open_is_refused_and_names_the_holder(tmp_path: Path) -> None:

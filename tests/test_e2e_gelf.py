@@ -15,7 +15,7 @@ from typing import Any
 
 from scramp import ScramClient
 
-from oxidb.testing import ServerProcess
+from oxidb._harness import ServerProcess
 
 MAGIC = b"\x1e\x0f"
 

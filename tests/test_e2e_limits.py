@@ -19,7 +19,7 @@ import struct
 import termios
 from typing import Any
 
-from oxidb.testing import ServerProcess, wait_until
+from oxidb._harness import ServerProcess, wait_until
 from oxidb.wire.framing import encode_frame
 
 MiB = 1024 * 1024

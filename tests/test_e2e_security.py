@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from scramp import ScramClient
 
-from oxidb.testing import BlockingClient, ServerProcess
+from oxidb._harness import BlockingClient, ServerProcess
 
 
 def login(client: BlockingClient, user: str, password: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from oxidb.config import SETTINGS
-from oxidb.testing import ServerProcess
+from oxidb._harness import ServerProcess
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

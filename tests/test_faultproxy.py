@@ -14,7 +14,7 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from oxidb._faultproxy import ControlProtocol, FaultLink, FaultProxy, hello_sender
-from oxidb.testing import FaultProxyProcess, partition_links
+from oxidb._harness import FaultProxyProcess, partition_links
 
 
 def frame(obj: Any) -> bytes:

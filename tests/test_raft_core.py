@@ -26,8 +26,8 @@ from oxidb.raft.messages import (
     VoteRequest,
 )
 from oxidb.raft.storage import DurableState, RaftStorage
+from oxidb.testing import CrashingDisk, DiskCrashed
 from raft_harness import CONFIG, Cluster, Node, bootstrap
-from raft_sim import CrashingDisk, DiskCrashed
 
 
 def put(key: str, value: str) -> dict:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from linearizability import Op, check_history, check_key, kv_step
+from oxidb.testing import Op, check_history, check_key, kv_step
 
 
 def op(kind: str, call: int, ret: int | None, value: str | None = None, output: str | None = None, key: str = "x", client: int = 0) -> Op:

@@ -36,7 +36,7 @@ from oxidb.raft.storage import (
     snapshot_file_name,
     unseal,
 )
-from raft_sim import CrashingDisk, DiskCrashed
+from oxidb.testing import CrashingDisk, DiskCrashed
 
 MEMBERS = Membership([{1, 2, 3}], {1: "a:1", 2: "b:2", 3: "c:3"})
 

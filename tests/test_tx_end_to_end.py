@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from oxidb.testing import ServerProcess
+from oxidb._harness import ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -133,15 +133,15 @@ class IAuditSink(Interface):
         """Write out what was recorded (flush, fsync) and stop."""
 
 
+@attrs.define(eq=False)
 class Auditor:
     """
     Builds events for the dispatcher and the login commands and fans them out
     to the sinks. Lives on the reactor thread.
     """
 
-    def __init__(self, clock: IReactorTime, sinks: Sequence[Any]) -> None:
-        self.clock = clock
-        self.sinks = tuple(sinks)
+    clock: IReactorTime
+    sinks: tuple[Any, ...] = attrs.field(converter=tuple)
 
     def record(self, event: AuditEvent) -> None:
         for sink in self.sinks:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorFromThreads, IReactorUDP
+from twisted.internet.interfaces import IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import ILogObserver
 from zope.interface import implementer
 
+from oxidb._threads import ReactorQueue
 from oxidb.audit.events import AuditEvent, IAuditSink
 from oxidb.audit.gelf import MAX_CHUNKS, GelfEncoder, GelfSettings, audit_event_fields, log_event_fields
 from oxidb.errors import ConfigError
@@ -47,6 +49,7 @@ class _GelfProtocol(DatagramProtocol):
 
 
 @implementer(IAuditSink)
+@attrs.define(eq=False)
 class GelfSender:
     """
     Sends GELF messages to one collector. Also the GELF audit sink; its
@@ -58,19 +61,12 @@ class GelfSender:
 
     _log = Logger()
 
-    def __init__(
-        self,
-        reactor: Any,
-        settings: GelfSettings,
-        address: tuple[str, int],
-        encoder: GelfEncoder,
-    ) -> None:
-        self.reactor = reactor
-        self.settings = settings
-        self.address = address
-        self.encoder = encoder
-        self._protocol = _GelfProtocol()
-        self._port: Any = None
+    reactor: Any
+    settings: GelfSettings
+    address: tuple[str, int]
+    encoder: GelfEncoder
+    _protocol: _GelfProtocol = attrs.field(init=False, factory=_GelfProtocol)
+    _port: Any = attrs.field(init=False, default=None)
 
     def start(self) -> None:
         """Bind to an ephemeral port and connect it to the collector."""
@@ -116,20 +112,28 @@ class GelfSender:
 
 
 @implementer(ILogObserver)
+@attrs.define(eq=False)
 class GelfLogObserver:
     """
     Forwards C{twisted.logger} events to a L{GelfSender}, except stdio text
     (see L{log_event_fields}) and the sender's own warnings (no loops).
+    Events logged on any thread are sent on the reactor thread, in order.
     """
 
-    def __init__(self, sender: GelfSender) -> None:
-        self.sender = sender
-        self._own_namespace = GelfSender._log.namespace
+    sender: GelfSender
+    _to_reactor: ReactorQueue = attrs.field(init=False)
+
+    @_to_reactor.default
+    def _reactor_queue(self) -> ReactorQueue:
+        return ReactorQueue(self.sender.reactor)
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == self._own_namespace:
+        if event.get("log_namespace") == _SENDER_NAMESPACE:
             return
         fields = log_event_fields(event, self.sender.settings.source)
         if fields is not None:
-            reactor: IReactorFromThreads = self.sender.reactor
-            reactor.callFromThread(self.sender.send, fields)
+            self._to_reactor.call(self.sender.send, fields)
+
+
+#: The namespace of L{GelfSender}'s own warnings, which are not forwarded.
+_SENDER_NAMESPACE = GelfSender._log.namespace

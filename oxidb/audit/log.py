@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 from zope.interface import implementer
 
 from oxidb import filemodes
+from oxidb._threads import fire_from_thread
 from oxidb.audit.events import AuditEvent, IAuditSink
 from oxidb.auth.settings import flag, parse_u64
 from oxidb.errors import ConfigError
@@ -313,4 +314,4 @@ class AuditLog:
             audit_file.close()
         except OSError:
             self._log.failure("closing the audit file failed")
-        self.reactor.callFromThread(self._stopped.callback, None)
+        fire_from_thread(self.reactor, self._stopped, None)

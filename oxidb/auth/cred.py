@@ -89,6 +89,7 @@ class OxiUser:
 
 
 @implementer(ICredentialsChecker)
+@attrs.define(eq=False)
 class ScramChecker:
     """
     Checks SCRAM-SHA-256 exchanges against the store's verifiers. Unknown
@@ -99,11 +100,10 @@ class ScramChecker:
 
     credentialInterfaces = (IScramCredentials,)
 
-    def __init__(self, store: UserStore, secret: bytes, iterations: int, rng: random.Random) -> None:
-        self.store = store
-        self.secret = secret
-        self.iterations = iterations
-        self.rng = rng
+    store: UserStore
+    secret: bytes
+    iterations: int
+    rng: random.Random
 
     def _mock(self, username: str) -> ScramVerifier:
         return ScramVerifier.mock(self.secret, username, self.iterations)
@@ -124,6 +124,7 @@ class ScramChecker:
 
 
 @implementer(ICredentialsChecker)
+@attrs.define(eq=False)
 class Argon2Checker:
     """
     Checks user name and password (C{auth_simple}) against the Argon2id
@@ -137,13 +138,12 @@ class Argon2Checker:
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, store: UserStore, run_blocking: RunBlocking, max_running: int = 2) -> None:
-        self.store = store
-        self.run_blocking = run_blocking
-        self.max_running = max_running
-        #: Checks handed to the pool and not finished yet.
-        self.running = 0
-        self._dummy_hash: str | None = None
+    store: UserStore
+    run_blocking: RunBlocking
+    max_running: int = 2
+    #: Checks handed to the pool and not finished yet.
+    running: int = attrs.field(init=False, default=0)
+    _dummy_hash: str | None = attrs.field(init=False, default=None)
 
     def _verify(self, password_hash: str | None, password: bytes) -> bool:
         if password_hash is not None:
@@ -174,11 +174,11 @@ class Argon2Checker:
 
 
 @implementer(IRealm)
+@attrs.define(eq=False)
 class OxiRealm:
     """Gives an L{OxiUser} with the user's current role."""
 
-    def __init__(self, store: UserStore) -> None:
-        self.store = store
+    store: UserStore
 
     def requestAvatar(self, avatarId: Any, mind: object, *interfaces: Any) -> tuple[Any, OxiUser, Callable[[], None]]:
         if IOxiUser not in interfaces:

@@ -241,9 +241,9 @@ class _Accumulator(Protocol):
     def result(self) -> Any: ...
 
 
+@attrs.define(eq=False)
 class _Sum:
-    def __init__(self) -> None:
-        self.total = 0.0
+    total: float = 0.0
 
     def add(self, value: Any) -> None:
         if is_number(value):
@@ -253,10 +253,10 @@ class _Sum:
         return normalize_number(self.total)
 
 
+@attrs.define(eq=False)
 class _Avg:
-    def __init__(self) -> None:
-        self.total = 0.0
-        self.count = 0
+    total: float = 0.0
+    count: int = 0
 
     def add(self, value: Any) -> None:
         if is_number(value):
@@ -267,12 +267,12 @@ class _Avg:
         return normalize_number(self.total / self.count) if self.count else None
 
 
+@attrs.define(eq=False)
 class _Extreme:
     wanted = -1
 
-    def __init__(self) -> None:
-        self.best: Any = None
-        self.best_key: tuple[Any, ...] | None = None
+    best: Any = None
+    best_key: tuple[Any, ...] | None = None
 
     def add(self, value: Any) -> None:
         if value is None:
@@ -285,17 +285,19 @@ class _Extreme:
         return self.best
 
 
+@attrs.define(eq=False)
 class _Min(_Extreme):
     wanted = -1
 
 
+@attrs.define(eq=False)
 class _Max(_Extreme):
     wanted = 1
 
 
+@attrs.define(eq=False)
 class _CountAcc:
-    def __init__(self) -> None:
-        self.count = 0
+    count: int = 0
 
     def add(self, value: Any) -> None:
         self.count += 1
@@ -304,10 +306,10 @@ class _CountAcc:
         return self.count
 
 
+@attrs.define(eq=False)
 class _First:
-    def __init__(self) -> None:
-        self.value: Any = None
-        self.seen = False
+    value: Any = None
+    seen: bool = False
 
     def add(self, value: Any) -> None:
         if not self.seen:
@@ -317,9 +319,9 @@ class _First:
         return self.value
 
 
+@attrs.define(eq=False)
 class _Last:
-    def __init__(self) -> None:
-        self.value: Any = None
+    value: Any = None
 
     def add(self, value: Any) -> None:
         self.value = value
@@ -328,9 +330,9 @@ class _Last:
         return self.value
 
 
+@attrs.define(eq=False)
 class _Push:
-    def __init__(self) -> None:
-        self.values: list[Any] = []
+    values: list[Any] = attrs.Factory(list)
 
     def add(self, value: Any) -> None:
         self.values.append(value)

@@ -145,16 +145,16 @@ def text_size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
+@attrs.define(eq=False)
 class ByteCap:
     """
     A running total that raises C{error()} once it passes C{limit}; C{add}
     is called before the bytes it counts are kept.
     """
 
-    def __init__(self, limit: int, error: Callable[[], Exception]) -> None:
-        self.limit = limit
-        self.total = 0
-        self._error = error
+    limit: int
+    _error: Callable[[], Exception]
+    total: int = attrs.field(init=False, default=0)
 
     def add(self, size: int) -> None:
         self.total += size
@@ -167,6 +167,7 @@ def reply_cap(limits: QueryLimits, paging: str = "limit and skip") -> ByteCap:
     return ByteCap(limits.max_reply_bytes, lambda: ReplyTooLargeError(paging))
 
 
+@attrs.define(eq=False)
 class Budget:
     """
     The budget of one aggregation: every stage's output (and a C{$group}'s
@@ -176,13 +177,12 @@ class Budget:
     budget.
     """
 
-    def __init__(self, max_bytes: int, max_docs: int, deadline: Deadline = NO_DEADLINE) -> None:
-        self.max_bytes = max_bytes
-        self.max_docs = max_docs
-        self.deadline = deadline
-        self.stage = "input"
-        self.docs = 0
-        self.bytes = 0
+    max_bytes: int
+    max_docs: int
+    deadline: Deadline = NO_DEADLINE
+    stage: str = attrs.field(init=False, default="input")
+    docs: int = attrs.field(init=False, default=0)
+    bytes: int = attrs.field(init=False, default=0)
 
     @classmethod
     def unlimited(cls) -> "Budget":

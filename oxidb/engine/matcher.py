@@ -539,14 +539,14 @@ def parse_sort(sort: object, limits: QueryLimits = DEFAULT_LIMITS) -> SortSpec |
     return tuple(spec)
 
 
+@attrs.define(eq=False, weakref_slot=False)
 class _Descending:
     """Wraps a key so that it sorts in reverse."""
 
-    __slots__ = ("key",)
+    key: tuple[Any, ...]
 
-    def __init__(self, key: tuple[Any, ...]) -> None:
-        self.key = key
-
+    # Written out rather than generated: sorting compares keys element by
+    # element, and this is faster than attrs' tuple-building equality.
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Descending) and self.key == other.key
 

@@ -207,29 +207,24 @@ class _Return:
 _Steps = Generator[Reserve, int, "_Return | None"]
 
 
+@attrs.define(eq=False)
 class _Run:
     """The state of one call: parameters, variables, counters."""
 
-    def __init__(
-        self,
-        engine: Any,
-        tx: Transaction,
-        params: dict[str, Any],
-        now: float,
-        max_steps: int,
-        max_nesting: int,
-        max_work: int,
-    ) -> None:
-        self.engine = engine
-        self.tx = tx
-        self.params = params
-        self.now = now
-        self.max_steps = max_steps
-        self.max_nesting = max_nesting
-        self.work_left = max_work
-        self.max_work = max_work
-        self.executed = 0
-        self.vars: dict[str, Any] = {}
+    engine: Any
+    tx: Transaction
+    params: dict[str, Any]
+    now: float
+    max_steps: int
+    max_nesting: int
+    max_work: int
+    work_left: int = attrs.field(init=False)
+    executed: int = attrs.field(init=False, default=0)
+    vars: dict[str, Any] = attrs.field(init=False, factory=dict)
+
+    @work_left.default
+    def _all_work(self) -> int:
+        return self.max_work
 
     # --- values -----------------------------------------------------------
 

@@ -24,6 +24,7 @@ import operator
 import sqlite3
 from typing import Any, Callable, Iterator
 
+import attrs
 import orjson
 
 from oxidb.engine import store, textindex, textstore
@@ -76,6 +77,7 @@ def check_query(query: object, limits: QueryLimits = DEFAULT_LIMITS) -> Matcher:
     return compile_query({} if query is None else query, limits)
 
 
+@attrs.define(eq=False)
 class Reader:
     """
     Engine reads over C{conn}; the caller owns the transaction.
@@ -93,20 +95,11 @@ class Reader:
     version).
     """
 
-    def __init__(
-        self,
-        conn: sqlite3.Connection,
-        on_missing: Callable[[str], None] | None = None,
-        column_cache: dict[str, tuple[int, str, dict[str, str]]] | None = None,
-        *,
-        limits: QueryLimits = DEFAULT_LIMITS,
-        deadline: Deadline = NO_DEADLINE,
-    ) -> None:
-        self.conn = conn
-        self.on_missing = on_missing
-        self._column_cache = column_cache
-        self.limits = limits
-        self.deadline = deadline
+    conn: sqlite3.Connection
+    on_missing: Callable[[str], None] | None = None
+    _column_cache: dict[str, tuple[int, str, dict[str, str]]] | None = None
+    limits: QueryLimits = attrs.field(default=DEFAULT_LIMITS, kw_only=True)
+    deadline: Deadline = attrs.field(default=NO_DEADLINE, kw_only=True)
 
     def check_query(self, query: object) -> Matcher:
         """L{check_query} under this reader's limits."""

@@ -81,10 +81,10 @@ class Plan:
         return self.exact or self.matcher.matches(doc)
 
 
+@attrs.define(eq=False)
 class _Compiler:
-    def __init__(self, columns: Mapping[str, str]) -> None:
-        self.params: list[Any] = []
-        self.columns = columns
+    columns: Mapping[str, str]
+    params: list[Any] = attrs.field(init=False, factory=list)
 
     def node(self, node: And | Or | FieldOp, present: frozenset[str] = frozenset()) -> tuple[str, bool]:
         """

@@ -33,6 +33,7 @@ from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
 from oxidb import filemodes
+from oxidb._threads import deferred_from_future, fire_from_thread
 from oxidb.auth.store import USERS_FILE, UserRecord, UserStore
 from oxidb.engine import store
 from oxidb.logs import Logger
@@ -207,11 +208,9 @@ class EngineStateMachine:
             op = entry.payload if entry.membership is None and entry.payload is not None else {NOOP: {}}
             assert isinstance(op, dict)
             futures.append(engine.submit(op, (entry.ts or 0) / 1000.0, entry.index))
-        d: Deferred[None] = Deferred()
         # The writer resolves futures in submission order, so the last one
-        # resolving means every one has.
-        futures[-1].add_done_callback(lambda _: self._reactor.callFromThread(d.callback, None))
-        return d.addCallback(lambda _: self._outcomes(entries, futures))
+        # resolving means every one has; the outcomes are read from them all.
+        return deferred_from_future(self._reactor, futures[-1]).addBoth(lambda _: self._outcomes(entries, futures))
 
     def _outcomes(self, entries: Sequence[Entry], futures: Sequence["Future[Any]"]) -> list[Outcome]:
         if self._engine.last_applied() < entries[-1].index:
@@ -234,7 +233,7 @@ class EngineStateMachine:
         pinned: Deferred[None] = Deferred()
 
         def pin() -> None:
-            self._reactor.callFromThread(pinned.callback, None)
+            fire_from_thread(self._reactor, pinned, None)
 
         data = deferToThreadPool(self._reactor, self._threadpool, self._build, pin)
 

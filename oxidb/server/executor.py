@@ -5,29 +5,14 @@ writes on the engine's writer thread (which commits them in groups).
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from oxidb._threads import deferred_from_future
 from oxidb.commands._context import IEngineSource, IExecutor
 from oxidb.errors import UnavailableError
-
-
-def deferred_from_future(reactor: Any, future: "Future[Any]") -> "Deferred[Any]":
-    """A Deferred firing on the reactor thread when C{future} completes."""
-    d: Deferred[Any] = Deferred()
-
-    def fire(done: "Future[Any]") -> None:
-        error = done.exception()
-        if error is None:
-            d.callback(done.result())
-        else:
-            d.errback(error)
-
-    future.add_done_callback(lambda done: reactor.callFromThread(fire, done))
-    return d
 
 
 @implementer(IExecutor)

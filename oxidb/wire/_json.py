@@ -19,6 +19,7 @@ import json
 import math
 from typing import Any
 
+import attrs
 import orjson
 
 from oxidb.errors import DecodeError
@@ -26,24 +27,20 @@ from oxidb.wire._accel import impl as _impl
 from oxidb.wire.limits import MAX_DEPTH
 
 
+@attrs.define(repr=False, weakref_slot=False)
 class RawJSON:
     """
     A JSON text to embed verbatim in a reply, in place of the value it
     denotes. The text must be compact JSON as L{encode} writes it (the
     engine's stored documents are), so that the reply is byte for byte the
-    one the decoded value would give.
+    one the decoded value would give. Equal to another C{RawJSON} of the
+    same text.
     """
 
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
+    text: str
 
     def __repr__(self) -> str:
         return f"RawJSON({self.text!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is RawJSON and other.text == self.text
 
     def __hash__(self) -> int:
         return hash(self.text)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import struct
 
+import attrs
+
 from oxidb.wire.limits import MAX_FRAME
 
 __all__ = ["MAX_FRAME", "FrameDecoder", "FrameTooLargeError", "encode_frame"]
@@ -41,6 +43,7 @@ class FrameTooLargeError(Exception):
         return f"frame of {self.length} bytes exceeds the {MAX_FRAME}-byte limit"
 
 
+@attrs.define(eq=False)
 class FrameDecoder:
     """
     Splits a byte stream into frame payloads.
@@ -52,13 +55,12 @@ class FrameDecoder:
     decoder then stays failed.
     """
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
-        self._max_frame = max_frame
-        self._buffer = bytearray()
-        self._start = 0
-        # payload length of the frame at self._start, once its prefix is read
-        self._length: int | None = None
-        self._failure: FrameTooLargeError | None = None
+    _max_frame: int = MAX_FRAME
+    _buffer: bytearray = attrs.field(init=False, factory=bytearray)
+    _start: int = attrs.field(init=False, default=0)
+    # payload length of the frame at self._start, once its prefix is read
+    _length: int | None = attrs.field(init=False, default=None)
+    _failure: FrameTooLargeError | None = attrs.field(init=False, default=None)
 
     @property
     def max_frame(self) -> int:

@@ -1,19 +1,17 @@
 """
-Test helpers, public so that applications embedding the server can test
-against it too (in the spirit of C{treq.testing}).
+The subprocess harness for end-to-end tests and benches (private: not part
+of L{oxidb.testing}, and free to change with the test suite).
 
- - L{SynchronousExecutor}: runs reads and writes inline, so a whole request
-   completes inside one C{pump()} of an in-memory connection.
- - L{fake_services}: a partial L{oxidb.commands.IServices} for handler tests.
- - L{MemoryServer}: an L{OxiService}'s protocol stack on a
-   C{MemoryReactorClock}, with in-memory (iosim) client connections.
- - L{OxiClientProtocol}: a small Twisted client speaking the framing, used by
-   the tests and benches; requests may be pipelined.
  - L{ServerProcess} and L{BlockingClient}: a real C{twistd -n oxidb} child
-   process and a plain-socket client, for end-to-end tests.
+   process and a plain-socket client.
  - L{LocalCluster}: cluster nodes as real processes on loopback.
  - L{FaultProxyProcess}: a fault-injecting proxy for the Raft links between
    such nodes (partitions, one-way cuts, delays; L{oxidb._faultproxy}).
+ - L{free_port}, L{wait_for_port}, L{wait_until}, L{partition_links}: the
+   small blocking utilities they share.
+
+Everything here blocks on real processes and sockets; the deterministic
+in-memory helpers are in L{oxidb.testing}.
 """
 
 from __future__ import annotations
@@ -27,239 +25,10 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
-from collections import deque
-from types import SimpleNamespace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.python.failure import Failure
-from twisted.internet.testing import MemoryReactorClock
-from twisted.test import iosim
-from zope.interface import directlyProvides, implementer
-
-from oxidb.commands._context import IExecutor, IServices
-from oxidb.config import Config
-from oxidb.wire.framing import FrameDecoder, encode_frame
-
-
-@implementer(IExecutor)
-class SynchronousExecutor:
-    """
-    Runs everything inline on the calling thread; results are already-fired
-    Deferreds.
-
-    @param services: read for C{engine} (and C{clock}) at call time: the
-        L{oxidb.compose.Services}, or an L{oxidb.compose.Lifecycle} with
-        C{clock} given.
-    @param clock: the time writes are applied at (default C{services.clock}).
-    """
-
-    def __init__(self, services: Any, clock: Any = None) -> None:
-        self._services = services
-        self._clock = services.clock if clock is None else clock
-
-    def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
-        try:
-            return succeed(fn(*args, **kwargs))
-        except Exception as e:
-            return fail(e)
-
-    def write(self, op: dict[str, Any]) -> "Deferred[Any]":
-        try:
-            return succeed(self._services.engine.apply(op, self._clock.seconds()))
-        except Exception as e:
-            return fail(e)
-
-
-def fake_services(**parts: Any) -> Any:
-    """
-    A stand-in for L{IServices} holding only C{parts}, for handler unit
-    tests (a L{oxidb.commands.CommandContext} accepts only an C{IServices}).
-    """
-    services = SimpleNamespace(**parts)
-    directlyProvides(services, IServices)
-    return services
-
-
-class OxiClientProtocol(Protocol):
-    """
-    Sends requests and matches replies in order.
-
-    C{request(obj)} encodes C{obj} as JSON (or sends raw payload bytes with
-    C{request_raw}) and returns a Deferred firing with the decoded reply
-    payload: a dict for JSON replies, or C{("oxiwire", payload)} raw bytes
-    for binary replies (decode them with the wire codec).
-    """
-
-    transport: Any
-
-    def __init__(self) -> None:
-        self._decoder = FrameDecoder()
-        self._waiting: deque[Deferred[Any]] = deque()
-        self.connected_d: Deferred[OxiClientProtocol] = Deferred()
-        self.lost_d: Deferred[None] = Deferred()
-        self.unsolicited: list[bytes] = []
-
-    def connectionMade(self) -> None:
-        self.connected_d.callback(self)
-
-    def request(self, obj: Any) -> "Deferred[Any]":
-        return self.request_raw(json.dumps(obj).encode("utf-8"))
-
-    def request_raw(self, payload: bytes) -> "Deferred[Any]":
-        d: Deferred[Any] = Deferred()
-        self._waiting.append(d)
-        self.transport.write(encode_frame(payload))
-        return d
-
-    def dataReceived(self, data: bytes) -> None:
-        for payload in self._decoder.feed(data):
-            if not self._waiting:
-                self.unsolicited.append(payload)
-                continue
-            d = self._waiting.popleft()
-            if payload[:1] == b"{":
-                d.callback(json.loads(payload))
-            else:
-                d.callback(("binary", payload))
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        waiting, self._waiting = self._waiting, deque()
-        for d in waiting:
-            d.errback(reason)
-        self.lost_d.callback(None)
-
-
-class MemoryServer:
-    """
-    An L{OxiService} (its object graph, L{oxidb.compose.compose}) on a
-    L{MemoryReactorClock}, not listening on any socket: L{connect} makes
-    in-memory connections with iosim. Work runs inline through
-    L{SynchronousExecutor}; C{clock.advance()} drives timeouts.
-
-    The graph is read-only once built, as in a real server: L{rebuild}
-    builds it again with more commands, another executor or an auditor
-    (before any connection is made).
-
-    @param engine: an opened engine (or C{None} for protocol-only tests).
-    @param commands: rows added to the registry.
-    @param executor: builds the executor from the L{oxidb.compose.Lifecycle}
-        (default: a L{SynchronousExecutor}).
-    @param audit: the auditor (default: as configured).
-    """
-
-    def __init__(
-        self,
-        config: Config | None = None,
-        *,
-        engine: Any = None,
-        data_dir: str | None = None,
-        commands: Iterable[Any] = (),
-        executor: Callable[[Any], Any] | None = None,
-        audit: Any = None,
-    ) -> None:
-        if config is None:
-            config = Config(data_dir=data_dir or "./oxidb_data")
-        self.config = config
-        self.clock = MemoryReactorClock()
-        self._engine = engine
-        self._commands = tuple(commands)
-        self._executor = executor
-        self._audit = audit
-        self._build()
-
-    def _build(self) -> None:
-        from oxidb.service import OxiService
-
-        clock = self.clock
-        self.service = OxiService(
-            self.config,
-            reactor=clock,
-            engine=self._engine,
-            executor=self._executor or (lambda lifecycle: SynchronousExecutor(lifecycle, clock)),
-            extra_commands=self._commands,
-            audit=self._audit,
-        )
-        self.services = self.service.shared
-        self.factory = self.service.factory
-
-    def rebuild(self, *, commands: Iterable[Any] = (), executor: Any = None, audit: Any = None) -> None:
-        """
-        Build the graph again, adding C{commands} and replacing the executor
-        factory or the auditor when given. Connections made before keep the
-        old graph.
-        """
-        self._commands += tuple(commands)
-        if executor is not None:
-            self._executor = executor
-        if audit is not None:
-            self._audit = audit
-        self._build()
-
-    def add_command(self, command: Any) -> None:
-        """L{rebuild} with one more registry row."""
-        self.rebuild(commands=[command])
-
-    def connect(self) -> "tuple[OxiClientProtocol, iosim.IOPump]":
-        """A connected client and the pump that moves bytes between the two."""
-        client = OxiClientProtocol()
-        server_protocol = self.factory.buildProtocol(None)
-        _, _, pump = iosim.connectedServerAndClient(
-            lambda: server_protocol, lambda: client, greet=True, clock=self.clock
-        )
-        return client, pump
-
-    def request(self, obj: Any) -> Any:
-        """One request on a fresh connection; the decoded reply."""
-        client, pump = self.connect()
-        d = client.request(obj)
-        pump.flush()
-        return _result(d)
-
-
-def _result(d: "Deferred[Any]") -> Any:
-    results: list[Any] = []
-    d.addBoth(results.append)
-    if not results:
-        raise AssertionError("request did not complete")
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
-
-
-class QueuedReactor:
-    """
-    A reactor stand-in for worker-pool tests: C{callFromThread} only records
-    the call (from any thread); the test runs the recorded calls on its own
-    thread with L{run_pending}, as the reactor would.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
-        self.lock = threading.Lock()
-
-    def callFromThread(self, fn: Callable[..., Any], *args: Any) -> None:
-        with self.lock:
-            self.calls.append((fn, args))
-
-    def run_pending(self) -> int:
-        """Run the calls recorded so far; how many ran."""
-        with self.lock:
-            calls, self.calls = self.calls, []
-        for fn, args in calls:
-            fn(*args)
-        return len(calls)
-
-    def seconds(self) -> float:
-        return 0.0
-
-
-def result_of(d: "Deferred[Any]") -> Any:
-    """The result of an already-fired Deferred (raises its failure)."""
-    return _result(d)
+from oxidb.wire.framing import encode_frame
 
 
 class ServerProcess:
@@ -344,11 +113,12 @@ class ServerProcess:
         self._stderr.close()
         return code
 
-    def stop(self, timeout: float = 30.0) -> int:
+    def stop(self, timeout: float = 75.0) -> int:
         """
         SIGTERM, and the exit status. A process still running after
-        C{timeout} seconds is aborted with a dump of its threads' stacks,
-        and the error carries that dump and the end of its log.
+        C{timeout} seconds (longer than the server's own shutdown deadline)
+        is aborted with a dump of its threads' stacks, and the error carries
+        that dump and the end of its log.
         """
         if self.process.poll() is None:
             self.signal(signal.SIGTERM)
@@ -545,12 +315,22 @@ class LocalCluster:
         self.nodes[node_id].kill()
 
     def stop(self) -> None:
+        """
+        Stop every running node; each must exit cleanly (status 0), or the
+        error shows what the failed ones wrote to stderr (a server stuck in
+        its shutdown dumps its threads' stacks there).
+        """
         for client in self._clients.values():
             client.close()
         self._clients.clear()
-        for node in self.nodes.values():
+        failed = []
+        for node_id, node in self.nodes.items():
             if node.process.poll() is None:
-                node.stop()
+                code = node.stop()
+                if code != 0:
+                    failed.append(f"node {node_id} exited with {code} on SIGTERM:\n{node.stderr()[-20000:]}")
+        if failed:
+            raise AssertionError("\n".join(failed))
 
 
 def partition_links(groups: Any, nodes: Any) -> list[tuple[int, int]]:

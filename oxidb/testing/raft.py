@@ -1,11 +1,15 @@
 """
-Test helpers for the Raft core: an in-memory disk that crashes, and a seeded
-cluster simulator (network faults, crashes, membership churn, clients) that
-checks Raft's safety properties after every step.
+The Raft core under test: an in-memory disk that crashes (L{CrashingDisk}),
+a small key-value state machine (L{KVStateMachine}), and a seeded cluster
+simulator (L{Simulation}: network faults, crashes, membership churn,
+clients) that checks Raft's safety properties after every step and hands
+its client history to the linearizability checker
+(L{oxidb.testing.linearizability}). A seed replays a run exactly.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import random
 from typing import Any, Callable
@@ -14,7 +18,6 @@ import attrs
 import orjson
 from zope.interface import implementer
 
-from linearizability import Op
 from oxidb.errors import RaftError
 from oxidb.raft.core import RaftConfig, RaftCore, Ready
 from oxidb.raft.disk import IDisk
@@ -27,6 +30,7 @@ from oxidb.raft.messages import (
     encode_message,
 )
 from oxidb.raft.storage import RaftStorage
+from oxidb.testing.linearizability import Op
 
 
 class DiskCrashed(Exception):
@@ -41,6 +45,7 @@ class _Inode:
 
 
 @implementer(IDisk)
+@attrs.define(eq=False)
 class CrashingDisk:
     """
     An L{IDisk} in memory. File contents become durable at C{fsync}, names at
@@ -50,11 +55,12 @@ class CrashingDisk:
     L{DiskCrashed} before it takes effect.
     """
 
-    def __init__(self) -> None:
-        self._dir: dict[str, _Inode] = {}
-        self._durable_dir: dict[str, _Inode] = {}
-        self.syncs = 0
-        self.crash_at_sync: int | None = None
+    _dir: dict[str, _Inode] = attrs.field(init=False, factory=dict)
+    _durable_dir: dict[str, _Inode] = attrs.field(init=False, factory=dict)
+    #: how many sync calls (C{fsync}, C{fsync_dir}) were made
+    syncs: int = attrs.field(init=False, default=0)
+    #: the sync call that crashes (compared with L{syncs}), or C{None}
+    crash_at_sync: int | None = attrs.field(init=False, default=None)
 
     def _sync_point(self) -> None:
         self.syncs += 1
@@ -128,12 +134,12 @@ class CrashingDisk:
 # --- the key-value state machine --------------------------------------------
 
 
+@attrs.define(eq=False)
 class KVStateMachine:
     """A volatile state machine: C{Put}/C{Append} requests on string keys."""
 
-    def __init__(self) -> None:
-        self.data: dict[str, str] = {}
-        self.applied: LogId | None = None
+    data: dict[str, str] = attrs.field(init=False, factory=dict)
+    applied: LogId | None = attrs.field(init=False, default=None)
 
     def apply(self, entry: Entry) -> None:
         request = entry.payload
@@ -157,11 +163,13 @@ class KVStateMachine:
 
 
 class SafetyViolation(AssertionError):
-    pass
+    """A Raft safety or liveness property failed in a L{Simulation}."""
 
 
 @attrs.define
 class Faults:
+    """The probability of each fault the simulator injects (per message unless noted)."""
+
     drop: float = 0.05
     duplicate: float = 0.03
     long_delay: float = 0.05
@@ -269,7 +277,7 @@ class Simulation:
         first.core.initialize({1: "n1"})
         self._drive(first)
         for client in range(clients):
-            self._schedule(self.rng.randint(0, 50), lambda c=client: self._client_step(c))
+            self._schedule(self.rng.randint(0, 50), functools.partial(self._client_step, client))
         self._schedule(self.TICK, self._tick_all)
         self._schedule(100, self._fault_step)
 
@@ -322,10 +330,10 @@ class Simulation:
         node.storage = None
         node.persisting = None
         node.disk.crash(self.rng)
-        for key in [k for k in self.waiting_writes if k[0] == node.id]:
-            del self.waiting_writes[key]  # outcome unknown: stays pending
-        for key in [k for k in self.waiting_reads if k[0] == node.id]:
-            del self.waiting_reads[key]
+        for write in [k for k in self.waiting_writes if k[0] == node.id]:
+            del self.waiting_writes[write]  # outcome unknown: stays pending
+        for read in [k for k in self.waiting_reads if k[0] == node.id]:
+            del self.waiting_reads[read]
 
     def restart(self, node: SimNode) -> None:
         if node.core is None:
