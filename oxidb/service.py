@@ -13,41 +13,23 @@ from __future__ import annotations
 
 import faulthandler
 import os
-import random
 import signal
 import sys
-from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterable, cast
 
-import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.logger import globalLogPublisher
 
 from oxidb import __version__
 from oxidb.audit.events import Auditor
-from oxidb.audit.gelf import GelfEncoder
-from oxidb.audit.gelf_udp import GelfSender, resolve_gelf_address
-from oxidb.audit.log import AuditLog
-from oxidb.auth.manager import AuthManager
-from oxidb.auth.store import register_appliers
-from oxidb.auth.tls import load_server_tls
-from oxidb.commands import default_registry
-from oxidb.commands.auth import LOGIN_COMMANDS, USER_COMMANDS
-from oxidb.commands.raft import RAFT_COMMANDS
-from oxidb.commands._registry import CommandRegistry
+from oxidb.commands import Command
+from oxidb.compose import ExecutorFactory, Lifecycle, Parts, Services, compose
 from oxidb.config import SETTINGS, Config, format_address
 from oxidb.datadir import DataDirLock
 from oxidb.errors import ConfigError
-from oxidb.engine import blobs, procedures as procedure_store, transactions
-from oxidb.engine.engine import Engine
 from oxidb.logs import Logger
-from oxidb.metrics import MetricsRefresher, NodeHealth, ServerMetrics, make_metrics_site, threadpool_stats
-from oxidb.raft.service import RaftService
-from oxidb.server.dispatch import Dispatcher
-from oxidb.server.executor import LocalExecutor
-from oxidb.server.protocol import OxiServerFactory
-from oxidb.server.workers import WorkerPool
+from oxidb.metrics import MetricsRefresher, NodeHealth, make_metrics_site
 from oxidb.server.scheduler import Scheduler
 
 #: seconds a clean shutdown waits for in-flight requests before closing anyway.
@@ -59,153 +41,79 @@ DRAIN_TIMEOUT = 30.0
 #: acknowledged is lost by that: the stores survive a kill -9.
 SHUTDOWN_DEADLINE = DRAIN_TIMEOUT + 30.0
 
-
-@attrs.define(eq=False)
-class Services:
-    """
-    The server-wide parts handlers and adapters share
-    (L{oxidb.commands.IServices}). Optional parts are C{None} when off.
-    """
-
-    config: Config
-    clock: Any
-    data_dir: str
-    registry: CommandRegistry
-    threadpool: Any = None
-    executor: Any = None
-    dispatcher: Any = None
-    factory: Any = None
-    engine: Any = None
-    metrics: Any = None
-    audit: Any = None
-    auth: Any = None
-    raft: Any = None
-    auth_enabled: bool = False
-    health_open: bool = False
-    tls_enabled: bool = False
-    started_at: float = 0.0
-    serving: bool = False
+__all__ = ["DRAIN_TIMEOUT", "SHUTDOWN_DEADLINE", "Lifecycle", "OxiService", "Services"]
 
 
 class OxiService(MultiService):
     """
     The OxiDB server. Construction validates the configuration and prepares
-    the data directory (raising L{oxidb.errors.ConfigError}); starting binds
-    the client port; stopping stops accepting, lets in-flight requests finish,
+    the data directory (raising L{oxidb.errors.ConfigError}), and builds the
+    whole object graph once (L{oxidb.compose.compose}); starting binds the
+    client port; stopping stops accepting, lets in-flight requests finish,
     closes connections and flushes storage.
 
     @ivar port: the listening port once started (C{port.getHost().port} tells
         the real port when configured with port 0).
+    @ivar parts: what L{oxidb.compose.compose} built.
+    @ivar shared: the frozen L{Services} handlers share.
     """
 
     _log = Logger()
 
-    def __init__(self, config: Config, reactor: Any, *, handle_signals: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        *,
+        handle_signals: bool = False,
+        engine: Any = None,
+        executor: ExecutorFactory | None = None,
+        extra_commands: Iterable[Command] = (),
+        audit: Auditor | None = None,
+    ) -> None:
+        """
+        @param engine: see L{compose}: an engine open already (tests).
+        @param executor: see L{compose}: builds the executor (tests).
+        @param extra_commands: registry rows added to the built-in ones.
+        @param audit: an auditor replacing the configured one (tests).
+        """
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.handle_signals = handle_signals
         data_dir = config.prepare_data_dir()
         self.datadir_lock = DataDirLock(data_dir)
-        self.shared = Services(config=config, clock=reactor, data_dir=data_dir, registry=default_registry())
-        self.threadpool = WorkerPool(
-            reactor, config.pool_size, name="oxidb-pool", owned=True, max_queued=config.limits.pool_queue
+        self.parts: Parts = compose(
+            config,
+            reactor,
+            data_dir,
+            on_fatal=self._cluster_failed,
+            engine=engine,
+            executor=executor,
+            extra_commands=extra_commands,
+            audit=audit,
         )
-        self.shared.threadpool = self.threadpool
-        self.shared.executor = LocalExecutor(reactor, self.threadpool, self.shared)
-        self.dispatcher = Dispatcher(self.shared)
-        self.shared.dispatcher = self.dispatcher
-        self.factory = OxiServerFactory(self.shared, self.dispatcher, reactor)
-        self.shared.factory = self.factory
+        parts = self.parts
+        self.shared: Services = parts.services
+        self.lifecycle: Lifecycle = parts.lifecycle
+        self.threadpool = parts.threadpool
+        self.engine = parts.engine
+        self.dispatcher = parts.dispatcher
+        self.factory = parts.factory
+        self.raft = parts.raft
+        self.gelf = parts.gelf
+        self.audit_log = parts.audit_log
+        self.tls_options = parts.tls_options
+        self.metrics_tls = parts.metrics_tls
         self.port: Any = None
         self.metrics_port: Any = None
-        # Reads never write (so a Read user creates nothing, docs/security.md);
-        # in cluster mode the Raft log is the durable record
-        # (docs/clustering.md, "Durability").
-        cluster = config.node_id is not None
-        self.engine = Engine(
-            data_dir, synchronous="NORMAL" if cluster else "FULL", auto_create_on_read=False, limits=config.limits
-        )
-        transactions.register_appliers(self.engine)
-        procedure_store.register_appliers(self.engine)
-        blobs.register_appliers(self.engine)
-        self.raft: RaftService | None = self._setup_cluster() if cluster else None
-        self._setup_metrics()
-        self._setup_security()
-        Scheduler(
-            reactor, self.shared.executor, self.engine, should_run=self._runs_schedules, metrics=self.shared.metrics
-        ).setServiceParent(self)
-
-    def _setup_security(self) -> None:
-        """TLS, GELF, audit and authentication, each only when configured."""
-        config, shared, reactor = self.config, self.shared, self.reactor
-        self.tls_options = None
-        if config.tls is not None:
-            self.tls_options = load_server_tls(config.tls.cert, config.tls.key)
-            shared.tls_enabled = True
-        self.gelf: GelfSender | None = None
-        if config.gelf is not None:
-            encoder = GelfEncoder(config.gelf.compress, config.gelf.chunk_size, random.SystemRandom())
-            self.gelf = GelfSender(reactor, config.gelf, resolve_gelf_address(config.gelf), encoder)
-        self.audit_log: AuditLog | None = None
-        if config.audit.enabled:
-            self.audit_log = AuditLog(Path(shared.data_dir) / "_audit", config.audit.rotation, reactor)
-            sinks: list[Any] = [self.audit_log] + ([self.gelf] if self.gelf is not None else [])
-            shared.audit = Auditor(reactor, sinks)
-        if config.auth.enabled:
-            shared.auth_enabled = True
-            shared.health_open = config.auth.health_open
-            shared.auth = AuthManager.open(
-                Path(shared.data_dir) / "_auth",
-                config.auth,
-                reactor,
-                shared.executor.read,
-                random.SystemRandom(),
-                limits=config.limits,
-            )
-            shared.registry.extend([*LOGIN_COMMANDS, *USER_COMMANDS])
-            register_appliers(self.engine, shared.auth.store)
-
-    def _setup_metrics(self) -> None:
-        """Request counters always; the HTTP endpoint when configured."""
-        shared = self.shared
-        metrics = ServerMetrics(
-            self.reactor, shared.registry.names(), data_dir=shared.data_dir, names=self.config.metrics.names
-        )
-        metrics.threadpool_source = lambda: threadpool_stats(self.threadpool)
-        metrics.documents_source = self.engine.collection_counts
         if self.raft is not None:
-            metrics.raft_source = self.raft.status
-        shared.metrics = metrics
-        tls = self.config.metrics.tls
-        self.metrics_tls = None if tls is None else load_server_tls(tls.cert, tls.key)
-        if self.config.metrics_addr is not None:
-            MetricsRefresher(metrics, self.reactor, shared.executor.read).setServiceParent(self)
-
-    # --- cluster mode ---------------------------------------------------------
-
-    def _setup_cluster(self) -> RaftService:
-        """
-        Raft (OXIDB_NODE_ID set): the node and its Raft port, writes through
-        Raft (the cluster executor), linearizable reads on request, and the
-        raft_* commands.
-        """
-        shared = self.shared
-        raft = RaftService(
-            self.config,
-            self.reactor,
-            engine=self.engine,
-            threadpool=self.threadpool,
-            users=lambda: shared.auth.store if shared.auth is not None else None,
-            on_fatal=self._cluster_failed,
-            audit=lambda: shared.audit,
-        )
-        shared.raft = raft
-        shared.executor = raft.executor
-        shared.dispatcher = self.factory.dispatcher = raft.wrap_dispatcher(self.dispatcher)
-        shared.registry.extend(RAFT_COMMANDS)
-        raft.setServiceParent(self)
-        return raft
+            self.raft.setServiceParent(self)
+        if config.metrics_addr is not None:
+            MetricsRefresher(parts.metrics, reactor, self.shared.executor.read).setServiceParent(self)
+        Scheduler(
+            reactor, self.shared.executor, self.engine, should_run=self._runs_schedules, metrics=parts.metrics
+        ).setServiceParent(self)
 
     def _runs_schedules(self) -> bool:
         """Standalone servers run schedules; in a cluster, only the leader."""
@@ -248,10 +156,10 @@ class OxiService(MultiService):
         else:
             self.port = self.reactor.listenTCP(port, self.factory, interface=host)
         if self.config.metrics_addr is not None:
-            health = NodeHealth(lambda: self.shared.serving, raft=self.shared.metrics.sample_raft)
+            health = NodeHealth(lambda: self.lifecycle.serving, raft=self.parts.metrics.sample_raft)
             settings = self.config.metrics
             site = make_metrics_site(
-                self.shared.metrics, health, self.reactor, self.threadpool, credentials=settings.credentials
+                self.parts.metrics, health, self.reactor, self.threadpool, credentials=settings.credentials
             )
             mhost, mport = self.config.metrics_addr
             if self.metrics_tls is not None:
@@ -266,7 +174,7 @@ class OxiService(MultiService):
         # Blocking, once, before the reactor serves anything: a storage
         # failure stops startup (twistd exits non-zero).
         self.engine.open()
-        self.shared.engine = self.engine
+        self.lifecycle.engine = self.engine
         gelf_settings = self.config.gelf
         if self.gelf is not None and gelf_settings is not None:
             self.gelf.start()
@@ -282,10 +190,10 @@ class OxiService(MultiService):
             self._log.info("authentication: enabled")
             # The real stderr: twistd may redirect sys.stderr into the log,
             # and the generated password must never reach a log.
-            self.shared.auth.ensure_default_admin(sys.__stderr__)
+            self.shared.auth.ensure_default_admin(cast(IO[str], sys.__stderr__))
         self.threadpool.start()
-        self.shared.started_at = self.reactor.seconds()
-        self.shared.serving = True
+        self.lifecycle.started_at = self.reactor.seconds()
+        self.lifecycle.serving = True
         config = self.config
         bound = self.port.getHost()
         self._log.info(
@@ -311,7 +219,7 @@ class OxiService(MultiService):
     @inlineCallbacks
     def stopService(self) -> Any:
         """Stop accepting, finish in-flight requests, close, flush."""
-        self.shared.serving = False
+        self.lifecycle.serving = False
         if self.port is not None:
             yield self.port.stopListening()
         # In-flight requests finish while everything they need (the Raft node
@@ -339,7 +247,7 @@ class OxiService(MultiService):
             if connection.transport is not None:
                 connection.transport.loseConnection()
         yield super().stopService()
-        engine = self.shared.engine
+        engine = self.lifecycle.engine
         if engine is not None:
             yield self.threadpool.defer(engine.close)
         self.threadpool.stop()

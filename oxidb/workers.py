@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from contextvars import ContextVar
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail
@@ -43,12 +42,9 @@ from twisted.python.failure import Failure
 from oxidb._threads import ReactorQueue
 from oxidb.errors import RequesterGoneError, ServerBusyError
 from oxidb.logs import Logger
+from oxidb.owner import current_owner as current_owner  # re-exported (module docstring)
 
 _STOP = object()
-
-#: The owner of the work submitted now (see the module docstring): the
-#: client connection whose request is being dispatched, or None.
-current_owner: ContextVar[Any] = ContextVar("oxidb_work_owner", default=None)
 
 
 class WorkerPool:

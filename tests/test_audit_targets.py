@@ -32,11 +32,11 @@ def audited(tmp_path: Any) -> Iterator[tuple[MemoryServer, Sink]]:
     transactions.register_appliers(engine)
     procedures.register_appliers(engine)
     with engine:
-        server = MemoryServer(Config(data_dir=engine.data_dir), engine=engine)
-        server.clock.advance(1_700_000_000)
-        server.services.registry.extend(USER_COMMANDS)  # without auth they fail, but are audited
         sink = Sink()
-        server.services.audit = Auditor(server.clock, [sink])
+        # Without auth the user commands fail, but are audited.
+        server = MemoryServer(Config(data_dir=engine.data_dir), engine=engine, commands=USER_COMMANDS)
+        server.rebuild(audit=Auditor(server.clock, [sink]))
+        server.clock.advance(1_700_000_000)
         yield server, sink
 
 

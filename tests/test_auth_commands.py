@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from zope.interface import implementer
 import pytest
 from scramp import ScramClient
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -25,7 +26,7 @@ from oxidb.auth.settings import AuthSettings
 from oxidb.auth.store import CreateUser, DropUser, UpdateUser, UserRecord
 from oxidb.auth.throttle import ThrottlePolicy
 from oxidb.commands import auth as commands
-from oxidb.commands._context import CommandContext
+from oxidb.commands._context import CommandContext, IServices
 from oxidb.errors import OxiError
 from oxidb.server.session import Session
 
@@ -69,6 +70,7 @@ class AuthFailureCounter:
         self.failures += 1
 
 
+@implementer(IServices)
 @attrs.define
 class Services:
     clock: Clock

@@ -21,12 +21,11 @@ from oxidb.auth.manager import AuthManager
 from oxidb.auth.settings import AuthSettings
 from oxidb.auth.store import CreateUser, DropUser, UpdateUser
 from oxidb.auth.throttle import ThrottlePolicy
-from oxidb.commands import default_registry
-from oxidb.commands.auth import LOGIN_COMMANDS, USER_COMMANDS
+from oxidb.commands import build_registry
+from oxidb.compose import Lifecycle, Services
 from oxidb.config import Config
 from oxidb.server.dispatch import Dispatcher
 from oxidb.server.protocol import OxiServerFactory
-from oxidb.service import Services
 from oxidb.testing import OxiClientProtocol, SynchronousExecutor
 
 
@@ -43,20 +42,30 @@ class UserEngine:
 class Server:
     def __init__(self, tmp_path: Path) -> None:
         self.clock = MemoryReactorClock()
-        registry = default_registry()
-        registry.extend(LOGIN_COMMANDS + USER_COMMANDS)
-        services = Services(Config(data_dir=str(tmp_path)), self.clock, str(tmp_path), registry, auth_enabled=True)
-        services.executor = SynchronousExecutor(services)
+        registry = build_registry(auth=True)
+        lifecycle = Lifecycle()
+        executor = SynchronousExecutor(lifecycle, self.clock)
         settings = AuthSettings(enabled=True, throttle=ThrottlePolicy(base_delay=0.5, max_delay=2.0, max_failures=3))
-        services.auth = AuthManager.open(tmp_path / "_auth", settings, self.clock, services.executor.read, random.Random(3))
+        auth = AuthManager.open(tmp_path / "_auth", settings, self.clock, executor.read, random.Random(3))
         banner = io.StringIO()
-        services.auth.ensure_default_admin(banner)
+        auth.ensure_default_admin(banner)
         self.admin_password = banner.getvalue().split("password: ")[1].split("\n")[0]
         self.events: list[AuditEvent] = []
-        services.audit = Auditor(self.clock, [self])
-        services.engine = UserEngine(services.auth)
-        services.dispatcher = Dispatcher(services)
-        self.factory = OxiServerFactory(services, services.dispatcher, self.clock)
+        audit = Auditor(self.clock, [self])
+        lifecycle.engine = UserEngine(auth)
+        dispatcher = Dispatcher(registry, auth_enabled=True, audit=audit)
+        services = Services(
+            config=Config(data_dir=str(tmp_path)),
+            clock=self.clock,
+            data_dir=str(tmp_path),
+            registry=registry,
+            lifecycle=lifecycle,
+            executor=executor,
+            dispatcher=dispatcher,
+            audit=audit,
+            auth=auth,
+        )
+        self.factory = OxiServerFactory(services, dispatcher, self.clock)
 
     def record(self, event: AuditEvent) -> None:
         self.events.append(event)

@@ -20,7 +20,6 @@ from typing import Any, ClassVar, Iterator
 import attrs
 import pytest
 
-from oxidb.auth import rbac
 from oxidb.auth.rbac import Role
 from oxidb.commands import default_registry
 from oxidb.config import Config
@@ -567,8 +566,9 @@ def test_backup_commands_are_admin_only_and_local() -> None:
     for name in ("backup", "restore"):
         command = registry.get(name)
         assert command is not None and command.writes is False
-        assert rbac.required_role(name) is Role.ADMIN
-        assert not rbac.allowed(Role.READWRITE, name)
+        assert command.role is Role.ADMIN
+        assert registry.access.required_role(name) is Role.ADMIN
+        assert not registry.access.allowed(Role.READWRITE, name)
 
 
 def test_archive_database_is_one_file(engine: Engine, tmp_path: Any) -> None:

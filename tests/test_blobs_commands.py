@@ -12,7 +12,6 @@ from typing import Any, Iterator
 
 import pytest
 
-from oxidb.auth import rbac
 from oxidb.auth.rbac import Role
 from oxidb.commands import default_registry
 from oxidb.config import Config
@@ -259,9 +258,10 @@ BLOB_COMMANDS = {
 
 @pytest.mark.parametrize("name", sorted(BLOB_COMMANDS))
 def test_registry_rows(name: str) -> None:
-    command = default_registry().get(name)
+    registry = default_registry()
+    command = registry.get(name)
     assert command is not None
     writes, role = BLOB_COMMANDS[name]
     assert command.writes is writes
-    assert rbac.required_role(name) is role
+    assert registry.access.required_role(name) is role
     assert command.audit_collection == (None if name == "list_buckets" else "bucket")

@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import attrs
+from zope.interface import implementer
 import pytest
 from twisted.internet.defer import maybeDeferred, succeed
 from twisted.internet.task import Clock
 
-from oxidb.commands import CommandContext, default_registry
+from oxidb.commands import CommandContext, IServices, default_registry
 from oxidb.commands import aggregation, collections, crud, indexes
 from oxidb.engine.engine import Engine
 from oxidb.engine.operations import Delete, DeleteOne, Insert, InsertMany, Operation, Update, UpdateOne
@@ -31,6 +32,7 @@ ENGINE_COMMANDS = {
 }
 
 
+@implementer(IServices)
 @attrs.define
 class Services:
     engine: Any

@@ -10,7 +10,6 @@ import io
 import json
 import random
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -35,6 +34,7 @@ from oxidb.commands import auth as auth_commands
 from oxidb.commands._context import CommandContext
 from oxidb.logs import Logger, escape_control
 from oxidb.server.session import Session
+from oxidb.testing import fake_services
 
 EVIL = "bob\n2026-01-01T00:00:00+0000 [oxidb] admin logged in\r\x1b[2K\x1b[31mALERT\x07\u2028end"
 RAW = ("\r", "\x1b", "\x07", "\u2028")
@@ -131,7 +131,7 @@ def test_a_failed_login_with_a_hostile_user_name(tmp_path: Path) -> None:
     policy = ThrottlePolicy(base_delay=0.1, max_delay=1.0, max_failures=4, window=60.0)
     manager = AuthManager.open(tmp_path, AuthSettings(enabled=True, throttle=policy), clock, read, random.Random(0))
     sink = _Sink()
-    services = SimpleNamespace(auth=manager, audit=Auditor(clock, [sink]), metrics=None, clock=clock)
+    services = fake_services(auth=manager, audit=Auditor(clock, [sink]), metrics=None, clock=clock)
     ctx = CommandContext(Session(peer="127.0.0.1:5000"), services)
     events: list[dict[str, Any]] = []
     original = auth_commands._log.observer

@@ -10,8 +10,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from oxidb.auth.rbac import REQUIRED_ROLE, Role
-from oxidb.commands import default_registry
+from oxidb.auth.rbac import Role
+from oxidb.commands import all_commands
 from oxidb.config import Config
 from oxidb.engine import blobs, procedures, transactions
 from oxidb.engine.engine import Engine
@@ -175,8 +175,8 @@ def test_the_server_never_auto_creates_on_read(tmp_path: Any) -> None:
 
 
 def test_read_role_commands_never_write() -> None:
-    registry = default_registry()
-    read_commands = [name for name, role in REQUIRED_ROLE.items() if role is Role.READ and name in registry]
+    registry = all_commands()
+    read_commands = [name for name, role in registry.access.roles.items() if role is Role.READ]
     assert "find" in read_commands and "list_schedules" in read_commands
     writers = [name for name in read_commands if registry.get(name).writes]  # type: ignore[union-attr]
     assert writers == []

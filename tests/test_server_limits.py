@@ -56,7 +56,7 @@ def make_server(tmp_path: Any, auth: bool = False, **env: str) -> MemoryServer:
     if auth:
         environ["OXIDB_AUTH"] = "true"
     server = MemoryServer(Config.from_sources(environ))
-    server.services.registry.add(Command("fake_login", fake_login, pre_auth=True, audited=False))
+    server.add_command(Command("fake_login", fake_login, pre_auth=True, audited=False))
     return server
 
 
@@ -68,7 +68,7 @@ def connect(server: MemoryServer, host: str = "10.0.0.1", transport: Any = None)
 
 
 def add_command(server: MemoryServer, name: str, fn: Callable[..., Any], **kw: Any) -> None:
-    server.services.registry.add(Command(name, fn, **kw))
+    server.add_command(Command(name, fn, **kw))
 
 
 def add_slow(server: MemoryServer, **kw: Any) -> list[Deferred[Any]]:
@@ -163,7 +163,7 @@ def test_nothing_before_login_is_audited(tmp_path: Any) -> None:
         def record(self, event: AuditEvent) -> None:
             events.append(event)
 
-    server.services.audit = Auditor(server.clock, [Sink()])
+    server.rebuild(audit=Auditor(server.clock, [Sink()]))
     protocol, _ = connect(server)
     requests = [
         {"cmd": "ping"},
@@ -266,7 +266,7 @@ def test_reads_of_a_closed_connection_are_dropped(tmp_path: Any, blocked_pool: A
     """Through the protocol: the read a request queued belongs to its connection."""
     pool, reactor, gate = blocked_pool
     server = make_server(tmp_path)
-    server.services.executor = LocalExecutor(reactor, pool, server.services)
+    server.rebuild(executor=lambda lifecycle: LocalExecutor(reactor, pool, lifecycle))
     ran: list[int] = []
     add_command(server, "work", lambda ctx, request: ctx.read(ran.append, request["n"]))
     closing, _ = connect(server)
@@ -284,7 +284,7 @@ def test_reads_of_a_closed_connection_are_dropped(tmp_path: Any, blocked_pool: A
 def test_busy_pool_is_a_reply_not_a_wait(tmp_path: Any, blocked_pool: Any) -> None:
     pool, reactor, gate = blocked_pool
     server = make_server(tmp_path)
-    server.services.executor = LocalExecutor(reactor, pool, server.services)
+    server.rebuild(executor=lambda lifecycle: LocalExecutor(reactor, pool, lifecycle))
     add_command(server, "work", lambda ctx, request: ctx.read(lambda: "done"))
     connections = [connect(server) for _ in range(3)]
     for protocol, _ in connections:

@@ -39,7 +39,7 @@ def add_slow_command(server: MemoryServer) -> list[Deferred[Any]]:
         pending.append(d)
         return d
 
-    server.services.registry.add(Command("slow", slow))
+    server.add_command(Command("slow", slow))
     return pending
 
 
@@ -159,7 +159,7 @@ def test_handler_exceptions_give_a_generic_error(server: MemoryServer) -> None:
     def broken(ctx: Any, request: Any) -> Any:
         raise ZeroDivisionError("secret detail")
 
-    server.services.registry.add(Command("broken", broken))
+    server.add_command(Command("broken", broken))
     assert server.request({"cmd": "broken"}) == {"ok": False, "error": "internal error"}
     assert server.request({"cmd": "ping"}) == {"ok": True, "data": "pong"}
 

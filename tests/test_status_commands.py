@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import pytest
@@ -18,6 +17,7 @@ from oxidb.commands import COMMAND_MODULES, CommandContext
 from oxidb.commands.status import COMMANDS, proc_status, server_status
 from oxidb.metrics import RaftStatus, ServerMetrics, StorageSample, ThreadPoolStats
 from oxidb.server.session import Session
+from oxidb.testing import fake_services
 
 
 class RecordingExecutor:
@@ -78,7 +78,7 @@ class Server:
             self.clock, ["ping", "find"], data_dir=str(self.data_dir), proc_root=str(self.proc)
         )
         self.executor = RecordingExecutor(hold)
-        self.ctx = CommandContext(Session.anonymous_admin(), SimpleNamespace(metrics=self.metrics, executor=self.executor))
+        self.ctx = CommandContext(Session.anonymous_admin(), fake_services(metrics=self.metrics, executor=self.executor))
 
 
 @pytest.fixture

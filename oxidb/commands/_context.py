@@ -1,6 +1,11 @@
 """
 What a command handler sees: the connection's session, the server's shared
 parts, and the two ways to do blocking work.
+
+The seams are zope interfaces: L{IServices} (the whole, read-only set of
+shared parts the composition root L{oxidb.compose} builds), and the narrower
+capabilities L{IExecutor}, L{IEngineSource} and L{IDispatcher}. Whatever is
+passed in for one is checked when it is stored (L{provides}).
 """
 
 from __future__ import annotations
@@ -9,13 +14,38 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 from zope.interface import Attribute, Interface
+from zope.interface.interface import InterfaceClass
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from oxidb.engine.operations import Operation
-
+    from oxidb.commands._reply import Reply
     from oxidb.server.session import Session
+
+
+def provides(iface: InterfaceClass) -> Callable[[Any, "attrs.Attribute[Any]", Any], None]:
+    """
+    An attrs validator: the value must provide C{iface} (declared with
+    C{@implementer}), else C{TypeError} naming the field.
+    """
+
+    def check(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+        if not iface.providedBy(value):
+            raise TypeError(f"{attribute.name} must provide {iface.__name__}, not {value!r}")
+
+    return check
+
+
+def provides_or_none(iface: InterfaceClass) -> Callable[[Any, "attrs.Attribute[Any]", Any], None]:
+    """L{provides}, or C{None} (an optional part that is off)."""
+    check = provides(iface)
+
+    def optional(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+        if value is not None:
+            check(instance, attribute, value)
+
+    return optional
 
 
 class IExecutor(Interface):
@@ -39,14 +69,41 @@ class IExecutor(Interface):
         """
 
 
-class IServices(Interface):
-    """The server-wide parts a handler may use (see L{oxidb.service})."""
+class IEngineSource(Interface):
+    """Where the engine is found once it has opened (the server's lifecycle)."""
+
+    engine = Attribute("the opened L{oxidb.engine.engine.Engine}, or None before it opens")
+
+
+class IDispatcher(Interface):
+    """Runs requests (C{pipeline} runs its sub-requests through it)."""
+
+    registry = Attribute("the complete L{oxidb.commands.CommandRegistry}")
+
+    def dispatch(ctx: "CommandContext", request: Any) -> "Reply | Deferred[Reply]":
+        """Run one request: a L{Reply}, or a Deferred firing with one."""
+
+
+class IServices(IEngineSource):
+    """
+    The server-wide parts a handler may use, built once by L{oxidb.compose}
+    and read-only afterwards. Optional parts are None when off.
+    """
 
     config = Attribute("the L{oxidb.config.Config}")
     clock = Attribute("an IReactorTime")
-    engine = Attribute("the L{oxidb.engine.Engine}, or None before it opens")
+    data_dir = Attribute("the data directory")
+    registry = Attribute("the complete L{oxidb.commands.CommandRegistry}")
     executor = Attribute("the L{IExecutor}")
-    registry = Attribute("the L{oxidb.commands.CommandRegistry}")
+    dispatcher = Attribute("the L{IDispatcher}")
+    threadpool = Attribute("the L{oxidb.server.workers.WorkerPool}")
+    metrics = Attribute("the L{oxidb.metrics.ServerMetrics}")
+    audit = Attribute("the L{oxidb.audit.events.Auditor}, or None")
+    auth = Attribute("the L{oxidb.auth.manager.AuthManager}, or None")
+    raft = Attribute("the L{oxidb.raft.service.RaftService}, or None")
+    auth_enabled = Attribute("authentication is on")
+    health_open = Attribute("C{OXIDB_HEALTH_OPEN} is on (with authentication)")
+    tls_enabled = Attribute("the client port speaks TLS")
 
 
 @attrs.define
@@ -59,7 +116,7 @@ class CommandContext:
     """
 
     session: "Session"
-    services: Any
+    services: IServices = attrs.field(validator=provides(IServices))
 
     def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
         return self.services.executor.read(fn, *args, **kwargs)

@@ -1,10 +1,15 @@
 """
-The command registry: one row per wire command.
+The command registry: one row per wire command, holding everything about it.
 
-A row says how to run the command (its handler), whether it changes state
-(C{writes}: it is replicated in cluster mode and forwarded to the leader),
-whether it may run before login, and what the audit line records. Which role
-may run it is not here: that is the single RBAC table in L{oxidb.auth.rbac}.
+A row says how to run the command (its handler), which role may run it (the
+RBAC table of L{oxidb.auth.rbac} is derived from the rows), whether it
+changes state (C{writes}: it is replicated in cluster mode and forwarded to
+the leader), whether it may run before login, what the audit line records,
+and its request schema (L{oxidb.commands._schema}), which the dispatcher
+validates before the handler runs and C{docs/commands.md} is generated from.
+
+A L{CommandRegistry} is built once, complete, by the composition root
+(L{oxidb.commands.build_registry}) and never changes afterwards.
 
 Handlers run on the reactor thread and must not block. They take the
 L{oxidb.commands.CommandContext} and the decoded request, and return either
@@ -16,9 +21,13 @@ raised (or errback) as L{oxidb.errors.OxiError}.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import attrs
+
+from oxidb.auth.rbac import AccessTable, Role
+from oxidb.commands._schema import NO_FIELDS, Schema
 
 if TYPE_CHECKING:
     from oxidb.commands._context import CommandContext
@@ -33,6 +42,8 @@ class Command:
 
     @ivar name: the exact, case-sensitive C{cmd} value.
     @ivar handler: see the module docstring.
+    @ivar role: the least role that may run it once logged in (Admin unless
+        said otherwise: fail closed).
     @ivar writes: the command changes replicated state.
     @ivar pre_auth: allowed before authentication (C{ping}, C{hello}, the
         authentication commands).
@@ -44,6 +55,11 @@ class Command:
     @ivar audit_target: request keys whose values the audit line records
         in C{target} (L{oxidb.audit.events.audit_target}): what an admin or
         index operation acted on. Never a secret field.
+    @ivar health_check: open to health checkers, before login and for every
+        role, when C{OXIDB_HEALTH_OPEN} is on (C{raft_metrics}).
+    @ivar schema: the request's fields (validated before the handler).
+    @ivar summary: one line for C{docs/commands.md}: what it does and
+        replies.
     """
 
     name: str
@@ -53,23 +69,31 @@ class Command:
     audited: bool = True
     audit_collection: str | None = "collection"
     audit_target: tuple[str, ...] = ()
+    role: Role = Role.ADMIN
+    health_check: bool = False
+    schema: Schema = NO_FIELDS
+    summary: str = ""
 
 
+@attrs.frozen(init=False)
 class CommandRegistry:
-    """Name -> L{Command}. Registering a name twice is a programming error."""
+    """
+    Name -> L{Command}, read-only once built. Registering a name twice is a
+    programming error.
+
+    @ivar access: the RBAC table derived from the rows.
+    """
+
+    _commands: Mapping[str, Command]
+    access: AccessTable
 
     def __init__(self, commands: Iterable[Command] = ()) -> None:
-        self._commands: dict[str, Command] = {}
-        self.extend(commands)
-
-    def add(self, command: Command) -> None:
-        if command.name in self._commands:
-            raise ValueError(f"command registered twice: {command.name}")
-        self._commands[command.name] = command
-
-    def extend(self, commands: Iterable[Command]) -> None:
+        table: dict[str, Command] = {}
         for command in commands:
-            self.add(command)
+            if command.name in table:
+                raise ValueError(f"command registered twice: {command.name}")
+            table[command.name] = command
+        self.__attrs_init__(MappingProxyType(table), AccessTable.from_rows(table.values()))
 
     def get(self, name: str) -> Command | None:
         return self._commands.get(name)

@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from oxidb.commands._args import max_time_ms, require_collection, require_present
+from oxidb.auth.rbac import Role
 from oxidb.commands._registry import Command
+from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
 
 if TYPE_CHECKING:
@@ -27,5 +29,21 @@ def aggregate(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]"
 
 
 COMMANDS = [
-    Command("aggregate", aggregate),
+    Command(
+        "aggregate",
+        aggregate,
+        role=Role.READ,
+        schema=fields(
+            collection_field(),
+            Field(
+                "pipeline",
+                JsonType.ANY,
+                required=True,
+                max_items="`OXIDB_PIPELINE_MAX_STAGES`",
+                doc="an array of stages (checked by the engine)",
+            ),
+            MAX_TIME_MS,
+        ),
+        summary="The aggregation pipeline's output documents.",
+    ),
 ]

@@ -27,6 +27,7 @@ from oxidb.auth.store import create_user_op, drop_user_op, update_user_op
 from oxidb.commands._args import optional_str, require_str
 from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
+from oxidb.commands._schema import Field, JsonType, fields
 from oxidb.errors import (
     AuthenticationFailedError,
     BadRequestError,
@@ -244,17 +245,79 @@ def list_users(ctx: CommandContext, request: dict[str, Any]) -> list[dict[str, A
     return users
 
 
-#: Served before login; they audit themselves.
+_PAYLOAD = fields(Field("payload", JsonType.STRING, doc="the SCRAM message"))
+_ROLE = Field("role", JsonType.STRING, doc="`read`, `readWrite` or `admin` (checked by the handler)", handler=True)
+
+#: Served before login; they audit themselves. Once logged in they are
+#: unknown commands (server.md 4.8): Admin-only, so a non-admin is denied.
 LOGIN_COMMANDS = [
-    Command("authenticate", authenticate, pre_auth=True, audited=False),
-    Command("authenticate_continue", authenticate_continue, pre_auth=True, audited=False),
-    Command("auth_simple", auth_simple, pre_auth=True, audited=False),
+    Command(
+        "authenticate",
+        authenticate,
+        pre_auth=True,
+        audited=False,
+        schema=_PAYLOAD,
+        summary="SCRAM-SHA-256 step 1: client-first in, server-first out.",
+    ),
+    Command(
+        "authenticate_continue",
+        authenticate_continue,
+        pre_auth=True,
+        audited=False,
+        schema=_PAYLOAD,
+        summary="SCRAM-SHA-256 step 2: client-final in, server-final out; logs the session in.",
+    ),
+    Command(
+        "auth_simple",
+        auth_simple,
+        pre_auth=True,
+        audited=False,
+        schema=fields(Field("username", JsonType.STRING), Field("password", JsonType.STRING)),
+        summary="Plaintext login (legacy clients; use TLS): the user's role.",
+    ),
 ]
 
-#: Admin-only (RBAC table); the changes replicate in cluster mode.
+#: Admin-only; the changes replicate in cluster mode.
 USER_COMMANDS = [
-    Command("create_user", create_user, writes=True, audit_collection=None, audit_target=("username", "role")),
-    Command("drop_user", drop_user, writes=True, audit_collection=None, audit_target=("username",)),
-    Command("update_user", update_user, writes=True, audit_collection=None, audit_target=("username", "role")),
-    Command("list_users", list_users, audit_collection=None),
+    Command(
+        "create_user",
+        create_user,
+        writes=True,
+        audit_collection=None,
+        audit_target=("username", "role"),
+        schema=fields(
+            Field("username", JsonType.STRING, required=True, doc="in SASLprep normal form (checked by the handler)"),
+            Field("password", JsonType.STRING, required=True),
+            Field("role", JsonType.STRING, doc="default `read`; `read`, `readWrite` or `admin`", handler=True),
+        ),
+        summary='`"user created"`.',
+    ),
+    Command(
+        "drop_user",
+        drop_user,
+        writes=True,
+        audit_collection=None,
+        audit_target=("username",),
+        schema=fields(Field("username", JsonType.STRING, required=True)),
+        summary='`"user dropped"`; never the last admin.',
+    ),
+    Command(
+        "update_user",
+        update_user,
+        writes=True,
+        audit_collection=None,
+        audit_target=("username", "role"),
+        schema=fields(
+            Field("username", JsonType.STRING, required=True),
+            Field("password", JsonType.STRING, doc="`password` and/or `role` (checked by the handler)", handler=True),
+            _ROLE,
+        ),
+        summary='`"user updated"`; never demotes the last admin.',
+    ),
+    Command(
+        "list_users",
+        list_users,
+        audit_collection=None,
+        summary="The users and their roles, by name.",
+    ),
 ]

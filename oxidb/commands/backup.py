@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from oxidb.commands._args import require_str
 from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
+from oxidb.commands._schema import Field, JsonType, fields
 from oxidb.engine import backup as archives
 from oxidb.errors import BadRequestError, UnavailableError
 
@@ -38,7 +39,28 @@ def restore(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
     return ctx.read(archives.restore_backup, archive, target)
 
 
+def _path_field(name: str, doc: str) -> Field:
+    return Field(name, JsonType.STRING, required=True, nonempty=True, doc=doc)
+
+
 COMMANDS = [
-    Command("backup", backup, audit_collection=None, audit_target=("path",)),
-    Command("restore", restore, audit_collection=None, audit_target=("archive", "target")),
+    Command(
+        "backup",
+        backup,
+        audit_collection=None,
+        audit_target=("path",),
+        schema=fields(_path_field("path", "the archive to write, on the server")),
+        summary="Writes an archive of the data directory on this node.",
+    ),
+    Command(
+        "restore",
+        restore,
+        audit_collection=None,
+        audit_target=("archive", "target"),
+        schema=fields(
+            _path_field("archive", "the archive to read, on the server"),
+            _path_field("target", "the directory to unpack it into"),
+        ),
+        summary="Unpacks an archive into a directory on this node.",
+    ),
 ]

@@ -16,7 +16,9 @@ from twisted.internet.defer import Deferred
 
 from oxidb.commands._args import max_time_ms, optional_str, optional_uint, require_str
 from oxidb.commands._context import CommandContext
+from oxidb.auth.rbac import Role
 from oxidb.commands._registry import Command
+from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, fields
 from oxidb.engine import blobs, textindex
 from oxidb.errors import UnavailableError
 
@@ -106,15 +108,94 @@ def extract_text(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]
     return _read(ctx, blobs.extract_object_text, *_bucket_and_key(request))
 
 
+_BUCKET_RULES = "not empty, no `/`, `\\` or NUL, no leading `.` (checked by the handler)"
+_BUCKET = Field("bucket", JsonType.STRING, required=True, doc=_BUCKET_RULES)
+_KEY = Field(
+    "key",
+    JsonType.STRING,
+    required=True,
+    max_bytes=blobs.MAX_KEY_BYTES,
+    doc="not empty (length and emptiness checked by the handler)",
+)
+_BUCKET_AND_KEY = fields(_BUCKET, _KEY)
+
+
+def _row(name: str, handler: Any, role: Role, summary: str, schema: Any = _BUCKET_AND_KEY, **kw: Any) -> Command:
+    """A blob command: audited with the bucket as its collection."""
+    return Command(name, handler, audit_collection="bucket", role=role, schema=schema, summary=summary, **kw)
+
+
 COMMANDS = [
-    Command("create_bucket", create_bucket, writes=True, audit_collection="bucket"),
-    Command("list_buckets", list_buckets, audit_collection=None),
-    Command("delete_bucket", delete_bucket, writes=True, audit_collection="bucket"),
-    Command("put_object", put_object, writes=True, audit_collection="bucket", audit_target=("key",)),
-    Command("get_object", get_object, audit_collection="bucket", audit_target=("key",)),
-    Command("head_object", head_object, audit_collection="bucket", audit_target=("key",)),
-    Command("delete_object", delete_object, writes=True, audit_collection="bucket", audit_target=("key",)),
-    Command("list_objects", list_objects, audit_collection="bucket"),
-    Command("search", search, audit_collection="bucket"),
-    Command("extract_text", extract_text, audit_collection="bucket"),
+    _row("create_bucket", create_bucket, Role.READWRITE, '`"bucket created"`.', fields(_BUCKET), writes=True),
+    Command(
+        "list_buckets",
+        list_buckets,
+        audit_collection=None,
+        role=Role.READ,
+        summary="The bucket names, sorted.",
+    ),
+    _row(
+        "delete_bucket",
+        delete_bucket,
+        Role.READWRITE,
+        '`"bucket deleted"`, with its objects.',
+        fields(_BUCKET),
+        writes=True,
+    ),
+    _row(
+        "put_object",
+        put_object,
+        Role.READWRITE,
+        "Stores an object (replacing one with the same key): its metadata.",
+        fields(
+            _BUCKET,
+            _KEY,
+            Field(
+                "data",
+                JsonType.STRING,
+                required=True,
+                message="missing 'data' (base64)",
+                max_bytes=blobs.MAX_OBJECT_BYTES,
+                doc="the content, base64; the limit is on the decoded bytes (checked by the handler)",
+            ),
+            Field("content_type", JsonType.STRING, doc=f"default `{blobs.DEFAULT_CONTENT_TYPE}`"),
+            Field("metadata", JsonType.OBJECT, doc="string values (checked by the handler)"),
+        ),
+        writes=True,
+        audit_target=("key",),
+    ),
+    _row("get_object", get_object, Role.READ, "The object's content (base64) and metadata.", audit_target=("key",)),
+    _row("head_object", head_object, Role.READ, "The object's metadata.", audit_target=("key",)),
+    _row(
+        "delete_object", delete_object, Role.READWRITE, '`"object deleted"`.', writes=True, audit_target=("key",)
+    ),
+    _row(
+        "list_objects",
+        list_objects,
+        Role.READ,
+        "The bucket's objects' metadata, by key.",
+        fields(
+            Field("bucket", JsonType.STRING, required=True, message="missing 'collection'", doc=_BUCKET_RULES),
+            Field("prefix", JsonType.STRING, doc="only keys starting with it"),
+            Field("limit", JsonType.UINT, doc=f"default {blobs.DEFAULT_LIST_LIMIT}"),
+        ),
+    ),
+    _row(
+        "search",
+        search,
+        Role.READ,
+        "Objects whose extracted text matches, with `_score`, best first.",
+        fields(
+            Field(
+                "query",
+                JsonType.STRING,
+                required=True,
+                doc="at most `OXIDB_SEARCH_MAX_QUERY_LENGTH` characters (checked by the engine)",
+            ),
+            Field("bucket", JsonType.STRING, doc="only this bucket"),
+            Field("limit", JsonType.UINT, doc=f"default {textindex.DEFAULT_LIMIT}"),
+            MAX_TIME_MS,
+        ),
+    ),
+    _row("extract_text", extract_text, Role.READ, "The text extracted from the object."),
 ]

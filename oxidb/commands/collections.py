@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from oxidb.commands._args import require_collection
+from oxidb.auth.rbac import Role
 from oxidb.commands._registry import Command
 from oxidb.engine.operations import Compact, CreateCollection, DropCollection
+from oxidb.commands._schema import collection_field, fields
 from oxidb.engine.store import is_reserved_collection
 from oxidb.errors import UnavailableError
 
@@ -53,8 +55,35 @@ def compact(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
 
 
 COMMANDS = [
-    Command("create_collection", create_collection, writes=True),
-    Command("list_collections", list_collections, audit_collection=None),
-    Command("drop_collection", drop_collection, writes=True),
-    Command("compact", compact, writes=True),
+    Command(
+        "create_collection",
+        create_collection,
+        writes=True,
+        role=Role.READWRITE,
+        schema=fields(collection_field()),
+        summary='`"collection created"`; `collection already exists: <name>` if it does.',
+    ),
+    Command(
+        "list_collections",
+        list_collections,
+        audit_collection=None,
+        role=Role.READ,
+        summary="Every collection name a client may use, sorted.",
+    ),
+    Command(
+        "drop_collection",
+        drop_collection,
+        writes=True,
+        role=Role.READWRITE,
+        schema=fields(collection_field()),
+        summary='`"collection dropped"`, also for an unknown collection.',
+    ),
+    Command(
+        "compact",
+        compact,
+        writes=True,
+        role=Role.READWRITE,
+        schema=fields(collection_field()),
+        summary='Rewrites a collection\'s storage: `{"old_size", "new_size", "docs_kept"}`.',
+    ),
 ]

@@ -8,10 +8,12 @@ from typing import Any
 
 from oxidb import __version__
 from oxidb.commands._context import CommandContext
+from oxidb.auth.rbac import Role
 from oxidb.commands._registry import Command
+from oxidb.commands._reply import Reply, TopLevel, command_name
+from oxidb.commands._schema import JsonType, Field, fields
 from oxidb.errors import BadRequestError, PipelineTooLongError, EncodedReplyTooLargeError
-from oxidb.server.dispatch import Reply, TopLevel, command_name
-from oxidb.server.workers import current_owner
+from oxidb.owner import current_owner
 from oxidb.wire.codec import size_at_least
 from oxidb.wire.limits import MAX_FRAME
 
@@ -140,8 +142,47 @@ def pipeline(ctx: CommandContext, request: dict[str, Any]) -> Any:
     return run_from(0)
 
 
+_WIRE_VERSIONS_TEXT = "'wire_versions' must be an array of integers"
+
 COMMANDS = [
-    Command("ping", ping, pre_auth=True, audit_collection=None),
-    Command("hello", hello, pre_auth=True, audited=False, audit_collection=None),
-    Command("pipeline", pipeline, pre_auth=True, audited=False, audit_collection=None),
+    Command(
+        "ping", ping, pre_auth=True, audit_collection=None, role=Role.READ, summary='Liveness check: `"pong"`.'
+    ),
+    Command(
+        "hello",
+        hello,
+        pre_auth=True,
+        audited=False,
+        audit_collection=None,
+        role=Role.READ,
+        schema=fields(
+            Field(
+                "wire_versions",
+                JsonType.ARRAY,
+                items=JsonType.INTEGER,
+                invalid=_WIRE_VERSIONS_TEXT,
+                doc="the versions the client speaks; default `[1]`",
+            )
+        ),
+        summary="Negotiates the wire version; replies with a top-level object describing the server and its features.",
+    ),
+    Command(
+        "pipeline",
+        pipeline,
+        pre_auth=True,
+        audited=False,
+        audit_collection=None,
+        role=Role.READ,
+        schema=fields(
+            Field(
+                "commands",
+                JsonType.ARRAY,
+                required=True,
+                message="pipeline: missing 'commands' array",
+                max_items="`OXIDB_MAX_PIPELINE`",
+                doc="requests, run in order; each is checked (login, role) on its own; no nested pipelines",
+            )
+        ),
+        summary="Runs several requests in order; replies with the list of their envelopes.",
+    ),
 ]

@@ -28,7 +28,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from oxidb.commands._args import is_uint, max_time_ms, require_collection, require_list, require_present
+from oxidb.auth.rbac import Role
 from oxidb.commands._registry import Command
+from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
 from oxidb.engine.operations import Delete, DeleteOne, Insert, InsertMany, Operation, Update, UpdateOne
 from oxidb.errors import BadRequestError
@@ -150,14 +152,99 @@ def delete_one(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     return _write(ctx, DeleteOne(collection, query))
 
 
+_RW = Role.READWRITE
+_QUERY = Field("query", JsonType.ANY, required=True, doc="a filter object (checked by the engine)")
+_READ_QUERY = Field("query", JsonType.OBJECT, doc="a filter; absent or null: `{}`; checked by the engine")
+
 COMMANDS = [
-    Command("insert", insert, writes=True),
-    Command("insert_many", insert_many, writes=True),
-    Command("find", find),
-    Command("find_one", find_one),
-    Command("count", count),
-    Command("update", update, writes=True),
-    Command("update_one", update_one, writes=True),
-    Command("delete", delete, writes=True),
-    Command("delete_one", delete_one, writes=True),
+    Command(
+        "insert",
+        insert,
+        writes=True,
+        role=_RW,
+        schema=fields(collection_field(), Field("doc", JsonType.ANY, required=True, doc="the document (an object)")),
+        summary='Inserts one document: `{"id": n}`.',
+    ),
+    Command(
+        "insert_many",
+        insert_many,
+        writes=True,
+        role=_RW,
+        schema=fields(
+            collection_field(),
+            Field(
+                "docs", JsonType.ARRAY, required=True, message="missing or invalid 'docs' array", doc="the documents"
+            ),
+        ),
+        summary="Inserts documents all-or-nothing: their consecutive ids.",
+    ),
+    Command(
+        "find",
+        find,
+        role=Role.READ,
+        schema=fields(
+            collection_field(),
+            _READ_QUERY,
+            Field("sort", JsonType.OBJECT, doc="field -> 1 or -1"),
+            Field("skip", JsonType.UINT),
+            Field("limit", JsonType.UINT),
+            MAX_TIME_MS,
+        ),
+        summary="Matching documents, filtered, sorted, skipped and limited.",
+    ),
+    Command(
+        "find_one",
+        find_one,
+        role=Role.READ,
+        schema=fields(collection_field(), _READ_QUERY, MAX_TIME_MS),
+        summary="The matching document with the lowest `_id`, or null.",
+    ),
+    Command(
+        "count",
+        count,
+        role=Role.READ,
+        schema=fields(collection_field(), _READ_QUERY, MAX_TIME_MS),
+        summary='`{"count": n}`: the number of matching documents.',
+    ),
+    Command(
+        "update",
+        update,
+        writes=True,
+        role=_RW,
+        schema=fields(collection_field(), _QUERY, Field("update", JsonType.ANY, required=True, doc="update operators")),
+        summary='Updates every matching document, all-or-nothing: `{"modified": n}`.',
+    ),
+    Command(
+        "update_one",
+        update_one,
+        writes=True,
+        role=_RW,
+        schema=fields(collection_field(), _QUERY, Field("update", JsonType.ANY, required=True, doc="update operators")),
+        summary='Updates the matching document with the lowest `_id`: `{"modified": 0 | 1}`.',
+    ),
+    Command(
+        "delete",
+        delete,
+        writes=True,
+        role=_RW,
+        schema=fields(
+            collection_field(),
+            _QUERY,
+            Field(
+                "limit",
+                JsonType.UINT,
+                invalid="'limit' must be a non-negative integer",
+                doc="delete at most this many, lowest `_id` first",
+            ),
+        ),
+        summary='Deletes matching documents: `{"deleted": n}`.',
+    ),
+    Command(
+        "delete_one",
+        delete_one,
+        writes=True,
+        role=_RW,
+        schema=fields(collection_field(), _QUERY),
+        summary='Deletes the matching document with the lowest `_id`: `{"deleted": 0 | 1}`.',
+    ),
 ]

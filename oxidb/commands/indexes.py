@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from oxidb.commands._args import max_time_ms, optional_uint, require_collection, require_list, require_str
+from oxidb.auth.rbac import Role
 from oxidb.commands._registry import Command
+from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
 from oxidb.engine.operations import CreateCompositeIndex, CreateIndex, CreateTextIndex, CreateUniqueIndex, DropIndex
 from oxidb.engine.textindex import DEFAULT_LIMIT
@@ -74,12 +76,86 @@ def text_search(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any
     return ctx.read(engine_of(ctx).text_search, collection, query, limit, max_time_ms(request))
 
 
+_RW = Role.READWRITE
+_FIELD = Field("field", JsonType.STRING, required=True, doc="the field path")
+_FIELDS = Field(
+    "fields",
+    JsonType.ARRAY,
+    required=True,
+    message="missing 'fields' array",
+    items=JsonType.STRING,
+    items_message="'fields' must be an array of strings",
+)
+
 COMMANDS = [
-    Command("create_index", create_index, writes=True, audit_target=("field",)),
-    Command("create_unique_index", create_unique_index, writes=True, audit_target=("field",)),
-    Command("create_composite_index", create_composite_index, writes=True, audit_target=("fields",)),
-    Command("create_text_index", create_text_index, writes=True, audit_target=("fields",)),
-    Command("list_indexes", list_indexes),
-    Command("drop_index", drop_index, writes=True, audit_target=("index",)),
-    Command("text_search", text_search),
+    Command(
+        "create_index",
+        create_index,
+        writes=True,
+        audit_target=("field",),
+        role=_RW,
+        schema=fields(collection_field(), _FIELD),
+        summary='`"index created"`; idempotent.',
+    ),
+    Command(
+        "create_unique_index",
+        create_unique_index,
+        writes=True,
+        audit_target=("field",),
+        role=_RW,
+        schema=fields(collection_field(), _FIELD),
+        summary='`"unique index created"`; upgrades a plain index on the field.',
+    ),
+    Command(
+        "create_composite_index",
+        create_composite_index,
+        writes=True,
+        audit_target=("fields",),
+        role=_RW,
+        schema=fields(collection_field(), _FIELDS),
+        summary='`{"index": "<fields joined by _>"}`.',
+    ),
+    Command(
+        "create_text_index",
+        create_text_index,
+        writes=True,
+        audit_target=("fields",),
+        role=_RW,
+        schema=fields(collection_field(), _FIELDS),
+        summary='`"text index created"`; an existing text index keeps its fields.',
+    ),
+    Command(
+        "list_indexes",
+        list_indexes,
+        role=Role.READ,
+        schema=fields(collection_field()),
+        summary="The collection's index descriptors.",
+    ),
+    Command(
+        "drop_index",
+        drop_index,
+        writes=True,
+        audit_target=("index",),
+        role=_RW,
+        schema=fields(collection_field(), Field("index", JsonType.STRING, required=True, doc="the index name")),
+        summary='`"index dropped"`, or `index not found: <name>`.',
+    ),
+    Command(
+        "text_search",
+        text_search,
+        role=Role.READ,
+        schema=fields(
+            collection_field(),
+            Field(
+                "query",
+                JsonType.STRING,
+                required=True,
+                message="missing 'query' string",
+                doc="at most `OXIDB_SEARCH_MAX_QUERY_LENGTH` characters (checked by the engine)",
+            ),
+            Field("limit", JsonType.UINT, doc=f"default {DEFAULT_LIMIT}"),
+            MAX_TIME_MS,
+        ),
+        summary="Documents matching the text index, with `_score`, best first.",
+    ),
 ]

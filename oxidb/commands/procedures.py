@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any, Generator
 from twisted.internet.defer import Deferred, inlineCallbacks
 
 from oxidb.commands._args import require_str
+from oxidb.auth.rbac import Role
 from oxidb.commands._registry import Command
+from oxidb.commands._schema import Field, JsonType, fields
 from oxidb.commands.collections import engine_of
 from oxidb.commands.transactions import commit, new_transaction
 from oxidb.engine import procedures, schedules
@@ -169,16 +171,100 @@ def disable_schedule(ctx: "CommandContext", request: dict[str, Any]) -> "Deferre
 #: The audited target of the commands naming one procedure or schedule.
 _NAME = ("name",)
 
+_PROCEDURE_NAME = fields(Field("name", JsonType.STRING, required=True, doc="the procedure"))
+_SCHEDULE_NAME = fields(Field("name", JsonType.STRING, required=True, doc="the schedule"))
+_RW = Role.READWRITE
+
 COMMANDS = [
-    Command("create_procedure", create_procedure, writes=True, audit_target=_NAME),
-    Command("call_procedure", call_procedure, writes=True, audit_target=_NAME),
-    Command("list_procedures", list_procedures),
-    Command("get_procedure", get_procedure, audit_target=_NAME),
-    Command("delete_procedure", delete_procedure, writes=True, audit_target=_NAME),
-    Command("create_schedule", create_schedule, writes=True, audit_target=("name", "procedure")),
-    Command("list_schedules", list_schedules),
-    Command("get_schedule", get_schedule, audit_target=_NAME),
-    Command("delete_schedule", delete_schedule, writes=True, audit_target=_NAME),
-    Command("enable_schedule", enable_schedule, writes=True, audit_target=_NAME),
-    Command("disable_schedule", disable_schedule, writes=True, audit_target=_NAME),
+    Command(
+        "create_procedure",
+        create_procedure,
+        writes=True,
+        audit_target=_NAME,
+        schema=fields(
+            Field("name", JsonType.STRING, required=True),
+            Field("params", JsonType.ARRAY, items=JsonType.STRING, doc="parameter names", handler=True),
+            Field("steps", JsonType.ARRAY, required=True, doc="not empty (checked by the handler)", handler=True),
+        ),
+        summary='`"procedure created"` (or replaced); the whole request is the stored definition.',
+    ),
+    Command(
+        "call_procedure",
+        call_procedure,
+        writes=True,
+        audit_target=_NAME,
+        role=_RW,
+        schema=fields(
+            Field("name", JsonType.STRING, required=True, doc="the procedure"),
+            Field("params", JsonType.OBJECT, doc="parameter values; default `{}`"),
+        ),
+        summary="Runs a procedure in a transaction of its own: its value.",
+    ),
+    Command("list_procedures", list_procedures, role=Role.READ, summary="The procedure names, sorted."),
+    Command(
+        "get_procedure",
+        get_procedure,
+        audit_target=_NAME,
+        role=Role.READ,
+        schema=_PROCEDURE_NAME,
+        summary="The stored definition.",
+    ),
+    Command(
+        "delete_procedure",
+        delete_procedure,
+        writes=True,
+        audit_target=_NAME,
+        schema=_PROCEDURE_NAME,
+        summary='`"procedure deleted"`; schedules naming it stay.',
+    ),
+    Command(
+        "create_schedule",
+        create_schedule,
+        writes=True,
+        audit_target=("name", "procedure"),
+        schema=fields(
+            Field("name", JsonType.STRING, required=True),
+            Field("cron", JsonType.STRING, doc="a cron expression; exactly one of `cron` and `every`", handler=True),
+            Field("every", JsonType.STRING, doc="an interval such as `30s`", handler=True),
+            Field("procedure", JsonType.STRING, required=True, doc="the procedure to run", handler=True),
+            Field("params", JsonType.OBJECT, doc="the call's parameters", handler=True),
+            Field("enabled", JsonType.BOOLEAN, doc="default true", handler=True),
+        ),
+        summary='`"schedule created"` (or replaced, with a fresh run state).',
+    ),
+    Command("list_schedules", list_schedules, role=Role.READ, summary="Every schedule document, by name."),
+    Command(
+        "get_schedule",
+        get_schedule,
+        audit_target=_NAME,
+        role=Role.READ,
+        schema=_SCHEDULE_NAME,
+        summary="One schedule with its run state.",
+    ),
+    Command(
+        "delete_schedule",
+        delete_schedule,
+        writes=True,
+        audit_target=_NAME,
+        schema=_SCHEDULE_NAME,
+        summary='`"schedule deleted"`.',
+    ),
+    Command(
+        "enable_schedule",
+        enable_schedule,
+        writes=True,
+        audit_target=_NAME,
+        role=_RW,
+        schema=_SCHEDULE_NAME,
+        summary='`"schedule enabled"`.',
+    ),
+    Command(
+        "disable_schedule",
+        disable_schedule,
+        writes=True,
+        audit_target=_NAME,
+        role=_RW,
+        schema=_SCHEDULE_NAME,
+        summary='`"schedule disabled"`.',
+    ),
 ]

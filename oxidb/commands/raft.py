@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 
 from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
+from oxidb.commands._schema import Field, JsonType, fields
 from oxidb.errors import BadRequestError, RaftError
 
 _U64 = 2**64
@@ -171,13 +172,81 @@ def status_report(metrics: Any) -> dict[str, Any]:
     return report
 
 
-#: Added to the registry by the service in cluster mode only.
+_NODE_ID = Field("node_id", JsonType.UINT, required=True, maximum=_U64 - 1, doc="a node id (u64)")
+_NODE_ID_SCHEMA = fields(_NODE_ID)
+
+#: In the registry in cluster mode only. All Admin-only; C{raft_metrics}
+#: is open to health checkers with C{OXIDB_HEALTH_OPEN}.
 RAFT_COMMANDS = [
-    Command("raft_init", raft_init, audit_collection=None, audit_target=("addr",)),
-    Command("raft_add_learner", raft_add_learner, audit_collection=None, audit_target=("node_id", "addr")),
-    Command("raft_change_membership", raft_change_membership, audit_collection=None, audit_target=("members",)),
-    Command("raft_metrics", raft_metrics, audit_collection=None),
-    Command("raft_remove_node", raft_remove_node, audit_collection=None),
-    Command("raft_transfer_leader", raft_transfer_leader, audit_collection=None),
-    Command("raft_status", raft_status, audit_collection=None),
+    Command(
+        "raft_init",
+        raft_init,
+        audit_collection=None,
+        audit_target=("addr",),
+        schema=fields(Field("addr", JsonType.STRING, doc="this node's Raft address; default the published one")),
+        summary='Initializes a new cluster with this node as its only member: `"cluster initialized"`.',
+    ),
+    Command(
+        "raft_add_learner",
+        raft_add_learner,
+        audit_collection=None,
+        audit_target=("node_id", "addr"),
+        schema=fields(
+            _NODE_ID,
+            Field(
+                "addr",
+                JsonType.STRING,
+                required=True,
+                nonempty=True,
+                message="missing 'addr' (raft address)",
+                doc="the node's Raft address",
+            ),
+        ),
+        summary='Adds a non-voting member: `{"log_id", "membership"}`.',
+    ),
+    Command(
+        "raft_change_membership",
+        raft_change_membership,
+        audit_collection=None,
+        audit_target=("members",),
+        schema=fields(
+            Field(
+                "members",
+                JsonType.ARRAY,
+                required=True,
+                message="missing 'members' array",
+                items=JsonType.UINT,
+                items_message="'members' must be array of node IDs",
+                doc="the voters' node ids",
+            )
+        ),
+        summary='Changes the voters (joint consensus): `{"log_id", "membership"}`.',
+    ),
+    Command(
+        "raft_metrics",
+        raft_metrics,
+        audit_collection=None,
+        health_check=True,
+        summary="The node's Raft metrics in upstream's shape (state, term, leader, log, membership).",
+    ),
+    Command(
+        "raft_remove_node",
+        raft_remove_node,
+        audit_collection=None,
+        schema=_NODE_ID_SCHEMA,
+        summary='Removes a member: `{"log_id", "membership"}`.',
+    ),
+    Command(
+        "raft_transfer_leader",
+        raft_transfer_leader,
+        audit_collection=None,
+        schema=_NODE_ID_SCHEMA,
+        summary='Hands leadership to a voter: `{"leader", "term"}`.',
+    ),
+    Command(
+        "raft_status",
+        raft_status,
+        audit_collection=None,
+        summary="The node's view of the cluster, as fields and as readable `text`.",
+    ),
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from oxidb.auth.rbac import Role
 from oxidb.commands._registry import Command
 
 if TYPE_CHECKING:
@@ -70,6 +71,18 @@ def proc_status(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[dic
 
 
 COMMANDS = [
-    Command("server_status", server_status, audit_collection=None),
-    Command("proc_status", proc_status, audit_collection=None),
+    Command(
+        "server_status",
+        server_status,
+        audit_collection=None,
+        role=Role.READ,
+        summary="Version, mode, uptime, connections, commands served, pool, storage and Raft state.",
+    ),
+    Command(
+        "proc_status",
+        proc_status,
+        audit_collection=None,
+        role=Role.READ,
+        summary='`{"cpu_percent", "mem_rss_mb", "threads", "uptime_s"}`.',
+    ),
 ]

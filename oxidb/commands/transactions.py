@@ -31,6 +31,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from oxidb.auth.rbac import Role
 from oxidb.commands._registry import Command
 from oxidb.commands.collections import engine_of
 from oxidb.engine.operations import Delete, DeleteOne, Insert, InsertMany, Operation, Update, UpdateOne
@@ -180,7 +181,23 @@ def rollback_tx(ctx: "CommandContext", request: dict[str, Any]) -> str:
 
 
 COMMANDS = [
-    Command("begin_tx", begin_tx),
-    Command("commit_tx", commit_tx, writes=True),
-    Command("rollback_tx", rollback_tx),
+    Command(
+        "begin_tx",
+        begin_tx,
+        role=Role.READWRITE,
+        summary='Opens the connection\'s transaction: `{"tx_id": n}`.',
+    ),
+    Command(
+        "commit_tx",
+        commit_tx,
+        writes=True,
+        role=Role.READWRITE,
+        summary='`"committed"`, or the commit\'s error; either way the transaction is over.',
+    ),
+    Command(
+        "rollback_tx",
+        rollback_tx,
+        role=Role.READWRITE,
+        summary='`"rolled back"`: the buffered writes are dropped.',
+    ),
 ]

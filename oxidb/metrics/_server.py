@@ -217,6 +217,11 @@ class ServerMetrics:
     def connections_total(self) -> int:
         return self._connections_opened
 
+    @property
+    def command_labels(self) -> frozenset[str]:
+        """The C{cmd} label values: the registered commands and C{unknown}."""
+        return frozenset(self._commands)
+
     def commands_served(self) -> int:
         """Requests answered since start, whatever the result."""
         return sum(sum(stats.results.values()) for stats in self._commands.values())

@@ -25,13 +25,13 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from oxidb.commands._context import CommandContext, IExecutor
+from oxidb.commands._context import CommandContext, IDispatcher, IExecutor
 from oxidb.engine.operations import Operation
 from oxidb.errors import InternalError, OxiError
 from oxidb.logs import Logger
 from oxidb.raft.node import RaftNode
 from oxidb.raft.statemachine import ReadGate
-from oxidb.server.dispatch import Reply, command_name
+from oxidb.commands._reply import Reply, command_name
 
 #: The request field, and its value, that ask for a linearizable read.
 CONSISTENCY = "consistency"
@@ -62,6 +62,7 @@ class ClusterExecutor:
         return result
 
 
+@implementer(IDispatcher)
 class LinearizableDispatcher:
     """
     Wraps the server's L{oxidb.server.dispatch.Dispatcher}: a read request
@@ -76,8 +77,9 @@ class LinearizableDispatcher:
     def __init__(self, inner: Any, node: RaftNode) -> None:
         self._inner = inner
         self._node = node
-        self.services = inner.services
         self.registry = inner.registry
+        self.auth_enabled = inner.auth_enabled
+        self.metrics = inner.metrics
 
     def dispatch(self, ctx: CommandContext, request: Any) -> "Reply | Deferred[Reply]":
         if type(request) is not dict or request.get(CONSISTENCY) != LINEARIZABLE:
@@ -86,7 +88,7 @@ class LinearizableDispatcher:
         command = self.registry.get(name)
         if command is None or command.writes:
             return self._inner.dispatch(ctx, request)
-        if self.services.auth_enabled and not ctx.session.authenticated:
+        if self.auth_enabled and not ctx.session.authenticated:
             return self._inner.dispatch(ctx, request)
         started = perf_counter()
         barrier: Deferred[Any] = self._node.read_barrier()
@@ -102,7 +104,7 @@ class LinearizableDispatcher:
         else:
             self._log.failure("linearizable read barrier for {cmd} failed unexpectedly", failure, cmd=name)
             error = InternalError()
-        metrics = self.services.metrics
+        metrics = self.metrics
         if metrics is not None:
             metrics.command_finished(name, "error", perf_counter() - started)
         return Reply(False, error.message)

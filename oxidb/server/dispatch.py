@@ -7,9 +7,11 @@ Processing order (server.md 3.1, with this project's RBAC table):
  1. the command name is C{cmd} (C{command} accepted as an alias);
  2. authentication gate: before login only C{pre_auth} commands run
     (C{authentication required}); nothing is audited before login;
- 3. RBAC (auth on): a denied command is audited as C{denied};
+ 3. RBAC (auth on; the roles are the registry rows'): a denied command is
+    audited as C{denied};
  4. unknown command -> C{unknown command: <cmd>};
- 5. the handler; its outcome is audited as C{ok} or C{error}.
+ 5. the request schema of the command's row (L{oxidb.commands._schema}),
+    then the handler; the outcome is audited as C{ok} or C{error}.
 
 The fast path stays synchronous: a handler that returns a plain value yields a
 plain L{Reply}, without allocating Deferreds (C{ping} throughput is a goal).
@@ -20,13 +22,14 @@ from __future__ import annotations
 from time import perf_counter
 from typing import Any
 
-import attrs
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from oxidb.audit.events import audit_target
-from oxidb.auth import rbac
-from oxidb.commands._context import CommandContext
+from oxidb.commands._context import CommandContext, IDispatcher
+from oxidb.commands._registry import CommandRegistry
+from oxidb.commands._reply import Reply, TopLevel, command_name
 from oxidb.errors import (
     AuthenticationRequiredError,
     InternalError,
@@ -38,73 +41,36 @@ from oxidb.errors import (
 from oxidb.logs import Logger
 
 
-class Reply:
-    """
-    The outcome of one request (a plain slotted class: one is made per
-    request, so it must be cheap).
-
-    @ivar ok: success or error.
-    @ivar value: the C{data} value, or the error text.
-    @ivar top_level: C{value} is a whole top-level JSON object sent as is,
-        always as JSON (the C{hello} success reply, server.md 2.5).
-    """
-
-    __slots__ = ("ok", "value", "top_level")
-
-    def __init__(self, ok: bool, value: Any, top_level: bool = False) -> None:
-        self.ok = ok
-        self.value = value
-        self.top_level = top_level
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            type(other) is Reply
-            and (self.ok, self.value, self.top_level) == (other.ok, other.value, other.top_level)
-        )
-
-    def __repr__(self) -> str:
-        return f"Reply(ok={self.ok!r}, value={self.value!r}, top_level={self.top_level!r})"
-
-    def envelope(self) -> dict[str, Any]:
-        """The reply as a plain envelope (used inside C{pipeline} replies)."""
-        if self.top_level:
-            return dict(self.value)
-        if self.ok:
-            return {"ok": True, "data": self.value}
-        return {"ok": False, "error": self.value}
-
-
-@attrs.frozen
-class TopLevel:
-    """A handler result to be sent as a top-level object (see L{Reply})."""
-
-    value: dict[str, Any]
-
-
-def command_name(request: Any) -> str:
-    """The request's command, or C{""} when missing or not a string."""
-    if type(request) is not dict:
-        return ""
-    name = request.get("cmd")
-    if name is None:
-        name = request.get("command")
-    return name if isinstance(name, str) else ""
-
-
+@implementer(IDispatcher)
 class Dispatcher:
     """
-    Runs requests for sessions. One per service.
+    Runs requests for sessions. One per service, built by the composition
+    root (L{oxidb.compose}) once the registry is complete.
 
-    @ivar services: the service's shared parts (L{oxidb.commands.IServices});
-        C{services.auth_enabled}, C{services.health_open},
-        C{services.metrics} and C{services.audit} (or None) are read here.
+    @ivar registry: the complete, read-only command registry; its rows give
+        the roles (C{registry.access}) and the request schemas.
+    @ivar auth_enabled: the authentication gate and RBAC apply.
+    @ivar health_open: C{OXIDB_HEALTH_OPEN}: the health-check rows are open.
+    @ivar metrics: counts every outcome (L{oxidb.metrics.ServerMetrics}), or None.
+    @ivar audit: the L{oxidb.audit.events.Auditor}, or None when off.
     """
 
     _log = Logger()
 
-    def __init__(self, services: Any) -> None:
-        self.services = services
-        self.registry = services.registry
+    def __init__(
+        self,
+        registry: CommandRegistry,
+        *,
+        auth_enabled: bool = False,
+        health_open: bool = False,
+        metrics: Any = None,
+        audit: Any = None,
+    ) -> None:
+        self.registry = registry
+        self.auth_enabled = auth_enabled
+        self.health_open = health_open
+        self.metrics = metrics
+        self.audit = audit
 
     def dispatch(self, ctx: CommandContext, request: Any) -> "Reply | Deferred[Reply]":
         """Run one request; a L{Reply} or a Deferred firing with one."""
@@ -112,17 +78,17 @@ class Dispatcher:
         name = command_name(request)
         command = self.registry.get(name)
         session = ctx.session
-        services = self.services
 
-        if services.auth_enabled:
+        if self.auth_enabled:
+            access = self.registry.access
             role = session.role
             if role is None:
                 if not (command is not None and command.pre_auth):
-                    if not (command is not None and rbac.open_before_login(name, health_open=services.health_open)):
+                    if not (command is not None and access.open_before_login(name, health_open=self.health_open)):
                         # Not audited (server.md 3.1), but counted.
                         self._count(command, "denied", started)
                         return Reply(False, AuthenticationRequiredError().message)
-            elif not rbac.allowed(role, name, health_open=services.health_open):
+            elif not access.allowed(role, name, health_open=self.health_open):
                 denied = PermissionDeniedError(role.wire, name)
                 self._finished(ctx, name, request, "denied", denied.message, started)
                 return Reply(False, denied.message)
@@ -133,6 +99,8 @@ class Dispatcher:
             return Reply(False, unknown.message)
 
         try:
+            if command.schema.fields:
+                command.schema.validate(request)
             result = command.handler(ctx, request)
         except Exception:
             return self._failed(Failure(), ctx, command, request, started)
@@ -165,7 +133,7 @@ class Dispatcher:
         return Reply(False, error.message)
 
     def _count(self, command: Any, result: str, started: float) -> None:
-        metrics = self.services.metrics
+        metrics = self.metrics
         if metrics is not None:
             metrics.command_finished(command.name if command is not None else "", result, perf_counter() - started)
 
@@ -184,7 +152,7 @@ class Dispatcher:
         session has not logged in (server.md 4.4), audit it.
         """
         self._count(command, result, started)
-        audit = self.services.audit
+        audit = self.audit
         if audit is None or (command is not None and not command.audited) or ctx.session.role is None:
             return
         field = command.audit_collection if command is not None else "collection"
@@ -197,3 +165,6 @@ class Dispatcher:
             detail,
             audit_target(request, command.audit_target) if command is not None else None,
         )
+
+
+__all__ = ["Dispatcher", "Reply", "TopLevel", "command_name"]

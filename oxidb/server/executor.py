@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from oxidb._threads import deferred_from_future
-from oxidb.commands._context import IExecutor
+from oxidb.commands._context import IEngineSource, IExecutor
 from oxidb.engine.operations import Operation
 from oxidb.errors import UnavailableError
 
@@ -21,13 +21,14 @@ class LocalExecutor:
     """
     @param reactor: the reactor (for C{callFromThread} and C{seconds}).
     @param threadpool: the service's started L{oxidb.server.workers.WorkerPool}.
-    @param services: read for C{services.engine} at call time.
+    @param engines: an L{IEngineSource}, read for C{engines.engine} (the
+        opened engine, or None before it opens) at call time.
     """
 
-    def __init__(self, reactor: Any, threadpool: Any, services: Any) -> None:
+    def __init__(self, reactor: Any, threadpool: Any, engines: IEngineSource) -> None:
         self._reactor = reactor
         self._threadpool = threadpool
-        self._services = services
+        self._engines = engines
 
     def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
         """
@@ -39,7 +40,7 @@ class LocalExecutor:
         return self._threadpool.defer(fn, *args, **kwargs)
 
     def write(self, op: Operation) -> "Deferred[Any]":
-        engine = self._services.engine
+        engine = self._engines.engine
         if engine is None:
             raise UnavailableError("storage engine is not available")
         return deferred_from_future(self._reactor, engine.submit(op, self._reactor.seconds()))

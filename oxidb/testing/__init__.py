@@ -10,6 +10,7 @@ docs/testing.md describes each name.
    may be pipelined.
  - L{SynchronousExecutor}: runs reads and writes inline, so a whole request
    completes inside one C{pump.flush()}.
+ - L{fake_services}: a partial L{oxidb.commands.IServices} for handler tests.
  - L{QueuedReactor}: a reactor stand-in whose C{callFromThread} only queues,
    for code that hands results from threads to the reactor.
  - L{result_of}: the result of an already-fired Deferred.
@@ -30,6 +31,7 @@ from oxidb.testing.memory import (
     OxiClientProtocol,
     QueuedReactor,
     SynchronousExecutor,
+    fake_services,
     result_of,
 )
 from oxidb.testing.raft import (
@@ -59,6 +61,7 @@ __all__ = [
     "SynchronousExecutor",
     "check_history",
     "check_key",
+    "fake_services",
     "kv_step",
     "result_of",
 ]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
-from typing import Any, Callable
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -17,9 +18,9 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test import iosim
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer
 
-from oxidb.commands._context import IExecutor
+from oxidb.commands._context import IExecutor, IServices
 from oxidb.config import Config
 from oxidb.engine.operations import Operation
 from oxidb.wire.framing import FrameDecoder, encode_frame
@@ -32,11 +33,14 @@ class SynchronousExecutor:
     Runs everything inline on the calling thread; results are already-fired
     Deferreds.
 
-    @param services: the service's shared state (C{engine}, C{clock}), read
-        at call time.
+    @param services: read for C{engine} (and C{clock}, unless given) at call
+        time: the service's L{oxidb.compose.Services}, or its
+        L{oxidb.compose.Lifecycle} with C{clock} given.
+    @param clock: the time writes are applied at (default C{services.clock}).
     """
 
     _services: Any
+    _clock: Any = None
 
     def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
         try:
@@ -46,9 +50,20 @@ class SynchronousExecutor:
 
     def write(self, op: Operation) -> "Deferred[Any]":
         try:
-            return succeed(self._services.engine.apply(op, self._services.clock.seconds()))
+            clock = self._services.clock if self._clock is None else self._clock
+            return succeed(self._services.engine.apply(op, clock.seconds()))
         except Exception as e:
             return fail(e)
+
+
+def fake_services(**parts: Any) -> Any:
+    """
+    A stand-in for L{IServices} holding only C{parts}, for handler unit
+    tests (a L{oxidb.commands.CommandContext} accepts only an C{IServices}).
+    """
+    services = SimpleNamespace(**parts)
+    directlyProvides(services, IServices)
+    return services
 
 
 class OxiClientProtocol(Protocol):
@@ -103,28 +118,75 @@ class OxiClientProtocol(Protocol):
 
 class MemoryServer:
     """
-    An L{OxiService} on a L{MemoryReactorClock}, not listening on any socket:
-    L{connect} makes in-memory connections with iosim. Work runs inline
-    through L{SynchronousExecutor}; C{clock.advance()} drives timeouts.
+    An L{OxiService} (its object graph, L{oxidb.compose.compose}) on a
+    L{MemoryReactorClock}, not listening on any socket: L{connect} makes
+    in-memory connections with iosim. Work runs inline through
+    L{SynchronousExecutor}; C{clock.advance()} drives timeouts.
+
+    The graph is read-only once built, as in a real server: L{rebuild}
+    builds it again with more commands, another executor or an auditor
+    (before any connection is made).
 
     @param config: the server's settings (default: all defaults, on
         C{data_dir}).
     @param engine: an opened engine (or C{None} for protocol-only tests).
+    @param commands: rows added to the registry.
+    @param executor: builds the executor from the L{oxidb.compose.Lifecycle}
+        (default: a L{SynchronousExecutor}).
+    @param audit: the auditor (default: as configured).
     """
 
-    def __init__(self, config: Config | None = None, *, engine: Any = None, data_dir: str | None = None) -> None:
-        from oxidb.service import OxiService
-
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        engine: Any = None,
+        data_dir: str | None = None,
+        commands: Iterable[Any] = (),
+        executor: Callable[[Any], Any] | None = None,
+        audit: Any = None,
+    ) -> None:
         if config is None:
             config = Config(data_dir=data_dir or "./oxidb_data")
+        self.config = config
         self.clock = MemoryReactorClock()
-        self.service = OxiService(config, reactor=self.clock)
+        self._engine = engine
+        self._commands = tuple(commands)
+        self._executor = executor
+        self._audit = audit
+        self._build()
+
+    def _build(self) -> None:
+        from oxidb.service import OxiService
+
+        clock = self.clock
+        self.service = OxiService(
+            self.config,
+            reactor=clock,
+            engine=self._engine,
+            executor=self._executor or (lambda lifecycle: SynchronousExecutor(lifecycle, clock)),
+            extra_commands=self._commands,
+            audit=self._audit,
+        )
         self.services = self.service.shared
-        self.services.engine = engine
-        if engine is not None:
-            self.services.metrics.documents_source = engine.collection_counts
-        self.services.executor = SynchronousExecutor(self.services)
         self.factory = self.service.factory
+
+    def rebuild(self, *, commands: Iterable[Any] = (), executor: Any = None, audit: Any = None) -> None:
+        """
+        Build the graph again, adding C{commands} and replacing the executor
+        factory or the auditor when given. Connections made before keep the
+        old graph.
+        """
+        self._commands += tuple(commands)
+        if executor is not None:
+            self._executor = executor
+        if audit is not None:
+            self._audit = audit
+        self._build()
+
+    def add_command(self, command: Any) -> None:
+        """L{rebuild} with one more registry row."""
+        self.rebuild(commands=[command])
 
     def connect(self) -> "tuple[OxiClientProtocol, iosim.IOPump]":
         """A connected client and the pump that moves bytes between the two."""
