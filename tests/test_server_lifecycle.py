@@ -56,7 +56,7 @@ def add_slow(server: MemoryServer, **kw: Any) -> list[Deferred[Any]]:
         pending.append(d)
         return d
 
-    server.services.registry.add(Command("slow", slow, **kw))
+    server.add_command(Command("slow", slow, **kw))
     return pending
 
 
@@ -147,7 +147,7 @@ def test_close_after_reply_leaves_queued_requests_unrun(server: MemoryServer) ->
         return pending_reply
 
     pending_reply: Deferred[Any] = Deferred()
-    server.services.registry.add(Command("last_words", last_words))
+    server.add_command(Command("last_words", last_words))
     protocol, transport = connect(server)
     protocol.dataReceived(frame({"cmd": "last_words"}) + frame({"cmd": "ping"}))
     pending_reply.callback("bye")
