@@ -9,62 +9,20 @@ All in memory: StringTransport connections on a MemoryReactorClock.
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Any
 
 import pytest
 from automat import NoTransition
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.testing import StringTransport
 
 from oxidb.commands._registry import Command
-from oxidb.config import Config
+from protocol_helpers import add_slow, connect, frame, make_server, replies
 from oxidb.testing import MemoryServer, result_of
-from oxidb.wire.framing import MAX_FRAME, encode_frame
-
-
-def frame(obj: Any) -> bytes:
-    return encode_frame(json.dumps(obj).encode())
-
-
-def replies(data: bytes) -> list[Any]:
-    out = []
-    while data:
-        (n,) = struct.unpack_from("<I", data)
-        out.append(json.loads(data[4 : 4 + n]))
-        data = data[4 + n :]
-    return out
+from oxidb.wire.framing import MAX_FRAME
 
 
 PONG = {"ok": True, "data": "pong"}
-
-
-def make_server(tmp_path: Any, auth: bool = False, **env: str) -> MemoryServer:
-    environ = {"OXIDB_DATA": str(tmp_path), **env}
-    if auth:
-        environ["OXIDB_AUTH"] = "true"
-    return MemoryServer(Config.from_sources(environ))
-
-
-def add_slow(server: MemoryServer, **kw: Any) -> list[Deferred[Any]]:
-    pending: list[Deferred[Any]] = []
-
-    def slow(ctx: Any, request: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        pending.append(d)
-        return d
-
-    server.add_command(Command("slow", slow, **kw))
-    return pending
-
-
-def connect(server: MemoryServer) -> tuple[Any, StringTransport]:
-    transport = StringTransport()
-    protocol = server.factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 40000))
-    protocol.makeConnection(transport)
-    return protocol, transport
 
 
 @pytest.fixture
