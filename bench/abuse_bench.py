@@ -26,7 +26,8 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -184,12 +185,12 @@ def rss_peak_mb(pid: int) -> float:
 # --- the attacks ---------------------------------------------------------------
 
 
-def attack_quiet(ctx: "Context") -> str:
+def attack_quiet(ctx: Context) -> str:
     time.sleep(ctx.seconds)
     return "-"
 
 
-def attack_pipeline_flood(ctx: "Context") -> str:
+def attack_pipeline_flood(ctx: Context) -> str:
     conn = Conn(ctx.port)
     items = b"[" + b",".join([b"{}"] * (6 * MiB // 3)) + b"]"
     conn.send(b'{"cmd":"pipeline","requests":' + items + b"}")
@@ -198,7 +199,7 @@ def attack_pipeline_flood(ctx: "Context") -> str:
     return result
 
 
-def attack_msgpack_frames(ctx: "Context") -> str:
+def attack_msgpack_frames(ctx: Context) -> str:
     results = []
     payload = msgpack.packb({"cmd": "ping", "pad": [0] * (16 * MiB - 64)})
     assert len(payload) <= 16 * MiB, len(payload)
@@ -213,7 +214,7 @@ def attack_msgpack_frames(ctx: "Context") -> str:
     return "; ".join(sorted(set(results)))
 
 
-def attack_regex(ctx: "Context") -> str:
+def attack_regex(ctx: Context) -> str:
     conn = ctx.user_conn("reader")
     result = outcome(lambda: conn.request(
         {"cmd": "find", "collection": "strings", "query": {"s": {"$regex": "(a|a)*Q"}}}
@@ -222,7 +223,7 @@ def attack_regex(ctx: "Context") -> str:
     return result
 
 
-def attack_lookup(ctx: "Context") -> str:
+def attack_lookup(ctx: Context) -> str:
     conn = ctx.user_conn("reader")
     pipeline = [
         {"$lookup": {"from": "join", "localField": "g", "foreignField": "g", "as": "a"}},
@@ -235,7 +236,7 @@ def attack_lookup(ctx: "Context") -> str:
     return result
 
 
-def attack_text_search(ctx: "Context") -> str:
+def attack_text_search(ctx: Context) -> str:
     results: list[str] = []
 
     def one() -> None:
@@ -253,7 +254,7 @@ def attack_text_search(ctx: "Context") -> str:
     return "; ".join(sorted(set(results)))
 
 
-def attack_auth_simple_flood(ctx: "Context") -> str:
+def attack_auth_simple_flood(ctx: Context) -> str:
     deadline = time.monotonic() + ctx.seconds
     sent = 0
     conns = []
@@ -270,7 +271,7 @@ def attack_auth_simple_flood(ctx: "Context") -> str:
     return f"{sent} attempts sent, connections dropped"
 
 
-def attack_ping_audit(ctx: "Context") -> str:
+def attack_ping_audit(ctx: Context) -> str:
     audit = os.path.join(ctx.data_dir, "_audit", "audit.log")
     before = os.path.getsize(audit) if os.path.exists(audit) else 0
     conn = Conn(ctx.port)
@@ -295,7 +296,7 @@ def attack_ping_audit(ctx: "Context") -> str:
     return f"{sent} pings ({sent * len(frame) / MiB:.1f} MB) -> audit.log +{(after - before) / MiB:.1f} MB"
 
 
-def attack_non_readers(ctx: "Context") -> str:
+def attack_non_readers(ctx: Context) -> str:
     conns = []
     for _ in range(8):
         conn = ctx.user_conn("reader")
@@ -308,7 +309,7 @@ def attack_non_readers(ctx: "Context") -> str:
     return first[:70]
 
 
-def attack_guess_per_connection(ctx: "Context") -> str:
+def attack_guess_per_connection(ctx: Context) -> str:
     deadline = time.monotonic() + ctx.seconds
     guesses = refused = 0
     while time.monotonic() < deadline:
@@ -328,7 +329,7 @@ def attack_guess_per_connection(ctx: "Context") -> str:
     return f"{guesses / ctx.seconds:.0f} attempts/s, {refused} refused at the first step"
 
 
-def attack_collection_spam(ctx: "Context") -> str:
+def attack_collection_spam(ctx: Context) -> str:
     conn = ctx.user_conn("reader")
     for i in range(500):
         conn.request({"cmd": "find", "collection": f"spam{i}", "query": {}})
@@ -339,7 +340,7 @@ def attack_collection_spam(ctx: "Context") -> str:
     return f"{sum(1 for n in names if str(n).startswith('spam'))} collections created by a Read user"
 
 
-def attack_connection_flood(ctx: "Context") -> str:
+def attack_connection_flood(ctx: Context) -> str:
     conns = []
     failed = 0
     for _ in range(3000):
@@ -361,7 +362,7 @@ def attack_connection_flood(ctx: "Context") -> str:
     return f"{served} served, {refused} refused or closed, {failed} connects failed"
 
 
-ATTACKS: list[tuple[str, Callable[["Context"], str]]] = [
+ATTACKS: list[tuple[str, Callable[[Context], str]]] = [
     ("quiet", attack_quiet),
     ("pipeline 6 MB of {} (no login)", attack_pipeline_flood),
     ("3 x 16 MiB MessagePack (no login)", attack_msgpack_frames),

@@ -65,8 +65,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -74,6 +75,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # the raw sqlite3 baseline reads the engine's settings
 
 from oxidb._harness import free_port, wait_for_port  # noqa: E402
+
 PYTHON = sys.executable
 TWISTD = os.path.join(os.path.dirname(PYTHON), "twistd")
 OFFICIAL_CLIENT = "oxidb==0.18.0"

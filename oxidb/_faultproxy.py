@@ -45,7 +45,8 @@ import json
 import struct
 import sys
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall
@@ -106,7 +107,7 @@ class _Side(Protocol):
 
     transport: Any
 
-    def __init__(self, pipe: "_Pipe | None", direction: int) -> None:
+    def __init__(self, pipe: _Pipe | None, direction: int) -> None:
         self.pipe = pipe
         #: The direction of the bytes this side receives.
         self.direction = direction
@@ -142,7 +143,7 @@ class _Side(Protocol):
 
 
 class _Upstream(_Side):
-    def __init__(self, pipe: "_Pipe") -> None:
+    def __init__(self, pipe: _Pipe) -> None:
         super().__init__(pipe, BACKWARD)
         self._pipe = pipe
 
@@ -153,7 +154,7 @@ class _Upstream(_Side):
 class _UpstreamFactory(ClientFactory):
     noisy = False
 
-    def __init__(self, pipe: "_Pipe") -> None:
+    def __init__(self, pipe: _Pipe) -> None:
         self.pipe = pipe
 
     def buildProtocol(self, addr: Any) -> _Upstream:
@@ -310,7 +311,7 @@ class FaultLink:
                 pipe.pump(FORWARD)
                 pipe.pump(BACKWARD)
 
-    def connection_arrived(self, inbound: "_Inbound") -> _Pipe | None:
+    def connection_arrived(self, inbound: _Inbound) -> _Pipe | None:
         """A connection from C{src}: a new pipe, or C{None} if the link refuses it."""
         if self.mode == "drop":
             self.refused += 1
@@ -322,7 +323,7 @@ class FaultLink:
         self.reactor.connectTCP(host, port, _UpstreamFactory(pipe), timeout=5)
         return pipe
 
-    def factory(self) -> "Factory":
+    def factory(self) -> Factory:
         return _LinkFactory(self)
 
     def stats(self) -> dict[str, Any]:

@@ -26,7 +26,8 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from oxidb.wire.framing import encode_frame
 
@@ -58,7 +59,7 @@ class ServerProcess:
         self.log_path = os.path.join(data_dir, "..", f"{os.path.basename(data_dir)}.twistd.log")
         self.stderr_path = self.log_path + ".stderr"
 
-    def start(self, timeout: float = 30.0) -> "ServerProcess":
+    def start(self, timeout: float = 30.0) -> ServerProcess:
         os.makedirs(self.data_dir, exist_ok=True)
         env = dict(os.environ)
         # Run the code under test: the tree this module was imported from
@@ -143,7 +144,7 @@ class ServerProcess:
         self.process.kill()
         self.wait()
 
-    def client(self, timeout: float = 10.0, ssl_context: Any = None) -> "BlockingClient":
+    def client(self, timeout: float = 10.0, ssl_context: Any = None) -> BlockingClient:
         assert self.port is not None
         return BlockingClient("127.0.0.1", self.port, timeout=timeout, ssl_context=ssl_context)
 
@@ -361,7 +362,7 @@ class FaultProxyProcess:
         self.fronts: dict[int, int] = {}
         self.links: dict[tuple[int, int], int] = {}
 
-    def start(self) -> "FaultProxyProcess":
+    def start(self) -> FaultProxyProcess:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))

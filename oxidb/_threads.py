@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -36,14 +37,14 @@ from oxidb.logs import Logger
 T = TypeVar("T")
 
 
-def _fire(d: "Deferred[Any]", result: Any) -> None:
+def _fire(d: Deferred[Any], result: Any) -> None:
     if isinstance(result, Failure):
         d.errback(result)
     else:
         d.callback(result)
 
 
-def fire_from_thread(reactor: IReactorFromThreads, d: "Deferred[Any]", result: Any) -> None:
+def fire_from_thread(reactor: IReactorFromThreads, d: Deferred[Any], result: Any) -> None:
     """
     From any thread: fire C{d} with C{result} (a value, or a L{Failure} to
     errback) on the reactor thread.
@@ -51,7 +52,7 @@ def fire_from_thread(reactor: IReactorFromThreads, d: "Deferred[Any]", result: A
     reactor.callFromThread(_fire, d, result)
 
 
-def _outcome(future: "Future[Any]") -> Any:
+def _outcome(future: Future[Any]) -> Any:
     """A completed future's result, or a L{Failure} of its error."""
     try:
         error = future.exception()
@@ -60,7 +61,7 @@ def _outcome(future: "Future[Any]") -> Any:
     return future.result() if error is None else Failure(error)
 
 
-def deferred_from_future(reactor: IReactorFromThreads, future: "Future[T]") -> "Deferred[T]":
+def deferred_from_future(reactor: IReactorFromThreads, future: Future[T]) -> Deferred[T]:
     """A Deferred firing on the reactor thread with C{future}'s outcome once it completes."""
     d: Deferred[T] = Deferred()
     future.add_done_callback(lambda done: fire_from_thread(reactor, d, _outcome(done)))
@@ -92,7 +93,7 @@ class ReactorQueue:
             self._delivery_pending = True
         self._reactor.callFromThread(self._deliver)
 
-    def fire(self, d: "Deferred[Any]", result: Any) -> None:
+    def fire(self, d: Deferred[Any], result: Any) -> None:
         """From any thread: fire C{d} with C{result} (a L{Failure} errbacks) on the reactor thread."""
         self.call(_fire, d, result)
 

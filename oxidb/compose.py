@@ -19,8 +19,9 @@ composes one around an already opened engine and a synchronous executor.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import attrs
 from zope.interface import implementer
@@ -41,7 +42,8 @@ from oxidb.commands._context import (
     provides,
 )
 from oxidb.config import Config
-from oxidb.engine import blobs, procedures as procedure_store, transactions
+from oxidb.engine import blobs, transactions
+from oxidb.engine import procedures as procedure_store
 from oxidb.engine.engine import Engine
 from oxidb.metrics import ServerMetrics, threadpool_stats
 from oxidb.raft.service import RaftService

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 
@@ -366,7 +367,7 @@ class Config:
         cls,
         environ: Mapping[str, str] | None = None,
         options: Mapping[str, str | None] | None = None,
-    ) -> "Config":
+    ) -> Config:
         """
         Build a config from the environment, overridden by options (keyed by
         option name; C{None} means "not given").

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import IO, Callable
+from collections.abc import Callable
+from typing import IO
 
 #: Mode of every directory the server creates in or as its data directory.
 DIR_MODE = 0o700

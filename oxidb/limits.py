@@ -13,7 +13,8 @@ Rows are grouped by the part of the server that enforces them.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
@@ -168,7 +169,7 @@ class Limits:
             raise AttributeError(f"no limit named {name!r}") from None
 
     @classmethod
-    def with_values(cls, **overrides: int) -> "Limits":
+    def with_values(cls, **overrides: int) -> Limits:
         """The defaults with C{overrides} applied (each must be a known limit)."""
         values = _defaults()
         for name, value in overrides.items():
@@ -178,7 +179,7 @@ class Limits:
         return cls(values)
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, Any]) -> "Limits":
+    def from_environ(cls, environ: Mapping[str, Any]) -> Limits:
         """
         The limits given by C{environ} (values already parsed to integers by
         the config table, or text), defaults for the rest.

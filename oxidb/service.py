@@ -15,7 +15,8 @@ import faulthandler
 import os
 import signal
 import sys
-from typing import IO, Any, Iterable, cast
+from collections.abc import Iterable
+from typing import IO, Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, inlineCallbacks

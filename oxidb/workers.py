@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
@@ -112,14 +113,14 @@ class WorkerPool:
 
     # --- submitting work (reactor thread) ---------------------------------
 
-    def defer(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
+    def defer(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         """
         Run C{fn(*args, **kwargs)} on a worker; fire on the reactor thread.
         In an owned pool the work belongs to L{current_owner}.
         """
         return self.submit(current_owner.get() if self.owned else None, fn, *args, **kwargs)
 
-    def submit(self, owner: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
+    def submit(self, owner: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         """
         Like L{defer}, for C{owner} (None: no owner). Fails at once with
         L{ServerBusyError} when the queue is full, and later with

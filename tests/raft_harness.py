@@ -6,7 +6,7 @@ which messages are delivered, dropped or held, and when time moves.
 from __future__ import annotations
 
 import random
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from oxidb.raft.core import RaftConfig, RaftCore
 from oxidb.raft.messages import Message, PersistBatch, decode_message, encode_message

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import errno
 import random
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import orjson
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -56,7 +57,7 @@ class DictStateMachine:
         self.applied: list[int] = []
         self.installs = 0
 
-    def apply(self, entries: Sequence[Entry]) -> "Deferred[list[Outcome]]":
+    def apply(self, entries: Sequence[Entry]) -> Deferred[list[Outcome]]:
         outcomes = []
         for entry in entries:
             if entry.index <= self.last:
@@ -79,7 +80,7 @@ class DictStateMachine:
     def snapshot_bytes(self) -> bytes:
         return orjson.dumps({"data": self.data, "inserts": self.inserts, "last": self.last})
 
-    def install_snapshot(self, data: bytes) -> "Deferred[None]":
+    def install_snapshot(self, data: bytes) -> Deferred[None]:
         state = orjson.loads(data)
         self.data, self.inserts, self.last = state["data"], state["inserts"], state["last"]
         self.installs += 1
@@ -90,7 +91,7 @@ class DictStateMachine:
 
 
 class _Channel:
-    def __init__(self, net: "DirectNet", src: int, dst: int) -> None:
+    def __init__(self, net: DirectNet, src: int, dst: int) -> None:
         self._net, self._src, self._dst = net, src, dst
 
     def send(self, payload: bytes) -> None:
@@ -99,7 +100,7 @@ class _Channel:
 
 @implementer(IRaftTransport)
 class _Endpoint:
-    def __init__(self, net: "DirectNet", node_id: int) -> None:
+    def __init__(self, net: DirectNet, node_id: int) -> None:
         self._net, self._id = net, node_id
 
     def send(self, peer: int, payload: bytes) -> None:
@@ -139,14 +140,14 @@ class DirectNet:
         self.cut.clear()
 
 
-def sync_io(fn: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+def sync_io(fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
     return maybeDeferred(fn, *args)
 
 
-def slow_io(clock: MemoryReactorClock, delay: float) -> Callable[..., "Deferred[Any]"]:
+def slow_io(clock: MemoryReactorClock, delay: float) -> Callable[..., Deferred[Any]]:
     """Storage work that completes C{delay} seconds later (a slow fsync)."""
 
-    def run(fn: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+    def run(fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         clock.callLater(delay, lambda: maybeDeferred(fn, *args).chainDeferred(d))
         return d
@@ -205,7 +206,7 @@ class Harness:
                 raise AssertionError("condition not reached in time")
             self.clock.advance(0.01)
 
-    def result(self, d: "Deferred[Any]", timeout: float = 10.0) -> Any:
+    def result(self, d: Deferred[Any], timeout: float = 10.0) -> Any:
         """Run the clock until C{d} fires; its result (raises its failure)."""
         box: list[Any] = []
         d.addBoth(box.append)

@@ -28,7 +28,7 @@ class MemoryWire:
     def listen(self, address: str, transport: PeerTransport) -> None:
         self.listeners[address] = transport
 
-    def connector(self, host: str, port: int, factory: IProtocolFactory) -> "Deferred[Any]":
+    def connector(self, host: str, port: int, factory: IProtocolFactory) -> Deferred[Any]:
         address = f"{host}:{port}"
         self.dials.append(address)
         target = self.listeners.get(address)

@@ -5,7 +5,8 @@ line's C{target} field, from each registry row's C{audit_target}).
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 

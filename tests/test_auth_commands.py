@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from zope.interface import implementer
 import pytest
 from scramp import ScramClient
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from oxidb.audit.events import AuditEvent, Auditor
 from oxidb.auth.manager import AuthManager
@@ -38,13 +38,13 @@ class Executor:
         self.store: Any = None
         self.ops: list[dict[str, Any]] = []  # what the Raft log would carry
 
-    def read(self, fn: Any, *args: Any, **kwargs: Any) -> "Deferred[Any]":
+    def read(self, fn: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
         try:
             return succeed(fn(*args, **kwargs))
         except Exception as e:
             return fail(e)
 
-    def write(self, op: CreateUser | DropUser | UpdateUser) -> "Deferred[Any]":
+    def write(self, op: CreateUser | DropUser | UpdateUser) -> Deferred[Any]:
         self.ops.append(op.to_json())
         try:
             return succeed(op.apply_to(self.store))

@@ -38,7 +38,7 @@ from oxidb.errors import AuthenticationFailedError, ScramProtocolError
 SECRETS = derive_secrets("pencil", b"1" * 16, b"2" * 16, 4096)
 
 
-def inline(fn: Any, *args: Any) -> "Deferred[Any]":
+def inline(fn: Any, *args: Any) -> Deferred[Any]:
     return succeed(fn(*args))
 
 
@@ -49,7 +49,7 @@ def store(tmp_path: Path) -> UserStore:
     return store
 
 
-def outcome(d: "Deferred[Any]") -> Any:
+def outcome(d: Deferred[Any]) -> Any:
     box: list[Any] = []
     d.addBoth(box.append)
     assert box

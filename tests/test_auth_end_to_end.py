@@ -70,7 +70,7 @@ class Server:
     def record(self, event: AuditEvent) -> None:
         self.events.append(event)
 
-    def connect(self) -> "Connection":
+    def connect(self) -> Connection:
         client = OxiClientProtocol()
         server_protocol = self.factory.buildProtocol(None)
         _, _, pump = iosim.connectedServerAndClient(

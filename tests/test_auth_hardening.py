@@ -11,11 +11,13 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from scramp import ScramClient
+from test_auth_commands import POLICY, USERS, ListSink, Services, World, error_of, result_of, world  # noqa: F401
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -23,7 +25,6 @@ from twisted.python.failure import Failure
 from oxidb.audit.events import Auditor
 from oxidb.auth.cred import Argon2Checker, LoginFailed, ScramChecker, ScramContinue, ScramCredentials
 from oxidb.auth.manager import AuthManager
-from oxidb.auth.rbac import Role
 from oxidb.auth.scram import ScramVerifier, start_exchange
 from oxidb.auth.settings import AuthSettings
 from oxidb.auth.store import UserRecord, UserStore
@@ -32,7 +33,6 @@ from oxidb.commands import auth as commands
 from oxidb.errors import LoginBusyError
 from oxidb.limits import Limits
 from oxidb.server.session import Session
-from test_auth_commands import POLICY, USERS, ListSink, Services, World, error_of, result_of, world  # noqa: F401
 
 THROTTLED = "too many failed logins; retry later"
 
@@ -41,12 +41,12 @@ def session(host: str = "203.0.113.5", port: int = 40000) -> Session:
     return Session(peer=f"{host}:{port}")
 
 
-def first_step(world: World, ctx: Any, user: str) -> "tuple[Deferred[Any], ScramClient]":
+def first_step(world: World, ctx: Any, user: str) -> tuple[Deferred[Any], ScramClient]:
     client = ScramClient(["SCRAM-SHA-256"], user, "a guess")
     return commands.authenticate(ctx, {"cmd": "authenticate", "payload": client.get_client_first()}), client
 
 
-def guess(world: World, ctx: Any, user: str, password: str) -> "str | None":
+def guess(world: World, ctx: Any, user: str, password: str) -> str | None:
     """
     One guess on its own connection, dropped right after the proof is sent
     (the attacker never waits for the delayed failure). None when the
@@ -215,7 +215,7 @@ class HeldPool:
     def __init__(self) -> None:
         self.waiting: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
 
-    def read(self, fn: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+    def read(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         self.waiting.append((d, fn, args))
         return d
@@ -260,7 +260,7 @@ def test_argon2_checks_run_under_a_cap(tmp_path: Path) -> None:
 def test_a_failed_check_gives_its_slot_back(tmp_path: Path) -> None:
     store = UserStore(tmp_path)
 
-    def broken(fn: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+    def broken(fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         d.errback(RuntimeError("pool gone"))
         return d

@@ -214,7 +214,7 @@ def test_huge_messages_are_refused() -> None:
         f"c=biws,r={COMBINED}",  # no proof
         f"c=biws,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=,r={COMBINED}",  # wrong order
         f"c=biws,r={COMBINED}x,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",  # wrong nonce
-        f"c=biws,r=rOprNGfwEbeRWgbNEkqO,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",  # client nonce only
+        "c=biws,r=rOprNGfwEbeRWgbNEkqO,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",  # client nonce only
         f"c=eSws,r={COMBINED},p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",  # other GS2 header
         f"c=biws,r={COMBINED},p=!!!!",  # proof not base64
     ],

@@ -18,7 +18,7 @@ from OpenSSL import SSL
 from oxidb.auth.tls import TlsPaths, load_server_tls, parse_tls_settings
 from oxidb.errors import ConfigError
 
-NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
 
 def make_cert(

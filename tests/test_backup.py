@@ -15,7 +15,8 @@ import os
 import tarfile
 import threading
 import zlib
-from typing import Any, ClassVar, Iterator
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import attrs
 import pytest

@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import threading
 import zlib
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

@@ -10,7 +10,8 @@ import base64
 import binascii
 import sqlite3
 import zlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings

@@ -30,7 +30,7 @@ from oxidb.raft.settings import ClusterSettings
 from oxidb.raft.transport import PeerTransport
 from oxidb.testing import MemoryServer
 
-NOW = datetime.datetime.now(datetime.timezone.utc)
+NOW = datetime.datetime.now(datetime.UTC)
 
 
 #: A cluster key for tests: cluster mode always needs peer authentication.

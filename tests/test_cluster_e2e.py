@@ -12,12 +12,12 @@ import struct
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from cluster_helpers import everything, ok
+
 from oxidb._harness import LocalCluster, free_port, wait_until
 from oxidb.wire import oxiwire
 

@@ -12,12 +12,13 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from cluster_helpers import everything, ok
+
 from oxidb._harness import BlockingClient, LocalCluster, free_port, wait_until
 
 ENV = {

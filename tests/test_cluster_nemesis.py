@@ -30,12 +30,12 @@ import os
 import random
 import secrets
 import signal
-import socket
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 

@@ -6,16 +6,16 @@ end through the in-memory server.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import attrs
-from zope.interface import implementer
 import pytest
 from twisted.internet.defer import maybeDeferred, succeed
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
-from oxidb.commands import CommandContext, IServices, default_registry
-from oxidb.commands import aggregation, collections, crud, indexes
+from oxidb.commands import CommandContext, IServices, aggregation, collections, crud, default_registry, indexes
 from oxidb.engine.engine import Engine
 from oxidb.engine.operations import Delete, DeleteOne, Insert, InsertMany, Operation, Update, UpdateOne
 from oxidb.errors import BadRequestError, OxiError, UnavailableError

@@ -95,14 +95,14 @@ def test_peers() -> None:
         parse_peers("x=node:1")
 
 
-def test_data_directory_is_created(tmp_path: "os.PathLike[str]") -> None:
+def test_data_directory_is_created(tmp_path: os.PathLike[str]) -> None:
     target = os.path.join(str(tmp_path), "a", "b")
     config = Config.from_sources({"OXIDB_DATA": target}, {})
     assert config.prepare_data_dir() == os.path.abspath(target)
     assert os.path.isdir(target)
 
 
-def test_unusable_data_directory(tmp_path: "os.PathLike[str]") -> None:
+def test_unusable_data_directory(tmp_path: os.PathLike[str]) -> None:
     blocker = os.path.join(str(tmp_path), "file")
     with open(blocker, "w") as f:
         f.write("x")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from oxidb._harness import ServerProcess
 from oxidb.datadir import LOCK_FILE, DataDirLock
 from oxidb.errors import ConfigError
-from oxidb._harness import ServerProcess
 
 
 def test_a_second_open_is_refused_and_names_the_holder(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ class Collector:
                 return self.messages
             try:
                 datagram = self.sock.recv(65535)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if datagram[:2] == MAGIC:
                 message_id, seq, count = datagram[2:10], datagram[10], datagram[11]

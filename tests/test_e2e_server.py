@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from oxidb.config import SETTINGS
 from oxidb._harness import ServerProcess
+from oxidb.config import SETTINGS
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,8 +13,9 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import attrs
 import pytest

@@ -7,7 +7,8 @@ deterministic (a fake clock, small limits), none timed.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import attrs
 import pytest

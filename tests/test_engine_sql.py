@@ -6,7 +6,8 @@ planner really using the expression indexes.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -17,6 +18,7 @@ from oxidb.engine import keys, paths, store, values
 from oxidb.engine.engine import Engine
 from oxidb.engine.matcher import compile_query, parse_sort
 from oxidb.engine.sqlquery import compile_plan, order_by
+
 
 def _json_values(integers: st.SearchStrategy[int]) -> st.SearchStrategy[Any]:
     return st.recursive(

@@ -110,8 +110,8 @@ def test_non_dates(text: str) -> None:
 )
 @settings(max_examples=100, deadline=None)
 def test_date_spellings_agree_with_datetime(moment: datetime.datetime) -> None:
-    utc = moment.replace(tzinfo=datetime.timezone.utc)
-    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+    utc = moment.replace(tzinfo=datetime.UTC)
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
     expected = (utc - epoch) // datetime.timedelta(milliseconds=1)
     iso = moment.replace(microsecond=0).isoformat()
     ms = moment.microsecond // 1000

@@ -122,7 +122,7 @@ def test_a_failed_login_with_a_hostile_user_name(tmp_path: Path) -> None:
     clock = Clock()
     clock.advance(1_700_000_000)
 
-    def read(fn: Any, *args: Any, **kwargs: Any) -> "Deferred[Any]":
+    def read(fn: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
         try:
             return succeed(fn(*args, **kwargs))
         except Exception as e:

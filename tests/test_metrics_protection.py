@@ -29,7 +29,7 @@ from oxidb.metrics._settings import BasicCredentials
 from oxidb.service import OxiService
 
 reactor = cast(Any, global_reactor)
-NOW = datetime.datetime.now(datetime.timezone.utc)
+NOW = datetime.datetime.now(datetime.UTC)
 
 
 def self_signed(directory: Path) -> tuple[Path, Path, bytes]:

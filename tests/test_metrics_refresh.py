@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
@@ -11,7 +12,7 @@ from twisted.logger import capturedLogs
 from oxidb.metrics import MetricsRefresher, RaftStatus, ServerMetrics, StorageSample
 
 
-def inline_read(fn: Callable[[], Any]) -> "Deferred[Any]":
+def inline_read(fn: Callable[[], Any]) -> Deferred[Any]:
     return succeed(fn())
 
 
@@ -21,7 +22,7 @@ class PendingReads:
     def __init__(self) -> None:
         self.calls: list[tuple[Callable[[], Any], Deferred[Any]]] = []
 
-    def __call__(self, fn: Callable[[], Any]) -> "Deferred[Any]":
+    def __call__(self, fn: Callable[[], Any]) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         self.calls.append((fn, d))
         return d
@@ -40,7 +41,7 @@ class Counter:
         return dict(self.counts)
 
 
-def make(read: Callable[..., "Deferred[Any]"]) -> tuple[ServerMetrics, Clock, MetricsRefresher]:
+def make(read: Callable[..., Deferred[Any]]) -> tuple[ServerMetrics, Clock, MetricsRefresher]:
     clock = Clock()
     metrics = ServerMetrics(clock, ["ping"])
     return metrics, clock, MetricsRefresher(metrics, clock, read, storage_interval=15, raft_interval=1)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Iterator, cast
+from collections.abc import Iterator
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -15,7 +16,6 @@ from twisted.internet import reactor as global_reactor
 from twisted.web.client import HTTPConnectionPool
 
 from oxidb.metrics import NodeHealth, RaftStatus, ServerMetrics, ThreadPoolStats, make_metrics_site
-
 
 reactor = cast(Any, global_reactor)
 

@@ -11,18 +11,19 @@ import gzip
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from scramp import ScramClient
 
+from oxidb._harness import BlockingClient, LocalCluster, wait_until
 from oxidb.auth.store import CreateUser, DropUser, UpdateUser, UserStore, register_appliers
 from oxidb.engine import blobs, operations, procedures, transactions
 from oxidb.engine.engine import Engine
 from oxidb.engine.operations import VERSION_KEY, Operation, Rejected
 from oxidb.errors import BadRequestError
-from oxidb._harness import BlockingClient, LocalCluster, wait_until
 
 FIXTURE = Path(__file__).parent / "fixtures" / "raft_v1"
 KEY = "raft v1 fixture cluster key, 32+ characters long"

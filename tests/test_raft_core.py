@@ -8,6 +8,7 @@ import random
 
 import attrs
 import pytest
+from raft_harness import CONFIG, Cluster, Node, bootstrap
 
 from oxidb.errors import NotLeaderError, RaftError
 from oxidb.raft.core import RaftConfig, RaftCore
@@ -27,7 +28,6 @@ from oxidb.raft.messages import (
 )
 from oxidb.raft.storage import DurableState, RaftStorage
 from oxidb.testing import CrashingDisk, DiskCrashed
-from raft_harness import CONFIG, Cluster, Node, bootstrap
 
 
 def put(key: str, value: str) -> dict:

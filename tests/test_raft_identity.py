@@ -7,6 +7,7 @@ on a contradiction of committed entries.
 from __future__ import annotations
 
 import pytest
+from raft_harness import Cluster, Node, bootstrap
 
 from oxidb.raft.core import SafetyViolationError
 from oxidb.raft.messages import (
@@ -20,7 +21,6 @@ from oxidb.raft.messages import (
     VoteRequest,
 )
 from oxidb.raft.storage import DurableState
-from raft_harness import Cluster, Node, bootstrap
 
 
 def put(key: str, value: str) -> dict:

@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 import pytest
+from raft_node_harness import FAST, DictStateMachine, FailingDisk, Harness, slow_io, sync_io
+from raft_wire import MemoryWire
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
@@ -25,8 +27,6 @@ from oxidb.raft.service import applied_log_id
 from oxidb.raft.storage import DurableState, RaftStorage
 from oxidb.raft.transport import PeerTransport
 from oxidb.wire.framing import MAX_FRAME
-from raft_node_harness import FAST, DictStateMachine, FailingDisk, Harness, slow_io, sync_io
-from raft_wire import MemoryWire
 
 
 def set_op(k: str, v: Any) -> dict[str, Any]:

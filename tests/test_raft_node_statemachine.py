@@ -9,8 +9,9 @@ from __future__ import annotations
 import io
 import tarfile
 import threading
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any, Generator
+from typing import Any
 
 import orjson
 import pytest
@@ -64,7 +65,7 @@ class Node:
         )
         self.pool = pool
 
-    def read(self, fn: Any, *args: Any) -> "Deferred[Any]":
+    def read(self, fn: Any, *args: Any) -> Deferred[Any]:
         return self.gate.run(lambda: deferToThreadPool(reactor, self.pool, fn, *args))
 
     def close(self) -> None:
@@ -264,7 +265,7 @@ def test_the_read_gate() -> None:
     pending: list[Deferred[Any]] = []
 
     def start(n: int) -> Any:
-        def go() -> "Deferred[Any]":
+        def go() -> Deferred[Any]:
             started.append(n)
             d: Deferred[Any] = Deferred()
             pending.append(d)

@@ -10,10 +10,10 @@ from __future__ import annotations
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from raft_harness import CONFIG, Cluster, Node
 
 from oxidb.errors import RaftError
 from oxidb.raft.messages import LogId
-from raft_harness import CONFIG, Cluster, Node
 
 NODES = (1, 2, 3)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -341,7 +341,7 @@ def test_seal_and_unseal() -> None:
 # --- the real directory ---------------------------------------------------------
 
 
-def test_os_disk_files_have_the_documented_shapes(tmp_path: "os.PathLike[str]") -> None:
+def test_os_disk_files_have_the_documented_shapes(tmp_path: os.PathLike[str]) -> None:
     directory = str(tmp_path)
     storage = RaftStorage(OsDisk(directory))
     storage.load()
@@ -376,7 +376,7 @@ def test_os_disk_files_have_the_documented_shapes(tmp_path: "os.PathLike[str]") 
     assert snapshot_file_name(LogId(2, 1, 3)) in os.listdir(directory)
 
 
-def test_os_disk_primitives(tmp_path: "os.PathLike[str]") -> None:
+def test_os_disk_primitives(tmp_path: os.PathLike[str]) -> None:
     disk = OsDisk(os.path.join(str(tmp_path), "sub"))
     disk.append("f", b"ab")
     disk.append("f", b"cd")

@@ -13,12 +13,12 @@ from typing import Any
 
 import orjson
 import pytest
-from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import capturedLogs
-
+from raft_wire import MemoryWire
 from spake2 import SPAKE2_A
 from spake2.spake2 import DefaultParams, finalize_SPAKE2
 from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
 
 from oxidb.raft.auth import (
     MAX_HANDSHAKE_FRAME,
@@ -31,9 +31,8 @@ from oxidb.raft.auth import (
     confirmation,
     transcript,
 )
-from oxidb.raft.transport import PeerTransport, PeerProtocol, SendQueue
+from oxidb.raft.transport import PeerProtocol, PeerTransport, SendQueue
 from oxidb.wire.framing import MAX_FRAME, FrameDecoder, encode_frame
-from raft_wire import MemoryWire
 
 KEY = ClusterKeyAuthenticator(b"correct horse battery staple, long enough")
 OTHER_KEY = ClusterKeyAuthenticator(b"another cluster's secret, also long enough")

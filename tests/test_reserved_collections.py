@@ -6,7 +6,8 @@ create anything (so the Read role cannot create state).
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 

@@ -6,8 +6,9 @@ sleeping): runs, run state, failures, restarts, the leader hook.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, fail
@@ -25,7 +26,7 @@ from oxidb.testing import MemoryServer, SynchronousExecutor
 
 def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
     """Seconds since the epoch of a UTC date-time."""
-    return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc).timestamp()
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
 
 
 # --- parsing -----------------------------------------------------------------------------
@@ -371,7 +372,7 @@ class HeldExecutor(SynchronousExecutor):
         self.free = free
         self.held: list[Callable[[], object]] = []
 
-    def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
+    def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         if self.free:
             self.free -= 1
             return super().read(fn, *args, **kwargs)
@@ -410,13 +411,13 @@ class FlakyExecutor(SynchronousExecutor):
         super().__init__(services)
         self.read_failures = self.write_failures = 1
 
-    def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
+    def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         if self.read_failures:
             self.read_failures -= 1
             return fail(RuntimeError("disk on fire"))
         return super().read(fn, *args, **kwargs)
 
-    def write(self, op: Operation) -> "Deferred[Any]":
+    def write(self, op: Operation) -> Deferred[Any]:
         if self.write_failures and isinstance(op, Update):
             self.write_failures -= 1
             return fail(RuntimeError("disk full"))

@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 from automat import NoTransition
+from protocol_helpers import add_slow, connect, frame, make_server, replies
 from twisted.internet.defer import Deferred
 
 from oxidb.commands._registry import Command
-from protocol_helpers import add_slow, connect, frame, make_server, replies
 from oxidb.testing import MemoryServer, result_of
 from oxidb.wire.framing import MAX_FRAME
-
 
 PONG = {"ok": True, "data": "pong"}
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from protocol_helpers import add_slow, connect, frame, make_server, replies
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 
@@ -23,7 +25,6 @@ from oxidb.errors import RequesterGoneError, ServerBusyError
 from oxidb.server.executor import LocalExecutor
 from oxidb.server.protocol import OFFLOAD_BYTES
 from oxidb.server.workers import WorkerPool
-from protocol_helpers import add_slow, connect, frame, make_server, replies
 from oxidb.testing import MemoryServer, QueuedReactor, result_of
 from oxidb.wire.framing import MAX_FRAME, encode_frame
 

@@ -27,7 +27,7 @@ def test_checked_in_graph_is_current(name: str) -> None:
         assert f.read() == machines.to_dot(name), "run: python -m oxidb.machines docs/state-machines"
 
 
-def test_check_mode_reports_a_stale_graph(tmp_path: "os.PathLike[str]") -> None:
+def test_check_mode_reports_a_stale_graph(tmp_path: os.PathLike[str]) -> None:
     assert machines.main([str(tmp_path)]) == 0
     assert machines.main([str(tmp_path), "--check"]) == 0
     with open(os.path.join(str(tmp_path), "login.dot"), "a", encoding="utf-8") as f:

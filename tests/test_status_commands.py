@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from prometheus_client.exposition import generate_latest
@@ -28,7 +29,7 @@ class RecordingExecutor:
         self.pending: list[tuple[Callable[[], Any], Deferred[Any]]] = []
         self.ran: list[Callable[[], Any]] = []
 
-    def read(self, fn: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+    def read(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         if self.hold:
             d: Deferred[Any] = Deferred()
             self.pending.append((lambda: fn(*args), d))
@@ -39,7 +40,7 @@ class RecordingExecutor:
         for fn, d in self.pending:
             self._run(fn).chainDeferred(d)
 
-    def _run(self, fn: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         self.ran.append(fn)
         try:
             return succeed(fn(*args))
@@ -47,7 +48,7 @@ class RecordingExecutor:
             return fail(Failure())
 
 
-def result_of(d: "Deferred[Any]") -> Any:
+def result_of(d: Deferred[Any]) -> Any:
     results: list[Any] = []
     d.addBoth(results.append)
     assert results, "the Deferred has not fired"

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

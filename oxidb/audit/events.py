@@ -10,7 +10,8 @@ fields below, so request bodies (and passwords) never reach the audit trail.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
@@ -129,7 +130,7 @@ class IAuditSink(Interface):
     def start() -> None:
         """Begin accepting events (called by the service at startup)."""
 
-    def stop() -> "Deferred[None]":
+    def stop() -> Deferred[None]:
         """Write out what was recorded (flush, fsync) and stop."""
 
 
@@ -149,7 +150,7 @@ class Auditor:
 
     def record_command(
         self,
-        session: "Session",
+        session: Session,
         cmd: str,
         collection: str | None,
         result: str,
@@ -163,7 +164,7 @@ class Auditor:
         )
 
     def record_login(
-        self, session: "Session", cmd: str, username: str | None, role: str | None, result: str, detail: str
+        self, session: Session, cmd: str, username: str | None, role: str | None, result: str, detail: str
     ) -> None:
         """A login attempt: the name tried, and the role on success."""
         self.record(AuditEvent(self.clock.seconds(), username, role, cmd, None, result, detail, session.peer))

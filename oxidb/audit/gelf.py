@@ -18,7 +18,8 @@ import gzip
 import random
 import re
 import zlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 import orjson

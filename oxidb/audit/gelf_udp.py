@@ -78,7 +78,7 @@ class GelfSender:
         except Exception as e:
             raise ConfigError(f"failed to create GELF logger: {e}") from None
 
-    def stop(self) -> "Deferred[None]":
+    def stop(self) -> Deferred[None]:
         if self._port is None:
             return succeed(None)
         port, self._port = self._port, None

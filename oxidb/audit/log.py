@@ -19,8 +19,9 @@ import queue
 import shutil
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -275,7 +276,7 @@ class AuditLog:
             if self.dropped == 1 or self.dropped % 10_000 == 0:
                 self._log.error("audit queue full: {dropped} audit lines dropped so far", dropped=self.dropped)
 
-    def stop(self) -> "Deferred[None]":
+    def stop(self) -> Deferred[None]:
         """Fires once every recorded line is written, fsynced and the file closed."""
         if self._thread is None:
             self._stopped.callback(None)

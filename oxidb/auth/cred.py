@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import base64
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.cred.checkers import ICredentialsChecker
@@ -111,7 +112,7 @@ class ScramChecker:
     def _server_nonce(self) -> str:
         return base64.b64encode(self.rng.randbytes(18)).decode("ascii")
 
-    def requestAvatarId(self, credentials: IScramCredentials) -> "Deferred[Any]":
+    def requestAvatarId(self, credentials: IScramCredentials) -> Deferred[Any]:
         exchange = credentials.exchange
         try:
             if exchange is None:
@@ -153,7 +154,7 @@ class Argon2Checker:
         verify_password(self._dummy_hash, password)
         return False
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> "Deferred[Any]":
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[Any]:
         if self.running >= self.max_running:
             return fail(LoginFailed(LoginBusyError()))
         username = credentials.username.decode("utf-8", "surrogatepass")

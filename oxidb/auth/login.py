@@ -23,7 +23,8 @@ machine (L{oxidb.machines}).
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 from automat import TypeMachine, TypeMachineBuilder, pep614
@@ -88,7 +89,7 @@ class LoginInputs(Protocol):
         """The SCRAM exchange in progress, if any."""
 
 
-def _build() -> "TypeMachine[LoginInputs, LoginCore]":
+def _build() -> TypeMachine[LoginInputs, LoginCore]:
     machine = TypeMachineBuilder(LoginInputs, LoginCore)
     I = LoginInputs  # noqa: E741
 

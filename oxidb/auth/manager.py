@@ -47,7 +47,7 @@ class AuthManager:
         run_blocking: RunBlocking,
         rng: random.Random,
         limits: Limits | None = None,
-    ) -> "AuthManager":
+    ) -> AuthManager:
         """
         Load the store and the server secret from C{directory}
         (C{<data>/_auth}), creating the secret on first start. Blocking:

@@ -20,8 +20,9 @@ L{AccessTable.open_before_login}).
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -43,13 +44,13 @@ class Role(enum.Enum):
         return self.value.lower()
 
     @classmethod
-    def parse(cls, text: object) -> "Role | None":
+    def parse(cls, text: object) -> Role | None:
         """Accept C{admin}, C{readWrite}, C{readwrite}, C{read}; else None."""
         if not isinstance(text, str):
             return None
         return _ROLE_INPUTS.get(text)
 
-    def includes(self, other: "Role") -> bool:
+    def includes(self, other: Role) -> bool:
         return _RANK[self] >= _RANK[other]
 
 
@@ -71,7 +72,7 @@ class AccessTable:
     health: frozenset[str] = frozenset()
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Any]) -> "AccessTable":
+    def from_rows(cls, rows: Iterable[Any]) -> AccessTable:
         """From command rows: anything with C{name}, C{role} and C{health_check}."""
         rows = list(rows)
         return cls(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 from scramp import ScramException, ScramMechanism
@@ -56,7 +56,7 @@ class ScramVerifier:
     server_key: bytes
 
     @classmethod
-    def derive(cls, password: str, salt: bytes, iterations: int) -> "ScramVerifier":
+    def derive(cls, password: str, salt: bytes, iterations: int) -> ScramVerifier:
         """
         Derive a verifier from a password (PBKDF2: CPU work, keep it off the
         reactor). The password is SASLprep'd, as a client does.
@@ -67,7 +67,7 @@ class ScramVerifier:
         return cls(salt, iterations, stored_key, server_key)
 
     @classmethod
-    def mock(cls, secret: bytes, username: str, iterations: int) -> "ScramVerifier":
+    def mock(cls, secret: bytes, username: str, iterations: int) -> ScramVerifier:
         """
         A verifier for a user that does not exist: the salt is stable per
         username (derived from C{secret}) so that asking twice shows nothing,
@@ -89,7 +89,7 @@ class ScramVerifier:
         }
 
     @classmethod
-    def from_fields(cls, fields: dict[str, object]) -> "ScramVerifier | None":
+    def from_fields(cls, fields: dict[str, object]) -> ScramVerifier | None:
         """
         The verifier stored in a record, or None when the fields are absent,
         partial or unusable (such a user can still use C{auth_simple}).

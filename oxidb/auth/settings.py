@@ -17,7 +17,7 @@ An empty value counts as unset.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import attrs
 

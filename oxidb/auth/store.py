@@ -20,8 +20,9 @@ import json
 import os
 import random
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any, ClassVar, Iterable
+from typing import IO, Any, ClassVar
 
 import attrs
 
@@ -66,7 +67,7 @@ class UserRecord:
         return out
 
     @classmethod
-    def from_json(cls, obj: Any) -> "UserRecord":
+    def from_json(cls, obj: Any) -> UserRecord:
         """
         Parse a stored record (or a replicated C{CreateUser} body).
 
@@ -86,7 +87,7 @@ class UserRecord:
             raise ValueError(f"user {username!r} has malformed 'db_roles'")
         return cls(username, _STORED_ROLES[role], password_hash, ScramVerifier.from_fields(obj), dict(db_roles))
 
-    def with_password(self, secrets: PasswordSecrets) -> "UserRecord":
+    def with_password(self, secrets: PasswordSecrets) -> UserRecord:
         return attrs.evolve(self, password_hash=secrets.password_hash, scram=secrets.verifier)
 
 
@@ -104,7 +105,7 @@ class UserStore:
         self._write_lock = threading.Lock()
 
     @classmethod
-    def open(cls, directory: Path) -> "UserStore":
+    def open(cls, directory: Path) -> UserStore:
         """
         Read C{<directory>/users.json} (a missing file is an empty store).
 
@@ -281,13 +282,13 @@ class CreateUser(Operation):
         return self.record.to_json()
 
     @classmethod
-    def from_body(cls, body: dict[str, Any], version: int) -> "CreateUser":
+    def from_body(cls, body: dict[str, Any], version: int) -> CreateUser:
         try:
             return cls(UserRecord.from_json(body))
         except ValueError as e:
             raise BadRequestError(f"malformed CreateUser operation: {e}") from None
 
-    def apply_to(self, store: "UserStore") -> str:
+    def apply_to(self, store: UserStore) -> str:
         store.create(self.record)
         return "user created"
 
@@ -299,10 +300,10 @@ class DropUser(Operation):
     username: str
 
     @classmethod
-    def from_body(cls, body: dict[str, Any], version: int) -> "DropUser":
+    def from_body(cls, body: dict[str, Any], version: int) -> DropUser:
         return cls(_username_of(body, cls.KIND))
 
-    def apply_to(self, store: "UserStore") -> str:
+    def apply_to(self, store: UserStore) -> str:
         store.drop(self.username)
         return "user dropped"
 
@@ -326,7 +327,7 @@ class UpdateUser(Operation):
         return body
 
     @classmethod
-    def from_body(cls, body: dict[str, Any], version: int) -> "UpdateUser":
+    def from_body(cls, body: dict[str, Any], version: int) -> UpdateUser:
         username = _username_of(body, cls.KIND)
         role = None
         if "role" in body:
@@ -341,7 +342,7 @@ class UpdateUser(Operation):
             secrets = PasswordSecrets(body["password_hash"], verifier)
         return cls(username, role, secrets)
 
-    def apply_to(self, store: "UserStore") -> str:
+    def apply_to(self, store: UserStore) -> str:
         store.update(self.username, self.role, self.secrets)
         return "user updated"
 

@@ -125,7 +125,7 @@ class LoginThrottle:
             return False
         return now - last < self.policy.delay(count - free + 1)
 
-    def begin(self, session: "Session", username: str) -> None:
+    def begin(self, session: Session, username: str) -> None:
         """
         A login attempt for C{username} starts on C{session}: count it, or
         refuse it when the name or the session's source address is throttled.
@@ -158,7 +158,7 @@ class LoginThrottle:
             return 0
         return entry[0]
 
-    def failed(self, session: "Session", username: str) -> "Deferred[None]":
+    def failed(self, session: Session, username: str) -> Deferred[None]:
         """
         Count a failed login; the Deferred fires when the failure may be
         answered. Once the connection has failed C{max_failures} times,
@@ -177,7 +177,7 @@ class LoginThrottle:
             return succeed(None)
         return deferLater(self.clock, delay, lambda: None)
 
-    def succeeded(self, username: str, session: "Session | None" = None) -> None:
+    def succeeded(self, username: str, session: Session | None = None) -> None:
         """
         A login for C{username} succeeded: forget the name's failures and
         attempts, and give C{session}'s source address its attempt back.

@@ -10,8 +10,8 @@ with forward secrecy and AEAD only, no client certificates (server.md 6).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import attrs
 from cryptography import x509

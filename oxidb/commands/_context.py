@@ -10,7 +10,8 @@ passed in for one is checked when it is stored (L{provides}).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from zope.interface import Attribute, Interface
@@ -19,29 +20,29 @@ from zope.interface.interface import InterfaceClass
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from oxidb.engine.operations import Operation
     from oxidb.commands._reply import Reply
+    from oxidb.engine.operations import Operation
     from oxidb.server.session import Session
 
 
-def provides(iface: InterfaceClass) -> Callable[[Any, "attrs.Attribute[Any]", Any], None]:
+def provides(iface: InterfaceClass) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     """
     An attrs validator: the value must provide C{iface} (declared with
     C{@implementer}), else C{TypeError} naming the field.
     """
 
-    def check(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if not iface.providedBy(value):
             raise TypeError(f"{attribute.name} must provide {iface.__name__}, not {value!r}")
 
     return check
 
 
-def provides_or_none(iface: InterfaceClass) -> Callable[[Any, "attrs.Attribute[Any]", Any], None]:
+def provides_or_none(iface: InterfaceClass) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     """L{provides}, or C{None} (an optional part that is off)."""
     check = provides(iface)
 
-    def optional(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    def optional(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is not None:
             check(instance, attribute, value)
 
@@ -55,10 +56,10 @@ class IExecutor(Interface):
     writes through Raft and applies them on commit. Tests use a synchronous one.
     """
 
-    def read(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
+    def read(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         """Run C{fn(*args, **kwargs)} off the reactor thread."""
 
-    def write(op: "Operation") -> "Deferred[Any]":
+    def write(op: Operation) -> Deferred[Any]:
         """
         Apply one state change and fire with its result (the reply's data).
 
@@ -80,7 +81,7 @@ class IDispatcher(Interface):
 
     registry = Attribute("the complete L{oxidb.commands.CommandRegistry}")
 
-    def dispatch(ctx: "CommandContext", request: Any) -> "Reply | Deferred[Reply]":
+    def dispatch(ctx: CommandContext, request: Any) -> Reply | Deferred[Reply]:
         """Run one request: a L{Reply}, or a Deferred firing with one."""
 
 
@@ -115,13 +116,13 @@ class CommandContext:
     @ivar services: the server-wide L{IServices}.
     """
 
-    session: "Session"
+    session: Session
     services: IServices = attrs.field(validator=provides(IServices))
 
-    def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
+    def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         return self.services.executor.read(fn, *args, **kwargs)
 
-    def write(self, op: "Operation") -> "Deferred[Any]":
+    def write(self, op: Operation) -> Deferred[Any]:
         return self.services.executor.write(op)
 
     @property

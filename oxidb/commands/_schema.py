@@ -22,7 +22,8 @@ handler too and are described in L{Field.doc}.
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import attrs
 

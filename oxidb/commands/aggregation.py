@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from oxidb.commands._args import max_time_ms, require_collection, require_present
 from oxidb.auth.rbac import Role
+from oxidb.commands._args import max_time_ms, require_collection, require_present
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from oxidb.commands._context import CommandContext
 
 
-def aggregate(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def aggregate(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """
     The pipeline's output documents. A C{pipeline} that is not an array
     reaches the engine (C{invalid pipeline: pipeline must be an array}).

@@ -10,7 +10,8 @@ rows are C{audited=False}; user management is audited by the dispatcher.
 
 from __future__ import annotations
 
-from typing import Any, Coroutine, NoReturn, cast
+from collections.abc import Coroutine
+from typing import Any, NoReturn, cast
 
 from scramp import ScramException
 from scramp.utils import saslprep
@@ -44,7 +45,7 @@ from oxidb.logs import Logger
 _log = Logger(namespace="oxidb.commands.auth")
 
 
-def _run(coroutine: Coroutine[Any, Any, Any]) -> "Deferred[Any]":
+def _run(coroutine: Coroutine[Any, Any, Any]) -> Deferred[Any]:
     return Deferred.fromCoroutine(coroutine)
 
 
@@ -101,7 +102,7 @@ async def _login_failed(ctx: CommandContext, cmd: str, username: str | None, err
 # --- login -------------------------------------------------------------------
 
 
-def authenticate(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def authenticate(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """SCRAM step 1: client-first in, server-first out."""
     return _run(_authenticate(ctx, request))
 
@@ -128,7 +129,7 @@ async def _authenticate(ctx: CommandContext, request: dict[str, Any]) -> dict[st
     raise InternalError()  # the first message never completes a login
 
 
-def authenticate_continue(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def authenticate_continue(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """SCRAM step 2: client-final in, server-final out; logs the session in."""
     return _run(_authenticate_continue(ctx, request))
 
@@ -146,7 +147,7 @@ async def _authenticate_continue(ctx: CommandContext, request: dict[str, Any]) -
     return {"payload": exchange.server_final, "done": True}
 
 
-def auth_simple(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def auth_simple(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """Plaintext login against the Argon2id hash (legacy clients; use TLS)."""
     return _run(_auth_simple(ctx, request))
 
@@ -180,7 +181,7 @@ def _role_field(request: dict[str, Any]) -> Role | None:
     return role
 
 
-def _hash(ctx: CommandContext, password: str) -> "Deferred[PasswordSecrets]":
+def _hash(ctx: CommandContext, password: str) -> Deferred[PasswordSecrets]:
     """Derive the stored secrets on the thread pool (Argon2id + PBKDF2)."""
     auth = _auth(ctx)
     return ctx.read(
@@ -188,7 +189,7 @@ def _hash(ctx: CommandContext, password: str) -> "Deferred[PasswordSecrets]":
     )
 
 
-def create_user(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def create_user(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     return _run(_create_user(ctx, request))
 
 
@@ -215,11 +216,11 @@ def _check_username(username: str) -> None:
         raise BadRequestError(f"invalid username: '{username}' is not in SASLprep normal form")
 
 
-def drop_user(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def drop_user(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     return ctx.write(drop_user_op(require_str(request, "username")))
 
 
-def update_user(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def update_user(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     return _run(_update_user(ctx, request))
 
 

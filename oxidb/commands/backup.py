@@ -25,7 +25,7 @@ def _path(request: dict[str, Any], key: str) -> str:
     return value
 
 
-def backup(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def backup(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     path = _path(request, "path")
     engine = ctx.engine
     if engine is None:
@@ -33,7 +33,7 @@ def backup(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
     return ctx.read(archives.create_backup, engine, path, ctx.services.clock.seconds())
 
 
-def restore(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def restore(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     archive = _path(request, "archive")
     target = _path(request, "target")
     return ctx.read(archives.restore_backup, archive, target)

@@ -10,20 +10,21 @@ that work (the writer only stores what was prepared).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from oxidb.auth.rbac import Role
 from oxidb.commands._args import max_time_ms, optional_str, optional_uint, require_str
 from oxidb.commands._context import CommandContext
-from oxidb.auth.rbac import Role
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, fields
 from oxidb.engine import blobs, textindex
 from oxidb.errors import UnavailableError
 
 
-def _read(ctx: CommandContext, fn: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+def _read(ctx: CommandContext, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
     """Run C{fn(reader, *args)} in one engine read on the thread pool."""
     engine = ctx.engine
     if engine is None:
@@ -41,19 +42,19 @@ def _bucket_and_key(request: dict[str, Any]) -> tuple[str, str]:
     return blobs.validate_bucket_name(bucket), blobs.validate_key(key)
 
 
-def create_bucket(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def create_bucket(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     return ctx.write(blobs.CreateBucket(_bucket(request)))
 
 
-def list_buckets(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def list_buckets(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     return _read(ctx, blobs.list_buckets)
 
 
-def delete_bucket(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def delete_bucket(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     return ctx.write(blobs.DeleteBucket(_bucket(request)))
 
 
-def put_object(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def put_object(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     bucket = require_str(request, "bucket")
     key = require_str(request, "key")
     data = require_str(request, "data", "missing 'data' (base64)")
@@ -73,20 +74,20 @@ def put_object(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
     return d
 
 
-def get_object(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def get_object(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     return _read(ctx, blobs.get_object, *_bucket_and_key(request))
 
 
-def head_object(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def head_object(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     return _read(ctx, blobs.head_object, *_bucket_and_key(request))
 
 
-def delete_object(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def delete_object(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     bucket, key = _bucket_and_key(request)
     return ctx.write(blobs.DeleteObject(bucket, key))
 
 
-def list_objects(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def list_objects(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     # Upstream names the wrong field when the bucket is missing (server.md 3.3).
     bucket = blobs.validate_bucket_name(require_str(request, "bucket", "missing 'collection'"))
     prefix = optional_str(request, "prefix")
@@ -94,7 +95,7 @@ def list_objects(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]
     return _read(ctx, blobs.list_objects, bucket, prefix, limit)
 
 
-def search(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def search(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     query = require_str(request, "query")
     bucket = optional_str(request, "bucket")
     limit = optional_uint(request, "limit", textindex.DEFAULT_LIMIT)
@@ -104,7 +105,7 @@ def search(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
     return ctx.read(engine.read_within, max_time_ms(request), blobs.search, query, bucket, limit)
 
 
-def extract_text(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def extract_text(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     return _read(ctx, blobs.extract_object_text, *_bucket_and_key(request))
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from oxidb.commands._args import require_collection
 from oxidb.auth.rbac import Role
+from oxidb.commands._args import require_collection
 from oxidb.commands._registry import Command
-from oxidb.engine.operations import Compact, CreateCollection, DropCollection
 from oxidb.commands._schema import collection_field, fields
+from oxidb.engine.operations import Compact, CreateCollection, DropCollection
 from oxidb.engine.store import is_reserved_collection
 from oxidb.errors import UnavailableError
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from oxidb.commands._context import CommandContext
 
 
-def engine_of(ctx: "CommandContext") -> Any:
+def engine_of(ctx: CommandContext) -> Any:
     """The open engine, or L{UnavailableError} while there is none."""
     engine = ctx.engine
     if engine is None:
@@ -33,23 +33,23 @@ def engine_of(ctx: "CommandContext") -> Any:
     return engine
 
 
-def create_collection(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def create_collection(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"collection created"}; C{collection already exists: <name>} if it does."""
     return ctx.write(CreateCollection(require_collection(request)))
 
 
-def list_collections(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def list_collections(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """Every collection name a client may use, sorted (the server's own are not listed)."""
     d = ctx.read(engine_of(ctx).list_collections)
     return d.addCallback(lambda names: [name for name in names if not is_reserved_collection(name)])
 
 
-def drop_collection(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def drop_collection(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"collection dropped"}, also for an unknown collection."""
     return ctx.write(DropCollection(require_collection(request)))
 
 
-def compact(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def compact(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{{"old_size", "new_size", "docs_kept"}} (see L{oxidb.engine.writes.WriteTxn.compact})."""
     return ctx.write(Compact(require_collection(request)))
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from oxidb import __version__
-from oxidb.commands._context import CommandContext
 from oxidb.auth.rbac import Role
+from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
 from oxidb.commands._reply import Reply, TopLevel, command_name
-from oxidb.commands._schema import JsonType, Field, fields
-from oxidb.errors import BadRequestError, PipelineTooLongError, EncodedReplyTooLargeError
+from oxidb.commands._schema import Field, JsonType, fields
+from oxidb.errors import BadRequestError, EncodedReplyTooLargeError, PipelineTooLongError
 from oxidb.owner import current_owner
 from oxidb.wire.codec import size_at_least
 from oxidb.wire.limits import MAX_FRAME

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from oxidb.commands._args import is_uint, max_time_ms, require_collection, require_list, require_present
 from oxidb.auth.rbac import Role
+from oxidb.commands._args import is_uint, max_time_ms, require_collection, require_list, require_present
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from oxidb.commands._context import CommandContext
 
 
-def _write(ctx: "CommandContext", op: Operation) -> Any:
+def _write(ctx: CommandContext, op: Operation) -> Any:
     tx = ctx.session.tx
     if tx is not None:
         return tx.buffer(ctx, op)
@@ -60,21 +60,21 @@ def _query(request: dict[str, Any]) -> Any:
     return {} if query is None else query
 
 
-def insert(ctx: "CommandContext", request: dict[str, Any]) -> Any:
+def insert(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """C{{"id": n}}."""
     collection = require_collection(request)
     document = require_present(request, "doc")
     return _write(ctx, Insert(collection, document))
 
 
-def insert_many(ctx: "CommandContext", request: dict[str, Any]) -> Any:
+def insert_many(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """The new ids, consecutive, all-or-nothing."""
     collection = require_collection(request)
     documents = require_list(request, "docs", "missing or invalid 'docs' array")
     return _write(ctx, InsertMany(collection, documents))
 
 
-def find(ctx: "CommandContext", request: dict[str, Any]) -> Any:
+def find(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """Matching documents: filter, sort, skip, limit (engine.md 2.5)."""
     collection = require_collection(request)
     query = _query(request)
@@ -93,7 +93,7 @@ def find(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     return d.addCallback(_raw)
 
 
-def find_one(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def find_one(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """The matching document with the lowest C{_id}, or null."""
     collection = require_collection(request)
     tx = ctx.session.tx
@@ -103,7 +103,7 @@ def find_one(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     return d.addCallback(_raw)
 
 
-def count(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def count(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{{"count": n}}."""
     collection = require_collection(request)
     tx = ctx.session.tx
@@ -115,24 +115,24 @@ def count(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
     return d
 
 
-def _update(kind: type[Update] | type[UpdateOne], ctx: "CommandContext", request: dict[str, Any]) -> Any:
+def _update(kind: type[Update] | type[UpdateOne], ctx: CommandContext, request: dict[str, Any]) -> Any:
     collection = require_collection(request)
     query = require_present(request, "query")
     update = require_present(request, "update")
     return _write(ctx, kind(collection, query, update))
 
 
-def update(ctx: "CommandContext", request: dict[str, Any]) -> Any:
+def update(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """C{{"modified": n}}: every matching document, all-or-nothing."""
     return _update(Update, ctx, request)
 
 
-def update_one(ctx: "CommandContext", request: dict[str, Any]) -> Any:
+def update_one(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """C{{"modified": 0 | 1}}: the matching document with the lowest C{_id}."""
     return _update(UpdateOne, ctx, request)
 
 
-def delete(ctx: "CommandContext", request: dict[str, Any]) -> Any:
+def delete(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """
     C{{"deleted": n}}. The optional C{limit} ([N]) deletes at most that many
     (lowest C{_id} first) and must be a non-negative integer.
@@ -145,7 +145,7 @@ def delete(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     return _write(ctx, Delete(collection, query, limit))
 
 
-def delete_one(ctx: "CommandContext", request: dict[str, Any]) -> Any:
+def delete_one(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """C{{"deleted": 0 | 1}}: the matching document with the lowest C{_id}."""
     collection = require_collection(request)
     query = require_present(request, "query")

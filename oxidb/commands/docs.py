@@ -10,7 +10,7 @@ what this writes.
 from __future__ import annotations
 
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 from oxidb.commands import Command, all_commands
 from oxidb.commands._schema import Field

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from oxidb.commands._args import max_time_ms, optional_uint, require_collection, require_list, require_str
 from oxidb.auth.rbac import Role
+from oxidb.commands._args import max_time_ms, optional_uint, require_collection, require_list, require_str
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
@@ -30,45 +30,45 @@ def _fields(request: dict[str, Any]) -> list[str]:
     return fields
 
 
-def create_index(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def create_index(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"index created"}; idempotent."""
     collection = require_collection(request)
     field = require_str(request, "field")
     return ctx.write(CreateIndex(collection, field))
 
 
-def create_unique_index(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def create_unique_index(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"unique index created"}; upgrades a plain index on the field."""
     collection = require_collection(request)
     field = require_str(request, "field")
     return ctx.write(CreateUniqueIndex(collection, field))
 
 
-def create_composite_index(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def create_composite_index(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{{"index": "<fields joined by _>"}}."""
     collection = require_collection(request)
     return ctx.write(CreateCompositeIndex(collection, _fields(request)))
 
 
-def create_text_index(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def create_text_index(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"text index created"}; an existing text index keeps its fields."""
     collection = require_collection(request)
     return ctx.write(CreateTextIndex(collection, _fields(request)))
 
 
-def list_indexes(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def list_indexes(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """Index descriptors (engine.md 4.6)."""
     return ctx.read(engine_of(ctx).list_indexes, require_collection(request))
 
 
-def drop_index(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def drop_index(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"index dropped"}, or C{index not found: <name>}."""
     collection = require_collection(request)
     index = require_str(request, "index")
     return ctx.write(DropIndex(collection, index))
 
 
-def text_search(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def text_search(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """Documents with C{_score}, best first; C{limit} defaults to 10."""
     collection = require_collection(request)
     query = require_str(request, "query", "missing 'query' string")

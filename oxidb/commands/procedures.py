@@ -18,12 +18,13 @@ and its transaction commits like C{commit_tx}. The scheduler uses it too.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generator
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 
-from oxidb.commands._args import require_str
 from oxidb.auth.rbac import Role
+from oxidb.commands._args import require_str
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import Field, JsonType, fields
 from oxidb.commands.collections import engine_of
@@ -86,14 +87,14 @@ def _names(documents: list[dict[str, Any]]) -> list[str]:
 # --- procedures ---------------------------------------------------------------------
 
 
-def create_procedure(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def create_procedure(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"procedure created"}; the whole request is the stored definition."""
     require_str(request, "name")
     procedures.parse_procedure(request)
     return ctx.write(PutProcedure(request))
 
 
-def call_procedure(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def call_procedure(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """The procedure's value (C{return}'s, or C{{"ok": true}})."""
     name = require_str(request, "name")
     params = request.get("params")
@@ -101,20 +102,20 @@ def call_procedure(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[
     return call(services.executor, engine_of(ctx), services.clock, name, {} if params is None else params, services.metrics)
 
 
-def list_procedures(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def list_procedures(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """The procedure names, sorted."""
     d = ctx.read(engine_of(ctx).find, PROCEDURES, {}, {"name": 1})
     return d.addCallback(_names)
 
 
-def get_procedure(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def get_procedure(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """The stored definition document."""
     name = require_str(request, "name")
     d = ctx.read(engine_of(ctx).find_one, PROCEDURES, {"name": name})
     return d.addCallback(_found(ProcedureNotFoundError(name)))
 
 
-def delete_procedure(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def delete_procedure(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"procedure deleted"}. Schedules naming it stay, and record errors."""
     name = require_str(request, "name")
     d = ctx.write(Delete(PROCEDURES, {"name": name}))
@@ -128,31 +129,31 @@ def _not_found(name: str) -> ScheduleError:
     return ScheduleError(f"schedule not found: {name}")
 
 
-def create_schedule(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def create_schedule(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"schedule created"} (create or replace, with a fresh run state)."""
     require_str(request, "name")
     return ctx.write(PutSchedule(schedules.new_schedule(request)))
 
 
-def list_schedules(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def list_schedules(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """Every schedule document, by name."""
     return ctx.read(engine_of(ctx).find, SCHEDULES, {}, {"name": 1})
 
 
-def get_schedule(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def get_schedule(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """One schedule document with its run state."""
     name = require_str(request, "name")
     d = ctx.read(engine_of(ctx).find_one, SCHEDULES, {"name": name})
     return d.addCallback(_found(_not_found(name)))
 
 
-def delete_schedule(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def delete_schedule(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     name = require_str(request, "name")
     d = ctx.write(Delete(SCHEDULES, {"name": name}))
     return d.addCallback(_changed("deleted", "schedule deleted", _not_found(name)))
 
 
-def _switch(ctx: "CommandContext", request: dict[str, Any], enabled: bool) -> "Deferred[Any]":
+def _switch(ctx: CommandContext, request: dict[str, Any], enabled: bool) -> Deferred[Any]:
     name = require_str(request, "name")
     update = {"$set": {"enabled": enabled}}
     d = ctx.write(Update(SCHEDULES, {"name": name}, update))
@@ -160,11 +161,11 @@ def _switch(ctx: "CommandContext", request: dict[str, Any], enabled: bool) -> "D
     return d.addCallback(_changed("modified", reply, _not_found(name)))
 
 
-def enable_schedule(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def enable_schedule(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     return _switch(ctx, request, True)
 
 
-def disable_schedule(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[Any]":
+def disable_schedule(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     return _switch(ctx, request, False)
 
 

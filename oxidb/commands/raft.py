@@ -56,7 +56,7 @@ def _membership_reply(result: Any) -> dict[str, str]:
     return {"log_id": log_id.display(), "membership": membership.debug_text()}
 
 
-def raft_add_learner(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def raft_add_learner(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     node_id = request.get("node_id")
     if not _node_id(node_id):
         raise BadRequestError("missing 'node_id'")
@@ -66,7 +66,7 @@ def raft_add_learner(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[
     return _managed(ctx.services.raft.node.add_learner, "add learner failed", node_id, addr)
 
 
-def raft_change_membership(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def raft_change_membership(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     members = request.get("members")
     if not isinstance(members, list):
         raise BadRequestError("missing 'members' array")
@@ -89,7 +89,7 @@ def raft_metrics(ctx: CommandContext, request: dict[str, Any]) -> dict[str, Any]
     return metrics
 
 
-def raft_remove_node(ctx: CommandContext, request: dict[str, Any]) -> "Deferred[Any]":
+def raft_remove_node(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     node_id = request.get("node_id")
     if not _node_id(node_id):
         raise BadRequestError("missing 'node_id'")

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from oxidb.metrics import ServerMetrics, StorageSample
 
 
-def server_status(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[dict[str, Any]]":
+def server_status(ctx: CommandContext, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
     """
     C{{"version", "mode", "uptime_s", "connections", "connections_total",
     "commands_served", "threadpool", "data_dir_bytes", "documents", "raft"}}.
@@ -34,7 +34,7 @@ def server_status(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[d
     return d
 
 
-def _server_status_reply(storage: "StorageSample", metrics: "ServerMetrics") -> dict[str, Any]:
+def _server_status_reply(storage: StorageSample, metrics: ServerMetrics) -> dict[str, Any]:
     raft = metrics.sample_raft()
     pool = metrics.threadpool()
     documents = storage.documents
@@ -63,7 +63,7 @@ def _server_status_reply(storage: "StorageSample", metrics: "ServerMetrics") -> 
     }
 
 
-def proc_status(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[dict[str, Any]]":
+def proc_status(ctx: CommandContext, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
     """C{{"cpu_percent", "mem_rss_mb", "threads", "uptime_s"}} (server.md 10)."""
     d = ctx.read(ctx.services.metrics.process.sample)
     d.addCallback(lambda sample: sample.to_wire())

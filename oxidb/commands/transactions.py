@@ -62,20 +62,20 @@ class ISessionTransaction(Interface):
     the number).
     """
 
-    def buffer(ctx: "CommandContext", op: Operation) -> Any:
+    def buffer(ctx: CommandContext, op: Operation) -> Any:
         """
         Buffer the write operation a handler would have written: L{Insert},
         L{InsertMany}, L{Update}, L{UpdateOne}, L{Delete} (with its optional
         C{limit}) or L{DeleteOne}.
         """
 
-    def find(ctx: "CommandContext", collection: str, query: Any, sort: Any, skip: Any, limit: Any) -> Any:
+    def find(ctx: CommandContext, collection: str, query: Any, sort: Any, skip: Any, limit: Any) -> Any:
         """Matching documents in the transaction's view."""
 
-    def find_one(ctx: "CommandContext", collection: str, query: Any) -> Any:
+    def find_one(ctx: CommandContext, collection: str, query: Any) -> Any:
         """The first matching document in the view, or None."""
 
-    def count(ctx: "CommandContext", collection: str, query: Any) -> Any:
+    def count(ctx: CommandContext, collection: str, query: Any) -> Any:
         """The number of matching documents in the view (an int)."""
 
 
@@ -86,10 +86,10 @@ class SessionTransaction:
 
     tx: Transaction
 
-    def _read(self, ctx: "CommandContext", fn: Any, *args: Any) -> "Deferred[Any]":
+    def _read(self, ctx: CommandContext, fn: Any, *args: Any) -> Deferred[Any]:
         return ctx.read(engine_of(ctx).read, fn, *args)
 
-    def buffer(self, ctx: "CommandContext", op: Operation) -> "Deferred[Any]":
+    def buffer(self, ctx: CommandContext, op: Operation) -> Deferred[Any]:
         match op:
             case Insert(collection=collection, document=document):
                 d = self._insert(ctx, collection, [document])
@@ -109,12 +109,12 @@ class SessionTransaction:
         return d.addCallback(lambda _: "buffered")
 
     def _stage_update(
-        self, ctx: "CommandContext", collection: str, query: Any, update: Any, limit: int | None
-    ) -> "Deferred[Any]":
+        self, ctx: CommandContext, collection: str, query: Any, update: Any, limit: int | None
+    ) -> Deferred[Any]:
         now = ctx.services.clock.seconds()
         return self._read(ctx, self.tx.stage_update, collection, query, update, now, limit)
 
-    def _insert(self, ctx: "CommandContext", collection: str, documents: list[Any]) -> "Deferred[list[int]]":
+    def _insert(self, ctx: CommandContext, collection: str, documents: list[Any]) -> Deferred[list[int]]:
         if any(type(doc) is not dict for doc in documents):
             raise DocumentNotObjectError()
         if not documents:
@@ -122,17 +122,17 @@ class SessionTransaction:
         d = ctx.write(reserve_operation(collection, len(documents)))
         return d.addCallback(lambda first: ctx.read(self.tx.stage_insert, collection, first, documents))
 
-    def find(self, ctx: "CommandContext", collection: str, query: Any, sort: Any, skip: Any, limit: Any) -> "Deferred[Any]":
+    def find(self, ctx: CommandContext, collection: str, query: Any, sort: Any, skip: Any, limit: Any) -> Deferred[Any]:
         return self._read(ctx, self.tx.find, collection, query, sort, skip, limit)
 
-    def find_one(self, ctx: "CommandContext", collection: str, query: Any) -> "Deferred[Any]":
+    def find_one(self, ctx: CommandContext, collection: str, query: Any) -> Deferred[Any]:
         return self._read(ctx, self.tx.find_one, collection, query)
 
-    def count(self, ctx: "CommandContext", collection: str, query: Any) -> "Deferred[Any]":
+    def count(self, ctx: CommandContext, collection: str, query: Any) -> Deferred[Any]:
         return self._read(ctx, self.tx.count, collection, query)
 
 
-def commit(executor: Any, tx: Transaction, metrics: Any = None) -> "Deferred[str]":
+def commit(executor: Any, tx: Transaction, metrics: Any = None) -> Deferred[str]:
     """
     Commit C{tx} with one write through C{executor}; fires with
     C{"committed"} or fails (a L{TransactionConflictError} on conflict).
@@ -154,7 +154,7 @@ def commit(executor: Any, tx: Transaction, metrics: Any = None) -> "Deferred[str
     return d.addCallbacks(committed, failed)
 
 
-def begin_tx(ctx: "CommandContext", request: dict[str, Any]) -> Any:
+def begin_tx(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """C{{"tx_id": n}}."""
     if ctx.session.tx is not None:
         raise TransactionActiveError()
@@ -163,7 +163,7 @@ def begin_tx(ctx: "CommandContext", request: dict[str, Any]) -> Any:
     return {"tx_id": tx.tx_id}
 
 
-def commit_tx(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[str]":
+def commit_tx(ctx: CommandContext, request: dict[str, Any]) -> Deferred[str]:
     """C{"committed"}, or the commit's error; either way the transaction is over."""
     open_tx = ctx.session.tx
     if open_tx is None:
@@ -172,7 +172,7 @@ def commit_tx(ctx: "CommandContext", request: dict[str, Any]) -> "Deferred[str]"
     return commit(ctx.services.executor, open_tx.tx, ctx.services.metrics)
 
 
-def rollback_tx(ctx: "CommandContext", request: dict[str, Any]) -> str:
+def rollback_tx(ctx: CommandContext, request: dict[str, Any]) -> str:
     """C{"rolled back"}: the buffered writes are dropped."""
     if ctx.session.tx is None:
         raise NoTransactionError()

@@ -38,7 +38,8 @@ import sqlite3
 import tarfile
 import tempfile
 import zlib
-from typing import IO, Any, Iterable
+from collections.abc import Iterable
+from typing import IO, Any
 
 import orjson
 

@@ -40,7 +40,8 @@ import sqlite3
 import threading
 import time
 import zlib
-from typing import Any, ClassVar, Iterator
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import attrs
 import orjson
@@ -245,7 +246,7 @@ class Postings:
     counts: dict[str, int]
 
     @classmethod
-    def of(cls, text: str) -> "Postings":
+    def of(cls, text: str) -> Postings:
         tokens = textindex.tokenize(text)
         return cls(len(tokens), dict(textindex.term_counts(tokens)))
 
@@ -344,7 +345,7 @@ def prepare_put(prepared_puts: PreparedPuts, data_b64: object, content_type: str
     return prepared
 
 
-def put_operation(bucket: str, key: str, data_b64: str, content_type: str, metadata: dict[str, str]) -> "PutObject":
+def put_operation(bucket: str, key: str, data_b64: str, content_type: str, metadata: dict[str, str]) -> PutObject:
     """The C{PutObject} operation."""
     return PutObject(bucket, key, data_b64, content_type, metadata)
 
@@ -558,7 +559,7 @@ class PutObject(Operation):
     metadata: dict[str, str] = attrs.Factory(dict)
 
     @classmethod
-    def from_body(cls, body: dict[str, Any], version: int) -> "PutObject":
+    def from_body(cls, body: dict[str, Any], version: int) -> PutObject:
         content_type = body.get("content_type")
         return cls(
             body.get("bucket"),  # type: ignore[arg-type]

@@ -22,8 +22,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from oxidb import filemodes
 from oxidb.engine import keys, store, textstore
@@ -172,7 +173,7 @@ class Engine:
         self._writer_conn.close()
         self._writer_conn = None
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         self.open()
         return self
 
@@ -206,7 +207,7 @@ class Engine:
         except OxiError as e:
             return Rejected(e)
 
-    def submit(self, op: Operation | dict[str, Any], now: float, raft_index: int | None = None) -> "Future[Any]":
+    def submit(self, op: Operation | dict[str, Any], now: float, raft_index: int | None = None) -> Future[Any]:
         """
         Queue a write. The future resolves with the reply data, or fails with
         an L{oxidb.errors.OxiError}, after the transaction carrying it has
@@ -218,7 +219,7 @@ class Engine:
         if not isinstance(op, Operation):
             op = self.operation_of(op)
         if self._writer is None or not self._open:
-            future: "Future[Any]" = Future()
+            future: Future[Any] = Future()
             future.set_exception(UnavailableError("engine is closed"))
             return future
         return self._writer.submit(op, now, raft_index)

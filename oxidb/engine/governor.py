@@ -16,7 +16,8 @@ Pure and blocking; no Twisted.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import orjson
@@ -57,7 +58,7 @@ class QueryLimits:
     max_reply_bytes: int = MAX_REPLY_BYTES
 
     @classmethod
-    def from_limits(cls, limits: Limits) -> "QueryLimits":
+    def from_limits(cls, limits: Limits) -> QueryLimits:
         """The engine rows of C{limits} (the server's C{config.limits})."""
         return cls(**{row.attr: getattr(limits, row.attr) for row in ENGINE_ROWS})
 
@@ -185,11 +186,11 @@ class Budget:
     bytes: int = attrs.field(init=False, default=0)
 
     @classmethod
-    def unlimited(cls) -> "Budget":
+    def unlimited(cls) -> Budget:
         return cls(2**63, 2**63)
 
     @classmethod
-    def of(cls, limits: QueryLimits, deadline: Deadline) -> "Budget":
+    def of(cls, limits: QueryLimits, deadline: Deadline) -> Budget:
         return cls(limits.agg_max_bytes, limits.agg_max_docs, deadline)
 
     def start(self, stage: str) -> None:

@@ -89,7 +89,7 @@ from typing import Any, TypeGuard, Union
 import attrs
 import re2
 
-from oxidb.engine.governor import DEFAULT_LIMITS, Deadline, NO_DEADLINE, QueryLimits
+from oxidb.engine.governor import DEFAULT_LIMITS, QueryLimits
 from oxidb.engine.paths import get_parts, get_parts_sort
 from oxidb.engine.values import I64_MAX, check_depth, is_date_string, sort_key
 from oxidb.errors import InvalidQueryError

@@ -41,7 +41,8 @@ operations), the command module (handler and registry row), and a test.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, TypeVar, cast
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import attrs
 
@@ -114,7 +115,7 @@ class Operation:
         """
         return None
 
-    def apply(self, txn: "WriteTxn", now: float) -> Any:
+    def apply(self, txn: WriteTxn, now: float) -> Any:
         """
         Apply on the writer thread inside the batch's transaction and the
         operation's savepoint; the reply data. Deterministic given the
@@ -190,7 +191,7 @@ class Rejected(Operation):
     def to_json(self) -> dict[str, Any]:
         raise TypeError("a rejected payload is not an operation to replicate")
 
-    def apply(self, txn: "WriteTxn", now: float) -> Any:
+    def apply(self, txn: WriteTxn, now: float) -> Any:
         raise self.error
 
 
@@ -261,7 +262,7 @@ class Insert(_OnCollection):
 
     document: JSON = attrs.field()
 
-    def apply(self, txn: "WriteTxn", now: float) -> Any:
+    def apply(self, txn: WriteTxn, now: float) -> Any:
         return {"id": txn.insert(self.collection, self.document)}
 
 
@@ -275,7 +276,7 @@ class InsertMany(_OnCollection):
         validator=check(_is_list, lambda: BadRequestError("missing or invalid 'docs' array"))
     )
 
-    def apply(self, txn: "WriteTxn", now: float) -> Any:
+    def apply(self, txn: WriteTxn, now: float) -> Any:
         return txn.insert_many(self.collection, self.documents)
 
 
@@ -291,7 +292,7 @@ class Update(_Updating):
 
     KIND: ClassVar[str] = "Update"
 
-    def apply(self, txn: "WriteTxn", now: float) -> Any:
+    def apply(self, txn: WriteTxn, now: float) -> Any:
         return {"modified": txn.update(self.collection, self.query, self.update)}
 
 
@@ -301,7 +302,7 @@ class UpdateOne(_Updating):
 
     KIND: ClassVar[str] = "UpdateOne"
 
-    def apply(self, txn: "WriteTxn", now: float) -> Any:
+    def apply(self, txn: WriteTxn, now: float) -> Any:
         return {"modified": txn.update(self.collection, self.query, self.update, one=True)}
 
 
@@ -320,7 +321,7 @@ class Delete(_OnCollection):
         ),
     )
 
-    def apply(self, txn: "WriteTxn", now: float) -> Any:
+    def apply(self, txn: WriteTxn, now: float) -> Any:
         return {"deleted": txn.delete(self.collection, self.query, self.limit)}
 
 
@@ -332,7 +333,7 @@ class DeleteOne(_OnCollection):
 
     query: JSON = attrs.field(validator=present("missing 'query'"))
 
-    def apply(self, txn: "WriteTxn", now: float) -> Any:
+    def apply(self, txn: WriteTxn, now: float) -> Any:
         return {"deleted": txn.delete(self.collection, self.query, 1)}
 
 
@@ -345,7 +346,7 @@ class CreateCollection(Operation):
 
     name: str = attrs.field(validator=collection_name)
 
-    def apply(self, txn: "WriteTxn", now: float) -> Any:
+    def apply(self, txn: WriteTxn, now: float) -> Any:
         return txn.create_collection(self.name)
 
 
@@ -355,7 +356,7 @@ class DropCollection(Operation):
 
     name: str = attrs.field(validator=collection_name)
 
-    def apply(self, txn: "WriteTxn", now: float) -> Any:
+    def apply(self, txn: WriteTxn, now: float) -> Any:
         return txn.drop_collection(self.name)
 
 
@@ -367,7 +368,7 @@ class EnsureCollection(Operation):
 
     name: str = attrs.field(validator=collection_name)
 
-    def apply(self, txn: "WriteTxn", now: float) -> Any:
+    def apply(self, txn: WriteTxn, now: float) -> Any:
         txn.ensure_collection(self.name)
         return None
 
@@ -376,7 +377,7 @@ class EnsureCollection(Operation):
 class Compact(_OnCollection):
     KIND: ClassVar[str] = "Compact"
 
-    def apply(self, txn: "WriteTxn", now: float) -> Any:
+    def apply(self, txn: WriteTxn, now: float) -> Any:
         return txn.compact(self.collection)
 
 
@@ -392,7 +393,7 @@ class _FieldIndex(_OnCollection):
 class CreateIndex(_FieldIndex):
     KIND: ClassVar[str] = "CreateIndex"
 
-    def apply(self, txn: "WriteTxn", now: float) -> Any:
+    def apply(self, txn: WriteTxn, now: float) -> Any:
         return txn.create_index(self.collection, self.field)
 
 
@@ -400,7 +401,7 @@ class CreateIndex(_FieldIndex):
 class CreateUniqueIndex(_FieldIndex):
     KIND: ClassVar[str] = "CreateUniqueIndex"
 
-    def apply(self, txn: "WriteTxn", now: float) -> Any:
+    def apply(self, txn: WriteTxn, now: float) -> Any:
         return txn.create_unique_index(self.collection, self.field)
 
 
@@ -415,7 +416,7 @@ class _FieldsIndex(_OnCollection):
 class CreateCompositeIndex(_FieldsIndex):
     KIND: ClassVar[str] = "CreateCompositeIndex"
 
-    def apply(self, txn: "WriteTxn", now: float) -> Any:
+    def apply(self, txn: WriteTxn, now: float) -> Any:
         return txn.create_composite_index(self.collection, self.fields)
 
 
@@ -423,7 +424,7 @@ class CreateCompositeIndex(_FieldsIndex):
 class CreateTextIndex(_FieldsIndex):
     KIND: ClassVar[str] = "CreateTextIndex"
 
-    def apply(self, txn: "WriteTxn", now: float) -> Any:
+    def apply(self, txn: WriteTxn, now: float) -> Any:
         return txn.create_text_index(self.collection, self.fields)
 
 
@@ -433,7 +434,7 @@ class DropIndex(_OnCollection):
 
     index: str = attrs.field(validator=text("missing 'index'"))
 
-    def apply(self, txn: "WriteTxn", now: float) -> Any:
+    def apply(self, txn: WriteTxn, now: float) -> Any:
         return txn.drop_index(self.collection, self.index)
 
 

@@ -30,7 +30,8 @@ v0.15 treats it as an always-true object, which no one can usefully rely on).
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, ClassVar, Generator
+from collections.abc import Callable, Generator
+from typing import Any, ClassVar
 
 import attrs
 
@@ -398,7 +399,7 @@ class _Run:
         return _Return(self.resolve(step["value"]) if "value" in step else {"ok": True})
 
 
-_PLAIN_STEPS: dict[str, Callable[[_Run, dict[str, Any]], "_Return | None"]] = {
+_PLAIN_STEPS: dict[str, Callable[[_Run, dict[str, Any]], _Return | None]] = {
     "find": _Run._find,
     "find_one": _Run._find_one,
     "count": _Run._count,

@@ -22,7 +22,8 @@ from __future__ import annotations
 import itertools
 import operator
 import sqlite3
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import attrs
 import orjson

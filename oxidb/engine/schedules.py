@@ -21,7 +21,7 @@ Due rules:
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -47,7 +47,7 @@ class CronExpr:
 
     def matches(self, seconds: float) -> bool:
         """Whether the UTC minute containing C{seconds} (since the epoch) matches."""
-        when = datetime.fromtimestamp(seconds, timezone.utc)
+        when = datetime.fromtimestamp(seconds, UTC)
         return (
             when.minute in self.minutes
             and when.hour in self.hours
@@ -195,7 +195,7 @@ def is_due(schedule: dict[str, Any], now: float) -> bool:
 
 def format_timestamp(seconds: float) -> str:
     """C{YYYY-MM-DDTHH:MM:SSZ} (UTC, whole seconds)."""
-    return datetime.fromtimestamp(int(seconds), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def run_record(now: float, error: str | None) -> dict[str, Any]:

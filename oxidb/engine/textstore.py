@@ -17,7 +17,8 @@ from __future__ import annotations
 import collections
 import hashlib
 import sqlite3
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import orjson
 

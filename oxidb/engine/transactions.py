@@ -45,7 +45,8 @@ L{oxidb.engine.engine.Engine.read} on a pool thread.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable, Union
+from collections.abc import Iterable
+from typing import Any, ClassVar, Union
 
 import attrs
 
@@ -76,7 +77,7 @@ def _id_runs(ids: Iterable[int]) -> tuple[tuple[int, int], ...]:
     return tuple((first, last) for first, last in runs)
 
 
-def reserve_operation(collection: str, count: int) -> "ReserveIds":
+def reserve_operation(collection: str, count: int) -> ReserveIds:
     """The write operation reserving C{count} new ids in C{collection}."""
     return ReserveIds(collection, count)
 
@@ -100,7 +101,7 @@ class Transaction:
     read_set: dict[tuple[str, int], int] = attrs.Factory(dict)
     collections: dict[str, str | None] = attrs.Factory(dict)
     overlay: dict[str, dict[int, Document | None]] = attrs.Factory(dict)
-    ops: list["TxWrite"] = attrs.Factory(list)
+    ops: list[TxWrite] = attrs.Factory(list)
 
     # --- reads ------------------------------------------------------------
 
@@ -222,7 +223,7 @@ class Transaction:
 
     # --- commit -----------------------------------------------------------
 
-    def commit_operation(self) -> "CommitTransaction | None":
+    def commit_operation(self) -> CommitTransaction | None:
         """
         The write operation committing this transaction, or C{None} when it
         neither read nor wrote anything (nothing to check, nothing to do).
@@ -277,7 +278,7 @@ class TxInsert:
         return {"op": self.OP, "collection": self.collection, "first_id": self.first_id, "documents": self.documents}
 
     @classmethod
-    def from_json(cls, value: dict[str, Any]) -> "TxInsert":
+    def from_json(cls, value: dict[str, Any]) -> TxInsert:
         return cls(value.get("collection"), value.get("first_id"), value.get("documents"))  # type: ignore[arg-type]
 
     def apply(self, txn: WriteTxn) -> None:
@@ -312,7 +313,7 @@ class TxUpdate:
         return {"op": self.OP, "collection": self.collection, "ids": [list(run) for run in self.ids], "update": self.update}
 
     @classmethod
-    def from_json(cls, value: dict[str, Any]) -> "TxUpdate":
+    def from_json(cls, value: dict[str, Any]) -> TxUpdate:
         return cls(value.get("collection"), _runs_of(value.get("ids")), value.get("update"))  # type: ignore[arg-type]
 
     def apply(self, txn: WriteTxn) -> None:
@@ -333,7 +334,7 @@ class TxDelete:
         return {"op": self.OP, "collection": self.collection, "ids": [list(run) for run in self.ids]}
 
     @classmethod
-    def from_json(cls, value: dict[str, Any]) -> "TxDelete":
+    def from_json(cls, value: dict[str, Any]) -> TxDelete:
         return cls(value.get("collection"), _runs_of(value.get("ids")))  # type: ignore[arg-type]
 
     def apply(self, txn: WriteTxn) -> None:
@@ -395,7 +396,7 @@ class CommitTransaction(Operation):
         return body
 
     @classmethod
-    def from_body(cls, body: dict[str, Any], version: int) -> "CommitTransaction":
+    def from_body(cls, body: dict[str, Any], version: int) -> CommitTransaction:
         read_set, write_ops = body.get("read_set"), body.get("write_ops")
         collections = body.get("collections")
         if type(read_set) is not list or type(write_ops) is not list:

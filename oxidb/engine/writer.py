@@ -19,10 +19,12 @@ from __future__ import annotations
 import queue
 import sqlite3
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
 from oxidb.engine import store
 from oxidb.errors import StorageIOError, UnavailableError
 
@@ -36,10 +38,10 @@ ApplyFunction = Callable[["Operation", float], Any]
 
 @attrs.define
 class _Pending:
-    op: "Operation"
+    op: Operation
     now: float
     raft_index: int | None
-    future: "Future[Any]"
+    future: Future[Any]
 
 
 _STOP = object()
@@ -58,7 +60,7 @@ class Writer:
         apply: ApplyFunction,
         *,
         max_batch: int = 512,
-        prepare: Callable[["Operation"], None] | None = None,
+        prepare: Callable[[Operation], None] | None = None,
         on_commit: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch < 1:
@@ -68,7 +70,7 @@ class Writer:
         self.max_batch = max_batch
         self._prepare = prepare
         self._on_commit = on_commit
-        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
         self._lock = threading.Lock()
@@ -97,8 +99,8 @@ class Writer:
     def on_writer_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
-    def submit(self, op: "Operation", now: float, raft_index: int | None = None) -> "Future[Any]":
-        future: "Future[Any]" = Future()
+    def submit(self, op: Operation, now: float, raft_index: int | None = None) -> Future[Any]:
+        future: Future[Any] = Future()
         with self._lock:
             if self._closed:
                 future.set_exception(UnavailableError("engine is closed"))

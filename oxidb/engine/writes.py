@@ -17,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import math
 import sqlite3
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import orjson
 

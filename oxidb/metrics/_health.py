@@ -4,7 +4,7 @@ Liveness and readiness of one node, for C{/health} and C{/ready}.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 from zope.interface import implementer

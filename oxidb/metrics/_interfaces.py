@@ -57,8 +57,8 @@ class IServerMetrics(Interface):
 class IHealth(Interface):
     """Answers the load balancer's and the orchestrator's probes."""
 
-    def liveness() -> "Probe":
+    def liveness() -> Probe:
         """Whether the server accepts and serves requests."""
 
-    def readiness() -> "Readiness":
+    def readiness() -> Readiness:
         """Whether this node should receive traffic, and whether it leads."""

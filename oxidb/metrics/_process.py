@@ -75,7 +75,7 @@ class ProcessSampler:
 
     def __init__(
         self,
-        clock: "IReactorTime",
+        clock: IReactorTime,
         started_at: float,
         proc_root: str = "/proc",
         ticks_per_second: int | None = None,

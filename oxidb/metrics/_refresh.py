@@ -5,7 +5,8 @@ the thread pool and samples the Raft status on the reactor thread.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
@@ -33,9 +34,9 @@ class MetricsRefresher(Service):
 
     def __init__(
         self,
-        metrics: "ServerMetrics",
-        clock: "IReactorTime",
-        read: Callable[..., "Deferred[Any]"],
+        metrics: ServerMetrics,
+        clock: IReactorTime,
+        read: Callable[..., Deferred[Any]],
         storage_interval: float = 15.0,
         raft_interval: float = 1.0,
     ) -> None:
@@ -51,7 +52,7 @@ class MetricsRefresher(Service):
         self._raft.clock = clock
         self._storage_interval = storage_interval
         self._raft_interval = raft_interval
-        self._running: list["Deferred[Any]"] = []
+        self._running: list[Deferred[Any]] = []
 
     def startService(self) -> None:
         super().startService()
@@ -59,7 +60,7 @@ class MetricsRefresher(Service):
         if self._metrics.raft_source is not None:
             self._running.append(self._raft.start(self._raft_interval, now=True))
 
-    def stopService(self) -> "Deferred[Any]":
+    def stopService(self) -> Deferred[Any]:
         super().stopService()
         for loop in (self._storage, self._raft):
             if loop.running:
@@ -67,7 +68,7 @@ class MetricsRefresher(Service):
         running, self._running = self._running, []
         return gatherResults(running)
 
-    def _refresh_storage(self) -> "Deferred[Any]":
+    def _refresh_storage(self) -> Deferred[Any]:
         d = maybeDeferred(self._read, self._metrics.measure_storage)
         d.addCallbacks(self._metrics.storage_measured, self._failed, errbackArgs=("storage",))
         return d

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import accumulate
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import (
@@ -87,7 +88,7 @@ def directory_size(path: str) -> int:
     return total
 
 
-def threadpool_stats(pool: "WorkerPool") -> ThreadPoolStats:
+def threadpool_stats(pool: WorkerPool) -> ThreadPoolStats:
     """The L{ThreadPoolStats} of the server's worker pool (callable from any thread)."""
     return ThreadPoolStats(size=pool.size, busy=pool.busy)
 
@@ -119,7 +120,7 @@ class ServerMetrics:
 
     def __init__(
         self,
-        clock: "IReactorTime",
+        clock: IReactorTime,
         command_names: Iterable[str],
         *,
         data_dir: str | None = None,

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import attrs
 

@@ -4,7 +4,8 @@ Values passed between the metrics package and the rest of the server.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
@@ -12,7 +13,7 @@ import attrs
 RAFT_STATES = ("Leader", "Follower", "Candidate", "Learner", "Shutdown")
 
 
-def _raft_state(instance: object, attribute: "attrs.Attribute[str]", value: str) -> None:
+def _raft_state(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if value not in RAFT_STATES:
         raise ValueError(f"unknown raft state: {value!r}")
 

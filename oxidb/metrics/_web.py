@@ -18,8 +18,9 @@ configuration or secrets.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.exposition import make_wsgi_app
 from twisted.web import http
@@ -130,7 +131,7 @@ class _QuietSite(Site):
 
 
 def make_metrics_site(
-    metrics: "ServerMetrics",
+    metrics: ServerMetrics,
     health: IHealth,
     reactor: Any,
     threadpool: Any,

@@ -12,7 +12,7 @@ and appends the entries; the quorum arithmetic is in L{oxidb.raft.quorum}.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from oxidb.errors import RaftError
 from oxidb.raft.messages import Membership

@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import enum
 import random
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
 from oxidb.errors import NotLeaderError, RaftError
+from oxidb.raft import confchange
+from oxidb.raft.log import RaftLog
 from oxidb.raft.messages import (
     AppendEntriesRequest,
     AppendEntriesResponse,
@@ -58,8 +61,6 @@ from oxidb.raft.messages import (
     VoteResponse,
     snapshot_id_for,
 )
-from oxidb.raft import confchange
-from oxidb.raft.log import RaftLog
 from oxidb.raft.progress import Mode, Progress
 from oxidb.raft.quorum import VoteResult, tally
 from oxidb.raft.readonly import ReadOnly, ReadState

@@ -18,20 +18,21 @@ How a cluster node runs requests.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import perf_counter
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oxidb.commands._context import CommandContext, IDispatcher, IExecutor
+from oxidb.commands._reply import Reply, command_name
 from oxidb.engine.operations import Operation
 from oxidb.errors import InternalError, OxiError
 from oxidb.logs import Logger
 from oxidb.raft.node import RaftNode
 from oxidb.raft.statemachine import ReadGate
-from oxidb.commands._reply import Reply, command_name
 
 #: The request field, and its value, that ask for a linearizable read.
 CONSISTENCY = "consistency"
@@ -53,10 +54,10 @@ class ClusterExecutor:
         self._node = node
         self._gate = gate
 
-    def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
+    def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         return self._gate.run(lambda: self._threadpool.defer(fn, *args, **kwargs))
 
-    def write(self, op: Operation) -> "Deferred[Any]":
+    def write(self, op: Operation) -> Deferred[Any]:
         """Replicate C{op.to_json()}; every node decodes and applies it (L{EngineStateMachine})."""
         result: Deferred[Any] = self._node.write(op.to_json())
         return result
@@ -81,7 +82,7 @@ class LinearizableDispatcher:
         self.auth_enabled = inner.auth_enabled
         self.metrics = inner.metrics
 
-    def dispatch(self, ctx: CommandContext, request: Any) -> "Reply | Deferred[Reply]":
+    def dispatch(self, ctx: CommandContext, request: Any) -> Reply | Deferred[Reply]:
         if type(request) is not dict or request.get(CONSISTENCY) != LINEARIZABLE:
             return self._inner.dispatch(ctx, request)
         name = command_name(request)

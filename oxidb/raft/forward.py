@@ -37,12 +37,12 @@ check-quorum govern them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import count
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
-from oxidb.logs import Logger
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
@@ -50,6 +50,7 @@ from zope.interface import implementer
 
 from oxidb.audit.events import DENIED, OK, AuditEvent
 from oxidb.errors import InternalError, NotAMemberError, OxiError, RaftError
+from oxidb.logs import Logger
 from oxidb.raft.messages import MessageDecodeError
 from oxidb.raft.transport import IPeerChannel, IPeerHandler
 
@@ -76,7 +77,7 @@ class ForwardRequest:
         return orjson.dumps(out)
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "ForwardRequest":
+    def from_json(cls, obj: dict[str, Any]) -> ForwardRequest:
         op = obj.get("op")
         if not isinstance(op, dict) or len(op) != 1:
             raise MessageDecodeError("a forwarded op must be an object with one key")
@@ -109,7 +110,7 @@ class ForwardResult:
         return orjson.dumps(out)
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "ForwardResult":
+    def from_json(cls, obj: dict[str, Any]) -> ForwardResult:
         request_id = _request_id(obj)
         ok = obj.get("ok")
         if ok is True:
@@ -133,7 +134,7 @@ class _Forward:
 
     leader: int
     term: int
-    deferred: "Deferred[ForwardResult]"
+    deferred: Deferred[ForwardResult]
     timer: IDelayedCall
 
 
@@ -156,7 +157,7 @@ class Forwarder:
         clock: Any,
         core: Callable[[], RaftCore | None],
         send_frame: Callable[[int, bytes], None],
-        propose: Callable[[dict[str, Any]], "Deferred[Any]"],
+        propose: Callable[[dict[str, Any]], Deferred[Any]],
     ) -> None:
         self._clock = clock
         self._core = core
@@ -165,7 +166,7 @@ class Forwarder:
         self._forwards: dict[int, _Forward] = {}
         self._ids = count(1)
 
-    def forward(self, leader: int, term: int, op: dict[str, Any], timeout: float) -> "Deferred[ForwardResult]":
+    def forward(self, leader: int, term: int, op: dict[str, Any], timeout: float) -> Deferred[ForwardResult]:
         """
         Send C{op} to C{leader}, bound to its C{term}: a node that does not
         lead in that term (a restarted old leader, say) refuses it. Fails
@@ -277,7 +278,7 @@ class MemberGate:
     def __init__(
         self,
         inner: Any,
-        members: Callable[[], "frozenset[int] | None"],
+        members: Callable[[], frozenset[int] | None],
         audit: Callable[[], Any],
         clock: Any,
     ) -> None:

@@ -13,7 +13,7 @@ L{oxidb.raft.core} decides, this module keeps the books.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import attrs
 

@@ -58,7 +58,7 @@ class MembershipCommands:
             pass  # add_learner waits for a leader too
         return log_id
 
-    def _settled(self, core: RaftCore) -> "Deferred[None]":
+    def _settled(self, core: RaftCore) -> Deferred[None]:
         """
         Wait (up to the leader wait) until a membership change may start:
         a leader is known (right after C{raft_init}, or during an election,

@@ -17,8 +17,9 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import Any, Union
 
 import attrs
 import orjson
@@ -60,7 +61,7 @@ class LogId:
         }
 
     @classmethod
-    def from_json(cls, value: Any) -> "LogId":
+    def from_json(cls, value: Any) -> LogId:
         obj = _object(value, "log id")
         leader = _object(obj.get("leader_id"), "log id leader_id")
         return cls(
@@ -163,7 +164,7 @@ class Membership:
         return out
 
     @classmethod
-    def from_json(cls, value: Any) -> "Membership":
+    def from_json(cls, value: Any) -> Membership:
         obj = _object(value, "membership")
         configs = obj.get("configs")
         nodes = _object(obj.get("nodes"), "membership nodes")
@@ -217,7 +218,7 @@ class StoredMembership:
         return {"log_id": log_id_json(self.log_id), "membership": self.membership.to_json()}
 
     @classmethod
-    def from_json(cls, value: Any) -> "StoredMembership":
+    def from_json(cls, value: Any) -> StoredMembership:
         obj = _object(value, "stored membership")
         return cls(
             log_id=log_id_from_json(obj.get("log_id")),
@@ -282,7 +283,7 @@ class Entry:
         return orjson.dumps(self.to_json())
 
     @classmethod
-    def from_json(cls, value: Any) -> "Entry":
+    def from_json(cls, value: Any) -> Entry:
         obj = _object(value, "entry")
         log_id = LogId.from_json(obj.get("log_id"))
         payload = obj.get("payload")
@@ -335,7 +336,7 @@ class SnapshotMeta:
         }
 
     @classmethod
-    def from_json(cls, value: Any) -> "SnapshotMeta":
+    def from_json(cls, value: Any) -> SnapshotMeta:
         obj = _object(value, "snapshot meta")
         snapshot_id = obj.get("snapshot_id")
         if not isinstance(snapshot_id, str) or not snapshot_id:

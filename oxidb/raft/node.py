@@ -39,7 +39,8 @@ the node shuts down and reports it; it never retries.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import attrs
 import orjson
@@ -91,21 +92,21 @@ class SnapshotBuild:
     (the driver may go on applying), C{data} with the snapshot's bytes.
     """
 
-    pinned: "Deferred[None]"
-    data: "Deferred[bytes]"
+    pinned: Deferred[None]
+    data: Deferred[bytes]
 
 
 class IStateMachine(Interface):
     """What the replicated log is applied to."""
 
-    def apply(entries: Sequence[Entry]) -> "Deferred[list[Outcome]]":
+    def apply(entries: Sequence[Entry]) -> Deferred[list[Outcome]]:
         """
         Apply committed entries in order, durably recording the last index
         applied with them; fire with one L{Outcome} per entry. A failure
         (rather than an outcome) means the state machine is broken.
         """
 
-    def install_snapshot(data: bytes) -> "Deferred[None]":
+    def install_snapshot(data: bytes) -> Deferred[None]:
         """Replace the whole state with a snapshot's bytes."""
 
     def build_snapshot() -> SnapshotBuild:
@@ -115,7 +116,7 @@ class IStateMachine(Interface):
 @attrs.define(eq=False)
 class _Proposal:
     log_id: LogId
-    deferred: "Deferred[Any]"
+    deferred: Deferred[Any]
     timer: IDelayedCall
 
 
@@ -154,7 +155,7 @@ class RaftNode(MembershipCommands):
         state_machine: IStateMachine,
         transport: IRaftTransport | None = None,
         rng: random.Random,
-        run_io: Callable[..., "Deferred[Any]"],
+        run_io: Callable[..., Deferred[Any]],
         peers: Mapping[int, str] | None = None,
         forward_writes: bool = True,
         leader_wait: float = 5.0,
@@ -352,7 +353,7 @@ class RaftNode(MembershipCommands):
     def _released(self, result: Any = None) -> None:
         self._held_back -= 1
 
-    def _submit_in_turn(self, entries: Sequence[Entry]) -> "Deferred[list[Outcome]] | None":
+    def _submit_in_turn(self, entries: Sequence[Entry]) -> Deferred[list[Outcome]] | None:
         if self._halted():
             return None
         self._released()
@@ -408,7 +409,7 @@ class RaftNode(MembershipCommands):
         for msg in messages:
             self._send_frame(msg.dst, encode_message(msg))
 
-    def _start_snapshot(self) -> "Deferred[None]":
+    def _start_snapshot(self) -> Deferred[None]:
         applied = self._applied
         assert applied is not None
         build = self._sm.build_snapshot()
@@ -489,7 +490,7 @@ class RaftNode(MembershipCommands):
 
     # --- writes ------------------------------------------------------------------------------
 
-    def propose(self, op: dict[str, Any]) -> "Deferred[Any]":
+    def propose(self, op: dict[str, Any]) -> Deferred[Any]:
         """
         Propose C{op} on this node, which must lead (L{NotLeaderError}
         otherwise); fires with the apply result.
@@ -561,7 +562,7 @@ class RaftNode(MembershipCommands):
                 raise LeaderError(answer.error)
             yield self._wait_for_leader_change(leader, deadline)
 
-    def _wait_for_leader_change(self, leader: int | None, deadline: float) -> "Deferred[None]":
+    def _wait_for_leader_change(self, leader: int | None, deadline: float) -> Deferred[None]:
         """Wait until a leader other than C{leader} is known, until C{deadline}."""
 
         def changed() -> bool:

@@ -13,7 +13,7 @@ L{oxidb.raft.confchange}.
 from __future__ import annotations
 
 import enum
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 
 def is_quorum(configs: Iterable[frozenset[int]], granted: Iterable[int]) -> bool:

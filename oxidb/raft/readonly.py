@@ -14,7 +14,7 @@ queues.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import attrs
 

@@ -18,10 +18,10 @@ rejoins by itself: the term, vote, log and membership are on disk.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
-
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -31,9 +31,9 @@ from oxidb.config import Config
 from oxidb.errors import ConfigError
 from oxidb.logs import Logger
 from oxidb.metrics import RaftStatus
+from oxidb.raft.core import new_identity
 from oxidb.raft.disk import OsDisk
 from oxidb.raft.executor import ClusterExecutor, LinearizableDispatcher
-from oxidb.raft.core import new_identity
 from oxidb.raft.forward import MemberGate
 from oxidb.raft.messages import HardState, LogId, PersistBatch
 from oxidb.raft.node import RaftNode
@@ -145,7 +145,7 @@ class RaftService(Service):
             return None
         return frozenset(core.membership.membership.nodes)
 
-    def run_io(self, fn: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+    def run_io(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run blocking Raft I/O on the single Raft I/O thread."""
         return self.io_pool.defer(fn, *args)
 
@@ -198,7 +198,7 @@ class RaftService(Service):
         )
         return attrs.evolve(state, hard_state=hard)
 
-    def stopService(self) -> "Deferred[None] | None":
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
         self.node.stop()
         stopped = self.transport.stopService()

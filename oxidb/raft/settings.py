@@ -47,7 +47,7 @@ class ClusterSettings:
     forward_writes: bool
 
     @classmethod
-    def from_config(cls, config: Config) -> "ClusterSettings":
+    def from_config(cls, config: Config) -> ClusterSettings:
         """@raise ConfigError: the cluster settings are inconsistent or unsafe."""
         assert config.node_id is not None
         tls_paths = (config.raft_tls_cert, config.raft_tls_key, config.raft_tls_ca)

@@ -26,9 +26,10 @@ import io
 import os
 import sqlite3
 import tarfile
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import attrs
 import orjson
@@ -87,7 +88,7 @@ class ReadGate:
         """The state is being replaced: reads wait."""
         return self._closed
 
-    def run(self, start: Callable[[], "Deferred[Any]"]) -> "Deferred[Any]":
+    def run(self, start: Callable[[], Deferred[Any]]) -> Deferred[Any]:
         """C{start()} now, or once the gate opens; its result."""
         if self._closed:
             d: Deferred[Any] = Deferred()
@@ -95,7 +96,7 @@ class ReadGate:
             return d
         return self._start(start)
 
-    def _start(self, start: Callable[[], "Deferred[Any]"]) -> "Deferred[Any]":
+    def _start(self, start: Callable[[], Deferred[Any]]) -> Deferred[Any]:
         self._active += 1
         return start().addBoth(self._finished)
 
@@ -106,7 +107,7 @@ class ReadGate:
             drained.callback(None)
         return result
 
-    def close(self) -> "Deferred[None]":
+    def close(self) -> Deferred[None]:
         """Fires once no read runs; reads started from now on wait."""
         if self._closed:
             raise RuntimeError("the read gate is closed already")
@@ -196,7 +197,7 @@ class EngineStateMachine:
         *,
         reactor: Any,
         threadpool: Any,
-        run_io: Callable[..., "Deferred[Any]"],
+        run_io: Callable[..., Deferred[Any]],
         gate: ReadGate,
         users: Callable[[], UserStore | None],
     ) -> None:
@@ -215,7 +216,7 @@ class EngineStateMachine:
 
     # --- applying ----------------------------------------------------------------
 
-    def apply(self, entries: Sequence[Entry]) -> "Deferred[list[Outcome]]":
+    def apply(self, entries: Sequence[Entry]) -> Deferred[list[Outcome]]:
         engine = self._engine
         futures: list[Future[Any]] = []
         for entry in entries:
@@ -228,7 +229,7 @@ class EngineStateMachine:
         # resolving means every one has; the outcomes are read from them all.
         return deferred_from_future(self._reactor, futures[-1]).addBoth(lambda _: self._outcomes(entries, futures))
 
-    def _outcomes(self, entries: Sequence[Entry], futures: Sequence["Future[Any]"]) -> list[Outcome]:
+    def _outcomes(self, entries: Sequence[Entry], futures: Sequence[Future[Any]]) -> list[Outcome]:
         if self._engine.last_applied() < entries[-1].index:
             error = futures[-1].exception()
             raise RuntimeError(f"the engine did not apply entries up to {entries[-1].index}: {error}")

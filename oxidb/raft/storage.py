@@ -123,7 +123,7 @@ class _Meta:
         return seal(orjson.dumps(obj))
 
     @classmethod
-    def decode(cls, data: bytes) -> "_Meta":
+    def decode(cls, data: bytes) -> _Meta:
         obj = unseal(data.rstrip(b"\n"))
         if not isinstance(obj, dict):
             raise ValueError("not an object")

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from typing import Any, Callable, Protocol as TypingProtocol
+from collections.abc import Callable
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 import orjson
 from automat import TypeMachine, TypeMachineBuilder, pep614
@@ -153,10 +155,10 @@ class SendQueue:
 
 
 class _Owner(Interface):
-    def peer_authenticated(protocol: "PeerProtocol") -> None:
+    def peer_authenticated(protocol: PeerProtocol) -> None:
         """The handshake of C{protocol} succeeded."""
 
-    def peer_lost(protocol: "PeerProtocol") -> None:
+    def peer_lost(protocol: PeerProtocol) -> None:
         """C{protocol}'s connection is gone (at any stage)."""
 
 
@@ -325,7 +327,7 @@ class PeerProtocol(Protocol):
 class _LinkFactory(Factory):
     noisy = False
 
-    def __init__(self, link: "PeerLink") -> None:
+    def __init__(self, link: PeerLink) -> None:
         self._link = link
 
     def buildProtocol(self, addr: Any) -> PeerProtocol:
@@ -363,11 +365,11 @@ class _LinkInputs(TypingProtocol):
 class _LinkCore(TypingProtocol):
     """What the link machine needs from L{PeerLink}."""
 
-    protocol: "PeerProtocol | None"
+    protocol: PeerProtocol | None
     attempts: int
     outbox: SendQueue
 
-    def dial(self) -> "Deferred[Any]":
+    def dial(self) -> Deferred[Any]:
         """Dial the peer's current address; the Deferred fails if there is none."""
 
     def schedule_retry(self) -> None:
@@ -383,12 +385,12 @@ class _LinkCore(TypingProtocol):
         """The authenticated connection is gone."""
 
 
-def _build_link_machine() -> "TypeMachine[_LinkInputs, _LinkCore]":
+def _build_link_machine() -> TypeMachine[_LinkInputs, _LinkCore]:
     # The core is a typing.Protocol (its implementation imports this module).
     machine = TypeMachineBuilder(_LinkInputs, _LinkCore)  # type: ignore[type-abstract]
     I = _LinkInputs  # noqa: E741
 
-    def dial(m: _LinkInputs, c: _LinkCore) -> "Deferred[Any]":
+    def dial(m: _LinkInputs, c: _LinkCore) -> Deferred[Any]:
         d = c.dial()
         d.addCallbacks(lambda _: m._connect_done(), m._connect_failed)
         return d
@@ -503,7 +505,7 @@ class PeerLink:
 
     _log = Logger()
 
-    def __init__(self, transport: "PeerTransport", peer_id: int) -> None:
+    def __init__(self, transport: PeerTransport, peer_id: int) -> None:
         self._transport = transport
         self.peer_id = peer_id
         self.outbox = transport.new_queue()
@@ -537,7 +539,7 @@ class PeerLink:
         self._machine._built(protocol)
         return protocol
 
-    def dial(self) -> "Deferred[Any]":
+    def dial(self) -> Deferred[Any]:
         address = self._transport.address_of(self.peer_id)
         try:
             if address is None:
@@ -585,7 +587,7 @@ class PeerLink:
 class _InboundFactory(Factory):
     noisy = False
 
-    def __init__(self, transport: "PeerTransport") -> None:
+    def __init__(self, transport: PeerTransport) -> None:
         self._transport = transport
 
     def buildProtocol(self, addr: Any) -> PeerProtocol | None:
@@ -670,7 +672,7 @@ class PeerTransport(Service):
             self.privilegedStartService()
         super().startService()
 
-    def stopService(self) -> "Deferred[None] | None":
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
         for link in self.links.values():
             link.stop()
@@ -756,7 +758,7 @@ class PeerTransport(Service):
         if protocol.peer_id is not None and self.inbound_from.get(protocol.peer_id) is protocol:
             del self.inbound_from[protocol.peer_id]
 
-    def _default_connector(self, host: str, port: int, factory: IProtocolFactory) -> "Deferred[Any]":
+    def _default_connector(self, host: str, port: int, factory: IProtocolFactory) -> Deferred[Any]:
         if self._listen is None:
             raise RuntimeError("no reactor to dial with")
         reactor, _host, _port, tls = self._listen

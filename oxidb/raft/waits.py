@@ -9,7 +9,8 @@ or fails with L{WaitTimeout} when its time runs out.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -24,7 +25,7 @@ class WaitTimeout(Exception):
 @attrs.define(eq=False)
 class _Waiter:
     check: Callable[[], bool]
-    deferred: "Deferred[None]"
+    deferred: Deferred[None]
     timer: Any = None
 
 
@@ -39,7 +40,7 @@ class Waits:
         self._clock = clock
         self._waiters: list[_Waiter] = []
 
-    def wait(self, check: Callable[[], bool], timeout: float) -> "Deferred[None]":
+    def wait(self, check: Callable[[], bool], timeout: float) -> Deferred[None]:
         """
         Fire when C{check()} is true (checked after every change), or fail
         with L{WaitTimeout} after C{timeout} seconds. C{check} may raise an

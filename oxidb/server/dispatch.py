@@ -72,7 +72,7 @@ class Dispatcher:
         self.metrics = metrics
         self.audit = audit
 
-    def dispatch(self, ctx: CommandContext, request: Any) -> "Reply | Deferred[Reply]":
+    def dispatch(self, ctx: CommandContext, request: Any) -> Reply | Deferred[Reply]:
         """Run one request; a L{Reply} or a Deferred firing with one."""
         started = perf_counter()
         name = command_name(request)

@@ -5,7 +5,8 @@ writes on the engine's writer thread (which commits them in groups).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
@@ -30,7 +31,7 @@ class LocalExecutor:
         self._threadpool = threadpool
         self._engines = engines
 
-    def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
+    def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         """
         On the pool, as the work of the connection being served (see
         L{oxidb.server.workers}): may fail at once with C{server busy}, and
@@ -39,7 +40,7 @@ class LocalExecutor:
         """
         return self._threadpool.defer(fn, *args, **kwargs)
 
-    def write(self, op: Operation) -> "Deferred[Any]":
+    def write(self, op: Operation) -> Deferred[Any]:
         engine = self._engines.engine
         if engine is None:
             raise UnavailableError("storage engine is not available")

@@ -164,7 +164,7 @@ class ConnectionInputs(Protocol):
         """Is a request executing?"""
 
 
-def _build() -> "TypeMachine[ConnectionInputs, ConnectionCore]":
+def _build() -> TypeMachine[ConnectionInputs, ConnectionCore]:
     # The core is a typing.Protocol (its implementation imports this module).
     machine = TypeMachineBuilder(ConnectionInputs, ConnectionCore)  # type: ignore[type-abstract]
 

@@ -49,23 +49,24 @@ import gc
 import struct
 import threading
 from collections import deque
-from typing import Any, Callable, cast
+from collections.abc import Callable
+from typing import Any, cast
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oxidb.commands._context import CommandContext
-from oxidb.logs import Logger
 from oxidb.errors import (
     DecodeError,
+    EncodedReplyTooLargeError,
     InternalError,
     OxiError,
-    EncodedReplyTooLargeError,
     ServerBusyError,
 )
+from oxidb.logs import Logger
 from oxidb.server.dispatch import Reply, command_name
 from oxidb.server.lifecycle import NO_TURN, ConnectionInputs, ConnectionMachine, Intake, Turn
 from oxidb.server.session import Session
@@ -165,7 +166,7 @@ class OxiServerProtocol(Protocol):
     #: an ITCPTransport (or TLS) that is also an IPushProducer, once connected.
     transport: Any
 
-    def __init__(self, factory: "OxiServerFactory", host: str | None = None) -> None:
+    def __init__(self, factory: OxiServerFactory, host: str | None = None) -> None:
         self.factory = factory
         self.host = host
         self._decoder = FrameDecoder()
@@ -245,7 +246,7 @@ class OxiServerProtocol(Protocol):
         """A request is executing (open connections only)."""
         return self._machine.busy()
 
-    def drain(self) -> "Deferred[None]":
+    def drain(self) -> Deferred[None]:
         """
         Stop taking new requests; fire when the one executing (if any) has
         been answered. Used by a clean shutdown.
@@ -354,7 +355,7 @@ class OxiServerProtocol(Protocol):
         self.factory.connection_closed(self)
         self._log.debug("client disconnected: {peer}", peer=self.session.peer)
 
-    def wait_drained(self) -> "Deferred[None]":
+    def wait_drained(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         self._drained.append(d)
         return d
@@ -461,7 +462,7 @@ class OxiServerProtocol(Protocol):
         self._writing = 0
         self._run()
 
-    def _handle(self, payload: bytes) -> "bytes | Deferred[bytes]":
+    def _handle(self, payload: bytes) -> bytes | Deferred[bytes]:
         """The reply to one request, or a Deferred firing with it."""
         if len(payload) > OFFLOAD_BYTES:
             d = self.factory.offload(self, decode_large, payload)
@@ -482,7 +483,7 @@ class OxiServerProtocol(Protocol):
         self._log.failure("decoding failed for {peer}", failure, peer=self.session.peer)
         return encode_error(WireFormat.JSON, InternalError().message)
 
-    def _dispatch(self, decoded: tuple[WireFormat, object]) -> "bytes | Deferred[bytes]":
+    def _dispatch(self, decoded: tuple[WireFormat, object]) -> bytes | Deferred[bytes]:
         if self._gone:  # closed while its frame was decoded on the pool
             return b""
         fmt, request = decoded
@@ -523,7 +524,7 @@ class OxiServerProtocol(Protocol):
 
     # --- output ------------------------------------------------------------
 
-    def _reply(self, reply: Reply, fmt: WireFormat) -> "bytes | Deferred[bytes]":
+    def _reply(self, reply: Reply, fmt: WireFormat) -> bytes | Deferred[bytes]:
         """Encode C{reply} (on the pool unless it is small)."""
         if self._gone:
             return b""
@@ -754,7 +755,7 @@ class OxiServerFactory(Factory):
         """
         return not self.unsent or self.unsent + size <= self.max_unsent_bytes
 
-    def offload(self, owner: Any, fn: Any, *args: Any) -> "Deferred[Any] | None":
+    def offload(self, owner: Any, fn: Any, *args: Any) -> Deferred[Any] | None:
         """
         Run C{fn(*args)} on the worker pool for C{owner}; None when there is
         no started pool (the caller then runs it inline).

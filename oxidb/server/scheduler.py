@@ -22,7 +22,8 @@ replicated run state.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generator
+from collections.abc import Callable, Generator
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -88,7 +89,7 @@ class Scheduler(Service):
         self._loop.clock = self._clock
         self._loop.start(self._interval, now=False)
 
-    def stopService(self) -> "Deferred[None]":
+    def stopService(self) -> Deferred[None]:
         """Stop ticking; fires once a run in progress has finished."""
         super().stopService()
         if self._loop is not None and self._loop.running:
@@ -100,7 +101,7 @@ class Scheduler(Service):
         self._idle_waiters.append(waiter)
         return waiter
 
-    def tick(self) -> "Deferred[None] | None":
+    def tick(self) -> Deferred[None] | None:
         """Run the schedules due now (if this node should); fires when done."""
         if not self._should_run():
             return None

@@ -54,6 +54,6 @@ class Session:
         return self.role is not None
 
     @classmethod
-    def anonymous_admin(cls, peer: str = "-", tls: bool = False) -> "Session":
+    def anonymous_admin(cls, peer: str = "-", tls: bool = False) -> Session:
         """The session every connection gets when authentication is off."""
         return cls(peer=peer, user="anonymous", role=Role.ADMIN, tls=tls)

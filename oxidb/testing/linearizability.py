@@ -11,7 +11,8 @@ Times must come from one total order (e.g. a global event counter).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import attrs
 
@@ -42,9 +43,9 @@ def kv_step(state: Any, op: Op) -> tuple[bool, Any]:
 class _Node:
     op: int
     is_call: bool
-    match: "_Node | None" = None  # a call's return node
-    prev: "_Node | None" = None
-    next: "_Node | None" = None
+    match: _Node | None = None  # a call's return node
+    prev: _Node | None = None
+    next: _Node | None = None
 
 
 def _lift(node: _Node) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable
 from types import SimpleNamespace
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -42,13 +43,13 @@ class SynchronousExecutor:
     _services: Any
     _clock: Any = None
 
-    def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
+    def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         try:
             return succeed(fn(*args, **kwargs))
         except Exception as e:
             return fail(e)
 
-    def write(self, op: Operation) -> "Deferred[Any]":
+    def write(self, op: Operation) -> Deferred[Any]:
         try:
             clock = self._services.clock if self._clock is None else self._clock
             return succeed(self._services.engine.apply(op, clock.seconds()))
@@ -89,10 +90,10 @@ class OxiClientProtocol(Protocol):
     def connectionMade(self) -> None:
         self.connected_d.callback(self)
 
-    def request(self, obj: Any) -> "Deferred[Any]":
+    def request(self, obj: Any) -> Deferred[Any]:
         return self.request_raw(json.dumps(obj).encode("utf-8"))
 
-    def request_raw(self, payload: bytes) -> "Deferred[Any]":
+    def request_raw(self, payload: bytes) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         self._waiting.append(d)
         self.transport.write(encode_frame(payload))
@@ -188,7 +189,7 @@ class MemoryServer:
         """L{rebuild} with one more registry row."""
         self.rebuild(commands=[command])
 
-    def connect(self) -> "tuple[OxiClientProtocol, iosim.IOPump]":
+    def connect(self) -> tuple[OxiClientProtocol, iosim.IOPump]:
         """A connected client and the pump that moves bytes between the two."""
         client = OxiClientProtocol()
         server_protocol = self.factory.buildProtocol(None)
@@ -233,7 +234,7 @@ class QueuedReactor:
         return 0.0
 
 
-def result_of(d: "Deferred[Any]") -> Any:
+def result_of(d: Deferred[Any]) -> Any:
     """
     The result of an already-fired Deferred; raises its failure, and
     C{AssertionError} if it has not fired.

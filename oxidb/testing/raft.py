@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import heapq
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import orjson

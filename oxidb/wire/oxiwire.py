@@ -13,7 +13,8 @@ from __future__ import annotations
 import struct
 
 from oxidb.errors import DecodeError
-from oxidb.wire._accel import IMPLEMENTATION, impl as _impl
+from oxidb.wire._accel import IMPLEMENTATION
+from oxidb.wire._accel import impl as _impl
 from oxidb.wire._json import RawJSON, materialize
 from oxidb.wire.limits import MAX_DEPTH
 
