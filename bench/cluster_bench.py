@@ -141,8 +141,8 @@ def failovers(root: str, runs: int, env: dict[str, str]) -> list[tuple[float, fl
             new_leader = cluster.leader(survivors, timeout=60)
             elected = time.monotonic() - killed
 
-            def write() -> bool:
-                reply = cluster.request(survivors[0], {"cmd": "insert", "collection": "f", "doc": {"after": run}})
+            def write(node: int = survivors[0], run: int = run) -> bool:
+                reply = cluster.request(node, {"cmd": "insert", "collection": "f", "doc": {"after": run}})
                 return bool(reply.get("ok"))
 
             wait_until(write, 60, interval=0.01)
@@ -151,7 +151,7 @@ def failovers(root: str, runs: int, env: dict[str, str]) -> list[tuple[float, fl
             print(f"  failover {run + 1}: leader {leader} -> {new_leader}: elected {elected:.2f}s, writable {writable:.2f}s")
             cluster.start(leader)
             target = cluster.metrics(new_leader)["last_applied"]
-            wait_until(lambda: cluster.metrics(leader)["last_applied"] == target, 60)
+            wait_until(lambda node=leader, target=target: cluster.metrics(node)["last_applied"] == target, 60)
             leader = new_leader
         return results
     finally:

@@ -123,7 +123,7 @@ def test_log_fields() -> None:
 
 def test_log_levels_and_failures() -> None:
     try:
-        1 / 0
+        raise ZeroDivisionError("division by zero")
     except ZeroDivisionError:
         failure = Failure()
     fields = log_event_fields({"log_format": "boom", "log_level": LogLevel.critical, "log_failure": failure}, "h")

@@ -37,7 +37,7 @@ def run(pipeline: list[Any], docs: list[Doc]) -> list[Doc]:
 
 
 def same(actual: list[Doc], expected: list[Doc]) -> bool:
-    return len(actual) == len(expected) and all(json_equal(a, e) for a, e in zip(actual, expected))
+    return len(actual) == len(expected) and all(json_equal(a, e) for a, e in zip(actual, expected, strict=True))
 
 
 ORDERS: list[Doc] = [

@@ -293,7 +293,7 @@ def test_text_search_collapses_duplicate_terms(make_engine: Callable[..., Engine
     once = engine.text_search("c", "hello")
     many = engine.text_search("c", "hello " * 2000)
     assert [d["_id"] for d in many] == [d["_id"] for d in once]
-    for single, repeated in zip(once, many):
+    for single, repeated in zip(once, many, strict=True):
         assert repeated["_score"] == pytest.approx(2000 * single["_score"])
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
 
 import orjson
 import pytest
@@ -419,7 +418,10 @@ def test_crashing_disk_loses_unsynced_writes() -> None:
         scraps.add(copy.read("a"))
     assert b"1" in scraps and any(len(s) > 1 for s in scraps)
     assert all(s[:1] == b"1" for s in scraps)
-    check: Callable[[bytes], bool] = lambda s: all(c in b"12345\0" for c in s)
+
+    def check(s: bytes) -> bool:
+        return all(c in b"12345\0" for c in s)
+
     assert all(check(s) for s in scraps)
 
 

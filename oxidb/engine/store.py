@@ -327,7 +327,7 @@ def key_columns(defs: Iterable[IndexDef]) -> list[tuple[str, str]]:
         (column, path)
         for index in defs
         if index.kind != INDEX_TEXT
-        for column, path in zip(index.columns, index.fields)
+        for column, path in zip(index.columns, index.fields, strict=True)
     ]
 
 
@@ -341,7 +341,7 @@ def column_map(defs: Iterable[IndexDef]) -> dict[str, str]:
 
 def fill_key_columns(conn: sqlite3.Connection, tbl: str, index: IndexDef) -> None:
     """Compute an index's key columns of every row from the stored texts."""
-    assignments = ", ".join(f"{column} = {keys.key_sql(path)}" for column, path in zip(index.columns, index.fields))
+    assignments = ", ".join(f"{column} = {keys.key_sql(path)}" for column, path in zip(index.columns, index.fields, strict=True))
     conn.execute(f"UPDATE {tbl} SET {assignments}")
 
 

@@ -46,7 +46,7 @@ L{oxidb.engine.engine.Engine.read} on a pool thread.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import attrs
 
@@ -178,7 +178,7 @@ class Transaction:
             raise DocumentNotObjectError()
         ids = list(range(first_id, first_id + len(documents)))
         touched = self.overlay.setdefault(collection, {})
-        for doc_id, doc in zip(ids, documents):
+        for doc_id, doc in zip(ids, documents, strict=True):
             touched[doc_id] = {**doc, "_id": doc_id, "_version": 1}
         self.ops.append(TxInsert(collection, first_id, documents))
         return ids
@@ -342,7 +342,7 @@ class TxDelete:
             txn.delete(self.collection, _id_range(first, last))
 
 
-TxWrite = Union[TxInsert, TxUpdate, TxDelete]
+TxWrite = TxInsert | TxUpdate | TxDelete
 
 _TX_WRITES: dict[str, type[TxInsert] | type[TxUpdate] | type[TxDelete]] = {
     write.OP: write for write in (TxInsert, TxUpdate, TxDelete)

@@ -319,7 +319,7 @@ class ServerMetrics:
                 continue
             for result, count in list(stats.results.items()):
                 counts.add_metric([name, result], count)
-            cumulative = list(zip(self._bucket_labels, accumulate(buckets)))
+            cumulative = list(zip(self._bucket_labels, accumulate(buckets), strict=True))
             durations.add_metric([name], cumulative, sum_value=stats.seconds)
         yield counts
         yield durations

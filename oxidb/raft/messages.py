@@ -19,7 +19,7 @@ import binascii
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, Union
+from typing import Any
 
 import attrs
 import orjson
@@ -233,7 +233,7 @@ class StoredMembership:
         )
 
 
-Payload = Union[None, Membership, Mapping[str, Any]]
+Payload = Membership | Mapping[str, Any] | None
 
 
 @attrs.frozen
@@ -582,20 +582,20 @@ class Refused:
     incarnation: str | None = attrs.field(default=None, eq=False)
 
 
-Message = Union[
-    VoteRequest,
-    VoteResponse,
-    AppendEntriesRequest,
-    AppendEntriesResponse,
-    Heartbeat,
-    HeartbeatResponse,
-    InstallSnapshotRequest,
-    InstallSnapshotResponse,
-    ReadIndexRequest,
-    ReadIndexResponse,
-    TimeoutNow,
-    Refused,
-]
+Message = (
+    VoteRequest
+    | VoteResponse
+    | AppendEntriesRequest
+    | AppendEntriesResponse
+    | Heartbeat
+    | HeartbeatResponse
+    | InstallSnapshotRequest
+    | InstallSnapshotResponse
+    | ReadIndexRequest
+    | ReadIndexResponse
+    | TimeoutNow
+    | Refused
+)
 
 _TYPE_NAMES: dict[type, str] = {
     VoteRequest: "vote",

@@ -51,7 +51,7 @@ class ClusterSettings:
         """@raise ConfigError: the cluster settings are inconsistent or unsafe."""
         assert config.node_id is not None
         tls_paths = (config.raft_tls_cert, config.raft_tls_key, config.raft_tls_ca)
-        given = [name for name, value in zip(_TLS_VARS, tls_paths) if value]
+        given = [name for name, value in zip(_TLS_VARS, tls_paths, strict=True) if value]
         if given and len(given) != len(_TLS_VARS):
             missing = [name for name in _TLS_VARS if name not in given]
             raise ConfigError(
@@ -120,7 +120,7 @@ def load_peer_tls(cert_path: str, key_path: str, ca_path: str) -> CertificateOpt
     @raise ConfigError: a file is unreadable, not PEM, or the key does not
         match the certificate.
     """
-    cert_data, key_data, ca_data = (_read(Path(p), v) for p, v in zip((cert_path, key_path, ca_path), _TLS_VARS))
+    cert_data, key_data, ca_data = (_read(Path(p), v) for p, v in zip((cert_path, key_path, ca_path), _TLS_VARS, strict=True))
     try:
         chain = x509.load_pem_x509_certificates(cert_data)
         authorities = x509.load_pem_x509_certificates(ca_data)

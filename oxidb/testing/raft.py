@@ -666,7 +666,7 @@ class Simulation:
                     self.run_until(self.now + 50)
                     continue
                 self._drive(leader)
-                self.run_until(min(deadline, self.now + 2000), lambda: log_id.index in self.committed)
+                self.run_until(min(deadline, self.now + 2000), lambda index=log_id.index: index in self.committed)
                 if self.committed.get(log_id.index) == log_id:
                     break
                 # A deposed leader (without check-quorum it may not know yet)
