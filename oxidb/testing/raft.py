@@ -666,7 +666,11 @@ class Simulation:
                     self.run_until(self.now + 50)
                     continue
                 self._drive(leader)
-                self.run_until(min(deadline, self.now + 2000), lambda index=log_id.index: index in self.committed)
+
+                def committed(index: int = log_id.index) -> bool:
+                    return index in self.committed
+
+                self.run_until(min(deadline, self.now + 2000), committed)
                 if self.committed.get(log_id.index) == log_id:
                     break
                 # A deposed leader (without check-quorum it may not know yet)
