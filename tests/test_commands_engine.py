@@ -97,7 +97,12 @@ def test_reply_shapes(ctx: CommandContext) -> None:
     assert call(ctx, "create_unique_index", collection="users", field="name") == "unique index created"
     assert call(ctx, "create_composite_index", collection="users", fields=["name", "age"]) == {"index": "name_age"}
     assert call(ctx, "create_text_index", collection="users", fields=["name"]) == "text index created"
-    assert [i["index_type"] for i in call(ctx, "list_indexes", collection="users")] == ["field", "unique", "composite", "text"]
+    assert [i["index_type"] for i in call(ctx, "list_indexes", collection="users")] == [
+        "field",
+        "unique",
+        "composite",
+        "text",
+    ]
     hits = call(ctx, "text_search", collection="users", query="ada")
     assert [(h["_id"], type(h["_score"])) for h in hits] == [(1, float)]
     assert call(ctx, "drop_index", collection="users", index="name_age") == "index dropped"
@@ -138,7 +143,11 @@ def test_writes_take_the_time_from_the_clock(ctx: CommandContext) -> None:
         ("update", {"collection": "c", "update": {"$set": {"a": 1}}}, "missing 'query'"),
         ("update", {"collection": "c", "query": {}}, "missing 'update'"),
         ("update", {"collection": "c", "query": {}, "update": []}, "invalid query: update must be an object"),
-        ("update_one", {"collection": "c", "query": {}, "update": {}}, "invalid query: update must contain at least one operator"),
+        (
+            "update_one",
+            {"collection": "c", "query": {}, "update": {}},
+            "invalid query: update must contain at least one operator",
+        ),
         ("delete", {"collection": "c"}, "missing 'query'"),
         ("delete", {"collection": "c", "query": {}, "limit": -1}, "'limit' must be a non-negative integer"),
         ("delete", {"collection": "c", "query": {}, "limit": 1.5}, "'limit' must be a non-negative integer"),
@@ -154,7 +163,11 @@ def test_writes_take_the_time_from_the_clock(ctx: CommandContext) -> None:
         ("list_indexes", {}, "missing 'collection'"),
         ("text_search", {"collection": "c"}, "missing 'query' string"),
         ("text_search", {"collection": "c", "query": 5}, "missing 'query' string"),
-        ("text_search", {"collection": "c", "query": "x"}, "invalid query: no text index on this collection; create one with create_text_index"),
+        (
+            "text_search",
+            {"collection": "c", "query": "x"},
+            "invalid query: no text index on this collection; create one with create_text_index",
+        ),
         ("aggregate", {"collection": "c"}, "missing 'pipeline'"),
         ("aggregate", {"collection": "c", "pipeline": {}}, "invalid pipeline: pipeline must be an array"),
         ("compact", {}, "missing 'collection'"),

@@ -379,7 +379,9 @@ def test_skip_and_limit_beyond_int64_are_clear_errors(make_engine: Callable[...,
         with pytest.raises(InvalidQueryError, match="^invalid query: limit must be at most 9223372036854775807$"):
             engine.find("c", {}, sort, None, big)
     for stage in ("$skip", "$limit"):
-        with pytest.raises(InvalidPipelineError, match=f"^invalid pipeline: \\{stage} must be at most 9223372036854775807$"):
+        with pytest.raises(
+            InvalidPipelineError, match=f"^invalid pipeline: \\{stage} must be at most 9223372036854775807$"
+        ):
             engine.aggregate("c", [{stage: big}])
 
 

@@ -188,7 +188,11 @@ def test_membership_records_incarnations_and_cluster_id() -> None:
     members = Membership([{1, 2}], {1: "a:1", 2: "b:2", 3: "c:3"}, {1: "i1", 3: "i3"}, "c1")
     assert members.to_json() == {
         "configs": [[1, 2]],
-        "nodes": {"1": {"addr": "a:1", "incarnation": "i1"}, "2": {"addr": "b:2"}, "3": {"addr": "c:3", "incarnation": "i3"}},
+        "nodes": {
+            "1": {"addr": "a:1", "incarnation": "i1"},
+            "2": {"addr": "b:2"},
+            "3": {"addr": "c:3", "incarnation": "i3"},
+        },
         "cluster_id": "c1",
     }
     assert Membership.from_json(members.to_json()) == members

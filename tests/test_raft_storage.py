@@ -164,7 +164,10 @@ OPERATIONS: list[tuple[str, list[PersistBatch], PersistBatch]] = [
     ),
     (
         "snapshot install",
-        [PersistBatch(hard_state=HardState(1, 1), entries=entries(1, 1, 6)), PersistBatch(snapshot=snapshot_at(LogId(1, 1, 3)), purge_upto=LogId(1, 1, 2))],
+        [
+            PersistBatch(hard_state=HardState(1, 1), entries=entries(1, 1, 6)),
+            PersistBatch(snapshot=snapshot_at(LogId(1, 1, 3)), purge_upto=LogId(1, 1, 2)),
+        ],
         PersistBatch(snapshot=snapshot_at(LogId(4, 2, 30), b"big" * 100), truncate_from=31, purge_upto=LogId(4, 2, 30)),
     ),
 ]
@@ -176,7 +179,9 @@ def _observe(state: DurableState) -> tuple:
 
 @pytest.mark.parametrize("name,setup,operation", OPERATIONS, ids=[o[0] for o in OPERATIONS])
 @pytest.mark.parametrize("torn", [False, True])
-def test_crash_at_every_fsync_boundary(name: str, setup: list[PersistBatch], operation: PersistBatch, torn: bool) -> None:
+def test_crash_at_every_fsync_boundary(
+    name: str, setup: list[PersistBatch], operation: PersistBatch, torn: bool
+) -> None:
     disk, storage = fresh(*setup)
     before = _observe(reopen(disk))
     disk, storage = fresh(*setup)
@@ -356,7 +361,10 @@ def test_os_disk_files_have_the_documented_shapes(tmp_path: os.PathLike[str]) ->
     assert lines[1]["payload"] == {"Normal": {"Insert": {"collection": "c", "document": {"i": 2}}}}
     assert lines[1]["ts"] == 1002
     assert lines[0]["payload"] == {
-        "Membership": {"configs": [[1, 2, 3]], "nodes": {"1": {"addr": "a:1"}, "2": {"addr": "b:2"}, "3": {"addr": "c:3"}}}
+        "Membership": {
+            "configs": [[1, 2, 3]],
+            "nodes": {"1": {"addr": "a:1"}, "2": {"addr": "b:2"}, "3": {"addr": "c:3"}},
+        }
     }
     assert lines[2]["payload"] == "Blank"
     assert all(len(line["crc32"]) == 8 for line in lines)

@@ -310,7 +310,12 @@ class TxUpdate:
     update: Any
 
     def to_json(self) -> dict[str, Any]:
-        return {"op": self.OP, "collection": self.collection, "ids": [list(run) for run in self.ids], "update": self.update}
+        return {
+            "op": self.OP,
+            "collection": self.collection,
+            "ids": [list(run) for run in self.ids],
+            "update": self.update,
+        }
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> TxUpdate:

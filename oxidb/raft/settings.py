@@ -120,7 +120,9 @@ def load_peer_tls(cert_path: str, key_path: str, ca_path: str) -> CertificateOpt
     @raise ConfigError: a file is unreadable, not PEM, or the key does not
         match the certificate.
     """
-    cert_data, key_data, ca_data = (_read(Path(p), v) for p, v in zip((cert_path, key_path, ca_path), _TLS_VARS, strict=True))
+    cert_data, key_data, ca_data = (
+        _read(Path(p), v) for p, v in zip((cert_path, key_path, ca_path), _TLS_VARS, strict=True)
+    )
     try:
         chain = x509.load_pem_x509_certificates(cert_data)
         authorities = x509.load_pem_x509_certificates(ca_data)

@@ -707,7 +707,11 @@ class OxiServerFactory(Factory):
         host = getattr(addr, "host", None)
         if self.max_connections and len(self.connections) >= self.max_connections:
             return self._refuse("too many connections (OXIDB_MAX_CONNECTIONS)")
-        if host is not None and self.max_connections_per_ip and self.per_host.get(host, 0) >= self.max_connections_per_ip:
+        if (
+            host is not None
+            and self.max_connections_per_ip
+            and self.per_host.get(host, 0) >= self.max_connections_per_ip
+        ):
             return self._refuse("too many connections from your address (OXIDB_MAX_CONNECTIONS_PER_IP)")
         return OxiServerProtocol(self, host)
 
