@@ -116,6 +116,7 @@ BAD = [
     (b"not json", "invalid JSON"),
     (b"[]", "message must be a JSON object"),
     (b'{"type":"nope"}', "unknown message type"),
+    (b'{"type":["vote_request"]}', "unknown message type"),
     (b'{"type":"timeout_now","term":1,"from":1}', "without 'to'"),
     (b'{"type":"timeout_now","term":-1,"from":1,"to":2}', "'term' must be a non-negative integer"),
     (b'{"type":"timeout_now","term":true,"from":1,"to":2}', "'term' must be a non-negative integer"),

@@ -642,7 +642,8 @@ def encode_message(msg: Message) -> bytes:
 def message_from_json(value: Any) -> Message:
     """Decode and validate a peer message; raises L{MessageDecodeError}."""
     obj = _object(value, "message")
-    cls = _TYPES_BY_NAME.get(obj.get("type"))  # type: ignore[arg-type]
+    kind = obj.get("type")
+    cls = _TYPES_BY_NAME.get(kind) if type(kind) is str else None
     if cls is None:
         raise MessageDecodeError(f"unknown message type {obj.get('type')!r}")
     kwargs: dict[str, Any] = {}
