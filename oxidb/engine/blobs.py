@@ -563,6 +563,7 @@ class PutObject(Operation):
     @classmethod
     def from_body(cls, body: dict[str, Any], version: int) -> PutObject:
         content_type = body.get("content_type")
+        # Whatever the body holds: the field validators refuse a wrong value.
         return cls(
             body.get("bucket"),  # type: ignore[arg-type]
             body.get("key"),  # type: ignore[arg-type]

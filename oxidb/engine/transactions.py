@@ -279,6 +279,7 @@ class TxInsert:
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> TxInsert:
+        # Whatever the body holds: the field validators refuse a wrong value.
         return cls(value.get("collection"), value.get("first_id"), value.get("documents"))  # type: ignore[arg-type]
 
     def apply(self, txn: WriteTxn) -> None:
@@ -319,6 +320,7 @@ class TxUpdate:
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> TxUpdate:
+        # Whatever the body holds: the field validators refuse a wrong value.
         return cls(value.get("collection"), _runs_of(value.get("ids")), value.get("update"))  # type: ignore[arg-type]
 
     def apply(self, txn: WriteTxn) -> None:
@@ -340,6 +342,7 @@ class TxDelete:
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> TxDelete:
+        # Whatever the body holds: the field validators refuse a wrong value.
         return cls(value.get("collection"), _runs_of(value.get("ids")))  # type: ignore[arg-type]
 
     def apply(self, txn: WriteTxn) -> None:

@@ -191,6 +191,7 @@ class ServerMetrics:
 
     def command_finished(self, cmd: object, result: str, seconds: float) -> None:
         try:
+            # Any request's cmd value is looked up; an unhashable one raises below.
             stats = self._commands.get(cmd, self._unknown)  # type: ignore[call-overload]
         except TypeError:  # an unhashable cmd value
             stats = self._unknown

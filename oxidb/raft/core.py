@@ -1225,6 +1225,7 @@ class RaftCore:
         confchange.check_voters(current, new)
         (old,) = current.configs
         if new == old:
+            # _check_membership_change refuses a membership without a log id.
             return stored.log_id  # type: ignore[return-value]
         for node in sorted(new - old):
             pr = self._progress.get(node)

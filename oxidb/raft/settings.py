@@ -58,6 +58,7 @@ class ClusterSettings:
                 f"mutual TLS on the Raft port needs {', '.join(_TLS_VARS)}; "
                 f"{', '.join(given)} set but {', '.join(missing)} not"
             )
+        # given is all three paths or none (checked above).
         tls = load_peer_tls(*tls_paths) if given else None  # type: ignore[arg-type]
         if config.cluster_key is None and tls is None:
             raise ConfigError(
@@ -135,6 +136,7 @@ def load_peer_tls(cert_path: str, key_path: str, ca_path: str) -> CertificateOpt
     spki, der = serialization.PublicFormat.SubjectPublicKeyInfo, serialization.Encoding.DER
     if chain[0].public_key().public_bytes(der, spki) != key.public_key().public_bytes(der, spki):
         raise ConfigError(f"raft TLS: the private key in {key_path} does not match the certificate in {cert_path}")
+    # pyOpenSSL takes cryptography keys and certificates; Twisted's hints name only PKey/X509.
     return CertificateOptions(
         privateKey=key,  # type: ignore[arg-type]
         certificate=chain[0],  # type: ignore[arg-type]
