@@ -467,7 +467,8 @@ class OxiServerProtocol(Protocol):
         if len(payload) > OFFLOAD_BYTES:
             d = self.factory.offload(self, decode_large, payload)
             if d is not None:
-                return d.addCallbacks(self._dispatch, self._decode_failed, errbackArgs=(payload,))
+                replied: Deferred[bytes] = d.addCallbacks(self._dispatch, self._decode_failed, errbackArgs=(payload,))
+                return replied
         try:
             decoded = decode_request(payload)
         except DecodeError as e:
@@ -531,7 +532,10 @@ class OxiServerProtocol(Protocol):
         if reply.ok and not reply.top_level and not is_small(reply.value):
             d = self.factory.offload(self, self._encode, fmt, reply)
             if d is not None:
-                return d.addCallbacks(self._encoded, self._encode_failed, callbackArgs=(fmt,), errbackArgs=(fmt,))
+                encoded: Deferred[bytes] = d.addCallbacks(
+                    self._encoded, self._encode_failed, callbackArgs=(fmt,), errbackArgs=(fmt,)
+                )
+                return encoded
         try:
             payload = self._encode(fmt, reply)
         except Exception:
