@@ -372,6 +372,17 @@ def admin_ctx(world: World) -> CommandContext:
     return world.ctx(Session(peer="127.0.0.1:6000", user="root", role=Role.ADMIN))
 
 
+def run_row(name: str, ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
+    """The user command's schema, then its handler, as the dispatcher runs them."""
+    (command,) = [c for c in commands.USER_COMMANDS if c.name == name]
+
+    def run() -> Any:
+        command.schema.validate(request)
+        return command.handler(ctx, request)
+
+    return maybeDeferred(run)
+
+
 def test_create_user_then_log_in(world: World) -> None:
     ctx = admin_ctx(world)
     assert result_of(commands.create_user(ctx, {"username": "bob", "password": "s3cret"})) == "user created"
@@ -400,7 +411,7 @@ def test_create_user_then_log_in(world: World) -> None:
     ],
 )
 def test_create_user_errors(world: World, request_: dict[str, Any], message: str) -> None:
-    assert error_of(commands.create_user(admin_ctx(world), request_)).startswith(message)
+    assert error_of(run_row("create_user", admin_ctx(world), request_)).startswith(message)
     assert world.executor.ops == []
 
 
@@ -452,13 +463,13 @@ def test_update_user_password_and_role(world: World) -> None:
     ],
 )
 def test_update_user_errors(world: World, request_: dict[str, Any], message: str) -> None:
-    assert error_of(commands.update_user(admin_ctx(world), request_)) == message
+    assert error_of(run_row("update_user", admin_ctx(world), request_)) == message
     assert world.store.get("alice").role is Role.READWRITE
 
 
 def test_drop_user(world: World) -> None:
     ctx = admin_ctx(world)
-    assert error_of(maybeDeferred(commands.drop_user, ctx, {})) == "missing 'username'"
+    assert error_of(run_row("drop_user", ctx, {})) == "missing 'username'"
     assert error_of(commands.drop_user(ctx, {"username": "ghost"})) == "user 'ghost' not found"
     assert error_of(commands.drop_user(ctx, {"username": "root"})) == (
         "refusing to drop user 'root': it is the last admin"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from oxidb.auth.rbac import Role
-from oxidb.commands._args import max_time_ms, require_collection, require_present
+from oxidb.commands._args import max_time_ms
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
@@ -23,9 +23,7 @@ def aggregate(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     The pipeline's output documents. A C{pipeline} that is not an array
     reaches the engine (C{invalid pipeline: pipeline must be an array}).
     """
-    collection = require_collection(request)
-    pipeline = require_present(request, "pipeline")
-    return ctx.read(engine_of(ctx).aggregate, collection, pipeline, max_time_ms(request))
+    return ctx.read(engine_of(ctx).aggregate, request["collection"], request["pipeline"], max_time_ms(request))
 
 
 COMMANDS = [

@@ -25,7 +25,7 @@ from oxidb.auth.manager import AuthManager
 from oxidb.auth.passwords import SALT_LENGTH, PasswordSecrets, derive_secrets
 from oxidb.auth.rbac import Role
 from oxidb.auth.store import create_user_op, drop_user_op, update_user_op
-from oxidb.commands._args import optional_str, require_str
+from oxidb.commands._args import optional_str
 from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import Field, JsonType, fields
@@ -201,8 +201,8 @@ def create_user(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
 
 
 async def _create_user(ctx: CommandContext, request: dict[str, Any]) -> Any:
-    username = require_str(request, "username")
-    password = require_str(request, "password")
+    username: str = request["username"]
+    password: str = request["password"]
     role = _role_field(request) or Role.READ
     _check_username(username)
     if _auth(ctx).store.get(username) is not None:
@@ -224,7 +224,7 @@ def _check_username(username: str) -> None:
 
 
 def drop_user(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
-    return ctx.write(drop_user_op(require_str(request, "username")))
+    return ctx.write(drop_user_op(request["username"]))
 
 
 def update_user(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
@@ -232,7 +232,7 @@ def update_user(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
 
 
 async def _update_user(ctx: CommandContext, request: dict[str, Any]) -> Any:
-    username = require_str(request, "username")
+    username: str = request["username"]
     password = optional_str(request, "password")
     if password is None and optional_str(request, "role") is None:
         raise BadRequestError("must specify 'password' or 'role' to update")

@@ -10,23 +10,15 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from oxidb.commands._args import require_str
 from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import Field, JsonType, fields
 from oxidb.engine import backup as archives
-from oxidb.errors import BadRequestError, UnavailableError
-
-
-def _path(request: dict[str, Any], key: str) -> str:
-    value = require_str(request, key)
-    if not value:
-        raise BadRequestError(f"missing '{key}'")
-    return value
+from oxidb.errors import UnavailableError
 
 
 def backup(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
-    path = _path(request, "path")
+    path: str = request["path"]
     engine = ctx.engine
     if engine is None:
         raise UnavailableError("storage engine is not available")
@@ -34,9 +26,7 @@ def backup(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
 
 
 def restore(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
-    archive = _path(request, "archive")
-    target = _path(request, "target")
-    return ctx.read(archives.restore_backup, archive, target)
+    return ctx.read(archives.restore_backup, request["archive"], request["target"])
 
 
 def _path_field(name: str, doc: str) -> Field:

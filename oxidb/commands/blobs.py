@@ -16,7 +16,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from oxidb.auth.rbac import Role
-from oxidb.commands._args import max_time_ms, optional_str, optional_uint, require_str
+from oxidb.commands._args import max_time_ms, optional_str, optional_uint
 from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, fields
@@ -33,13 +33,11 @@ def _read(ctx: CommandContext, fn: Callable[..., Any], *args: Any) -> Deferred[A
 
 
 def _bucket(request: dict[str, Any]) -> str:
-    return blobs.validate_bucket_name(require_str(request, "bucket"))
+    return blobs.validate_bucket_name(request["bucket"])
 
 
 def _bucket_and_key(request: dict[str, Any]) -> tuple[str, str]:
-    bucket = require_str(request, "bucket")
-    key = require_str(request, "key")
-    return blobs.validate_bucket_name(bucket), blobs.validate_key(key)
+    return blobs.validate_bucket_name(request["bucket"]), blobs.validate_key(request["key"])
 
 
 def create_bucket(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
@@ -55,11 +53,8 @@ def delete_bucket(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]
 
 
 def put_object(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
-    bucket = require_str(request, "bucket")
-    key = require_str(request, "key")
-    data = require_str(request, "data", "missing 'data' (base64)")
-    blobs.validate_bucket_name(bucket)
-    blobs.validate_key(key)
+    bucket, key = _bucket_and_key(request)
+    data: str = request["data"]
     blobs.check_size(blobs.decoded_size(data))
     content_type = optional_str(request, "content_type")
     if content_type is None:
@@ -88,15 +83,14 @@ def delete_object(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]
 
 
 def list_objects(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
-    # Upstream names the wrong field when the bucket is missing (server.md 3.3).
-    bucket = blobs.validate_bucket_name(require_str(request, "bucket", "missing 'collection'"))
+    bucket = _bucket(request)
     prefix = optional_str(request, "prefix")
     limit = optional_uint(request, "limit", blobs.DEFAULT_LIST_LIMIT)
     return _read(ctx, blobs.list_objects, bucket, prefix, limit)
 
 
 def search(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
-    query = require_str(request, "query")
+    query: str = request["query"]
     bucket = optional_str(request, "bucket")
     limit = optional_uint(request, "limit", textindex.DEFAULT_LIMIT)
     engine = ctx.engine
@@ -176,6 +170,7 @@ COMMANDS = [
         Role.READ,
         "The bucket's objects' metadata, by key.",
         fields(
+            # Upstream names the wrong field when the bucket is missing (server.md 3.3).
             Field("bucket", JsonType.STRING, required=True, message="missing 'collection'", doc=_BUCKET_RULES),
             Field("prefix", JsonType.STRING, doc="only keys starting with it"),
             Field("limit", JsonType.UINT, doc=f"default {blobs.DEFAULT_LIST_LIMIT}"),

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from oxidb.auth.rbac import Role
-from oxidb.commands._args import require_collection
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import collection_field, fields
 from oxidb.engine.operations import Compact, CreateCollection, DropCollection
@@ -35,7 +34,7 @@ def engine_of(ctx: CommandContext) -> Any:
 
 def create_collection(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"collection created"}; C{collection already exists: <name>} if it does."""
-    return ctx.write(CreateCollection(require_collection(request)))
+    return ctx.write(CreateCollection(request["collection"]))
 
 
 def list_collections(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
@@ -46,12 +45,12 @@ def list_collections(ctx: CommandContext, request: dict[str, Any]) -> Deferred[A
 
 def drop_collection(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"collection dropped"}, also for an unknown collection."""
-    return ctx.write(DropCollection(require_collection(request)))
+    return ctx.write(DropCollection(request["collection"]))
 
 
 def compact(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{{"old_size", "new_size", "docs_kept"}} (see L{oxidb.engine.writes.WriteTxn.compact})."""
-    return ctx.write(Compact(require_collection(request)))
+    return ctx.write(Compact(request["collection"]))
 
 
 COMMANDS = [

@@ -9,7 +9,8 @@ optional C{query} that is absent or null means C{{}}; a C{query} or
 C{update} of the wrong type reaches the engine, which reports it (C{invalid
 query: query must be a JSON object}). Invalid C{sort}/C{skip}/C{limit} values
 of C{find} are ignored by the engine as upstream does, except a bad sort
-direction and integers past 2**63 - 1.
+direction and integers past 2**63 - 1. The dispatcher checks each row's
+schema before its handler runs, so the handlers read their fields unchecked.
 
 Reads take an optional C{max_time_ms} (or C{maxTimeMS}): it may lower the
 server's time limit (see docs/security.md, "Limits").
@@ -28,12 +29,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from oxidb.auth.rbac import Role
-from oxidb.commands._args import is_uint, max_time_ms, require_collection, require_list, require_present
+from oxidb.commands._args import max_time_ms
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
 from oxidb.engine.operations import Delete, DeleteOne, Insert, InsertMany, Operation, Update, UpdateOne
-from oxidb.errors import BadRequestError
 from oxidb.wire.codec import RawJSON
 
 if TYPE_CHECKING:
@@ -62,21 +62,17 @@ def _query(request: dict[str, Any]) -> Any:
 
 def insert(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """C{{"id": n}}."""
-    collection = require_collection(request)
-    document = require_present(request, "doc")
-    return _write(ctx, Insert(collection, document))
+    return _write(ctx, Insert(request["collection"], request["doc"]))
 
 
 def insert_many(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """The new ids, consecutive, all-or-nothing."""
-    collection = require_collection(request)
-    documents = require_list(request, "docs", "missing or invalid 'docs' array")
-    return _write(ctx, InsertMany(collection, documents))
+    return _write(ctx, InsertMany(request["collection"], request["docs"]))
 
 
 def find(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """Matching documents: filter, sort, skip, limit (engine.md 2.5)."""
-    collection = require_collection(request)
+    collection: str = request["collection"]
     query = _query(request)
     tx = ctx.session.tx
     if tx is not None:
@@ -95,7 +91,7 @@ def find(ctx: CommandContext, request: dict[str, Any]) -> Any:
 
 def find_one(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """The matching document with the lowest C{_id}, or null."""
-    collection = require_collection(request)
+    collection: str = request["collection"]
     tx = ctx.session.tx
     if tx is not None:
         found: Deferred[Any] = tx.find_one(ctx, collection, _query(request))
@@ -106,7 +102,7 @@ def find_one(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
 
 def count(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{{"count": n}}."""
-    collection = require_collection(request)
+    collection: str = request["collection"]
     tx = ctx.session.tx
     d: Deferred[Any]
     if tx is not None:
@@ -118,10 +114,7 @@ def count(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
 
 
 def _update(kind: type[Update] | type[UpdateOne], ctx: CommandContext, request: dict[str, Any]) -> Any:
-    collection = require_collection(request)
-    query = require_present(request, "query")
-    update = require_present(request, "update")
-    return _write(ctx, kind(collection, query, update))
+    return _write(ctx, kind(request["collection"], request["query"], request["update"]))
 
 
 def update(ctx: CommandContext, request: dict[str, Any]) -> Any:
@@ -139,19 +132,12 @@ def delete(ctx: CommandContext, request: dict[str, Any]) -> Any:
     C{{"deleted": n}}. The optional C{limit} ([N]) deletes at most that many
     (lowest C{_id} first) and must be a non-negative integer.
     """
-    collection = require_collection(request)
-    query = require_present(request, "query")
-    limit = request.get("limit")
-    if limit is not None and not is_uint(limit):
-        raise BadRequestError("'limit' must be a non-negative integer")
-    return _write(ctx, Delete(collection, query, limit))
+    return _write(ctx, Delete(request["collection"], request["query"], request.get("limit")))
 
 
 def delete_one(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """C{{"deleted": 0 | 1}}: the matching document with the lowest C{_id}."""
-    collection = require_collection(request)
-    query = require_present(request, "query")
-    return _write(ctx, DeleteOne(collection, query))
+    return _write(ctx, DeleteOne(request["collection"], request["query"]))
 
 
 _RW = Role.READWRITE

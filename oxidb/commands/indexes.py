@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from oxidb.auth.rbac import Role
-from oxidb.commands._args import max_time_ms, optional_uint, require_collection, require_list, require_str
+from oxidb.commands._args import max_time_ms, optional_uint
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
 from oxidb.engine.operations import CreateCompositeIndex, CreateIndex, CreateTextIndex, CreateUniqueIndex, DropIndex
 from oxidb.engine.textindex import DEFAULT_LIMIT
-from oxidb.errors import BadRequestError
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -23,57 +22,40 @@ if TYPE_CHECKING:
     from oxidb.commands._context import CommandContext
 
 
-def _fields(request: dict[str, Any]) -> list[str]:
-    fields = require_list(request, "fields", "missing 'fields' array")
-    if not all(isinstance(field, str) for field in fields):
-        raise BadRequestError("'fields' must be an array of strings")
-    return fields
-
-
 def create_index(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"index created"}; idempotent."""
-    collection = require_collection(request)
-    field = require_str(request, "field")
-    return ctx.write(CreateIndex(collection, field))
+    return ctx.write(CreateIndex(request["collection"], request["field"]))
 
 
 def create_unique_index(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"unique index created"}; upgrades a plain index on the field."""
-    collection = require_collection(request)
-    field = require_str(request, "field")
-    return ctx.write(CreateUniqueIndex(collection, field))
+    return ctx.write(CreateUniqueIndex(request["collection"], request["field"]))
 
 
 def create_composite_index(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{{"index": "<fields joined by _>"}}."""
-    collection = require_collection(request)
-    return ctx.write(CreateCompositeIndex(collection, _fields(request)))
+    return ctx.write(CreateCompositeIndex(request["collection"], request["fields"]))
 
 
 def create_text_index(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"text index created"}; an existing text index keeps its fields."""
-    collection = require_collection(request)
-    return ctx.write(CreateTextIndex(collection, _fields(request)))
+    return ctx.write(CreateTextIndex(request["collection"], request["fields"]))
 
 
 def list_indexes(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """Index descriptors (engine.md 4.6)."""
-    return ctx.read(engine_of(ctx).list_indexes, require_collection(request))
+    return ctx.read(engine_of(ctx).list_indexes, request["collection"])
 
 
 def drop_index(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"index dropped"}, or C{index not found: <name>}."""
-    collection = require_collection(request)
-    index = require_str(request, "index")
-    return ctx.write(DropIndex(collection, index))
+    return ctx.write(DropIndex(request["collection"], request["index"]))
 
 
 def text_search(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """Documents with C{_score}, best first; C{limit} defaults to 10."""
-    collection = require_collection(request)
-    query = require_str(request, "query", "missing 'query' string")
     limit = optional_uint(request, "limit", DEFAULT_LIMIT)
-    return ctx.read(engine_of(ctx).text_search, collection, query, limit, max_time_ms(request))
+    return ctx.read(engine_of(ctx).text_search, request["collection"], request["query"], limit, max_time_ms(request))
 
 
 _RW = Role.READWRITE

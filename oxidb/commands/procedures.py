@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, inlineCallbacks
 
 from oxidb.auth.rbac import Role
-from oxidb.commands._args import require_str
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import Field, JsonType, fields
 from oxidb.commands.collections import engine_of
@@ -91,14 +90,13 @@ def _names(documents: list[dict[str, Any]]) -> list[str]:
 
 def create_procedure(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"procedure created"}; the whole request is the stored definition."""
-    require_str(request, "name")
     procedures.parse_procedure(request)
     return ctx.write(PutProcedure(request))
 
 
 def call_procedure(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """The procedure's value (C{return}'s, or C{{"ok": true}})."""
-    name = require_str(request, "name")
+    name: str = request["name"]
     params = request.get("params")
     return call(ctx.executor, engine_of(ctx), ctx.clock, name, {} if params is None else params, ctx.metrics)
 
@@ -111,14 +109,14 @@ def list_procedures(ctx: CommandContext, request: dict[str, Any]) -> Deferred[An
 
 def get_procedure(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """The stored definition document."""
-    name = require_str(request, "name")
+    name: str = request["name"]
     d = ctx.read(engine_of(ctx).find_one, PROCEDURES, {"name": name})
     return d.addCallback(_found(ProcedureNotFoundError(name)))
 
 
 def delete_procedure(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"procedure deleted"}. Schedules naming it stay, and record errors."""
-    name = require_str(request, "name")
+    name: str = request["name"]
     d = ctx.write(Delete(PROCEDURES, {"name": name}))
     return d.addCallback(_changed("deleted", "procedure deleted", ProcedureNotFoundError(name)))
 
@@ -132,7 +130,6 @@ def _not_found(name: str) -> ScheduleError:
 
 def create_schedule(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"schedule created"} (create or replace, with a fresh run state)."""
-    require_str(request, "name")
     return ctx.write(PutSchedule(schedules.new_schedule(request)))
 
 
@@ -143,19 +140,19 @@ def list_schedules(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any
 
 def get_schedule(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """One schedule document with its run state."""
-    name = require_str(request, "name")
+    name: str = request["name"]
     d = ctx.read(engine_of(ctx).find_one, SCHEDULES, {"name": name})
     return d.addCallback(_found(_not_found(name)))
 
 
 def delete_schedule(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
-    name = require_str(request, "name")
+    name: str = request["name"]
     d = ctx.write(Delete(SCHEDULES, {"name": name}))
     return d.addCallback(_changed("deleted", "schedule deleted", _not_found(name)))
 
 
 def _switch(ctx: CommandContext, request: dict[str, Any], enabled: bool) -> Deferred[Any]:
-    name = require_str(request, "name")
+    name: str = request["name"]
     update = {"$set": {"enabled": enabled}}
     d = ctx.write(Update(SCHEDULES, {"name": name}, update))
     reply = "schedule enabled" if enabled else "schedule disabled"
