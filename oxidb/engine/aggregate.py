@@ -65,6 +65,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from oxidb.engine.expressions import Expression, compile_expression
 from oxidb.engine.governor import DEFAULT_LIMITS, Budget, QueryLimits, approx_size
 from oxidb.engine.matcher import (
     And,
@@ -88,67 +89,10 @@ from oxidb.engine.values import (
 from oxidb.errors import InvalidPipelineError
 
 Document = dict[str, Any]
-Expression = Callable[[Any], Any]
-"""A compiled expression: document -> value."""
 Lookup = Callable[[str, Document], list[Document]]
 """C{lookup(collection, query)}: the documents of a C{find} on C{collection}."""
 SizedLookup = Callable[[str, Document], tuple[list[Document], int]]
 """Like L{Lookup}, with the documents' total JSON size."""
-
-# --- expressions ----------------------------------------------------------------------
-
-_ARITHMETIC = ("$add", "$multiply", "$subtract", "$divide")
-
-
-def _field_reference(path: str) -> Expression:
-    parts = tuple(path.split("."))
-    return lambda doc: get_parts(doc, parts)[1]
-
-
-def _arithmetic(op: str, operands: tuple[Expression, ...]) -> Expression:
-    def evaluate(doc: Any) -> Any:
-        values = []
-        for operand in operands:
-            value = operand(doc)
-            if not is_number(value):
-                return None
-            values.append(to_float(value))
-        if op == "$add":
-            result = 0.0
-            for value in values:
-                result += value
-        elif op == "$multiply":
-            result = 1.0
-            for value in values:
-                result *= value
-        elif op == "$subtract":
-            result = values[0] - values[1]
-        else:
-            if values[1] == 0:
-                return None
-            result = values[0] / values[1]
-        return normalize_number(result)
-
-    return evaluate
-
-
-def compile_expression(spec: Any) -> Expression:
-    """
-    Compile an engine.md 5.2 expression; raises L{InvalidPipelineError} for
-    a malformed arithmetic operator.
-    """
-    if type(spec) is str and spec.startswith("$"):
-        return _field_reference(spec[1:])
-    if type(spec) is dict and len(spec) == 1:
-        ((op, arguments),) = spec.items()
-        if op in _ARITHMETIC:
-            if type(arguments) is not list:
-                raise InvalidPipelineError(f"{op} requires an array")
-            if op in ("$subtract", "$divide") and len(arguments) != 2:
-                raise InvalidPipelineError(f"{op} requires exactly 2 arguments")
-            return _arithmetic(op, tuple(compile_expression(item) for item in arguments))
-    return lambda doc: spec
-
 
 # --- stages ---------------------------------------------------------------------------
 
@@ -574,10 +518,10 @@ def _parse_group(spec: Any, limits: QueryLimits) -> _Stage:
     key_spec = spec["_id"]
     key: Expression
     if type(key_spec) is dict and not any(name.startswith("$") for name in key_spec):
-        parts = tuple((name, compile_expression(expr)) for name, expr in key_spec.items())
+        parts = tuple((name, compile_expression(expr, limits)) for name, expr in key_spec.items())
         key = lambda doc: {name: expr(doc) for name, expr in parts}  # noqa: E731
     else:
-        key = compile_expression(key_spec)
+        key = compile_expression(key_spec, limits)
     accumulators = []
     for name, acc in spec.items():
         if name == "_id":
@@ -590,7 +534,7 @@ def _parse_group(spec: Any, limits: QueryLimits) -> _Stage:
         factory = _ACCUMULATORS.get(op)
         if factory is None:
             raise InvalidPipelineError(f"unknown accumulator: {op}")
-        expression = (lambda doc: None) if op == "$count" else compile_expression(operand)
+        expression = (lambda doc: None) if op == "$count" else compile_expression(operand, limits)
         accumulators.append((name, factory, expression))
     return _Group(key, tuple(accumulators))
 
@@ -637,7 +581,7 @@ def _parse_project(spec: Any, limits: QueryLimits) -> _Stage:
     id_kind, id_expression = _INCLUDE, None
     for name, value in spec.items():
         kind = _projection_kind(value)
-        expression = compile_expression(value) if kind == _COMPUTE else None
+        expression = compile_expression(value, limits) if kind == _COMPUTE else None
         if name == "_id":
             id_kind, id_expression = kind, expression
         else:
@@ -671,7 +615,7 @@ def _parse_add_fields(spec: Any, limits: QueryLimits) -> _Stage:
     if type(spec) is not dict:
         raise InvalidPipelineError("$addFields must be an object")
     _check_fields("$addFields", spec, limits)
-    return _AddFields(tuple((path, compile_expression(expr)) for path, expr in spec.items()))
+    return _AddFields(tuple((path, compile_expression(expr, limits)) for path, expr in spec.items()))
 
 
 def _parse_lookup(spec: Any, limits: QueryLimits) -> _Stage:
