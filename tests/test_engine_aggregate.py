@@ -429,6 +429,8 @@ def test_stage_and_accumulator_lists() -> None:
     assert STAGES == {
         "$match", "$group", "$sort", "$skip", "$limit", "$project",
         "$count", "$unwind", "$addFields", "$lookup",
+        # issue 14 (reads)
+        "$set", "$unset", "$replaceRoot", "$replaceWith", "$sortByCount", "$bucket", "$facet",
     }  # fmt: skip
     assert ACCUMULATORS == {"$sum", "$avg", "$min", "$max", "$count", "$first", "$last", "$push"}
 

@@ -37,13 +37,14 @@ from oxidb.engine.governor import (
     ByteCap,
     Deadline,
     QueryLimits,
+    approx_size,
     reply_cap,
     text_size,
 )
 from oxidb.engine.matcher import Matcher, SortSpec, compile_query, find_window, parse_sort
 from oxidb.engine.sqlquery import Plan, compile_plan, order_by
 from oxidb.engine.store import CollectionInfo
-from oxidb.errors import BadRequestError, InvalidQueryError
+from oxidb.errors import BadRequestError, DocumentNotObjectError, InvalidQueryError
 from oxidb.wire.limits import MAX_FRAME
 
 #: SQLite's string limit for the one-step fetch of a capped read (a reply,
@@ -467,6 +468,32 @@ class Reader:
         out, out_sizes = compiled.run_sized(
             docs, sizes, self._lookup_in(budget), budget, skip_stages=prefix.stages
         )
+        cap = reply_cap(self.limits, "$skip and $limit")
+        for size in out_sizes:
+            cap.add(size + 1)
+        return out
+
+    def aggregate_docs(self, pipeline: object, docs: object) -> list[dict[str, Any]]:
+        """
+        Run a pipeline over C{docs}, documents given in the request
+        (server.md 3.4) rather than a collection's: every stage runs in
+        Python, C{$lookup} still reads collections. The input counts
+        against the budget as a first stage; the output must fit in a
+        reply.
+        """
+        compiled = compile_pipeline(pipeline, self.limits)
+        if type(docs) is not list:
+            raise BadRequestError("missing or invalid 'docs' array")
+        budget = Budget.of(self.limits, self.deadline)
+        budget.start("input")
+        sizes: list[int] = []
+        for doc in docs:
+            if type(doc) is not dict:
+                raise DocumentNotObjectError()
+            size = approx_size(doc)
+            budget.add(1, size)
+            sizes.append(size)
+        out, out_sizes = compiled.run_sized(list(docs), sizes, self._lookup_in(budget), budget)
         cap = reply_cap(self.limits, "$skip and $limit")
         for size in out_sizes:
             cap.add(size + 1)
