@@ -17,7 +17,7 @@ from zope.interface import implementer
 from oxidb.auth.rbac import Role
 from oxidb.commands import CommandContext, IServices, default_registry
 from oxidb.engine.engine import Engine
-from oxidb.engine.operations import InsertMany
+from oxidb.engine.operations import CreateIndex, InsertMany
 from oxidb.errors import OxiError
 from oxidb.limits import Limits
 from oxidb.server.session import Session
@@ -111,3 +111,123 @@ def test_aggregate_docs_lookup_reads_collections(ctx: CommandContext) -> None:
 )
 def test_aggregate_docs_bad_input(ctx: CommandContext, request_: dict[str, Any], message: str) -> None:
     assert error(ctx, "aggregate_docs", **request_).startswith(message)
+
+
+# --- explain ------------------------------------------------------------------------------------
+
+PLAN_KEYS = {
+    "command", "collection", "collection_exists", "index", "indexes", "sql", "sqlite_plan",
+    "pushed", "residual", "stages", "estimated_rows", "actual_rows",
+}  # fmt: skip
+
+
+def explain(ctx: CommandContext, **inner: Any) -> Any:
+    plan = call(ctx, "explain", inner=inner)
+    assert set(plan) == PLAN_KEYS  # the documented shape (docs/queries.md, "explain")
+    return plan
+
+
+def test_explain_row() -> None:
+    row = default_registry().get("explain")
+    assert row is not None and row.role is Role.READ and not row.writes
+
+
+def test_explain_find_with_an_index(ctx: CommandContext, engine: Engine) -> None:
+    engine.apply(CreateIndex("c", "k"), 0.0)
+    plan = explain(ctx, cmd="find", collection="c", query={"k": 1}, sort={"v": -1}, limit=2)
+    assert plan["command"] == "find" and plan["collection"] == "c" and plan["collection_exists"]
+    assert plan["index"] == "k" and plan["indexes"] == ["k"]
+    assert any("USING INDEX" in line for line in plan["sqlite_plan"])
+    sql = plan["sql"]
+    assert sql["statement"].startswith("SELECT _id, _version, doc FROM ")
+    assert " WHERE " + sql["where"] in sql["statement"] and sql["statement"].endswith("LIMIT ? OFFSET ?")
+    assert sql["params"][-2:] == [2, 0] and sql["params"][0].startswith("X'")
+    assert plan["pushed"] == {"filter": "all", "sort": True, "skip_limit": True}
+    assert plan["residual"] is None and plan["stages"] is None
+    # k == 1 for v in 1, 4, 7: SQL selects 3, the limit returns 2.
+    assert (plan["estimated_rows"], plan["actual_rows"]) == (3, 2)
+    assert call(ctx, "find", collection="c", query={"k": 1}, sort={"v": -1}, limit=2) == [
+        {"_id": 8, "_version": 1, "k": 1, "v": 7},
+        {"_id": 5, "_version": 1, "k": 1, "v": 4},
+    ]
+
+
+def test_explain_residual_filter(ctx: CommandContext, engine: Engine) -> None:
+    engine.apply(CreateIndex("c", "k"), 0.0)
+    plan = explain(ctx, cmd="find", collection="c", query={"k": 1, "v": {"$type": "int"}})
+    assert plan["index"] == "k"
+    assert plan["pushed"] == {"filter": "partial", "sort": False, "skip_limit": False}
+    assert plan["residual"] == {"k": 1, "v": {"$type": "int"}}
+    assert (plan["estimated_rows"], plan["actual_rows"]) == (3, 3)
+    # With a residual filter, skip and limit run in Python after it.
+    plan = explain(ctx, cmd="find", collection="c", query={"k": {"$gte": 1}, "v": {"$type": "int"}}, skip=1)
+    assert plan["pushed"] == {"filter": "partial", "sort": False, "skip_limit": False}
+    assert not plan["sql"]["statement"].endswith("OFFSET ?")
+    assert (plan["estimated_rows"], plan["actual_rows"]) == (6, 5)
+    plan = explain(ctx, cmd="count", collection="c", query={"v": {"$type": "int"}})
+    assert plan["index"] is None and plan["sql"]["where"] == "1"
+    assert plan["pushed"]["filter"] == "none" and plan["residual"] == {"v": {"$type": "int"}}
+    assert (plan["estimated_rows"], plan["actual_rows"]) == (10, 10)
+
+
+def test_explain_count_and_find_one(ctx: CommandContext) -> None:
+    plan = explain(ctx, cmd="count", collection="c", query={"_id": {"$gt": 7}})
+    assert plan["sql"]["statement"].startswith("SELECT count(*) FROM ") and plan["index"] == "_id"
+    assert (plan["estimated_rows"], plan["actual_rows"]) == (3, 3)
+    plan = explain(ctx, cmd="find_one", collection="c", query={"v": 3})
+    assert plan["index"] is None and plan["pushed"] == {"filter": "all", "sort": False, "skip_limit": True}
+    assert (plan["estimated_rows"], plan["actual_rows"]) == (1, 1)
+
+
+def test_explain_aggregate(ctx: CommandContext, engine: Engine) -> None:
+    engine.apply(CreateIndex("c", "v"), 0.0)
+    pipeline = [
+        {"$match": {"v": {"$lt": 6}}},
+        {"$sort": {"v": -1}},
+        {"$limit": 4},
+        {"$group": {"_id": "$k", "n": {"$sum": 1}}},
+        {"$set": {"x": 1}},
+    ]
+    plan = explain(ctx, cmd="aggregate", collection="c", pipeline=pipeline)
+    assert plan["stages"] == {"pushed": ["$match", "$sort", "$limit"], "python": ["$group", "$set"]}
+    assert plan["index"] == "v" and plan["pushed"] == {"filter": "all", "sort": True, "skip_limit": True}
+    assert (plan["estimated_rows"], plan["actual_rows"]) == (6, 3)
+    assert len(call(ctx, "aggregate", collection="c", pipeline=pipeline)) == 3
+    plan = explain(ctx, cmd="aggregate", collection="c", pipeline=[{"$count": "n"}])
+    assert plan["stages"] == {"pushed": [], "python": ["$count"]} and plan["actual_rows"] == 1
+
+
+def test_explain_missing_collection_creates_nothing(ctx: CommandContext) -> None:
+    plan = explain(ctx, cmd="find", collection="nope")
+    assert plan["collection_exists"] is False and plan["sql"] is None
+    assert (plan["estimated_rows"], plan["actual_rows"]) == (0, 0)
+    assert "nope" not in call(ctx, "list_collections")
+
+
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        ({}, "missing 'inner'"),
+        ({"inner": "find"}, "missing 'inner'"),
+        ({"inner": {"collection": "c"}}, "explain supports find/count/aggregate, got: null"),
+        ({"inner": {"cmd": "insert", "collection": "c"}}, "explain supports find/count/aggregate, got: insert"),
+        ({"inner": {"cmd": "explain", "inner": {}}}, "explain supports find/count/aggregate, got: explain"),
+        ({"inner": {"cmd": ["find"]}}, 'explain supports find/count/aggregate, got: ["find"]'),
+        ({"inner": {"cmd": "find"}}, "missing 'collection'"),
+        ({"inner": {"cmd": "aggregate", "collection": "c"}}, "missing 'pipeline'"),
+        (
+            {"inner": {"cmd": "aggregate", "collection": "c", "pipeline": [{"$x": 1}]}},
+            "invalid pipeline: unknown stage: $x",
+        ),
+        ({"inner": {"cmd": "find", "collection": "c", "query": 5}}, "invalid query: "),
+        ({"inner": {"cmd": "find", "collection": "c", "sort": {"v": 2}}}, "invalid query: sort direction"),
+        ({"inner": {"cmd": "find", "collection": "c", "limit": 2**64}}, "invalid query: "),
+        (
+            {"inner": {"cmd": "find", "collection": "c", "max_time_ms": -1}},
+            "'max_time_ms' must be a non-negative integer",
+        ),
+        ({"inner": {"cmd": "find", "collection": "_users"}}, "invalid query: collection name is reserved"),
+    ],
+)
+def test_explain_bad_input(ctx: CommandContext, request_: dict[str, Any], message: str) -> None:
+    assert error(ctx, "explain", **request_).startswith(message)
