@@ -59,6 +59,7 @@ DOC: dict[str, Any] = {
         ({"$floor": "$f"}, 2),
         ({"$floor": -2.5}, -3),
         ({"$floor": 4}, 4),
+        ({"$ceil": 1e300}, 1e300),  # a double stays a double past 64 bits
         ({"$round": "$f"}, 2),  # half to even
         ({"$round": [3.5]}, 4),
         ({"$round": [1.2345, 2]}, 1.23),

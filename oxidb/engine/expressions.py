@@ -188,7 +188,7 @@ def _unary_number(op: str, fn: Callable[[Any], Any]) -> Evaluator:
             return fn(value)
         if not math.isfinite(value):
             return None
-        return _number_result(fn(value))
+        return _number_result(float(fn(value)))
 
     return evaluate
 
