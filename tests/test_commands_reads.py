@@ -47,9 +47,16 @@ def ctx(engine: Engine) -> CommandContext:
     return CommandContext(Session.anonymous_admin(), services)
 
 
+def run_row(ctx: CommandContext, cmd: str, request: dict[str, Any]) -> Any:
+    """The row's schema, then its handler, as the dispatcher runs them."""
+    command = default_registry().get(cmd)
+    assert command is not None, cmd
+    command.schema.validate(request)
+    return command.handler(ctx, request)
+
+
 def call(ctx: CommandContext, cmd: str, **request: Any) -> Any:
-    handler = default_registry().get(cmd).handler  # type: ignore[union-attr]
-    data = result_of(maybeDeferred(handler, ctx, {"cmd": cmd, **request}))
+    data = result_of(maybeDeferred(run_row, ctx, cmd, {"cmd": cmd, **request}))
     return decode_reply(encode_ok(WireFormat.JSON, data))["data"]
 
 
