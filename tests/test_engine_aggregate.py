@@ -67,7 +67,7 @@ DOC = {"a": 6, "b": 2, "f": 1.5, "s": "x", "n": None, "t": True, "o": {"p": 4}}
         ([1, "$a"], [1, "$a"]),
         ({"x": "$a"}, {"x": "$a"}),
         ({"$add": [1, 2], "$multiply": [2]}, {"$add": [1, 2], "$multiply": [2]}),
-        ({"$literal": "$a"}, {"$literal": "$a"}),
+        ({"$literal": "$a"}, "$a"),  # issue 14 (reads) added $literal
         ({"$add": ["$a", "$b", 1]}, 9),
         ({"$add": []}, 0),
         ({"$add": ["$f", 0.5]}, 2),
@@ -240,8 +240,9 @@ def test_group_compound_and_expression_keys() -> None:
     assert same(result, [{"_id": 0, "n": 4}, {"_id": None, "n": 1}])
     result = run([{"$group": {"_id": "literal", "n": {"$sum": 1}}}], ORDERS)
     assert same(result, [{"_id": "literal", "n": 5}])
-    result = run([{"$group": {"_id": {"$foo": 1}, "n": {"$sum": 1}}}], ORDERS)
-    assert same(result, [{"_id": {"$foo": 1}, "n": 5}])
+    # Issue 14 (reads): an unknown operator is an error, no longer a literal key.
+    with pytest.raises(InvalidPipelineError, match=r"unknown expression operator: \$foo"):
+        run([{"$group": {"_id": {"$foo": 1}, "n": {"$sum": 1}}}], ORDERS)
 
 
 def test_group_and_count_on_empty_input() -> None:
@@ -456,6 +457,8 @@ def test_stage_and_accumulator_lists() -> None:
     assert STAGES == {
         "$match", "$group", "$sort", "$skip", "$limit", "$project",
         "$count", "$unwind", "$addFields", "$lookup",
+        # issue 14 (reads)
+        "$set", "$unset", "$replaceRoot", "$replaceWith", "$sortByCount", "$bucket", "$facet",
     }  # fmt: skip
     assert ACCUMULATORS == {"$sum", "$avg", "$min", "$max", "$count", "$first", "$last", "$push"}
 

@@ -15,7 +15,7 @@ from oxidb.errors import PermissionDeniedError
 #: Read: queries, counts, aggregations, search, list/get operations, status.
 READ = {
     "ping", "hello", "pipeline",
-    "find", "find_one", "count", "aggregate",
+    "find", "find_one", "count", "aggregate", "aggregate_docs", "explain",
     "text_search", "search",
     "list_collections", "list_indexes", "list_buckets", "list_objects", "get_object", "head_object",
     "extract_text", "list_procedures", "get_procedure", "list_schedules", "get_schedule",
@@ -48,7 +48,7 @@ ADMIN_ONLY = {
 #: Without a row they are Admin-only (fail closed); the issue that adds one
 #: moves it into READ or READWRITE above with its documented role.
 NOT_YET = {
-    "aggregate_docs", "explain", "vector_search",
+    "vector_search",
     "snapshot_begin", "snapshot_find", "snapshot_count", "snapshot_aggregate", "snapshot_end",
     "fts_status", "list_databases", "use_db",
     "find_and_modify", "find_for_update",

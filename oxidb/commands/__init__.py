@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "oxidb.commands.backup",
     "oxidb.commands.transactions",
     "oxidb.commands.procedures",
+    "oxidb.commands.explain",
 )
 
 

@@ -7,13 +7,7 @@ L{Pipeline.run} streams documents through the stages. Shape errors raise
 L{InvalidPipelineError} (C{invalid pipeline: ...}), C{$match} errors
 L{InvalidQueryError} (C{invalid query: ...}).
 
-Expressions (5.2): C{"$a.b"} reads an objects-only path (missing -> null);
-C{{"$add"|"$multiply": [..]}} take any number of operands (empty -> 0 / 1),
-C{{"$subtract"|"$divide": [a, b]}} exactly two; operands are expressions;
-arithmetic is f64 with integral results as integers, and any non-number
-operand (null, missing, bool, string...) or a division by zero gives null.
-Everything else is a literal, including arrays (elements not evaluated) and
-objects other than a single-key arithmetic object.
+Expressions (5.2) are compiled by L{oxidb.engine.expressions}.
 
 Stages (5.3), with the decisions taken where the spec leaves room:
 
@@ -37,6 +31,9 @@ Stages (5.3), with the decisions taken where the spec leaves room:
     value are reused within one run.
   - C{$unwind}: C{preserveNullAndEmptyArrays} counts only when it is
     C{true}.
+  - Issue 14 adds C{$set} (C{$addFields}), C{$unset}, C{$replaceRoot} /
+    C{$replaceWith}, C{$sortByCount}, C{$bucket} and C{$facet} (no
+    C{$facet} inside C{$facet}); docs/aggregation.md has their rules.
 
 Output documents may share structure with the input documents, with each
 other and with the pipeline's literals: treat them as read-only. No stage
@@ -51,7 +48,8 @@ Budget: L{Pipeline.run_sized} carries each document's size (its JSON
 length) along with it and runs every stage under a
 L{oxidb.engine.governor.Budget}: a stage counts the documents and bytes it
 is about to produce (C{$unwind} the array's elements, C{$lookup} the
-matched documents, C{$group} each new group and each C{$push}) and fails
+matched documents, C{$group} and C{$bucket} each new group and each
+C{$push}; inside C{$facet}, on top of what the earlier facets hold) and fails
 with L{AggregationLimitError} before building past the budget; loops check
 the budget's deadline. Shapes are checked at compile time against
 L{QueryLimits}: stage count, nesting depth, sort keys, fields per stage,
@@ -60,12 +58,14 @@ and C{$skip}/C{$limit} within 64 bits.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import attrs
 
-from oxidb.engine.governor import DEFAULT_LIMITS, Budget, QueryLimits, approx_size
+from oxidb.engine.expressions import MISSING, Expression, compile_expression, compile_raw, type_name
+from oxidb.engine.governor import DEFAULT_LIMITS, DOC_OVERHEAD, Budget, QueryLimits, approx_size
 from oxidb.engine.matcher import (
     And,
     Matcher,
@@ -88,67 +88,10 @@ from oxidb.engine.values import (
 from oxidb.errors import InvalidPipelineError
 
 Document = dict[str, Any]
-Expression = Callable[[Any], Any]
-"""A compiled expression: document -> value."""
 Lookup = Callable[[str, Document], list[Document]]
 """C{lookup(collection, query)}: the documents of a C{find} on C{collection}."""
 SizedLookup = Callable[[str, Document], tuple[list[Document], int]]
 """Like L{Lookup}, with the documents' total JSON size."""
-
-# --- expressions ----------------------------------------------------------------------
-
-_ARITHMETIC = ("$add", "$multiply", "$subtract", "$divide")
-
-
-def _field_reference(path: str) -> Expression:
-    parts = tuple(path.split("."))
-    return lambda doc: get_parts(doc, parts)[1]
-
-
-def _arithmetic(op: str, operands: tuple[Expression, ...]) -> Expression:
-    def evaluate(doc: Any) -> Any:
-        values = []
-        for operand in operands:
-            value = operand(doc)
-            if not is_number(value):
-                return None
-            values.append(to_float(value))
-        if op == "$add":
-            result = 0.0
-            for value in values:
-                result += value
-        elif op == "$multiply":
-            result = 1.0
-            for value in values:
-                result *= value
-        elif op == "$subtract":
-            result = values[0] - values[1]
-        else:
-            if values[1] == 0:
-                return None
-            result = values[0] / values[1]
-        return normalize_number(result)
-
-    return evaluate
-
-
-def compile_expression(spec: Any) -> Expression:
-    """
-    Compile an engine.md 5.2 expression; raises L{InvalidPipelineError} for
-    a malformed arithmetic operator.
-    """
-    if type(spec) is str and spec.startswith("$"):
-        return _field_reference(spec[1:])
-    if type(spec) is dict and len(spec) == 1:
-        ((op, arguments),) = spec.items()
-        if op in _ARITHMETIC:
-            if type(arguments) is not list:
-                raise InvalidPipelineError(f"{op} requires an array")
-            if op in ("$subtract", "$divide") and len(arguments) != 2:
-                raise InvalidPipelineError(f"{op} requires exactly 2 arguments")
-            return _arithmetic(op, tuple(compile_expression(item) for item in arguments))
-    return lambda doc: spec
-
 
 # --- stages ---------------------------------------------------------------------------
 
@@ -553,6 +496,163 @@ class _Lookup:
         return result, result_sizes
 
 
+def _without_path(doc: Document, parts: tuple[str, ...]) -> Document:
+    """A copy of C{doc} without the key at C{parts}; only objects along the path are copied."""
+    head = parts[0]
+    if head not in doc:
+        return doc
+    if len(parts) == 1:
+        out = dict(doc)
+        del out[head]
+        return out
+    child = doc[head]
+    if type(child) is not dict:
+        return doc
+    new_child = _without_path(child, parts[1:])
+    if new_child is child:
+        return doc
+    out = dict(doc)
+    out[head] = new_child
+    return out
+
+
+@attrs.frozen
+class _Unset:
+    paths: tuple[tuple[str, ...], ...]
+
+    def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
+        check = budget.deadline.check
+        result: list[Document] = []
+        for doc in docs:
+            check()
+            for parts in self.paths:
+                doc = _without_path(doc, parts)
+            result.append(doc)
+        return result, list(sizes)  # at most the input's
+
+
+@attrs.frozen
+class _ReplaceRoot:
+    new_root: Expression
+    name: str
+
+    def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
+        check = budget.deadline.check
+        result: list[Document] = []
+        result_sizes: list[int] = []
+        for doc in docs:
+            check()
+            value = self.new_root(doc)
+            if type(value) is not dict:
+                shown = "MISSING" if value is MISSING else compact_json(value)
+                raise InvalidPipelineError(
+                    f"'newRoot' expression must evaluate to an object, but resulting value was: {shown}. "
+                    f"Type of resulting value: '{type_name(value)}'"
+                )
+            size = approx_size(value)
+            budget.add(1, size)
+            result.append(value)
+            result_sizes.append(size)
+        return result, result_sizes
+
+
+@attrs.frozen
+class _SortByCount:
+    group: _Group
+
+    def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
+        grouped, grouped_sizes = self.group.run(docs, sizes, lookup, budget)
+        return _sort_stream(grouped, grouped_sizes, (("count", -1),), budget)
+
+
+@attrs.frozen
+class _Bucket:
+    group_by: Expression
+    boundaries: tuple[Any, ...]
+    keys: tuple[tuple[Any, ...], ...]
+    default: tuple[Any, ...]
+    """C{(value,)}, or C{()} when there is no default bucket."""
+    accumulators: tuple[tuple[str, Callable[[], _Accumulator], Expression], ...]
+
+    def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
+        check = budget.deadline.check
+        pushes = tuple(factory is _Push for _, factory, _ in self.accumulators)
+        state_size = 16 * len(self.accumulators)
+        last = len(self.boundaries) - 1
+        buckets: dict[int, list[_Accumulator]] = {}
+        for doc in docs:
+            check()
+            value = self.group_by(doc)
+            position = bisect.bisect_right(self.keys, sort_key(None if value is MISSING else value)) - 1
+            if not 0 <= position < last:
+                if not self.default:
+                    raise InvalidPipelineError(
+                        "$bucket could not find a matching branch for an input, and no default was specified"
+                    )
+                position = last
+            states = buckets.get(position)
+            if states is None:
+                bucket_id = self.default[0] if position == last else self.boundaries[position]
+                budget.add(1, approx_size(bucket_id) + state_size)
+                states = [factory() for _, factory, _ in self.accumulators]
+                buckets[position] = states
+            for (_, _, expression), state, push in zip(self.accumulators, states, pushes, strict=True):
+                item = expression(doc)
+                if push:
+                    budget.add(0, approx_size(item) + 1)
+                state.add(item)
+        result: list[Document] = []
+        result_sizes: list[int] = []
+        budget.start(budget.stage)
+        for position in sorted(buckets):
+            check()
+            out: Document = {"_id": self.default[0] if position == last else self.boundaries[position]}
+            for (name, _, _), state in zip(self.accumulators, buckets[position], strict=True):
+                out[name] = state.result()
+            size = approx_size(out)
+            budget.add(1, size)
+            result.append(out)
+            result_sizes.append(size)
+        return result, result_sizes
+
+
+@attrs.define(eq=False)
+class _HeldBudget(Budget):
+    """A L{Budget} whose every stage starts with what earlier facets hold."""
+
+    held_docs: int = 0
+    held_bytes: int = 0
+
+    def start(self, stage: str) -> None:
+        super().start(stage)
+        self.docs = self.held_docs
+        self.bytes = self.held_bytes
+
+
+@attrs.frozen
+class _Facet:
+    facets: tuple[tuple[str, Pipeline], ...]
+
+    def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
+        # Every facet's output is held until the last one has run: each
+        # sub-pipeline's stages count what the earlier facets hold.
+        held = _HeldBudget(budget.max_bytes, budget.max_docs, budget.deadline)
+        out: Document = {}
+        total = 2
+        for name, pipeline in self.facets:
+            held.stage = f"$facet.{name}"
+            facet_docs, facet_sizes = pipeline.run_sized(docs, sizes, lookup, held, prefix=f"$facet.{name}.")
+            held.held_docs += len(facet_docs)
+            held.held_bytes += sum(facet_sizes) + len(facet_sizes) * DOC_OVERHEAD
+            held.start(f"$facet.{name}")
+            held.add(0, 0)  # what all facets so far hold, whether or not a stage counted it
+            out[name] = facet_docs
+            total += approx_size(name) + 3 + sum(facet_sizes) + len(facet_sizes)
+        budget.start("$facet")
+        budget.add(1, total)
+        return [out], [total]
+
+
 # --- parsing ---------------------------------------------------------------------------
 
 
@@ -574,25 +674,12 @@ def _parse_group(spec: Any, limits: QueryLimits) -> _Stage:
     key_spec = spec["_id"]
     key: Expression
     if type(key_spec) is dict and not any(name.startswith("$") for name in key_spec):
-        parts = tuple((name, compile_expression(expr)) for name, expr in key_spec.items())
+        parts = tuple((name, compile_expression(expr, limits)) for name, expr in key_spec.items())
         key = lambda doc: {name: expr(doc) for name, expr in parts}  # noqa: E731
     else:
-        key = compile_expression(key_spec)
-    accumulators = []
-    for name, acc in spec.items():
-        if name == "_id":
-            continue
-        if type(acc) is not dict:
-            raise InvalidPipelineError("accumulator must be an object")
-        if len(acc) != 1:
-            raise InvalidPipelineError("accumulator must have exactly one operator")
-        ((op, operand),) = acc.items()
-        factory = _ACCUMULATORS.get(op)
-        if factory is None:
-            raise InvalidPipelineError(f"unknown accumulator: {op}")
-        expression = (lambda doc: None) if op == "$count" else compile_expression(operand)
-        accumulators.append((name, factory, expression))
-    return _Group(key, tuple(accumulators))
+        key = compile_expression(key_spec, limits)
+    outputs = {name: acc for name, acc in spec.items() if name != "_id"}
+    return _Group(key, _parse_accumulators("$group", outputs, limits))
 
 
 def parse_pipeline_sort(spec: Any, limits: QueryLimits = DEFAULT_LIMITS) -> SortSpec:
@@ -637,7 +724,7 @@ def _parse_project(spec: Any, limits: QueryLimits) -> _Stage:
     id_kind, id_expression = _INCLUDE, None
     for name, value in spec.items():
         kind = _projection_kind(value)
-        expression = compile_expression(value) if kind == _COMPUTE else None
+        expression = compile_expression(value, limits) if kind == _COMPUTE else None
         if name == "_id":
             id_kind, id_expression = kind, expression
         else:
@@ -671,7 +758,7 @@ def _parse_add_fields(spec: Any, limits: QueryLimits) -> _Stage:
     if type(spec) is not dict:
         raise InvalidPipelineError("$addFields must be an object")
     _check_fields("$addFields", spec, limits)
-    return _AddFields(tuple((path, compile_expression(expr)) for path, expr in spec.items()))
+    return _AddFields(tuple((path, compile_expression(expr, limits)) for path, expr in spec.items()))
 
 
 def _parse_lookup(spec: Any, limits: QueryLimits) -> _Stage:
@@ -685,6 +772,139 @@ def _parse_lookup(spec: Any, limits: QueryLimits) -> _Stage:
     return _Lookup(*values)
 
 
+def _parse_set(spec: Any, limits: QueryLimits) -> _Stage:
+    if type(spec) is not dict:
+        raise InvalidPipelineError("$set must be an object")
+    return _parse_add_fields(spec, limits)
+
+
+def _parse_unset(spec: Any, limits: QueryLimits) -> _Stage:
+    names = [spec] if type(spec) is str else spec
+    if type(names) is not list or not all(type(name) is str for name in names):
+        raise InvalidPipelineError("$unset specification must be a string or an array of strings")
+    if not names:
+        raise InvalidPipelineError("$unset specification must be a string or an array with at least one field")
+    if len(names) > limits.pipeline_max_fields:
+        raise InvalidPipelineError(f"$unset has more than {limits.pipeline_max_fields} fields")
+    for name in names:
+        if not name or name.startswith("$") or "" in name.split("."):
+            raise InvalidPipelineError(f"$unset: invalid field path '{name}'")
+    return _Unset(tuple(tuple(name.split(".")) for name in names))
+
+
+def _parse_replace_root(spec: Any, limits: QueryLimits) -> _Stage:
+    if type(spec) is not dict or set(spec) != {"newRoot"}:
+        raise InvalidPipelineError("$replaceRoot requires exactly one field, 'newRoot'")
+    return _ReplaceRoot(compile_raw(spec["newRoot"], limits, nested=True), "$replaceRoot")
+
+
+def _parse_replace_with(spec: Any, limits: QueryLimits) -> _Stage:
+    return _ReplaceRoot(compile_raw(spec, limits, nested=True), "$replaceWith")
+
+
+def _is_computed(spec: Any) -> bool:
+    """A C{$}-path or an operator object (what C{$sortByCount} and C{$bucket} group by)."""
+    if type(spec) is str:
+        return spec.startswith("$")
+    return type(spec) is dict and len(spec) == 1 and next(iter(spec)).startswith("$")
+
+
+def _parse_sort_by_count(spec: Any, limits: QueryLimits) -> _Stage:
+    if not _is_computed(spec):
+        raise InvalidPipelineError("$sortByCount must be a $-prefixed path or an expression object")
+    return _SortByCount(_Group(compile_expression(spec, limits), (("count", _CountAcc, lambda doc: None),)))
+
+
+def _parse_accumulators(
+    stage: str, spec: dict[str, Any], limits: QueryLimits
+) -> tuple[tuple[str, Callable[[], _Accumulator], Expression], ...]:
+    accumulators = []
+    for name, acc in spec.items():
+        if type(acc) is not dict:
+            raise InvalidPipelineError("accumulator must be an object")
+        if len(acc) != 1:
+            raise InvalidPipelineError("accumulator must have exactly one operator")
+        ((op, operand),) = acc.items()
+        factory = _ACCUMULATORS.get(op)
+        if factory is None:
+            raise InvalidPipelineError(f"unknown accumulator: {op}")
+        expression = (lambda doc: None) if op == "$count" else compile_expression(operand, limits)
+        accumulators.append((name, factory, expression))
+    return tuple(accumulators)
+
+
+_BUCKET_KEYS = frozenset({"groupBy", "boundaries", "default", "output"})
+
+
+def _parse_bucket(spec: Any, limits: QueryLimits) -> _Stage:
+    if type(spec) is not dict:
+        raise InvalidPipelineError("$bucket must be an object")
+    for key in spec:
+        if key not in _BUCKET_KEYS:
+            raise InvalidPipelineError(f"unrecognized option to $bucket: {key}")
+    if "groupBy" not in spec or "boundaries" not in spec:
+        raise InvalidPipelineError("$bucket requires 'groupBy' and 'boundaries' to be specified")
+    if not _is_computed(spec["groupBy"]):
+        raise InvalidPipelineError("$bucket's 'groupBy' must be a $-prefixed path or an expression object")
+    boundaries = spec["boundaries"]
+    if type(boundaries) is not list or len(boundaries) < 2:
+        raise InvalidPipelineError("$bucket's 'boundaries' must be an array of at least 2 values")
+    if len(boundaries) > limits.query_max_array:
+        raise InvalidPipelineError(f"$bucket has more than {limits.query_max_array} boundaries")
+    keys = []
+    for value in boundaries:
+        if type(value) in (dict, list) or value is None or type(value) is bool:
+            raise InvalidPipelineError("$bucket's 'boundaries' must be numbers, strings or dates")
+        if type(value) is str and value.startswith("$"):
+            raise InvalidPipelineError("$bucket's 'boundaries' must be constant values")
+        keys.append(sort_key(value))
+    if len({key[0] for key in keys}) != 1:
+        raise InvalidPipelineError("$bucket's 'boundaries' must all be of one type")
+    for index in range(len(keys) - 1):
+        if not keys[index] < keys[index + 1]:
+            raise InvalidPipelineError(
+                f"$bucket's 'boundaries' must be sorted in ascending order without duplicates "
+                f"(elements {index} and {index + 1} are not)"
+            )
+    default: tuple[Any, ...] = ()
+    if "default" in spec:
+        value = spec["default"]
+        key = sort_key(value)
+        if key[0] == keys[0][0] and keys[0] <= key < keys[-1]:
+            raise InvalidPipelineError(
+                "$bucket's 'default' must be less than the lowest boundary or at least the highest"
+            )
+        default = (value,)
+    output = spec.get("output", {"count": {"$sum": 1}})
+    if type(output) is not dict:
+        raise InvalidPipelineError("$bucket's 'output' must be an object")
+    _check_fields("$bucket", output, limits)
+    accumulators = _parse_accumulators("$bucket", output, limits)
+    return _Bucket(
+        compile_expression(spec["groupBy"], limits), tuple(boundaries), tuple(keys), default, accumulators
+    )
+
+
+def _parse_facet(spec: Any, limits: QueryLimits) -> _Stage:
+    if type(spec) is not dict or not spec:
+        raise InvalidPipelineError("$facet must be a non-empty object")
+    _check_fields("$facet", spec, limits)
+    facets = []
+    stages = 0
+    for name, pipeline in spec.items():
+        if not name or name.startswith("$") or "." in name:
+            raise InvalidPipelineError(f"$facet output names must be non-empty, without '.' or a leading '$': {name!r}")
+        if type(pipeline) is not list:
+            raise InvalidPipelineError(f"$facet '{name}' must be an array of stages")
+        if not pipeline:
+            raise InvalidPipelineError(f"$facet '{name}' must not be empty")
+        stages += len(pipeline)
+        if stages > limits.pipeline_max_stages:
+            raise InvalidPipelineError(f"$facet has more than {limits.pipeline_max_stages} stages")
+        facets.append((name, _compile(pipeline, limits, in_facet=True)))
+    return _Facet(tuple(facets))
+
+
 _STAGES: dict[str, Callable[[Any, QueryLimits], _Stage]] = {
     "$match": _parse_match,
     "$group": _parse_group,
@@ -696,6 +916,13 @@ _STAGES: dict[str, Callable[[Any, QueryLimits], _Stage]] = {
     "$unwind": _parse_unwind,
     "$addFields": _parse_add_fields,
     "$lookup": _parse_lookup,
+    "$set": _parse_set,
+    "$unset": _parse_unset,
+    "$replaceRoot": _parse_replace_root,
+    "$replaceWith": _parse_replace_with,
+    "$sortByCount": _parse_sort_by_count,
+    "$bucket": _parse_bucket,
+    "$facet": _parse_facet,
 }
 
 STAGES = frozenset(_STAGES)
@@ -815,13 +1042,14 @@ class Pipeline:
         budget: Budget,
         *,
         skip_stages: int = 0,
+        prefix: str = "",
     ) -> Stream:
         """
         L{run} over documents with their JSON sizes, each stage within
         C{budget} (see the module docstring); the output and its sizes.
         """
         for index in range(skip_stages, len(self.stages)):
-            budget.start(self.names[index] if index < len(self.names) else "stage")
+            budget.start(prefix + (self.names[index] if index < len(self.names) else "stage"))
             docs, sizes = self.stages[index].run(docs, sizes, lookup, budget)
         return docs, sizes
 
@@ -833,6 +1061,10 @@ def compile_pipeline(pipeline: object, limits: QueryLimits = DEFAULT_LIMITS) -> 
     if len(pipeline) > limits.pipeline_max_stages:
         raise InvalidPipelineError(f"pipeline has more than {limits.pipeline_max_stages} stages")
     check_depth(pipeline, "pipeline", limits.query_max_depth)
+    return _compile(pipeline, limits, in_facet=False)
+
+
+def _compile(pipeline: list[Any], limits: QueryLimits, *, in_facet: bool) -> Pipeline:
     stages = []
     names = []
     for stage in pipeline:
@@ -844,6 +1076,8 @@ def compile_pipeline(pipeline: object, limits: QueryLimits = DEFAULT_LIMITS) -> 
         parser = _STAGES.get(name)
         if parser is None:
             raise InvalidPipelineError(f"unknown stage: {name}")
+        if in_facet and name == "$facet":
+            raise InvalidPipelineError("$facet is not allowed inside $facet")
         stages.append(parser(spec, limits))
         names.append(name)
     return Pipeline(tuple(stages), tuple(names))

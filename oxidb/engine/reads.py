@@ -37,13 +37,14 @@ from oxidb.engine.governor import (
     ByteCap,
     Deadline,
     QueryLimits,
+    approx_size,
     reply_cap,
     text_size,
 )
 from oxidb.engine.matcher import Matcher, SortSpec, compile_query, find_window, parse_sort
 from oxidb.engine.sqlquery import Plan, compile_plan, order_by
 from oxidb.engine.store import CollectionInfo
-from oxidb.errors import BadRequestError, InvalidQueryError
+from oxidb.errors import BadRequestError, DocumentNotObjectError, InvalidQueryError
 from oxidb.wire.limits import MAX_FRAME
 
 #: SQLite's string limit for the one-step fetch of a capped read (a reply,
@@ -76,6 +77,25 @@ def plan_query(query: object) -> Plan:
 def check_query(query: object, limits: QueryLimits = DEFAULT_LIMITS) -> Matcher:
     """Validate and compile a query (C{None} means C{{}}) to its matcher."""
     return compile_query({} if query is None else query, limits)
+
+
+@attrs.frozen
+class ScanStatement:
+    """
+    The statement of a read (L{Reader.scan_statement}).
+
+    @ivar sql: the C{SELECT _id, _version, doc} statement.
+    @ivar params: its parameters.
+    @ivar whole: no sort, skip or limit: fetched in one step, C{_id} order
+        made in Python.
+    @ivar window_in_sql: skip and limit (if any) are in the SQL; otherwise
+        they apply in Python after the residual matcher.
+    """
+
+    sql: str
+    params: tuple[Any, ...]
+    whole: bool
+    window_in_sql: bool
 
 
 @attrs.define(eq=False)
@@ -226,7 +246,8 @@ class Reader:
         check = self.deadline.check
         loads = orjson.loads
         matches = None if plan.exact else plan.matcher.matches
-        if spec is None and limit is None and not skip:
+        statement = self.scan_statement(info, plan, spec, skip, limit, index_arrays)
+        if statement.whole:
             concat_limit = None if charge is None else CAPPED_CONCAT_LENGTH
             selected = self._all_selected(info, plan, concat_limit, versions=versions)
             if matches is None:
@@ -245,16 +266,8 @@ class Reader:
                         charge(text_size(text))
                     yield _id, version, text, doc
             return
-        sql = f"SELECT _id, _version, doc FROM {info.tbl}"
-        if plan.where != "1":
-            sql += f" WHERE {plan.where}"
-        params = plan.params
-        sql += " " + order_by(spec, index_arrays=index_arrays, columns=plan.columns)
         if plan.exact:
-            if limit is not None or skip:
-                sql += " LIMIT ? OFFSET ?"
-                params = params + (-1 if limit is None else limit, skip or 0)
-            for _id, version, text in self.conn.execute(sql, params):
+            for _id, version, text in self.conn.execute(statement.sql, statement.params):
                 check()
                 if charge is not None:
                     charge(text_size(text))
@@ -262,7 +275,7 @@ class Reader:
             return
         to_skip = skip or 0
         remaining = limit
-        for _id, version, text in self.conn.execute(sql, params):
+        for _id, version, text in self.conn.execute(statement.sql, statement.params):
             check()
             doc = loads(text)
             assert matches is not None
@@ -278,6 +291,47 @@ class Reader:
                 remaining -= 1
                 if remaining == 0:
                     return
+
+    def scan_statement(
+        self,
+        info: CollectionInfo,
+        plan: Plan,
+        spec: SortSpec | None = None,
+        skip: int | None = None,
+        limit: int | None = None,
+        index_arrays: bool = True,
+    ) -> ScanStatement:
+        """
+        The SQL statement a read of C{plan}'s rows runs (L{rows}, L{texts},
+        and through them every read; C{explain} shows it): the rows
+        C{plan.where} selects, ordered by C{spec} then C{_id}, with C{skip}
+        and C{limit} in SQL when the plan is exact (else the residual
+        matcher runs first and they are applied in Python). Without sort,
+        skip or limit the statement is fetched in one step (see
+        L{_all_selected}) and sorted by C{_id} in Python.
+        """
+        sql = f"SELECT _id, _version, doc FROM {info.tbl}"
+        if plan.where != "1":
+            sql += f" WHERE {plan.where}"
+        params = plan.params
+        if spec is None and limit is None and not skip:
+            return ScanStatement(sql, params, whole=True, window_in_sql=True)
+        sql += " " + order_by(spec, index_arrays=index_arrays, columns=plan.columns)
+        if plan.exact and (limit is not None or skip):
+            sql += " LIMIT ? OFFSET ?"
+            params = params + (-1 if limit is None else limit, skip or 0)
+        return ScanStatement(sql, params, whole=False, window_in_sql=plan.exact)
+
+    def count_statement(self, info: CollectionInfo, plan: Plan) -> tuple[str, tuple[Any, ...]]:
+        """
+        The C{count(*)} of the rows C{plan.where} selects: L{count}'s whole
+        answer for an exact plan, otherwise the rows its residual matcher
+        then checks.
+        """
+        sql = f"SELECT count(*) FROM {info.tbl}"
+        if plan.where != "1":
+            sql += f" WHERE {plan.where}"
+        return sql, plan.params
 
     def _all_selected(
         self, info: CollectionInfo, plan: Plan, concat_limit: int | None = None, *, versions: bool = True
@@ -298,9 +352,7 @@ class Reader:
         falls back to stepping through the rows in C{_id} order, so that a
         capped caller can stop early.
         """
-        inner = f"SELECT _id, _version, doc FROM {info.tbl}"
-        if plan.where != "1":
-            inner += f" WHERE {plan.where}"
+        inner = self.scan_statement(info, plan).sql
         version_sql = "group_concat(_version)" if versions else "NULL"
         sql = f"SELECT group_concat(_id), {version_sql}, group_concat(doc, char(31)) FROM ({inner})"
         saved = None
@@ -399,10 +451,7 @@ class Reader:
             return 0
         info, plan = planned
         if plan.exact:
-            sql = f"SELECT count(*) FROM {info.tbl}"
-            if plan.where != "1":
-                sql += f" WHERE {plan.where}"
-            return int(self.conn.execute(sql, plan.params).fetchone()[0])
+            return int(self.conn.execute(*self.count_statement(info, plan)).fetchone()[0])
         return sum(1 for _ in self._scan(info, plan, None, None, None, True, None))
 
     def text_search(self, collection: str, query: object, limit: int = textindex.DEFAULT_LIMIT) -> list[dict[str, Any]]:
@@ -467,6 +516,32 @@ class Reader:
         out, out_sizes = compiled.run_sized(
             docs, sizes, self._lookup_in(budget), budget, skip_stages=prefix.stages
         )
+        cap = reply_cap(self.limits, "$skip and $limit")
+        for size in out_sizes:
+            cap.add(size + 1)
+        return out
+
+    def aggregate_docs(self, pipeline: object, docs: object) -> list[dict[str, Any]]:
+        """
+        Run a pipeline over C{docs}, documents given in the request
+        (server.md 3.4) rather than a collection's: every stage runs in
+        Python, C{$lookup} still reads collections. The input counts
+        against the budget as a first stage; the output must fit in a
+        reply.
+        """
+        compiled = compile_pipeline(pipeline, self.limits)
+        if type(docs) is not list:
+            raise BadRequestError("missing or invalid 'docs' array")
+        budget = Budget.of(self.limits, self.deadline)
+        budget.start("input")
+        sizes: list[int] = []
+        for doc in docs:
+            if type(doc) is not dict:
+                raise DocumentNotObjectError()
+            size = approx_size(doc)
+            budget.add(1, size)
+            sizes.append(size)
+        out, out_sizes = compiled.run_sized(list(docs), sizes, self._lookup_in(budget), budget)
         cap = reply_cap(self.limits, "$skip and $limit")
         for size in out_sizes:
             cap.add(size + 1)
