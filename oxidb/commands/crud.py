@@ -32,7 +32,7 @@ from oxidb.commands._args import is_uint, max_time_ms, require_collection, requi
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
-from oxidb.engine.operations import Delete, DeleteOne, Insert, InsertMany, Operation, Update, UpdateOne
+from oxidb.engine.operations import MAX_LIMIT, Delete, DeleteOne, Insert, InsertMany, Operation, Update, UpdateOne
 from oxidb.errors import BadRequestError
 from oxidb.wire.codec import RawJSON
 
@@ -115,32 +115,58 @@ def count(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     return d
 
 
+def update_options(request: dict[str, Any]) -> tuple[bool, list[Any] | None]:
+    """
+    C{upsert} (default false) and C{array_filters} (or MongoDB's spelling
+    C{arrayFilters}; null or absent: none), checked.
+    """
+    upsert = request.get("upsert")
+    if upsert is None:
+        upsert = False
+    elif not isinstance(upsert, bool):
+        raise BadRequestError("'upsert' must be a boolean")
+    for key in ("array_filters", "arrayFilters"):
+        value = request.get(key)
+        if value is not None and (type(value) is not list or not all(type(f) is dict for f in value)):
+            raise BadRequestError("'array_filters' must be an array of objects")
+    array_filters = request.get("array_filters")
+    if array_filters is None:
+        array_filters = request.get("arrayFilters")
+    return upsert, array_filters
+
+
 def _update(kind: type[Update] | type[UpdateOne], ctx: CommandContext, request: dict[str, Any]) -> Any:
     collection = require_collection(request)
     query = require_present(request, "query")
     update = require_present(request, "update")
-    return _write(ctx, kind(collection, query, update))
+    upsert, array_filters = update_options(request)
+    return _write(ctx, kind(collection, query, update, upsert, array_filters))
 
 
 def update(ctx: CommandContext, request: dict[str, Any]) -> Any:
-    """C{{"modified": n}}: every matching document, all-or-nothing."""
+    """
+    C{{"modified": n}}: every matching document, all-or-nothing. With
+    C{upsert} and no match, one new document: C{{"modified": 0,
+    "upserted_id": id}}.
+    """
     return _update(Update, ctx, request)
 
 
 def update_one(ctx: CommandContext, request: dict[str, Any]) -> Any:
-    """C{{"modified": 0 | 1}}: the matching document with the lowest C{_id}."""
+    """C{{"modified": 0 | 1}}: the matching document with the lowest C{_id}; C{upsert} as C{update}."""
     return _update(UpdateOne, ctx, request)
 
 
 def delete(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """
     C{{"deleted": n}}. The optional C{limit} ([N]) deletes at most that many
-    (lowest C{_id} first) and must be a non-negative integer.
+    (lowest C{_id} first) and must be a non-negative integer (at most
+    2**63 - 1).
     """
     collection = require_collection(request)
     query = require_present(request, "query")
     limit = request.get("limit")
-    if limit is not None and not is_uint(limit):
+    if limit is not None and not (is_uint(limit) and limit <= MAX_LIMIT):
         raise BadRequestError("'limit' must be a non-negative integer")
     return _write(ctx, Delete(collection, query, limit))
 
@@ -153,6 +179,33 @@ def delete_one(ctx: CommandContext, request: dict[str, Any]) -> Any:
 
 
 _RW = Role.READWRITE
+_ARRAY_FILTERS_TEXT = "'array_filters' must be an array of objects"
+_UPDATE_FIELDS = (
+    Field("update", JsonType.ANY, required=True, doc="update operators"),
+    Field(
+        "upsert",
+        JsonType.BOOLEAN,
+        invalid="'upsert' must be a boolean",
+        doc=(
+            "insert a document built from the query's equality fields and the update"
+            ' when nothing matches; adds `"upserted_id"`'
+        ),
+    ),
+    Field(
+        "array_filters",
+        JsonType.ARRAY,
+        invalid=_ARRAY_FILTERS_TEXT,
+        items=JsonType.OBJECT,
+        doc='filters of the `$[<id>]` paths, e.g. `[{"x.qty": {"$gt": 5}}]`',
+    ),
+    Field(
+        "arrayFilters",
+        JsonType.ARRAY,
+        invalid=_ARRAY_FILTERS_TEXT,
+        items=JsonType.OBJECT,
+        doc="MongoDB's spelling of `array_filters` (used when `array_filters` is absent)",
+    ),
+)
 _QUERY = Field("query", JsonType.ANY, required=True, doc="a filter object (checked by the engine)")
 _READ_QUERY = Field("query", JsonType.OBJECT, doc="a filter; absent or null: `{}`; checked by the engine")
 
@@ -211,16 +264,22 @@ COMMANDS = [
         update,
         writes=True,
         role=_RW,
-        schema=fields(collection_field(), _QUERY, Field("update", JsonType.ANY, required=True, doc="update operators")),
-        summary='Updates every matching document, all-or-nothing: `{"modified": n}`.',
+        schema=fields(collection_field(), _QUERY, *_UPDATE_FIELDS),
+        summary=(
+            'Updates every matching document, all-or-nothing: `{"modified": n}`; an upsert that matched'
+            ' nothing adds `"upserted_id"`.'
+        ),
     ),
     Command(
         "update_one",
         update_one,
         writes=True,
         role=_RW,
-        schema=fields(collection_field(), _QUERY, Field("update", JsonType.ANY, required=True, doc="update operators")),
-        summary='Updates the matching document with the lowest `_id`: `{"modified": 0 | 1}`.',
+        schema=fields(collection_field(), _QUERY, *_UPDATE_FIELDS),
+        summary=(
+            'Updates the matching document with the lowest `_id`: `{"modified": 0 | 1}`; an upsert that'
+            ' matched nothing adds `"upserted_id"`.'
+        ),
     ),
     Command(
         "delete",

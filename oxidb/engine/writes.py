@@ -25,7 +25,7 @@ import orjson
 from oxidb.engine import keys, paths, store, textstore, values
 from oxidb.engine.reads import Reader, check_query
 from oxidb.engine.store import CollectionInfo, IndexDef
-from oxidb.engine.updates import compile_update
+from oxidb.engine.updates import compile_update, upsert_document
 from oxidb.errors import (
     BadRequestError,
     CollectionExistsError,
@@ -171,24 +171,38 @@ class WriteTxn(Reader):
             textstore.add(self.conn, info.tbl, text_index.fields, [(row[0], row[2]) for row in rows])
         return list(range(first, last + 1))
 
-    def update(self, collection: object, query: object, update: object, *, one: bool = False) -> int:
+    def update(
+        self,
+        collection: object,
+        query: object,
+        update: object,
+        *,
+        one: bool = False,
+        array_filters: object = None,
+        positional_query: object = None,
+    ) -> int:
         """
         Apply an update to every matching document (or the one with the
         lowest C{_id}); the number matched. All-or-nothing.
+
+        @param array_filters: the C{arrayFilters} of C{$[<id>]} paths.
+        @param positional_query: the query C{$} paths refer to, when it is
+            not C{query} (a transaction's commit selects by C{_id}).
         """
         if query is None:
             raise BadRequestError("missing 'query'")
         if update is None:
             raise BadRequestError("missing 'update'")
         matcher = check_query(query)
-        compiled = compile_update(update)
+        compiled = compile_update(update, array_filters)
+        positional = matcher if positional_query is None else check_query(positional_query)
         info = self.ensure_collection(collection)
         matched = list(self.rows(info, self.plan_for(info, matcher), None, None, 1 if one else None))
         if not matched:
             return 0
         rows = []
         for doc_id, version, doc in matched:
-            new = compiled.apply(doc, self.now)
+            new = compiled.apply(doc, self.now, positional)
             rows.append(_prepare(new, doc_id, version + 1))
         defs = store.list_index_defs(self.conn, info.name)
         self._check_unique(info, defs, rows, replacing=True)
@@ -204,6 +218,19 @@ class WriteTxn(Reader):
             textstore.remove(self.conn, info.tbl, ids)
             textstore.add(self.conn, info.tbl, text_index.fields, [(row[0], row[2]) for row in rows])
         return len(rows)
+
+    def upsert(self, collection: object, query: object, update: object, array_filters: object = None) -> int:
+        """
+        Insert the document an upsert that matched nothing creates: the
+        query's equality fields (L{upsert_document}), then the update
+        applied as to a new document (C{$setOnInsert} included); its new
+        C{_id}, the collection's next one. Deterministic given the state and
+        C{now}, so every replica computes the same document and id.
+        """
+        matcher = check_query(query)
+        compiled = compile_update(update, array_filters)
+        document = compiled.apply(upsert_document(matcher), self.now, matcher, inserting=True)
+        return self.insert(collection, document)
 
     def delete(self, collection: object, query: object, limit: int | None = None) -> int:
         """

@@ -1,0 +1,277 @@
+"""
+Writes beyond v0.15 (issue 14): upserts and C{$setOnInsert}, array update
+operators (C{$[]}, C{$[<id>]} with array filters, positional C{$}),
+C{delete} with C{limit}, C{find_and_modify} and TTL indexes; through the
+in-memory server on a real engine, plus their typed operations' log form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from oxidb.config import Config
+from oxidb.engine import procedures, transactions
+from oxidb.engine.engine import Engine
+from oxidb.engine.operations import VERSION_KEY, OperationCodec, Update, UpdateOne
+from oxidb.engine.transactions import CommitTransaction, TxUpdate
+from oxidb.engine.updates import compile_update
+from oxidb.errors import InvalidQueryError
+from oxidb.testing import MemoryServer, OxiClientProtocol, result_of
+
+NOW = 1_700_000_000
+
+
+class Conn:
+    """One in-memory client connection with request helpers."""
+
+    def __init__(self, server: MemoryServer) -> None:
+        self.client: OxiClientProtocol
+        self.client, self.pump = server.connect()
+
+    def reply(self, cmd: str, **request: Any) -> Any:
+        d = self.client.request({"cmd": cmd, **request})
+        self.pump.flush()
+        return result_of(d)
+
+    def ok(self, cmd: str, **request: Any) -> Any:
+        reply = self.reply(cmd, **request)
+        assert reply.get("ok") is True, reply
+        return reply["data"]
+
+    def error(self, cmd: str, **request: Any) -> str:
+        reply = self.reply(cmd, **request)
+        assert reply.get("ok") is False, reply
+        return str(reply["error"])
+
+    def docs(self, collection: str = "c", **query: Any) -> list[dict[str, Any]]:
+        """The collection's documents without C{_version}."""
+        found = self.ok("find", collection=collection, query=query)
+        return [{k: v for k, v in doc.items() if k != "_version"} for doc in found]
+
+
+@pytest.fixture
+def server(tmp_path: Any) -> Iterator[MemoryServer]:
+    data_dir = str(tmp_path / "data")
+    engine = Engine(data_dir, synchronous="OFF")
+    transactions.register_appliers(engine)
+    procedures.register_appliers(engine)
+    with engine:
+        server = MemoryServer(Config(data_dir=data_dir), engine=engine)
+        server.clock.advance(NOW)
+        yield server
+
+
+@pytest.fixture
+def conn(server: MemoryServer) -> Conn:
+    return Conn(server)
+
+
+# --- upsert -----------------------------------------------------------------------------
+
+
+def test_upsert_inserts_query_equalities_set_on_insert_and_update(conn: Conn) -> None:
+    conn.ok("insert", collection="c", doc={"sku": "a"})
+    reply = conn.ok(
+        "update",
+        collection="c",
+        query={"sku": "b", "dims.h": 2, "color": {"$eq": "red"}, "qty": {"$gt": 5}, "$and": [{"tag": "x"}]},
+        update={"$set": {"n": 1}, "$inc": {"seen": 1}, "$setOnInsert": {"created": True}},
+        upsert=True,
+    )
+    assert reply == {"modified": 0, "upserted_id": 2}
+    assert conn.docs(sku="b") == [
+        {"sku": "b", "dims": {"h": 2}, "color": "red", "tag": "x", "n": 1, "seen": 1, "created": True, "_id": 2}
+    ]
+
+
+def test_upsert_that_matches_updates_and_ignores_set_on_insert(conn: Conn) -> None:
+    conn.ok("insert_many", collection="c", docs=[{"k": 1}, {"k": 1}])
+    reply = conn.ok(
+        "update", collection="c", query={"k": 1}, update={"$set": {"n": 2}, "$setOnInsert": {"x": 1}}, upsert=True
+    )
+    assert reply == {"modified": 2}
+    assert conn.docs() == [{"k": 1, "n": 2, "_id": 1}, {"k": 1, "n": 2, "_id": 2}]
+    assert conn.ok("update_one", collection="c", query={"k": 1}, update={"$inc": {"n": 1}}, upsert=True) == {
+        "modified": 1
+    }
+
+
+def test_update_one_upsert_and_ids_skip_reserved_fields(conn: Conn) -> None:
+    reply = conn.ok(
+        "update_one", collection="u", query={"_id": 99, "name": "n"}, update={"$set": {"v": 1}}, upsert=True
+    )
+    assert reply == {"modified": 0, "upserted_id": 1}
+    assert conn.docs("u") == [{"name": "n", "v": 1, "_id": 1}]
+    assert conn.ok("update", collection="u", query={"name": "m"}, update={"$set": {"v": 2}}, upsert=False) == {
+        "modified": 0
+    }
+    assert conn.ok("count", collection="u") == {"count": 1}
+
+
+def test_upsert_errors_leave_nothing(conn: Conn) -> None:
+    conn.ok("create_unique_index", collection="c", field="email")
+    conn.ok("insert", collection="c", doc={"email": "a@x"})
+    assert conn.error(
+        "update", collection="c", query={"name": "b"}, update={"$set": {"email": "a@x"}}, upsert=True
+    ).startswith("unique constraint violated")
+    assert "cannot modify reserved field" in conn.error(
+        "update", collection="c", query={"k": 1}, update={"$setOnInsert": {"_id": 5}}, upsert=True
+    )
+    assert "unknown update operator" in conn.error(
+        "update", collection="c", query={"k": 1}, update={"k": 2}, upsert=True
+    )
+    assert conn.ok("count", collection="c") == {"count": 1}
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "text"),
+    [
+        ({"upsert": "yes"}, "'upsert' must be a boolean"),
+        ({"upsert": 1}, "'upsert' must be a boolean"),
+        ({"array_filters": {"x": 1}}, "'array_filters' must be an array of objects"),
+        ({"array_filters": [1]}, "'array_filters' must be an array of objects"),
+        ({"arrayFilters": "x"}, "'array_filters' must be an array of objects"),
+        ({"query": None}, "missing 'query'"),
+        ({"update": None}, "missing 'update'"),
+    ],
+)
+def test_update_option_texts(conn: Conn, request_fields: dict[str, Any], text: str) -> None:
+    request = {"collection": "c", "query": {}, "update": {"$set": {"a": 1}}, **request_fields}
+    for cmd in ("update", "update_one"):
+        assert conn.error(cmd, **request) == text
+
+
+def test_upsert_inside_a_transaction(conn: Conn) -> None:
+    conn.ok("insert", collection="c", doc={"k": 1})
+    conn.ok("begin_tx")
+    assert conn.ok("update", collection="c", query={"k": 1}, update={"$set": {"n": 1}}, upsert=True) == "buffered"
+    reply = conn.ok("update_one", collection="c", query={"k": 2}, update={"$setOnInsert": {"new": True}}, upsert=True)
+    assert reply == {"upserted_id": 2}
+    assert conn.ok("find_one", collection="c", query={"k": 2})["new"] is True
+    assert conn.ok("commit_tx") == "committed"
+    assert conn.docs() == [{"k": 1, "n": 1, "_id": 1}, {"k": 2, "new": True, "_id": 2}]
+
+
+def test_update_operations_log_form() -> None:
+    codec = OperationCodec([Update, UpdateOne])
+    plain = Update("c", {"a": 1}, {"$set": {"b": 1}})
+    assert plain.to_json() == {"Update": {"collection": "c", "query": {"a": 1}, "update": {"$set": {"b": 1}}, "v": 1}}
+    upsert = UpdateOne("c", {"a": 1}, {"$set": {"x.$[e]": 1}}, True, [{"e": 1}])
+    body = upsert.to_json()["UpdateOne"]
+    assert body[VERSION_KEY] == 2 and body["upsert"] is True and body["array_filters"] == [{"e": 1}]
+    assert codec.decode(upsert.to_json()) == upsert
+    assert codec.decode(plain.to_json()) == plain
+    # A version-1 reader would refuse the options rather than drop them.
+    old = OperationCodec()
+    old.register(type("OldUpdateOne", (UpdateOne,), {"VERSION": 1}))
+    with pytest.raises(Exception, match="unsupported operation version"):
+        old.decode(upsert.to_json())
+
+
+def test_commit_transaction_version_follows_update_options() -> None:
+    plain = CommitTransaction((), (TxUpdate("c", ((1, 1),), {"$set": {"a": 1}}),))
+    assert plain.to_json()["CommitTransaction"][VERSION_KEY] == 1
+    filtered = CommitTransaction((), (TxUpdate("c", ((1, 2),), {"$set": {"a.$[x]": 1}}, [{"x": 1}], None),))
+    assert filtered.to_json()["CommitTransaction"][VERSION_KEY] == 2
+    codec = OperationCodec([CommitTransaction])
+    assert codec.decode(filtered.to_json()) == filtered
+
+
+# --- array update operators ----------------------------------------------------------
+
+
+def apply(update: dict[str, Any], doc: dict[str, Any], array_filters: Any = None, query: Any = None) -> Any:
+    from oxidb.engine.matcher import compile_query
+
+    matcher = None if query is None else compile_query(query)
+    return compile_update(update, array_filters).apply(doc, NOW, matcher)
+
+
+def test_all_elements_and_filtered_elements() -> None:
+    doc = {"a": [1, 5, 9], "items": [{"q": 1, "t": []}, {"q": 7, "t": [1]}]}
+    assert apply({"$inc": {"a.$[]": 1}}, doc)["a"] == [2, 6, 10]
+    assert apply({"$set": {"a.$[big]": 0}}, doc, [{"big": {"$gte": 5}}])["a"] == [1, 0, 0]
+    assert apply({"$set": {"items.$[i].ok": True}}, doc, [{"i.q": {"$gt": 5}}])["items"] == [
+        {"q": 1, "t": []},
+        {"q": 7, "t": [1], "ok": True},
+    ]
+    assert apply({"$push": {"items.$[].t": 2}}, doc)["items"] == [{"q": 1, "t": [2]}, {"q": 7, "t": [1, 2]}]
+    assert apply({"$unset": {"a.$[x]": ""}}, doc, [{"x": 5}])["a"] == [1, None, 9]
+    nested = {"m": [[1, 2], [3]]}
+    assert apply({"$mul": {"m.$[].$[]": 10}}, nested)["m"] == [[10, 20], [30]]
+    assert doc["a"] == [1, 5, 9]  # never mutated
+
+
+def test_positional_operator_uses_the_query_elem_match() -> None:
+    doc = {"grades": [70, 85, 90], "items": [{"sku": "a", "n": 1}, {"sku": "b", "n": 1}]}
+    assert apply({"$set": {"grades.$": 0}}, doc, query={"grades": {"$elemMatch": {"$gte": 80}}})["grades"] == [
+        70,
+        0,
+        90,
+    ]
+    query = {"$and": [{"items": {"$elemMatch": {"sku": "b"}}}]}
+    assert apply({"$inc": {"items.$.n": 5}}, doc, query=query)["items"][1] == {"sku": "b", "n": 6}
+    with pytest.raises(InvalidQueryError, match="positional operator did not find the match"):
+        apply({"$set": {"grades.$": 0}}, doc, query={"grades": {"$size": 3}})
+
+
+@pytest.mark.parametrize(
+    ("update", "array_filters", "text"),
+    [
+        ({"$set": {"a.$[x]": 1}}, None, "no array filter found for identifier 'x' in path 'a.$[x]'"),
+        ({"$set": {"a.$[]": 1}}, [{"x": 1}], "the array filter for identifier 'x' was not used in the update"),
+        ({"$set": {"a.$[x]": 1}}, [{"x": 1}, {"x": 2}], "array filter identifier 'x' is defined more than once"),
+        ({"$set": {"a.$[x]": 1}}, [{"x": 1, "y": 1}], "an array filter must use a single top-level identifier"),
+        ({"$set": {"a.$[X]": 1}}, [{"X": 1}], "array filter identifier 'X' must start with a lower-case letter"),
+        ({"$set": {"a.$[x]": 1}}, [{}], "each array filter must be a non-empty object"),
+        ({"$set": {"a.$[x]": 1}}, "x", "arrayFilters must be an array of objects"),
+        ({"$set": {"a.$[x]": 1}}, [{"x": {"$bogus": 1}}], "unknown operator"),
+    ],
+)
+def test_array_filter_errors(update: dict[str, Any], array_filters: Any, text: str) -> None:
+    with pytest.raises(InvalidQueryError, match=text.replace("$", r"\$").replace("[", r"\[")):
+        compile_update(update, array_filters)
+
+
+def test_array_paths_need_arrays_and_rename_refuses_them() -> None:
+    with pytest.raises(InvalidQueryError, match="the path 'a' must exist in the document"):
+        apply({"$set": {"a.$[]": 1}}, {"a": 3})
+    with pytest.raises(InvalidQueryError, match="the path 'a' must exist in the document"):
+        apply({"$set": {"a.$[]": 1}}, {})
+    with pytest.raises(InvalidQueryError, match="rename does not support array update operators"):
+        apply({"$rename": {"a.$[]": "b"}}, {"a": [1]})
+    with pytest.raises(InvalidQueryError, match="cannot modify reserved field"):
+        apply({"$set": {"_id.$[]": 1}}, {"_id": [1]})
+
+
+def test_array_filters_on_the_wire_and_in_a_transaction(conn: Conn) -> None:
+    conn.ok("insert_many", collection="c", docs=[{"s": [1, 8, 9]}, {"s": [10]}])
+    reply = conn.ok("update", collection="c", query={}, update={"$set": {"s.$[hi]": 0}}, arrayFilters=[{"hi": 9}])
+    assert reply == {"modified": 2}
+    assert [d["s"] for d in conn.docs()] == [[1, 8, 0], [10]]
+    conn.ok("begin_tx")
+    conn.ok("update", collection="c", query={}, update={"$inc": {"s.$[x]": 100}}, array_filters=[{"x": {"$gte": 8}}])
+    conn.ok(
+        "update_one",
+        collection="c",
+        query={"s": {"$elemMatch": {"$lt": 100}}},
+        update={"$set": {"s.$": -1}},
+    )
+    assert conn.ok("commit_tx") == "committed"
+    assert [d["s"] for d in conn.docs()] == [[-1, 108, 0], [110]]
+    assert "no array filter found" in conn.error(
+        "update", collection="c", query={}, update={"$set": {"s.$[y]": 1}}, array_filters=[]
+    )
+
+
+def test_delete_limit(conn: Conn) -> None:
+    conn.ok("insert_many", collection="c", docs=[{"k": 1}] * 5)
+    assert conn.ok("delete", collection="c", query={"k": 1}, limit=2) == {"deleted": 2}
+    assert [d["_id"] for d in conn.docs()] == [3, 4, 5]
+    assert conn.ok("delete", collection="c", query={"k": 1}, limit=0) == {"deleted": 0}
+    assert conn.error("delete", collection="c", query={}, limit="2") == "'limit' must be a non-negative integer"
+    assert conn.error("delete", collection="c", query={}, limit=2**64) == "'limit' must be a non-negative integer"
+    assert conn.ok("delete", collection="c", query={}, limit=2**63 - 1) == {"deleted": 3}
