@@ -25,7 +25,7 @@ READ = {
 #: ReadWrite adds CRUD, indexes, collections, transactions, blobs, running
 #: procedures and switching schedules.
 READWRITE = READ | {
-    "insert", "insert_many", "update", "update_one", "delete", "delete_one",
+    "insert", "insert_many", "update", "update_one", "delete", "delete_one", "find_and_modify",
     "create_index", "create_unique_index", "create_composite_index", "create_text_index", "drop_index",
     "create_collection", "drop_collection", "compact",
     "begin_tx", "commit_tx", "rollback_tx",
@@ -51,7 +51,7 @@ NOT_YET = {
     "aggregate_docs", "explain", "vector_search",
     "snapshot_begin", "snapshot_find", "snapshot_count", "snapshot_aggregate", "snapshot_end",
     "fts_status", "list_databases", "use_db",
-    "find_and_modify", "find_for_update",
+    "find_for_update",
     "create_vector_index", "create_ttl_index", "create_geo_index", "create_collection_with_options",
     "restore_to_point", "archive_status", "create_database", "drop_database", "watch", "unwatch",
 }  # fmt: skip

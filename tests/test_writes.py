@@ -275,3 +275,113 @@ def test_delete_limit(conn: Conn) -> None:
     assert conn.error("delete", collection="c", query={}, limit="2") == "'limit' must be a non-negative integer"
     assert conn.error("delete", collection="c", query={}, limit=2**64) == "'limit' must be a non-negative integer"
     assert conn.ok("delete", collection="c", query={}, limit=2**63 - 1) == {"deleted": 3}
+
+
+# --- find_and_modify -------------------------------------------------------------------
+
+
+def test_find_and_modify_returns_old_or_new_document(conn: Conn) -> None:
+    conn.ok("insert_many", collection="c", docs=[{"k": 1, "n": 5}, {"k": 1, "n": 3}, {"k": 2, "n": 9}])
+    old = conn.ok("find_and_modify", collection="c", query={"k": 1}, update={"$inc": {"n": 10}})
+    assert old == {"k": 1, "n": 5, "_id": 1, "_version": 1}
+    new = conn.ok("find_and_modify", collection="c", query={"k": 1}, update={"$inc": {"n": 1}}, sort={"n": 1}, new=True)
+    assert new == {"k": 1, "n": 4, "_id": 2, "_version": 2}
+    projected = conn.ok(
+        "find_and_modify",
+        collection="c",
+        query={},
+        update={"$set": {"top": True}},
+        sort={"n": -1},
+        fields={"n": 1, "_id": 0},
+        new=True,
+    )
+    assert projected == {"n": 15}
+    excluded = conn.ok("find_and_modify", collection="c", query={"k": 2}, update={"$set": {"x": 1}}, fields={"n": 0})
+    assert excluded == {"k": 2, "_id": 3, "_version": 1}
+    assert conn.ok("find_and_modify", collection="c", query={"k": 7}, update={"$set": {"x": 1}}) is None
+
+
+def test_find_and_modify_remove_and_upsert(conn: Conn) -> None:
+    conn.ok("insert_many", collection="q", docs=[{"job": "a", "p": 1}, {"job": "b", "p": 9}])
+    taken = conn.ok("find_and_modify", collection="q", query={}, sort={"p": -1}, remove=True)
+    assert taken["job"] == "b"
+    assert [d["job"] for d in conn.docs("q")] == ["a"]
+    assert conn.ok("find_and_modify", collection="q", query={"job": "z"}, remove=True) is None
+    none = conn.ok("find_and_modify", collection="q", query={"job": "c"}, update={"$set": {"p": 2}}, upsert=True)
+    assert none is None
+    made = conn.ok(
+        "find_and_modify",
+        collection="q",
+        query={"job": "d"},
+        update={"$setOnInsert": {"p": 0}},
+        upsert=True,
+        new=True,
+    )
+    assert made == {"job": "d", "p": 0, "_id": 4, "_version": 1}
+    assert [d["job"] for d in conn.docs("q")] == ["a", "c", "d"]
+    positional = conn.ok(
+        "find_and_modify",
+        collection="q",
+        query={"job": "a"},
+        update={"$set": {"tags": ["x", "y"]}},
+        new=True,
+        fields={"tags": 1},
+    )
+    assert positional == {"_id": 1, "tags": ["x", "y"]}
+    conn.ok(
+        "find_and_modify",
+        collection="q",
+        query={"tags": {"$elemMatch": {"$eq": "y"}}},
+        update={"$set": {"tags.$": "Y", "tags.$[t]": "X"}},
+        array_filters=[{"t": "x"}],
+    )
+    assert conn.docs("q", job="a")[0]["tags"] == ["X", "Y"]
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "text"),
+    [
+        ({"query": None}, "missing 'query'"),
+        ({"update": None}, "missing 'update'"),
+        ({"remove": True}, "find_and_modify takes 'update' or 'remove', not both"),
+        ({"remove": "yes"}, "'remove' must be a boolean"),
+        ({"new": 1}, "'new' must be a boolean"),
+        ({"upsert": "no"}, "'upsert' must be a boolean"),
+        ({"remove": True, "update": None, "upsert": True}, "'upsert' cannot be used with 'remove'"),
+        ({"remove": True, "update": None, "new": True}, "'new' cannot be used with 'remove'"),
+        ({"sort": [1]}, "'sort' must be an object"),
+        ({"sort": {"a": 2}}, "invalid query: sort direction must be 1 (asc) or -1 (desc)"),
+        ({"fields": "a"}, "'fields' must be an object"),
+        ({"fields": {"a": 1, "b": 0}}, "invalid query: projection cannot mix inclusion and exclusion"),
+        ({"fields": {"a": "x"}}, "invalid query: projection value for 'a' must be 0, 1, true or false"),
+        ({"array_filters": [2]}, "'array_filters' must be an array of objects"),
+        (
+            {"update": {"$set": {"a.$[x]": 1}}},
+            "invalid query: no array filter found for identifier 'x' in path 'a.$[x]'",
+        ),
+        ({"update": []}, "invalid query: update must be an object"),
+        ({"collection": "_procedures"}, "invalid query: collection name is reserved for the server: _procedures"),
+    ],
+)
+def test_find_and_modify_bad_input(conn: Conn, request_fields: dict[str, Any], text: str) -> None:
+    conn.ok("insert", collection="c", doc={"a": 1})
+    request = {"collection": "c", "query": {}, "update": {"$set": {"a": 2}}, **request_fields}
+    assert conn.error("find_and_modify", **request) == text
+    assert conn.docs() == [{"a": 1, "_id": 1}]
+
+
+def test_find_and_modify_is_refused_in_a_transaction(conn: Conn) -> None:
+    conn.ok("begin_tx")
+    text = conn.error("find_and_modify", collection="c", query={}, update={"$set": {"a": 1}})
+    assert text == "find_and_modify is not supported inside a transaction"
+    assert conn.ok("rollback_tx") == "rolled back"
+
+
+def test_find_and_modify_log_form() -> None:
+    from oxidb.engine.operations import FindAndModify
+
+    codec = OperationCodec([FindAndModify])
+    op = FindAndModify("c", {"k": 1}, None, True, False, False, {"p": -1}, {"p": 1}, None)
+    assert codec.decode(op.to_json()) == op
+    with pytest.raises(Exception, match="missing 'update'"):
+        codec.decode({"FindAndModify": {"collection": "c", "query": {}}})

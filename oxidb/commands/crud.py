@@ -1,7 +1,7 @@
 """
 Document commands: C{insert}, C{insert_many}, C{find}, C{find_one},
 C{update}, C{update_one}, C{delete}, C{delete_one}, C{count} (server.md 3.3,
-engine.md 0-3).
+engine.md 0-3) and C{find_and_modify} (server.md 3.4).
 
 Request texts follow server.md 3.2: a required field that is absent, null or
 (for strings and arrays) of the wrong type is C{missing '<field>'}; an
@@ -16,7 +16,7 @@ server's time limit (see docs/security.md, "Limits").
 
 Transaction seam. When a transaction is open on the connection
 (C{ctx.session.tx}, an L{oxidb.commands.transactions.ISessionTransaction}),
-every command here hands over to it: writes call C{tx.buffer(ctx, op)} with
+every command here but C{find_and_modify} (refused there) hands over to it: writes call C{tx.buffer(ctx, op)} with
 the very operation (an L{oxidb.engine.operations.Operation}) they would have
 written; C{find}, C{find_one} and
 C{count} call C{tx.find}/C{tx.find_one}/C{tx.count}. Unlike v0.15, none
@@ -32,7 +32,17 @@ from oxidb.commands._args import is_uint, max_time_ms, require_collection, requi
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
-from oxidb.engine.operations import MAX_LIMIT, Delete, DeleteOne, Insert, InsertMany, Operation, Update, UpdateOne
+from oxidb.engine.operations import (
+    MAX_LIMIT,
+    Delete,
+    DeleteOne,
+    FindAndModify,
+    Insert,
+    InsertMany,
+    Operation,
+    Update,
+    UpdateOne,
+)
 from oxidb.errors import BadRequestError
 from oxidb.wire.codec import RawJSON
 
@@ -178,6 +188,43 @@ def delete_one(ctx: CommandContext, request: dict[str, Any]) -> Any:
     return _write(ctx, DeleteOne(collection, query))
 
 
+def _flag(request: dict[str, Any], key: str) -> bool:
+    value = request.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequestError(f"'{key}' must be a boolean")
+    return value
+
+
+def _optional_object(request: dict[str, Any], key: str) -> dict[str, Any] | None:
+    value = request.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise BadRequestError(f"'{key}' must be an object")
+    return value
+
+
+def find_and_modify(ctx: CommandContext, request: dict[str, Any]) -> Any:
+    """
+    The first matching document in C{sort} order, updated (C{update}) or
+    removed (C{remove}) in one write: as it was, or as it is after the
+    update with C{new}; C{upsert}, C{fields} (a projection) and
+    C{array_filters} as for C{update}; null when nothing matched. Refused
+    inside a transaction (it would bypass it).
+    """
+    collection = require_collection(request)
+    query = require_present(request, "query")
+    remove = _flag(request, "remove")
+    new = _flag(request, "new")
+    upsert, array_filters = update_options(request)
+    sort = _optional_object(request, "sort")
+    fields = _optional_object(request, "fields")
+    if ctx.session.tx is not None:
+        raise BadRequestError("find_and_modify is not supported inside a transaction")
+    op = FindAndModify(collection, query, request.get("update"), remove, new, upsert, sort, fields, array_filters)
+    return ctx.write(op)
+
+
 _RW = Role.READWRITE
 _ARRAY_FILTERS_TEXT = "'array_filters' must be an array of objects"
 _UPDATE_FIELDS = (
@@ -206,6 +253,10 @@ _UPDATE_FIELDS = (
         doc="MongoDB's spelling of `array_filters` (used when `array_filters` is absent)",
     ),
 )
+_FLAG_DOCS = {
+    "remove": "delete the document instead of updating it",
+    "new": "answer the document after the update (default: before)",
+}
 _QUERY = Field("query", JsonType.ANY, required=True, doc="a filter object (checked by the engine)")
 _READ_QUERY = Field("query", JsonType.OBJECT, doc="a filter; absent or null: `{}`; checked by the engine")
 
@@ -305,5 +356,35 @@ COMMANDS = [
         role=_RW,
         schema=fields(collection_field(), _QUERY),
         summary='Deletes the matching document with the lowest `_id`: `{"deleted": 0 | 1}`.',
+    ),
+    Command(
+        "find_and_modify",
+        find_and_modify,
+        writes=True,
+        role=_RW,
+        schema=fields(
+            collection_field(),
+            _QUERY,
+            Field("remove", JsonType.BOOLEAN, invalid="'remove' must be a boolean", doc=_FLAG_DOCS["remove"]),
+            Field("new", JsonType.BOOLEAN, invalid="'new' must be a boolean", doc=_FLAG_DOCS["new"]),
+            *_UPDATE_FIELDS[1:],
+            Field("sort", JsonType.OBJECT, invalid="'sort' must be an object", doc="field -> 1 or -1: which document"),
+            Field(
+                "fields",
+                JsonType.OBJECT,
+                invalid="'fields' must be an object",
+                doc="projection: paths -> 1 (include) or 0 (exclude); `_id` kept unless 0",
+            ),
+            Field(
+                "update",
+                JsonType.OBJECT,
+                doc="update operators; required unless `remove` is true, refused with it",
+                handler=True,
+            ),
+        ),
+        summary=(
+            "Updates or removes the first matching document in one replicated write: the document"
+            " before (or with `new`, after) the change, or null."
+        ),
     ),
 ]

@@ -394,6 +394,72 @@ class DeleteOne(_OnCollection):
         return {"deleted": txn.delete(self.collection, self.query, 1)}
 
 
+def _optional(kind: type, message: str) -> Callable[[Any, Any, Any], None]:
+    return check(lambda value: value is None or type(value) is kind, lambda: BadRequestError(message))
+
+
+def _flag(name: str) -> Any:
+    """An optional boolean field, false by default."""
+    message = f"'{name}' must be a boolean"
+    return attrs.field(default=False, validator=check(_is_bool, lambda: BadRequestError(message)))
+
+
+def _update_unless_remove(instance: Any, attribute: Any, value: Any) -> None:
+    if instance.remove:
+        if value is not None:
+            raise BadRequestError("find_and_modify takes 'update' or 'remove', not both")
+    elif value is None:
+        raise BadRequestError("missing 'update'")
+
+
+@attrs.frozen
+class FindAndModify(_OnCollection):
+    """
+    Update or remove the first matching document in C{sort} order and
+    answer it (before the change, or after it with C{new}), projected by
+    C{fields}, or null (L{WriteTxn.find_and_modify}).
+
+    One operation, so the select and the change are one write on the
+    writer and, in cluster mode, one log entry that every replica applies
+    alike: the document is chosen by the query and sort on each node's
+    identical state, and an upsert's document and id are computed in
+    C{apply} as for L{Update}. (Upstream runs it on the receiving node
+    only.)
+    """
+
+    KIND: ClassVar[str] = "FindAndModify"
+
+    query: JSON = attrs.field(validator=present("missing 'query'"))
+    update: JSON = attrs.field(default=None, validator=_update_unless_remove)
+    remove: bool = _flag("remove")
+    new: bool = _flag("new")
+    upsert: bool = _flag("upsert")
+    sort: dict[str, Any] | None = attrs.field(default=None, validator=_optional(dict, "'sort' must be an object"))
+    fields: dict[str, Any] | None = attrs.field(default=None, validator=_optional(dict, "'fields' must be an object"))
+    array_filters: list[JSON] | None = attrs.field(
+        default=None, validator=_optional(list, "'array_filters' must be an array of objects")
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.remove and self.upsert:
+            raise BadRequestError("'upsert' cannot be used with 'remove'")
+        if self.remove and self.new:
+            raise BadRequestError("'new' cannot be used with 'remove'")
+
+    def apply(self, txn: WriteTxn, now: float) -> Any:
+        return txn.find_and_modify(
+            self.collection,
+            self.query,
+            self.update,
+            remove=self.remove,
+            new=self.new,
+            upsert=self.upsert,
+            sort=self.sort,
+            fields=self.fields,
+            array_filters=self.array_filters,
+        )
+
+
 # --- collections ----------------------------------------------------------------
 
 
@@ -504,6 +570,7 @@ BUILTIN: tuple[type[Operation], ...] = (
     UpdateOne,
     Delete,
     DeleteOne,
+    FindAndModify,
     CreateCollection,
     DropCollection,
     EnsureCollection,
@@ -530,6 +597,7 @@ __all__ = [
     "DropCollection",
     "DropIndex",
     "EnsureCollection",
+    "FindAndModify",
     "Insert",
     "InsertMany",
     "Operation",

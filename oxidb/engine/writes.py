@@ -23,6 +23,8 @@ from typing import Any
 import orjson
 
 from oxidb.engine import keys, paths, store, textstore, values
+from oxidb.engine.matcher import parse_sort
+from oxidb.engine.projection import compile_projection
 from oxidb.engine.reads import Reader, check_query
 from oxidb.engine.store import CollectionInfo, IndexDef
 from oxidb.engine.updates import compile_update, upsert_document
@@ -231,6 +233,57 @@ class WriteTxn(Reader):
         compiled = compile_update(update, array_filters)
         document = compiled.apply(upsert_document(matcher), self.now, matcher, inserting=True)
         return self.insert(collection, document)
+
+    def find_and_modify(
+        self,
+        collection: object,
+        query: object,
+        update: object,
+        *,
+        remove: bool = False,
+        new: bool = False,
+        upsert: bool = False,
+        sort: object = None,
+        fields: object = None,
+        array_filters: object = None,
+    ) -> dict[str, Any] | None:
+        """
+        Update or remove the first document C{query} matches in C{sort}
+        order (ties and no sort: lowest C{_id}), in this one write: the
+        document before the change, or after it with C{new}, projected by
+        C{fields}; None when nothing matched (or an upsert inserted and
+        C{new} is false). Everything is checked before anything changes.
+        """
+        if query is None:
+            raise BadRequestError("missing 'query'")
+        matcher = check_query(query, self.limits)
+        spec = parse_sort(sort, self.limits)
+        projection = compile_projection(fields)
+        if not remove:
+            if update is None:
+                raise BadRequestError("missing 'update'")
+            compile_update(update, array_filters)
+        info = self.ensure_collection(collection)
+        row = next(iter(self.rows(info, self.plan_for(info, matcher), spec, None, 1)), None)
+        result: dict[str, Any] | None
+        if row is None:
+            if remove or not upsert:
+                return None
+            doc_id = self.upsert(collection, query, update, array_filters)
+            result = self.find_one(info.name, {"_id": doc_id}) if new else None
+        else:
+            doc_id, _, result = row
+            if remove:
+                self.delete(collection, {"_id": doc_id})
+            else:
+                self.update(
+                    collection, {"_id": doc_id}, update, one=True, array_filters=array_filters, positional_query=query
+                )
+                if new:
+                    result = self.find_one(info.name, {"_id": doc_id})
+        if result is None or projection is None:
+            return result
+        return projection.apply(result)
 
     def delete(self, collection: object, query: object, limit: int | None = None) -> int:
         """
