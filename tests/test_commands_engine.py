@@ -26,9 +26,10 @@ from oxidb.wire.codec import RawJSON, WireFormat, decode_reply, encode_ok
 ENGINE_COMMANDS = {
     "create_collection": True, "list_collections": False, "drop_collection": True, "compact": True,
     "insert": True, "insert_many": True, "find": False, "find_one": False, "update": True,
-    "update_one": True, "find_and_modify": True, "delete": True, "delete_one": True, "count": False, "create_index": True,
+    "update_one": True, "delete": True, "delete_one": True, "count": False, "create_index": True,
     "create_unique_index": True, "create_composite_index": True, "create_text_index": True,
     "list_indexes": False, "drop_index": True, "text_search": False, "aggregate": False,
+    "find_and_modify": True,
 }
 
 
