@@ -36,7 +36,7 @@ NOT_COMMANDS = {
 PLANNED = {
     "aggregate_docs", "explain", "vector_search", "snapshot_begin", "snapshot_find", "snapshot_count",
     "snapshot_aggregate", "snapshot_end", "fts_status", "list_databases", "use_db",
-    "find_for_update", "create_vector_index", "create_ttl_index", "create_geo_index",
+    "find_for_update", "create_vector_index", "create_geo_index",
     "create_collection_with_options", "restore_to_point", "archive_status", "create_database",
     "drop_database", "watch", "unwatch",
 }  # fmt: skip

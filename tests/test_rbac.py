@@ -38,7 +38,7 @@ READWRITE = READ | {
 ADMIN_ONLY = {
     "create_user", "drop_user", "update_user", "list_users",
     "create_procedure", "delete_procedure", "create_schedule", "delete_schedule",
-    "backup", "restore",
+    "backup", "restore", "create_ttl_index",
     "raft_init", "raft_add_learner", "raft_change_membership", "raft_metrics",
     "raft_remove_node", "raft_transfer_leader", "raft_status",
     "authenticate", "authenticate_continue", "auth_simple",
@@ -52,7 +52,7 @@ NOT_YET = {
     "snapshot_begin", "snapshot_find", "snapshot_count", "snapshot_aggregate", "snapshot_end",
     "fts_status", "list_databases", "use_db",
     "find_for_update",
-    "create_vector_index", "create_ttl_index", "create_geo_index", "create_collection_with_options",
+    "create_vector_index", "create_geo_index", "create_collection_with_options",
     "restore_to_point", "archive_status", "create_database", "drop_database", "watch", "unwatch",
 }  # fmt: skip
 

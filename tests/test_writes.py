@@ -11,14 +11,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from twisted.internet.defer import fail
 
 from oxidb.config import Config
-from oxidb.engine import procedures, transactions
+from oxidb.engine import procedures, transactions, ttl
 from oxidb.engine.engine import Engine
 from oxidb.engine.operations import VERSION_KEY, OperationCodec, Update, UpdateOne
 from oxidb.engine.transactions import CommitTransaction, TxUpdate
 from oxidb.engine.updates import compile_update
+from oxidb.engine.values import format_rfc3339
 from oxidb.errors import InvalidQueryError
+from oxidb.server.ttl import TtlSweeper
 from oxidb.testing import MemoryServer, OxiClientProtocol, result_of
 
 NOW = 1_700_000_000
@@ -58,8 +61,9 @@ def server(tmp_path: Any) -> Iterator[MemoryServer]:
     engine = Engine(data_dir, synchronous="OFF")
     transactions.register_appliers(engine)
     procedures.register_appliers(engine)
+    ttl.register_appliers(engine)
     with engine:
-        server = MemoryServer(Config(data_dir=data_dir), engine=engine)
+        server = MemoryServer(Config(data_dir=data_dir, idle_timeout=0), engine=engine)
         server.clock.advance(NOW)
         yield server
 
@@ -385,3 +389,155 @@ def test_find_and_modify_log_form() -> None:
     assert codec.decode(op.to_json()) == op
     with pytest.raises(Exception, match="missing 'update'"):
         codec.decode({"FindAndModify": {"collection": "c", "query": {}}})
+
+
+# --- TTL indexes ------------------------------------------------------------------------
+
+
+class SpyExecutor:
+    """The server's executor, recording writes; reads fail while C{broken}."""
+
+    def __init__(self, server: MemoryServer) -> None:
+        self.inner = server.services.executor
+        self.writes: list[Any] = []
+        self.broken = False
+
+    def read(self, fn: Any, *args: Any) -> Any:
+        if self.broken:
+            return fail(RuntimeError("disk on fire"))
+        return self.inner.read(fn, *args)
+
+    def write(self, op: Any) -> Any:
+        self.writes.append(op)
+        return self.inner.write(op)
+
+
+def sweeper(server: MemoryServer, executor: Any = None, **kwargs: Any) -> TtlSweeper:
+    executor = server.services.executor if executor is None else executor
+    service = TtlSweeper(server.clock, executor, server.services.engine, interval=60, **kwargs)
+    service.startService()
+    return service
+
+
+def test_ttl_index_is_listed_dropped_and_replaced(conn: Conn) -> None:
+    conn.ok("create_index", collection="s", field="at")
+    assert conn.ok("create_ttl_index", collection="s", field="at", expireAfterSeconds=30) == "ttl index created"
+    assert conn.ok("create_ttl_index", collection="s", field="at", expireAfterSeconds=60) == "ttl index created"
+    listed = conn.ok("list_indexes", collection="s")
+    assert listed[-1] == {
+        "name": "_ttl_at",
+        "index_type": "ttl",
+        "fields": ["at"],
+        "unique": False,
+        "expireAfterSeconds": 60,
+    }
+    assert [i["index_type"] for i in listed] == ["field", "ttl"]
+    assert conn.ok("drop_index", collection="s", index="_ttl_at") == "index dropped"
+    assert conn.error("drop_index", collection="s", index="_ttl_at") == "index not found: _ttl_at"
+    assert [i["index_type"] for i in conn.ok("list_indexes", collection="s")] == ["field"]
+    conn.ok("create_ttl_index", collection="s", field="at", expireAfterSeconds=1)
+    conn.ok("drop_collection", collection="s")
+    conn.ok("create_collection", collection="s")
+    assert conn.ok("list_indexes", collection="s") == []
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "text"),
+    [
+        ({"field": None}, "missing 'field'"),
+        ({"field": ""}, "missing 'field'"),
+        ({"field": 3}, "missing 'field'"),
+        ({"expireAfterSeconds": None}, "'expireAfterSeconds' must be a non-negative integer (at most 2147483647)"),
+        ({"expireAfterSeconds": -1}, "'expireAfterSeconds' must be a non-negative integer (at most 2147483647)"),
+        ({"expireAfterSeconds": 1.5}, "'expireAfterSeconds' must be a non-negative integer (at most 2147483647)"),
+        ({"expireAfterSeconds": "60"}, "'expireAfterSeconds' must be a non-negative integer (at most 2147483647)"),
+        ({"expireAfterSeconds": 2**31}, "'expireAfterSeconds' must be a non-negative integer (at most 2147483647)"),
+        ({"expireAfterSeconds": 2**70}, "'expireAfterSeconds' must be a non-negative integer (at most 2147483647)"),
+        ({"field": "_id"}, "invalid query: a TTL index cannot be on the reserved field '_id'"),
+        ({"field": "_version.x"}, "invalid query: a TTL index cannot be on the reserved field '_version.x'"),
+        ({"collection": "_schedules"}, "invalid query: collection name is reserved for the server: _schedules"),
+        ({"collection": None}, "missing 'collection'"),
+    ],
+)
+def test_create_ttl_index_bad_input(conn: Conn, request_fields: dict[str, Any], text: str) -> None:
+    request = {"collection": "s", "field": "at", "expireAfterSeconds": 60, **request_fields}
+    assert conn.error("create_ttl_index", **request) == text
+    assert conn.ok("list_collections") == []
+
+
+def test_sweeper_deletes_expired_dates_only(server: MemoryServer, conn: Conn) -> None:
+    conn.ok("create_ttl_index", collection="s", field="at", expireAfterSeconds=100)
+    old, fresh = format_rfc3339(NOW - 150), format_rfc3339(NOW - 10)
+    conn.ok(
+        "insert_many",
+        collection="s",
+        docs=[
+            {"n": 1, "at": old},
+            {"n": 2, "at": fresh},
+            {"n": 3, "at": NOW - 10_000},  # a number is not a date
+            {"n": 4, "at": "yesterday"},
+            {"n": 5},
+            {"n": 6, "at": "2001-01-01T00:00:00Z"},
+        ],
+    )
+    service = sweeper(server)
+    server.clock.advance(59)
+    assert service.passes == 0
+    server.clock.advance(1)
+    assert service.passes == 1 and service.deleted == 2
+    assert [d["n"] for d in conn.docs("s")] == [2, 3, 4, 5]
+    server.clock.advance(60)  # NOW+120: "fresh" is 130 s old
+    assert [d["n"] for d in conn.docs("s")] == [3, 4, 5]
+    conn.ok("insert", collection="s", doc={"n": 7, "at": format_rfc3339(NOW)})
+    conn.ok("update", collection="s", query={"n": 7}, update={"$currentDate": {"at": True}})
+    server.clock.advance(60)
+    assert [d["n"] for d in conn.docs("s")] == [3, 4, 5, 7]
+    service.stopService()
+
+
+def test_sweeper_passes_are_bounded_batches(server: MemoryServer, conn: Conn) -> None:
+    conn.ok("create_ttl_index", collection="s", field="at", expireAfterSeconds=0)
+    conn.ok("create_ttl_index", collection="t", field="at", expireAfterSeconds=0)
+    conn.ok("insert_many", collection="s", docs=[{"at": format_rfc3339(NOW)}] * 25)
+    conn.ok("insert_many", collection="t", docs=[{"at": format_rfc3339(NOW)}] * 3)
+    spy = SpyExecutor(server)
+    service = sweeper(server, spy, batch_size=4, max_batches=3)
+    server.clock.advance(60)
+    assert [(op.collection, len(op.query["_id"]["$in"])) for op in spy.writes] == [
+        ("s", 4),
+        ("t", 3),
+        ("s", 4),
+        ("s", 4),
+    ]
+    assert conn.ok("count", collection="s") == {"count": 13}
+    server.clock.advance(60)
+    server.clock.advance(60)
+    assert conn.ok("count", collection="s") == {"count": 0}
+    assert service.deleted == 28
+
+
+def test_sweeper_skips_when_not_leader_and_survives_failures(server: MemoryServer, conn: Conn) -> None:
+    conn.ok("create_ttl_index", collection="s", field="at", expireAfterSeconds=0)
+    conn.ok("insert", collection="s", doc={"at": format_rfc3339(NOW - 1)})
+    leader = [False]
+    spy = SpyExecutor(server)
+    service = sweeper(server, spy, should_run=lambda: leader[0])
+    server.clock.advance(60)
+    assert service.passes == 0 and conn.ok("count", collection="s") == {"count": 1}
+    leader[0] = True
+    spy.broken = True
+    server.clock.advance(60)
+    assert service.passes == 1 and service.deleted == 0
+    spy.broken = False
+    server.clock.advance(60)
+    assert service.deleted == 1 and conn.ok("count", collection="s") == {"count": 0}
+    assert service.stopService().called
+
+
+def test_ttl_operation_log_form() -> None:
+    codec = OperationCodec(ttl.OPERATIONS)
+    op = ttl.CreateTtlIndex("s", "at", 60)
+    assert op.to_json() == {"CreateTtlIndex": {"collection": "s", "field": "at", "expire_after_seconds": 60, "v": 1}}
+    assert codec.decode(op.to_json()) == op
+    with pytest.raises(Exception, match="expireAfterSeconds"):
+        codec.decode({"CreateTtlIndex": {"collection": "s", "field": "at", "expire_after_seconds": -5}})

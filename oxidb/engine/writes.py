@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from oxidb.engine import keys, paths, store, textstore, values
+from oxidb.engine import keys, paths, store, textstore, ttl, values
 from oxidb.engine.matcher import parse_sort
 from oxidb.engine.projection import compile_projection
 from oxidb.engine.reads import Reader, check_query
@@ -97,6 +97,7 @@ class WriteTxn(Reader):
             info = store.get_collection(self.conn, name)
             if info is not None:
                 store.drop_collection(self.conn, info)
+                ttl.drop_collection(self.conn, info.name)
         return "collection dropped"
 
     def compact(self, collection: object) -> dict[str, int]:
@@ -407,7 +408,8 @@ class WriteTxn(Reader):
     def drop_index(self, collection: object, name: object) -> str:
         """
         Drop an index looked up as a field/unique index on C{name}, then a
-        composite of that name, then the text index (engine.md 4.7).
+        composite of that name, then the text index (engine.md 4.7), then a
+        TTL index (L{oxidb.engine.ttl}).
         """
         if not isinstance(name, str):
             raise BadRequestError("missing 'index'")
@@ -421,6 +423,8 @@ class WriteTxn(Reader):
                 store.drop_text_tables(self.conn, info.tbl)
             else:
                 store.drop_sql_index(self.conn, info.tbl, index)
+            return "index dropped"
+        if ttl.drop(self.conn, info.name, name):
             return "index dropped"
         raise IndexNotFoundError(name)
 
