@@ -29,7 +29,7 @@ document updated meanwhile to a later date is not deleted.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 import attrs
 import orjson
@@ -61,7 +61,7 @@ def _expire_message() -> BadRequestError:
     )
 
 
-def valid_expire_after(value: Any) -> bool:
+def valid_expire_after(value: Any) -> TypeGuard[int]:
     return type(value) is int and 0 <= value <= MAX_EXPIRE_AFTER_SECONDS
 
 
