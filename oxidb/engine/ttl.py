@@ -137,7 +137,7 @@ def expired_batches(reader: Reader, now: float, batch_size: int) -> list[tuple[s
             continue
         for field, seconds in sorted(fields.items()):
             condition = expiry_query(field, now - seconds)
-            docs = reader.find(collection, condition, None, None, batch_size)
+            docs = reader.find(collection, condition, None, None, batch_size, capped=False)
             if docs:
                 ids = [doc["_id"] for doc in docs]
                 batches.append((collection, field, {"_id": {"$in": ids}, **condition}, len(ids)))
