@@ -56,7 +56,7 @@ L{oxidb.engine.engine.Engine.read} on a pool thread.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import attrs
 
@@ -188,7 +188,7 @@ class Transaction:
             raise DocumentNotObjectError()
         ids = list(range(first_id, first_id + len(documents)))
         touched = self.overlay.setdefault(collection, {})
-        for doc_id, doc in zip(ids, documents):
+        for doc_id, doc in zip(ids, documents, strict=True):
             touched[doc_id] = {**doc, "_id": doc_id, "_version": 1}
         self.ops.append(TxInsert(collection, first_id, documents))
         return ids
@@ -299,6 +299,7 @@ class TxInsert:
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> TxInsert:
+        # Whatever the body holds: the field validators refuse a wrong value.
         return cls(value.get("collection"), value.get("first_id"), value.get("documents"))  # type: ignore[arg-type]
 
     def apply(self, txn: WriteTxn) -> None:
@@ -342,8 +343,12 @@ class TxUpdate:
         return self.array_filters is not None or self.query is not None
 
     def to_json(self) -> dict[str, Any]:
-        ids = [list(run) for run in self.ids]
-        value = {"op": self.OP, "collection": self.collection, "ids": ids, "update": self.update}
+        value = {
+            "op": self.OP,
+            "collection": self.collection,
+            "ids": [list(run) for run in self.ids],
+            "update": self.update,
+        }
         if self.array_filters is not None:
             value["array_filters"] = self.array_filters
         if self.query is not None:
@@ -352,6 +357,7 @@ class TxUpdate:
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> TxUpdate:
+        # Whatever the body holds: the field validators refuse a wrong value.
         return cls(
             value.get("collection"),  # type: ignore[arg-type]
             _runs_of(value.get("ids")),
@@ -385,6 +391,7 @@ class TxDelete:
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> TxDelete:
+        # Whatever the body holds: the field validators refuse a wrong value.
         return cls(value.get("collection"), _runs_of(value.get("ids")))  # type: ignore[arg-type]
 
     def apply(self, txn: WriteTxn) -> None:
@@ -392,7 +399,7 @@ class TxDelete:
             txn.delete(self.collection, _id_range(first, last))
 
 
-TxWrite = Union[TxInsert, TxUpdate, TxDelete]
+TxWrite = TxInsert | TxUpdate | TxDelete
 
 _TX_WRITES: dict[str, type[TxInsert] | type[TxUpdate] | type[TxDelete]] = {
     write.OP: write for write in (TxInsert, TxUpdate, TxDelete)
