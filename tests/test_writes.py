@@ -541,3 +541,10 @@ def test_ttl_operation_log_form() -> None:
     assert codec.decode(op.to_json()) == op
     with pytest.raises(Exception, match="expireAfterSeconds"):
         codec.decode({"CreateTtlIndex": {"collection": "s", "field": "at", "expire_after_seconds": -5}})
+
+
+def test_set_on_insert_is_not_expanded_unless_inserting() -> None:
+    doc = {"k": 1}
+    assert apply({"$setOnInsert": {"a.$[]": 1}, "$set": {"b": 2}}, doc) == {"k": 1, "b": 2}
+    with pytest.raises(InvalidQueryError, match="cannot modify reserved field '_id'"):
+        apply({"$setOnInsert": {"_id": 1}}, doc)

@@ -370,6 +370,10 @@ class Update:
                 raise InvalidQueryError(f"unknown update operator: {op}")
             if type(fields) is not dict:
                 raise InvalidQueryError(f"{op} value must be an object")
+            if op == "$setOnInsert" and not inserting:
+                for path in fields:
+                    _check_reserved(op, path)
+                continue
             items: Items = []
             for path, value in fields.items():
                 if op == "$rename" and (
@@ -380,10 +384,6 @@ class Update:
                     items.extend((target, value) for target in self._expand(result, path, query))
                 else:
                     items.append((path, value))
-            if op == "$setOnInsert" and not inserting:
-                for path, _ in items:
-                    _check_reserved(op, path)
-                continue
             operator(result, items, now)
         check_depth(result, "document")
         return result
