@@ -112,7 +112,7 @@ class SessionTransaction:
         its new document as an insert under a reserved id and answers
         C{{"upserted_id": id}}.
         """
-        now = ctx.services.clock.seconds()
+        now = ctx.clock.seconds()
         limit = 1 if isinstance(op, UpdateOne) else None
         stage = self.tx.stage_update
         d = self._read(ctx, stage, op.collection, op.query, op.update, now, limit, op.array_filters)
@@ -181,7 +181,7 @@ def commit_tx(ctx: CommandContext, request: dict[str, Any]) -> Deferred[str]:
     if open_tx is None:
         raise NoTransactionError()
     ctx.session.tx = None
-    return commit(ctx.services.executor, open_tx.tx, ctx.services.metrics)
+    return commit(ctx.executor, open_tx.tx, ctx.metrics)
 
 
 def rollback_tx(ctx: CommandContext, request: dict[str, Any]) -> str:
