@@ -42,7 +42,7 @@ from oxidb.commands._context import (
     provides,
 )
 from oxidb.config import Config
-from oxidb.engine import blobs, transactions
+from oxidb.engine import blobs, transactions, ttl
 from oxidb.engine import procedures as procedure_store
 from oxidb.engine.engine import Engine
 from oxidb.metrics import ServerMetrics, threadpool_stats
@@ -202,6 +202,7 @@ def compose(
         transactions.register_appliers(engine)
         procedure_store.register_appliers(engine)
         blobs.register_appliers(engine)
+        ttl.register_appliers(engine)
 
     auth: AuthManager | None = None
     auditor: Auditor | None = None

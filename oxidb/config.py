@@ -232,6 +232,10 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds a connection may stay silent (0 = never)"),
     Setting("verbose", "OXIDB_VERBOSE", "verbose", "false", parse_bool,
             "extra startup logging (true/false)"),
+    Setting("ttl_interval", "OXIDB_TTL_INTERVAL_SECS", "ttl-interval", "60", parse_positive_int,
+            "seconds between passes deleting documents expired by TTL indexes"),
+    Setting("ttl_batch_size", "OXIDB_TTL_BATCH_SIZE", "ttl-batch-size", "1000", parse_positive_int,
+            "most expired documents deleted by one write of a TTL pass"),
     Setting("encryption_key", "OXIDB_ENCRYPTION_KEY", "encryption-key", None, parse_path,
             "encryption at rest: not supported by this server; setting it stops startup", secret=True),
     # Security.
@@ -340,6 +344,8 @@ class Config:
     pool_size: int = 4
     idle_timeout: int = 30
     verbose: bool = False
+    ttl_interval: int = 60
+    ttl_batch_size: int = 1000
     encryption_key: str | None = None
     metrics_addr: Address | None = None
     node_id: int | None = None

@@ -32,6 +32,7 @@ from oxidb.errors import ConfigError
 from oxidb.logs import Logger
 from oxidb.metrics import MetricsRefresher, NodeHealth, make_metrics_site
 from oxidb.server.scheduler import Scheduler
+from oxidb.server.ttl import TtlSweeper
 
 #: seconds a clean shutdown waits for in-flight requests before closing anyway.
 DRAIN_TIMEOUT = 30.0
@@ -114,6 +115,15 @@ class OxiService(MultiService):
             MetricsRefresher(parts.metrics, reactor, self.shared.executor.read).setServiceParent(self)
         Scheduler(
             reactor, self.shared.executor, self.engine, should_run=self._runs_schedules, metrics=parts.metrics
+        ).setServiceParent(self)
+        # Expired documents: deleted by the same node that runs schedules.
+        TtlSweeper(
+            reactor,
+            self.shared.executor,
+            self.engine,
+            should_run=self._runs_schedules,
+            interval=config.ttl_interval,
+            batch_size=config.ttl_batch_size,
         ).setServiceParent(self)
 
     def _runs_schedules(self) -> bool:

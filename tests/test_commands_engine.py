@@ -30,6 +30,7 @@ ENGINE_COMMANDS = {
     "create_unique_index": True, "create_composite_index": True, "create_text_index": True,
     "list_indexes": False, "drop_index": True, "text_search": False, "aggregate": False,
     "aggregate_docs": False,
+    "find_and_modify": True, "create_ttl_index": True,
 }
 
 

@@ -25,7 +25,7 @@ READ = {
 #: ReadWrite adds CRUD, indexes, collections, transactions, blobs, running
 #: procedures and switching schedules.
 READWRITE = READ | {
-    "insert", "insert_many", "update", "update_one", "delete", "delete_one",
+    "insert", "insert_many", "update", "update_one", "delete", "delete_one", "find_and_modify",
     "create_index", "create_unique_index", "create_composite_index", "create_text_index", "drop_index",
     "create_collection", "drop_collection", "compact",
     "begin_tx", "commit_tx", "rollback_tx",
@@ -38,7 +38,7 @@ READWRITE = READ | {
 ADMIN_ONLY = {
     "create_user", "drop_user", "update_user", "list_users",
     "create_procedure", "delete_procedure", "create_schedule", "delete_schedule",
-    "backup", "restore",
+    "backup", "restore", "create_ttl_index",
     "raft_init", "raft_add_learner", "raft_change_membership", "raft_metrics",
     "raft_remove_node", "raft_transfer_leader", "raft_status",
     "authenticate", "authenticate_continue", "auth_simple",
@@ -51,8 +51,8 @@ NOT_YET = {
     "vector_search",
     "snapshot_begin", "snapshot_find", "snapshot_count", "snapshot_aggregate", "snapshot_end",
     "fts_status", "list_databases", "use_db",
-    "find_and_modify", "find_for_update",
-    "create_vector_index", "create_ttl_index", "create_geo_index", "create_collection_with_options",
+    "find_for_update",
+    "create_vector_index", "create_geo_index", "create_collection_with_options",
     "restore_to_point", "archive_status", "create_database", "drop_database", "watch", "unwatch",
 }  # fmt: skip
 

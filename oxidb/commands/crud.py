@@ -1,7 +1,7 @@
 """
 Document commands: C{insert}, C{insert_many}, C{find}, C{find_one},
 C{update}, C{update_one}, C{delete}, C{delete_one}, C{count} (server.md 3.3,
-engine.md 0-3).
+engine.md 0-3) and C{find_and_modify} (server.md 3.4).
 
 Request texts follow server.md 3.2: a required field that is absent, null or
 (for strings and arrays) of the wrong type is C{missing '<field>'}; an
@@ -17,7 +17,7 @@ server's time limit (see docs/security.md, "Limits").
 
 Transaction seam. When a transaction is open on the connection
 (C{ctx.session.tx}, an L{oxidb.commands.transactions.ISessionTransaction}),
-every command here hands over to it: writes call C{tx.buffer(ctx, op)} with
+every command here but C{find_and_modify} (refused there) hands over to it: writes call C{tx.buffer(ctx, op)} with
 the very operation (an L{oxidb.engine.operations.Operation}) they would have
 written; C{find}, C{find_one} and
 C{count} call C{tx.find}/C{tx.find_one}/C{tx.count}. Unlike v0.15, none
@@ -29,11 +29,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from oxidb.auth.rbac import Role
-from oxidb.commands._args import max_time_ms
+from oxidb.commands._args import is_uint, max_time_ms, require_collection, require_present
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
-from oxidb.engine.operations import Delete, DeleteOne, Insert, InsertMany, Operation, Update, UpdateOne
+from oxidb.engine.operations import (
+    MAX_LIMIT,
+    Delete,
+    DeleteOne,
+    FindAndModify,
+    Insert,
+    InsertMany,
+    Operation,
+    Update,
+    UpdateOne,
+)
+from oxidb.errors import BadRequestError
 from oxidb.wire.codec import RawJSON
 
 if TYPE_CHECKING:
@@ -113,26 +124,60 @@ def count(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     return d
 
 
+def update_options(request: dict[str, Any]) -> tuple[bool, list[Any] | None]:
+    """
+    C{upsert} (default false) and C{array_filters} (or MongoDB's spelling
+    C{arrayFilters}; null or absent: none), checked.
+    """
+    upsert = request.get("upsert")
+    if upsert is None:
+        upsert = False
+    elif not isinstance(upsert, bool):
+        raise BadRequestError("'upsert' must be a boolean")
+    for key in ("array_filters", "arrayFilters"):
+        value = request.get(key)
+        if value is not None and (type(value) is not list or not all(type(f) is dict for f in value)):
+            raise BadRequestError("'array_filters' must be an array of objects")
+    array_filters = request.get("array_filters")
+    if array_filters is None:
+        array_filters = request.get("arrayFilters")
+    return upsert, array_filters
+
+
 def _update(kind: type[Update] | type[UpdateOne], ctx: CommandContext, request: dict[str, Any]) -> Any:
-    return _write(ctx, kind(request["collection"], request["query"], request["update"]))
+    collection = require_collection(request)
+    query = require_present(request, "query")
+    update = require_present(request, "update")
+    upsert, array_filters = update_options(request)
+    return _write(ctx, kind(collection, query, update, upsert, array_filters))
 
 
 def update(ctx: CommandContext, request: dict[str, Any]) -> Any:
-    """C{{"modified": n}}: every matching document, all-or-nothing."""
+    """
+    C{{"modified": n}}: every matching document, all-or-nothing. With
+    C{upsert} and no match, one new document: C{{"modified": 0,
+    "upserted_id": id}}.
+    """
     return _update(Update, ctx, request)
 
 
 def update_one(ctx: CommandContext, request: dict[str, Any]) -> Any:
-    """C{{"modified": 0 | 1}}: the matching document with the lowest C{_id}."""
+    """C{{"modified": 0 | 1}}: the matching document with the lowest C{_id}; C{upsert} as C{update}."""
     return _update(UpdateOne, ctx, request)
 
 
 def delete(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """
     C{{"deleted": n}}. The optional C{limit} ([N]) deletes at most that many
-    (lowest C{_id} first) and must be a non-negative integer.
+    (lowest C{_id} first) and must be a non-negative integer (at most
+    2**63 - 1).
     """
-    return _write(ctx, Delete(request["collection"], request["query"], request.get("limit")))
+    collection = require_collection(request)
+    query = require_present(request, "query")
+    limit = request.get("limit")
+    if limit is not None and not (is_uint(limit) and limit <= MAX_LIMIT):
+        raise BadRequestError("'limit' must be a non-negative integer")
+    return _write(ctx, Delete(collection, query, limit))
 
 
 def delete_one(ctx: CommandContext, request: dict[str, Any]) -> Any:
@@ -140,7 +185,75 @@ def delete_one(ctx: CommandContext, request: dict[str, Any]) -> Any:
     return _write(ctx, DeleteOne(request["collection"], request["query"]))
 
 
+def _flag(request: dict[str, Any], key: str) -> bool:
+    value = request.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequestError(f"'{key}' must be a boolean")
+    return value
+
+
+def _optional_object(request: dict[str, Any], key: str) -> dict[str, Any] | None:
+    value = request.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise BadRequestError(f"'{key}' must be an object")
+    return value
+
+
+def find_and_modify(ctx: CommandContext, request: dict[str, Any]) -> Any:
+    """
+    The first matching document in C{sort} order, updated (C{update}) or
+    removed (C{remove}) in one write: as it was, or as it is after the
+    update with C{new}; C{upsert}, C{fields} (a projection) and
+    C{array_filters} as for C{update}; null when nothing matched. Refused
+    inside a transaction (it would bypass it).
+    """
+    collection = require_collection(request)
+    query = require_present(request, "query")
+    remove = _flag(request, "remove")
+    new = _flag(request, "new")
+    upsert, array_filters = update_options(request)
+    sort = _optional_object(request, "sort")
+    fields = _optional_object(request, "fields")
+    if ctx.session.tx is not None:
+        raise BadRequestError("find_and_modify is not supported inside a transaction")
+    op = FindAndModify(collection, query, request.get("update"), remove, new, upsert, sort, fields, array_filters)
+    return ctx.write(op)
+
+
 _RW = Role.READWRITE
+_ARRAY_FILTERS_TEXT = "'array_filters' must be an array of objects"
+_UPDATE_FIELDS = (
+    Field("update", JsonType.ANY, required=True, doc="update operators"),
+    Field(
+        "upsert",
+        JsonType.BOOLEAN,
+        invalid="'upsert' must be a boolean",
+        doc=(
+            "insert a document built from the query's equality fields and the update"
+            ' when nothing matches; adds `"upserted_id"`'
+        ),
+    ),
+    Field(
+        "array_filters",
+        JsonType.ARRAY,
+        invalid=_ARRAY_FILTERS_TEXT,
+        items=JsonType.OBJECT,
+        doc='filters of the `$[<id>]` paths, e.g. `[{"x.qty": {"$gt": 5}}]`',
+    ),
+    Field(
+        "arrayFilters",
+        JsonType.ARRAY,
+        invalid=_ARRAY_FILTERS_TEXT,
+        items=JsonType.OBJECT,
+        doc="MongoDB's spelling of `array_filters` (used when `array_filters` is absent)",
+    ),
+)
+_FLAG_DOCS = {
+    "remove": "delete the document instead of updating it",
+    "new": "answer the document after the update (default: before)",
+}
 _QUERY = Field("query", JsonType.ANY, required=True, doc="a filter object (checked by the engine)")
 _READ_QUERY = Field("query", JsonType.OBJECT, doc="a filter; absent or null: `{}`; checked by the engine")
 
@@ -199,16 +312,22 @@ COMMANDS = [
         update,
         writes=True,
         role=_RW,
-        schema=fields(collection_field(), _QUERY, Field("update", JsonType.ANY, required=True, doc="update operators")),
-        summary='Updates every matching document, all-or-nothing: `{"modified": n}`.',
+        schema=fields(collection_field(), _QUERY, *_UPDATE_FIELDS),
+        summary=(
+            'Updates every matching document, all-or-nothing: `{"modified": n}`; an upsert that matched'
+            ' nothing adds `"upserted_id"`.'
+        ),
     ),
     Command(
         "update_one",
         update_one,
         writes=True,
         role=_RW,
-        schema=fields(collection_field(), _QUERY, Field("update", JsonType.ANY, required=True, doc="update operators")),
-        summary='Updates the matching document with the lowest `_id`: `{"modified": 0 | 1}`.',
+        schema=fields(collection_field(), _QUERY, *_UPDATE_FIELDS),
+        summary=(
+            'Updates the matching document with the lowest `_id`: `{"modified": 0 | 1}`; an upsert that'
+            ' matched nothing adds `"upserted_id"`.'
+        ),
     ),
     Command(
         "delete",
@@ -234,5 +353,35 @@ COMMANDS = [
         role=_RW,
         schema=fields(collection_field(), _QUERY),
         summary='Deletes the matching document with the lowest `_id`: `{"deleted": 0 | 1}`.',
+    ),
+    Command(
+        "find_and_modify",
+        find_and_modify,
+        writes=True,
+        role=_RW,
+        schema=fields(
+            collection_field(),
+            _QUERY,
+            Field("remove", JsonType.BOOLEAN, invalid="'remove' must be a boolean", doc=_FLAG_DOCS["remove"]),
+            Field("new", JsonType.BOOLEAN, invalid="'new' must be a boolean", doc=_FLAG_DOCS["new"]),
+            *_UPDATE_FIELDS[1:],
+            Field("sort", JsonType.OBJECT, invalid="'sort' must be an object", doc="field -> 1 or -1: which document"),
+            Field(
+                "fields",
+                JsonType.OBJECT,
+                invalid="'fields' must be an object",
+                doc="projection: paths -> 1 (include) or 0 (exclude); `_id` kept unless 0",
+            ),
+            Field(
+                "update",
+                JsonType.OBJECT,
+                doc="update operators; required unless `remove` is true, refused with it",
+                handler=True,
+            ),
+        ),
+        summary=(
+            "Updates or removes the first matching document in one replicated write: the document"
+            " before (or with `new`, after) the change, or null."
+        ),
     ),
 ]

@@ -1,7 +1,8 @@
 """
 Index commands: C{create_index}, C{create_unique_index},
-C{create_composite_index}, C{create_text_index}, C{list_indexes},
-C{drop_index} and C{text_search} (server.md 3.3, engine.md 4, 8.3).
+C{create_composite_index}, C{create_text_index}, C{create_ttl_index},
+C{list_indexes}, C{drop_index} and C{text_search} (server.md 3.3, 3.4,
+engine.md 4, 8.3).
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from oxidb.auth.rbac import Role
-from oxidb.commands._args import max_time_ms, optional_uint
+from oxidb.commands._args import max_time_ms, optional_uint, require_collection, require_str
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
 from oxidb.engine.operations import CreateCompositeIndex, CreateIndex, CreateTextIndex, CreateUniqueIndex, DropIndex
 from oxidb.engine.textindex import DEFAULT_LIMIT
+from oxidb.engine.ttl import MAX_EXPIRE_AFTER_SECONDS, CreateTtlIndex, valid_expire_after
+from oxidb.errors import BadRequestError
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -40,6 +43,24 @@ def create_composite_index(ctx: CommandContext, request: dict[str, Any]) -> Defe
 def create_text_index(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"text index created"}; an existing text index keeps its fields."""
     return ctx.write(CreateTextIndex(request["collection"], request["fields"]))
+
+
+def create_ttl_index(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
+    """
+    C{"ttl index created"}: documents whose C{field} holds a date older than
+    C{expireAfterSeconds} are deleted by the server's TTL passes.
+    """
+    collection = require_collection(request)
+    field = require_str(request, "field")
+    if not field:
+        raise BadRequestError("missing 'field'")
+    expire = request.get("expireAfterSeconds")
+    if not valid_expire_after(expire):
+        raise BadRequestError(_EXPIRE_TEXT)
+    return ctx.write(CreateTtlIndex(collection, field, expire))
+
+
+_EXPIRE_TEXT = f"'expireAfterSeconds' must be a non-negative integer (at most {MAX_EXPIRE_AFTER_SECONDS})"
 
 
 def list_indexes(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
@@ -105,6 +126,27 @@ COMMANDS = [
         role=_RW,
         schema=fields(collection_field(), _FIELDS),
         summary='`"text index created"`; an existing text index keeps its fields.',
+    ),
+    Command(
+        "create_ttl_index",
+        create_ttl_index,
+        writes=True,
+        audit_target=("field",),
+        schema=fields(
+            collection_field(),
+            Field(
+                "field", JsonType.STRING, required=True, nonempty=True, doc="the date field (not `_id` or `_version`)"
+            ),
+            Field(
+                "expireAfterSeconds",
+                JsonType.UINT,
+                required=True,
+                message=_EXPIRE_TEXT,
+                maximum=MAX_EXPIRE_AFTER_SECONDS,
+                doc="documents expire this long after the field's date",
+            ),
+        ),
+        summary='`"ttl index created"`; expired documents are deleted by the server (cluster: the leader).',
     ),
     Command(
         "list_indexes",

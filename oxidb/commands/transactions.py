@@ -96,10 +96,8 @@ class SessionTransaction:
                 return d.addCallback(lambda ids: {"id": ids[0]})
             case InsertMany(collection=collection, documents=documents):
                 return self._insert(ctx, collection, documents)
-            case Update(collection=collection, query=query, update=update):
-                d = self._stage_update(ctx, collection, query, update, None)
-            case UpdateOne(collection=collection, query=query, update=update):
-                d = self._stage_update(ctx, collection, query, update, 1)
+            case Update() | UpdateOne():
+                return self._update(ctx, op)
             case Delete(collection=collection, query=query, limit=limit):
                 d = self._read(ctx, self.tx.stage_delete, collection, query, limit)
             case DeleteOne(collection=collection, query=query):
@@ -108,11 +106,25 @@ class SessionTransaction:
                 raise ValueError(f"not a transactional operation: {op.KIND}")
         return d.addCallback(lambda _: "buffered")
 
-    def _stage_update(
-        self, ctx: CommandContext, collection: str, query: Any, update: Any, limit: int | None
-    ) -> Deferred[Any]:
+    def _update(self, ctx: CommandContext, op: Update | UpdateOne) -> Deferred[Any]:
+        """
+        C{"buffered"}; an upsert that matched nothing in the view buffers
+        its new document as an insert under a reserved id and answers
+        C{{"upserted_id": id}}.
+        """
         now = ctx.clock.seconds()
-        return self._read(ctx, self.tx.stage_update, collection, query, update, now, limit)
+        limit = 1 if isinstance(op, UpdateOne) else None
+        stage = self.tx.stage_update
+        d = self._read(ctx, stage, op.collection, op.query, op.update, now, limit, op.array_filters)
+
+        def staged(matched: int) -> Any:
+            if matched or not op.upsert:
+                return "buffered"
+            document = self.tx.upsert_document(op.query, op.update, now, op.array_filters)
+            inserted = self._insert(ctx, op.collection, [document])
+            return inserted.addCallback(lambda ids: {"upserted_id": ids[0]})
+
+        return d.addCallback(staged)
 
     def _insert(self, ctx: CommandContext, collection: str, documents: list[Any]) -> Deferred[list[int]]:
         if any(type(doc) is not dict for doc in documents):

@@ -237,6 +237,10 @@ def _field_names(instance: Any, attribute: Any, value: Any) -> None:
         raise BadRequestError(f"'{attribute.name}' must be an array of strings")
 
 
+#: The largest C{limit} a write takes (SQLite's integers are 64-bit signed).
+MAX_LIMIT = 2**63 - 1
+
+
 def is_uint(value: Any) -> bool:
     return type(value) is int and value >= 0
 
@@ -280,30 +284,83 @@ class InsertMany(_OnCollection):
         return txn.insert_many(self.collection, self.documents)
 
 
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
 @attrs.frozen
 class _Updating(_OnCollection):
+    """
+    An update with MongoDB's options: C{upsert} (insert a document built
+    from the query and the update when nothing matches; the reply adds
+    C{upserted_id}) and C{array_filters} (for C{$[<id>]} paths).
+
+    B{Replication.} The upserted document and its C{_id} are not decided by
+    the node that accepts the write: C{apply} computes them (L{WriteTxn.upsert}:
+    the query's equality fields, the update applied with C{$setOnInsert},
+    the collection's next id), which depends only on the database state,
+    the operation and the entry's C{now}, so every replica applying the log
+    in order inserts the same document with the same id. Carrying the
+    leader's choice instead would add nothing but a second source of truth.
+
+    B{Versions.} A body using an option is written as version 2; without
+    options it stays version 1, which every node applies alike. A node
+    that only knows version 1 therefore refuses an upsert or an
+    C{array_filters} update (C{unsupported operation version}) instead of
+    silently applying it without the option, as upstream's log does.
+    """
+
+    VERSION: ClassVar[int] = 2
+
     query: JSON = attrs.field(validator=present("missing 'query'"))
     update: JSON = attrs.field(validator=present("missing 'update'"))
+    upsert: bool = attrs.field(
+        default=False, validator=check(_is_bool, lambda: BadRequestError("'upsert' must be a boolean"))
+    )
+    array_filters: list[JSON] | None = attrs.field(
+        default=None,
+        validator=check(
+            lambda value: value is None or type(value) is list,
+            lambda: BadRequestError("'array_filters' must be an array of objects"),
+        ),
+    )
+
+    def to_body(self) -> dict[str, Any]:
+        body = super().to_body()
+        if not self.upsert:
+            body.pop("upsert", None)
+        return body
+
+    def to_json(self) -> dict[str, Any]:
+        version = 2 if self.upsert or self.array_filters is not None else 1
+        return {self.KIND: {**self.to_body(), VERSION_KEY: version}}
+
+    def _apply(self, txn: WriteTxn, one: bool) -> dict[str, Any]:
+        modified = txn.update(self.collection, self.query, self.update, one=one, array_filters=self.array_filters)
+        if modified == 0 and self.upsert:
+            upserted = txn.upsert(self.collection, self.query, self.update, self.array_filters)
+            return {"modified": 0, "upserted_id": upserted}
+        return {"modified": modified}
 
 
 @attrs.frozen
 class Update(_Updating):
-    """Update every matching document: C{{"modified": n}}."""
+    """Update every matching document: C{{"modified": n}} (an upsert adds C{upserted_id})."""
 
     KIND: ClassVar[str] = "Update"
 
     def apply(self, txn: WriteTxn, now: float) -> Any:
-        return {"modified": txn.update(self.collection, self.query, self.update)}
+        return self._apply(txn, False)
 
 
 @attrs.frozen
 class UpdateOne(_Updating):
-    """Update the matching document with the lowest C{_id}: C{{"modified": 0 | 1}}."""
+    """Update the matching document with the lowest C{_id}: C{{"modified": 0 | 1}} (an upsert adds C{upserted_id})."""
 
     KIND: ClassVar[str] = "UpdateOne"
 
     def apply(self, txn: WriteTxn, now: float) -> Any:
-        return {"modified": txn.update(self.collection, self.query, self.update, one=True)}
+        return self._apply(txn, True)
 
 
 @attrs.frozen
@@ -316,7 +373,7 @@ class Delete(_OnCollection):
     limit: int | None = attrs.field(
         default=None,
         validator=check(
-            lambda value: value is None or is_uint(value),
+            lambda value: value is None or (is_uint(value) and value <= MAX_LIMIT),
             lambda: BadRequestError("'limit' must be a non-negative integer"),
         ),
     )
@@ -335,6 +392,72 @@ class DeleteOne(_OnCollection):
 
     def apply(self, txn: WriteTxn, now: float) -> Any:
         return {"deleted": txn.delete(self.collection, self.query, 1)}
+
+
+def _optional(kind: type, message: str) -> Callable[[Any, Any, Any], None]:
+    return check(lambda value: value is None or type(value) is kind, lambda: BadRequestError(message))
+
+
+def _flag(name: str) -> Any:
+    """An optional boolean field, false by default."""
+    message = f"'{name}' must be a boolean"
+    return attrs.field(default=False, validator=check(_is_bool, lambda: BadRequestError(message)))
+
+
+def _update_unless_remove(instance: Any, attribute: Any, value: Any) -> None:
+    if instance.remove:
+        if value is not None:
+            raise BadRequestError("find_and_modify takes 'update' or 'remove', not both")
+    elif value is None:
+        raise BadRequestError("missing 'update'")
+
+
+@attrs.frozen
+class FindAndModify(_OnCollection):
+    """
+    Update or remove the first matching document in C{sort} order and
+    answer it (before the change, or after it with C{new}), projected by
+    C{fields}, or null (L{WriteTxn.find_and_modify}).
+
+    One operation, so the select and the change are one write on the
+    writer and, in cluster mode, one log entry that every replica applies
+    alike: the document is chosen by the query and sort on each node's
+    identical state, and an upsert's document and id are computed in
+    C{apply} as for L{Update}. (Upstream runs it on the receiving node
+    only.)
+    """
+
+    KIND: ClassVar[str] = "FindAndModify"
+
+    query: JSON = attrs.field(validator=present("missing 'query'"))
+    update: JSON = attrs.field(default=None, validator=_update_unless_remove)
+    remove: bool = _flag("remove")
+    new: bool = _flag("new")
+    upsert: bool = _flag("upsert")
+    sort: dict[str, Any] | None = attrs.field(default=None, validator=_optional(dict, "'sort' must be an object"))
+    fields: dict[str, Any] | None = attrs.field(default=None, validator=_optional(dict, "'fields' must be an object"))
+    array_filters: list[JSON] | None = attrs.field(
+        default=None, validator=_optional(list, "'array_filters' must be an array of objects")
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.remove and self.upsert:
+            raise BadRequestError("'upsert' cannot be used with 'remove'")
+        if self.remove and self.new:
+            raise BadRequestError("'new' cannot be used with 'remove'")
+
+    def apply(self, txn: WriteTxn, now: float) -> Any:
+        return txn.find_and_modify(
+            self.collection,
+            self.query,
+            self.update,
+            remove=self.remove,
+            new=self.new,
+            upsert=self.upsert,
+            sort=self.sort,
+            fields=self.fields,
+            array_filters=self.array_filters,
+        )
 
 
 # --- collections ----------------------------------------------------------------
@@ -447,6 +570,7 @@ BUILTIN: tuple[type[Operation], ...] = (
     UpdateOne,
     Delete,
     DeleteOne,
+    FindAndModify,
     CreateCollection,
     DropCollection,
     EnsureCollection,
@@ -473,6 +597,7 @@ __all__ = [
     "DropCollection",
     "DropIndex",
     "EnsureCollection",
+    "FindAndModify",
     "Insert",
     "InsertMany",
     "Operation",

@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 import orjson
 
-from oxidb.engine import store, textindex, textstore
+from oxidb.engine import store, textindex, textstore, ttl
 from oxidb.engine.aggregate import compile_pipeline
 from oxidb.engine.governor import (
     DEFAULT_LIMITS,
@@ -151,14 +151,17 @@ class Reader:
     def list_indexes(self, collection: str) -> list[dict[str, Any]]:
         """
         Index descriptors (engine.md 4.6): field and unique indexes, then
-        composites, then the text index, each group in creation order.
+        composites, then the text index, each group in creation order; then
+        TTL indexes by field (L{oxidb.engine.ttl}).
         """
         info = self.collection(collection)
         if info is None:
             return []
         defs = store.list_index_defs(self.conn, info.name)
         order = {store.INDEX_FIELD: 0, store.INDEX_COMPOSITE: 1, store.INDEX_TEXT: 2}
-        return [d.describe() for d in sorted(defs, key=lambda d: (order[d.kind], d.seq))]
+        return [d.describe() for d in sorted(defs, key=lambda d: (order[d.kind], d.seq))] + ttl.list_for(
+            self.conn, info.name
+        )
 
     # --- documents --------------------------------------------------------
 

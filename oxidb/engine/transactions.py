@@ -39,6 +39,16 @@ collection's persisted id high-water mark: a reserved id is never handed out
 again, whether the transaction commits, rolls back or dies with its
 connection, and every replica reserves the same range.
 
+Update options inside a transaction: C{array_filters} and C{$} paths are
+carried by the buffered update (C{"array_filters"}, and the original
+C{"query"} that C{$} refers to; the ids still select the documents). An
+upsert that matches nothing in the view builds its document at once
+(L{Transaction.upsert_document}) and buffers it as an insert under a reserved
+id. As with any transaction, only the documents read join the read set: an
+upsert's "nothing matched" is not validated at commit (a concurrent insert
+of a matching document is not a conflict; a unique index prevents the
+duplicate).
+
 Nothing here imports Twisted: the methods taking a C{reader} run inside
 L{oxidb.engine.engine.Engine.read} on a pool thread.
 """
@@ -53,9 +63,9 @@ import attrs
 from oxidb.engine import store
 from oxidb.engine.governor import approx_size, reply_cap
 from oxidb.engine.matcher import apply_find, compile_query
-from oxidb.engine.operations import Operation, check, collection_name, malformed
+from oxidb.engine.operations import VERSION_KEY, Operation, check, collection_name, malformed
 from oxidb.engine.reads import Reader, plan_query
-from oxidb.engine.updates import bump_version, compile_update
+from oxidb.engine.updates import bump_version, compile_update, upsert_document
 from oxidb.engine.writes import WriteTxn
 from oxidb.errors import DocumentNotObjectError, TransactionConflictError
 
@@ -191,23 +201,33 @@ class Transaction:
         update: object,
         now: float,
         limit: int | None = None,
+        array_filters: list[Any] | None = None,
     ) -> int:
         """
         Buffer an update of the matching documents (the first C{limit} by
         C{_id}); the number matched. An invalid update fails here and
         buffers nothing.
         """
-        compiled = compile_update(update)
+        compiled = compile_update(update, array_filters)
+        matcher = compile_query({} if query is None else query, reader.limits)
         matched = self._view(reader, collection, query)[:limit]
-        updated = [bump_version(compiled.apply(doc, now)) for doc in matched]
+        updated = [bump_version(compiled.apply(doc, now, matcher)) for doc in matched]
         self._record(reader, collection, matched)
         if updated:
             touched = self.overlay.setdefault(collection, {})
             for doc in updated:
                 touched[doc["_id"]] = doc
             ids = _id_runs(doc["_id"] for doc in updated)
-            self.ops.append(TxUpdate(collection, ids, update))
+            positional = query if compiled.positional else None
+            self.ops.append(TxUpdate(collection, ids, update, array_filters, positional))
         return len(updated)
+
+    @staticmethod
+    def upsert_document(query: object, update: object, now: float, array_filters: list[Any] | None = None) -> Any:
+        """The document an upsert inserts when nothing matches (L{oxidb.engine.writes.WriteTxn.upsert})."""
+        matcher = compile_query({} if query is None else query)
+        compiled = compile_update(update, array_filters)
+        return compiled.apply(upsert_document(matcher), now, matcher, inserting=True)
 
     def stage_delete(self, reader: Reader, collection: str, query: object, limit: int | None = None) -> int:
         """Buffer a delete of the matching documents (the first C{limit}); the number matched."""
@@ -302,30 +322,59 @@ class TxInsert:
 
 @attrs.frozen
 class TxUpdate:
-    """Buffered: apply C{update} to the documents with the ids in C{ids} (runs C{(first, last)})."""
+    """
+    Buffered: apply C{update} to the documents with the ids in C{ids} (runs
+    C{(first, last)}), with its C{array_filters}, and the C{query} its C{$}
+    paths refer to (both only when used).
+    """
 
     OP: ClassVar[str] = "update"
 
     collection: str = attrs.field(validator=check(_is_str, malformed))
     ids: tuple[tuple[int, int], ...]
     update: Any
+    array_filters: list[Any] | None = attrs.field(
+        default=None, validator=check(lambda v: v is None or type(v) is list, malformed)
+    )
+    query: Any = None
+
+    @property
+    def uses_options(self) -> bool:
+        return self.array_filters is not None or self.query is not None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        value = {
             "op": self.OP,
             "collection": self.collection,
             "ids": [list(run) for run in self.ids],
             "update": self.update,
         }
+        if self.array_filters is not None:
+            value["array_filters"] = self.array_filters
+        if self.query is not None:
+            value["query"] = self.query
+        return value
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> TxUpdate:
         # Whatever the body holds: the field validators refuse a wrong value.
-        return cls(value.get("collection"), _runs_of(value.get("ids")), value.get("update"))  # type: ignore[arg-type]
+        return cls(
+            value.get("collection"),  # type: ignore[arg-type]
+            _runs_of(value.get("ids")),
+            value.get("update"),
+            value.get("array_filters"),
+            value.get("query"),
+        )
 
     def apply(self, txn: WriteTxn) -> None:
         for first, last in self.ids:
-            txn.update(self.collection, _id_range(first, last), self.update)
+            txn.update(
+                self.collection,
+                _id_range(first, last),
+                self.update,
+                array_filters=self.array_filters,
+                positional_query=self.query,
+            )
 
 
 @attrs.frozen
@@ -389,6 +438,10 @@ class CommitTransaction(Operation):
     """
 
     KIND: ClassVar[str] = "CommitTransaction"
+    #: Version 2: buffered updates may carry C{array_filters} and C{query}
+    #: (written as version 2 only then, so that a node knowing only
+    #: version 1 refuses them rather than ignoring them).
+    VERSION: ClassVar[int] = 2
 
     read_set: tuple[tuple[str, int, int], ...]
     write_ops: tuple[TxWrite, ...]
@@ -402,6 +455,10 @@ class CommitTransaction(Operation):
         if self.collections is not None:
             body["collections"] = dict(self.collections)
         return body
+
+    def to_json(self) -> dict[str, Any]:
+        options = any(isinstance(write, TxUpdate) and write.uses_options for write in self.write_ops)
+        return {self.KIND: {**self.to_body(), VERSION_KEY: 2 if options else 1}}
 
     @classmethod
     def from_body(cls, body: dict[str, Any], version: int) -> CommitTransaction:

@@ -22,10 +22,12 @@ from typing import Any
 
 import orjson
 
-from oxidb.engine import keys, paths, store, textstore, values
+from oxidb.engine import keys, paths, store, textstore, ttl, values
+from oxidb.engine.matcher import parse_sort
+from oxidb.engine.projection import compile_projection
 from oxidb.engine.reads import Reader, check_query
 from oxidb.engine.store import CollectionInfo, IndexDef
-from oxidb.engine.updates import compile_update
+from oxidb.engine.updates import compile_update, upsert_document
 from oxidb.errors import (
     BadRequestError,
     CollectionExistsError,
@@ -95,6 +97,7 @@ class WriteTxn(Reader):
             info = store.get_collection(self.conn, name)
             if info is not None:
                 store.drop_collection(self.conn, info)
+                ttl.drop_collection(self.conn, info.name)
         return "collection dropped"
 
     def compact(self, collection: object) -> dict[str, int]:
@@ -171,24 +174,38 @@ class WriteTxn(Reader):
             textstore.add(self.conn, info.tbl, text_index.fields, [(row[0], row[2]) for row in rows])
         return list(range(first, last + 1))
 
-    def update(self, collection: object, query: object, update: object, *, one: bool = False) -> int:
+    def update(
+        self,
+        collection: object,
+        query: object,
+        update: object,
+        *,
+        one: bool = False,
+        array_filters: object = None,
+        positional_query: object = None,
+    ) -> int:
         """
         Apply an update to every matching document (or the one with the
         lowest C{_id}); the number matched. All-or-nothing.
+
+        @param array_filters: the C{arrayFilters} of C{$[<id>]} paths.
+        @param positional_query: the query C{$} paths refer to, when it is
+            not C{query} (a transaction's commit selects by C{_id}).
         """
         if query is None:
             raise BadRequestError("missing 'query'")
         if update is None:
             raise BadRequestError("missing 'update'")
         matcher = check_query(query)
-        compiled = compile_update(update)
+        compiled = compile_update(update, array_filters)
+        positional = matcher if positional_query is None else check_query(positional_query)
         info = self.ensure_collection(collection)
         matched = list(self.rows(info, self.plan_for(info, matcher), None, None, 1 if one else None))
         if not matched:
             return 0
         rows = []
         for doc_id, version, doc in matched:
-            new = compiled.apply(doc, self.now)
+            new = compiled.apply(doc, self.now, positional)
             rows.append(_prepare(new, doc_id, version + 1))
         defs = store.list_index_defs(self.conn, info.name)
         self._check_unique(info, defs, rows, replacing=True)
@@ -204,6 +221,70 @@ class WriteTxn(Reader):
             textstore.remove(self.conn, info.tbl, ids)
             textstore.add(self.conn, info.tbl, text_index.fields, [(row[0], row[2]) for row in rows])
         return len(rows)
+
+    def upsert(self, collection: object, query: object, update: object, array_filters: object = None) -> int:
+        """
+        Insert the document an upsert that matched nothing creates: the
+        query's equality fields (L{upsert_document}), then the update
+        applied as to a new document (C{$setOnInsert} included); its new
+        C{_id}, the collection's next one. Deterministic given the state and
+        C{now}, so every replica computes the same document and id.
+        """
+        matcher = check_query(query)
+        compiled = compile_update(update, array_filters)
+        document = compiled.apply(upsert_document(matcher), self.now, matcher, inserting=True)
+        return self.insert(collection, document)
+
+    def find_and_modify(
+        self,
+        collection: object,
+        query: object,
+        update: object,
+        *,
+        remove: bool = False,
+        new: bool = False,
+        upsert: bool = False,
+        sort: object = None,
+        fields: object = None,
+        array_filters: object = None,
+    ) -> dict[str, Any] | None:
+        """
+        Update or remove the first document C{query} matches in C{sort}
+        order (ties and no sort: lowest C{_id}), in this one write: the
+        document before the change, or after it with C{new}, projected by
+        C{fields}; None when nothing matched (or an upsert inserted and
+        C{new} is false). Everything is checked before anything changes.
+        """
+        if query is None:
+            raise BadRequestError("missing 'query'")
+        matcher = check_query(query, self.limits)
+        spec = parse_sort(sort, self.limits)
+        projection = compile_projection(fields)
+        if not remove:
+            if update is None:
+                raise BadRequestError("missing 'update'")
+            compile_update(update, array_filters)
+        info = self.ensure_collection(collection)
+        row = next(iter(self.rows(info, self.plan_for(info, matcher), spec, None, 1)), None)
+        result: dict[str, Any] | None
+        if row is None:
+            if remove or not upsert:
+                return None
+            doc_id = self.upsert(collection, query, update, array_filters)
+            result = self.find_one(info.name, {"_id": doc_id}) if new else None
+        else:
+            doc_id, _, result = row
+            if remove:
+                self.delete(collection, {"_id": doc_id})
+            else:
+                self.update(
+                    collection, {"_id": doc_id}, update, one=True, array_filters=array_filters, positional_query=query
+                )
+                if new:
+                    result = self.find_one(info.name, {"_id": doc_id})
+        if result is None or projection is None:
+            return result
+        return projection.apply(result)
 
     def delete(self, collection: object, query: object, limit: int | None = None) -> int:
         """
@@ -327,7 +408,8 @@ class WriteTxn(Reader):
     def drop_index(self, collection: object, name: object) -> str:
         """
         Drop an index looked up as a field/unique index on C{name}, then a
-        composite of that name, then the text index (engine.md 4.7).
+        composite of that name, then the text index (engine.md 4.7), then a
+        TTL index (L{oxidb.engine.ttl}).
         """
         if not isinstance(name, str):
             raise BadRequestError("missing 'index'")
@@ -341,6 +423,8 @@ class WriteTxn(Reader):
                 store.drop_text_tables(self.conn, info.tbl)
             else:
                 store.drop_sql_index(self.conn, info.tbl, index)
+            return "index dropped"
+        if ttl.drop(self.conn, info.name, name):
             return "index dropped"
         raise IndexNotFoundError(name)
 
