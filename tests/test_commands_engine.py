@@ -29,6 +29,7 @@ ENGINE_COMMANDS = {
     "update_one": True, "delete": True, "delete_one": True, "count": False, "create_index": True,
     "create_unique_index": True, "create_composite_index": True, "create_text_index": True,
     "list_indexes": False, "drop_index": True, "text_search": False, "aggregate": False,
+    "create_vector_index": True, "vector_search": False,
 }
 
 
