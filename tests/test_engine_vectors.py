@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -205,10 +205,15 @@ def test_exact_search_matches_numpy(engine: Engine) -> None:
     check()
 
 
+def graph_engine(tmp_path: Path, exact_below: int, runner: vectors.Runner = vectors.inline) -> Engine:
+    """An engine searching indexes of C{exact_below} vectors or more through graphs built by C{runner}."""
+    return Engine(str(tmp_path / "data"), synchronous="OFF", vector_exact_below=exact_below, vector_runner=runner)
+
+
 def test_graph_search_matches_numpy_on_small_indexes(tmp_path: Path) -> None:
     """Through the HNSW cache (every index is 'large'): the same answers on indexes smaller than ef."""
     names = (f"g{n}" for n in itertools.count())
-    with Engine(str(tmp_path / "data"), synchronous="OFF", vector_exact_below=0) as engine:
+    with graph_engine(tmp_path, 0) as engine:
 
         @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
         @given(scenario=scenarios())
@@ -242,7 +247,7 @@ def recall(engine: Engine, collection: str, queries: np.ndarray, model: dict[int
 def test_graph_recall_through_writes_and_compact(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     dimension = 16
-    with Engine(str(tmp_path / "data"), synchronous="OFF", vector_exact_below=500) as engine:
+    with graph_engine(tmp_path, 500) as engine:
         data = rng.standard_normal((1200, dimension)).astype(np.float32)
         run(engine, CreateVectorIndex("c", "v", dimension, "cosine"))
         ids = run(engine, InsertMany("c", [{"v": row.tolist()} for row in data]))
@@ -267,9 +272,46 @@ def test_graph_recall_through_writes_and_compact(tmp_path: Path) -> None:
         assert recall(engine, "c", queries, model) >= 0.95
         assert len(engine.vector_cache) == 1, "the graph of the compacted table is gone"
     # Reopened: rebuilt from the table.
-    with Engine(str(tmp_path / "data"), synchronous="OFF", vector_exact_below=500) as engine:
+    with graph_engine(tmp_path, 500) as engine:
         assert len(engine.vector_cache) == 0
         assert recall(engine, "c", queries[:5], model) >= 0.95
+
+
+def test_exact_answers_while_a_graph_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vectors, "CATCH_UP_MAX", 5)
+    jobs: list[Callable[[], None]] = []
+    rng = np.random.default_rng(3)
+    with graph_engine(tmp_path, 0, jobs.append) as engine:
+        run(engine, CreateVectorIndex("c", "v", 4, "euclidean"))
+        data = rng.standard_normal((50, 4)).astype(np.float32)
+        ids = run(engine, InsertMany("c", [{"v": row.tolist()} for row in data]))
+        model: dict[int, list[float] | None] = {i: row.tolist() for i, row in zip(ids, data, strict=True)}
+        query = [0.0, 0.0, 0.0, 0.0]
+        # No graph yet: one build is queued and the answer is exact.
+        check_against_reference(engine.vector_search("c", "v", query, 5), model, query, "euclidean", 5)
+        check_against_reference(engine.vector_search("c", "v", query, 5), model, query, "euclidean", 5)
+        assert len(jobs) == 1 and len(engine.vector_cache) == 0
+        jobs.pop()()
+        assert len(engine.vector_cache) == 1
+        # A few changes: the search applies them to the graph first.
+        run(engine, Update("c", {"_id": 1}, {"$set": {"v": [0, 0, 0, 0]}}))
+        model[1] = [0, 0, 0, 0]
+        assert engine.vector_search("c", "v", query, 1)[0]["_id"] == 1
+        # Too many changes to catch up: exact answers and a rebuild.
+        run(engine, Delete("c", {"_id": {"$lte": 10}}))
+        model = {k: v for k, v in model.items() if k > 10}
+        check_against_reference(engine.vector_search("c", "v", query, 5), model, query, "euclidean", 5)
+        assert len(jobs) == 1
+        jobs.pop()()
+        found = engine.vector_search("c", "v", query, 5)
+        check_against_reference(found, model, query, "euclidean", 5, exact=False)
+        # A build that finishes after the engine reopened is dropped.
+        run(engine, Compact("c"))
+        engine.vector_search("c", "v", query, 5)
+        engine.close()
+        engine.open()
+        jobs.pop()()
+        assert len(engine.vector_cache) == 0
 
 
 # --- transactions, backups -----------------------------------------------------------------

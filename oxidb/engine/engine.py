@@ -83,6 +83,9 @@ class Engine:
     @param vector_exact_below: vector indexes with fewer vectors are
         searched exactly, larger ones through their HNSW graph
         (L{oxidb.engine.vectors.EXACT_BELOW}).
+    @param vector_runner: runs the builds of HNSW graphs (a background
+        thread each; L{oxidb.engine.vectors.inline} builds on the searching
+        thread, for deterministic tests).
 
     @ivar codec: the L{OperationCodec} of every operation type this engine
         applies (L{BUILTIN} and those registered).
@@ -102,6 +105,7 @@ class Engine:
         clock: Clock = time.monotonic,
         progress_steps: int = PROGRESS_STEPS,
         vector_exact_below: int = vectors.EXACT_BELOW,
+        vector_runner: vectors.Runner = vectors.in_thread,
     ) -> None:
         if synchronous not in store.SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {', '.join(store.SYNCHRONOUS_MODES)}")
@@ -120,7 +124,7 @@ class Engine:
         self._clock = clock
         self._progress_steps = progress_steps
         self._vector_exact_below = vector_exact_below
-        self.vector_cache = vectors.VectorCache()
+        self.vector_cache = vectors.VectorCache(lambda: store.connect(self.path, writer=False), vector_runner)
         self.codec = OperationCodec(BUILTIN)
         self._appliers: dict[type[Operation], Applier] = {op_type: _apply_itself for op_type in BUILTIN}
         self.prepared_puts = PreparedPuts()

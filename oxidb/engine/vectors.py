@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -268,6 +268,23 @@ def _best(ids: npt.NDArray[np.int64], dist: npt.NDArray[np.float32], limit: int)
 
 _USEARCH_METRIC = {METRIC_COSINE: "cos", METRIC_EUCLIDEAN: "l2sq", METRIC_DOT: "ip"}
 
+#: Most vector changes a search applies to a graph itself before searching
+#: it; past that the graph is rebuilt in the background.
+CATCH_UP_MAX = 1000
+
+#: C{runner(job)}: runs a graph build (L{VectorCache}).
+Runner = Callable[[Callable[[], None]], None]
+
+
+def in_thread(job: Callable[[], None]) -> None:
+    """The default L{Runner}: a daemon thread per build."""
+    threading.Thread(target=job, name="oxidb-vector-build", daemon=True).start()
+
+
+def inline(job: Callable[[], None]) -> None:
+    """A L{Runner} that builds at once, on the searching thread (tests, tools)."""
+    job()
+
 
 @attrs.define
 class _Graph:
@@ -276,6 +293,7 @@ class _Graph:
     index: Index
     rev: int
     removed: int = 0
+    stale: bool = False
 
 
 def _max_rev(conn: sqlite3.Connection, vt: str) -> int:
@@ -293,76 +311,117 @@ class VectorCache:
     """
     The HNSW graphs of the vector indexes searched since the engine opened,
     by vector table name (a name is never reused for other vectors: table
-    names and index sequence numbers are never reused). Thread-safe: one
-    lock serializes bringing a graph up to date and searching it.
+    names and index sequence numbers are never reused).
+
+    A graph is built from its table by C{runner} (a background thread by
+    default) on its own read connection from C{connect}; until it is ready,
+    and while a rebuild after many changes runs, L{candidates} answers None
+    and the search is exact. A search brings a ready graph up to its
+    snapshot (at most L{CATCH_UP_MAX} changes) before searching it. One lock
+    serializes catching up and searching; builds run outside it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, connect: Callable[[], sqlite3.Connection], runner: Runner = in_thread) -> None:
+        self._connect = connect
+        self._runner = runner
         self._lock = threading.Lock()
         self._graphs: dict[str, _Graph] = {}
+        self._building: set[str] = set()
+        self._generation = 0
 
     def clear(self) -> None:
-        """Forget every graph (the engine opened or closed)."""
+        """Forget every graph, and the builds running (the engine opened or closed)."""
         with self._lock:
             self._graphs.clear()
+            self._building.clear()
+            self._generation += 1
 
     def __len__(self) -> int:
         return len(self._graphs)
 
     def candidates(
         self, conn: sqlite3.Connection, vt: str, dimension: int, metric: str, query: Matrix, count: int, ef: int
-    ) -> npt.NDArray[np.int64]:
+    ) -> npt.NDArray[np.int64] | None:
         """
         Up to C{count} ids the graph of C{vt} finds nearest to C{query},
-        after bringing it up to the snapshot C{conn} reads (never back).
+        after bringing it up to the snapshot C{conn} reads (never back);
+        None if the graph is not ready (a build is then under way).
         """
+        rev = _max_rev(conn, vt)
         with self._lock:
-            graph = self._graphs.get(vt)
-            rev = _max_rev(conn, vt)
-            if graph is None or graph.removed > max(len(graph.index), EXACT_BELOW):
-                graph = self._build(conn, vt, dimension, metric, rev)
-            elif rev > graph.rev and not self._catch_up(conn, vt, dimension, graph, rev):
-                graph = self._build(conn, vt, dimension, metric, rev)
-            if len(graph.index) == 0:
-                return np.zeros(0, dtype=np.int64)
-            # usearch types the property read-only; it has a setter.
-            graph.index.expansion_search = max(ef, count)  # type: ignore[misc]
-            matches = graph.index.search(query, min(count, len(graph.index)), threads=1)
-            return np.asarray(matches.keys, dtype=np.int64)
+            found = self._search(conn, vt, dimension, rev, query, count, ef)
+            if found is not None:
+                return found
+            start = vt not in self._building
+            self._building.add(vt)
+            generation = self._generation
+        if start:
+            self._runner(lambda: self._build(vt, dimension, metric, generation))
+        with self._lock:
+            return self._search(conn, vt, dimension, rev, query, count, ef)
 
-    def _build(self, conn: sqlite3.Connection, vt: str, dimension: int, metric: str, rev: int) -> _Graph:
+    def _search(
+        self, conn: sqlite3.Connection, vt: str, dimension: int, rev: int, query: Matrix, count: int, ef: int
+    ) -> npt.NDArray[np.int64] | None:
+        graph = self._graphs.get(vt)
+        if graph is None or graph.stale:
+            return None
+        if rev > graph.rev and not self._catch_up(conn, vt, dimension, graph, rev):
+            graph.stale = True
+            return None
+        if len(graph.index) == 0:
+            return np.zeros(0, dtype=np.int64)
+        # usearch types the property read-only; it has a setter.
+        graph.index.expansion_search = max(ef, count)  # type: ignore[misc]
+        matches = graph.index.search(query, min(count, len(graph.index)), threads=1)
+        return np.asarray(matches.keys, dtype=np.int64)
+
+    def _build(self, vt: str, dimension: int, metric: str, generation: int) -> None:
+        """Build the graph of C{vt} from a snapshot of its table, and install it."""
         from usearch.index import Index
 
-        # Graphs of tables that no longer exist (dropped, compacted) go.
-        live = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-        for name in [name for name in self._graphs if name not in live]:
-            del self._graphs[name]
-        index = Index(
-            ndim=dimension,
-            metric=_USEARCH_METRIC[metric],
-            dtype="f32",
-            connectivity=CONNECTIVITY,
-            expansion_add=EXPANSION_ADD,
-            expansion_search=DEFAULT_EF_SEARCH,
-        )
-        cursor = conn.execute(f"SELECT id, vec FROM {vt} WHERE rev <= ? ORDER BY id", (rev,))
-        while True:
-            batch = cursor.fetchmany(16384)
-            if not batch:
-                break
-            ids, matrix = _load(batch, dimension)
-            index.add(ids.astype(np.uint64), matrix)
-        graph = _Graph(index, rev)
-        self._graphs[vt] = graph
-        return graph
+        try:
+            index = Index(
+                ndim=dimension,
+                metric=_USEARCH_METRIC[metric],
+                dtype="f32",
+                connectivity=CONNECTIVITY,
+                expansion_add=EXPANSION_ADD,
+                expansion_search=DEFAULT_EF_SEARCH,
+            )
+            conn = self._connect()
+            try:
+                conn.execute("BEGIN")
+                live = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+                if vt not in live:
+                    return
+                rev = _max_rev(conn, vt)
+                rows = conn.execute(f"SELECT id, vec FROM {vt} ORDER BY id").fetchall()
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+            for start in range(0, len(rows), 16384):
+                ids, matrix = _load(rows[start : start + 16384], dimension)
+                # One thread: more only contend on this small machine's cores.
+                index.add(ids.astype(np.uint64), matrix, threads=1)
+            del rows
+            with self._lock:
+                if generation == self._generation:
+                    # Graphs of tables that no longer exist (dropped, compacted) go.
+                    for name in [name for name in self._graphs if name not in live]:
+                        del self._graphs[name]
+                    self._graphs[vt] = _Graph(index, rev)
+        finally:
+            with self._lock:
+                if generation == self._generation:
+                    self._building.discard(vt)
 
     def _catch_up(self, conn: sqlite3.Connection, vt: str, dimension: int, graph: _Graph, rev: int) -> bool:
-        """Apply the changes up to C{rev}; False if there are so many that a rebuild is cheaper."""
-        limit = max(EXACT_BELOW, len(graph.index) // 4)
-        since = (graph.rev, limit + 1)
+        """Apply the changes up to C{rev}; False if there are too many (or too many removals so far)."""
+        since = (graph.rev, CATCH_UP_MAX + 1)
         gone = [row[0] for row in conn.execute(f"SELECT id FROM {vt}_gone WHERE rev > ? LIMIT ?", since)]
         changed = conn.execute(f"SELECT id, vec FROM {vt} WHERE rev > ? LIMIT ?", since).fetchall()
-        if len(gone) + len(changed) > limit:
+        if len(gone) + len(changed) > CATCH_UP_MAX or graph.removed > max(len(graph.index), CATCH_UP_MAX):
             return False
         index = graph.index
         ids, matrix = _load(changed, dimension)
@@ -423,11 +482,13 @@ def search(
         return []
     vt = store.vector_table(info.tbl, index)
     (size,) = reader.conn.execute(f"SELECT count(*) FROM {vt}").fetchone()
-    if size < exact_below:
-        ranked = _exact(reader, vt, dimension, metric, query, limit)
-    else:
+    ids = None
+    if size >= exact_below:
         ef = DEFAULT_EF_SEARCH if ef_search is None else ef_search
         ids = cache.candidates(reader.conn, vt, dimension, metric, query, limit, ef)
+    if ids is None:
+        ranked = _exact(reader, vt, dimension, metric, query, limit)
+    else:
         ranked = _rerank(reader, vt, dimension, metric, query, ids.tolist(), limit)
     if not ranked:
         return []
