@@ -523,3 +523,23 @@ def test_commands(server: MemoryServer) -> None:
         "'vector' must hold finite numbers within the 32-bit float range"
     )
     assert client.ok("drop_index", collection="c", index="_vec_v") == "index dropped"
+
+
+def test_replicas_applying_one_log_hold_the_same_vectors(tmp_path: Path) -> None:
+    """The vector tables follow the replicated operations deterministically (cluster mode)."""
+    log = [
+        InsertMany("c", [{"v": [1, 2]}, {"v": [3, 4]}]).to_json(),
+        CreateVectorIndex("c", "v", 2, "euclidean").to_json(),
+        InsertMany("c", [{"v": [5, 6]}, {"v": "no"}]).to_json(),
+        Update("c", {"_id": 1}, {"$set": {"v": [0.1, 0.2]}}).to_json(),
+        Delete("c", {"_id": 2}).to_json(),
+        Compact("c").to_json(),
+    ]
+    tables = []
+    for name in ("a", "b"):
+        with Engine(str(tmp_path / name), synchronous="OFF") as replica:
+            for index, payload in enumerate(log, 1):
+                replica.apply(payload, NOW, raft_index=index)
+            tables.append(replica.read(lambda r: r.conn.execute("SELECT * FROM c2_v1 ORDER BY id").fetchall()))
+    assert tables[0] == tables[1]
+    assert [row[0] for row in tables[0]] == [1, 3]
