@@ -5,9 +5,15 @@ ratios, and the process's RSS.
 
     .venv/bin/python bench/vector_bench.py [--docs 100000] [--dim 128] [--queries 200] [--metric cosine]
 
-Workload: C{--docs} documents C{{"n": i, "emb": [dim floats]}} (standard
-normal, seeded) inserted in batches of 1000 into a collection with a vector
-index, then top-10 queries (other seeded vectors):
+Workload: C{--docs} documents C{{"n": i, "emb": [dim floats]}} inserted in
+batches of 1000 into a collection with a vector index, then top-10 queries
+(other seeded vectors of the same distribution). C{--data}:
+
+  - C{embedding} (default): like real embeddings, vectors of low intrinsic
+    dimension: a 24-dimensional standard normal latent vector through a
+    fixed random linear map to C{dim} dimensions, plus 10% noise;
+  - C{random}: standard normal in all C{dim} dimensions, the worst case of
+    HNSW (no structure at all; recall at a given C{ef_search} is far lower).
 
   - numpy brute force: the vectors as one float32 matrix in memory, one
     matrix-vector product and an C{argpartition} per query (the ground
@@ -19,8 +25,6 @@ index, then top-10 queries (other seeded vectors):
   - engine, exact: the same call on an engine whose threshold sends every
     search to the exact path (numpy over the vectors read from SQLite).
 
-Random normal vectors are the hard case for HNSW (no clusters): real
-embeddings reach a given recall at a lower C{ef_search}.
 """
 
 from __future__ import annotations
@@ -80,14 +84,27 @@ def main() -> None:
     parser.add_argument("--exact-queries", type=int, default=20)
     parser.add_argument("--metric", default="cosine", choices=["cosine", "euclidean", "dot_product"])
     parser.add_argument("--ef", type=int, action="append", default=[], help="extra ef_search values to measure")
+    parser.add_argument("--data", default="embedding", choices=["embedding", "random"])
     args = parser.parse_args()
     metric = vectors.normalize_metric(args.metric)
     k = 10
     rng = np.random.default_rng(42)
-    data = rng.standard_normal((args.docs, args.dim)).astype(np.float32)
-    queries = rng.standard_normal((args.queries, args.dim)).astype(np.float32)
+    if args.data == "random":
+        data = rng.standard_normal((args.docs, args.dim)).astype(np.float32)
+        queries = rng.standard_normal((args.queries, args.dim)).astype(np.float32)
+    else:
+        latent = 24
+        mapping = rng.standard_normal((latent, args.dim)) / np.sqrt(latent)
+
+        def embeddings(n: int) -> np.ndarray:
+            noise = 0.1 * rng.standard_normal((n, args.dim))
+            return (rng.standard_normal((n, latent)) @ mapping + noise).astype(np.float32)
+
+        data = embeddings(args.docs)
+        queries = embeddings(args.queries)
     rows: list[tuple[str, str, str]] = []
-    print(f"{args.docs} vectors x {args.dim} dims, metric {metric}, top-{k}, {args.queries} queries", flush=True)
+    shape = f"{args.docs} {args.data} vectors x {args.dim} dims, metric {metric}"
+    print(f"{shape}, top-{k}, {args.queries} queries", flush=True)
     print(f"RSS at start: {rss_mib():.0f} MiB", flush=True)
 
     # numpy brute force: the ground truth.
