@@ -30,6 +30,7 @@ sorted by distance, ties by ascending C{_id}.
 
 from __future__ import annotations
 
+import itertools
 import math
 import sqlite3
 import threading
@@ -206,9 +207,9 @@ def sync(
 
 def fill(conn: sqlite3.Connection, info: CollectionInfo, index: IndexDef) -> None:
     """Index every document of the collection (a new, empty vector index)."""
-    cursor = conn.execute(f"SELECT _id, doc FROM {info.tbl} ORDER BY _id")
+    rows = iter(conn.execute(f"SELECT _id, doc FROM {info.tbl} ORDER BY _id"))
     while True:
-        batch = cursor.fetchmany(1000)
+        batch = list(itertools.islice(rows, 1000))  # (no fetchmany: portable across SQLite modules)
         if not batch:
             break
         sync(conn, info.tbl, [index], ((doc_id, orjson.loads(text)) for doc_id, text in batch), new=True)
@@ -509,10 +510,10 @@ def _exact(
 ) -> list[tuple[int, float]]:
     """Every stored vector against the query, C{_CHUNK} rows at a time."""
     best: list[tuple[int, float]] = []
-    cursor = reader.conn.execute(f"SELECT id, vec FROM {vt}")
+    rows = iter(reader.conn.execute(f"SELECT id, vec FROM {vt}"))
     while True:
         reader.deadline.check()
-        batch = cursor.fetchmany(_CHUNK)
+        batch = list(itertools.islice(rows, _CHUNK))
         if not batch:
             break
         ids, matrix = _load(batch, dimension)
