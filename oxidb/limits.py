@@ -63,6 +63,8 @@ ENGINE_ROWS: tuple[LimitRow, ...] = (
              "longest text_search or search query, in characters"),
     LimitRow("search_max_terms", "OXIDB_SEARCH_MAX_TERMS", "search-max-terms", 64, 1,
              "most distinct terms in a text_search or search query"),
+    LimitRow("vector_max_limit", "OXIDB_VECTOR_MAX_LIMIT", "vector-max-limit", 10_000, 1,
+             "largest limit and ef_search of one vector_search"),
 )
 
 

@@ -34,9 +34,9 @@ NOT_COMMANDS = {
 #: any code span (single words included): the docs must not list them as
 #: if they existed (docs/security.md describes them in prose).
 PLANNED = {
-    "vector_search", "snapshot_begin", "snapshot_find", "snapshot_count",
+    "snapshot_begin", "snapshot_find", "snapshot_count",
     "snapshot_aggregate", "snapshot_end", "fts_status", "list_databases", "use_db",
-    "find_for_update", "create_vector_index", "create_geo_index",
+    "find_for_update", "create_geo_index",
     "create_collection_with_options", "restore_to_point", "archive_status", "create_database",
     "drop_database", "watch", "unwatch",
 }  # fmt: skip

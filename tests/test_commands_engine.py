@@ -31,6 +31,7 @@ ENGINE_COMMANDS = {
     "list_indexes": False, "drop_index": True, "text_search": False, "aggregate": False,
     "aggregate_docs": False,
     "find_and_modify": True, "create_ttl_index": True,
+    "create_vector_index": True, "vector_search": False,
 }
 
 

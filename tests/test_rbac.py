@@ -16,7 +16,7 @@ from oxidb.errors import PermissionDeniedError
 READ = {
     "ping", "hello", "pipeline",
     "find", "find_one", "count", "aggregate", "aggregate_docs", "explain",
-    "text_search", "search",
+    "text_search", "search", "vector_search",
     "list_collections", "list_indexes", "list_buckets", "list_objects", "get_object", "head_object",
     "extract_text", "list_procedures", "get_procedure", "list_schedules", "get_schedule",
     "server_status", "proc_status",
@@ -26,7 +26,8 @@ READ = {
 #: procedures and switching schedules.
 READWRITE = READ | {
     "insert", "insert_many", "update", "update_one", "delete", "delete_one", "find_and_modify",
-    "create_index", "create_unique_index", "create_composite_index", "create_text_index", "drop_index",
+    "create_index", "create_unique_index", "create_composite_index", "create_text_index", "create_vector_index",
+    "drop_index",
     "create_collection", "drop_collection", "compact",
     "begin_tx", "commit_tx", "rollback_tx",
     "create_bucket", "delete_bucket", "put_object", "delete_object",
@@ -48,11 +49,10 @@ ADMIN_ONLY = {
 #: Without a row they are Admin-only (fail closed); the issue that adds one
 #: moves it into READ or READWRITE above with its documented role.
 NOT_YET = {
-    "vector_search",
     "snapshot_begin", "snapshot_find", "snapshot_count", "snapshot_aggregate", "snapshot_end",
     "fts_status", "list_databases", "use_db",
     "find_for_update",
-    "create_vector_index", "create_geo_index", "create_collection_with_options",
+    "create_geo_index", "create_collection_with_options",
     "restore_to_point", "archive_status", "create_database", "drop_database", "watch", "unwatch",
 }  # fmt: skip
 

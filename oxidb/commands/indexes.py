@@ -1,8 +1,8 @@
 """
 Index commands: C{create_index}, C{create_unique_index},
 C{create_composite_index}, C{create_text_index}, C{create_ttl_index},
-C{list_indexes}, C{drop_index} and C{text_search} (server.md 3.3, 3.4,
-engine.md 4, 8.3).
+C{create_vector_index}, C{list_indexes}, C{drop_index}, C{text_search} and
+C{vector_search} (server.md 3.3, 3.4, engine.md 4, 8.3, 10).
 """
 
 from __future__ import annotations
@@ -14,7 +14,15 @@ from oxidb.commands._args import max_time_ms, optional_uint, require_collection,
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
-from oxidb.engine.operations import CreateCompositeIndex, CreateIndex, CreateTextIndex, CreateUniqueIndex, DropIndex
+from oxidb.engine import vectors
+from oxidb.engine.operations import (
+    CreateCompositeIndex,
+    CreateIndex,
+    CreateTextIndex,
+    CreateUniqueIndex,
+    CreateVectorIndex,
+    DropIndex,
+)
 from oxidb.engine.textindex import DEFAULT_LIMIT
 from oxidb.engine.ttl import MAX_EXPIRE_AFTER_SECONDS, CreateTtlIndex, valid_expire_after
 from oxidb.errors import BadRequestError
@@ -61,6 +69,30 @@ def create_ttl_index(ctx: CommandContext, request: dict[str, Any]) -> Deferred[A
 
 
 _EXPIRE_TEXT = f"'expireAfterSeconds' must be a non-negative integer (at most {MAX_EXPIRE_AFTER_SECONDS})"
+
+
+def create_vector_index(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
+    """C{"vector index created"}; an existing one keeps its dimension and metric."""
+    collection = require_collection(request)
+    field = require_str(request, "field")
+    dimension = vectors.check_dimension(request.get("dimension"))
+    metric = vectors.normalize_metric(request.get("metric"))
+    return ctx.write(CreateVectorIndex(collection, field, dimension, metric))
+
+
+def vector_search(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
+    """The nearest documents with C{_distance} and C{_similarity}; C{limit} defaults to 10."""
+    collection = require_collection(request)
+    field = require_str(request, "field")
+    vector = request.get("vector")
+    vectors.query_vector(vector)
+    # Optional numbers of the wrong type are ignored (server.md 3.2); the
+    # engine refuses those above OXIDB_VECTOR_MAX_LIMIT.
+    limit = optional_uint(request, "limit", vectors.DEFAULT_LIMIT)
+    ef_search = optional_uint(request, "ef_search")
+    return ctx.read(
+        engine_of(ctx).vector_search, collection, field, vector, limit, ef_search, max_time_ms(request)
+    )
 
 
 def list_indexes(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
@@ -149,6 +181,29 @@ COMMANDS = [
         summary='`"ttl index created"`; expired documents are deleted by the server (cluster: the leader).',
     ),
     Command(
+        "create_vector_index",
+        create_vector_index,
+        writes=True,
+        audit_target=("field",),
+        role=_RW,
+        schema=fields(
+            collection_field(),
+            _FIELD,
+            Field(
+                "dimension",
+                JsonType.INTEGER,
+                required=True,
+                doc=f"the vectors' length, 1 to {vectors.MAX_DIMENSION} (checked by the handler)",
+            ),
+            Field(
+                "metric",
+                JsonType.STRING,
+                doc="`cosine` (default), `euclidean` or `dot_product` (also `dotproduct`); any other value is cosine",
+            ),
+        ),
+        summary='`"vector index created"` (`_vec_<field>`); an existing one keeps its dimension and metric.',
+    ),
+    Command(
         "list_indexes",
         list_indexes,
         role=Role.READ,
@@ -181,5 +236,30 @@ COMMANDS = [
             MAX_TIME_MS,
         ),
         summary="Documents matching the text index, with `_score`, best first.",
+    ),
+    Command(
+        "vector_search",
+        vector_search,
+        role=Role.READ,
+        schema=fields(
+            collection_field(),
+            _FIELD,
+            Field(
+                "vector",
+                JsonType.ARRAY,
+                required=True,
+                message="missing 'vector' array",
+                doc="finite numbers within the 32-bit float range, as many as the index's dimension",
+                handler=True,
+            ),
+            Field("limit", JsonType.UINT, doc=f"default {vectors.DEFAULT_LIMIT}; at most `OXIDB_VECTOR_MAX_LIMIT`"),
+            Field(
+                "ef_search",
+                JsonType.UINT,
+                doc=f"HNSW candidate list size (default {vectors.DEFAULT_EF_SEARCH}); at most `OXIDB_VECTOR_MAX_LIMIT`",
+            ),
+            MAX_TIME_MS,
+        ),
+        summary="The nearest documents by the field's vector index, with `_distance` and `_similarity`.",
     ),
 ]

@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from oxidb import filemodes
-from oxidb.engine import keys, store, textstore
+from oxidb.engine import keys, store, textstore, vectors
 from oxidb.engine.blobs import PreparedPuts
 from oxidb.engine.governor import DEFAULT_LIMITS, Clock, Deadline, QueryLimits, time_limit_ms
 from oxidb.engine.operations import BUILTIN, EnsureCollection, Operation, OperationCodec, Rejected
@@ -80,6 +80,12 @@ class Engine:
         (C{time.monotonic}; tests pass a fake one).
     @param progress_steps: SQLite steps between deadline checks inside a
         statement (L{PROGRESS_STEPS}).
+    @param vector_exact_below: vector indexes with fewer vectors are
+        searched exactly, larger ones through their HNSW graph
+        (L{oxidb.engine.vectors.EXACT_BELOW}).
+    @param vector_runner: runs the builds of HNSW graphs (a background
+        thread each; L{oxidb.engine.vectors.inline} builds on the searching
+        thread, for deterministic tests).
 
     @ivar codec: the L{OperationCodec} of every operation type this engine
         applies (L{BUILTIN} and those registered).
@@ -98,6 +104,8 @@ class Engine:
         limits: Limits | QueryLimits | None = None,
         clock: Clock = time.monotonic,
         progress_steps: int = PROGRESS_STEPS,
+        vector_exact_below: int = vectors.EXACT_BELOW,
+        vector_runner: vectors.Runner = vectors.in_thread,
     ) -> None:
         if synchronous not in store.SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {', '.join(store.SYNCHRONOUS_MODES)}")
@@ -115,6 +123,8 @@ class Engine:
             self.limits = QueryLimits.from_limits(limits)
         self._clock = clock
         self._progress_steps = progress_steps
+        self._vector_exact_below = vector_exact_below
+        self.vector_cache = vectors.VectorCache(lambda: store.connect(self.path, writer=False), vector_runner)
         self.codec = OperationCodec(BUILTIN)
         self._appliers: dict[type[Operation], Applier] = {op_type: _apply_itself for op_type in BUILTIN}
         self.prepared_puts = PreparedPuts()
@@ -131,6 +141,7 @@ class Engine:
         """Open (or create) the database and start the writer thread."""
         if self._open:
             return
+        self.vector_cache.clear()
         filemodes.private_dir(self.data_dir)
         # SQLite gives -wal and -shm the database file's mode: a private
         # database file makes them private too (also those left behind).
@@ -172,6 +183,7 @@ class Engine:
         self._local = threading.local()
         self._writer_conn.close()
         self._writer_conn = None
+        self.vector_cache.clear()
 
     def __enter__(self) -> Engine:
         self.open()
@@ -379,6 +391,29 @@ class Engine:
         """Documents ranked by TF-IDF, each with C{_score} (engine.md 8.3)."""
         return self.read_within(max_time_ms, Reader.text_search, collection, query, limit)
 
+    def vector_search(
+        self,
+        collection: str,
+        field: object,
+        vector: object,
+        limit: object = vectors.DEFAULT_LIMIT,
+        ef_search: object = None,
+        max_time_ms: object = None,
+    ) -> list[dict[str, Any]]:
+        """The nearest documents, each with C{_distance} and C{_similarity} (engine.md 10)."""
+        return self.read_within(
+            max_time_ms,
+            vectors.search,
+            self.vector_cache,
+            self._vector_exact_below,
+            self.limits.vector_max_limit,
+            collection,
+            field,
+            vector,
+            limit,
+            ef_search,
+        )
+
     def aggregate(self, collection: str, pipeline: object, max_time_ms: object = None) -> list[dict[str, Any]]:
         """Run an aggregation pipeline (engine.md 5)."""
         return self.read_within(max_time_ms, Reader.aggregate, collection, pipeline)
@@ -409,7 +444,7 @@ def _refresh_derived(conn: sqlite3.Connection) -> None:
     if stored is not None and stored != key_format:
         for info in store.list_collections(conn):
             for index in store.list_index_defs(conn, info.name):
-                if index.kind != store.INDEX_TEXT:
+                if index.kind in store.KEYED_KINDS:
                     store.fill_key_columns(conn, info.tbl, index)
     store.set_meta(conn, "key_format", key_format)
     text_format = textstore.fingerprint()

@@ -55,6 +55,7 @@ class QueryLimits:
     agg_max_docs: int
     search_max_query_length: int
     search_max_terms: int
+    vector_max_limit: int
     max_reply_bytes: int = MAX_REPLY_BYTES
 
     @classmethod

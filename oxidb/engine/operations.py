@@ -551,6 +551,28 @@ class CreateTextIndex(_FieldsIndex):
         return txn.create_text_index(self.collection, self.fields)
 
 
+def _dimension(instance: Any, attribute: Any, value: Any) -> None:
+    if type(value) is not int:
+        raise BadRequestError("missing 'dimension'")
+
+
+@attrs.frozen
+class CreateVectorIndex(_FieldIndex):
+    """
+    The vector index C{_vec_<field>}: C{"vector index created"}. C{metric}
+    is the stored name (L{oxidb.engine.vectors.normalize_metric}); the
+    engine checks C{dimension}'s range.
+    """
+
+    KIND: ClassVar[str] = "CreateVectorIndex"
+
+    dimension: int = attrs.field(validator=_dimension)
+    metric: str = attrs.field(default="cosine", validator=text("malformed operation"))
+
+    def apply(self, txn: WriteTxn, now: float) -> Any:
+        return txn.create_vector_index(self.collection, self.field, self.dimension, self.metric)
+
+
 @attrs.frozen
 class DropIndex(_OnCollection):
     KIND: ClassVar[str] = "DropIndex"
@@ -579,6 +601,7 @@ BUILTIN: tuple[type[Operation], ...] = (
     CreateUniqueIndex,
     CreateCompositeIndex,
     CreateTextIndex,
+    CreateVectorIndex,
     DropIndex,
 )
 
@@ -592,6 +615,7 @@ __all__ = [
     "CreateIndex",
     "CreateTextIndex",
     "CreateUniqueIndex",
+    "CreateVectorIndex",
     "Delete",
     "DeleteOne",
     "DropCollection",

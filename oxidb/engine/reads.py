@@ -151,17 +151,22 @@ class Reader:
     def list_indexes(self, collection: str) -> list[dict[str, Any]]:
         """
         Index descriptors (engine.md 4.6): field and unique indexes, then
-        composites, then the text index, each group in creation order; then
+        composites, then the text index, then vector indexes (with their
+        C{dimension} and C{metric}), each group in creation order; then
         TTL indexes by field (L{oxidb.engine.ttl}).
         """
         info = self.collection(collection)
         if info is None:
             return []
         defs = store.list_index_defs(self.conn, info.name)
-        order = {store.INDEX_FIELD: 0, store.INDEX_COMPOSITE: 1, store.INDEX_TEXT: 2}
-        return [d.describe() for d in sorted(defs, key=lambda d: (order[d.kind], d.seq))] + ttl.list_for(
-            self.conn, info.name
-        )
+        order = {store.INDEX_FIELD: 0, store.INDEX_COMPOSITE: 1, store.INDEX_TEXT: 2, store.INDEX_VECTOR: 3}
+        described = []
+        for index in sorted(defs, key=lambda d: (order[d.kind], d.seq)):
+            descriptor = index.describe()
+            if index.kind == store.INDEX_VECTOR:
+                descriptor["dimension"], descriptor["metric"] = store.get_vector_spec(self.conn, index)
+            described.append(descriptor)
+        return described + ttl.list_for(self.conn, info.name)
 
     # --- documents --------------------------------------------------------
 

@@ -14,8 +14,10 @@ system). Catalog tables:
     mark of its ids (deleting a collection deletes the row, so a re-created
     collection starts at 1 again).
   - C{oxi_indexes(collection, kind, name, fields, is_unique, seq)}: index
-    definitions. C{kind} is C{field} (also unique indexes), C{composite} or
-    C{text}; C{seq} orders them by creation.
+    definitions. C{kind} is C{field} (also unique indexes), C{composite},
+    C{text} or C{vector}; C{seq} orders them by creation.
+  - C{oxi_vector_specs(seq, dimension, metric)}: the parameters of the
+    vector index C{seq}.
 
 A collection's table is C{<tbl>(_id INTEGER PRIMARY KEY, _version INTEGER,
 doc TEXT, k<seq>_<n> BLOB...)} with the whole document (including C{_id} and
@@ -24,7 +26,11 @@ adds one key column C{k<seq>_<n>} per indexed path, holding the
 L{oxidb.engine.keys} key of the document at that path (computed in Python on
 every write, from the document the writer already holds), and a plain SQL
 index C{<tbl>_i<seq>} over those columns. A text index is two posting tables
-C{<tbl>_tt(term, id, tf)} and C{<tbl>_td(id, ntok)}.
+C{<tbl>_tt(term, id, tf)} and C{<tbl>_td(id, ntok)}. A vector index C{seq}
+is two tables, C{<tbl>_v<seq>(id, rev, vec)} (the document's vector as
+little-endian float32) and C{<tbl>_v<seq>_gone(id, rev)} (documents whose
+vector went away); C{rev} orders the changes for the in-memory HNSW cache
+(L{oxidb.engine.vectors}).
 
 C{oxi_meta.layout} is L{LAYOUT}; databases of layout 1 (expression indexes
 over the key functions instead of key columns) are migrated on open.
@@ -66,6 +72,8 @@ _SCHEMA = (
     " collection TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,"
     " fields TEXT NOT NULL, is_unique INTEGER NOT NULL, seq INTEGER NOT NULL,"
     " PRIMARY KEY (collection, kind, name))",
+    "CREATE TABLE IF NOT EXISTS oxi_vector_specs("
+    " seq INTEGER PRIMARY KEY, dimension INTEGER NOT NULL, metric TEXT NOT NULL)",
 )
 
 #: The table layout this code writes (see the module docstring).
@@ -74,6 +82,10 @@ LAYOUT = 2
 INDEX_FIELD = "field"
 INDEX_COMPOSITE = "composite"
 INDEX_TEXT = "text"
+INDEX_VECTOR = "vector"
+
+#: The index kinds backed by key columns of the collection's table.
+KEYED_KINDS = (INDEX_FIELD, INDEX_COMPOSITE)
 
 #: The name of a collection's text index (engine.md 4.4).
 TEXT_INDEX_NAME = "_text"
@@ -119,8 +131,10 @@ class IndexDef:
     """
     One index definition.
 
-    @ivar kind: L{INDEX_FIELD}, L{INDEX_COMPOSITE} or L{INDEX_TEXT}.
-    @ivar name: the wire name (field path, joined composite name, C{_text}).
+    @ivar kind: L{INDEX_FIELD}, L{INDEX_COMPOSITE}, L{INDEX_TEXT} or
+        L{INDEX_VECTOR}.
+    @ivar name: the wire name (field path, joined composite name, C{_text},
+        C{_vec_<field>}).
     @ivar fields: the indexed paths.
     @ivar unique: a unique field index.
     @ivar seq: creation order; also names the SQL index C{<tbl>_i<seq>}.
@@ -270,6 +284,10 @@ def drop_collection(conn: sqlite3.Connection, info: CollectionInfo) -> None:
     """Drop a collection's tables, indexes and catalog rows."""
     conn.execute(f"DROP TABLE IF EXISTS {info.tbl}")
     drop_text_tables(conn, info.tbl)
+    for index in list_index_defs(conn, info.name):
+        if index.kind == INDEX_VECTOR:
+            drop_vector_tables(conn, info.tbl, index)
+            conn.execute("DELETE FROM oxi_vector_specs WHERE seq = ?", (index.seq,))
     conn.execute("DELETE FROM oxi_indexes WHERE collection = ?", (info.name,))
     conn.execute("DELETE FROM oxi_collections WHERE name = ?", (info.name,))
     delete_meta(conn, _INCARNATION + info.name)
@@ -328,7 +346,7 @@ def key_columns(defs: Iterable[IndexDef]) -> list[tuple[str, str]]:
     return [
         (column, path)
         for index in defs
-        if index.kind != INDEX_TEXT
+        if index.kind in KEYED_KINDS
         for column, path in zip(index.columns, index.fields, strict=True)
     ]
 
@@ -381,7 +399,7 @@ def migrate_layout(conn: sqlite3.Connection) -> None:
     if layout == 1:
         for info in list_collections(conn):
             for index in list_index_defs(conn, info.name):
-                if index.kind != INDEX_TEXT:
+                if index.kind in KEYED_KINDS:
                     conn.execute(f"DROP INDEX IF EXISTS {index.sql_name(info.tbl)}")
                     create_sql_index(conn, info.tbl, index)
         layout = LAYOUT
@@ -407,20 +425,61 @@ def drop_text_tables(conn: sqlite3.Connection, tbl: str) -> None:
     conn.execute(f"DROP TABLE IF EXISTS {tbl}_td")
 
 
+# --- vector tables ----------------------------------------------------------
+
+
+def vector_table(tbl: str, index: IndexDef) -> str:
+    """The table of a vector index's vectors (C{<tbl>_v<seq>})."""
+    return f"{tbl}_v{index.seq}"
+
+
+def create_vector_tables(conn: sqlite3.Connection, tbl: str, index: IndexDef) -> None:
+    vt = vector_table(tbl, index)
+    conn.execute(f"CREATE TABLE {vt}(id INTEGER PRIMARY KEY, rev INTEGER NOT NULL, vec BLOB NOT NULL)")
+    conn.execute(f"CREATE INDEX {vt}_rev ON {vt}(rev)")
+    conn.execute(f"CREATE TABLE {vt}_gone(id INTEGER PRIMARY KEY, rev INTEGER NOT NULL)")
+    conn.execute(f"CREATE INDEX {vt}_gone_rev ON {vt}_gone(rev)")
+
+
+def drop_vector_tables(conn: sqlite3.Connection, tbl: str, index: IndexDef) -> None:
+    vt = vector_table(tbl, index)
+    conn.execute(f"DROP TABLE IF EXISTS {vt}")
+    conn.execute(f"DROP TABLE IF EXISTS {vt}_gone")
+
+
+def get_vector_spec(conn: sqlite3.Connection, index: IndexDef) -> tuple[int, str]:
+    """C{(dimension, metric)} of a vector index."""
+    row = conn.execute("SELECT dimension, metric FROM oxi_vector_specs WHERE seq = ?", (index.seq,)).fetchone()
+    if row is None:
+        raise OSError(f"vector index {index.name} has no parameters (damaged catalog)")
+    return int(row[0]), str(row[1])
+
+
+def set_vector_spec(conn: sqlite3.Connection, index: IndexDef, dimension: int, metric: str) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO oxi_vector_specs(seq, dimension, metric) VALUES (?, ?, ?)",
+        (index.seq, dimension, metric),
+    )
+
+
+def remove_vector_spec(conn: sqlite3.Connection, index: IndexDef) -> None:
+    conn.execute("DELETE FROM oxi_vector_specs WHERE seq = ?", (index.seq,))
+
+
 # --- sizes ------------------------------------------------------------------
 
 
 def storage_bytes(conn: sqlite3.Connection, tbl: str) -> int:
     """
     Bytes of database pages used by a collection: its table, its expression
-    indexes and its text posting tables (measured with the C{dbstat} virtual
+    indexes, its text posting tables and its vector tables (measured with the C{dbstat} virtual
     table, so this counts whole pages including their free space).
     """
     names = [
         row[0]
         for row in conn.execute(
-            "SELECT name FROM sqlite_schema WHERE tbl_name IN (?, ?, ?)",
-            (tbl, f"{tbl}_tt", f"{tbl}_td"),
+            "SELECT name FROM sqlite_schema WHERE tbl_name IN (?, ?, ?) OR tbl_name GLOB ?",
+            (tbl, f"{tbl}_tt", f"{tbl}_td", f"{tbl}_v[0-9]*"),
         )
     ]
     total = 0

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from oxidb.engine import keys, paths, store, textstore, ttl, values
+from oxidb.engine import keys, paths, store, textstore, ttl, values, vectors
 from oxidb.engine.matcher import parse_sort
 from oxidb.engine.projection import compile_projection
 from oxidb.engine.reads import Reader, check_query
@@ -102,7 +102,7 @@ class WriteTxn(Reader):
 
     def compact(self, collection: object) -> dict[str, int]:
         """
-        Rewrite a collection's table, indexes and text postings into fresh,
+        Rewrite a collection's table, indexes, text postings and vectors into fresh,
         densely packed B-trees and give every free page of the database file
         back to the file system (SQLite frees emptied pages on delete, but
         keeps them in the file).
@@ -129,6 +129,8 @@ class WriteTxn(Reader):
                 store.create_text_tables(conn, tbl)
                 conn.execute(f"INSERT INTO {tbl}_tt SELECT * FROM {info.tbl}_tt ORDER BY term, id")
                 conn.execute(f"INSERT INTO {tbl}_td SELECT * FROM {info.tbl}_td ORDER BY id")
+            elif index.kind == store.INDEX_VECTOR:
+                vectors.copy_tables(conn, info.tbl, tbl, index)
             else:
                 store.create_sql_index(conn, tbl, index, add_columns=False)
         conn.execute(f"DROP TABLE {info.tbl}")
@@ -172,6 +174,7 @@ class WriteTxn(Reader):
         text_index = _text_index(defs)
         if text_index is not None:
             textstore.add(self.conn, info.tbl, text_index.fields, [(row[0], row[2]) for row in rows])
+        vectors.sync(self.conn, info.tbl, defs, [(row[0], row[2]) for row in rows], new=True)
         return list(range(first, last + 1))
 
     def update(
@@ -220,6 +223,7 @@ class WriteTxn(Reader):
             ids = [row[0] for row in rows]
             textstore.remove(self.conn, info.tbl, ids)
             textstore.add(self.conn, info.tbl, text_index.fields, [(row[0], row[2]) for row in rows])
+        vectors.sync(self.conn, info.tbl, defs, [(row[0], row[2]) for row in rows])
         return len(rows)
 
     def upsert(self, collection: object, query: object, update: object, array_filters: object = None) -> int:
@@ -296,8 +300,10 @@ class WriteTxn(Reader):
         matcher = check_query(query)
         info = self.ensure_collection(collection)
         plan = self.plan_for(info, matcher)
-        text_index = _text_index(store.list_index_defs(self.conn, info.name))
-        if plan.exact and limit is None and text_index is None:
+        defs = store.list_index_defs(self.conn, info.name)
+        text_index = _text_index(defs)
+        derived = text_index is not None or any(index.kind == store.INDEX_VECTOR for index in defs)
+        if plan.exact and limit is None and not derived:
             sql = f"DELETE FROM {info.tbl}"
             if plan.where != "1":
                 sql += f" WHERE {plan.where}"
@@ -306,6 +312,7 @@ class WriteTxn(Reader):
         self.conn.executemany(f"DELETE FROM {info.tbl} WHERE _id = ?", ids)
         if text_index is not None:
             textstore.remove(self.conn, info.tbl, [doc_id for (doc_id,) in ids])
+        vectors.sync(self.conn, info.tbl, defs, removed=[doc_id for (doc_id,) in ids])
         return len(ids)
 
     def _check_unique(
@@ -405,22 +412,42 @@ class WriteTxn(Reader):
             textstore.rebuild(self.conn, info.tbl, names)
         return "text index created"
 
+    def create_vector_index(self, collection: object, field: object, dimension: object, metric: object) -> str:
+        """
+        The vector index C{_vec_<field>} (engine.md 10), filled from the
+        stored documents; idempotent (an existing one keeps its dimension and
+        metric).
+        """
+        path = _field_name(field)
+        size = vectors.check_dimension(dimension)
+        info = self.ensure_collection(collection)
+        name = vectors.index_name(path)
+        if self._find_def(info, store.INDEX_VECTOR, name) is None:
+            index = store.add_index_def(self.conn, info.name, store.INDEX_VECTOR, name, (path,), False)
+            store.set_vector_spec(self.conn, index, size, vectors.normalize_metric(metric))
+            store.create_vector_tables(self.conn, info.tbl, index)
+            vectors.fill(self.conn, info, index)
+        return "vector index created"
+
     def drop_index(self, collection: object, name: object) -> str:
         """
         Drop an index looked up as a field/unique index on C{name}, then a
         composite of that name, then the text index (engine.md 4.7), then a
-        TTL index (L{oxidb.engine.ttl}).
+        vector index, then a TTL index (L{oxidb.engine.ttl}).
         """
         if not isinstance(name, str):
             raise BadRequestError("missing 'index'")
         info = self.ensure_collection(collection)
-        for kind in (store.INDEX_FIELD, store.INDEX_COMPOSITE, store.INDEX_TEXT):
+        for kind in (store.INDEX_FIELD, store.INDEX_COMPOSITE, store.INDEX_TEXT, store.INDEX_VECTOR):
             index = self._find_def(info, kind, name)
             if index is None:
                 continue
             store.remove_index_def(self.conn, info.name, index)
             if kind == store.INDEX_TEXT:
                 store.drop_text_tables(self.conn, info.tbl)
+            elif kind == store.INDEX_VECTOR:
+                store.drop_vector_tables(self.conn, info.tbl, index)
+                store.remove_vector_spec(self.conn, index)
             else:
                 store.drop_sql_index(self.conn, info.tbl, index)
             return "index dropped"
