@@ -34,7 +34,6 @@ import hashlib
 import io
 import os
 import shutil
-import sqlite3
 import tarfile
 import tempfile
 import zlib
@@ -44,7 +43,7 @@ from typing import IO, Any
 import orjson
 
 from oxidb import filemodes
-from oxidb.engine import blobs, store
+from oxidb.engine import blobs, sqlite, store
 from oxidb.errors import BackupError
 
 FORMAT = "oxidb-backup"
@@ -106,7 +105,7 @@ def create_backup(engine: Any, path: str, now: float) -> dict[str, Any]:
         _write_archive(archive, manifest, members, now)
         _publish(archive, path)
         size = os.path.getsize(path)
-    except (OSError, sqlite3.Error) as e:
+    except (OSError, sqlite.Error) as e:
         raise BackupError(str(e)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -119,7 +118,7 @@ def _seal_copy(db_path: str) -> tuple[list[str], list[str], int]:
     self-contained file; its collection names, bucket names and the apply
     index it had.
     """
-    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn = sqlite.open_connection(db_path)
     try:
         conn.execute("BEGIN IMMEDIATE")
         last_applied = int(store.get_meta(conn, "last_applied", 0))
@@ -225,7 +224,7 @@ def restore_backup(archive: str, target: str) -> dict[str, Any]:
             os.rmdir(target)
         os.rename(staging, target)
         _fsync_dir(os.path.dirname(staging))
-    except (OSError, sqlite3.Error) as e:
+    except (OSError, sqlite.Error) as e:
         shutil.rmtree(staging, ignore_errors=True)
         raise BackupError(str(e)) from None
     except BaseException:
@@ -331,7 +330,7 @@ def _check_database(path: str) -> list[str]:
             names = [info.name for info in store.list_collections(conn)]
         finally:
             conn.close()
-    except sqlite3.DatabaseError as e:
+    except sqlite.Error as e:
         raise BackupError(f"archive is corrupt: {e}") from None
     if result != [("ok",)]:
         raise BackupError(f"archive is corrupt: database check failed: {result[0][0]}")

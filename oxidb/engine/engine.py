@@ -19,7 +19,6 @@ Python loops, and under the query, aggregation, search and reply limits.
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from oxidb import filemodes
-from oxidb.engine import keys, store, textstore
+from oxidb.engine import keys, sqlite, store, textstore
 from oxidb.engine.blobs import PreparedPuts
 from oxidb.engine.governor import DEFAULT_LIMITS, Clock, Deadline, QueryLimits, time_limit_ms
 from oxidb.engine.operations import BUILTIN, EnsureCollection, Operation, OperationCodec, Rejected
@@ -119,9 +118,9 @@ class Engine:
         self._appliers: dict[type[Operation], Applier] = {op_type: _apply_itself for op_type in BUILTIN}
         self.prepared_puts = PreparedPuts()
         self._writer: Writer | None = None
-        self._writer_conn: sqlite3.Connection | None = None
+        self._writer_conn: sqlite.Connection | None = None
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[sqlite.Connection] = []
         self._readers_lock = threading.Lock()
         self._open = False
 
@@ -264,13 +263,13 @@ class Engine:
 
     # --- reads ------------------------------------------------------------
 
-    def _reader_conn(self) -> sqlite3.Connection:
+    def _reader_conn(self) -> sqlite.Connection:
         if not self._open:
             raise UnavailableError("engine is closed")
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        conn: sqlite.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = store.connect(self.path, writer=False)
-            conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, READ_LENGTH_LIMIT)
+            conn.limit(sqlite.LIMIT_LENGTH, READ_LENGTH_LIMIT)
             self._local.conn = conn
             self._local.reader = None
             self._local.columns = {}
@@ -313,14 +312,15 @@ class Engine:
         self._local.reader = reader
         try:
             return fn(reader, *args, **kwargs)
-        except sqlite3.OperationalError:
+        except sqlite.Error:
             if deadline.expired:
                 raise deadline.error() from None
             raise
         finally:
             self._local.reader = None
             conn.set_progress_handler(None, 0)
-            conn.execute("COMMIT")
+            if conn.in_transaction:  # SQLite ends it itself after some errors
+                conn.execute("COMMIT")
 
     def find(
         self,
@@ -391,14 +391,14 @@ class Engine:
         """Write a consistent copy of the database to C{path} (online)."""
         source = self._reader_conn()
         filemodes.private_file(path)
-        target = sqlite3.connect(path)
+        target = sqlite.open_connection(path)
         try:
-            source.backup(target)
+            sqlite.copy_database(source, target)
         finally:
             target.close()
 
 
-def _refresh_derived(conn: sqlite3.Connection) -> None:
+def _refresh_derived(conn: sqlite.Connection) -> None:
     """
     Recompute what depends on code that changed since it was stored: the
     key encoding (key columns, and so their indexes) and the tokenizer (text

@@ -26,13 +26,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import sqlite3
 import struct
 from typing import Any
 
 import orjson
 
-from oxidb.engine import paths, values
+from oxidb.engine import paths, sqlite, values
 
 #: The key of C{null} and of a missing path.
 NULL_KEY = b"\x00"
@@ -219,12 +218,12 @@ def sort_key_of_path(doc: str, raw_path: bytes | str) -> bytes:
     return encode_key(value) if found else NULL_KEY
 
 
-def register_functions(conn: sqlite3.Connection) -> None:
+def register_functions(conn: sqlite.Connection) -> None:
     """Register the key functions on a connection (every connection needs them)."""
-    conn.create_function("oxi_key", 1, key_of_json, deterministic=True)
-    conn.create_function("oxi_key_path", 2, key_of_path, deterministic=True)
-    conn.create_function("oxi_has_path", 2, has_path, deterministic=True)
-    conn.create_function("oxi_sort_key", 2, sort_key_of_path, deterministic=True)
+    conn.create_scalar_function("oxi_key", key_of_json, 1, deterministic=True)
+    conn.create_scalar_function("oxi_key_path", key_of_path, 2, deterministic=True)
+    conn.create_scalar_function("oxi_has_path", has_path, 2, deterministic=True)
+    conn.create_scalar_function("oxi_sort_key", sort_key_of_path, 2, deterministic=True)
 
 
 # --- SQL expressions ----------------------------------------------------------

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import itertools
 import operator
-import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
 import orjson
 
-from oxidb.engine import store, textindex, textstore
+from oxidb.engine import sqlite, store, textindex, textstore
 from oxidb.engine.aggregate import compile_pipeline
 from oxidb.engine.governor import (
     DEFAULT_LIMITS,
@@ -96,7 +95,7 @@ class Reader:
     version).
     """
 
-    conn: sqlite3.Connection
+    conn: sqlite.Connection
     on_missing: Callable[[str], None] | None = None
     _column_cache: dict[str, tuple[int, str, dict[str, str]]] | None = None
     limits: QueryLimits = attrs.field(default=DEFAULT_LIMITS, kw_only=True)
@@ -305,19 +304,19 @@ class Reader:
         sql = f"SELECT group_concat(_id), {version_sql}, group_concat(doc, char(31)) FROM ({inner})"
         saved = None
         if concat_limit is not None:
-            saved = self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, concat_limit)
+            saved = self.conn.limit(sqlite.LIMIT_LENGTH, concat_limit)
         try:
             result = self.conn.execute(sql, plan.params).fetchone()
-        except sqlite3.DataError:
+        except sqlite.TooBigError:
             if saved is not None:
-                self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, saved)
+                self.conn.limit(sqlite.LIMIT_LENGTH, saved)
                 saved = None
             # Longer than SQLite's string limit: row by row.
             yield from self.conn.execute(inner + " ORDER BY _id", plan.params)
             return
         finally:
             if saved is not None:
-                self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, saved)
+                self.conn.limit(sqlite.LIMIT_LENGTH, saved)
         if result[-1] is None:
             return
         ids = map(int, result[0].split(","))

@@ -37,13 +37,12 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
 import attrs
 
-from oxidb.engine import keys
+from oxidb.engine import keys, sqlite
 from oxidb.errors import InvalidQueryError, ReservedCollectionError
 
 #: The database file's name inside the data directory.
@@ -158,18 +157,17 @@ class CollectionInfo:
     last_id: int
 
 
-def connect(path: str, *, writer: bool, synchronous: str = "FULL") -> sqlite3.Connection:
+def connect(path: str, *, writer: bool, synchronous: str = "FULL") -> sqlite.Connection:
     """
     Open a connection with the engine's SQL functions registered.
 
-    Connections are in autocommit mode (C{isolation_level=None}); callers issue
-    C{BEGIN}/C{COMMIT} themselves. Reader connections are C{query_only}.
+    Callers issue C{BEGIN}/C{COMMIT} themselves (APSW has no implicit
+    transactions). Reader connections are C{query_only}.
     """
     if synchronous not in SYNCHRONOUS_MODES:
         raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}: {synchronous!r}")
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, cached_statements=512)
+    conn = sqlite.open_connection(path)
     keys.register_functions(conn)
-    conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("PRAGMA temp_store=MEMORY")
     if writer:
         # page_size and auto_vacuum only take effect on a new, empty file.
@@ -187,7 +185,7 @@ def connect(path: str, *, writer: bool, synchronous: str = "FULL") -> sqlite3.Co
     return conn
 
 
-def init_schema(conn: sqlite3.Connection) -> None:
+def init_schema(conn: sqlite.Connection) -> None:
     """Create the catalog tables if missing (inside the caller's transaction)."""
     for statement in _SCHEMA:
         conn.execute(statement)
@@ -196,23 +194,23 @@ def init_schema(conn: sqlite3.Connection) -> None:
 # --- meta -------------------------------------------------------------------
 
 
-def get_meta(conn: sqlite3.Connection, key: str, default: Any = None) -> Any:
+def get_meta(conn: sqlite.Connection, key: str, default: Any = None) -> Any:
     row = conn.execute("SELECT value FROM oxi_meta WHERE key = ?", (key,)).fetchone()
     return default if row is None else row[0]
 
 
-def set_meta(conn: sqlite3.Connection, key: str, value: Any) -> None:
+def set_meta(conn: sqlite.Connection, key: str, value: Any) -> None:
     conn.execute(
         "INSERT INTO oxi_meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
 
 
-def delete_meta(conn: sqlite3.Connection, key: str) -> None:
+def delete_meta(conn: sqlite.Connection, key: str) -> None:
     conn.execute("DELETE FROM oxi_meta WHERE key = ?", (key,))
 
 
-def new_table_name(conn: sqlite3.Connection) -> str:
+def new_table_name(conn: sqlite.Connection) -> str:
     """A fresh, never reused SQL table name for a collection."""
     n = int(get_meta(conn, "next_table", 1))
     set_meta(conn, "next_table", n + 1)
@@ -222,25 +220,25 @@ def new_table_name(conn: sqlite3.Connection) -> str:
 # --- collections ------------------------------------------------------------
 
 
-def get_collection(conn: sqlite3.Connection, name: str) -> CollectionInfo | None:
+def get_collection(conn: sqlite.Connection, name: str) -> CollectionInfo | None:
     row = conn.execute("SELECT tbl, last_id FROM oxi_collections WHERE name = ?", (name,)).fetchone()
     if row is None:
         return None
     return CollectionInfo(name, row[0], row[1])
 
 
-def list_collections(conn: sqlite3.Connection) -> list[CollectionInfo]:
+def list_collections(conn: sqlite.Connection) -> list[CollectionInfo]:
     rows = conn.execute("SELECT name, tbl, last_id FROM oxi_collections ORDER BY name").fetchall()
     return [CollectionInfo(*row) for row in rows]
 
 
-def create_table(conn: sqlite3.Connection, tbl: str, key_columns: Iterable[str] = ()) -> None:
+def create_table(conn: sqlite.Connection, tbl: str, key_columns: Iterable[str] = ()) -> None:
     """Create a collection table (with these key columns)."""
     columns = "".join(f", {column} BLOB" for column in key_columns)
     conn.execute(f"CREATE TABLE {tbl}(_id INTEGER PRIMARY KEY, _version INTEGER NOT NULL, doc TEXT NOT NULL{columns})")
 
 
-def create_collection(conn: sqlite3.Connection, name: str) -> CollectionInfo:
+def create_collection(conn: sqlite.Connection, name: str) -> CollectionInfo:
     """Create the table and catalog row of a new collection."""
     tbl = new_table_name(conn)
     create_table(conn, tbl)
@@ -253,7 +251,7 @@ def create_collection(conn: sqlite3.Connection, name: str) -> CollectionInfo:
 _INCARNATION = "incarnation:"
 
 
-def incarnation(conn: sqlite3.Connection, name: str) -> str | None:
+def incarnation(conn: sqlite.Connection, name: str) -> str | None:
     """
     What tells this life of a collection from an earlier one of the same
     name (ids and versions start again at 1 when a dropped name is created
@@ -266,7 +264,7 @@ def incarnation(conn: sqlite3.Connection, name: str) -> str | None:
     return str(get_meta(conn, _INCARNATION + name, ""))
 
 
-def drop_collection(conn: sqlite3.Connection, info: CollectionInfo) -> None:
+def drop_collection(conn: sqlite.Connection, info: CollectionInfo) -> None:
     """Drop a collection's tables, indexes and catalog rows."""
     conn.execute(f"DROP TABLE IF EXISTS {info.tbl}")
     drop_text_tables(conn, info.tbl)
@@ -275,18 +273,18 @@ def drop_collection(conn: sqlite3.Connection, info: CollectionInfo) -> None:
     delete_meta(conn, _INCARNATION + info.name)
 
 
-def set_last_id(conn: sqlite3.Connection, name: str, last_id: int) -> None:
+def set_last_id(conn: sqlite.Connection, name: str, last_id: int) -> None:
     conn.execute("UPDATE oxi_collections SET last_id = ? WHERE name = ?", (last_id, name))
 
 
-def set_table(conn: sqlite3.Connection, name: str, tbl: str) -> None:
+def set_table(conn: sqlite.Connection, name: str, tbl: str) -> None:
     conn.execute("UPDATE oxi_collections SET tbl = ? WHERE name = ?", (tbl, name))
 
 
 # --- index catalog ----------------------------------------------------------
 
 
-def list_index_defs(conn: sqlite3.Connection, collection: str) -> list[IndexDef]:
+def list_index_defs(conn: sqlite.Connection, collection: str) -> list[IndexDef]:
     """A collection's indexes in creation order."""
     rows = conn.execute(
         "SELECT kind, name, fields, is_unique, seq FROM oxi_indexes WHERE collection = ? ORDER BY seq",
@@ -295,7 +293,7 @@ def list_index_defs(conn: sqlite3.Connection, collection: str) -> list[IndexDef]
     return [IndexDef(kind, name, tuple(json.loads(fields)), bool(uniq), seq) for kind, name, fields, uniq, seq in rows]
 
 
-def add_index_def(conn: sqlite3.Connection, collection: str, kind: str, name: str, fields: Iterable[str], unique: bool) -> IndexDef:
+def add_index_def(conn: sqlite.Connection, collection: str, kind: str, name: str, fields: Iterable[str], unique: bool) -> IndexDef:
     seq = int(get_meta(conn, "next_index", 1))
     set_meta(conn, "next_index", seq + 1)
     fields = tuple(fields)
@@ -306,7 +304,7 @@ def add_index_def(conn: sqlite3.Connection, collection: str, kind: str, name: st
     return IndexDef(kind, name, fields, unique, seq)
 
 
-def set_index_unique(conn: sqlite3.Connection, collection: str, index: IndexDef) -> IndexDef:
+def set_index_unique(conn: sqlite.Connection, collection: str, index: IndexDef) -> IndexDef:
     conn.execute(
         "UPDATE oxi_indexes SET is_unique = 1 WHERE collection = ? AND kind = ? AND name = ?",
         (collection, index.kind, index.name),
@@ -314,7 +312,7 @@ def set_index_unique(conn: sqlite3.Connection, collection: str, index: IndexDef)
     return attrs.evolve(index, unique=True)
 
 
-def remove_index_def(conn: sqlite3.Connection, collection: str, index: IndexDef) -> None:
+def remove_index_def(conn: sqlite.Connection, collection: str, index: IndexDef) -> None:
     conn.execute(
         "DELETE FROM oxi_indexes WHERE collection = ? AND kind = ? AND name = ?",
         (collection, index.kind, index.name),
@@ -339,13 +337,13 @@ def column_map(defs: Iterable[IndexDef]) -> dict[str, str]:
     return columns
 
 
-def fill_key_columns(conn: sqlite3.Connection, tbl: str, index: IndexDef) -> None:
+def fill_key_columns(conn: sqlite.Connection, tbl: str, index: IndexDef) -> None:
     """Compute an index's key columns of every row from the stored texts."""
     assignments = ", ".join(f"{column} = {keys.key_sql(path)}" for column, path in zip(index.columns, index.fields))
     conn.execute(f"UPDATE {tbl} SET {assignments}")
 
 
-def create_sql_index(conn: sqlite3.Connection, tbl: str, index: IndexDef, *, add_columns: bool = True) -> None:
+def create_sql_index(conn: sqlite.Connection, tbl: str, index: IndexDef, *, add_columns: bool = True) -> None:
     """
     Back a field or composite index: add and fill its key columns (unless
     C{add_columns} is false: the table already has them, filled) and index
@@ -358,14 +356,14 @@ def create_sql_index(conn: sqlite3.Connection, tbl: str, index: IndexDef, *, add
     conn.execute(f"CREATE INDEX {index.sql_name(tbl)} ON {tbl}({', '.join(index.columns)})")
 
 
-def drop_sql_index(conn: sqlite3.Connection, tbl: str, index: IndexDef) -> None:
+def drop_sql_index(conn: sqlite.Connection, tbl: str, index: IndexDef) -> None:
     """Drop a field or composite index and its key columns."""
     conn.execute(f"DROP INDEX IF EXISTS {index.sql_name(tbl)}")
     for column in index.columns:
         conn.execute(f"ALTER TABLE {tbl} DROP COLUMN {column}")
 
 
-def migrate_layout(conn: sqlite3.Connection) -> None:
+def migrate_layout(conn: sqlite.Connection) -> None:
     """
     Bring a database to L{LAYOUT} (inside the caller's transaction): layout 1
     expression indexes become key columns with plain indexes. A database
@@ -389,7 +387,7 @@ def migrate_layout(conn: sqlite3.Connection) -> None:
 # --- text postings ----------------------------------------------------------
 
 
-def create_text_tables(conn: sqlite3.Connection, tbl: str) -> None:
+def create_text_tables(conn: sqlite.Connection, tbl: str) -> None:
     conn.execute(
         f"CREATE TABLE {tbl}_tt(term TEXT NOT NULL, id INTEGER NOT NULL, tf INTEGER NOT NULL,"
         " PRIMARY KEY (term, id)) WITHOUT ROWID"
@@ -398,7 +396,7 @@ def create_text_tables(conn: sqlite3.Connection, tbl: str) -> None:
     conn.execute(f"CREATE TABLE {tbl}_td(id INTEGER PRIMARY KEY, ntok INTEGER NOT NULL)")
 
 
-def drop_text_tables(conn: sqlite3.Connection, tbl: str) -> None:
+def drop_text_tables(conn: sqlite.Connection, tbl: str) -> None:
     conn.execute(f"DROP TABLE IF EXISTS {tbl}_tt")
     conn.execute(f"DROP TABLE IF EXISTS {tbl}_td")
 
@@ -406,7 +404,7 @@ def drop_text_tables(conn: sqlite3.Connection, tbl: str) -> None:
 # --- sizes ------------------------------------------------------------------
 
 
-def storage_bytes(conn: sqlite3.Connection, tbl: str) -> int:
+def storage_bytes(conn: sqlite.Connection, tbl: str) -> int:
     """
     Bytes of database pages used by a collection: its table, its expression
     indexes and its text posting tables (measured with the C{dbstat} virtual

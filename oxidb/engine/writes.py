@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import orjson
 
-from oxidb.engine import keys, paths, store, textstore, values
+from oxidb.engine import keys, paths, sqlite, store, textstore, values
 from oxidb.engine.reads import Reader, check_query
 from oxidb.engine.store import CollectionInfo, IndexDef
 from oxidb.engine.updates import compile_update
@@ -50,7 +49,7 @@ class WriteTxn(Reader):
         operations stay identical.
     """
 
-    def __init__(self, conn: sqlite3.Connection, now: float) -> None:
+    def __init__(self, conn: sqlite.Connection, now: float) -> None:
         super().__init__(conn, None)
         self.now = now
         self._savepoints = 0
@@ -220,7 +219,8 @@ class WriteTxn(Reader):
             sql = f"DELETE FROM {info.tbl}"
             if plan.where != "1":
                 sql += f" WHERE {plan.where}"
-            return self.conn.execute(sql, plan.params).rowcount
+            self.conn.execute(sql, plan.params)
+            return self.conn.changes()
         ids = [(doc_id,) for doc_id, _, _ in self.rows(info, plan, None, None, limit)]
         self.conn.executemany(f"DELETE FROM {info.tbl} WHERE _id = ?", ids)
         if text_index is not None:
@@ -368,9 +368,9 @@ def _text_index(defs: Iterable[IndexDef]) -> IndexDef | None:
     return None
 
 
-def _release_free_pages(conn: sqlite3.Connection) -> None:
+def _release_free_pages(conn: sqlite.Connection) -> None:
     """Give the free pages back to the file system (incremental auto-vacuum)."""
-    # Each execution of the pragma moves one page through the sqlite3 module.
+    # Each execution of the pragma moves one page (one step of the statement).
     free = conn.execute("PRAGMA freelist_count").fetchone()[0]
     while free:
         conn.execute("PRAGMA incremental_vacuum")

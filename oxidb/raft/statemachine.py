@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import os
-import sqlite3
 import tarfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -40,7 +39,7 @@ from zope.interface import implementer
 from oxidb import filemodes
 from oxidb._threads import deferred_from_future, fire_from_thread
 from oxidb.auth.store import USERS_FILE, UserRecord, UserStore
-from oxidb.engine import store
+from oxidb.engine import sqlite, store
 from oxidb.engine.operations import Operation
 from oxidb.logs import Logger
 from oxidb.raft.messages import Entry
@@ -283,9 +282,9 @@ class EngineStateMachine:
                 users = None
             pin()
             filemodes.private_file(target)
-            out = sqlite3.connect(target)
+            out = sqlite.open_connection(target)
             try:
-                conn.backup(out)
+                sqlite.copy_database(conn, out)
             finally:
                 out.close()
             conn.execute("COMMIT")
@@ -329,7 +328,7 @@ class EngineStateMachine:
                 conn.close()
             if result is None or result[0] != "ok":
                 raise SnapshotError(f"the snapshot's database is damaged: {result}")
-        except sqlite3.DatabaseError as e:
+        except sqlite.Error as e:
             os.remove(staged)
             raise SnapshotError(f"the snapshot's database is damaged: {e}") from None
         except SnapshotError:
