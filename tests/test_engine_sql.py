@@ -113,7 +113,7 @@ def test_json_path_quotes_every_step_and_refuses_escaped_keys() -> None:
     assert keys.json_path('q"q') is None
     assert keys.json_path("back\\slash") is None
     assert keys.json_path("ctl\x01") is None
-    assert keys.key_sql('q"q').startswith("oxi_key_path(doc, X'")
+    assert keys.key_sql('q"q').startswith("oxi_key_path(json(doc), X'")
 
 
 def test_sort_paths_with_digits_read_arrays(conn: sqlite.Connection) -> None:

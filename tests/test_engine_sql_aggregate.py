@@ -123,7 +123,7 @@ def test_leading_match_runs_in_sql(engine: Engine, monkeypatch: pytest.MonkeyPat
     finally:
         conn.exec_trace = None
     assert result == [{"n": 97}, {"n": 96}, {"n": 95}]
-    select = [s for s in statements if s.startswith("SELECT _id, _version, doc")]
+    select = [s for s in statements if s.startswith("SELECT _id, _version, json(doc)")]
     assert len(select) == 1 and "WHERE" in select[0] and "LIMIT" in select[0] and "DESC" in select[0]
 
 

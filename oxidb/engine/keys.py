@@ -263,7 +263,7 @@ def key_sql(path: str) -> str:
     """The SQL expression of the key at C{path} (also used in index DDL)."""
     value = value_sql(path)
     if value is None:
-        return f"oxi_key_path(doc, {_sql_blob(path)})"
+        return f"oxi_key_path(json(doc), {_sql_blob(path)})"
     return f"oxi_key{value}"
 
 
@@ -271,7 +271,7 @@ def present_sql(path: str) -> str:
     """An SQL condition true when C{path} resolves (to anything, even null)."""
     value = value_sql(path)
     if value is None:
-        return f"oxi_has_path(doc, {_sql_blob(path)})"
+        return f"oxi_has_path(json(doc), {_sql_blob(path)})"
     return f"{value} IS NOT NULL"
 
 
@@ -283,7 +283,7 @@ def sort_key_sql(path: str) -> str:
     therefore its indexes).
     """
     if any(ch in _DIGIT_CHARS for ch in path):
-        return f"oxi_sort_key(doc, {_sql_blob(path)})"
+        return f"oxi_sort_key(json(doc), {_sql_blob(path)})"
     return key_sql(path)
 
 

@@ -244,7 +244,7 @@ class Reader:
                         charge(text_size(text))
                     yield _id, version, text, doc
             return
-        sql = f"SELECT _id, _version, doc FROM {info.tbl}"
+        sql = f"SELECT _id, _version, {store.DOC_TEXT} FROM {info.tbl}"
         if plan.where != "1":
             sql += f" WHERE {plan.where}"
         params = plan.params
@@ -297,7 +297,7 @@ class Reader:
         falls back to stepping through the rows in C{_id} order, so that a
         capped caller can stop early.
         """
-        inner = f"SELECT _id, _version, doc FROM {info.tbl}"
+        inner = f"SELECT _id, _version, {store.DOC_TEXT} AS doc FROM {info.tbl}"
         if plan.where != "1":
             inner += f" WHERE {plan.where}"
         version_sql = "group_concat(_version)" if versions else "NULL"
@@ -436,7 +436,7 @@ class Reader:
             self.deadline.check()
             chunk = ids[start : start + 500]
             marks = ", ".join("?" * len(chunk))
-            for doc_id, text in self.conn.execute(f"SELECT _id, doc FROM {info.tbl} WHERE _id IN ({marks})", chunk):
+            for doc_id, text in self.conn.execute(f"SELECT _id, {store.DOC_TEXT} FROM {info.tbl} WHERE _id IN ({marks})", chunk):
                 cap.add(text_size(text) + 12)
                 docs[doc_id] = orjson.loads(text)
         return docs

@@ -18,16 +18,20 @@ system). Catalog tables:
     C{text}; C{seq} orders them by creation.
 
 A collection's table is C{<tbl>(_id INTEGER PRIMARY KEY, _version INTEGER,
-doc TEXT, k<seq>_<n> BLOB...)} with the whole document (including C{_id} and
-C{_version}) as compact JSON in C{doc}. A field or composite index C{seq}
+doc BLOB, k<seq>_<n> BLOB...)} with the whole document (including C{_id} and
+C{_version}) in SQLite's binary JSONB form in C{doc}: written with
+L{DOC_VALUE}, read back as compact JSON text with L{DOC_TEXT}, and read
+field by field with C{doc -> '$.path'} without parsing the rest of the
+document. A field or composite index C{seq}
 adds one key column C{k<seq>_<n>} per indexed path, holding the
 L{oxidb.engine.keys} key of the document at that path (computed in Python on
 every write, from the document the writer already holds), and a plain SQL
 index C{<tbl>_i<seq>} over those columns. A text index is two posting tables
 C{<tbl>_tt(term, id, tf)} and C{<tbl>_td(id, ntok)}.
 
-C{oxi_meta.layout} is L{LAYOUT}; databases of layout 1 (expression indexes
-over the key functions instead of key columns) are migrated on open.
+C{oxi_meta.layout} is L{LAYOUT}; older databases are migrated on open:
+layout 1 had expression indexes over the key functions instead of key
+columns, layouts 1 and 2 stored documents as JSON text.
 
 Everything here takes a connection and runs inside whatever transaction the
 caller opened; nothing commits on its own.
@@ -68,7 +72,14 @@ _SCHEMA = (
 )
 
 #: The table layout this code writes (see the module docstring).
-LAYOUT = 2
+LAYOUT = 3
+
+#: The SQL value to store for a document's JSON text parameter.
+DOC_VALUE = "jsonb(?)"
+
+#: The SQL expression reading a stored document back as compact JSON text
+#: (the text it was stored from).
+DOC_TEXT = "json(doc)"
 
 INDEX_FIELD = "field"
 INDEX_COMPOSITE = "composite"
@@ -235,7 +246,7 @@ def list_collections(conn: sqlite.Connection) -> list[CollectionInfo]:
 def create_table(conn: sqlite.Connection, tbl: str, key_columns: Iterable[str] = ()) -> None:
     """Create a collection table (with these key columns)."""
     columns = "".join(f", {column} BLOB" for column in key_columns)
-    conn.execute(f"CREATE TABLE {tbl}(_id INTEGER PRIMARY KEY, _version INTEGER NOT NULL, doc TEXT NOT NULL{columns})")
+    conn.execute(f"CREATE TABLE {tbl}(_id INTEGER PRIMARY KEY, _version INTEGER NOT NULL, doc BLOB NOT NULL{columns})")
 
 
 def create_collection(conn: sqlite.Connection, name: str) -> CollectionInfo:
@@ -366,8 +377,9 @@ def drop_sql_index(conn: sqlite.Connection, tbl: str, index: IndexDef) -> None:
 def migrate_layout(conn: sqlite.Connection) -> None:
     """
     Bring a database to L{LAYOUT} (inside the caller's transaction): layout 1
-    expression indexes become key columns with plain indexes. A database
-    without collections is simply marked.
+    expression indexes become key columns with plain indexes, the JSON text
+    documents of layouts 1 and 2 become JSONB. A database without
+    collections is simply marked.
     """
     layout = get_meta(conn, "layout")
     if layout is None:
@@ -378,6 +390,10 @@ def migrate_layout(conn: sqlite.Connection) -> None:
                 if index.kind != INDEX_TEXT:
                     conn.execute(f"DROP INDEX IF EXISTS {index.sql_name(info.tbl)}")
                     create_sql_index(conn, info.tbl, index)
+        layout = 2
+    if layout == 2:
+        for info in list_collections(conn):
+            conn.execute(f"UPDATE {info.tbl} SET doc = jsonb(doc) WHERE typeof(doc) = 'text'")
         layout = LAYOUT
     if layout != LAYOUT:
         raise OSError(f"database layout {layout} is newer than this server understands ({LAYOUT})")

@@ -58,7 +58,7 @@ def rebuild(conn: sqlite.Connection, tbl: str, fields: Iterable[str]) -> None:
     conn.execute(f"DELETE FROM {tbl}_tt")
     conn.execute(f"DELETE FROM {tbl}_td")
     fields = list(fields)
-    cursor = conn.execute(f"SELECT _id, doc FROM {tbl} ORDER BY _id")
+    cursor = conn.execute(f"SELECT _id, json(doc) FROM {tbl} ORDER BY _id")
     while True:
         batch = list(itertools.islice(cursor, 1000))
         if not batch:

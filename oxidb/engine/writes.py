@@ -160,7 +160,7 @@ class WriteTxn(Reader):
         names = "".join(f", {column}" for column, _ in key_columns)
         marks = ", ?" * len(key_columns)
         self.conn.executemany(
-            f"INSERT INTO {info.tbl}(_id, _version, doc{names}) VALUES (?, ?, ?{marks})",
+            f"INSERT INTO {info.tbl}(_id, _version, doc{names}) VALUES (?, ?, {store.DOC_VALUE}{marks})",
             _with_keys(rows, key_columns, lambda row: (row[0], row[1], row[3])),
         )
         last = first + len(rows) - 1
@@ -194,7 +194,7 @@ class WriteTxn(Reader):
         key_columns = store.key_columns(defs)
         assignments = "".join(f", {column} = ?" for column, _ in key_columns)
         self.conn.executemany(
-            f"UPDATE {info.tbl} SET _version = ?, doc = ?{assignments} WHERE _id = ?",
+            f"UPDATE {info.tbl} SET _version = ?, doc = {store.DOC_VALUE}{assignments} WHERE _id = ?",
             _with_keys(rows, key_columns, lambda row: (row[1], row[3]), lambda row: (row[0],)),
         )
         text_index = _text_index(defs)
