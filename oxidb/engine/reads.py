@@ -436,7 +436,8 @@ class Reader:
             self.deadline.check()
             chunk = ids[start : start + 500]
             marks = ", ".join("?" * len(chunk))
-            for doc_id, text in self.conn.execute(f"SELECT _id, {store.DOC_TEXT} FROM {info.tbl} WHERE _id IN ({marks})", chunk):
+            sql = f"SELECT _id, {store.DOC_TEXT} FROM {info.tbl} WHERE _id IN ({marks})"
+            for doc_id, text in self.conn.execute(sql, chunk):
                 cap.add(text_size(text) + 12)
                 docs[doc_id] = orjson.loads(text)
         return docs
