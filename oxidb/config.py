@@ -233,7 +233,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("verbose", "OXIDB_VERBOSE", "verbose", "false", parse_bool,
             "extra startup logging (true/false)"),
     Setting("encryption_key", "OXIDB_ENCRYPTION_KEY", "encryption-key", None, parse_path,
-            "encryption at rest: not supported by this server; setting it stops startup", secret=True),
+            "encryption at rest: path of the key file (mode 0600, at least 32 bytes)", secret=True),
     # Security.
     Setting(None, "OXIDB_AUTH", "auth", None, bool_text,
             "require login (SCRAM-SHA-256) and enforce roles (true/false)"),
@@ -400,11 +400,6 @@ class Config:
                 effective[setting.env] = value
             else:
                 values[setting.field] = value
-        if values.get("encryption_key") is not None:
-            raise ConfigError(
-                "OXIDB_ENCRYPTION_KEY is set: encryption at rest is not supported by "
-                "this server; use an encrypted filesystem for the data directory and unset the variable"
-            )
         if values.get("raft_peers") is None:
             values["raft_peers"] = {}
         return cls(

@@ -36,7 +36,8 @@ def backup(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
 def restore(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     archive = _path(request, "archive")
     target = _path(request, "target")
-    return ctx.read(archives.restore_backup, archive, target)
+    key = None if ctx.engine is None else ctx.engine.key
+    return ctx.read(archives.restore_backup, archive, target, key)
 
 
 def _path_field(name: str, doc: str) -> Field:

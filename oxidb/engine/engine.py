@@ -26,6 +26,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from oxidb import filemodes
+from oxidb.atrest import AtRestKey
 from oxidb.engine import keys, sqlite, store, textstore
 from oxidb.engine.blobs import PreparedPuts
 from oxidb.engine.governor import DEFAULT_LIMITS, Clock, Deadline, QueryLimits, time_limit_ms
@@ -79,6 +80,9 @@ class Engine:
         (C{time.monotonic}; tests pass a fake one).
     @param progress_steps: SQLite steps between deadline checks inside a
         statement (L{PROGRESS_STEPS}).
+    @param key: encryption at rest (L{oxidb.atrest}): every connection to
+        the database, and every copy of it the engine makes, uses its
+        database key. L{open} refuses a database the key does not open.
 
     @ivar codec: the L{OperationCodec} of every operation type this engine
         applies (L{BUILTIN} and those registered).
@@ -97,12 +101,14 @@ class Engine:
         limits: Limits | QueryLimits | None = None,
         clock: Clock = time.monotonic,
         progress_steps: int = PROGRESS_STEPS,
+        key: AtRestKey | None = None,
     ) -> None:
         if synchronous not in store.SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {', '.join(store.SYNCHRONOUS_MODES)}")
         self.data_dir = data_dir
         self.path = store.db_path(data_dir)
         self.synchronous = synchronous
+        self.key = key
         self.auto_create_on_read = auto_create_on_read
         self._max_batch = max_batch
         self._on_commit = on_commit
@@ -131,13 +137,14 @@ class Engine:
         if self._open:
             return
         filemodes.private_dir(self.data_dir)
+        sqlite.check_key(self.path, self.key)
         # SQLite gives -wal and -shm the database file's mode: a private
         # database file makes them private too (also those left behind).
         filemodes.private_file(self.path)
         for suffix in ("-wal", "-shm"):
             if os.path.exists(self.path + suffix):
                 filemodes.private_file(self.path + suffix)
-        conn = store.connect(self.path, writer=True, synchronous=self.synchronous)
+        conn = store.connect(self.path, writer=True, synchronous=self.synchronous, key=self.key)
         try:
             conn.execute("BEGIN IMMEDIATE")
             store.init_schema(conn)
@@ -268,7 +275,7 @@ class Engine:
             raise UnavailableError("engine is closed")
         conn: sqlite.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = store.connect(self.path, writer=False)
+            conn = store.connect(self.path, writer=False, key=self.key)
             conn.limit(sqlite.LIMIT_LENGTH, READ_LENGTH_LIMIT)
             self._local.conn = conn
             self._local.reader = None
@@ -391,7 +398,7 @@ class Engine:
         """Write a consistent copy of the database to C{path} (online)."""
         source = self._reader_conn()
         filemodes.private_file(path)
-        target = sqlite.open_connection(path)
+        target = sqlite.open_connection(path, self.key)
         try:
             sqlite.copy_database(source, target)
         finally:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import apsw
 
+from oxidb.atrest import AtRestKey, AtRestKeyError
+
 #: A database connection.
 Connection = apsw.Connection
 
@@ -45,11 +47,58 @@ DATA_ERRORS = (apsw.ConstraintError, apsw.TooBigError, apsw.MismatchError, apsw.
 _FATAL = (apsw.FullError, apsw.IOError, apsw.CorruptError, apsw.NoMemError)
 
 
-def open_connection(path: str) -> Connection:
-    """A connection to the database file at C{path} (created if missing)."""
+#: The first bytes of a plain SQLite database file (an encrypted one starts
+#: with ciphertext).
+PLAIN_HEADER = b"SQLite format 3\x00"
+
+
+def open_connection(path: str, key: AtRestKey | None = None) -> Connection:
+    """
+    A connection to the database file at C{path} (created if missing),
+    encrypted with C{key}'s database key if given (a new file is created
+    encrypted; see L{check_key} for an existing one).
+    """
     conn = apsw.Connection(path, statementcachesize=STATEMENT_CACHE)
+    if key is not None:
+        conn.execute(key.database_pragma)
     conn.set_busy_timeout(BUSY_TIMEOUT_MS)
     return conn
+
+
+def check_key(path: str, key: AtRestKey | None) -> None:
+    """
+    Refuse, with a clear L{AtRestKeyError} and without writing anything, a
+    database file that C{key} does not open: an encrypted file without a
+    key, a plain file with one, or the wrong key. A missing or empty file
+    passes (it is created encrypted if a key is given).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(PLAIN_HEADER))
+    except FileNotFoundError:
+        return
+    if not head:
+        return
+    plain = head == PLAIN_HEADER
+    if key is None:
+        if not plain:
+            raise AtRestKeyError(
+                f"{path} is encrypted (or is not a database): set OXIDB_ENCRYPTION_KEY to its key file"
+            )
+        return
+    if plain:
+        raise AtRestKeyError(
+            f"{path} is not encrypted but OXIDB_ENCRYPTION_KEY is set: unset it, or encrypt the data "
+            "directory first (python -m oxidb.tools.rekey --data DIR --new KEYFILE)"
+        )
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE)
+    try:
+        conn.execute(key.database_pragma)
+        conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+    except apsw.NotADBError:
+        raise AtRestKeyError(f"{path} does not open with this encryption key (wrong key file?)") from None
+    finally:
+        conn.close()
 
 
 def is_fatal(error: BaseException) -> bool:

@@ -46,6 +46,7 @@ from typing import Any
 
 import attrs
 
+from oxidb.atrest import AtRestKey
 from oxidb.engine import keys, sqlite
 from oxidb.errors import InvalidQueryError, ReservedCollectionError
 
@@ -168,16 +169,17 @@ class CollectionInfo:
     last_id: int
 
 
-def connect(path: str, *, writer: bool, synchronous: str = "FULL") -> sqlite.Connection:
+def connect(path: str, *, writer: bool, synchronous: str = "FULL", key: AtRestKey | None = None) -> sqlite.Connection:
     """
-    Open a connection with the engine's SQL functions registered.
+    Open a connection with the engine's SQL functions registered (encrypted
+    with C{key} if given).
 
     Callers issue C{BEGIN}/C{COMMIT} themselves (APSW has no implicit
     transactions). Reader connections are C{query_only}.
     """
     if synchronous not in SYNCHRONOUS_MODES:
         raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}: {synchronous!r}")
-    conn = sqlite.open_connection(path)
+    conn = sqlite.open_connection(path, key)
     keys.register_functions(conn)
     conn.execute("PRAGMA temp_store=MEMORY")
     if writer:

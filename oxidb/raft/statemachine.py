@@ -38,6 +38,7 @@ from zope.interface import implementer
 
 from oxidb import filemodes
 from oxidb._threads import deferred_from_future, fire_from_thread
+from oxidb.atrest import AtRestKeyError
 from oxidb.auth.store import USERS_FILE, UserRecord, UserStore
 from oxidb.engine import sqlite, store
 from oxidb.engine.operations import Operation
@@ -271,7 +272,7 @@ class EngineStateMachine:
         """Blocking: pin the state, then back it up and pack it."""
         engine = self._engine
         target = engine.path + ".snapshot" + _TMP
-        conn = store.connect(engine.path, writer=False)
+        conn = store.connect(engine.path, writer=False, key=engine.key)
         try:
             conn.execute("BEGIN")
             # The first read fixes the WAL snapshot the backup copies.
@@ -282,7 +283,7 @@ class EngineStateMachine:
                 users = None
             pin()
             filemodes.private_file(target)
-            out = sqlite.open_connection(target)
+            out = sqlite.open_connection(target, engine.key)
             try:
                 sqlite.copy_database(conn, out)
             finally:
@@ -320,7 +321,8 @@ class EngineStateMachine:
             f.flush()
             os.fsync(f.fileno())
         try:
-            conn = store.connect(staged, writer=False)
+            sqlite.check_key(staged, self._engine.key)
+            conn = store.connect(staged, writer=False, key=self._engine.key)
             try:
                 result = conn.execute("PRAGMA quick_check").fetchone()
                 applied = store.get_meta(conn, "last_applied", 0)
@@ -328,7 +330,7 @@ class EngineStateMachine:
                 conn.close()
             if result is None or result[0] != "ok":
                 raise SnapshotError(f"the snapshot's database is damaged: {result}")
-        except sqlite.Error as e:
+        except (sqlite.Error, AtRestKeyError) as e:
             os.remove(staged)
             raise SnapshotError(f"the snapshot's database is damaged: {e}") from None
         except SnapshotError:
