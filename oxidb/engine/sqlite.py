@@ -110,7 +110,10 @@ def copy_database(source: Connection, target: Connection) -> None:
     """
     Copy C{source}'s main database into C{target}'s with SQLite's online
     backup API, in one step (inside C{source}'s read transaction if it has
-    one, so the copy is of that snapshot).
+    one, so the copy is of that snapshot). An encrypted copy needs the
+    source's page size, which an empty target takes before the first page.
     """
+    (page_size,) = source.execute("PRAGMA page_size").fetchone()
+    target.execute(f"PRAGMA page_size={int(page_size)}")
     with target.backup("main", source, "main") as backup:
         backup.step(-1)

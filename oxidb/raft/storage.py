@@ -396,12 +396,16 @@ class RaftStorage:
         chunks = []
         pos = self._size
         for entry in entries:
-            line = seal(self._encode(entry)) + b"\n"
+            line = self._line(entry)
             self._offsets.append(pos)
             chunks.append(line)
             pos += len(line)
         self.disk.append(LOG_FILE, b"".join(chunks))
         self._size = pos
+
+    def _line(self, entry: Entry) -> bytes:
+        """The log file line of an entry."""
+        return seal(self._encode(entry)) + b"\n"
 
     def _encode(self, entry: Entry) -> bytes:
         """A log line's JSON: the entry's, its payload sealed if there is a cipher."""
