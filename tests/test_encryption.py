@@ -28,7 +28,7 @@ from oxidb.errors import ConfigError
 from oxidb.raft.disk import OsDisk
 from oxidb.raft.messages import Entry, HardState, LogId, PersistBatch
 from oxidb.raft.statemachine import EngineStateMachine, ReadGate
-from oxidb.raft.storage import LOG_FILE, RaftStorage
+from oxidb.raft.storage import RaftStorage
 from oxidb.tools import rekey
 
 SECRET = "Zebra-Quasar-7731-plaintext"
@@ -218,7 +218,9 @@ def pool() -> Generator[ThreadPool, None, None]:
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_raft_backed_engine_and_its_snapshots_hold_no_plaintext(tmp_path: Path, key: AtRestKey, pool: ThreadPool) -> Any:
+def test_a_raft_backed_engine_and_its_snapshots_hold_no_plaintext(
+    tmp_path: Path, key: AtRestKey, pool: ThreadPool
+) -> Any:
     def machine(engine: Engine) -> EngineStateMachine:
         return EngineStateMachine(
             engine,

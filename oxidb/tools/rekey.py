@@ -22,8 +22,6 @@ import argparse
 import os
 import sys
 
-import orjson
-
 from oxidb.atrest import AtRestKey, AtRestKeyError, LogCipher, load_key_file
 from oxidb.datadir import DataDirLock
 from oxidb.engine import sqlite, store
