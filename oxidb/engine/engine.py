@@ -315,7 +315,7 @@ class Engine:
         deadline = Deadline(limit_ms, self._clock)
         reader = Reader(conn, self._auto_create, self._local.columns, limits=self.limits, deadline=deadline)
         conn.execute("BEGIN")
-        conn.set_progress_handler(deadline.progress, self._progress_steps)
+        conn.set_progress_handler(lambda: bool(deadline.progress()), self._progress_steps)
         self._local.reader = reader
         try:
             return fn(reader, *args, **kwargs)
@@ -326,7 +326,7 @@ class Engine:
         finally:
             self._local.reader = None
             conn.set_progress_handler(None, 0)
-            if conn.in_transaction:  # SQLite ends it itself after some errors
+            if sqlite.in_transaction(conn):  # SQLite ends it itself after some errors
                 conn.execute("COMMIT")
 
     def find(

@@ -220,10 +220,10 @@ def sort_key_of_path(doc: str, raw_path: bytes | str) -> bytes:
 
 def register_functions(conn: sqlite.Connection) -> None:
     """Register the key functions on a connection (every connection needs them)."""
-    conn.create_scalar_function("oxi_key", key_of_json, 1, deterministic=True)
-    conn.create_scalar_function("oxi_key_path", key_of_path, 2, deterministic=True)
-    conn.create_scalar_function("oxi_has_path", has_path, 2, deterministic=True)
-    conn.create_scalar_function("oxi_sort_key", sort_key_of_path, 2, deterministic=True)
+    sqlite.register_function(conn, "oxi_key", key_of_json, 1)
+    sqlite.register_function(conn, "oxi_key_path", key_of_path, 2)
+    sqlite.register_function(conn, "oxi_has_path", has_path, 2)
+    sqlite.register_function(conn, "oxi_sort_key", sort_key_of_path, 2)
 
 
 # --- SQL expressions ----------------------------------------------------------

@@ -12,12 +12,42 @@ function reaches the caller as itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+
 import apsw
 
 from oxidb.atrest import AtRestKey, AtRestKeyError
 
-#: A database connection.
-Connection = apsw.Connection
+
+class Cursor(Protocol):
+    """The rows of a statement; a row is a tuple of SQLite values (typed Any, as the engine reads them)."""
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """The part of L{apsw.Connection} the engine uses."""
+
+    in_transaction: bool
+
+    def execute(self, statements: str, bindings: Any = None) -> Cursor: ...
+
+    def executemany(self, statements: str, sequenceofbindings: Iterable[Any]) -> Cursor: ...
+
+    def changes(self) -> int: ...
+
+    def last_insert_rowid(self) -> int: ...
+
+    def limit(self, id: int, newval: int = -1) -> int: ...
+
+    def set_progress_handler(self, callable: Callable[[], bool] | None, nsteps: int = 20) -> None: ...
+
+    def close(self, force: bool = False) -> None: ...
 
 #: Base class of every error SQLite reports.
 Error = apsw.Error
@@ -101,6 +131,11 @@ def check_key(path: str, key: AtRestKey | None) -> None:
         conn.close()
 
 
+def in_transaction(conn: Connection) -> bool:
+    """Is a transaction open on C{conn} (read afresh: SQLite may end one on an error)?"""
+    return conn.in_transaction
+
+
 def is_fatal(error: BaseException) -> bool:
     """Does this error mean the disk or the file failed (not the statement)?"""
     return isinstance(error, _FATAL)
@@ -115,5 +150,12 @@ def copy_database(source: Connection, target: Connection) -> None:
     """
     (page_size,) = source.execute("PRAGMA page_size").fetchone()
     target.execute(f"PRAGMA page_size={int(page_size)}")
+    assert isinstance(source, apsw.Connection) and isinstance(target, apsw.Connection)
     with target.backup("main", source, "main") as backup:
         backup.step(-1)
+
+
+def register_function(conn: Connection, name: str, function: Callable[..., Any], arity: int) -> None:
+    """Register a deterministic scalar SQL function on C{conn}."""
+    assert isinstance(conn, apsw.Connection)
+    conn.create_scalar_function(name, function, arity, deterministic=True)

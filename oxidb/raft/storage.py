@@ -419,14 +419,13 @@ class RaftStorage:
     def _open_payload(self, value: Any) -> Any:
         """A loaded line's JSON with its payload opened (L{AtRestKeyError} on a key mismatch)."""
         payload = value.get("payload") if isinstance(value, dict) else None
-        sealed = isinstance(payload, dict) and "Sealed" in payload
+        text = payload.get("Sealed") if isinstance(payload, dict) else None
         if self._cipher is None:
-            if sealed:
+            if text is not None:
                 raise AtRestKeyError(f"{LOG_FILE} is encrypted: set OXIDB_ENCRYPTION_KEY to its key file")
             return value
-        if not sealed:
+        if text is None:
             raise AtRestKeyError(f"{LOG_FILE} is not encrypted but OXIDB_ENCRYPTION_KEY is set")
-        text = payload["Sealed"]
         if not isinstance(text, str):
             raise ValueError("malformed sealed payload")
         try:
