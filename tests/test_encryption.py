@@ -28,7 +28,7 @@ from oxidb.errors import ConfigError
 from oxidb.raft.disk import OsDisk
 from oxidb.raft.messages import Entry, HardState, LogId, PersistBatch
 from oxidb.raft.statemachine import EngineStateMachine, ReadGate
-from oxidb.raft.storage import RaftStorage
+from oxidb.raft.storage import LOG_FILE, RaftStorage
 from oxidb.tools import rekey
 
 SECRET = "Zebra-Quasar-7731-plaintext"
@@ -306,3 +306,32 @@ def test_rekey_rotates_encrypts_and_decrypts(tmp_path: Path, capsys: pytest.Capt
         assert engine.find("notes", {})[0]["text"] == SECRET
     finally:
         engine.close()
+
+
+# --- a real one-node cluster --------------------------------------------------------
+
+
+def test_a_one_node_cluster_stores_no_plaintext(tmp_path: Path) -> None:
+    """The server wiring: config, engine, Raft log; a restart without the key stops with one line."""
+    from oxidb._harness import LocalCluster, wait_until
+
+    keyfile = key_file(tmp_path / "key")
+    cluster = LocalCluster(str(tmp_path / "cluster"), env={"OXIDB_ENCRYPTION_KEY": keyfile})
+    try:
+        cluster.start(1)
+        cluster.bootstrap([1])
+        reply = cluster.request(1, {"cmd": "insert", "collection": "notes", "doc": {"text": SECRET}})
+        assert reply["ok"], reply
+        put = {"cmd": "put_object", "bucket": "files", "key": "s.txt", "data": base64.b64encode(BLOB_SECRET).decode()}
+        assert cluster.request(1, {"cmd": "create_bucket", "bucket": "files"})["ok"]
+        assert cluster.request(1, put)["ok"]
+        found = wait_until(lambda: cluster.request(1, {"cmd": "find", "collection": "notes", "query": {}})["data"], 10.0)
+        assert found[0]["text"] == SECRET
+    finally:
+        cluster.stop()
+    node = tmp_path / "cluster" / "node1"
+    assert (node / LOG_FILE).stat().st_size > 0
+    assert found_in(node) == []
+    del cluster.env["OXIDB_ENCRYPTION_KEY"]
+    with pytest.raises(RuntimeError, match="is encrypted"):
+        cluster.start(1)
