@@ -325,7 +325,8 @@ def test_a_one_node_cluster_stores_no_plaintext(tmp_path: Path) -> None:
         put = {"cmd": "put_object", "bucket": "files", "key": "s.txt", "data": base64.b64encode(BLOB_SECRET).decode()}
         assert cluster.request(1, {"cmd": "create_bucket", "bucket": "files"})["ok"]
         assert cluster.request(1, put)["ok"]
-        found = wait_until(lambda: cluster.request(1, {"cmd": "find", "collection": "notes", "query": {}})["data"], 10.0)
+        find = {"cmd": "find", "collection": "notes", "query": {}}
+        found = wait_until(lambda: cluster.request(1, find)["data"], 10.0)
         assert found[0]["text"] == SECRET
     finally:
         cluster.stop()
