@@ -26,8 +26,17 @@ from oxidb.engine import backup, blobs
 from oxidb.engine.engine import Engine
 from oxidb.errors import ConfigError
 from oxidb.raft.disk import OsDisk
-from oxidb.raft.messages import Entry, HardState, LogId, PersistBatch
-from oxidb.raft.statemachine import EngineStateMachine, ReadGate
+from oxidb.raft.messages import (
+    Entry,
+    HardState,
+    LogId,
+    Membership,
+    PersistBatch,
+    Snapshot,
+    SnapshotMeta,
+    StoredMembership,
+)
+from oxidb.raft.statemachine import EngineStateMachine, ReadGate, pack_snapshot, unpack_snapshot
 from oxidb.raft.storage import LOG_FILE, RaftStorage
 from oxidb.tools import rekey
 
@@ -272,6 +281,15 @@ def test_rekey_rotates_encrypts_and_decrypts(tmp_path: Path, capsys: pytest.Capt
     write_secrets(engine)
     engine.close()
     RaftStorage(OsDisk(str(data))).save(PersistBatch(hard_state=HardState(1, 1), entries=_entries(1, 3)))
+    # A snapshot file as Raft stores it: a copy of the database (under the current key).
+    engine = open_engine(data, None)
+    engine.backup(str(tmp_path / "copy.sqlite3"))
+    engine.close()
+    snapshot = pack_snapshot((tmp_path / "copy.sqlite3").read_bytes(), None)
+    members = StoredMembership(LogId(1, 1, 1), Membership([{1}], {1: "127.0.0.1:1"}))
+    storage = RaftStorage(OsDisk(str(data)))
+    storage.load()
+    storage.save(PersistBatch(snapshot=Snapshot(SnapshotMeta(LogId(1, 1, 3), members, "1-1-3"), snapshot)))
     first, second = key_file(tmp_path / "first", b"1" * 32), key_file(tmp_path / "second", b"2" * 32)
 
     def run(*args: str) -> int:
@@ -290,7 +308,17 @@ def test_rekey_rotates_encrypts_and_decrypts(tmp_path: Path, capsys: pytest.Capt
         assert engine.find("notes", {})[0]["text"] == SECRET
     finally:
         engine.close()
-    assert len(RaftStorage(OsDisk(str(data)), LogCipher(second_key.log)).load().entries) == 3
+    state = RaftStorage(OsDisk(str(data)), LogCipher(second_key.log)).load()
+    assert len(state.entries) == 3 and state.snapshot is not None
+    (tmp_path / "snap.sqlite3").write_bytes(unpack_snapshot(state.snapshot.data)[0])
+    copy = Engine(str(tmp_path / "snap-dir"), key=second_key)
+    os.makedirs(copy.data_dir)
+    os.replace(tmp_path / "snap.sqlite3", copy.path)
+    copy.open()
+    try:
+        assert copy.find("notes", {})[0]["text"] == SECRET
+    finally:
+        copy.close()
     # Run again after it completed: nothing to do.
     assert run("--old", first, "--new", second) == 0
     # A wrong --old key is refused with one line, nothing changed.

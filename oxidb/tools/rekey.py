@@ -4,16 +4,17 @@ Offline key rotation for encryption at rest (the server must be stopped):
     python -m oxidb.tools.rekey --data DIR [--old KEYFILE] [--new KEYFILE]
 
 Re-encrypts the data directory's database (C{PRAGMA rekey}, which rewrites
-every page) and the payloads of its Raft log from the C{--old} key to the
-C{--new} one. Without C{--old} a plain directory is encrypted; without
-C{--new} an encrypted one is decrypted. Both key files are checked as the
-server checks them (mode 0600, at least 32 bytes).
+every page), the database inside its current Raft snapshot file and the
+payloads of its Raft log from the C{--old} key to the C{--new} one. Without
+C{--old} a plain directory is encrypted; without C{--new} an encrypted one
+is decrypted. Both key files are checked as the server checks them (mode
+0600, at least 32 bytes).
 
-The database is rekeyed in its own transaction and the log is rewritten
-through a temporary file and a rename, database first: if the tool is
-interrupted between the two, run it again with the same arguments; it
-recognises the part already done. Backups and Raft snapshots made with the
-old key keep it (restore them on a server given that key).
+The database is rekeyed in its own transaction, then the snapshot file and
+the log are rewritten through a temporary file and a rename: if the tool is
+interrupted, run it again with the same arguments; it recognises the parts
+already done. Backups made with the old key keep it (restore them on a
+server given that key).
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import zlib
+
+import orjson
 
 from oxidb.atrest import AtRestKey, AtRestKeyError, LogCipher, load_key_file
 from oxidb.datadir import DataDirLock
 from oxidb.engine import sqlite, store
 from oxidb.errors import ConfigError
 from oxidb.raft.disk import OsDisk
-from oxidb.raft.storage import LOG_FILE, RaftStorage
+from oxidb.raft.statemachine import pack_snapshot, unpack_snapshot
+from oxidb.raft.storage import LOG_FILE, SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX, RaftStorage, seal, unseal
 
 
 def _database_key(path: str, old: AtRestKey | None, new: AtRestKey | None) -> AtRestKey | None:
@@ -61,6 +66,35 @@ def rekey_database(path: str, old: AtRestKey | None, new: AtRestKey | None) -> N
     sqlite.check_key(path, new)
 
 
+def rekey_snapshots(data_dir: str, old: AtRestKey | None, new: AtRestKey | None) -> None:
+    """Rewrite the Raft snapshot files of C{data_dir} with their database under C{new}."""
+    disk = OsDisk(data_dir)
+    for name in sorted(disk.listdir()):
+        if not (name.startswith(SNAPSHOT_PREFIX) and name.endswith(SNAPSHOT_SUFFIX)):
+            continue
+        raw = disk.read(name)
+        end = raw.find(b"\n")
+        header = unseal(raw[:end])
+        database, users = unpack_snapshot(raw[end + 1 :])
+        staged = os.path.join(data_dir, name + ".db.tmp")
+        try:
+            with open(staged, "wb") as f:
+                f.write(database)
+            rekey_database(staged, old, new)
+            with open(staged, "rb") as f:
+                database = f.read()
+        finally:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                if os.path.exists(staged + suffix):
+                    os.remove(staged + suffix)
+        data = pack_snapshot(database, users)
+        header.update(size=len(data), data_crc32=zlib.crc32(data))
+        disk.write(name + ".tmp", seal(orjson.dumps(header)) + b"\n" + data)
+        disk.fsync(name + ".tmp")
+        disk.rename(name + ".tmp", name)
+        disk.fsync_dir()
+
+
 def rekey_log(data_dir: str, old: AtRestKey | None, new: AtRestKey | None) -> None:
     """Rewrite the Raft log of C{data_dir} with its payloads sealed by C{new}."""
     if not os.path.exists(os.path.join(data_dir, LOG_FILE)):
@@ -89,6 +123,7 @@ def rekey(data_dir: str, old: AtRestKey | None, new: AtRestKey | None) -> None:
     lock.acquire()
     try:
         rekey_database(store.db_path(data_dir), old, new)
+        rekey_snapshots(data_dir, old, new)
         rekey_log(data_dir, old, new)
     finally:
         lock.release()
