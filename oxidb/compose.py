@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 from zope.interface import implementer
 
+from oxidb.atrest import load_key_file
 from oxidb.audit.events import Auditor
 from oxidb.audit.gelf import GelfEncoder
 from oxidb.audit.gelf_udp import GelfSender, resolve_gelf_address
@@ -196,8 +197,13 @@ def compose(
         # Reads never write (so a Read user creates nothing, docs/security.md);
         # in cluster mode the Raft log is the durable record
         # (docs/clustering.md, "Durability").
+        key = None if config.encryption_key is None else load_key_file(config.encryption_key)
         engine = Engine(
-            data_dir, synchronous="NORMAL" if cluster else "FULL", auto_create_on_read=False, limits=config.limits
+            data_dir,
+            synchronous="NORMAL" if cluster else "FULL",
+            auto_create_on_read=False,
+            limits=config.limits,
+            key=key,
         )
         transactions.register_appliers(engine)
         procedure_store.register_appliers(engine)

@@ -237,7 +237,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ttl_batch_size", "OXIDB_TTL_BATCH_SIZE", "ttl-batch-size", "1000", parse_positive_int,
             "most expired documents deleted by one write of a TTL pass"),
     Setting("encryption_key", "OXIDB_ENCRYPTION_KEY", "encryption-key", None, parse_path,
-            "encryption at rest: not supported by this server; setting it stops startup", secret=True),
+            "encryption at rest: path of the key file (mode 0600, at least 32 bytes)", secret=True),
     # Security.
     Setting(None, "OXIDB_AUTH", "auth", None, bool_text,
             "require login (SCRAM-SHA-256) and enforce roles (true/false)"),
@@ -406,11 +406,6 @@ class Config:
                 effective[setting.env] = value
             else:
                 values[setting.field] = value
-        if values.get("encryption_key") is not None:
-            raise ConfigError(
-                "OXIDB_ENCRYPTION_KEY is set: encryption at rest is not supported by "
-                "this server; use an encrypted filesystem for the data directory and unset the variable"
-            )
         if values.get("raft_peers") is None:
             values["raft_peers"] = {}
         return cls(

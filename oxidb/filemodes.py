@@ -42,7 +42,7 @@ def private_file(path: str | os.PathLike[str]) -> None:
     """
     Make sure a file exists at C{path} with mode C{0600} (created empty if
     missing, re-moded if it exists). An empty file is a valid new SQLite
-    database, so calling this before C{sqlite3.connect} gives a private
+    database, so calling this before SQLite opens it gives a private
     database (and so private C{-wal} and C{-shm} files). A symbolic link
     is followed (an operator may keep the database on another disk).
     """

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import sqlite3
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oxidb.engine import blobs, textindex
+from oxidb.engine import blobs, sqlite, textindex
 from oxidb.engine.engine import Engine
 from oxidb.errors import (
     BadRequestError,
@@ -471,10 +470,9 @@ def test_extract_text(engine: Engine) -> None:
 def test_postings_rebuilt_when_the_tokenizer_changes(engine: Engine) -> None:
     put(engine, "b", "k", b"stable words", "text/plain")
     # Pretend the stored postings were built by another tokenizer version.
-    conn = sqlite3.connect(engine.path)
+    conn = sqlite.open_connection(engine.path)
     conn.execute("UPDATE oxi_meta SET value = 'old' WHERE key = 'blob_text_format'")
     conn.execute("DELETE FROM oxi_blob_terms")
-    conn.commit()
     conn.close()
     assert search(engine, "stable") == []
     put(engine, "other", "k2", b"unrelated", "text/plain")  # any blob write refreshes
@@ -553,7 +551,7 @@ def test_prepared_cache_is_bounded() -> None:
 
 def test_blob_tables_live_in_the_engine_database(engine: Engine) -> None:
     put(engine, "b", "k", b"x")
-    conn = sqlite3.connect(engine.path)
+    conn = sqlite.open_connection(engine.path)
     names = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
     conn.close()
     assert {"oxi_blob_buckets", "oxi_blob_objects", "oxi_blob_docs", "oxi_blob_terms"} <= names

@@ -146,7 +146,7 @@ def test_explain_find_with_an_index(ctx: CommandContext, engine: Engine) -> None
     assert plan["index"] == "k" and plan["indexes"] == ["k"]
     assert any("USING INDEX" in line for line in plan["sqlite_plan"])
     sql = plan["sql"]
-    assert sql["statement"].startswith("SELECT _id, _version, doc FROM ")
+    assert sql["statement"].startswith("SELECT _id, _version, json(doc) AS doc FROM ")
     assert " WHERE " + sql["where"] in sql["statement"] and sql["statement"].endswith("LIMIT ? OFFSET ?")
     assert sql["params"][-2:] == [2, 0] and sql["params"][0].startswith("X'")
     assert plan["pushed"] == {"filter": "all", "sort": True, "skip_limit": True}

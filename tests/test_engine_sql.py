@@ -5,7 +5,6 @@ planner really using the expression indexes.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from itertools import pairwise
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oxidb.engine import keys, paths, store, values
+from oxidb.engine import keys, paths, sqlite, store, values
 from oxidb.engine.engine import Engine
 from oxidb.engine.matcher import compile_query, parse_sort
 from oxidb.engine.sqlquery import compile_plan, order_by
@@ -77,8 +76,8 @@ field_names = st.text(
 
 
 @pytest.fixture(scope="module")
-def conn() -> Iterator[sqlite3.Connection]:
-    connection = sqlite3.connect(":memory:")
+def conn() -> Iterator[sqlite.Connection]:
+    connection = sqlite.open_connection(":memory:")
     keys.register_functions(connection)
     yield connection
     connection.close()
@@ -87,7 +86,7 @@ def conn() -> Iterator[sqlite3.Connection]:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(field_names, min_size=1, max_size=3), stored_values, st.booleans())
 def test_key_and_presence_sql_read_paths_like_get_path(
-    conn: sqlite3.Connection, steps: list[str], value: Any, wrap_in_array: bool
+    conn: sqlite.Connection, steps: list[str], value: Any, wrap_in_array: bool
 ) -> None:
     doc: Any = value
     for step in reversed(steps):
@@ -115,10 +114,10 @@ def test_json_path_quotes_every_step_and_refuses_escaped_keys() -> None:
     assert keys.json_path('q"q') is None
     assert keys.json_path("back\\slash") is None
     assert keys.json_path("ctl\x01") is None
-    assert keys.key_sql('q"q').startswith("oxi_key_path(doc, X'")
+    assert keys.key_sql('q"q').startswith("oxi_key_path(json(doc), X'")
 
 
-def test_sort_paths_with_digits_read_arrays(conn: sqlite3.Connection) -> None:
+def test_sort_paths_with_digits_read_arrays(conn: sqlite.Connection) -> None:
     doc = orjson.dumps({"s": [5, 7], "o": {"1": "x"}}).decode()
     for path, expected in (("s.1", 7), ("o.1", "x"), ("s.2", None)):
         (got,) = conn.execute(f"SELECT {keys.sort_key_sql(path)} FROM (SELECT ? AS doc)", (doc,)).fetchone()
@@ -204,13 +203,13 @@ def test_unsorted_reads_aggregate_inside_sqlite(indexed: tuple[Engine, str]) -> 
     assert [d["_id"] for d in expected[0]] == sorted(d["_id"] for d in expected[0])
     assert [len(e) for e in expected] == [80, 40, 2000]
     conn = engine._reader_conn()
-    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 5000)
+    conn.limit(sqlite.LIMIT_LENGTH, 5000)
     try:
         for query, docs in zip(queries, expected, strict=True):
             assert engine.find("people", query) == docs
             assert engine.find_raw("people", query) == orjson.dumps(docs).decode()
     finally:
-        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1_000_000_000)
+        conn.limit(sqlite.LIMIT_LENGTH, 1_000_000_000)
 
 
 def test_sibling_bounds_make_presence_tests_redundant(tmp_path: Any) -> None:

@@ -129,7 +129,7 @@ def test_leading_match_runs_in_sql(engine: Engine, monkeypatch: pytest.MonkeyPat
     engine.apply({"InsertMany": {"collection": "pushed", "documents": [{"n": i} for i in range(100)]}}, 0.0)
     statements: list[str] = []
     conn = engine._reader_conn()
-    conn.set_trace_callback(statements.append)
+    conn.exec_trace = lambda _cursor, sql, _bindings: statements.append(sql) is None
     try:
         result = engine.aggregate(
             "pushed",
@@ -142,9 +142,9 @@ def test_leading_match_runs_in_sql(engine: Engine, monkeypatch: pytest.MonkeyPat
             ],
         )
     finally:
-        conn.set_trace_callback(None)
+        conn.exec_trace = None
     assert result == [{"n": 97}, {"n": 96}, {"n": 95}]
-    select = [s for s in statements if s.startswith("SELECT _id, _version, doc")]
+    select = [s for s in statements if s.startswith("SELECT _id, _version, json(doc)")]
     assert len(select) == 1 and "WHERE" in select[0] and "LIMIT" in select[0] and "DESC" in select[0]
 
 

@@ -26,7 +26,8 @@ def backup(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
 
 
 def restore(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
-    return ctx.read(archives.restore_backup, request["archive"], request["target"])
+    key = None if ctx.engine is None else ctx.engine.key
+    return ctx.read(archives.restore_backup, request["archive"], request["target"], key)
 
 
 def _path_field(name: str, doc: str) -> Field:

@@ -34,7 +34,6 @@ import hashlib
 import io
 import os
 import shutil
-import sqlite3
 import tarfile
 import tempfile
 import zlib
@@ -44,7 +43,8 @@ from typing import IO, Any
 import orjson
 
 from oxidb import filemodes
-from oxidb.engine import blobs, store
+from oxidb.atrest import AtRestKey, AtRestKeyError
+from oxidb.engine import blobs, sqlite, store
 from oxidb.errors import BackupError
 
 FORMAT = "oxidb-backup"
@@ -88,7 +88,7 @@ def create_backup(engine: Any, path: str, now: float) -> dict[str, Any]:
     try:
         db_copy = os.path.join(staging, store.DB_FILENAME)
         engine.backup(db_copy)
-        collections, buckets, last_applied = _seal_copy(db_copy)
+        collections, buckets, last_applied = _seal_copy(db_copy, engine.key)
         members = [(store.DB_FILENAME, db_copy)] + _copy_auth_files(engine.data_dir, staging)
         manifest = {
             "format": FORMAT,
@@ -106,20 +106,20 @@ def create_backup(engine: Any, path: str, now: float) -> dict[str, Any]:
         _write_archive(archive, manifest, members, now)
         _publish(archive, path)
         size = os.path.getsize(path)
-    except (OSError, sqlite3.Error) as e:
+    except (OSError, sqlite.Error) as e:
         raise BackupError(str(e)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"path": path, "size_bytes": size, "collections": len(collections)}
 
 
-def _seal_copy(db_path: str) -> tuple[list[str], list[str], int]:
+def _seal_copy(db_path: str, key: AtRestKey | None) -> tuple[list[str], list[str], int]:
     """
     Make the copied database a fresh node's (apply index 0) and one
     self-contained file; its collection names, bucket names and the apply
     index it had.
     """
-    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn = sqlite.open_connection(db_path, key)
     try:
         conn.execute("BEGIN IMMEDIATE")
         last_applied = int(store.get_meta(conn, "last_applied", 0))
@@ -195,11 +195,12 @@ def _publish(archive: str, path: str) -> None:
 # --- restore ----------------------------------------------------------------
 
 
-def restore_backup(archive: str, target: str) -> dict[str, Any]:
+def restore_backup(archive: str, target: str, key: AtRestKey | None = None) -> dict[str, Any]:
     """
     Unpack an archive into C{target}, a data directory a server can start
     on. C{target} must not exist or be an empty directory; its parent must
-    exist.
+    exist. The archive's database must open with C{key} (the encryption at
+    rest key of the server that made it, None for a plain one).
 
     @return: C{{"path", "collections", "message"}}.
     @raise BackupError: a bad archive or target (nothing is left behind).
@@ -213,7 +214,7 @@ def restore_backup(archive: str, target: str) -> dict[str, Any]:
     try:
         files = _unpack(archive, staging)
         manifest = _check_manifest(staging, files)
-        collections = _check_database(os.path.join(staging, store.DB_FILENAME))
+        collections = _check_database(os.path.join(staging, store.DB_FILENAME), key)
         if collections != manifest["collections"]:
             raise BackupError("archive is corrupt: the database does not hold the manifest's collections")
         for name in files:
@@ -225,7 +226,7 @@ def restore_backup(archive: str, target: str) -> dict[str, Any]:
             os.rmdir(target)
         os.rename(staging, target)
         _fsync_dir(os.path.dirname(staging))
-    except (OSError, sqlite3.Error) as e:
+    except (OSError, sqlite.Error) as e:
         shutil.rmtree(staging, ignore_errors=True)
         raise BackupError(str(e)) from None
     except BaseException:
@@ -322,17 +323,21 @@ def _check_manifest(staging: str, files: list[str]) -> dict[str, Any]:
     return manifest
 
 
-def _check_database(path: str) -> list[str]:
+def _check_database(path: str, key: AtRestKey | None) -> list[str]:
     """The collection names of a sound database file, else L{BackupError}."""
     try:
-        conn = store.connect(path, writer=False)
+        if key is not None:
+            sqlite.check_key(path, key)
+        conn = store.connect(path, writer=False, key=key)
         try:
             result = conn.execute("PRAGMA quick_check").fetchall()
             names = [info.name for info in store.list_collections(conn)]
         finally:
             conn.close()
-    except sqlite3.DatabaseError as e:
+    except sqlite.Error as e:
         raise BackupError(f"archive is corrupt: {e}") from None
+    except AtRestKeyError as e:
+        raise BackupError(f"archive does not open: {e}") from None
     if result != [("ok",)]:
         raise BackupError(f"archive is corrupt: database check failed: {result[0][0]}")
     return names

@@ -36,7 +36,6 @@ import base64
 import binascii
 import collections
 import functools
-import sqlite3
 import threading
 import time
 import zlib
@@ -46,7 +45,7 @@ from typing import Any, ClassVar
 import attrs
 import orjson
 
-from oxidb.engine import blobtext, store, textindex, textstore
+from oxidb.engine import blobtext, sqlite, store, textindex, textstore
 from oxidb.engine.governor import DEFAULT_LIMITS, NO_DEADLINE, approx_size, reply_cap
 from oxidb.engine.operations import Operation, check
 from oxidb.engine.writes import WriteTxn
@@ -355,7 +354,7 @@ def put_operation(bucket: str, key: str, data_b64: str, content_type: str, metad
 # --- schema -----------------------------------------------------------------
 
 
-def _has_schema(conn: sqlite3.Connection) -> bool:
+def _has_schema(conn: sqlite.Connection) -> bool:
     row = conn.execute("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'oxi_blob_objects'").fetchone()
     return row is not None
 
@@ -366,7 +365,7 @@ def text_format() -> str:
     return f"{textstore.fingerprint()}/x{blobtext.EXTRACTOR_VERSION}"
 
 
-def ensure_schema(conn: sqlite3.Connection) -> None:
+def ensure_schema(conn: sqlite.Connection) -> None:
     """
     Create the blob tables if missing and rebuild the postings if the
     tokenizer or the extractor changed since they were built. Runs inside the
@@ -382,7 +381,7 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
         store.set_meta(conn, _TEXT_FORMAT_KEY, text_format())
 
 
-def _refresh_postings(conn: sqlite3.Connection) -> None:
+def _refresh_postings(conn: sqlite.Connection) -> None:
     conn.execute("DELETE FROM oxi_blob_terms")
     conn.execute("DELETE FROM oxi_blob_docs")
     ids = [row[0] for row in conn.execute("SELECT id FROM oxi_blob_objects ORDER BY id")]
@@ -394,7 +393,7 @@ def _refresh_postings(conn: sqlite3.Connection) -> None:
         _add_postings(conn, object_id, Postings.of(text))
 
 
-def _add_postings(conn: sqlite3.Connection, object_id: int, postings: Postings) -> None:
+def _add_postings(conn: sqlite.Connection, object_id: int, postings: Postings) -> None:
     if not postings.ntok:
         return
     conn.execute("INSERT INTO oxi_blob_docs(id, ntok) VALUES (?, ?)", (object_id, postings.ntok))
@@ -404,7 +403,7 @@ def _add_postings(conn: sqlite3.Connection, object_id: int, postings: Postings) 
     )
 
 
-def _remove_postings(conn: sqlite3.Connection, object_id: int) -> None:
+def _remove_postings(conn: sqlite.Connection, object_id: int) -> None:
     conn.execute("DELETE FROM oxi_blob_terms WHERE id = ?", (object_id,))
     conn.execute("DELETE FROM oxi_blob_docs WHERE id = ?", (object_id,))
 
@@ -412,7 +411,7 @@ def _remove_postings(conn: sqlite3.Connection, object_id: int) -> None:
 # --- writes (writer thread, inside the batch's transaction) ------------------
 
 
-def create_bucket(conn: sqlite3.Connection, bucket: object) -> str:
+def create_bucket(conn: sqlite.Connection, bucket: object) -> str:
     """Create a bucket; an existing one is no error (engine.md 7.1)."""
     name = validate_bucket_name(bucket)
     ensure_schema(conn)
@@ -420,7 +419,7 @@ def create_bucket(conn: sqlite3.Connection, bucket: object) -> str:
     return "bucket created"
 
 
-def delete_bucket(conn: sqlite3.Connection, bucket: object) -> str:
+def delete_bucket(conn: sqlite.Connection, bucket: object) -> str:
     """Delete a bucket, its objects and their search postings."""
     name = validate_bucket_name(bucket)
     ensure_schema(conn)
@@ -435,7 +434,7 @@ def delete_bucket(conn: sqlite3.Connection, bucket: object) -> str:
 
 
 def put_object(
-    conn: sqlite3.Connection,
+    conn: sqlite.Connection,
     bucket: object,
     key: object,
     data_b64: object,
@@ -463,13 +462,12 @@ def put_object(
     metadata_json = orjson.dumps(kept).decode()
     row = conn.execute("SELECT id FROM oxi_blob_objects WHERE bucket = ? AND key = ?", (name, key)).fetchone()
     if row is None:
-        cursor = conn.execute(
+        conn.execute(
             "INSERT INTO oxi_blob_objects(bucket, key, size, content_type, etag, created_at, metadata, content)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (name, key, len(data), kind, prepared.etag, created_at, metadata_json, data),
         )
-        object_id = cursor.lastrowid
-        assert object_id is not None
+        object_id = conn.last_insert_rowid()
     else:
         object_id = row[0]
         _remove_postings(conn, object_id)
@@ -482,7 +480,7 @@ def put_object(
     return _record(key, name, len(data), kind, prepared.etag, created_at, kept)
 
 
-def delete_object(conn: sqlite3.Connection, bucket: object, key: object) -> str:
+def delete_object(conn: sqlite.Connection, bucket: object, key: object) -> str:
     """Delete an object and its search postings."""
     name = validate_bucket_name(bucket)
     key = validate_key(key)
@@ -493,7 +491,7 @@ def delete_object(conn: sqlite3.Connection, bucket: object, key: object) -> str:
     return "object deleted"
 
 
-def _object_id(conn: sqlite3.Connection, bucket: str, key: str) -> int:
+def _object_id(conn: sqlite.Connection, bucket: str, key: str) -> int:
     row = conn.execute("SELECT id FROM oxi_blob_objects WHERE bucket = ? AND key = ?", (bucket, key)).fetchone()
     if row is not None:
         return int(row[0])
@@ -501,7 +499,7 @@ def _object_id(conn: sqlite3.Connection, bucket: str, key: str) -> int:
     raise BlobNotFoundError(bucket, key)
 
 
-def _check_bucket(conn: sqlite3.Connection, bucket: str) -> None:
+def _check_bucket(conn: sqlite.Connection, bucket: str) -> None:
     if conn.execute("SELECT 1 FROM oxi_blob_buckets WHERE name = ?", (bucket,)).fetchone() is None:
         raise BucketNotFoundError(bucket)
 
@@ -633,7 +631,7 @@ def list_buckets(reader: Any) -> list[str]:
     return bucket_names(reader.conn)
 
 
-def _existing_bucket(conn: sqlite3.Connection, bucket: object) -> str:
+def _existing_bucket(conn: sqlite.Connection, bucket: object) -> str:
     name = validate_bucket_name(bucket)
     if not _has_schema(conn):
         raise BucketNotFoundError(name)
@@ -711,7 +709,7 @@ def list_objects(
     return result
 
 
-def _rows_from(conn: sqlite3.Connection, bucket: str, start: str) -> Iterator[tuple[Any, ...]]:
+def _rows_from(conn: sqlite.Connection, bucket: str, start: str) -> Iterator[tuple[Any, ...]]:
     """Rows of a bucket with C{key >= start}, by key, fetched in pages."""
     page = 256
     sql = (
@@ -776,7 +774,7 @@ def search(
     return [{"bucket": owner, "key": key, "score": value} for value, owner, key in result]
 
 
-def bucket_names(conn: sqlite3.Connection) -> list[str]:
+def bucket_names(conn: sqlite.Connection) -> list[str]:
     """Every bucket name, sorted, read over any connection to the database."""
     if not _has_schema(conn):
         return []

@@ -19,7 +19,6 @@ Python loops, and under the query, aggregation, search and reply limits.
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,8 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from oxidb import filemodes
-from oxidb.engine import keys, store, textstore, vectors
+from oxidb.atrest import AtRestKey
+from oxidb.engine import keys, sqlite, store, textstore, vectors
 from oxidb.engine.blobs import PreparedPuts
 from oxidb.engine.governor import DEFAULT_LIMITS, Clock, Deadline, QueryLimits, time_limit_ms
 from oxidb.engine.operations import BUILTIN, EnsureCollection, Operation, OperationCodec, Rejected
@@ -86,6 +86,9 @@ class Engine:
     @param vector_runner: runs the builds of HNSW graphs (a background
         thread each; L{oxidb.engine.vectors.inline} builds on the searching
         thread, for deterministic tests).
+    @param key: encryption at rest (L{oxidb.atrest}): every connection to
+        the database, and every copy of it the engine makes, uses its
+        database key. L{open} refuses a database the key does not open.
 
     @ivar codec: the L{OperationCodec} of every operation type this engine
         applies (L{BUILTIN} and those registered).
@@ -106,12 +109,14 @@ class Engine:
         progress_steps: int = PROGRESS_STEPS,
         vector_exact_below: int = vectors.EXACT_BELOW,
         vector_runner: vectors.Runner = vectors.in_thread,
+        key: AtRestKey | None = None,
     ) -> None:
         if synchronous not in store.SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {', '.join(store.SYNCHRONOUS_MODES)}")
         self.data_dir = data_dir
         self.path = store.db_path(data_dir)
         self.synchronous = synchronous
+        self.key = key
         self.auto_create_on_read = auto_create_on_read
         self._max_batch = max_batch
         self._on_commit = on_commit
@@ -129,9 +134,9 @@ class Engine:
         self._appliers: dict[type[Operation], Applier] = {op_type: _apply_itself for op_type in BUILTIN}
         self.prepared_puts = PreparedPuts()
         self._writer: Writer | None = None
-        self._writer_conn: sqlite3.Connection | None = None
+        self._writer_conn: sqlite.Connection | None = None
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[sqlite.Connection] = []
         self._readers_lock = threading.Lock()
         self._open = False
 
@@ -143,13 +148,14 @@ class Engine:
             return
         self.vector_cache.clear()
         filemodes.private_dir(self.data_dir)
+        sqlite.check_key(self.path, self.key)
         # SQLite gives -wal and -shm the database file's mode: a private
         # database file makes them private too (also those left behind).
         filemodes.private_file(self.path)
         for suffix in ("-wal", "-shm"):
             if os.path.exists(self.path + suffix):
                 filemodes.private_file(self.path + suffix)
-        conn = store.connect(self.path, writer=True, synchronous=self.synchronous)
+        conn = store.connect(self.path, writer=True, synchronous=self.synchronous, key=self.key)
         try:
             conn.execute("BEGIN IMMEDIATE")
             store.init_schema(conn)
@@ -276,13 +282,13 @@ class Engine:
 
     # --- reads ------------------------------------------------------------
 
-    def _reader_conn(self) -> sqlite3.Connection:
+    def _reader_conn(self) -> sqlite.Connection:
         if not self._open:
             raise UnavailableError("engine is closed")
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        conn: sqlite.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = store.connect(self.path, writer=False)
-            conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, READ_LENGTH_LIMIT)
+            conn = store.connect(self.path, writer=False, key=self.key)
+            conn.limit(sqlite.LIMIT_LENGTH, READ_LENGTH_LIMIT)
             self._local.conn = conn
             self._local.reader = None
             self._local.columns = {}
@@ -321,18 +327,19 @@ class Engine:
         deadline = Deadline(limit_ms, self._clock)
         reader = Reader(conn, self._auto_create, self._local.columns, limits=self.limits, deadline=deadline)
         conn.execute("BEGIN")
-        conn.set_progress_handler(deadline.progress, self._progress_steps)
+        conn.set_progress_handler(lambda: bool(deadline.progress()), self._progress_steps)
         self._local.reader = reader
         try:
             return fn(reader, *args, **kwargs)
-        except sqlite3.OperationalError:
+        except sqlite.Error:
             if deadline.expired:
                 raise deadline.error() from None
             raise
         finally:
             self._local.reader = None
             conn.set_progress_handler(None, 0)
-            conn.execute("COMMIT")
+            if sqlite.in_transaction(conn):  # SQLite ends it itself after some errors
+                conn.execute("COMMIT")
 
     def find(
         self,
@@ -426,14 +433,14 @@ class Engine:
         """Write a consistent copy of the database to C{path} (online)."""
         source = self._reader_conn()
         filemodes.private_file(path)
-        target = sqlite3.connect(path)
+        target = sqlite.open_connection(path, self.key)
         try:
-            source.backup(target)
+            sqlite.copy_database(source, target)
         finally:
             target.close()
 
 
-def _refresh_derived(conn: sqlite3.Connection) -> None:
+def _refresh_derived(conn: sqlite.Connection) -> None:
     """
     Recompute what depends on code that changed since it was stored: the
     key encoding (key columns, and so their indexes) and the tokenizer (text

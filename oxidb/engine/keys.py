@@ -26,13 +26,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import sqlite3
 import struct
 from typing import Any
 
 import orjson
 
-from oxidb.engine import paths, values
+from oxidb.engine import paths, sqlite, values
 
 #: The key of C{null} and of a missing path.
 NULL_KEY = b"\x00"
@@ -220,12 +219,12 @@ def sort_key_of_path(doc: str, raw_path: bytes | str) -> bytes:
     return encode_key(value) if found else NULL_KEY
 
 
-def register_functions(conn: sqlite3.Connection) -> None:
+def register_functions(conn: sqlite.Connection) -> None:
     """Register the key functions on a connection (every connection needs them)."""
-    conn.create_function("oxi_key", 1, key_of_json, deterministic=True)
-    conn.create_function("oxi_key_path", 2, key_of_path, deterministic=True)
-    conn.create_function("oxi_has_path", 2, has_path, deterministic=True)
-    conn.create_function("oxi_sort_key", 2, sort_key_of_path, deterministic=True)
+    sqlite.register_function(conn, "oxi_key", key_of_json, 1)
+    sqlite.register_function(conn, "oxi_key_path", key_of_path, 2)
+    sqlite.register_function(conn, "oxi_has_path", has_path, 2)
+    sqlite.register_function(conn, "oxi_sort_key", sort_key_of_path, 2)
 
 
 # --- SQL expressions ----------------------------------------------------------
@@ -265,7 +264,7 @@ def key_sql(path: str) -> str:
     """The SQL expression of the key at C{path} (also used in index DDL)."""
     value = value_sql(path)
     if value is None:
-        return f"oxi_key_path(doc, {_sql_blob(path)})"
+        return f"oxi_key_path(json(doc), {_sql_blob(path)})"
     return f"oxi_key{value}"
 
 
@@ -273,7 +272,7 @@ def present_sql(path: str) -> str:
     """An SQL condition true when C{path} resolves (to anything, even null)."""
     value = value_sql(path)
     if value is None:
-        return f"oxi_has_path(doc, {_sql_blob(path)})"
+        return f"oxi_has_path(json(doc), {_sql_blob(path)})"
     return f"{value} IS NOT NULL"
 
 
@@ -285,7 +284,7 @@ def sort_key_sql(path: str) -> str:
     therefore its indexes).
     """
     if any(ch in _DIGIT_CHARS for ch in path):
-        return f"oxi_sort_key(doc, {_sql_blob(path)})"
+        return f"oxi_sort_key(json(doc), {_sql_blob(path)})"
     return key_sql(path)
 
 

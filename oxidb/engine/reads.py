@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import itertools
 import operator
-import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
 import orjson
 
-from oxidb.engine import store, textindex, textstore, ttl
+from oxidb.engine import sqlite, store, textindex, textstore, ttl
 from oxidb.engine.aggregate import compile_pipeline
 from oxidb.engine.governor import (
     DEFAULT_LIMITS,
@@ -116,7 +115,7 @@ class Reader:
     version).
     """
 
-    conn: sqlite3.Connection
+    conn: sqlite.Connection
     on_missing: Callable[[str], None] | None = None
     _column_cache: dict[str, tuple[int, str, dict[str, str]]] | None = None
     limits: QueryLimits = attrs.field(default=DEFAULT_LIMITS, kw_only=True)
@@ -318,7 +317,7 @@ class Reader:
         skip or limit the statement is fetched in one step (see
         L{_all_selected}) and sorted by C{_id} in Python.
         """
-        sql = f"SELECT _id, _version, doc FROM {info.tbl}"
+        sql = f"SELECT _id, _version, {store.DOC_TEXT} AS doc FROM {info.tbl}"
         if plan.where != "1":
             sql += f" WHERE {plan.where}"
         params = plan.params
@@ -365,19 +364,19 @@ class Reader:
         sql = f"SELECT group_concat(_id), {version_sql}, group_concat(doc, char(31)) FROM ({inner})"
         saved = None
         if concat_limit is not None:
-            saved = self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, concat_limit)
+            saved = self.conn.limit(sqlite.LIMIT_LENGTH, concat_limit)
         try:
             result = self.conn.execute(sql, plan.params).fetchone()
-        except sqlite3.DataError:
+        except sqlite.TooBigError:
             if saved is not None:
-                self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, saved)
+                self.conn.limit(sqlite.LIMIT_LENGTH, saved)
                 saved = None
             # Longer than SQLite's string limit: row by row.
             yield from self.conn.execute(inner + " ORDER BY _id", plan.params)
             return
         finally:
             if saved is not None:
-                self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, saved)
+                self.conn.limit(sqlite.LIMIT_LENGTH, saved)
         if result[-1] is None:
             return
         ids = map(int, result[0].split(","))
@@ -494,7 +493,8 @@ class Reader:
             self.deadline.check()
             chunk = ids[start : start + 500]
             marks = ", ".join("?" * len(chunk))
-            for doc_id, text in self.conn.execute(f"SELECT _id, doc FROM {info.tbl} WHERE _id IN ({marks})", chunk):
+            sql = f"SELECT _id, {store.DOC_TEXT} FROM {info.tbl} WHERE _id IN ({marks})"
+            for doc_id, text in self.conn.execute(sql, chunk):
                 cap.add(text_size(text) + 12)
                 docs[doc_id] = orjson.loads(text)
         return docs

@@ -20,8 +20,11 @@ system). Catalog tables:
     vector index C{seq}.
 
 A collection's table is C{<tbl>(_id INTEGER PRIMARY KEY, _version INTEGER,
-doc TEXT, k<seq>_<n> BLOB...)} with the whole document (including C{_id} and
-C{_version}) as compact JSON in C{doc}. A field or composite index C{seq}
+doc BLOB, k<seq>_<n> BLOB...)} with the whole document (including C{_id} and
+C{_version}) in SQLite's binary JSONB form in C{doc}: written with
+L{DOC_VALUE}, read back as compact JSON text with L{DOC_TEXT}, and read
+field by field with C{doc -> '$.path'} without parsing the rest of the
+document. A field or composite index C{seq}
 adds one key column C{k<seq>_<n>} per indexed path, holding the
 L{oxidb.engine.keys} key of the document at that path (computed in Python on
 every write, from the document the writer already holds), and a plain SQL
@@ -32,8 +35,9 @@ little-endian float32) and C{<tbl>_v<seq>_gone(id, rev)} (documents whose
 vector went away); C{rev} orders the changes for the in-memory HNSW cache
 (L{oxidb.engine.vectors}).
 
-C{oxi_meta.layout} is L{LAYOUT}; databases of layout 1 (expression indexes
-over the key functions instead of key columns) are migrated on open.
+C{oxi_meta.layout} is L{LAYOUT}; older databases are migrated on open:
+layout 1 had expression indexes over the key functions instead of key
+columns, layouts 1 and 2 stored documents as JSON text.
 
 Everything here takes a connection and runs inside whatever transaction the
 caller opened; nothing commits on its own.
@@ -43,13 +47,13 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
 import attrs
 
-from oxidb.engine import keys
+from oxidb.atrest import AtRestKey
+from oxidb.engine import keys, sqlite
 from oxidb.errors import InvalidQueryError, ReservedCollectionError
 
 #: The database file's name inside the data directory.
@@ -77,7 +81,14 @@ _SCHEMA = (
 )
 
 #: The table layout this code writes (see the module docstring).
-LAYOUT = 2
+LAYOUT = 3
+
+#: The SQL value to store for a document's JSON text parameter.
+DOC_VALUE = "jsonb(?)"
+
+#: The SQL expression reading a stored document back as compact JSON text
+#: (the text it was stored from).
+DOC_TEXT = "json(doc)"
 
 INDEX_FIELD = "field"
 INDEX_COMPOSITE = "composite"
@@ -172,18 +183,18 @@ class CollectionInfo:
     last_id: int
 
 
-def connect(path: str, *, writer: bool, synchronous: str = "FULL") -> sqlite3.Connection:
+def connect(path: str, *, writer: bool, synchronous: str = "FULL", key: AtRestKey | None = None) -> sqlite.Connection:
     """
-    Open a connection with the engine's SQL functions registered.
+    Open a connection with the engine's SQL functions registered (encrypted
+    with C{key} if given).
 
-    Connections are in autocommit mode (C{isolation_level=None}); callers issue
-    C{BEGIN}/C{COMMIT} themselves. Reader connections are C{query_only}.
+    Callers issue C{BEGIN}/C{COMMIT} themselves (APSW has no implicit
+    transactions). Reader connections are C{query_only}.
     """
     if synchronous not in SYNCHRONOUS_MODES:
         raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}: {synchronous!r}")
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, cached_statements=512)
+    conn = sqlite.open_connection(path, key)
     keys.register_functions(conn)
-    conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("PRAGMA temp_store=MEMORY")
     if writer:
         # page_size and auto_vacuum only take effect on a new, empty file.
@@ -201,7 +212,7 @@ def connect(path: str, *, writer: bool, synchronous: str = "FULL") -> sqlite3.Co
     return conn
 
 
-def init_schema(conn: sqlite3.Connection) -> None:
+def init_schema(conn: sqlite.Connection) -> None:
     """Create the catalog tables if missing (inside the caller's transaction)."""
     for statement in _SCHEMA:
         conn.execute(statement)
@@ -210,23 +221,23 @@ def init_schema(conn: sqlite3.Connection) -> None:
 # --- meta -------------------------------------------------------------------
 
 
-def get_meta(conn: sqlite3.Connection, key: str, default: Any = None) -> Any:
+def get_meta(conn: sqlite.Connection, key: str, default: Any = None) -> Any:
     row = conn.execute("SELECT value FROM oxi_meta WHERE key = ?", (key,)).fetchone()
     return default if row is None else row[0]
 
 
-def set_meta(conn: sqlite3.Connection, key: str, value: Any) -> None:
+def set_meta(conn: sqlite.Connection, key: str, value: Any) -> None:
     conn.execute(
         "INSERT INTO oxi_meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
 
 
-def delete_meta(conn: sqlite3.Connection, key: str) -> None:
+def delete_meta(conn: sqlite.Connection, key: str) -> None:
     conn.execute("DELETE FROM oxi_meta WHERE key = ?", (key,))
 
 
-def new_table_name(conn: sqlite3.Connection) -> str:
+def new_table_name(conn: sqlite.Connection) -> str:
     """A fresh, never reused SQL table name for a collection."""
     n = int(get_meta(conn, "next_table", 1))
     set_meta(conn, "next_table", n + 1)
@@ -236,25 +247,25 @@ def new_table_name(conn: sqlite3.Connection) -> str:
 # --- collections ------------------------------------------------------------
 
 
-def get_collection(conn: sqlite3.Connection, name: str) -> CollectionInfo | None:
+def get_collection(conn: sqlite.Connection, name: str) -> CollectionInfo | None:
     row = conn.execute("SELECT tbl, last_id FROM oxi_collections WHERE name = ?", (name,)).fetchone()
     if row is None:
         return None
     return CollectionInfo(name, row[0], row[1])
 
 
-def list_collections(conn: sqlite3.Connection) -> list[CollectionInfo]:
+def list_collections(conn: sqlite.Connection) -> list[CollectionInfo]:
     rows = conn.execute("SELECT name, tbl, last_id FROM oxi_collections ORDER BY name").fetchall()
     return [CollectionInfo(*row) for row in rows]
 
 
-def create_table(conn: sqlite3.Connection, tbl: str, key_columns: Iterable[str] = ()) -> None:
+def create_table(conn: sqlite.Connection, tbl: str, key_columns: Iterable[str] = ()) -> None:
     """Create a collection table (with these key columns)."""
     columns = "".join(f", {column} BLOB" for column in key_columns)
-    conn.execute(f"CREATE TABLE {tbl}(_id INTEGER PRIMARY KEY, _version INTEGER NOT NULL, doc TEXT NOT NULL{columns})")
+    conn.execute(f"CREATE TABLE {tbl}(_id INTEGER PRIMARY KEY, _version INTEGER NOT NULL, doc BLOB NOT NULL{columns})")
 
 
-def create_collection(conn: sqlite3.Connection, name: str) -> CollectionInfo:
+def create_collection(conn: sqlite.Connection, name: str) -> CollectionInfo:
     """Create the table and catalog row of a new collection."""
     tbl = new_table_name(conn)
     create_table(conn, tbl)
@@ -267,7 +278,7 @@ def create_collection(conn: sqlite3.Connection, name: str) -> CollectionInfo:
 _INCARNATION = "incarnation:"
 
 
-def incarnation(conn: sqlite3.Connection, name: str) -> str | None:
+def incarnation(conn: sqlite.Connection, name: str) -> str | None:
     """
     What tells this life of a collection from an earlier one of the same
     name (ids and versions start again at 1 when a dropped name is created
@@ -280,7 +291,7 @@ def incarnation(conn: sqlite3.Connection, name: str) -> str | None:
     return str(get_meta(conn, _INCARNATION + name, ""))
 
 
-def drop_collection(conn: sqlite3.Connection, info: CollectionInfo) -> None:
+def drop_collection(conn: sqlite.Connection, info: CollectionInfo) -> None:
     """Drop a collection's tables, indexes and catalog rows."""
     conn.execute(f"DROP TABLE IF EXISTS {info.tbl}")
     drop_text_tables(conn, info.tbl)
@@ -293,18 +304,18 @@ def drop_collection(conn: sqlite3.Connection, info: CollectionInfo) -> None:
     delete_meta(conn, _INCARNATION + info.name)
 
 
-def set_last_id(conn: sqlite3.Connection, name: str, last_id: int) -> None:
+def set_last_id(conn: sqlite.Connection, name: str, last_id: int) -> None:
     conn.execute("UPDATE oxi_collections SET last_id = ? WHERE name = ?", (last_id, name))
 
 
-def set_table(conn: sqlite3.Connection, name: str, tbl: str) -> None:
+def set_table(conn: sqlite.Connection, name: str, tbl: str) -> None:
     conn.execute("UPDATE oxi_collections SET tbl = ? WHERE name = ?", (tbl, name))
 
 
 # --- index catalog ----------------------------------------------------------
 
 
-def list_index_defs(conn: sqlite3.Connection, collection: str) -> list[IndexDef]:
+def list_index_defs(conn: sqlite.Connection, collection: str) -> list[IndexDef]:
     """A collection's indexes in creation order."""
     rows = conn.execute(
         "SELECT kind, name, fields, is_unique, seq FROM oxi_indexes WHERE collection = ? ORDER BY seq",
@@ -314,7 +325,7 @@ def list_index_defs(conn: sqlite3.Connection, collection: str) -> list[IndexDef]
 
 
 def add_index_def(
-    conn: sqlite3.Connection, collection: str, kind: str, name: str, fields: Iterable[str], unique: bool
+    conn: sqlite.Connection, collection: str, kind: str, name: str, fields: Iterable[str], unique: bool
 ) -> IndexDef:
     seq = int(get_meta(conn, "next_index", 1))
     set_meta(conn, "next_index", seq + 1)
@@ -326,7 +337,7 @@ def add_index_def(
     return IndexDef(kind, name, fields, unique, seq)
 
 
-def set_index_unique(conn: sqlite3.Connection, collection: str, index: IndexDef) -> IndexDef:
+def set_index_unique(conn: sqlite.Connection, collection: str, index: IndexDef) -> IndexDef:
     conn.execute(
         "UPDATE oxi_indexes SET is_unique = 1 WHERE collection = ? AND kind = ? AND name = ?",
         (collection, index.kind, index.name),
@@ -334,7 +345,7 @@ def set_index_unique(conn: sqlite3.Connection, collection: str, index: IndexDef)
     return attrs.evolve(index, unique=True)
 
 
-def remove_index_def(conn: sqlite3.Connection, collection: str, index: IndexDef) -> None:
+def remove_index_def(conn: sqlite.Connection, collection: str, index: IndexDef) -> None:
     conn.execute(
         "DELETE FROM oxi_indexes WHERE collection = ? AND kind = ? AND name = ?",
         (collection, index.kind, index.name),
@@ -359,7 +370,7 @@ def column_map(defs: Iterable[IndexDef]) -> dict[str, str]:
     return columns
 
 
-def fill_key_columns(conn: sqlite3.Connection, tbl: str, index: IndexDef) -> None:
+def fill_key_columns(conn: sqlite.Connection, tbl: str, index: IndexDef) -> None:
     """Compute an index's key columns of every row from the stored texts."""
     assignments = ", ".join(
         f"{column} = {keys.key_sql(path)}" for column, path in zip(index.columns, index.fields, strict=True)
@@ -367,7 +378,7 @@ def fill_key_columns(conn: sqlite3.Connection, tbl: str, index: IndexDef) -> Non
     conn.execute(f"UPDATE {tbl} SET {assignments}")
 
 
-def create_sql_index(conn: sqlite3.Connection, tbl: str, index: IndexDef, *, add_columns: bool = True) -> None:
+def create_sql_index(conn: sqlite.Connection, tbl: str, index: IndexDef, *, add_columns: bool = True) -> None:
     """
     Back a field or composite index: add and fill its key columns (unless
     C{add_columns} is false: the table already has them, filled) and index
@@ -380,18 +391,19 @@ def create_sql_index(conn: sqlite3.Connection, tbl: str, index: IndexDef, *, add
     conn.execute(f"CREATE INDEX {index.sql_name(tbl)} ON {tbl}({', '.join(index.columns)})")
 
 
-def drop_sql_index(conn: sqlite3.Connection, tbl: str, index: IndexDef) -> None:
+def drop_sql_index(conn: sqlite.Connection, tbl: str, index: IndexDef) -> None:
     """Drop a field or composite index and its key columns."""
     conn.execute(f"DROP INDEX IF EXISTS {index.sql_name(tbl)}")
     for column in index.columns:
         conn.execute(f"ALTER TABLE {tbl} DROP COLUMN {column}")
 
 
-def migrate_layout(conn: sqlite3.Connection) -> None:
+def migrate_layout(conn: sqlite.Connection) -> None:
     """
     Bring a database to L{LAYOUT} (inside the caller's transaction): layout 1
-    expression indexes become key columns with plain indexes. A database
-    without collections is simply marked.
+    expression indexes become key columns with plain indexes, the JSON text
+    documents of layouts 1 and 2 become JSONB. A database without
+    collections is simply marked.
     """
     layout = get_meta(conn, "layout")
     if layout is None:
@@ -402,6 +414,10 @@ def migrate_layout(conn: sqlite3.Connection) -> None:
                 if index.kind in KEYED_KINDS:
                     conn.execute(f"DROP INDEX IF EXISTS {index.sql_name(info.tbl)}")
                     create_sql_index(conn, info.tbl, index)
+        layout = 2
+    if layout == 2:
+        for info in list_collections(conn):
+            conn.execute(f"UPDATE {info.tbl} SET doc = jsonb(doc) WHERE typeof(doc) = 'text'")
         layout = LAYOUT
     if layout != LAYOUT:
         raise OSError(f"database layout {layout} is newer than this server understands ({LAYOUT})")
@@ -411,7 +427,7 @@ def migrate_layout(conn: sqlite3.Connection) -> None:
 # --- text postings ----------------------------------------------------------
 
 
-def create_text_tables(conn: sqlite3.Connection, tbl: str) -> None:
+def create_text_tables(conn: sqlite.Connection, tbl: str) -> None:
     conn.execute(
         f"CREATE TABLE {tbl}_tt(term TEXT NOT NULL, id INTEGER NOT NULL, tf INTEGER NOT NULL,"
         " PRIMARY KEY (term, id)) WITHOUT ROWID"
@@ -420,7 +436,7 @@ def create_text_tables(conn: sqlite3.Connection, tbl: str) -> None:
     conn.execute(f"CREATE TABLE {tbl}_td(id INTEGER PRIMARY KEY, ntok INTEGER NOT NULL)")
 
 
-def drop_text_tables(conn: sqlite3.Connection, tbl: str) -> None:
+def drop_text_tables(conn: sqlite.Connection, tbl: str) -> None:
     conn.execute(f"DROP TABLE IF EXISTS {tbl}_tt")
     conn.execute(f"DROP TABLE IF EXISTS {tbl}_td")
 
@@ -433,7 +449,7 @@ def vector_table(tbl: str, index: IndexDef) -> str:
     return f"{tbl}_v{index.seq}"
 
 
-def create_vector_tables(conn: sqlite3.Connection, tbl: str, index: IndexDef) -> None:
+def create_vector_tables(conn: sqlite.Connection, tbl: str, index: IndexDef) -> None:
     vt = vector_table(tbl, index)
     conn.execute(f"CREATE TABLE {vt}(id INTEGER PRIMARY KEY, rev INTEGER NOT NULL, vec BLOB NOT NULL)")
     conn.execute(f"CREATE INDEX {vt}_rev ON {vt}(rev)")
@@ -441,13 +457,13 @@ def create_vector_tables(conn: sqlite3.Connection, tbl: str, index: IndexDef) ->
     conn.execute(f"CREATE INDEX {vt}_gone_rev ON {vt}_gone(rev)")
 
 
-def drop_vector_tables(conn: sqlite3.Connection, tbl: str, index: IndexDef) -> None:
+def drop_vector_tables(conn: sqlite.Connection, tbl: str, index: IndexDef) -> None:
     vt = vector_table(tbl, index)
     conn.execute(f"DROP TABLE IF EXISTS {vt}")
     conn.execute(f"DROP TABLE IF EXISTS {vt}_gone")
 
 
-def get_vector_spec(conn: sqlite3.Connection, index: IndexDef) -> tuple[int, str]:
+def get_vector_spec(conn: sqlite.Connection, index: IndexDef) -> tuple[int, str]:
     """C{(dimension, metric)} of a vector index."""
     row = conn.execute("SELECT dimension, metric FROM oxi_vector_specs WHERE seq = ?", (index.seq,)).fetchone()
     if row is None:
@@ -455,21 +471,21 @@ def get_vector_spec(conn: sqlite3.Connection, index: IndexDef) -> tuple[int, str
     return int(row[0]), str(row[1])
 
 
-def set_vector_spec(conn: sqlite3.Connection, index: IndexDef, dimension: int, metric: str) -> None:
+def set_vector_spec(conn: sqlite.Connection, index: IndexDef, dimension: int, metric: str) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO oxi_vector_specs(seq, dimension, metric) VALUES (?, ?, ?)",
         (index.seq, dimension, metric),
     )
 
 
-def remove_vector_spec(conn: sqlite3.Connection, index: IndexDef) -> None:
+def remove_vector_spec(conn: sqlite.Connection, index: IndexDef) -> None:
     conn.execute("DELETE FROM oxi_vector_specs WHERE seq = ?", (index.seq,))
 
 
 # --- sizes ------------------------------------------------------------------
 
 
-def storage_bytes(conn: sqlite3.Connection, tbl: str) -> int:
+def storage_bytes(conn: sqlite.Connection, tbl: str) -> int:
     """
     Bytes of database pages used by a collection: its table, its expression
     indexes, its text posting tables and its vector tables (measured with the C{dbstat} virtual

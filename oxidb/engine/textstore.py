@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import sqlite3
+import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 
-from oxidb.engine import textindex
+from oxidb.engine import sqlite, textindex
 from oxidb.engine.governor import NO_DEADLINE, Deadline
 
 
@@ -31,7 +31,7 @@ def _postings(doc: dict[str, Any], fields: Iterable[str]) -> tuple[int, collecti
     return len(tokens), textindex.term_counts(tokens)
 
 
-def add(conn: sqlite3.Connection, tbl: str, fields: Iterable[str], docs: Iterable[tuple[int, dict[str, Any]]]) -> None:
+def add(conn: sqlite.Connection, tbl: str, fields: Iterable[str], docs: Iterable[tuple[int, dict[str, Any]]]) -> None:
     """Index documents (their ids must not be indexed yet)."""
     fields = list(fields)
     doc_rows: list[tuple[int, int]] = []
@@ -46,28 +46,28 @@ def add(conn: sqlite3.Connection, tbl: str, fields: Iterable[str], docs: Iterabl
     conn.executemany(f"INSERT INTO {tbl}_tt(term, id, tf) VALUES (?, ?, ?)", term_rows)
 
 
-def remove(conn: sqlite3.Connection, tbl: str, ids: Iterable[int]) -> None:
+def remove(conn: sqlite.Connection, tbl: str, ids: Iterable[int]) -> None:
     """Remove documents from the index."""
     rows = [(doc_id,) for doc_id in ids]
     conn.executemany(f"DELETE FROM {tbl}_tt WHERE id = ?", rows)
     conn.executemany(f"DELETE FROM {tbl}_td WHERE id = ?", rows)
 
 
-def rebuild(conn: sqlite3.Connection, tbl: str, fields: Iterable[str]) -> None:
+def rebuild(conn: sqlite.Connection, tbl: str, fields: Iterable[str]) -> None:
     """Index every document of the collection afresh."""
     conn.execute(f"DELETE FROM {tbl}_tt")
     conn.execute(f"DELETE FROM {tbl}_td")
     fields = list(fields)
-    cursor = conn.execute(f"SELECT _id, doc FROM {tbl} ORDER BY _id")
+    cursor = conn.execute(f"SELECT _id, json(doc) FROM {tbl} ORDER BY _id")
     while True:
-        batch = cursor.fetchmany(1000)
+        batch = list(itertools.islice(cursor, 1000))
         if not batch:
             break
         add(conn, tbl, fields, ((doc_id, orjson.loads(text)) for doc_id, text in batch))
 
 
 def search(
-    conn: sqlite3.Connection,
+    conn: sqlite.Connection,
     tbl: str,
     query: str | Mapping[str, int],
     limit: int,

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -42,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from oxidb.engine import paths, store
+from oxidb.engine import paths, sqlite, store
 from oxidb.engine.governor import reply_cap
 from oxidb.engine.store import CollectionInfo, IndexDef
 from oxidb.errors import BadRequestError, InvalidQueryError
@@ -152,7 +151,7 @@ def query_vector(value: object) -> Matrix:
 # --- the write path -----------------------------------------------------------
 
 
-def _next_rev(conn: sqlite3.Connection, vt: str) -> int:
+def _next_rev(conn: sqlite.Connection, vt: str) -> int:
     row = conn.execute(
         f"SELECT max(coalesce((SELECT max(rev) FROM {vt}), 0), coalesce((SELECT max(rev) FROM {vt}_gone), 0))"
     ).fetchone()
@@ -160,7 +159,7 @@ def _next_rev(conn: sqlite3.Connection, vt: str) -> int:
 
 
 def sync(
-    conn: sqlite3.Connection,
+    conn: sqlite.Connection,
     tbl: str,
     defs: Iterable[IndexDef],
     written: Iterable[tuple[int, dict[str, Any]]] = (),
@@ -205,9 +204,9 @@ def sync(
                 conn.executemany(f"DELETE FROM {vt}_gone WHERE id = ?", [(doc_id,) for doc_id, _, _ in upserts])
 
 
-def fill(conn: sqlite3.Connection, info: CollectionInfo, index: IndexDef) -> None:
+def fill(conn: sqlite.Connection, info: CollectionInfo, index: IndexDef) -> None:
     """Index every document of the collection (a new, empty vector index)."""
-    rows = iter(conn.execute(f"SELECT _id, doc FROM {info.tbl} ORDER BY _id"))
+    rows = iter(conn.execute(f"SELECT _id, {store.DOC_TEXT} FROM {info.tbl} ORDER BY _id"))
     while True:
         batch = list(itertools.islice(rows, 1000))  # (no fetchmany: portable across SQLite modules)
         if not batch:
@@ -215,7 +214,7 @@ def fill(conn: sqlite3.Connection, info: CollectionInfo, index: IndexDef) -> Non
         sync(conn, info.tbl, [index], ((doc_id, orjson.loads(text)) for doc_id, text in batch), new=True)
 
 
-def copy_tables(conn: sqlite3.Connection, old_tbl: str, new_tbl: str, index: IndexDef) -> None:
+def copy_tables(conn: sqlite.Connection, old_tbl: str, new_tbl: str, index: IndexDef) -> None:
     """C{compact}: the index's vectors into fresh tables of the new collection table (no tombstones)."""
     store.create_vector_tables(conn, new_tbl, index)
     old, new = store.vector_table(old_tbl, index), store.vector_table(new_tbl, index)
@@ -297,7 +296,7 @@ class _Graph:
     stale: bool = False
 
 
-def _max_rev(conn: sqlite3.Connection, vt: str) -> int:
+def _max_rev(conn: sqlite.Connection, vt: str) -> int:
     return _next_rev(conn, vt) - 1
 
 
@@ -322,7 +321,7 @@ class VectorCache:
     serializes catching up and searching; builds run outside it.
     """
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], runner: Runner = in_thread) -> None:
+    def __init__(self, connect: Callable[[], sqlite.Connection], runner: Runner = in_thread) -> None:
         self._connect = connect
         self._runner = runner
         self._lock = threading.Lock()
@@ -341,7 +340,7 @@ class VectorCache:
         return len(self._graphs)
 
     def candidates(
-        self, conn: sqlite3.Connection, vt: str, dimension: int, metric: str, query: Matrix, count: int, ef: int
+        self, conn: sqlite.Connection, vt: str, dimension: int, metric: str, query: Matrix, count: int, ef: int
     ) -> npt.NDArray[np.int64] | None:
         """
         Up to C{count} ids the graph of C{vt} finds nearest to C{query},
@@ -362,7 +361,7 @@ class VectorCache:
             return self._search(conn, vt, dimension, rev, query, count, ef)
 
     def _search(
-        self, conn: sqlite3.Connection, vt: str, dimension: int, rev: int, query: Matrix, count: int, ef: int
+        self, conn: sqlite.Connection, vt: str, dimension: int, rev: int, query: Matrix, count: int, ef: int
     ) -> npt.NDArray[np.int64] | None:
         graph = self._graphs.get(vt)
         if graph is None or graph.stale:
@@ -417,7 +416,7 @@ class VectorCache:
                 if generation == self._generation:
                     self._building.discard(vt)
 
-    def _catch_up(self, conn: sqlite3.Connection, vt: str, dimension: int, graph: _Graph, rev: int) -> bool:
+    def _catch_up(self, conn: sqlite.Connection, vt: str, dimension: int, graph: _Graph, rev: int) -> bool:
         """Apply the changes up to C{rev}; False if there are too many (or too many removals so far)."""
         since = (graph.rev, CATCH_UP_MAX + 1)
         gone = [row[0] for row in conn.execute(f"SELECT id FROM {vt}_gone WHERE rev > ? LIMIT ?", since)]

@@ -17,7 +17,6 @@ creates the collection a failing command names, engine.md 1.6).
 from __future__ import annotations
 
 import queue
-import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from oxidb.engine import store
+from oxidb.engine import sqlite, store
 from oxidb.errors import StorageIOError, UnavailableError
 
 if TYPE_CHECKING:
@@ -56,7 +55,7 @@ class Writer:
 
     def __init__(
         self,
-        conn: sqlite3.Connection,
+        conn: sqlite.Connection,
         apply: ApplyFunction,
         *,
         max_batch: int = 512,
@@ -136,7 +135,7 @@ class Writer:
         last_applied = self._last_applied
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
+        except sqlite.Error as e:
             self._fail_all(batch, e)
             return
         try:
@@ -151,7 +150,7 @@ class Writer:
             if last_applied != self._last_applied:
                 store.set_meta(conn, "last_applied", last_applied)
             conn.execute("COMMIT")
-        except sqlite3.Error as e:
+        except sqlite.Error as e:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._fail_all(batch, e)
@@ -179,12 +178,14 @@ class Writer:
                 conn.execute("RELEASE op")
                 conn.execute("SAVEPOINT op")
             data = self._apply(pending.op, pending.now)
-        except sqlite3.OperationalError as e:
+        except sqlite.Error as e:
             # Disk full, I/O error...: give up on the whole batch.
-            if _fatal(e):
+            if sqlite.is_fatal(e):
                 raise
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
+            if isinstance(e, sqlite.DATA_ERRORS):
+                return False, e
             return False, StorageIOError(str(e))
         except Exception as e:  # noqa: BLE001 - the caller gets the exception
             conn.execute("ROLLBACK TO op")
@@ -193,11 +194,6 @@ class Writer:
         conn.execute("RELEASE op")
         return True, data
 
-    def _fail_all(self, batch: list[_Pending], error: sqlite3.Error) -> None:
+    def _fail_all(self, batch: list[_Pending], error: sqlite.Error) -> None:
         for pending in batch:
             pending.future.set_exception(StorageIOError(str(error)))
-
-
-def _fatal(error: sqlite3.OperationalError) -> bool:
-    code = getattr(error, "sqlite_errorcode", 0) & 0xFF
-    return code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOMEM)

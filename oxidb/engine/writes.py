@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import orjson
 
-from oxidb.engine import keys, paths, store, textstore, ttl, values, vectors
+from oxidb.engine import keys, paths, sqlite, store, textstore, ttl, values, vectors
 from oxidb.engine.matcher import parse_sort
 from oxidb.engine.projection import compile_projection
 from oxidb.engine.reads import Reader, check_query
@@ -52,7 +51,7 @@ class WriteTxn(Reader):
         operations stay identical.
     """
 
-    def __init__(self, conn: sqlite3.Connection, now: float) -> None:
+    def __init__(self, conn: sqlite.Connection, now: float) -> None:
         super().__init__(conn, None)
         self.now = now
         self._savepoints = 0
@@ -166,7 +165,7 @@ class WriteTxn(Reader):
         names = "".join(f", {column}" for column, _ in key_columns)
         marks = ", ?" * len(key_columns)
         self.conn.executemany(
-            f"INSERT INTO {info.tbl}(_id, _version, doc{names}) VALUES (?, ?, ?{marks})",
+            f"INSERT INTO {info.tbl}(_id, _version, doc{names}) VALUES (?, ?, {store.DOC_VALUE}{marks})",
             _with_keys(rows, key_columns, lambda row: (row[0], row[1], row[3])),
         )
         last = first + len(rows) - 1
@@ -215,7 +214,7 @@ class WriteTxn(Reader):
         key_columns = store.key_columns(defs)
         assignments = "".join(f", {column} = ?" for column, _ in key_columns)
         self.conn.executemany(
-            f"UPDATE {info.tbl} SET _version = ?, doc = ?{assignments} WHERE _id = ?",
+            f"UPDATE {info.tbl} SET _version = ?, doc = {store.DOC_VALUE}{assignments} WHERE _id = ?",
             _with_keys(rows, key_columns, lambda row: (row[1], row[3]), lambda row: (row[0],)),
         )
         text_index = _text_index(defs)
@@ -307,7 +306,8 @@ class WriteTxn(Reader):
             sql = f"DELETE FROM {info.tbl}"
             if plan.where != "1":
                 sql += f" WHERE {plan.where}"
-            return self.conn.execute(sql, plan.params).rowcount
+            self.conn.execute(sql, plan.params)
+            return self.conn.changes()
         ids = [(doc_id,) for doc_id, _, _ in self.rows(info, plan, None, None, limit)]
         self.conn.executemany(f"DELETE FROM {info.tbl} WHERE _id = ?", ids)
         if text_index is not None:
@@ -479,9 +479,9 @@ def _text_index(defs: Iterable[IndexDef]) -> IndexDef | None:
     return None
 
 
-def _release_free_pages(conn: sqlite3.Connection) -> None:
+def _release_free_pages(conn: sqlite.Connection) -> None:
     """Give the free pages back to the file system (incremental auto-vacuum)."""
-    # Each execution of the pragma moves one page through the sqlite3 module.
+    # Each execution of the pragma moves one page (one step of the statement).
     free = conn.execute("PRAGMA freelist_count").fetchone()[0]
     while free:
         conn.execute("PRAGMA incremental_vacuum")

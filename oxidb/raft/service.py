@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from oxidb.atrest import LogCipher
 from oxidb.auth.store import UserStore
 from oxidb.commands._context import IClusterControl
 from oxidb.config import Config
@@ -112,7 +113,8 @@ class RaftService(Service):
         self._rng = rng
         self.io_pool = WorkerPool(reactor, 1, name="oxidb-raft-io")
         self.gate = ReadGate()
-        self.storage = RaftStorage(OsDisk(engine.data_dir))
+        key = getattr(engine, "key", None)
+        self.storage = RaftStorage(OsDisk(engine.data_dir), None if key is None else LogCipher(key.log))
         self.state_machine = EngineStateMachine(
             engine, reactor=reactor, threadpool=threadpool, run_io=self.run_io, gate=self.gate, users=users
         )

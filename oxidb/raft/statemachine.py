@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import os
-import sqlite3
 import tarfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -39,8 +38,9 @@ from zope.interface import implementer
 
 from oxidb import filemodes
 from oxidb._threads import deferred_from_future, fire_from_thread
+from oxidb.atrest import AtRestKeyError
 from oxidb.auth.store import USERS_FILE, UserRecord, UserStore
-from oxidb.engine import store
+from oxidb.engine import sqlite, store
 from oxidb.engine.operations import Operation
 from oxidb.logs import Logger
 from oxidb.raft.messages import Entry
@@ -272,7 +272,7 @@ class EngineStateMachine:
         """Blocking: pin the state, then back it up and pack it."""
         engine = self._engine
         target = engine.path + ".snapshot" + _TMP
-        conn = store.connect(engine.path, writer=False)
+        conn = store.connect(engine.path, writer=False, key=engine.key)
         try:
             conn.execute("BEGIN")
             # The first read fixes the WAL snapshot the backup copies.
@@ -283,9 +283,9 @@ class EngineStateMachine:
                 users = None
             pin()
             filemodes.private_file(target)
-            out = sqlite3.connect(target)
+            out = sqlite.open_connection(target, engine.key)
             try:
-                conn.backup(out)
+                sqlite.copy_database(conn, out)
             finally:
                 out.close()
             conn.execute("COMMIT")
@@ -321,7 +321,8 @@ class EngineStateMachine:
             f.flush()
             os.fsync(f.fileno())
         try:
-            conn = store.connect(staged, writer=False)
+            sqlite.check_key(staged, self._engine.key)
+            conn = store.connect(staged, writer=False, key=self._engine.key)
             try:
                 result = conn.execute("PRAGMA quick_check").fetchone()
                 applied = store.get_meta(conn, "last_applied", 0)
@@ -329,7 +330,7 @@ class EngineStateMachine:
                 conn.close()
             if result is None or result[0] != "ok":
                 raise SnapshotError(f"the snapshot's database is damaged: {result}")
-        except sqlite3.DatabaseError as e:
+        except (sqlite.Error, AtRestKeyError) as e:
             os.remove(staged)
             raise SnapshotError(f"the snapshot's database is damaged: {e}") from None
         except SnapshotError:

@@ -15,6 +15,12 @@ snapshot file, in one directory (L{oxidb.raft.disk.IDisk}).
   metadata, size, crc32) followed by the state machine's bytes; written and
   renamed into place before the meta file points at it.
 
+With encryption at rest (L{oxidb.atrest}) each log line's payload is
+C{{"Sealed": <base64>}}: the entry's payload JSON sealed with AES-256-GCM,
+its C{log_id} JSON as associated data. A log sealed with another key, a
+sealed log without a key or a plain log with one fails to load with
+L{oxidb.atrest.AtRestKeyError}.
+
 On load a torn tail of the log (a last record cut short or garbled by a
 crash, with nothing valid after it) is truncated; any other damage raises
 L{StorageCorruptError}: committed entries are never dropped silently.
@@ -32,6 +38,7 @@ from typing import Any
 import attrs
 import orjson
 
+from oxidb.atrest import AtRestKeyError, LogCipher
 from oxidb.logs import Logger
 from oxidb.raft.disk import IDisk
 from oxidb.raft.messages import (
@@ -157,8 +164,9 @@ class RaftStorage:
 
     _log = Logger()
 
-    def __init__(self, disk: IDisk) -> None:
+    def __init__(self, disk: IDisk, cipher: LogCipher | None = None) -> None:
         self.disk = disk
+        self._cipher = cipher
         self._meta = _Meta()
         # Byte offset of each line of the log file; _first_index is the index
         # of the first line (meaningful only when _offsets is not empty).
@@ -242,7 +250,7 @@ class RaftStorage:
             try:
                 if end < 0:
                     raise ValueError("no line end")
-                entry = Entry.from_json(unseal(line))
+                entry = Entry.from_json(self._open_payload(unseal(line)))
             except (ValueError, MessageDecodeError) as e:
                 if torn_at is None:
                     torn_at, reason = pos, str(e)
@@ -388,12 +396,43 @@ class RaftStorage:
         chunks = []
         pos = self._size
         for entry in entries:
-            line = seal(entry.encoded) + b"\n"
+            line = self._line(entry)
             self._offsets.append(pos)
             chunks.append(line)
             pos += len(line)
         self.disk.append(LOG_FILE, b"".join(chunks))
         self._size = pos
+
+    def _line(self, entry: Entry) -> bytes:
+        """The log file line of an entry."""
+        return seal(self._encode(entry)) + b"\n"
+
+    def _encode(self, entry: Entry) -> bytes:
+        """A log line's JSON: the entry's, its payload sealed if there is a cipher."""
+        if self._cipher is None:
+            return entry.encoded
+        value = entry.to_json()
+        associated = orjson.dumps(value["log_id"])
+        value["payload"] = {"Sealed": self._cipher.seal(orjson.dumps(value["payload"]), associated)}
+        return orjson.dumps(value)
+
+    def _open_payload(self, value: Any) -> Any:
+        """A loaded line's JSON with its payload opened (L{AtRestKeyError} on a key mismatch)."""
+        payload = value.get("payload") if isinstance(value, dict) else None
+        text = payload.get("Sealed") if isinstance(payload, dict) else None
+        if self._cipher is None:
+            if text is not None:
+                raise AtRestKeyError(f"{LOG_FILE} is encrypted: set OXIDB_ENCRYPTION_KEY to its key file")
+            return value
+        if text is None:
+            raise AtRestKeyError(f"{LOG_FILE} is not encrypted but OXIDB_ENCRYPTION_KEY is set")
+        if not isinstance(text, str):
+            raise ValueError("malformed sealed payload")
+        try:
+            opened = self._cipher.open(text, orjson.dumps(value.get("log_id")))
+        except AtRestKeyError as e:
+            raise AtRestKeyError(f"{LOG_FILE}: {e} (wrong key file?)") from None
+        return {**value, "payload": orjson.loads(opened)}
 
     def _purge_upto(self, index: int) -> None:
         if not self._offsets or index < self._first_index:

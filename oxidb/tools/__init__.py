@@ -1,0 +1,1 @@
+"""Offline tools run against a stopped server's data directory."""
