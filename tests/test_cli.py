@@ -10,6 +10,7 @@ import csv
 import gzip
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -334,3 +335,29 @@ def test_cluster_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     assert node.requests[-2] == {"cmd": "raft_change_membership", "members": [1, 2, 3, 4]}
     assert json.loads(run("--json", "cluster", "transfer-leader", "2").output) == {"leader": 2, "term": 2}
     assert run("cluster", "init", "--node", "two=x").exit_code == 2
+
+
+def test_admin_reset_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command calls L{oxidb.auth.reset.reset_admin_password} (stood in for here) and reports in one line."""
+    import types
+
+    from oxidb.errors import ConfigError
+
+    calls: list[tuple[str, str | None]] = []
+
+    def reset_admin_password(data_dir: str, password: str | None) -> str:
+        calls.append((data_dir, password))
+        if not os.path.isdir(data_dir):
+            raise ConfigError(f"{data_dir!r} is not a data directory (it does not exist)")
+        return password or "generated-password"
+
+    stand_in = types.SimpleNamespace(reset_admin_password=reset_admin_password)
+    monkeypatch.setitem(sys.modules, "oxidb.auth.reset", stand_in)
+    runner = CliRunner()
+    result = runner.invoke(main.cli, ["admin", "reset-password", "--data", str(tmp_path)])
+    assert (result.exit_code, result.output) == (0, "admin password: generated-password\n")
+    result = runner.invoke(main.cli, ["admin", "reset-password", "--data", str(tmp_path), "--password", "pw"])
+    assert (result.exit_code, result.output) == (0, "admin password changed\n")
+    result = runner.invoke(main.cli, ["admin", "reset-password", "--data", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and result.output.startswith("error: ") and "not a data directory" in result.output
+    assert calls == [(str(tmp_path), None), (str(tmp_path), "pw"), (str(tmp_path / "nope"), None)]

@@ -19,12 +19,13 @@ from twisted.test import iosim
 
 from oxidb import errors as server_errors
 from oxidb.client import Client, ConnectionFailed, UnknownOutcome, parse_url
-from oxidb.client.core import ProtocolCore, backoff_delay, is_retry_safe
+from oxidb.client.core import ProtocolCore, backoff_delay, is_retry_safe, not_applied
 from oxidb.client.errors import (
     AuthenticationFailed,
     AuthenticationRequired,
     ClientProtocolError,
     InvalidQuery,
+    NoLeader,
     NotLeader,
     NoTransaction,
     PermissionDenied,
@@ -32,6 +33,7 @@ from oxidb.client.errors import (
     TransactionConflict,
     UniqueViolation,
     UnknownCommand,
+    WriteLost,
     error_from_reply,
 )
 from oxidb.client.twisted import OxiClientConnection, TwistedClient
@@ -148,6 +150,24 @@ def test_error_mapping_mirrors_server_errors() -> None:
     not_leader = error_from_reply(str(server_errors.NotLeaderError(3, "127.0.0.1:9")))
     assert isinstance(not_leader, NotLeader) and not_leader.leader_id == 3
     assert type(error_from_reply("something new")) is ServerError
+
+
+def test_cluster_write_errors() -> None:
+    core = ProtocolCore()
+    for text, expected in [
+        ("raft error: no leader elected within 5s; retry", NoLeader),
+        ("raft error: the write was lost in a leader change; retry it", WriteLost),
+        ("raft error: the write was not committed within 30s; its outcome is unknown", UnknownOutcome),
+        ("raft error: the leader (node 1) changed before it answered a forwarded write; its outcome is unknown",
+         UnknownOutcome),
+    ]:  # fmt: skip
+        core.send({"cmd": "insert"})
+        (reply,) = core.receive(encode_frame(codec.encode_error(codec.WireFormat.JSON, text)))
+        with pytest.raises(expected) as info:
+            reply.result()
+        assert str(info.value) == text
+        if isinstance(info.value, ServerError):
+            assert not_applied(info.value)
 
 
 def test_retry_rules() -> None:

@@ -17,9 +17,12 @@ from scramp import ScramClient
 from oxidb.client.errors import (
     AuthenticationFailed,
     ClientProtocolError,
+    NoLeader,
     NotLeader,
     ServerBusy,
     ServerError,
+    UnknownOutcome,
+    WriteLost,
     error_from_reply,
 )
 from oxidb.errors import DecodeError
@@ -66,7 +69,7 @@ def is_retry_safe(request: dict[str, Any]) -> bool:
 
 def not_applied(error: ServerError) -> bool:
     """Whether an error reply means for sure that the request changed nothing and may be sent elsewhere or later."""
-    return isinstance(error, NotLeader | ServerBusy)
+    return isinstance(error, NotLeader | ServerBusy | NoLeader | WriteLost)
 
 
 def backoff_delay(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
@@ -96,10 +99,16 @@ class Reply:
     value: Any
 
     def result(self) -> Any:
-        """The data, or the error reply raised as its L{ServerError} subclass."""
+        """
+        The data, or the error reply raised as its L{ServerError} subclass;
+        a cluster's "outcome is unknown" errors raise L{UnknownOutcome}.
+        """
         if self.ok:
             return self.value
-        raise error_from_reply(str(self.value))
+        message = str(self.value)
+        if "outcome is unknown" in message:
+            raise UnknownOutcome(message, self.request)
+        raise error_from_reply(message)
 
 
 @attrs.define(eq=False)

@@ -28,6 +28,7 @@ __all__ = [
     "ConnectionFailed",
     "InvalidPipeline",
     "InvalidQuery",
+    "NoLeader",
     "NoTransaction",
     "NotLeader",
     "PermissionDenied",
@@ -39,6 +40,7 @@ __all__ = [
     "UniqueViolation",
     "UnknownCommand",
     "UnknownOutcome",
+    "WriteLost",
     "error_from_reply",
 ]
 
@@ -156,6 +158,14 @@ class NotLeader(RaftError, server.NotLeaderError):
         return int(match.group(1)) if match else None
 
 
+class NoLeader(RaftError):
+    """No leader was elected in time: the write was not run; retry it."""
+
+
+class WriteLost(RaftError):
+    """The write's log entry was replaced in a leader change: it was not applied; retry it."""
+
+
 class ReplyTooLarge(ServerError, server.EncodedReplyTooLargeError):
     pass
 
@@ -182,6 +192,8 @@ _PREFIXES: tuple[tuple[str, type[ServerError]], ...] = (
     ("authentication failed", AuthenticationFailed),
     ("permission denied: ", PermissionDenied),
     ("raft error: has to forward request to", NotLeader),
+    ("raft error: no leader elected", NoLeader),
+    ("raft error: the write was lost in a leader change", WriteLost),
     ("raft error: ", RaftError),
     ("reply too large: ", ReplyTooLarge),
     ("internal error", InternalError),
