@@ -7,6 +7,7 @@ retry rule and a simulated leader change.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -402,3 +403,27 @@ def test_twisted_client(tmp_path: Path) -> None:
         bad = TwistedClient("oxidb://admin:wrong@mem:1", reactor=server.clock, connector=iosim_connector(server, pumps))
         with pytest.raises(AuthenticationFailed):
             run(bad.ping(), pumps, server)
+
+
+def test_idle_close_noticed_on_a_real_socket() -> None:
+    """C{_alive} on a socket pair: idle is alive, a peer's close or stray bytes are not."""
+    pairs = [socket.socketpair() for _ in range(2)]
+    hello = encode_frame(b'{"ok":true,"server":{}}')
+    for _, server_end in pairs:
+        server_end.sendall(hello)
+    ends = iter(client_end for client_end, _ in pairs)
+    client = Client("oxidb://pair:1", connector=lambda host, port, options: next(ends))
+    try:
+        client.connect()
+        assert client._alive()
+        pairs[0][1].close()
+        assert not client._alive()
+        client._drop()
+        client.connect()
+        pairs[1][1].sendall(b"x")
+        assert not client._alive()
+    finally:
+        client.close()
+        for a, b in pairs:
+            a.close()
+            b.close()

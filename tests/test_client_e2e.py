@@ -33,6 +33,7 @@ from oxidb._harness import ServerProcess
 from oxidb.cli import main
 from oxidb.cli.shell import Shell
 from oxidb.client import AuthenticationFailed, Client, ConnectionFailed, PermissionDenied
+from oxidb.client.blocking import tcp_connector
 from oxidb.client.url import ConnectOptions
 
 
@@ -125,12 +126,19 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
 
 
 def test_client_over_verified_tls(secured: Secured) -> None:
-    with Client(secured.options()) as client:
+    opened: list[Any] = []
+
+    def counting(host: str, port: int, options: ConnectOptions) -> Any:
+        opened.append(tcp_connector(host, port, options))
+        return opened[-1]
+
+    with Client(secured.options(), connector=counting) as client:
         assert client.insert_many("people", [{"name": n, "age": a} for n, a in [("ann", 41), ("bob", 25)]]) == [1, 2]
         with client.transaction():
             client.insert("people", {"name": "cy", "age": 33})
         assert [d["name"] for d in client.iter_find("people", {"age": {"$gt": 30}}, page_size=1)] == ["ann", "cy"]
         client.command("create_user", username="reader", password="pw-reader-1", role="read")
+        assert len(opened) == 1  # one TLS connection for all of it (session tickets are not mistaken for a close)
     with Client(secured.options(user="reader", password="pw-reader-1", format="oxiwire")) as reader:
         assert reader.count("people") == {"count": 3}
         with pytest.raises(PermissionDenied):

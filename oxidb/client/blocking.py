@@ -206,15 +206,35 @@ class Client(CommandMethods):
 
     def _alive(self) -> bool:
         """False if the idle connection was closed by the server (it never sends unasked)."""
-        assert self._sock is not None
-        peer_closed = getattr(self._sock, "peer_closed", None)
+        sock = self._sock
+        assert sock is not None
+        peer_closed = getattr(sock, "peer_closed", None)
         if peer_closed is not None:
             return not peer_closed()
         try:
-            readable, _, _ = select.select([self._sock], [], [], 0)
+            readable, _, _ = select.select([sock], [], [], 0)
         except (OSError, ValueError):
             return False
-        return not readable
+        if not readable:
+            return True
+        # Readable while idle: the end of the connection, or TLS housekeeping
+        # (a TLS 1.3 session ticket) that carries no data.
+        real: Any = sock
+        timeout = real.gettimeout()
+        try:
+            real.setblocking(False)
+            real.recv(1)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return True
+        except OSError:
+            return False
+        finally:
+            try:
+                real.settimeout(timeout)
+            except OSError:
+                pass
+        # b'' is the end; data nobody asked for means the stream is out of step either way.
+        return False
 
     def _exchange(self, request: dict[str, Any]) -> Reply:
         """Send one request on the current socket and read its reply."""
