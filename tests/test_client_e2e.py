@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -34,6 +35,7 @@ from oxidb.cli import main
 from oxidb.cli.shell import Shell
 from oxidb.client import AuthenticationFailed, Client, ConnectionFailed, PermissionDenied
 from oxidb.client.blocking import tcp_connector
+from oxidb.client.twisted import TwistedClient
 from oxidb.client.url import ConnectOptions
 
 
@@ -189,3 +191,21 @@ def test_console_script(secured: Secured) -> None:
     assert (done.returncode, json.loads(done.stdout)) == (0, {"count": 2}), done.stderr
     bad = subprocess.run([script, "find", "people", "{oops"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: invalid JSON")
+
+
+@pytest_twisted.ensureDeferred
+async def test_twisted_client_over_verified_tls(secured: Secured) -> None:
+    from twisted.internet import reactor
+
+    client = TwistedClient(secured.options(format="oxiwire"), reactor=reactor)
+    try:
+        await client.insert_many("twisted", [{"n": n} for n in range(5)])
+        async with client.transaction():
+            await client.insert("twisted", {"n": 5})
+        assert [d["n"] async for d in client.iter_find("twisted", {"n": {"$gte": 2}}, page_size=2)] == [2, 3, 4, 5]
+    finally:
+        client.close()
+    with pytest.raises(ConnectionFailed):
+        await TwistedClient(secured.options(ca=secured.other_ca), reactor=reactor).ping()
+    with pytest.raises(AuthenticationFailed):
+        await TwistedClient(secured.options(password="wrong"), reactor=reactor).ping()
