@@ -39,6 +39,12 @@ def test_catalog_is_current() -> None:
         assert f.read() == catalog.render(catalog.build()), "run: python -m oxidb.cli.catalog > oxidb/cli/_catalog.py"
 
 
+def test_stale_catalog_falls_back_to_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(catalog.CATALOG, "count")
+    assert build_request(split_line("count people")) == {"cmd": "count", "collection": "people"}
+    assert catalog.lookup("nosuchcommand") is None
+
+
 def test_parse() -> None:
     assert build_request(split_line('find people {"age": {"$gt": 30}} limit=5')) == {
         "cmd": "find", "collection": "people", "query": {"age": {"$gt": 30}}, "limit": 5,

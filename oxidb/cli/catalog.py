@@ -15,7 +15,7 @@ import pprint
 import sys
 from typing import Any
 
-__all__ = ["CATALOG", "help_text", "render"]
+__all__ = ["CATALOG", "help_text", "lookup", "render"]
 
 HEADER = '''"""Generated from the command registry by C{python -m oxidb.cli.catalog}; do not edit."""
 
@@ -55,11 +55,27 @@ def _load() -> dict[str, dict[str, Any]]:
 
 
 CATALOG = _load()
+_live: dict[str, dict[str, Any]] | None = None
+
+
+def lookup(name: str) -> dict[str, Any] | None:
+    """
+    The catalog entry of command C{name}. A name the generated catalog lacks
+    (it is stale: a command was added since) is looked up in the registry
+    itself, which is slower to import but always current.
+    """
+    global _live
+    entry = CATALOG.get(name)
+    if entry is None and name:
+        if _live is None:
+            _live = build()
+        entry = _live.get(name)
+    return entry
 
 
 def help_text(name: str) -> str:
     """The help for one command: summary, role, and its fields (positional order)."""
-    entry = CATALOG.get(name)
+    entry = lookup(name)
     if entry is None:
         return f"unknown command: {name}"
     lines = [f"{name}: {entry['summary']}", f"role: {entry['role']}; writes: {'yes' if entry['writes'] else 'no'}"]

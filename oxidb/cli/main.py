@@ -112,9 +112,9 @@ class CommandGroup(click.Group):
         command = super().get_command(ctx, cmd_name)
         if command is not None:
             return command
-        from oxidb.cli.catalog import CATALOG
+        from oxidb.cli.catalog import lookup
 
-        if cmd_name not in CATALOG:
+        if lookup(cmd_name) is None:
             return None
         return _server_command(cmd_name)
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from oxidb.cli.catalog import CATALOG
+from oxidb.cli.catalog import lookup
 
 __all__ = ["Bare", "ParseError", "build_request", "split_line", "unbalanced", "words_to_items"]
 
@@ -114,7 +114,7 @@ def build_request(items: Sequence[tuple[str | None, Any]]) -> dict[str, Any]:
     name = items[0][1]
     if not isinstance(name, str):
         raise ParseError("the command must be a word")
-    entry = CATALOG.get(name)
+    entry = lookup(name)
     if entry is None:
         raise ParseError(f"unknown command: {name} (try 'help')")
     names = [f["name"] for f in entry["fields"]]

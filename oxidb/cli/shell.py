@@ -20,7 +20,7 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from rich.console import Console
 
-from oxidb.cli.catalog import CATALOG, help_text
+from oxidb.cli.catalog import CATALOG, help_text, lookup
 from oxidb.cli.output import show
 from oxidb.cli.parse import ParseError, build_request, split_line, unbalanced
 from oxidb.client.blocking import Client
@@ -155,7 +155,8 @@ class Shell:
         except (ParseError, ValueError, TypeError, ClientError) as e:
             self._error(str(e))
             return True
-        if CATALOG[request["cmd"]]["writes"]:
+        entry = lookup(request["cmd"])
+        if entry is None or entry["writes"]:
             self._collections = None
             self._fields.pop(str(request.get("collection")), None)
         show(self.console, result, raw=self.raw)
