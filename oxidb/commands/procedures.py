@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 
 
 @inlineCallbacks
-def call(executor: Any, engine: Any, clock: Any, name: Any, params: Any, metrics: Any = None) -> Generator[Any, Any, Any]:
+def call(
+    executor: Any, engine: Any, clock: Any, name: Any, params: Any, metrics: Any = None
+) -> Generator[Any, Any, Any]:
     """
     Call procedure C{name} with C{params} in a transaction of its own; fires
     with its value. C{executor} runs the steps (C{read}) and the id
@@ -98,8 +100,7 @@ def call_procedure(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any
     """The procedure's value (C{return}'s, or C{{"ok": true}})."""
     name = require_str(request, "name")
     params = request.get("params")
-    services = ctx.services
-    return call(services.executor, engine_of(ctx), services.clock, name, {} if params is None else params, services.metrics)
+    return call(ctx.executor, engine_of(ctx), ctx.clock, name, {} if params is None else params, ctx.metrics)
 
 
 def list_procedures(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
