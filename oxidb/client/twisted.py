@@ -109,7 +109,8 @@ def endpoint_connector(reactor: Any) -> TwistedConnector:
             context = ssl.optionsForClientTLS(options.server_name or host, trustRoot=trust)
             endpoint = wrapClientTLS(context, endpoint)
         factory = Factory.forProtocol(lambda: OxiClientConnection(options.format))
-        return endpoint.connect(factory)
+        connected: Deferred[OxiClientConnection] = endpoint.connect(factory)
+        return connected
 
     return connector
 
