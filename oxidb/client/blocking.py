@@ -1,0 +1,396 @@
+"""
+The blocking client: sockets (optionally TLS with certificate and
+hostname/IP verification), SCRAM login, reconnection with backoff, leader
+discovery over a seed list, and the retry rule: a request is sent again
+only when it is known not to have been applied (never sent, refused with a
+not-leader or busy error, or read-only); otherwise L{UnknownOutcome}.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from oxidb.client.commands import CommandMethods, page_query
+from oxidb.client.core import ProtocolCore, Reply, ScramLogin, backoff_delay, is_retry_safe, not_applied
+from oxidb.client.errors import (
+    AuthenticationFailed,
+    ClientError,
+    ConnectionFailed,
+    LoginThrottled,
+    NoTransaction,
+    PermissionDenied,
+    ServerError,
+    UnknownCommand,
+    UnknownOutcome,
+)
+from oxidb.client.url import ConnectOptions, parse_url
+
+__all__ = ["Client", "Connector", "SocketLike", "connect", "tcp_connector"]
+
+
+class SocketLike(Protocol):
+    """What the client needs of a socket."""
+
+    def sendall(self, data: bytes, /) -> None: ...
+
+    def recv(self, n: int, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+    def fileno(self) -> int: ...
+
+
+#: Opens a connection to C{(host, port)} with the options' TLS settings and timeout.
+Connector = Callable[[str, int, ConnectOptions], SocketLike]
+
+
+def tls_context(options: ConnectOptions) -> ssl.SSLContext:
+    """A client TLS context verifying the server against C{options.ca} (or the system CAs)."""
+    context = ssl.create_default_context(cafile=options.ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def tcp_connector(host: str, port: int, options: ConnectOptions) -> SocketLike:
+    """A TCP connection, inside TLS when C{options.tls}; the certificate must name C{host} (or C{server_name})."""
+    sock = socket.create_connection((host, port), timeout=options.timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if not options.tls:
+        return sock
+    try:
+        return tls_context(options).wrap_socket(sock, server_hostname=options.server_name or host)
+    except BaseException:
+        sock.close()
+        raise
+
+
+class _Lost(Exception):
+    """The connection broke; C{sent} says whether the request had been written."""
+
+    def __init__(self, reason: str, sent: bool) -> None:
+        super().__init__(reason)
+        self.sent = sent
+
+
+class Client(CommandMethods):
+    """
+    A blocking connection to a server or a cluster.
+
+    @param options: a URL or L{ConnectOptions}.
+    @param connector: opens sockets (default L{tcp_connector}); tests pass in-memory ones.
+    @param sleep: waits between attempts (default C{time.sleep}).
+    """
+
+    def __init__(
+        self,
+        options: ConnectOptions | str = "oxidb://127.0.0.1:4444",
+        *,
+        connector: Connector = tcp_connector,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.options = parse_url(options) if isinstance(options, str) else options
+        self._connector = connector
+        self._sleep = sleep
+        self._sock: SocketLike | None = None
+        self._core = ProtocolCore(self.options.format)
+        self._in_tx = False
+        #: the seed the connection is open to (or was last)
+        self.address: tuple[str, int] | None = None
+        self._preferred: tuple[str, int] | None = None
+        #: the C{hello} reply of the current connection (None if the server has none)
+        self.server_info: dict[str, Any] | None = None
+
+    # -- connection ---------------------------------------------------------
+
+    def connect(self) -> Client:
+        """Open the connection now (it is otherwise opened by the first request)."""
+        if self._sock is None:
+            self._connect()
+        return self
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+                self._core.lose()
+                self._in_tx = False
+
+    def __enter__(self) -> Client:
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _seed_order(self) -> list[tuple[str, int]]:
+        seeds = list(self.options.seeds)
+        if self._preferred in seeds:
+            seeds.remove(self._preferred)
+            seeds.insert(0, self._preferred)
+        return seeds
+
+    def _connect(self) -> None:
+        errors: list[str] = []
+        for attempt in range(self.options.retries + 1):
+            if attempt:
+                self._sleep(backoff_delay(attempt))
+            fallback: tuple[SocketLike, tuple[str, int]] | None = None
+            for host, port in self._seed_order():
+                try:
+                    sock = self._open(host, port)
+                except (OSError, ClientError) as e:
+                    if isinstance(e, AuthenticationFailed | PermissionDenied):
+                        raise
+                    errors.append(f"{host}:{port}: {e}")
+                    continue
+                if len(self.options.seeds) == 1 or self._is_leader(sock):
+                    if fallback is not None:
+                        fallback[0].close()
+                    self._sock, self.address = sock, (host, port)
+                    return
+                if fallback is None:
+                    fallback = (sock, (host, port))
+                else:
+                    sock.close()
+            if fallback is not None:
+                self._sock, self.address = fallback
+                return
+        last = errors[-1] if errors else "no seeds"
+        raise ConnectionFailed(f"cannot connect to {self._seeds_text()}: {last}")
+
+    def _seeds_text(self) -> str:
+        return ",".join(f"{h}:{p}" for h, p in self.options.seeds)
+
+    def _open(self, host: str, port: int) -> SocketLike:
+        """A logged-in connection to one server."""
+        sock = self._connector(host, port, self.options)
+        self._sock = sock
+        self._core = ProtocolCore(self.options.format)
+        try:
+            hello = self._exchange({"cmd": "hello", "wire_versions": [1]})
+            self.server_info = hello.value if hello.ok else None
+            if self.options.user is not None:
+                login = ScramLogin(self.options.user, self.options.password or "")
+                second = self._exchange(login.first()).result()
+                final = self._exchange(login.second(second)).result()
+                login.finish(final)
+        except _Lost as e:
+            sock.close()
+            raise ConnectionFailed(str(e)) from None
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            self._sock = None
+        return sock
+
+    def _is_leader(self, sock: SocketLike) -> bool:
+        """Whether the server on C{sock} leads its cluster (true for a standalone server or if it will not say)."""
+        self._sock = sock
+        try:
+            reply = self._exchange({"cmd": "raft_metrics"})
+        except _Lost:
+            return False
+        finally:
+            self._sock = None
+        if not reply.ok:
+            return True
+        return isinstance(reply.value, dict) and reply.value.get("state") == "Leader"
+
+    def _alive(self) -> bool:
+        """False if the idle connection was closed by the server (it never sends unasked)."""
+        sock = self._sock
+        assert sock is not None
+        peer_closed = getattr(sock, "peer_closed", None)
+        if peer_closed is not None:
+            return not peer_closed()
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        if not readable:
+            return True
+        # Readable while idle: the end of the connection, or TLS housekeeping
+        # (a TLS 1.3 session ticket) that carries no data.
+        real: Any = sock
+        timeout = real.gettimeout()
+        try:
+            real.setblocking(False)
+            real.recv(1)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return True
+        except OSError:
+            return False
+        finally:
+            try:
+                real.settimeout(timeout)
+            except OSError:
+                pass
+        # b'' is the end; data nobody asked for means the stream is out of step either way.
+        return False
+
+    def _exchange(self, request: dict[str, Any]) -> Reply:
+        """Send one request on the current socket and read its reply."""
+        assert self._sock is not None
+        _, frame = self._core.send(request)
+        try:
+            self._sock.sendall(frame)
+        except OSError as e:
+            raise _Lost(f"send failed: {e}", sent=False) from None
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except OSError as e:
+                raise _Lost(f"receive failed: {e}", sent=True) from None
+            if not data:
+                raise _Lost("connection closed by the server", sent=True)
+            replies = self._core.receive(data)
+            if replies:
+                return replies[0]
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        self._sock = None
+        self._core.lose()
+
+    # -- requests -----------------------------------------------------------
+
+    def request(self, request: dict[str, Any]) -> Any:
+        """
+        Send C{request} (a dict with C{cmd}); its data.
+
+        @raise ServerError: the server's error reply, as its subclass.
+        @raise UnknownOutcome: a write whose reply was lost.
+        @raise ConnectionFailed: no server could be reached in time.
+        """
+        failures = 0
+        while True:
+            if self._sock is not None and not self._in_tx and not self._alive():
+                self._drop()
+            if self._sock is None:
+                if self._in_tx:
+                    self._in_tx = False
+                    raise ConnectionFailed("the connection was lost inside a transaction; it was rolled back")
+                self._connect()
+            try:
+                reply = self._exchange(request)
+            except _Lost as lost:
+                self._drop()
+                if self._in_tx:
+                    self._in_tx = False
+                    if request.get("cmd") == "commit_tx" and lost.sent:
+                        raise UnknownOutcome(
+                            f"commit_tx: {lost}; the transaction may or may not be committed", request
+                        ) from None
+                    raise ConnectionFailed(f"{lost}; the transaction was rolled back") from None
+                if lost.sent and not is_retry_safe(request):
+                    raise UnknownOutcome(
+                        f"{request.get('cmd')}: {lost}; it may or may not have been applied", request
+                    ) from None
+                failures += 1
+                if failures > self.options.retries:
+                    raise ConnectionFailed(f"{request.get('cmd')}: {lost}") from None
+                self._sleep(backoff_delay(failures))
+                continue
+            try:
+                return reply.result()
+            except ServerError as e:
+                if self._in_tx or not not_applied(e) or failures >= self.options.retries:
+                    raise
+                failures += 1
+                # Not applied: look for the leader (or a less busy moment) and send it again.
+                self._drop()
+                self._rotate_seeds()
+                self._sleep(backoff_delay(failures))
+
+    def _rotate_seeds(self) -> None:
+        seeds = list(self.options.seeds)
+        if self.address in seeds and len(seeds) > 1:
+            self._preferred = seeds[(seeds.index(self.address) + 1) % len(seeds)]
+
+    def command(self, cmd: str, **fields: Any) -> Any:
+        """C{request({"cmd": cmd, **fields})}."""
+        return self.request({"cmd": cmd, **fields})
+
+    # -- transactions and paging ------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Client]:
+        """
+        C{with client.transaction():} runs the block in a transaction on this
+        connection: committed at the end, rolled back on an exception. A
+        conflict at commit raises L{TransactionConflict} (nothing applied).
+        """
+        self.connect()
+        self.command("begin_tx")
+        self._in_tx = True
+        try:
+            yield self
+        except BaseException:
+            if self._in_tx and self._sock is not None:
+                self._in_tx = False
+                try:
+                    self.command("rollback_tx")
+                except (NoTransaction, ConnectionFailed):
+                    pass
+            self._in_tx = False
+            raise
+        try:
+            self.command("commit_tx")
+        finally:
+            self._in_tx = False
+
+    def iter_find(
+        self,
+        collection: str,
+        query: dict[str, Any] | None = None,
+        *,
+        page_size: int = 1000,
+        sort: dict[str, int] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """
+        Every matching document, fetched C{page_size} at a time. Without
+        C{sort} pages follow C{_id} (each page asks for C{_id} above the last
+        one seen, so concurrent inserts and deletes never shift a page); with
+        C{sort} they use C{skip}/C{limit}.
+        """
+        if page_size <= 0:
+            raise ValueError("page_size must be positive")
+        after: Any = None
+        skip = 0
+        while True:
+            if sort is None:
+                page = self.find(collection, page_query(query, after), sort={"_id": 1}, limit=page_size)
+            else:
+                page = self.find(collection, query, sort=sort, skip=skip, limit=page_size)
+            yield from page
+            if len(page) < page_size:
+                return
+            after = page[-1].get("_id")
+            skip += len(page)
+
+    def is_cluster(self) -> bool:
+        """Whether the server runs in cluster mode."""
+        try:
+            self.command("raft_metrics")
+        except UnknownCommand:
+            return False
+        except (PermissionDenied, LoginThrottled):
+            return True
+        return True
+
+
+def connect(url: str = "oxidb://127.0.0.1:4444", **kwargs: Any) -> Client:
+    """A connected L{Client} for C{url}."""
+    return Client(url, **kwargs).connect()

@@ -1,0 +1,93 @@
+"""
+Named methods for the common commands, shared by both clients: each builds
+the request and hands it to C{self.command}, which returns the data (the
+blocking client) or a Deferred firing with it (the Twisted client).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["CommandMethods", "page_query"]
+
+
+def page_query(query: dict[str, Any] | None, after: Any) -> dict[str, Any]:
+    """C{query} restricted to documents whose C{_id} is above C{after} (keyset paging)."""
+    if after is None:
+        return dict(query or {})
+    if not query:
+        return {"_id": {"$gt": after}}
+    return {"$and": [query, {"_id": {"$gt": after}}]}
+
+
+class CommandMethods:
+    """The request builders; subclasses provide L{command}."""
+
+    def command(self, cmd: str, **fields: Any) -> Any:
+        raise NotImplementedError
+
+    def ping(self) -> Any:
+        return self.command("ping")
+
+    def insert(self, collection: str, doc: dict[str, Any]) -> Any:
+        return self.command("insert", collection=collection, doc=doc)
+
+    def insert_many(self, collection: str, docs: list[dict[str, Any]]) -> Any:
+        return self.command("insert_many", collection=collection, docs=docs)
+
+    def find(
+        self,
+        collection: str,
+        query: dict[str, Any] | None = None,
+        *,
+        sort: dict[str, int] | None = None,
+        skip: int | None = None,
+        limit: int | None = None,
+    ) -> Any:
+        fields: dict[str, Any] = {"collection": collection, "query": query or {}}
+        for name, value in (("sort", sort), ("skip", skip), ("limit", limit)):
+            if value is not None:
+                fields[name] = value
+        return self.command("find", **fields)
+
+    def find_one(self, collection: str, query: dict[str, Any] | None = None) -> Any:
+        return self.command("find_one", collection=collection, query=query or {})
+
+    def count(self, collection: str, query: dict[str, Any] | None = None) -> Any:
+        return self.command("count", collection=collection, query=query or {})
+
+    def update(self, collection: str, query: dict[str, Any], update: dict[str, Any]) -> Any:
+        return self.command("update", collection=collection, query=query, update=update)
+
+    def update_one(self, collection: str, query: dict[str, Any], update: dict[str, Any]) -> Any:
+        return self.command("update_one", collection=collection, query=query, update=update)
+
+    def delete(self, collection: str, query: dict[str, Any]) -> Any:
+        return self.command("delete", collection=collection, query=query)
+
+    def delete_one(self, collection: str, query: dict[str, Any]) -> Any:
+        return self.command("delete_one", collection=collection, query=query)
+
+    def aggregate(self, collection: str, pipeline: list[dict[str, Any]]) -> Any:
+        return self.command("aggregate", collection=collection, pipeline=pipeline)
+
+    def create_collection(self, collection: str) -> Any:
+        return self.command("create_collection", collection=collection)
+
+    def drop_collection(self, collection: str) -> Any:
+        return self.command("drop_collection", collection=collection)
+
+    def list_collections(self) -> Any:
+        return self.command("list_collections")
+
+    def create_index(self, collection: str, field: str) -> Any:
+        return self.command("create_index", collection=collection, field=field)
+
+    def create_unique_index(self, collection: str, field: str) -> Any:
+        return self.command("create_unique_index", collection=collection, field=field)
+
+    def list_indexes(self, collection: str) -> Any:
+        return self.command("list_indexes", collection=collection)
+
+    def server_status(self) -> Any:
+        return self.command("server_status")
