@@ -168,6 +168,31 @@ def parse_cluster_key(text: str) -> Secret:
     return Secret(text)
 
 
+def parse_secret(text: str) -> Secret:
+    """A non-empty secret; the error never quotes it."""
+    if not text:
+        raise ValueError("must not be empty")
+    return Secret(text)
+
+
+def read_secret_file(path: str) -> Secret:
+    """
+    The first line of the file at C{path} (a trailing newline is not part
+    of the secret).
+
+    @raise ValueError: the file cannot be read, or its first line is empty.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ValueError(f"cannot read it: {reason}") from None
+    if not text:
+        raise ValueError("its first line is empty")
+    return Secret(text)
+
+
 def parse_ms_range(text: str) -> tuple[int, int]:
     """C{low-high} in milliseconds, C{0 < low < high}."""
     low, sep, high = text.partition("-")
@@ -237,6 +262,12 @@ SETTINGS: tuple[Setting, ...] = (
     # Security.
     Setting(None, "OXIDB_AUTH", "auth", None, bool_text,
             "require login (SCRAM-SHA-256) and enforce roles (true/false)"),
+    Setting("admin_password", "OXIDB_ADMIN_PASSWORD", "admin-password", None, parse_secret,
+            "password of the first admin, created on the first start with auth on (prefer the file: "
+            "the environment and command line of a process can be read by others)", secret=True),
+    Setting("admin_password_file", "OXIDB_ADMIN_PASSWORD_FILE", "admin-password-file", None, parse_path,
+            "file holding the first admin's password; without this or OXIDB_ADMIN_PASSWORD it is generated "
+            "into <data>/initial-admin-password (mode 0600)"),
     Setting(None, "OXIDB_SCRAM_ITERATIONS", "scram-iterations", None, passthrough,
             "PBKDF2 iterations for new SCRAM verifiers (4096..10000000, default 4096)"),
     Setting(None, "OXIDB_HEALTH_OPEN", "health-open", None, bool_text,
@@ -341,6 +372,8 @@ class Config:
     idle_timeout: int = 30
     verbose: bool = False
     encryption_key: str | None = None
+    admin_password: Secret | None = None
+    admin_password_file: str | None = None
     metrics_addr: Address | None = None
     node_id: int | None = None
     raft_addr: Address = ("127.0.0.1", 4445)
@@ -405,6 +438,15 @@ class Config:
                 "OXIDB_ENCRYPTION_KEY is set: encryption at rest is not supported by "
                 "this server; use an encrypted filesystem for the data directory and unset the variable"
             )
+        if values.get("admin_password_file") is not None:
+            if values.get("admin_password") is not None:
+                raise ConfigError(
+                    "OXIDB_ADMIN_PASSWORD and OXIDB_ADMIN_PASSWORD_FILE are both set: keep one (the file is safer)"
+                )
+            try:
+                values["admin_password"] = read_secret_file(values["admin_password_file"])
+            except ValueError as e:
+                raise ConfigError(f"OXIDB_ADMIN_PASSWORD_FILE={values['admin_password_file']!r}: {e}") from None
         if values.get("raft_peers") is None:
             values["raft_peers"] = {}
         return cls(

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import IO, Any, cast
 
 from twisted.application.service import MultiService
@@ -24,11 +25,13 @@ from twisted.logger import globalLogPublisher
 
 from oxidb import __version__
 from oxidb.audit.events import Auditor
+from oxidb.auth.manager import AuthManager
+from oxidb.auth.store import ADMIN_PASSWORD_FILE
 from oxidb.commands import Command
 from oxidb.compose import ExecutorFactory, Lifecycle, Parts, Services, compose
 from oxidb.config import SETTINGS, Config, format_address
 from oxidb.datadir import DataDirLock
-from oxidb.errors import ConfigError
+from oxidb.errors import BadRequestError, ConfigError
 from oxidb.logs import Logger
 from oxidb.metrics import MetricsRefresher, NodeHealth, make_metrics_site
 from oxidb.server.scheduler import Scheduler
@@ -149,6 +152,43 @@ class OxiService(MultiService):
                 raise SystemExit(f"oxidb: configuration error: {e}") from None
             raise
 
+    def _ensure_first_admin(self, auth: AuthManager) -> None:
+        """
+        On the first start with auth on, create C{admin} with the configured
+        password, or a generated one written to a 0600 file whose path (never
+        the password) is logged. In a cluster, C{raft_init} then replicates
+        the admin of the node it ran on to every node (L{SeedAdmin}).
+        """
+        config = self.config
+        given = config.admin_password.value if config.admin_password is not None else None
+        password_file = Path(self.shared.data_dir) / ADMIN_PASSWORD_FILE
+        try:
+            # The real stderr: twistd may redirect sys.stderr into the log,
+            # and the generated password must never reach a log.
+            first = auth.ensure_first_admin(given, password_file, cast(IO[str], sys.__stderr__))
+        except BadRequestError as e:
+            source = "OXIDB_ADMIN_PASSWORD_FILE" if config.admin_password_file else "OXIDB_ADMIN_PASSWORD"
+            error = ConfigError(f"{source}: {e}")
+            if self.handle_signals:
+                raise SystemExit(f"oxidb: configuration error: {error}") from None
+            raise error from None
+        if first is None:
+            return
+        if first.password_file is not None:
+            self._log.info(
+                "first start: created user '{user}' (admin); its generated password is in {path} (mode 0600, "
+                "readable by this user only): log in, change it with update_user, then delete the file",
+                user=first.username,
+                path=str(first.password_file),
+            )
+        else:
+            source = "OXIDB_ADMIN_PASSWORD_FILE" if config.admin_password_file else "OXIDB_ADMIN_PASSWORD"
+            self._log.info(
+                "first start: created user '{user}' (admin) with the password from {source}",
+                user=first.username,
+                source=source,
+            )
+
     def privilegedStartService(self) -> None:
         self._lock_data_dir()
         host, port = self.config.addr
@@ -189,9 +229,7 @@ class OxiService(MultiService):
             self._log.info("TLS: enabled")
         if self.shared.auth is not None:
             self._log.info("authentication: enabled")
-            # The real stderr: twistd may redirect sys.stderr into the log,
-            # and the generated password must never reach a log.
-            self.shared.auth.ensure_default_admin(cast(IO[str], sys.__stderr__))
+            self._ensure_first_admin(self.shared.auth)
         self.threadpool.start()
         self.lifecycle.started_at = self.reactor.seconds()
         self.lifecycle.serving = True
