@@ -11,6 +11,7 @@ option) and the value.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -244,6 +245,14 @@ class Setting:
     help: str
     secret: bool = attrs.field(default=False, kw_only=True)
 
+    @property
+    def switch(self) -> bool:
+        """
+        A boolean: the variable takes C{true}/C{1} or C{false}/C{0}, and twistd
+        has the flags C{--<option>} (on) and C{--no-<option>} (off).
+        """
+        return self.parse is parse_bool or self.parse is bool_text
+
 
 SETTINGS: tuple[Setting, ...] = (
     # Core (server.md 9.1).
@@ -292,7 +301,7 @@ SETTINGS: tuple[Setting, ...] = (
             "rotate the audit log after this many seconds (0 = never)"),
     Setting(None, "OXIDB_AUDIT_CALENDAR", "audit-calendar", None, passthrough,
             "rotate the audit log hourly or daily (UTC), or none"),
-    Setting(None, "OXIDB_AUDIT_COMPRESS", "audit-compress", None, passthrough,
+    Setting(None, "OXIDB_AUDIT_COMPRESS", "audit-compress", None, bool_text,
             "gzip rotated audit logs (true/false)"),
     Setting(None, "OXIDB_GELF_ADDR", "gelf-addr", None, passthrough,
             "host:port of a GELF UDP collector for server and audit events"),
@@ -357,6 +366,43 @@ SETTINGS += tuple(_limit_setting(row) for row in LIMIT_ROWS)
 
 _BY_FIELD = {s.field: s for s in SETTINGS if s.field is not None}
 
+#: C{OXIDB_*} variables that are not server settings, which the server
+#: leaves alone: C{oxidb-cli}'s, and the test suite's knobs (docs/testing.md).
+OTHER_VARIABLES: frozenset[str] = frozenset(
+    {
+        "OXIDB_URL",
+        "OXIDB_BOOTSTRAP_RUNS",
+        "OXIDB_NEMESIS_OPS",
+        "OXIDB_NEMESIS_SECONDS",
+        "OXIDB_NEMESIS_SEED",
+        "OXIDB_PROPERTY_EXAMPLES",
+        "OXIDB_RAFT_SIM_FIRST_SEED",
+        "OXIDB_RAFT_SIM_SEEDS",
+    }
+)
+
+
+def check_variables(environ: Mapping[str, str]) -> None:
+    """
+    Refuse C{OXIDB_*} variables that name no setting: a typo (C{OXIDB_ADRR},
+    C{OXIDB_AUTHH}) would otherwise be ignored silently, leaving the default
+    (auth off, say) in force.
+
+    @raise ConfigError: naming each unknown variable and the closest valid one.
+    """
+    known = {s.env for s in SETTINGS}
+    unknown = sorted(n for n in environ if n.startswith("OXIDB_") and n not in known and n not in OTHER_VARIABLES)
+    if not unknown:
+        return
+    described = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        described.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    raise ConfigError(
+        f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(described)}: "
+        "every OXIDB_* variable must name a setting (docs/operations.md); unset it or fix its name"
+    )
+
 
 @attrs.frozen
 class Config:
@@ -406,10 +452,12 @@ class Config:
         option name; C{None} means "not given").
 
         @raise ConfigError: a value is invalid; the message names the variable
-            or option and the value.
+            or option and the value. An C{OXIDB_*} variable that names no
+            setting (L{check_variables}).
         """
         environ = {} if environ is None else environ
         options = {} if options is None else options
+        check_variables(environ)
         values: dict[str, Any] = {}
         effective = dict(environ)
         for setting in SETTINGS:

@@ -11,6 +11,7 @@ Twisted application::
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import os
 import signal
@@ -21,6 +22,7 @@ from typing import IO, Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.error import CannotListenError
 from twisted.logger import globalLogPublisher
 
 from oxidb import __version__
@@ -191,6 +193,44 @@ class OxiService(MultiService):
 
     def privilegedStartService(self) -> None:
         self._lock_data_dir()
+        try:
+            self._listen()
+        except CannotListenError as e:
+            self._unlisten()
+            self.datadir_lock.release()
+            error = ConfigError(self._listen_error(e))
+            if self.handle_signals:
+                # Under twistd: a one-line message and a non-zero exit, not a traceback.
+                raise SystemExit(f"oxidb: {error}") from None
+            raise error from None
+
+    def _listen_error(self, error: CannotListenError) -> str:
+        """One line naming the address, the setting it comes from, and why it cannot be bound."""
+        config = self.config
+        where = (error.interface, error.port)
+        env = "OXIDB_ADDR"
+        if config.metrics_addr is not None and where == config.metrics_addr:
+            env = "OXIDB_METRICS_ADDR"
+        elif config.node_id is not None and where == config.raft_addr:
+            env = "OXIDB_RAFT_ADDR"
+        cause = error.socketError
+        reason = getattr(cause, "strerror", None) or str(cause)
+        if getattr(cause, "errno", None) == errno.EADDRINUSE:
+            reason += " (another process, perhaps another oxidb-server, listens there: stop it or choose another port)"
+        return f"cannot listen on {env}={format_address(where)}: {reason}"
+
+    def _unlisten(self) -> None:
+        """Close the ports bound before a bind failed (in-process callers keep running)."""
+        ports = [self.port, self.metrics_port]
+        if self.raft is not None:
+            ports.append(self.raft.transport.port)
+            self.raft.transport.port = None
+        for port in ports:
+            if port is not None:
+                port.stopListening()
+        self.port = self.metrics_port = None
+
+    def _listen(self) -> None:
         host, port = self.config.addr
         if self.tls_options is not None:
             self.port = self.reactor.listenSSL(port, self.factory, self.tls_options, interface=host)
