@@ -294,6 +294,34 @@ class OxiService(MultiService):
         if self.handle_signals:
             self.reactor.callWhenRunning(self._install_signal_handlers)
         super().startService()
+        self._log.info(
+            "oxidb-server ready: auth {auth}, TLS {tls}, {cluster}; connect with: oxidb-cli --url {url}",
+            auth="on" if self.shared.auth is not None else "off",
+            tls="on" if self.tls_options is not None else "off",
+            cluster=self._cluster_text(),
+            url=self.connect_url(),
+            data_dir=self.shared.data_dir,
+        )
+
+    def _cluster_text(self) -> str:
+        if self.raft is None:
+            return "standalone"
+        core = self.raft.node.core
+        cluster_id = core.cluster_id if core is not None else None
+        if cluster_id is None:
+            return f"cluster node {self.config.node_id}, not initialized (run raft_init on one node)"
+        return f"cluster node {self.config.node_id}, cluster id {cluster_id}"
+
+    def connect_url(self) -> str:
+        """
+        The C{oxidb://} URL C{oxidb-cli} connects to this server with (the
+        bound port; a wildcard address becomes loopback).
+        """
+        bound = self.port.getHost()
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound.host, bound.host)
+        user = "admin@" if self.shared.auth is not None else ""
+        query = "?tls=true" if self.tls_options is not None else ""
+        return f"oxidb://{user}{format_address((host, bound.port))}{query}"
 
     @inlineCallbacks
     def stopService(self) -> Any:

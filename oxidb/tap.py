@@ -14,11 +14,13 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from twisted.logger import LogLevel
 from twisted.python import usage
 
 from oxidb import __version__
 from oxidb.config import SETTINGS, Config
 from oxidb.errors import ConfigError
+from oxidb.logs import set_minimum_level
 
 
 class Options(usage.Options):
@@ -99,6 +101,11 @@ def makeService(
         environ = os.environ
     try:
         config = Config.from_sources(environ, option_values(options))
+        if twistd:
+            # twistd's own observer writes debug events too (a health
+            # check's connection and close, every second): info and up
+            # unless verbose.
+            set_minimum_level(None if config.verbose else LogLevel.info)
         return OxiService(config, reactor=reactor, handle_signals=twistd)
     except ConfigError as e:
         if twistd:
