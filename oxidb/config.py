@@ -371,6 +371,8 @@ _BY_FIELD = {s.field: s for s in SETTINGS if s.field is not None}
 OTHER_VARIABLES: frozenset[str] = frozenset(
     {
         "OXIDB_URL",
+        "OXIDB_USER",
+        "OXIDB_PASSWORD",
         "OXIDB_BOOTSTRAP_RUNS",
         "OXIDB_NEMESIS_OPS",
         "OXIDB_NEMESIS_SECONDS",

@@ -42,7 +42,9 @@ def test_every_unknown_variable_is_named_and_others_are_left_alone(tmp_path: Pat
         Config.from_sources({"OXIDB_ZZZZZZ": "1", "OXIDB_AUTHH": "true", "PATH": "/bin", "OXIDBX": "1"})
     assert str(e.value).startswith("unknown settings OXIDB_AUTHH (did you mean OXIDB_AUTH?), OXIDB_ZZZZZZ: ")
     # The client's variable and the test suite's knobs are not the server's business.
-    Config.from_sources({"OXIDB_URL": "oxidb://localhost:4444", "OXIDB_NEMESIS_SEED": "3"})
+    Config.from_sources(
+        {"OXIDB_URL": "oxidb://localhost:4444", "OXIDB_USER": "u", "OXIDB_PASSWORD": "p", "OXIDB_NEMESIS_SEED": "3"}
+    )
 
 
 def test_boolean_settings_are_flags() -> None:
