@@ -280,3 +280,27 @@ def test_raft_init_replicates_the_local_admin(tmp_path: Path, events: list[LogEv
     failing = FakeContext(store, fail=True)
     assert _init(failing) == "cluster initialized" and len(failing.written) == 1
     assert "could not replicate the first admin" in messages(events)
+
+
+def test_seed_admin_applies_from_its_raft_log_form(tmp_path: Path) -> None:
+    """What a node does with the entry: decode the log's JSON with the engine's codec, apply it to its users."""
+    import json
+
+    from oxidb.auth.store import register_appliers
+    from oxidb.engine.engine import Engine
+
+    leader = UserStore(tmp_path / "leader")
+    ensure_first_admin(leader, random.Random(1), 4096, password="cluster pw")
+    entry = json.loads(json.dumps(SeedAdmin(leader.get("admin")).to_json()))  # type: ignore[arg-type]
+    assert list(entry) == ["SeedAdmin"]
+    node = UserStore(tmp_path / "node" / "_auth")
+    ensure_first_admin(node, random.Random(2), 4096, password="its own pw")
+    engine = Engine(str(tmp_path / "node"))
+    register_appliers(engine, node)
+    engine.open()
+    try:
+        assert engine.apply(entry, 0.0, raft_index=1) == "admin seeded"
+        assert engine.apply(entry, 0.0, raft_index=1) is None  # a replayed index is skipped
+    finally:
+        engine.close()
+    assert verify_password(admin(tmp_path / "node" / "_auth").password_hash, "cluster pw")
