@@ -164,10 +164,13 @@ class OxiService(MultiService):
         config = self.config
         given = config.admin_password.value if config.admin_password is not None else None
         password_file = Path(self.shared.data_dir) / ADMIN_PASSWORD_FILE
+        # The banner goes to the real stderr, and only when it is a terminal:
+        # twistd redirects sys.stderr into the log, and under a supervisor
+        # stderr is a log too (the journal); the password must never reach
+        # one. The file is where it always is.
+        terminal = sys.__stderr__ if sys.__stderr__ is not None and sys.__stderr__.isatty() else None
         try:
-            # The real stderr: twistd may redirect sys.stderr into the log,
-            # and the generated password must never reach a log.
-            first = auth.ensure_first_admin(given, password_file, cast(IO[str], sys.__stderr__))
+            first = auth.ensure_first_admin(given, password_file, cast(IO[str] | None, terminal))
         except BadRequestError as e:
             source = "OXIDB_ADMIN_PASSWORD_FILE" if config.admin_password_file else "OXIDB_ADMIN_PASSWORD"
             error = ConfigError(f"{source}: {e}")

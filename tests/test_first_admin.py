@@ -304,3 +304,19 @@ def test_seed_admin_applies_from_its_raft_log_form(tmp_path: Path) -> None:
     finally:
         engine.close()
     assert verify_password(admin(tmp_path / "node" / "_auth").password_hash, "cluster pw")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream, shown", [(io.StringIO(), False), (Terminal(), True)])
+def test_the_banner_goes_to_a_terminal_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: io.StringIO, shown: bool
+) -> None:
+    """Under a supervisor stderr is a log (the journal): the password must not go there."""
+    monkeypatch.setattr("sys.__stderr__", stream)
+    start({"OXIDB_DATA": str(tmp_path), "OXIDB_AUTH": "true", "OXIDB_ADDR": "127.0.0.1:0"})
+    password = (tmp_path / ADMIN_PASSWORD_FILE).read_text().rstrip("\n")
+    assert (f"  password: {password}\n" in stream.getvalue()) is shown
