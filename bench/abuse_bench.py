@@ -207,7 +207,7 @@ def attack_msgpack_frames(ctx: Context) -> str:
         conn = Conn(ctx.port)
         try:
             conn.send(payload)
-            results.append(outcome(lambda: msgpack.unpackb(conn.recv())))
+            results.append(outcome(lambda conn=conn: msgpack.unpackb(conn.recv())))
         except OSError as e:
             results.append(f"connection closed ({type(e).__name__})")
         conn.close()
@@ -468,10 +468,10 @@ def main() -> None:
                 server.kill()
     header = ("attack", "ping p99 ms", "admin find p99 ms", "peak RSS MB", "attack s", "attacker got")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |")
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
     print("\ngoal: ping p99 < 50 ms and peak RSS < 512 MB for every attack")
 
 

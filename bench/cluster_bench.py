@@ -87,7 +87,9 @@ def standalone(root: str, args: argparse.Namespace) -> dict[str, float]:
     server = ServerProcess(os.path.join(root, "standalone")).start()
     try:
         client = server.client()
-        return measure(server.port or 0, lambda: client.request({"cmd": "count", "collection": "bench"})["data"]["count"], args)
+        return measure(
+            server.port or 0, lambda: client.request({"cmd": "count", "collection": "bench"})["data"]["count"], args
+        )
     finally:
         server.stop()
 
@@ -141,17 +143,20 @@ def failovers(root: str, runs: int, env: dict[str, str]) -> list[tuple[float, fl
             new_leader = cluster.leader(survivors, timeout=60)
             elected = time.monotonic() - killed
 
-            def write() -> bool:
-                reply = cluster.request(survivors[0], {"cmd": "insert", "collection": "f", "doc": {"after": run}})
+            def write(node: int = survivors[0], run: int = run) -> bool:
+                reply = cluster.request(node, {"cmd": "insert", "collection": "f", "doc": {"after": run}})
                 return bool(reply.get("ok"))
 
             wait_until(write, 60, interval=0.01)
             writable = time.monotonic() - killed
             results.append((elected, writable))
-            print(f"  failover {run + 1}: leader {leader} -> {new_leader}: elected {elected:.2f}s, writable {writable:.2f}s")
+            print(
+                f"  failover {run + 1}: leader {leader} -> {new_leader}:"
+                f" elected {elected:.2f}s, writable {writable:.2f}s"
+            )
             cluster.start(leader)
             target = cluster.metrics(new_leader)["last_applied"]
-            wait_until(lambda: cluster.metrics(leader)["last_applied"] == target, 60)
+            wait_until(lambda node=leader, target=target: cluster.metrics(node)["last_applied"] == target, 60)
             leader = new_leader
         return results
     finally:
@@ -198,8 +203,12 @@ def main() -> None:
     parser.add_argument("--steady-seconds", type=float, default=30.0,
                         help="seconds of fault-free write load while counting elections (0: skip)")
     parser.add_argument("--failover-only", action="store_true", help="skip the throughput measurements")
-    parser.add_argument("--heartbeat-ms", default="", help="OXIDB_RAFT_HEARTBEAT_MS for the cluster (default: server default)")
-    parser.add_argument("--election-ms", default="", help="OXIDB_RAFT_ELECTION_MS for the cluster (default: server default)")
+    parser.add_argument(
+        "--heartbeat-ms", default="", help="OXIDB_RAFT_HEARTBEAT_MS for the cluster (default: server default)"
+    )
+    parser.add_argument(
+        "--election-ms", default="", help="OXIDB_RAFT_ELECTION_MS for the cluster (default: server default)"
+    )
     args = parser.parse_args()
     env = timing_env(args)
     from oxidb.config import Config

@@ -124,7 +124,7 @@ def main(argv: list[str]) -> int:
         rates = best_rates(actions, budget)
         rows = [
             (name, size, rates[2 * index], rates[2 * index + 1])
-            for index, ((name, _, _), size) in enumerate(zip(codecs, sizes))
+            for index, ((name, _, _), size) in enumerate(zip(codecs, sizes, strict=True))
         ]
         _, _, base_enc, base_dec = rows[-1]
         for name, size, enc, dec in rows:

@@ -92,7 +92,9 @@ def make_docs(n: int, seed: int = 7) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     docs = []
     for i in range(n):
-        doc: dict[str, Any] = {f"f{j}": rng.randint(0, 1000) if j % 3 else f"s{rng.randint(0, 10_000)}" for j in range(1, 17)}
+        doc: dict[str, Any] = {
+            f"f{j}": rng.randint(0, 1000) if j % 3 else f"s{rng.randint(0, 10_000)}" for j in range(1, 17)
+        }
         doc.update(
             {
                 "age": rng.randint(0, 99),
@@ -185,7 +187,9 @@ class PgTarget:
             return conn.execute(sql, params).fetchall()
 
         return {
-            "eq": lambda rng: q("SELECT doc FROM bench WHERE doc->'city' = %s::jsonb", json.dumps(f"c{rng.randint(0, 999)}")),
+            "eq": lambda rng: q(
+                "SELECT doc FROM bench WHERE doc->'city' = %s::jsonb", json.dumps(f"c{rng.randint(0, 999)}")
+            ),
             "range": lambda rng: _pg_range(q, rng),
             "scan": lambda rng: q("SELECT doc FROM bench WHERE doc->'f5' = %s::jsonb", str(rng.randint(0, 1000))),
             "sort_limit": lambda rng: q("SELECT doc FROM bench ORDER BY doc->'score' DESC LIMIT 10"),
@@ -236,7 +240,9 @@ def sqlite_insert(docs: list[dict[str, Any]], directory: str) -> float:
 def start_oxidb(port: int, data_dir: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=ROOT, OXIDB_ADDR=f"127.0.0.1:{port}", OXIDB_DATA=data_dir, OXIDB_IDLE_TIMEOUT="0")
     log = os.path.join(os.path.dirname(data_dir), "twistd.log")
-    return subprocess.Popen([TWISTD, "-n", "--pidfile=", f"--logfile={log}", "oxidb"], env=env, stdout=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", f"--logfile={log}", "oxidb"], env=env, stdout=subprocess.DEVNULL
+    )
 
 
 class Postgres:
@@ -257,7 +263,17 @@ class Postgres:
     def start(self) -> str:
         self._run(os.path.join(PG_BIN, "initdb"), "-D", self.data, "-U", "bench", "--auth=trust", "-E", "UTF8")
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory} -c shared_buffers=256MB"
-        self._run(os.path.join(PG_BIN, "pg_ctl"), "-D", self.data, "-o", options, "-l", os.path.join(self.directory, "pg.log"), "-w", "start")
+        self._run(
+            os.path.join(PG_BIN, "pg_ctl"),
+            "-D",
+            self.data,
+            "-o",
+            options,
+            "-l",
+            os.path.join(self.directory, "pg.log"),
+            "-w",
+            "start",
+        )
         return f"host=127.0.0.1 port={self.port} user=bench dbname=postgres"
 
     def stop(self) -> None:

@@ -35,7 +35,9 @@ SHAPES = [
 
 def start_bare(port: int) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.Popen([PYTHON, os.path.join(HERE, "bare_server.py"), str(port)], env=env, stdout=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [PYTHON, os.path.join(HERE, "bare_server.py"), str(port)], env=env, stdout=subprocess.DEVNULL
+    )
 
 
 def start_oxidb(port: int, data_dir: str, metrics: bool) -> subprocess.Popen:
@@ -43,7 +45,9 @@ def start_oxidb(port: int, data_dir: str, metrics: bool) -> subprocess.Popen:
     if metrics:
         env["OXIDB_METRICS_ADDR"] = f"127.0.0.1:{free_port()}"
     log = os.path.join(data_dir, "..", "twistd.log")
-    return subprocess.Popen([TWISTD, "-n", "--pidfile=", f"--logfile={log}", "oxidb"], env=env, stdout=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", f"--logfile={log}", "oxidb"], env=env, stdout=subprocess.DEVNULL
+    )
 
 
 def load(port: int, connections: int, depth: int, seconds: float) -> float:

@@ -508,7 +508,7 @@ class ControlProtocol(LineReceiver):
             return {}
         if op == "modes":
             reset = bool(command.get("reset", False))
-            for src, dst, mode, delay_ms in command["links"]:
+            for src, dst, _mode, _delay_ms in command["links"]:
                 proxy.link(int(src), int(dst))  # all names checked before any change
             for src, dst, mode, delay_ms in command["links"]:
                 proxy.set_mode(int(src), int(dst), str(mode), int(delay_ms), reset)

@@ -230,7 +230,9 @@ def compose(
     metrics.documents_source = engine.collection_counts
     if raft is not None:
         metrics.raft_source = raft.status
-    metrics_tls = None if config.metrics.tls is None else load_server_tls(config.metrics.tls.cert, config.metrics.tls.key)
+    metrics_tls = (
+        None if config.metrics.tls is None else load_server_tls(config.metrics.tls.cert, config.metrics.tls.key)
+    )
 
     # Security parts, in the order their configuration errors are reported.
     tls_options = None if config.tls is None else load_server_tls(config.tls.cert, config.tls.key)

@@ -264,7 +264,9 @@ class OxiService(MultiService):
             self.gelf.start()
             self._gelf_observer = self.gelf.observer()
             globalLogPublisher.addObserver(self._gelf_observer)
-            self._log.info("GELF logging: enabled ({addr})", addr=format_address((gelf_settings.host, gelf_settings.port)))
+            self._log.info(
+                "GELF logging: enabled ({addr})", addr=format_address((gelf_settings.host, gelf_settings.port))
+            )
         if self.audit_log is not None:
             self.audit_log.start()
             self._log.info("{line}", line=self.config.audit.startup_line())

@@ -64,7 +64,9 @@ def test_bad_compression_and_chunk_size() -> None:
     with pytest.raises(ConfigError, match="OXIDB_GELF_COMPRESS must be 'none' / 'zlib' / 'gzip', got \"lz4\""):
         parse_gelf_settings({"OXIDB_GELF_ADDR": "h:1", "OXIDB_GELF_COMPRESS": "lz4"})
     for size in ("511", "65508", "big"):
-        with pytest.raises(ConfigError, match=f'OXIDB_GELF_CHUNK_SIZE must be an integer from 512 to 65507, got "{size}"'):
+        with pytest.raises(
+            ConfigError, match=f'OXIDB_GELF_CHUNK_SIZE must be an integer from 512 to 65507, got "{size}"'
+        ):
             parse_gelf_settings({"OXIDB_GELF_ADDR": "h:1", "OXIDB_GELF_CHUNK_SIZE": size})
 
 
@@ -123,7 +125,7 @@ def test_log_fields() -> None:
 
 def test_log_levels_and_failures() -> None:
     try:
-        1 / 0
+        raise ZeroDivisionError("division by zero")
     except ZeroDivisionError:
         failure = Failure()
     fields = log_event_fields({"log_format": "boom", "log_level": LogLevel.critical, "log_failure": failure}, "h")

@@ -28,7 +28,14 @@ T0 = 1771670952.345
 
 def event(n: int = 0, **changes: Any) -> AuditEvent:
     fields: dict[str, Any] = dict(
-        ts=T0, user="alice", role="readWrite", cmd="insert", collection="users", result="ok", detail="", peer="1.2.3.4:5"
+        ts=T0,
+        user="alice",
+        role="readWrite",
+        cmd="insert",
+        collection="users",
+        result="ok",
+        detail="",
+        peer="1.2.3.4:5",
     )
     fields.update(changes)
     if n:
@@ -121,7 +128,10 @@ def test_calendar_spellings(text: str, calendar: Calendar) -> None:
         ({"OXIDB_AUDIT_MAX_BYTES": "1k"}, "OXIDB_AUDIT_MAX_BYTES must be a valid u64"),
         ({"OXIDB_AUDIT_MAX_BYTES": "-1"}, "OXIDB_AUDIT_MAX_BYTES must be a valid u64"),
         ({"OXIDB_AUDIT_MAX_AGE_SECS": "1.5"}, "OXIDB_AUDIT_MAX_AGE_SECS must be a valid u64"),
-        ({"OXIDB_AUDIT_CALENDAR": "weekly"}, "OXIDB_AUDIT_CALENDAR must be 'hourly' / 'daily' / 'none', got \"weekly\""),
+        (
+            {"OXIDB_AUDIT_CALENDAR": "weekly"},
+            "OXIDB_AUDIT_CALENDAR must be 'hourly' / 'daily' / 'none', got \"weekly\"",
+        ),
         (
             {"OXIDB_AUDIT_COMPRESS": "maybe"},
             'OXIDB_AUDIT_COMPRESS must be a bool-shaped value (true/false/1/0/yes/no/on/off), got "maybe"',

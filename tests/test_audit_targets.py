@@ -52,7 +52,10 @@ def test_admin_operations_name_their_target(audited: tuple[MemoryServer, Sink], 
     server, sink = audited
     steps = [{"step": "return", "value": 1}]
     cases = [
-        ({"cmd": "create_user", "username": "bob", "password": "pw", "role": "read"}, {"username": "bob", "role": "read"}),
+        (
+            {"cmd": "create_user", "username": "bob", "password": "pw", "role": "read"},
+            {"username": "bob", "role": "read"},
+        ),
         ({"cmd": "update_user", "username": "bob", "password": "new"}, {"username": "bob"}),
         ({"cmd": "drop_user", "username": "bob"}, {"username": "bob"}),
         ({"cmd": "create_procedure", "name": "p", "steps": steps}, {"name": "p"}),

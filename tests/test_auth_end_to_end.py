@@ -151,7 +151,7 @@ def test_gate_login_and_roles(server: Server) -> None:
 
 def test_wrong_passwords_close_the_connection(server: Server) -> None:
     conn = server.connect()
-    for attempt in range(3):
+    for _ in range(3):
         reply = conn.scram("admin", "wrong")
         assert reply == {"ok": False, "error": "authentication failed"}
     server.clock.advance(1)

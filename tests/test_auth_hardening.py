@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_auth_commands
 from scramp import ScramClient
-from test_auth_commands import POLICY, USERS, ListSink, Services, World, error_of, result_of, world  # noqa: F401
+from test_auth_commands import POLICY, USERS, ListSink, Services, World, error_of, result_of
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -35,6 +36,9 @@ from oxidb.limits import Limits
 from oxidb.server.session import Session
 
 THROTTLED = "too many failed logins; retry later"
+
+# The users and services of test_auth_commands, as this module's fixture.
+world = test_auth_commands.world
 
 
 def session(host: str = "203.0.113.5", port: int = 40000) -> Session:

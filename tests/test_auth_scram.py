@@ -115,7 +115,7 @@ def test_gs2_header_y_is_accepted() -> None:
     salted = hashlib.pbkdf2_hmac("sha256", b"pencil", SALT, 4096)
     client_key = _hmac(salted, b"Client Key")
     signature = _hmac(hashlib.sha256(client_key).digest(), auth_message)
-    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
+    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=True))).decode()
     server_final = exchange.finish(f"c=eSws,r={COMBINED},p={proof}")
     expected = base64.b64encode(_hmac(_hmac(salted, b"Server Key"), auth_message)).decode()
     assert server_final == "v=" + expected

@@ -100,7 +100,12 @@ def test_upstream_records_load(tmp_path: Path) -> None:
     """[B] records have no verifier; [N] may have db_roles and 'authenticated'."""
     records = [
         {"username": "old", "password_hash": SECRETS.password_hash, "role": "admin"},
-        {"username": "new", "password_hash": SECRETS.password_hash, "role": "authenticated", "db_roles": {"crm": "read"}},
+        {
+            "username": "new",
+            "password_hash": SECRETS.password_hash,
+            "role": "authenticated",
+            "db_roles": {"crm": "read"},
+        },
     ]
     (tmp_path / "users.json").write_text(json.dumps(records))
     store = UserStore.open(tmp_path)

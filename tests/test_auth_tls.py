@@ -41,7 +41,9 @@ def pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def key_pem(key: object, fmt: serialization.PrivateFormat = serialization.PrivateFormat.PKCS8, password: bytes | None = None) -> bytes:
+def key_pem(
+    key: object, fmt: serialization.PrivateFormat = serialization.PrivateFormat.PKCS8, password: bytes | None = None
+) -> bytes:
     encryption = (
         serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
     )
@@ -146,7 +148,10 @@ def test_missing_files(tmp_path: Path, pki: dict[str, object]) -> None:
     cert = write(tmp_path, "rsa.pem", pem(pki["rsa_cert"]))  # type: ignore[arg-type]
     with pytest.raises(ConfigError) as e:
         load_server_tls(tmp_path / "nope.pem", key)
-    assert str(e.value) == f"failed to load TLS config: failed to open cert file {tmp_path / 'nope.pem'}: No such file or directory"
+    assert (
+        str(e.value)
+        == f"failed to load TLS config: failed to open cert file {tmp_path / 'nope.pem'}: No such file or directory"
+    )
     with pytest.raises(ConfigError, match="failed to open key file .*nope.key"):
         load_server_tls(cert, tmp_path / "nope.key")
 
@@ -194,4 +199,6 @@ def test_key_that_does_not_match(tmp_path: Path, pki: dict[str, object]) -> None
     key = write(tmp_path, "other.key", key_pem(pki["leaf_key"]))
     with pytest.raises(ConfigError) as e:
         load_server_tls(cert, key)
-    assert str(e.value) == f"failed to load TLS config: the private key in {key} does not match the certificate in {cert}"
+    assert (
+        str(e.value) == f"failed to load TLS config: the private key in {key} does not match the certificate in {cert}"
+    )

@@ -412,18 +412,28 @@ def test_restore_refuses_path_traversal(archive: str, tmp_path: Any, name: str) 
     ids=["symlink", "hardlink", "fifo", "device"],
 )
 def test_restore_refuses_links_and_devices(archive: str, tmp_path: Any, info: tarfile.TarInfo) -> None:
-    bad = rewrite(archive, str(tmp_path / "bad.tar.gz"), lambda i, d: [(i, d)] + ([(info, b"")] if i.name == "manifest.json" else []))
+    bad = rewrite(
+        archive,
+        str(tmp_path / "bad.tar.gz"),
+        lambda i, d: [(i, d)] + ([(info, b"")] if i.name == "manifest.json" else []),
+    )
     assert_refused(bad, tmp_path, "not a regular file")
 
 
 @pytest.mark.parametrize("name", ["raft_log.jsonl", "other/file", "_auth/sub/dir", "_auth/.hidden", "extra.txt"])
 def test_restore_refuses_unexpected_files(archive: str, tmp_path: Any, name: str) -> None:
-    bad = rewrite(archive, str(tmp_path / "bad.tar.gz"), lambda i, d: [(i, d)] + ([(member(name), b"x")] if i.name == "manifest.json" else []))
+    bad = rewrite(
+        archive,
+        str(tmp_path / "bad.tar.gz"),
+        lambda i, d: [(i, d)] + ([(member(name), b"x")] if i.name == "manifest.json" else []),
+    )
     assert_refused(bad, tmp_path, f"unexpected entry in archive: {name}")
 
 
 def test_restore_refuses_duplicates(archive: str, tmp_path: Any) -> None:
-    bad = rewrite(archive, str(tmp_path / "bad.tar.gz"), lambda i, d: [(i, d), (i, d)] if i.name == "oxidb.sqlite3" else [(i, d)])
+    bad = rewrite(
+        archive, str(tmp_path / "bad.tar.gz"), lambda i, d: [(i, d), (i, d)] if i.name == "oxidb.sqlite3" else [(i, d)]
+    )
     assert_refused(bad, tmp_path, "duplicate entry in archive: oxidb.sqlite3")
 
 
@@ -433,7 +443,9 @@ def test_restore_checks_the_manifest(archive: str, tmp_path: Any) -> None:
             data = data[:-1] + bytes([data[-1] ^ 1])
         return [(info, data)]
 
-    assert_refused(rewrite(archive, str(tmp_path / "t1.tar.gz"), tamper_db), tmp_path, "checksum mismatch for oxidb.sqlite3")
+    assert_refused(
+        rewrite(archive, str(tmp_path / "t1.tar.gz"), tamper_db), tmp_path, "checksum mismatch for oxidb.sqlite3"
+    )
     assert_refused(
         rewrite(archive, str(tmp_path / "t2.tar.gz"), lambda i, d: [] if i.name == "manifest.json" else [(i, d)]),
         tmp_path,
@@ -453,10 +465,24 @@ def test_restore_checks_the_manifest(archive: str, tmp_path: Any) -> None:
 
         return edit
 
-    assert_refused(rewrite(archive, str(tmp_path / "t4.tar.gz"), manifest_edit({"format_version": 2})), tmp_path, "unsupported backup format version: 2")
-    assert_refused(rewrite(archive, str(tmp_path / "t5.tar.gz"), manifest_edit({"format": "zip"})), tmp_path, "not an oxidb-backup archive")
-    assert_refused(rewrite(archive, str(tmp_path / "t6.tar.gz"), manifest_edit({"files": "x"})), tmp_path, "bad manifest.json")
-    assert_refused(rewrite(archive, str(tmp_path / "t7.tar.gz"), manifest_edit({"collections": ["other"]})), tmp_path, "does not hold the manifest's collections")
+    assert_refused(
+        rewrite(archive, str(tmp_path / "t4.tar.gz"), manifest_edit({"format_version": 2})),
+        tmp_path,
+        "unsupported backup format version: 2",
+    )
+    assert_refused(
+        rewrite(archive, str(tmp_path / "t5.tar.gz"), manifest_edit({"format": "zip"})),
+        tmp_path,
+        "not an oxidb-backup archive",
+    )
+    assert_refused(
+        rewrite(archive, str(tmp_path / "t6.tar.gz"), manifest_edit({"files": "x"})), tmp_path, "bad manifest.json"
+    )
+    assert_refused(
+        rewrite(archive, str(tmp_path / "t7.tar.gz"), manifest_edit({"collections": ["other"]})),
+        tmp_path,
+        "does not hold the manifest's collections",
+    )
     assert_refused(
         rewrite(archive, str(tmp_path / "t8.tar.gz"), lambda i, d: [(i, b"{nope" if i.name == "manifest.json" else d)]),
         tmp_path,

@@ -84,7 +84,9 @@ def test_object_round_trip(server: MemoryServer) -> None:
     assert ok(server, {"cmd": "head_object", "bucket": "b", "key": "dir/file.bin"}) == record
     assert ok(server, {"cmd": "list_objects", "bucket": "b"}) == [record]
     assert ok(server, {"cmd": "delete_object", "bucket": "b", "key": "dir/file.bin"}) == "object deleted"
-    assert error(server, {"cmd": "head_object", "bucket": "b", "key": "dir/file.bin"}) == "blob not found: b/dir/file.bin"
+    assert (
+        error(server, {"cmd": "head_object", "bucket": "b", "key": "dir/file.bin"}) == "blob not found: b/dir/file.bin"
+    )
 
 
 def test_created_at_comes_from_the_server_clock(server: MemoryServer) -> None:
@@ -151,8 +153,14 @@ def test_search_sees_writes_immediately(server: MemoryServer) -> None:
         ({"cmd": "put_object", "bucket": "b", "key": "k"}, "missing 'data' (base64)"),
         ({"cmd": "put_object", "bucket": "b", "key": "k", "data": [1, 2]}, "missing 'data' (base64)"),
         ({"cmd": "put_object", "bucket": "b", "key": "k", "data": "QQ"}, "invalid base64: Invalid padding"),
-        ({"cmd": "put_object", "bucket": "b", "key": "k", "data": "QQ==\n"}, "invalid base64: Invalid symbol 10, offset 4."),
-        ({"cmd": "put_object", "bucket": "b", "key": "k", "data": "aGk-"}, "invalid base64: Invalid symbol 45, offset 3."),
+        (
+            {"cmd": "put_object", "bucket": "b", "key": "k", "data": "QQ==\n"},
+            "invalid base64: Invalid symbol 10, offset 4.",
+        ),
+        (
+            {"cmd": "put_object", "bucket": "b", "key": "k", "data": "aGk-"},
+            "invalid base64: Invalid symbol 45, offset 3.",
+        ),
         ({"cmd": "get_object", "bucket": "b"}, "missing 'key'"),
         ({"cmd": "get_object", "key": "k"}, "missing 'bucket'"),
         ({"cmd": "head_object", "bucket": "b", "key": 1}, "missing 'key'"),

@@ -332,7 +332,9 @@ def test_size_limit(engine: Engine) -> None:
     over = base64.b64encode(b"\x00" * (blobs.MAX_OBJECT_BYTES + 1)).decode()
     assert blobs.decoded_size(at_limit) == blobs.MAX_OBJECT_BYTES
     assert blobs.decoded_size(over) == blobs.MAX_OBJECT_BYTES + 1
-    with pytest.raises(TooLargeError, match=rf"^object too large: {blobs.MAX_OBJECT_BYTES + 1} bytes \(limit 12582912\)$"):
+    with pytest.raises(
+        TooLargeError, match=rf"^object too large: {blobs.MAX_OBJECT_BYTES + 1} bytes \(limit 12582912\)$"
+    ):
         engine.apply({"PutObject": {"bucket": "b", "key": "big", "data_b64": over}}, NOW)
     record = engine.apply({"PutObject": {"bucket": "b", "key": "big", "data_b64": at_limit}}, NOW)
     assert record["size"] == blobs.MAX_OBJECT_BYTES

@@ -125,7 +125,13 @@ def test_extraction_never_raises(data: bytes, content_type: str) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.recursive(st.text() | st.integers() | st.booleans() | st.none(), lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner), max_leaves=20))
+@given(
+    st.recursive(
+        st.text() | st.integers() | st.booleans() | st.none(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+        max_leaves=20,
+    )
+)
 def test_json_extraction_collects_every_string(value: object) -> None:
     strings: list[str] = []
 

@@ -49,7 +49,9 @@ def test_cluster_mode_always_needs_peer_authentication(addr: str) -> None:
     with pytest.raises(ConfigError) as info:
         ClusterSettings.from_config(bare)
     message = str(info.value)
-    assert f"cluster mode needs peer authentication on the Raft port (OXIDB_RAFT_ADDR={addr}), also on loopback" in message
+    assert (
+        f"cluster mode needs peer authentication on the Raft port (OXIDB_RAFT_ADDR={addr}), also on loopback" in message
+    )
     for name in ("OXIDB_CLUSTER_KEY", "OXIDB_RAFT_TLS_CERT", "OXIDB_RAFT_TLS_KEY", "OXIDB_RAFT_TLS_CA"):
         assert name in message
     settings = ClusterSettings.from_config(config(OXIDB_RAFT_ADDR=addr))
@@ -129,7 +131,9 @@ def test_timings_must_be_consistent() -> None:
 
 
 def test_the_published_address() -> None:
-    assert ClusterSettings.from_config(config(OXIDB_RAFT_ADDR="127.0.0.1:0")).published_address(4711) == "127.0.0.1:4711"
+    assert (
+        ClusterSettings.from_config(config(OXIDB_RAFT_ADDR="127.0.0.1:0")).published_address(4711) == "127.0.0.1:4711"
+    )
     wildcard = ClusterSettings.from_config(config(OXIDB_RAFT_ADDR="0.0.0.0:5000"))
     assert wildcard.published_address(5000) is None
     advertised = ClusterSettings.from_config(
@@ -169,7 +173,9 @@ def write_pki(directory: Path, name: str) -> dict[str, str]:
         cert = make_cert(f"{name} {node}", key, ca, ca_key)
         (directory / f"{node}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         (directory / f"{node}.key").write_bytes(
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
         )
         paths[node] = str(directory / node)
     (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))

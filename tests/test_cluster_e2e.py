@@ -76,7 +76,11 @@ def test_bootstrap_failover_restart_and_snapshot_catch_up(cluster: LocalCluster)
     more = [ok(cluster.request(follower, {"cmd": "insert", "collection": "docs", "doc": {"n": 10000 + k}}))["id"]
             for k in range(30)]
     assert more == list(range(10001, 10031))
-    ok(cluster.request(leader, {"cmd": "update", "collection": "docs", "query": {"batch": 3}, "update": {"$set": {"seen": True}}}))
+    ok(
+        cluster.request(
+            leader, {"cmd": "update", "collection": "docs", "query": {"batch": 3}, "update": {"$set": {"seen": True}}}
+        )
+    )
 
     # The killed node comes back on its data with no command and catches up.
     cluster.start(1)

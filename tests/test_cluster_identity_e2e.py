@@ -96,7 +96,9 @@ def test_upstream_bootstrap_then_a_wiped_node_loses_nothing(cluster: LocalCluste
     more = ok(cluster.request(2, {"cmd": "insert", "collection": "docs", "doc": {"n": 200}}))["id"]
     assert more == 201
     want = everything(cluster, 1)
-    wait_until(lambda: all(cluster.metrics(i)["last_applied"] == cluster.metrics(1)["last_applied"] for i in (2, 3)), 20)
+    wait_until(
+        lambda: all(cluster.metrics(i)["last_applied"] == cluster.metrics(1)["last_applied"] for i in (2, 3)), 20
+    )
     for node in (2, 3):
         assert everything(cluster, node) == want
     status = ok(cluster.request(1, {"cmd": "raft_status"}))

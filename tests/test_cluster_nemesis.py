@@ -291,7 +291,9 @@ class Nemesis:
 class Client(threading.Thread):
     """Writes and linearizably reads registers on random nodes until told to stop."""
 
-    def __init__(self, number: int, nemesis: Nemesis, history: History, stop: threading.Event, ops: Iterator[int]) -> None:
+    def __init__(
+        self, number: int, nemesis: Nemesis, history: History, stop: threading.Event, ops: Iterator[int]
+    ) -> None:
         super().__init__(name=f"nemesis-client-{number}", daemon=True)
         self.number = number
         self.nemesis = nemesis
@@ -509,7 +511,10 @@ def test_nemesis(nemesis: Nemesis) -> None:
             json.dumps([op.kind, op.client, op.value or op.output, op.call, op.ret])
             for op in sorted(by_key[bad[0]], key=lambda o: o.call)
         )
-        pytest.fail(f"not linearizable: keys {bad}\nhistory of {bad[0]} (kind, client, value, call, return):\n{excerpt}\n{context}")
+        pytest.fail(
+            f"not linearizable: keys {bad}\n"
+            f"history of {bad[0]} (kind, client, value, call, return):\n{excerpt}\n{context}"
+        )
 
     # No node may have lost control of an exception on the way.
     errors = unhandled_errors(Path(nemesis.cluster.root))

@@ -54,10 +54,17 @@ def ctx(engine: Engine) -> CommandContext:
     return CommandContext(Session.anonymous_admin(), services)
 
 
+def run_row(ctx: CommandContext, cmd: str, request: dict[str, Any]) -> Any:
+    """The row's schema, then its handler, as the dispatcher runs them."""
+    command = default_registry().get(cmd)
+    assert command is not None, cmd
+    command.schema.validate(request)
+    return command.handler(ctx, request)
+
+
 def call(ctx: CommandContext, cmd: str, **request: Any) -> Any:
-    """The handler's reply data as a JSON client receives it."""
-    handler = default_registry().get(cmd).handler  # type: ignore[union-attr]
-    data = result_of(maybeDeferred(handler, ctx, {"cmd": cmd, **request}))
+    """The command's reply data as a JSON client receives it."""
+    data = result_of(maybeDeferred(run_row, ctx, cmd, {"cmd": cmd, **request}))
     return decode_reply(encode_ok(WireFormat.JSON, data))["data"]
 
 
@@ -97,7 +104,12 @@ def test_reply_shapes(ctx: CommandContext) -> None:
     assert call(ctx, "create_unique_index", collection="users", field="name") == "unique index created"
     assert call(ctx, "create_composite_index", collection="users", fields=["name", "age"]) == {"index": "name_age"}
     assert call(ctx, "create_text_index", collection="users", fields=["name"]) == "text index created"
-    assert [i["index_type"] for i in call(ctx, "list_indexes", collection="users")] == ["field", "unique", "composite", "text"]
+    assert [i["index_type"] for i in call(ctx, "list_indexes", collection="users")] == [
+        "field",
+        "unique",
+        "composite",
+        "text",
+    ]
     hits = call(ctx, "text_search", collection="users", query="ada")
     assert [(h["_id"], type(h["_score"])) for h in hits] == [(1, float)]
     assert call(ctx, "drop_index", collection="users", index="name_age") == "index dropped"
@@ -138,7 +150,11 @@ def test_writes_take_the_time_from_the_clock(ctx: CommandContext) -> None:
         ("update", {"collection": "c", "update": {"$set": {"a": 1}}}, "missing 'query'"),
         ("update", {"collection": "c", "query": {}}, "missing 'update'"),
         ("update", {"collection": "c", "query": {}, "update": []}, "invalid query: update must be an object"),
-        ("update_one", {"collection": "c", "query": {}, "update": {}}, "invalid query: update must contain at least one operator"),
+        (
+            "update_one",
+            {"collection": "c", "query": {}, "update": {}},
+            "invalid query: update must contain at least one operator",
+        ),
         ("delete", {"collection": "c"}, "missing 'query'"),
         ("delete", {"collection": "c", "query": {}, "limit": -1}, "'limit' must be a non-negative integer"),
         ("delete", {"collection": "c", "query": {}, "limit": 1.5}, "'limit' must be a non-negative integer"),
@@ -154,7 +170,11 @@ def test_writes_take_the_time_from_the_clock(ctx: CommandContext) -> None:
         ("list_indexes", {}, "missing 'collection'"),
         ("text_search", {"collection": "c"}, "missing 'query' string"),
         ("text_search", {"collection": "c", "query": 5}, "missing 'query' string"),
-        ("text_search", {"collection": "c", "query": "x"}, "invalid query: no text index on this collection; create one with create_text_index"),
+        (
+            "text_search",
+            {"collection": "c", "query": "x"},
+            "invalid query: no text index on this collection; create one with create_text_index",
+        ),
         ("aggregate", {"collection": "c"}, "missing 'pipeline'"),
         ("aggregate", {"collection": "c", "pipeline": {}}, "invalid pipeline: pipeline must be an array"),
         ("compact", {}, "missing 'collection'"),
@@ -275,8 +295,7 @@ AWKWARD_DOCS = [
 
 
 def _handler_data(ctx: CommandContext, cmd: str, **request: Any) -> Any:
-    handler = default_registry().get(cmd).handler  # type: ignore[union-attr]
-    return result_of(maybeDeferred(handler, ctx, {"cmd": cmd, **request}))
+    return result_of(maybeDeferred(run_row, ctx, cmd, {"cmd": cmd, **request}))
 
 
 def test_find_replies_embed_stored_texts(ctx: CommandContext, engine: Engine) -> None:

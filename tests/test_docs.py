@@ -34,7 +34,7 @@ def test_security_doc_limits_tables_list_every_limit() -> None:
     groups = section.split("\n### ")[1:]
     titles = ["Queries, aggregation and search", "Connections, frames and the worker pool", "Login", "Raft port"]
     assert [g.splitlines()[0] for g in groups] == titles
-    for group, rows in zip(groups, (ENGINE_ROWS, SERVER_ROWS, AUTH_ROWS, RAFT_ROWS)):
+    for group, rows in zip(groups, (ENGINE_ROWS, SERVER_ROWS, AUTH_ROWS, RAFT_ROWS), strict=True):
         for row in rows:
             line = f"| `{row.env}` | `--{row.option}` | `{row.default}` |"
             assert line in group, line

@@ -63,7 +63,9 @@ def test_login_roles_and_audit(secured: ServerProcess) -> None:
     assert login(client, "nobody", "wrong")["error"] == "authentication failed"
     assert login(client, "admin", password)["data"]["done"] is True
     assert client.request({"cmd": "insert", "collection": "c", "doc": {"a": 1}}) == {"ok": True, "data": {"id": 1}}
-    assert client.request({"cmd": "create_user", "username": "reader", "password": "s3cret-reader", "role": "read"})["ok"]
+    assert client.request({"cmd": "create_user", "username": "reader", "password": "s3cret-reader", "role": "read"})[
+        "ok"
+    ]
 
     reader = secured.client()
     assert login(reader, "reader", "s3cret-reader")["ok"]

@@ -70,7 +70,9 @@ def test_startup_log_line(server: ServerProcess) -> None:
 )
 def test_bad_configuration_exits_non_zero_with_a_message(tmp_path: Any, env: dict[str, str], fragment: str) -> None:
     full = dict(os.environ, OXIDB_DATA=str(tmp_path / "d"), **env)
-    result = subprocess.run([TWISTD, "-n", "--pidfile=", "oxidb"], env=full, capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "oxidb"], env=full, capture_output=True, text=True, cwd=tmp_path
+    )
     assert result.returncode != 0
     assert fragment in result.stderr
     assert "Traceback" not in result.stderr
@@ -78,7 +80,9 @@ def test_bad_configuration_exits_non_zero_with_a_message(tmp_path: Any, env: dic
 
 def test_port_in_use_fails_startup(tmp_path: Any, server: ServerProcess) -> None:
     env = dict(os.environ, OXIDB_DATA=str(tmp_path / "other"), OXIDB_ADDR=f"127.0.0.1:{server.port}")
-    result = subprocess.run([TWISTD, "-n", "--pidfile=", "oxidb"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "oxidb"], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
     assert result.returncode != 0
     assert "Address already in use" in result.stderr + result.stdout
 
@@ -105,7 +109,9 @@ def test_plugin_is_discovered_from_an_installed_wheel(tmp_path: Any) -> None:
     ).stdout.strip()
     with open(os.path.join(site, "deps.pth"), "w") as f:
         f.write(deps + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site, str(wheel)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site, str(wheel)], check=True
+    )
     probe = (
         "from twisted.plugin import getPlugins; from twisted.application.service import IServiceMaker;"
         "import oxidb, sys; m = [p for p in getPlugins(IServiceMaker) if p.tapname == 'oxidb'];"
@@ -149,7 +155,9 @@ def test_acknowledged_writes_survive_sigkill(server: ServerProcess) -> None:
     client = server.client()
     acknowledged = []
     for i in range(300):
-        reply = client.request({"cmd": "insert_many", "collection": "log", "docs": [{"i": i, "j": j} for j in range(5)]})
+        reply = client.request(
+            {"cmd": "insert_many", "collection": "log", "docs": [{"i": i, "j": j} for j in range(5)]}
+        )
         assert reply["ok"], reply
         acknowledged.append(reply["data"])
     client.send_raw(b'{"cmd":"insert_many","collection":"log","docs":[{"last":1},{"last":2}]}')

@@ -37,7 +37,7 @@ def run(pipeline: list[Any], docs: list[Doc]) -> list[Doc]:
 
 
 def same(actual: list[Doc], expected: list[Doc]) -> bool:
-    return len(actual) == len(expected) and all(json_equal(a, e) for a, e in zip(actual, expected))
+    return len(actual) == len(expected) and all(json_equal(a, e) for a, e in zip(actual, expected, strict=True))
 
 
 ORDERS: list[Doc] = [
@@ -270,10 +270,20 @@ def test_sort_skip_limit() -> None:
         ({"cust": True, "_id": 0}, [{"cust": "a"}, {}, {"cust": None}]),
         ({"_id": 1}, None),
         ({"_id": 0}, [{k: v for k, v in d.items() if k != "_id"} for d in [ORDERS[0], ORDERS[3], ORDERS[4]]]),
-        ({"tags": 0, "addr": False}, [{"_id": 1, "cust": "a", "amount": 10, "qty": 2}, {"_id": 4, "amount": "n/a", "qty": 3}, {"_id": 5, "cust": None, "amount": 0.5, "qty": 1}]),
+        (
+            {"tags": 0, "addr": False},
+            [
+                {"_id": 1, "cust": "a", "amount": 10, "qty": 2},
+                {"_id": 4, "amount": "n/a", "qty": 3},
+                {"_id": 5, "cust": None, "amount": 0.5, "qty": 1},
+            ],
+        ),
         ({"addr.city": 1}, [{"_id": 1, "addr.city": "P"}, {"_id": 4}, {"_id": 5}]),
         ({"addr.city": 0}, None),
-        ({"x": "$amount", "qty": 1}, [{"_id": 1, "x": 10, "qty": 2}, {"_id": 4, "x": "n/a", "qty": 3}, {"_id": 5, "x": 0.5, "qty": 1}]),
+        (
+            {"x": "$amount", "qty": 1},
+            [{"_id": 1, "x": 10, "qty": 2}, {"_id": 4, "x": "n/a", "qty": 3}, {"_id": 5, "x": 0.5, "qty": 1}],
+        ),
         ({"x": "$nope"}, [{"_id": 1, "x": None}, {"_id": 4, "x": None}, {"_id": 5, "x": None}]),
         ({"two": 2, "text": "text", "f": 1.0}, [{"_id": i, "two": 2, "text": "text", "f": 1.0} for i in (1, 4, 5)]),
         ({"_id": "$cust", "qty": 1}, [{"_id": "a", "qty": 2}, {"_id": None, "qty": 3}, {"_id": None, "qty": 1}]),
@@ -376,10 +386,16 @@ def test_lookup() -> None:
         ([{"$group": 5}], "invalid pipeline: $group must be an object"),
         ([{"$group": {"_id": None, "n": 1}}], "invalid pipeline: accumulator must be an object"),
         ([{"$group": {"_id": None, "n": {}}}], "invalid pipeline: accumulator must have exactly one operator"),
-        ([{"$group": {"_id": None, "n": {"$sum": 1, "$avg": 1}}}], "invalid pipeline: accumulator must have exactly one operator"),
+        (
+            [{"$group": {"_id": None, "n": {"$sum": 1, "$avg": 1}}}],
+            "invalid pipeline: accumulator must have exactly one operator",
+        ),
         ([{"$group": {"_id": None, "n": {"$stdDev": 1}}}], "invalid pipeline: unknown accumulator: $stdDev"),
         ([{"$group": {"_id": {"$add": 1}}}], "invalid pipeline: $add requires an array"),
-        ([{"$group": {"_id": None, "n": {"$sum": {"$divide": [1]}}}}], "invalid pipeline: $divide requires exactly 2 arguments"),
+        (
+            [{"$group": {"_id": None, "n": {"$sum": {"$divide": [1]}}}}],
+            "invalid pipeline: $divide requires exactly 2 arguments",
+        ),
         ([{"$sort": [1]}], "invalid pipeline: $sort must be an object"),
         ([{"$sort": {"a": 0}}], "invalid pipeline: sort direction must be 1 or -1"),
         ([{"$sort": {"a": 1.0}}], "invalid pipeline: sort direction must be 1 or -1"),
@@ -398,10 +414,22 @@ def test_lookup() -> None:
         ([{"$unwind": {"path": 1}}], "invalid pipeline: $unwind requires 'path' string"),
         ([{"$addFields": []}], "invalid pipeline: $addFields must be an object"),
         ([{"$addFields": {"a": {"$subtract": [1]}}}], "invalid pipeline: $subtract requires exactly 2 arguments"),
-        ([{"$lookup": {"localField": "a", "foreignField": "b", "as": "c"}}], "invalid pipeline: $lookup requires 'from' string"),
-        ([{"$lookup": {"from": "x", "foreignField": "b", "as": "c"}}], "invalid pipeline: $lookup requires 'localField' string"),
-        ([{"$lookup": {"from": "x", "localField": "a", "as": "c"}}], "invalid pipeline: $lookup requires 'foreignField' string"),
-        ([{"$lookup": {"from": "x", "localField": "a", "foreignField": "b", "as": 1}}], "invalid pipeline: $lookup requires 'as' string"),
+        (
+            [{"$lookup": {"localField": "a", "foreignField": "b", "as": "c"}}],
+            "invalid pipeline: $lookup requires 'from' string",
+        ),
+        (
+            [{"$lookup": {"from": "x", "foreignField": "b", "as": "c"}}],
+            "invalid pipeline: $lookup requires 'localField' string",
+        ),
+        (
+            [{"$lookup": {"from": "x", "localField": "a", "as": "c"}}],
+            "invalid pipeline: $lookup requires 'foreignField' string",
+        ),
+        (
+            [{"$lookup": {"from": "x", "localField": "a", "foreignField": "b", "as": 1}}],
+            "invalid pipeline: $lookup requires 'as' string",
+        ),
         ([{"$lookup": "x"}], "invalid pipeline: $lookup requires 'from' string"),
     ],
 )

@@ -170,7 +170,15 @@ def test_register_operation(data_dir: str) -> None:
             engine.register_operation(Transfer, transfer)
         with pytest.raises(ValueError):
             engine.register_operation(Duplicate, transfer)
-        engine.apply({"InsertMany": {"collection": "acct", "documents": [{"name": "a", "balance": 10}, {"name": "b", "balance": 0}]}}, 0.0)
+        engine.apply(
+            {
+                "InsertMany": {
+                    "collection": "acct",
+                    "documents": [{"name": "a", "balance": 10}, {"name": "b", "balance": 0}],
+                }
+            },
+            0.0,
+        )
         assert engine.apply(Transfer("a", "b", 7), 0.0) == {"moved": 1, "version": 2}
         with pytest.raises(InvalidQueryError, match="insufficient funds"):
             engine.apply({"Transfer": {"payer": "a", "payee": "b", "amount": 7}}, 0.0)
@@ -226,7 +234,9 @@ def test_closed_engine(data_dir: str) -> None:
 
 def test_apply_on_the_writer_thread_is_refused(data_dir: str) -> None:
     with Engine(data_dir) as engine:
-        engine.register_operation(Nested, lambda txn, op, now: engine.apply({"Insert": {"collection": "c", "document": {}}}, now))
+        engine.register_operation(
+            Nested, lambda txn, op, now: engine.apply({"Insert": {"collection": "c", "document": {}}}, now)
+        )
         with pytest.raises(RuntimeError, match="writer thread"):
             engine.apply({"Nested": {}}, 0.0)
 

@@ -293,7 +293,7 @@ def test_text_search_collapses_duplicate_terms(make_engine: Callable[..., Engine
     once = engine.text_search("c", "hello")
     many = engine.text_search("c", "hello " * 2000)
     assert [d["_id"] for d in many] == [d["_id"] for d in once]
-    for single, repeated in zip(once, many):
+    for single, repeated in zip(once, many, strict=True):
         assert repeated["_score"] == pytest.approx(2000 * single["_score"])
 
 
@@ -379,7 +379,9 @@ def test_skip_and_limit_beyond_int64_are_clear_errors(make_engine: Callable[...,
         with pytest.raises(InvalidQueryError, match="^invalid query: limit must be at most 9223372036854775807$"):
             engine.find("c", {}, sort, None, big)
     for stage in ("$skip", "$limit"):
-        with pytest.raises(InvalidPipelineError, match=f"^invalid pipeline: \\{stage} must be at most 9223372036854775807$"):
+        with pytest.raises(
+            InvalidPipelineError, match=f"^invalid pipeline: \\{stage} must be at most 9223372036854775807$"
+        ):
             engine.aggregate("c", [{stage: big}])
 
 

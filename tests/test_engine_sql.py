@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import Any
 
 import orjson
@@ -61,7 +62,7 @@ def test_key_order_edge_cases() -> None:
         "", "2024-02-30", "Z", "[1,2]", "a", "é", "\U0001f600",
     ]
     encoded = [keys.encode_key(v) for v in ordered]
-    for (va, ea), (vb, eb) in zip(zip(ordered, encoded), zip(ordered[1:], encoded[1:])):
+    for (va, ea), (vb, eb) in pairwise(zip(ordered, encoded, strict=True)):
         assert values.compare(va, vb) <= 0
         assert (ea < eb) == (values.compare(va, vb) < 0), (va, vb)
     assert keys.encode_key(1) == keys.encode_key(1.0) == keys.encode_key(True is False or 1)
@@ -205,7 +206,7 @@ def test_unsorted_reads_aggregate_inside_sqlite(indexed: tuple[Engine, str]) -> 
     conn = engine._reader_conn()
     conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 5000)
     try:
-        for query, docs in zip(queries, expected):
+        for query, docs in zip(queries, expected, strict=True):
             assert engine.find("people", query) == docs
             assert engine.find_raw("people", query) == orjson.dumps(docs).decode()
     finally:

@@ -57,7 +57,16 @@ prefix_stages = st.one_of(
 later_stages = st.one_of(
     prefix_stages,
     st.builds(
-        lambda key: {"$group": {"_id": key, "n": {"$sum": 1}, "total": {"$sum": "$n"}, "avg": {"$avg": "$n"}, "lo": {"$min": "$a"}, "all": {"$push": "$k"}}},
+        lambda key: {
+            "$group": {
+                "_id": key,
+                "n": {"$sum": 1},
+                "total": {"$sum": "$n"},
+                "avg": {"$avg": "$n"},
+                "lo": {"$min": "$a"},
+                "all": {"$push": "$k"},
+            }
+        },
         st.sampled_from([None, "$k", "$a", {"x": "$k", "y": "$b"}]),
     ),
     st.builds(lambda f: {"$project": {f: 1, "twice": {"$multiply": ["$n", 2]}}}, fields),
@@ -91,7 +100,12 @@ def _outcome(fn: Any) -> Any:
 
 
 @PROPERTY
-@given(docs=st.lists(documents, max_size=10), others=st.lists(documents, max_size=4), indexed=st.booleans(), pipeline=pipelines)
+@given(
+    docs=st.lists(documents, max_size=10),
+    others=st.lists(documents, max_size=4),
+    indexed=st.booleans(),
+    pipeline=pipelines,
+)
 def test_aggregate_matches_reference(
     engine: Engine, docs: list[dict[str, Any]], others: list[dict[str, Any]], indexed: bool, pipeline: list[Any]
 ) -> None:
@@ -118,7 +132,14 @@ def test_leading_match_runs_in_sql(engine: Engine, monkeypatch: pytest.MonkeyPat
     conn.set_trace_callback(statements.append)
     try:
         result = engine.aggregate(
-            "pushed", [{"$match": {"n": {"$gte": 10}}}, {"$sort": {"n": -1}}, {"$skip": 2}, {"$limit": 3}, {"$project": {"n": 1, "_id": 0}}]
+            "pushed",
+            [
+                {"$match": {"n": {"$gte": 10}}},
+                {"$sort": {"n": -1}},
+                {"$skip": 2},
+                {"$limit": 3},
+                {"$project": {"n": 1, "_id": 0}},
+            ],
         )
     finally:
         conn.set_trace_callback(None)
@@ -133,7 +154,10 @@ WORDS = ["apple", "banana", "cherry", "the", "a", "Apple", "date-fig", "x", "üb
 texts = st.lists(st.sampled_from(WORDS), max_size=6).map(" ".join)
 text_docs = st.fixed_dictionaries(
     {},
-    optional={"title": texts, "body": st.one_of(texts, st.lists(st.one_of(texts, st.integers()), max_size=3), st.integers())},
+    optional={
+        "title": texts,
+        "body": st.one_of(texts, st.lists(st.one_of(texts, st.integers()), max_size=3), st.integers()),
+    },
 )
 
 
@@ -167,7 +191,9 @@ def test_text_search_matches_reference(
     engine.apply({"InsertMany": {"collection": name, "documents": docs}}, 0.0)
     engine.apply({"Delete": {"collection": name, "query": {"_id": {"$in": sorted(delete)}}}}, 0.0)
     for doc_id, title in changed.items():
-        engine.apply({"Update": {"collection": name, "query": {"_id": doc_id}, "update": {"$set": {"title": title}}}}, 0.0)
+        engine.apply(
+            {"Update": {"collection": name, "query": {"_id": doc_id}, "update": {"$set": {"title": title}}}}, 0.0
+        )
     if not early:
         engine.apply({"CreateTextIndex": {"collection": name, "fields": fields}}, 0.0)
     stored = engine.find(name)
@@ -179,10 +205,15 @@ def test_text_search_matches_reference(
 
 
 def test_text_search_errors_and_shapes(engine: Engine) -> None:
-    with pytest.raises(InvalidQueryError, match="^invalid query: no text index on this collection; create one with create_text_index$"):
+    with pytest.raises(
+        InvalidQueryError, match="^invalid query: no text index on this collection; create one with create_text_index$"
+    ):
         engine.text_search("no_text_index", "apple", 10)
     engine.apply({"CreateTextIndex": {"collection": "shapes", "fields": ["t"]}}, 0.0)
-    engine.apply({"InsertMany": {"collection": "shapes", "documents": [{"t": "apple pie", "_score": "stored"}, {"t": "the"}]}}, 0.0)
+    engine.apply(
+        {"InsertMany": {"collection": "shapes", "documents": [{"t": "apple pie", "_score": "stored"}, {"t": "the"}]}},
+        0.0,
+    )
     assert engine.text_search("shapes", "the a", 10) == []
     (hit,) = engine.text_search("shapes", "apple", 10)
     assert isinstance(hit["_score"], float) and hit["t"] == "apple pie"

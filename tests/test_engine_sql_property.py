@@ -80,7 +80,13 @@ def _field_conditions(draw: Any) -> Any:
     if op == "$regex":
         return {op: draw(st.sampled_from(["a", "^b", "A", "20", "é$"])), "$options": draw(st.sampled_from(["", "i"]))}
     if op == "$not":
-        return {op: {draw(st.sampled_from(["$gt", "$eq", "$in", "$exists"])): draw(st.sampled_from([1, None, "a", [1, None], True]))}}
+        return {
+            op: {
+                draw(st.sampled_from(["$gt", "$eq", "$in", "$exists"])): draw(
+                    st.sampled_from([1, None, "a", [1, None], True])
+                )
+            }
+        }
     if op == "$size":
         return {op: draw(st.integers(0, 3))}
     if op == "$type":
@@ -115,7 +121,10 @@ INDEX_SETUPS: dict[str, list[dict[str, dict[str, Any]]]] = {
     "field": [{"CreateIndex": {"field": p}} for p in ["a", "b", "a.b", 'q"q', "c"]],
     # Unique indexes on fields the generated documents never hold twice.
     "unique": [{"CreateUniqueIndex": {"field": "_id"}}, {"CreateUniqueIndex": {"field": "_version.x"}}],
-    "composite": [{"CreateCompositeIndex": {"fields": ["a", "b"]}}, {"CreateCompositeIndex": {"fields": ["b", "a.b", "c"]}}],
+    "composite": [
+        {"CreateCompositeIndex": {"fields": ["a", "b"]}},
+        {"CreateCompositeIndex": {"fields": ["b", "a.b", "c"]}},
+    ],
     "text": [{"CreateTextIndex": {"fields": ["a", "b"]}}],
 }
 
@@ -187,31 +196,41 @@ def _check_find(engine: Engine, setup: str, docs: list[dict[str, Any]], data: st
 
 @PROPERTY
 @given(docs=st.lists(documents, max_size=12), data=st.data())
-def test_find_matches_reference_without_indexes(engine: Engine, docs: list[dict[str, Any]], data: st.DataObject) -> None:
+def test_find_matches_reference_without_indexes(
+    engine: Engine, docs: list[dict[str, Any]], data: st.DataObject
+) -> None:
     _check_find(engine, "none", docs, data)
 
 
 @PROPERTY
 @given(docs=st.lists(documents, max_size=12), data=st.data())
-def test_find_matches_reference_with_field_indexes(engine: Engine, docs: list[dict[str, Any]], data: st.DataObject) -> None:
+def test_find_matches_reference_with_field_indexes(
+    engine: Engine, docs: list[dict[str, Any]], data: st.DataObject
+) -> None:
     _check_find(engine, "field", docs, data)
 
 
 @PROPERTY
 @given(docs=st.lists(documents, max_size=12), data=st.data())
-def test_find_matches_reference_with_unique_indexes(engine: Engine, docs: list[dict[str, Any]], data: st.DataObject) -> None:
+def test_find_matches_reference_with_unique_indexes(
+    engine: Engine, docs: list[dict[str, Any]], data: st.DataObject
+) -> None:
     _check_find(engine, "unique", docs, data)
 
 
 @PROPERTY
 @given(docs=st.lists(documents, max_size=12), data=st.data())
-def test_find_matches_reference_with_composite_indexes(engine: Engine, docs: list[dict[str, Any]], data: st.DataObject) -> None:
+def test_find_matches_reference_with_composite_indexes(
+    engine: Engine, docs: list[dict[str, Any]], data: st.DataObject
+) -> None:
     _check_find(engine, "composite", docs, data)
 
 
 @PROPERTY
 @given(docs=st.lists(documents, max_size=12), data=st.data())
-def test_find_matches_reference_with_text_index(engine: Engine, docs: list[dict[str, Any]], data: st.DataObject) -> None:
+def test_find_matches_reference_with_text_index(
+    engine: Engine, docs: list[dict[str, Any]], data: st.DataObject
+) -> None:
     _check_find(engine, "text", docs, data)
 
 
@@ -238,7 +257,9 @@ def test_delete_matches_reference(engine: Engine, docs: list[dict[str, Any]], qu
 
 @PROPERTY
 @given(docs=st.lists(documents, max_size=10), query=queries(), limit=st.one_of(st.none(), st.integers(0, 3)))
-def test_delete_matches_reference_with_indexes(engine: Engine, docs: list[dict[str, Any]], query: Any, limit: Any) -> None:
+def test_delete_matches_reference_with_indexes(
+    engine: Engine, docs: list[dict[str, Any]], query: Any, limit: Any
+) -> None:
     _check_delete(engine, "field", docs, query, limit)
 
 

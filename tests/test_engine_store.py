@@ -255,7 +255,9 @@ def test_unique_index_semantics(engine: Engine) -> None:
     insert(engine, "u", {})  # missing is exempt
     insert(engine, "u", {"email": None})
     for clash in ({"email": "a"}, {"email": None}):
-        with pytest.raises(UniqueViolationError, match="^unique constraint violated: field 'email' value already exists$"):
+        with pytest.raises(
+            UniqueViolationError, match="^unique constraint violated: field 'email' value already exists$"
+        ):
             insert(engine, "u", clash)
     insert(engine, "u", {"email": 1})
     with pytest.raises(UniqueViolationError):
@@ -449,7 +451,9 @@ def _query_plan(engine: Engine, collection: str, query: dict[str, Any]) -> str:
     def plan(reader: Any) -> str:
         info = reader.collection(collection)
         compiled = reader.plan_for(info, compile_query(query))
-        rows = reader.conn.execute(f"EXPLAIN QUERY PLAN SELECT doc FROM {info.tbl} WHERE {compiled.where}", compiled.params)
+        rows = reader.conn.execute(
+            f"EXPLAIN QUERY PLAN SELECT doc FROM {info.tbl} WHERE {compiled.where}", compiled.params
+        )
         return " | ".join(row[-1] for row in rows)
 
     return engine.read(plan)

@@ -36,7 +36,10 @@ from oxidb.engine.textindex import (
         ("Hello, World!", ["hello", "world"]),
         ("It's the user_name-field", ["user", "name", "field"]),
         ("A x 2 and 42 is it", ["42"]),
-        ("Straße \u03a3\u0391\u03a3 \u039f\u0394\u039f\u03a3", ["straße", "\u03c3\u03b1\u03c2", "\u03bf\u03b4\u03bf\u03c2"]),
+        (
+            "Straße \u03a3\u0391\u03a3 \u039f\u0394\u039f\u03a3",
+            ["straße", "\u03c3\u03b1\u03c2", "\u03bf\u03b4\u03bf\u03c2"],
+        ),
         ("किताब पढ़ना", ["किताब", "पढ", "ना"]),
         ("مَرْحَبًا بالعالم", ["مَرْحَبًا", "بالعالم"]),
         ("שָׁלוֹם עולם", ["שָׁלוֹם", "עולם"]),

@@ -26,7 +26,7 @@ def test_unknown_limit_names_are_errors() -> None:
     with pytest.raises(TypeError):
         Limits.with_values(no_such_limit=1)
     with pytest.raises(AttributeError):
-        Limits().no_such_limit
+        _ = Limits().no_such_limit
 
 
 def test_every_row_is_a_setting_and_reaches_the_config() -> None:

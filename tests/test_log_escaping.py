@@ -49,7 +49,9 @@ def assert_clean(text: str) -> None:
 
 
 def test_escape_control() -> None:
-    assert escape_control("a\nb\rc\td\x1b[0m\x00\x7f\x85\u2028é/ok") == "a\\nb\\rc\\td\\x1b[0m\\x00\\x7f\\x85\\u2028é/ok"
+    assert (
+        escape_control("a\nb\rc\td\x1b[0m\x00\x7f\x85\u2028é/ok") == "a\\nb\\rc\\td\\x1b[0m\\x00\\x7f\\x85\\u2028é/ok"
+    )
 
 
 def captured(emit: Any) -> list[dict[str, Any]]:

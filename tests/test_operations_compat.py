@@ -77,7 +77,9 @@ def applied_index(cluster: LocalCluster) -> int:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    local = LocalCluster(str(tmp_path), env={"OXIDB_CLUSTER_KEY": KEY, "OXIDB_AUTH": "true", "OXIDB_HEALTH_OPEN": "true"})
+    local = LocalCluster(
+        str(tmp_path), env={"OXIDB_CLUSTER_KEY": KEY, "OXIDB_AUTH": "true", "OXIDB_HEALTH_OPEN": "true"}
+    )
     yield local
     local.stop()
 
@@ -132,7 +134,9 @@ def test_versions(engine: Engine) -> None:
     for version in (0, -1, "1", 1.0, None, True):
         with pytest.raises(BadRequestError, match="^malformed operation$"):
             engine.codec.decode({"Insert": {"collection": "c", "document": {}, "v": version}})
-    with pytest.raises(BadRequestError, match=r"^unsupported operation version: Insert v2 \(this server applies up to v1\)$"):
+    with pytest.raises(
+        BadRequestError, match=r"^unsupported operation version: Insert v2 \(this server applies up to v1\)$"
+    ):
         engine.codec.decode({"Insert": {"collection": "c", "document": {}, "v": 2}})
 
 

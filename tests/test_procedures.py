@@ -120,7 +120,9 @@ def test_procedures_cannot_be_written_through_insert(server: MemoryServer) -> No
 
 
 def test_a_stored_definition_is_checked_when_called(server: MemoryServer) -> None:
-    server.services.engine.apply({"Insert": {"collection": "_procedures", "document": {"name": "broken", "steps": []}}}, 0.0)
+    server.services.engine.apply(
+        {"Insert": {"collection": "_procedures", "document": {"name": "broken", "steps": []}}}, 0.0
+    )
     assert error(server, "call_procedure", name="broken") == "procedure error: 'steps' must not be empty"
 
 
@@ -168,9 +170,19 @@ def test_variable_resolution(server: MemoryServer) -> None:
 def test_dollar_strings_in_an_aggregate_pipeline_are_variables(server: MemoryServer) -> None:
     ok(server, "insert_many", collection="sales", docs=[{"amount": 2}, {"amount": 3}])
     steps = [
-        {"step": "aggregate", "collection": "sales", "pipeline": [{"$group": {"_id": None, "t": {"$sum": "$amount"}}}], "as": "r"},
+        {
+            "step": "aggregate",
+            "collection": "sales",
+            "pipeline": [{"$group": {"_id": None, "t": {"$sum": "$amount"}}}],
+            "as": "r",
+        },
         {"step": "set", "name": "amount", "value": 7},
-        {"step": "aggregate", "collection": "sales", "pipeline": [{"$group": {"_id": None, "t": {"$sum": "$amount"}}}], "as": "s"},
+        {
+            "step": "aggregate",
+            "collection": "sales",
+            "pipeline": [{"$group": {"_id": None, "t": {"$sum": "$amount"}}}],
+            "as": "s",
+        },
         {"step": "return", "value": {"r": "$r", "s": "$s"}},
     ]
     # "$amount" is replaced before the pipeline runs (v0.15): null, then 7 per document.
@@ -231,9 +243,9 @@ def test_abort_and_errors_roll_back(server: MemoryServer) -> None:
     assert run(server, [insert, {"step": "find", "collection": "c", "query": {"x": {"$bad": 1}}}]) == (
         "invalid query: unknown operator: $bad"
     )
-    assert run(server, [insert, {"step": "update", "collection": "c", "query": {}, "update": {"$inc": {"x": "a"}}}]) == (
-        "invalid query: $inc value for 'x' must be numeric"
-    )
+    assert run(
+        server, [insert, {"step": "update", "collection": "c", "query": {}, "update": {"$inc": {"x": "a"}}}]
+    ) == ("invalid query: $inc value for 'x' must be numeric")
     assert ok(server, "find", collection="c") == []
 
 
@@ -244,8 +256,10 @@ def test_transfer_procedure(server: MemoryServer) -> None:
         {"step": "if", "condition": {"$expr": {"$lt": ["$sender.balance", "$param.amount"]}},
          "then": [{"step": "abort", "message": "insufficient funds"}]},
         # No arithmetic in v0.15 procedures: the caller passes the negative amount.
-        {"step": "update", "collection": "accounts", "query": {"id": "$param.from"}, "update": {"$inc": {"balance": "$param.negative"}}},
-        {"step": "update", "collection": "accounts", "query": {"id": "$param.to"}, "update": {"$inc": {"balance": "$param.amount"}}},
+        {"step": "update", "collection": "accounts", "query": {"id": "$param.from"},
+         "update": {"$inc": {"balance": "$param.negative"}}},
+        {"step": "update", "collection": "accounts", "query": {"id": "$param.to"},
+         "update": {"$inc": {"balance": "$param.amount"}}},
         {"step": "find", "collection": "accounts", "as": "now"},
         {"step": "return", "value": "$now"},
     ]  # fmt: skip
@@ -253,7 +267,9 @@ def test_transfer_procedure(server: MemoryServer) -> None:
     result = ok(server, "call_procedure", name="p", params={"from": "A", "to": "B", "amount": 30, "negative": -30})
     assert [d["balance"] for d in result] == [70, 80]
     assert [d["balance"] for d in ok(server, "find", collection="accounts")] == [70, 80]
-    assert error(server, "call_procedure", name="p", params=["A", "B", 500, -500]) == "procedure error: insufficient funds"
+    assert (
+        error(server, "call_procedure", name="p", params=["A", "B", 500, -500]) == "procedure error: insufficient funds"
+    )
 
 
 def test_call_is_independent_of_the_connections_transaction(server: MemoryServer) -> None:
@@ -288,7 +304,9 @@ def test_conflicting_commit_of_a_call(engine: Engine) -> None:
     assert procedures.advance(call, first_id) == Finished({"ok": True})
     commit = tx.commit_operation()
     assert commit is not None
-    with pytest.raises(TransactionConflictError, match="transaction conflict on 'c' doc 1: expected version 1, found 2"):
+    with pytest.raises(
+        TransactionConflictError, match="transaction conflict on 'c' doc 1: expected version 1, found 2"
+    ):
         engine.apply(commit, NOW)
     assert engine.find("log") == []
 
@@ -402,7 +420,10 @@ def test_engine_errors_inside_steps_keep_their_text(server: MemoryServer) -> Non
 
 def test_step_limit(server: MemoryServer) -> None:
     steps = [{"step": "set", "name": "x", "value": i} for i in range(procedures.MAX_STEPS)]
-    assert run(server, [*steps, {"step": "return", "value": "$x"}]) == f"procedure error: step limit exceeded ({procedures.MAX_STEPS} steps)"
+    assert (
+        run(server, [*steps, {"step": "return", "value": "$x"}])
+        == f"procedure error: step limit exceeded ({procedures.MAX_STEPS} steps)"
+    )
     assert run(server, [*steps[:-1], {"step": "return", "value": "$x"}]) == procedures.MAX_STEPS - 2
 
 
@@ -436,7 +457,9 @@ def test_work_limit_counts_documents_read(engine: Engine) -> None:
     engine.apply({"InsertMany": {"collection": "c", "documents": [{}] * 30}}, NOW)
     steps = [{"step": "find", "collection": "c"}] * 5
     engine.apply({"PutProcedure": {"document": {"name": "scan", "steps": steps}}}, NOW)
-    assert procedures.advance(procedures.run(engine, Transaction(1), "scan", {}, NOW, max_work=150), None) == Finished({"ok": True})
+    assert procedures.advance(procedures.run(engine, Transaction(1), "scan", {}, NOW, max_work=150), None) == Finished(
+        {"ok": True}
+    )
     with pytest.raises(ProcedureError, match="work limit exceeded"):
         procedures.advance(procedures.run(engine, Transaction(2), "scan", {}, NOW, max_work=149), None)
 

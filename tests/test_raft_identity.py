@@ -231,7 +231,9 @@ def test_a_leader_stops_when_a_follower_committed_what_it_lacks() -> None:
     leader = cluster[1]
     last = leader.core.metrics().last_log_index
     ahead = LogId(leader.term, 1, last + 5)
-    with pytest.raises(SafetyViolationError, match=rf"node 1 \(term {leader.term}, index {last + 5}\).*lacks committed"):
+    with pytest.raises(
+        SafetyViolationError, match=rf"node 1 \(term {leader.term}, index {last + 5}\).*lacks committed"
+    ):
         leader.core.receive(AppendEntriesResponse(leader.term, 2, 1, True, last, commit_id=ahead))
 
 

@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 from oxidb.testing import Op, check_history, check_key, kv_step
 
 
-def op(kind: str, call: int, ret: int | None, value: str | None = None, output: str | None = None, key: str = "x", client: int = 0) -> Op:
+def op(
+    kind: str,
+    call: int,
+    ret: int | None,
+    value: str | None = None,
+    output: str | None = None,
+    key: str = "x",
+    client: int = 0,
+) -> Op:
     return Op(client, kind, key, value, call, ret, output)
 
 

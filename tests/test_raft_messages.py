@@ -116,6 +116,7 @@ BAD = [
     (b"not json", "invalid JSON"),
     (b"[]", "message must be a JSON object"),
     (b'{"type":"nope"}', "unknown message type"),
+    (b'{"type":["vote_request"]}', "unknown message type"),
     (b'{"type":"timeout_now","term":1,"from":1}', "without 'to'"),
     (b'{"type":"timeout_now","term":-1,"from":1,"to":2}', "'term' must be a non-negative integer"),
     (b'{"type":"timeout_now","term":true,"from":1,"to":2}', "'term' must be a non-negative integer"),
@@ -188,7 +189,11 @@ def test_membership_records_incarnations_and_cluster_id() -> None:
     members = Membership([{1, 2}], {1: "a:1", 2: "b:2", 3: "c:3"}, {1: "i1", 3: "i3"}, "c1")
     assert members.to_json() == {
         "configs": [[1, 2]],
-        "nodes": {"1": {"addr": "a:1", "incarnation": "i1"}, "2": {"addr": "b:2"}, "3": {"addr": "c:3", "incarnation": "i3"}},
+        "nodes": {
+            "1": {"addr": "a:1", "incarnation": "i1"},
+            "2": {"addr": "b:2"},
+            "3": {"addr": "c:3", "incarnation": "i3"},
+        },
         "cluster_id": "c1",
     }
     assert Membership.from_json(members.to_json()) == members

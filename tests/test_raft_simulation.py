@@ -64,7 +64,7 @@ def test_simulated_clusters_stay_safe_and_live() -> None:
     chunks = [range(FIRST + i, FIRST + SEEDS, workers) for i in range(workers)]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         totals = list(pool.map(run_seeds, chunks))
-    acked, steps, ops = (sum(column) for column in zip(*totals))
+    acked, steps, ops = (sum(column) for column in zip(*totals, strict=True))
     # The workload really ran: plenty of writes were acknowledged under faults.
     assert acked > 20 * SEEDS and ops > 100 * SEEDS and steps > 1000 * SEEDS
 

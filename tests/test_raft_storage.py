@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
 
 import orjson
 import pytest
@@ -165,7 +164,10 @@ OPERATIONS: list[tuple[str, list[PersistBatch], PersistBatch]] = [
     ),
     (
         "snapshot install",
-        [PersistBatch(hard_state=HardState(1, 1), entries=entries(1, 1, 6)), PersistBatch(snapshot=snapshot_at(LogId(1, 1, 3)), purge_upto=LogId(1, 1, 2))],
+        [
+            PersistBatch(hard_state=HardState(1, 1), entries=entries(1, 1, 6)),
+            PersistBatch(snapshot=snapshot_at(LogId(1, 1, 3)), purge_upto=LogId(1, 1, 2)),
+        ],
         PersistBatch(snapshot=snapshot_at(LogId(4, 2, 30), b"big" * 100), truncate_from=31, purge_upto=LogId(4, 2, 30)),
     ),
 ]
@@ -177,7 +179,9 @@ def _observe(state: DurableState) -> tuple:
 
 @pytest.mark.parametrize("name,setup,operation", OPERATIONS, ids=[o[0] for o in OPERATIONS])
 @pytest.mark.parametrize("torn", [False, True])
-def test_crash_at_every_fsync_boundary(name: str, setup: list[PersistBatch], operation: PersistBatch, torn: bool) -> None:
+def test_crash_at_every_fsync_boundary(
+    name: str, setup: list[PersistBatch], operation: PersistBatch, torn: bool
+) -> None:
     disk, storage = fresh(*setup)
     before = _observe(reopen(disk))
     disk, storage = fresh(*setup)
@@ -357,7 +361,10 @@ def test_os_disk_files_have_the_documented_shapes(tmp_path: os.PathLike[str]) ->
     assert lines[1]["payload"] == {"Normal": {"Insert": {"collection": "c", "document": {"i": 2}}}}
     assert lines[1]["ts"] == 1002
     assert lines[0]["payload"] == {
-        "Membership": {"configs": [[1, 2, 3]], "nodes": {"1": {"addr": "a:1"}, "2": {"addr": "b:2"}, "3": {"addr": "c:3"}}}
+        "Membership": {
+            "configs": [[1, 2, 3]],
+            "nodes": {"1": {"addr": "a:1"}, "2": {"addr": "b:2"}, "3": {"addr": "c:3"}},
+        }
     }
     assert lines[2]["payload"] == "Blank"
     assert all(len(line["crc32"]) == 8 for line in lines)
@@ -419,7 +426,10 @@ def test_crashing_disk_loses_unsynced_writes() -> None:
         scraps.add(copy.read("a"))
     assert b"1" in scraps and any(len(s) > 1 for s in scraps)
     assert all(s[:1] == b"1" for s in scraps)
-    check: Callable[[bytes], bool] = lambda s: all(c in b"12345\0" for c in s)
+
+    def check(s: bytes) -> bool:
+        return all(c in b"12345\0" for c in s)
+
     assert all(check(s) for s in scraps)
 
 

@@ -361,7 +361,7 @@ def test_backoff_grows_to_its_cap_and_resets_after_a_success() -> None:
         delays.append(call.getTime() - cluster.clock.seconds())
         cluster.clock.advance(delays[-1])
     bases = [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0]
-    assert all(base <= d <= base + 0.1 for d, base in zip(delays, bases)), delays
+    assert all(base <= d <= base + 0.1 for d, base in zip(delays, bases, strict=True)), delays
     assert len(cluster.wire.dials) == 9
     # The frame queued meanwhile arrives once the peer accepts.
     cluster.wire.refused.clear()

@@ -170,7 +170,15 @@ def test_reads_of_missing_collections_create_nothing(server: MemoryServer, engin
 
 def test_the_server_never_auto_creates_on_read(tmp_path: Any) -> None:
     standalone = MemoryServer(Config(data_dir=str(tmp_path / "alone")))
-    clustered = MemoryServer(Config.from_sources({"OXIDB_NODE_ID": "1", "OXIDB_CLUSTER_KEY": "a test cluster key of 32+ characters", "OXIDB_DATA": str(tmp_path / "node")}))
+    clustered = MemoryServer(
+        Config.from_sources(
+            {
+                "OXIDB_NODE_ID": "1",
+                "OXIDB_CLUSTER_KEY": "a test cluster key of 32+ characters",
+                "OXIDB_DATA": str(tmp_path / "node"),
+            }
+        )
+    )
     assert standalone.service.engine.auto_create_on_read is False
     assert clustered.service.engine.auto_create_on_read is False
 

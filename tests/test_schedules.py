@@ -206,10 +206,13 @@ def tick_procedure(server: MemoryServer, name: str = "tick") -> None:
 def test_schedule_commands(server: MemoryServer) -> None:
     tick_procedure(server)
     assert ok(server, "create_schedule", name="b", procedure="tick", every="10s") == "schedule created"
-    assert ok(server, "create_schedule", name="a", procedure="tick", cron="0 * * * *", enabled=False) == "schedule created"
+    assert (
+        ok(server, "create_schedule", name="a", procedure="tick", cron="0 * * * *", enabled=False) == "schedule created"
+    )
     assert [s["name"] for s in ok(server, "list_schedules")] == ["a", "b"]
     schedule = ok(server, "get_schedule", name="b")
-    assert {k: schedule[k] for k in ("enabled", "last_run", "last_run_epoch", "last_status", "last_error", "run_count")} == {
+    fields = ("enabled", "last_run", "last_run_epoch", "last_status", "last_error", "run_count")
+    assert {k: schedule[k] for k in fields} == {
         "enabled": True, "last_run": None, "last_run_epoch": 0, "last_status": None, "last_error": None, "run_count": 0,
     }  # fmt: skip
     assert ok(server, "disable_schedule", name="b") == "schedule disabled"
@@ -232,9 +235,18 @@ def test_schedule_commands(server: MemoryServer) -> None:
         ({"procedure": "tick", "every": "5s"}, "missing 'name'"),
         ({"name": "s", "procedure": "tick"}, "schedule error: schedule must have 'cron' or 'every' field"),
         ({"name": "s", "procedure": "tick", "every": 5}, "schedule error: schedule must have 'cron' or 'every' field"),
-        ({"name": "s", "procedure": "tick", "every": "5s", "cron": "* * * * *"}, "schedule error: schedule cannot have both 'cron' and 'every'"),
-        ({"name": "s", "procedure": "tick", "cron": "* * *"}, "schedule error: cron expression must have 5 fields, got 3"),
-        ({"name": "s", "procedure": "tick", "every": "5d"}, "schedule error: interval must end with 's', 'm', or 'h': 5d"),
+        (
+            {"name": "s", "procedure": "tick", "every": "5s", "cron": "* * * * *"},
+            "schedule error: schedule cannot have both 'cron' and 'every'",
+        ),
+        (
+            {"name": "s", "procedure": "tick", "cron": "* * *"},
+            "schedule error: cron expression must have 5 fields, got 3",
+        ),
+        (
+            {"name": "s", "procedure": "tick", "every": "5d"},
+            "schedule error: interval must end with 's', 'm', or 'h': 5d",
+        ),
         ({"name": "s", "every": "5s"}, "schedule error: missing 'procedure' field"),
         ({"name": "s", "procedure": "nope", "every": "5s"}, "procedure not found: nope"),
     ],

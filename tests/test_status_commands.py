@@ -79,7 +79,9 @@ class Server:
             self.clock, ["ping", "find"], data_dir=str(self.data_dir), proc_root=str(self.proc)
         )
         self.executor = RecordingExecutor(hold)
-        self.ctx = CommandContext(Session.anonymous_admin(), fake_services(metrics=self.metrics, executor=self.executor))
+        self.ctx = CommandContext(
+            Session.anonymous_admin(), fake_services(metrics=self.metrics, executor=self.executor)
+        )
 
 
 @pytest.fixture

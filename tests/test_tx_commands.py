@@ -122,7 +122,10 @@ def test_find_in_a_transaction_sorts_skips_and_limits(conn: Conn) -> None:
     conn.ok("insert", collection="c", doc={"n": 2})
     assert [d["n"] for d in conn.ok("find", collection="c", sort={"n": 1})] == [1, 2, 3]
     assert [d["n"] for d in conn.ok("find", collection="c", sort={"n": -1}, skip=1, limit=1)] == [2]
-    assert conn.error("find", collection="c", sort={"n": 2}) == "invalid query: sort direction must be 1 (asc) or -1 (desc)"
+    assert (
+        conn.error("find", collection="c", sort={"n": 2})
+        == "invalid query: sort direction must be 1 (asc) or -1 (desc)"
+    )
 
 
 def test_update_one_in_a_transaction_updates_one_document(conn: Conn) -> None:
@@ -151,7 +154,10 @@ def test_errors_while_buffering_keep_the_transaction(conn: Conn) -> None:
     assert conn.error("update", collection="c", query={}, update={"$inc": {"n": 1}}) == (
         "invalid query: $inc cannot be applied to non-numeric field 'n'"
     )
-    assert conn.error("update", collection="c", query={}, update={"$frob": {}}) == "invalid query: unknown update operator: $frob"
+    assert (
+        conn.error("update", collection="c", query={}, update={"$frob": {}})
+        == "invalid query: unknown update operator: $frob"
+    )
     assert conn.error("delete", collection="c", query={"n": {"$frob": 1}}) == "invalid query: unknown operator: $frob"
     assert conn.error("insert", collection="../x", doc={}) == "invalid query: invalid collection name: ../x"
     assert conn.ok("insert", collection="c", doc={"n": 2}) == {"id": 2}

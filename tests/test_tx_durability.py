@@ -38,7 +38,8 @@ _CHILD = textwrap.dedent(
     engine = Engine(sys.argv[1], synchronous="FULL")
     transactions.register_appliers(engine)
     engine.open()
-    engine.apply({{"InsertMany": {{"collection": "acc", "documents": [{{"i": i, "balance": 100}} for i in range(ACCOUNTS)]}}}}, 0.0)
+    documents = [{{"i": i, "balance": 100}} for i in range(ACCOUNTS)]
+    engine.apply({{"InsertMany": {{"collection": "acc", "documents": documents}}}}, 0.0)
     print("ready", flush=True)
     seq = 0
     while True:

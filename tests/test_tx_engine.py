@@ -238,7 +238,10 @@ def test_compact_is_not_a_conflict(engine: Engine) -> None:
 def test_commits_without_incarnations_still_apply(engine: Engine) -> None:
     """Raft log entries written before incarnations were recorded."""
     seed(engine, "c", [{"n": 1}])
-    body = {"read_set": [["c", 1, 1]], "write_ops": [{"op": "update", "collection": "c", "ids": [[1, 1]], "update": {"$set": {"n": 5}}}]}
+    body = {
+        "read_set": [["c", 1, 1]],
+        "write_ops": [{"op": "update", "collection": "c", "ids": [[1, 1]], "update": {"$set": {"n": 5}}}],
+    }
     assert apply(engine, {"CommitTransaction": body}) == "committed"
     assert strip(engine.find("c")) == [{"n": 5, "_id": 1}]
 
@@ -312,15 +315,22 @@ def test_commit_operation_shape(engine: Engine) -> None:
 
 _queries = st.sampled_from([{}, {"k": 0}, {"k": 1}, {"n": {"$gt": 2}}, {"k": {"$ne": 1}}])
 _ops = st.one_of(
-    st.tuples(st.just("insert"), st.lists(st.fixed_dictionaries({"k": st.integers(0, 2), "n": st.integers(0, 5)}), max_size=3)),
-    st.tuples(st.just("update"), _queries, st.sampled_from([{"$inc": {"n": 1}}, {"$set": {"k": 2}}, {"$unset": {"n": ""}}])),
+    st.tuples(
+        st.just("insert"), st.lists(st.fixed_dictionaries({"k": st.integers(0, 2), "n": st.integers(0, 5)}), max_size=3)
+    ),
+    st.tuples(
+        st.just("update"), _queries, st.sampled_from([{"$inc": {"n": 1}}, {"$set": {"k": 2}}, {"$unset": {"n": ""}}])
+    ),
     st.tuples(st.just("update_one"), _queries, st.just({"$inc": {"n": 10}})),
     st.tuples(st.just("delete"), _queries, st.sampled_from([None, 1, 2])),
 )
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(initial=st.lists(st.fixed_dictionaries({"k": st.integers(0, 2), "n": st.integers(0, 5)}), max_size=5), ops=st.lists(_ops, max_size=6))
+@given(
+    initial=st.lists(st.fixed_dictionaries({"k": st.integers(0, 2), "n": st.integers(0, 5)}), max_size=5),
+    ops=st.lists(_ops, max_size=6),
+)
 def test_view_and_commit_match_direct_application(tmp_path_factory: Any, initial: list[Any], ops: list[Any]) -> None:
     """
     Without concurrent writers, a transaction's view after each operation, and

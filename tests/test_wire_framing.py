@@ -6,6 +6,7 @@ inbound limit, and decoding whatever way the stream is chunked.
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -88,7 +89,7 @@ def test_random_chunking(payloads: list[bytes], cuts: list[int]) -> None:
     bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
     decoder = FrameDecoder()
     got: list[bytes] = []
-    for start, end in zip(bounds, bounds[1:]):
+    for start, end in pairwise(bounds):
         got.extend(decoder.feed(stream[start:end]))
     assert got == payloads
     assert not decoder.in_frame

@@ -97,7 +97,11 @@ def encodings(value: object) -> list[bytes]:
 @given(
     value=values,
     edits=st.lists(
-        st.tuples(st.sampled_from(["flip", "insert", "delete", "truncate"]), st.integers(0, 10_000), st.binary(min_size=1, max_size=3)),
+        st.tuples(
+            st.sampled_from(["flip", "insert", "delete", "truncate"]),
+            st.integers(0, 10_000),
+            st.binary(min_size=1, max_size=3),
+        ),
         max_size=4,
     ),
 )

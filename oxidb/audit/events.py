@@ -84,7 +84,11 @@ def _target_value(value: Any) -> Any:
         return value if len(value) <= MAX_TARGET_TEXT else value[:MAX_TARGET_TEXT] + "...(cut)"
     if type(value) is int:
         return value
-    if type(value) is list and len(value) <= 64 and all(isinstance(v, (str, int)) and type(v) is not bool for v in value):
+    if (
+        type(value) is list
+        and len(value) <= 64
+        and all(isinstance(v, (str, int)) and type(v) is not bool for v in value)
+    ):
         return [_target_value(v) for v in value]
     return None
 

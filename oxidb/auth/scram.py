@@ -153,8 +153,9 @@ class ScramExchange:
         message = _checked_message(client_final, "client-final")
         server = self._server
         try:
+            # scramp's server object, stored as object: scramp has no type hints.
             server.set_client_final(message)  # type: ignore[attr-defined]
-            final = server.get_server_final()  # type: ignore[attr-defined]
+            final: str = server.get_server_final()  # type: ignore[attr-defined]
         except ScramException as e:
             if e.server_error is ServerError.INVALID_PROOF:
                 raise AuthenticationFailedError() from None

@@ -90,6 +90,7 @@ def load_server_tls(cert_path: Path | str, key_path: Path | str) -> CertificateO
         )
     try:
         return CertificateOptions(
+            # A PEM private key of any algorithm; pyOpenSSL refuses the ones it cannot use.
             privateKey=crypto.PKey.from_cryptography_key(key),  # type: ignore[arg-type]
             certificate=crypto.X509.from_cryptography(leaf),
             extraCertChain=[crypto.X509.from_cryptography(c) for c in chain[1:]],

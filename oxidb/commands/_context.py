@@ -120,10 +120,12 @@ class CommandContext:
     services: IServices = attrs.field(validator=provides(IServices))
 
     def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
-        return self.services.executor.read(fn, *args, **kwargs)
+        executor: IExecutor = self.services.executor
+        return executor.read(fn, *args, **kwargs)
 
     def write(self, op: Operation) -> Deferred[Any]:
-        return self.services.executor.write(op)
+        executor: IExecutor = self.services.executor
+        return executor.write(op)
 
     @property
     def engine(self) -> Any:

@@ -59,7 +59,9 @@ def _login(ctx: CommandContext) -> LoginInputs:
     return ctx.session.login.machine
 
 
-def _audit_login(ctx: CommandContext, cmd: str, username: str | None, role: Role | None, result: str, detail: str) -> None:
+def _audit_login(
+    ctx: CommandContext, cmd: str, username: str | None, role: Role | None, result: str, detail: str
+) -> None:
     audit = ctx.services.audit
     if audit is not None:
         audit.record_login(ctx.session, cmd, username, None if role is None else role.wire, result, detail)
@@ -82,7 +84,9 @@ def _begin_attempt(ctx: CommandContext, cmd: str, username: str) -> None:
         _auth(ctx).throttle.begin(ctx.session, username)
     except LoginThrottledError as e:
         _audit_login(ctx, cmd, username, None, DENIED, e.message)
-        _log.info("refused a login for {user} from {peer}: throttled ({cmd})", user=username, peer=ctx.session.peer, cmd=cmd)
+        _log.info(
+            "refused a login for {user} from {peer}: throttled ({cmd})", user=username, peer=ctx.session.peer, cmd=cmd
+        )
         raise
 
 

@@ -98,7 +98,8 @@ def find_one(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     collection = require_collection(request)
     tx = ctx.session.tx
     if tx is not None:
-        return tx.find_one(ctx, collection, _query(request))
+        found: Deferred[Any] = tx.find_one(ctx, collection, _query(request))
+        return found
     d = ctx.read(engine_of(ctx).find_one_raw, collection, _query(request), max_time_ms(request))
     return d.addCallback(_raw)
 
@@ -107,6 +108,7 @@ def count(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{{"count": n}}."""
     collection = require_collection(request)
     tx = ctx.session.tx
+    d: Deferred[Any]
     if tx is not None:
         d = tx.count(ctx, collection, _query(request))
     else:

@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 
 
 @inlineCallbacks
-def call(executor: Any, engine: Any, clock: Any, name: Any, params: Any, metrics: Any = None) -> Generator[Any, Any, Any]:
+def call(
+    executor: Any, engine: Any, clock: Any, name: Any, params: Any, metrics: Any = None
+) -> Generator[Any, Any, Any]:
     """
     Call procedure C{name} with C{params} in a transaction of its own; fires
     with its value. C{executor} runs the steps (C{read}) and the id
@@ -99,7 +101,9 @@ def call_procedure(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any
     name = require_str(request, "name")
     params = request.get("params")
     services = ctx.services
-    return call(services.executor, engine_of(ctx), services.clock, name, {} if params is None else params, services.metrics)
+    return call(
+        services.executor, engine_of(ctx), services.clock, name, {} if params is None else params, services.metrics
+    )
 
 
 def list_procedures(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:

@@ -177,7 +177,7 @@ class _Match:
         check = budget.deadline.check
         out: list[Document] = []
         out_sizes: list[int] = []
-        for doc, size in zip(docs, sizes):
+        for doc, size in zip(docs, sizes, strict=True):
             check()
             if matches(doc):
                 out.append(doc)
@@ -188,7 +188,7 @@ class _Match:
 def _sort_stream(docs: list[Document], sizes: list[int], spec: SortSpec, budget: Budget) -> Stream:
     """L{sort_documents} (objects-only paths) over a sized stream, checking the deadline."""
     check = budget.deadline.check
-    pairs = list(zip(docs, sizes))
+    pairs = list(zip(docs, sizes, strict=True))
     for path, direction in reversed(spec):
         steps = tuple(path.split("."))
 
@@ -385,7 +385,7 @@ class _Group:
                 budget.add(1, approx_size(key) + state_size)
                 group = (key, [factory() for _, factory, _ in self.accumulators])
                 groups[identity] = group
-            for (_, _, expression), state, push in zip(self.accumulators, group[1], pushes):
+            for (_, _, expression), state, push in zip(self.accumulators, group[1], pushes, strict=True):
                 value = expression(doc)
                 if push:
                     budget.add(0, approx_size(value) + 1)
@@ -396,7 +396,7 @@ class _Group:
         for key, states in groups.values():
             check()
             out: Document = {"_id": key}
-            for (name, _, _), state in zip(self.accumulators, states):
+            for (name, _, _), state in zip(self.accumulators, states, strict=True):
                 out[name] = state.result()
             size = approx_size(out)
             budget.add(1, size)
@@ -441,7 +441,7 @@ class _Project:
         excluded = [name for name, kind, _ in self.fields if kind == _EXCLUDE]
         if self.id_kind == _EXCLUDE:
             excluded.append("_id")
-        for doc, size in zip(docs, sizes):
+        for doc, size in zip(docs, sizes, strict=True):
             check()
             out = dict(doc)
             for name in excluded:
@@ -480,7 +480,7 @@ class _Unwind:
         parts = tuple(self.path.split("."))
         result: list[Document] = []
         result_sizes: list[int] = []
-        for doc, size in zip(docs, sizes):
+        for doc, size in zip(docs, sizes, strict=True):
             check()
             value = get_parts(doc, parts)[1]
             if type(value) is list and value:
@@ -537,7 +537,7 @@ class _Lookup:
         result: list[Document] = []
         result_sizes: list[int] = []
         extra = len(self.target) + 4
-        for doc, size in zip(docs, sizes):
+        for doc, size in zip(docs, sizes, strict=True):
             check()
             local = get_parts(doc, local_parts)[1]
             text = compact_json(local)

@@ -329,7 +329,9 @@ def _footprint(prepared: PreparedPut) -> int:
     return len(prepared.data) + len(prepared.data_b64)
 
 
-def prepare_put(prepared_puts: PreparedPuts, data_b64: object, content_type: str, metadata: dict[str, str]) -> PreparedPut:
+def prepare_put(
+    prepared_puts: PreparedPuts, data_b64: object, content_type: str, metadata: dict[str, str]
+) -> PreparedPut:
     """
     Validate and decode a put's data and compute its postings (blocking,
     CPU-heavy for big text: call it on the thread pool). The result is kept
@@ -561,6 +563,7 @@ class PutObject(Operation):
     @classmethod
     def from_body(cls, body: dict[str, Any], version: int) -> PutObject:
         content_type = body.get("content_type")
+        # Whatever the body holds: the field validators refuse a wrong value.
         return cls(
             body.get("bucket"),  # type: ignore[arg-type]
             body.get("key"),  # type: ignore[arg-type]
@@ -679,7 +682,9 @@ def extract_object_text(reader: Any, bucket: object, key: object) -> dict[str, s
     return {"text": text}
 
 
-def list_objects(reader: Any, bucket: object, prefix: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+def list_objects(
+    reader: Any, bucket: object, prefix: str | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
     """
     Metadata records of the bucket's objects whose key starts with
     C{prefix}, ascending by key (code point order), at most C{limit}
@@ -721,7 +726,9 @@ def _rows_from(conn: sqlite3.Connection, bucket: str, start: str) -> Iterator[tu
         rows = conn.execute(sql.format(op=">"), (bucket, rows[-1][0], page)).fetchall()
 
 
-def search(reader: Any, query: str, bucket: str | None = None, limit: int = textindex.DEFAULT_LIMIT) -> list[dict[str, Any]]:
+def search(
+    reader: Any, query: str, bucket: str | None = None, limit: int = textindex.DEFAULT_LIMIT
+) -> list[dict[str, Any]]:
     """
     Objects containing query terms, best TF-IDF score first (engine.md 8.2,
     8.4): C{[{"bucket", "key", "score"}]}, at most C{limit}.

@@ -101,7 +101,7 @@ def _encode_payload(payload: Any) -> bytes:
 
 def encode_sort_key(sort_key: tuple[Any, ...]) -> bytes:
     """Bytes ordered like the L{values.sort_key} tuple C{sort_key}."""
-    rank = sort_key[0]
+    rank: int = sort_key[0]
     if len(sort_key) == 1:
         return _RANK_BYTES[rank]
     return _RANK_BYTES[rank] + _encode_payload(sort_key[1])
@@ -124,9 +124,10 @@ def key_of_value(value: Any) -> bytes:
         if math.isfinite(value):
             return _NUMBER + _encode_float(value) + b"\x01"
     elif kind is int:
-        if -_SMALL_INT <= value <= _SMALL_INT:
-            return _SMALL_INT_KEYS[value + _SMALL_INT]
-        return _NUMBER + _encode_number(value)
+        number: int = value
+        if -_SMALL_INT <= number <= _SMALL_INT:
+            return _SMALL_INT_KEYS[number + _SMALL_INT]
+        return _NUMBER + _encode_number(number)
     return encode_key(value)
 
 

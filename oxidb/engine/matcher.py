@@ -84,7 +84,7 @@ sort, ties broken by ascending C{_id}; missing sort fields sort as null.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, TypeGuard, Union
+from typing import Any, TypeGuard
 
 import attrs
 import re2
@@ -191,7 +191,7 @@ class ElemMatch:
         return type(element) is dict and self.query.matches(element)
 
 
-Node = Union[And, Or, FieldOp]
+Node = And | Or | FieldOp
 
 
 @attrs.frozen

@@ -130,7 +130,8 @@ def compare(a: Any, b: Any) -> int:
         right: Any = b
     else:
         left, right = _text(a), _text(b)
-    return (left > right) - (left < right)
+    order: int = (left > right) - (left < right)
+    return order
 
 
 _COMPARISONS: dict[str, Callable[[int], bool]] = {

@@ -323,7 +323,7 @@ class Reader:
         ids = map(int, result[0].split(","))
         texts = result[-1].split("\x1f")
         if versions:
-            rows = list(zip(ids, map(int, result[1].split(",")), texts))
+            rows = list(zip(ids, map(int, result[1].split(",")), texts, strict=True))
         else:
             rows = list(zip(ids, itertools.repeat(0), texts))
         del result, texts

@@ -114,7 +114,9 @@ class _Compiler:
         exact = True
         present: frozenset[str] = frozenset()
         if glue == " AND ":
-            present = frozenset(child.path for child in children if isinstance(child, FieldOp) and _proves_presence(child))
+            present = frozenset(
+                child.path for child in children if isinstance(child, FieldOp) and _proves_presence(child)
+            )
         for child in children:
             sql, child_exact = self.node(child, present)
             exact = exact and child_exact

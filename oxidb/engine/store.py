@@ -295,7 +295,9 @@ def list_index_defs(conn: sqlite3.Connection, collection: str) -> list[IndexDef]
     return [IndexDef(kind, name, tuple(json.loads(fields)), bool(uniq), seq) for kind, name, fields, uniq, seq in rows]
 
 
-def add_index_def(conn: sqlite3.Connection, collection: str, kind: str, name: str, fields: Iterable[str], unique: bool) -> IndexDef:
+def add_index_def(
+    conn: sqlite3.Connection, collection: str, kind: str, name: str, fields: Iterable[str], unique: bool
+) -> IndexDef:
     seq = int(get_meta(conn, "next_index", 1))
     set_meta(conn, "next_index", seq + 1)
     fields = tuple(fields)
@@ -327,7 +329,7 @@ def key_columns(defs: Iterable[IndexDef]) -> list[tuple[str, str]]:
         (column, path)
         for index in defs
         if index.kind != INDEX_TEXT
-        for column, path in zip(index.columns, index.fields)
+        for column, path in zip(index.columns, index.fields, strict=True)
     ]
 
 
@@ -341,7 +343,9 @@ def column_map(defs: Iterable[IndexDef]) -> dict[str, str]:
 
 def fill_key_columns(conn: sqlite3.Connection, tbl: str, index: IndexDef) -> None:
     """Compute an index's key columns of every row from the stored texts."""
-    assignments = ", ".join(f"{column} = {keys.key_sql(path)}" for column, path in zip(index.columns, index.fields))
+    assignments = ", ".join(
+        f"{column} = {keys.key_sql(path)}" for column, path in zip(index.columns, index.fields, strict=True)
+    )
     conn.execute(f"UPDATE {tbl} SET {assignments}")
 
 

@@ -46,7 +46,7 @@ L{oxidb.engine.engine.Engine.read} on a pool thread.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import attrs
 
@@ -178,7 +178,7 @@ class Transaction:
             raise DocumentNotObjectError()
         ids = list(range(first_id, first_id + len(documents)))
         touched = self.overlay.setdefault(collection, {})
-        for doc_id, doc in zip(ids, documents):
+        for doc_id, doc in zip(ids, documents, strict=True):
             touched[doc_id] = {**doc, "_id": doc_id, "_version": 1}
         self.ops.append(TxInsert(collection, first_id, documents))
         return ids
@@ -279,6 +279,7 @@ class TxInsert:
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> TxInsert:
+        # Whatever the body holds: the field validators refuse a wrong value.
         return cls(value.get("collection"), value.get("first_id"), value.get("documents"))  # type: ignore[arg-type]
 
     def apply(self, txn: WriteTxn) -> None:
@@ -310,10 +311,16 @@ class TxUpdate:
     update: Any
 
     def to_json(self) -> dict[str, Any]:
-        return {"op": self.OP, "collection": self.collection, "ids": [list(run) for run in self.ids], "update": self.update}
+        return {
+            "op": self.OP,
+            "collection": self.collection,
+            "ids": [list(run) for run in self.ids],
+            "update": self.update,
+        }
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> TxUpdate:
+        # Whatever the body holds: the field validators refuse a wrong value.
         return cls(value.get("collection"), _runs_of(value.get("ids")), value.get("update"))  # type: ignore[arg-type]
 
     def apply(self, txn: WriteTxn) -> None:
@@ -335,6 +342,7 @@ class TxDelete:
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> TxDelete:
+        # Whatever the body holds: the field validators refuse a wrong value.
         return cls(value.get("collection"), _runs_of(value.get("ids")))  # type: ignore[arg-type]
 
     def apply(self, txn: WriteTxn) -> None:
@@ -342,7 +350,7 @@ class TxDelete:
             txn.delete(self.collection, _id_range(first, last))
 
 
-TxWrite = Union[TxInsert, TxUpdate, TxDelete]
+TxWrite = TxInsert | TxUpdate | TxDelete
 
 _TX_WRITES: dict[str, type[TxInsert] | type[TxUpdate] | type[TxDelete]] = {
     write.OP: write for write in (TxInsert, TxUpdate, TxDelete)

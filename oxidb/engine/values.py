@@ -274,7 +274,7 @@ def json_equal(a: Any, b: Any) -> bool:
                 return False
         return True
     if kind is list:
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
     return bool(a == b)
 
 

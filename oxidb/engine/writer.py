@@ -163,7 +163,7 @@ class Writer:
                 self._on_commit(len(batch))
             except Exception:  # noqa: BLE001 - an observer must not stop the writer
                 pass
-        for pending, (ok, value) in zip(batch, outcomes):
+        for pending, (ok, value) in zip(batch, outcomes, strict=True):
             if ok:
                 pending.future.set_result(value)
             else:

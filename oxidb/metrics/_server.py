@@ -191,6 +191,7 @@ class ServerMetrics:
 
     def command_finished(self, cmd: object, result: str, seconds: float) -> None:
         try:
+            # Any request's cmd value is looked up; an unhashable one raises below.
             stats = self._commands.get(cmd, self._unknown)  # type: ignore[call-overload]
         except TypeError:  # an unhashable cmd value
             stats = self._unknown
@@ -319,7 +320,7 @@ class ServerMetrics:
                 continue
             for result, count in list(stats.results.items()):
                 counts.add_metric([name, result], count)
-            cumulative = list(zip(self._bucket_labels, accumulate(buckets)))
+            cumulative = list(zip(self._bucket_labels, accumulate(buckets), strict=True))
             durations.add_metric([name], cumulative, sum_value=stats.seconds)
         yield counts
         yield durations

@@ -694,7 +694,9 @@ class RaftCore:
         """Tell C{peer} why it is not counted (and log it once per reason)."""
         if self._refused_peers.get(peer) != reason:
             self._refused_peers[peer] = reason
-            self._event("warn", "raft: node {node} refuses node {peer}: {reason}", node=self.id, peer=peer, reason=reason)
+            self._event(
+                "warn", "raft: node {node} refuses node {peer}: {reason}", node=self.id, peer=peer, reason=reason
+            )
         self._send(Refused(self._term, self.id, peer, reason))
 
     def _on_refused(self, msg: Refused) -> None:
@@ -769,7 +771,11 @@ class RaftCore:
         stored = self._membership
         if stored is None or stored.membership.cluster_id is not None or self._transfer_to is not None:
             return
-        if self._log.committed < self._blank_index or stored.log_id is None or stored.log_id.index > self._log.committed:
+        if (
+            self._log.committed < self._blank_index
+            or stored.log_id is None
+            or stored.log_id.index > self._log.committed
+        ):
             return
         if stored.membership.is_joint:
             return
@@ -1224,6 +1230,7 @@ class RaftCore:
         confchange.check_voters(current, new)
         (old,) = current.configs
         if new == old:
+            # _check_membership_change refuses a membership without a log id.
             return stored.log_id  # type: ignore[return-value]
         for node in sorted(new - old):
             pr = self._progress.get(node)

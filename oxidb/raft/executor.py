@@ -76,7 +76,7 @@ class LinearizableDispatcher:
     _log = Logger()
 
     def __init__(self, inner: Any, node: RaftNode) -> None:
-        self._inner = inner
+        self._inner: IDispatcher = inner
         self._node = node
         self.registry = inner.registry
         self.auth_enabled = inner.auth_enabled

@@ -305,7 +305,9 @@ class MemberGate:
             self._record(peer, request, OK, "")
         elif frame.get("type") == FORWARD_RESULT and not member:
             self.refused += 1
-            self._log.warn("raft: ignoring a forward result from node {peer}: not a member of the configuration", peer=peer)
+            self._log.warn(
+                "raft: ignoring a forward result from node {peer}: not a member of the configuration", peer=peer
+            )
             return
         self._inner.frame_received(peer, frame, channel)
 

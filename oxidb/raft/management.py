@@ -162,7 +162,9 @@ class MembershipCommands:
         log_id = core.remove_node(node_id)
         self._kick()
         try:
-            yield self._waits.wait(lambda: (self._applied.index if self._applied else 0) >= log_id.index, self.catch_up_timeout)
+            yield self._waits.wait(
+                lambda: (self._applied.index if self._applied else 0) >= log_id.index, self.catch_up_timeout
+            )
         except WaitTimeout:
             raise RaftError(
                 f"the membership change did not complete within {self.catch_up_timeout:g}s; check raft_metrics"

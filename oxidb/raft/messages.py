@@ -19,7 +19,7 @@ import binascii
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, Union
+from typing import Any
 
 import attrs
 import orjson
@@ -233,7 +233,7 @@ class StoredMembership:
         )
 
 
-Payload = Union[None, Membership, Mapping[str, Any]]
+Payload = Membership | Mapping[str, Any] | None
 
 
 @attrs.frozen
@@ -582,20 +582,20 @@ class Refused:
     incarnation: str | None = attrs.field(default=None, eq=False)
 
 
-Message = Union[
-    VoteRequest,
-    VoteResponse,
-    AppendEntriesRequest,
-    AppendEntriesResponse,
-    Heartbeat,
-    HeartbeatResponse,
-    InstallSnapshotRequest,
-    InstallSnapshotResponse,
-    ReadIndexRequest,
-    ReadIndexResponse,
-    TimeoutNow,
-    Refused,
-]
+Message = (
+    VoteRequest
+    | VoteResponse
+    | AppendEntriesRequest
+    | AppendEntriesResponse
+    | Heartbeat
+    | HeartbeatResponse
+    | InstallSnapshotRequest
+    | InstallSnapshotResponse
+    | ReadIndexRequest
+    | ReadIndexResponse
+    | TimeoutNow
+    | Refused
+)
 
 _TYPE_NAMES: dict[type, str] = {
     VoteRequest: "vote",
@@ -642,7 +642,8 @@ def encode_message(msg: Message) -> bytes:
 def message_from_json(value: Any) -> Message:
     """Decode and validate a peer message; raises L{MessageDecodeError}."""
     obj = _object(value, "message")
-    cls = _TYPES_BY_NAME.get(obj.get("type"))  # type: ignore[arg-type]
+    kind = obj.get("type")
+    cls = _TYPES_BY_NAME.get(kind) if type(kind) is str else None
     if cls is None:
         raise MessageDecodeError(f"unknown message type {obj.get('type')!r}")
     kwargs: dict[str, Any] = {}

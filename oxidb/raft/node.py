@@ -516,7 +516,7 @@ class RaftNode(MembershipCommands):
             )
 
     def _settle(self, entries: Sequence[Entry], outcomes: Sequence[Outcome]) -> None:
-        for entry, outcome in zip(entries, outcomes):
+        for entry, outcome in zip(entries, outcomes, strict=True):
             proposal = self._proposals.pop(entry.index, None)
             if proposal is None:
                 continue

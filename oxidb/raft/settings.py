@@ -51,13 +51,14 @@ class ClusterSettings:
         """@raise ConfigError: the cluster settings are inconsistent or unsafe."""
         assert config.node_id is not None
         tls_paths = (config.raft_tls_cert, config.raft_tls_key, config.raft_tls_ca)
-        given = [name for name, value in zip(_TLS_VARS, tls_paths) if value]
+        given = [name for name, value in zip(_TLS_VARS, tls_paths, strict=True) if value]
         if given and len(given) != len(_TLS_VARS):
             missing = [name for name in _TLS_VARS if name not in given]
             raise ConfigError(
                 f"mutual TLS on the Raft port needs {', '.join(_TLS_VARS)}; "
                 f"{', '.join(given)} set but {', '.join(missing)} not"
             )
+        # given is all three paths or none (checked above).
         tls = load_peer_tls(*tls_paths) if given else None  # type: ignore[arg-type]
         if config.cluster_key is None and tls is None:
             raise ConfigError(
@@ -120,7 +121,9 @@ def load_peer_tls(cert_path: str, key_path: str, ca_path: str) -> CertificateOpt
     @raise ConfigError: a file is unreadable, not PEM, or the key does not
         match the certificate.
     """
-    cert_data, key_data, ca_data = (_read(Path(p), v) for p, v in zip((cert_path, key_path, ca_path), _TLS_VARS))
+    cert_data, key_data, ca_data = (
+        _read(Path(p), v) for p, v in zip((cert_path, key_path, ca_path), _TLS_VARS, strict=True)
+    )
     try:
         chain = x509.load_pem_x509_certificates(cert_data)
         authorities = x509.load_pem_x509_certificates(ca_data)
@@ -133,6 +136,7 @@ def load_peer_tls(cert_path: str, key_path: str, ca_path: str) -> CertificateOpt
     spki, der = serialization.PublicFormat.SubjectPublicKeyInfo, serialization.Encoding.DER
     if chain[0].public_key().public_bytes(der, spki) != key.public_key().public_bytes(der, spki):
         raise ConfigError(f"raft TLS: the private key in {key_path} does not match the certificate in {cert_path}")
+    # pyOpenSSL takes cryptography keys and certificates; Twisted's hints name only PKey/X509.
     return CertificateOptions(
         privateKey=key,  # type: ignore[arg-type]
         certificate=chain[0],  # type: ignore[arg-type]

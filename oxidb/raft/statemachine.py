@@ -234,7 +234,7 @@ class EngineStateMachine:
             error = futures[-1].exception()
             raise RuntimeError(f"the engine did not apply entries up to {entries[-1].index}: {error}")
         outcomes = []
-        for entry, future in zip(entries, futures):
+        for entry, future in zip(entries, futures, strict=True):
             error = future.exception()
             if error is not None:
                 outcomes.append(Outcome(False, error))

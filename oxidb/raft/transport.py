@@ -548,7 +548,9 @@ class PeerLink:
         except ValueError as e:
             if address != self._warned_address:
                 self._warned_address = address
-                self._log.warn("raft: cannot dial node {peer} ({addr!r}): {reason}", peer=self.peer_id, addr=address, reason=e)
+                self._log.warn(
+                    "raft: cannot dial node {peer} ({addr!r}): {reason}", peer=self.peer_id, addr=address, reason=e
+                )
             return fail(e)
         return self._transport.connector(host, port, _LinkFactory(self))
 

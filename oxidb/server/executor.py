@@ -38,7 +38,8 @@ class LocalExecutor:
         with L{oxidb.errors.RequesterGoneError} if that connection closes
         before a thread picks the work up.
         """
-        return self._threadpool.defer(fn, *args, **kwargs)
+        d: Deferred[Any] = self._threadpool.defer(fn, *args, **kwargs)
+        return d
 
     def write(self, op: Operation) -> Deferred[Any]:
         engine = self._engines.engine

@@ -467,7 +467,8 @@ class OxiServerProtocol(Protocol):
         if len(payload) > OFFLOAD_BYTES:
             d = self.factory.offload(self, decode_large, payload)
             if d is not None:
-                return d.addCallbacks(self._dispatch, self._decode_failed, errbackArgs=(payload,))
+                replied: Deferred[bytes] = d.addCallbacks(self._dispatch, self._decode_failed, errbackArgs=(payload,))
+                return replied
         try:
             decoded = decode_request(payload)
         except DecodeError as e:
@@ -531,7 +532,10 @@ class OxiServerProtocol(Protocol):
         if reply.ok and not reply.top_level and not is_small(reply.value):
             d = self.factory.offload(self, self._encode, fmt, reply)
             if d is not None:
-                return d.addCallbacks(self._encoded, self._encode_failed, callbackArgs=(fmt,), errbackArgs=(fmt,))
+                encoded: Deferred[bytes] = d.addCallbacks(
+                    self._encoded, self._encode_failed, callbackArgs=(fmt,), errbackArgs=(fmt,)
+                )
+                return encoded
         try:
             payload = self._encode(fmt, reply)
         except Exception:
@@ -707,7 +711,11 @@ class OxiServerFactory(Factory):
         host = getattr(addr, "host", None)
         if self.max_connections and len(self.connections) >= self.max_connections:
             return self._refuse("too many connections (OXIDB_MAX_CONNECTIONS)")
-        if host is not None and self.max_connections_per_ip and self.per_host.get(host, 0) >= self.max_connections_per_ip:
+        if (
+            host is not None
+            and self.max_connections_per_ip
+            and self.per_host.get(host, 0) >= self.max_connections_per_ip
+        ):
             return self._refuse("too many connections from your address (OXIDB_MAX_CONNECTIONS_PER_IP)")
         return OxiServerProtocol(self, host)
 

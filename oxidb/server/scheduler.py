@@ -106,7 +106,7 @@ class Scheduler(Service):
         if not self._should_run():
             return None
         now = self._clock.seconds()
-        d = self._executor.read(self._engine.read, due_schedules, now)
+        d: Deferred[Any] = self._executor.read(self._engine.read, due_schedules, now)
         d.addCallback(self._run_all, now)
         d.addErrback(lambda failure: self._log.failure("scheduler tick failed", failure))
         self._busy = d

@@ -574,6 +574,7 @@ class Simulation:
 
     def _leader(self) -> SimNode | None:
         leaders = [n for n in self.nodes.values() if n.core is not None and n.core.is_leader]
+        # Every node in leaders has a core (filtered above).
         return max(leaders, key=lambda n: n.core.current_term) if leaders else None  # type: ignore[union-attr]
 
     def _fault_step(self) -> None:
@@ -666,7 +667,11 @@ class Simulation:
                     self.run_until(self.now + 50)
                     continue
                 self._drive(leader)
-                self.run_until(min(deadline, self.now + 2000), lambda: log_id.index in self.committed)
+
+                def committed(index: int = log_id.index) -> bool:
+                    return index in self.committed
+
+                self.run_until(min(deadline, self.now + 2000), committed)
                 if self.committed.get(log_id.index) == log_id:
                     break
                 # A deposed leader (without check-quorum it may not know yet)
@@ -686,6 +691,7 @@ class Simulation:
                 if node.core is None or node.sm.applied is None:
                     return False
                 applied.add(node.sm.applied)
+            # A leader's metrics always carry its last log index.
             return len(applied) == 1 and applied.pop().index >= leader.core.metrics().last_log_index  # type: ignore[operator]
 
         if not self.run_until(deadline, converged):

@@ -65,7 +65,7 @@ def materialize(value: Any) -> Any:
         return value
     if kind is list or kind is tuple:
         elements = [materialize(item) for item in value]
-        if any(new is not old for new, old in zip(elements, value)):
+        if any(new is not old for new, old in zip(elements, value, strict=True)):
             return elements
         return value
     return value

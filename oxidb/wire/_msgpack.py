@@ -11,7 +11,7 @@ the 2-map C{{"ok": .., "data"/"error": ..}}.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -20,6 +20,7 @@ from oxidb.wire._json import RawJSON
 from oxidb.wire.limits import MAX_DEPTH
 
 _SCALARS = (type(None), bool, int, str)
+_Container = TypeVar("_Container", dict[str, object], list[object])
 _U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 _I64_MIN = -0x8000_0000_0000_0000
 
@@ -51,7 +52,7 @@ def decode(payload: bytes) -> object:
             raise _Refused("bin values are not supported")
         raise _Refused("ext values are not supported")
 
-    def container(value: Any, depth: int) -> Any:
+    def container(value: _Container, depth: int) -> _Container:
         if depth > MAX_DEPTH:
             raise _Refused(f"nesting deeper than {MAX_DEPTH}")
         depths[id(value)] = depth
@@ -107,7 +108,8 @@ def encode(obj: object) -> bytes:
 
     @raise TypeError: a value or map key outside the JSON data model.
     """
-    return msgpack.packb(_msgpack_safe(obj), use_bin_type=True)
+    packed: bytes = msgpack.packb(_msgpack_safe(obj), use_bin_type=True)
+    return packed
 
 
 def _msgpack_safe(value: Any) -> Any:

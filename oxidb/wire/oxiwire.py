@@ -43,7 +43,8 @@ def encode_value(value: object) -> bytes:
 
     @raise TypeError: a value or map key of a type OxiWire cannot carry.
     """
-    return _impl.encode(value)
+    encoded: bytes = _impl.encode(value)
+    return encoded
 
 
 def decode_value(data: bytes, offset: int = 0) -> object:
@@ -80,13 +81,15 @@ def encode_ok(data: object) -> bytes:
     """
     if type(data) is RawJSON:
         data = data.value()
+    encoded: bytes
     try:
-        return _impl.encode(data, _OK_HEADER)
+        encoded = _impl.encode(data, _OK_HEADER)
     except TypeError:
         resolved = materialize(data)
         if resolved is data:
             raise
-    return _impl.encode(resolved, _OK_HEADER)
+        encoded = _impl.encode(resolved, _OK_HEADER)
+    return encoded
 
 
 def encode_error(message: str) -> bytes:
