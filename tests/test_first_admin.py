@@ -238,17 +238,15 @@ def test_reset_refuses_a_missing_directory(tmp_path: Path) -> None:
 
 
 class FakeContext:
-    """What C{raft_init} uses: the node, the users, and C{write}."""
+    """What C{raft_init} uses of its context: the cluster, the users, and C{write}."""
 
     def __init__(self, store: UserStore | None, fail: bool = False) -> None:
         from types import SimpleNamespace
 
         from twisted.internet.defer import succeed
 
-        node = SimpleNamespace(initialize=lambda addr: succeed(None))
-        raft = SimpleNamespace(published_address="127.0.0.1:4445", node=node)
-        auth = None if store is None else SimpleNamespace(store=store)
-        self.services = SimpleNamespace(raft=raft, auth=auth)
+        self.cluster = SimpleNamespace(published_address="127.0.0.1:4445", initialize=lambda addr: succeed(None))
+        self.auth = None if store is None else SimpleNamespace(store=store)
         self.written: list[Any] = []
         self.fail = fail
 

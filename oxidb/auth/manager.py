@@ -1,7 +1,7 @@
 """
 L{AuthManager}: everything the login and user commands need, built once by
 the service when authentication is on and reached by handlers as
-C{ctx.services.auth}.
+C{ctx.auth}.
 """
 
 from __future__ import annotations

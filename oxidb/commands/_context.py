@@ -4,8 +4,13 @@ parts, and the two ways to do blocking work.
 
 The seams are zope interfaces: L{IServices} (the whole, read-only set of
 shared parts the composition root L{oxidb.compose} builds), and the narrower
-capabilities L{IExecutor}, L{IEngineSource} and L{IDispatcher}. Whatever is
-passed in for one is checked when it is stored (L{provides}).
+capabilities L{IExecutor}, L{IEngineSource}, L{IDispatcher} and
+L{IClusterControl}. Whatever is passed in for one is checked when it is
+stored (L{provides}).
+
+Handlers do not reach into L{IServices}: L{CommandContext} hands each the
+typed capability it uses (C{ctx.engine}, C{ctx.read}/C{ctx.write},
+C{ctx.auth}, C{ctx.cluster}, ...), so mypy checks what a handler does with it.
 """
 
 from __future__ import annotations
@@ -19,9 +24,15 @@ from zope.interface.interface import InterfaceClass
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IReactorTime
 
+    from oxidb.audit.events import Auditor
+    from oxidb.auth.manager import AuthManager
     from oxidb.commands._reply import Reply
+    from oxidb.config import Config
+    from oxidb.engine.engine import Engine
     from oxidb.engine.operations import Operation
+    from oxidb.metrics import ServerMetrics
     from oxidb.server.session import Session
 
 
@@ -85,6 +96,34 @@ class IDispatcher(Interface):
         """Run one request: a L{Reply}, or a Deferred firing with one."""
 
 
+class IClusterControl(Interface):
+    """
+    What the cluster-management commands use of the local Raft node
+    (L{oxidb.raft.service.RaftService} provides it). Each action fires with
+    the node's answer or fails with L{oxidb.errors.RaftError}.
+    """
+
+    published_address = Attribute("the Raft address peers dial, or None before the port is bound")
+
+    def initialize(addr: str) -> Deferred[Any]:
+        """C{raft_init}: start a one-node cluster reachable at C{addr}."""
+
+    def add_learner(node_id: int, addr: str) -> Deferred[Any]:
+        """Add a non-voting member; fires with C{(log_id, membership)}."""
+
+    def change_membership(voters: set[int]) -> Deferred[Any]:
+        """Make C{voters} the voting set; fires with C{(log_id, membership)}."""
+
+    def remove_node(node_id: int) -> Deferred[Any]:
+        """Remove a member; fires with C{(log_id, membership)}."""
+
+    def transfer_leadership(to: int) -> Deferred[Any]:
+        """Hand leadership to C{to}; fires with C{(leader, term)}."""
+
+    def metrics() -> Any:
+        """The node's L{oxidb.raft.node.RaftMetrics} now."""
+
+
 class IServices(IEngineSource):
     """
     The server-wide parts a handler may use, built once by L{oxidb.compose}
@@ -101,7 +140,7 @@ class IServices(IEngineSource):
     metrics = Attribute("the L{oxidb.metrics.ServerMetrics}")
     audit = Attribute("the L{oxidb.audit.events.Auditor}, or None")
     auth = Attribute("the L{oxidb.auth.manager.AuthManager}, or None")
-    raft = Attribute("the L{oxidb.raft.service.RaftService}, or None")
+    raft = Attribute("the L{oxidb.raft.service.RaftService} (an L{IClusterControl}), or None")
     auth_enabled = Attribute("authentication is on")
     health_open = Attribute("C{OXIDB_HEALTH_OPEN} is on (with authentication)")
     tls_enabled = Attribute("the client port speaks TLS")
@@ -113,20 +152,67 @@ class CommandContext:
     Per-request context handed to every handler.
 
     @ivar session: the connection's L{Session} (user, role, open transaction).
-    @ivar services: the server-wide L{IServices}.
+    @ivar services: the server-wide L{IServices}; handlers use the typed
+        capabilities below instead.
     """
 
     session: Session
     services: IServices = attrs.field(validator=provides(IServices))
 
     def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
-        executor: IExecutor = self.services.executor
-        return executor.read(fn, *args, **kwargs)
+        """Run blocking work off the reactor (the executor's read side)."""
+        return self.executor.read(fn, *args, **kwargs)
 
     def write(self, op: Operation) -> Deferred[Any]:
-        executor: IExecutor = self.services.executor
-        return executor.write(op)
+        """Apply one state change (standalone: the writer; cluster: Raft)."""
+        return self.executor.write(op)
 
     @property
-    def engine(self) -> Any:
-        return self.services.engine
+    def executor(self) -> IExecutor:
+        executor: IExecutor = self.services.executor
+        return executor
+
+    @property
+    def engine(self) -> Engine | None:
+        """The engine once it has opened, else None."""
+        engine: Engine | None = self.services.engine
+        return engine
+
+    @property
+    def config(self) -> Config:
+        config: Config = self.services.config
+        return config
+
+    @property
+    def clock(self) -> IReactorTime:
+        clock: IReactorTime = self.services.clock
+        return clock
+
+    @property
+    def dispatcher(self) -> IDispatcher:
+        """Runs sub-requests (C{pipeline})."""
+        dispatcher: IDispatcher = self.services.dispatcher
+        return dispatcher
+
+    @property
+    def metrics(self) -> ServerMetrics | None:
+        metrics: ServerMetrics | None = self.services.metrics
+        return metrics
+
+    @property
+    def auth(self) -> AuthManager | None:
+        """Users, roles and logins; None when authentication is off."""
+        auth: AuthManager | None = self.services.auth
+        return auth
+
+    @property
+    def audit(self) -> Auditor | None:
+        """The audit trail; None when auditing is off."""
+        audit: Auditor | None = self.services.audit
+        return audit
+
+    @property
+    def cluster(self) -> IClusterControl | None:
+        """The local Raft node's management side; None when standalone."""
+        cluster: IClusterControl | None = self.services.raft
+        return cluster

@@ -2,8 +2,8 @@
 Login and user-management commands (server.md 4.5, 4.6, 4.9). They exist
 only with authentication on; the service registers both lists then.
 
-Handlers reach the L{oxidb.auth.manager.AuthManager} as C{ctx.services.auth}
-and the L{oxidb.audit.events.Auditor} as C{ctx.services.audit} (None when
+Handlers reach the L{oxidb.auth.manager.AuthManager} as C{ctx.auth}
+and the L{oxidb.audit.events.Auditor} as C{ctx.audit} (None when
 auditing is off). Logins audit themselves (with the name tried), so their
 rows are C{audited=False}; user management is audited by the dispatcher.
 """
@@ -50,7 +50,10 @@ def _run(coroutine: Coroutine[Any, Any, Any]) -> Deferred[Any]:
 
 
 def _auth(ctx: CommandContext) -> AuthManager:
-    manager: AuthManager = ctx.services.auth
+    """The user manager; these handlers run only with authentication on."""
+    manager = ctx.auth
+    if manager is None:
+        raise InternalError("authentication is off")
     return manager
 
 
@@ -62,7 +65,7 @@ def _login(ctx: CommandContext) -> LoginInputs:
 def _audit_login(
     ctx: CommandContext, cmd: str, username: str | None, role: Role | None, result: str, detail: str
 ) -> None:
-    audit = ctx.services.audit
+    audit = ctx.audit
     if audit is not None:
         audit.record_login(ctx.session, cmd, username, None if role is None else role.wire, result, detail)
 
@@ -95,7 +98,7 @@ async def _login_failed(ctx: CommandContext, cmd: str, username: str | None, err
     wrong_credentials = isinstance(error, AuthenticationFailedError)
     _audit_login(ctx, cmd, username, None, DENIED if wrong_credentials else ERROR, error.message)
     if wrong_credentials:
-        metrics = ctx.services.metrics
+        metrics = ctx.metrics
         if metrics is not None:
             metrics.auth_failed()
         _log.info("failed login for {user} from {peer} ({cmd})", user=username, peer=ctx.session.peer, cmd=cmd)

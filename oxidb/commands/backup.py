@@ -30,7 +30,7 @@ def backup(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     engine = ctx.engine
     if engine is None:
         raise UnavailableError("storage engine is not available")
-    return ctx.read(archives.create_backup, engine, path, ctx.services.clock.seconds())
+    return ctx.read(archives.create_backup, engine, path, ctx.clock.seconds())
 
 
 def restore(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:

@@ -93,10 +93,10 @@ def pipeline(ctx: CommandContext, request: dict[str, Any]) -> Any:
     commands = request.get("commands")
     if not isinstance(commands, list):
         raise BadRequestError("pipeline: missing 'commands' array")
-    limit = ctx.services.config.limits.max_pipeline
+    limit = ctx.config.limits.max_pipeline
     if len(commands) > limit:
         raise PipelineTooLongError(len(commands), limit)
-    dispatcher = ctx.services.dispatcher
+    dispatcher = ctx.dispatcher
     envelopes: list[dict[str, Any]] = []
     # Later commands run from callbacks: keep them the connection's work.
     owner = current_owner.get()

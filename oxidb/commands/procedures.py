@@ -100,10 +100,7 @@ def call_procedure(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any
     """The procedure's value (C{return}'s, or C{{"ok": true}})."""
     name = require_str(request, "name")
     params = request.get("params")
-    services = ctx.services
-    return call(
-        services.executor, engine_of(ctx), services.clock, name, {} if params is None else params, services.metrics
-    )
+    return call(ctx.executor, engine_of(ctx), ctx.clock, name, {} if params is None else params, ctx.metrics)
 
 
 def list_procedures(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:

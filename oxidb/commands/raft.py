@@ -4,18 +4,18 @@ mode (a standalone server answers C{unknown command: raft_*}): C{raft_init},
 C{raft_add_learner}, C{raft_change_membership} and C{raft_metrics}, with
 upstream's request fields, reply shapes and error texts; and our own
 C{raft_remove_node}, C{raft_transfer_leader} and C{raft_status}
-(docs/clustering.md). The handlers reach the node as C{ctx.services.raft}
-(an L{oxidb.raft.service.RaftService}).
+(docs/clustering.md). The handlers drive the node through C{ctx.cluster}
+(an L{IClusterControl}).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 
 from oxidb.auth.store import ADMIN_USER, SeedAdmin
-from oxidb.commands._context import CommandContext
+from oxidb.commands._context import CommandContext, IClusterControl
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import Field, JsonType, fields
 from oxidb.errors import BadRequestError, OxiError, RaftError
@@ -31,25 +31,33 @@ def _cause(error: RaftError) -> str:
     return str(error).removeprefix("raft error: ")
 
 
-def _node_id(value: Any) -> bool:
+def _cluster(ctx: CommandContext) -> IClusterControl:
+    """The node; these commands are registered only in cluster mode."""
+    cluster = ctx.cluster
+    if cluster is None:
+        raise RaftError("not running in cluster mode")
+    return cluster
+
+
+def _node_id(value: Any) -> TypeGuard[int]:
     return type(value) is int and 0 <= value < _U64
 
 
 @inlineCallbacks
 def raft_init(ctx: CommandContext, request: dict[str, Any]) -> Any:
-    raft = ctx.services.raft
+    cluster = _cluster(ctx)
     addr = request.get("addr")
     if not isinstance(addr, str) or not addr:
-        addr = raft.published_address
+        addr = cluster.published_address
     if not addr:
-        host, port = ctx.services.config.raft_addr
+        host, port = ctx.config.raft_addr
         raise BadRequestError(
             "raft init: no Raft address known for this node — set OXIDB_RAFT_ADDR or pass 'addr'. "
             f"OXIDB_RAFT_ADDR={host}:{port} cannot be dialled by peers; set OXIDB_RAFT_ADVERTISE to this "
             "node's routable host:port"
         )
     try:
-        yield raft.node.initialize(addr)
+        yield cluster.initialize(addr)
     except RaftError as e:
         raise BadRequestError(f"raft init failed: {_cause(e)}") from None
     yield _seed_admin(ctx)
@@ -65,7 +73,7 @@ def _seed_admin(ctx: CommandContext) -> Any:
     initialized either way, and the admin can still be set with
     C{update_user} on the leader.
     """
-    auth = ctx.services.auth
+    auth = ctx.auth
     record = None if auth is None else auth.store.get(ADMIN_USER)
     if record is None:
         return
@@ -93,7 +101,7 @@ def raft_add_learner(ctx: CommandContext, request: dict[str, Any]) -> Deferred[A
     addr = request.get("addr")
     if not isinstance(addr, str) or not addr:
         raise BadRequestError("missing 'addr' (raft address)")
-    return _managed(ctx.services.raft.node.add_learner, "add learner failed", node_id, addr)
+    return _managed(_cluster(ctx).add_learner, "add learner failed", node_id, addr)
 
 
 def raft_change_membership(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
@@ -102,7 +110,7 @@ def raft_change_membership(ctx: CommandContext, request: dict[str, Any]) -> Defe
         raise BadRequestError("missing 'members' array")
     if not all(_node_id(m) for m in members):
         raise BadRequestError("'members' must be array of node IDs")
-    return _managed(ctx.services.raft.node.change_membership, "change membership failed", set(members))
+    return _managed(_cluster(ctx).change_membership, "change membership failed", set(members))
 
 
 @inlineCallbacks
@@ -115,7 +123,7 @@ def _managed(action: Any, failure: str, *args: Any) -> Any:
 
 
 def raft_metrics(ctx: CommandContext, request: dict[str, Any]) -> dict[str, Any]:
-    metrics: dict[str, Any] = ctx.services.raft.node.metrics().upstream_json()
+    metrics: dict[str, Any] = _cluster(ctx).metrics().upstream_json()
     return metrics
 
 
@@ -123,7 +131,7 @@ def raft_remove_node(ctx: CommandContext, request: dict[str, Any]) -> Deferred[A
     node_id = request.get("node_id")
     if not _node_id(node_id):
         raise BadRequestError("missing 'node_id'")
-    return _managed(ctx.services.raft.node.remove_node, "remove node failed", node_id)
+    return _managed(_cluster(ctx).remove_node, "remove node failed", node_id)
 
 
 @inlineCallbacks
@@ -132,14 +140,14 @@ def raft_transfer_leader(ctx: CommandContext, request: dict[str, Any]) -> Any:
     if not _node_id(node_id):
         raise BadRequestError("missing 'node_id'")
     try:
-        leader, term = yield ctx.services.raft.node.transfer_leadership(node_id)
+        leader, term = yield _cluster(ctx).transfer_leadership(node_id)
     except RaftError as e:
         raise BadRequestError(f"transfer leader failed: {_cause(e)}") from None
     return {"leader": leader, "term": term}
 
 
 def raft_status(ctx: CommandContext, request: dict[str, Any]) -> dict[str, Any]:
-    return status_report(ctx.services.raft.node.metrics())
+    return status_report(_cluster(ctx).metrics())
 
 
 def status_report(metrics: Any) -> dict[str, Any]:

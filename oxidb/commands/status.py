@@ -3,7 +3,7 @@ Server status commands: C{server_status} (ours; upstream has none) and
 C{proc_status} (upstream's shape, server.md 10).
 
 Both read the service's L{oxidb.metrics.ServerMetrics} at
-C{ctx.services.metrics}; their blocking parts (counting documents, walking the
+C{ctx.metrics}; their blocking parts (counting documents, walking the
 data directory, reading C{/proc}) run through C{ctx.read}.
 """
 
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from oxidb.auth.rbac import Role
 from oxidb.commands._registry import Command
+from oxidb.errors import InternalError
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -21,13 +22,21 @@ if TYPE_CHECKING:
     from oxidb.metrics import ServerMetrics, StorageSample
 
 
+def _metrics(ctx: CommandContext) -> ServerMetrics:
+    """The server's metrics (every composed server has them)."""
+    metrics = ctx.metrics
+    if metrics is None:
+        raise InternalError("no server metrics")
+    return metrics
+
+
 def server_status(ctx: CommandContext, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
     """
     C{{"version", "mode", "uptime_s", "connections", "connections_total",
     "commands_served", "threadpool", "data_dir_bytes", "documents", "raft"}}.
     A fresh storage measurement, which C{/metrics} then exports too.
     """
-    metrics: ServerMetrics = ctx.services.metrics
+    metrics = _metrics(ctx)
     d = ctx.read(metrics.measure_storage)
     d.addCallback(metrics.storage_measured)
     d.addCallback(_server_status_reply, metrics)
@@ -65,7 +74,7 @@ def _server_status_reply(storage: StorageSample, metrics: ServerMetrics) -> dict
 
 def proc_status(ctx: CommandContext, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
     """C{{"cpu_percent", "mem_rss_mb", "threads", "uptime_s"}} (server.md 10)."""
-    d = ctx.read(ctx.services.metrics.process.sample)
+    d = ctx.read(_metrics(ctx).process.sample)
     d.addCallback(lambda sample: sample.to_wire())
     return d
 

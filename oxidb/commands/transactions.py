@@ -111,7 +111,7 @@ class SessionTransaction:
     def _stage_update(
         self, ctx: CommandContext, collection: str, query: Any, update: Any, limit: int | None
     ) -> Deferred[Any]:
-        now = ctx.services.clock.seconds()
+        now = ctx.clock.seconds()
         return self._read(ctx, self.tx.stage_update, collection, query, update, now, limit)
 
     def _insert(self, ctx: CommandContext, collection: str, documents: list[Any]) -> Deferred[list[int]]:
@@ -169,7 +169,7 @@ def commit_tx(ctx: CommandContext, request: dict[str, Any]) -> Deferred[str]:
     if open_tx is None:
         raise NoTransactionError()
     ctx.session.tx = None
-    return commit(ctx.services.executor, open_tx.tx, ctx.services.metrics)
+    return commit(ctx.executor, open_tx.tx, ctx.metrics)
 
 
 def rollback_tx(ctx: CommandContext, request: dict[str, Any]) -> str:

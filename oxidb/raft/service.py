@@ -25,8 +25,10 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from oxidb.auth.store import UserStore
+from oxidb.commands._context import IClusterControl
 from oxidb.config import Config
 from oxidb.errors import ConfigError
 from oxidb.logs import Logger
@@ -71,8 +73,13 @@ def applied_log_id(state: DurableState, index: int) -> LogId | None:
     return None
 
 
+@implementer(IClusterControl)
 class RaftService(Service):
     """
+    The cluster part of a server: the Raft node, its peer port, storage and
+    state machine. As L{IClusterControl} it is what the management commands
+    drive (each action is the node's).
+
     @param config: the server configuration (C{node_id} set).
     @param reactor: the reactor.
     @param engine: the server's engine (opened before this service starts).
@@ -148,6 +155,31 @@ class RaftService(Service):
     def run_io(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run blocking Raft I/O on the single Raft I/O thread."""
         return self.io_pool.defer(fn, *args)
+
+    # IClusterControl: the management commands' view of the node.
+
+    def initialize(self, addr: str) -> Deferred[Any]:
+        result: Deferred[Any] = self.node.initialize(addr)
+        return result
+
+    def add_learner(self, node_id: int, addr: str) -> Deferred[Any]:
+        result: Deferred[Any] = self.node.add_learner(node_id, addr)
+        return result
+
+    def change_membership(self, voters: set[int]) -> Deferred[Any]:
+        result: Deferred[Any] = self.node.change_membership(voters)
+        return result
+
+    def remove_node(self, node_id: int) -> Deferred[Any]:
+        result: Deferred[Any] = self.node.remove_node(node_id)
+        return result
+
+    def transfer_leadership(self, to: int) -> Deferred[Any]:
+        result: Deferred[Any] = self.node.transfer_leadership(to)
+        return result
+
+    def metrics(self) -> Any:
+        return self.node.metrics()
 
     def wrap_dispatcher(self, dispatcher: Any) -> LinearizableDispatcher:
         return LinearizableDispatcher(dispatcher, self.node)
