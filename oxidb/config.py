@@ -11,6 +11,7 @@ option) and the value.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -168,6 +169,31 @@ def parse_cluster_key(text: str) -> Secret:
     return Secret(text)
 
 
+def parse_secret(text: str) -> Secret:
+    """A non-empty secret; the error never quotes it."""
+    if not text:
+        raise ValueError("must not be empty")
+    return Secret(text)
+
+
+def read_secret_file(path: str) -> Secret:
+    """
+    The first line of the file at C{path} (a trailing newline is not part
+    of the secret).
+
+    @raise ValueError: the file cannot be read, or its first line is empty.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ValueError(f"cannot read it: {reason}") from None
+    if not text:
+        raise ValueError("its first line is empty")
+    return Secret(text)
+
+
 def parse_ms_range(text: str) -> tuple[int, int]:
     """C{low-high} in milliseconds, C{0 < low < high}."""
     low, sep, high = text.partition("-")
@@ -219,6 +245,14 @@ class Setting:
     help: str
     secret: bool = attrs.field(default=False, kw_only=True)
 
+    @property
+    def switch(self) -> bool:
+        """
+        A boolean: the variable takes C{true}/C{1} or C{false}/C{0}, and twistd
+        has the flags C{--<option>} (on) and C{--no-<option>} (off).
+        """
+        return self.parse is parse_bool or self.parse is bool_text
+
 
 SETTINGS: tuple[Setting, ...] = (
     # Core (server.md 9.1).
@@ -241,6 +275,12 @@ SETTINGS: tuple[Setting, ...] = (
     # Security.
     Setting(None, "OXIDB_AUTH", "auth", None, bool_text,
             "require login (SCRAM-SHA-256) and enforce roles (true/false)"),
+    Setting("admin_password", "OXIDB_ADMIN_PASSWORD", "admin-password", None, parse_secret,
+            "password of the first admin, created on the first start with auth on (prefer the file: "
+            "the environment and command line of a process can be read by others)", secret=True),
+    Setting("admin_password_file", "OXIDB_ADMIN_PASSWORD_FILE", "admin-password-file", None, parse_path,
+            "file holding the first admin's password; without this or OXIDB_ADMIN_PASSWORD it is generated "
+            "into <data>/initial-admin-password (mode 0600)"),
     Setting(None, "OXIDB_SCRAM_ITERATIONS", "scram-iterations", None, passthrough,
             "PBKDF2 iterations for new SCRAM verifiers (4096..10000000, default 4096)"),
     Setting(None, "OXIDB_HEALTH_OPEN", "health-open", None, bool_text,
@@ -265,7 +305,7 @@ SETTINGS: tuple[Setting, ...] = (
             "rotate the audit log after this many seconds (0 = never)"),
     Setting(None, "OXIDB_AUDIT_CALENDAR", "audit-calendar", None, passthrough,
             "rotate the audit log hourly or daily (UTC), or none"),
-    Setting(None, "OXIDB_AUDIT_COMPRESS", "audit-compress", None, passthrough,
+    Setting(None, "OXIDB_AUDIT_COMPRESS", "audit-compress", None, bool_text,
             "gzip rotated audit logs (true/false)"),
     Setting(None, "OXIDB_GELF_ADDR", "gelf-addr", None, passthrough,
             "host:port of a GELF UDP collector for server and audit events"),
@@ -330,6 +370,45 @@ SETTINGS += tuple(_limit_setting(row) for row in LIMIT_ROWS)
 
 _BY_FIELD = {s.field: s for s in SETTINGS if s.field is not None}
 
+#: C{OXIDB_*} variables that are not server settings, which the server
+#: leaves alone: C{oxidb-cli}'s, and the test suite's knobs (docs/testing.md).
+OTHER_VARIABLES: frozenset[str] = frozenset(
+    {
+        "OXIDB_URL",
+        "OXIDB_USER",
+        "OXIDB_PASSWORD",
+        "OXIDB_BOOTSTRAP_RUNS",
+        "OXIDB_NEMESIS_OPS",
+        "OXIDB_NEMESIS_SECONDS",
+        "OXIDB_NEMESIS_SEED",
+        "OXIDB_PROPERTY_EXAMPLES",
+        "OXIDB_RAFT_SIM_FIRST_SEED",
+        "OXIDB_RAFT_SIM_SEEDS",
+    }
+)
+
+
+def check_variables(environ: Mapping[str, str]) -> None:
+    """
+    Refuse C{OXIDB_*} variables that name no setting: a typo (C{OXIDB_ADRR},
+    C{OXIDB_AUTHH}) would otherwise be ignored silently, leaving the default
+    (auth off, say) in force.
+
+    @raise ConfigError: naming each unknown variable and the closest valid one.
+    """
+    known = {s.env for s in SETTINGS}
+    unknown = sorted(n for n in environ if n.startswith("OXIDB_") and n not in known and n not in OTHER_VARIABLES)
+    if not unknown:
+        return
+    described = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        described.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    raise ConfigError(
+        f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(described)}: "
+        "every OXIDB_* variable must name a setting (docs/operations.md); unset it or fix its name"
+    )
+
 
 @attrs.frozen
 class Config:
@@ -347,6 +426,8 @@ class Config:
     ttl_interval: int = 60
     ttl_batch_size: int = 1000
     encryption_key: str | None = None
+    admin_password: Secret | None = None
+    admin_password_file: str | None = None
     metrics_addr: Address | None = None
     node_id: int | None = None
     raft_addr: Address = ("127.0.0.1", 4445)
@@ -379,10 +460,12 @@ class Config:
         option name; C{None} means "not given").
 
         @raise ConfigError: a value is invalid; the message names the variable
-            or option and the value.
+            or option and the value. An C{OXIDB_*} variable that names no
+            setting (L{check_variables}).
         """
         environ = {} if environ is None else environ
         options = {} if options is None else options
+        check_variables(environ)
         values: dict[str, Any] = {}
         effective = dict(environ)
         for setting in SETTINGS:
@@ -406,6 +489,15 @@ class Config:
                 effective[setting.env] = value
             else:
                 values[setting.field] = value
+        if values.get("admin_password_file") is not None:
+            if values.get("admin_password") is not None:
+                raise ConfigError(
+                    "OXIDB_ADMIN_PASSWORD and OXIDB_ADMIN_PASSWORD_FILE are both set: keep one (the file is safer)"
+                )
+            try:
+                values["admin_password"] = read_secret_file(values["admin_password_file"])
+            except ValueError as e:
+                raise ConfigError(f"OXIDB_ADMIN_PASSWORD_FILE={values['admin_password_file']!r}: {e}") from None
         if values.get("raft_peers") is None:
             values["raft_peers"] = {}
         return cls(

@@ -11,24 +11,29 @@ Twisted application::
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import os
 import signal
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import IO, Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.error import CannotListenError
 from twisted.logger import globalLogPublisher
 
 from oxidb import __version__
 from oxidb.audit.events import Auditor
+from oxidb.auth.manager import AuthManager
+from oxidb.auth.store import ADMIN_PASSWORD_FILE
 from oxidb.commands import Command
 from oxidb.compose import ExecutorFactory, Lifecycle, Parts, Services, compose
 from oxidb.config import SETTINGS, Config, format_address
 from oxidb.datadir import DataDirLock
-from oxidb.errors import ConfigError
+from oxidb.errors import BadRequestError, ConfigError
 from oxidb.logs import Logger
 from oxidb.metrics import MetricsRefresher, NodeHealth, make_metrics_site
 from oxidb.server.scheduler import Scheduler
@@ -159,8 +164,86 @@ class OxiService(MultiService):
                 raise SystemExit(f"oxidb: configuration error: {e}") from None
             raise
 
+    def _ensure_first_admin(self, auth: AuthManager) -> None:
+        """
+        On the first start with auth on, create C{admin} with the configured
+        password, or a generated one written to a 0600 file whose path (never
+        the password) is logged. In a cluster, C{raft_init} then replicates
+        the admin of the node it ran on to every node (L{SeedAdmin}).
+        """
+        config = self.config
+        given = config.admin_password.value if config.admin_password is not None else None
+        password_file = Path(self.shared.data_dir) / ADMIN_PASSWORD_FILE
+        # The banner goes to the real stderr, and only when it is a terminal:
+        # twistd redirects sys.stderr into the log, and under a supervisor
+        # stderr is a log too (the journal); the password must never reach
+        # one. The file is where it always is.
+        terminal = sys.__stderr__ if sys.__stderr__ is not None and sys.__stderr__.isatty() else None
+        try:
+            first = auth.ensure_first_admin(given, password_file, cast(IO[str] | None, terminal))
+        except BadRequestError as e:
+            source = "OXIDB_ADMIN_PASSWORD_FILE" if config.admin_password_file else "OXIDB_ADMIN_PASSWORD"
+            error = ConfigError(f"{source}: {e}")
+            if self.handle_signals:
+                raise SystemExit(f"oxidb: configuration error: {error}") from None
+            raise error from None
+        if first is None:
+            return
+        if first.password_file is not None:
+            self._log.info(
+                "first start: created user '{user}' (admin); its generated password is in {path} (mode 0600, "
+                "readable by this user only): log in, change it with update_user, then delete the file",
+                user=first.username,
+                path=str(first.password_file),
+            )
+        else:
+            source = "OXIDB_ADMIN_PASSWORD_FILE" if config.admin_password_file else "OXIDB_ADMIN_PASSWORD"
+            self._log.info(
+                "first start: created user '{user}' (admin) with the password from {source}",
+                user=first.username,
+                source=source,
+            )
+
     def privilegedStartService(self) -> None:
         self._lock_data_dir()
+        try:
+            self._listen()
+        except CannotListenError as e:
+            self._unlisten()
+            self.datadir_lock.release()
+            error = ConfigError(self._listen_error(e))
+            if self.handle_signals:
+                # Under twistd: a one-line message and a non-zero exit, not a traceback.
+                raise SystemExit(f"oxidb: {error}") from None
+            raise error from None
+
+    def _listen_error(self, error: CannotListenError) -> str:
+        """One line naming the address, the setting it comes from, and why it cannot be bound."""
+        config = self.config
+        where = (error.interface, error.port)
+        env = "OXIDB_ADDR"
+        if config.metrics_addr is not None and where == config.metrics_addr:
+            env = "OXIDB_METRICS_ADDR"
+        elif config.node_id is not None and where == config.raft_addr:
+            env = "OXIDB_RAFT_ADDR"
+        cause = error.socketError
+        reason = getattr(cause, "strerror", None) or str(cause)
+        if getattr(cause, "errno", None) == errno.EADDRINUSE:
+            reason += " (another process, perhaps another oxidb-server, listens there: stop it or choose another port)"
+        return f"cannot listen on {env}={format_address(where)}: {reason}"
+
+    def _unlisten(self) -> None:
+        """Close the ports bound before a bind failed (in-process callers keep running)."""
+        ports = [self.port, self.metrics_port]
+        if self.raft is not None:
+            ports.append(self.raft.transport.port)
+            self.raft.transport.port = None
+        for port in ports:
+            if port is not None:
+                port.stopListening()
+        self.port = self.metrics_port = None
+
+    def _listen(self) -> None:
         host, port = self.config.addr
         if self.tls_options is not None:
             self.port = self.reactor.listenSSL(port, self.factory, self.tls_options, interface=host)
@@ -201,9 +284,7 @@ class OxiService(MultiService):
             self._log.info("TLS: enabled")
         if self.shared.auth is not None:
             self._log.info("authentication: enabled")
-            # The real stderr: twistd may redirect sys.stderr into the log,
-            # and the generated password must never reach a log.
-            self.shared.auth.ensure_default_admin(cast(IO[str], sys.__stderr__))
+            self._ensure_first_admin(self.shared.auth)
         self.threadpool.start()
         self.lifecycle.started_at = self.reactor.seconds()
         self.lifecycle.serving = True
@@ -228,6 +309,34 @@ class OxiService(MultiService):
         if self.handle_signals:
             self.reactor.callWhenRunning(self._install_signal_handlers)
         super().startService()
+        self._log.info(
+            "oxidb-server ready: auth {auth}, TLS {tls}, {cluster}; connect with: oxidb-cli --url {url}",
+            auth="on" if self.shared.auth is not None else "off",
+            tls="on" if self.tls_options is not None else "off",
+            cluster=self._cluster_text(),
+            url=self.connect_url(),
+            data_dir=self.shared.data_dir,
+        )
+
+    def _cluster_text(self) -> str:
+        if self.raft is None:
+            return "standalone"
+        core = self.raft.node.core
+        cluster_id = core.cluster_id if core is not None else None
+        if cluster_id is None:
+            return f"cluster node {self.config.node_id}, not initialized (run raft_init on one node)"
+        return f"cluster node {self.config.node_id}, cluster id {cluster_id}"
+
+    def connect_url(self) -> str:
+        """
+        The C{oxidb://} URL C{oxidb-cli} connects to this server with (the
+        bound port; a wildcard address becomes loopback).
+        """
+        bound = self.port.getHost()
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound.host, bound.host)
+        user = "admin@" if self.shared.auth is not None else ""
+        query = "?tls=true" if self.tls_options is not None else ""
+        return f"oxidb://{user}{format_address((host, bound.port))}{query}"
 
     @inlineCallbacks
     def stopService(self) -> Any:

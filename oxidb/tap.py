@@ -2,7 +2,9 @@
 twistd glue: C{twistd -n oxidb [options]}.
 
 Options are generated from L{oxidb.config.SETTINGS}; each overrides the
-C{OXIDB_*} variable of the same meaning.
+C{OXIDB_*} variable of the same meaning. Boolean settings are flags:
+C{--auth} turns authentication on, C{--no-auth} off, whatever C{OXIDB_AUTH}
+says.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from twisted.logger import LogLevel
 from twisted.python import usage
 
 from oxidb import __version__
 from oxidb.config import SETTINGS, Config
 from oxidb.errors import ConfigError
+from oxidb.logs import set_minimum_level
 
 
 class Options(usage.Options):
@@ -29,12 +33,44 @@ class Options(usage.Options):
     optParameters = [
         [s.option, None, None, f"{s.help} [env {s.env}, default {s.default or 'unset'}]"]
         for s in SETTINGS
+        if not s.switch
+    ]
+    optFlags = [
+        flag
+        for s in SETTINGS
+        if s.switch
+        for flag in (
+            [s.option, None, f"{s.help} [env {s.env}=true, default {s.default or 'false'}]"],
+            [f"no-{s.option}", None, f"turn --{s.option} off [env {s.env}=false]"],
+        )
     ]
 
     def opt_version(self) -> None:
         """Print the version and exit."""
         print(f"oxidb-server {__version__}")
         sys.exit(0)
+
+
+def option_values(options: Mapping[str, Any]) -> dict[str, str | None]:
+    """
+    The text of each setting's option as L{Config.from_sources} takes it, or
+    C{None} when not given. A switch given as C{--<option>} is C{"true"},
+    as C{--no-<option>} C{"false"}; text (an embedder's C{{"auth": "true"}})
+    is passed on.
+
+    @raise ConfigError: both C{--<option>} and C{--no-<option>} are given.
+    """
+    values: dict[str, str | None] = {}
+    for setting in SETTINGS:
+        given = options.get(setting.option)
+        if not setting.switch or isinstance(given, str):
+            values[setting.option] = given
+            continue
+        off = options.get(f"no-{setting.option}")
+        if given and off:
+            raise ConfigError(f"--{setting.option} and --no-{setting.option} contradict each other: give one")
+        values[setting.option] = "true" if given else "false" if off else None
+    return values
 
 
 def makeService(
@@ -64,7 +100,12 @@ def makeService(
     if twistd:
         environ = os.environ
     try:
-        config = Config.from_sources(environ, {s.option: options.get(s.option) for s in SETTINGS})
+        config = Config.from_sources(environ, option_values(options))
+        if twistd:
+            # twistd's own observer writes debug events too (a health
+            # check's connection and close, every second): info and up
+            # unless verbose.
+            set_minimum_level(None if config.verbose else LogLevel.info)
         return OxiService(config, reactor=reactor, handle_signals=twistd)
     except ConfigError as e:
         if twistd:
@@ -73,4 +114,4 @@ def makeService(
         raise
 
 
-__all__ = ["Options", "makeService", "ConfigError"]
+__all__ = ["Options", "makeService", "option_values", "ConfigError"]

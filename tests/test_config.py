@@ -9,7 +9,7 @@ import pytest
 from oxidb.atrest import load_key_file
 from oxidb.config import SETTINGS, Config, parse_address, parse_peers
 from oxidb.errors import ConfigError
-from oxidb.tap import Options
+from oxidb.tap import Options, option_values
 
 
 def test_defaults_match_the_spec() -> None:
@@ -37,7 +37,7 @@ def test_options_override_environment() -> None:
     options.parseOptions(["--addr", "127.0.0.2:7000", "--pool-size=8"])
     config = Config.from_sources(
         {"OXIDB_ADDR": "0.0.0.0:5000", "OXIDB_POOL_SIZE": "2", "OXIDB_IDLE_TIMEOUT": "9"},
-        {s.option: options[s.option] for s in SETTINGS},
+        option_values(options),
     )
     assert config.addr == ("127.0.0.2", 7000)
     assert config.pool_size == 8
@@ -46,7 +46,7 @@ def test_options_override_environment() -> None:
 
 def test_every_setting_has_an_option_and_a_variable() -> None:
     options = Options()
-    names = {p[0] for p in options.optParameters}
+    names = {p[0] for p in options.optParameters} | {f[0] for f in options.optFlags}
     for setting in SETTINGS:
         assert setting.env.startswith("OXIDB_")
         assert setting.option in names

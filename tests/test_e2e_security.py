@@ -10,6 +10,7 @@ import json
 import os
 import re
 import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,9 +47,10 @@ def secured(tmp_path: Any) -> Any:
 
 
 def admin_password(process: ServerProcess) -> str:
-    match = re.search(r"^  password: (\S+)$", process.stderr(), re.M)
-    assert match, process.stderr()
-    return match.group(1)
+    """The generated first admin password: in its 0600 file, never on stderr (not a terminal here) or in the log."""
+    password = Path(process.data_dir, "initial-admin-password").read_text().strip()
+    assert password not in process.stderr() and password not in process.log()
+    return password
 
 
 def test_login_roles_and_audit(secured: ServerProcess) -> None:

@@ -185,7 +185,10 @@ def test_json_log_output(tmp_path: Any) -> None:
     finally:
         assert process.stop() == 0
     events = [json.loads(line) for line in process.log().splitlines() if line.startswith("{")]
-    listening = [e for e in events if e.get("log_format", "").startswith("oxidb-server listening on")]
+    listening = [e for e in events if e.get("message", "").startswith("oxidb-server listening on")]
     assert listening and listening[0]["addr"] == f"127.0.0.1:{process.port}"
     assert listening[0]["pool_size"] == 4
-    assert any(e.get("log_format") == "oxidb-server stopped" for e in events)
+    assert listening[0]["level"] == "info" and listening[0]["namespace"] == "oxidb.service.OxiService"
+    assert any(e.get("message") == "oxidb-server stopped" for e in events)
+    ready = [e for e in events if e.get("message", "").startswith("oxidb-server ready: ")]
+    assert ready and ready[0]["url"] == f"oxidb://127.0.0.1:{process.port}"

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from oxidb.auth.cred import RunBlocking, build_portal
 from oxidb.auth.settings import AuthSettings
-from oxidb.auth.store import UserStore, ensure_default_admin, load_or_create_secret
+from oxidb.auth.store import FirstAdmin, UserStore, ensure_default_admin, ensure_first_admin, load_or_create_secret
 from oxidb.auth.throttle import LoginThrottle
 from oxidb.limits import Limits
 
@@ -71,3 +71,11 @@ class AuthManager:
     def ensure_default_admin(self, stream: IO[str]) -> bool:
         """See L{oxidb.auth.store.ensure_default_admin} (blocking)."""
         return ensure_default_admin(self.store, stream, self.rng, self.iterations)
+
+    def ensure_first_admin(
+        self, password: str | None, password_file: Path, stream: IO[str] | None
+    ) -> FirstAdmin | None:
+        """See L{oxidb.auth.store.ensure_first_admin} (blocking)."""
+        return ensure_first_admin(
+            self.store, self.rng, self.iterations, password=password, password_file=password_file, stream=stream
+        )

@@ -39,6 +39,8 @@ from oxidb.errors import (
 )
 from oxidb.logs import Logger
 
+_log = Logger(namespace="oxidb.auth.store")
+
 USERS_FILE = "users.json"
 SECRET_FILE = "scram_mock_secret"
 SECRET_LENGTH = 32
@@ -185,6 +187,11 @@ class UserStore:
             if secrets is not None:
                 record = record.with_password(secrets)
             self._commit({**self._users, username: record})
+
+    def seed(self, record: UserRecord) -> None:
+        """Create C{record}, or replace the user of that name with it (L{SeedAdmin})."""
+        with self._write_lock:
+            self._commit({**self._users, record.username: record})
 
     def replace_all(self, records: Iterable[UserRecord]) -> None:
         """
@@ -347,8 +354,54 @@ class UpdateUser(Operation):
         return "user updated"
 
 
+@attrs.frozen
+class SeedAdmin(Operation):
+    """
+    The cluster's first admin, replicated: the node where C{raft_init} ran
+    proposes its local C{admin} record right after the bootstrap, and every
+    node makes its C{admin} exactly that record (created or replaced). A
+    node whose own first admin differed drops its stale generated password
+    file (L{ADMIN_PASSWORD_FILE}), which no longer logs anyone in.
+    """
+
+    KIND: ClassVar[str] = "SeedAdmin"
+
+    record: UserRecord
+
+    def to_body(self) -> dict[str, Any]:
+        return self.record.to_json()
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], version: int) -> SeedAdmin:
+        try:
+            record = UserRecord.from_json(body)
+        except ValueError as e:
+            raise BadRequestError(f"malformed SeedAdmin operation: {e}") from None
+        if record.role is not Role.ADMIN:
+            raise BadRequestError("malformed SeedAdmin operation: the record is not an admin")
+        return cls(record)
+
+    def apply_to(self, store: UserStore) -> str:
+        previous = store.get(self.record.username)
+        store.seed(self.record)
+        stale = store.directory.parent / ADMIN_PASSWORD_FILE
+        if previous is not None and previous != self.record and stale.exists():
+            stale.unlink(missing_ok=True)
+            _log.info(
+                "the cluster's first admin replaced this node's own; {path} (its generated password) "
+                "was removed: the password is in that file on the node where raft_init ran",
+                path=str(stale),
+            )
+        return "admin seeded"
+
+
 #: The user operation types.
-OPERATIONS: tuple[type[CreateUser] | type[DropUser] | type[UpdateUser], ...] = (CreateUser, DropUser, UpdateUser)
+OPERATIONS: tuple[type[CreateUser] | type[DropUser] | type[UpdateUser] | type[SeedAdmin], ...] = (
+    CreateUser,
+    DropUser,
+    UpdateUser,
+    SeedAdmin,
+)
 
 
 def create_user_op(username: str, role: Role, secrets: PasswordSecrets) -> CreateUser:
@@ -373,7 +426,7 @@ def register_appliers(engine: Any, store: UserStore) -> None:
         engine.register_operation(op_type, functools.partial(_apply_to, store))
 
 
-def _apply_to(store: UserStore, txn: Any, op: CreateUser | DropUser | UpdateUser, now: float) -> str:
+def _apply_to(store: UserStore, txn: Any, op: CreateUser | DropUser | UpdateUser | SeedAdmin, now: float) -> str:
     return op.apply_to(store)
 
 
@@ -393,19 +446,73 @@ def new_admin_password(rng: random.Random) -> str:
     return base64.b64encode(rng.randbytes(24)).decode("ascii")
 
 
+#: The file in the data directory holding a generated first admin password
+#: (mode 0600): the log names it, never the password.
+ADMIN_PASSWORD_FILE = "initial-admin-password"
+
+#: The first admin's user name.
+ADMIN_USER = "admin"
+
+
+@attrs.frozen
+class FirstAdmin:
+    """
+    What L{ensure_first_admin} did.
+
+    @ivar password_file: where the generated password was written, or
+        C{None} when the password was given (C{OXIDB_ADMIN_PASSWORD[_FILE]}).
+    """
+
+    username: str
+    password_file: Path | None
+
+
+def ensure_first_admin(
+    store: UserStore,
+    rng: random.Random,
+    iterations: int,
+    *,
+    password: str | None = None,
+    password_file: Path | None = None,
+    stream: IO[str] | None = None,
+) -> FirstAdmin | None:
+    """
+    On a first start (no users) create C{admin}; otherwise do nothing and
+    return C{None}. Blocking (hashing, file writes).
+
+    @param password: the operator's password; C{None} generates one
+        (L{new_admin_password}).
+    @param password_file: where a generated password is written (mode
+        0600) before the user is created, so that a crash in between never
+        leaves an admin nobody knows the password of.
+    @param stream: a generated password is also printed here in the banner
+        of server.md 4.3. Pass the process's real stderr, never a stream that
+        feeds the log: the password must never reach a log, the audit trail
+        or GELF.
+    @raise BadRequestError: the given password is empty or SASLprep refuses it.
+    """
+    if len(store):
+        return None
+    generated = password is None
+    if password is None:
+        password = new_admin_password(rng)
+    secrets = derive_secrets(password, rng.randbytes(SALT_LENGTH), rng.randbytes(SALT_LENGTH), iterations)
+    written = None
+    if generated and password_file is not None:
+        write_private_file(password_file, (password + "\n").encode("ascii"))
+        written = password_file
+    store.create(UserRecord(ADMIN_USER, Role.ADMIN, secrets.password_hash, secrets.verifier))
+    if generated and stream is not None:
+        stream.write(BANNER.format(password=password))
+        stream.flush()
+    return FirstAdmin(ADMIN_USER, written)
+
+
 def ensure_default_admin(store: UserStore, stream: IO[str], rng: random.Random, iterations: int) -> bool:
     """
     On a first start (no users) create C{admin} with a random password and
-    print it once to C{stream} in the banner of server.md 4.3. Pass the
-    process's real stderr (C{sys.__stderr__}), not a stream that feeds the
-    log: the password must never reach a log, the audit trail or GELF.
-    Blocking (hashing, file write). Returns whether the admin was created.
+    print it once to C{stream} in the banner of server.md 4.3 (see
+    L{ensure_first_admin}, which the server uses). Returns whether the admin
+    was created.
     """
-    if len(store):
-        return False
-    password = new_admin_password(rng)
-    secrets = derive_secrets(password, rng.randbytes(SALT_LENGTH), rng.randbytes(SALT_LENGTH), iterations)
-    store.create(UserRecord("admin", Role.ADMIN, secrets.password_hash, secrets.verifier))
-    stream.write(BANNER.format(password=password))
-    stream.flush()
-    return True
+    return ensure_first_admin(store, rng, iterations, stream=stream) is not None

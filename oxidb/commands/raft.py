@@ -14,10 +14,14 @@ from typing import Any, TypeGuard
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 
+from oxidb.auth.store import ADMIN_USER, SeedAdmin
 from oxidb.commands._context import CommandContext, IClusterControl
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import Field, JsonType, fields
-from oxidb.errors import BadRequestError, RaftError
+from oxidb.errors import BadRequestError, OxiError, RaftError
+from oxidb.logs import Logger
+
+_log = Logger(namespace="oxidb.commands.raft")
 
 _U64 = 2**64
 
@@ -56,7 +60,33 @@ def raft_init(ctx: CommandContext, request: dict[str, Any]) -> Any:
         yield cluster.initialize(addr)
     except RaftError as e:
         raise BadRequestError(f"raft init failed: {_cause(e)}") from None
+    yield _seed_admin(ctx)
     return "cluster initialized"
+
+
+@inlineCallbacks
+def _seed_admin(ctx: CommandContext) -> Any:
+    """
+    With auth on, replicate this node's C{admin} (its first admin) through
+    the log, so that the cluster has one first admin rather than one per
+    node (L{SeedAdmin}). A failure is logged, not answered: the cluster is
+    initialized either way, and the admin can still be set with
+    C{update_user} on the leader.
+    """
+    auth = ctx.auth
+    record = None if auth is None else auth.store.get(ADMIN_USER)
+    if record is None:
+        return
+    try:
+        yield ctx.write(SeedAdmin(record))
+    except OxiError as e:
+        _log.warn(
+            "raft_init: could not replicate the first admin ({error}); set its password with update_user "
+            "on the leader",
+            error=str(e),
+        )
+    else:
+        _log.info("raft_init: the first admin '{user}' is replicated to every node", user=record.username)
 
 
 def _membership_reply(result: Any) -> dict[str, str]:

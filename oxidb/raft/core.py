@@ -316,6 +316,11 @@ class RaftCore:
         # Follower-side snapshot reception: meta and bytes so far.
         self._snapshot_rx: tuple[SnapshotMeta, bytearray] | None = None
 
+    @property
+    def cluster_id(self) -> str | None:
+        """The id of the cluster this node belongs to (minted by C{raft_init}), or None before."""
+        return self._cluster_id
+
     # --- the log ----------------------------------------------------------------
 
     # The step logic's names for the log's commit point, last index and terms.
