@@ -137,7 +137,7 @@ def test_shell_completion(server: MemoryServer) -> None:
     client.insert("people", {"name": "ann", "nickname": "a"})
     client.insert("pets", {"kind": "cat"})
     shell = Shell(client, Console(), history="")
-    assert completions(shell, "fin") == ["find", "find_one"]
+    assert completions(shell, "fin") == ["find", "find_and_modify", "find_one"]
     assert completions(shell, "find pe") == ["people", "pets"]
     assert completions(shell, 'find people {"na') == ["name"]
     assert completions(shell, 'find people {"name": 1, n') == ["name", "nickname"]
