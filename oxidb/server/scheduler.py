@@ -25,9 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred, inlineCallbacks
 
 from oxidb.commands.procedures import call
 from oxidb.engine import store
@@ -35,7 +33,7 @@ from oxidb.engine.operations import Update
 from oxidb.engine.reads import Reader
 from oxidb.engine.schedules import SCHEDULES, is_due, run_record
 from oxidb.errors import InternalError, OxiError
-from oxidb.logs import Logger
+from oxidb.server.periodic import PeriodicPass
 
 
 def due_schedules(reader: Reader, now: float) -> list[dict[str, Any]]:
@@ -49,7 +47,7 @@ def due_schedules(reader: Reader, now: float) -> list[dict[str, Any]]:
     return [schedule for schedule in enabled if is_due(schedule, now)]
 
 
-class Scheduler(Service):
+class Scheduler(PeriodicPass):
     """
     @param clock: an C{IReactorTime}; time for due checks and the tick.
     @param executor: the server's L{oxidb.commands.IExecutor}.
@@ -61,7 +59,7 @@ class Scheduler(Service):
     @param interval: seconds between ticks.
     """
 
-    _log = Logger()
+    failure_text = "scheduler tick failed"
 
     def __init__(
         self,
@@ -73,51 +71,16 @@ class Scheduler(Service):
         metrics: Any = None,
         interval: float = 1.0,
     ) -> None:
-        self._clock = clock
+        super().__init__(clock, should_run, interval)
         self._executor = executor
         self._engine = engine
-        self._should_run = should_run
         self._metrics = metrics
-        self._interval = interval
-        self._loop: LoopingCall | None = None
-        self._busy: Deferred[None] | None = None
-        self._idle_waiters: list[Deferred[None]] = []
 
-    def startService(self) -> None:
-        super().startService()
-        self._loop = LoopingCall(self.tick)
-        self._loop.clock = self._clock
-        self._loop.start(self._interval, now=False)
-
-    def stopService(self) -> Deferred[None]:
-        """Stop ticking; fires once a run in progress has finished."""
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        if self._busy is None:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
-
-    def tick(self) -> Deferred[None] | None:
-        """Run the schedules due now (if this node should); fires when done."""
-        if not self._should_run():
-            return None
-        now = self._clock.seconds()
+    def run_pass(self, now: float) -> Deferred[Any]:
+        """Run the schedules due at C{now}."""
         d: Deferred[Any] = self._executor.read(self._engine.read, due_schedules, now)
         d.addCallback(self._run_all, now)
-        d.addErrback(lambda failure: self._log.failure("scheduler tick failed", failure))
-        self._busy = d
-        d.addBoth(self._idle)
         return d
-
-    def _idle(self, _: Any) -> None:
-        self._busy = None
-        waiters, self._idle_waiters = self._idle_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
 
     @inlineCallbacks
     def _run_all(self, due: list[dict[str, Any]], now: float) -> Generator[Any, Any, None]:

@@ -20,15 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred, inlineCallbacks
 
 from oxidb.engine.ttl import expired_batches, sweep_operation
-from oxidb.logs import Logger
+from oxidb.server.periodic import PeriodicPass
 
 
-class TtlSweeper(Service):
+class TtlSweeper(PeriodicPass):
     """
     @param clock: an C{IReactorTime}: the pass interval and the expiry time.
     @param executor: the server's L{oxidb.commands.IExecutor}.
@@ -38,7 +36,7 @@ class TtlSweeper(Service):
     @ivar passes: passes run (ticks that were not skipped).
     """
 
-    _log = Logger()
+    failure_text = "TTL pass failed"
 
     def __init__(
         self,
@@ -51,53 +49,17 @@ class TtlSweeper(Service):
         batch_size: int = 1000,
         max_batches: int = 10,
     ) -> None:
-        self._clock = clock
+        super().__init__(clock, should_run, interval)
         self._executor = executor
         self._engine = engine
-        self._should_run = should_run
-        self._interval = interval
         self.batch_size = batch_size
         self.max_batches = max_batches
-        self._loop: LoopingCall | None = None
-        self._busy: Deferred[None] | None = None
-        self._idle_waiters: list[Deferred[None]] = []
         self.deleted = 0
         self.passes = 0
 
-    def startService(self) -> None:
-        super().startService()
-        self._loop = LoopingCall(self.tick)
-        self._loop.clock = self._clock
-        self._loop.start(self._interval, now=False)
-
-    def stopService(self) -> Deferred[None]:
-        """Stop ticking; fires once a pass in progress has finished its current write."""
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        if self._busy is None:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
-
-    def tick(self) -> Deferred[None] | None:
-        """Run one pass (unless this node should not, or one is running); fires when done."""
-        if self._busy is not None or not self._should_run():
-            return None
+    def run_pass(self, now: float) -> Deferred[Any]:
         self.passes += 1
-        d = self._sweep(self._clock.seconds())
-        d.addErrback(lambda failure: self._log.failure("TTL pass failed", failure))
-        self._busy = d
-        d.addBoth(self._idle)
-        return d
-
-    def _idle(self, _: Any) -> None:
-        self._busy = None
-        waiters, self._idle_waiters = self._idle_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
+        return self._sweep(now)
 
     @inlineCallbacks
     def _sweep(self, now: float) -> Generator[Any, Any, None]:
