@@ -171,14 +171,22 @@ def test_scatter_find_equals_unsharded(docs: list[Any], field: str, direction: i
 
 
 PIPELINES = [
-    [{"$group": {"_id": "$g", "total": {"$sum": "$n"}, "low": {"$min": "$v"}, "high": {"$max": "$v"}, "k": {"$count": {}}}}, {"$sort": {"_id": 1}}],
+    [
+        {"$group": {"_id": "$g", "total": {"$sum": "$n"}, "low": {"$min": "$v"}, "high": {"$max": "$v"},
+                    "k": {"$count": {}}}},
+        {"$sort": {"_id": 1}},
+    ],
     [{"$match": {"n": {"$gt": 0}}}, {"$group": {"_id": None, "c": {"$sum": 1}}}],
     [{"$group": {"_id": "$g", "avg": {"$avg": "$n"}}}, {"$sort": {"_id": 1}}],
     [{"$sort": {"n": -1, "_id": 1}}, {"$skip": 2}, {"$limit": 3}],
     [{"$project": {"n": 1}}, {"$limit": 4}, {"$count": "c"}],
     [{"$match": {"v": {"$exists": True}}}, {"$count": "with_v"}],
     [{"$addFields": {"m": {"$multiply": ["$n", 2]}}}, {"$sort": {"m": 1, "_id": 1}}],
-    [{"$group": {"_id": {"g": "$g"}, "s": {"$sum": "$n"}}}, {"$match": {"s": {"$gt": 0}}}, {"$sort": {"s": -1, "_id.g": 1}}],
+    [
+        {"$group": {"_id": {"g": "$g"}, "s": {"$sum": "$n"}}},
+        {"$match": {"s": {"$gt": 0}}},
+        {"$sort": {"s": -1, "_id.g": 1}},
+    ],
 ]  # fmt: skip
 
 

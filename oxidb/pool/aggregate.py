@@ -60,8 +60,8 @@ def split_pipeline(pipeline: list[Any]) -> SplitPipeline:
     position = 0
     while position < len(pipeline) and _name(pipeline[position]) in STREAMING:
         position += 1
-    shard = list(pipeline[:position])
-    rest = list(pipeline[position:])
+    shard: list[dict[str, Any]] = list(pipeline[:position])
+    rest: list[dict[str, Any]] = list(pipeline[position:])
     if not rest:
         return SplitPipeline(shard, [])
     first = rest[0]
@@ -73,7 +73,10 @@ def split_pipeline(pipeline: list[Any]) -> SplitPipeline:
             return SplitPipeline([*shard, {"$group": shard_group}], [{"$group": merge_group}, *rest[1:]])
     elif name == "$count" and isinstance(first["$count"], str):
         field = first["$count"]
-        merge = [{"$group": {"_id": None, field: {"$sum": f"${field}"}}}, {"$project": {"_id": 0, field: 1}}]
+        merge: list[dict[str, Any]] = [
+            {"$group": {"_id": None, field: {"$sum": f"${field}"}}},
+            {"$project": {"_id": 0, field: 1}},
+        ]
         return SplitPipeline([*shard, first], [*merge, *rest[1:]])
     elif name in ("$sort", "$skip", "$limit"):
         top = _top(rest)

@@ -55,7 +55,9 @@ BROADCAST = frozenset(
 )  # fmt: skip
 
 #: Commands whose query may name the shard key; scatter-gather without it.
-KEYED_QUERIES = frozenset({"find", "find_one", "count", "update", "update_one", "delete", "delete_one", "find_and_modify"})
+KEYED_QUERIES = frozenset(
+    {"find", "find_one", "count", "update", "update_one", "delete", "delete_one", "find_and_modify"}
+)
 
 #: Reads that search every shard and merge by score.
 SEARCHES = frozenset({"text_search", "vector_search"})
