@@ -139,6 +139,9 @@ class PoolStack:
             if waited >= limit:
                 raise AssertionError("the Deferred did not fire")
             self.clock.advance(step)
+            for backend in self.backends.values():
+                if isinstance(backend, MemoryServer):
+                    backend.clock.advance(step)  # its login delays
             waited += step
         results: list[Any] = []
         d.addBoth(results.append)
