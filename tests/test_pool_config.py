@@ -14,7 +14,6 @@ from client_helpers import memory_server
 from pool_helpers import PoolStack, ok
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
-from twisted.plugins import oxipool_plugin
 
 from oxidb.client.core import ScramLogin
 from oxidb.config import Secret
@@ -22,6 +21,7 @@ from oxidb.errors import ConfigError
 from oxidb.pool import tap
 from oxidb.pool.config import PoolConfig
 from oxidb.pool.service import PoolService
+from twisted.plugins import oxipool_plugin
 
 
 def test_defaults_and_modes() -> None:
