@@ -41,6 +41,7 @@ class ServerProcess:
     @param data_dir: its C{OXIDB_DATA}.
     @param env: extra environment variables (C{OXIDB_*}).
     @param args: extra twistd plugin options.
+    @param plugin: the twistd plugin to run (C{oxipool} for the router).
     """
 
     def __init__(
@@ -49,8 +50,10 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
         twistd_args: list[str] | None = None,
+        plugin: str = "oxidb",
     ) -> None:
         self.data_dir = data_dir
+        self.plugin = plugin
         self.env = dict(env or {})
         self.args = list(args or [])
         self.twistd_args = list(twistd_args or [])
@@ -72,7 +75,7 @@ class ServerProcess:
         env.update(self.env)
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         logging = self.twistd_args or [f"--logfile={self.log_path}"]
-        command = [twistd, "-n", "--pidfile=", *logging, "oxidb", *self.args]
+        command = [twistd, "-n", "--pidfile=", *logging, self.plugin, *self.args]
         if os.path.exists(self.log_path) and os.path.getsize(self.log_path):
             # A restart on the same data: keep the earlier runs' logs (.1 is the latest).
             for path in (self.log_path, self.stderr_path):
@@ -237,10 +240,12 @@ class LocalCluster:
     @param env: extra environment for every node (C{OXIDB_*}). Cluster mode
         needs peer authentication: without C{OXIDB_CLUSTER_KEY} (or mutual
         TLS) in C{env}, every node gets the same fresh random cluster key.
+    @param start_timeout: seconds a node may take to start (a loaded machine needs more).
     """
 
-    def __init__(self, root: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, root: str, env: dict[str, str] | None = None, start_timeout: float = 30.0) -> None:
         self.root = root
+        self.start_timeout = start_timeout
         self.env = dict(env or {})
         if "OXIDB_CLUSTER_KEY" not in self.env and "OXIDB_RAFT_TLS_CERT" not in self.env:
             self.env["OXIDB_CLUSTER_KEY"] = base64.b64encode(os.urandom(32)).decode("ascii")
@@ -262,7 +267,9 @@ class LocalCluster:
             **env,
         }
         self._clients.pop(node_id, None)
-        node = self.nodes[node_id] = ServerProcess(os.path.join(self.root, f"node{node_id}"), env=node_env).start()
+        node = self.nodes[node_id] = ServerProcess(os.path.join(self.root, f"node{node_id}"), env=node_env).start(
+            self.start_timeout
+        )
         return node
 
     def client(self, node_id: int) -> BlockingClient:
