@@ -142,3 +142,11 @@ def test_login_through_the_router(tmp_path: Path) -> None:
         denied = stack.request(reader, {"cmd": "insert", "collection": "c", "doc": {}})
         assert denied == {"ok": False, "error": "permission denied: role 'read' cannot execute 'insert'"}
         stack.stop()
+
+
+def test_sharding_doc_lists_every_setting() -> None:
+    from oxidb.pool.config import POOL_SETTINGS
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "sharding.md").read_text(encoding="utf-8")
+    for setting in POOL_SETTINGS:
+        assert f"`{setting.env}" in text, setting.env

@@ -56,7 +56,10 @@ from oxidb.pool.routing import (
     split_insert_many,
 )
 
-__all__ = ["Answer", "ClientSession", "Router"]
+__all__ = ["ROUTER_COMMANDS", "Answer", "ClientSession", "Router"]
+
+#: Commands the router answers itself (no server has them).
+ROUTER_COMMANDS = frozenset({"set_read_preference", "pool_status"})
 
 PRE_AUTH = frozenset({"ping", "hello", "authenticate", "authenticate_continue", "auth_simple"})
 LOGIN = frozenset({"authenticate", "authenticate_continue", "auth_simple"})
@@ -171,7 +174,7 @@ class Router:
                     return Answer.error("authentication required")
             elif cmd in LOGIN:
                 return Answer.error("already authenticated")
-            elif not self.access.allowed(session.role, cmd) and cmd not in ("pool_status", "set_read_preference"):
+            elif not self.access.allowed(session.role, cmd) and cmd not in ROUTER_COMMANDS:
                 return Answer.error(f"permission denied: role '{session.role.wire}' cannot execute '{cmd}'")
             if cmd in LOGIN:
                 return await self._login(session, request)
