@@ -150,3 +150,23 @@ def test_sharding_doc_lists_every_setting() -> None:
     text = (Path(__file__).resolve().parent.parent / "docs" / "sharding.md").read_text(encoding="utf-8")
     for setting in POOL_SETTINGS:
         assert f"`{setting.env}" in text, setting.env
+
+
+def test_client_port_tls(tmp_path: Path) -> None:
+    """OXIPOOL_TLS_CERT/KEY: the client port's TLS options, which complete a handshake."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from test_auth_tls import client_context, handshake, key_pem, make_cert, pem
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = make_cert("localhost", key, None, key)
+    (tmp_path / "cert.pem").write_bytes(pem(cert))
+    (tmp_path / "key.pem").write_bytes(key_pem(key, serialization.PrivateFormat.TraditionalOpenSSL))
+    config = PoolConfig.from_sources(
+        {"OXIPOOL_TLS_CERT": str(tmp_path / "cert.pem"), "OXIPOOL_TLS_KEY": str(tmp_path / "key.pem")}
+    )
+    service = PoolService(config, MemoryReactorClock())
+    assert service.tls_options is not None
+    assert handshake(service.tls_options.getContext(), client_context()).get_peer_certificate() is not None
+    backend = PoolConfig.from_sources({"OXIPOOL_BACKEND_TLS": "true", "OXIPOOL_BACKEND_TLS_CA": "ca.pem"})
+    assert backend.backend_tls and backend.backend_tls_ca == "ca.pem"
