@@ -38,7 +38,10 @@ def test_defaults_and_modes() -> None:
     assert sharded.sharding.keys == {"orders": "customer_id"}
     upstream = PoolConfig.from_sources({"OXIPOOL_SHARDS": "a:1,b:1,c:1"})
     assert len(upstream.groups) == 3 and all(len(g) == 1 for g in upstream.groups)
-    over = PoolConfig.from_sources({"OXIPOOL_SHARDS": "a:1,b:1"}, {"shard-pool-size": "3", "auth": "true"})
+    over = PoolConfig.from_sources(
+        {"OXIPOOL_SHARDS": "a:1,b:1", "OXIPOOL_BACKEND_USER": "r", "OXIPOOL_BACKEND_PASSWORD": "p"},
+        {"shard-pool-size": "3", "auth": "true"},
+    )
     assert over.pool_size == 3 and over.auth
 
 
@@ -52,6 +55,7 @@ def test_defaults_and_modes() -> None:
         ({"OXIPOOL_SHARD_KEYS": "o:k"}, "needs OXIPOOL_SHARDS"),
         ({"OXIPOOL_SHARD_KEYS": "o"}, "not collection:field"),
         ({"OXIPOOL_BACKEND_USER": "router"}, "go together"),
+        ({"OXIPOOL_AUTH": "true"}, "needs OXIPOOL_BACKEND_USER"),
         ({"OXIPOOL_REQUEST_TIMEOUT": "-1"}, "positive"),
         ({"OXIPOOL_TLS_CERT": "c.pem"}, "OXIPOOL_TLS_KEY is not"),
         ({"OXIPOOL_BACKEND_PASSWORD": "x", "OXIPOOL_BACKEND_USER": "u", "OXIPOOL_BACKEND_PASSWORD_FILE": "f"}, "both"),
@@ -95,7 +99,19 @@ def test_shard_config_file(tmp_path: Path) -> None:
 
 def test_tap_options_and_plugin() -> None:
     options = tap.Options()
-    options.parseOptions(["--shards", "127.0.0.1:1,127.0.0.1:2", "--listen", "127.0.0.1:0", "--auth"])
+    options.parseOptions(
+        [
+            "--shards",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--listen",
+            "127.0.0.1:0",
+            "--auth",
+            "--backend-user",
+            "router",
+            "--backend-password",
+            "pw",
+        ]
+    )
     service = tap.makeService(options, environ={}, reactor=MemoryReactorClock())
     assert isinstance(service, PoolService)
     assert service.config.auth and len(service.groups) == 2

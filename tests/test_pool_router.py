@@ -295,3 +295,12 @@ def test_bounds_clients_in_flight_and_queue() -> None:
     assert replies[-1]["ok"], replies
     assert not first_pump.server.paused  # type: ignore[attr-defined]
     stack.stop()
+
+
+def test_too_large_a_merge_is_refused(stack: PoolStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = stack.client()
+    load(stack, client)
+    monkeypatch.setattr("oxidb.pool.router.MERGE_LIMIT", 100)
+    pipeline = [{"$group": {"_id": "$kind", "avg": {"$avg": "$n"}}}]
+    reply = stack.request(client, {"cmd": "aggregate", "collection": "orders", "pipeline": pipeline})
+    assert reply["ok"] is False and "too large to merge" in reply["error"]

@@ -272,6 +272,11 @@ class PoolConfig:
                 raise ConfigError(f"OXIPOOL_BACKEND_PASSWORD_FILE={password_file!r}: {e}") from None
         if (values.get("backend_user") is None) != (password is None):
             raise ConfigError("OXIPOOL_BACKEND_USER and a backend password go together: give both or neither")
+        if values.get("auth") and values.get("backend_user") is None:
+            raise ConfigError(
+                "OXIPOOL_AUTH=true needs OXIPOOL_BACKEND_USER and its password: the router logs in to the "
+                "servers (an admin) to check leaders and read users' roles"
+            )
         tls = parse_tls_settings(effective, "OXIPOOL_TLS_CERT", "OXIPOOL_TLS_KEY")
         return cls(groups=groups, sharding=sharding, backend_password=password, tls=tls, **values)
 

@@ -55,8 +55,12 @@ from oxidb.pool.routing import (
     scatter_find_request,
     split_insert_many,
 )
+from oxidb.wire.codec import size_at_least
 
 __all__ = ["ROUTER_COMMANDS", "Answer", "ClientSession", "Router"]
+
+#: Largest shard output sent to C{aggregate_docs} (a request frame holds 16 MiB).
+MERGE_LIMIT = 15 * 2**20
 
 #: Commands the router answers itself (no server has them).
 ROUTER_COMMANDS = frozenset({"set_read_preference", "pool_status"})
@@ -268,6 +272,11 @@ class Router:
         docs = [doc for r in replies for doc in (r.value if isinstance(r.value, list) else [])]
         if not split.merge:
             return Answer(True, docs)
+        if size_at_least(docs, MERGE_LIMIT) > MERGE_LIMIT:
+            return Answer.error(
+                f"oxipool: the shards' aggregation output is too large to merge (over {MERGE_LIMIT // 2**20} MiB): "
+                "narrow it with a $match, or group or limit earlier in the pipeline"
+            )
         merge: dict[str, Any] = {"cmd": "aggregate_docs", "pipeline": split.merge, "docs": docs}
         if "max_time_ms" in request:
             merge["max_time_ms"] = request["max_time_ms"]
