@@ -304,3 +304,16 @@ def test_too_large_a_merge_is_refused(stack: PoolStack, monkeypatch: pytest.Monk
     pipeline = [{"$group": {"_id": "$kind", "avg": {"$avg": "$n"}}}]
     reply = stack.request(client, {"cmd": "aggregate", "collection": "orders", "pipeline": pipeline})
     assert reply["ok"] is False and "too large to merge" in reply["error"]
+
+
+def test_idle_clients_are_closed() -> None:
+    stack, _ = raft_group(idle_timeout=5)
+    client, _ = stack.client()
+    assert ok(stack.request(client, {"cmd": "find", "collection": "c", "query": {}})) == []
+    stack.clock.advance(4)
+    stack.flush()
+    assert not client.lost_d.called
+    stack.clock.advance(2)
+    stack.flush()
+    assert client.lost_d.called
+    stack.stop()
