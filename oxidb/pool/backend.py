@@ -301,8 +301,13 @@ class Group:
         members = list(self.members.values())
         asked = [m.metrics() for m in members]
         done = DeferredList(asked, consumeErrors=True)
-        self._refreshing = done.addCallback(self._polled, members)
+        self._refreshing = done.addCallback(self._polled, members).addErrback(self._poll_failed)
         return self._refreshing
+
+    def _poll_failed(self, failure: Failure) -> None:
+        """A bug in a poll is logged; the next poll runs (the loop must not stop)."""
+        self._refreshing = None
+        self._log.failure("{shard}: leader poll failed", failure, shard=self.name)
 
     def _polled(self, results: list[tuple[bool, Any]], members: list[MemberPool]) -> None:
         self._refreshing = None
