@@ -42,6 +42,18 @@ class AtRestKeyError(ConfigError):
     """The key file cannot be used, or data does not open with it (startup stops)."""
 
 
+class EncryptedError(AtRestKeyError):
+    """No key was given for a database file that is encrypted (or is not a database at all)."""
+
+
+class WrongKeyError(AtRestKeyError):
+    """A database file does not open with the key given: another key's file, or not a database."""
+
+
+class NotEncryptedError(AtRestKeyError):
+    """A key was given for a database file that is not encrypted."""
+
+
 def _derive(material: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"oxidb encryption at rest", info=info).derive(material)
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import io
+import json
 import os
+import tarfile
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,10 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from oxidb.atrest import AtRestKey, AtRestKeyError, LogCipher, load_key_file
-from oxidb.engine import backup, blobs
+from oxidb.engine import backup, blobs, vectors
 from oxidb.engine.engine import Engine
-from oxidb.errors import ConfigError
+from oxidb.engine.operations import CreateVectorIndex, InsertMany
+from oxidb.errors import BackupError, ConfigError
 from oxidb.raft.disk import OsDisk
 from oxidb.raft.messages import (
     Entry,
@@ -36,7 +40,7 @@ from oxidb.raft.messages import (
     SnapshotMeta,
     StoredMembership,
 )
-from oxidb.raft.statemachine import EngineStateMachine, ReadGate, pack_snapshot, unpack_snapshot
+from oxidb.raft.statemachine import EngineStateMachine, ReadGate, SnapshotError, pack_snapshot, unpack_snapshot
 from oxidb.raft.storage import LOG_FILE, RaftStorage
 from oxidb.tools import rekey
 
@@ -152,13 +156,101 @@ def test_no_plaintext_under_the_data_directory(tmp_path: Path, key: AtRestKey) -
         engine.close()
     assert found_in(plain)
     # The encrypted backup restores with the key only.
-    with pytest.raises(Exception, match="archive is corrupt: file is not a database"):
+    with pytest.raises(BackupError, match="archive does not open: the backup is encrypted; restore it on a server"):
         backup.restore_backup(str(data / "backup.tar.gz"), str(tmp_path / "restored-plain"))
     backup.restore_backup(str(data / "backup.tar.gz"), str(tmp_path / "restored"), key)
     engine = open_engine(tmp_path / "restored", key)
     try:
         assert engine.find("notes", {})[0]["text"] == SECRET
         assert engine.read(blobs.get_object, "files", "secret.txt")["content"] == base64.b64encode(BLOB_SECRET).decode()
+    finally:
+        engine.close()
+
+
+def older(archive: str, dest: Path) -> str:
+    """A copy of C{archive} whose manifest does not say whether it is encrypted."""
+    with tarfile.open(archive, "r:gz") as tar, tarfile.open(dest, "w:gz") as out:
+        for info in tar.getmembers():
+            f = tar.extractfile(info)
+            assert f is not None
+            data = f.read()
+            if info.name == backup.MANIFEST:
+                manifest = json.loads(data)
+                assert manifest.pop("encrypted") is True
+                data = json.dumps(manifest).encode()
+                info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+    return str(dest)
+
+
+def test_restoring_with_another_key_names_the_cause(tmp_path: Path, key: AtRestKey) -> None:
+    """Not SQLite's "file is not a database": one line saying which key is missing or wrong."""
+    archives = {}
+    for name, k in (("encrypted", key), ("plain", None)):
+        engine = open_engine(tmp_path / name, k)
+        try:
+            write_secrets(engine)
+            archives[name] = str(tmp_path / f"{name}.tar.gz")
+            backup.create_backup(engine, archives[name], 0.0)
+        finally:
+            engine.close()
+    other = load_key_file(key_file(tmp_path / "other", b"o" * 32))
+    cases = [
+        (
+            archives["encrypted"],
+            None,
+            "archive does not open: the backup is encrypted; restore it on a server started with the "
+            "OXIDB_ENCRYPTION_KEY it was made with",
+        ),
+        (
+            archives["encrypted"],
+            other,
+            "archive does not open: the backup is encrypted with a different key than this server's "
+            "OXIDB_ENCRYPTION_KEY",
+        ),
+        (archives["plain"], key, "archive does not open here: the backup is not encrypted and this server has"),
+        # An archive from before the manifest said whether it is encrypted.
+        (
+            older(archives["encrypted"], tmp_path / "older.tar.gz"),
+            None,
+            "archive is corrupt or encrypted: its database is not a plain SQLite file (an encrypted backup "
+            "restores only on a server started with the OXIDB_ENCRYPTION_KEY it was made with)",
+        ),
+        (
+            older(archives["encrypted"], tmp_path / "older2.tar.gz"),
+            other,
+            "archive does not open: its database is encrypted with a different key than this server's "
+            "OXIDB_ENCRYPTION_KEY, or the archive is corrupt",
+        ),
+    ]
+    for archive, k, message in cases:
+        target = tmp_path / "target"
+        with pytest.raises(BackupError) as raised:
+            backup.restore_backup(archive, str(target), k)
+        assert str(raised.value).startswith(f"backup error: {message}")
+        assert "\n" not in str(raised.value) and "file is not a database" not in str(raised.value)
+        assert not target.exists()
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".oxidb-restore-")] == []
+    backup.restore_backup(archives["encrypted"], str(tmp_path / "target"), key)
+    engine = open_engine(tmp_path / "target", key)
+    try:
+        assert engine.find("notes", {})[0]["text"] == SECRET
+    finally:
+        engine.close()
+
+
+def test_vector_graphs_build_on_an_encrypted_database(tmp_path: Path, key: AtRestKey) -> None:
+    """The graph is built on a read connection of its own, which needs the key too."""
+    engine = Engine(
+        str(tmp_path / "data"), synchronous="NORMAL", key=key, vector_exact_below=0, vector_runner=vectors.inline
+    )
+    engine.open()
+    try:
+        engine.apply(CreateVectorIndex("v", "emb", 3, "euclidean"), 0.0)
+        engine.apply(InsertMany("v", [{"emb": [float(i), 0.0, 0.0]} for i in range(20)]), 0.0)
+        found = engine.vector_search("v", "emb", [4.2, 0.0, 0.0], 2)
+        assert [doc["emb"][0] for doc in found] == [4.0, 5.0]
+        assert len(engine.vector_cache) == 1
     finally:
         engine.close()
 
@@ -259,13 +351,24 @@ def test_a_raft_backed_engine_and_its_snapshots_hold_no_plaintext(
         yield follower_machine.install_snapshot(snapshot)
         assert len(follower.find("notes", {"text": SECRET})) == 6
         assert follower.last_applied() == 5
-        # A follower with another key refuses the snapshot.
-        stranger = open_engine(tmp_path / "stranger", load_key_file(key_file(tmp_path / "k2", b"o" * 32)))
-        try:
-            with pytest.raises(Exception, match="does not open with this encryption key"):
-                yield machine(stranger).install_snapshot(snapshot)
-        finally:
-            stranger.close()
+        # A follower with another key, or none, refuses the snapshot and says why.
+        refusals = [
+            (
+                load_key_file(key_file(tmp_path / "k2", b"o" * 32)),
+                "the snapshot's database is encrypted with a different key than this node's OXIDB_ENCRYPTION_KEY",
+            ),
+            (None, "the snapshot's database is encrypted (or is not an OxiDB database) and this node has no"),
+        ]
+        for n, (other, message) in enumerate(refusals):
+            stranger = open_engine(tmp_path / f"stranger{n}", other)
+            try:
+                with pytest.raises(SnapshotError) as raised:
+                    yield machine(stranger).install_snapshot(snapshot)
+                assert str(raised.value).startswith(message)
+                assert str(raised.value).endswith("every node of a cluster needs the same key file")
+                assert stranger.find("notes", {}) == []
+            finally:
+                stranger.close()
     finally:
         leader.close()
         follower.close()

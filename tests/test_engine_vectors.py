@@ -244,6 +244,44 @@ def recall(engine: Engine, collection: str, queries: np.ndarray, model: dict[int
     return hits / (10 * len(queries))
 
 
+def test_graph_recall_on_random_data_for_each_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Random vectors of varied lengths (so the three metrics rank them
+    differently): the graph path finds the true top 10 at the default
+    C{ef_search} for each metric, which pins the metric given to usearch,
+    its float32 storage and ids as keys; C{ef_search} 1 finds fewer, which
+    pins that it reaches the graph.
+    """
+    monkeypatch.setattr(vectors, "build_threads", lambda: 1)  # one insertion order: one graph
+    monkeypatch.setattr(vectors, "EXPANSION_ADD", 64)  # a cheaper build; still near-exact at this size
+    rng = np.random.default_rng(11)
+    dimension, size = 32, 2000
+    lengths = np.exp(rng.normal(0, 0.5, (size, 1)))
+    data = (rng.standard_normal((size, dimension)) * lengths).astype(np.float32)
+    queries = rng.standard_normal((10, dimension)).astype(np.float32)
+    norms = np.linalg.norm(data, axis=1)
+    with graph_engine(tmp_path, 0) as engine:
+        for name in METRIC_NAMES:
+            metric = vectors.normalize_metric(name)
+            run(engine, CreateVectorIndex(name, "v", dimension, name))
+            ids = np.asarray(run(engine, InsertMany(name, [{"v": row.tolist()} for row in data])))
+            hits = {None: 0, 1: 0}
+            for query in queries:
+                if metric == vectors.METRIC_EUCLIDEAN:
+                    dist = np.linalg.norm(data - query, axis=1)
+                elif metric == vectors.METRIC_DOT:
+                    dist = -(data @ query)
+                else:
+                    dist = 1 - (data @ query) / (norms * np.linalg.norm(query))
+                truth = set(ids[np.argsort(dist)[:10]].tolist())
+                for ef in hits:
+                    found = engine.vector_search(name, "v", query.tolist(), 10, ef)
+                    hits[ef] += len(truth & {doc["_id"] for doc in found})
+            assert hits[None] >= 0.95 * 10 * len(queries), (name, hits)
+            assert hits[1] < hits[None], (name, hits)
+        assert len(engine.vector_cache) == 3
+
+
 def test_graph_recall_through_writes_and_compact(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     dimension = 16

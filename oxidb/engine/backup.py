@@ -6,8 +6,9 @@ An archive is a gzip-compressed tar file holding, in this order:
 
   - C{manifest.json}: C{{"format": "oxidb-backup", "format_version": 1,
     "created_at": "YYYY-MM-DDTHH:MM:SSZ", "collections": [names],
-    "buckets": [names], "source_last_applied": <int>, "files": [{"path",
-    "size", "sha256"}]}};
+    "buckets": [names], "source_last_applied": <int>, "encrypted": <bool>,
+    "files": [{"path", "size", "sha256"}]}} (C{encrypted}: the database is
+    encrypted at rest; archives made before it was recorded lack it);
   - C{oxidb.sqlite3}: a consistent copy of the database (documents, indexes,
     id high-water marks, blobs and their search postings) taken with SQLite's
     online backup while the server keeps serving writes, in rollback-journal
@@ -43,7 +44,7 @@ from typing import IO, Any
 import orjson
 
 from oxidb import filemodes
-from oxidb.atrest import AtRestKey, AtRestKeyError
+from oxidb.atrest import AtRestKey, EncryptedError, NotEncryptedError, WrongKeyError
 from oxidb.engine import blobs, sqlite, store
 from oxidb.errors import BackupError
 
@@ -97,6 +98,7 @@ def create_backup(engine: Any, path: str, now: float) -> dict[str, Any]:
             "collections": collections,
             "buckets": buckets,
             "source_last_applied": last_applied,
+            "encrypted": engine.key is not None,
             "files": [
                 {"path": name, "size": os.path.getsize(source), "sha256": _sha256(source)}
                 for name, source in members
@@ -214,7 +216,7 @@ def restore_backup(archive: str, target: str, key: AtRestKey | None = None) -> d
     try:
         files = _unpack(archive, staging)
         manifest = _check_manifest(staging, files)
-        collections = _check_database(os.path.join(staging, store.DB_FILENAME), key)
+        collections = _check_database(os.path.join(staging, store.DB_FILENAME), key, manifest.get("encrypted"))
         if collections != manifest["collections"]:
             raise BackupError("archive is corrupt: the database does not hold the manifest's collections")
         for name in files:
@@ -323,11 +325,10 @@ def _check_manifest(staging: str, files: list[str]) -> dict[str, Any]:
     return manifest
 
 
-def _check_database(path: str, key: AtRestKey | None) -> list[str]:
+def _check_database(path: str, key: AtRestKey | None, encrypted: object) -> list[str]:
     """The collection names of a sound database file, else L{BackupError}."""
+    _check_key(path, key, encrypted)
     try:
-        if key is not None:
-            sqlite.check_key(path, key)
         conn = store.connect(path, writer=False, key=key)
         try:
             result = conn.execute("PRAGMA quick_check").fetchall()
@@ -336,11 +337,47 @@ def _check_database(path: str, key: AtRestKey | None) -> list[str]:
             conn.close()
     except sqlite.Error as e:
         raise BackupError(f"archive is corrupt: {e}") from None
-    except AtRestKeyError as e:
-        raise BackupError(f"archive does not open: {e}") from None
     if result != [("ok",)]:
         raise BackupError(f"archive is corrupt: database check failed: {result[0][0]}")
     return names
+
+
+def _check_key(path: str, key: AtRestKey | None, encrypted: object) -> None:
+    """
+    L{BackupError} naming the cause if the archive's database does not open
+    with the server's key (SQLite itself would only say "file is not a
+    database"). C{encrypted} is the manifest's word (None in older
+    archives): without it, ciphertext and damage look alike.
+    """
+    try:
+        sqlite.check_key(path, key)
+    except EncryptedError:
+        if encrypted is True:
+            raise BackupError(
+                "archive does not open: the backup is encrypted; restore it on a server started with "
+                "the OXIDB_ENCRYPTION_KEY it was made with"
+            ) from None
+        raise BackupError(
+            "archive is corrupt or encrypted: its database is not a plain SQLite file (an encrypted backup "
+            "restores only on a server started with the OXIDB_ENCRYPTION_KEY it was made with)"
+        ) from None
+    except WrongKeyError:
+        if encrypted is True:
+            raise BackupError(
+                "archive does not open: the backup is encrypted with a different key than this server's "
+                "OXIDB_ENCRYPTION_KEY"
+            ) from None
+        if encrypted is False:
+            raise BackupError("archive is corrupt: its database is not a plain SQLite file") from None
+        raise BackupError(
+            "archive does not open: its database is encrypted with a different key than this server's "
+            "OXIDB_ENCRYPTION_KEY, or the archive is corrupt"
+        ) from None
+    except NotEncryptedError:
+        raise BackupError(
+            "archive does not open here: the backup is not encrypted and this server has OXIDB_ENCRYPTION_KEY "
+            "set; restore it without a key, then encrypt the directory (python -m oxidb.tools.rekey)"
+        ) from None
 
 
 # --- files ------------------------------------------------------------------

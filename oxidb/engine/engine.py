@@ -129,7 +129,9 @@ class Engine:
         self._clock = clock
         self._progress_steps = progress_steps
         self._vector_exact_below = vector_exact_below
-        self.vector_cache = vectors.VectorCache(lambda: store.connect(self.path, writer=False), vector_runner)
+        self.vector_cache = vectors.VectorCache(
+            lambda: store.connect(self.path, writer=False, key=self.key), vector_runner
+        )
         self.codec = OperationCodec(BUILTIN)
         self._appliers: dict[type[Operation], Applier] = {op_type: _apply_itself for op_type in BUILTIN}
         self.prepared_puts = PreparedPuts()

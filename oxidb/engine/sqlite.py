@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import apsw
 
-from oxidb.atrest import AtRestKey, AtRestKeyError
+from oxidb.atrest import AtRestKey, EncryptedError, NotEncryptedError, WrongKeyError
 
 
 class Cursor(Protocol):
@@ -97,10 +97,12 @@ def open_connection(path: str, key: AtRestKey | None = None) -> Connection:
 
 def check_key(path: str, key: AtRestKey | None) -> None:
     """
-    Refuse, with a clear L{AtRestKeyError} and without writing anything, a
-    database file that C{key} does not open: an encrypted file without a
-    key, a plain file with one, or the wrong key. A missing or empty file
-    passes (it is created encrypted if a key is given).
+    Refuse, with a clear L{oxidb.atrest.AtRestKeyError} and without writing
+    anything, a database file that C{key} does not open: an encrypted file
+    without a key (L{EncryptedError}), a plain file with one
+    (L{NotEncryptedError}), or the wrong key (L{WrongKeyError}; SQLite alone
+    would say "file is not a database"). A missing or empty file passes (it
+    is created encrypted if a key is given).
     """
     try:
         with open(path, "rb") as f:
@@ -112,12 +114,12 @@ def check_key(path: str, key: AtRestKey | None) -> None:
     plain = head == PLAIN_HEADER
     if key is None:
         if not plain:
-            raise AtRestKeyError(
+            raise EncryptedError(
                 f"{path} is encrypted (or is not a database): set OXIDB_ENCRYPTION_KEY to its key file"
             )
         return
     if plain:
-        raise AtRestKeyError(
+        raise NotEncryptedError(
             f"{path} is not encrypted but OXIDB_ENCRYPTION_KEY is set: unset it, or encrypt the data "
             "directory first (python -m oxidb.tools.rekey --data DIR --new KEYFILE)"
         )
@@ -126,7 +128,7 @@ def check_key(path: str, key: AtRestKey | None) -> None:
         conn.execute(key.database_pragma)
         conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()
     except apsw.NotADBError:
-        raise AtRestKeyError(f"{path} does not open with this encryption key (wrong key file?)") from None
+        raise WrongKeyError(f"{path} does not open with this encryption key (wrong key file?)") from None
     finally:
         conn.close()
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -272,6 +273,10 @@ _USEARCH_METRIC = {METRIC_COSINE: "cos", METRIC_EUCLIDEAN: "l2sq", METRIC_DOT: "
 #: it; past that the graph is rebuilt in the background.
 CATCH_UP_MAX = 1000
 
+#: Rows a graph build reads per step, and vectors per thread in one bulk add
+#: (between adds it checks whether the graph is still wanted).
+BUILD_STEP = 16384
+
 #: C{runner(job)}: runs a graph build (L{VectorCache}).
 Runner = Callable[[Callable[[], None]], None]
 
@@ -298,6 +303,33 @@ class _Graph:
 
 def _max_rev(conn: sqlite.Connection, vt: str) -> int:
     return _next_rev(conn, vt) - 1
+
+
+def build_threads() -> int:
+    """Threads a graph build adds vectors on: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _read_all(conn: sqlite.Connection, vt: str, dimension: int) -> tuple[npt.NDArray[np.uint64], Matrix]:
+    """
+    Every C{(id, vector)} of C{vt} in C{conn}'s snapshot: the ids and one
+    float32 matrix, read L{BUILD_STEP} rows at a time (no row objects for
+    the whole table).
+    """
+    (size,) = conn.execute(f"SELECT count(*) FROM {vt}").fetchone()
+    ids = np.empty(size, dtype=np.uint64)
+    matrix = np.empty((size, dimension), dtype=_LE_F32)
+    rows = iter(conn.execute(f"SELECT id, vec FROM {vt} ORDER BY id"))
+    filled = 0
+    while batch := list(itertools.islice(rows, BUILD_STEP)):
+        end = filled + len(batch)
+        ids[filled:end] = [row[0] for row in batch]
+        matrix[filled:end] = np.frombuffer(b"".join(row[1] for row in batch), dtype=_LE_F32).reshape(-1, dimension)
+        filled = end
+    return ids[:filled], matrix[:filled]
 
 
 def _load(rows: Iterable[tuple[int, bytes]], dimension: int) -> tuple[npt.NDArray[np.int64], Matrix]:
@@ -377,10 +409,27 @@ class VectorCache:
         return np.asarray(matches.keys, dtype=np.int64)
 
     def _build(self, vt: str, dimension: int, metric: str, generation: int) -> None:
-        """Build the graph of C{vt} from a snapshot of its table, and install it."""
+        """
+        Build the graph of C{vt} from a snapshot of its table, and install
+        it: the vectors are read in steps of L{BUILD_STEP} rows into one
+        float32 matrix (the only copy besides the graph's own), the read
+        transaction ends, and the graph takes the matrix in bulk adds on
+        L{build_threads} threads (usearch releases the GIL while it adds).
+        """
         from usearch.index import Index
 
         try:
+            conn = self._connect()
+            try:
+                conn.execute("BEGIN")
+                live = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+                if vt not in live:
+                    return
+                rev = _max_rev(conn, vt)
+                ids, matrix = _read_all(conn, vt, dimension)
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
             index = Index(
                 ndim=dimension,
                 metric=_USEARCH_METRIC[metric],
@@ -389,22 +438,13 @@ class VectorCache:
                 expansion_add=EXPANSION_ADD,
                 expansion_search=DEFAULT_EF_SEARCH,
             )
-            conn = self._connect()
-            try:
-                conn.execute("BEGIN")
-                live = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-                if vt not in live:
-                    return
-                rev = _max_rev(conn, vt)
-                rows = conn.execute(f"SELECT id, vec FROM {vt} ORDER BY id").fetchall()
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
-            for start in range(0, len(rows), 16384):
-                ids, matrix = _load(rows[start : start + 16384], dimension)
-                # One thread: more only contend on this small machine's cores.
-                index.add(ids.astype(np.uint64), matrix, threads=1)
-            del rows
+            threads = build_threads()
+            for start in range(0, len(ids), BUILD_STEP * threads):
+                if generation != self._generation:
+                    return  # the engine closed or reopened: nobody wants this graph
+                end = start + BUILD_STEP * threads
+                index.add(ids[start:end], matrix[start:end], threads=threads)
+            del matrix
             with self._lock:
                 if generation == self._generation:
                     # Graphs of tables that no longer exist (dropped, compacted) go.

@@ -38,7 +38,7 @@ from zope.interface import implementer
 
 from oxidb import filemodes
 from oxidb._threads import deferred_from_future, fire_from_thread
-from oxidb.atrest import AtRestKeyError
+from oxidb.atrest import AtRestKeyError, EncryptedError, NotEncryptedError
 from oxidb.auth.store import USERS_FILE, UserRecord, UserStore
 from oxidb.engine import sqlite, store
 from oxidb.engine.operations import Operation
@@ -165,6 +165,24 @@ def unpack_snapshot(data: bytes) -> tuple[bytes, bytes | None]:
     if DATABASE not in found:
         raise SnapshotError("the snapshot has no database")
     return found[DATABASE], found.get(USERS)
+
+
+def _key_mismatch(error: AtRestKeyError) -> str:
+    """The one-line cause of a snapshot database that does not open with this node's key."""
+    if isinstance(error, EncryptedError):
+        return (
+            "the snapshot's database is encrypted (or is not an OxiDB database) and this node has no "
+            "OXIDB_ENCRYPTION_KEY: every node of a cluster needs the same key file"
+        )
+    if isinstance(error, NotEncryptedError):
+        return (
+            "the snapshot's database is not encrypted but this node has OXIDB_ENCRYPTION_KEY set: "
+            "every node of a cluster needs the same key file"
+        )
+    return (
+        "the snapshot's database is encrypted with a different key than this node's OXIDB_ENCRYPTION_KEY "
+        "(or is not an OxiDB database): every node of a cluster needs the same key file"
+    )
 
 
 def parse_users(data: bytes) -> list[UserRecord]:
@@ -321,7 +339,10 @@ class EngineStateMachine:
             f.flush()
             os.fsync(f.fileno())
         try:
-            sqlite.check_key(staged, self._engine.key)
+            try:
+                sqlite.check_key(staged, self._engine.key)
+            except AtRestKeyError as e:
+                raise SnapshotError(_key_mismatch(e)) from None
             conn = store.connect(staged, writer=False, key=self._engine.key)
             try:
                 result = conn.execute("PRAGMA quick_check").fetchone()
@@ -330,7 +351,7 @@ class EngineStateMachine:
                 conn.close()
             if result is None or result[0] != "ok":
                 raise SnapshotError(f"the snapshot's database is damaged: {result}")
-        except (sqlite.Error, AtRestKeyError) as e:
+        except sqlite.Error as e:
             os.remove(staged)
             raise SnapshotError(f"the snapshot's database is damaged: {e}") from None
         except SnapshotError:
