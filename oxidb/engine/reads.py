@@ -27,10 +27,11 @@ from typing import Any
 import attrs
 import orjson
 
-from oxidb.engine import sqlite, store, textindex, textstore, ttl
-from oxidb.engine.aggregate import compile_pipeline
+from oxidb.engine import sqlite, sqlquery, store, textindex, textstore, ttl
+from oxidb.engine.aggregate import Pipeline, compile_pipeline
 from oxidb.engine.governor import (
     DEFAULT_LIMITS,
+    DOC_OVERHEAD,
     NO_DEADLINE,
     Budget,
     ByteCap,
@@ -514,6 +515,9 @@ class Reader:
         sizes: list[int] = []
         if info is not None:
             plan = self.plan_for(info, prefix.matcher if prefix.matcher is not None else self.check_query(None))
+            pushed = self._group_in_sql(info, plan, compiled, budget)
+            if pushed is not None:
+                return self._finish_aggregate(compiled, pushed, budget, prefix.stages + 1)
             budget.start("$match" if prefix.stages else "input")
             loads = orjson.loads
             for _, _, text, doc in self._scan(
@@ -521,13 +525,42 @@ class Reader:
             ):
                 docs.append(loads(text) if doc is None else doc)
                 sizes.append(text_size(text))
+        return self._finish_aggregate(compiled, (docs, sizes), budget, prefix.stages)
+
+    def _finish_aggregate(
+        self, compiled: Pipeline, stream: tuple[list[dict[str, Any]], list[int]], budget: Budget, skip_stages: int
+    ) -> list[dict[str, Any]]:
+        """Run the stages from C{skip_stages} on; the output must fit in a reply."""
         out, out_sizes = compiled.run_sized(
-            docs, sizes, self._lookup_in(budget), budget, skip_stages=prefix.stages
+            stream[0], stream[1], self._lookup_in(budget), budget, skip_stages=skip_stages
         )
         cap = reply_cap(self.limits, "$skip and $limit")
         for size in out_sizes:
             cap.add(size + 1)
         return out
+
+    def _group_in_sql(
+        self, info: CollectionInfo, plan: Plan, compiled: Pipeline, budget: Budget
+    ) -> tuple[list[dict[str, Any]], list[int]] | None:
+        """
+        The output of the C{$group} after the leading C{$match} stages,
+        computed by one SQL statement (L{GroupPushdown}), or None when the
+        pipeline or the data needs the Python path: the match is not exact
+        in SQL, the documents are more than the aggregation budget takes as
+        input (the Python path then fails as it always did), or a group
+        holds a case SQL cannot decide exactly.
+        """
+        group = compiled.pushed_group
+        if group is None or not plan.exact:
+            return None
+        statement = sqlquery.group_statement(info.tbl, plan.where, group)
+        rows = self.conn.execute(statement, plan.params).fetchall()
+        count = sum(row[3] for row in rows)
+        text_bytes = sum(row[-1] for row in rows)
+        if count > budget.max_docs or text_bytes + count * DOC_OVERHEAD > budget.max_bytes:
+            return None
+        budget.start(compiled.names[compiled.prefix.stages])
+        return group.groups(rows, budget)
 
     def aggregate_docs(self, pipeline: object, docs: object) -> list[dict[str, Any]]:
         """
