@@ -334,22 +334,32 @@ def group_statement(table: str, where: str, group: GroupPushdown) -> str:
     values; last, the total UTF-8 length of the documents' JSON texts (the
     aggregation budget counts them). Paths are plain names (checked by
     C{GroupPushdown}), written into the statement.
-    """
 
-    def path(parts: tuple[str, ...]) -> str:
-        return "'$." + ".".join(parts) + "'"
+    An inner query reads each path once per row (its C{LIMIT -1} keeps
+    SQLite from flattening it into the grouping query, which would read
+    every path again for each aggregate that uses it).
+    """
+    slots: dict[tuple[str, ...], int] = {}
+    reads = ["_id", "octet_length(json(doc)) AS n"]
+
+    def read(parts: tuple[str, ...]) -> tuple[str, str]:
+        slot = slots.get(parts)
+        if slot is None:
+            slot = slots[parts] = len(slots)
+            at = "'$." + ".".join(parts) + "'"
+            reads.append(f"json_type(doc, {at}) AS t{slot}, json_extract(doc, {at}) AS v{slot}")
+        return f"t{slot}", f"v{slot}"
 
     if group.key is None:
         columns = ["'null'", "NULL"]
     else:
-        key = path(group.key)
-        columns = [f"coalesce(json_type(doc, {key}), 'null')", f"json_extract(doc, {key})"]
+        kind, value = read(group.key)
+        columns = [f"coalesce({kind}, 'null')", value]
     columns += ["min(_id)", "count(*)"]
     for _, op, operand in group.accumulators:
         if not isinstance(operand, tuple):
             continue
-        at = path(operand)
-        kind, value = f"json_type(doc, {at})", f"json_extract(doc, {at})"
+        kind, value = read(operand)
         number = f"{kind} IN ('integer', 'real')"
         if op in ("$sum", "$avg"):
             columns += [
@@ -365,8 +375,8 @@ def group_statement(table: str, where: str, group: GroupPushdown) -> str:
                 f"{extreme}(CASE WHEN {kind} = 'real' THEN {value} END)",
                 f"count(CASE WHEN {kind} NOT IN ('integer', 'real', 'null') THEN 1 END)",
             ]
-    columns.append("total(octet_length(json(doc)))")
-    sql = f"SELECT {', '.join(columns)} FROM {table}"
+    columns.append("total(n)")
+    inner = f"SELECT {', '.join(reads)} FROM {table}"
     if where != _TRUE:
-        sql += f" WHERE {where}"
-    return sql + " GROUP BY 1, 2 ORDER BY 3"
+        inner += f" WHERE {where}"
+    return f"SELECT {', '.join(columns)} FROM ({inner} LIMIT -1) GROUP BY 1, 2 ORDER BY 3"
