@@ -36,6 +36,7 @@ from oxidb.engine.governor import (
     Budget,
     ByteCap,
     Deadline,
+    NotInline,
     QueryLimits,
     approx_size,
     reply_cap,
@@ -44,13 +45,16 @@ from oxidb.engine.governor import (
 from oxidb.engine.matcher import Matcher, SortSpec, compile_query, find_window, parse_sort
 from oxidb.engine.sqlquery import Plan, compile_plan, order_by
 from oxidb.engine.store import CollectionInfo
-from oxidb.errors import BadRequestError, DocumentNotObjectError, InvalidQueryError
+from oxidb.errors import BadRequestError, DocumentNotObjectError, InvalidQueryError, OxiError
 from oxidb.wire.limits import MAX_FRAME
 
 #: SQLite's string limit for the one-step fetch of a capped read (a reply,
 #: an aggregation): a little over a reply frame. Longer results are read row
 #: by row, so that the cap stops them early instead of after building them.
 CAPPED_CONCAT_LENGTH = MAX_FRAME + 1024 * 1024
+
+#: The largest C{limit} of an indexed equality read that L{Reader.is_small} accepts.
+SMALL_READ_LIMIT = 100
 
 Charge = Callable[[int], None]
 """C{charge(size)}: count one row of C{size} bytes against a cap (may raise)."""
@@ -435,6 +439,48 @@ class Reader:
             return "[]"
         cap = reply_cap(self.limits)
         return "[" + ",".join(self.texts(*planned, spec, *window, charge=lambda n: cap.add(n + 1))) + "]"
+
+    def is_small(self, collection: object, query: object, limit: object) -> bool:
+        """
+        Is this read surely small: an equality on C{_id}, or on an indexed
+        path with a C{limit} of at most L{SMALL_READ_LIMIT} (a scalar
+        operand, no operators), of a collection that exists?
+        """
+        if type(query) is not dict or len(query) != 1:
+            return False
+        ((path, value),) = query.items()
+        if type(value) is dict or type(value) is list:
+            return False
+        if path != "_id" and limit is not None and (type(limit) is not int or not 0 < limit <= SMALL_READ_LIMIT):
+            return False
+        try:
+            store.validate_collection_name(collection)
+        except OxiError:
+            return False
+        assert isinstance(collection, str)
+        info = store.get_collection(self.conn, collection)
+        if info is None:
+            return False
+        return path == "_id" or path in self._columns(info)
+
+    def find_raw_small(
+        self,
+        collection: str,
+        query: object = None,
+        sort: object = None,
+        skip: object = None,
+        limit: object = None,
+    ) -> str:
+        """L{find_raw} if L{is_small}, else L{NotInline}."""
+        if sort is not None or not self.is_small(collection, query, limit):
+            raise NotInline()
+        return self.find_raw(collection, query, None, skip, limit)
+
+    def find_one_raw_small(self, collection: str, query: object = None) -> str | None:
+        """L{find_one_raw} if L{is_small} (as with a limit of 1), else L{NotInline}."""
+        if not self.is_small(collection, query, 1):
+            raise NotInline()
+        return self.find_one_raw(collection, query)
 
     def find_one_raw(self, collection: str, query: object = None) -> str | None:
         """L{find_one}'s document as its stored JSON text, or None."""
