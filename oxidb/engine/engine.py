@@ -31,7 +31,7 @@ from oxidb.engine import keys, sqlite, store, textstore, vectors
 from oxidb.engine.blobs import PreparedPuts
 from oxidb.engine.governor import DEFAULT_LIMITS, Clock, Deadline, NotInline, QueryLimits, time_limit_ms
 from oxidb.engine.operations import BUILTIN, EnsureCollection, Operation, OperationCodec, Rejected
-from oxidb.engine.reads import Reader
+from oxidb.engine.reads import Reader, small_shape
 from oxidb.engine.writer import Writer
 from oxidb.engine.writes import WriteTxn
 from oxidb.errors import BadRequestError, InvalidQueryError, OxiError, TimeLimitError, UnavailableError
@@ -404,10 +404,14 @@ class Engine:
         within L{INLINE_READ_MS}; else L{NotInline}, having used at most
         that time, and the caller runs L{find_raw} on a worker.
         """
+        if sort is not None or not small_shape(query, limit):
+            raise NotInline()  # before any transaction: most reads are not small
         return self._read_inline(max_time_ms, Reader.find_raw_small, collection, query, sort, skip, limit)
 
     def find_one_raw_inline(self, collection: str, query: object = None, max_time_ms: object = None) -> str | None:
         """L{find_one_raw} as L{find_raw_inline} runs L{find_raw}."""
+        if not small_shape(query, 1):
+            raise NotInline()
         return self._read_inline(max_time_ms, Reader.find_one_raw_small, collection, query)
 
     def _read_inline(

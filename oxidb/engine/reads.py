@@ -56,6 +56,21 @@ CAPPED_CONCAT_LENGTH = MAX_FRAME + 1024 * 1024
 #: The largest C{limit} of an indexed equality read that L{Reader.is_small} accepts.
 SMALL_READ_LIMIT = 100
 
+
+def small_shape(query: object, limit: object) -> bool:
+    """
+    The shape of a small read (L{Reader.is_small} checks the index): one
+    equality with a scalar operand (no operators), with no C{limit} or one
+    of at most L{SMALL_READ_LIMIT}.
+    """
+    if type(query) is not dict or len(query) != 1:
+        return False
+    for value in query.values():
+        if type(value) is dict or type(value) is list:
+            return False
+    return limit is None or (type(limit) is int and 0 < limit <= SMALL_READ_LIMIT)
+
+
 Charge = Callable[[int], None]
 """C{charge(size)}: count one row of C{size} bytes against a cap (may raise)."""
 
@@ -442,17 +457,13 @@ class Reader:
 
     def is_small(self, collection: object, query: object, limit: object) -> bool:
         """
-        Is this read surely small: an equality on C{_id}, or on an indexed
-        path with a C{limit} of at most L{SMALL_READ_LIMIT} (a scalar
-        operand, no operators), of a collection that exists?
+        Is this read surely small: L{small_shape}, on C{_id} or an indexed
+        path of a collection that exists?
         """
-        if type(query) is not dict or len(query) != 1:
+        if not small_shape(query, limit):
             return False
-        ((path, value),) = query.items()
-        if type(value) is dict or type(value) is list:
-            return False
-        if path != "_id" and limit is not None and (type(limit) is not int or not 0 < limit <= SMALL_READ_LIMIT):
-            return False
+        assert isinstance(query, dict)
+        (path,) = query
         try:
             store.validate_collection_name(collection)
         except OxiError:
