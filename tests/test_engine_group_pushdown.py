@@ -76,7 +76,7 @@ matches = st.one_of(
 later = st.one_of(st.none(), st.just({"$sort": {"_id": 1}}), st.just({"$limit": 2}))
 
 PROPERTY = settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
