@@ -81,6 +81,21 @@ class IExecutor(Interface):
         """
 
 
+class IInlineReads(Interface):
+    """
+    An executor that may run a small read on the calling (reactor) thread,
+    saving the worker round trip (the standalone one; a cluster's reads
+    wait for its read gate, so it does not provide this).
+    """
+
+    def read_inline(inline: Callable[..., Any], fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """
+        C{inline(*args)} here, within the engine's inline budget; when it
+        declines (L{oxidb.engine.governor.NotInline}), C{fn(*args)} as
+        L{IExecutor.read} runs it.
+        """
+
+
 class IEngineSource(Interface):
     """Where the engine is found once it has opened (the server's lifecycle)."""
 
@@ -162,6 +177,18 @@ class CommandContext:
     def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         """Run blocking work off the reactor (the executor's read side)."""
         return self.executor.read(fn, *args, **kwargs)
+
+    def read_inline(self, inline: Callable[..., Any], fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """
+        A small read (L{IInlineReads}): C{inline(*args)} on this thread if
+        the executor allows it and the read stays small, else C{fn(*args)}
+        as L{read} runs it.
+        """
+        executor = self.executor
+        if IInlineReads.providedBy(executor):
+            d: Deferred[Any] = executor.read_inline(inline, fn, *args)
+            return d
+        return executor.read(fn, *args)
 
     def write(self, op: Operation) -> Deferred[Any]:
         """Apply one state change (standalone: the writer; cluster: Raft)."""

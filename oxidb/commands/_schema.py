@@ -110,12 +110,20 @@ class Field:
     collection: bool = False
     handler: bool = False
 
+    # Worked out once per field (fields are immutable), not per request.
+    _matches: Callable[[Any], bool] = attrs.field(init=False, eq=False, repr=False)
+    _text: str = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_matches", _MATCHERS[self.type])
+        object.__setattr__(self, "_text", self.message or f"missing '{self.name}'")
+
     def check(self, request: Mapping[str, Any]) -> None:
         """Raise L{BadRequestError} with the field's text if C{request} breaks it."""
         value: Any = request.get(self.name)
         if self.required:
-            text = self.message or f"missing '{self.name}'"
-            if not self.type.matches(value):
+            text = self._text
+            if not self._matches(value):
                 raise BadRequestError(text)
             if self.nonempty and not value:
                 raise BadRequestError(text)
@@ -127,7 +135,7 @@ class Field:
             if self.invalid is None:
                 return
             text = self.invalid
-            if not self.type.matches(value):
+            if not self._matches(value):
                 raise BadRequestError(text)
             if self.maximum is not None and value > self.maximum:
                 raise BadRequestError(text)
@@ -163,26 +171,23 @@ class Schema:
 
     fields: tuple[Field, ...] = ()
 
+    #: The fields checked here: those before the first C{handler} field.
+    validated: tuple[Field, ...] = attrs.field(init=False, eq=False, repr=False)
+
     def __attrs_post_init__(self) -> None:
         names = [f.name for f in self.fields]
         if len(names) != len(set(names)):
             raise ValueError(f"a field is listed twice: {names}")
-
-    @property
-    def validated(self) -> tuple[Field, ...]:
-        """The fields checked here: those before the first C{handler} field."""
         checked = []
         for field in self.fields:
             if field.handler:
                 break
             checked.append(field)
-        return tuple(checked)
+        object.__setattr__(self, "validated", tuple(checked))
 
     def validate(self, request: Mapping[str, Any]) -> None:
         """Raise L{BadRequestError} (upstream's text) at the first field C{request} breaks."""
-        for field in self.fields:
-            if field.handler:
-                return
+        for field in self.validated:
             field.check(request)
 
     def __iter__(self) -> Iterator[Field]:

@@ -88,8 +88,10 @@ def find(ctx: CommandContext, request: dict[str, Any]) -> Any:
     tx = ctx.session.tx
     if tx is not None:
         return tx.find(ctx, collection, query, request.get("sort"), request.get("skip"), request.get("limit"))
-    d = ctx.read(
-        engine_of(ctx).find_raw,
+    engine = engine_of(ctx)
+    d = ctx.read_inline(
+        engine.find_raw_inline,
+        engine.find_raw,
         collection,
         query,
         request.get("sort"),
@@ -107,7 +109,10 @@ def find_one(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     if tx is not None:
         found: Deferred[Any] = tx.find_one(ctx, collection, _query(request))
         return found
-    d = ctx.read(engine_of(ctx).find_one_raw, collection, _query(request), max_time_ms(request))
+    engine = engine_of(ctx)
+    d = ctx.read_inline(
+        engine.find_one_raw_inline, engine.find_one_raw, collection, _query(request), max_time_ms(request)
+    )
     return d.addCallback(_raw)
 
 

@@ -59,6 +59,7 @@ and C{$skip}/C{$limit} within 64 bits.
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -82,6 +83,7 @@ from oxidb.engine.values import (
     compact_json,
     is_number,
     normalize_number,
+    parse_date_ms,
     sort_key,
     to_float,
 )
@@ -313,6 +315,8 @@ def group_identity(value: Any) -> tuple[Any, ...]:
 class _Group:
     key: Expression
     accumulators: tuple[tuple[str, Callable[[], _Accumulator], Expression], ...]
+    #: the same stage in a form SQL can compute, or None (L{GroupPushdown}).
+    pushdown: GroupPushdown | None = None
 
     def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
         check = budget.deadline.check
@@ -653,6 +657,178 @@ class _Facet:
         return [out], [total]
 
 
+# --- $group in SQL ----------------------------------------------------------------------
+
+#: A path SQL may read: object keys only, each a plain name (no quoting needed in a JSON path).
+_PLAIN_PATH = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+#: Integer sums up to this magnitude are exact in a float, in any order.
+_EXACT_FLOAT = 2.0**53
+
+_PUSHED_OPS = frozenset({"$sum", "$avg", "$min", "$max", "$count"})
+
+
+def _pushed_path(spec: Any) -> tuple[str, ...] | None:
+    if type(spec) is str and _PLAIN_PATH.fullmatch(spec):
+        return tuple(spec[1:].split("."))
+    return None
+
+
+@attrs.frozen
+class GroupPushdown:
+    """
+    A C{$group} whose key and accumulators SQL can compute with the Python
+    path's exact answer (L{_Group.run}), described for
+    L{oxidb.engine.sqlquery.group_statement}; L{groups} turns the
+    statement's rows into the stage's output, or gives up (None) when the
+    data holds a case SQL cannot decide exactly, and the caller then runs
+    the Python path.
+
+    Shapes pushed down: a key of C{null} or a plain field path (objects
+    only, as C{$group} reads it: a path through an array is missing);
+    C{$sum}/C{$avg} of a plain field path or an integer constant;
+    C{$min}/C{$max} of a plain field path; C{$count}.
+
+    Cases left to Python, found in the rows: a key that is an array or an
+    object (canonical-JSON grouping), a string key that reads as a date
+    (dates group by instant), an integer past 64 bits, a float key C{0.0}
+    (C{-0.0} is the same group and the first one seen is shown); a sum or
+    average with a non-integral float or a magnitude past 2**53 (the Python
+    path adds floats in C{_id} order, so only exact sums are
+    order-free); a minimum or maximum over non-numbers, over an integer and a
+    float of equal value (the first seen wins), or that is C{0.0}.
+
+    @ivar key: the key's path, or None for C{_id: null}.
+    @ivar accumulators: C{(output name, operator, path or integer constant)};
+        the operand of C{$count} is None.
+    """
+
+    key: tuple[str, ...] | None
+    accumulators: tuple[tuple[str, str, tuple[str, ...] | int | None], ...]
+
+    @classmethod
+    def of(cls, key_spec: Any, outputs: dict[str, Any]) -> GroupPushdown | None:
+        """The pushdown of a validated C{$group}, or None if its shape is not pushed down."""
+        key: tuple[str, ...] | None = None
+        if key_spec is not None:
+            key = _pushed_path(key_spec)
+            if key is None:
+                return None
+        accumulators: list[tuple[str, str, tuple[str, ...] | int | None]] = []
+        for name, acc in outputs.items():
+            ((op, operand),) = acc.items()
+            if op not in _PUSHED_OPS:
+                return None
+            if op == "$count":
+                accumulators.append((name, op, None))
+                continue
+            path = _pushed_path(operand)
+            if path is not None:
+                accumulators.append((name, op, path))
+            elif op in ("$sum", "$avg") and type(operand) is int and abs(operand) < 2**31:
+                accumulators.append((name, op, operand))
+            else:
+                return None
+        return cls(key, tuple(accumulators))
+
+    def groups(self, rows: Iterable[tuple[Any, ...]], budget: Budget) -> Stream | None:
+        """
+        The C{$group} output from L{oxidb.engine.sqlquery.group_statement}'s
+        rows (in order of each group's first document), counted against
+        C{budget} as L{_Group.run} counts it; None when the rows hold a case
+        left to Python (see the class docstring).
+        """
+        groups: list[tuple[Any, list[Any]]] = []
+        state_size = 16 * len(self.accumulators)
+        for row in rows:
+            budget.deadline.check()
+            key_type, key_value, _, count = row[0], row[1], row[2], row[3]
+            key = _group_key(key_type, key_value)
+            if key is _INEXACT:
+                return None
+            results = []
+            column = 4
+            for _, op, operand in self.accumulators:
+                if op == "$count":
+                    results.append(count)
+                    continue
+                if type(operand) is int:
+                    # An integer constant per document: count * operand, exactly.
+                    if abs(count * operand) >= _EXACT_FLOAT:
+                        return None
+                    total = float(count * operand)
+                    results.append(normalize_number(total) if op == "$sum" else normalize_number(total / count))
+                    continue
+                if op in ("$sum", "$avg"):
+                    numbers, total, magnitude, fractions = row[column : column + 4]
+                    column += 4
+                    if fractions or magnitude >= _EXACT_FLOAT:
+                        return None
+                    exact = float(total)
+                    if op == "$sum":
+                        results.append(normalize_number(exact))
+                    else:
+                        results.append(normalize_number(exact / numbers) if numbers else None)
+                    continue
+                ints, floats, others = row[column : column + 3]
+                column += 3
+                best = _extreme(ints, floats, others, op == "$max")
+                if best is _INEXACT:
+                    return None
+                results.append(best)
+            budget.add(1, approx_size(key) + state_size)
+            groups.append((key, results))
+        budget.start(budget.stage)
+        out: list[Document] = []
+        sizes: list[int] = []
+        for key, results in groups:
+            doc: Document = {"_id": key}
+            for (name, _, _), result in zip(self.accumulators, results, strict=True):
+                doc[name] = result
+            size = approx_size(doc)
+            budget.add(1, size)
+            out.append(doc)
+            sizes.append(size)
+        return out, sizes
+
+
+_INEXACT: Any = object()
+
+
+def _group_key(json_type: str, value: Any) -> Any:
+    """A group's key from its SQL C{json_type} (null for missing) and value; L{_INEXACT} if left to Python."""
+    if json_type == "null":
+        return None
+    if json_type == "true":
+        return True
+    if json_type == "false":
+        return False
+    if json_type == "integer":
+        return value if type(value) is int else _INEXACT
+    if json_type == "real":
+        return value if type(value) is float and value != 0.0 else _INEXACT
+    if json_type == "text":
+        return value if type(value) is str and parse_date_ms(value) is None else _INEXACT
+    return _INEXACT
+
+
+def _extreme(ints: Any, floats: Any, others: int, largest: bool) -> Any:
+    """C{$min}/C{$max} from the group's extreme integer and float; L{_INEXACT} if left to Python."""
+    if others:
+        return _INEXACT
+    if ints is not None and type(ints) is not int:
+        return _INEXACT
+    if floats is not None and (type(floats) is not float or floats == 0.0):
+        return _INEXACT
+    if ints is None:
+        return floats
+    if floats is None:
+        return ints
+    if ints == floats:
+        return _INEXACT
+    return ints if (ints > floats) == largest else floats
+
+
 # --- parsing ---------------------------------------------------------------------------
 
 
@@ -679,7 +855,8 @@ def _parse_group(spec: Any, limits: QueryLimits) -> _Stage:
     else:
         key = compile_expression(key_spec, limits)
     outputs = {name: acc for name, acc in spec.items() if name != "_id"}
-    return _Group(key, _parse_accumulators("$group", outputs, limits))
+    accumulators = _parse_accumulators("$group", outputs, limits)
+    return _Group(key, accumulators, GroupPushdown.of(key_spec, outputs))
 
 
 def parse_pipeline_sort(spec: Any, limits: QueryLimits = DEFAULT_LIMITS) -> SortSpec:
@@ -1014,6 +1191,22 @@ class Pipeline:
     def leading_match(self) -> dict[str, Any] | None:
         """The query of the leading C{$match} stage(s), or C{None}."""
         return self.prefix.query
+
+    @property
+    def pushed_group(self) -> GroupPushdown | None:
+        """
+        The C{$group} right after a prefix of C{$match} stages only, when
+        SQL can compute it (L{GroupPushdown}); the storage layer may then
+        run both in one statement and continue at stage
+        C{prefix.stages + 1}.
+        """
+        prefix = self.prefix
+        if prefix.sort is not None or prefix.skip or prefix.limit is not None:
+            return None
+        if prefix.stages >= len(self.stages):
+            return None
+        stage = self.stages[prefix.stages]
+        return stage.pushdown if isinstance(stage, _Group) else None
 
     def run(
         self, docs: Iterable[Document], lookup: Lookup, *, skip_stages: int = 0

@@ -29,12 +29,12 @@ from oxidb import filemodes
 from oxidb.atrest import AtRestKey
 from oxidb.engine import keys, sqlite, store, textstore, vectors
 from oxidb.engine.blobs import PreparedPuts
-from oxidb.engine.governor import DEFAULT_LIMITS, Clock, Deadline, QueryLimits, time_limit_ms
+from oxidb.engine.governor import DEFAULT_LIMITS, Clock, Deadline, NotInline, QueryLimits, time_limit_ms
 from oxidb.engine.operations import BUILTIN, EnsureCollection, Operation, OperationCodec, Rejected
-from oxidb.engine.reads import Reader
+from oxidb.engine.reads import Reader, small_shape
 from oxidb.engine.writer import Writer
 from oxidb.engine.writes import WriteTxn
-from oxidb.errors import BadRequestError, InvalidQueryError, OxiError, UnavailableError
+from oxidb.errors import BadRequestError, InvalidQueryError, OxiError, TimeLimitError, UnavailableError
 from oxidb.limits import Limits
 
 T = TypeVar("T")
@@ -48,6 +48,14 @@ PROGRESS_STEPS = 20_000
 #: which then proceeds row by row (see L{Reader._all_selected}) so that a
 #: capped read can stop early.
 READ_LENGTH_LIMIT = 64 * 1024 * 1024
+
+#: Milliseconds a small read may run on the reactor thread
+#: (L{Engine.find_raw_inline}) before it is handed to a worker instead.
+INLINE_READ_MS = 2
+
+#: Reads of a collection and field not tried inline after one overran
+#: L{INLINE_READ_MS}.
+INLINE_SKIPS = 100
 
 #: C{fn(txn, op, now) -> data}: applies one operation type on the writer
 #: thread (see L{Engine.register_operation}).
@@ -128,6 +136,9 @@ class Engine:
             self.limits = QueryLimits.from_limits(limits)
         self._clock = clock
         self._progress_steps = progress_steps
+        # (collection, field) -> reads left before one is tried inline again
+        # (reactor thread only; see _read_inline).
+        self._inline_skips: dict[tuple[str, str], int] = {}
         self._vector_exact_below = vector_exact_below
         self.vector_cache = vectors.VectorCache(
             lambda: store.connect(self.path, writer=False, key=self.key), vector_runner
@@ -326,16 +337,22 @@ class Engine:
             if outer is None:
                 outer = Reader(conn, self._auto_create, self._local.columns, limits=self.limits)
             return fn(outer, *args, **kwargs)
-        deadline = Deadline(limit_ms, self._clock)
+        inline_ms: int | None = getattr(self._local, "inline_ms", None)
+        inline = inline_ms is not None and inline_ms < limit_ms
+        deadline = Deadline(inline_ms if inline_ms is not None and inline else limit_ms, self._clock)
         reader = Reader(conn, self._auto_create, self._local.columns, limits=self.limits, deadline=deadline)
         conn.execute("BEGIN")
         conn.set_progress_handler(lambda: bool(deadline.progress()), self._progress_steps)
         self._local.reader = reader
         try:
             return fn(reader, *args, **kwargs)
+        except TimeLimitError:
+            if inline:
+                raise NotInline(overran=True) from None
+            raise
         except sqlite.Error:
             if deadline.expired:
-                raise deadline.error() from None
+                raise (NotInline(overran=True) if inline else deadline.error()) from None
             raise
         finally:
             self._local.reader = None
@@ -373,6 +390,65 @@ class Engine:
         document texts (for replies: no parsing, no re-encoding).
         """
         return self.read_within(max_time_ms, Reader.find_raw, collection, query, sort, skip, limit)
+
+    def find_raw_inline(
+        self,
+        collection: str,
+        query: object = None,
+        sort: object = None,
+        skip: object = None,
+        limit: object = None,
+        max_time_ms: object = None,
+    ) -> str:
+        """
+        L{find_raw} on the calling thread (the reactor's: no worker round
+        trip) when the read is small (L{Reader.is_small}) and finishes
+        within L{INLINE_READ_MS}; else L{NotInline}, having used at most
+        that time, and the caller runs L{find_raw} on a worker.
+        """
+        if sort is not None or not small_shape(query, limit):
+            raise NotInline()  # before any transaction: most reads are not small
+        return self._read_inline(max_time_ms, Reader.find_raw_small, collection, query, sort, skip, limit)
+
+    def find_one_raw_inline(self, collection: str, query: object = None, max_time_ms: object = None) -> str | None:
+        """L{find_one_raw} as L{find_raw_inline} runs L{find_raw}."""
+        if not small_shape(query, 1):
+            raise NotInline()
+        return self._read_inline(max_time_ms, Reader.find_one_raw_small, collection, query)
+
+    def _read_inline(
+        self, max_time_ms: object, fn: Callable[..., T], collection: object, query: object, *args: Any
+    ) -> T:
+        """
+        C{fn(reader, collection, query, *args)} under the inline budget. A
+        read that overran it is not tried inline again for the next
+        L{INLINE_SKIPS} reads of the same collection and field, so that a
+        shape that turns out large costs the reactor the budget only once
+        in a while.
+        """
+        if getattr(self._local, "reader", None) is not None:
+            raise NotInline()  # never inside another read
+        if type(query) is not dict or len(query) != 1 or type(collection) is not str:
+            raise NotInline()
+        shape = (collection, next(iter(query)))
+        skips = self._inline_skips.get(shape)
+        if skips is not None:
+            if skips <= 1:
+                del self._inline_skips[shape]
+            else:
+                self._inline_skips[shape] = skips - 1
+            raise NotInline()
+        self._local.inline_ms = INLINE_READ_MS
+        try:
+            return self.read_within(max_time_ms, fn, collection, query, *args)
+        except NotInline as e:
+            if e.overran:
+                if len(self._inline_skips) >= 4096:
+                    self._inline_skips.clear()
+                self._inline_skips[shape] = INLINE_SKIPS
+            raise
+        finally:
+            self._local.inline_ms = None
 
     def find_one_raw(self, collection: str, query: object = None, max_time_ms: object = None) -> str | None:
         """L{find_one}'s document as its stored JSON text, or None."""

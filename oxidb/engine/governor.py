@@ -100,6 +100,18 @@ class Deadline:
         return TimeLimitError(self.limit_ms)
 
 
+class NotInline(Exception):
+    """
+    A read tried on the reactor thread (L{oxidb.engine.engine.Engine.find_raw_inline})
+    is not small, or ran out of its inline budget (C{overran}): run it on a
+    worker instead.
+    """
+
+    def __init__(self, overran: bool = False) -> None:
+        super().__init__("overran the inline budget" if overran else "not a small read")
+        self.overran = overran
+
+
 class _NoDeadline(Deadline):
     """No time limit (writes on the writer thread, pure reference runs)."""
 

@@ -27,14 +27,16 @@ from typing import Any
 import attrs
 import orjson
 
-from oxidb.engine import sqlite, store, textindex, textstore, ttl
-from oxidb.engine.aggregate import compile_pipeline
+from oxidb.engine import sqlite, sqlquery, store, textindex, textstore, ttl
+from oxidb.engine.aggregate import Pipeline, compile_pipeline
 from oxidb.engine.governor import (
     DEFAULT_LIMITS,
+    DOC_OVERHEAD,
     NO_DEADLINE,
     Budget,
     ByteCap,
     Deadline,
+    NotInline,
     QueryLimits,
     approx_size,
     reply_cap,
@@ -43,13 +45,31 @@ from oxidb.engine.governor import (
 from oxidb.engine.matcher import Matcher, SortSpec, compile_query, find_window, parse_sort
 from oxidb.engine.sqlquery import Plan, compile_plan, order_by
 from oxidb.engine.store import CollectionInfo
-from oxidb.errors import BadRequestError, DocumentNotObjectError, InvalidQueryError
+from oxidb.errors import BadRequestError, DocumentNotObjectError, InvalidQueryError, OxiError
 from oxidb.wire.limits import MAX_FRAME
 
 #: SQLite's string limit for the one-step fetch of a capped read (a reply,
 #: an aggregation): a little over a reply frame. Longer results are read row
 #: by row, so that the cap stops them early instead of after building them.
 CAPPED_CONCAT_LENGTH = MAX_FRAME + 1024 * 1024
+
+#: The largest C{limit} of an indexed equality read that L{Reader.is_small} accepts.
+SMALL_READ_LIMIT = 100
+
+
+def small_shape(query: object, limit: object) -> bool:
+    """
+    The shape of a small read (L{Reader.is_small} checks the index): one
+    equality with a scalar operand (no operators), with no C{limit} or one
+    of at most L{SMALL_READ_LIMIT}.
+    """
+    if type(query) is not dict or len(query) != 1:
+        return False
+    for value in query.values():
+        if type(value) is dict or type(value) is list:
+            return False
+    return limit is None or (type(limit) is int and 0 < limit <= SMALL_READ_LIMIT)
+
 
 Charge = Callable[[int], None]
 """C{charge(size)}: count one row of C{size} bytes against a cap (may raise)."""
@@ -435,6 +455,44 @@ class Reader:
         cap = reply_cap(self.limits)
         return "[" + ",".join(self.texts(*planned, spec, *window, charge=lambda n: cap.add(n + 1))) + "]"
 
+    def is_small(self, collection: object, query: object, limit: object) -> bool:
+        """
+        Is this read surely small: L{small_shape}, on C{_id} or an indexed
+        path of a collection that exists?
+        """
+        if not small_shape(query, limit):
+            return False
+        assert isinstance(query, dict)
+        (path,) = query
+        try:
+            store.validate_collection_name(collection)
+        except OxiError:
+            return False
+        assert isinstance(collection, str)
+        info = store.get_collection(self.conn, collection)
+        if info is None:
+            return False
+        return path == "_id" or path in self._columns(info)
+
+    def find_raw_small(
+        self,
+        collection: str,
+        query: object = None,
+        sort: object = None,
+        skip: object = None,
+        limit: object = None,
+    ) -> str:
+        """L{find_raw} if L{is_small}, else L{NotInline}."""
+        if sort is not None or not self.is_small(collection, query, limit):
+            raise NotInline()
+        return self.find_raw(collection, query, None, skip, limit)
+
+    def find_one_raw_small(self, collection: str, query: object = None) -> str | None:
+        """L{find_one_raw} if L{is_small} (as with a limit of 1), else L{NotInline}."""
+        if not self.is_small(collection, query, 1):
+            raise NotInline()
+        return self.find_one_raw(collection, query)
+
     def find_one_raw(self, collection: str, query: object = None) -> str | None:
         """L{find_one}'s document as its stored JSON text, or None."""
         planned = self._planned(collection, self.check_query(query))
@@ -514,6 +572,9 @@ class Reader:
         sizes: list[int] = []
         if info is not None:
             plan = self.plan_for(info, prefix.matcher if prefix.matcher is not None else self.check_query(None))
+            pushed = self._group_in_sql(info, plan, compiled, budget)
+            if pushed is not None:
+                return self._finish_aggregate(compiled, pushed, budget, prefix.stages + 1)
             budget.start("$match" if prefix.stages else "input")
             loads = orjson.loads
             for _, _, text, doc in self._scan(
@@ -521,13 +582,42 @@ class Reader:
             ):
                 docs.append(loads(text) if doc is None else doc)
                 sizes.append(text_size(text))
+        return self._finish_aggregate(compiled, (docs, sizes), budget, prefix.stages)
+
+    def _finish_aggregate(
+        self, compiled: Pipeline, stream: tuple[list[dict[str, Any]], list[int]], budget: Budget, skip_stages: int
+    ) -> list[dict[str, Any]]:
+        """Run the stages from C{skip_stages} on; the output must fit in a reply."""
         out, out_sizes = compiled.run_sized(
-            docs, sizes, self._lookup_in(budget), budget, skip_stages=prefix.stages
+            stream[0], stream[1], self._lookup_in(budget), budget, skip_stages=skip_stages
         )
         cap = reply_cap(self.limits, "$skip and $limit")
         for size in out_sizes:
             cap.add(size + 1)
         return out
+
+    def _group_in_sql(
+        self, info: CollectionInfo, plan: Plan, compiled: Pipeline, budget: Budget
+    ) -> tuple[list[dict[str, Any]], list[int]] | None:
+        """
+        The output of the C{$group} after the leading C{$match} stages,
+        computed by one SQL statement (L{GroupPushdown}), or None when the
+        pipeline or the data needs the Python path: the match is not exact
+        in SQL, the documents are more than the aggregation budget takes as
+        input (the Python path then fails as it always did), or a group
+        holds a case SQL cannot decide exactly.
+        """
+        group = compiled.pushed_group
+        if group is None or not plan.exact:
+            return None
+        statement = sqlquery.group_statement(info.tbl, plan.where, group)
+        rows = self.conn.execute(statement, plan.params).fetchall()
+        count = sum(row[3] for row in rows)
+        text_bytes = sum(row[-1] for row in rows)
+        if count > budget.max_docs or text_bytes + count * DOC_OVERHEAD > budget.max_bytes:
+            return None
+        budget.start(compiled.names[compiled.prefix.stages])
+        return group.groups(rows, budget)
 
     def aggregate_docs(self, pipeline: object, docs: object) -> list[dict[str, Any]]:
         """

@@ -33,13 +33,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
 
 from oxidb.engine import keys, values
 from oxidb.engine.matcher import And, FieldOp, Matcher, Or, SortSpec
+
+if TYPE_CHECKING:
+    from oxidb.engine.aggregate import GroupPushdown
 
 #: Longest C{$in}/C{$nin} list compiled to SQL; longer ones are checked in
 #: Python (SQLite limits the number of parameters of a statement).
@@ -317,3 +320,63 @@ def order_by(spec: SortSpec | None, *, index_arrays: bool = True, columns: Mappi
 
     terms = [key(path) + (" DESC" if direction == -1 else "") for path, direction in spec]
     return "ORDER BY " + ", ".join(terms) + ", _id"
+
+
+def group_statement(table: str, where: str, group: GroupPushdown) -> str:
+    """
+    One statement computing a C{$group} over the rows C{where} selects
+    (L{oxidb.engine.aggregate.GroupPushdown}, whose C{groups} reads the
+    rows): per group, in order of its first C{_id}, the key's JSON type
+    (C{null} for missing) and value, the first C{_id}, the row count, for
+    each C{$sum}/C{$avg} of a path the count, sum, sum of magnitudes and
+    count of non-integral floats of its numbers, for each C{$min}/C{$max}
+    the extreme integer, the extreme float and the count of other non-null
+    values; last, the total UTF-8 length of the documents' JSON texts (the
+    aggregation budget counts them). Paths are plain names (checked by
+    C{GroupPushdown}), written into the statement.
+
+    An inner query reads each path once per row (its C{LIMIT -1} keeps
+    SQLite from flattening it into the grouping query, which would read
+    every path again for each aggregate that uses it).
+    """
+    slots: dict[tuple[str, ...], int] = {}
+    reads = ["_id", "octet_length(json(doc)) AS n"]
+
+    def read(parts: tuple[str, ...]) -> tuple[str, str]:
+        slot = slots.get(parts)
+        if slot is None:
+            slot = slots[parts] = len(slots)
+            at = "'$." + ".".join(parts) + "'"
+            reads.append(f"json_type(doc, {at}) AS t{slot}, json_extract(doc, {at}) AS v{slot}")
+        return f"t{slot}", f"v{slot}"
+
+    if group.key is None:
+        columns = ["'null'", "NULL"]
+    else:
+        kind, value = read(group.key)
+        columns = [f"coalesce({kind}, 'null')", value]
+    columns += ["min(_id)", "count(*)"]
+    for _, op, operand in group.accumulators:
+        if not isinstance(operand, tuple):
+            continue
+        kind, value = read(operand)
+        number = f"{kind} IN ('integer', 'real')"
+        if op in ("$sum", "$avg"):
+            columns += [
+                f"count(CASE WHEN {number} THEN 1 END)",
+                f"total(CASE WHEN {number} THEN {value} END)",
+                f"total(CASE WHEN {number} THEN abs({value} * 1.0) END)",
+                f"count(CASE WHEN {kind} = 'real' AND {value} <> round({value}) THEN 1 END)",
+            ]
+        else:
+            extreme = "max" if op == "$max" else "min"
+            columns += [
+                f"{extreme}(CASE WHEN {kind} = 'integer' THEN {value} END)",
+                f"{extreme}(CASE WHEN {kind} = 'real' THEN {value} END)",
+                f"count(CASE WHEN {kind} NOT IN ('integer', 'real', 'null') THEN 1 END)",
+            ]
+    columns.append("total(n)")
+    inner = f"SELECT {', '.join(reads)} FROM {table}"
+    if where != _TRUE:
+        inner += f" WHERE {where}"
+    return f"SELECT {', '.join(columns)} FROM ({inner} LIMIT -1) GROUP BY 1, 2 ORDER BY 3"

@@ -38,6 +38,8 @@ import attrs
 from automat import TypeMachine, TypeMachineBuilder, pep614
 from twisted.internet.defer import Deferred, succeed
 
+from oxidb._automaton import index_transitions
+
 
 class Intake(enum.Enum):
     """What the core does with the bytes it receives."""
@@ -390,7 +392,7 @@ def _build() -> TypeMachine[ConnectionInputs, ConnectionCore]:
                   closing_executing, closing_executing_paused, draining, draining_paused, drained, closed):
         state.upon(I.lost).to(gone)(clean_up)
 
-    return machine.build()
+    return index_transitions(machine.build())
 
 
 #: Builds the machine of one connection: C{ConnectionMachine(core)}.

@@ -1,0 +1,170 @@
+"""
+Small reads on the reactor thread (one-hop reads): the engine's C{*_inline}
+reads answer exactly as the pool's do when the read is small, decline
+(L{NotInline}) when it is not or when it overruns the inline budget (and
+then leave that shape to the pool for a while), and the standalone executor
+falls back to the pool; a cluster-like executor never runs reads inline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from oxidb.commands._context import CommandContext, IExecutor
+from oxidb.engine import engine as engine_module
+from oxidb.engine.engine import Engine
+from oxidb.engine.governor import NotInline
+from oxidb.errors import BadRequestError
+from oxidb.server.executor import LocalExecutor
+from oxidb.testing import fake_services, result_of
+
+
+class StepClock:
+    """A monotonic clock that advances C{step} seconds each time it is read."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.step = 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.fixture
+def clocked(tmp_path: Any) -> Iterator[tuple[Engine, StepClock]]:
+    clock = StepClock()
+    with Engine(str(tmp_path / "data"), synchronous="OFF", clock=clock, progress_steps=100) as engine:
+        engine.apply({"InsertMany": {"collection": "c", "documents": [{"k": i % 50, "n": i} for i in range(500)]}}, 0)
+        engine.apply({"CreateIndex": {"collection": "c", "field": "k"}}, 0.0)
+        yield engine, clock
+
+
+@pytest.mark.parametrize(
+    "query, sort, skip, limit",
+    [
+        ({"_id": 7}, None, None, None),
+        ({"_id": 7000}, None, None, None),
+        ({"k": 3}, None, None, None),
+        ({"k": 3}, None, 2, 5),
+        ({"k": 3}, None, None, 100),
+        ({"k": "x"}, None, None, 1),
+    ],
+)
+def test_small_reads_answer_as_the_pool_does(
+    clocked: tuple[Engine, StepClock], query: Any, sort: Any, skip: Any, limit: Any
+) -> None:
+    engine, _ = clocked
+    assert engine.find_raw_inline("c", query, sort, skip, limit) == engine.find_raw("c", query, sort, skip, limit)
+    assert engine.find_one_raw_inline("c", query) == engine.find_one_raw("c", query)
+
+
+@pytest.mark.parametrize(
+    "collection, query, sort, limit",
+    [
+        ("c", {"n": 3}, None, 1),  # not indexed
+        ("c", {"k": {"$gte": 3}}, None, 1),  # an operator
+        ("c", {"k": 3, "n": 1}, None, 1),  # two fields
+        ("c", {"k": [3]}, None, 1),  # an array operand
+        ("c", {"k": 3}, {"n": 1}, 1),  # a sort
+        ("c", {"k": 3}, None, 101),  # past the small limit
+        ("c", {"k": 3}, None, "x"),
+        ("nope", {"_id": 1}, None, None),  # no such collection (reads may create it)
+        ("", {"_id": 1}, None, None),  # a bad name: the pool reports it
+        ("c", None, None, 1),
+    ],
+)
+def test_other_reads_are_declined(
+    clocked: tuple[Engine, StepClock], collection: str, query: Any, sort: Any, limit: Any
+) -> None:
+    engine, _ = clocked
+    with pytest.raises(NotInline) as raised:
+        engine.find_raw_inline(collection, query, sort, None, limit)
+    assert not raised.value.overran
+    if sort is None and limit in (None, 1):
+        with pytest.raises(NotInline):
+            engine.find_one_raw_inline(collection, query)
+
+
+def test_a_bad_request_fails_inline_as_on_the_pool(clocked: tuple[Engine, StepClock]) -> None:
+    engine, _ = clocked
+    with pytest.raises(BadRequestError) as pooled:
+        engine.find_raw("c", {"k": 1}, None, None, None, -1)
+    with pytest.raises(BadRequestError) as inline:
+        engine.find_raw_inline("c", {"k": 1}, None, None, None, -1)
+    assert str(inline.value) == str(pooled.value)
+
+
+def test_overrunning_the_budget_declines_then_skips_the_shape(clocked: tuple[Engine, StepClock]) -> None:
+    engine, clock = clocked
+    clock.step = 0.001  # each clock read: a millisecond, past the 2 ms budget soon
+    with pytest.raises(NotInline) as raised:
+        engine.find_raw_inline("c", {"k": 3})
+    assert raised.value.overran
+    # The server's limit (30 s) still lets the pool's read finish.
+    assert len(engine.find_raw("c", {"k": 3})) > 2
+    clock.step = 0.0
+    for _ in range(engine_module.INLINE_SKIPS):
+        with pytest.raises(NotInline) as raised:
+            engine.find_raw_inline("c", {"k": 3})
+        assert not raised.value.overran
+    # Another field of the collection was never skipped; then this one is tried again.
+    assert engine.find_raw_inline("c", {"_id": 1}) == engine.find_raw("c", {"_id": 1})
+    assert engine.find_raw_inline("c", {"k": 3}) == engine.find_raw("c", {"k": 3})
+
+
+class FakePool:
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def defer(self, fn: Any, *args: Any) -> Deferred[Any]:
+        self.jobs.append((fn, args))
+        return succeed(fn(*args))
+
+
+class Engines:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+
+def test_local_executor_runs_small_reads_inline_and_others_on_the_pool(clocked: tuple[Engine, StepClock]) -> None:
+    engine, _ = clocked
+    pool = FakePool()
+    executor = LocalExecutor(None, pool, Engines(engine))
+    small = executor.read_inline(engine.find_raw_inline, engine.find_raw, "c", {"_id": 2})
+    assert result_of(small) == engine.find_raw("c", {"_id": 2}) and pool.jobs == []
+    large = executor.read_inline(engine.find_raw_inline, engine.find_raw, "c", {"n": 2})
+    assert result_of(large) == engine.find_raw("c", {"n": 2})
+    assert pool.jobs == [(engine.find_raw, ("c", {"n": 2}))]
+    bad = executor.read_inline(engine.find_raw_inline, engine.find_raw, "c", {"k": 1}, None, None, None, -1)
+    failures: list[Any] = []
+    bad.addErrback(failures.append)
+    assert isinstance(failures[0].value, BadRequestError) and len(pool.jobs) == 1
+
+
+@implementer(IExecutor)
+class PoolOnly:
+    """An executor without inline reads (as a cluster's)."""
+
+    def __init__(self) -> None:
+        self.reads: list[Any] = []
+
+    def read(self, fn: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        self.reads.append(fn)
+        return succeed(fn(*args))
+
+    def write(self, op: Any) -> Deferred[Any]:
+        raise NotImplementedError
+
+
+def test_context_uses_the_pool_when_the_executor_has_no_inline_reads(clocked: tuple[Engine, StepClock]) -> None:
+    engine, _ = clocked
+    executor = PoolOnly()
+    ctx = CommandContext(None, fake_services(executor=executor, engine=engine))  # type: ignore[arg-type]
+    d = ctx.read_inline(engine.find_raw_inline, engine.find_raw, "c", {"_id": 3})
+    assert result_of(d) == engine.find_raw("c", {"_id": 3}) and executor.reads == [engine.find_raw]
