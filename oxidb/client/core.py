@@ -76,6 +76,7 @@ READ_ONLY = frozenset(
         "list_collections", "list_indexes", "list_procedures", "get_procedure", "list_schedules",
         "get_schedule", "list_buckets", "list_objects", "get_object", "head_object", "extract_text",
         "list_users", "server_status", "proc_status", "raft_metrics", "raft_status",
+        "snapshot_begin", "snapshot_find", "snapshot_count", "snapshot_aggregate",
     }
 )  # fmt: skip
 

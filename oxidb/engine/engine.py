@@ -32,6 +32,7 @@ from oxidb.engine.blobs import PreparedPuts
 from oxidb.engine.governor import DEFAULT_LIMITS, Clock, Deadline, QueryLimits, time_limit_ms
 from oxidb.engine.operations import BUILTIN, EnsureCollection, Operation, OperationCodec, Rejected
 from oxidb.engine.reads import Reader
+from oxidb.engine.snapshots import Snapshots
 from oxidb.engine.writer import Writer
 from oxidb.engine.writes import WriteTxn
 from oxidb.errors import BadRequestError, InvalidQueryError, OxiError, UnavailableError
@@ -138,6 +139,8 @@ class Engine:
         self._local = threading.local()
         self._readers: list[sqlite.Connection] = []
         self._readers_lock = threading.Lock()
+        #: the open snapshot reads (L{oxidb.engine.snapshots})
+        self.snapshots = Snapshots(self._snapshot_conn, self.limits, clock, progress_steps)
         self._open = False
 
     # --- lifecycle --------------------------------------------------------
@@ -182,6 +185,7 @@ class Engine:
         self._open = False
         assert self._writer is not None and self._writer_conn is not None
         self._writer.stop()
+        self.snapshots.end_all()
         with self._readers_lock:
             readers, self._readers = self._readers, []
         for conn in readers:
@@ -294,6 +298,13 @@ class Engine:
             self._local.columns = {}
             with self._readers_lock:
                 self._readers.append(conn)
+        return conn
+
+    def _snapshot_conn(self) -> sqlite.Connection:
+        if not self._open:
+            raise UnavailableError("engine is closed")
+        conn = store.connect(self.path, writer=False, key=self.key)
+        conn.limit(sqlite.LIMIT_LENGTH, READ_LENGTH_LIMIT)
         return conn
 
     def _auto_create(self, name: str) -> None:
