@@ -40,7 +40,7 @@ READWRITE = READ | {
 ADMIN_ONLY = {
     "create_user", "drop_user", "update_user", "list_users",
     "create_procedure", "delete_procedure", "create_schedule", "delete_schedule",
-    "backup", "restore", "create_ttl_index",
+    "backup", "restore", "restore_documents", "create_ttl_index",
     "raft_init", "raft_add_learner", "raft_change_membership", "raft_metrics",
     "raft_remove_node", "raft_transfer_leader", "raft_status",
     "authenticate", "authenticate_continue", "auth_simple",

@@ -93,9 +93,10 @@ def test_snapshot_commands(tmp_path: Path) -> None:
         # No retries: a retry after "server busy" reconnects, which would end the snapshots.
         writer = Client("oxidb://mem:1?retries=0", connector=connector)
         writer.insert_many("c", [{"n": n} for n in range(5)])
+        writer.command("create_procedure", name="p", params=[], steps=[{"action": "find", "collection": "c"}])
         begun = client.command("snapshot_begin")
         snap = begun["snap"]
-        assert begun["collections"] == ["c"] and begun["expires_in"] == 300
+        assert begun["collections"] == ["c"] and begun["expires_in"] == 300 and begun["last_ids"] == {"c": 5}
         writer.insert("c", {"n": 5})
         writer.delete("c", {"n": 0})
         assert client.command("snapshot_count", snap=snap, collection="c") == 5

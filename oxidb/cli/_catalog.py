@@ -580,6 +580,24 @@ CATALOG: dict[str, dict[str, Any]] = {'aggregate': {'summary': "The aggregation 
                          'type': 'string; not empty',
                          'required': True,
                          'doc': 'the directory to unpack it into'}]},
+ 'restore_documents': {'summary': 'Inserts documents keeping their `_id` and `_version` (a logical restore): '
+                                  '`{"restored": n, "last_id": m}`.',
+                       'role': 'admin',
+                       'writes': True,
+                       'fields': [{'name': 'collection',
+                                   'type': 'string; not a reserved (`_`) collection',
+                                   'required': True,
+                                   'doc': ''},
+                                  {'name': 'docs',
+                                   'type': 'array',
+                                   'required': True,
+                                   'doc': 'documents with their `_id` and `_version` (integers of at least 1, ids not '
+                                          'in the collection)'},
+                                  {'name': 'last_id',
+                                   'type': 'non-negative integer',
+                                   'required': False,
+                                   'doc': "raise the collection's id counter to at least this (the next insert gets a "
+                                          'higher id)'}]},
  'rollback_tx': {'summary': '`"rolled back"`: the buffered writes are dropped.',
                  'role': 'readWrite',
                  'writes': False,
@@ -623,8 +641,9 @@ CATALOG: dict[str, dict[str, Any]] = {'aggregate': {'summary': "The aggregation 
                                     'doc': "lowers the server's time limit (`OXIDB_MAX_TIME_MS`); `maxTimeMS` is "
                                            'accepted too; checked by the engine'}]},
  'snapshot_begin': {'summary': 'Opens a snapshot read of the database as it is now: `{"snap": id, "collections": '
-                               '[...], "expires_in": seconds}`. It ends with `snapshot_end`, the connection, or after '
-                               '`OXIDB_SNAPSHOT_MAX_SECS`; at most `OXIDB_SNAPSHOT_MAX_OPEN` are open.',
+                               '[...], "last_ids": {collection: id}, "expires_in": seconds}`. It ends with '
+                               '`snapshot_end`, the connection, or after `OXIDB_SNAPSHOT_MAX_SECS`; at most '
+                               '`OXIDB_SNAPSHOT_MAX_OPEN` are open.',
                     'role': 'read',
                     'writes': False,
                     'fields': []},

@@ -12,7 +12,9 @@ open snapshot keeps SQLite from checkpointing the WAL past it, hence the
 bounds. In a cluster a snapshot reads the node it was begun on.
 
 C{snapshot_begin} answers C{{"snap": id}} as upstream, plus [N] the
-collections that exist in the snapshot and the seconds it may stay open.
+collections that exist in the snapshot (C{collections}), each one's id
+high-water mark (C{last_ids}: the next insert gets a higher id) and the
+seconds it may stay open (C{expires_in}).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from oxidb.commands._args import max_time_ms
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
+from oxidb.engine import store
 from oxidb.engine.reads import Reader
 from oxidb.wire.codec import RawJSON
 
@@ -37,10 +40,20 @@ if TYPE_CHECKING:
     from oxidb.engine.snapshots import Snapshots
 
 
+def _collections(reader: Reader) -> dict[str, int]:
+    infos = store.list_collections(reader.conn)
+    return {info.name: info.last_id for info in infos if not store.is_reserved_collection(info.name)}
+
+
 def _begin(engine: Engine, owner: object) -> dict[str, Any]:
     snapshot = engine.snapshots.begin(owner)
-    collections = engine.snapshots.read(snapshot.id, owner, None, Reader.list_collections)
-    return {"snap": snapshot.id, "collections": collections, "expires_in": engine.limits.snapshot_max_secs}
+    last_ids = engine.snapshots.read(snapshot.id, owner, None, _collections)
+    return {
+        "snap": snapshot.id,
+        "collections": sorted(last_ids),
+        "last_ids": last_ids,
+        "expires_in": engine.limits.snapshot_max_secs,
+    }
 
 
 @attrs.frozen
@@ -124,7 +137,7 @@ COMMANDS = [
         role=Role.READ,
         audit_collection=None,
         summary='Opens a snapshot read of the database as it is now: `{"snap": id, "collections": [...], '
-        '"expires_in": seconds}`. It ends with `snapshot_end`, the connection, or after '
+        '"last_ids": {collection: id}, "expires_in": seconds}`. It ends with `snapshot_end`, the connection, or after '
         "`OXIDB_SNAPSHOT_MAX_SECS`; at most `OXIDB_SNAPSHOT_MAX_OPEN` are open.",
     ),
     Command(
