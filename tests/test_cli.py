@@ -23,7 +23,7 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
-from oxidb.cli import catalog, main
+from oxidb.cli import catalog, main, transfer
 from oxidb.cli.parse import ParseError, build_request, split_line, unbalanced, words_to_items
 from oxidb.cli.shell import Shell, ShellCompleter
 from oxidb.cli.transfer import dump, restore
@@ -212,12 +212,16 @@ def test_dump_restore_round_trip(tmp_path: Path) -> None:
             restore(c, str(tmp_path / "passwords"))
 
 
-def test_dump_under_writes_is_a_point_in_time_and_restore_keeps_versions_and_ids(tmp_path: Path) -> None:
+def test_dump_under_writes_is_a_point_in_time_and_restore_keeps_versions_and_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """
     Another client writes while the dump runs (between its pages); the dump
     holds the state at its snapshot, and a restore of it answers the same
-    documents with the same versions and the same next ids.
+    documents with the same versions and the same next ids. Blobs are
+    listed in pages (two keys a page here).
     """
+    monkeypatch.setattr(transfer, "_OBJECT_PAGE", 2)
     with memory_server(tmp_path / "a") as (source, _):
         connector = memory_connector({("mem", 1): source})
         a = Client("oxidb://mem:1", connector=connector)
@@ -228,6 +232,10 @@ def test_dump_under_writes_is_a_point_in_time_and_restore_keeps_versions_and_ids
         a.insert_many("tail", [{"t": i} for i in range(4)])
         a.delete("tail", {"t": {"$gte": 2}})  # the counter stays at 4
         a.insert("gone", {"x": 1})
+        a.command("create_bucket", bucket="files")
+        blob_keys = ["a", "b/1", "b/2", "c", "d"]
+        for key in blob_keys:
+            a.command("put_object", bucket="files", key=key, data="aGk=")
         at_snapshot = {name: a.find(name, sort={"_id": 1}) for name in a.list_collections()}
         writes = iter(range(10_000))
 
@@ -251,6 +259,7 @@ def test_dump_under_writes_is_a_point_in_time_and_restore_keeps_versions_and_ids
         restore(b, str(tmp_path / "dump.gz"))
         assert {name: b.find(name, sort={"_id": 1}) for name in b.list_collections()} == at_snapshot
         assert b.find_one("people", {"n": 1000})["_version"] == 3
+        assert [m["key"] for m in b.command("list_objects", bucket="files")] == blob_keys
         # The next insert gets the id the source would have given at the snapshot.
         assert b.insert("people", {"after": True}) == {"id": 1401}
         assert b.insert("tail", {"after": True}) == {"id": 5}

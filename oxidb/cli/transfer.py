@@ -48,6 +48,7 @@ __all__ = ["DUMP_VERSION", "dump", "export_docs", "import_docs", "read_docs", "r
 
 DUMP_VERSION = 1
 _BATCH = 500
+_OBJECT_PAGE = 1000
 _GAP_MARK = "__oxidb_restore_gap__"
 
 #: Called with (what, how many done so far, total or None).
@@ -105,8 +106,7 @@ def dump(client: Client, path: str, *, users: bool = False, progress: Progress =
             counts["schedules"] += 1
         for bucket in client.command("list_buckets"):
             out.write(_line({"type": "bucket", "name": bucket}))
-            listing = client.command("list_objects", bucket=bucket, limit=2**31)
-            for i, meta in enumerate(listing, 1):
+            for i, meta in enumerate(_objects(client, bucket), 1):
                 obj = client.command("get_object", bucket=bucket, key=meta["key"])
                 info = obj["metadata"]
                 out.write(
@@ -122,7 +122,7 @@ def dump(client: Client, path: str, *, users: bool = False, progress: Progress =
                     )
                 )
                 counts["objects"] += 1
-                progress(f"bucket {bucket}", i, len(listing))
+                progress(f"bucket {bucket}", i, None)
         if users:
             for user in client.command("list_users"):
                 out.write(_line({"type": "user", "username": user["username"], "role": user["role"]}))
@@ -203,6 +203,25 @@ class _DocumentSource:
             if len(page) < _BATCH:
                 return
             after = page[-1].get("_id")
+
+
+def _objects(client: Client, bucket: str) -> Iterator[dict[str, Any]]:
+    """The bucket's object records, a page (C{list_objects} with C{start_after}) at a time."""
+    after: str | None = None
+    while True:
+        fields: dict[str, Any] = {"bucket": bucket, "limit": _OBJECT_PAGE}
+        if after is not None:
+            fields["start_after"] = after
+        page = client.command("list_objects", **fields)
+        if after is not None and page and page[0]["key"] <= after:
+            # A server that ignores start_after: one listing of everything left.
+            everything = client.command("list_objects", bucket=bucket, limit=2**31)
+            yield from (meta for meta in everything if meta["key"] > after)
+            return
+        yield from page
+        if len(page) < _OBJECT_PAGE:
+            return
+        after = page[-1]["key"]
 
 
 def _stored_request(definition: dict[str, Any]) -> dict[str, Any]:

@@ -86,7 +86,7 @@ def list_objects(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     bucket = _bucket(request)
     prefix = optional_str(request, "prefix")
     limit = optional_uint(request, "limit", blobs.DEFAULT_LIST_LIMIT)
-    return _read(ctx, blobs.list_objects, bucket, prefix, limit)
+    return _read(ctx, blobs.list_objects, bucket, prefix, limit, request.get("start_after"))
 
 
 def search(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
@@ -168,12 +168,18 @@ COMMANDS = [
         "list_objects",
         list_objects,
         Role.READ,
-        "The bucket's objects' metadata, by key.",
+        "The bucket's objects' metadata, by key; page with `limit` and `start_after`.",
         fields(
             # Upstream names the wrong field when the bucket is missing (server.md 3.3).
             Field("bucket", JsonType.STRING, required=True, message="missing 'collection'", doc=_BUCKET_RULES),
             Field("prefix", JsonType.STRING, doc="only keys starting with it"),
             Field("limit", JsonType.UINT, doc=f"default {blobs.DEFAULT_LIST_LIMIT}"),
+            Field(
+                "start_after",
+                JsonType.STRING,
+                invalid="'start_after' must be a string",
+                doc="[N] only keys after it: the last key of a page asks for the next one",
+            ),
         ),
     ),
     _row(
