@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from oxidb.commands._args import require_collection, require_list
 from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import Field, JsonType, collection_field, fields
@@ -38,8 +39,10 @@ def restore(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
 
 
 def restore_documents(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
-    op = RestoreDocuments(request["collection"], request["docs"], request.get("last_id", 0))
-    return ctx.write(op)
+    collection = require_collection(request)
+    docs = require_list(request, "docs", "missing or invalid 'docs' array")
+    last_id = request.get("last_id")
+    return ctx.write(RestoreDocuments(collection, docs, 0 if last_id is None else last_id))
 
 
 def _path_field(name: str, doc: str) -> Field:
