@@ -129,15 +129,17 @@ class Client(CommandMethods):
     def _run(self, flow: core.RequestFlow) -> Any:
         """Perform C{flow}'s actions (the I/O) and feed it what happened, until it is done."""
         opened: dict[core.Address, SocketLike] = {}
+        greeted: dict[core.Address, dict[str, Any] | None] = {}
         actions = flow.start()
         try:
             while True:
                 event: core.Event | None = None
                 for action in actions:
                     if isinstance(action, core.Open):
-                        event = self._open_event(action, opened)
+                        event = self._open_event(action, opened, greeted)
                     elif isinstance(action, core.Adopt):
                         self._sock, self.address = opened.pop(action.address), action.address
+                        self.server_info = greeted.get(action.address)
                     elif isinstance(action, core.Close):
                         opened.pop(action.address).close()
                     elif isinstance(action, core.Drop):
@@ -157,7 +159,12 @@ class Client(CommandMethods):
             for sock in opened.values():
                 sock.close()
 
-    def _open_event(self, action: core.Open, opened: dict[core.Address, SocketLike]) -> core.Event:
+    def _open_event(
+        self,
+        action: core.Open,
+        opened: dict[core.Address, SocketLike],
+        greeted: dict[core.Address, dict[str, Any] | None],
+    ) -> core.Event:
         """Open, greet and log in to one seed (and probe it when asked)."""
         host, port = action.address
         try:
@@ -165,6 +172,7 @@ class Client(CommandMethods):
         except (OSError, ClientError) as e:
             return core.OpenFailed(action.address, e)
         opened[action.address] = sock
+        greeted[action.address] = self.server_info
         if not action.probe:
             return core.Opened(action.address)
         self._sock = sock

@@ -158,15 +158,17 @@ class TwistedClient(CommandMethods):
     async def _run(self, flow: core.RequestFlow) -> Any:
         """Perform C{flow}'s actions (the I/O) and feed it what happened, until it is done."""
         opened: dict[core.Address, OxiClientConnection] = {}
+        greeted: dict[core.Address, dict[str, Any] | None] = {}
         actions = flow.start()
         try:
             while True:
                 event: core.Event | None = None
                 for action in actions:
                     if isinstance(action, core.Open):
-                        event = await self._open_event(action, opened)
+                        event = await self._open_event(action, opened, greeted)
                     elif isinstance(action, core.Adopt):
                         self._conn, self.address = opened.pop(action.address), action.address
+                        self.server_info = greeted.get(action.address)
                     elif isinstance(action, core.Close):
                         opened.pop(action.address).close()
                     elif isinstance(action, core.Drop):
@@ -192,7 +194,12 @@ class TwistedClient(CommandMethods):
             for conn in opened.values():
                 conn.close()
 
-    async def _open_event(self, action: core.Open, opened: dict[core.Address, OxiClientConnection]) -> core.Event:
+    async def _open_event(
+        self,
+        action: core.Open,
+        opened: dict[core.Address, OxiClientConnection],
+        greeted: dict[core.Address, dict[str, Any] | None],
+    ) -> core.Event:
         """Open, greet and log in to one seed (and probe it when asked)."""
         host, port = action.address
         try:
@@ -200,6 +207,7 @@ class TwistedClient(CommandMethods):
         except Exception as e:
             return core.OpenFailed(action.address, e)
         opened[action.address] = conn
+        greeted[action.address] = self.server_info
         if not action.probe:
             return core.Opened(action.address)
         try:
