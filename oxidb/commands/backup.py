@@ -16,13 +16,13 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from oxidb.commands._args import require_collection, require_list
+from oxidb.commands._args import require_collection
 from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import Field, JsonType, collection_field, fields
 from oxidb.engine import backup as archives
 from oxidb.engine.operations import RestoreDocuments
-from oxidb.errors import UnavailableError
+from oxidb.errors import BadRequestError, UnavailableError
 
 
 def backup(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
@@ -40,7 +40,9 @@ def restore(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
 
 def restore_documents(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     collection = require_collection(request)
-    docs = require_list(request, "docs", "missing or invalid 'docs' array")
+    docs = request.get("docs")
+    if not isinstance(docs, list):
+        raise BadRequestError("missing or invalid 'docs' array")
     last_id = request.get("last_id")
     return ctx.write(RestoreDocuments(collection, docs, 0 if last_id is None else last_id))
 
