@@ -234,7 +234,7 @@ REPLIES = [
 ]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(
     data=st.data(),
     n_seeds=st.integers(1, 3),
