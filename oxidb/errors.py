@@ -160,6 +160,16 @@ class TooLargeError(OxiError):
     """A document, query or value exceeds a size or depth limit."""
 
 
+class SnapshotNotFoundError(OxiError):
+    """
+    A snapshot read named a snapshot that is not open (never begun, ended,
+    expired after C{OXIDB_SNAPSHOT_MAX_SECS}, begun by another connection,
+    or its connection closed). Argument: the id.
+    """
+
+    template = "snapshot not found: {0} (ended, expired, or not this connection's)"
+
+
 class TimeLimitError(OxiError):
     """A read ran past its time limit (server default or the request's C{max_time_ms}); argument: the limit in ms."""
 

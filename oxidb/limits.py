@@ -65,6 +65,10 @@ ENGINE_ROWS: tuple[LimitRow, ...] = (
              "most distinct terms in a text_search or search query"),
     LimitRow("vector_max_limit", "OXIDB_VECTOR_MAX_LIMIT", "vector-max-limit", 10_000, 1,
              "largest limit and ef_search of one vector_search"),
+    LimitRow("snapshot_max_secs", "OXIDB_SNAPSHOT_MAX_SECS", "snapshot-max-secs", 300, 1,
+             "most seconds a snapshot (snapshot_begin) stays open; then it is ended and its WAL released"),
+    LimitRow("snapshot_max_open", "OXIDB_SNAPSHOT_MAX_OPEN", "snapshot-max-open", 8, 1,
+             "most snapshots open at once on a server"),
 )
 
 

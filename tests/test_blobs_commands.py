@@ -108,6 +108,36 @@ def test_list_objects_prefix_limit_and_defaults(server: MemoryServer) -> None:
     assert len(ok(server, {"cmd": "list_objects", "bucket": "bk", "prefix": 5})) == 4
 
 
+def test_list_objects_pages_with_start_after(server: MemoryServer) -> None:
+    keys = ["a", "b/1", "b/2", "b/3", "c", "\u00e9"]
+    for key in keys:
+        put(server, "pg", key, b"x")
+
+    def page(**fields: Any) -> list[str]:
+        return [r["key"] for r in ok(server, {"cmd": "list_objects", "bucket": "pg", **fields})]
+
+    # Each page asks for the keys after the last one seen, until a short page.
+    seen: list[str] = []
+    after: str | None = None
+    while True:
+        got = page(limit=2, **({} if after is None else {"start_after": after}))
+        seen += got
+        if len(got) < 2:
+            break
+        after = got[-1]
+    assert seen == keys
+    assert page(start_after="b/1") == ["b/2", "b/3", "c", "\u00e9"]
+    assert page(start_after="b") == ["b/1", "b/2", "b/3", "c", "\u00e9"]  # not a key: after it all the same
+    assert page(prefix="b/", start_after="b/1") == ["b/2", "b/3"]
+    assert page(prefix="b/", start_after="a") == ["b/1", "b/2", "b/3"]  # before the prefix: the prefix rules
+    assert page(prefix="b/", start_after="b/3") == []
+    assert page(start_after="\u00e9") == [] and page(start_after="") == keys
+    assert error(server, {"cmd": "list_objects", "bucket": "pg", "start_after": 5}) == "'start_after' must be a string"
+    assert error(server, {"cmd": "list_objects", "bucket": "pg", "start_after": ["a"]}) == (
+        "'start_after' must be a string"
+    )
+
+
 def test_search_and_extract_text(server: MemoryServer) -> None:
     put(server, "b1", "a.txt", b"the lighthouse keeper", content_type="text/plain")
     put(server, "b2", "b.html", b"<p>a <b>lighthouse</b> at night</p>", content_type="text/html")

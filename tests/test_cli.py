@@ -23,11 +23,12 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
-from oxidb.cli import catalog, main
+from oxidb.cli import catalog, main, transfer
 from oxidb.cli.parse import ParseError, build_request, split_line, unbalanced, words_to_items
 from oxidb.cli.shell import Shell, ShellCompleter
 from oxidb.cli.transfer import dump, restore
 from oxidb.client import Client
+from oxidb.client.errors import ServerError
 from oxidb.client.url import ConnectOptions
 from oxidb.testing import MemoryServer
 from oxidb.wire import codec
@@ -209,6 +210,86 @@ def test_dump_restore_round_trip(tmp_path: Path) -> None:
         assert c.count("people") == {"count": 97}  # header, two collection records, 97 documents
         with pytest.raises(ValueError, match="not an oxidb dump"):
             restore(c, str(tmp_path / "passwords"))
+
+
+def test_dump_under_writes_is_a_point_in_time_and_restore_keeps_versions_and_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Another client writes while the dump runs (between its pages); the dump
+    holds the state at its snapshot, and a restore of it answers the same
+    documents with the same versions and the same next ids. Blobs are
+    listed in pages (two keys a page here).
+    """
+    monkeypatch.setattr(transfer, "_OBJECT_PAGE", 2)
+    with memory_server(tmp_path / "a") as (source, _):
+        connector = memory_connector({("mem", 1): source})
+        a = Client("oxidb://mem:1", connector=connector)
+        writer = Client("oxidb://mem:1", connector=connector)
+        a.insert_many("people", [{"n": i} for i in range(1400)])
+        a.update("people", {"n": {"$lt": 10}}, {"$set": {"seen": True}})  # version 2
+        a.update("people", {"n": {"$lt": 3}}, {"$inc": {"n": 1000}})  # version 3
+        a.insert_many("tail", [{"t": i} for i in range(4)])
+        a.delete("tail", {"t": {"$gte": 2}})  # the counter stays at 4
+        a.insert("gone", {"x": 1})
+        a.command("create_bucket", bucket="files")
+        blob_keys = ["a", "b/1", "b/2", "c", "d"]
+        for key in blob_keys:
+            a.command("put_object", bucket="files", key=key, data="aGk=")
+        at_snapshot = {name: a.find(name, sort={"_id": 1}) for name in a.list_collections()}
+        writes = iter(range(10_000))
+
+        def write_meanwhile(what: str, done: int, total: int | None) -> None:
+            k = next(writes)
+            writer.insert("people", {"late": k})
+            writer.update("people", {"n": {"$gte": 1000}}, {"$inc": {"n": 1}})
+            writer.delete("people", {"n": k + 20})
+            writer.insert("tail", {"late": k})
+            writer.drop_collection("gone")
+            writer.insert("new", {"late": k})
+
+        dump(a, str(tmp_path / "dump.gz"), progress=write_meanwhile)
+        assert next(writes) > 2, "the writer ran while the dump read"
+        assert a.find("people", sort={"_id": 1}) != at_snapshot["people"] and "new" in a.list_collections()
+    with gzip.open(tmp_path / "dump.gz", "rb") as f:
+        header = json.loads(f.readline())
+    assert header["consistency"] == "snapshot"
+    with memory_server(tmp_path / "b") as (target, _):
+        b = Client("oxidb://mem:1", connector=memory_connector({("mem", 1): target}))
+        restore(b, str(tmp_path / "dump.gz"))
+        assert {name: b.find(name, sort={"_id": 1}) for name in b.list_collections()} == at_snapshot
+        assert b.find_one("people", {"n": 1000})["_version"] == 3
+        assert [m["key"] for m in b.command("list_objects", bucket="files")] == blob_keys
+        # The next insert gets the id the source would have given at the snapshot.
+        assert b.insert("people", {"after": True}) == {"id": 1401}
+        assert b.insert("tail", {"after": True}) == {"id": 5}
+        assert b.insert("gone", {"after": True}) == {"id": 2}
+        # restore_documents refuses ids that exist and bad documents, each with a clear error.
+        bad: list[tuple[list[Any], str]] = [
+            ([{"_id": 1, "_version": 1}], "restore: _id 1 already exists in people"),
+            ([{"_id": 9000, "_version": 1}, {"_id": 9000, "_version": 2}], "restore: _id 9000 appears twice"),
+            ([{"_id": 9001}], "restore: every document needs an integer '_id' and '_version'"),
+            ([{"_id": "x", "_version": 1}], "restore: every document needs"),
+            ([{"_id": 2**64, "_version": 1}], "restore: every document needs"),
+            ([{"_id": 9002, "_version": 0}], "restore: every document needs"),
+            ([5], "document must be a JSON object"),
+        ]
+        for docs, text in bad:
+            with pytest.raises(ServerError) as info:
+                b.command("restore_documents", collection="people", docs=docs)
+            assert str(info.value).startswith(text), (docs, str(info.value))
+        for request, text in [
+            ({"collection": "people"}, "missing or invalid 'docs' array"),
+            ({"collection": "people", "docs": {}}, "missing or invalid 'docs' array"),
+            ({"docs": []}, "missing 'collection'"),
+            ({"collection": "people", "docs": [], "last_id": -1}, "'last_id' must be an integer from 0 to 2^63-1"),
+            ({"collection": "people", "docs": [], "last_id": 2**63}, "'last_id' must be an integer from 0 to 2^63-1"),
+            ({"collection": "_procedures", "docs": []}, "invalid query: collection name is reserved"),
+        ]:
+            with pytest.raises(ServerError) as info:
+                b.request({"cmd": "restore_documents", **request})
+            assert str(info.value).startswith(text), (request, str(info.value))
+        assert b.count("people") == {"count": len(at_snapshot["people"]) + 1}
 
 
 def test_import_export(cli: Any, tmp_path: Path) -> None:

@@ -293,7 +293,7 @@ class FakeNode:
         fmt = codec.WireFormat.JSON
         cmd = request.get("cmd")
         if cmd == "hello":
-            return codec.encode_json_top({"ok": True, "server": {"name": "fake"}})
+            return codec.encode_json_top({"ok": True, "server": {"name": "fake", "node": self.node_id}})
         if cmd == "raft_metrics":
             return codec.encode_ok(fmt, {"id": self.node_id, "state": "Leader" if self.leader else "Follower"})
         if cmd == "insert":
@@ -336,11 +336,18 @@ def test_leader_discovery_and_leader_change() -> None:
     )
     assert client.insert("c", {"a": 1}) == {"id": 1}
     assert client.address == ("n", 2)
+    assert client.server_info == {"server": {"name": "fake", "node": 2}}
     # Leadership moves to node 3: node 2 refuses the write (not applied), the client finds node 3 and sends it there.
     nodes[("n", 2)].leader, nodes[("n", 3)].leader = False, True
     assert client.insert("c", {"a": 2}) == {"id": 1}
     assert client.address == ("n", 3)
     assert [n.docs for n in nodes.values()] == [[], [{"a": 1}], [{"a": 2}]]
+    # No leader (an election): the first follower reached is kept, with its own hello.
+    nodes[("n", 3)].leader = False
+    other = Client(
+        "oxidb://n:1,n:2,n:3", connector=lambda host, port, options: FakeNodeSocket(nodes[(host, port)]), sleep=NO_SLEEP
+    ).connect()
+    assert other.address == ("n", 1) and other.server_info == {"server": {"name": "fake", "node": 1}}
 
 
 # -- the Twisted client -------------------------------------------------------

@@ -19,6 +19,7 @@ import pytest
 from cluster_helpers import everything, ok
 
 from oxidb._harness import LocalCluster, free_port, wait_until
+from oxidb.client import Client
 from oxidb.wire import oxiwire
 
 #: Fast elections and a tiny snapshot threshold, so that the log is compacted
@@ -66,6 +67,11 @@ def test_bootstrap_failover_restart_and_snapshot_catch_up(cluster: LocalCluster)
         ids += ok(cluster.request(1 if batch % 2 else 2, {"cmd": "insert_many", "collection": "docs", "docs": docs}))
     assert ids == list(range(1, 10001))
 
+    # Our client, given every node as a seed, finds the leader.
+    seeds = {node: ("127.0.0.1", cluster.nodes[node].port or 0) for node in (1, 2, 3)}
+    client = Client(f"oxidb://{','.join(f'{h}:{p}' for h, p in seeds.values())}?retries=8")
+    assert client.count("docs") == {"count": 10000} and client.address == seeds[1]
+
     # kill -9 the leader: the others elect a new one.
     cluster.kill(1)
     killed_at = time.monotonic()
@@ -81,6 +87,9 @@ def test_bootstrap_failover_restart_and_snapshot_catch_up(cluster: LocalCluster)
             leader, {"cmd": "update", "collection": "docs", "query": {"batch": 3}, "update": {"$set": {"seen": True}}}
         )
     )
+    # The client's connection died with node 1: it reconnects and finds the new leader among the seeds.
+    assert client.count("docs") == {"count": 10030} and client.address == seeds[leader]
+    client.close()
 
     # The killed node comes back on its data with no command and catches up.
     cluster.start(1)
@@ -148,5 +157,12 @@ def test_forwarding_off_linearizable_reads_and_errors(cluster: LocalCluster) -> 
     assert reply[:2] == b"\xdb\x00"
     assert oxiwire.decode_reply(reply) == (True, {"id": written["id"] + 1})
     client.close()
+    # Our client with the leader as its last seed: it probes the followers, keeps one as a
+    # fallback and writes through the leader (node 2 would refuse, not forwarding).
+    seeds = {node: ("127.0.0.1", cluster.nodes[node].port or 0) for node in (1, 2, 3)}
+    hinted = Client(f"oxidb://{','.join(f'{h}:{p}' for h, p in (seeds[2], seeds[3], seeds[1]))}")
+    assert hinted.insert("c", {"via": "client"}) == {"id": written["id"] + 2}
+    assert hinted.address == seeds[1]
+    hinted.close()
     status = ok(cluster.request(2, {"cmd": "server_status"}))
     assert status["mode"] == "cluster" and status["raft"]["leader"] == 1

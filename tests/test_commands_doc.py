@@ -34,8 +34,7 @@ NOT_COMMANDS = {
 #: any code span (single words included): the docs must not list them as
 #: if they existed (docs/security.md describes them in prose).
 PLANNED = {
-    "snapshot_begin", "snapshot_find", "snapshot_count",
-    "snapshot_aggregate", "snapshot_end", "fts_status", "list_databases", "use_db",
+    "fts_status", "list_databases", "use_db",
     "find_for_update", "create_geo_index",
     "create_collection_with_options", "restore_to_point", "archive_status", "create_database",
     "drop_database", "watch", "unwatch",

@@ -356,3 +356,24 @@ def test_readers_follow_index_changes(data_dir: str) -> None:
             assert [d["_id"] for d in engine.find("c", {"a": 3})] == expected
             shown.append(engine.read(where).split(" ")[0])
         assert shown == ["ifnull((doc", "k2_0", "k2_0", "k2_0", "ifnull((doc", "k3_0"]
+
+
+def test_restore_documents_replicates_ids_versions_and_the_counter(tmp_path: Any) -> None:
+    """The operation survives its log form, and two replicas applying it hold the same state."""
+    from oxidb.engine.operations import RestoreDocuments
+
+    op = RestoreDocuments("c", [{"_id": 3, "_version": 7, "a": 1}, {"_id": 9, "_version": 1, "t": "x"}], last_id=12)
+    results = []
+    for replica in ("one", "two"):
+        with Engine(str(tmp_path / replica), synchronous="OFF") as engine:
+            decoded = engine.codec.decode(op.to_json())
+            assert decoded == op
+            assert engine.apply(decoded, 0.0) == {"restored": 2, "last_id": 12}
+            results.append((engine.find("c"), engine.apply({"Insert": {"collection": "c", "document": {}}}, 0.0)))
+    assert results[0] == results[1]
+    docs, inserted = results[0]
+    assert docs == [{"a": 1, "_id": 3, "_version": 7}, {"t": "x", "_id": 9, "_version": 1}]
+    assert inserted == {"id": 13}
+    for bad in ({"collection": "c", "documents": "x"}, {"collection": "c", "documents": [], "last_id": -1}):
+        with pytest.raises(BadRequestError):
+            RestoreDocuments(**bad)  # type: ignore[arg-type]

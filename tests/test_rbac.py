@@ -20,6 +20,7 @@ READ = {
     "list_collections", "list_indexes", "list_buckets", "list_objects", "get_object", "head_object",
     "extract_text", "list_procedures", "get_procedure", "list_schedules", "get_schedule",
     "server_status", "proc_status",
+    "snapshot_begin", "snapshot_find", "snapshot_count", "snapshot_aggregate", "snapshot_end",
 }  # fmt: skip
 
 #: ReadWrite adds CRUD, indexes, collections, transactions, blobs, running
@@ -39,7 +40,7 @@ READWRITE = READ | {
 ADMIN_ONLY = {
     "create_user", "drop_user", "update_user", "list_users",
     "create_procedure", "delete_procedure", "create_schedule", "delete_schedule",
-    "backup", "restore", "create_ttl_index",
+    "backup", "restore", "restore_documents", "create_ttl_index",
     "raft_init", "raft_add_learner", "raft_change_membership", "raft_metrics",
     "raft_remove_node", "raft_transfer_leader", "raft_status",
     "authenticate", "authenticate_continue", "auth_simple",
@@ -49,7 +50,6 @@ ADMIN_ONLY = {
 #: Without a row they are Admin-only (fail closed); the issue that adds one
 #: moves it into READ or READWRITE above with its documented role.
 NOT_YET = {
-    "snapshot_begin", "snapshot_find", "snapshot_count", "snapshot_aggregate", "snapshot_end",
     "fts_status", "list_databases", "use_db",
     "find_for_update",
     "create_geo_index", "create_collection_with_options",

@@ -7,17 +7,24 @@ indexes) followed by its C{doc} records, then C{procedure}, C{schedule},
 C{bucket} and C{object} records, C{user} records when asked, and an C{end}
 record with the counts (a dump without it is truncated).
 
-Consistency: the server has no snapshot reads (transactions read committed
-data, C{backup} archives one node's files on that node). A dump reads each
-collection in pages ordered by C{_id}, each page asking for C{_id} above the
-last one read: every document that exists for the whole dump is written
-exactly once, as it was when its page was read; documents inserted or
-deleted meanwhile may or may not appear. Stop writers for an exact copy.
+Consistency: the documents of every collection are read inside one snapshot
+(C{snapshot_begin}), so they are the state of one point in time whatever is
+written meanwhile; the header says C{"consistency": "snapshot"}. The
+snapshot lives at most C{OXIDB_SNAPSHOT_MAX_SECS} on the server: a longer
+dump fails and says so. Indexes, procedures, schedules, blobs and users are
+read after it, as they are then. A server without snapshot reads is read
+collection by collection in C{_id} pages (C{"consistency": "pages"}): every
+document that exists for the whole dump is written exactly once; documents
+inserted or deleted meanwhile may or may not appear.
 
-A restore recreates the collections with the same C{_id}s (ids a collection
-no longer has are used by placeholder documents that are deleted again),
-then their indexes, procedures, schedules and blobs. C{_version} starts
-again at 1.
+A restore recreates the collections, then their indexes, procedures,
+schedules and blobs. Documents keep their C{_id} and C{_version}, and each
+collection's id counter is set to the dumped one (C{last_id} of its
+C{collection} record), so that the restored server answers the same
+documents with the same versions and gives the next insert the same id as
+the source (C{restore_documents}, admin only). A server without that
+command gets the same C{_id}s through placeholder documents that are
+deleted again, and C{_version} starts again at 1.
 """
 
 from __future__ import annotations
@@ -34,11 +41,14 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from oxidb.client.blocking import Client
+from oxidb.client.commands import page_query
+from oxidb.client.errors import PermissionDenied, ServerError, UnknownCommand
 
 __all__ = ["DUMP_VERSION", "dump", "export_docs", "import_docs", "read_docs", "restore"]
 
 DUMP_VERSION = 1
 _BATCH = 500
+_OBJECT_PAGE = 1000
 _GAP_MARK = "__oxidb_restore_gap__"
 
 #: Called with (what, how many done so far, total or None).
@@ -57,6 +67,7 @@ def dump(client: Client, path: str, *, users: bool = False, progress: Progress =
     """Write a dump of everything the server holds to C{path}; the counts written."""
     counts = {"collections": 0, "documents": 0, "procedures": 0, "schedules": 0, "objects": 0, "users": 0}
     tmp = path + ".partial"
+    source = _DocumentSource.open(client)
     with gzip.open(tmp, "wb") as out:
         out.write(
             _line(
@@ -65,22 +76,27 @@ def dump(client: Client, path: str, *, users: bool = False, progress: Progress =
                     "version": DUMP_VERSION,
                     "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                     "server": client.server_info,
-                    "consistency": "per-collection _id pages; see docs/cli.md",
+                    "consistency": source.consistency,
                 }
             )
         )
-        for name in client.list_collections():
-            total = client.count(name)["count"]
-            out.write(_line({"type": "collection", "name": name, "indexes": client.list_indexes(name)}))
-            counts["collections"] += 1
-            done = 0
-            for doc in client.iter_find(name, page_size=_BATCH):
-                out.write(_line({"type": "doc", "collection": name, "doc": doc}))
-                done += 1
-                if done % _BATCH == 0:
-                    progress(name, done, total)
-            progress(name, done, max(total, done))
-            counts["documents"] += done
+        with source:
+            for name in source.collections():
+                total = source.count(name)
+                record = {"type": "collection", "name": name, "indexes": client.list_indexes(name)}
+                last_id = source.last_id(name)
+                if last_id is not None:
+                    record["last_id"] = last_id
+                out.write(_line(record))
+                counts["collections"] += 1
+                done = 0
+                for doc in source.documents(name):
+                    out.write(_line({"type": "doc", "collection": name, "doc": doc}))
+                    done += 1
+                    if done % _BATCH == 0:
+                        progress(name, done, total)
+                progress(name, done, max(total, done))
+                counts["documents"] += done
         for name in client.command("list_procedures"):
             definition = client.command("get_procedure", name=name)
             out.write(_line({"type": "procedure", "definition": _stored_request(definition)}))
@@ -90,8 +106,7 @@ def dump(client: Client, path: str, *, users: bool = False, progress: Progress =
             counts["schedules"] += 1
         for bucket in client.command("list_buckets"):
             out.write(_line({"type": "bucket", "name": bucket}))
-            listing = client.command("list_objects", bucket=bucket, limit=2**31)
-            for i, meta in enumerate(listing, 1):
+            for i, meta in enumerate(_objects(client, bucket), 1):
                 obj = client.command("get_object", bucket=bucket, key=meta["key"])
                 info = obj["metadata"]
                 out.write(
@@ -107,7 +122,7 @@ def dump(client: Client, path: str, *, users: bool = False, progress: Progress =
                     )
                 )
                 counts["objects"] += 1
-                progress(f"bucket {bucket}", i, len(listing))
+                progress(f"bucket {bucket}", i, None)
         if users:
             for user in client.command("list_users"):
                 out.write(_line({"type": "user", "username": user["username"], "role": user["role"]}))
@@ -115,6 +130,98 @@ def dump(client: Client, path: str, *, users: bool = False, progress: Progress =
         out.write(_line({"type": "end", "counts": counts}))
     os.replace(tmp, path)
     return counts
+
+
+class _DocumentSource:
+    """
+    Where a dump reads documents: inside one snapshot when the server has
+    snapshot reads, else the live collections in C{_id} pages.
+    """
+
+    def __init__(self, client: Client, begun: dict[str, Any] | None) -> None:
+        self.client = client
+        self.begun = begun
+        self.consistency = "snapshot" if begun is not None else "pages"
+
+    @classmethod
+    def open(cls, client: Client) -> _DocumentSource:
+        try:
+            return cls(client, client.command("snapshot_begin"))
+        except UnknownCommand:
+            return cls(client, None)
+
+    def __enter__(self) -> _DocumentSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.begun is not None:
+            snap, self.begun = self.begun["snap"], None
+            try:
+                self.client.command("snapshot_end", snap=snap)
+            except ServerError:
+                pass  # expired or ended with a lost connection: nothing is held
+
+    def collections(self) -> list[str]:
+        if self.begun is None:
+            return list(self.client.list_collections())
+        return list(self.begun["collections"])
+
+    def _snapshot(self, cmd: str, **fields: Any) -> Any:
+        assert self.begun is not None
+        try:
+            return self.client.command(cmd, snap=self.begun["snap"], **fields)
+        except ServerError as e:
+            if str(e).startswith("snapshot not found"):
+                raise ValueError(
+                    f"the dump's snapshot ended on the server (after {self.begun.get('expires_in')} s, "
+                    "OXIDB_SNAPSHOT_MAX_SECS, or with a lost connection); the dump is incomplete"
+                ) from None
+            raise
+
+    def last_id(self, name: str) -> int | None:
+        """The collection's id high-water mark at the snapshot, if known."""
+        if self.begun is None:
+            return None
+        value = self.begun.get("last_ids", {}).get(name)
+        return value if isinstance(value, int) else None
+
+    def count(self, name: str) -> int:
+        if self.begun is None:
+            return int(self.client.count(name)["count"])
+        return int(self._snapshot("snapshot_count", collection=name))
+
+    def documents(self, name: str) -> Iterator[dict[str, Any]]:
+        if self.begun is None:
+            yield from self.client.iter_find(name, page_size=_BATCH)
+            return
+        after: Any = None
+        while True:
+            page = self._snapshot(
+                "snapshot_find", collection=name, query=page_query(None, after), sort={"_id": 1}, limit=_BATCH
+            )
+            yield from page
+            if len(page) < _BATCH:
+                return
+            after = page[-1].get("_id")
+
+
+def _objects(client: Client, bucket: str) -> Iterator[dict[str, Any]]:
+    """The bucket's object records, a page (C{list_objects} with C{start_after}) at a time."""
+    after: str | None = None
+    while True:
+        fields: dict[str, Any] = {"bucket": bucket, "limit": _OBJECT_PAGE}
+        if after is not None:
+            fields["start_after"] = after
+        page = client.command("list_objects", **fields)
+        if after is not None and page and page[0]["key"] <= after:
+            # A server that ignores start_after: one listing of everything left.
+            everything = client.command("list_objects", bucket=bucket, limit=2**31)
+            yield from (meta for meta in everything if meta["key"] > after)
+            return
+        yield from page
+        if len(page) < _OBJECT_PAGE:
+            return
+        after = page[-1]["key"]
 
 
 def _stored_request(definition: dict[str, Any]) -> dict[str, Any]:
@@ -177,12 +284,14 @@ def restore(
     current: dict[str, Any] | None = None
     batch: list[dict[str, Any]] = []
     ended = False
+    # Whether the server keeps ids, versions and counters (restore_documents); found out by the first use.
+    exact = [True]
 
     def finish_collection() -> None:
         nonlocal current
         if current is None:
             return
-        _flush(client, current, batch)
+        _flush(client, current, batch, final=True)
         batch.clear()
         if current["gaps"]:
             client.delete(current["name"], {_GAP_MARK: True})
@@ -204,7 +313,15 @@ def restore(
                 raise ValueError(f"collection {name} is not empty (use --drop to replace it)")
             if drop or not exists:
                 client.create_collection(name)
-            current = {"name": name, "indexes": record.get("indexes", []), "next_id": 1, "gaps": False, "count": 0}
+            current = {
+                "name": name,
+                "indexes": record.get("indexes", []),
+                "next_id": 1,
+                "gaps": False,
+                "count": 0,
+                "last_id": record.get("last_id") or 0,
+                "exact": exact,
+            }
             counts["collections"] += 1
         elif kind == "doc":
             if current is None or record["collection"] != current["name"]:
@@ -251,8 +368,21 @@ def restore(
     return counts
 
 
-def _flush(client: Client, current: dict[str, Any], docs: list[dict[str, Any]]) -> None:
-    """Insert C{docs} so that each keeps its C{_id}: missing ids are taken by placeholders."""
+def _flush(client: Client, current: dict[str, Any], docs: list[dict[str, Any]], final: bool = False) -> None:
+    """
+    Store C{docs} keeping their C{_id} and C{_version} and the collection's
+    id counter (C{restore_documents}; the last call of a collection also
+    when it has no documents left), or, on a server without it, so that
+    each keeps its C{_id}: missing ids are taken by placeholders.
+    """
+    exact: list[bool] = current["exact"]
+    if exact[0] and (docs or (final and current["last_id"])):
+        exact_docs = [doc if "_version" in doc else {**doc, "_version": 1} for doc in docs]
+        try:
+            client.command("restore_documents", collection=current["name"], docs=exact_docs, last_id=current["last_id"])
+            return
+        except (UnknownCommand, PermissionDenied):
+            exact[0] = False
     if not docs:
         return
     payload: list[dict[str, Any]] = []

@@ -1,9 +1,10 @@
 """
 The blocking client: sockets (optionally TLS with certificate and
-hostname/IP verification), SCRAM login, reconnection with backoff, leader
-discovery over a seed list, and the retry rule: a request is sent again
-only when it is known not to have been applied (never sent, refused with a
-not-leader or busy error, or read-only); otherwise L{UnknownOutcome}.
+hostname/IP verification) and SCRAM login. Reconnection with backoff,
+leader discovery over a seed list and the retry rule (a request is sent
+again only when it is known not to have been applied, otherwise
+L{UnknownOutcome}) are decided by L{oxidb.client.core.RequestFlow}; this
+module performs its actions.
 """
 
 from __future__ import annotations
@@ -16,18 +17,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+from oxidb.client import core
 from oxidb.client.commands import CommandMethods, page_query
-from oxidb.client.core import ProtocolCore, Reply, ScramLogin, backoff_delay, is_retry_safe, not_applied
+from oxidb.client.core import ProtocolCore, Reply, ScramLogin
 from oxidb.client.errors import (
-    AuthenticationFailed,
     ClientError,
     ConnectionFailed,
     LoginThrottled,
     NoTransaction,
     PermissionDenied,
-    ServerError,
     UnknownCommand,
-    UnknownOutcome,
 )
 from oxidb.client.url import ConnectOptions, parse_url
 
@@ -99,10 +98,9 @@ class Client(CommandMethods):
         self._sleep = sleep
         self._sock: SocketLike | None = None
         self._core = ProtocolCore(self.options.format)
-        self._in_tx = False
+        self._session = core.Session(self.options.seeds, self.options.retries)
         #: the seed the connection is open to (or was last)
         self.address: tuple[str, int] | None = None
-        self._preferred: tuple[str, int] | None = None
         #: the C{hello} reply of the current connection (None if the server has none)
         self.server_info: dict[str, Any] | None = None
 
@@ -110,8 +108,7 @@ class Client(CommandMethods):
 
     def connect(self) -> Client:
         """Open the connection now (it is otherwise opened by the first request)."""
-        if self._sock is None:
-            self._connect()
+        self._run(self._session.connect(connected=self._sock is not None))
         return self
 
     def close(self) -> None:
@@ -121,7 +118,7 @@ class Client(CommandMethods):
             finally:
                 self._sock = None
                 self._core.lose()
-                self._in_tx = False
+                self._session.in_tx = False
 
     def __enter__(self) -> Client:
         return self.connect()
@@ -129,44 +126,70 @@ class Client(CommandMethods):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _seed_order(self) -> list[tuple[str, int]]:
-        seeds = list(self.options.seeds)
-        if self._preferred in seeds:
-            seeds.remove(self._preferred)
-            seeds.insert(0, self._preferred)
-        return seeds
+    def _run(self, flow: core.RequestFlow) -> Any:
+        """Perform C{flow}'s actions (the I/O) and feed it what happened, until it is done."""
+        opened: dict[core.Address, SocketLike] = {}
+        greeted: dict[core.Address, dict[str, Any] | None] = {}
+        actions = flow.start()
+        try:
+            while True:
+                event: core.Event | None = None
+                for action in actions:
+                    if isinstance(action, core.Open):
+                        event = self._open_event(action, opened, greeted)
+                    elif isinstance(action, core.Adopt):
+                        self._sock, self.address = opened.pop(action.address), action.address
+                        self.server_info = greeted.get(action.address)
+                    elif isinstance(action, core.Close):
+                        opened.pop(action.address).close()
+                    elif isinstance(action, core.Drop):
+                        self._drop()
+                    elif isinstance(action, core.Send):
+                        event = self._send_event(action.request)
+                    elif isinstance(action, core.Wait):
+                        self._sleep(action.seconds)
+                        event = core.TimerFired()
+                    elif isinstance(action, core.Fail):
+                        raise action.error
+                    else:
+                        return action.value
+                assert event is not None
+                actions = flow.feed(event)
+        finally:
+            for sock in opened.values():
+                sock.close()
 
-    def _connect(self) -> None:
-        errors: list[str] = []
-        for attempt in range(self.options.retries + 1):
-            if attempt:
-                self._sleep(backoff_delay(attempt))
-            fallback: tuple[SocketLike, tuple[str, int]] | None = None
-            for host, port in self._seed_order():
-                try:
-                    sock = self._open(host, port)
-                except (OSError, ClientError) as e:
-                    if isinstance(e, AuthenticationFailed | PermissionDenied):
-                        raise
-                    errors.append(f"{host}:{port}: {e}")
-                    continue
-                if len(self.options.seeds) == 1 or self._is_leader(sock):
-                    if fallback is not None:
-                        fallback[0].close()
-                    self._sock, self.address = sock, (host, port)
-                    return
-                if fallback is None:
-                    fallback = (sock, (host, port))
-                else:
-                    sock.close()
-            if fallback is not None:
-                self._sock, self.address = fallback
-                return
-        last = errors[-1] if errors else "no seeds"
-        raise ConnectionFailed(f"cannot connect to {self._seeds_text()}: {last}")
+    def _open_event(
+        self,
+        action: core.Open,
+        opened: dict[core.Address, SocketLike],
+        greeted: dict[core.Address, dict[str, Any] | None],
+    ) -> core.Event:
+        """Open, greet and log in to one seed (and probe it when asked)."""
+        host, port = action.address
+        try:
+            sock = self._open(host, port)
+        except (OSError, ClientError) as e:
+            return core.OpenFailed(action.address, e)
+        opened[action.address] = sock
+        greeted[action.address] = self.server_info
+        if not action.probe:
+            return core.Opened(action.address)
+        self._sock = sock
+        try:
+            reply = self._exchange({"cmd": "raft_metrics"})
+        except _Lost as e:
+            opened.pop(action.address).close()
+            return core.OpenFailed(action.address, ConnectionFailed(str(e)))
+        finally:
+            self._sock = None
+        return core.probed(action.address, reply)
 
-    def _seeds_text(self) -> str:
-        return ",".join(f"{h}:{p}" for h, p in self.options.seeds)
+    def _send_event(self, request: dict[str, Any]) -> core.Event:
+        try:
+            return core.Replied(self._exchange(request))
+        except _Lost as lost:
+            return core.Lost(str(lost), lost.sent)
 
     def _open(self, host: str, port: int) -> SocketLike:
         """A logged-in connection to one server."""
@@ -190,19 +213,6 @@ class Client(CommandMethods):
         finally:
             self._sock = None
         return sock
-
-    def _is_leader(self, sock: SocketLike) -> bool:
-        """Whether the server on C{sock} leads its cluster (true for a standalone server or if it will not say)."""
-        self._sock = sock
-        try:
-            reply = self._exchange({"cmd": "raft_metrics"})
-        except _Lost:
-            return False
-        finally:
-            self._sock = None
-        if not reply.ok:
-            return True
-        return isinstance(reply.value, dict) and reply.value.get("state") == "Leader"
 
     def _alive(self) -> bool:
         """False if the idle connection was closed by the server (it never sends unasked)."""
@@ -274,50 +284,9 @@ class Client(CommandMethods):
         @raise UnknownOutcome: a write whose reply was lost.
         @raise ConnectionFailed: no server could be reached in time.
         """
-        failures = 0
-        while True:
-            if self._sock is not None and not self._in_tx and not self._alive():
-                self._drop()
-            if self._sock is None:
-                if self._in_tx:
-                    self._in_tx = False
-                    raise ConnectionFailed("the connection was lost inside a transaction; it was rolled back")
-                self._connect()
-            try:
-                reply = self._exchange(request)
-            except _Lost as lost:
-                self._drop()
-                if self._in_tx:
-                    self._in_tx = False
-                    if request.get("cmd") == "commit_tx" and lost.sent:
-                        raise UnknownOutcome(
-                            f"commit_tx: {lost}; the transaction may or may not be committed", request
-                        ) from None
-                    raise ConnectionFailed(f"{lost}; the transaction was rolled back") from None
-                if lost.sent and not is_retry_safe(request):
-                    raise UnknownOutcome(
-                        f"{request.get('cmd')}: {lost}; it may or may not have been applied", request
-                    ) from None
-                failures += 1
-                if failures > self.options.retries:
-                    raise ConnectionFailed(f"{request.get('cmd')}: {lost}") from None
-                self._sleep(backoff_delay(failures))
-                continue
-            try:
-                return reply.result()
-            except ServerError as e:
-                if self._in_tx or not not_applied(e) or failures >= self.options.retries:
-                    raise
-                failures += 1
-                # Not applied: look for the leader (or a less busy moment) and send it again.
-                self._drop()
-                self._rotate_seeds()
-                self._sleep(backoff_delay(failures))
-
-    def _rotate_seeds(self) -> None:
-        seeds = list(self.options.seeds)
-        if self.address in seeds and len(seeds) > 1:
-            self._preferred = seeds[(seeds.index(self.address) + 1) % len(seeds)]
+        if self._sock is not None and not self._session.in_tx and not self._alive():
+            self._drop()
+        return self._run(self._session.request(request, connected=self._sock is not None))
 
     def command(self, cmd: str, **fields: Any) -> Any:
         """C{request({"cmd": cmd, **fields})}."""
@@ -334,22 +303,22 @@ class Client(CommandMethods):
         """
         self.connect()
         self.command("begin_tx")
-        self._in_tx = True
+        self._session.in_tx = True
         try:
             yield self
         except BaseException:
-            if self._in_tx and self._sock is not None:
-                self._in_tx = False
+            if self._session.in_tx and self._sock is not None:
+                self._session.in_tx = False
                 try:
                     self.command("rollback_tx")
                 except (NoTransaction, ConnectionFailed):
                     pass
-            self._in_tx = False
+            self._session.in_tx = False
             raise
         try:
             self.command("commit_tx")
         finally:
-            self._in_tx = False
+            self._session.in_tx = False
 
     def iter_find(
         self,

@@ -1,24 +1,31 @@
 """
 The sans-IO protocol core shared by the blocking and the Twisted clients:
 requests to frames, received bytes to replies matched with their requests
-in order, the SCRAM-SHA-256 conversation, and which requests are safe to
-send again after a lost connection. Nothing here does I/O or keeps time.
+in order, the SCRAM-SHA-256 conversation, which requests are safe to send
+again after a lost connection, and L{Session}/L{RequestFlow}, the state
+machine that decides how a request gets its answer (which seed to connect
+to, leader discovery, backoff, retry or unknown outcome). Nothing here does
+I/O or keeps time: the clients perform the actions and feed back what
+happened.
 """
 
 from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Any
+from typing import Any, TypeAlias
 
 import attrs
 from scramp import ScramClient
 
 from oxidb.client.errors import (
     AuthenticationFailed,
+    ClientError,
     ClientProtocolError,
+    ConnectionFailed,
     NoLeader,
     NotLeader,
+    PermissionDenied,
     ServerBusy,
     ServerError,
     UnknownOutcome,
@@ -33,11 +40,29 @@ from oxidb.wire.framing import FrameDecoder, encode_frame
 __all__ = [
     "FORMATS",
     "READ_ONLY",
+    "Action",
+    "Adopt",
+    "Close",
+    "Done",
+    "Drop",
+    "Event",
+    "Fail",
+    "Lost",
+    "Open",
+    "OpenFailed",
+    "Opened",
     "Pending",
     "ProtocolCore",
+    "Replied",
     "Reply",
+    "RequestFlow",
     "ScramLogin",
+    "Send",
+    "Session",
+    "TimerFired",
+    "Wait",
     "backoff_delay",
+    "probed",
     "is_retry_safe",
     "not_applied",
 ]
@@ -51,6 +76,7 @@ READ_ONLY = frozenset(
         "list_collections", "list_indexes", "list_procedures", "get_procedure", "list_schedules",
         "get_schedule", "list_buckets", "list_objects", "get_object", "head_object", "extract_text",
         "list_users", "server_status", "proc_status", "raft_metrics", "raft_status",
+        "snapshot_begin", "snapshot_find", "snapshot_count", "snapshot_aggregate",
     }
 )  # fmt: skip
 
@@ -98,17 +124,24 @@ class Reply:
     ok: bool
     value: Any
 
-    def result(self) -> Any:
+    def error(self) -> ServerError | UnknownOutcome | None:
         """
-        The data, or the error reply raised as its L{ServerError} subclass;
-        a cluster's "outcome is unknown" errors raise L{UnknownOutcome}.
+        None for a success, else the error reply as its L{ServerError}
+        subclass; a cluster's "outcome is unknown" errors are L{UnknownOutcome}.
         """
         if self.ok:
-            return self.value
+            return None
         message = str(self.value)
         if "outcome is unknown" in message:
-            raise UnknownOutcome(message, self.request)
-        raise error_from_reply(message)
+            return UnknownOutcome(message, self.request)
+        return error_from_reply(message)
+
+    def result(self) -> Any:
+        """The data, or L{error} raised."""
+        error = self.error()
+        if error is not None:
+            raise error
+        return self.value
 
 
 @attrs.define(eq=False)
@@ -223,3 +256,359 @@ class ScramLogin:
             self._scram.set_server_final(data["payload"])
         except Exception:
             raise AuthenticationFailed("authentication failed: the server's SCRAM signature is wrong") from None
+
+
+# -- the request flow ---------------------------------------------------------
+
+#: A seed: C{(host, port)}.
+Address: TypeAlias = tuple[str, int]
+
+
+@attrs.frozen
+class Opened:
+    """
+    Event: the connection to C{address} is open and logged in. After a probe,
+    what its C{raft_metrics} said: whether it leads, its node id and the
+    leader's id (C{leader} stays true for a server that is not in a cluster
+    or will not say).
+    """
+
+    address: Address
+    leader: bool = True
+    node_id: int | None = None
+    leader_id: int | None = None
+
+
+@attrs.frozen
+class OpenFailed:
+    """Event: C{address} could not be reached, greeted or logged in to."""
+
+    address: Address
+    error: Exception
+
+
+@attrs.frozen
+class Replied:
+    """Event: the reply to the request sent."""
+
+    reply: Reply
+
+
+@attrs.frozen
+class Lost:
+    """Event: the connection broke; C{sent} says whether the request had been written."""
+
+    reason: str
+    sent: bool
+
+
+@attrs.frozen
+class TimerFired:
+    """Event: the L{Wait} is over."""
+
+
+Event: TypeAlias = Opened | OpenFailed | Replied | Lost | TimerFired
+
+
+@attrs.frozen
+class Open:
+    """
+    Action: open a connection to C{address} (hello, login); with C{probe},
+    ask C{raft_metrics} too. Answer with L{Opened} or L{OpenFailed}; keep the
+    connection until an L{Adopt} or L{Close} names it.
+    """
+
+    address: Address
+    probe: bool
+
+
+@attrs.frozen
+class Adopt:
+    """Action: the connection opened to C{address} is now the client's connection."""
+
+    address: Address
+
+
+@attrs.frozen
+class Close:
+    """Action: close the connection opened to C{address} (not adopted)."""
+
+    address: Address
+
+
+@attrs.frozen
+class Drop:
+    """Action: close the client's connection and forget it."""
+
+
+@attrs.frozen
+class Send:
+    """Action: send C{request} on the client's connection; answer with L{Replied} or L{Lost}."""
+
+    request: dict[str, Any]
+
+
+@attrs.frozen
+class Wait:
+    """Action: wait C{seconds}; answer with L{TimerFired}."""
+
+    seconds: float
+
+
+@attrs.frozen
+class Fail:
+    """Action (the last): raise C{error}."""
+
+    error: Exception
+
+
+@attrs.frozen
+class Done:
+    """Action (the last): the request's data is C{value}."""
+
+    value: Any
+
+
+Action: TypeAlias = Open | Adopt | Close | Drop | Send | Wait | Fail | Done
+
+
+def probed(address: Address, reply: Reply) -> Opened:
+    """What a C{raft_metrics} reply says of a seed (an error: a server outside a cluster, taken as a leader)."""
+    value = reply.value
+    if not reply.ok or not isinstance(value, dict):
+        return Opened(address)
+    node_id, leader_id = value.get("id"), value.get("current_leader")
+    return Opened(
+        address,
+        leader=value.get("state") == "Leader",
+        node_id=node_id if isinstance(node_id, int) else None,
+        leader_id=leader_id if isinstance(leader_id, int) else None,
+    )
+
+
+@attrs.define(eq=False)
+class Session:
+    """
+    What a client remembers between requests: its seeds and retry budget,
+    the seed it is (or was last) connected to, the seed to try first next
+    time, the node id each probed seed reported, and whether a transaction
+    is open on the connection.
+    """
+
+    seeds: tuple[Address, ...]
+    retries: int = 5
+    in_tx: bool = False
+    address: Address | None = None
+    preferred: Address | None = None
+    node_ids: dict[Address, int] = attrs.field(factory=dict)
+
+    def seed_order(self) -> list[Address]:
+        """The seeds, the preferred one first."""
+        seeds = list(self.seeds)
+        if self.preferred in seeds:
+            seeds.remove(self.preferred)
+            seeds.insert(0, self.preferred)
+        return seeds
+
+    def seed_of(self, node_id: int | None) -> Address | None:
+        """The seed known to be node C{node_id}, if any."""
+        return next((a for a, n in self.node_ids.items() if n == node_id), None) if node_id is not None else None
+
+    def prefer_leader(self, leader_id: int | None) -> None:
+        """Next connect to the seed of node C{leader_id} if known, else to the seed after the current one."""
+        hinted = self.seed_of(leader_id)
+        if hinted is not None:
+            self.preferred = hinted
+            return
+        seeds = list(self.seeds)
+        if self.address in seeds and len(seeds) > 1:
+            self.preferred = seeds[(seeds.index(self.address) + 1) % len(seeds)]
+
+    def request(self, request: dict[str, Any], *, connected: bool) -> RequestFlow:
+        """The flow that gets C{request} answered; C{connected}: whether the client has a live connection."""
+        return RequestFlow(self, request, connected)
+
+    def connect(self, *, connected: bool) -> RequestFlow:
+        """The flow that only connects (it is L{Done} with None once connected)."""
+        return RequestFlow(self, None, connected)
+
+
+@attrs.define(eq=False)
+class RequestFlow:
+    """
+    The decisions for one request, as a state machine: L{start} and then
+    L{feed} with each event give the actions to perform, in order; the last
+    action of each list is the one whose outcome is the next event (L{Open},
+    L{Send}, L{Wait}), or L{Fail} or L{Done}, after which the flow is over.
+
+    Connecting walks the seeds (the preferred one first). With more than one
+    seed each is probed: a leader is adopted at once; the first follower is
+    kept as a fallback (adopted if no leader answers) and a follower's hint
+    of the leader puts that seed next. A pass that reaches nobody is repeated
+    after a backoff, C{retries} times.
+
+    The retry rule: a request is sent again only when it is known not to
+    have been applied: it was not written before the connection broke, the
+    server refused it (not leader, no leader, write lost, busy), or it
+    changes nothing (L{is_retry_safe}). A write whose reply was lost fails
+    with L{UnknownOutcome}, never a second send; inside a transaction
+    nothing is retried.
+    """
+
+    session: Session
+    request: dict[str, Any] | None
+    connected: bool
+    failures: int = attrs.field(init=False, default=0)
+    _state: str = attrs.field(init=False, default="new")
+    _attempt: int = attrs.field(init=False, default=0)
+    _queue: list[Address] = attrs.field(init=False, factory=list)
+    _opening: Address | None = attrs.field(init=False, default=None)
+    _fallback: Address | None = attrs.field(init=False, default=None)
+    _errors: list[str] = attrs.field(init=False, factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self._state == "done"
+
+    def start(self) -> list[Action]:
+        """The first actions."""
+        if self._state != "new":
+            raise ValueError("the flow has started")
+        session = self.session
+        if self.connected:
+            return self._send() if self.request is not None else self._end(Done(None))
+        if session.in_tx and self.request is not None:
+            session.in_tx = False
+            return self._end(Fail(ConnectionFailed("the connection was lost inside a transaction; it was rolled back")))
+        return self._begin_connect()
+
+    def feed(self, event: Event) -> list[Action]:
+        """
+        The actions that follow C{event}.
+
+        @raise ValueError: an event that does not answer the last action.
+        """
+        state = self._state
+        if isinstance(event, Opened | OpenFailed) and state == "connecting" and event.address == self._opening:
+            self._opening = None
+            return self._opened(event) if isinstance(event, Opened) else self._open_failed(event)
+        if isinstance(event, Replied) and state == "sending":
+            return self._replied(event.reply)
+        if isinstance(event, Lost) and state == "sending":
+            return self._lost(event)
+        if isinstance(event, TimerFired) and state == "connect-wait":
+            return self._begin_pass()
+        if isinstance(event, TimerFired) and state == "retry-wait":
+            return self._begin_connect()
+        raise ValueError(f"event {event!r} does not fit the flow's state {state!r}")
+
+    # -- connecting ----------------------------------------------------------
+
+    def _begin_connect(self) -> list[Action]:
+        self._attempt = 0
+        return self._begin_pass()
+
+    def _begin_pass(self) -> list[Action]:
+        self._state = "connecting"
+        self._queue = self.session.seed_order()
+        self._fallback = None
+        return self._next_seed()
+
+    def _next_seed(self) -> list[Action]:
+        if self._queue:
+            self._opening = self._queue.pop(0)
+            return [Open(self._opening, probe=len(self.session.seeds) > 1)]
+        if self._fallback is not None:
+            return self._adopt(self._fallback)
+        self._attempt += 1
+        if self._attempt > self.session.retries:
+            seeds = ",".join(f"{h}:{p}" for h, p in self.session.seeds)
+            last = self._errors[-1] if self._errors else "no seeds"
+            return self._end(Fail(ConnectionFailed(f"cannot connect to {seeds}: {last}")))
+        self._state = "connect-wait"
+        return [Wait(backoff_delay(self._attempt))]
+
+    def _opened(self, event: Opened) -> list[Action]:
+        session = self.session
+        if event.node_id is not None:
+            session.node_ids[event.address] = event.node_id
+        if event.leader:
+            return ([Close(self._fallback)] if self._fallback is not None else []) + self._adopt(event.address)
+        hinted = session.seed_of(event.leader_id)
+        if hinted is not None and hinted in self._queue:
+            self._queue.remove(hinted)
+            self._queue.insert(0, hinted)
+        if self._fallback is None:
+            self._fallback = event.address
+            return self._next_seed()
+        return [Close(event.address), *self._next_seed()]
+
+    def _open_failed(self, event: OpenFailed) -> list[Action]:
+        if isinstance(event.error, AuthenticationFailed | PermissionDenied):
+            closing: list[Action] = [Close(self._fallback)] if self._fallback is not None else []
+            self._fallback = None
+            return closing + self._end(Fail(event.error))
+        host, port = event.address
+        self._errors.append(f"{host}:{port}: {event.error}")
+        return self._next_seed()
+
+    def _adopt(self, address: Address) -> list[Action]:
+        self._fallback = None
+        self.session.address = address
+        self.connected = True
+        if self.request is None:
+            return [Adopt(address), *self._end(Done(None))]
+        return [Adopt(address), *self._send()]
+
+    # -- the request -----------------------------------------------------------
+
+    def _send(self) -> list[Action]:
+        assert self.request is not None
+        self._state = "sending"
+        return [Send(self.request)]
+
+    def _replied(self, reply: Reply) -> list[Action]:
+        error = reply.error()
+        if error is None:
+            return self._end(Done(reply.value))
+        session = self.session
+        if isinstance(error, ServerError) and not session.in_tx and not_applied(error):
+            if self.failures < session.retries:
+                # Not applied: look for the leader (or a less busy moment) and send it again.
+                self.failures += 1
+                session.prefer_leader(error.leader_id if isinstance(error, NotLeader) else None)
+                return self._retry_later()
+        return self._end(Fail(error))
+
+    def _lost(self, event: Lost) -> list[Action]:
+        assert self.request is not None
+        session = self.session
+        request = self.request
+        cmd = request.get("cmd")
+        self.connected = False
+        error: ClientError
+        if session.in_tx:
+            session.in_tx = False
+            if cmd == "commit_tx" and event.sent:
+                error = UnknownOutcome(
+                    f"commit_tx: {event.reason}; the transaction may or may not be committed", request
+                )
+            else:
+                error = ConnectionFailed(f"{event.reason}; the transaction was rolled back")
+            return [Drop(), *self._end(Fail(error))]
+        if event.sent and not is_retry_safe(request):
+            error = UnknownOutcome(f"{cmd}: {event.reason}; it may or may not have been applied", request)
+            return [Drop(), *self._end(Fail(error))]
+        self.failures += 1
+        if self.failures > session.retries:
+            return [Drop(), *self._end(Fail(ConnectionFailed(f"{cmd}: {event.reason}")))]
+        return self._retry_later()
+
+    def _retry_later(self) -> list[Action]:
+        self.connected = False
+        self._state = "retry-wait"
+        return [Drop(), Wait(backoff_delay(self.failures))]
+
+    def _end(self, action: Fail | Done) -> list[Action]:
+        self._state = "done"
+        return [action]

@@ -1,6 +1,7 @@
 """
-The Twisted client: the same protocol core, login, retry rule and leader
-discovery as the blocking client, with Deferreds. Methods return Deferreds
+The Twisted client: the same protocol core, login and request flow
+(L{oxidb.client.core.RequestFlow}: retry rule, leader discovery, backoff)
+as the blocking client, with Deferreds. Methods return Deferreds
 (L{TwistedClient.request}, the named commands); transactions are an
 C{async with client.transaction():} block and large finds an C{async for}
 over L{TwistedClient.iter_find}, inside a coroutine run by
@@ -18,16 +19,13 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
+from oxidb.client import core
 from oxidb.client.commands import CommandMethods, page_query
-from oxidb.client.core import ProtocolCore, Reply, ScramLogin, backoff_delay, is_retry_safe, not_applied
+from oxidb.client.core import ProtocolCore, Reply, ScramLogin
 from oxidb.client.errors import (
-    AuthenticationFailed,
     ClientError,
     ConnectionFailed,
     NoTransaction,
-    PermissionDenied,
-    ServerError,
-    UnknownOutcome,
 )
 from oxidb.client.url import ConnectOptions, parse_url
 
@@ -135,17 +133,15 @@ class TwistedClient(CommandMethods):
         self._reactor = reactor
         self._connector = connector or endpoint_connector(reactor)
         self._conn: OxiClientConnection | None = None
-        self._in_tx = False
+        self._session = core.Session(self.options.seeds, self.options.retries)
         self.address: tuple[str, int] | None = None
-        self._preferred: tuple[str, int] | None = None
         self.server_info: dict[str, Any] | None = None
 
     def connect(self) -> Deferred[TwistedClient]:
         """Open the connection now (otherwise the first request does)."""
 
         async def run() -> TwistedClient:
-            if self._conn is None or not self._conn.connected:
-                await self._connect()
+            await self._run(self._session.connect(connected=self._connected()))
             return self
 
         return Deferred.fromCoroutine(run())
@@ -154,46 +150,72 @@ class TwistedClient(CommandMethods):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        self._in_tx = False
+        self._session.in_tx = False
 
     def _sleep(self, seconds: float) -> Deferred[None]:
         return task.deferLater(self._reactor, seconds, lambda: None)
 
-    def _seed_order(self) -> list[tuple[str, int]]:
-        seeds = list(self.options.seeds)
-        if self._preferred in seeds:
-            seeds.remove(self._preferred)
-            seeds.insert(0, self._preferred)
-        return seeds
+    async def _run(self, flow: core.RequestFlow) -> Any:
+        """Perform C{flow}'s actions (the I/O) and feed it what happened, until it is done."""
+        opened: dict[core.Address, OxiClientConnection] = {}
+        greeted: dict[core.Address, dict[str, Any] | None] = {}
+        actions = flow.start()
+        try:
+            while True:
+                event: core.Event | None = None
+                for action in actions:
+                    if isinstance(action, core.Open):
+                        event = await self._open_event(action, opened, greeted)
+                    elif isinstance(action, core.Adopt):
+                        self._conn, self.address = opened.pop(action.address), action.address
+                        self.server_info = greeted.get(action.address)
+                    elif isinstance(action, core.Close):
+                        opened.pop(action.address).close()
+                    elif isinstance(action, core.Drop):
+                        if self._conn is not None:
+                            self._conn.close()
+                        self._conn = None
+                    elif isinstance(action, core.Send):
+                        assert self._conn is not None
+                        try:
+                            event = core.Replied(await self._conn.request(action.request))
+                        except Lost as lost:
+                            event = core.Lost(str(lost), lost.sent)
+                    elif isinstance(action, core.Wait):
+                        await self._sleep(action.seconds)
+                        event = core.TimerFired()
+                    elif isinstance(action, core.Fail):
+                        raise action.error
+                    else:
+                        return action.value
+                assert event is not None
+                actions = flow.feed(event)
+        finally:
+            for conn in opened.values():
+                conn.close()
 
-    async def _connect(self) -> None:
-        errors: list[str] = []
-        for attempt in range(self.options.retries + 1):
-            if attempt:
-                await self._sleep(backoff_delay(attempt))
-            fallback: tuple[OxiClientConnection, tuple[str, int]] | None = None
-            for host, port in self._seed_order():
-                try:
-                    conn = await self._open(host, port)
-                except (AuthenticationFailed, PermissionDenied):
-                    raise
-                except Exception as e:
-                    errors.append(f"{host}:{port}: {e}")
-                    continue
-                if len(self.options.seeds) == 1 or await self._is_leader(conn):
-                    if fallback is not None:
-                        fallback[0].close()
-                    self._conn, self.address = conn, (host, port)
-                    return
-                if fallback is None:
-                    fallback = (conn, (host, port))
-                else:
-                    conn.close()
-            if fallback is not None:
-                self._conn, self.address = fallback
-                return
-        seeds = ",".join(f"{h}:{p}" for h, p in self.options.seeds)
-        raise ConnectionFailed(f"cannot connect to {seeds}: {errors[-1] if errors else 'no seeds'}")
+    async def _open_event(
+        self,
+        action: core.Open,
+        opened: dict[core.Address, OxiClientConnection],
+        greeted: dict[core.Address, dict[str, Any] | None],
+    ) -> core.Event:
+        """Open, greet and log in to one seed (and probe it when asked)."""
+        host, port = action.address
+        try:
+            conn = await self._open(host, port)
+        except Exception as e:
+            return core.OpenFailed(action.address, e)
+        opened[action.address] = conn
+        greeted[action.address] = self.server_info
+        if not action.probe:
+            return core.Opened(action.address)
+        try:
+            reply = await conn.request({"cmd": "raft_metrics"})
+        except Lost as e:
+            opened.pop(action.address).close()
+            return core.OpenFailed(action.address, ConnectionFailed(str(e)))
+        return core.probed(action.address, reply)
 
     async def _open(self, host: str, port: int) -> OxiClientConnection:
         conn = await self._connector(host, port, self.options)
@@ -210,64 +232,17 @@ class TwistedClient(CommandMethods):
             raise
         return conn
 
-    async def _is_leader(self, conn: OxiClientConnection) -> bool:
-        try:
-            reply = await conn.request({"cmd": "raft_metrics"})
-        except Lost:
-            return False
-        if not reply.ok:
-            return True
-        return isinstance(reply.value, dict) and reply.value.get("state") == "Leader"
+    def _connected(self) -> bool:
+        if self._conn is not None and not self._conn.connected:
+            self._conn = None
+        return self._conn is not None
 
     def request(self, request: dict[str, Any]) -> Deferred[Any]:
         """The data of C{request}'s reply; the same errors as the blocking client's C{request}."""
-        return Deferred.fromCoroutine(self._request(request))
+        return Deferred.fromCoroutine(self._run(self._session.request(request, connected=self._connected())))
 
     def command(self, cmd: str, **fields: Any) -> Deferred[Any]:
         return self.request({"cmd": cmd, **fields})
-
-    async def _request(self, request: dict[str, Any]) -> Any:
-        failures = 0
-        while True:
-            if self._conn is None or not self._conn.connected:
-                self._conn = None
-                if self._in_tx:
-                    self._in_tx = False
-                    raise ConnectionFailed("the connection was lost inside a transaction; it was rolled back")
-                await self._connect()
-            assert self._conn is not None
-            try:
-                reply = await self._conn.request(request)
-            except Lost as lost:
-                self._conn = None
-                if self._in_tx:
-                    self._in_tx = False
-                    if request.get("cmd") == "commit_tx" and lost.sent:
-                        raise UnknownOutcome(
-                            f"commit_tx: {lost}; the transaction may or may not be committed", request
-                        ) from None
-                    raise ConnectionFailed(f"{lost}; the transaction was rolled back") from None
-                if lost.sent and not is_retry_safe(request):
-                    raise UnknownOutcome(
-                        f"{request.get('cmd')}: {lost}; it may or may not have been applied", request
-                    ) from None
-                failures += 1
-                if failures > self.options.retries:
-                    raise ConnectionFailed(f"{request.get('cmd')}: {lost}") from None
-                await self._sleep(backoff_delay(failures))
-                continue
-            try:
-                return reply.result()
-            except ServerError as e:
-                if self._in_tx or not not_applied(e) or failures >= self.options.retries:
-                    raise
-                failures += 1
-                self._conn.close()
-                self._conn = None
-                seeds = list(self.options.seeds)
-                if self.address in seeds and len(seeds) > 1:
-                    self._preferred = seeds[(seeds.index(self.address) + 1) % len(seeds)]
-                await self._sleep(backoff_delay(failures))
 
     def transaction(self) -> _Transaction:
         """C{async with client.transaction():} commit at the end, roll back on an exception."""
@@ -296,14 +271,14 @@ class _Transaction:
     async def __aenter__(self) -> TwistedClient:
         await self._client.connect()
         await self._client.command("begin_tx")
-        self._client._in_tx = True
+        self._client._session.in_tx = True
         return self._client
 
     async def __aexit__(self, kind: object, exc: object, tb: object) -> None:
         client = self._client
         if exc is not None:
-            if client._in_tx:
-                client._in_tx = False
+            if client._session.in_tx:
+                client._session.in_tx = False
                 try:
                     await client.command("rollback_tx")
                 except (NoTransaction, ConnectionFailed):
@@ -312,4 +287,4 @@ class _Transaction:
         try:
             await client.command("commit_tx")
         finally:
-            client._in_tx = False
+            client._session.in_tx = False

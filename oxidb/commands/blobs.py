@@ -21,7 +21,7 @@ from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, fields
 from oxidb.engine import blobs, textindex
-from oxidb.errors import UnavailableError
+from oxidb.errors import BadRequestError, UnavailableError
 
 
 def _read(ctx: CommandContext, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
@@ -86,7 +86,10 @@ def list_objects(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     bucket = _bucket(request)
     prefix = optional_str(request, "prefix")
     limit = optional_uint(request, "limit", blobs.DEFAULT_LIST_LIMIT)
-    return _read(ctx, blobs.list_objects, bucket, prefix, limit)
+    start_after = request.get("start_after")
+    if start_after is not None and not isinstance(start_after, str):
+        raise BadRequestError("'start_after' must be a string")
+    return _read(ctx, blobs.list_objects, bucket, prefix, limit, start_after)
 
 
 def search(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
@@ -168,12 +171,18 @@ COMMANDS = [
         "list_objects",
         list_objects,
         Role.READ,
-        "The bucket's objects' metadata, by key.",
+        "The bucket's objects' metadata, by key; page with `limit` and `start_after`.",
         fields(
             # Upstream names the wrong field when the bucket is missing (server.md 3.3).
             Field("bucket", JsonType.STRING, required=True, message="missing 'collection'", doc=_BUCKET_RULES),
             Field("prefix", JsonType.STRING, doc="only keys starting with it"),
             Field("limit", JsonType.UINT, doc=f"default {blobs.DEFAULT_LIST_LIMIT}"),
+            Field(
+                "start_after",
+                JsonType.STRING,
+                invalid="'start_after' must be a string",
+                doc="[N] only keys after it: the last key of a page asks for the next one",
+            ),
         ),
     ),
     _row(

@@ -681,12 +681,17 @@ def extract_object_text(reader: Any, bucket: object, key: object) -> dict[str, s
 
 
 def list_objects(
-    reader: Any, bucket: object, prefix: str | None = None, limit: int | None = None
+    reader: Any,
+    bucket: object,
+    prefix: str | None = None,
+    limit: int | None = None,
+    start_after: str | None = None,
 ) -> list[dict[str, Any]]:
     """
     Metadata records of the bucket's objects whose key starts with
     C{prefix}, ascending by key (code point order), at most C{limit}
-    (default 1000).
+    (default 1000). With C{start_after} [N] (S3's name), only keys after it:
+    the last key of one page asks for the next page.
     """
     conn = reader.conn
     name = _existing_bucket(conn, bucket)
@@ -696,8 +701,12 @@ def list_objects(
     if limit <= 0:
         return result
     deadline = getattr(reader, "deadline", NO_DEADLINE)
-    cap = reply_cap(getattr(reader, "limits", DEFAULT_LIMITS), "limit and a later prefix")
-    for row in _rows_from(conn, name, prefix):
+    cap = reply_cap(getattr(reader, "limits", DEFAULT_LIMITS), "limit and start_after")
+    if start_after is not None and start_after >= prefix:
+        rows = _rows_from(conn, name, start_after, inclusive=False)
+    else:
+        rows = _rows_from(conn, name, prefix)
+    for row in rows:
         deadline.check()
         if not row[0].startswith(prefix):
             break
@@ -709,14 +718,16 @@ def list_objects(
     return result
 
 
-def _rows_from(conn: sqlite.Connection, bucket: str, start: str) -> Iterator[tuple[Any, ...]]:
-    """Rows of a bucket with C{key >= start}, by key, fetched in pages."""
+def _rows_from(
+    conn: sqlite.Connection, bucket: str, start: str, inclusive: bool = True
+) -> Iterator[tuple[Any, ...]]:
+    """Rows of a bucket with C{key >= start} (C{key > start} unless C{inclusive}), by key, fetched in pages."""
     page = 256
     sql = (
         f"SELECT {_RECORD_COLUMNS} FROM oxi_blob_objects WHERE bucket = ? AND key {{op}} ?"
         " ORDER BY key LIMIT ?"
     )
-    rows = conn.execute(sql.format(op=">="), (bucket, start, page)).fetchall()
+    rows = conn.execute(sql.format(op=">=" if inclusive else ">"), (bucket, start, page)).fetchall()
     while rows:
         yield from rows
         if len(rows) < page:

@@ -32,6 +32,7 @@ from oxidb.engine.blobs import PreparedPuts
 from oxidb.engine.governor import DEFAULT_LIMITS, Clock, Deadline, NotInline, QueryLimits, time_limit_ms
 from oxidb.engine.operations import BUILTIN, EnsureCollection, Operation, OperationCodec, Rejected
 from oxidb.engine.reads import Reader, small_shape
+from oxidb.engine.snapshots import Snapshots
 from oxidb.engine.writer import Writer
 from oxidb.engine.writes import WriteTxn
 from oxidb.errors import BadRequestError, InvalidQueryError, OxiError, TimeLimitError, UnavailableError
@@ -151,6 +152,8 @@ class Engine:
         self._local = threading.local()
         self._readers: list[sqlite.Connection] = []
         self._readers_lock = threading.Lock()
+        #: the open snapshot reads (L{oxidb.engine.snapshots})
+        self.snapshots = Snapshots(self._snapshot_conn, self.limits, clock, progress_steps)
         self._open = False
 
     # --- lifecycle --------------------------------------------------------
@@ -195,6 +198,7 @@ class Engine:
         self._open = False
         assert self._writer is not None and self._writer_conn is not None
         self._writer.stop()
+        self.snapshots.end_all()
         with self._readers_lock:
             readers, self._readers = self._readers, []
         for conn in readers:
@@ -307,6 +311,13 @@ class Engine:
             self._local.columns = {}
             with self._readers_lock:
                 self._readers.append(conn)
+        return conn
+
+    def _snapshot_conn(self) -> sqlite.Connection:
+        if not self._open:
+            raise UnavailableError("engine is closed")
+        conn = store.connect(self.path, writer=False, key=self.key)
+        conn.limit(sqlite.LIMIT_LENGTH, READ_LENGTH_LIMIT)
         return conn
 
     def _auto_create(self, name: str) -> None:

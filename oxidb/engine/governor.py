@@ -56,6 +56,8 @@ class QueryLimits:
     search_max_query_length: int
     search_max_terms: int
     vector_max_limit: int
+    snapshot_max_secs: int = 300
+    snapshot_max_open: int = 8
     max_reply_bytes: int = MAX_REPLY_BYTES
 
     @classmethod

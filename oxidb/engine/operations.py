@@ -284,6 +284,32 @@ class InsertMany(_OnCollection):
         return txn.insert_many(self.collection, self.documents)
 
 
+@attrs.frozen
+class RestoreDocuments(_OnCollection):
+    """
+    A restore's documents, keeping their C{_id} and C{_version}, and the
+    collection's id high-water mark (C{last_id}): C{{"restored": n,
+    "last_id": m}} (L{WriteTxn.restore_documents}). Admin only; replicated
+    like any write, so every replica holds the same ids and versions.
+    """
+
+    KIND: ClassVar[str] = "RestoreDocuments"
+
+    documents: list[JSON] = attrs.field(
+        validator=check(_is_list, lambda: BadRequestError("missing or invalid 'docs' array"))
+    )
+    last_id: int = attrs.field(
+        default=0,
+        validator=check(
+            lambda v: is_uint(v) and v <= MAX_LIMIT,
+            lambda: BadRequestError("'last_id' must be an integer from 0 to 2^63-1"),
+        ),
+    )
+
+    def apply(self, txn: WriteTxn, now: float) -> Any:
+        return txn.restore_documents(self.collection, self.documents, self.last_id)
+
+
 def _is_bool(value: Any) -> bool:
     return isinstance(value, bool)
 
@@ -588,6 +614,7 @@ class DropIndex(_OnCollection):
 BUILTIN: tuple[type[Operation], ...] = (
     Insert,
     InsertMany,
+    RestoreDocuments,
     Update,
     UpdateOne,
     Delete,
@@ -627,6 +654,7 @@ __all__ = [
     "Operation",
     "OperationCodec",
     "Rejected",
+    "RestoreDocuments",
     "Update",
     "UpdateOne",
     "malformed",

@@ -159,6 +159,51 @@ class WriteTxn(Reader):
     def _insert(self, info: CollectionInfo, documents: list[Any]) -> list[int]:
         first = info.last_id + 1
         rows = [_prepare(document, first + i, 1) for i, document in enumerate(documents)]
+        self._store_rows(info, rows)
+        last = first + len(rows) - 1
+        store.set_last_id(self.conn, info.name, last)
+        return list(range(first, last + 1))
+
+    def restore_documents(self, collection: object, documents: Any, last_id: int) -> dict[str, int]:
+        """
+        Insert documents that keep the C{_id} and C{_version} they carry (a
+        restore), all-or-nothing, and raise the collection's id high-water
+        mark to at least C{last_id} and every restored id, so that the next
+        insert gets the id it would have got on the dumped server.
+
+        @raise BadRequestError: a document without an integer C{_id} and
+            C{_version} of at least 1, or an C{_id} the collection (or the
+            batch) already has.
+        """
+        if type(documents) is not list:
+            raise BadRequestError("missing or invalid 'docs' array")
+        info = self.ensure_collection(collection)
+        rows = []
+        for document in documents:
+            if type(document) is not dict:
+                raise DocumentNotObjectError()
+            doc_id, version = document.get("_id"), document.get("_version")
+            if type(doc_id) is not int or type(version) is not int or not 0 < doc_id <= MAX_ID or version < 1:
+                raise BadRequestError("restore: every document needs an integer '_id' and '_version' of at least 1")
+            body = {k: v for k, v in document.items() if k not in ("_id", "_version")}
+            rows.append(_prepare(body, doc_id, version))
+        ids = [row[0] for row in rows]
+        if len(set(ids)) != len(ids):
+            raise BadRequestError(f"restore: _id {_first_repeated(ids)} appears twice")
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            taken = self.conn.execute(f"SELECT _id FROM {info.tbl} WHERE _id IN ({marks}) LIMIT 1", chunk).fetchone()
+            if taken is not None:
+                raise BadRequestError(f"restore: _id {taken[0]} already exists in {info.name}")
+        if rows:
+            self._store_rows(info, rows)
+        high = max([info.last_id, last_id, *ids])
+        store.set_last_id(self.conn, info.name, high)
+        return {"restored": len(rows), "last_id": high}
+
+    def _store_rows(self, info: CollectionInfo, rows: list[_PreparedRow]) -> None:
+        """Store new prepared documents with their index keys, text postings and vectors."""
         defs = store.list_index_defs(self.conn, info.name)
         self._check_unique(info, defs, rows, replacing=False)
         key_columns = store.key_columns(defs)
@@ -168,13 +213,10 @@ class WriteTxn(Reader):
             f"INSERT INTO {info.tbl}(_id, _version, doc{names}) VALUES (?, ?, {store.DOC_VALUE}{marks})",
             _with_keys(rows, key_columns, lambda row: (row[0], row[1], row[3])),
         )
-        last = first + len(rows) - 1
-        store.set_last_id(self.conn, info.name, last)
         text_index = _text_index(defs)
         if text_index is not None:
             textstore.add(self.conn, info.tbl, text_index.fields, [(row[0], row[2]) for row in rows])
         vectors.sync(self.conn, info.tbl, defs, [(row[0], row[2]) for row in rows], new=True)
-        return list(range(first, last + 1))
 
     def update(
         self,
@@ -518,6 +560,19 @@ def _with_keys(
             return keys_at(orjson.loads(row[3]), split)
 
     return [head(row) + row_keys(row) + tail(row) for row in rows]
+
+
+#: The largest `_id` (SQLite integers are 64-bit signed).
+MAX_ID = 2**63 - 1
+
+
+def _first_repeated(ids: list[int]) -> int:
+    seen: set[int] = set()
+    for doc_id in ids:
+        if doc_id in seen:
+            return doc_id
+        seen.add(doc_id)
+    raise ValueError("no repeated id")
 
 
 def _prepare(document: Any, doc_id: int, version: int) -> _PreparedRow:

@@ -351,6 +351,7 @@ class OxiServerProtocol(Protocol):
         self.release_unsent()
         # An open transaction dies with its connection (server.md 1.7).
         self.session.tx = None
+        self.session.closed()
         self.session.login.lost()
         self.factory.connection_closed(self)
         self._log.debug("client disconnected: {peer}", peer=self.session.peer)

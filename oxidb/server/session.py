@@ -7,6 +7,7 @@ touches a session at a time even when a handler's work runs on the pool.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -29,6 +30,9 @@ class Session:
         connection once the current reply has been written.
     @ivar login: the login sequence (L{oxidb.auth.login}); logged in from
         the start when C{role} is given.
+    @ivar on_close: called (on the reactor thread, and must not block) when
+        the connection closes: what a handler left open for it, such as a
+        snapshot read.
     """
 
     peer: str = "-"
@@ -39,10 +43,17 @@ class Session:
     wire_version: int = 1
     failed_logins: int = 0
     close_after_reply: bool = False
+    on_close: list[Callable[[], None]] = attrs.field(factory=list, eq=False, repr=False)
     login: Login = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.login = Login(self)
+
+    def closed(self) -> None:
+        """The connection is gone: run and forget the L{on_close} callbacks."""
+        callbacks, self.on_close = self.on_close, []
+        for callback in callbacks:
+            callback()
 
     @property
     def auth_state(self) -> Any:
