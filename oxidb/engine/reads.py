@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import orjson
 
-from oxidb.engine import sqlite, store, textindex, textstore, ttl
+from oxidb.engine import databases, sqlite, store, textindex, textstore, ttl
 from oxidb.engine.aggregate import compile_pipeline
 from oxidb.engine.governor import (
     DEFAULT_LIMITS,
@@ -129,16 +129,30 @@ class Reader:
 
     def collection(self, name: object) -> CollectionInfo | None:
         """The catalog row of a collection named by a read, or None."""
-        store.validate_collection_name(name)
+        store.validate_qualified_name(name)
         assert isinstance(name, str)
         info = store.get_collection(self.conn, name)
-        if info is None and self.on_missing is not None:
-            self.on_missing(name)
+        if info is None:
+            databases.check_exists(self.conn, databases.database_of(name))
+            if self.on_missing is not None:
+                self.on_missing(name)
         return info
 
     def list_collections(self) -> list[str]:
         """Every collection, sorted by name (engine.md 1.6 REC)."""
         return [info.name for info in store.list_collections(self.conn)]
+
+    def list_databases(self) -> list[str]:
+        """Every database: the default one first, then by name."""
+        return databases.list_names(self.conn)
+
+    def database_collections(self, database: str) -> list[str]:
+        """
+        The collections of C{database} by their bare names, sorted;
+        L{oxidb.errors.DatabaseNotFoundError} if it does not exist.
+        """
+        databases.check_exists(self.conn, database)
+        return [databases.bare(name) for name in databases.collection_names(self.conn, database)]
 
     def collection_counts(self) -> dict[str, int]:
         """Documents per collection."""
@@ -522,14 +536,16 @@ class Reader:
                 docs.append(loads(text) if doc is None else doc)
                 sizes.append(text_size(text))
         out, out_sizes = compiled.run_sized(
-            docs, sizes, self._lookup_in(budget), budget, skip_stages=prefix.stages
+            docs, sizes, self._lookup_in(budget, databases.database_of(collection)), budget, skip_stages=prefix.stages
         )
         cap = reply_cap(self.limits, "$skip and $limit")
         for size in out_sizes:
             cap.add(size + 1)
         return out
 
-    def aggregate_docs(self, pipeline: object, docs: object) -> list[dict[str, Any]]:
+    def aggregate_docs(
+        self, pipeline: object, docs: object, database: str = databases.DEFAULT
+    ) -> list[dict[str, Any]]:
         """
         Run a pipeline over C{docs}, documents given in the request
         (server.md 3.4) rather than a collection's: every stage runs in
@@ -549,18 +565,24 @@ class Reader:
             size = approx_size(doc)
             budget.add(1, size)
             sizes.append(size)
-        out, out_sizes = compiled.run_sized(list(docs), sizes, self._lookup_in(budget), budget)
+        out, out_sizes = compiled.run_sized(list(docs), sizes, self._lookup_in(budget, database), budget)
         cap = reply_cap(self.limits, "$skip and $limit")
         for size in out_sizes:
             cap.add(size + 1)
         return out
 
-    def _lookup_in(self, budget: Budget) -> Callable[[str, dict[str, Any]], tuple[list[dict[str, Any]], int]]:
-        """C{$lookup}'s find: the documents and their total size, within the budget."""
+    def _lookup_in(
+        self, budget: Budget, database: str
+    ) -> Callable[[str, dict[str, Any]], tuple[list[dict[str, Any]], int]]:
+        """
+        C{$lookup}'s find: the documents and their total size, within the
+        budget. C{from} names a collection of the pipeline's C{database}.
+        """
 
         def lookup(collection: str, query: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
             matcher = self.check_query(query)
-            planned = self._planned(collection, matcher)
+            store.validate_collection_name(collection)
+            planned = self._planned(databases.qualify(database, collection), matcher)
             if planned is None:
                 return [], 0
             cap = budget.cap()
