@@ -35,10 +35,10 @@ NOT_COMMANDS = {
 #: if they existed (docs/security.md describes them in prose).
 PLANNED = {
     "snapshot_begin", "snapshot_find", "snapshot_count",
-    "snapshot_aggregate", "snapshot_end", "fts_status", "list_databases", "use_db",
+    "snapshot_aggregate", "snapshot_end", "fts_status",
     "find_for_update", "create_geo_index",
-    "create_collection_with_options", "restore_to_point", "archive_status", "create_database",
-    "drop_database", "watch", "unwatch",
+    "create_collection_with_options", "restore_to_point", "archive_status",
+    "watch", "unwatch",
 }  # fmt: skip
 
 SPAN = re.compile(r"`([^`\n]+)`")

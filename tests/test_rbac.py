@@ -19,7 +19,7 @@ READ = {
     "text_search", "search", "vector_search",
     "list_collections", "list_indexes", "list_buckets", "list_objects", "get_object", "head_object",
     "extract_text", "list_procedures", "get_procedure", "list_schedules", "get_schedule",
-    "server_status", "proc_status",
+    "server_status", "proc_status", "list_databases", "use_db",
 }  # fmt: skip
 
 #: ReadWrite adds CRUD, indexes, collections, transactions, blobs, running
@@ -39,7 +39,7 @@ READWRITE = READ | {
 ADMIN_ONLY = {
     "create_user", "drop_user", "update_user", "list_users",
     "create_procedure", "delete_procedure", "create_schedule", "delete_schedule",
-    "backup", "restore", "create_ttl_index",
+    "backup", "restore", "create_ttl_index", "create_database", "drop_database",
     "raft_init", "raft_add_learner", "raft_change_membership", "raft_metrics",
     "raft_remove_node", "raft_transfer_leader", "raft_status",
     "authenticate", "authenticate_continue", "auth_simple",
@@ -50,10 +50,10 @@ ADMIN_ONLY = {
 #: moves it into READ or READWRITE above with its documented role.
 NOT_YET = {
     "snapshot_begin", "snapshot_find", "snapshot_count", "snapshot_aggregate", "snapshot_end",
-    "fts_status", "list_databases", "use_db",
+    "fts_status",
     "find_for_update",
     "create_geo_index", "create_collection_with_options",
-    "restore_to_point", "archive_status", "create_database", "drop_database", "watch", "unwatch",
+    "restore_to_point", "archive_status", "watch", "unwatch",
 }  # fmt: skip
 
 UNKNOWN = {"", "drop_everything", "FIND", "find ", "grant_db_role", "sql"} | NOT_YET

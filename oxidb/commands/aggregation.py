@@ -12,6 +12,7 @@ from oxidb.commands._args import max_time_ms, require_list, require_present
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
+from oxidb.engine.databases import DEFAULT
 from oxidb.engine.reads import Reader
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ def aggregate_docs(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any
     pipeline = require_present(request, "pipeline")
     docs = require_list(request, "docs", "missing or invalid 'docs' array")
     engine = engine_of(ctx)
-    return ctx.read(engine.read_within, max_time_ms(request), Reader.aggregate_docs, pipeline, docs)
+    database = request.get("db", DEFAULT)
+    return ctx.read(engine.read_within, max_time_ms(request), Reader.aggregate_docs, pipeline, docs, database)
 
 
 COMMANDS = [
@@ -61,6 +63,7 @@ COMMANDS = [
         "aggregate_docs",
         aggregate_docs,
         role=Role.READ,
+        database=True,
         schema=fields(
             Field(
                 "pipeline",

@@ -130,7 +130,8 @@ def validate_qualified_name(name: object) -> str:
     """
     if isinstance(name, str) and databases.SEPARATOR in name:
         database, collection = databases.split(name)
-        databases.validate_name(database)
+        if not databases.is_valid_name(database) or databases.SEPARATOR in collection:
+            raise InvalidQueryError(f"invalid collection name: {name}")
         validate_collection_name(collection)
         return name
     return validate_collection_name(name)

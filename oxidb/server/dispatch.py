@@ -7,10 +7,13 @@ Processing order (server.md 3.1, with this project's RBAC table):
  1. the command name is C{cmd} (C{command} accepted as an alias);
  2. authentication gate: before login only C{pre_auth} commands run
     (C{authentication required}); nothing is audited before login;
- 3. RBAC (auth on; the roles are the registry rows'): a denied command is
-    audited as C{denied};
+ 3. RBAC (auth on; the roles are the registry rows', and a user's role on
+    the target database decides for a command acting in one): a denied
+    command is audited as C{denied};
  4. unknown command -> C{unknown command: <cmd>};
  5. the request schema of the command's row (L{oxidb.commands._schema}),
+    then, for a command acting in a database, its target and the open
+    transaction's binding (L{oxidb.commands.databases.scope_request}),
     then the handler; the outcome is audited as C{ok} or C{error}.
 
 The fast path stays synchronous: a handler that returns a plain value yields a
@@ -27,9 +30,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oxidb.audit.events import audit_target
+from oxidb.auth.rbac import Role
 from oxidb.commands._context import CommandContext, IDispatcher
 from oxidb.commands._registry import CommandRegistry
 from oxidb.commands._reply import Reply, TopLevel, command_name
+from oxidb.commands.databases import requested_database, scope_request
 from oxidb.errors import (
     AuthenticationRequiredError,
     InternalError,
@@ -88,7 +93,9 @@ class Dispatcher:
                         # Not audited (server.md 3.1), but counted.
                         self._count(command, "denied", started)
                         return Reply(False, AuthenticationRequiredError().message)
-            elif not access.allowed(role, name, health_open=self.health_open):
+            elif not access.allowed(
+                self._effective_role(ctx, command, request, role), name, health_open=self.health_open
+            ):
                 denied = PermissionDeniedError(role.wire, name)
                 self._finished(ctx, name, request, "denied", denied.message, started)
                 return Reply(False, denied.message)
@@ -101,7 +108,10 @@ class Dispatcher:
         try:
             if command.schema.fields:
                 command.schema.validate(request)
-            result = command.handler(ctx, request)
+            if command.scoped:
+                result = command.handler(ctx, scope_request(command, session, request))
+            else:
+                result = command.handler(ctx, request)
         except Exception:
             return self._failed(Failure(), ctx, command, request, started)
         if isinstance(result, Deferred):
@@ -112,6 +122,18 @@ class Dispatcher:
                 errbackArgs=(ctx, command, request, started),
             )
         return self._succeeded(result, ctx, command, request, started)
+
+    def _effective_role(self, ctx: CommandContext, command: Any, request: Any, role: Role) -> Role:
+        """
+        The role RBAC checks: for a command acting in a database, the
+        user's role on the target database if one was granted, else the
+        global role (server.md 5).
+        """
+        auth = ctx.auth
+        if command is None or not command.scoped or auth is None:
+            return role
+        granted = auth.db_role(ctx.session.user or "", requested_database(ctx.session, request))
+        return role if granted is None else granted
 
     def _succeeded(self, result: Any, ctx: CommandContext, command: Any, request: Any, started: float) -> Reply:
         self._finished(ctx, command.name, request, "ok", "", started, command)
