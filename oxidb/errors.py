@@ -325,6 +325,12 @@ class UserNotFoundError(OxiError):
     template = "user '{0}' not found"
 
 
+class NoDbRoleError(OxiError):
+    """C{revoke_db_role} of a grant that does not exist. Arguments: user, database."""
+
+    template = "user '{0}' has no role override for database '{1}'"
+
+
 class InvalidRoleError(OxiError):
     template = "invalid role: {0}"
 

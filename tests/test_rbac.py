@@ -37,7 +37,7 @@ READWRITE = READ | {
 #: Admin only: users, definitions, backup, cluster, and the login commands
 #: once logged in.
 ADMIN_ONLY = {
-    "create_user", "drop_user", "update_user", "list_users",
+    "create_user", "drop_user", "update_user", "list_users", "grant_db_role", "revoke_db_role",
     "create_procedure", "delete_procedure", "create_schedule", "delete_schedule",
     "backup", "restore", "create_ttl_index", "create_database", "drop_database",
     "raft_init", "raft_add_learner", "raft_change_membership", "raft_metrics",
@@ -56,7 +56,7 @@ NOT_YET = {
     "restore_to_point", "archive_status", "watch", "unwatch",
 }  # fmt: skip
 
-UNKNOWN = {"", "drop_everything", "FIND", "find ", "grant_db_role", "sql"} | NOT_YET
+UNKNOWN = {"", "drop_everything", "FIND", "find ", "sql"} | NOT_YET
 
 EXPECTED = {Role.READ: READ, Role.READWRITE: READWRITE, Role.ADMIN: READWRITE | ADMIN_ONLY | UNKNOWN}
 

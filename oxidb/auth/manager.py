@@ -83,4 +83,4 @@ class AuthManager:
 
     def db_role(self, username: str, database: str) -> Role | None:
         """The role C{username} was granted on C{database} (C{grant_db_role}), or None."""
-        return None
+        return self.store.db_role(username, database)
