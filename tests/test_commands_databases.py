@@ -7,16 +7,24 @@ and bad input for each.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import attrs
 import pytest
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.task import Clock
 from twisted.test import iosim
 
+from oxidb.audit.events import AuditEvent, Auditor
+from oxidb.audit.gelf import audit_event_fields
 from oxidb.config import Config
 from oxidb.engine import transactions
 from oxidb.engine.engine import Engine
+from oxidb.metrics import ServerMetrics, StorageSample
+from oxidb.metrics._server import MAX_DATABASE_LABELS, OTHER_DATABASES
 from oxidb.testing import MemoryServer, result_of
 from oxidb.testing.memory import OxiClientProtocol
 
@@ -174,3 +182,78 @@ def test_slash_in_a_client_collection_name(conn: Conn) -> None:
     conn.ok("insert", collection="x", doc={"a": 1})
     assert "invalid collection name" in conn.err("aggregate", collection="x", pipeline=[lookup])
     assert conn.ok("list_collections") == ["x"]
+
+
+# --- metrics and audit ----------------------------------------------------------
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[AuditEvent] = []
+
+    def record(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
+
+def test_audit_lines_carry_the_database(server: MemoryServer) -> None:
+    sink = Sink()
+    server.rebuild(audit=Auditor(server.clock, [sink]))
+    conn = Conn(*server.connect())
+    conn.ok("create_database", name="crm")
+    conn.ok("insert", collection="users", doc={}, db="crm")
+    conn.ok("use_db", name="crm")
+    conn.ok("find", collection="users")
+    conn.err("find", collection="users", db="nope")
+    conn.err("find", collection="users", db="bad name")
+    conn.ok("ping")
+    by_cmd = [(e.cmd, e.collection, e.database) for e in sink.events]
+    assert by_cmd == [
+        ("create_database", None, None),
+        ("insert", "users", "crm"),
+        ("use_db", None, None),
+        ("find", "users", "crm"),
+        ("find", "users", "nope"),
+        ("find", "users", None),
+        ("ping", None, None),
+    ]
+    line = json.loads(sink.events[1].to_json_line())
+    assert list(line) == ["ts", "user", "role", "cmd", "collection", "db", "target", "result", "detail", "peer"]
+    assert line["db"] == "crm" and line["collection"] == "users"
+    assert "db" not in json.loads(sink.events[-1].to_json_line())
+    assert audit_event_fields(sink.events[1], "h")["_database"] == "crm"
+
+
+def test_metrics_per_database_are_bounded() -> None:
+    metrics = ServerMetrics(Clock(), ["find"], names=True)
+    metrics.command_finished("find", "ok", 0.001, "crm")
+    metrics.command_finished("find", "ok", 0.001, "crm")
+    metrics.command_finished("find", "error", 0.001, "nope")  # never a label: it may not exist
+    for n in range(MAX_DATABASE_LABELS + 5):
+        metrics.command_finished("find", "ok", 0.001, f"db{n}")
+    text = generate_latest(metrics.registry).decode()
+    per_db = {
+        s.labels["database"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "oxidb_database_commands_total"
+    }
+    assert per_db["crm"] == 2 and "nope" not in per_db
+    assert len(per_db) == MAX_DATABASE_LABELS + 1 and per_db[OTHER_DATABASES] == 6
+    metrics.storage_measured(StorageSample({"users": 3, "crm/users": 4, "crm/deals": 1}, None))
+    text = generate_latest(metrics.registry).decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("oxidb_documents", (("collection", "users"),))] == 3
+    assert not any(name == "oxidb_documents" and "crm" in str(labels) for name, labels in samples)
+    assert samples[("oxidb_database_documents", (("database", "crm"),))] == 5
+    assert samples[("oxidb_database_collections", (("database", "crm"),))] == 2
+    assert samples[("oxidb_database_documents", (("database", "oxidb"),))] == 3
+    assert samples[("oxidb_documents_total", ())] == 8
+    # Data names off: no database label values at all.
+    quiet = ServerMetrics(Clock(), ["find"])
+    quiet.command_finished("find", "ok", 0.001, "crm")
+    quiet.storage_measured(StorageSample({"crm/users": 4}, None))
+    assert b"crm" not in generate_latest(quiet.registry)

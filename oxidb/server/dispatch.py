@@ -35,6 +35,7 @@ from oxidb.commands._context import CommandContext, IDispatcher
 from oxidb.commands._registry import CommandRegistry
 from oxidb.commands._reply import Reply, TopLevel, command_name
 from oxidb.commands.databases import requested_database, scope_request
+from oxidb.engine import databases
 from oxidb.errors import (
     AuthenticationRequiredError,
     InternalError,
@@ -154,10 +155,11 @@ class Dispatcher:
         self._finished(ctx, command.name, request, "error", error.message, started, command)
         return Reply(False, error.message)
 
-    def _count(self, command: Any, result: str, started: float) -> None:
+    def _count(self, command: Any, result: str, started: float, database: str | None = None) -> None:
         metrics = self.metrics
         if metrics is not None:
-            metrics.command_finished(command.name if command is not None else "", result, perf_counter() - started)
+            name = command.name if command is not None else ""
+            metrics.command_finished(name, result, perf_counter() - started, database)
 
     def _finished(
         self,
@@ -173,7 +175,12 @@ class Dispatcher:
         Count the outcome and, unless the command audits itself or the
         session has not logged in (server.md 4.4), audit it.
         """
-        self._count(command, result, started)
+        database = None
+        if command is not None and command.scoped:
+            database = requested_database(ctx.session, request)
+            if not databases.is_valid_name(database):
+                database = None
+        self._count(command, result, started, database)
         audit = self.audit
         if audit is None or (command is not None and not command.audited) or ctx.session.role is None:
             return
@@ -186,6 +193,7 @@ class Dispatcher:
             result,
             detail,
             audit_target(request, command.audit_target) if command is not None else None,
+            database,
         )
 
 
