@@ -24,6 +24,7 @@ from oxidb.client.errors import (
     AuthenticationFailed,
     ClientError,
     ConnectionFailed,
+    DatabaseNotFound,
     NoTransaction,
     PermissionDenied,
     ServerError,
@@ -175,7 +176,7 @@ class TwistedClient(CommandMethods):
             for host, port in self._seed_order():
                 try:
                     conn = await self._open(host, port)
-                except (AuthenticationFailed, PermissionDenied):
+                except (AuthenticationFailed, PermissionDenied, DatabaseNotFound):
                     raise
                 except Exception as e:
                     errors.append(f"{host}:{port}: {e}")
@@ -205,6 +206,9 @@ class TwistedClient(CommandMethods):
                 second = (await conn.request(login.first())).result()
                 final = (await conn.request(login.second(second))).result()
                 login.finish(final)
+            database = self.options.switch_database
+            if database is not None:
+                (await conn.request({"cmd": "use_db", "name": database})).result()
         except BaseException:
             conn.close()
             raise
@@ -225,6 +229,16 @@ class TwistedClient(CommandMethods):
 
     def command(self, cmd: str, **fields: Any) -> Deferred[Any]:
         return self.request({"cmd": cmd, **fields})
+
+    def _then(self, result: Any, fn: Callable[[Any], None]) -> Any:
+        def call(data: Any) -> Any:
+            fn(data)
+            return data
+
+        return result.addCallback(call)
+
+    def _database_selected(self, name: str) -> None:
+        self.options = self.options.with_changes(database=name)
 
     async def _request(self, request: dict[str, Any]) -> Any:
         failures = 0
