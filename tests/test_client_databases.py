@@ -6,14 +6,19 @@ and the create/drop/list and grant/revoke methods send the spec's requests.
 
 from __future__ import annotations
 
+import gzip
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from client_helpers import memory_connector, memory_server
+from rich.console import Console
 from test_client import iosim_connector, run
 from twisted.test import iosim
 
+from oxidb.cli.shell import Shell
+from oxidb.cli.transfer import dump, restore
 from oxidb.client import Client
 from oxidb.client.errors import DatabaseNotFound
 from oxidb.client.twisted import TwistedClient
@@ -77,3 +82,52 @@ def test_twisted_client(tmp_path: Path) -> None:
         gone = TwistedClient("oxidb://mem:1/crm", reactor=server.clock, connector=iosim_connector(server, pumps))
         with pytest.raises(DatabaseNotFound):
             run(gone.ping(), pumps, server)
+
+
+def test_shell_prompt_follows_use_db(tmp_path: Path) -> None:
+    with memory_server(tmp_path) as (server, _):
+        client = Client("oxidb://mem:1", connector=memory_connector({("mem", 1): server}), sleep=NO_SLEEP)
+        console = Console(record=True, width=100, force_terminal=False)
+        shell = Shell(client, console, history="")
+        assert shell.prompt_text() == "mem:1/oxidb> "
+        assert shell.execute("create_database crm")
+        assert shell.execute("use_db crm")
+        assert shell.prompt_text() == "mem:1/crm> "
+        assert shell.execute('insert people {"n": 1}')
+        assert shell.collections() == ["people"]
+        assert shell.execute("use_db nope")
+        assert shell.prompt_text() == "mem:1/crm> "
+        assert "error: database not found: nope" in console.export_text()
+        assert shell.execute("use_db oxidb")
+        assert shell.prompt_text() == "mem:1/oxidb> " and shell.collections() == []
+
+
+def test_dump_and_restore_cover_every_database(tmp_path: Path) -> None:
+    with memory_server(tmp_path / "a", auth=True) as (source, password):
+        a = Client(f"oxidb://admin:{password}@mem:1/oxidb", connector=memory_connector({("mem", 1): source}))
+        a.insert("people", {"where": "oxidb"})
+        for name in ("crm", "hr"):
+            a.create_database(name)
+        a.command("create_user", username="bob", password="pw-bob", role="read")
+        a.grant_db_role("bob", "crm", "readWrite")
+        a.use_database("crm")
+        a.insert_many("people", [{"where": "crm", "n": n} for n in range(3)])
+        a.create_index("people", "n")
+        a.use_database("hr")  # an empty database is dumped too
+        counts = dump(a, str(tmp_path / "dump.gz"), users=True)
+        assert counts["collections"] == 2 and counts["documents"] == 4
+        assert a.options.database == "hr"  # the client is left where it was
+        with gzip.open(tmp_path / "dump.gz", "rb") as f:
+            kinds = [json.loads(line)["type"] for line in f]
+        assert kinds[:3] == ["header", "collection", "doc"] and kinds.count("database") == 2
+    with memory_server(tmp_path / "b", auth=True) as (target, password):
+        b = Client(f"oxidb://admin:{password}@mem:1", connector=memory_connector({("mem", 1): target}))
+        restore(b, str(tmp_path / "dump.gz"), users_passwords=str(tmp_path / "pw"))
+        assert b.list_databases() == ["oxidb", "crm", "hr"]
+        assert b.options.database == "oxidb"  # back in the database it started in
+        assert [d["where"] for d in b.find("people")] == ["oxidb"]
+        b.use_database("crm")
+        assert [d["n"] for d in b.find("people")] == [0, 1, 2]
+        assert [i["name"] for i in b.list_indexes("people")] == ["n"]
+        bob = [u for u in b.command("list_users") if u["username"] == "bob"]
+        assert bob[0]["db_roles"] == {"crm": "readwrite"}

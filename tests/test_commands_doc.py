@@ -28,6 +28,7 @@ NOT_COMMANDS = {
     "snapshot_id": "a snapshot's identifier field",
     "snapshot_threshold": "a Raft setting",
     "commit_id": "a Raft message field",
+    "use_database": "the client method that sends use_db (client.md)",
 }
 
 #: Commands of the product matrix this server does not have yet, named in

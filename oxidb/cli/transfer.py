@@ -3,7 +3,9 @@ Logical dump and restore, import and export, all through the client.
 
 A dump is gzip-compressed JSON lines, one record per line, each with a
 C{"type"}: C{header}, then per collection a C{collection} record (its
-indexes) followed by its C{doc} records, then C{procedure}, C{schedule},
+indexes) followed by its C{doc} records: first the default database's, then
+for every other database a C{database} record and its collections; then
+C{procedure}, C{schedule},
 C{bucket} and C{object} records, C{user} records when asked, and an C{end}
 record with the counts (a dump without it is truncated).
 
@@ -14,7 +16,9 @@ last one read: every document that exists for the whole dump is written
 exactly once, as it was when its page was read; documents inserted or
 deleted meanwhile may or may not appear. Stop writers for an exact copy.
 
-A restore recreates the collections with the same C{_id}s (ids a collection
+A restore loads the default database's collections into the client's
+current database, creates the other databases that are missing, and
+recreates the collections with the same C{_id}s (ids a collection
 no longer has are used by placeholder documents that are deleted again),
 then their indexes, procedures, schedules and blobs. C{_version} starts
 again at 1.
@@ -34,10 +38,13 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from oxidb.client.blocking import Client
+from oxidb.client.errors import UnknownCommand
 
 __all__ = ["DUMP_VERSION", "dump", "export_docs", "import_docs", "read_docs", "restore"]
 
 DUMP_VERSION = 1
+#: The database a session starts in.
+DEFAULT_DATABASE = "oxidb"
 _BATCH = 500
 _GAP_MARK = "__oxidb_restore_gap__"
 
@@ -69,18 +76,17 @@ def dump(client: Client, path: str, *, users: bool = False, progress: Progress =
                 }
             )
         )
-        for name in client.list_collections():
-            total = client.count(name)["count"]
-            out.write(_line({"type": "collection", "name": name, "indexes": client.list_indexes(name)}))
-            counts["collections"] += 1
-            done = 0
-            for doc in client.iter_find(name, page_size=_BATCH):
-                out.write(_line({"type": "doc", "collection": name, "doc": doc}))
-                done += 1
-                if done % _BATCH == 0:
-                    progress(name, done, total)
-            progress(name, done, max(total, done))
-            counts["documents"] += done
+        original = client.options.database
+        try:
+            for database in _databases(client):
+                if database is not None:
+                    client.use_database(database)
+                    if database != DEFAULT_DATABASE:
+                        out.write(_line({"type": "database", "name": database}))
+                _dump_collections(client, out, counts, progress)
+        finally:
+            if original != client.options.database:
+                client.use_database(original or DEFAULT_DATABASE)
         for name in client.command("list_procedures"):
             definition = client.command("get_procedure", name=name)
             out.write(_line({"type": "procedure", "definition": _stored_request(definition)}))
@@ -110,11 +116,39 @@ def dump(client: Client, path: str, *, users: bool = False, progress: Progress =
                 progress(f"bucket {bucket}", i, len(listing))
         if users:
             for user in client.command("list_users"):
-                out.write(_line({"type": "user", "username": user["username"], "role": user["role"]}))
+                record = {"type": "user", "username": user["username"], "role": user["role"]}
+                if user.get("db_roles"):
+                    record["db_roles"] = user["db_roles"]
+                out.write(_line(record))
                 counts["users"] += 1
         out.write(_line({"type": "end", "counts": counts}))
     os.replace(tmp, path)
     return counts
+
+
+def _databases(client: Client) -> list[str | None]:
+    """Every database of the server; C{[None]} (the current one) for a server without databases."""
+    try:
+        names: list[str] = client.list_databases()
+    except UnknownCommand:
+        return [None]
+    return list(names)
+
+
+def _dump_collections(client: Client, out: gzip.GzipFile, counts: dict[str, int], progress: Progress) -> None:
+    """The collections of the client's current database, and their documents."""
+    for name in client.list_collections():
+        total = client.count(name)["count"]
+        out.write(_line({"type": "collection", "name": name, "indexes": client.list_indexes(name)}))
+        counts["collections"] += 1
+        done = 0
+        for doc in client.iter_find(name, page_size=_BATCH):
+            out.write(_line({"type": "doc", "collection": name, "doc": doc}))
+            done += 1
+            if done % _BATCH == 0:
+                progress(name, done, total)
+        progress(name, done, max(total, done))
+        counts["documents"] += done
 
 
 def _stored_request(definition: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +197,22 @@ def restore(
     @raise ValueError: a truncated or malformed dump, or a collection that is not empty.
     """
     counts = {"collections": 0, "documents": 0, "procedures": 0, "schedules": 0, "objects": 0, "users": 0}
+    original = client.options.database
+    try:
+        return _restore(client, path, counts, drop, users_passwords, progress)
+    finally:
+        if original != client.options.database:
+            client.use_database(original or DEFAULT_DATABASE)
+
+
+def _restore(
+    client: Client,
+    path: str,
+    counts: dict[str, int],
+    drop: bool,
+    users_passwords: str | None,
+    progress: Progress,
+) -> dict[str, int]:
     records = _records(path)
     header = next(records, None)
     if header is None or header.get("type") != "header" or header.get("version") != DUMP_VERSION:
@@ -195,7 +245,12 @@ def restore(
         kind = record["type"]
         if kind != "doc":
             finish_collection()
-        if kind == "collection":
+        if kind == "database":
+            database = record["name"]
+            if database not in client.list_databases():
+                client.create_database(database)
+            client.use_database(database)
+        elif kind == "collection":
             name = record["name"]
             exists = name in client.list_collections()
             if exists and drop:
@@ -235,6 +290,8 @@ def restore(
             if users_passwords is not None and record["username"] not in existing_users():
                 password = secrets.token_urlsafe(18)
                 client.command("create_user", username=record["username"], password=password, role=record["role"])
+                for database, role in (record.get("db_roles") or {}).items():
+                    client.grant_db_role(record["username"], database, role)
                 passwords.append(f"{record['username']} {password}\n")
                 counts["users"] += 1
         elif kind == "end":
