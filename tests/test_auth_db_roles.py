@@ -86,6 +86,23 @@ def test_grant_and_revoke(server: MemoryServer, tmp_path: Any) -> None:
     )
 
 
+def test_transactions_use_the_role_on_their_database(server: MemoryServer) -> None:
+    admin = session(server, "admin", "admin")
+    admin.ok("create_user", username="bob", password="pw", role="read")
+    admin.ok("create_database", name="crm")
+    admin.ok("grant_db_role", username="bob", database="crm", role="readWrite")
+    bob = session(server, "bob", "read")
+    assert bob.err("begin_tx") == "permission denied: role 'read' cannot execute 'begin_tx'"
+    bob.ok("begin_tx", db="crm")
+    bob.ok("insert", collection="c", doc={"a": 1}, db="crm")
+    assert bob.ok("commit_tx") == "committed"
+    bob.ok("begin_tx", db="crm")
+    assert bob.ok("rollback_tx") == "rolled back"
+    # Without an open transaction only the global role applies.
+    assert bob.err("commit_tx") == "permission denied: role 'read' cannot execute 'commit_tx'"
+    assert admin.ok("count", collection="c", db="crm") == {"count": 1}
+
+
 def test_a_lower_role_on_one_database(server: MemoryServer) -> None:
     admin = session(server, "admin", "admin")
     admin.ok("create_user", username="eve", password="pw", role="readWrite")

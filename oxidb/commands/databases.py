@@ -46,6 +46,25 @@ def requested_database(session: Session, request: Any) -> str:
     return db if isinstance(db, str) else session.database
 
 
+#: Commands that act on the open transaction: its database decides the
+#: per-database role (a transaction begun with a request-level C{db} is
+#: committed without one).
+TRANSACTION_COMMANDS = frozenset({"commit_tx", "rollback_tx"})
+
+
+def role_database(command: Command, session: Session, request: Any) -> str | None:
+    """
+    The database whose granted role RBAC checks for C{command} (server.md
+    5), or None when only the global role applies.
+    """
+    if command.scoped:
+        return requested_database(session, request)
+    if command.name in TRANSACTION_COMMANDS and session.tx is not None:
+        bound: str = getattr(session.tx, "database", databases.DEFAULT)
+        return bound
+    return None
+
+
 def target_database(session: Session, request: dict[str, Any]) -> str:
     """The request's target database: its valid C{db}, else the session's current one."""
     db = request.get("db")

@@ -34,7 +34,7 @@ from oxidb.auth.rbac import Role
 from oxidb.commands._context import CommandContext, IDispatcher
 from oxidb.commands._registry import CommandRegistry
 from oxidb.commands._reply import Reply, TopLevel, command_name
-from oxidb.commands.databases import requested_database, scope_request
+from oxidb.commands.databases import requested_database, role_database, scope_request
 from oxidb.engine import databases
 from oxidb.errors import (
     AuthenticationRequiredError,
@@ -126,14 +126,17 @@ class Dispatcher:
 
     def _effective_role(self, ctx: CommandContext, command: Any, request: Any, role: Role) -> Role:
         """
-        The role RBAC checks: for a command acting in a database, the
-        user's role on the target database if one was granted, else the
-        global role (server.md 5).
+        The role RBAC checks: for a command acting in a database (or on
+        the transaction bound to one), the user's role on that database if
+        one was granted, else the global role (server.md 5).
         """
         auth = ctx.auth
-        if command is None or not command.scoped or auth is None:
+        if command is None or auth is None:
             return role
-        granted = auth.db_role(ctx.session.user or "", requested_database(ctx.session, request))
+        database = role_database(command, ctx.session, request)
+        if database is None:
+            return role
+        granted = auth.db_role(ctx.session.user or "", database)
         return role if granted is None else granted
 
     def _succeeded(self, result: Any, ctx: CommandContext, command: Any, request: Any, started: float) -> Reply:
