@@ -132,6 +132,37 @@ class ReservedCollectionError(InvalidQueryError):
     template = "invalid query: collection name is reserved for the server: {0}"
 
 
+class DatabaseNotFoundError(InvalidQueryError):
+    """A request names a database that does not exist (server.md 3.7)."""
+
+    template = "database not found: {0}"
+
+
+class InvalidDatabaseNameError(InvalidQueryError):
+    """A database name breaks L{oxidb.engine.databases.NAME_RULE}."""
+
+    template = "invalid database name: {0}"
+
+
+class DatabaseExistsError(OxiError):
+    template = "database already exists: {0}"
+
+
+class DefaultDatabaseError(OxiError):
+    """The default database cannot be dropped. Argument: its name."""
+
+    template = "cannot drop the default database '{0}'"
+
+
+class TransactionDatabaseError(OxiError):
+    """
+    A request targets another database than the one the open transaction
+    is bound to (server.md 3.7). Arguments: the bound one, the target.
+    """
+
+    template = "active transaction is bound to database '{0}'; commit or roll it back before using '{1}'"
+
+
 class InvalidPipelineError(OxiError):
     template = "invalid pipeline: {0}"
 
@@ -302,6 +333,12 @@ class UserExistsError(OxiError):
 
 class UserNotFoundError(OxiError):
     template = "user '{0}' not found"
+
+
+class NoDbRoleError(OxiError):
+    """C{revoke_db_role} of a grant that does not exist. Arguments: user, database."""
+
+    template = "user '{0}' has no role override for database '{1}'"
 
 
 class InvalidRoleError(OxiError):

@@ -483,7 +483,7 @@ def test_registry_rows() -> None:
         assert row.pre_auth and not row.audited and not row.writes
     assert {row.name for row in commands.LOGIN_COMMANDS} == {"authenticate", "authenticate_continue", "auth_simple"}
     rows = {row.name: row for row in commands.USER_COMMANDS}
-    assert set(rows) == {"create_user", "drop_user", "update_user", "list_users"}
+    assert set(rows) == {"create_user", "drop_user", "update_user", "list_users", "grant_db_role", "revoke_db_role"}
     for name, row in rows.items():
         assert not row.pre_auth and row.audited and row.audit_collection is None
         assert row.writes is (name != "list_users")

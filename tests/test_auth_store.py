@@ -23,6 +23,8 @@ from oxidb.auth.store import (
     OPERATIONS,
     CreateUser,
     DropUser,
+    GrantDbRole,
+    RevokeDbRole,
     SeedAdmin,
     UpdateUser,
     UserRecord,
@@ -239,7 +241,7 @@ def test_register_appliers_with_the_engine(tmp_path: Path) -> None:
 
     engine, store = Engine(), UserStore(tmp_path)
     register_appliers(engine, store)
-    assert set(engine.appliers) == {CreateUser, DropUser, UpdateUser, SeedAdmin}
+    assert set(engine.appliers) == {CreateUser, DropUser, UpdateUser, SeedAdmin, GrantDbRole, RevokeDbRole}
     op = create_user_op("eve", Role.ADMIN, SECRETS)
     assert engine.appliers[CreateUser](object(), op, 0.0) == "user created"
     assert store.get("eve") is not None

@@ -105,6 +105,8 @@ def test_one_shot_and_exit_codes(cli: Any) -> None:
 
 
 def test_shell_through_pipe_input(server: MemoryServer, tmp_path: Path) -> None:
+    # The URL's path selects the database, which must exist.
+    Client("oxidb://mem:1", connector=memory_connector({("mem", 1): server})).create_database("app")
     client = Client("oxidb://mem:1/app", connector=memory_connector({("mem", 1): server}))
     client.insert("people", {"name": "ann", "age": 40})
     console = Console(record=True, width=100, force_terminal=False)

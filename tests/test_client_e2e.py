@@ -121,7 +121,11 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
              "OXIDB_AUTH_MAX_DELAY_MS": "5"},
     ).start()  # fmt: skip
     try:
-        yield Secured(process, ca, other_ca, admin_password(process), root)
+        secured = Secured(process, ca, other_ca, admin_password(process), root)
+        # The URLs below name database `app`, which the clients switch to.
+        with Client(secured.options(database="oxidb")) as setup:
+            setup.create_database("app")
+        yield secured
     finally:
         if process.process.poll() is None:
             assert process.stop() == 0

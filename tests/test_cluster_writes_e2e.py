@@ -1,8 +1,9 @@
 """
 Real cluster nodes (twistd processes): an upsert and a find_and_modify
 upsert (sent to a follower, forwarded) create the same documents on every
-node, and a TTL index's expired documents are deleted by the leader's
-passes as replicated deletes, on every node alike.
+node, a TTL index's expired documents are deleted by the leader's
+passes as replicated deletes, on every node alike, and databases are
+created, written and dropped on every node.
 """
 
 from __future__ import annotations
@@ -87,3 +88,20 @@ def test_upserts_and_ttl_deletes_replicate(cluster: LocalCluster) -> None:
     # Only the leader swept; the followers applied its delete.
     assert "TTL: deleted 1 expired documents" in cluster.nodes[leader].log()
     assert all("TTL: deleted" not in cluster.nodes[n].log() for n in (1, 2, 3) if n != leader)
+
+    # Databases replicate: created through a follower (forwarded), written
+    # through the leader, dropped with their collections on every node.
+    created = cluster.request(follower, {"cmd": "create_database", "name": "crm"})
+    assert ok(created) == "database 'crm' created"
+    insert = {"cmd": "insert", "collection": "items", "doc": {"sku": "crm"}, "db": "crm"}
+    assert ok(cluster.request(leader, insert)) == {"id": 1}
+    in_crm = {"cmd": "find", "collection": "items", "query": {}, "db": "crm"}
+    crm_items = [{"sku": "crm", "_id": 1, "_version": 1}]
+    wait_until(lambda: all(cluster.request(n, in_crm).get("data") == crm_items for n in (1, 2, 3)), 15)
+    for node in (1, 2, 3):
+        assert ok(cluster.request(node, {"cmd": "list_databases"})) == ["oxidb", "crm"]
+        assert items(cluster, node) == expected
+    assert ok(cluster.request(follower, {"cmd": "drop_database", "name": "crm"})) == "database 'crm' dropped"
+    listing = {"cmd": "list_databases"}
+    wait_until(lambda: all(cluster.request(n, listing).get("data") == ["oxidb"] for n in (1, 2, 3)), 15)
+    assert cluster.request(leader, in_crm) == {"ok": False, "error": "database not found: crm"}

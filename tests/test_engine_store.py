@@ -205,7 +205,7 @@ def test_collection_lifecycle(engine: Engine) -> None:
     assert engine.collection_counts() == {"_system": 1, "b": 0}
 
 
-@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "a\\b", "nul\x00", "..", 5])
+@pytest.mark.parametrize("name", ["", ".hidden", "a\\b", "nul\x00", "..", 5])
 def test_invalid_collection_names(engine: Engine, name: Any) -> None:
     with pytest.raises(InvalidQueryError, match="^invalid query: invalid collection name: "):
         run(engine, "CreateCollection", name=name)
@@ -214,6 +214,19 @@ def test_invalid_collection_names(engine: Engine, name: Any) -> None:
     if isinstance(name, str):
         with pytest.raises(InvalidQueryError, match="invalid collection name"):
             engine.find(name)
+    assert engine.list_collections() == []
+
+
+def test_slash_names_a_database_in_the_engine(engine: Engine) -> None:
+    # Inside the engine `a/b` is collection `b` of database `a` (oxidb.engine.databases);
+    # a client's `a/b` is still `invalid collection name: a/b`
+    # (tests/test_commands_databases.py::test_slash_in_a_client_collection_name).
+    with pytest.raises(InvalidQueryError, match="^database not found: a$"):
+        run(engine, "CreateCollection", name="a/b")
+    with pytest.raises(InvalidQueryError, match="^database not found: a$"):
+        run(engine, "Insert", collection="a/b", document={})
+    with pytest.raises(InvalidQueryError, match="^database not found: a$"):
+        engine.find("a/b")
     assert engine.list_collections() == []
 
 

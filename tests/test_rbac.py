@@ -19,7 +19,7 @@ READ = {
     "text_search", "search", "vector_search",
     "list_collections", "list_indexes", "list_buckets", "list_objects", "get_object", "head_object",
     "extract_text", "list_procedures", "get_procedure", "list_schedules", "get_schedule",
-    "server_status", "proc_status",
+    "server_status", "proc_status", "list_databases", "use_db",
     "snapshot_begin", "snapshot_find", "snapshot_count", "snapshot_aggregate", "snapshot_end",
 }  # fmt: skip
 
@@ -38,9 +38,9 @@ READWRITE = READ | {
 #: Admin only: users, definitions, backup, cluster, and the login commands
 #: once logged in.
 ADMIN_ONLY = {
-    "create_user", "drop_user", "update_user", "list_users",
+    "create_user", "drop_user", "update_user", "list_users", "grant_db_role", "revoke_db_role",
     "create_procedure", "delete_procedure", "create_schedule", "delete_schedule",
-    "backup", "restore", "restore_documents", "create_ttl_index",
+    "backup", "restore", "restore_documents", "create_ttl_index", "create_database", "drop_database",
     "raft_init", "raft_add_learner", "raft_change_membership", "raft_metrics",
     "raft_remove_node", "raft_transfer_leader", "raft_status",
     "authenticate", "authenticate_continue", "auth_simple",
@@ -50,13 +50,13 @@ ADMIN_ONLY = {
 #: Without a row they are Admin-only (fail closed); the issue that adds one
 #: moves it into READ or READWRITE above with its documented role.
 NOT_YET = {
-    "fts_status", "list_databases", "use_db",
+    "fts_status",
     "find_for_update",
     "create_geo_index", "create_collection_with_options",
-    "restore_to_point", "archive_status", "create_database", "drop_database", "watch", "unwatch",
+    "restore_to_point", "archive_status", "watch", "unwatch",
 }  # fmt: skip
 
-UNKNOWN = {"", "drop_everything", "FIND", "find ", "grant_db_role", "sql"} | NOT_YET
+UNKNOWN = {"", "drop_everything", "FIND", "find ", "sql"} | NOT_YET
 
 EXPECTED = {Role.READ: READ, Role.READWRITE: READWRITE, Role.ADMIN: READWRITE | ADMIN_ONLY | UNKNOWN}
 

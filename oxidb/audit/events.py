@@ -41,6 +41,8 @@ class AuditEvent:
     @ivar result: C{ok}, C{error} or C{denied}.
     @ivar detail: the error text, C{""} on success.
     @ivar peer: the client's C{host:port}.
+    @ivar database: the database a command acting in one targeted (the
+        line's C{db}, left out for other commands), or None.
     @ivar target: what an operation acted on beyond its collection, from
         the request fields its registry row names (C{audit_target}): the
         user and role of user management, a procedure's or schedule's name,
@@ -57,6 +59,7 @@ class AuditEvent:
     detail: str
     peer: str
     target: dict[str, Any] | None = attrs.field(default=None, hash=False)
+    database: str | None = None
 
     def to_json_line(self) -> bytes:
         """One audit-file line: compact JSON, fields in a fixed order, C{\\n}."""
@@ -66,6 +69,7 @@ class AuditEvent:
             "role": self.role,
             "cmd": self.cmd,
             "collection": self.collection,
+            **({"db": self.database} if self.database is not None else {}),
             "target": self.target,
             "result": self.result,
             "detail": self.detail,
@@ -160,11 +164,27 @@ class Auditor:
         result: str,
         detail: str,
         target: dict[str, Any] | None = None,
+        database: str | None = None,
     ) -> None:
-        """One operation by a session (C{result}: ok, error or denied), and what it acted on."""
+        """
+        One operation by a session (C{result}: ok, error or denied), and what
+        it acted on (C{database}: the one a command acting in a database
+        targeted).
+        """
         role = session.role.wire if session.role is not None else None
         self.record(
-            AuditEvent(self.clock.seconds(), session.user, role, cmd, collection, result, detail, session.peer, target)
+            AuditEvent(
+                self.clock.seconds(),
+                session.user,
+                role,
+                cmd,
+                collection,
+                result,
+                detail,
+                session.peer,
+                target,
+                database,
+            )
         )
 
     def record_login(

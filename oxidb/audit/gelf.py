@@ -146,7 +146,7 @@ def audit_event_fields(event: AuditEvent, source: str) -> dict[str, Any]:
         "_result": event.result,
         "_peer": event.peer,
     }
-    for key in ("user", "role", "collection", "detail"):
+    for key in ("user", "role", "collection", "database", "detail"):
         value = getattr(event, key)
         if value:
             fields["_" + key] = value

@@ -15,6 +15,7 @@ from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IReactorTime
 
 from oxidb.auth.cred import RunBlocking, build_portal
+from oxidb.auth.rbac import Role
 from oxidb.auth.settings import AuthSettings
 from oxidb.auth.store import FirstAdmin, UserStore, ensure_default_admin, ensure_first_admin, load_or_create_secret
 from oxidb.auth.throttle import LoginThrottle
@@ -79,3 +80,7 @@ class AuthManager:
         return ensure_first_admin(
             self.store, self.rng, self.iterations, password=password, password_file=password_file, stream=stream
         )
+
+    def db_role(self, username: str, database: str) -> Role | None:
+        """The role C{username} was granted on C{database} (C{grant_db_role}), or None."""
+        return self.store.db_role(username, database)

@@ -34,6 +34,7 @@ from oxidb.errors import (
     BadRequestError,
     ConfigError,
     LastAdminError,
+    NoDbRoleError,
     UserExistsError,
     UserNotFoundError,
 )
@@ -187,6 +188,31 @@ class UserStore:
             if secrets is not None:
                 record = record.with_password(secrets)
             self._commit({**self._users, username: record})
+
+    def set_db_role(self, username: str, database: str, role: Role | None) -> None:
+        """
+        Give C{username} C{role} on C{database} (C{grant_db_role}), or take
+        the override away with C{None} (C{revoke_db_role}:
+        L{NoDbRoleError} if there is none).
+        """
+        with self._write_lock:
+            record = self._require(username)
+            db_roles = dict(record.db_roles)
+            if role is None:
+                if database not in db_roles:
+                    raise NoDbRoleError(username, database)
+                del db_roles[database]
+            else:
+                db_roles[database] = role.stored
+            self._commit({**self._users, username: attrs.evolve(record, db_roles=db_roles)})
+
+    def db_role(self, username: str, database: str) -> Role | None:
+        """The role C{username} holds on C{database} by a grant, or None."""
+        record = self._users.get(username)
+        if record is None:
+            return None
+        stored = record.db_roles.get(database)
+        return None if stored is None else _STORED_ROLES.get(stored)
 
     def seed(self, record: UserRecord) -> None:
         """Create C{record}, or replace the user of that name with it (L{SeedAdmin})."""
@@ -395,12 +421,66 @@ class SeedAdmin(Operation):
         return "admin seeded"
 
 
+def _database_of(body: dict[str, Any], kind: str) -> str:
+    database = body.get("database")
+    if not isinstance(database, str):
+        raise BadRequestError(f"malformed {kind} operation: missing 'database'")
+    return database
+
+
+@attrs.frozen
+class GrantDbRole(Operation):
+    """Give a user a role on one database (server.md 4.9), replacing any earlier grant there."""
+
+    KIND: ClassVar[str] = "GrantDbRole"
+
+    username: str
+    database: str
+    role: Role
+
+    def to_body(self) -> dict[str, Any]:
+        return {"username": self.username, "database": self.database, "role": self.role.stored}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], version: int) -> GrantDbRole:
+        role = _STORED_ROLES.get(body["role"]) if isinstance(body.get("role"), str) else None
+        if role is None:
+            raise BadRequestError(f"malformed GrantDbRole operation: unknown role {body.get('role')!r}")
+        return cls(_username_of(body, cls.KIND), _database_of(body, cls.KIND), role)
+
+    def apply_to(self, store: UserStore) -> str:
+        store.set_db_role(self.username, self.database, self.role)
+        return f"granted role '{self.role.wire}' on database '{self.database}' to user '{self.username}'"
+
+
+@attrs.frozen
+class RevokeDbRole(Operation):
+    """Take a user's role on one database away; its global role applies there again."""
+
+    KIND: ClassVar[str] = "RevokeDbRole"
+
+    username: str
+    database: str
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], version: int) -> RevokeDbRole:
+        return cls(_username_of(body, cls.KIND), _database_of(body, cls.KIND))
+
+    def apply_to(self, store: UserStore) -> str:
+        store.set_db_role(self.username, self.database, None)
+        return f"revoked database role on '{self.database}' from user '{self.username}'"
+
+
+UserOperation = CreateUser | DropUser | UpdateUser | SeedAdmin | GrantDbRole | RevokeDbRole
+
 #: The user operation types.
-OPERATIONS: tuple[type[CreateUser] | type[DropUser] | type[UpdateUser] | type[SeedAdmin], ...] = (
+OPERATIONS: tuple[type[UserOperation], ...] = (
     CreateUser,
     DropUser,
     UpdateUser,
     SeedAdmin,
+    GrantDbRole,
+    RevokeDbRole,
 )
 
 
@@ -426,7 +506,7 @@ def register_appliers(engine: Any, store: UserStore) -> None:
         engine.register_operation(op_type, functools.partial(_apply_to, store))
 
 
-def _apply_to(store: UserStore, txn: Any, op: CreateUser | DropUser | UpdateUser | SeedAdmin, now: float) -> str:
+def _apply_to(store: UserStore, txn: Any, op: UserOperation, now: float) -> str:
     return op.apply_to(store)
 
 

@@ -102,7 +102,7 @@ class Shell:
         options = self.client.options
         host, port = self.client.address or options.seeds[0]
         user = f"{options.user}@" if options.user else ""
-        return f"{user}{host}:{port}/{options.database or ''}> "
+        return f"{user}{host}:{port}/{options.database or 'oxidb'}> "
 
     def collections(self) -> list[str]:
         if self._collections is None:
@@ -151,12 +151,18 @@ class Shell:
             return True
         try:
             request = build_request(split_line(text))
-            result = self.client.request(request)
+            if request["cmd"] == "use_db" and isinstance(request.get("name"), str):
+                # Through the client, which keeps it (reconnections, prompt).
+                result = self.client.use_database(request["name"])
+            else:
+                result = self.client.request(request)
         except (ParseError, ValueError, TypeError, ClientError) as e:
             self._error(str(e))
             return True
         entry = lookup(request["cmd"])
-        if entry is None or entry["writes"]:
+        if request["cmd"] == "use_db":
+            self._fields.clear()
+        if entry is None or entry["writes"] or request["cmd"] == "use_db":
             self._collections = None
             self._fields.pop(str(request.get("collection")), None)
         show(self.console, result, raw=self.raw)

@@ -3,7 +3,9 @@ Logical dump and restore, import and export, all through the client.
 
 A dump is gzip-compressed JSON lines, one record per line, each with a
 C{"type"}: C{header}, then per collection a C{collection} record (its
-indexes) followed by its C{doc} records, then C{procedure}, C{schedule},
+indexes) followed by its C{doc} records: first the default database's, then
+for every other database a C{database} record and its collections; then
+C{procedure}, C{schedule},
 C{bucket} and C{object} records, C{user} records when asked, and an C{end}
 record with the counts (a dump without it is truncated).
 
@@ -17,14 +19,16 @@ collection by collection in C{_id} pages (C{"consistency": "pages"}): every
 document that exists for the whole dump is written exactly once; documents
 inserted or deleted meanwhile may or may not appear.
 
-A restore recreates the collections, then their indexes, procedures,
-schedules and blobs. Documents keep their C{_id} and C{_version}, and each
-collection's id counter is set to the dumped one (C{last_id} of its
-C{collection} record), so that the restored server answers the same
-documents with the same versions and gives the next insert the same id as
-the source (C{restore_documents}, admin only). A server without that
-command gets the same C{_id}s through placeholder documents that are
-deleted again, and C{_version} starts again at 1.
+A restore loads the default database's collections into the client's
+current database and creates the other databases that are missing, then
+recreates the collections, their indexes, procedures, schedules and blobs.
+Documents keep their C{_id} and C{_version}, and each collection's id
+counter is set to the dumped one (C{last_id} of its C{collection} record),
+so that the restored server answers the same documents with the same
+versions and gives the next insert the same id as the source
+(C{restore_documents}, admin only). A server without that command gets the
+same C{_id}s through placeholder documents that are deleted again, and
+C{_version} starts again at 1.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from oxidb.client.errors import PermissionDenied, ServerError, UnknownCommand
 __all__ = ["DUMP_VERSION", "dump", "export_docs", "import_docs", "read_docs", "restore"]
 
 DUMP_VERSION = 1
+#: The database a session starts in.
+DEFAULT_DATABASE = "oxidb"
 _BATCH = 500
 _OBJECT_PAGE = 1000
 _GAP_MARK = "__oxidb_restore_gap__"
@@ -80,23 +86,18 @@ def dump(client: Client, path: str, *, users: bool = False, progress: Progress =
                 }
             )
         )
-        with source:
-            for name in source.collections():
-                total = source.count(name)
-                record = {"type": "collection", "name": name, "indexes": client.list_indexes(name)}
-                last_id = source.last_id(name)
-                if last_id is not None:
-                    record["last_id"] = last_id
-                out.write(_line(record))
-                counts["collections"] += 1
-                done = 0
-                for doc in source.documents(name):
-                    out.write(_line({"type": "doc", "collection": name, "doc": doc}))
-                    done += 1
-                    if done % _BATCH == 0:
-                        progress(name, done, total)
-                progress(name, done, max(total, done))
-                counts["documents"] += done
+        original = client.options.database
+        try:
+            with source:
+                for database in _databases(client):
+                    if database is not None:
+                        client.use_database(database)
+                        if database != DEFAULT_DATABASE:
+                            out.write(_line({"type": "database", "name": database}))
+                    _dump_collections(client, source, database, out, counts, progress)
+        finally:
+            if original != client.options.database:
+                client.use_database(original or DEFAULT_DATABASE)
         for name in client.command("list_procedures"):
             definition = client.command("get_procedure", name=name)
             out.write(_line({"type": "procedure", "definition": _stored_request(definition)}))
@@ -125,7 +126,10 @@ def dump(client: Client, path: str, *, users: bool = False, progress: Progress =
                 progress(f"bucket {bucket}", i, None)
         if users:
             for user in client.command("list_users"):
-                out.write(_line({"type": "user", "username": user["username"], "role": user["role"]}))
+                record = {"type": "user", "username": user["username"], "role": user["role"]}
+                if user.get("db_roles"):
+                    record["db_roles"] = user["db_roles"]
+                out.write(_line(record))
                 counts["users"] += 1
         out.write(_line({"type": "end", "counts": counts}))
     os.replace(tmp, path)
@@ -161,10 +165,12 @@ class _DocumentSource:
             except ServerError:
                 pass  # expired or ended with a lost connection: nothing is held
 
-    def collections(self) -> list[str]:
+    def collections(self, database: str | None) -> list[str]:
+        """The collections of C{database} (C{None}: a server without databases), by their names in it."""
         if self.begun is None:
             return list(self.client.list_collections())
-        return list(self.begun["collections"])
+        names = (_in_database(name, database) for name in self.begun["collections"])
+        return [name for name in names if name is not None]
 
     def _snapshot(self, cmd: str, **fields: Any) -> Any:
         assert self.begun is not None
@@ -178,11 +184,12 @@ class _DocumentSource:
                 ) from None
             raise
 
-    def last_id(self, name: str) -> int | None:
+    def last_id(self, database: str | None, name: str) -> int | None:
         """The collection's id high-water mark at the snapshot, if known."""
         if self.begun is None:
             return None
-        value = self.begun.get("last_ids", {}).get(name)
+        qualified = name if database in (None, DEFAULT_DATABASE) else f"{database}/{name}"
+        value = self.begun.get("last_ids", {}).get(qualified)
         return value if isinstance(value, int) else None
 
     def count(self, name: str) -> int:
@@ -222,6 +229,54 @@ def _objects(client: Client, bucket: str) -> Iterator[dict[str, Any]]:
         if len(page) < _OBJECT_PAGE:
             return
         after = page[-1]["key"]
+
+
+def _databases(client: Client) -> list[str | None]:
+    """Every database of the server; C{[None]} (the current one) for a server without databases."""
+    try:
+        names: list[str] = client.list_databases()
+    except UnknownCommand:
+        return [None]
+    return list(names)
+
+
+def _in_database(qualified: str, database: str | None) -> str | None:
+    """
+    A snapshot lists every database's collections: the default database's by
+    their names, another's as C{<database>/<name>}. The name of C{qualified}
+    inside C{database}, or None if it is in another one.
+    """
+    if database in (None, DEFAULT_DATABASE):
+        return None if "/" in qualified else qualified
+    prefix = f"{database}/"
+    return qualified[len(prefix) :] if qualified.startswith(prefix) else None
+
+
+def _dump_collections(
+    client: Client,
+    source: _DocumentSource,
+    database: str | None,
+    out: gzip.GzipFile,
+    counts: dict[str, int],
+    progress: Progress,
+) -> None:
+    """The collections of the client's current database, C{database}, and their documents."""
+    for name in source.collections(database):
+        total = source.count(name)
+        record = {"type": "collection", "name": name, "indexes": client.list_indexes(name)}
+        last_id = source.last_id(database, name)
+        if last_id is not None:
+            record["last_id"] = last_id
+        out.write(_line(record))
+        counts["collections"] += 1
+        done = 0
+        for doc in source.documents(name):
+            out.write(_line({"type": "doc", "collection": name, "doc": doc}))
+            done += 1
+            if done % _BATCH == 0:
+                progress(name, done, total)
+        progress(name, done, max(total, done))
+        counts["documents"] += done
 
 
 def _stored_request(definition: dict[str, Any]) -> dict[str, Any]:
@@ -270,6 +325,22 @@ def restore(
     @raise ValueError: a truncated or malformed dump, or a collection that is not empty.
     """
     counts = {"collections": 0, "documents": 0, "procedures": 0, "schedules": 0, "objects": 0, "users": 0}
+    original = client.options.database
+    try:
+        return _restore(client, path, counts, drop, users_passwords, progress)
+    finally:
+        if original != client.options.database:
+            client.use_database(original or DEFAULT_DATABASE)
+
+
+def _restore(
+    client: Client,
+    path: str,
+    counts: dict[str, int],
+    drop: bool,
+    users_passwords: str | None,
+    progress: Progress,
+) -> dict[str, int]:
     records = _records(path)
     header = next(records, None)
     if header is None or header.get("type") != "header" or header.get("version") != DUMP_VERSION:
@@ -281,6 +352,7 @@ def restore(
         if not known_users:
             known_users.extend(u["username"] for u in client.command("list_users"))
         return known_users
+
     current: dict[str, Any] | None = None
     batch: list[dict[str, Any]] = []
     ended = False
@@ -304,7 +376,12 @@ def restore(
         kind = record["type"]
         if kind != "doc":
             finish_collection()
-        if kind == "collection":
+        if kind == "database":
+            database = record["name"]
+            if database not in client.list_databases():
+                client.create_database(database)
+            client.use_database(database)
+        elif kind == "collection":
             name = record["name"]
             exists = name in client.list_collections()
             if exists and drop:
@@ -352,6 +429,8 @@ def restore(
             if users_passwords is not None and record["username"] not in existing_users():
                 password = secrets.token_urlsafe(18)
                 client.command("create_user", username=record["username"], password=password, role=record["role"])
+                for database, role in (record.get("db_roles") or {}).items():
+                    client.grant_db_role(record["username"], database, role)
                 passwords.append(f"{record['username']} {password}\n")
                 counts["users"] += 1
         elif kind == "end":

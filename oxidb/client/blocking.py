@@ -204,6 +204,9 @@ class Client(CommandMethods):
                 second = self._exchange(login.first()).result()
                 final = self._exchange(login.second(second)).result()
                 login.finish(final)
+            database = self.options.switch_database
+            if database is not None:
+                self._exchange({"cmd": "use_db", "name": database}).result()
         except _Lost as e:
             sock.close()
             raise ConnectionFailed(str(e)) from None
@@ -291,6 +294,13 @@ class Client(CommandMethods):
     def command(self, cmd: str, **fields: Any) -> Any:
         """C{request({"cmd": cmd, **fields})}."""
         return self.request({"cmd": cmd, **fields})
+
+    def _then(self, result: Any, fn: Callable[[Any], None]) -> Any:
+        fn(result)
+        return result
+
+    def _database_selected(self, name: str) -> None:
+        self.options = self.options.with_changes(database=name)
 
     # -- transactions and paging ------------------------------------------
 

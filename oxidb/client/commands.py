@@ -6,6 +6,7 @@ blocking client) or a Deferred firing with it (the Twisted client).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["CommandMethods", "page_query"]
@@ -91,3 +92,32 @@ class CommandMethods:
 
     def server_status(self) -> Any:
         return self.command("server_status")
+
+    # -- databases ----------------------------------------------------------
+
+    def _then(self, result: Any, fn: Callable[[Any], None]) -> Any:
+        """Call C{fn} with the command's data once it succeeded; the data (or its Deferred)."""
+        raise NotImplementedError
+
+    def _database_selected(self, name: str) -> None:
+        """Remember C{name}: every connection opened from now on switches to it."""
+        raise NotImplementedError
+
+    def use_database(self, name: str) -> Any:
+        """C{use_db}: the connection's current database, kept across reconnections."""
+        return self._then(self.command("use_db", name=name), lambda _: self._database_selected(name))
+
+    def create_database(self, name: str) -> Any:
+        return self.command("create_database", name=name)
+
+    def drop_database(self, name: str) -> Any:
+        return self.command("drop_database", name=name)
+
+    def list_databases(self) -> Any:
+        return self.command("list_databases")
+
+    def grant_db_role(self, username: str, database: str, role: str) -> Any:
+        return self.command("grant_db_role", username=username, database=database, role=role)
+
+    def revoke_db_role(self, username: str, database: str) -> Any:
+        return self.command("revoke_db_role", username=username, database=database)

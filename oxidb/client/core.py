@@ -23,6 +23,7 @@ from oxidb.client.errors import (
     ClientError,
     ClientProtocolError,
     ConnectionFailed,
+    DatabaseNotFound,
     NoLeader,
     NotLeader,
     PermissionDenied,
@@ -544,7 +545,7 @@ class RequestFlow:
         return [Close(event.address), *self._next_seed()]
 
     def _open_failed(self, event: OpenFailed) -> list[Action]:
-        if isinstance(event.error, AuthenticationFailed | PermissionDenied):
+        if isinstance(event.error, AuthenticationFailed | PermissionDenied | DatabaseNotFound):
             closing: list[Action] = [Close(self._fallback)] if self._fallback is not None else []
             self._fallback = None
             return closing + self._end(Fail(event.error))

@@ -26,6 +26,7 @@ __all__ = [
     "ClientProtocolError",
     "CollectionExists",
     "ConnectionFailed",
+    "DatabaseNotFound",
     "InvalidPipeline",
     "InvalidQuery",
     "NoLeader",
@@ -100,6 +101,10 @@ class InvalidQuery(ServerError, server.InvalidQueryError):
 
 class InvalidPipeline(ServerError, server.InvalidPipelineError):
     pass
+
+
+class DatabaseNotFound(ServerError, server.DatabaseNotFoundError):
+    """The database a request or the connection's URL names does not exist."""
 
 
 class UniqueViolation(ServerError, server.UniqueViolationError):
@@ -184,6 +189,7 @@ _PREFIXES: tuple[tuple[str, type[ServerError]], ...] = (
     ("invalid pipeline: ", InvalidPipeline),
     ("unique constraint violated: ", UniqueViolation),
     ("collection already exists: ", CollectionExists),
+    ("database not found: ", DatabaseNotFound),
     ("index not found: ", IndexNotFound),
     ("transaction conflict ", TransactionConflict),
     ("transaction already active", TransactionActive),

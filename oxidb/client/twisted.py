@@ -227,6 +227,9 @@ class TwistedClient(CommandMethods):
                 second = (await conn.request(login.first())).result()
                 final = (await conn.request(login.second(second))).result()
                 login.finish(final)
+            database = self.options.switch_database
+            if database is not None:
+                (await conn.request({"cmd": "use_db", "name": database})).result()
         except BaseException:
             conn.close()
             raise
@@ -243,6 +246,16 @@ class TwistedClient(CommandMethods):
 
     def command(self, cmd: str, **fields: Any) -> Deferred[Any]:
         return self.request({"cmd": cmd, **fields})
+
+    def _then(self, result: Any, fn: Callable[[Any], None]) -> Any:
+        def call(data: Any) -> Any:
+            fn(data)
+            return data
+
+        return result.addCallback(call)
+
+    def _database_selected(self, name: str) -> None:
+        self.options = self.options.with_changes(database=name)
 
     def transaction(self) -> _Transaction:
         """C{async with client.transaction():} commit at the end, roll back on an exception."""

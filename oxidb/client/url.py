@@ -35,6 +35,11 @@ class ConnectOptions:
     timeout: float = 10.0
     retries: int = 5
 
+    @property
+    def switch_database(self) -> str | None:
+        """The database a new connection must switch to (C{use_db}), or None for the default one."""
+        return None if self.database in (None, "oxidb") else self.database
+
     def with_changes(self, **changes: object) -> ConnectOptions:
         """A copy with C{changes} applied (None values are ignored)."""
         return attrs.evolve(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "oxidb.commands.procedures",
     "oxidb.commands.explain",
     "oxidb.commands.snapshots",
+    "oxidb.commands.databases",
 )
 
 

@@ -58,6 +58,12 @@ class Command:
         index operation acted on. Never a secret field.
     @ivar health_check: open to health checkers, before login and for every
         role, when C{OXIDB_HEALTH_OPEN} is on (C{raft_metrics}).
+    @ivar database: the command acts in one database, the request's C{db}
+        or the session's current one (server.md 3.7): its collection
+        fields reach the handler qualified (L{oxidb.engine.databases}) and
+        C{db} set to the target, the open transaction's binding and the
+        per-database role apply. C{None}: whether its schema names a
+        collection (L{scoped}).
     @ivar schema: the request's fields (validated before the handler).
     @ivar summary: one line for C{docs/commands.md}: what it does and
         replies.
@@ -74,6 +80,14 @@ class Command:
     health_check: bool = False
     schema: Schema = NO_FIELDS
     summary: str = ""
+    database: bool | None = None
+
+    @property
+    def scoped(self) -> bool:
+        """Does the command act in one database (L{database})?"""
+        if self.database is not None:
+            return self.database
+        return any(field.collection for field in self.schema)
 
 
 @attrs.frozen(init=False)

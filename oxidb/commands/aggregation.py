@@ -12,6 +12,7 @@ from oxidb.commands._args import max_time_ms
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
+from oxidb.engine.databases import DEFAULT
 from oxidb.engine.reads import Reader
 
 if TYPE_CHECKING:
@@ -34,8 +35,9 @@ def aggregate_docs(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any
     collection is read but C{$lookup}'s. Each document must be an object.
     """
     engine = engine_of(ctx)
+    database = request.get("db", DEFAULT)
     return ctx.read(
-        engine.read_within, max_time_ms(request), Reader.aggregate_docs, request["pipeline"], request["docs"]
+        engine.read_within, max_time_ms(request), Reader.aggregate_docs, request["pipeline"], request["docs"], database
     )
 
 
@@ -61,6 +63,7 @@ COMMANDS = [
         "aggregate_docs",
         aggregate_docs,
         role=Role.READ,
+        database=True,
         schema=fields(
             Field(
                 "pipeline",

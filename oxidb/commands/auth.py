@@ -24,17 +24,19 @@ from oxidb.auth.login import LoginInputs
 from oxidb.auth.manager import AuthManager
 from oxidb.auth.passwords import SALT_LENGTH, PasswordSecrets, derive_secrets
 from oxidb.auth.rbac import Role
-from oxidb.auth.store import create_user_op, drop_user_op, update_user_op
-from oxidb.commands._args import optional_str
+from oxidb.auth.store import GrantDbRole, RevokeDbRole, create_user_op, drop_user_op, update_user_op
+from oxidb.commands._args import optional_str, require_str
 from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import Field, JsonType, fields
+from oxidb.engine import databases
 from oxidb.errors import (
     AuthenticationFailedError,
     BadRequestError,
     InternalError,
     InvalidRoleError,
     LoginThrottledError,
+    NoDbRoleError,
     OxiError,
     ScramProtocolError,
     UserExistsError,
@@ -253,6 +255,36 @@ def list_users(ctx: CommandContext, request: dict[str, Any]) -> list[dict[str, A
     return users
 
 
+def grant_db_role(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
+    """
+    C{"granted role '<r>' on database '<d>' to user '<u>'"}: for the
+    commands acting in that database the user has C{role} instead of the
+    global one (server.md 5).
+    """
+    username = require_str(request, "username")
+    database = require_str(request, "database")
+    text = require_str(request, "role")
+    databases.validate_name(database)
+    role = Role.parse(text)
+    if role is None:
+        raise InvalidRoleError(text)
+    if _auth(ctx).store.get(username) is None:
+        raise UserNotFoundError(username)
+    return ctx.write(GrantDbRole(username, database, role))
+
+
+def revoke_db_role(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
+    """C{"revoked database role on '<d>' from user '<u>'"}."""
+    username = require_str(request, "username")
+    database = require_str(request, "database")
+    store = _auth(ctx).store
+    if store.get(username) is None:
+        raise UserNotFoundError(username)
+    if store.db_role(username, database) is None:
+        raise NoDbRoleError(username, database)
+    return ctx.write(RevokeDbRole(username, database))
+
+
 _PAYLOAD = fields(Field("payload", JsonType.STRING, doc="the SCRAM message"))
 _ROLE = Field("role", JsonType.STRING, doc="`read`, `readWrite` or `admin` (checked by the handler)", handler=True)
 
@@ -321,6 +353,31 @@ USER_COMMANDS = [
             _ROLE,
         ),
         summary='`"user updated"`; never demotes the last admin.',
+    ),
+    Command(
+        "grant_db_role",
+        grant_db_role,
+        writes=True,
+        audit_collection=None,
+        audit_target=("username", "database", "role"),
+        schema=fields(
+            Field("username", JsonType.STRING, required=True),
+            Field("database", JsonType.STRING, required=True, doc="a database name (it need not exist yet)"),
+            Field("role", JsonType.STRING, required=True, doc="`read`, `readWrite` or `admin` (checked later)"),
+        ),
+        summary="Gives the user a role on one database: `\"granted role '<r>' on database '<d>' to user '<u>'\"`.",
+    ),
+    Command(
+        "revoke_db_role",
+        revoke_db_role,
+        writes=True,
+        audit_collection=None,
+        audit_target=("username", "database"),
+        schema=fields(
+            Field("username", JsonType.STRING, required=True),
+            Field("database", JsonType.STRING, required=True),
+        ),
+        summary="Takes the user's role on one database away: `\"revoked database role on '<d>' from user '<u>'\"`.",
     ),
     Command(
         "list_users",

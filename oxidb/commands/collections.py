@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from oxidb.auth.rbac import Role
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import collection_field, fields
+from oxidb.engine.databases import DEFAULT
 from oxidb.engine.operations import Compact, CreateCollection, DropCollection
 from oxidb.engine.store import is_reserved_collection
 from oxidb.errors import UnavailableError
@@ -38,8 +39,11 @@ def create_collection(ctx: CommandContext, request: dict[str, Any]) -> Deferred[
 
 
 def list_collections(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
-    """Every collection name a client may use, sorted (the server's own are not listed)."""
-    d = ctx.read(engine_of(ctx).list_collections)
+    """
+    Every collection name of the target database a client may use, sorted
+    (the server's own are not listed).
+    """
+    d = ctx.read(engine_of(ctx).database_collections, request.get("db", DEFAULT))
     return d.addCallback(lambda names: [name for name in names if not is_reserved_collection(name)])
 
 
@@ -67,6 +71,7 @@ COMMANDS = [
         list_collections,
         audit_collection=None,
         role=Role.READ,
+        database=True,
         summary="Every collection name a client may use, sorted.",
     ),
     Command(

@@ -18,7 +18,9 @@ from oxidb.commands._args import max_time_ms, require_collection, require_object
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, fields
 from oxidb.commands.collections import engine_of
+from oxidb.engine import databases
 from oxidb.engine.explain import EXPLAINABLE, explain
+from oxidb.engine.store import validate_collection_name
 from oxidb.engine.values import compact_json
 from oxidb.errors import BadRequestError
 
@@ -35,7 +37,8 @@ def explain_command(ctx: CommandContext, request: dict[str, Any]) -> Deferred[An
     if command not in EXPLAINABLE:
         shown = command if isinstance(command, str) else compact_json(command)
         raise BadRequestError(f"explain supports find/count/aggregate, got: {shown}")
-    collection = require_collection(inner)
+    database = request.get("db", databases.DEFAULT)
+    collection = databases.qualify(database, validate_collection_name(require_collection(inner)))
     pipeline = require_present(inner, "pipeline") if command == "aggregate" else None
     query = inner.get("query")
     limit = max_time_ms(inner)
@@ -60,6 +63,7 @@ COMMANDS = [
         "explain",
         explain_command,
         role=Role.READ,
+        database=True,
         schema=fields(
             Field(
                 "inner",

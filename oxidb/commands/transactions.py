@@ -34,6 +34,7 @@ from zope.interface import Interface, implementer
 from oxidb.auth.rbac import Role
 from oxidb.commands._registry import Command
 from oxidb.commands.collections import engine_of
+from oxidb.engine.databases import DEFAULT
 from oxidb.engine.operations import Delete, DeleteOne, Insert, InsertMany, Operation, Update, UpdateOne
 from oxidb.engine.transactions import Transaction, reserve_operation
 from oxidb.errors import (
@@ -82,9 +83,13 @@ class ISessionTransaction(Interface):
 @implementer(ISessionTransaction)
 @attrs.define(eq=False)
 class SessionTransaction:
-    """A connection's open transaction (the value of C{session.tx})."""
+    """
+    A connection's open transaction (the value of C{session.tx}), bound to
+    the database it was begun in (server.md 3.7).
+    """
 
     tx: Transaction
+    database: str = DEFAULT
 
     def _read(self, ctx: CommandContext, fn: Any, *args: Any) -> Deferred[Any]:
         return ctx.read(engine_of(ctx).read, fn, *args)
@@ -171,7 +176,7 @@ def begin_tx(ctx: CommandContext, request: dict[str, Any]) -> Any:
     if ctx.session.tx is not None:
         raise TransactionActiveError()
     tx = new_transaction()
-    ctx.session.tx = SessionTransaction(tx)
+    ctx.session.tx = SessionTransaction(tx, request.get("db", DEFAULT))
     return {"tx_id": tx.tx_id}
 
 
@@ -197,6 +202,7 @@ COMMANDS = [
         "begin_tx",
         begin_tx,
         role=Role.READWRITE,
+        database=True,
         summary='Opens the connection\'s transaction: `{"tx_id": n}`.',
     ),
     Command(

@@ -477,6 +477,14 @@ class Engine:
         """The collection's index descriptors (engine.md 4.6)."""
         return self.read(Reader.list_indexes, collection)
 
+    def list_databases(self) -> list[str]:
+        """Every database, the default one first (L{oxidb.engine.databases})."""
+        return self.read(Reader.list_databases)
+
+    def database_collections(self, database: str) -> list[str]:
+        """A database's collections by their bare names; it must exist."""
+        return self.read(Reader.database_collections, database)
+
     def collection_counts(self) -> dict[str, int]:
         """Documents per collection (for metrics)."""
         return self.read(Reader.collection_counts)

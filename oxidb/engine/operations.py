@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import attrs
 
-from oxidb.engine import store
+from oxidb.engine import databases, store
 from oxidb.errors import BadRequestError, OxiError
 
 if TYPE_CHECKING:
@@ -530,6 +530,48 @@ class Compact(_OnCollection):
         return txn.compact(self.collection)
 
 
+# --- databases ------------------------------------------------------------------
+
+
+def _database_name(instance: Any, attribute: Any, value: Any) -> None:
+    """Validator of a database name (L{oxidb.engine.databases.NAME_RULE})."""
+    databases.validate_name(value)
+
+
+def _db_flag(instance: Any, attribute: Any, value: Any) -> None:
+    if type(value) is not bool:
+        raise malformed()
+
+
+@attrs.frozen
+class CreateDatabase(Operation):
+    """C{"database '<n>' created"} (server.md 3.7, 8.6's C{CreateDatabase} entry)."""
+
+    KIND: ClassVar[str] = "CreateDatabase"
+
+    name: str = attrs.field(validator=_database_name)
+    if_not_exists: bool = attrs.field(default=False, validator=_db_flag)
+
+    def apply(self, txn: WriteTxn, now: float) -> Any:
+        return txn.create_database(self.name, self.if_not_exists)
+
+
+@attrs.frozen
+class DropDatabase(Operation):
+    """
+    C{"database '<n>' dropped"}: the database and all its collections,
+    indexes, text and vector tables in one transaction.
+    """
+
+    KIND: ClassVar[str] = "DropDatabase"
+
+    name: str = attrs.field(validator=_database_name)
+    if_exists: bool = attrs.field(default=False, validator=_db_flag)
+
+    def apply(self, txn: WriteTxn, now: float) -> Any:
+        return txn.drop_database(self.name, self.if_exists)
+
+
 # --- indexes ----------------------------------------------------------------------
 
 
@@ -630,6 +672,8 @@ BUILTIN: tuple[type[Operation], ...] = (
     CreateTextIndex,
     CreateVectorIndex,
     DropIndex,
+    CreateDatabase,
+    DropDatabase,
 )
 
 __all__ = [
@@ -639,6 +683,7 @@ __all__ = [
     "Compact",
     "CreateCollection",
     "CreateCompositeIndex",
+    "CreateDatabase",
     "CreateIndex",
     "CreateTextIndex",
     "CreateUniqueIndex",
@@ -646,6 +691,7 @@ __all__ = [
     "Delete",
     "DeleteOne",
     "DropCollection",
+    "DropDatabase",
     "DropIndex",
     "EnsureCollection",
     "FindAndModify",

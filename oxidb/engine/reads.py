@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import orjson
 
-from oxidb.engine import sqlite, sqlquery, store, textindex, textstore, ttl
+from oxidb.engine import databases, sqlite, sqlquery, store, textindex, textstore, ttl
 from oxidb.engine.aggregate import Pipeline, compile_pipeline
 from oxidb.engine.governor import (
     DEFAULT_LIMITS,
@@ -149,16 +149,30 @@ class Reader:
 
     def collection(self, name: object) -> CollectionInfo | None:
         """The catalog row of a collection named by a read, or None."""
-        store.validate_collection_name(name)
+        store.validate_qualified_name(name)
         assert isinstance(name, str)
         info = store.get_collection(self.conn, name)
-        if info is None and self.on_missing is not None:
-            self.on_missing(name)
+        if info is None:
+            databases.check_exists(self.conn, databases.database_of(name))
+            if self.on_missing is not None:
+                self.on_missing(name)
         return info
 
     def list_collections(self) -> list[str]:
         """Every collection, sorted by name (engine.md 1.6 REC)."""
         return [info.name for info in store.list_collections(self.conn)]
+
+    def list_databases(self) -> list[str]:
+        """Every database: the default one first, then by name."""
+        return databases.list_names(self.conn)
+
+    def database_collections(self, database: str) -> list[str]:
+        """
+        The collections of C{database} by their bare names, sorted;
+        L{oxidb.errors.DatabaseNotFoundError} if it does not exist.
+        """
+        databases.check_exists(self.conn, database)
+        return [databases.bare(name) for name in databases.collection_names(self.conn, database)]
 
     def collection_counts(self) -> dict[str, int]:
         """Documents per collection."""
@@ -574,7 +588,9 @@ class Reader:
             plan = self.plan_for(info, prefix.matcher if prefix.matcher is not None else self.check_query(None))
             pushed = self._group_in_sql(info, plan, compiled, budget)
             if pushed is not None:
-                return self._finish_aggregate(compiled, pushed, budget, prefix.stages + 1)
+                return self._finish_aggregate(
+                    compiled, pushed, budget, prefix.stages + 1, databases.database_of(collection)
+                )
             budget.start("$match" if prefix.stages else "input")
             loads = orjson.loads
             for _, _, text, doc in self._scan(
@@ -582,14 +598,24 @@ class Reader:
             ):
                 docs.append(loads(text) if doc is None else doc)
                 sizes.append(text_size(text))
-        return self._finish_aggregate(compiled, (docs, sizes), budget, prefix.stages)
+        return self._finish_aggregate(
+            compiled, (docs, sizes), budget, prefix.stages, databases.database_of(collection)
+        )
 
     def _finish_aggregate(
-        self, compiled: Pipeline, stream: tuple[list[dict[str, Any]], list[int]], budget: Budget, skip_stages: int
+        self,
+        compiled: Pipeline,
+        stream: tuple[list[dict[str, Any]], list[int]],
+        budget: Budget,
+        skip_stages: int,
+        database: str,
     ) -> list[dict[str, Any]]:
-        """Run the stages from C{skip_stages} on; the output must fit in a reply."""
+        """
+        Run the stages from C{skip_stages} on (C{$lookup} reads C{database});
+        the output must fit in a reply.
+        """
         out, out_sizes = compiled.run_sized(
-            stream[0], stream[1], self._lookup_in(budget), budget, skip_stages=skip_stages
+            stream[0], stream[1], self._lookup_in(budget, database), budget, skip_stages=skip_stages
         )
         cap = reply_cap(self.limits, "$skip and $limit")
         for size in out_sizes:
@@ -619,7 +645,9 @@ class Reader:
         budget.start(compiled.names[compiled.prefix.stages])
         return group.groups(rows, budget)
 
-    def aggregate_docs(self, pipeline: object, docs: object) -> list[dict[str, Any]]:
+    def aggregate_docs(
+        self, pipeline: object, docs: object, database: str = databases.DEFAULT
+    ) -> list[dict[str, Any]]:
         """
         Run a pipeline over C{docs}, documents given in the request
         (server.md 3.4) rather than a collection's: every stage runs in
@@ -639,18 +667,24 @@ class Reader:
             size = approx_size(doc)
             budget.add(1, size)
             sizes.append(size)
-        out, out_sizes = compiled.run_sized(list(docs), sizes, self._lookup_in(budget), budget)
+        out, out_sizes = compiled.run_sized(list(docs), sizes, self._lookup_in(budget, database), budget)
         cap = reply_cap(self.limits, "$skip and $limit")
         for size in out_sizes:
             cap.add(size + 1)
         return out
 
-    def _lookup_in(self, budget: Budget) -> Callable[[str, dict[str, Any]], tuple[list[dict[str, Any]], int]]:
-        """C{$lookup}'s find: the documents and their total size, within the budget."""
+    def _lookup_in(
+        self, budget: Budget, database: str
+    ) -> Callable[[str, dict[str, Any]], tuple[list[dict[str, Any]], int]]:
+        """
+        C{$lookup}'s find: the documents and their total size, within the
+        budget. C{from} names a collection of the pipeline's C{database}.
+        """
 
         def lookup(collection: str, query: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
             matcher = self.check_query(query)
-            planned = self._planned(collection, matcher)
+            store.validate_collection_name(collection)
+            planned = self._planned(databases.qualify(database, collection), matcher)
             if planned is None:
                 return [], 0
             cap = budget.cap()

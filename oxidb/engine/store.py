@@ -18,6 +18,10 @@ system). Catalog tables:
     C{text} or C{vector}; C{seq} orders them by creation.
   - C{oxi_vector_specs(seq, dimension, metric)}: the parameters of the
     vector index C{seq}.
+  - C{oxi_databases(name)}: the databases besides the default one
+    (L{oxidb.engine.databases}); a collection's C{name} here is its
+    qualified name C{<database>/<collection>}, or its bare name in the
+    default database.
 
 A collection's table is C{<tbl>(_id INTEGER PRIMARY KEY, _version INTEGER,
 doc BLOB, k<seq>_<n> BLOB...)} with the whole document (including C{_id} and
@@ -53,7 +57,7 @@ from typing import Any
 import attrs
 
 from oxidb.atrest import AtRestKey
-from oxidb.engine import keys, sqlite
+from oxidb.engine import databases, keys, sqlite
 from oxidb.errors import InvalidQueryError, ReservedCollectionError
 
 #: The database file's name inside the data directory.
@@ -78,6 +82,7 @@ _SCHEMA = (
     " PRIMARY KEY (collection, kind, name))",
     "CREATE TABLE IF NOT EXISTS oxi_vector_specs("
     " seq INTEGER PRIMARY KEY, dimension INTEGER NOT NULL, metric TEXT NOT NULL)",
+    databases.SCHEMA,
 )
 
 #: The table layout this code writes (see the module docstring).
@@ -115,6 +120,21 @@ def validate_collection_name(name: object) -> str:
     ):
         raise InvalidQueryError(f"invalid collection name: {name}")
     return name
+
+
+def validate_qualified_name(name: object) -> str:
+    """
+    The name if it is a collection's qualified name (L{oxidb.engine.databases}):
+    a valid collection name, optionally after C{<database>/} with a valid
+    database name; else L{InvalidQueryError}.
+    """
+    if isinstance(name, str) and databases.SEPARATOR in name:
+        database, collection = databases.split(name)
+        if not databases.is_valid_name(database) or databases.SEPARATOR in collection:
+            raise InvalidQueryError(f"invalid collection name: {name}")
+        validate_collection_name(collection)
+        return name
+    return validate_collection_name(name)
 
 
 #: Collection names starting with this are the server's own (C{_procedures},

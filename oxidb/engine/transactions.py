@@ -60,7 +60,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from oxidb.engine import store
+from oxidb.engine import databases, store
 from oxidb.engine.governor import approx_size, reply_cap
 from oxidb.engine.matcher import apply_find, compile_query
 from oxidb.engine.operations import VERSION_KEY, Operation, check, collection_name, malformed
@@ -314,7 +314,7 @@ class TxInsert:
         last = first + len(self.documents) - 1
         info = txn.ensure_collection(self.collection)
         for doc_id, version, _ in txn.rows(info, plan_query(_id_range(first, last)), None, None, 1):
-            raise TransactionConflictError(self.collection, doc_id, 0, version)
+            raise TransactionConflictError(databases.bare(self.collection), doc_id, 0, version)
         store.set_last_id(txn.conn, info.name, first - 1)
         txn.insert_many(self.collection, self.documents)
         store.set_last_id(txn.conn, info.name, max(info.last_id, last))
@@ -479,10 +479,10 @@ class CommitTransaction(Operation):
         for collection, doc_id, expected in self.read_set:
             if collection in incarnations and store.incarnation(txn.conn, collection) != incarnations[collection]:
                 # Dropped (and perhaps created again): what was read is gone.
-                raise TransactionConflictError(collection, doc_id, expected, 0)
+                raise TransactionConflictError(databases.bare(collection), doc_id, expected, 0)
             found = txn.version_of(collection, doc_id)
             if found != expected:
-                raise TransactionConflictError(collection, doc_id, expected, found)
+                raise TransactionConflictError(databases.bare(collection), doc_id, expected, found)
         for write in self.write_ops:
             write.apply(txn)
         return "committed"

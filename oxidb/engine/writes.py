@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from oxidb.engine import keys, paths, sqlite, store, textstore, ttl, values, vectors
+from oxidb.engine import databases, keys, paths, sqlite, store, textstore, ttl, values, vectors
 from oxidb.engine.matcher import parse_sort
 from oxidb.engine.projection import compile_projection
 from oxidb.engine.reads import Reader, check_query
@@ -30,6 +30,9 @@ from oxidb.engine.updates import compile_update, upsert_document
 from oxidb.errors import (
     BadRequestError,
     CollectionExistsError,
+    DatabaseExistsError,
+    DatabaseNotFoundError,
+    DefaultDatabaseError,
     DocumentNotObjectError,
     IndexNotFoundError,
     InvalidQueryError,
@@ -76,28 +79,72 @@ class WriteTxn(Reader):
     # --- collections ------------------------------------------------------
 
     def ensure_collection(self, name: object) -> CollectionInfo:
-        """The named collection, created if missing (engine.md 1.6)."""
-        store.validate_collection_name(name)
+        """
+        The named collection (a qualified name, L{oxidb.engine.databases}),
+        created if missing (engine.md 1.6); not in a database that does not
+        exist.
+        """
+        store.validate_qualified_name(name)
         assert isinstance(name, str)
         info = store.get_collection(self.conn, name)
-        return info if info is not None else store.create_collection(self.conn, name)
+        if info is not None:
+            return info
+        databases.check_exists(self.conn, databases.database_of(name))
+        return store.create_collection(self.conn, name)
 
     def create_collection(self, name: object) -> str:
-        store.validate_collection_name(name)
+        store.validate_qualified_name(name)
         assert isinstance(name, str)
+        databases.check_exists(self.conn, databases.database_of(name))
         if store.get_collection(self.conn, name) is not None:
-            raise CollectionExistsError(name)
+            raise CollectionExistsError(databases.bare(name))
         store.create_collection(self.conn, name)
         return "collection created"
 
     def drop_collection(self, name: object) -> str:
-        """Drop a collection; an unknown (or invalid) name is no error."""
+        """
+        Drop a collection; an unknown (or invalid) name is no error, a
+        database that does not exist is.
+        """
         if isinstance(name, str):
             info = store.get_collection(self.conn, name)
             if info is not None:
                 store.drop_collection(self.conn, info)
                 ttl.drop_collection(self.conn, info.name)
+            elif databases.SEPARATOR in name and databases.is_valid_name(databases.database_of(name)):
+                databases.check_exists(self.conn, databases.database_of(name))
         return "collection dropped"
+
+    # --- databases --------------------------------------------------------
+
+    def create_database(self, name: object, if_not_exists: bool = False) -> str:
+        """C{"database '<n>' created"}; an existing one is an error unless C{if_not_exists}."""
+        database = databases.validate_name(name)
+        if databases.exists(self.conn, database):
+            if not if_not_exists:
+                raise DatabaseExistsError(database)
+        else:
+            databases.add(self.conn, database)
+        return f"database '{database}' created"
+
+    def drop_database(self, name: object, if_exists: bool = False) -> str:
+        """
+        Drop a database and, in this one transaction, every collection of
+        it with its indexes, text and vector tables and TTL indexes. The
+        default database cannot be dropped; an unknown one is an error
+        unless C{if_exists}.
+        """
+        database = databases.validate_name(name)
+        if database == databases.DEFAULT:
+            raise DefaultDatabaseError(database)
+        if not databases.exists(self.conn, database):
+            if not if_exists:
+                raise DatabaseNotFoundError(database)
+            return f"database '{database}' dropped"
+        for qualified in databases.collection_names(self.conn, database):
+            self.drop_collection(qualified)
+        databases.remove(self.conn, database)
+        return f"database '{database}' dropped"
 
     def compact(self, collection: object) -> dict[str, int]:
         """

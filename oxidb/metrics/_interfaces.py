@@ -32,7 +32,7 @@ class IServerMetrics(Interface):
     def bytes_sent(n: int) -> None:
         """C{n} bytes were written to a client (frame headers included)."""
 
-    def command_finished(cmd: object, result: str, seconds: float) -> None:
+    def command_finished(cmd: object, result: str, seconds: float, database: str | None = None) -> None:
         """
         One request was answered.
 
@@ -42,6 +42,8 @@ class IServerMetrics(Interface):
             C{denied} (refused by the auth gate or RBAC).
         @param seconds: time from decoded request to encoded reply, from a
             monotonic clock.
+        @param database: the database a command acting in one targeted, or
+            None.
         """
 
     def auth_failed() -> None:

@@ -47,6 +47,16 @@ RESULTS = ("ok", "error", "denied")
 #: The C{cmd} label value of every name that is not a registered command.
 UNKNOWN_COMMAND = "unknown"
 
+#: The default database (L{oxidb.engine.databases.DEFAULT}), whose
+#: collections have bare names.
+DEFAULT_DATABASE = "oxidb"
+
+#: The most databases exported as C{database} label values; the requests
+#: and documents of the others are summed under L{OTHER_DATABASES} (no
+#: database name starts with C{_}).
+MAX_DATABASE_LABELS = 100
+OTHER_DATABASES = "_other"
+
 #: Upper bounds (seconds) of the command duration histogram; +Inf is implied.
 DURATION_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -161,6 +171,7 @@ class ServerMetrics:
         self._auth_failures = 0
         self._tx_commits = 0
         self._tx_conflicts = 0
+        self._db_commands: dict[str, int] = {}
 
         self.documents_source = None
         self.threadpool_source = None
@@ -189,7 +200,17 @@ class ServerMetrics:
     def bytes_sent(self, n: int) -> None:
         self._bytes_sent += n
 
-    def command_finished(self, cmd: object, result: str, seconds: float) -> None:
+    def command_finished(self, cmd: object, result: str, seconds: float, database: str | None = None) -> None:
+        """
+        Count one answered request; C{database}: the one a command acting in
+        a database targeted, counted (with data names on) once it answered
+        C{ok}, so that only databases that exist become label values.
+        """
+        if database is not None and result == "ok" and self.names:
+            per_db = self._db_commands
+            if database not in per_db and len(per_db) >= MAX_DATABASE_LABELS:
+                database = OTHER_DATABASES
+            per_db[database] = per_db.get(database, 0) + 1
         try:
             # Any request's cmd value is looked up; an unhashable one raises below.
             stats = self._commands.get(cmd, self._unknown)  # type: ignore[call-overload]
@@ -292,6 +313,7 @@ class ServerMetrics:
         yield info
         yield GaugeMetricFamily("oxidb_uptime_seconds", "Seconds since the server started.", value=self.uptime())
         yield from self._collect_commands()
+        yield from self._collect_databases()
         yield from self._collect_traffic()
         yield from self._collect_process()
         pool = self.threadpool()
@@ -306,6 +328,15 @@ class ServerMetrics:
                 "oxidb_raft_leader_changes", "Leaders this node has come to know, one per change.",
                 value=self._leader_changes,
             )
+
+    def _collect_databases(self) -> Iterator[Metric]:
+        if self._db_commands:
+            per_db = CounterMetricFamily(
+                "oxidb_database_commands", "Requests answered ok, by target database.", labels=["database"]
+            )
+            for database, count in sorted(self._db_commands.items()):
+                per_db.add_metric([database], count)
+            yield per_db
 
     def _collect_commands(self) -> Iterator[Metric]:
         counts = CounterMetricFamily(
@@ -347,15 +378,40 @@ class ServerMetrics:
         yield GaugeMetricFamily("oxidb_process_threads", "OS threads of the process.", value=sample.threads)
 
 
+def _per_database(documents: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+    """C{database -> (collections, documents)} of qualified collection names, capped."""
+    totals: dict[str, tuple[int, int]] = {}
+    for name, count in documents.items():
+        database = name.partition("/")[0] if "/" in name else DEFAULT_DATABASE
+        if database not in totals and len(totals) >= MAX_DATABASE_LABELS:
+            database = OTHER_DATABASES
+        collections, docs = totals.get(database, (0, 0))
+        totals[database] = (collections + 1, docs + count)
+    return totals
+
+
 def _storage_families(sample: StorageSample, names: bool) -> Iterator[Metric]:
     if sample.documents is not None:
         if names:
+            # The default database's collections, as upstream (server.md 10).
             per_collection = GaugeMetricFamily(
                 "oxidb_documents", "Documents per collection (last measurement).", labels=["collection"]
             )
             for name, count in sorted(sample.documents.items()):
-                per_collection.add_metric([name], count)
+                if "/" not in name:
+                    per_collection.add_metric([name], count)
             yield per_collection
+            db_documents = GaugeMetricFamily(
+                "oxidb_database_documents", "Documents per database (last measurement).", labels=["database"]
+            )
+            db_collections = GaugeMetricFamily(
+                "oxidb_database_collections", "Collections per database (last measurement).", labels=["database"]
+            )
+            for database, (collections, docs) in sorted(_per_database(sample.documents).items()):
+                db_documents.add_metric([database], docs)
+                db_collections.add_metric([database], collections)
+            yield db_documents
+            yield db_collections
         yield GaugeMetricFamily("oxidb_documents_total", "Documents in all collections (last measurement).",
                                 value=sum(sample.documents.values()))
         yield GaugeMetricFamily("oxidb_collections", "Collections (last measurement).",

@@ -7,10 +7,13 @@ Processing order (server.md 3.1, with this project's RBAC table):
  1. the command name is C{cmd} (C{command} accepted as an alias);
  2. authentication gate: before login only C{pre_auth} commands run
     (C{authentication required}); nothing is audited before login;
- 3. RBAC (auth on; the roles are the registry rows'): a denied command is
-    audited as C{denied};
+ 3. RBAC (auth on; the roles are the registry rows', and a user's role on
+    the target database decides for a command acting in one): a denied
+    command is audited as C{denied};
  4. unknown command -> C{unknown command: <cmd>};
  5. the request schema of the command's row (L{oxidb.commands._schema}),
+    then, for a command acting in a database, its target and the open
+    transaction's binding (L{oxidb.commands.databases.scope_request}),
     then the handler; the outcome is audited as C{ok} or C{error}.
 
 The fast path stays synchronous: a handler that returns a plain value yields a
@@ -27,9 +30,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oxidb.audit.events import audit_target
+from oxidb.auth.rbac import Role
 from oxidb.commands._context import CommandContext, IDispatcher
 from oxidb.commands._registry import CommandRegistry
 from oxidb.commands._reply import Reply, TopLevel, command_name
+from oxidb.commands.databases import requested_database, role_database, scope_request
+from oxidb.engine import databases
 from oxidb.errors import (
     AuthenticationRequiredError,
     InternalError,
@@ -88,7 +94,9 @@ class Dispatcher:
                         # Not audited (server.md 3.1), but counted.
                         self._count(command, "denied", started)
                         return Reply(False, AuthenticationRequiredError().message)
-            elif not access.allowed(role, name, health_open=self.health_open):
+            elif not access.allowed(
+                self._effective_role(ctx, command, request, role), name, health_open=self.health_open
+            ):
                 denied = PermissionDeniedError(role.wire, name)
                 self._finished(ctx, name, request, "denied", denied.message, started)
                 return Reply(False, denied.message)
@@ -101,7 +109,10 @@ class Dispatcher:
         try:
             if command.schema.fields:
                 command.schema.validate(request)
-            result = command.handler(ctx, request)
+            if command.scoped:
+                result = command.handler(ctx, scope_request(command, session, request))
+            else:
+                result = command.handler(ctx, request)
         except Exception:
             return self._failed(Failure(), ctx, command, request, started)
         if isinstance(result, Deferred):
@@ -112,6 +123,21 @@ class Dispatcher:
                 errbackArgs=(ctx, command, request, started),
             )
         return self._succeeded(result, ctx, command, request, started)
+
+    def _effective_role(self, ctx: CommandContext, command: Any, request: Any, role: Role) -> Role:
+        """
+        The role RBAC checks: for a command acting in a database (or on
+        the transaction bound to one), the user's role on that database if
+        one was granted, else the global role (server.md 5).
+        """
+        auth = ctx.auth
+        if command is None or auth is None:
+            return role
+        database = role_database(command, ctx.session, request)
+        if database is None:
+            return role
+        granted = auth.db_role(ctx.session.user or "", database)
+        return role if granted is None else granted
 
     def _succeeded(self, result: Any, ctx: CommandContext, command: Any, request: Any, started: float) -> Reply:
         self._finished(ctx, command.name, request, "ok", "", started, command)
@@ -132,10 +158,11 @@ class Dispatcher:
         self._finished(ctx, command.name, request, "error", error.message, started, command)
         return Reply(False, error.message)
 
-    def _count(self, command: Any, result: str, started: float) -> None:
+    def _count(self, command: Any, result: str, started: float, database: str | None = None) -> None:
         metrics = self.metrics
         if metrics is not None:
-            metrics.command_finished(command.name if command is not None else "", result, perf_counter() - started)
+            name = command.name if command is not None else ""
+            metrics.command_finished(name, result, perf_counter() - started, database)
 
     def _finished(
         self,
@@ -151,7 +178,12 @@ class Dispatcher:
         Count the outcome and, unless the command audits itself or the
         session has not logged in (server.md 4.4), audit it.
         """
-        self._count(command, result, started)
+        database = None
+        if command is not None and command.scoped:
+            database = requested_database(ctx.session, request)
+            if not databases.is_valid_name(database):
+                database = None
+        self._count(command, result, started, database)
         audit = self.audit
         if audit is None or (command is not None and not command.audited) or ctx.session.role is None:
             return
@@ -164,6 +196,7 @@ class Dispatcher:
             result,
             detail,
             audit_target(request, command.audit_target) if command is not None else None,
+            database,
         )
 
 

@@ -14,6 +14,7 @@ import attrs
 
 from oxidb.auth.login import Login
 from oxidb.auth.rbac import Role
+from oxidb.engine.databases import DEFAULT
 
 
 @attrs.define
@@ -23,6 +24,7 @@ class Session:
     @ivar user: the authenticated user name (C{anonymous} with auth off).
     @ivar role: the user's role, or C{None} before login.
     @ivar tx: the open transaction (engine object) or C{None}.
+    @ivar database: the current database (C{use_db}, server.md 3.7).
     @ivar tls: the connection is encrypted.
     @ivar wire_version: negotiated by C{hello}.
     @ivar failed_logins: failed login attempts on this connection.
@@ -39,6 +41,7 @@ class Session:
     user: str | None = None
     role: Role | None = None
     tx: Any = None
+    database: str = DEFAULT
     tls: bool = False
     wire_version: int = 1
     failed_logins: int = 0
