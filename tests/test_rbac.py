@@ -20,6 +20,7 @@ READ = {
     "list_collections", "list_indexes", "list_buckets", "list_objects", "get_object", "head_object",
     "extract_text", "list_procedures", "get_procedure", "list_schedules", "get_schedule",
     "server_status", "proc_status",
+    "watch", "unwatch",
 }  # fmt: skip
 
 #: ReadWrite adds CRUD, indexes, collections, transactions, blobs, running
@@ -53,7 +54,7 @@ NOT_YET = {
     "fts_status", "list_databases", "use_db",
     "find_for_update",
     "create_geo_index", "create_collection_with_options",
-    "restore_to_point", "archive_status", "create_database", "drop_database", "watch", "unwatch",
+    "restore_to_point", "archive_status", "create_database", "drop_database",
 }  # fmt: skip
 
 UNKNOWN = {"", "drop_everything", "FIND", "find ", "grant_db_role", "sql"} | NOT_YET

@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "oxidb.commands.transactions",
     "oxidb.commands.procedures",
     "oxidb.commands.explain",
+    "oxidb.commands.watch",
 )
 
 

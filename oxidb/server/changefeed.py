@@ -39,7 +39,9 @@ from typing import Any
 
 from zope.interface import Attribute, Interface, implementer
 
+from oxidb._threads import ReactorQueue
 from oxidb.engine.changes import MAX_TOKEN, Change, IChangeListener
+from oxidb.engine.store import is_reserved_collection
 from oxidb.errors import BadRequestError, ServerBusyError
 from oxidb.logs import Logger
 
@@ -108,7 +110,10 @@ class Subscription:
             self.feed.unsubscribe(self)
 
     def matches(self, change: Change) -> bool:
-        return self.collection is None or change.collection == self.collection
+        """Its collection's changes; without one, those of every collection clients may name."""
+        if self.collection is None:
+            return not is_reserved_collection(change.collection)
+        return change.collection == self.collection
 
 
 class ChangeFeed:
@@ -282,8 +287,20 @@ class ReactorListener:
 
 
 def attach(engine: Any, reactor: Any, feed: ChangeFeed) -> None:
-    """Feed C{feed} from C{engine}'s commits, starting at its last token (if open)."""
-    last = engine.listen(ReactorListener(reactor.callFromThread, feed))
+    """
+    Feed C{feed} from C{engine}'s commits, starting at its last token (if
+    open). The changes reach the reactor thread through a L{ReactorQueue}; a
+    reactor without threads (tests' C{MemoryReactorClock}) gets them at its
+    next C{advance()}.
+    """
+    if hasattr(reactor, "callFromThread"):
+        call: Callable[..., Any] = ReactorQueue(reactor).call
+    else:
+
+        def call(fn: Callable[..., Any], *args: Any) -> None:
+            reactor.callLater(0, fn, *args)
+
+    last = engine.listen(ReactorListener(call, feed))
     feed.reset(last)
 
 

@@ -29,6 +29,10 @@ class Session:
         connection once the current reply has been written.
     @ivar login: the login sequence (L{oxidb.auth.login}); logged in from
         the start when C{role} is given.
+    @ivar watcher: the connection's side of a change stream
+        (L{oxidb.server.changefeed.IWatcher}), set by the server.
+    @ivar watch: the connection's change stream subscription
+        (L{oxidb.server.changefeed.Subscription}) while it watches.
     """
 
     peer: str = "-"
@@ -39,6 +43,8 @@ class Session:
     wire_version: int = 1
     failed_logins: int = 0
     close_after_reply: bool = False
+    watcher: Any = attrs.field(default=None, eq=False, repr=False)
+    watch: Any = attrs.field(default=None, eq=False, repr=False)
     login: Login = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
