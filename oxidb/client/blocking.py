@@ -17,7 +17,16 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from oxidb.client.commands import CommandMethods, page_query
-from oxidb.client.core import ProtocolCore, Reply, ScramLogin, backoff_delay, is_retry_safe, not_applied
+from oxidb.client.core import (
+    ProtocolCore,
+    Reply,
+    ScramLogin,
+    backoff_delay,
+    is_retry_safe,
+    last_token,
+    not_applied,
+    watch_request,
+)
 from oxidb.client.errors import (
     AuthenticationFailed,
     ClientError,
@@ -313,6 +322,71 @@ class Client(CommandMethods):
                 self._drop()
                 self._rotate_seeds()
                 self._sleep(backoff_delay(failures))
+
+    # -- change streams -------------------------------------------------------
+
+    def watch(self, collection: str | None = None, *, resume_after: int | None = None) -> Iterator[dict[str, Any]]:
+        """
+        Follow document changes (docs/change-streams.md) on a connection of
+        its own: yields each event, C{{"event": "change", "data": {...}}} or
+        C{{"event": "overflow", "data": {"dropped": n}}}, as it arrives. When
+        the connection breaks (its node failed, or restarted) it connects
+        again, to any seed, and resumes after the last token seen, so no
+        change is missed or repeated; it gives up after C{retries} failed
+        attempts in a row (L{ConnectionFailed}). Close the iterator to stop.
+
+        @raise ServerError: the server refused the watch (for instance
+            C{resume token too old}).
+        """
+        follower = Client(self.options, connector=self._connector, sleep=self._sleep)
+        return follower._follow(collection, resume_after)
+
+    def _follow(self, collection: str | None, resume_after: int | None) -> Iterator[dict[str, Any]]:
+        token = resume_after
+        failures = 0
+        try:
+            while True:
+                if self._sock is None:
+                    self._connect()
+                try:
+                    self._exchange(watch_request(collection, token)).result()
+                    failures = 0
+                    self._wait_forever()
+                    while True:
+                        for event in self._core.take_events():
+                            token = last_token(event, token)
+                            yield event
+                        self._receive_events()
+                except _Lost as lost:
+                    self._drop()
+                    failures += 1
+                    if failures > self.options.retries:
+                        raise ConnectionFailed(f"watch: {lost}") from None
+                    self._rotate_seeds()
+                    self._sleep(backoff_delay(failures))
+        finally:
+            self.close()
+
+    def _wait_forever(self) -> None:
+        """A watching socket waits for events without a timeout; TCP keepalive finds a dead peer."""
+        sock: Any = self._sock
+        for name, args in (("settimeout", (None,)), ("setsockopt", (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))):
+            method = getattr(sock, name, None)
+            if method is not None:
+                try:
+                    method(*args)
+                except OSError:
+                    pass
+
+    def _receive_events(self) -> None:
+        assert self._sock is not None
+        try:
+            data = self._sock.recv(65536)
+        except OSError as e:
+            raise _Lost(f"receive failed: {e}", sent=True) from None
+        if not data:
+            raise _Lost("connection closed by the server", sent=True)
+        self._core.receive(data)
 
     def _rotate_seeds(self) -> None:
         seeds = list(self.options.seeds)

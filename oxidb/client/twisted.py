@@ -19,7 +19,16 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from oxidb.client.commands import CommandMethods, page_query
-from oxidb.client.core import ProtocolCore, Reply, ScramLogin, backoff_delay, is_retry_safe, not_applied
+from oxidb.client.core import (
+    ProtocolCore,
+    Reply,
+    ScramLogin,
+    backoff_delay,
+    is_retry_safe,
+    last_token,
+    not_applied,
+    watch_request,
+)
 from oxidb.client.errors import (
     AuthenticationFailed,
     ClientError,
@@ -31,7 +40,7 @@ from oxidb.client.errors import (
 )
 from oxidb.client.url import ConnectOptions, parse_url
 
-__all__ = ["OxiClientConnection", "TwistedClient", "endpoint_connector"]
+__all__ = ["OxiClientConnection", "TwistedClient", "Watch", "endpoint_connector"]
 
 
 class Lost(Exception):
@@ -50,6 +59,8 @@ class OxiClientConnection(Protocol):
         self._waiting: dict[int, Deferred[Reply]] = {}
         self.connected = False
         self.lost: Deferred[None] = Deferred()
+        #: Called with each change stream event; they wait in the core until it is set.
+        self.on_event: Callable[[dict[str, Any]], None] | None = None
 
     def connectionMade(self) -> None:
         self.connected = True
@@ -73,6 +84,13 @@ class OxiClientConnection(Protocol):
             return
         for reply in replies:
             self._waiting.pop(reply.request_id).callback(reply)
+        self.deliver_events()
+
+    def deliver_events(self) -> None:
+        """Hand the events received to L{on_event} (once it is set)."""
+        while self.on_event is not None and self.core.events:
+            for event in self.core.take_events():
+                self.on_event(event)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
@@ -269,6 +287,68 @@ class TwistedClient(CommandMethods):
                     self._preferred = seeds[(seeds.index(self.address) + 1) % len(seeds)]
                 await self._sleep(backoff_delay(failures))
 
+    # -- change streams ---------------------------------------------------------
+
+    def watch(
+        self,
+        callback: Callable[[dict[str, Any]], None],
+        collection: str | None = None,
+        *,
+        resume_after: int | None = None,
+    ) -> Watch:
+        """
+        Follow document changes (docs/change-streams.md) on a connection of
+        its own: C{callback(event)} for each event as it arrives. When the
+        connection breaks it connects again, to any seed, and resumes after
+        the last token seen (no change missed or repeated); after
+        C{retries} failed attempts in a row L{Watch.done} fails with
+        L{ConnectionFailed}, and with the server's error if it refuses the
+        watch. L{Watch.stop} ends it.
+        """
+        follower = TwistedClient(self.options, reactor=self._reactor, connector=self._connector)
+        watch = Watch(follower)
+        watch.done = Deferred.fromCoroutine(follower._follow(watch, callback, collection, resume_after))
+        return watch
+
+    async def _follow(
+        self, watch: Watch, callback: Callable[[dict[str, Any]], None], collection: str | None, token: int | None
+    ) -> None:
+        failures = 0
+
+        def handle(event: dict[str, Any]) -> None:
+            nonlocal token
+            token = last_token(event, token)
+            callback(event)
+
+        try:
+            while not watch.is_stopped():
+                if self._conn is None or not self._conn.connected:
+                    await self._connect()
+                conn = self._conn
+                assert conn is not None
+                try:
+                    (await conn.request(watch_request(collection, token))).result()
+                except Lost as lost:
+                    reason: Exception = lost
+                else:
+                    failures = 0
+                    conn.on_event = handle
+                    conn.deliver_events()
+                    await conn.lost
+                    reason = Lost("connection lost", sent=True)
+                self._conn = None
+                if watch.is_stopped():
+                    return
+                failures += 1
+                if failures > self.options.retries:
+                    raise ConnectionFailed(f"watch: {reason}")
+                seeds = list(self.options.seeds)
+                if self.address in seeds and len(seeds) > 1:
+                    self._preferred = seeds[(seeds.index(self.address) + 1) % len(seeds)]
+                await self._sleep(backoff_delay(failures))
+        finally:
+            self.close()
+
     def transaction(self) -> _Transaction:
         """C{async with client.transaction():} commit at the end, roll back on an exception."""
         return _Transaction(self)
@@ -287,6 +367,27 @@ class TwistedClient(CommandMethods):
             if len(page) < page_size:
                 return
             after = page[-1].get("_id")
+
+
+class Watch:
+    """
+    A change stream followed by L{TwistedClient.watch}.
+
+    @ivar done: fires when it ends (L{stop}), or fails with why it gave up.
+    """
+
+    def __init__(self, client: TwistedClient) -> None:
+        self._client = client
+        self.stopped = False
+        self.done: Deferred[None] = Deferred()
+
+    def is_stopped(self) -> bool:
+        return self.stopped
+
+    def stop(self) -> None:
+        """Stop following: the connection is closed."""
+        self.stopped = True
+        self._client.close()
 
 
 class _Transaction:
