@@ -83,3 +83,33 @@ def test_twisted_watch_calls_back_and_resumes(tmp_path: Path) -> None:
         settle()
         assert watch.done.called
         result_of(watch.done)
+
+
+def test_cli_watch_prints_one_event_per_line(tmp_path: Path, monkeypatch: Any) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from oxidb.cli import main
+    from oxidb.cli.shell import Shell
+
+    with memory_server(tmp_path) as (server, _):
+        connector = memory_connector({("mem", 1): server})
+        monkeypatch.setattr(main, "Client", lambda options: Client(options, connector=connector, sleep=NO_SLEEP))
+        writer = Client("oxidb://mem:1", connector=connector, sleep=NO_SLEEP)
+        writer.insert_many("c", [{"n": 1}, {"n": 2}])
+        writer.insert("d", {"n": 3})
+        result = CliRunner().invoke(
+            main.cli, ["--url", "oxidb://mem:1", "watch", "c", "--resume-after", "0", "--count", "2"]
+        )
+        assert result.exit_code == 0, result.output
+        lines = [json.loads(line) for line in result.output.splitlines()]
+        assert [(e["event"], e["data"]["doc_id"]) for e in lines] == [("change", 1), ("change", 2)]
+        bad = CliRunner().invoke(main.cli, ["--url", "oxidb://mem:1", "watch", "--resume-after", "-1"])
+        assert bad.exit_code == 2
+        # The shell does not take a watch over its connection.
+        errors: list[str] = []
+        shell = Shell(writer, None, raw=True)  # type: ignore[arg-type]
+        shell._error = errors.append  # type: ignore[method-assign]
+        assert shell.execute("watch c")
+        assert errors and "oxidb-cli watch" in errors[0]

@@ -12,7 +12,7 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -325,7 +325,9 @@ class Client(CommandMethods):
 
     # -- change streams -------------------------------------------------------
 
-    def watch(self, collection: str | None = None, *, resume_after: int | None = None) -> Iterator[dict[str, Any]]:
+    def watch(
+        self, collection: str | None = None, *, resume_after: int | None = None
+    ) -> Generator[dict[str, Any], None, None]:
         """
         Follow document changes (docs/change-streams.md) on a connection of
         its own: yields each event, C{{"event": "change", "data": {...}}} or
@@ -341,7 +343,7 @@ class Client(CommandMethods):
         follower = Client(self.options, connector=self._connector, sleep=self._sleep)
         return follower._follow(collection, resume_after)
 
-    def _follow(self, collection: str | None, resume_after: int | None) -> Iterator[dict[str, Any]]:
+    def _follow(self, collection: str | None, resume_after: int | None) -> Generator[dict[str, Any], None, None]:
         token = resume_after
         failures = 0
         try:
