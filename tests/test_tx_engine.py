@@ -308,7 +308,13 @@ def test_commit_operation_shape(engine: Engine) -> None:
     engine.read(reader.find, "c", {"n": 3})
     op = reader.commit_operation()
     assert op is not None and op.to_json() == {
-        "CommitTransaction": {"read_set": [["c", 3, 1]], "collections": {"c": incarnation}, "write_ops": [], "tx_id": 8, "v": 1}
+        "CommitTransaction": {
+            "read_set": [["c", 3, 1]],
+            "collections": {"c": incarnation},
+            "write_ops": [],
+            "tx_id": 8,
+            "v": 1,
+        }
     }
 
 
