@@ -330,30 +330,40 @@ class Client(CommandMethods):
     ) -> Generator[dict[str, Any], None, None]:
         """
         Follow document changes (docs/change-streams.md) on a connection of
-        its own: yields each event, C{{"event": "change", "data": {...}}} or
-        C{{"event": "overflow", "data": {"dropped": n}}}, as it arrives. When
-        the connection breaks (its node failed, or restarted) it connects
-        again, to any seed, and resumes after the last token seen, so no
-        change is missed or repeated; it gives up after C{retries} failed
-        attempts in a row (L{ConnectionFailed}). Close the iterator to stop.
+        its own, subscribed when this returns: yields each event,
+        C{{"event": "change", "data": {...}}} or C{{"event": "overflow",
+        "data": {"dropped": n}}}, as it arrives. When the connection breaks
+        (its node failed, or restarted) it connects again, to any seed, and
+        resumes after the last token seen, so no change is missed or
+        repeated; it gives up after C{retries} failed attempts in a row
+        (L{ConnectionFailed}). Close the iterator to stop.
 
         @raise ServerError: the server refused the watch (for instance
-            C{resume token too old}).
+            C{resume token too old}), now or when resuming.
         """
         follower = Client(self.options, connector=self._connector, sleep=self._sleep)
+        try:
+            follower._subscribe(collection, resume_after)
+        except BaseException:
+            follower.close()
+            raise
         return follower._follow(collection, resume_after)
 
-    def _follow(self, collection: str | None, resume_after: int | None) -> Generator[dict[str, Any], None, None]:
-        token = resume_after
+    def _subscribe(self, collection: str | None, token: int | None) -> None:
+        """Connect if needed and send C{watch} (raises L{_Lost} or the server's refusal)."""
+        if self._sock is None:
+            self._connect()
+        self._exchange(watch_request(collection, token)).result()
+        self._wait_forever()
+
+    def _follow(self, collection: str | None, token: int | None) -> Generator[dict[str, Any], None, None]:
         failures = 0
         try:
             while True:
-                if self._sock is None:
-                    self._connect()
                 try:
-                    self._exchange(watch_request(collection, token)).result()
-                    failures = 0
-                    self._wait_forever()
+                    if self._sock is None:
+                        self._subscribe(collection, token)
+                        failures = 0
                     while True:
                         for event in self._core.take_events():
                             token = last_token(event, token)
