@@ -229,3 +229,13 @@ def test_a_failing_listener_does_not_stop_the_writer(engine: Engine) -> None:
     engine.listen(Broken())
     assert engine.apply(Insert("c", {"a": 1}), NOW) == {"id": 1}
     assert engine.apply(Insert("c", {"a": 2}), NOW) == {"id": 2}
+
+
+def test_a_huge_delete_records_the_lowest_ids_and_counts_the_rest(tmp_path: Any) -> None:
+    with make_engine(tmp_path / "d") as engine:
+        engine.apply(InsertMany("c", [{"n": n} for n in range(10)]), NOW)
+        collect = Collect()
+        engine.listen(collect)
+        engine._recorder._limit = 4  # type: ignore[attr-defined]
+        assert engine.apply(Delete("c", {}), NOW) == {"deleted": 10}
+        assert [(c.doc_id, c.lost) for c in collect.changes] == [(1, 0), (2, 0), (3, 0), (4, 6)]

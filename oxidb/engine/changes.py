@@ -159,6 +159,15 @@ class ChangeRecorder:
         self._lost += max(len(ids) - room, 0)
 
     @property
+    def room(self) -> int:
+        """Changes the current operation may still record one by one."""
+        return max(self._limit - len(self._pending), 0)
+
+    def count_lost(self, n: int) -> None:
+        """C{n} more changes of the operation, counted but not recorded."""
+        self._lost += n
+
+    @property
     def empty(self) -> bool:
         return not self._pending and not self._lost
 

@@ -15,6 +15,7 @@ index entry, no consumed C{_id}.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -323,9 +324,20 @@ class WriteTxn(Reader):
             if changes is None:
                 self.conn.execute(sql, plan.params)
                 return self.conn.changes()
-            deleted = sorted(row[0] for row in self.conn.execute(sql + " RETURNING _id", plan.params))
-            changes.record_many("delete", info.name, deleted)
-            return len(deleted)
+            # The lowest ids, in order (the same on every replica), up to
+            # what the recorder keeps; the others are only counted.
+            count = 0
+
+            def deleted_ids() -> Iterator[int]:
+                nonlocal count
+                for (doc_id,) in self.conn.execute(sql + " RETURNING _id", plan.params):
+                    count += 1
+                    yield doc_id
+
+            kept = heapq.nsmallest(changes.room, deleted_ids())
+            changes.record_many("delete", info.name, kept)
+            changes.count_lost(count - len(kept))
+            return count
         ids = [(doc_id,) for doc_id, _, _ in self.rows(info, plan, None, None, limit)]
         self.conn.executemany(f"DELETE FROM {info.tbl} WHERE _id = ?", ids)
         if changes is not None:
