@@ -15,7 +15,6 @@ index entry, no consumed C{_id}.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -178,10 +177,8 @@ class WriteTxn(Reader):
         )
         last = first + len(rows) - 1
         store.set_last_id(self.conn, info.name, last)
-        changes = self.changes
-        if changes is not None:
-            for doc_id, _, doc, text in rows:
-                changes.record("insert", info.name, doc_id, doc, len(text))
+        if self.changes is not None:
+            self.changes.record_inserts(info.name, rows)
         text_index = _text_index(defs)
         if text_index is not None:
             textstore.add(self.conn, info.tbl, text_index.fields, [(row[0], row[2]) for row in rows])
@@ -326,15 +323,15 @@ class WriteTxn(Reader):
                 return self.conn.changes()
             # The lowest ids, in order (the same on every replica), up to
             # what the recorder keeps; the others are only counted.
-            count = 0
-
-            def deleted_ids() -> Iterator[int]:
-                nonlocal count
-                for (doc_id,) in self.conn.execute(sql + " RETURNING _id", plan.params):
-                    count += 1
-                    yield doc_id
-
-            kept = heapq.nsmallest(changes.room, deleted_ids())
+            where = "" if plan.where == "1" else f" WHERE {plan.where}"
+            kept = [
+                row[0]
+                for row in self.conn.execute(
+                    f"SELECT _id FROM {info.tbl}{where} ORDER BY _id LIMIT ?", (*plan.params, changes.room)
+                )
+            ]
+            self.conn.execute(sql, plan.params)
+            count = self.conn.changes()
             changes.record_many("delete", info.name, kept)
             changes.count_lost(count - len(kept))
             return count
