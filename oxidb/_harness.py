@@ -96,6 +96,9 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}\n{self.stderr()}")
             time.sleep(0.02)
+        # Never leave a half-started server behind a failed test.
+        self.process.kill()
+        self.process.wait()
         raise RuntimeError(f"server did not start within {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
@@ -247,6 +250,7 @@ class LocalCluster:
         self.raft_ports: dict[int, int] = {}
         self.nodes: dict[int, ServerProcess] = {}
         self._clients: dict[int, BlockingClient] = {}
+        self._used: dict[int, float] = {}
 
     def raft_addr(self, node_id: int) -> str:
         if node_id not in self.raft_ports:
@@ -265,10 +269,20 @@ class LocalCluster:
         node = self.nodes[node_id] = ServerProcess(os.path.join(self.root, f"node{node_id}"), env=node_env).start()
         return node
 
+    #: A cached connection unused for this long is replaced before its next
+    #: request: the server closes connections idle for OXIDB_IDLE_TIMEOUT
+    #: (30 s by default), which a slow test on a loaded machine can reach.
+    MAX_IDLE = 10.0
+
     def client(self, node_id: int) -> BlockingClient:
         client = self._clients.get(node_id)
+        now = time.monotonic()
+        if client is not None and now - self._used.get(node_id, now) > self.MAX_IDLE:
+            client.close()
+            client = None
         if client is None:
             client = self._clients[node_id] = self.nodes[node_id].client(timeout=30.0)
+        self._used[node_id] = now
         return client
 
     def request(self, node_id: int, obj: Any) -> Any:

@@ -28,20 +28,27 @@ def test_a_second_open_is_refused_and_names_the_holder(tmp_path: Path) -> None:
     second.release()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)
 def test_a_second_server_process_on_the_same_data_refuses_to_start(tmp_path: Path) -> None:
     # Standalone here; a cluster node takes the same lock in the same place
     # (OxiService.privilegedStartService).
     data = str(tmp_path / "data")
     standalone = ServerProcess(data).start()
+    second = ServerProcess(data)
     try:
-        second = ServerProcess(data)
         with pytest.raises(RuntimeError, match="server exited with 1") as info:
             second.start()
         assert f"is in use by another oxidb-server process (pid {standalone.process.pid}" in str(info.value)
     finally:
         standalone.kill()
+        if second.process is not None and second.process.poll() is None:
+            second.kill()
     # The kernel dropped the lock with the killed process: a new one starts.
-    again = ServerProcess(data).start()
-    assert again.client().request({"cmd": "ping"})["ok"] is True
-    assert again.stop() == 0
+    again = ServerProcess(data)
+    try:
+        again.start()
+        assert again.client().request({"cmd": "ping"})["ok"] is True
+        assert again.stop() == 0
+    finally:
+        if again.process is not None and again.process.poll() is None:
+            again.kill()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +21,10 @@ from twisted.internet.testing import StringTransport
 
 from oxidb.audit.events import AuditEvent, Auditor
 from oxidb.commands._registry import Command
+from oxidb.config import Config
+from oxidb.engine.engine import Engine
 from oxidb.errors import RequesterGoneError, ServerBusyError
+from oxidb.limits import Limits
 from oxidb.server.executor import LocalExecutor
 from oxidb.server.protocol import OFFLOAD_BYTES
 from oxidb.server.workers import WorkerPool
@@ -440,3 +443,70 @@ def test_a_frame_decoded_after_its_connection_closed_does_not_run(tmp_path: Any)
     [(d, fn, args)] = offloaded
     d.callback(fn(*args))
     assert ran == []
+
+
+# --- a request that is all data ------------------------------------------------------
+
+
+def aggregate_docs_frame(pipeline: list[Any], count: int) -> bytes:
+    docs = [{"k": i % 7, "n": i, "pad": "p" * 200} for i in range(count)]
+    return frame({"cmd": "aggregate_docs", "pipeline": pipeline, "docs": docs})
+
+
+@pytest.fixture
+def engine_server(tmp_path: Any) -> Iterator[Callable[..., MemoryServer]]:
+    """Servers over a real engine whose limits the test sets."""
+    engines: list[Engine] = []
+
+    def build(**limits: int) -> MemoryServer:
+        engine = Engine(str(tmp_path / f"data{len(engines)}"), synchronous="OFF", limits=Limits.with_values(**limits))
+        engine.open()
+        engines.append(engine)
+        return MemoryServer(Config(data_dir=str(tmp_path)), engine=engine)
+
+    yield build
+    for engine in engines:
+        engine.close()
+
+
+def run_with_offloads(server: MemoryServer, protocol: Any, data: bytes) -> None:
+    """Feed C{data}, running every job the server moves off the reactor, in order."""
+    offloaded = capture_offloads(server)
+    protocol.dataReceived(data)
+    done = 0
+    while done < len(offloaded):
+        d, fn, args = offloaded[done]
+        done += 1
+        d.callback(fn(*args))
+
+
+GROUP_BY_K = [{"$group": {"_id": "$k", "total": {"$sum": "$n"}}}, {"$sort": {"_id": 1}}]
+
+
+def test_a_16_mib_aggregate_docs_request_is_bounded_by_the_aggregation_budget(
+    engine_server: Callable[..., MemoryServer],
+) -> None:
+    # ~15 MiB of documents in one frame: the memory budget of the input
+    # stage refuses it with the budget's text, and the connection serves on.
+    server = engine_server(agg_max_bytes=4 * 1024 * 1024)
+    protocol, transport = connect(server)
+    request = aggregate_docs_frame(GROUP_BY_K, 66_000)
+    assert 14 * 1024 * 1024 < len(request) < MAX_FRAME
+    run_with_offloads(server, protocol, request + frame({"cmd": "ping"}))
+    [refused, pong] = replies(transport.value())
+    assert refused["ok"] is False
+    assert refused["error"].startswith("aggregation stage input exceeded the memory limit of 4194304 bytes")
+    assert pong == {"ok": True, "data": "pong"}
+    assert not protocol.gone
+
+
+def test_a_16_mib_aggregate_docs_request_within_the_budget_is_answered(
+    engine_server: Callable[..., MemoryServer],
+) -> None:
+    server = engine_server()
+    protocol, transport = connect(server)
+    count = 66_000
+    run_with_offloads(server, protocol, aggregate_docs_frame(GROUP_BY_K, count))
+    [answer] = replies(transport.value())
+    want = [{"_id": k, "total": sum(range(k, count, 7))} for k in range(7)]
+    assert answer == {"ok": True, "data": want}

@@ -232,7 +232,7 @@ CATALOG: dict[str, dict[str, Any]] = {'aggregate': {'summary': "The aggregation 
                         'required': True,
                         'doc': 'a filter object (checked by the engine)'},
                        {'name': 'limit',
-                        'type': 'non-negative integer',
+                        'type': 'non-negative integer; at most 9223372036854775807',
                         'required': False,
                         'doc': 'delete at most this many, lowest `_id` first'}]},
  'delete_bucket': {'summary': '`"bucket deleted"`, with its objects.',

@@ -54,11 +54,6 @@ def require_present(request: dict[str, Any], key: str, message: str | None = Non
     return value
 
 
-def require_list(request: dict[str, Any], key: str, message: str | None = None) -> list[Any]:
-    value = request.get(key)
-    if not isinstance(value, list):
-        raise BadRequestError(message or f"missing '{key}' array")
-    return value
 
 
 def is_uint(value: Any) -> bool:
@@ -71,9 +66,6 @@ def optional_uint(request: dict[str, Any], key: str, default: int | None = None)
     return value if is_uint(value) else default
 
 
-def optional_bool(request: dict[str, Any], key: str, default: bool) -> bool:
-    value = request.get(key)
-    return value if isinstance(value, bool) else default
 
 
 def max_time_ms(request: dict[str, Any]) -> Any:

@@ -83,8 +83,8 @@ class Field:
         default L{message} (required) or L{invalid} (optional).
     @ivar nonempty: a required string must not be empty (same text as
         missing).
-    @ivar maximum: a required integer must not exceed it (same text as
-        missing).
+    @ivar maximum: an integer must not exceed it (same text as missing, or
+        as L{invalid} for an optional field).
     @ivar max_bytes: the most UTF-8 bytes a string may have (documented;
         enforced by the handler or engine with its own text).
     @ivar max_items: the most elements an array may have: a number, or the
@@ -128,6 +128,8 @@ class Field:
                 return
             text = self.invalid
             if not self.type.matches(value):
+                raise BadRequestError(text)
+            if self.maximum is not None and value > self.maximum:
                 raise BadRequestError(text)
         if self.items is not None:
             items = self.items

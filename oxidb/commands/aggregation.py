@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from oxidb.auth.rbac import Role
-from oxidb.commands._args import max_time_ms, require_list, require_present
+from oxidb.commands._args import max_time_ms
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
@@ -33,10 +33,10 @@ def aggregate_docs(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any
     The pipeline's output over the request's C{docs} (server.md 3.4): no
     collection is read but C{$lookup}'s. Each document must be an object.
     """
-    pipeline = require_present(request, "pipeline")
-    docs = require_list(request, "docs", "missing or invalid 'docs' array")
     engine = engine_of(ctx)
-    return ctx.read(engine.read_within, max_time_ms(request), Reader.aggregate_docs, pipeline, docs)
+    return ctx.read(
+        engine.read_within, max_time_ms(request), Reader.aggregate_docs, request["pipeline"], request["docs"]
+    )
 
 
 COMMANDS = [

@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from oxidb.auth.rbac import Role
-from oxidb.commands._args import is_uint, max_time_ms, require_collection, require_present
+from oxidb.commands._args import max_time_ms
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
@@ -127,29 +127,17 @@ def count(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
 def update_options(request: dict[str, Any]) -> tuple[bool, list[Any] | None]:
     """
     C{upsert} (default false) and C{array_filters} (or MongoDB's spelling
-    C{arrayFilters}; null or absent: none), checked.
+    C{arrayFilters}; null or absent: none), as the schema validated them.
     """
-    upsert = request.get("upsert")
-    if upsert is None:
-        upsert = False
-    elif not isinstance(upsert, bool):
-        raise BadRequestError("'upsert' must be a boolean")
-    for key in ("array_filters", "arrayFilters"):
-        value = request.get(key)
-        if value is not None and (type(value) is not list or not all(type(f) is dict for f in value)):
-            raise BadRequestError("'array_filters' must be an array of objects")
     array_filters = request.get("array_filters")
     if array_filters is None:
         array_filters = request.get("arrayFilters")
-    return upsert, array_filters
+    return request.get("upsert") is True, array_filters
 
 
 def _update(kind: type[Update] | type[UpdateOne], ctx: CommandContext, request: dict[str, Any]) -> Any:
-    collection = require_collection(request)
-    query = require_present(request, "query")
-    update = require_present(request, "update")
     upsert, array_filters = update_options(request)
-    return _write(ctx, kind(collection, query, update, upsert, array_filters))
+    return _write(ctx, kind(request["collection"], request["query"], request["update"], upsert, array_filters))
 
 
 def update(ctx: CommandContext, request: dict[str, Any]) -> Any:
@@ -169,36 +157,14 @@ def update_one(ctx: CommandContext, request: dict[str, Any]) -> Any:
 def delete(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """
     C{{"deleted": n}}. The optional C{limit} ([N]) deletes at most that many
-    (lowest C{_id} first) and must be a non-negative integer (at most
-    2**63 - 1).
+    (lowest C{_id} first).
     """
-    collection = require_collection(request)
-    query = require_present(request, "query")
-    limit = request.get("limit")
-    if limit is not None and not (is_uint(limit) and limit <= MAX_LIMIT):
-        raise BadRequestError("'limit' must be a non-negative integer")
-    return _write(ctx, Delete(collection, query, limit))
+    return _write(ctx, Delete(request["collection"], request["query"], request.get("limit")))
 
 
 def delete_one(ctx: CommandContext, request: dict[str, Any]) -> Any:
     """C{{"deleted": 0 | 1}}: the matching document with the lowest C{_id}."""
     return _write(ctx, DeleteOne(request["collection"], request["query"]))
-
-
-def _flag(request: dict[str, Any], key: str) -> bool:
-    value = request.get(key)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise BadRequestError(f"'{key}' must be a boolean")
-    return value
-
-
-def _optional_object(request: dict[str, Any], key: str) -> dict[str, Any] | None:
-    value = request.get(key)
-    if value is not None and not isinstance(value, dict):
-        raise BadRequestError(f"'{key}' must be an object")
-    return value
 
 
 def find_and_modify(ctx: CommandContext, request: dict[str, Any]) -> Any:
@@ -209,16 +175,20 @@ def find_and_modify(ctx: CommandContext, request: dict[str, Any]) -> Any:
     C{array_filters} as for C{update}; null when nothing matched. Refused
     inside a transaction (it would bypass it).
     """
-    collection = require_collection(request)
-    query = require_present(request, "query")
-    remove = _flag(request, "remove")
-    new = _flag(request, "new")
     upsert, array_filters = update_options(request)
-    sort = _optional_object(request, "sort")
-    fields = _optional_object(request, "fields")
     if ctx.session.tx is not None:
         raise BadRequestError("find_and_modify is not supported inside a transaction")
-    op = FindAndModify(collection, query, request.get("update"), remove, new, upsert, sort, fields, array_filters)
+    op = FindAndModify(
+        request["collection"],
+        request["query"],
+        request.get("update"),
+        request.get("remove") is True,
+        request.get("new") is True,
+        upsert,
+        request.get("sort"),
+        request.get("fields"),
+        array_filters,
+    )
     return ctx.write(op)
 
 
@@ -341,6 +311,7 @@ COMMANDS = [
                 "limit",
                 JsonType.UINT,
                 invalid="'limit' must be a non-negative integer",
+                maximum=MAX_LIMIT,
                 doc="delete at most this many, lowest `_id` first",
             ),
         ),

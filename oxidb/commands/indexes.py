@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from oxidb.auth.rbac import Role
-from oxidb.commands._args import max_time_ms, optional_uint, require_collection, require_str
+from oxidb.commands._args import max_time_ms, optional_uint
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
@@ -24,8 +24,7 @@ from oxidb.engine.operations import (
     DropIndex,
 )
 from oxidb.engine.textindex import DEFAULT_LIMIT
-from oxidb.engine.ttl import MAX_EXPIRE_AFTER_SECONDS, CreateTtlIndex, valid_expire_after
-from oxidb.errors import BadRequestError
+from oxidb.engine.ttl import MAX_EXPIRE_AFTER_SECONDS, CreateTtlIndex
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -58,14 +57,7 @@ def create_ttl_index(ctx: CommandContext, request: dict[str, Any]) -> Deferred[A
     C{"ttl index created"}: documents whose C{field} holds a date older than
     C{expireAfterSeconds} are deleted by the server's TTL passes.
     """
-    collection = require_collection(request)
-    field = require_str(request, "field")
-    if not field:
-        raise BadRequestError("missing 'field'")
-    expire = request.get("expireAfterSeconds")
-    if not valid_expire_after(expire):
-        raise BadRequestError(_EXPIRE_TEXT)
-    return ctx.write(CreateTtlIndex(collection, field, expire))
+    return ctx.write(CreateTtlIndex(request["collection"], request["field"], request["expireAfterSeconds"]))
 
 
 _EXPIRE_TEXT = f"'expireAfterSeconds' must be a non-negative integer (at most {MAX_EXPIRE_AFTER_SECONDS})"
@@ -73,17 +65,15 @@ _EXPIRE_TEXT = f"'expireAfterSeconds' must be a non-negative integer (at most {M
 
 def create_vector_index(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """C{"vector index created"}; an existing one keeps its dimension and metric."""
-    collection = require_collection(request)
-    field = require_str(request, "field")
-    dimension = vectors.check_dimension(request.get("dimension"))
+    dimension = vectors.check_dimension(request["dimension"])
     metric = vectors.normalize_metric(request.get("metric"))
-    return ctx.write(CreateVectorIndex(collection, field, dimension, metric))
+    return ctx.write(CreateVectorIndex(request["collection"], request["field"], dimension, metric))
 
 
 def vector_search(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     """The nearest documents with C{_distance} and C{_similarity}; C{limit} defaults to 10."""
-    collection = require_collection(request)
-    field = require_str(request, "field")
+    collection = request["collection"]
+    field = request["field"]
     vector = request.get("vector")
     vectors.query_vector(vector)
     # Optional numbers of the wrong type are ignored (server.md 3.2); the
