@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from oxidb.auth.rbac import Role
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import Field, JsonType, fields
+from oxidb.engine.changes import MAX_TOKEN
+from oxidb.engine.store import check_client_collection
 from oxidb.errors import BadRequestError, UnavailableError
 
 if TYPE_CHECKING:
@@ -31,13 +33,22 @@ _TOKEN_TEXT = "'resume_after' must be an unsigned 64-bit integer"
 
 def watch(ctx: CommandContext, request: dict[str, Any]) -> str:
     """C{"watching"}; the events follow once the reply is written."""
+    # The schema's checks, with its texts, for callers that skip it.
+    collection = request.get("collection")
+    if collection is not None:
+        if not isinstance(collection, str):
+            raise BadRequestError("'collection' must be a string")
+        check_client_collection(collection)
+    resume_after = request.get("resume_after")
+    if resume_after is not None and not (type(resume_after) is int and 0 <= resume_after <= MAX_TOKEN):
+        raise BadRequestError(_TOKEN_TEXT)
     session = ctx.session
     feed = ctx.changes
     if feed is None or session.watcher is None:
         raise UnavailableError("change streams are not available on this connection")
     if session.watch is not None:
         raise BadRequestError("already watching")
-    session.watch = feed.subscribe(session.watcher, request.get("collection"), request.get("resume_after"))
+    session.watch = feed.subscribe(session.watcher, collection, resume_after)
     return "watching"
 
 
