@@ -48,6 +48,7 @@ from oxidb.engine import procedures as procedure_store
 from oxidb.engine.engine import Engine
 from oxidb.metrics import ServerMetrics, threadpool_stats
 from oxidb.raft.service import RaftService
+from oxidb.server import changefeed
 from oxidb.server.dispatch import Dispatcher
 from oxidb.server.executor import LocalExecutor
 from oxidb.server.protocol import OxiServerFactory
@@ -96,6 +97,7 @@ class Services:
     raft: RaftService | None = None
     health_open: bool = False
     tls_enabled: bool = False
+    changes: changefeed.ChangeFeed | None = None
 
     @property
     def engine(self) -> Any:
@@ -253,6 +255,9 @@ def compose(
         register_appliers(engine, auth.store)
 
     health_open = auth is not None and config.auth.health_open
+    # Change streams follow what the engine commits (applied entries in cluster mode).
+    changes = changefeed.ChangeFeed(max_watchers=config.limits.max_watchers, accept_ahead=cluster)
+    changefeed.attach(engine, reactor, changes)
     dispatcher: Any = Dispatcher(
         registry, auth_enabled=auth is not None, health_open=health_open, metrics=metrics, audit=auditor
     )
@@ -274,6 +279,7 @@ def compose(
         raft=raft,
         health_open=health_open,
         tls_enabled=config.tls is not None,
+        changes=changes,
     )
     return Parts(
         services=services,

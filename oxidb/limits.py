@@ -95,6 +95,8 @@ SERVER_ROWS: tuple[LimitRow, ...] = (
     LimitRow("max_unsent_bytes", "OXIDB_MAX_UNSENT_BYTES", "max-unsent-bytes", 256 * 1024 * 1024, 1024 * 1024,
              "encoded reply bytes waiting for slow clients to read them, all connections together; "
              "past it large replies get 'server busy'"),
+    LimitRow("max_watchers", "OXIDB_MAX_WATCHERS", "max-watchers", 256, 0,
+             "connections in watch mode (change streams) at most; past it 'watch' gets 'server busy' (0: no limit)"),
 )
 
 

@@ -38,7 +38,6 @@ PLANNED = {
     "fts_status",
     "find_for_update", "create_geo_index",
     "create_collection_with_options", "restore_to_point", "archive_status",
-    "watch", "unwatch",
 }  # fmt: skip
 
 SPAN = re.compile(r"`([^`\n]+)`")
@@ -122,10 +121,10 @@ def test_the_mention_finder() -> None:
 | `create_index {field}` | x |
 | `frobnicate` | y |
 
-Send `{"cmd": "ping"}`; `drop_everything` and `watch` are commands, `max_time_ms` and
+Send `{"cmd": "ping"}`; `drop_everything` and `use_db` are commands, `max_time_ms` and
 `raft_forward` are not; `snapshot_*` is a family.
 """
-    assert command_mentions(text) == {"create_index", "frobnicate", "ping", "drop_everything", "watch", "snapshot_*"}
+    assert command_mentions(text) == {"create_index", "frobnicate", "ping", "drop_everything", "use_db", "snapshot_*"}
 
 
 def test_exceptions_are_not_commands() -> None:

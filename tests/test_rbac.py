@@ -21,6 +21,7 @@ READ = {
     "extract_text", "list_procedures", "get_procedure", "list_schedules", "get_schedule",
     "server_status", "proc_status", "list_databases", "use_db",
     "snapshot_begin", "snapshot_find", "snapshot_count", "snapshot_aggregate", "snapshot_end",
+    "watch", "unwatch",
 }  # fmt: skip
 
 #: ReadWrite adds CRUD, indexes, collections, transactions, blobs, running
@@ -53,7 +54,7 @@ NOT_YET = {
     "fts_status",
     "find_for_update",
     "create_geo_index", "create_collection_with_options",
-    "restore_to_point", "archive_status", "watch", "unwatch",
+    "restore_to_point", "archive_status",
 }  # fmt: skip
 
 UNKNOWN = {"", "drop_everything", "FIND", "find ", "sql"} | NOT_YET

@@ -299,6 +299,7 @@ def test_commit_operation_shape(engine: Engine) -> None:
                 {"op": "update", "collection": "c", "ids": [[1, 2], [4, 4]], "update": {"$set": {"x": 1}}},
                 {"op": "insert", "collection": "c", "first_id": 5, "documents": [{"n": 5}, {"n": 6}]},
             ],
+            "tx_id": 7,
             "v": 1,
         }
     }
@@ -307,7 +308,13 @@ def test_commit_operation_shape(engine: Engine) -> None:
     engine.read(reader.find, "c", {"n": 3})
     op = reader.commit_operation()
     assert op is not None and op.to_json() == {
-        "CommitTransaction": {"read_set": [["c", 3, 1]], "collections": {"c": incarnation}, "write_ops": [], "v": 1}
+        "CommitTransaction": {
+            "read_set": [["c", 3, 1]],
+            "collections": {"c": incarnation},
+            "write_ops": [],
+            "tx_id": 8,
+            "v": 1,
+        }
     }
 
 

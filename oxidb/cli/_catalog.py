@@ -754,6 +754,10 @@ CATALOG: dict[str, dict[str, Any]] = {'aggregate': {'summary': "The aggregation 
                              'required': False,
                              'doc': "lowers the server's time limit (`OXIDB_MAX_TIME_MS`); `maxTimeMS` is accepted "
                                     'too; checked by the engine'}]},
+ 'unwatch': {'summary': 'Ends the connection\'s change stream: `"unwatched"`; the connection takes requests again.',
+             'role': 'read',
+             'writes': False,
+             'fields': []},
  'update': {'summary': 'Updates every matching document, all-or-nothing: `{"modified": n}`; an upsert that matched '
                        'nothing adds `"upserted_id"`.',
             'role': 'readWrite',
@@ -850,4 +854,17 @@ CATALOG: dict[str, dict[str, Any]] = {'aggregate': {'summary': "The aggregation 
                                'type': 'non-negative integer',
                                'required': False,
                                'doc': "lowers the server's time limit (`OXIDB_MAX_TIME_MS`); `maxTimeMS` is accepted "
-                                      'too; checked by the engine'}]}}
+                                      'too; checked by the engine'}]},
+ 'watch': {'summary': 'Streams document changes: `"watching"`, then `change` and `overflow` events '
+                      '(docs/change-streams.md).',
+           'role': 'read',
+           'writes': False,
+           'fields': [{'name': 'collection',
+                       'type': 'string; not a reserved (`_`) collection',
+                       'required': False,
+                       'doc': "only this collection's changes; default every collection"},
+                      {'name': 'resume_after',
+                       'type': 'non-negative integer',
+                       'required': False,
+                       'doc': 'replay the changes after this token (at most 2^64-1; `resume token too old` past the '
+                              'buffer)'}]}}

@@ -187,6 +187,30 @@ def status(state: State) -> None:
     show(state.console, state.client.server_status(), raw=state.raw)
 
 
+@cli.command(name="watch")
+@click.argument("collection", required=False)
+@click.option("--resume-after", type=click.IntRange(0, 2**64 - 1), help="replay the changes after this token")
+@click.option("--count", type=click.IntRange(1), help="stop after this many events")
+@click.pass_obj
+@handled
+def watch(state: State, collection: str | None, resume_after: int | None, count: int | None) -> None:
+    """
+    Print the changes to COLLECTION (default: every collection) as they
+    happen, one JSON event per line; after a failover it resumes on another
+    node without gap or repeat (docs/change-streams.md). Ctrl-C stops.
+    """
+    events = state.client.watch(collection, resume_after=resume_after)
+    try:
+        for n, event in enumerate(events, 1):
+            click.echo(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
+            if count is not None and n >= count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        events.close()
+
+
 # -- dump, restore, import, export ----------------------------------------------
 
 

@@ -149,6 +149,10 @@ class Shell:
         if word == "help":
             self.console.print(help_text(rest.strip()) if rest.strip() else self._overview(), markup=False)
             return True
+        if word in ("watch", "unwatch"):
+            # A watch takes its connection over: it has a command of its own.
+            self._error(f"'{word}' does not run in the shell: use 'oxidb-cli watch [COLLECTION]'")
+            return True
         try:
             request = build_request(split_line(text))
             if request["cmd"] == "use_db" and isinstance(request.get("name"), str):

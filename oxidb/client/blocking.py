@@ -13,13 +13,13 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 from oxidb.client import core
 from oxidb.client.commands import CommandMethods, page_query
-from oxidb.client.core import ProtocolCore, Reply, ScramLogin
+from oxidb.client.core import ProtocolCore, Reply, ScramLogin, backoff_delay, last_token, watch_request
 from oxidb.client.errors import (
     ClientError,
     ConnectionFailed,
@@ -290,6 +290,83 @@ class Client(CommandMethods):
         if self._sock is not None and not self._session.in_tx and not self._alive():
             self._drop()
         return self._run(self._session.request(request, connected=self._sock is not None))
+
+    # -- change streams -------------------------------------------------------
+
+    def watch(
+        self, collection: str | None = None, *, resume_after: int | None = None
+    ) -> Generator[dict[str, Any], None, None]:
+        """
+        Follow document changes (docs/change-streams.md) on a connection of
+        its own, subscribed when this returns: yields each event,
+        C{{"event": "change", "data": {...}}} or C{{"event": "overflow",
+        "data": {"dropped": n}}}, as it arrives. When the connection breaks
+        (its node failed, or restarted) it connects again, to any seed, and
+        resumes after the last token seen, so no change is missed or
+        repeated; it gives up after C{retries} failed attempts in a row
+        (L{ConnectionFailed}). Close the iterator to stop.
+
+        @raise ServerError: the server refused the watch (for instance
+            C{resume token too old}), now or when resuming.
+        """
+        follower = Client(self.options, connector=self._connector, sleep=self._sleep)
+        try:
+            follower._subscribe(collection, resume_after)
+        except BaseException:
+            follower.close()
+            raise
+        return follower._follow(collection, resume_after)
+
+    def _subscribe(self, collection: str | None, token: int | None) -> None:
+        """Connect if needed and send C{watch} (raises L{_Lost} or the server's refusal)."""
+        if self._sock is None:
+            self.connect()
+        self._exchange(watch_request(collection, token)).result()
+        self._wait_forever()
+
+    def _follow(self, collection: str | None, token: int | None) -> Generator[dict[str, Any], None, None]:
+        failures = 0
+        try:
+            while True:
+                try:
+                    if self._sock is None:
+                        self._subscribe(collection, token)
+                        failures = 0
+                    while True:
+                        for event in self._core.take_events():
+                            token = last_token(event, token)
+                            yield event
+                        self._receive_events()
+                except _Lost as lost:
+                    self._drop()
+                    failures += 1
+                    if failures > self.options.retries:
+                        raise ConnectionFailed(f"watch: {lost}") from None
+                    self._session.prefer_leader(None)
+                    self._sleep(backoff_delay(failures))
+        finally:
+            self.close()
+
+    def _wait_forever(self) -> None:
+        """A watching socket waits for events without a timeout; TCP keepalive finds a dead peer."""
+        sock: Any = self._sock
+        for name, args in (("settimeout", (None,)), ("setsockopt", (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))):
+            method = getattr(sock, name, None)
+            if method is not None:
+                try:
+                    method(*args)
+                except OSError:
+                    pass
+
+    def _receive_events(self) -> None:
+        assert self._sock is not None
+        try:
+            data = self._sock.recv(65536)
+        except OSError as e:
+            raise _Lost(f"receive failed: {e}", sent=True) from None
+        if not data:
+            raise _Lost("connection closed by the server", sent=True)
+        self._core.receive(data)
 
     def command(self, cmd: str, **fields: Any) -> Any:
         """C{request({"cmd": cmd, **fields})}."""

@@ -145,6 +145,29 @@ class Reply:
         return self.value
 
 
+#: How every change stream event frame starts (the server writes C{event} first).
+_EVENT_PREFIX = b'{"event":'
+
+
+def watch_request(collection: str | None, resume_after: int | None) -> dict[str, Any]:
+    """The C{watch} request for C{collection} (None: all) resuming after C{resume_after} (None: from now)."""
+    request: dict[str, Any] = {"cmd": "watch"}
+    if collection is not None:
+        request["collection"] = collection
+    if resume_after is not None:
+        request["resume_after"] = resume_after
+    return request
+
+
+def last_token(event: dict[str, Any], current: int | None) -> int | None:
+    """The token to resume after once C{event} has been handled."""
+    if event.get("event") == "change":
+        data = event.get("data")
+        if isinstance(data, dict) and isinstance(data.get("token"), int):
+            return int(data["token"])
+    return current
+
+
 @attrs.define(eq=False)
 class ProtocolCore:
     """
@@ -158,6 +181,8 @@ class ProtocolCore:
     """
 
     format: str = "json"
+    #: Change stream events received (C{{"event": ..., "data": ...}}), oldest first; the caller takes them.
+    events: list[dict[str, Any]] = attrs.field(init=False, factory=list)
     _decoder: FrameDecoder = attrs.field(init=False, factory=lambda: FrameDecoder(_MAX_REPLY))
     _pending: deque[Pending] = attrs.field(init=False, factory=deque)
     _next_id: int = attrs.field(init=False, default=1)
@@ -202,6 +227,14 @@ class ProtocolCore:
         except Exception as e:
             raise ClientProtocolError(f"bad reply frame: {e}") from None
         for payload in payloads:
+            if payload.startswith(_EVENT_PREFIX):
+                # Pushed by the server in watch mode; events are JSON for our formats.
+                try:
+                    event = json.loads(payload)
+                except ValueError as e:
+                    raise ClientProtocolError(f"bad event: {e}") from None
+                self.events.append(event)
+                continue
             if not self._pending:
                 raise ClientProtocolError("a reply arrived with no request waiting")
             pending = self._pending.popleft()
@@ -219,8 +252,14 @@ class ProtocolCore:
             replies.append(Reply(pending.request_id, pending.request, ok, value))
         return replies
 
+    def take_events(self) -> list[dict[str, Any]]:
+        """The events received so far (and forget them)."""
+        events, self.events = self.events, []
+        return events
+
     def lose(self) -> list[Pending]:
         """The connection is gone: forget and return the requests that got no reply."""
+        self.events = []
         pending, self._pending = list(self._pending), deque()
         self._decoder = FrameDecoder(_MAX_REPLY)
         return pending

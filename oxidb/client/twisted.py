@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from oxidb.client import core
 from oxidb.client.commands import CommandMethods, page_query
-from oxidb.client.core import ProtocolCore, Reply, ScramLogin
+from oxidb.client.core import ProtocolCore, Reply, ScramLogin, backoff_delay, last_token, watch_request
 from oxidb.client.errors import (
     ClientError,
     ConnectionFailed,
@@ -29,7 +29,7 @@ from oxidb.client.errors import (
 )
 from oxidb.client.url import ConnectOptions, parse_url
 
-__all__ = ["OxiClientConnection", "TwistedClient", "endpoint_connector"]
+__all__ = ["OxiClientConnection", "TwistedClient", "Watch", "endpoint_connector"]
 
 
 class Lost(Exception):
@@ -48,6 +48,8 @@ class OxiClientConnection(Protocol):
         self._waiting: dict[int, Deferred[Reply]] = {}
         self.connected = False
         self.lost: Deferred[None] = Deferred()
+        #: Called with each change stream event; they wait in the core until it is set.
+        self.on_event: Callable[[dict[str, Any]], None] | None = None
 
     def connectionMade(self) -> None:
         self.connected = True
@@ -71,6 +73,13 @@ class OxiClientConnection(Protocol):
             return
         for reply in replies:
             self._waiting.pop(reply.request_id).callback(reply)
+        self.deliver_events()
+
+    def deliver_events(self) -> None:
+        """Hand the events received to L{on_event} (once it is set)."""
+        while self.on_event is not None and self.core.events:
+            for event in self.core.take_events():
+                self.on_event(event)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
@@ -257,6 +266,66 @@ class TwistedClient(CommandMethods):
     def _database_selected(self, name: str) -> None:
         self.options = self.options.with_changes(database=name)
 
+    # -- change streams ---------------------------------------------------------
+
+    def watch(
+        self,
+        callback: Callable[[dict[str, Any]], None],
+        collection: str | None = None,
+        *,
+        resume_after: int | None = None,
+    ) -> Watch:
+        """
+        Follow document changes (docs/change-streams.md) on a connection of
+        its own: C{callback(event)} for each event as it arrives. When the
+        connection breaks it connects again, to any seed, and resumes after
+        the last token seen (no change missed or repeated); after
+        C{retries} failed attempts in a row L{Watch.done} fails with
+        L{ConnectionFailed}, and with the server's error if it refuses the
+        watch. L{Watch.stop} ends it.
+        """
+        follower = TwistedClient(self.options, reactor=self._reactor, connector=self._connector)
+        watch = Watch(follower)
+        watch.done = Deferred.fromCoroutine(follower._follow(watch, callback, collection, resume_after))
+        return watch
+
+    async def _follow(
+        self, watch: Watch, callback: Callable[[dict[str, Any]], None], collection: str | None, token: int | None
+    ) -> None:
+        failures = 0
+
+        def handle(event: dict[str, Any]) -> None:
+            nonlocal token
+            token = last_token(event, token)
+            callback(event)
+
+        try:
+            while not watch.is_stopped():
+                if not self._connected():
+                    await self._run(self._session.connect(connected=False))
+                conn = self._conn
+                assert conn is not None
+                try:
+                    (await conn.request(watch_request(collection, token))).result()
+                except Lost as lost:
+                    reason: Exception = lost
+                else:
+                    failures = 0
+                    conn.on_event = handle
+                    conn.deliver_events()
+                    await conn.lost
+                    reason = Lost("connection lost", sent=True)
+                self._conn = None
+                if watch.is_stopped():
+                    return
+                failures += 1
+                if failures > self.options.retries:
+                    raise ConnectionFailed(f"watch: {reason}")
+                self._session.prefer_leader(None)
+                await self._sleep(backoff_delay(failures))
+        finally:
+            self.close()
+
     def transaction(self) -> _Transaction:
         """C{async with client.transaction():} commit at the end, roll back on an exception."""
         return _Transaction(self)
@@ -275,6 +344,27 @@ class TwistedClient(CommandMethods):
             if len(page) < page_size:
                 return
             after = page[-1].get("_id")
+
+
+class Watch:
+    """
+    A change stream followed by L{TwistedClient.watch}.
+
+    @ivar done: fires when it ends (L{stop}), or fails with why it gave up.
+    """
+
+    def __init__(self, client: TwistedClient) -> None:
+        self._client = client
+        self.stopped = False
+        self.done: Deferred[None] = Deferred()
+
+    def is_stopped(self) -> bool:
+        return self.stopped
+
+    def stop(self) -> None:
+        """Stop following: the connection is closed."""
+        self.stopped = True
+        self._client.close()
 
 
 class _Transaction:

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "oxidb.commands.explain",
     "oxidb.commands.snapshots",
     "oxidb.commands.databases",
+    "oxidb.commands.watch",
 )
 
 

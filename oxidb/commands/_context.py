@@ -159,6 +159,7 @@ class IServices(IEngineSource):
     auth_enabled = Attribute("authentication is on")
     health_open = Attribute("C{OXIDB_HEALTH_OPEN} is on (with authentication)")
     tls_enabled = Attribute("the client port speaks TLS")
+    changes = Attribute("the L{oxidb.server.changefeed.ChangeFeed}, or None")
 
 
 @attrs.define
@@ -237,6 +238,11 @@ class CommandContext:
         """The audit trail; None when auditing is off."""
         audit: Auditor | None = self.services.audit
         return audit
+
+    @property
+    def changes(self) -> Any:
+        """The node's change feed (L{oxidb.server.changefeed.ChangeFeed}), or None."""
+        return getattr(self.services, "changes", None)
 
     @property
     def cluster(self) -> IClusterControl | None:

@@ -113,6 +113,9 @@ def pipeline(ctx: CommandContext, request: dict[str, Any]) -> Any:
             if command_name(sub) == "pipeline":
                 envelopes.append({"ok": False, "error": "pipeline: nested pipelines are not supported"})
                 continue
+            if command_name(sub) in ("watch", "unwatch"):
+                envelopes.append({"ok": False, "error": f"pipeline: '{command_name(sub)}' cannot run in a pipeline"})
+                continue
             token = current_owner.set(owner)
             try:
                 outcome = dispatcher.dispatch(ctx, sub)

@@ -29,6 +29,7 @@ from oxidb import filemodes
 from oxidb.atrest import AtRestKey
 from oxidb.engine import keys, sqlite, store, textstore, vectors
 from oxidb.engine.blobs import PreparedPuts
+from oxidb.engine.changes import ChangeRecorder, IChangeListener
 from oxidb.engine.governor import DEFAULT_LIMITS, Clock, Deadline, NotInline, QueryLimits, time_limit_ms
 from oxidb.engine.operations import BUILTIN, EnsureCollection, Operation, OperationCodec, Rejected
 from oxidb.engine.reads import Reader, small_shape
@@ -149,6 +150,8 @@ class Engine:
         self.prepared_puts = PreparedPuts()
         self._writer: Writer | None = None
         self._writer_conn: sqlite.Connection | None = None
+        self._recorder = ChangeRecorder()
+        self._listener: IChangeListener | None = None
         self._local = threading.local()
         self._readers: list[sqlite.Connection] = []
         self._readers_lock = threading.Lock()
@@ -183,8 +186,17 @@ class Engine:
             raise
         self._writer_conn = conn
         self._writer = Writer(
-            conn, self._apply_op, max_batch=self._max_batch, prepare=self._prepare_op, on_commit=self._on_commit
+            conn,
+            self._apply_op,
+            max_batch=self._max_batch,
+            prepare=self._prepare_op,
+            on_commit=self._on_commit,
+            recorder=self._recorder,
         )
+        listener = self._listener
+        last_token = self._writer.listen(listener)
+        if listener is not None:
+            listener.opened(last_token)
         self._writer.start()
         self._open = True
 
@@ -271,6 +283,23 @@ class Engine:
             raise UnavailableError("engine is closed")
         return self._writer.last_applied
 
+    def listen(self, listener: IChangeListener | None) -> int:
+        """
+        Send the document changes of every commit from now on to
+        C{listener} (L{oxidb.engine.changes}; None: stop), also after the
+        engine reopens; the last token committed before (0 while closed).
+        """
+        self._listener = listener
+        if self._writer is None or not self._open:
+            return 0
+        return self._writer.listen(listener)
+
+    def last_change_token(self) -> int:
+        """The resume token of the last document change committed (0 if none)."""
+        if self._writer is None or not self._open:
+            raise UnavailableError("engine is closed")
+        return self._writer.last_token
+
     @property
     def commits(self) -> int:
         """Transactions committed by the writer since L{open}."""
@@ -295,7 +324,7 @@ class Engine:
                 raise BadRequestError(f"unknown operation: {op.KIND}")
             raise BadRequestError("malformed operation")
         assert self._writer_conn is not None
-        return applier(WriteTxn(self._writer_conn, now), op, now)
+        return applier(WriteTxn(self._writer_conn, now, self._recorder), op, now)
 
     # --- reads ------------------------------------------------------------
 

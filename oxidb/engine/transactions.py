@@ -251,7 +251,8 @@ class Transaction:
         if not self.ops and not self.read_set:
             return None
         read_set = tuple((collection, doc_id, version) for (collection, doc_id), version in self.read_set.items())
-        return CommitTransaction(read_set, tuple(self.ops), dict(self.collections) if self.collections else None)
+        collections = dict(self.collections) if self.collections else None
+        return CommitTransaction(read_set, tuple(self.ops), collections, self.tx_id)
 
 
 # --- operations (writer thread) -----------------------------------------------
@@ -446,6 +447,9 @@ class CommitTransaction(Operation):
     read_set: tuple[tuple[str, int, int], ...]
     write_ops: tuple[TxWrite, ...]
     collections: dict[str, Any] | None = None
+    #: The number C{begin_tx} answered, for change events (absent in
+    #: entries written before events carried it; older nodes ignore it).
+    tx_id: int | None = attrs.field(default=None, validator=check(lambda v: v is None or _is_id(v), malformed))
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -454,6 +458,8 @@ class CommitTransaction(Operation):
         }
         if self.collections is not None:
             body["collections"] = dict(self.collections)
+        if self.tx_id is not None:
+            body["tx_id"] = self.tx_id
         return body
 
     def to_json(self) -> dict[str, Any]:
@@ -472,9 +478,12 @@ class CommitTransaction(Operation):
             tuple(_read_set_entry(entry) for entry in read_set),
             tuple(_tx_write(write) for write in write_ops),
             collections,
+            body.get("tx_id"),
         )
 
     def apply(self, txn: WriteTxn, now: float) -> str:
+        if txn.changes is not None:
+            txn.changes.tx_id = self.tx_id
         incarnations = self.collections or {}
         for collection, doc_id, expected in self.read_set:
             if collection in incarnations and store.incarnation(txn.conn, collection) != incarnations[collection]:

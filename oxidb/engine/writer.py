@@ -9,6 +9,11 @@ the same transaction, commits once (one fsync with C{synchronous=FULL}) and
 only then resolves the futures. A write is therefore acknowledged only when
 it is durable, and many concurrent writers share one fsync.
 
+With a L{ChangeRecorder}, the document changes of each operation that
+succeeded get their resume tokens (L{oxidb.engine.changes}), the last token
+is stored in the batch's transaction, and after the commit the batch's
+changes go to the listener (L{Writer.listen}), before the futures resolve.
+
 An optional C{prepare(op)} runs just before an operation, in a savepoint of
 its own: its effects stay even when the operation then fails (upstream
 creates the collection a failing command names, engine.md 1.6).
@@ -24,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from oxidb.engine import sqlite, store
+from oxidb.engine import changes, sqlite, store
+from oxidb.engine.changes import Change, ChangeRecorder, IChangeListener
 from oxidb.errors import StorageIOError, UnavailableError
 
 if TYPE_CHECKING:
@@ -61,6 +67,7 @@ class Writer:
         max_batch: int = 512,
         prepare: Callable[[Operation], None] | None = None,
         on_commit: Callable[[int], None] | None = None,
+        recorder: ChangeRecorder | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -74,6 +81,10 @@ class Writer:
         self._closed = False
         self._lock = threading.Lock()
         self._last_applied = int(store.get_meta(conn, "last_applied", 0))
+        self._recorder = recorder
+        self._last_token = int(store.get_meta(conn, changes.META_KEY, 0))
+        self._listener: IChangeListener | None = None
+        self._listener_lock = threading.Lock()
         self.commits = 0
 
     def start(self) -> None:
@@ -94,6 +105,21 @@ class Writer:
     def last_applied(self) -> int:
         """The highest Raft index committed (0 if none)."""
         return self._last_applied
+
+    @property
+    def last_token(self) -> int:
+        """The token of the last change committed (0 if none)."""
+        return self._last_token
+
+    def listen(self, listener: IChangeListener | None) -> int:
+        """
+        Send the changes of every commit from now on to C{listener} (None:
+        stop); the last token committed before. Thread-safe: the changes of
+        a commit either count in that token or go to the listener.
+        """
+        with self._listener_lock:
+            self._listener = listener
+            return self._last_token
 
     def on_writer_thread(self) -> bool:
         return threading.current_thread() is self._thread
@@ -133,6 +159,9 @@ class Writer:
         conn = self._conn
         outcomes: list[tuple[bool, Any]] = []
         last_applied = self._last_applied
+        recorder = self._recorder
+        committed: list[Change] = []
+        last_token = self._last_token
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite.Error as e:
@@ -144,19 +173,43 @@ class Writer:
                     # Already applied before a restart: replaying it is a no-op.
                     outcomes.append((True, None))
                     continue
-                outcomes.append(self._apply_one(pending))
+                if recorder is not None:
+                    recorder.begin()
+                outcome = self._apply_one(pending)
+                outcomes.append(outcome)
+                if recorder is not None and outcome[0] and not recorder.empty:
+                    # A Raft entry's changes are numbered by its index, the same on every node.
+                    sequence = pending.raft_index
+                    if sequence is None:
+                        sequence = changes.sequence_of(last_token) + 1
+                    done = recorder.finish(sequence)
+                    committed.extend(done)
+                    last_token = done[-1].token
                 if pending.raft_index is not None:
                     last_applied = pending.raft_index
             if last_applied != self._last_applied:
                 store.set_meta(conn, "last_applied", last_applied)
+            if last_token != self._last_token:
+                store.set_meta(conn, changes.META_KEY, last_token)
             conn.execute("COMMIT")
         except sqlite.Error as e:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if recorder is not None:
+                recorder.begin()
             self._fail_all(batch, e)
             return
         self._last_applied = last_applied
         self.commits += 1
+        if committed or last_token != self._last_token:
+            with self._listener_lock:
+                self._last_token = last_token
+                listener = self._listener
+            if listener is not None and committed:
+                try:
+                    listener.committed(committed)
+                except Exception:  # noqa: BLE001 - a listener must not stop the writer
+                    pass
         if self._on_commit is not None:
             try:
                 self._on_commit(len(batch))

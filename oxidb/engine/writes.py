@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from oxidb.engine import databases, keys, paths, sqlite, store, textstore, ttl, values, vectors
+from oxidb.engine.changes import ChangeRecorder
 from oxidb.engine.matcher import parse_sort
 from oxidb.engine.projection import compile_projection
 from oxidb.engine.reads import Reader, check_query
@@ -52,11 +53,14 @@ class WriteTxn(Reader):
     @ivar now: the operation's time (seconds since the epoch); the only
         clock writes may consult, so that replicas applying the same
         operations stay identical.
+    @ivar changes: the writer's L{ChangeRecorder}: every document inserted,
+        updated or deleted is recorded there (None: not recorded).
     """
 
-    def __init__(self, conn: sqlite.Connection, now: float) -> None:
+    def __init__(self, conn: sqlite.Connection, now: float, changes: ChangeRecorder | None = None) -> None:
         super().__init__(conn, None)
         self.now = now
+        self.changes = changes
         self._savepoints = 0
 
     @contextlib.contextmanager
@@ -64,12 +68,15 @@ class WriteTxn(Reader):
         """A nested all-or-nothing block: an exception rolls back its changes."""
         self._savepoints += 1
         name = f"sp{self._savepoints}"
+        mark = None if self.changes is None else self.changes.mark()
         self.conn.execute(f"SAVEPOINT {name}")
         try:
             yield
         except BaseException:
             self.conn.execute(f"ROLLBACK TO {name}")
             self.conn.execute(f"RELEASE {name}")
+            if self.changes is not None and mark is not None:
+                self.changes.rollback_to(mark)
             raise
         else:
             self.conn.execute(f"RELEASE {name}")
@@ -260,6 +267,8 @@ class WriteTxn(Reader):
             f"INSERT INTO {info.tbl}(_id, _version, doc{names}) VALUES (?, ?, {store.DOC_VALUE}{marks})",
             _with_keys(rows, key_columns, lambda row: (row[0], row[1], row[3])),
         )
+        if self.changes is not None:
+            self.changes.record_inserts(info.name, rows)
         text_index = _text_index(defs)
         if text_index is not None:
             textstore.add(self.conn, info.tbl, text_index.fields, [(row[0], row[2]) for row in rows])
@@ -306,6 +315,8 @@ class WriteTxn(Reader):
             f"UPDATE {info.tbl} SET _version = ?, doc = {store.DOC_VALUE}{assignments} WHERE _id = ?",
             _with_keys(rows, key_columns, lambda row: (row[1], row[3]), lambda row: (row[0],)),
         )
+        if self.changes is not None:
+            self.changes.record_many("update", info.name, [row[0] for row in rows])
         text_index = _text_index(defs)
         if text_index is not None:
             ids = [row[0] for row in rows]
@@ -391,14 +402,32 @@ class WriteTxn(Reader):
         defs = store.list_index_defs(self.conn, info.name)
         text_index = _text_index(defs)
         derived = text_index is not None or any(index.kind == store.INDEX_VECTOR for index in defs)
+        changes = self.changes
         if plan.exact and limit is None and not derived:
             sql = f"DELETE FROM {info.tbl}"
             if plan.where != "1":
                 sql += f" WHERE {plan.where}"
+            if changes is None:
+                self.conn.execute(sql, plan.params)
+                return self.conn.changes()
+            # The lowest ids, in order (the same on every replica), up to
+            # what the recorder keeps; the others are only counted.
+            where = "" if plan.where == "1" else f" WHERE {plan.where}"
+            kept = [
+                row[0]
+                for row in self.conn.execute(
+                    f"SELECT _id FROM {info.tbl}{where} ORDER BY _id LIMIT ?", (*plan.params, changes.room)
+                )
+            ]
             self.conn.execute(sql, plan.params)
-            return self.conn.changes()
+            count = self.conn.changes()
+            changes.record_many("delete", info.name, kept)
+            changes.count_lost(count - len(kept))
+            return count
         ids = [(doc_id,) for doc_id, _, _ in self.rows(info, plan, None, None, limit)]
         self.conn.executemany(f"DELETE FROM {info.tbl} WHERE _id = ?", ids)
+        if changes is not None:
+            changes.record_many("delete", info.name, [doc_id for (doc_id,) in ids])
         if text_index is not None:
             textstore.remove(self.conn, info.tbl, [doc_id for (doc_id,) in ids])
         vectors.sync(self.conn, info.tbl, defs, removed=[doc_id for (doc_id,) in ids])

@@ -37,8 +37,16 @@ sent them; a reply above L{OFFLOAD_BYTES} that would take that count past
 C{max_unsent_bytes} is replaced by a C{server busy} error, so clients that
 do not read cannot make the server hold more than that.
 
+Change streams (L{oxidb.commands.watch}): once the C{watching} reply is
+written the connection is in watch mode: its subscription writes events
+while the transport takes them (L{paused} is false) and stays behind in
+the shared feed while it does not (L{oxidb.server.changefeed}); of the
+frames received only a small C{unwatch} is run, the others are dropped
+unanswered (server.md 3.6).
+
 Timeouts (C{OXIDB_IDLE_TIMEOUT}, 0 = off): the idle timer runs only while no
-request of this connection is executing and restarts on every byte received;
+request of this connection is executing and it is not watching, and restarts
+on every byte received;
 the frame timer runs from the first byte of a frame until its last, so a frame
 trickled in slowly is cut too. Either closes the connection without a reply.
 """
@@ -59,6 +67,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oxidb.commands._context import CommandContext
+from oxidb.engine.changes import Change
 from oxidb.errors import (
     DecodeError,
     EncodedReplyTooLargeError,
@@ -67,6 +76,7 @@ from oxidb.errors import (
     ServerBusyError,
 )
 from oxidb.logs import Logger
+from oxidb.server.changefeed import IWatcher
 from oxidb.server.dispatch import Reply, command_name
 from oxidb.server.lifecycle import NO_TURN, ConnectionInputs, ConnectionMachine, Intake, Turn
 from oxidb.server.session import Session
@@ -76,6 +86,7 @@ from oxidb.wire.codec import (
     decode_request,
     detect,
     encode_error,
+    encode_event,
     encode_json_top,
     encode_ok,
     is_small,
@@ -151,7 +162,11 @@ def format_peer(address: Any) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@implementer(IPushProducer)
+#: Frames received in watch mode above this size are dropped undecoded (not an C{unwatch}).
+WATCH_FRAME_BYTES = 4096
+
+
+@implementer(IPushProducer, IWatcher)
 class OxiServerProtocol(Protocol):
     """
     One client connection. See the module docstring; its life is the
@@ -196,6 +211,11 @@ class OxiServerProtocol(Protocol):
         # Called after each reply until the login's reply has been written.
         self._after_reply: Callable[[], None] | None = None
         self._machine: ConnectionInputs = ConnectionMachine(self)
+        # The transport paused us (the client does not read).
+        self._write_paused = False
+        # The format of the last request dispatched, and of the events.
+        self._last_format = WireFormat.JSON
+        self._watch_format = WireFormat.JSON
         self.session: Session
         self.ctx: CommandContext
 
@@ -224,6 +244,7 @@ class OxiServerProtocol(Protocol):
                 self._login_timer = factory.clock.callLater(factory.login_timeout, login.deadline_passed)
         else:
             self.session = Session.anonymous_admin(peer, tls=tls)
+        self.session.watcher = self
         self.ctx = CommandContext(self.session, factory.services)
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
@@ -349,6 +370,9 @@ class OxiServerProtocol(Protocol):
         self._cancel_timer()
         self.clear_queue()
         self.release_unsent()
+        if self.session.watch is not None:
+            self.session.watch.cancel()
+            self.session.watch = None
         # An open transaction dies with its connection (server.md 1.7).
         self.session.tx = None
         self.session.closed()
@@ -439,6 +463,9 @@ class OxiServerProtocol(Protocol):
             self._queued_bytes -= len(payload)
             self._weight = 1
             result = self._handle(payload)
+            if result is None:  # dropped in watch mode
+                self._weight = 0
+                continue
             if type(result) is not bytes:
                 self._machine.request_pending()
                 cast("Deferred[bytes]", result).addCallback(self._answered)
@@ -451,6 +478,8 @@ class OxiServerProtocol(Protocol):
                 self._machine.close_after_reply()
             else:
                 self._last_activity = self.factory.clock.seconds()
+                if self.session.watch is not None and not self.session.watch.started:
+                    self._start_watch()
         if turn.flow:
             self._update_reading()
         elif turn.live and turn.closing and not queue:
@@ -461,10 +490,15 @@ class OxiServerProtocol(Protocol):
         self._weight = 0
         self._machine.answered(payload)
         self._writing = 0
+        watch = self.session.watch
+        if watch is not None and not watch.started and not self._gone:
+            self._start_watch()
         self._run()
 
-    def _handle(self, payload: bytes) -> bytes | Deferred[bytes]:
-        """The reply to one request, or a Deferred firing with it."""
+    def _handle(self, payload: bytes) -> bytes | Deferred[bytes] | None:
+        """The reply to one request, or a Deferred firing with it; None: no reply (watch mode)."""
+        if self.session.watch is not None:
+            return self._watch_frame(payload)
         if len(payload) > OFFLOAD_BYTES:
             d = self.factory.offload(self, decode_large, payload)
             if d is not None:
@@ -489,6 +523,7 @@ class OxiServerProtocol(Protocol):
         if self._gone:  # closed while its frame was decoded on the pool
             return b""
         fmt, request = decoded
+        self._last_format = fmt
         if type(request) is dict and "commands" in request:
             commands = request["commands"]
             if type(commands) is list and len(commands) > 1 and command_name(request) == "pipeline":
@@ -576,6 +611,62 @@ class OxiServerProtocol(Protocol):
             return encode_ok(fmt, reply.value)
         return encode_error(fmt, reply.value)
 
+    # --- change streams ----------------------------------------------------
+
+    def _watch_frame(self, payload: bytes) -> bytes | None:
+        """In watch mode only C{unwatch} runs (through the dispatcher: roles, audit)."""
+        if len(payload) > WATCH_FRAME_BYTES:
+            return None
+        try:
+            fmt, request = decode_request(payload)
+        except DecodeError:
+            return None
+        if command_name(request) != "unwatch":
+            return None
+        reply = self._dispatch((fmt, request))
+        return reply if type(reply) is bytes else None
+
+    def _start_watch(self) -> None:
+        """The C{watching} reply is out: events follow, in that request's format."""
+        self._watch_format = self._last_format
+        keep_alive = getattr(self.transport, "setTcpKeepAlive", None)
+        if keep_alive is not None:
+            try:
+                keep_alive(True)
+            except OSError:
+                pass
+        self.session.watch.start()
+
+    @property
+    def paused(self) -> bool:
+        """L{IWatcher}: write no event now (the client does not read, or it is gone)."""
+        return self._write_paused or self._gone
+
+    def _write_event(self, event: dict[str, Any]) -> None:
+        payload = encode_event(self._watch_format, event)
+        if len(payload) > MAX_FRAME:
+            # A document close to the frame limit: the event without it.
+            data = dict(cast("dict[str, Any]", event["data"]))
+            data.pop("document", None)
+            data["document_omitted"] = True
+            payload = encode_event(self._watch_format, {"event": event["event"], "data": data})
+        self.transport.write(_PREFIX.pack(len(payload)) + payload)
+        metrics = self.factory.services.metrics
+        if metrics is not None:
+            metrics.bytes_sent(len(payload) + 4)
+
+    def send_change(self, change: Change) -> None:
+        self._write_event({"event": "change", "data": change.event_data()})
+
+    def send_overflow(self, dropped: int) -> None:
+        self._write_event({"event": "overflow", "data": {"dropped": dropped}})
+
+    def feed_reset(self) -> None:
+        """The node's history was replaced (a snapshot): the client must resume elsewhere or anew."""
+        self.session.watch = None
+        self._log.info("change feed reset, closing the watch of {peer}", peer=self.session.peer)
+        self._machine.abort()
+
     # --- flow control ----------------------------------------------------
 
     def _update_reading(self) -> None:
@@ -594,14 +685,20 @@ class OxiServerProtocol(Protocol):
 
     def pauseProducing(self) -> None:
         """The client is not reading its replies: run nothing more for now."""
+        self._write_paused = True
         self._machine.pause_writing()
 
     def resumeProducing(self) -> None:
         """The transport has sent everything it held."""
+        self._write_paused = False
         self._machine.resume_writing()
         self._run()
+        watch = self.session.watch
+        if watch is not None and watch.started:
+            watch.resume()
 
     def stopProducing(self) -> None:
+        self._write_paused = True
         self._machine.pause_writing()
 
     # --- timers ------------------------------------------------------------
@@ -626,7 +723,7 @@ class OxiServerProtocol(Protocol):
             if now - self._frame_started >= timeout:
                 return self._timed_out("frame arriving too slowly")
             deadline = min(deadline, self._frame_started + timeout)
-        if not self._machine.busy():
+        if not self._machine.busy() and self.session.watch is None:
             if now - self._last_activity >= timeout:
                 return self._timed_out("silent")
             deadline = min(deadline, self._last_activity + timeout)

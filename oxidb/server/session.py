@@ -35,6 +35,10 @@ class Session:
     @ivar on_close: called (on the reactor thread, and must not block) when
         the connection closes: what a handler left open for it, such as a
         snapshot read.
+    @ivar watcher: the connection's side of a change stream
+        (L{oxidb.server.changefeed.IWatcher}), set by the server.
+    @ivar watch: the connection's change stream subscription
+        (L{oxidb.server.changefeed.Subscription}) while it watches.
     """
 
     peer: str = "-"
@@ -47,6 +51,8 @@ class Session:
     failed_logins: int = 0
     close_after_reply: bool = False
     on_close: list[Callable[[], None]] = attrs.field(factory=list, eq=False, repr=False)
+    watcher: Any = attrs.field(default=None, eq=False, repr=False)
+    watch: Any = attrs.field(default=None, eq=False, repr=False)
     login: Login = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "decode_request",
     "detect",
     "encode_error",
+    "encode_event",
     "encode_json_top",
     "encode_ok",
     "is_small",
@@ -179,6 +180,18 @@ def encode_json_top(obj: dict[str, object]) -> bytes:
     Compact JSON of a whole top-level object, for replies that have no
     C{data} wrapper (the C{hello} success reply).
     """
+    return _json.encode(obj)
+
+
+def encode_event(fmt: WireFormat, obj: dict[str, object]) -> bytes:
+    """
+    A pushed event (a change stream's C{{"event": ..., "data": ...}}): a
+    top-level map in JSON and MessagePack; OxiWire has no top-level map, so
+    its connections get JSON text (as upstream sends events to every
+    connection).
+    """
+    if fmt is WireFormat.MSGPACK:
+        return _msgpack.encode(obj)
     return _json.encode(obj)
 
 

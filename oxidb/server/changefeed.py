@@ -1,0 +1,316 @@
+"""
+The change feed: the node's recent document changes and the watchers
+following them (change streams, server.md 3.6 and docs/change-streams.md).
+
+The engine's writer hands every commit's changes over (L{ReactorListener},
+which moves them to the reactor thread); L{ChangeFeed.publish} appends them
+to the replay buffer and lets every watcher catch up. Everything here runs
+on the reactor thread.
+
+B{One buffer, a cursor per watcher.} The buffer holds the last
+C{capacity} changes (at least L{REPLAY_EVENTS}), fewer only when their
+documents together pass C{max_bytes}. A watcher is a cursor into it: the
+token of the last change it has passed. While its connection takes what is
+written (the transport has not paused us), it is written the changes after
+its cursor at once; while the client does not read, its cursor stays where
+it is and nothing is copied or queued for it, so a slow watcher holds no
+memory of its own and never slows a writer. When the buffer drops changes
+its cursor has not passed yet, they are counted, and once the client reads
+again it gets C{{"event": "overflow", "data": {"dropped": n}}} before the
+next change (and at the latest when it has caught up).
+
+B{Resuming.} C{resume_after} picks the cursor: changes with a larger token
+are replayed from the buffer. A token below what the buffer still holds is
+C{resume token too old}. The buffer starts empty whenever the engine opens
+(the server starts, a snapshot was installed): its base is the database's
+last token, so a client that has seen everything up to it resumes without a
+gap, and any older token is too old. In cluster mode a token ahead of this
+node (a client coming from a node further along) is accepted: the changes up
+to it are skipped as this node applies them; standalone such a token cannot
+be from this history and is refused.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from operator import attrgetter
+from typing import Any
+
+from zope.interface import Attribute, Interface, implementer
+
+from oxidb._threads import ReactorQueue
+from oxidb.engine.changes import MAX_TOKEN, Change, IChangeListener
+from oxidb.engine.store import is_reserved_collection
+from oxidb.errors import BadRequestError, ServerBusyError
+from oxidb.logs import Logger
+
+#: Changes the replay buffer holds (server.md 3.6: 4096).
+REPLAY_EVENTS = 4096
+
+#: Document bytes the replay buffer holds at most.
+REPLAY_BYTES = 64 * 1024 * 1024
+
+_token = attrgetter("token")
+
+
+class ResumeTokenTooOldError(BadRequestError):
+    """The replay buffer no longer holds the changes after the token (server.md 3.6)."""
+
+    template = "resume token too old"
+
+
+class IWatcher(Interface):
+    """The connection side of a subscription."""
+
+    paused = Attribute("the client does not read: write nothing now")
+
+    def send_change(change: Change) -> None:
+        """Write one C{change} event."""
+
+    def send_overflow(dropped: int) -> None:
+        """Write one C{overflow} event."""
+
+    def feed_reset() -> None:
+        """The feed lost its history (the engine's database was replaced): end the watch."""
+
+
+class Subscription:
+    """
+    One watcher's place in the feed.
+
+    @ivar collection: only changes of this collection, or None for all.
+    @ivar cursor: the token of the last change passed.
+    @ivar dropped: changes this watcher missed, not yet reported.
+    @ivar started: changes are written (after the C{watching} reply).
+    """
+
+    def __init__(self, feed: ChangeFeed, watcher: Any, collection: str | None, cursor: int) -> None:
+        self.feed = feed
+        self.watcher = watcher
+        self.collection = collection
+        self.cursor = cursor
+        self.dropped = 0
+        self.started = False
+        self.active = True
+
+    def start(self) -> None:
+        """The C{watching} reply has been written: replay and follow."""
+        self.started = True
+        self.feed.catch_up(self)
+
+    def resume(self) -> None:
+        """The client reads again."""
+        self.feed.catch_up(self)
+
+    def cancel(self) -> None:
+        """Stop watching (unwatch, connection lost)."""
+        if self.active:
+            self.active = False
+            self.feed.unsubscribe(self)
+
+    def matches(self, change: Change) -> bool:
+        """Its collection's changes; without one, those of every collection clients may name."""
+        if self.collection is None:
+            return not is_reserved_collection(change.collection)
+        return change.collection == self.collection
+
+
+class ChangeFeed:
+    """
+    See the module docstring.
+
+    @param accept_ahead: accept resume tokens beyond the last change seen
+        (cluster mode).
+    @param max_watchers: subscriptions at most (0: no limit).
+    @ivar last_token: the token of the last change published (or the base).
+    @ivar floor: the highest token the buffer cannot replay.
+    @ivar published: changes published since start.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        *,
+        capacity: int = REPLAY_EVENTS,
+        max_bytes: int = REPLAY_BYTES,
+        max_watchers: int = 0,
+        accept_ahead: bool = False,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.max_watchers = max_watchers
+        self.accept_ahead = accept_ahead
+        self._events: list[Change] = []
+        self._start = 0
+        self._bytes = 0
+        self.last_token = 0
+        self.floor = 0
+        self.published = 0
+        self.subscriptions: set[Subscription] = set()
+
+    # --- the engine's side ------------------------------------------------------
+
+    def reset(self, last_token: int) -> None:
+        """
+        The engine opened a database whose last token is C{last_token}. The
+        same token as ours: nothing was missed. Otherwise the history
+        changed under us: the buffer restarts there and every watcher ends.
+        """
+        if last_token == self.last_token:
+            return
+        self._events, self._start, self._bytes = [], 0, 0
+        self.last_token = self.floor = last_token
+        for subscription in list(self.subscriptions):
+            subscription.cancel()
+            subscription.watcher.feed_reset()
+
+    def publish(self, changes: list[Change]) -> None:
+        """Append committed changes (in token order) and let the watchers follow."""
+        fresh = [change for change in changes if change.token > self.last_token]
+        if not fresh:
+            return
+        self._events.extend(fresh)
+        self._bytes += sum(change.size for change in fresh)
+        self.last_token = fresh[-1].token
+        self.published += len(fresh)
+        # Watchers that read get everything before the buffer drops any.
+        for subscription in list(self.subscriptions):
+            self.catch_up(subscription)
+        self._evict()
+
+    def _evict(self) -> None:
+        events = self._events
+        start = self._start
+        end = len(events)
+        while end - start > self.capacity or (self._bytes > self.max_bytes and end - start > 1):
+            self._bytes -= events[start].size
+            start += 1
+        if start == self._start:
+            return
+        evicted = events[self._start : start]
+        floor = evicted[-1].token
+        for subscription in self.subscriptions:
+            if subscription.cursor < floor:
+                # Changes it had not passed yet are gone: count them.
+                first = bisect.bisect_right(evicted, subscription.cursor, key=_token)
+                subscription.dropped += sum(
+                    1 + change.lost for change in evicted[first:] if subscription.matches(change)
+                )
+                subscription.cursor = floor
+        self.floor = floor
+        if start > self.capacity:
+            del events[:start]
+            start = 0
+        self._start = start
+
+    # --- the watchers' side -----------------------------------------------------
+
+    def check_token(self, resume_after: int | None) -> int:
+        """
+        The cursor a watch resuming after C{resume_after} starts at (None:
+        from now on).
+
+        @raise ResumeTokenTooOldError: the buffer no longer holds the
+            changes after it.
+        @raise BadRequestError: standalone, a token this server never issued.
+        """
+        if resume_after is None:
+            return self.last_token
+        if not 0 <= resume_after <= MAX_TOKEN:
+            raise BadRequestError("'resume_after' must be an unsigned 64-bit integer")
+        if resume_after < self.floor:
+            raise ResumeTokenTooOldError()
+        if resume_after > self.last_token and not self.accept_ahead:
+            raise BadRequestError("resume token is ahead of this server's last change")
+        return resume_after
+
+    def subscribe(self, watcher: Any, collection: str | None = None, resume_after: int | None = None) -> Subscription:
+        """
+        A subscription for C{watcher}, not started yet (L{Subscription.start}
+        once the C{watching} reply is written).
+
+        @raise ServerBusyError: C{max_watchers} watchers already.
+        """
+        cursor = self.check_token(resume_after)
+        if self.max_watchers and len(self.subscriptions) >= self.max_watchers:
+            raise ServerBusyError("too many watchers (OXIDB_MAX_WATCHERS)")
+        subscription = Subscription(self, watcher, collection, cursor)
+        self.subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self.subscriptions.discard(subscription)
+
+    def catch_up(self, subscription: Subscription) -> None:
+        """Write C{subscription} the changes after its cursor while its client reads."""
+        watcher = subscription.watcher
+        if not subscription.started or not subscription.active or watcher.paused:
+            return
+        events = self._events
+        i = bisect.bisect_right(events, subscription.cursor, lo=self._start, key=_token)
+        end = len(events)
+        while i < end:
+            change = events[i]
+            i += 1
+            subscription.cursor = change.token
+            if not subscription.matches(change):
+                continue
+            if subscription.dropped:
+                dropped, subscription.dropped = subscription.dropped, 0
+                watcher.send_overflow(dropped)
+            watcher.send_change(change)
+            subscription.dropped += change.lost
+            if watcher.paused or not subscription.active:
+                return
+        if subscription.dropped and subscription.active:
+            dropped, subscription.dropped = subscription.dropped, 0
+            watcher.send_overflow(dropped)
+
+
+@implementer(IChangeListener)
+class ReactorListener:
+    """The engine's listener: hands what the writer thread sees to the feed on the reactor thread."""
+
+    def __init__(self, call_from_thread: Callable[..., Any], feed: ChangeFeed) -> None:
+        self._call = call_from_thread
+        self._feed = feed
+
+    def opened(self, last_token: int) -> None:
+        self._call(self._feed.reset, last_token)
+
+    def committed(self, changes: list[Change]) -> None:
+        self._call(self._feed.publish, changes)
+
+
+def attach(engine: Any, reactor: Any, feed: ChangeFeed) -> None:
+    """
+    Feed C{feed} from C{engine}'s commits, starting at its last token (if
+    open). The changes reach the reactor thread through a L{ReactorQueue}; a
+    reactor without threads (tests' C{MemoryReactorClock}) gets them at its
+    next C{advance()}.
+    """
+    if hasattr(reactor, "callFromThread"):
+        call: Callable[..., Any] = ReactorQueue(reactor).call
+    else:
+
+        def call(fn: Callable[..., Any], *args: Any) -> None:
+            reactor.callLater(0, fn, *args)
+
+    last = engine.listen(ReactorListener(call, feed))
+    feed.reset(last)
+
+
+__all__ = [
+    "REPLAY_BYTES",
+    "REPLAY_EVENTS",
+    "ChangeFeed",
+    "IWatcher",
+    "ReactorListener",
+    "ResumeTokenTooOldError",
+    "Subscription",
+    "attach",
+]
