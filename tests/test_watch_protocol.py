@@ -116,6 +116,27 @@ def test_transactions_carry_tx_id_and_collection_filter(engine: Engine) -> None:
     assert events[0]["data"]["tx_id"] == tx_id and events[0]["data"]["collection"] == "d"
 
 
+def test_a_watch_follows_one_database(engine: Engine) -> None:
+    server = make(engine)
+    writer = Conn(server)
+    assert writer.call({"cmd": "create_database", "name": "crm"})["ok"] is True
+    every_crm, crm_users, default_all = Conn(server), Conn(server), Conn(server)
+    assert every_crm.call({"cmd": "watch", "db": "crm"})["data"] == "watching"
+    assert crm_users.call({"cmd": "use_db", "name": "crm"})["ok"] is True
+    assert crm_users.call({"cmd": "watch", "collection": "users"})["data"] == "watching"
+    assert default_all.call({"cmd": "watch"})["data"] == "watching"
+    writer.call({"cmd": "insert", "collection": "users", "doc": {"where": "oxidb"}})
+    writer.call({"cmd": "insert", "collection": "users", "doc": {"where": "crm"}, "db": "crm"})
+    writer.call({"cmd": "insert", "collection": "orders", "doc": {"where": "crm"}, "db": "crm"})
+    # Events name the collection as clients do, and another database's add db.
+    crm = [(e["data"]["collection"], e["data"].get("db"), e["data"]["document"]["where"]) for e in every_crm.take()]
+    assert crm == [("users", "crm", "crm"), ("orders", "crm", "crm")]
+    assert [(e["data"]["collection"], e["data"]["document"]["where"]) for e in crm_users.take()] == [("users", "crm")]
+    [default] = default_all.take()
+    assert default["data"]["collection"] == "users" and "db" not in default["data"]
+    assert default["data"]["document"]["where"] == "oxidb"
+
+
 def test_resume_replays_and_a_too_old_token_is_refused(engine: Engine) -> None:
     server = make(engine)
     writer = Conn(server)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from oxidb.auth.rbac import Role
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import Field, JsonType, fields
+from oxidb.engine import databases
 from oxidb.engine.changes import MAX_TOKEN
 from oxidb.engine.store import check_client_collection
 from oxidb.errors import BadRequestError, UnavailableError
@@ -38,7 +39,7 @@ def watch(ctx: CommandContext, request: dict[str, Any]) -> str:
     if collection is not None:
         if not isinstance(collection, str):
             raise BadRequestError("'collection' must be a string")
-        check_client_collection(collection)
+        check_client_collection(databases.bare(collection))
     resume_after = request.get("resume_after")
     if resume_after is not None and not (type(resume_after) is int and 0 <= resume_after <= MAX_TOKEN):
         raise BadRequestError(_TOKEN_TEXT)
@@ -48,7 +49,9 @@ def watch(ctx: CommandContext, request: dict[str, Any]) -> str:
         raise UnavailableError("change streams are not available on this connection")
     if session.watch is not None:
         raise BadRequestError("already watching")
-    session.watch = feed.subscribe(session.watcher, collection, resume_after)
+    # The dispatcher qualified the collection with the target database (db).
+    database = request.get("db", databases.DEFAULT)
+    session.watch = feed.subscribe(session.watcher, collection, resume_after, database)
     return "watching"
 
 

@@ -31,6 +31,8 @@ from typing import Any, NamedTuple
 
 from zope.interface import Interface
 
+from oxidb.engine import databases
+
 #: Bits of a token holding the position of a change within its operation.
 POSITION_BITS = 20
 
@@ -44,7 +46,6 @@ MAX_TOKEN = 2**64 - 1
 MAX_CHANGES_PER_OPERATION = 4096
 
 #: The database of every change until databases exist (kept out of events).
-DEFAULT_DB = "oxidb"
 
 #: The C{oxi_meta} key of the last token committed.
 META_KEY = "change_token"
@@ -74,6 +75,8 @@ class Change(NamedTuple):
     @ivar size: bytes of C{document}'s JSON text (0 without one).
     @ivar lost: changes of the same operation after this one that were not
         recorded (L{MAX_CHANGES_PER_OPERATION}).
+    @ivar collection: the engine's (qualified) name of the collection
+        (L{oxidb.engine.databases.qualify}).
     """
 
     token: int
@@ -84,16 +87,23 @@ class Change(NamedTuple):
     tx_id: int | None = None
     size: int = 0
     lost: int = 0
-    db: str = DEFAULT_DB
 
     def event_data(self) -> dict[str, Any]:
-        """The C{data} of its C{change} event (server.md 3.6)."""
+        """
+        The C{data} of its C{change} event (server.md 3.6). C{collection}
+        is the name a client uses; a collection outside the default
+        database adds C{db}, its database (the default's events keep
+        upstream's shape).
+        """
+        database, collection = databases.split(self.collection)
         data: dict[str, Any] = {
             "token": self.token,
             "operation": self.operation,
-            "collection": self.collection,
+            "collection": collection,
             "doc_id": self.doc_id,
         }
+        if database != databases.DEFAULT:
+            data["db"] = database
         if self.document is not None:
             data["document"] = self.document
         if self.tx_id is not None:
@@ -197,7 +207,6 @@ class ChangeRecorder:
 
 
 __all__ = [
-    "DEFAULT_DB",
     "MAX_CHANGES_PER_OPERATION",
     "MAX_TOKEN",
     "META_KEY",

@@ -40,6 +40,7 @@ from typing import Any
 from zope.interface import Attribute, Interface, implementer
 
 from oxidb._threads import ReactorQueue
+from oxidb.engine import databases
 from oxidb.engine.changes import MAX_TOKEN, Change, IChangeListener
 from oxidb.engine.store import is_reserved_collection
 from oxidb.errors import BadRequestError, ServerBusyError
@@ -79,16 +80,21 @@ class Subscription:
     """
     One watcher's place in the feed.
 
-    @ivar collection: only changes of this collection, or None for all.
+    @ivar collection: only changes of this collection (its engine name,
+        qualified), or None for every collection of L{database}.
+    @ivar database: the database watched.
     @ivar cursor: the token of the last change passed.
     @ivar dropped: changes this watcher missed, not yet reported.
     @ivar started: changes are written (after the C{watching} reply).
     """
 
-    def __init__(self, feed: ChangeFeed, watcher: Any, collection: str | None, cursor: int) -> None:
+    def __init__(
+        self, feed: ChangeFeed, watcher: Any, collection: str | None, cursor: int, database: str = databases.DEFAULT
+    ) -> None:
         self.feed = feed
         self.watcher = watcher
         self.collection = collection
+        self.database = database
         self.cursor = cursor
         self.dropped = 0
         self.started = False
@@ -110,9 +116,10 @@ class Subscription:
             self.feed.unsubscribe(self)
 
     def matches(self, change: Change) -> bool:
-        """Its collection's changes; without one, those of every collection clients may name."""
+        """Its collection's changes; without one, those of every collection of its database clients may name."""
         if self.collection is None:
-            return not is_reserved_collection(change.collection)
+            database, collection = databases.split(change.collection)
+            return database == self.database and not is_reserved_collection(collection)
         return change.collection == self.collection
 
 
@@ -228,17 +235,24 @@ class ChangeFeed:
             raise BadRequestError("resume token is ahead of this server's last change")
         return resume_after
 
-    def subscribe(self, watcher: Any, collection: str | None = None, resume_after: int | None = None) -> Subscription:
+    def subscribe(
+        self,
+        watcher: Any,
+        collection: str | None = None,
+        resume_after: int | None = None,
+        database: str = databases.DEFAULT,
+    ) -> Subscription:
         """
-        A subscription for C{watcher}, not started yet (L{Subscription.start}
-        once the C{watching} reply is written).
+        A subscription for C{watcher} to C{collection} (qualified), or to
+        every collection of C{database}; not started yet
+        (L{Subscription.start} once the C{watching} reply is written).
 
         @raise ServerBusyError: C{max_watchers} watchers already.
         """
         cursor = self.check_token(resume_after)
         if self.max_watchers and len(self.subscriptions) >= self.max_watchers:
             raise ServerBusyError("too many watchers (OXIDB_MAX_WATCHERS)")
-        subscription = Subscription(self, watcher, collection, cursor)
+        subscription = Subscription(self, watcher, collection, cursor, database)
         self.subscriptions.add(subscription)
         return subscription
 
