@@ -864,7 +864,7 @@ CATALOG: dict[str, dict[str, Any]] = {'aggregate': {'summary': "The aggregation 
                        'required': False,
                        'doc': "only this collection's changes; default every collection"},
                       {'name': 'resume_after',
-                       'type': 'non-negative integer',
+                       'type': 'non-negative integer; at most 18446744073709551615',
                        'required': False,
                        'doc': 'replay the changes after this token (at most 2^64-1; `resume token too old` past the '
                               'buffer)'}]}}

@@ -16,13 +16,12 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from oxidb.commands._args import require_collection
 from oxidb.commands._context import CommandContext
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import Field, JsonType, collection_field, fields
 from oxidb.engine import backup as archives
 from oxidb.engine.operations import RestoreDocuments
-from oxidb.errors import BadRequestError, UnavailableError
+from oxidb.errors import UnavailableError
 
 
 def backup(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
@@ -39,12 +38,8 @@ def restore(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
 
 
 def restore_documents(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
-    collection = require_collection(request)
-    docs = request.get("docs")
-    if not isinstance(docs, list):
-        raise BadRequestError("missing or invalid 'docs' array")
     last_id = request.get("last_id")
-    return ctx.write(RestoreDocuments(collection, docs, 0 if last_id is None else last_id))
+    return ctx.write(RestoreDocuments(request["collection"], request["docs"], 0 if last_id is None else last_id))
 
 
 def _path_field(name: str, doc: str) -> Field:
@@ -91,7 +86,7 @@ COMMANDS = [
                 doc="raise the collection's id counter to at least this (the next insert gets a higher id)",
             ),
         ),
-        summary='Inserts documents keeping their `_id` and `_version` (a logical restore): '
+        summary="Inserts documents keeping their `_id` and `_version` (a logical restore): "
         '`{"restored": n, "last_id": m}`.',
     ),
 ]

@@ -24,13 +24,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from oxidb.auth.rbac import Role
-from oxidb.commands._args import is_uint, max_time_ms, require_collection, require_present
+from oxidb.commands._args import max_time_ms
 from oxidb.commands._registry import Command
 from oxidb.commands._schema import MAX_TIME_MS, Field, JsonType, collection_field, fields
 from oxidb.commands.collections import engine_of
 from oxidb.engine import store
 from oxidb.engine.reads import Reader
-from oxidb.errors import BadRequestError
 from oxidb.wire.codec import RawJSON
 
 if TYPE_CHECKING:
@@ -86,17 +85,9 @@ def snapshot_begin(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any
     return d.addCallback(opened)
 
 
-def _snap(request: dict[str, Any]) -> int:
-    snap = request.get("snap")
-    if not is_uint(snap):
-        raise BadRequestError("missing 'snap'")
-    assert isinstance(snap, int)
-    return snap
-
-
 def _read(ctx: CommandContext, request: dict[str, Any], fn: Any, *args: Any) -> Deferred[Any]:
     engine = engine_of(ctx)
-    d: Deferred[Any] = ctx.read(engine.snapshots.read, _snap(request), ctx.session, max_time_ms(request), fn, *args)
+    d: Deferred[Any] = ctx.read(engine.snapshots.read, request["snap"], ctx.session, max_time_ms(request), fn, *args)
     return d
 
 
@@ -106,12 +97,11 @@ def _query(request: dict[str, Any]) -> Any:
 
 
 def snapshot_find(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
-    _snap(request)
     d = _read(
         ctx,
         request,
         Reader.find_raw,
-        require_collection(request),
+        request["collection"],
         _query(request),
         request.get("sort"),
         request.get("skip"),
@@ -121,26 +111,20 @@ def snapshot_find(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]
 
 
 def snapshot_count(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
-    _snap(request)
-    return _read(ctx, request, Reader.count, require_collection(request), _query(request))
+    return _read(ctx, request, Reader.count, request["collection"], _query(request))
 
 
 def snapshot_aggregate(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
-    _snap(request)
-    collection = require_collection(request)
-    return _read(ctx, request, Reader.aggregate, collection, require_present(request, "pipeline"))
+    return _read(ctx, request, Reader.aggregate, request["collection"], request["pipeline"])
 
 
 def snapshot_end(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
-    snap = _snap(request)
     engine = engine_of(ctx)
-    d: Deferred[Any] = ctx.read(engine.snapshots.end, snap, ctx.session)
+    d: Deferred[Any] = ctx.read(engine.snapshots.end, request["snap"], ctx.session)
     return d.addCallback(lambda _: "snapshot closed")
 
 
-_SNAP = Field(
-    "snap", JsonType.UINT, required=True, message="missing 'snap'", doc="the id `snapshot_begin` answered"
-)
+_SNAP = Field("snap", JsonType.UINT, required=True, message="missing 'snap'", doc="the id `snapshot_begin` answered")
 
 COMMANDS = [
     Command(
