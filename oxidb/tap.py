@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from twisted.logger import LogLevel
@@ -23,6 +23,23 @@ from oxidb.errors import ConfigError
 from oxidb.logs import set_minimum_level
 
 
+def option_lists(settings: Iterable[Any]) -> tuple[list[list[Any]], list[list[Any]]]:
+    """
+    twistd's C{optParameters} and C{optFlags} for C{settings} (rows with
+    C{option}, C{env}, C{help}, C{default}, C{switch}): a switch is a pair
+    of flags, C{--<option>} and C{--no-<option>}.
+    """
+    parameters: list[list[Any]] = []
+    flags: list[list[Any]] = []
+    for s in settings:
+        if not s.switch:
+            parameters.append([s.option, None, None, f"{s.help} [env {s.env}, default {s.default or 'unset'}]"])
+            continue
+        flags.append([s.option, None, f"{s.help} [env {s.env}=true, default {s.default or 'false'}]"])
+        flags.append([f"no-{s.option}", None, f"turn --{s.option} off [env {s.env}=false]"])
+    return parameters, flags
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -30,20 +47,7 @@ class Options(usage.Options):
         "overrides the OXIDB_* environment variable named in its help; "
         "without either, the default applies."
     )
-    optParameters = [
-        [s.option, None, None, f"{s.help} [env {s.env}, default {s.default or 'unset'}]"]
-        for s in SETTINGS
-        if not s.switch
-    ]
-    optFlags = [
-        flag
-        for s in SETTINGS
-        if s.switch
-        for flag in (
-            [s.option, None, f"{s.help} [env {s.env}=true, default {s.default or 'false'}]"],
-            [f"no-{s.option}", None, f"turn --{s.option} off [env {s.env}=false]"],
-        )
-    ]
+    optParameters, optFlags = option_lists(SETTINGS)
 
     def opt_version(self) -> None:
         """Print the version and exit."""
@@ -51,7 +55,7 @@ class Options(usage.Options):
         sys.exit(0)
 
 
-def option_values(options: Mapping[str, Any]) -> dict[str, str | None]:
+def option_values(options: Mapping[str, Any], settings: Iterable[Any] = SETTINGS) -> dict[str, str | None]:
     """
     The text of each setting's option as L{Config.from_sources} takes it, or
     C{None} when not given. A switch given as C{--<option>} is C{"true"},
@@ -61,7 +65,7 @@ def option_values(options: Mapping[str, Any]) -> dict[str, str | None]:
     @raise ConfigError: both C{--<option>} and C{--no-<option>} are given.
     """
     values: dict[str, str | None] = {}
-    for setting in SETTINGS:
+    for setting in settings:
         given = options.get(setting.option)
         if not setting.switch or isinstance(given, str):
             values[setting.option] = given

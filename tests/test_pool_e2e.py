@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from oxidb._harness import BlockingClient
+from oxidb._harness import BlockingClient, wait_until
 from oxidb.client import Client
 from oxidb.client.errors import ClientError
 
@@ -155,8 +155,8 @@ def test_reference_deployment_with_a_failover(tmp_path: Path) -> None:
         writers = [threading.Thread(target=loader.run, args=(list(range(w, BATCHES, 2)),)) for w in range(2)]
         for thread in writers:
             thread.start()
-        while loader.done_batches < BATCHES // 3:
-            time.sleep(0.01)
+        wait_until(lambda: loader.done_batches >= BATCHES // 3 or not any(t.is_alive() for t in writers), 120)
+        assert loader.done_batches >= BATCHES // 3, loader.errors[-5:]
         victim = leader_of(2)
         os.kill(int((tmp_path / f"s2-n{victim}.pid").read_text()), signal.SIGKILL)
         for thread in writers:

@@ -17,6 +17,8 @@ from twisted.python import usage
 from oxidb import __version__
 from oxidb.errors import ConfigError
 from oxidb.pool.config import POOL_SETTINGS, PoolConfig
+from oxidb.tap import option_lists
+from oxidb.tap import option_values as server_option_values
 
 __all__ = ["Options", "makeService", "option_values"]
 
@@ -27,20 +29,7 @@ class Options(usage.Options):
         "Run oxipool, a router in front of OxiDB Raft groups (master/replica pooling or sharding). "
         "Every option overrides the OXIPOOL_* environment variable named in its help."
     )
-    optParameters = [
-        [s.option, None, None, f"{s.help} [env {s.env}, default {s.default or 'unset'}]"]
-        for s in POOL_SETTINGS
-        if not s.switch
-    ]
-    optFlags = [
-        flag
-        for s in POOL_SETTINGS
-        if s.switch
-        for flag in (
-            [s.option, None, f"{s.help} [env {s.env}=true]"],
-            [f"no-{s.option}", None, f"turn --{s.option} off [env {s.env}=false]"],
-        )
-    ]
+    optParameters, optFlags = option_lists(POOL_SETTINGS)
 
     def opt_version(self) -> None:
         """Print the version and exit."""
@@ -50,17 +39,7 @@ class Options(usage.Options):
 
 def option_values(options: Mapping[str, Any]) -> dict[str, str | None]:
     """Each setting's option as text (switches as C{"true"}/C{"false"}), or C{None} when not given."""
-    values: dict[str, str | None] = {}
-    for setting in POOL_SETTINGS:
-        given = options.get(setting.option)
-        if not setting.switch or isinstance(given, str):
-            values[setting.option] = given
-            continue
-        off = options.get(f"no-{setting.option}")
-        if given and off:
-            raise ConfigError(f"--{setting.option} and --no-{setting.option} contradict each other: give one")
-        values[setting.option] = "true" if given else "false" if off else None
-    return values
+    return server_option_values(options, POOL_SETTINGS)
 
 
 def makeService(options: Mapping[str, Any], environ: Mapping[str, str] | None = None, reactor: Any = None) -> Any:
