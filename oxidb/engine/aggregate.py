@@ -311,6 +311,34 @@ def group_identity(value: Any) -> tuple[Any, ...]:
     return key
 
 
+def _mapped(items: Iterable[Any], fn: Callable[[Any], Document], budget: Budget) -> Stream:
+    """
+    A stage's output, one document C{fn(item)} per item: the deadline is
+    checked before each, and each counts against the budget with its size.
+    """
+    check = budget.deadline.check
+    result: list[Document] = []
+    result_sizes: list[int] = []
+    for item in items:
+        check()
+        out = fn(item)
+        size = approx_size(out)
+        budget.add(1, size)
+        result.append(out)
+        result_sizes.append(size)
+    return result, result_sizes
+
+
+def _accumulated(
+    key: Any, accumulators: tuple[tuple[str, Callable[[], _Accumulator], Expression], ...], states: list[_Accumulator]
+) -> Document:
+    """The output document of one group or bucket: C{_id}, then each accumulator's result."""
+    out: Document = {"_id": key}
+    for (name, _, _), state in zip(accumulators, states, strict=True):
+        out[name] = state.result()
+    return out
+
+
 @attrs.frozen
 class _Group:
     key: Expression
@@ -337,19 +365,9 @@ class _Group:
                 if push:
                     budget.add(0, approx_size(value) + 1)
                 state.add(value)
-        result: list[Document] = []
-        result_sizes: list[int] = []
         budget.start(budget.stage)
-        for key, states in groups.values():
-            check()
-            out: Document = {"_id": key}
-            for (name, _, _), state in zip(self.accumulators, states, strict=True):
-                out[name] = state.result()
-            size = approx_size(out)
-            budget.add(1, size)
-            result.append(out)
-            result_sizes.append(size)
-        return result, result_sizes
+        accumulators = self.accumulators
+        return _mapped(groups.values(), lambda group: _accumulated(group[0], accumulators, group[1]), budget)
 
 
 _INCLUDE = "include"
@@ -456,18 +474,12 @@ class _AddFields:
     fields: tuple[tuple[str, Expression], ...]
 
     def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
-        check = budget.deadline.check
-        result: list[Document] = []
-        result_sizes: list[int] = []
-        for doc in docs:
-            check()
-            for path, expression in self.fields:
-                doc = with_path(doc, path, expression(doc))
-            size = approx_size(doc)
-            budget.add(1, size)
-            result.append(doc)
-            result_sizes.append(size)
-        return result, result_sizes
+        return _mapped(docs, self._added, budget)
+
+    def _added(self, doc: Document) -> Document:
+        for path, expression in self.fields:
+            doc = with_path(doc, path, expression(doc))
+        return doc
 
 
 @attrs.frozen
@@ -541,23 +553,17 @@ class _ReplaceRoot:
     name: str
 
     def run(self, docs: list[Document], sizes: list[int], lookup: SizedLookup, budget: Budget) -> Stream:
-        check = budget.deadline.check
-        result: list[Document] = []
-        result_sizes: list[int] = []
-        for doc in docs:
-            check()
-            value = self.new_root(doc)
-            if type(value) is not dict:
-                shown = "MISSING" if value is MISSING else compact_json(value)
-                raise InvalidPipelineError(
-                    f"'newRoot' expression must evaluate to an object, but resulting value was: {shown}. "
-                    f"Type of resulting value: '{type_name(value)}'"
-                )
-            size = approx_size(value)
-            budget.add(1, size)
-            result.append(value)
-            result_sizes.append(size)
-        return result, result_sizes
+        return _mapped(docs, self._root, budget)
+
+    def _root(self, doc: Document) -> Document:
+        value = self.new_root(doc)
+        if type(value) is not dict:
+            shown = "MISSING" if value is MISSING else compact_json(value)
+            raise InvalidPipelineError(
+                f"'newRoot' expression must evaluate to an object, but resulting value was: {shown}. "
+                f"Type of resulting value: '{type_name(value)}'"
+            )
+        return value
 
 
 @attrs.frozen
@@ -605,19 +611,13 @@ class _Bucket:
                 if push:
                     budget.add(0, approx_size(item) + 1)
                 state.add(item)
-        result: list[Document] = []
-        result_sizes: list[int] = []
         budget.start(budget.stage)
-        for position in sorted(buckets):
-            check()
-            out: Document = {"_id": self.default[0] if position == last else self.boundaries[position]}
-            for (name, _, _), state in zip(self.accumulators, buckets[position], strict=True):
-                out[name] = state.result()
-            size = approx_size(out)
-            budget.add(1, size)
-            result.append(out)
-            result_sizes.append(size)
-        return result, result_sizes
+
+        def output(position: int) -> Document:
+            bucket_id = self.default[0] if position == last else self.boundaries[position]
+            return _accumulated(bucket_id, self.accumulators, buckets[position])
+
+        return _mapped(sorted(buckets), output, budget)
 
 
 @attrs.define(eq=False)
@@ -1057,9 +1057,7 @@ def _parse_bucket(spec: Any, limits: QueryLimits) -> _Stage:
         raise InvalidPipelineError("$bucket's 'output' must be an object")
     _check_fields("$bucket", output, limits)
     accumulators = _parse_accumulators("$bucket", output, limits)
-    return _Bucket(
-        compile_expression(spec["groupBy"], limits), tuple(boundaries), tuple(keys), default, accumulators
-    )
+    return _Bucket(compile_expression(spec["groupBy"], limits), tuple(boundaries), tuple(keys), default, accumulators)
 
 
 def _parse_facet(spec: Any, limits: QueryLimits) -> _Stage:
@@ -1208,9 +1206,7 @@ class Pipeline:
         stage = self.stages[prefix.stages]
         return stage.pushdown if isinstance(stage, _Group) else None
 
-    def run(
-        self, docs: Iterable[Document], lookup: Lookup, *, skip_stages: int = 0
-    ) -> list[Document]:
+    def run(self, docs: Iterable[Document], lookup: Lookup, *, skip_stages: int = 0) -> list[Document]:
         """
         Run the stages after the first C{skip_stages} over C{docs} (the
         collection in ascending C{_id}, or the result of L{Prefix.apply}
