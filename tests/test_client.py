@@ -434,3 +434,27 @@ def test_idle_close_noticed_on_a_real_socket() -> None:
         for a, b in pairs:
             a.close()
             b.close()
+
+
+def test_endpoint_connector_does_not_log_each_factory() -> None:
+    """A Twisted application's log gets no "Starting factory" line per connection attempt."""
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.logger import globalLogPublisher
+
+    from oxidb.client.twisted import endpoint_connector
+
+    reactor = MemoryReactorClock()
+    endpoint_connector(reactor)("127.0.0.1", 5, ConnectOptions())
+    factory = reactor.tcpClients[0][2]
+    seen: list[str] = []
+
+    def observe(event: Any) -> None:
+        seen.append(str(event.get("log_format", "")))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        factory.doStart()
+        factory.doStop()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert not [text for text in seen if "factory" in text.lower()]

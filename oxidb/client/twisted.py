@@ -116,6 +116,9 @@ def endpoint_connector(reactor: Any) -> TwistedConnector:
             context = ssl.optionsForClientTLS(options.server_name or host, trustRoot=trust)
             endpoint = wrapClientTLS(context, endpoint)
         factory = Factory.forProtocol(lambda: OxiClientConnection(options.format))
+        # One factory per connection attempt: "Starting factory" lines for
+        # each would drown an application's log.
+        factory.noisy = False
         connected: Deferred[OxiClientConnection] = endpoint.connect(factory)
         return connected
 
