@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import orjson
 import pytest
 
@@ -204,3 +205,28 @@ def test_membership_records_incarnations_and_cluster_id() -> None:
     assert legacy.incarnations == {} and legacy.cluster_id is None
     with pytest.raises(ValueError, match="not members"):
         Membership([{1}], {1: "a:1"}, {2: "i2"})
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [*MESSAGES, attrs.evolve(MESSAGES[3], cluster="c1", incarnation="i1")],  # type: ignore[misc]
+    ids=lambda m: type(m).__name__,
+)
+def test_encoding_is_the_compact_json_of_the_json_shape(msg: object) -> None:
+    # An append splices its entries' cached bytes: the result must be the same bytes.
+    assert encode_message(msg) == orjson.dumps(message_to_json(msg))  # type: ignore[arg-type]
+
+
+def test_the_fast_decoding_paths_keep_the_checks() -> None:
+    entry = {"log_id": {"leader_id": {"term": 1, "node_id": 1}, "index": 1}, "payload": {"Normal": {}}, "ts": 5}
+    assert Entry.from_json(entry) == Entry(LogId(1, 1, 1), {}, 5)
+    for bad_ts in (True, -1, 1.5, None):
+        with pytest.raises(MessageDecodeError, match="needs an integer 'ts'"):
+            Entry.from_json({**entry, "ts": bad_ts})
+    with pytest.raises(MessageDecodeError, match="normal payload must be a JSON object"):
+        Entry.from_json({**entry, "payload": {"Normal": [1]}})
+    for bad in (True, -1, 2.0):
+        with pytest.raises(MessageDecodeError, match="must be a non-negative integer"):
+            LogId.from_json({"leader_id": {"term": bad, "node_id": 1}, "index": 1})
+        with pytest.raises(MessageDecodeError, match="must be a non-negative integer"):
+            LogId.from_json({"leader_id": {"term": 1, "node_id": 1}, "index": bad})
