@@ -230,3 +230,13 @@ def test_the_fast_decoding_paths_keep_the_checks() -> None:
             LogId.from_json({"leader_id": {"term": bad, "node_id": 1}, "index": 1})
         with pytest.raises(MessageDecodeError, match="must be a non-negative integer"):
             LogId.from_json({"leader_id": {"term": 1, "node_id": 1}, "index": bad})
+
+
+def test_a_normal_entry_built_around_its_request_json_encodes_the_same() -> None:
+    request = {"Insert": {"collection": "c", "doc": {"a": [1, "x", 2.5, None], "é": {"b": True}}}}
+    seeded = Entry.normal(LogId(7, 2, 123456), request, 1700000000123, orjson.dumps(request))
+    plain = Entry(LogId(7, 2, 123456), request, 1700000000123)
+    assert seeded == plain
+    assert seeded.encoded == plain.encoded == orjson.dumps(plain.to_json())
+    assert Entry.from_json(orjson.loads(seeded.encoded)) == plain
+    assert Entry.normal(LogId(1, 1, 1), request, 0).encoded == orjson.dumps(Entry(LogId(1, 1, 1), request, 0).to_json())

@@ -293,6 +293,22 @@ class Entry:
         return orjson.dumps(self.to_json())
 
     @classmethod
+    def normal(cls, log_id: LogId, request: Mapping[str, Any], ts: int, request_json: bytes | None = None) -> Entry:
+        """
+        A normal entry. C{request_json}, when given, is C{orjson.dumps(request)}
+        (a caller that has serialised the request already): L{encoded} is
+        then assembled around it instead of serialising the request again.
+        """
+        entry = cls(log_id, request, ts)
+        if request_json is not None:
+            encoded = b'{"log_id":%s,"payload":{"Normal":%s},"ts":%d}' % (
+                orjson.dumps(log_id.to_json()), request_json, ts
+            )
+            # The cached property's slot: the same value it would compute.
+            object.__setattr__(entry, "encoded", encoded)
+        return entry
+
+    @classmethod
     def from_json(cls, value: Any) -> Entry:
         obj = _object(value, "entry")
         log_id = LogId.from_json(obj.get("log_id"))
