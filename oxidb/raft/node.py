@@ -12,9 +12,11 @@ L{advance <oxidb.raft.core.RaftCore.advance>}. The state machine's part
 snapshot) runs in an apply pipeline behind that, strictly in log order, and
 reports back with L{applied <oxidb.raft.core.RaftCore.applied>}: the next
 batch is persisted and replicated while this one is applied, and entries of
-consecutive batches share the engine's group commit. Inputs that arrive
-while a ready is being handled are batched into the next one, so concurrent
-writes share one fsync and one append message per follower.
+consecutive batches share the engine's group commit. Proposals and peer
+messages are handled at the end of the reactor turn they arrive in, and
+inputs that arrive while a ready is being handled are batched into the next
+one, so concurrent writes share one fsync and one append message per
+follower.
 
 Requests:
 
@@ -183,6 +185,7 @@ class RaftNode(MembershipCommands):
         self.core: RaftCore | None = None
         self._loop: LoopingCall | None = None
         self._busy = False
+        self._kick_pending = False
         self._stopped = False
         self.failure: Failure | None = None
         self._durable_index = 0
@@ -262,6 +265,21 @@ class RaftNode(MembershipCommands):
         if self.core is None or self._stopped:
             return
         self.core.tick(self._now_ms())
+        self._kick()
+
+    def _kick_soon(self) -> None:
+        """
+        L{_kick} once the reactor has handled the other events of this turn:
+        the proposals and peer messages that arrive together (one read of
+        many clients' requests, the answers of several followers) then go
+        into one ready, one log append and fsync, one append per follower.
+        """
+        if not self._kick_pending:
+            self._kick_pending = True
+            self._clock.callLater(0, self._kick_now)
+
+    def _kick_now(self) -> None:
+        self._kick_pending = False
         self._kick()
 
     def _kick(self) -> None:
@@ -495,7 +513,7 @@ class RaftNode(MembershipCommands):
         except SafetyViolationError:
             self._fatal(Failure())
             return
-        self._kick()
+        self._kick_soon()
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -519,7 +537,7 @@ class RaftNode(MembershipCommands):
             self._expiry = self._clock.callLater(self.write_timeout, self._expire_proposals)
         elif proposal.deadline < self._expiry.getTime():
             self._expiry.reset(self.write_timeout)
-        self._kick()
+        self._kick_soon()
         return d
 
     def _expire_proposals(self) -> None:
