@@ -240,3 +240,12 @@ def test_a_normal_entry_built_around_its_request_json_encodes_the_same() -> None
     assert seeded.encoded == plain.encoded == orjson.dumps(plain.to_json())
     assert Entry.from_json(orjson.loads(seeded.encoded)) == plain
     assert Entry.normal(LogId(1, 1, 1), request, 0).encoded == orjson.dumps(Entry(LogId(1, 1, 1), request, 0).to_json())
+
+
+def test_a_decoded_normal_entry_keeps_the_encoding_it_arrived_in() -> None:
+    plain = Entry(LogId(4, 1, 9), {"Insert": {"doc": {"x": [1.25, "é", None, True]}}}, 1700000000999)
+    decoded = Entry.from_json(orjson.loads(plain.encoded))
+    assert decoded == plain and decoded.encoded == plain.encoded
+    # Anything beyond the entry's fields is not carried into its encoding.
+    extra = Entry.from_json({**plain.to_json(), "x": 1})
+    assert extra == plain and extra.encoded == plain.encoded

@@ -318,7 +318,12 @@ class Entry:
             ts = obj.get("ts")
             if type(inner) is dict and type(ts) is int and ts >= 0:
                 # The common case, decoded without the general checks below.
-                return cls(log_id, inner, ts)
+                entry = cls(log_id, inner, ts)
+                if len(obj) == 3:
+                    # Nothing but the entry's fields, in the order the sender
+                    # serialised them: its encoding without building to_json().
+                    object.__setattr__(entry, "encoded", orjson.dumps(obj))
+                return entry
         if payload == "Blank":
             return cls(log_id)
         body = _object(payload, "entry payload")
