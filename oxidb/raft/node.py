@@ -296,7 +296,13 @@ class RaftNode(MembershipCommands):
                 # The state machine is behind: let it catch up first.
                 self._apply_tail.addCallback(lambda _: self._run_readies())
                 return
-            d = self._process(core.ready())
+            try:
+                d = self._process(core.ready())
+            except Exception:
+                self._fatal(Failure())
+                return
+            if d is None:
+                continue
             if not d.called:
                 d.addCallbacks(lambda _: self._run_readies(), self._fatal)
                 return
@@ -308,23 +314,34 @@ class RaftNode(MembershipCommands):
         self._busy = False
         self._notify()
 
-    @inlineCallbacks
-    def _process(self, ready: Ready) -> Any:
+    def _process(self, ready: Ready) -> Deferred[None] | None:
         """
         Steps 1-3 and 5-6 of a ready; the state machine's part (step 4, and
         building a snapshot) goes to the apply pipeline, so that the next
-        ready is persisted while this one is applied.
+        ready is persisted while this one is applied. Returns C{None} when
+        the ready is done, else a Deferred that fires once it is (after the
+        persist on the Raft I/O thread).
         """
-        core = self.core
-        assert core is not None
         self._log_events(ready.events)
         self._send_all(ready.messages)
         persist = ready.persist
-        if not persist.is_empty:
-            yield self._run_io(self._storage.save, persist)
-            if self._stopped:
-                return
-            self._saved(persist)
+        if persist.is_empty:
+            self._finish(ready)
+            return None
+        d: Deferred[None] = self._run_io(self._storage.save, persist)
+        d.addCallback(self._persisted, ready)
+        return d
+
+    def _persisted(self, _: object, ready: Ready) -> None:
+        if self._stopped:
+            return
+        self._saved(ready.persist)
+        self._finish(ready)
+
+    def _finish(self, ready: Ready) -> None:
+        """The steps of a ready after its batch is durable."""
+        core = self.core
+        assert core is not None
         self._send_all(ready.persisted_messages)
         # The core releases reads only for indexes the state machine has
         # reported applied, so they may run now.
