@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import orjson
 import pytest
 
@@ -204,3 +205,47 @@ def test_membership_records_incarnations_and_cluster_id() -> None:
     assert legacy.incarnations == {} and legacy.cluster_id is None
     with pytest.raises(ValueError, match="not members"):
         Membership([{1}], {1: "a:1"}, {2: "i2"})
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [*MESSAGES, attrs.evolve(MESSAGES[3], cluster="c1", incarnation="i1")],  # type: ignore[misc]
+    ids=lambda m: type(m).__name__,
+)
+def test_encoding_is_the_compact_json_of_the_json_shape(msg: object) -> None:
+    # An append splices its entries' cached bytes: the result must be the same bytes.
+    assert encode_message(msg) == orjson.dumps(message_to_json(msg))  # type: ignore[arg-type]
+
+
+def test_the_fast_decoding_paths_keep_the_checks() -> None:
+    entry = {"log_id": {"leader_id": {"term": 1, "node_id": 1}, "index": 1}, "payload": {"Normal": {}}, "ts": 5}
+    assert Entry.from_json(entry) == Entry(LogId(1, 1, 1), {}, 5)
+    for bad_ts in (True, -1, 1.5, None):
+        with pytest.raises(MessageDecodeError, match="needs an integer 'ts'"):
+            Entry.from_json({**entry, "ts": bad_ts})
+    with pytest.raises(MessageDecodeError, match="normal payload must be a JSON object"):
+        Entry.from_json({**entry, "payload": {"Normal": [1]}})
+    for bad in (True, -1, 2.0):
+        with pytest.raises(MessageDecodeError, match="must be a non-negative integer"):
+            LogId.from_json({"leader_id": {"term": bad, "node_id": 1}, "index": 1})
+        with pytest.raises(MessageDecodeError, match="must be a non-negative integer"):
+            LogId.from_json({"leader_id": {"term": 1, "node_id": 1}, "index": bad})
+
+
+def test_a_normal_entry_built_around_its_request_json_encodes_the_same() -> None:
+    request = {"Insert": {"collection": "c", "doc": {"a": [1, "x", 2.5, None], "é": {"b": True}}}}
+    seeded = Entry.normal(LogId(7, 2, 123456), request, 1700000000123, orjson.dumps(request))
+    plain = Entry(LogId(7, 2, 123456), request, 1700000000123)
+    assert seeded == plain
+    assert seeded.encoded == plain.encoded == orjson.dumps(plain.to_json())
+    assert Entry.from_json(orjson.loads(seeded.encoded)) == plain
+    assert Entry.normal(LogId(1, 1, 1), request, 0).encoded == orjson.dumps(Entry(LogId(1, 1, 1), request, 0).to_json())
+
+
+def test_a_decoded_normal_entry_keeps_the_encoding_it_arrived_in() -> None:
+    plain = Entry(LogId(4, 1, 9), {"Insert": {"doc": {"x": [1.25, "é", None, True]}}}, 1700000000999)
+    decoded = Entry.from_json(orjson.loads(plain.encoded))
+    assert decoded == plain and decoded.encoded == plain.encoded
+    # Anything beyond the entry's fields is not carried into its encoding.
+    extra = Entry.from_json({**plain.to_json(), "x": 1})
+    assert extra == plain and extra.encoded == plain.encoded

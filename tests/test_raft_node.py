@@ -200,6 +200,51 @@ def test_a_write_without_quorum_times_out_with_an_unknown_outcome() -> None:
         h.result(d)
 
 
+def test_each_proposal_expires_at_its_own_deadline_and_settled_ones_leave_no_timer() -> None:
+    h = three_nodes(write_timeout=2.0)
+    leader = h.nodes[1]
+    assert h.result(leader.write(set_op("ok", 1))) == {"set": "ok"}
+    assert leader._expiry is None and not leader._deadlines
+    h.net.isolate(1, [2, 3])
+    first = leader.propose(set_op("a", 1))
+    h.clock.advance(0.5)
+    second = leader.propose(set_op("b", 2))
+    failures: list[tuple[str, float]] = []
+    for name, d in (("first", first), ("second", second)):
+        d.addErrback(lambda f, name=name: failures.append((name, h.clock.seconds())))
+    start = h.clock.seconds() - 0.5
+    h.clock.advance(1.49)
+    assert failures == []
+    h.clock.advance(0.02)
+    assert [name for name, _ in failures] == ["first"]
+    h.clock.advance(0.49)
+    assert [name for name, _ in failures] == ["first", "second"]
+    assert failures[0][1] - start == pytest.approx(2.01) and failures[1][1] - start == pytest.approx(2.5)
+    assert leader._expiry is None and not leader._proposals
+
+
+def test_writes_made_in_one_reactor_turn_share_one_append_and_one_fsync() -> None:
+    h = three_nodes()
+    h.run(1)
+    appends: list[dict[str, Any]] = []
+    deliver = h.net.deliver_later
+
+    def spy(src: int, dst: int, payload: bytes) -> None:
+        frame = orjson.loads(payload)
+        if frame.get("type") == "append_entries" and frame["entries"]:
+            appends.append(frame)
+        deliver(src, dst, payload)
+
+    h.net.deliver_later = spy  # type: ignore[method-assign]
+    syncs = h.disks[1].syncs
+    writes = [h.nodes[1].write(set_op(f"k{n}", n)) for n in range(5)]
+    assert appends == [] and h.disks[1].syncs == syncs  # nothing happens before the turn ends
+    assert [h.result(d) for d in writes] == [{"set": f"k{n}"} for n in range(5)]
+    assert sorted(frame["to"] for frame in appends) == [2, 3]
+    assert all(len(frame["entries"]) == 5 for frame in appends)
+    assert h.disks[1].syncs == syncs + 1
+
+
 def test_a_proposal_overwritten_by_a_new_leader_is_lost() -> None:
     h = three_nodes(write_timeout=60.0)
     h.net.isolate(1, [2, 3])

@@ -1148,16 +1148,17 @@ class RaftCore:
         if self._transfer_to is not None:
             raise RaftError("leadership transfer in progress")
 
-    def propose(self, request: Mapping[str, Any], ts: int) -> LogId:
+    def propose(self, request: Mapping[str, Any], ts: int, request_json: bytes | None = None) -> LogId:
         """
         Append a normal entry carrying C{request} (an opaque JSON object) and
         the leader's timestamp C{ts} (Unix ms). Returns its log id: the entry
         is committed once it comes back in L{Ready.committed_entries}; if a
         different entry is applied at that index instead, it was lost.
-        Raises L{NotLeaderError} on a non-leader.
+        Raises L{NotLeaderError} on a non-leader. C{request_json}: see
+        L{Entry.normal}.
         """
         self._check_leader()
-        entry = Entry(LogId(self._term, self.id, self._log.last_index + 1), request, ts)
+        entry = Entry.normal(LogId(self._term, self.id, self._log.last_index + 1), request, ts, request_json)
         self._append([entry])
         self._replication_dirty = True
         return entry.log_id

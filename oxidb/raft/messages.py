@@ -62,6 +62,16 @@ class LogId:
 
     @classmethod
     def from_json(cls, value: Any) -> LogId:
+        # The well-formed case first: it is on every append's path.
+        if type(value) is dict:
+            leader = value.get("leader_id")
+            if type(leader) is dict:
+                term, node_id, index = leader.get("term"), leader.get("node_id"), value.get("index")
+                if (
+                    type(term) is int and type(node_id) is int and type(index) is int
+                    and term >= 0 and node_id >= 0 and index >= 0
+                ):
+                    return cls(term, node_id, index)
         obj = _object(value, "log id")
         leader = _object(obj.get("leader_id"), "log id leader_id")
         return cls(
@@ -283,10 +293,37 @@ class Entry:
         return orjson.dumps(self.to_json())
 
     @classmethod
+    def normal(cls, log_id: LogId, request: Mapping[str, Any], ts: int, request_json: bytes | None = None) -> Entry:
+        """
+        A normal entry. C{request_json}, when given, is C{orjson.dumps(request)}
+        (a caller that has serialised the request already): L{encoded} is
+        then assembled around it instead of serialising the request again.
+        """
+        entry = cls(log_id, request, ts)
+        if request_json is not None:
+            encoded = b'{"log_id":%s,"payload":{"Normal":%s},"ts":%d}' % (
+                orjson.dumps(log_id.to_json()), request_json, ts
+            )
+            # The cached property's slot: the same value it would compute.
+            object.__setattr__(entry, "encoded", encoded)
+        return entry
+
+    @classmethod
     def from_json(cls, value: Any) -> Entry:
         obj = _object(value, "entry")
         log_id = LogId.from_json(obj.get("log_id"))
         payload = obj.get("payload")
+        if type(payload) is dict and len(payload) == 1:
+            inner = payload.get("Normal")
+            ts = obj.get("ts")
+            if type(inner) is dict and type(ts) is int and ts >= 0:
+                # The common case, decoded without the general checks below.
+                entry = cls(log_id, inner, ts)
+                if len(obj) == 3:
+                    # Nothing but the entry's fields, in the order the sender
+                    # serialised them: its encoding without building to_json().
+                    object.__setattr__(entry, "encoded", orjson.dumps(obj))
+                return entry
         if payload == "Blank":
             return cls(log_id)
         body = _object(payload, "entry payload")
@@ -614,16 +651,15 @@ _TYPE_NAMES: dict[type, str] = {
 
 #: Fields added after the first release: left out when C{None}, optional when decoding.
 _OPTIONAL_FIELDS = frozenset({"cluster", "incarnation", "commit_id"})
-_TYPES_BY_NAME = {name: cls for cls, name in _TYPE_NAMES.items()}
 
 
 def message_to_json(msg: Message) -> dict[str, Any]:
     """The JSON object of a peer message (C{src}/C{dst} as C{"from"}/C{"to"})."""
-    out: dict[str, Any] = {"type": _TYPE_NAMES[type(msg)]}
-    for field in attrs.fields(type(msg)):
+    name, fields = _CODECS[type(msg)]
+    out: dict[str, Any] = {"type": name}
+    for field in fields:
         value = getattr(msg, field.name)
-        key = {"src": "from", "dst": "to"}.get(field.name, field.name)
-        if value is None and field.name in _OPTIONAL_FIELDS:
+        if value is None and field.optional:
             continue
         if isinstance(value, (LogId, SnapshotMeta)):
             value = value.to_json()
@@ -631,29 +667,57 @@ def message_to_json(msg: Message) -> dict[str, Any]:
             value = base64.b64encode(value).decode("ascii")
         elif isinstance(value, tuple):
             value = [e.to_json() for e in value]
-        out[key] = value
+        out[field.key] = value
     return out
 
 
 def encode_message(msg: Message) -> bytes:
-    return orjson.dumps(message_to_json(msg))
+    """
+    The compact JSON of L{message_to_json}. An append's entries are spliced
+    in as their cached encodings (L{Entry.encoded}, which the leader has
+    computed for its own log already): the same bytes, without building and
+    serialising each entry again for every follower.
+    """
+    if type(msg) is not AppendEntriesRequest or not msg.entries:
+        return orjson.dumps(message_to_json(msg))
+    head: dict[str, Any] = {
+        "type": "append_entries",
+        "term": msg.term,
+        "from": msg.src,
+        "to": msg.dst,
+        "prev_log_id": log_id_json(msg.prev_log_id),
+    }
+    tail: dict[str, Any] = {"leader_commit": msg.leader_commit}
+    if msg.cluster is not None:
+        tail["cluster"] = msg.cluster
+    if msg.incarnation is not None:
+        tail["incarnation"] = msg.incarnation
+    return b"".join(
+        (
+            orjson.dumps(head)[:-1],
+            b',"entries":[',
+            b",".join([entry.encoded for entry in msg.entries]),
+            b"],",
+            orjson.dumps(tail)[1:],
+        )
+    )
 
 
 def message_from_json(value: Any) -> Message:
     """Decode and validate a peer message; raises L{MessageDecodeError}."""
     obj = _object(value, "message")
     kind = obj.get("type")
-    cls = _TYPES_BY_NAME.get(kind) if type(kind) is str else None
-    if cls is None:
+    codec = _CODECS_BY_NAME.get(kind) if type(kind) is str else None
+    if codec is None:
         raise MessageDecodeError(f"unknown message type {obj.get('type')!r}")
+    cls, fields = codec
     kwargs: dict[str, Any] = {}
-    for field in attrs.fields(cls):
-        key = {"src": "from", "dst": "to"}.get(field.name, field.name)
-        if key not in obj:
-            if field.name in _OPTIONAL_FIELDS:
+    for field in fields:
+        if field.key not in obj:
+            if field.optional:
                 continue
-            raise MessageDecodeError(f"{obj['type']} message without {key!r}")
-        kwargs[field.name] = _FIELD_DECODERS[field.name](obj, key)
+            raise MessageDecodeError(f"{kind} message without {field.key!r}")
+        kwargs[field.name] = field.decode(obj, field.key)
     message: Message = cls(**kwargs)
     return message
 
@@ -734,6 +798,37 @@ _FIELD_DECODERS: dict[str, Callable[[Mapping[str, Any], str], Any]] = {
     "cluster": lambda o, k: _optional_str(o, k),
     "incarnation": lambda o, k: _optional_str(o, k),
     "commit_id": lambda o, k: log_id_from_json(o[k]),
+}
+
+
+@attrs.frozen
+class _FieldCodec:
+    """One message field: its attribute, its wire key, whether it may be absent, its decoder."""
+
+    name: str
+    key: str
+    optional: bool
+    decode: Callable[[Mapping[str, Any], str], Any]
+
+
+def _field_codecs(cls: type) -> tuple[_FieldCodec, ...]:
+    return tuple(
+        _FieldCodec(
+            field.name,
+            {"src": "from", "dst": "to"}.get(field.name, field.name),
+            field.name in _OPTIONAL_FIELDS,
+            _FIELD_DECODERS[field.name],
+        )
+        for field in attrs.fields(cls)
+    )
+
+
+#: Message class -> its wire name and fields, computed once.
+_CODECS: dict[type, tuple[str, tuple[_FieldCodec, ...]]] = {
+    cls: (name, _field_codecs(cls)) for cls, name in _TYPE_NAMES.items()
+}
+_CODECS_BY_NAME: dict[str, tuple[type, tuple[_FieldCodec, ...]]] = {
+    name: (cls, fields) for cls, (name, fields) in _CODECS.items()
 }
 
 

@@ -12,9 +12,11 @@ L{advance <oxidb.raft.core.RaftCore.advance>}. The state machine's part
 snapshot) runs in an apply pipeline behind that, strictly in log order, and
 reports back with L{applied <oxidb.raft.core.RaftCore.applied>}: the next
 batch is persisted and replicated while this one is applied, and entries of
-consecutive batches share the engine's group commit. Inputs that arrive
-while a ready is being handled are batched into the next one, so concurrent
-writes share one fsync and one append message per follower.
+consecutive batches share the engine's group commit. Proposals and peer
+messages are handled at the end of the reactor turn they arrive in, and
+inputs that arrive while a ready is being handled are batched into the next
+one, so concurrent writes share one fsync and one append message per
+follower.
 
 Requests:
 
@@ -38,13 +40,14 @@ the node shuts down and reports it; it never retries.
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import orjson
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
@@ -117,7 +120,7 @@ class IStateMachine(Interface):
 class _Proposal:
     log_id: LogId
     deferred: Deferred[Any]
-    timer: IDelayedCall
+    deadline: float
 
 
 @implementer(IPeerHandler)
@@ -182,6 +185,7 @@ class RaftNode(MembershipCommands):
         self.core: RaftCore | None = None
         self._loop: LoopingCall | None = None
         self._busy = False
+        self._kick_pending = False
         self._stopped = False
         self.failure: Failure | None = None
         self._durable_index = 0
@@ -193,6 +197,11 @@ class RaftNode(MembershipCommands):
         self._apply_backlog = 0
         self._held_back = 0
         self._proposals: dict[int, _Proposal] = {}
+        # Proposal deadlines, earliest first, (deadline, index, proposal):
+        # one timer for the earliest instead of one per write. An entry whose
+        # proposal has been settled is dropped when it reaches the front.
+        self._deadlines: list[tuple[float, int, _Proposal]] = []
+        self._expiry: IDelayedCall | None = None
         self._reads: dict[int, Deferred[bool]] = {}
         self._forwarder = Forwarder(clock, lambda: self.core, self._send_frame, self.propose)
         self._waits = Waits(clock)
@@ -258,6 +267,21 @@ class RaftNode(MembershipCommands):
         self.core.tick(self._now_ms())
         self._kick()
 
+    def _kick_soon(self) -> None:
+        """
+        L{_kick} once the reactor has handled the other events of this turn:
+        the proposals and peer messages that arrive together (one read of
+        many clients' requests, the answers of several followers) then go
+        into one ready, one log append and fsync, one append per follower.
+        """
+        if not self._kick_pending:
+            self._kick_pending = True
+            self._clock.callLater(0, self._kick_now)
+
+    def _kick_now(self) -> None:
+        self._kick_pending = False
+        self._kick()
+
     def _kick(self) -> None:
         """Handle readies until none is left or one waits for I/O."""
         if self._busy:
@@ -272,7 +296,13 @@ class RaftNode(MembershipCommands):
                 # The state machine is behind: let it catch up first.
                 self._apply_tail.addCallback(lambda _: self._run_readies())
                 return
-            d = self._process(core.ready())
+            try:
+                d = self._process(core.ready())
+            except Exception:
+                self._fatal(Failure())
+                return
+            if d is None:
+                continue
             if not d.called:
                 d.addCallbacks(lambda _: self._run_readies(), self._fatal)
                 return
@@ -284,23 +314,34 @@ class RaftNode(MembershipCommands):
         self._busy = False
         self._notify()
 
-    @inlineCallbacks
-    def _process(self, ready: Ready) -> Any:
+    def _process(self, ready: Ready) -> Deferred[None] | None:
         """
         Steps 1-3 and 5-6 of a ready; the state machine's part (step 4, and
         building a snapshot) goes to the apply pipeline, so that the next
-        ready is persisted while this one is applied.
+        ready is persisted while this one is applied. Returns C{None} when
+        the ready is done, else a Deferred that fires once it is (after the
+        persist on the Raft I/O thread).
         """
-        core = self.core
-        assert core is not None
         self._log_events(ready.events)
         self._send_all(ready.messages)
         persist = ready.persist
-        if not persist.is_empty:
-            yield self._run_io(self._storage.save, persist)
-            if self._stopped:
-                return
-            self._saved(persist)
+        if persist.is_empty:
+            self._finish(ready)
+            return None
+        d: Deferred[None] = self._run_io(self._storage.save, persist)
+        d.addCallback(self._persisted, ready)
+        return d
+
+    def _persisted(self, _: object, ready: Ready) -> None:
+        if self._stopped:
+            return
+        self._saved(ready.persist)
+        self._finish(ready)
+
+    def _finish(self, ready: Ready) -> None:
+        """The steps of a ready after its batch is durable."""
+        core = self.core
+        assert core is not None
         self._send_all(ready.persisted_messages)
         # The core releases reads only for indexes the state machine has
         # reported applied, so they may run now.
@@ -452,8 +493,11 @@ class RaftNode(MembershipCommands):
 
     def _fail_everything(self, error: OxiError) -> None:
         proposals, self._proposals = self._proposals, {}
+        self._deadlines.clear()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         for proposal in proposals.values():
-            proposal.timer.cancel()
             proposal.deferred.errback(error)
         reads, self._reads = self._reads, {}
         for d in reads.values():
@@ -486,63 +530,105 @@ class RaftNode(MembershipCommands):
         except SafetyViolationError:
             self._fatal(Failure())
             return
-        self._kick()
+        self._kick_soon()
 
     # --- writes ------------------------------------------------------------------------------
 
-    def propose(self, op: dict[str, Any]) -> Deferred[Any]:
+    def propose(self, op: dict[str, Any], op_json: bytes | None = None) -> Deferred[Any]:
         """
         Propose C{op} on this node, which must lead (L{NotLeaderError}
-        otherwise); fires with the apply result.
+        otherwise); fires with the apply result. C{op_json}, when the caller
+        has it, is C{orjson.dumps(op)} (see L{Entry.normal}).
         """
         core = self._require_core()
-        log_id = core.propose(op, self._now_ms())
+        log_id = core.propose(op, self._now_ms(), op_json)
         d: Deferred[Any] = Deferred()
-        timer = self._clock.callLater(self.write_timeout, self._proposal_expired, log_id.index)
         previous = self._proposals.pop(log_id.index, None)
         if previous is not None:
             # An earlier proposal at this index was overwritten before it came back.
-            previous.timer.cancel()
             previous.deferred.errback(RaftError("the write was lost in a leader change; retry it"))
-        self._proposals[log_id.index] = _Proposal(log_id, d, timer)
-        self._kick()
+        proposal = _Proposal(log_id, d, self._clock.seconds() + self.write_timeout)
+        self._proposals[log_id.index] = proposal
+        heapq.heappush(self._deadlines, (proposal.deadline, log_id.index, proposal))
+        if self._expiry is None:
+            self._expiry = self._clock.callLater(self.write_timeout, self._expire_proposals)
+        elif proposal.deadline < self._expiry.getTime():
+            self._expiry.reset(self.write_timeout)
+        self._kick_soon()
         return d
 
-    def _proposal_expired(self, index: int) -> None:
-        proposal = self._proposals.pop(index, None)
-        if proposal is not None:
-            proposal.deferred.errback(
-                RaftError(f"the write was not committed within {self.write_timeout:g}s; its outcome is unknown")
+    def _expire_proposals(self) -> None:
+        """The earliest deadline has come: fail every proposal past its deadline."""
+        self._expiry = None
+        now = self._clock.seconds()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _deadline, index, proposal = heapq.heappop(deadlines)
+            if self._proposals.get(index) is proposal:
+                del self._proposals[index]
+                proposal.deferred.errback(
+                    RaftError(f"the write was not committed within {self.write_timeout:g}s; its outcome is unknown")
+                )
+        self._drop_settled_deadlines()
+
+    def _drop_settled_deadlines(self) -> None:
+        """Forget deadlines of settled proposals at the front; keep the timer on the earliest live one."""
+        deadlines = self._deadlines
+        while deadlines and self._proposals.get(deadlines[0][1]) is not deadlines[0][2]:
+            heapq.heappop(deadlines)
+        if not deadlines:
+            if self._expiry is not None:
+                self._expiry.cancel()
+                self._expiry = None
+        elif self._expiry is None:
+            self._expiry = self._clock.callLater(
+                max(0.0, deadlines[0][0] - self._clock.seconds()), self._expire_proposals
             )
 
     def _settle(self, entries: Sequence[Entry], outcomes: Sequence[Outcome]) -> None:
+        if not self._proposals:
+            return
         for entry, outcome in zip(entries, outcomes, strict=True):
             proposal = self._proposals.pop(entry.index, None)
             if proposal is None:
                 continue
-            proposal.timer.cancel()
             if proposal.log_id != entry.log_id:
                 proposal.deferred.errback(RaftError("the write was lost in a leader change; retry it"))
             elif outcome.ok:
                 proposal.deferred.callback(outcome.value)
             else:
                 proposal.deferred.errback(outcome.value)
+        self._drop_settled_deadlines()
 
-    @inlineCallbacks
-    def write(self, op: dict[str, Any]) -> Any:
+    def write(self, op: dict[str, Any]) -> Deferred[Any]:
         """
         Replicate C{op} and return the leader's apply result, from any node
         (see the module docstring).
         """
-        size = len(orjson.dumps(op))
-        if size > MAX_FRAME - _FRAME_ROOM:
-            raise TooLargeError(f"replicated operation of {size} bytes exceeds the Raft frame limit")
+        try:
+            op_json = orjson.dumps(op)
+        except orjson.JSONEncodeError:
+            return fail()
+        if len(op_json) > MAX_FRAME - _FRAME_ROOM:
+            return fail(TooLargeError(f"replicated operation of {len(op_json)} bytes exceeds the Raft frame limit"))
+        core = self.core
+        if core is not None and not self._stopped and (core.is_leader or not self.forward_writes):
+            # The common case on the leader: no generator, the proposal's own Deferred.
+            try:
+                return self.propose(op, op_json)
+            except RaftError:
+                pass  # the general path below handles (or raises) it the same way again
+        result: Deferred[Any] = self._write(op, op_json)
+        return result
+
+    @inlineCallbacks
+    def _write(self, op: dict[str, Any], op_json: bytes) -> Any:
         deadline = self._clock.seconds() + self.leader_wait
         while True:
             core = self._require_core()
             if core.is_leader or not self.forward_writes:
                 try:
-                    proposed = self.propose(op)
+                    proposed = self.propose(op, op_json)
                 except NotLeaderError:
                     raise
                 except RaftError:
