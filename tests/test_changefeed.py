@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from oxidb.engine.changes import Change
+from oxidb.engine.changes import Change, OperationChanges
 from oxidb.errors import BadRequestError, ServerBusyError
 from oxidb.server.changefeed import ChangeFeed, ResumeTokenTooOldError
 
@@ -33,8 +33,9 @@ class Watcher:
         self.reset = True
 
 
-def changes(*tokens: int, collection: str = "c", size: int = 0) -> list[Change]:
-    return [Change(t, "insert", collection, t, size=size) for t in tokens]
+def changes(*tokens: int, collection: str = "c", size: int = 0) -> list[OperationChanges]:
+    """One operation of one change per token."""
+    return [OperationChanges.of(t, [("insert", collection, t, None, size)]) for t in tokens]
 
 
 def started(feed: ChangeFeed, **kwargs: Any) -> tuple[Watcher, Any]:
@@ -126,7 +127,7 @@ def test_overflow_is_reported_once_caught_up_too() -> None:
 def test_lost_changes_of_a_huge_operation_are_an_overflow() -> None:
     feed = ChangeFeed()
     watcher, _ = started(feed)
-    feed.publish([Change(1, "delete", "c", 1), Change(2, "delete", "c", 2, lost=70_000)])
+    feed.publish([OperationChanges.of(1, [("delete", "c", 1, None, 0), ("delete", "c", 2, None, 0)], lost=70_000)])
     assert watcher.got == [1, 2, ("overflow", 70_000)]
 
 

@@ -13,7 +13,7 @@ import pytest
 from zope.interface import implementer
 
 from oxidb.engine import changes, procedures, transactions, ttl
-from oxidb.engine.changes import Change, ChangeRecorder, IChangeListener
+from oxidb.engine.changes import Change, ChangeRecorder, IChangeListener, OperationChanges
 from oxidb.engine.engine import Engine
 from oxidb.engine.operations import (
     CreateIndex,
@@ -40,8 +40,8 @@ class Collect:
     def opened(self, last_token: int) -> None:
         self.opened_at.append(last_token)
 
-    def committed(self, batch: list[Change]) -> None:
-        self.changes.extend(batch)
+    def committed(self, batch: list[OperationChanges]) -> None:
+        self.changes.extend(change for operation in batch for change in operation.changes())
 
     def take(self) -> list[tuple[str, str, int]]:
         got = [(c.operation, c.collection, c.doc_id) for c in self.changes]
@@ -212,8 +212,9 @@ def test_savepoint_rollback_forgets_its_changes(engine: Engine) -> None:
     assert recorder.mark() == (1, 0)
     recorder.record_many("update", "c", [6, 7, 8, 9])
     done = recorder.finish(5)
+    assert done is not None
     # Past the limit, changes are counted on the last recorded one.
-    assert [(c.doc_id, c.lost) for c in done] == [(1, 0), (6, 0), (7, 2)]
+    assert [(c.doc_id, c.lost) for c in done.changes()] == [(1, 0), (6, 0), (7, 2)]
     assert recorder.empty
 
 
@@ -223,7 +224,7 @@ def test_a_failing_listener_does_not_stop_the_writer(engine: Engine) -> None:
         def opened(self, last_token: int) -> None:
             pass
 
-        def committed(self, batch: list[Change]) -> None:
+        def committed(self, batch: list[OperationChanges]) -> None:
             raise RuntimeError("boom")
 
     engine.listen(Broken())

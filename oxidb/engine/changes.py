@@ -22,13 +22,19 @@ changes past that are counted (L{Change.lost}, on its last recorded change)
 and reported to watchers as an C{overflow}, not one by one.
 
 After the commit the writer hands the batch's changes to the engine's
-L{IChangeListener} (on the writer thread). Nothing here imports Twisted.
+L{IChangeListener} (on the writer thread), one L{OperationChanges} per
+operation: the recorder's compact list as it stands, with the operation's
+first token. L{Change} objects are built from it only when a watcher reads
+(L{OperationChanges.change}), so a write nobody watches pays nothing per
+document beyond the recorder's list. Nothing here imports Twisted.
 """
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any, NamedTuple
 
+import attrs
 from zope.interface import Interface
 
 from oxidb.engine import databases
@@ -121,13 +127,70 @@ class IChangeListener(Interface):
         database swapped in meanwhile (a Raft snapshot), were not seen.
         """
 
-    def committed(changes: list[Change]) -> None:
-        """C{changes} (in token order) are durable."""
+    def committed(operations: list[OperationChanges]) -> None:
+        """The changes of C{operations} (in token order) are durable."""
 
 
 # A change recorded but not yet committed: operation, collection, doc_id,
 # document, size.
 _Pending = tuple[str, str, int, "dict[str, Any] | None", int]
+
+_size = itemgetter(4)
+
+
+@attrs.define(eq=False)
+class OperationChanges:
+    """
+    The changes one committed operation made, as the recorder listed them:
+    the change at position C{i} has the token C{first + i}. One per
+    operation, whatever its number of documents; L{change} builds a
+    change's L{Change} when it is wanted.
+
+    @ivar first: the token of its first change.
+    @ivar last: the token of its last change.
+    @ivar pending: C{(operation, collection, doc_id, document, size)} per
+        change, in token order (not empty).
+    @ivar tx_id: the transaction number of a transaction's commit, else None.
+    @ivar lost: changes of the operation past the last one listed that were
+        not recorded (L{MAX_CHANGES_PER_OPERATION}).
+    @ivar size: bytes of the JSON text of its documents.
+    """
+
+    first: int
+    last: int
+    pending: list[_Pending]
+    tx_id: int | None = None
+    lost: int = 0
+    size: int = 0
+    _only: str | None = attrs.field(default=None, init=False)
+    _only_known: bool = attrs.field(default=False, init=False)
+
+    @classmethod
+    def of(
+        cls, first: int, pending: list[_Pending], tx_id: int | None = None, lost: int = 0
+    ) -> OperationChanges:
+        """The changes C{pending} listed from token C{first} on."""
+        return cls(first, first + len(pending) - 1, pending, tx_id, lost, sum(map(_size, pending)))
+
+    @property
+    def collection(self) -> str | None:
+        """The one collection (qualified) all its changes are in, or None if several."""
+        if not self._only_known:
+            pending = self.pending
+            name = pending[0][1]
+            self._only = name if all(p[1] == name for p in pending) else None
+            self._only_known = True
+        return self._only
+
+    def change(self, position: int) -> Change:
+        """Its change at C{position} (the token C{first + position})."""
+        operation, collection, doc_id, document, size = self.pending[position]
+        lost = self.lost if position == len(self.pending) - 1 else 0
+        return Change(self.first + position, operation, collection, doc_id, document, self.tx_id, size, lost)
+
+    def changes(self) -> list[Change]:
+        """All its changes, in token order."""
+        return [self.change(position) for position in range(len(self.pending))]
 
 
 class ChangeRecorder:
@@ -190,20 +253,17 @@ class ChangeRecorder:
     def empty(self) -> bool:
         return not self._pending and not self._lost
 
-    def finish(self, sequence: int) -> list[Change]:
-        """The operation committed as C{sequence}: its changes with their tokens."""
+    def finish(self, sequence: int) -> OperationChanges | None:
+        """
+        The operation committed as C{sequence}: its changes, with the
+        token of the first (None if it recorded none). The recorded list is
+        handed over as it is, not copied.
+        """
         pending, lost, tx_id = self._pending, self._lost, self.tx_id
         self.begin()
         if not pending:
-            return []
-        base = sequence << POSITION_BITS
-        changes = [
-            Change(base | position, operation, collection, doc_id, document, tx_id, size)
-            for position, (operation, collection, doc_id, document, size) in enumerate(pending)
-        ]
-        if lost:
-            changes[-1] = changes[-1]._replace(lost=lost)
-        return changes
+            return None
+        return OperationChanges.of(sequence << POSITION_BITS, pending, tx_id, lost)
 
 
 __all__ = [
@@ -214,6 +274,7 @@ __all__ = [
     "Change",
     "ChangeRecorder",
     "IChangeListener",
+    "OperationChanges",
     "sequence_of",
     "token_of",
 ]
