@@ -166,9 +166,7 @@ class OperationChanges:
     _only_known: bool = attrs.field(default=False, init=False)
 
     @classmethod
-    def of(
-        cls, first: int, pending: list[_Pending], tx_id: int | None = None, lost: int = 0
-    ) -> OperationChanges:
+    def of(cls, first: int, pending: list[_Pending], tx_id: int | None = None, lost: int = 0) -> OperationChanges:
         """The changes C{pending} listed from token C{first} on."""
         return cls(first, first + len(pending) - 1, pending, tx_id, lost, sum(map(_size, pending)))
 

@@ -260,7 +260,7 @@ class ChangeFeed:
         for subscription in self.subscriptions:
             if subscription.cursor < floor:
                 # Changes it had not passed yet are gone: count them.
-                subscription.dropped += self._missed(subscription, old_head, old_skip, floor)
+                subscription.dropped += self._missed(subscription, old_head, floor)
                 subscription.cursor = floor
         self.floor = floor
         self._count, self._bytes, self._skip = count, nbytes, skip
@@ -269,11 +269,11 @@ class ChangeFeed:
             head = 0
         self._head = head
 
-    def _missed(self, subscription: Subscription, head: int, skip: int, floor: int) -> int:
+    def _missed(self, subscription: Subscription, head: int, floor: int) -> int:
         """
-        The changes C{subscription} is to see after its cursor up to
-        C{floor}, counted from the change C{skip} of the operation at
-        C{head} on (with those its operations did not record).
+        The changes C{subscription} is to see after its cursor (at or past
+        the old floor) up to C{floor}, looked for from the operation at
+        C{head} on, with those its operations did not record.
         """
         ops = self._ops
         cursor = subscription.cursor
@@ -284,7 +284,7 @@ class ChangeFeed:
             if op.first > floor:
                 break
             n = len(op.pending)
-            lo = max(cursor + 1 - op.first, skip if i == head else 0, 0)
+            lo = max(cursor + 1 - op.first, 0)
             hi = min(floor - op.first, n - 1)
             i += 1
             only = op.collection
