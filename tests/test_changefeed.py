@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oxidb.engine.changes import Change, OperationChanges
+from oxidb.engine.changes import Change, OperationChanges, Run
 from oxidb.errors import BadRequestError, ServerBusyError
 from oxidb.server.changefeed import ChangeFeed, ResumeTokenTooOldError
 
@@ -37,7 +37,7 @@ class Watcher:
 
 def changes(*tokens: int, collection: str = "c", size: int = 0) -> list[OperationChanges]:
     """One operation of one change per token."""
-    return [OperationChanges.of(t, [("insert", collection, t, None, size)]) for t in tokens]
+    return [OperationChanges.of(t, [("insert", collection, 0, [t], ["x" * size])]) for t in tokens]
 
 
 def started(feed: ChangeFeed, **kwargs: Any) -> tuple[Watcher, Any]:
@@ -129,7 +129,7 @@ def test_overflow_is_reported_once_caught_up_too() -> None:
 def test_lost_changes_of_a_huge_operation_are_an_overflow() -> None:
     feed = ChangeFeed()
     watcher, _ = started(feed)
-    feed.publish([OperationChanges.of(1, [("delete", "c", 1, None, 0), ("delete", "c", 2, None, 0)], lost=70_000)])
+    feed.publish([OperationChanges.of(1, [("delete", "c", 0, [1, 2], None)], lost=70_000)])
     assert watcher.got == [1, 2, ("overflow", 70_000)]
 
 
@@ -172,8 +172,16 @@ def test_reset_to_another_history_ends_the_watchers() -> None:
 
 def operation(sequence: int, *collections: str, lost: int = 0, size: int = 0) -> OperationChanges:
     """An operation committed as C{sequence}, one change per collection named."""
-    pending = [("update", name, i + 1, None, size) for i, name in enumerate(collections)]
-    return OperationChanges.of(sequence << 20, pending, lost=lost)
+    runs: list[Run] = []
+    for i, name in enumerate(collections):
+        if runs and runs[-1][1] == name:  # changes of one collection in a row: one run
+            runs[-1][3].append(i + 1)
+            texts = runs[-1][4]
+            assert texts is not None
+            texts.append("x" * size)
+        else:
+            runs.append(("insert", name, i, [i + 1], ["x" * size]))
+    return OperationChanges.of(sequence << 20, runs, lost=lost)
 
 
 def tok(sequence: int, position: int) -> int:
@@ -343,3 +351,12 @@ def test_operations_buffer_matches_the_feed_one_change_at_a_time(capacity: int, 
         assert feed.floor == reference.floor
         for name in names:
             assert ours[name][0].got == theirs[name].got
+
+
+def test_an_operation_published_again_in_part_keeps_only_what_is_new() -> None:
+    feed = ChangeFeed()
+    feed.reset(tok(1, 2))  # the database's last token falls inside operation 1
+    watcher, _ = started(feed)
+    feed.publish([operation(1, "c", "c", "d", "d", "c", size=10)])
+    assert watcher.got == [tok(1, 3), tok(1, 4)]
+    assert feed.published == 2

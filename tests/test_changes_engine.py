@@ -240,3 +240,28 @@ def test_a_huge_delete_records_the_lowest_ids_and_counts_the_rest(tmp_path: Any)
         engine._recorder._limit = 4  # type: ignore[attr-defined]
         assert engine.apply(Delete("c", {}), NOW) == {"deleted": 10}
         assert [(c.doc_id, c.lost) for c in collect.changes] == [(1, 0), (2, 0), (3, 0), (4, 6)]
+
+
+def test_the_recorder_keeps_one_run_per_call_and_texts_for_inserts() -> None:
+    recorder = ChangeRecorder(limit=5)
+    recorder.begin()
+    recorder.record_inserts("c", [(1, 1, {}, '{"_id":1}'), (2, 1, {}, '{"_id":2}')])
+    mark = recorder.mark()
+    recorder.record_many("delete", "d", [7])
+    recorder.rollback_to(mark)
+    recorder.record_many("update", "d", [3])
+    recorder.record_inserts("c", [(4, 1, {}, '{"_id":4}'), (5, 1, {}, '{"_id":5}'), (6, 1, {}, '{"_id":6}')])
+    done = recorder.finish(9)
+    assert done is not None
+    assert (done.first, done.last, done.count, done.lost, done.size) == (9 << 20, (9 << 20) + 4, 5, 1, 36)
+    assert [run[:3] for run in done.runs] == [("insert", "c", 0), ("update", "d", 2), ("insert", "c", 3)]
+    assert done.collection is None
+    got = done.changes()
+    assert [(c.operation, c.doc_id, c.text, c.lost) for c in got] == [
+        ("insert", 1, '{"_id":1}', 0),
+        ("insert", 2, '{"_id":2}', 0),
+        ("update", 3, None, 0),
+        ("insert", 4, '{"_id":4}', 0),
+        ("insert", 5, '{"_id":5}', 1),
+    ]
+    assert got[0].document == {"_id": 1} and got[2].document is None

@@ -204,7 +204,7 @@ class ChangeFeed:
         count = 0
         for op in operations:
             ops.append(op)
-            count += len(op.pending)
+            count += op.count
             self._bytes += op.size
         self._count += count
         self.published += count
@@ -223,7 +223,7 @@ class ChangeFeed:
             if op.last <= last:
                 continue
             if op.first <= last:
-                op = OperationChanges.of(last + 1, op.pending[last + 1 - op.first :], op.tx_id, op.lost)
+                op = _after(op, last + 1 - op.first)
             fresh.append(op)
         return fresh
 
@@ -242,7 +242,7 @@ class ChangeFeed:
         newest = len(ops) - 1
         while True:
             op = ops[head]
-            live = len(op.pending) - skip
+            live = op.count - skip
             over = count - self.capacity
             if over >= live or (nbytes > self.max_bytes and head < newest):
                 count -= live
@@ -283,19 +283,16 @@ class ChangeFeed:
             op = ops[i]
             if op.first > floor:
                 break
-            n = len(op.pending)
+            n = op.count
             lo = max(cursor + 1 - op.first, 0)
             hi = min(floor - op.first, n - 1)
             i += 1
-            only = op.collection
-            if only is not None:
-                if subscription.matches_collection(only):
-                    missed += hi - lo + 1 + (op.lost if hi == n - 1 else 0)
-                continue
             matches = subscription.matches_collection
-            pending = op.pending
-            missed += sum(1 for p in pending[lo : hi + 1] if matches(p[1]))
-            if hi == n - 1 and matches(pending[-1][1]):
+            for _, collection, start, ids, _ in op.runs:
+                end = start + len(ids) - 1
+                if end >= lo and start <= hi and matches(collection):
+                    missed += min(end, hi) - max(start, lo) + 1
+            if hi == n - 1 and matches(op.runs[-1][1]):
                 missed += op.lost
         return missed
 
@@ -360,7 +357,7 @@ class ChangeFeed:
                 subscription.cursor = op.last
                 continue
             position = max(subscription.cursor + 1 - op.first, 0)
-            n = len(op.pending)
+            n = op.count
             while position < n:
                 change = op.change(position)
                 position += 1
@@ -377,6 +374,17 @@ class ChangeFeed:
         if subscription.dropped and subscription.active:
             dropped, subscription.dropped = subscription.dropped, 0
             watcher.send_overflow(dropped)
+
+
+def _after(op: OperationChanges, position: int) -> OperationChanges:
+    """The changes of C{op} from C{position} on."""
+    runs = []
+    for operation, collection, start, ids, texts in op.runs:
+        skip = max(position - start, 0)
+        if skip < len(ids):
+            kept = (ids[skip:], None if texts is None else texts[skip:])
+            runs.append((operation, collection, start + skip - position, *kept))
+    return OperationChanges.of(op.first + position, runs, op.tx_id, op.lost)
 
 
 @implementer(IChangeListener)
