@@ -52,6 +52,9 @@ SHAPES: list[tuple[str, bytes, float]] = [
      _frame({"cmd": "find", "collection": "people", "query": {"n": {"$gte": 100, "$lt": 120}}}), 1),
     ("count unindexed", _frame({"cmd": "count", "collection": "people", "query": {"city": "c3"}}), 0.2),
     ("insert one", _frame({"cmd": "insert", "collection": "writes", "doc": {"a": 1, "b": "x" * 50}}), 1),
+    ("insert_many x100",
+     _frame({"cmd": "insert_many", "collection": "writes",
+             "docs": [{"name": "bench", "n": 1, "tags": ["a", "b"], "nested": {"x": 1.5}}] * 100}), 0.1),
 ]
 
 

@@ -13,7 +13,7 @@ import pytest
 from zope.interface import implementer
 
 from oxidb.engine import changes, procedures, transactions, ttl
-from oxidb.engine.changes import Change, ChangeRecorder, IChangeListener
+from oxidb.engine.changes import Change, ChangeRecorder, IChangeListener, OperationChanges
 from oxidb.engine.engine import Engine
 from oxidb.engine.operations import (
     CreateIndex,
@@ -40,8 +40,8 @@ class Collect:
     def opened(self, last_token: int) -> None:
         self.opened_at.append(last_token)
 
-    def committed(self, batch: list[Change]) -> None:
-        self.changes.extend(batch)
+    def committed(self, batch: list[OperationChanges]) -> None:
+        self.changes.extend(change for operation in batch for change in operation.changes())
 
     def take(self) -> list[tuple[str, str, int]]:
         got = [(c.operation, c.collection, c.doc_id) for c in self.changes]
@@ -212,8 +212,9 @@ def test_savepoint_rollback_forgets_its_changes(engine: Engine) -> None:
     assert recorder.mark() == (1, 0)
     recorder.record_many("update", "c", [6, 7, 8, 9])
     done = recorder.finish(5)
+    assert done is not None
     # Past the limit, changes are counted on the last recorded one.
-    assert [(c.doc_id, c.lost) for c in done] == [(1, 0), (6, 0), (7, 2)]
+    assert [(c.doc_id, c.lost) for c in done.changes()] == [(1, 0), (6, 0), (7, 2)]
     assert recorder.empty
 
 
@@ -223,7 +224,7 @@ def test_a_failing_listener_does_not_stop_the_writer(engine: Engine) -> None:
         def opened(self, last_token: int) -> None:
             pass
 
-        def committed(self, batch: list[Change]) -> None:
+        def committed(self, batch: list[OperationChanges]) -> None:
             raise RuntimeError("boom")
 
     engine.listen(Broken())
@@ -239,3 +240,28 @@ def test_a_huge_delete_records_the_lowest_ids_and_counts_the_rest(tmp_path: Any)
         engine._recorder._limit = 4  # type: ignore[attr-defined]
         assert engine.apply(Delete("c", {}), NOW) == {"deleted": 10}
         assert [(c.doc_id, c.lost) for c in collect.changes] == [(1, 0), (2, 0), (3, 0), (4, 6)]
+
+
+def test_the_recorder_keeps_one_run_per_call_and_texts_for_inserts() -> None:
+    recorder = ChangeRecorder(limit=5)
+    recorder.begin()
+    recorder.record_inserts("c", [(1, 1, {}, '{"_id":1}'), (2, 1, {}, '{"_id":2}')])
+    mark = recorder.mark()
+    recorder.record_many("delete", "d", [7])
+    recorder.rollback_to(mark)
+    recorder.record_many("update", "d", [3])
+    recorder.record_inserts("c", [(4, 1, {}, '{"_id":4}'), (5, 1, {}, '{"_id":5}'), (6, 1, {}, '{"_id":6}')])
+    done = recorder.finish(9)
+    assert done is not None
+    assert (done.first, done.last, done.count, done.lost, done.size) == (9 << 20, (9 << 20) + 4, 5, 1, 36)
+    assert [run[:3] for run in done.runs] == [("insert", "c", 0), ("update", "d", 2), ("insert", "c", 3)]
+    assert done.collection is None
+    got = done.changes()
+    assert [(c.operation, c.doc_id, c.text, c.lost) for c in got] == [
+        ("insert", 1, '{"_id":1}', 0),
+        ("insert", 2, '{"_id":2}', 0),
+        ("update", 3, None, 0),
+        ("insert", 4, '{"_id":4}', 0),
+        ("insert", 5, '{"_id":5}', 1),
+    ]
+    assert got[0].document == {"_id": 1} and got[2].document is None

@@ -17,7 +17,7 @@ from raft_node_harness import Harness
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from oxidb.engine.changes import Change, IChangeListener
+from oxidb.engine.changes import Change, IChangeListener, OperationChanges
 from oxidb.engine.engine import Engine
 from oxidb.engine.operations import Delete, Insert, InsertMany, Update
 from oxidb.raft.messages import Entry
@@ -54,8 +54,8 @@ class Inline:
     def opened(self, last_token: int) -> None:
         self.feed.reset(last_token)
 
-    def committed(self, changes: list[Change]) -> None:
-        self.feed.publish(changes)
+    def committed(self, operations: list[OperationChanges]) -> None:
+        self.feed.publish(operations)
 
 
 @implementer(IStateMachine)

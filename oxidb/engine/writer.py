@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from oxidb.engine import changes, sqlite, store
-from oxidb.engine.changes import Change, ChangeRecorder, IChangeListener
+from oxidb.engine.changes import ChangeRecorder, IChangeListener, OperationChanges
 from oxidb.errors import StorageIOError, UnavailableError
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ class Writer:
         outcomes: list[tuple[bool, Any]] = []
         last_applied = self._last_applied
         recorder = self._recorder
-        committed: list[Change] = []
+        committed: list[OperationChanges] = []
         last_token = self._last_token
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -183,8 +183,9 @@ class Writer:
                     if sequence is None:
                         sequence = changes.sequence_of(last_token) + 1
                     done = recorder.finish(sequence)
-                    committed.extend(done)
-                    last_token = done[-1].token
+                    if done is not None:
+                        committed.append(done)
+                        last_token = done.last
                 if pending.raft_index is not None:
                     last_applied = pending.raft_index
             if last_applied != self._last_applied:

@@ -9,7 +9,11 @@ on the reactor thread.
 
 B{One buffer, a cursor per watcher.} The buffer holds the last
 C{capacity} changes (at least L{REPLAY_EVENTS}), fewer only when their
-documents together pass C{max_bytes}. A watcher is a cursor into it: the
+documents together pass C{max_bytes}. Its entries are whole operations
+(L{OperationChanges}, one per committed operation); a change's L{Change}
+is built only when a watcher is written it, so publishing costs the same
+for one document or thousands, and nothing per document while nobody
+watches. A watcher is a cursor into it: the
 token of the last change it has passed. While its connection takes what is
 written (the transport has not paused us), it is written the changes after
 its cursor at once; while the client does not read, its cursor stays where
@@ -41,7 +45,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from oxidb._threads import ReactorQueue
 from oxidb.engine import databases
-from oxidb.engine.changes import MAX_TOKEN, Change, IChangeListener
+from oxidb.engine.changes import MAX_TOKEN, Change, IChangeListener, OperationChanges
 from oxidb.engine.store import is_reserved_collection
 from oxidb.errors import BadRequestError, ServerBusyError
 from oxidb.logs import Logger
@@ -52,7 +56,7 @@ REPLAY_EVENTS = 4096
 #: Document bytes the replay buffer holds at most.
 REPLAY_BYTES = 64 * 1024 * 1024
 
-_token = attrgetter("token")
+_last = attrgetter("last")
 
 
 class ResumeTokenTooOldError(BadRequestError):
@@ -117,10 +121,14 @@ class Subscription:
 
     def matches(self, change: Change) -> bool:
         """Its collection's changes; without one, those of every collection of its database clients may name."""
+        return self.matches_collection(change.collection)
+
+    def matches_collection(self, name: str) -> bool:
+        """It follows the changes of the collection C{name} (qualified)."""
         if self.collection is None:
-            database, collection = databases.split(change.collection)
+            database, collection = databases.split(name)
             return database == self.database and not is_reserved_collection(collection)
-        return change.collection == self.collection
+        return name == self.collection
 
 
 class ChangeFeed:
@@ -151,8 +159,12 @@ class ChangeFeed:
         self.max_bytes = max_bytes
         self.max_watchers = max_watchers
         self.accept_ahead = accept_ahead
-        self._events: list[Change] = []
-        self._start = 0
+        # The operations in the buffer: from index _head on, without the
+        # first _skip changes of that one; _count changes, _bytes bytes.
+        self._ops: list[OperationChanges] = []
+        self._head = 0
+        self._skip = 0
+        self._count = 0
         self._bytes = 0
         self.last_token = 0
         self.floor = 0
@@ -169,50 +181,120 @@ class ChangeFeed:
         """
         if last_token == self.last_token:
             return
-        self._events, self._start, self._bytes = [], 0, 0
+        self._ops, self._head, self._skip, self._count, self._bytes = [], 0, 0, 0, 0
         self.last_token = self.floor = last_token
         for subscription in list(self.subscriptions):
             subscription.cancel()
             subscription.watcher.feed_reset()
 
-    def publish(self, changes: list[Change]) -> None:
-        """Append committed changes (in token order) and let the watchers follow."""
-        fresh = [change for change in changes if change.token > self.last_token]
-        if not fresh:
+    def publish(self, operations: list[OperationChanges]) -> None:
+        """
+        Append committed operations (in token order) and let the watchers
+        follow: constant work per operation, whatever its documents, while
+        nobody watches.
+        """
+        if not operations:
             return
-        self._events.extend(fresh)
-        self._bytes += sum(change.size for change in fresh)
-        self.last_token = fresh[-1].token
-        self.published += len(fresh)
+        last = self.last_token
+        if operations[0].first <= last:
+            operations = self._unseen(operations, last)
+            if not operations:
+                return
+        ops = self._ops
+        count = 0
+        for op in operations:
+            ops.append(op)
+            count += op.count
+            self._bytes += op.size
+        self._count += count
+        self.published += count
+        self.last_token = operations[-1].last
         # Watchers that read get everything before the buffer drops any.
         for subscription in list(self.subscriptions):
             self.catch_up(subscription)
-        self._evict()
+        if self._count > self.capacity or self._bytes > self.max_bytes:
+            self._evict()
+
+    @staticmethod
+    def _unseen(operations: list[OperationChanges], last: int) -> list[OperationChanges]:
+        """The changes of C{operations} after token C{last} (some were published already)."""
+        fresh = []
+        for op in operations:
+            if op.last <= last:
+                continue
+            if op.first <= last:
+                op = _after(op, last + 1 - op.first)
+            fresh.append(op)
+        return fresh
 
     def _evict(self) -> None:
-        events = self._events
-        start = self._start
-        end = len(events)
-        while end - start > self.capacity or (self._bytes > self.max_bytes and end - start > 1):
-            self._bytes -= events[start].size
-            start += 1
-        if start == self._start:
+        """
+        Drop the oldest changes past C{capacity}, and the oldest operations
+        while their documents pass C{max_bytes} (all but the newest one):
+        whole operations, or the first changes of the oldest one when the
+        count cap falls inside it. Its documents stay counted until all of
+        its changes are gone, since they are freed together.
+        """
+        ops = self._ops
+        head = old_head = self._head
+        skip = old_skip = self._skip
+        count, nbytes = self._count, self._bytes
+        newest = len(ops) - 1
+        while True:
+            op = ops[head]
+            live = op.count - skip
+            over = count - self.capacity
+            if over >= live or (nbytes > self.max_bytes and head < newest):
+                count -= live
+                nbytes -= op.size
+                head += 1
+                skip = 0
+            else:
+                if over > 0:
+                    skip += over
+                    count -= over
+                break
+        if head == old_head and skip == old_skip:
             return
-        evicted = events[self._start : start]
-        floor = evicted[-1].token
+        floor = ops[head].first + skip - 1 if skip else ops[head - 1].last
         for subscription in self.subscriptions:
             if subscription.cursor < floor:
                 # Changes it had not passed yet are gone: count them.
-                first = bisect.bisect_right(evicted, subscription.cursor, key=_token)
-                subscription.dropped += sum(
-                    1 + change.lost for change in evicted[first:] if subscription.matches(change)
-                )
+                subscription.dropped += self._missed(subscription, old_head, floor)
                 subscription.cursor = floor
         self.floor = floor
-        if start > self.capacity:
-            del events[:start]
-            start = 0
-        self._start = start
+        self._count, self._bytes, self._skip = count, nbytes, skip
+        if head > 64 and 2 * head > len(ops):
+            del ops[:head]
+            head = 0
+        self._head = head
+
+    def _missed(self, subscription: Subscription, head: int, floor: int) -> int:
+        """
+        The changes C{subscription} is to see after its cursor (at or past
+        the old floor) up to C{floor}, looked for from the operation at
+        C{head} on, with those its operations did not record.
+        """
+        ops = self._ops
+        cursor = subscription.cursor
+        i = bisect.bisect_right(ops, cursor, lo=head, key=_last)
+        missed = 0
+        while i < len(ops):
+            op = ops[i]
+            if op.first > floor:
+                break
+            n = op.count
+            lo = max(cursor + 1 - op.first, 0)
+            hi = min(floor - op.first, n - 1)
+            i += 1
+            matches = subscription.matches_collection
+            for _, collection, start, ids, _ in op.runs:
+                end = start + len(ids) - 1
+                if end >= lo and start <= hi and matches(collection):
+                    missed += min(end, hi) - max(start, lo) + 1
+            if hi == n - 1 and matches(op.runs[-1][1]):
+                missed += op.lost
+        return missed
 
     # --- the watchers' side -----------------------------------------------------
 
@@ -264,25 +346,45 @@ class ChangeFeed:
         watcher = subscription.watcher
         if not subscription.started or not subscription.active or watcher.paused:
             return
-        events = self._events
-        i = bisect.bisect_right(events, subscription.cursor, lo=self._start, key=_token)
-        end = len(events)
+        ops = self._ops
+        i = bisect.bisect_right(ops, subscription.cursor, lo=self._head, key=_last)
+        end = len(ops)
         while i < end:
-            change = events[i]
+            op = ops[i]
             i += 1
-            subscription.cursor = change.token
-            if not subscription.matches(change):
+            only = op.collection
+            if only is not None and not subscription.matches_collection(only):
+                subscription.cursor = op.last
                 continue
-            if subscription.dropped:
-                dropped, subscription.dropped = subscription.dropped, 0
-                watcher.send_overflow(dropped)
-            watcher.send_change(change)
-            subscription.dropped += change.lost
-            if watcher.paused or not subscription.active:
-                return
+            position = max(subscription.cursor + 1 - op.first, 0)
+            n = op.count
+            while position < n:
+                change = op.change(position)
+                position += 1
+                subscription.cursor = change.token
+                if only is None and not subscription.matches(change):
+                    continue
+                if subscription.dropped:
+                    dropped, subscription.dropped = subscription.dropped, 0
+                    watcher.send_overflow(dropped)
+                watcher.send_change(change)
+                subscription.dropped += change.lost
+                if watcher.paused or not subscription.active:
+                    return
         if subscription.dropped and subscription.active:
             dropped, subscription.dropped = subscription.dropped, 0
             watcher.send_overflow(dropped)
+
+
+def _after(op: OperationChanges, position: int) -> OperationChanges:
+    """The changes of C{op} from C{position} on."""
+    runs = []
+    for operation, collection, start, ids, texts in op.runs:
+        skip = max(position - start, 0)
+        if skip < len(ids):
+            kept = (ids[skip:], None if texts is None else texts[skip:])
+            runs.append((operation, collection, start + skip - position, *kept))
+    return OperationChanges.of(op.first + position, runs, op.tx_id, op.lost)
 
 
 @implementer(IChangeListener)
@@ -296,8 +398,8 @@ class ReactorListener:
     def opened(self, last_token: int) -> None:
         self._call(self._feed.reset, last_token)
 
-    def committed(self, changes: list[Change]) -> None:
-        self._call(self._feed.publish, changes)
+    def committed(self, operations: list[OperationChanges]) -> None:
+        self._call(self._feed.publish, operations)
 
 
 def attach(engine: Any, reactor: Any, feed: ChangeFeed) -> None:

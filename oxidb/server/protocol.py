@@ -656,7 +656,8 @@ class OxiServerProtocol(Protocol):
             metrics.bytes_sent(len(payload) + 4)
 
     def send_change(self, change: Change) -> None:
-        self._write_event({"event": "change", "data": change.event_data()})
+        # The document as stored: JSON events embed its text as it is.
+        self._write_event({"event": "change", "data": change.event_data(raw=True)})
 
     def send_overflow(self, dropped: int) -> None:
         self._write_event({"event": "overflow", "data": {"dropped": dropped}})
