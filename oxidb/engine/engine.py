@@ -32,7 +32,7 @@ from oxidb.engine.blobs import PreparedPuts
 from oxidb.engine.changes import ChangeRecorder, IChangeListener
 from oxidb.engine.governor import DEFAULT_LIMITS, Clock, Deadline, NotInline, QueryLimits, time_limit_ms
 from oxidb.engine.operations import BUILTIN, EnsureCollection, Operation, OperationCodec, Rejected
-from oxidb.engine.reads import Reader, small_shape, small_sorted_shape
+from oxidb.engine.reads import Reader, small_range_shape, small_shape, small_sorted_shape
 from oxidb.engine.snapshots import Snapshots
 from oxidb.engine.writer import Writer
 from oxidb.engine.writes import WriteTxn
@@ -442,14 +442,14 @@ class Engine:
     ) -> str:
         """
         L{find_raw} on the calling thread (the reactor's: no worker round
-        trip) when the read is small (L{Reader.is_small}, or
-        L{Reader.is_small_sorted} with a sort) and finishes
+        trip) when the read is small (L{Reader.is_small} or
+        L{Reader.is_small_range}, L{Reader.is_small_sorted} with a sort) and finishes
         within L{INLINE_READ_MS}; else L{NotInline}, having used at most
         that time, and the caller runs L{find_raw} on a worker.
         """
         # The shape checks run before any transaction: most reads are not small.
         if sort is None:
-            if not small_shape(query, limit):
+            if not small_shape(query, limit) and not small_range_shape(query, limit):
                 raise NotInline()
             assert isinstance(query, dict)
             field = next(iter(query))

@@ -71,6 +71,28 @@ def small_shape(query: object, limit: object) -> bool:
     return limit is None or (type(limit) is int and 0 < limit <= SMALL_READ_LIMIT)
 
 
+#: The comparison operators of a range read that may be small (L{small_range_shape}).
+_RANGE_OPERATORS = frozenset({"$gt", "$gte", "$lt", "$lte"})
+
+
+def small_range_shape(query: object, limit: object) -> bool:
+    """
+    The shape of a range read that may be small (L{Reader.is_small_range}
+    counts it on the index): one path compared with C{$gt}, C{$gte},
+    C{$lt} or C{$lte} to scalars, with no C{limit} or one of at most
+    L{SMALL_READ_LIMIT}.
+    """
+    if type(query) is not dict or len(query) != 1:
+        return False
+    for condition in query.values():
+        if type(condition) is not dict or not condition or not _RANGE_OPERATORS.issuperset(condition):
+            return False
+        for operand in condition.values():
+            if type(operand) is dict or type(operand) is list:
+                return False
+    return limit is None or (type(limit) is int and 0 < limit <= SMALL_READ_LIMIT)
+
+
 def small_sorted_shape(query: object, sort: object, skip: object, limit: object) -> str | None:
     """
     The sort path of a small sorted read (L{Reader.is_small_sorted} checks
@@ -529,6 +551,32 @@ class Reader:
         paths = [path, *query] if isinstance(query, dict) else [path]
         return all(p == "_id" or p in columns for p in paths)
 
+    def is_small_range(self, collection: object, query: object, limit: object) -> bool:
+        """
+        Is this range read surely small: L{small_range_shape}, on C{_id} or
+        an indexed path of a collection that exists, selecting at most
+        L{SMALL_READ_LIMIT} documents? The index is counted up to one past
+        that, so the estimate costs little whatever the range holds.
+        """
+        if not small_range_shape(query, limit):
+            return False
+        assert isinstance(query, dict)
+        (path,) = query
+        try:
+            store.validate_collection_name(collection)
+        except OxiError:
+            return False
+        assert isinstance(collection, str)
+        info = store.get_collection(self.conn, collection)
+        if info is None or (path != "_id" and path not in self._columns(info)):
+            return False
+        plan = self.plan_for(info, self.check_query(query))
+        if not plan.exact:
+            return False
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM {info.tbl} WHERE {plan.where} LIMIT ?)"
+        (count,) = self.conn.execute(sql, (*plan.params, SMALL_READ_LIMIT + 1)).fetchone()
+        return int(count) <= SMALL_READ_LIMIT
+
     def find_raw_small(
         self,
         collection: str,
@@ -537,9 +585,12 @@ class Reader:
         skip: object = None,
         limit: object = None,
     ) -> str:
-        """L{find_raw} if L{is_small} (L{is_small_sorted} with a sort), else L{NotInline}."""
+        """
+        L{find_raw} if L{is_small} or L{is_small_range} (L{is_small_sorted}
+        with a sort), else L{NotInline}.
+        """
         if sort is None:
-            if not self.is_small(collection, query, limit):
+            if not self.is_small(collection, query, limit) and not self.is_small_range(collection, query, limit):
                 raise NotInline()
         elif not self.is_small_sorted(collection, query, sort, skip, limit):
             raise NotInline()
