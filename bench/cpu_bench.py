@@ -50,6 +50,8 @@ SHAPES: list[tuple[str, bytes, float]] = [
     ("find by indexed field", _frame({"cmd": "find", "collection": "people", "query": {"n": 77}}), 1),
     ("find range (~20 docs)",
      _frame({"cmd": "find", "collection": "people", "query": {"n": {"$gte": 100, "$lt": 120}}}), 1),
+    ("sort + limit 10 (indexed)",
+     _frame({"cmd": "find", "collection": "people", "query": {}, "sort": {"n": -1}, "limit": 10}), 1),
     ("count unindexed", _frame({"cmd": "count", "collection": "people", "query": {"city": "c3"}}), 0.2),
     ("insert one", _frame({"cmd": "insert", "collection": "writes", "doc": {"a": 1, "b": "x" * 50}}), 1),
     ("insert_many x100",

@@ -257,3 +257,20 @@ def test_metrics_per_database_are_bounded() -> None:
     quiet.command_finished("find", "ok", 0.001, "crm")
     quiet.storage_measured(StorageSample({"crm/users": 4}, None))
     assert b"crm" not in generate_latest(quiet.registry)
+
+
+def test_scoped_is_worked_out_when_a_row_is_built() -> None:
+    """A row's C{scoped} and its schema's collection fields are fixed at build time, by the documented rule."""
+    from oxidb.commands import Command, build_registry
+    from oxidb.commands._schema import Field, JsonType, collection_field, fields
+
+    for command in build_registry(auth=True, cluster=True):
+        expected = command.database if command.database is not None else any(f.collection for f in command.schema)
+        assert command.scoped is expected, command.name
+        assert command.schema.collections == tuple(f.name for f in command.schema if f.collection)
+    both = fields(collection_field(), Field("n", JsonType.INTEGER), collection_field("from"))
+    row = Command("x", lambda ctx, request: None, schema=both)
+    assert row.scoped and row.schema.collections == ("collection", "from")
+    assert not attrs.evolve(row, database=False).scoped
+    assert Command("y", lambda ctx, request: None, database=True).scoped
+    assert not Command("z", lambda ctx, request: None).scoped

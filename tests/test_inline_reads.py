@@ -19,7 +19,7 @@ from oxidb.commands._context import CommandContext, IExecutor
 from oxidb.engine import engine as engine_module
 from oxidb.engine.engine import Engine
 from oxidb.engine.governor import NotInline
-from oxidb.errors import BadRequestError
+from oxidb.errors import BadRequestError, OxiError
 from oxidb.server.executor import LocalExecutor
 from oxidb.testing import fake_services, result_of
 
@@ -54,6 +54,14 @@ def clocked(tmp_path: Any) -> Iterator[tuple[Engine, StepClock]]:
         ({"k": 3}, None, 2, 5),
         ({"k": 3}, None, None, 100),
         ({"k": "x"}, None, None, 1),
+        ({}, {"k": 1}, None, 10),
+        (None, {"k": -1}, 3, 10),
+        ({}, {"_id": -1}, None, 100),
+        ({"k": 3}, {"_id": -1}, 2, 5),
+        ({"_id": 9}, {"k": 1}, 0, 1),
+        ({"k": {"$gte": 3, "$lt": 5}}, None, None, None),
+        ({"k": {"$gt": 47}}, None, 3, 100),
+        ({"_id": {"$lt": 50}}, None, None, None),
     ],
 )
 def test_small_reads_answer_as_the_pool_does(
@@ -61,17 +69,29 @@ def test_small_reads_answer_as_the_pool_does(
 ) -> None:
     engine, _ = clocked
     assert engine.find_raw_inline("c", query, sort, skip, limit) == engine.find_raw("c", query, sort, skip, limit)
-    assert engine.find_one_raw_inline("c", query) == engine.find_one_raw("c", query)
+    if sort is None and "$" not in str(query):
+        assert engine.find_one_raw_inline("c", query) == engine.find_one_raw("c", query)
 
 
 @pytest.mark.parametrize(
     "collection, query, sort, limit",
     [
         ("c", {"n": 3}, None, 1),  # not indexed
-        ("c", {"k": {"$gte": 3}}, None, 1),  # an operator
+        ("c", {"k": {"$in": [3]}}, None, 1),  # an operator other than a comparison
+        ("c", {"k": {"$gte": 3}}, None, None),  # a range of more than 100 documents
+        ("c", {"_id": {"$gt": 10}}, None, None),
+        ("c", {"n": {"$gte": 3, "$lt": 5}}, None, None),  # a range on a path without an index
+        ("c", {"k": {"$gte": 3, "$lt": [5]}}, None, None),  # an array operand
+        ("c", {"k": {"$gte": 3, "$lt": 5}}, None, 101),  # past the small limit
         ("c", {"k": 3, "n": 1}, None, 1),  # two fields
         ("c", {"k": [3]}, None, 1),  # an array operand
-        ("c", {"k": 3}, {"n": 1}, 1),  # a sort
+        ("c", {"k": 3}, {"n": 1}, 1),  # a sort on a path without an index
+        ("c", {}, {"k": 1}, None),  # a sort without a limit
+        ("c", {}, {"k": 1}, 101),  # past the small limit
+        ("c", {}, {"k": 1, "_id": 1}, 10),  # a sort on two paths
+        ("c", {"n": 3}, {"k": 1}, 10),  # a query on a path without an index
+        ("c", {"k": {"$gt": 3}}, {"k": 1}, 10),  # an operator
+        ("nope", {}, {"_id": 1}, 10),
         ("c", {"k": 3}, None, 101),  # past the small limit
         ("c", {"k": 3}, None, "x"),
         ("nope", {"_id": 1}, None, None),  # no such collection (reads may create it)
@@ -91,13 +111,34 @@ def test_other_reads_are_declined(
             engine.find_one_raw_inline(collection, query)
 
 
-def test_a_bad_request_fails_inline_as_on_the_pool(clocked: tuple[Engine, StepClock]) -> None:
+@pytest.mark.parametrize(
+    "query, sort, max_time_ms",
+    [({"k": 1}, None, -1), ({}, {"k": "up"}, None), ({}, {"k": 1}, "soon")],
+)
+def test_a_bad_request_fails_inline_as_on_the_pool(
+    clocked: tuple[Engine, StepClock], query: Any, sort: Any, max_time_ms: Any
+) -> None:
     engine, _ = clocked
-    with pytest.raises(BadRequestError) as pooled:
-        engine.find_raw("c", {"k": 1}, None, None, None, -1)
-    with pytest.raises(BadRequestError) as inline:
-        engine.find_raw_inline("c", {"k": 1}, None, None, None, -1)
-    assert str(inline.value) == str(pooled.value)
+    limit = None if sort is None else 10
+    with pytest.raises(OxiError) as pooled:
+        engine.find_raw("c", query, sort, None, limit, max_time_ms)
+    with pytest.raises(OxiError) as inline:
+        engine.find_raw_inline("c", query, sort, None, limit, max_time_ms)
+    assert type(inline.value) is type(pooled.value) and str(inline.value) == str(pooled.value)
+
+
+def test_an_overrunning_sorted_read_skips_its_sort_shape_only(clocked: tuple[Engine, StepClock]) -> None:
+    engine, clock = clocked
+    clock.step = 0.001
+    with pytest.raises(NotInline) as raised:
+        engine.find_raw_inline("c", {}, {"k": -1}, None, 10)
+    assert raised.value.overran
+    clock.step = 0.0
+    with pytest.raises(NotInline) as raised:
+        engine.find_raw_inline("c", {}, {"k": -1}, None, 10)
+    assert not raised.value.overran
+    # An equality on the same field is another shape.
+    assert engine.find_raw_inline("c", {"k": 3}) == engine.find_raw("c", {"k": 3})
 
 
 def test_overrunning_the_budget_declines_then_skips_the_shape(clocked: tuple[Engine, StepClock]) -> None:

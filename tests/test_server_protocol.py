@@ -288,6 +288,84 @@ def test_client_that_does_not_read_stops_request_processing(server: MemoryServer
     assert transport.producerState == "producing"
 
 
+class CountingTransport(StringTransport):
+    """Counts writes; pauses its producer once it holds C{pause_above} bytes, as a full socket buffer does."""
+
+    def __init__(self, pause_above: int | None = None) -> None:
+        super().__init__()
+        self.writes: list[int] = []
+        self.pause_above = pause_above
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(len(data))
+        super().write(data)
+        if self.pause_above is not None and len(self.value()) > self.pause_above and self.producer is not None:
+            self.producer.pauseProducing()
+
+
+def replies_of(data: bytes) -> list[Any]:
+    answers = []
+    while data:
+        (n,) = struct.unpack_from("<I", data)
+        answers.append(json.loads(data[4 : 4 + n]))
+        data = data[4 + n :]
+    return answers
+
+
+def test_the_replies_of_one_read_are_written_at_once(server: MemoryServer) -> None:
+    protocol = server.factory.buildProtocol(None)
+    transport = CountingTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"".join(frame({"cmd": "ping" if i % 3 else "nope"}) for i in range(32)))
+    assert len(transport.writes) == 1
+    assert replies_of(transport.value()) == [
+        {"ok": False, "error": "unknown command: nope"} if i % 3 == 0 else {"ok": True, "data": "pong"}
+        for i in range(32)
+    ]
+
+
+def test_batched_replies_go_out_before_a_pending_one(server: MemoryServer) -> None:
+    pending = add_slow_command(server)
+    protocol = server.factory.buildProtocol(None)
+    transport = CountingTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(frame({"cmd": "ping"}) * 3 + frame({"cmd": "slow"}) + frame({"cmd": "ping"}) * 2)
+    assert replies_of(transport.value()) == [{"ok": True, "data": "pong"}] * 3
+    pending[0].callback("done")
+    assert replies_of(transport.value()) == [{"ok": True, "data": "pong"}] * 3 + [
+        {"ok": True, "data": "done"}
+    ] + [{"ok": True, "data": "pong"}] * 2
+    assert len(transport.writes) == 3  # the pings before, the slow reply, the pings after
+
+
+def test_a_batch_is_written_by_64_kib_and_a_pause_stops_the_turn(server: MemoryServer) -> None:
+    """Replies of about 10 KiB: a write every 64 KiB; a transport that is full stops further requests."""
+    server.add_command(Command("blob", lambda ctx, request: "x" * 10_000))
+    protocol = server.factory.buildProtocol(None)
+    transport = CountingTransport(pause_above=100_000)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(frame({"cmd": "blob"}) * 40)
+    # Seven replies make a batch past 64 KiB; the second batch fills the transport.
+    assert transport.writes == [7 * 10_025, 7 * 10_025]
+    assert protocol.factory.unsent == 7 * 10_025  # the batch written while it paused us
+    transport.clear()
+    transport.pause_above = None
+    protocol.resumeProducing()
+    assert protocol.factory.unsent == 0
+    assert len(replies_of(transport.value())) == 40 - 14
+
+
+def test_a_large_reply_is_written_on_its_own_after_the_batch(server: MemoryServer) -> None:
+    server.add_command(Command("big", lambda ctx, request: "y" * 20_000))
+    protocol = server.factory.buildProtocol(None)
+    transport = CountingTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(frame({"cmd": "ping"}) * 2 + frame({"cmd": "big"}) + frame({"cmd": "ping"}))
+    answers = replies_of(transport.value())
+    assert [a["data"][:1] for a in answers] == ["p", "p", "y", "p"]
+    assert len(transport.writes) == 3
+
+
 def test_hello(server: MemoryServer) -> None:
     reply = server.request({"cmd": "hello", "client": "test"})
     assert reply["ok"] is True

@@ -197,6 +197,19 @@ def test_json_scans_agree(c: ModuleType, data: bytes, limit: int) -> None:
     assert c.json_scan(data, limit) == py.json_scan(data, limit)
 
 
+@settings(max_examples=800, deadline=None)
+@given(
+    data=st.lists(
+        st.sampled_from([b'"', b"\\", b"\\" * 2, b"[", b"]", b"x", b"x" * 7, b"x" * 23, b"y" * 100, b"9" * 19]),
+        max_size=60,
+    ).map(b"".join),
+    limit=st.integers(min_value=0, max_value=6),
+)
+def test_json_scans_of_long_strings_agree(c: ModuleType, data: bytes, limit: int) -> None:
+    """Strings past the first bytes are searched differently (memchr): escapes at that edge included."""
+    assert c.json_scan(data, limit) == py.json_scan(data, limit)
+
+
 def test_json_scan_results_agree(c: ModuleType) -> None:
     assert (c.JSON_FAST, c.JSON_TOO_DEEP, c.JSON_LONG_INTEGER) == (
         py.JSON_FAST,
@@ -217,6 +230,10 @@ FAST, DEEP, LONG = py.JSON_FAST, py.JSON_TOO_DEEP, py.JSON_LONG_INTEGER
         (b'["\\"[[[["]', 1, FAST),
         (b'"\\\\"[[', 1, DEEP),
         (b'"unterminated [[[[', 1, FAST),
+        (b'["' + b"x" * 23 + b'\\"[[[["]', 1, FAST),
+        (b'["' + b"x" * 40 + b'\\\\"[[', 1, DEEP),
+        (b'["' + b"x" * 40 + b'\\\\\\"[["]', 1, FAST),
+        (b'"' + b"x" * 40 + b"\\", 0, FAST),
         (b"]]]][[", 2, FAST),
         (b"{" * 129, 128, DEEP),
         (b"[" * 128, 128, FAST),

@@ -67,6 +67,9 @@ class Command:
     @ivar schema: the request's fields (validated before the handler).
     @ivar summary: one line for C{docs/commands.md}: what it does and
         replies.
+    @ivar scoped: does the command act in one database (L{database})?
+        Worked out when the row is built: the dispatcher asks for every
+        request.
     """
 
     name: str
@@ -81,13 +84,11 @@ class Command:
     schema: Schema = NO_FIELDS
     summary: str = ""
     database: bool | None = None
+    scoped: bool = attrs.field(init=False, eq=False, repr=False)
 
-    @property
-    def scoped(self) -> bool:
-        """Does the command act in one database (L{database})?"""
-        if self.database is not None:
-            return self.database
-        return any(field.collection for field in self.schema)
+    def __attrs_post_init__(self) -> None:
+        scoped = self.database if self.database is not None else bool(self.schema.collections)
+        object.__setattr__(self, "scoped", scoped)
 
 
 @attrs.frozen(init=False)

@@ -173,6 +173,8 @@ class Schema:
 
     #: The fields checked here: those before the first C{handler} field.
     validated: tuple[Field, ...] = attrs.field(init=False, eq=False, repr=False)
+    #: The names of the collection fields (those a scoped request qualifies).
+    collections: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         names = [f.name for f in self.fields]
@@ -184,6 +186,7 @@ class Schema:
                 break
             checked.append(field)
         object.__setattr__(self, "validated", tuple(checked))
+        object.__setattr__(self, "collections", tuple(f.name for f in self.fields if f.collection))
 
     def validate(self, request: Mapping[str, Any]) -> None:
         """Raise L{BadRequestError} (upstream's text) at the first field C{request} breaks."""

@@ -93,12 +93,11 @@ def scope_request(command: Command, session: Session, request: dict[str, Any]) -
     check_binding(session, target)
     scoped = dict(request)
     scoped["db"] = target
-    for field in command.schema:
-        if field.collection:
-            value = request.get(field.name)
-            if isinstance(value, str):
-                store.validate_collection_name(value)
-                scoped[field.name] = databases.qualify(target, value)
+    for name in command.schema.collections:
+        value = request.get(name)
+        if isinstance(value, str):
+            store.validate_collection_name(value)
+            scoped[name] = databases.qualify(target, value)
     return scoped
 
 

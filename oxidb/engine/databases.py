@@ -52,6 +52,8 @@ def _shown(name: object) -> str:
 
 def is_valid_name(name: object) -> bool:
     """Does C{name} follow L{NAME_RULE}?"""
+    if name == DEFAULT:  # most requests: no pattern match
+        return True
     return isinstance(name, str) and _NAME.fullmatch(name) is not None
 
 

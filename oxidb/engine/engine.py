@@ -32,7 +32,7 @@ from oxidb.engine.blobs import PreparedPuts
 from oxidb.engine.changes import ChangeRecorder, IChangeListener
 from oxidb.engine.governor import DEFAULT_LIMITS, Clock, Deadline, NotInline, QueryLimits, time_limit_ms
 from oxidb.engine.operations import BUILTIN, EnsureCollection, Operation, OperationCodec, Rejected
-from oxidb.engine.reads import Reader, small_shape
+from oxidb.engine.reads import Reader, small_range_shape, small_shape, small_sorted_shape
 from oxidb.engine.snapshots import Snapshots
 from oxidb.engine.writer import Writer
 from oxidb.engine.writes import WriteTxn
@@ -442,35 +442,48 @@ class Engine:
     ) -> str:
         """
         L{find_raw} on the calling thread (the reactor's: no worker round
-        trip) when the read is small (L{Reader.is_small}) and finishes
+        trip) when the read is small (L{Reader.is_small} or
+        L{Reader.is_small_range}, L{Reader.is_small_sorted} with a sort) and finishes
         within L{INLINE_READ_MS}; else L{NotInline}, having used at most
         that time, and the caller runs L{find_raw} on a worker.
         """
-        if sort is not None or not small_shape(query, limit):
-            raise NotInline()  # before any transaction: most reads are not small
-        return self._read_inline(max_time_ms, Reader.find_raw_small, collection, query, sort, skip, limit)
+        # The shape checks run before any transaction: most reads are not small.
+        if sort is None:
+            if not small_shape(query, limit) and not small_range_shape(query, limit):
+                raise NotInline()
+            assert isinstance(query, dict)
+            field = next(iter(query))
+        else:
+            # Sorted on an index with a small limit (sort + limit 10): the
+            # field a read is skipped by is the sort's, marked as such.
+            path = small_sorted_shape(query, sort, skip, limit)
+            if path is None:
+                raise NotInline()
+            field = "$sort " + path
+        return self._read_inline(field, max_time_ms, Reader.find_raw_small, collection, query, sort, skip, limit)
 
     def find_one_raw_inline(self, collection: str, query: object = None, max_time_ms: object = None) -> str | None:
         """L{find_one_raw} as L{find_raw_inline} runs L{find_raw}."""
         if not small_shape(query, 1):
             raise NotInline()
-        return self._read_inline(max_time_ms, Reader.find_one_raw_small, collection, query)
+        assert isinstance(query, dict)
+        return self._read_inline(next(iter(query)), max_time_ms, Reader.find_one_raw_small, collection, query)
 
     def _read_inline(
-        self, max_time_ms: object, fn: Callable[..., T], collection: object, query: object, *args: Any
+        self, field: str, max_time_ms: object, fn: Callable[..., T], collection: object, query: object, *args: Any
     ) -> T:
         """
         C{fn(reader, collection, query, *args)} under the inline budget. A
         read that overran it is not tried inline again for the next
-        L{INLINE_SKIPS} reads of the same collection and field, so that a
-        shape that turns out large costs the reactor the budget only once
-        in a while.
+        L{INLINE_SKIPS} reads of the same collection and C{field} (the
+        query's, or the sort's), so that a shape that turns out large costs
+        the reactor the budget only once in a while.
         """
         if getattr(self._local, "reader", None) is not None:
             raise NotInline()  # never inside another read
-        if type(query) is not dict or len(query) != 1 or type(collection) is not str:
+        if type(collection) is not str:
             raise NotInline()
-        shape = (collection, next(iter(query)))
+        shape = (collection, field)
         skips = self._inline_skips.get(shape)
         if skips is not None:
             if skips <= 1:

@@ -71,6 +71,47 @@ def small_shape(query: object, limit: object) -> bool:
     return limit is None or (type(limit) is int and 0 < limit <= SMALL_READ_LIMIT)
 
 
+#: The comparison operators of a range read that may be small (L{small_range_shape}).
+_RANGE_OPERATORS = frozenset({"$gt", "$gte", "$lt", "$lte"})
+
+
+def small_range_shape(query: object, limit: object) -> bool:
+    """
+    The shape of a range read that may be small (L{Reader.is_small_range}
+    counts it on the index): one path compared with C{$gt}, C{$gte},
+    C{$lt} or C{$lte} to scalars, with no C{limit} or one of at most
+    L{SMALL_READ_LIMIT}.
+    """
+    if type(query) is not dict or len(query) != 1:
+        return False
+    for condition in query.values():
+        if type(condition) is not dict or not condition or not _RANGE_OPERATORS.issuperset(condition):
+            return False
+        for operand in condition.values():
+            if type(operand) is dict or type(operand) is list:
+                return False
+    return limit is None or (type(limit) is int and 0 < limit <= SMALL_READ_LIMIT)
+
+
+def small_sorted_shape(query: object, sort: object, skip: object, limit: object) -> str | None:
+    """
+    The sort path of a small sorted read (L{Reader.is_small_sorted} checks
+    the indexes), else None: a sort on one path, a C{limit} of at most
+    L{SMALL_READ_LIMIT}, a C{skip} of at most that, and no query or one
+    scalar equality.
+    """
+    if type(sort) is not dict or len(sort) != 1:
+        return None
+    if type(limit) is not int or not 0 < limit <= SMALL_READ_LIMIT:
+        return None
+    if skip is not None and (type(skip) is not int or not 0 <= skip <= SMALL_READ_LIMIT):
+        return None
+    if query is not None and query != {} and not small_shape(query, None):
+        return None
+    (path,) = sort
+    return path if type(path) is str else None
+
+
 Charge = Callable[[int], None]
 """C{charge(size)}: count one row of C{size} bytes against a cap (may raise)."""
 
@@ -488,6 +529,54 @@ class Reader:
             return False
         return path == "_id" or path in self._columns(info)
 
+    def is_small_sorted(self, collection: object, query: object, sort: object, skip: object, limit: object) -> bool:
+        """
+        Is this sorted read surely small: L{small_sorted_shape}, sorting on
+        C{_id} or an indexed path and filtering on none or on one of them,
+        of a collection that exists? SQLite then walks the index in order
+        and stops after C{skip + limit} rows.
+        """
+        path = small_sorted_shape(query, sort, skip, limit)
+        if path is None:
+            return False
+        try:
+            store.validate_collection_name(collection)
+        except OxiError:
+            return False
+        assert isinstance(collection, str)
+        info = store.get_collection(self.conn, collection)
+        if info is None:
+            return False
+        columns = self._columns(info)
+        paths = [path, *query] if isinstance(query, dict) else [path]
+        return all(p == "_id" or p in columns for p in paths)
+
+    def is_small_range(self, collection: object, query: object, limit: object) -> bool:
+        """
+        Is this range read surely small: L{small_range_shape}, on C{_id} or
+        an indexed path of a collection that exists, selecting at most
+        L{SMALL_READ_LIMIT} documents? The index is counted up to one past
+        that, so the estimate costs little whatever the range holds.
+        """
+        if not small_range_shape(query, limit):
+            return False
+        assert isinstance(query, dict)
+        (path,) = query
+        try:
+            store.validate_collection_name(collection)
+        except OxiError:
+            return False
+        assert isinstance(collection, str)
+        info = store.get_collection(self.conn, collection)
+        if info is None or (path != "_id" and path not in self._columns(info)):
+            return False
+        plan = self.plan_for(info, self.check_query(query))
+        if not plan.exact:
+            return False
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM {info.tbl} WHERE {plan.where} LIMIT ?)"
+        (count,) = self.conn.execute(sql, (*plan.params, SMALL_READ_LIMIT + 1)).fetchone()
+        return int(count) <= SMALL_READ_LIMIT
+
     def find_raw_small(
         self,
         collection: str,
@@ -496,10 +585,16 @@ class Reader:
         skip: object = None,
         limit: object = None,
     ) -> str:
-        """L{find_raw} if L{is_small}, else L{NotInline}."""
-        if sort is not None or not self.is_small(collection, query, limit):
+        """
+        L{find_raw} if L{is_small} or L{is_small_range} (L{is_small_sorted}
+        with a sort), else L{NotInline}.
+        """
+        if sort is None:
+            if not self.is_small(collection, query, limit) and not self.is_small_range(collection, query, limit):
+                raise NotInline()
+        elif not self.is_small_sorted(collection, query, sort, skip, limit):
             raise NotInline()
-        return self.find_raw(collection, query, None, skip, limit)
+        return self.find_raw(collection, query, sort, skip, limit)
 
     def find_one_raw_small(self, collection: str, query: object = None) -> str | None:
         """L{find_one_raw} if L{is_small} (as with a limit of 1), else L{NotInline}."""

@@ -115,8 +115,10 @@ def validate_collection_name(name: object) -> str:
     if (
         not isinstance(name, str)
         or not name
-        or name.startswith(".")
-        or any(ch in name for ch in "/\\\x00")
+        or name[0] == "."
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
     ):
         raise InvalidQueryError(f"invalid collection name: {name}")
     return name

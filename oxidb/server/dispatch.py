@@ -46,6 +46,9 @@ from oxidb.errors import (
 )
 from oxidb.logs import Logger
 
+#: Result types that are never a Deferred.
+_PLAIN = frozenset({str, dict, list, int, float, bool, type(None)})
+
 
 @implementer(IDispatcher)
 class Dispatcher:
@@ -115,7 +118,8 @@ class Dispatcher:
                 result = command.handler(ctx, request)
         except Exception:
             return self._failed(Failure(), ctx, command, request, started)
-        if isinstance(result, Deferred):
+        # Deferred is an Awaitable (an ABC): plain results skip that slow check.
+        if type(result) not in _PLAIN and isinstance(result, Deferred):
             return result.addCallbacks(
                 self._succeeded,
                 self._failed,

@@ -29,7 +29,8 @@ connection has closed.
 
 Output. When the client does not read its replies, the transport pauses us
 (we are its push producer) and no further request runs until it resumes, so
-one connection holds at most one unsent reply. A reply is at most
+one connection holds at most one unsent reply, or one batch of small replies
+(at most 80 KiB: the replies of one read are written together, see L{_run}). A reply is at most
 L{MAX_FRAME} bytes: a larger one is replaced by an error naming C{limit} and
 C{skip}. Bytes written while the transport is paused are counted for all
 connections together (L{OxiServerFactory.unsent}) until the transport has
@@ -100,6 +101,9 @@ from oxidb.wire.limits import MAX_FRAME
 OFFLOAD_BYTES = 64 * 1024
 
 _PREFIX = struct.Struct("<I")
+
+#: Replies up to this size are batched (L{OxiServerProtocol._run}).
+_BATCHED_REPLY_BYTES = 16 * 1024
 
 
 class _GcPause:
@@ -455,9 +459,21 @@ class OxiServerProtocol(Protocol):
         return frames
 
     def _run(self) -> None:
-        """Run queued requests one at a time while the current turn lasts."""
+        """
+        Run queued requests one at a time while the current turn lasts.
+
+        The small replies of one turn (the requests of one read, answered
+        synchronously) are written together, in one C{transport.write}
+        once they reach L{OFFLOAD_BYTES} and at the end of the turn, and
+        always before anything else reaches the transport or the machine
+        (a pending reply, a close, a watch's events), so the bytes keep the
+        requests' order. A pause of the transport then stops the turn as
+        after a single reply.
+        """
         turn = self._turn
         queue = self._queue
+        batch: list[bytes] = []
+        batched = 0
         while queue and turn.live:
             payload = queue.popleft()
             self._queued_bytes -= len(payload)
@@ -468,22 +484,54 @@ class OxiServerProtocol(Protocol):
                 continue
             if type(result) is not bytes:
                 self._machine.request_pending()
+                if batch:
+                    self._write_batch(batch)
                 cast("Deferred[bytes]", result).addCallback(self._answered)
                 break
             self._weight = 0
-            self.write_reply(result)
-            self._writing = 0
+            if len(result) <= _BATCHED_REPLY_BYTES and self._after_reply is None:
+                batch.append(_PREFIX.pack(len(result)))
+                batch.append(result)
+                batched += len(result) + 4
+                if batched >= OFFLOAD_BYTES:
+                    self._write_batch(batch)
+                    batched = 0
+            else:
+                if batch:
+                    self._write_batch(batch)
+                    batched = 0
+                self.write_reply(result)
+                self._writing = 0
             # after_reply, inline: this is the fast path.
             if self.session.close_after_reply:
+                if batch:
+                    self._write_batch(batch)
+                    batched = 0
                 self._machine.close_after_reply()
             else:
                 self._last_activity = self.factory.clock.seconds()
                 if self.session.watch is not None and not self.session.watch.started:
+                    if batch:
+                        self._write_batch(batch)
+                        batched = 0
                     self._start_watch()
+        if batch:
+            self._write_batch(batch)
         if turn.flow:
             self._update_reading()
         elif turn.live and turn.closing and not queue:
             self._machine.all_answered()
+
+    def _write_batch(self, batch: list[bytes]) -> None:
+        """Write the reply frames of C{batch} (prefixes and payloads) at once, and empty it."""
+        size = sum(map(len, batch))
+        self._writing = size
+        self.transport.write(b"".join(batch))
+        batch.clear()
+        self._writing = 0
+        metrics = self.factory.services.metrics
+        if metrics is not None:
+            metrics.bytes_sent(size)
 
     def _answered(self, payload: bytes) -> None:
         """The pending request's reply is ready (a Deferred's callback)."""

@@ -724,6 +724,68 @@ oxiwire_encode(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
 #define JSON_TOO_DEEP 1
 #define JSON_LONG_INTEGER 2
 
+/* What json_scan looks at outside strings; every other byte is skipped. */
+enum { SCAN_SKIP = 0, SCAN_QUOTE, SCAN_OPEN, SCAN_CLOSE, SCAN_DIGIT };
+
+static unsigned char json_scan_class[256];
+
+static void
+json_scan_init(void)
+{
+    int c;
+    json_scan_class['"'] = SCAN_QUOTE;
+    json_scan_class['['] = json_scan_class['{'] = SCAN_OPEN;
+    json_scan_class[']'] = json_scan_class['}'] = SCAN_CLOSE;
+    for (c = '0'; c <= '9'; c++) {
+        json_scan_class[c] = SCAN_DIGIT;
+    }
+}
+
+/*
+ * The end of the string whose opening quote is just before p: the byte after
+ * its closing quote, or end when it is unterminated. A quote closes the
+ * string unless an odd run of backslashes is just before it (each backslash
+ * escapes the byte after it, so pairs cancel out); memchr finds the quotes,
+ * so long strings cost what memchr costs.
+ */
+static const unsigned char *
+json_skip_string(const unsigned char *p, const unsigned char *end)
+{
+    const unsigned char *first;
+    const unsigned char *near = end - p > 24 ? p + 24 : end;
+    /* Most strings (keys, short values) end within a few bytes: look there
+       byte by byte before paying for memchr calls. */
+    while (p < near) {
+        unsigned char c = *p++;
+        if (c == '\\') {
+            if (p < end) {
+                p++;
+            }
+        }
+        else if (c == '"') {
+            return p;
+        }
+    }
+    /* Escapes before p are accounted for: backslash runs start at p. */
+    first = p;
+    while (p < end) {
+        const unsigned char *quote = memchr(p, '"', (size_t)(end - p));
+        const unsigned char *b;
+        if (quote == NULL) {
+            return end;
+        }
+        b = quote;
+        while (b > first && b[-1] == '\\') {
+            b--;
+        }
+        if (((quote - b) & 1) == 0) {
+            return quote + 1;
+        }
+        p = quote + 1;
+    }
+    return end;
+}
+
 /*
  * json_scan(data, limit) -> int: JSON_TOO_DEEP if the text opens more than
  * `limit` arrays/objects inside one another, else JSON_LONG_INTEGER if it
@@ -752,33 +814,25 @@ oxiwire_json_scan(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     start = p = (const unsigned char *)view.buf;
     end = p + view.len;
     while (p < end) {
-        unsigned char c = *p++;
-        if (c == '"') {
-            /* skip the string; an escape skips the byte after the backslash */
-            while (p < end) {
-                c = *p++;
-                if (c == '\\') {
-                    if (p < end) {
-                        p++;
-                    }
-                }
-                else if (c == '"') {
-                    break;
-                }
-            }
+        unsigned char kind = json_scan_class[*p++];
+        if (kind == SCAN_SKIP) {
+            continue;
         }
-        else if (c == '[' || c == '{') {
+        if (kind == SCAN_QUOTE) {
+            p = json_skip_string(p, end);
+        }
+        else if (kind == SCAN_OPEN) {
             if (++depth > limit) {
                 result = JSON_TOO_DEEP;
                 break;
             }
         }
-        else if (c == ']' || c == '}') {
+        else if (kind == SCAN_CLOSE) {
             if (depth > 0) {
                 depth--;
             }
         }
-        else if (c >= '0' && c <= '9') {
+        else {
             const unsigned char *first = p - 1;
             while (p < end && *p >= '0' && *p <= '9') {
                 p++;
@@ -826,7 +880,9 @@ static struct PyModuleDef oxiwire_module = {
 PyMODINIT_FUNC
 PyInit__oxiwire(void)
 {
-    PyObject *module = PyModule_Create(&oxiwire_module);
+    PyObject *module;
+    json_scan_init();
+    module = PyModule_Create(&oxiwire_module);
     if (module == NULL) {
         return NULL;
     }
