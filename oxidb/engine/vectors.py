@@ -403,6 +403,11 @@ def _lower_bound(recalls: npt.NDArray[np.float64], margin: float, min_margin: fl
     return float(recalls.mean()) - max(margin * error, min_margin)
 
 
+#: Distances this close to the 10th nearest count as ties with it (float32
+#: rounding: the graph's arithmetic and numpy's may order them either way).
+_TIE = 2e-6
+
+
 def held_out(size: int, policy: CalibrationPolicy = DEFAULT_CALIBRATION) -> npt.NDArray[np.intp]:
     """
     The rows a build keeps out of its graph until it is calibrated, to
@@ -465,7 +470,7 @@ def calibrate(
             times[n] = clock() - start
             where = np.searchsorted(ids, keys)
             dist = distances(matrix[where], query, metric, None if norms is None else norms[where])
-            recalls[n] = min(int(np.count_nonzero(dist <= kth[n])), k) / k
+            recalls[n] = min(int(np.count_nonzero(dist <= kth[n] + _TIE * max(1.0, abs(float(kth[n]))))), k) / k
         graph_ms = float(np.median(times)) * 1000
         low = _lower_bound(recalls, policy.margin, policy.min_margin)
         tried.append((ef, low, graph_ms))
