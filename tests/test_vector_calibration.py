@@ -40,9 +40,7 @@ def run(engine: Engine, op: Operation) -> Any:
     return engine.apply(op, NOW)
 
 
-def open_engine(
-    tmp_path: Path, policy: vectors.CalibrationPolicy, runner: vectors.Runner = vectors.inline
-) -> Engine:
+def open_engine(tmp_path: Path, policy: vectors.CalibrationPolicy, runner: vectors.Runner = vectors.inline) -> Engine:
     return Engine(
         str(tmp_path / "data"),
         synchronous="OFF",

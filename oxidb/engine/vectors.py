@@ -394,6 +394,7 @@ class Calibration:
             "exact_ms": round(self.exact_ms, 3),
             "graph_ms": None if self.graph_ms is None else round(self.graph_ms, 3),
             "calibration_seconds": round(self.seconds, 3),
+            "tried": [[ef, round(recall, 4), round(ms, 3)] for ef, recall, ms in self.tried],
         }
 
 
