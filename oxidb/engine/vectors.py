@@ -14,12 +14,17 @@ Search (L{search}) runs in the reader's snapshot:
 
   - below L{EXACT_BELOW} vectors, exactly: every stored vector against the
     query with numpy;
-  - at or above it, approximately: the L{VectorCache} graph of the index
-    (built from the table on first use after the engine opens, then brought
-    up to the snapshot's C{rev} from the change ranges before each search)
-    proposes the candidates; their distances are then computed from the
-    snapshot's stored vectors, so every returned distance is exact and every
-    returned document exists in the snapshot. The graph is a cache: dropping
+  - at or above it, as the index's calibration chose (L{calibrate}): the
+    L{VectorCache} graph of the index is built from the table on first use
+    after the engine opens, calibrated on the index's own vectors, then
+    brought up to the snapshot's C{rev} from the change ranges before each
+    search. In graph mode it proposes the candidates at the C{ef_search}
+    that reached recall@10 0.95 (with a margin); their distances are then
+    computed from the snapshot's stored vectors, so every returned distance
+    is exact and every returned document exists in the snapshot. In exact
+    mode (no C{ef_search} reached it at a cost below exact search) the
+    query is compared with every vector, kept in memory. A request's
+    C{ef_search} always searches the graph. The graph is a cache: dropping
     it loses nothing.
 
 Distances (engine.md 10): cosine C{1 - cos} (1.0 when either vector is all
@@ -71,9 +76,9 @@ DEFAULT_LIMIT = 10
 #: Indexes with fewer vectors are searched exactly (upstream's threshold).
 EXACT_BELOW = 1000
 
-#: HNSW parameters (upstream's M and ef_construction). The default
-#: C{ef_search} is above upstream's 50: on 128-dimensional random data it is
-#: what keeps recall@10 at 0.95 or more (bench/vector_bench.py).
+#: HNSW parameters (upstream's M and ef_construction). Searches without
+#: C{ef_search} use the one a graph's calibration chose (L{calibrate});
+#: C{DEFAULT_EF_SEARCH} is only the graph's setting until then.
 CONNECTIVITY = 16
 EXPANSION_ADD = 200
 DEFAULT_EF_SEARCH = 128
