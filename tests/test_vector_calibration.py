@@ -17,7 +17,7 @@ import attrs
 import numpy as np
 import pytest
 
-from oxidb.engine import vectors
+from oxidb.engine import store, vectors
 from oxidb.engine.engine import Engine
 from oxidb.engine.operations import CreateVectorIndex, Delete, InsertMany, Operation, Update
 
@@ -221,3 +221,54 @@ def test_a_calibration_is_redone_after_heavy_change(tmp_path: Path) -> None:
         # Caught up since: nothing changed, no further calibration.
         engine.vector_search("c", "v", query[0].tolist())
         assert jobs == []
+
+
+def vector_table(engine: Engine) -> str:
+    def name(reader: Any) -> str:
+        info = reader.collection("c")
+        index = vectors.find_index(reader, info, "v")
+        assert index is not None
+        return store.vector_table(info.tbl, index)
+
+    return engine.read(name)
+
+
+def test_a_snapshot_older_than_the_vectors_in_memory_reads_the_table(tmp_path: Path) -> None:
+    """Exact mode answers from memory only for the snapshot the vectors are at."""
+    rng = np.random.default_rng(5)
+    model: Model = {}
+    with open_engine(tmp_path, attrs.evolve(RECALL_ONLY, ladder=(16,))) as engine:
+        run(engine, CreateVectorIndex("c", "v", DIM, "cosine"))
+        insert(engine, model, random_vectors(rng, 1000))
+        query = random_vectors(rng, 1)[0]
+        engine.vector_search("c", "v", query.tolist())
+        assert search_info(engine)["mode"] == "exact"
+        vt = vector_table(engine)
+        old = store.connect(engine.path, writer=False)
+        try:
+            old.execute("BEGIN")
+            old.execute(f"SELECT count(*) FROM {vt}").fetchone()
+            insert(engine, model, random_vectors(rng, 10))
+            assert_exact(engine, model, query[None])  # catches the vectors in memory up
+            cache = engine.vector_cache
+            assert cache.nearest(old, vt, DIM, "cosine", query, 10, None, lambda: None) is None
+            old.execute("COMMIT")
+            found = cache.nearest(old, vt, DIM, "cosine", query, 10, None, lambda: None)
+            assert isinstance(found, list) and [i for i, _ in found] == top(model, query)[0]
+        finally:
+            old.close()
+
+
+def test_tiny_graphs_are_not_calibrated() -> None:
+    """Fewer than 5 vectors: none to hold out, exact mode without queries."""
+    from usearch.index import Index
+
+    matrix = np.eye(4, DIM, dtype=np.float32)
+    ids = np.arange(1, 5, dtype=np.uint64)
+    held = vectors.held_out(len(ids))
+    assert len(held) == 0
+    index = Index(ndim=DIM, metric="cos", dtype="f32")
+    index.add(ids, matrix)
+    calibration = vectors.calibrate(index, ids, matrix, held, vectors.METRIC_COSINE)
+    assert (calibration.mode, calibration.queries, calibration.ef_search) == ("exact", 0, None)
+    assert len(vectors.held_out(1000)) == 100 and len(vectors.held_out(200)) == 40
