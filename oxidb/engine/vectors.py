@@ -243,11 +243,17 @@ def distances(
     """
     The distance of each row of C{matrix} to C{query} (float32); C{norms}
     are the rows' L{row_norms} when the caller keeps them (cosine).
+
+    The dot products are an C{einsum}, not C{matrix @ query}: OpenBLAS
+    runs a matrix-vector product on several threads, and on a busy machine
+    waiting for them made it 20 to 40 times slower than one thread
+    (bench/vector_bench.py under load); C{einsum}'s loop is one thread and
+    never waits.
     """
     if metric == METRIC_EUCLIDEAN:
         diff = matrix - query
         return np.asarray(np.sqrt(np.einsum("ij,ij->i", diff, diff)), dtype=np.float32)
-    dots = matrix @ query
+    dots = np.einsum("ij,j->i", matrix, query)
     if metric == METRIC_DOT:
         return (-dots).astype(np.float32)
     if norms is None:
