@@ -253,7 +253,7 @@ def distances(
     if metric == METRIC_EUCLIDEAN:
         diff = matrix - query
         return np.asarray(np.sqrt(np.einsum("ij,ij->i", diff, diff)), dtype=np.float32)
-    dots = np.einsum("ij,j->i", matrix, query)
+    dots: npt.NDArray[np.float32] = np.einsum("ij,j->i", matrix, query)
     if metric == METRIC_DOT:
         return (-dots).astype(np.float32)
     if norms is None:
