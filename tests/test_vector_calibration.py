@@ -100,11 +100,12 @@ def search_info(engine: Engine) -> dict[str, Any]:
     return info
 
 
-def test_random_data_answers_exactly_and_follows_writes(tmp_path: Path) -> None:
+def test_random_data_answers_exactly_unless_ef_search_is_given(tmp_path: Path) -> None:
     """
     Random 64-dimensional vectors: no ef_search of the ladder reaches the
     target, so the index answers exactly from its vectors in memory, and
-    they follow updates, deletes and inserts.
+    they follow updates, deletes and inserts; a request's ef_search still
+    searches the graph.
     """
     rng = np.random.default_rng(5)
     model: Model = {}
@@ -118,6 +119,11 @@ def test_random_data_answers_exactly_and_follows_writes(tmp_path: Path) -> None:
         assert info["mode"] == "exact" and info["ef_search"] is None
         assert info["calibrated_vectors"] == 3000 and info["calibration_queries"] == 100
         assert info["exact_ms"] > 0 and info["graph_ms"] > 0
+        # A request's ef_search wins: the graph at that size (finding less).
+        assert recall(engine, model, queries[:10]) == 1.0
+        low = recall(engine, model, queries[:10], ef=10)
+        assert low < 0.9
+        assert recall(engine, model, queries[:10], ef=3000) > low
         # Writes since: the vectors in memory are caught up before each search.
         moved = random_vectors(rng, 30)
         for doc_id, row in zip(range(1, 31), moved, strict=True):
@@ -155,21 +161,6 @@ def test_clustered_data_searches_the_graph(tmp_path: Path) -> None:
         info = search_info(engine)
         assert info["mode"] == "graph" and info["ef_search"] in (16, 32, 64), info
         assert 0.95 <= info["recall_estimate"] <= 1
-
-
-def test_an_explicit_ef_search_wins(tmp_path: Path) -> None:
-    """In exact mode a request's ef_search still searches the graph (and so finds less)."""
-    rng = np.random.default_rng(5)
-    model: Model = {}
-    with open_engine(tmp_path, RECALL_ONLY) as engine:
-        run(engine, CreateVectorIndex("c", "v", DIM, "cosine"))
-        insert(engine, model, random_vectors(rng, 3000))
-        queries = random_vectors(rng, 10)
-        assert recall(engine, model, queries) == 1.0
-        assert search_info(engine)["mode"] == "exact"
-        low = recall(engine, model, queries, ef=10)
-        assert low < 0.9
-        assert recall(engine, model, queries, ef=3000) > low
 
 
 def test_the_graph_must_be_cheaper_than_exact_search(tmp_path: Path) -> None:
