@@ -494,7 +494,8 @@ CATALOG: dict[str, dict[str, Any]] = {'aggregate': {'summary': "The aggregation 
                     'role': 'read',
                     'writes': False,
                     'fields': []},
- 'list_indexes': {'summary': "The collection's index descriptors.",
+ 'list_indexes': {'summary': "The collection's index descriptors; a large vector index's has its calibration "
+                             '(`search`).',
                   'role': 'read',
                   'writes': False,
                   'fields': [{'name': 'collection',
@@ -849,7 +850,9 @@ CATALOG: dict[str, dict[str, Any]] = {'aggregate': {'summary': "The aggregation 
                               {'name': 'ef_search',
                                'type': 'non-negative integer',
                                'required': False,
-                               'doc': 'HNSW candidate list size (default 128); at most `OXIDB_VECTOR_MAX_LIMIT`'},
+                               'doc': "HNSW candidate list size; default: what the index's calibration chose "
+                                      '(`list_indexes`); given, the graph is searched at this size even where exact '
+                                      'search was chosen, which can lower recall; at most `OXIDB_VECTOR_MAX_LIMIT`'},
                               {'name': 'max_time_ms',
                                'type': 'non-negative integer',
                                'required': False,

@@ -198,7 +198,7 @@ COMMANDS = [
         list_indexes,
         role=Role.READ,
         schema=fields(collection_field()),
-        summary="The collection's index descriptors.",
+        summary="The collection's index descriptors; a large vector index's has its calibration (`search`).",
     ),
     Command(
         "drop_index",
@@ -246,7 +246,9 @@ COMMANDS = [
             Field(
                 "ef_search",
                 JsonType.UINT,
-                doc=f"HNSW candidate list size (default {vectors.DEFAULT_EF_SEARCH}); at most `OXIDB_VECTOR_MAX_LIMIT`",
+                doc="HNSW candidate list size; default: what the index's calibration chose (`list_indexes`);"
+                " given, the graph is searched at this size even where exact search was chosen, which can lower"
+                " recall; at most `OXIDB_VECTOR_MAX_LIMIT`",
             ),
             MAX_TIME_MS,
         ),

@@ -96,6 +96,8 @@ class Engine:
     @param vector_runner: runs the builds of HNSW graphs (a background
         thread each; L{oxidb.engine.vectors.inline} builds on the searching
         thread, for deterministic tests).
+    @param vector_calibration: how each HNSW graph is calibrated on its own
+        vectors (L{oxidb.engine.vectors.calibrate}).
     @param key: encryption at rest (L{oxidb.atrest}): every connection to
         the database, and every copy of it the engine makes, uses its
         database key. L{open} refuses a database the key does not open.
@@ -119,6 +121,7 @@ class Engine:
         progress_steps: int = PROGRESS_STEPS,
         vector_exact_below: int = vectors.EXACT_BELOW,
         vector_runner: vectors.Runner = vectors.in_thread,
+        vector_calibration: vectors.CalibrationPolicy = vectors.DEFAULT_CALIBRATION,
         key: AtRestKey | None = None,
     ) -> None:
         if synchronous not in store.SYNCHRONOUS_MODES:
@@ -143,7 +146,7 @@ class Engine:
         self._inline_skips: dict[tuple[str, str], int] = {}
         self._vector_exact_below = vector_exact_below
         self.vector_cache = vectors.VectorCache(
-            lambda: store.connect(self.path, writer=False, key=self.key), vector_runner
+            lambda: store.connect(self.path, writer=False, key=self.key), vector_runner, vector_calibration
         )
         self.codec = OperationCodec(BUILTIN)
         self._appliers: dict[type[Operation], Applier] = {op_type: _apply_itself for op_type in BUILTIN}
@@ -516,8 +519,8 @@ class Engine:
         return self.read(Reader.list_collections)
 
     def list_indexes(self, collection: str) -> list[dict[str, Any]]:
-        """The collection's index descriptors (engine.md 4.6)."""
-        return self.read(Reader.list_indexes, collection)
+        """The collection's index descriptors (engine.md 4.6), large vector indexes with their calibration."""
+        return self.read(vectors.list_indexes, self.vector_cache, self._vector_exact_below, collection)
 
     def list_databases(self) -> list[str]:
         """Every database, the default one first (L{oxidb.engine.databases})."""
