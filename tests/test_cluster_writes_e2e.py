@@ -3,7 +3,8 @@ Real cluster nodes (twistd processes): an upsert and a find_and_modify
 upsert (sent to a follower, forwarded) create the same documents on every
 node, a TTL index's expired documents are deleted by the leader's
 passes as replicated deletes, on every node alike, and databases are
-created, written and dropped on every node.
+created, written and dropped on every node, and a logical restore's
+documents keep their ids and versions on every node.
 """
 
 from __future__ import annotations
@@ -105,3 +106,13 @@ def test_upserts_and_ttl_deletes_replicate(cluster: LocalCluster) -> None:
     listing = {"cmd": "list_databases"}
     wait_until(lambda: all(cluster.request(n, listing).get("data") == ["oxidb"] for n in (1, 2, 3)), 15)
     assert cluster.request(leader, in_crm) == {"ok": False, "error": "database not found: crm"}
+
+    # restore_documents (sent to a follower, forwarded) replicates with its
+    # ids, versions and id counter: the next insert gets the same id everywhere.
+    restored = [{"_id": 7, "_version": 3, "v": "a"}, {"_id": 9, "_version": 1, "v": "b"}]
+    restore = {"cmd": "restore_documents", "collection": "restored", "docs": restored, "last_id": 20}
+    assert ok(cluster.request(follower, restore)) == {"restored": 2, "last_id": 20}
+    assert ok(cluster.request(leader, {"cmd": "insert", "collection": "restored", "doc": {"v": "c"}})) == {"id": 21}
+    everything = {"cmd": "find", "collection": "restored", "query": {}, "sort": {"_id": 1}}
+    wanted = [*restored, {"v": "c", "_id": 21, "_version": 1}]
+    wait_until(lambda: all(cluster.request(n, everything).get("data") == wanted for n in (1, 2, 3)), 15)

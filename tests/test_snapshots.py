@@ -146,3 +146,28 @@ def test_snapshot_commands(tmp_path: Path) -> None:
             writer.command("snapshot_begin")
         with pytest.raises(ServerBusy, match="too many open snapshots"):
             writer.command("snapshot_begin")
+
+
+def _expiry_timers(clock: Any) -> int:
+    return sum(1 for call in clock.getDelayedCalls() if getattr(call.func, "__name__", "") == "expired")
+
+
+def test_snapshot_timers_end_with_their_snapshots(tmp_path: Path) -> None:
+    """A client beginning and ending snapshots in a loop leaves no pending timers (no unbounded growth)."""
+    with memory_server(tmp_path) as (server, _):
+        connector = memory_connector({("mem", 1): server})
+        client = Client("oxidb://mem:1", connector=connector)
+        for _ in range(50):
+            snap = client.command("snapshot_begin")["snap"]
+            assert _expiry_timers(server.clock) == 1
+            assert client.command("snapshot_end", snap=snap) == "snapshot closed"
+        assert _expiry_timers(server.clock) == 0
+        # A failed end (another id) cancels nothing; closing the connection cancels the rest.
+        client.command("snapshot_begin")
+        client.command("snapshot_begin")
+        with pytest.raises(ServerError, match="snapshot not found"):
+            client.command("snapshot_end", snap=12345)
+        assert _expiry_timers(server.clock) == 2
+        client.close()
+        assert _expiry_timers(server.clock) == 0
+        assert server.services.engine.snapshots.count == 0

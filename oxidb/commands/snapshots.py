@@ -34,6 +34,7 @@ from oxidb.wire.codec import RawJSON
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
     from oxidb.commands._context import CommandContext
     from oxidb.engine.engine import Engine
@@ -56,14 +57,46 @@ def _begin(engine: Engine, owner: object) -> dict[str, Any]:
     }
 
 
-@attrs.frozen
-class _EndAll:
-    """Ends a connection's snapshots when it closes."""
+@attrs.define(eq=False)
+class _SessionSnapshots:
+    """
+    A connection's snapshots: each one's expiry timer, and the end of all
+    of them when the connection closes. A timer is cancelled when its
+    snapshot ends first, so a client that begins and ends snapshots in a
+    loop leaves no pending calls behind.
+    """
 
     snapshots: Snapshots
     owner: object
+    timers: dict[int, IDelayedCall] = attrs.Factory(dict)
+
+    @classmethod
+    def of(cls, session: Any, snapshots: Snapshots) -> _SessionSnapshots:
+        for hook in session.on_close:
+            if isinstance(hook, cls):
+                return hook
+        created = cls(snapshots, session)
+        session.on_close.append(created)
+        return created
+
+    def opened(self, clock: IReactorTime, snap_id: int, seconds: float) -> None:
+        self.timers[snap_id] = clock.callLater(seconds, self.expired, snap_id)
+
+    def expired(self, snap_id: int) -> None:
+        self.timers.pop(snap_id, None)
+        self.snapshots.drop(snap_id)
+
+    def ended(self, snap_id: object) -> None:
+        timer = self.timers.pop(snap_id, None) if isinstance(snap_id, int) else None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def __call__(self) -> None:
+        """The connection closed: end its snapshots, cancel their timers."""
+        for timer in self.timers.values():
+            if timer.active():
+                timer.cancel()
+        self.timers.clear()
         self.snapshots.end_all(self.owner)
 
 
@@ -76,10 +109,7 @@ def snapshot_begin(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any
     def opened(reply: dict[str, Any]) -> dict[str, Any]:
         # Ended with the connection, and at the latest when its time is up
         # (both never block: a read in progress closes it when it ends).
-        closer = _EndAll(snapshots, session)
-        if closer not in session.on_close:
-            session.on_close.append(closer)
-        ctx.clock.callLater(engine.limits.snapshot_max_secs, snapshots.drop, reply["snap"])
+        _SessionSnapshots.of(session, snapshots).opened(ctx.clock, reply["snap"], engine.limits.snapshot_max_secs)
         return reply
 
     return d.addCallback(opened)
@@ -120,8 +150,14 @@ def snapshot_aggregate(ctx: CommandContext, request: dict[str, Any]) -> Deferred
 
 def snapshot_end(ctx: CommandContext, request: dict[str, Any]) -> Deferred[Any]:
     engine = engine_of(ctx)
-    d: Deferred[Any] = ctx.read(engine.snapshots.end, request["snap"], ctx.session)
-    return d.addCallback(lambda _: "snapshot closed")
+    session = ctx.session
+    d: Deferred[Any] = ctx.read(engine.snapshots.end, request["snap"], session)
+
+    def closed(_: object) -> str:
+        _SessionSnapshots.of(session, engine.snapshots).ended(request["snap"])
+        return "snapshot closed"
+
+    return d.addCallback(closed)
 
 
 _SNAP = Field("snap", JsonType.UINT, required=True, message="missing 'snap'", doc="the id `snapshot_begin` answered")
