@@ -131,7 +131,7 @@ def column_groups(draw: Any) -> dict[str, Any]:
     return spec
 
 
-@PROPERTY
+@settings(PROPERTY, max_examples=60)
 @given(docs=st.lists(documents, max_size=12), match=matches, group=column_groups(), after=later)
 def test_group_by_key_column_equals_python_path(
     engine: Engine, docs: list[dict[str, Any]], match: Any, group: dict[str, Any], after: Any
@@ -290,23 +290,26 @@ json_values = st.recursive(
         st.floats(allow_nan=False, allow_infinity=False),
         st.text(max_size=20),
     ),
-    lambda inner: st.one_of(st.lists(inner, max_size=6), st.dictionaries(st.text(max_size=4), inner, max_size=6)),
-    max_leaves=30,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=4), inner, max_size=4)),
+    max_leaves=16,
 )
 
 
-@settings(max_examples=200, deadline=None)
+@pytest.fixture(scope="module")
+def memory() -> Iterator[sqlite.Connection]:
+    conn = sqlite.open_connection(":memory:")
+    yield conn
+    conn.close()
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=st.dictionaries(st.text(max_size=4), json_values, max_size=6))
-def test_jsonb_bounds_the_text(doc: dict[str, Any]) -> None:
+def test_jsonb_bounds_the_text(memory: sqlite.Connection, doc: dict[str, Any]) -> None:
     """The budget's bound (L{sqlquery.JSONB_TEXT_RATIO}) holds for any document."""
     text = orjson.dumps(doc)
-    conn = sqlite.open_connection(":memory:")
-    try:
-        stored, rendered = conn.execute(
-            "SELECT octet_length(jsonb(?1)), octet_length(json(jsonb(?1)))", (text.decode(),)
-        ).fetchone()
-    finally:
-        conn.close()
+    stored, rendered = memory.execute(
+        "SELECT octet_length(jsonb(?1)), octet_length(json(jsonb(?1)))", (text.decode(),)
+    ).fetchone()
     assert rendered == len(text)
     assert len(text) <= sqlquery.JSONB_TEXT_RATIO * stored
 
