@@ -153,8 +153,8 @@ def _statements(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     made: list[str] = []
     real = sqlquery.group_statement
 
-    def spy(*args: Any) -> str:
-        made.append(real(*args))
+    def spy(*args: Any, **kwargs: Any) -> str:
+        made.append(real(*args, **kwargs))
         return made[-1]
 
     monkeypatch.setattr(sqlquery, "group_statement", spy)
@@ -315,8 +315,15 @@ def test_jsonb_bounds_the_text(memory: sqlite.Connection, doc: dict[str, Any]) -
 
 
 @pytest.mark.parametrize("spare", [0, -1])
-def test_byte_budget_decided_as_the_python_path(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, spare: int) -> None:
-    """Texts far longer than their JSONB: the bound does not settle it, the measured texts do."""
+@pytest.mark.parametrize("match", [[], [{"$match": {"k": {"$gte": 0}}}]])
+def test_byte_budget_decided_as_the_python_path(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, spare: int, match: list[Any]
+) -> None:
+    """
+    Texts far longer than their JSONB: the bound does not settle it, the
+    measured texts do (in the statement without a C{$match}, after it with
+    one).
+    """
     docs = [{"k": i % 2, "f": [False] * 40} for i in range(20)]
     with Engine(str(tmp_path / "measure"), synchronous="OFF") as engine:
         engine.apply({"InsertMany": {"collection": "c", "documents": docs}}, 0.0)
@@ -325,12 +332,15 @@ def test_byte_budget_decided_as_the_python_path(tmp_path: Any, monkeypatch: pyte
     with Engine(str(tmp_path / "data"), synchronous="OFF", limits=limits) as engine:
         engine.apply({"InsertMany": {"collection": "c", "documents": docs}}, 0.0)
         pushed = _pushed(monkeypatch)
-        grouped = [{"$group": {"_id": "$k", "n": {"$count": {}}}}]
+        made = _statements(engine, monkeypatch)
+        grouped = [*match, {"$group": {"_id": "$k", "n": {"$count": {}}}}]
         if spare == 0:
             assert engine.aggregate("c", grouped) == [{"_id": 0, "n": 10}, {"_id": 1, "n": 10}]
             assert pushed == [True]
         else:
             with pytest.raises(AggregationLimitError) as raised:
                 engine.aggregate("c", grouped)
-            assert "stage input exceeded the memory limit" in str(raised.value)
+            assert "exceeded the memory limit" in str(raised.value)
             assert pushed == [False]
+        # Without a condition a quick pass over the JSONB sizes tells the statement to measure the texts.
+        assert ("octet_length(json(doc))" in made[0]) == (not match)

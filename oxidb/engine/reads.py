@@ -636,13 +636,22 @@ class Reader:
         group = compiled.pushed_group
         if group is None or not plan.exact:
             return None
-        statement = sqlquery.group_statement(info.tbl, plan.where, group, plan.columns)
+        measure = False
+        if plan.where == "1":
+            # Without a condition the JSONB sizes cost one quick pass: a
+            # collection they do not settle has its texts measured inline.
+            count, stored = self.conn.execute(f"SELECT count(*), total(octet_length(doc)) FROM {info.tbl}").fetchone()
+            measure = stored * sqlquery.JSONB_TEXT_RATIO > budget.max_bytes - count * DOC_OVERHEAD
+        statement = sqlquery.group_statement(info.tbl, plan.where, group, plan.columns, measure=measure)
         rows = self.conn.execute(statement, plan.params).fetchall()
         count = sum(row[3] for row in rows)
         if count > budget.max_docs:
             return None
         room = budget.max_bytes - count * DOC_OVERHEAD
-        if sum(row[-1] for row in rows) * sqlquery.JSONB_TEXT_RATIO > room:
+        if measure:
+            if sum(row[-1] for row in rows) > room:
+                return None
+        elif sum(row[-1] for row in rows) * sqlquery.JSONB_TEXT_RATIO > room:
             # The bound does not settle it: measure the texts.
             where = "" if plan.where == "1" else f" WHERE {plan.where}"
             sql = f"SELECT total(octet_length({store.DOC_TEXT})) FROM {info.tbl}{where}"

@@ -329,7 +329,14 @@ def order_by(spec: SortSpec | None, *, index_arrays: bool = True, columns: Mappi
 JSONB_TEXT_RATIO = 6
 
 
-def group_statement(table: str, where: str, group: GroupPushdown, columns: Mapping[str, str] | None = None) -> str:
+def group_statement(
+    table: str,
+    where: str,
+    group: GroupPushdown,
+    columns: Mapping[str, str] | None = None,
+    *,
+    measure: bool = False,
+) -> str:
     """
     One statement computing a C{$group} over the rows C{where} selects
     (L{oxidb.engine.aggregate.GroupPushdown}, whose C{groups} reads the
@@ -341,7 +348,8 @@ def group_statement(table: str, where: str, group: GroupPushdown, columns: Mappi
     values; last, the total size of the documents' JSONB forms, which
     L{JSONB_TEXT_RATIO} times bounds their JSON texts' (the aggregation
     budget counts the texts; reading them with C{json(doc)} would cost a
-    fifth of the statement). Paths are plain names (checked by
+    fifth of the statement), or with C{measure} the texts' own total UTF-8
+    length (for when the caller knows the bound will not settle it). Paths are plain names (checked by
     C{GroupPushdown}), written into the statement.
 
     When the key's path has a key column in C{columns}, the rows are
@@ -356,7 +364,7 @@ def group_statement(table: str, where: str, group: GroupPushdown, columns: Mappi
     every path again for each aggregate that uses it).
     """
     slots: dict[tuple[str, ...], int] = {}
-    reads = ["_id", "octet_length(doc) AS n"]
+    reads = ["_id", f"octet_length({'json(doc)' if measure else 'doc'}) AS n"]
 
     def read(parts: tuple[str, ...]) -> tuple[str, str]:
         slot = slots.get(parts)
