@@ -3,8 +3,9 @@ C{$group} computed in SQL (L{oxidb.engine.aggregate.GroupPushdown}) against
 the Python path: random documents with every kind of value the pushdown must
 tell apart (null and missing, integers and floats of equal value, C{-0.0},
 integers past 2**53 and 2**63, dates, booleans, arrays and objects), random
-keys and accumulators, with and without a leading C{$match} and indexes.
-Results are compared as JSON text, so that C{1} and C{1.0} differ.
+keys and accumulators, with and without a leading C{$match} and indexes
+(an indexed key is grouped by its key column). Results are compared as JSON
+text, so that C{1} and C{1.0} differ.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oxidb.engine import reads, sqlquery
+from oxidb.engine import reads, sqlite, sqlquery
 from oxidb.engine.aggregate import GroupPushdown, compile_pipeline
 from oxidb.engine.engine import Engine
-from oxidb.engine.governor import DEFAULT_LIMITS
+from oxidb.engine.governor import DEFAULT_LIMITS, DOC_OVERHEAD
 from oxidb.errors import AggregationLimitError
 
 scalars = st.one_of(
@@ -110,8 +111,34 @@ def test_group_pushdown_equals_python_path(
 ) -> None:
     name = f"g{next(_names)}"
     if indexed:
-        for field in ("k", "x"):
+        for field in ("k", "x", "o.b"):
             engine.apply({"CreateIndex": {"collection": name, "field": field}}, 0.0)
+    engine.apply({"InsertMany": {"collection": name, "documents": docs}}, 0.0)
+    pipeline = [stage for stage in (match, {"$group": group}, after) if stage is not None]
+    stored = engine.find(name)
+
+    def python_path() -> Any:
+        return compile_pipeline(pipeline).run(stored, lambda coll, query: [])
+
+    assert _outcome(lambda: engine.aggregate(name, pipeline)) == _outcome(python_path), pipeline
+
+
+@st.composite
+def column_groups(draw: Any) -> dict[str, Any]:
+    """A L{groups} spec whose key is an indexed path (grouped by its key column)."""
+    spec = draw(groups())
+    spec["_id"] = draw(st.sampled_from(["$k", "$x", "$o.b"]))
+    return spec
+
+
+@settings(PROPERTY, max_examples=60)
+@given(docs=st.lists(documents, max_size=12), match=matches, group=column_groups(), after=later)
+def test_group_by_key_column_equals_python_path(
+    engine: Engine, docs: list[dict[str, Any]], match: Any, group: dict[str, Any], after: Any
+) -> None:
+    name = f"g{next(_names)}"
+    for field in ("k", "x", "o.b"):
+        engine.apply({"CreateIndex": {"collection": name, "field": field}}, 0.0)
     engine.apply({"InsertMany": {"collection": name, "documents": docs}}, 0.0)
     pipeline = [stage for stage in (match, {"$group": group}, after) if stage is not None]
     stored = engine.find(name)
@@ -126,8 +153,8 @@ def _statements(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     made: list[str] = []
     real = sqlquery.group_statement
 
-    def spy(*args: Any) -> str:
-        made.append(real(*args))
+    def spy(*args: Any, **kwargs: Any) -> str:
+        made.append(real(*args, **kwargs))
         return made[-1]
 
     monkeypatch.setattr(sqlquery, "group_statement", spy)
@@ -206,3 +233,114 @@ def test_budget_errors_are_the_python_paths(tmp_path: Any, monkeypatch: pytest.M
         assert "stage input exceeded the document limit of 10 documents" in str(raised.value)
         assert engine.aggregate("c", [{"$match": {"k": 1}}, *grouped]) == [{"_id": 1, "n": 5}]
     assert reads.Reader._group_in_sql.__doc__
+
+
+def _pushed(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each aggregation's C{$group} was answered by SQL."""
+    answered: list[bool] = []
+    real = reads.Reader._group_in_sql
+
+    def spy(self: reads.Reader, *args: Any) -> Any:
+        out = real(self, *args)
+        answered.append(out is not None)
+        return out
+
+    monkeypatch.setattr(reads.Reader, "_group_in_sql", spy)
+    return answered
+
+
+def test_indexed_key_groups_by_its_key_column(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"g{next(_names)}"
+    engine.apply({"CreateIndex": {"collection": name, "field": "k"}}, 0.0)
+    docs = [
+        {"k": "2024-01-15T00:00:00Z", "x": 1},
+        {"k": "b", "x": 2},
+        {"k": "2024-01-15", "x": 3},
+        {"x": 4},
+        {"k": None, "x": 5},
+        {"k": 2, "x": 6},
+        {"k": 2, "x": 7},
+        {"k": True, "x": 8},
+    ]
+    engine.apply({"InsertMany": {"collection": name, "documents": docs}}, 0.0)
+    made = _statements(engine, monkeypatch)
+    pushed = _pushed(monkeypatch)
+    pipeline = [{"$group": {"_id": "$k", "s": {"$sum": "$x"}, "n": {"$count": {}}}}]
+    # Dates group by instant and show the first one seen; null and missing are one group.
+    assert engine.aggregate(name, pipeline) == [
+        {"_id": "2024-01-15T00:00:00Z", "s": 4, "n": 2},
+        {"_id": "b", "s": 2, "n": 1},
+        {"_id": None, "s": 9, "n": 2},
+        {"_id": 2, "s": 13, "n": 2},
+        {"_id": True, "s": 8, "n": 1},
+    ]
+    assert pushed == [True] and "GROUP BY k" in made[0] and "json_type(doc, '$.k') AS t" not in made[0]
+    # An integer and a float of equal value share a key but not a group: Python answers.
+    engine.apply({"Insert": {"collection": name, "document": {"k": 2.0, "x": 9}}}, 0.0)
+    expected = compile_pipeline(pipeline).run(engine.find(name), lambda coll, query: [])
+    assert orjson.dumps(engine.aggregate(name, pipeline)) == orjson.dumps(expected)
+    assert pushed == [True, False]
+
+
+json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=20),
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=4), inner, max_size=4)),
+    max_leaves=16,
+)
+
+
+@pytest.fixture(scope="module")
+def memory() -> Iterator[sqlite.Connection]:
+    conn = sqlite.open_connection(":memory:")
+    yield conn
+    conn.close()
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=st.dictionaries(st.text(max_size=4), json_values, max_size=6))
+def test_jsonb_bounds_the_text(memory: sqlite.Connection, doc: dict[str, Any]) -> None:
+    """The budget's bound (L{sqlquery.JSONB_TEXT_RATIO}) holds for any document."""
+    text = orjson.dumps(doc)
+    stored, rendered = memory.execute(
+        "SELECT octet_length(jsonb(?1)), octet_length(json(jsonb(?1)))", (text.decode(),)
+    ).fetchone()
+    assert rendered == len(text)
+    assert len(text) <= sqlquery.JSONB_TEXT_RATIO * stored
+
+
+@pytest.mark.parametrize("spare", [0, -1])
+@pytest.mark.parametrize("match", [[], [{"$match": {"k": {"$gte": 0}}}]])
+def test_byte_budget_decided_as_the_python_path(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, spare: int, match: list[Any]
+) -> None:
+    """
+    Texts far longer than their JSONB: the bound does not settle it, the
+    measured texts do (in the statement without a C{$match}, after it with
+    one).
+    """
+    docs = [{"k": i % 2, "f": [False] * 40} for i in range(20)]
+    with Engine(str(tmp_path / "measure"), synchronous="OFF") as engine:
+        engine.apply({"InsertMany": {"collection": "c", "documents": docs}}, 0.0)
+        texts = sum(len(orjson.dumps(doc)) for doc in engine.find("c"))
+    limits = attrs.evolve(DEFAULT_LIMITS, agg_max_bytes=texts + 20 * DOC_OVERHEAD + spare)
+    with Engine(str(tmp_path / "data"), synchronous="OFF", limits=limits) as engine:
+        engine.apply({"InsertMany": {"collection": "c", "documents": docs}}, 0.0)
+        pushed = _pushed(monkeypatch)
+        made = _statements(engine, monkeypatch)
+        grouped = [*match, {"$group": {"_id": "$k", "n": {"$count": {}}}}]
+        if spare == 0:
+            assert engine.aggregate("c", grouped) == [{"_id": 0, "n": 10}, {"_id": 1, "n": 10}]
+            assert pushed == [True]
+        else:
+            with pytest.raises(AggregationLimitError) as raised:
+                engine.aggregate("c", grouped)
+            assert "exceeded the memory limit" in str(raised.value)
+            assert pushed == [False]
+        # Without a condition a quick pass over the JSONB sizes tells the statement to measure the texts.
+        assert ("octet_length(json(doc))" in made[0]) == (not match)

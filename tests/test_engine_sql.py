@@ -279,3 +279,61 @@ def test_unindexed_equality_compares_stored_texts(tmp_path: Any) -> None:
             queries: list[dict[str, Any]] = [{"x": operand}, {"x": {"$not": {"$eq": operand}}}]
             for query in queries:
                 assert engine.find("c", query) == apply_find(stored, query), query
+
+
+def _steps_of_find(engine: Engine, collection: str, sort: Any, limit: int) -> tuple[str, int, list[Any]]:
+    """
+    The plan of the statement C{find} runs for a sort and limit, the SQLite
+    steps it takes (counted by a progress handler called every step), and
+    its result.
+    """
+    conn = engine._reader_conn()
+    statements: list[tuple[str, Any]] = []
+
+    def trace(cursor: Any, sql: str, bindings: Any) -> bool:
+        statements.append((sql, bindings))
+        return True
+
+    conn.exec_trace = trace
+    try:
+        found = engine.find(collection, {}, sort, None, limit)
+    finally:
+        conn.exec_trace = None
+    ((sql, params),) = [(s, b) for s, b in statements if "ORDER BY" in s and "LIMIT" in s]
+    plan = " | ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall())
+    steps = 0
+
+    def step() -> bool:
+        nonlocal steps
+        steps += 1
+        return False
+
+    conn.set_progress_handler(step, 1)
+    try:
+        conn.execute(sql, params).fetchall()
+    finally:
+        conn.set_progress_handler(None, 0)
+    return plan, steps, found
+
+
+def test_sort_limit_on_an_indexed_field_reads_only_the_limit(tmp_path: Any) -> None:
+    """
+    C{sort} + C{limit 10} on an indexed field, either direction: the index
+    is walked, nothing is sorted but the ties of the last key (C{_id}
+    order), and the work does not grow with the collection.
+    """
+    with Engine(str(tmp_path / "data"), synchronous="OFF") as engine:
+        steps = {}
+        for size in (500, 4000):
+            name = f"s{size}"
+            engine.apply({"CreateIndex": {"collection": name, "field": "score"}}, 0.0)
+            docs = [{"score": (i * 7919) % size / size, "pad": "x" * 50} for i in range(size)]
+            engine.apply({"InsertMany": {"collection": name, "documents": docs}}, 0.0)
+            for direction in (1, -1):
+                plan, count, found = _steps_of_find(engine, name, {"score": direction}, 10)
+                assert "USING INDEX" in plan and "TEMP B-TREE FOR ORDER BY" not in plan, plan
+                expected = sorted(docs, key=lambda d: d["score"], reverse=direction == -1)[:10]
+                assert [d["score"] for d in found] == [d["score"] for d in expected]
+                steps[size, direction] = count
+        for direction in (1, -1):
+            assert steps[4000, direction] < 2 * steps[500, direction], steps

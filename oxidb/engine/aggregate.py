@@ -691,7 +691,9 @@ class GroupPushdown:
 
     Cases left to Python, found in the rows: a key that is an array or an
     object (canonical-JSON grouping), a string key that reads as a date
-    (dates group by instant), an integer past 64 bits, a float key C{0.0}
+    (dates group by instant; exact when grouped by the key's index key
+    column), an integer and a float of equal value in one group (grouped by
+    a key column), an integer past 64 bits, a float key C{0.0}
     (C{-0.0} is the same group and the first one seen is shown); a sum or
     average with a non-integral float or a magnitude past 2**53 (the Python
     path adds floats in C{_id} order, so only exact sums are
@@ -731,19 +733,21 @@ class GroupPushdown:
                 return None
         return cls(key, tuple(accumulators))
 
-    def groups(self, rows: Iterable[tuple[Any, ...]], budget: Budget) -> Stream | None:
+    def groups(self, rows: Iterable[tuple[Any, ...]], budget: Budget, *, dates: bool = False) -> Stream | None:
         """
         The C{$group} output from L{oxidb.engine.sqlquery.group_statement}'s
         rows (in order of each group's first document), counted against
         C{budget} as L{_Group.run} counts it; None when the rows hold a case
-        left to Python (see the class docstring).
+        left to Python (see the class docstring). C{dates}: the rows were
+        grouped by the key's index key column, which groups dates by
+        instant, so a date key (its first document's text) is exact too.
         """
         groups: list[tuple[Any, list[Any]]] = []
         state_size = 16 * len(self.accumulators)
         for row in rows:
             budget.deadline.check()
             key_type, key_value, _, count = row[0], row[1], row[2], row[3]
-            key = _group_key(key_type, key_value)
+            key = _group_key(key_type, key_value, dates)
             if key is _INEXACT:
                 return None
             results = []
@@ -795,8 +799,11 @@ class GroupPushdown:
 _INEXACT: Any = object()
 
 
-def _group_key(json_type: str, value: Any) -> Any:
-    """A group's key from its SQL C{json_type} (null for missing) and value; L{_INEXACT} if left to Python."""
+def _group_key(json_type: str, value: Any, dates: bool = False) -> Any:
+    """
+    A group's key from its SQL C{json_type} (null for missing) and value;
+    L{_INEXACT} if left to Python (a date unless C{dates}).
+    """
     if json_type == "null":
         return None
     if json_type == "true":
@@ -808,7 +815,7 @@ def _group_key(json_type: str, value: Any) -> Any:
     if json_type == "real":
         return value if type(value) is float and value != 0.0 else _INEXACT
     if json_type == "text":
-        return value if type(value) is str and parse_date_ms(value) is None else _INEXACT
+        return value if type(value) is str and (dates or parse_date_ms(value) is None) else _INEXACT
     return _INEXACT
 
 

@@ -29,6 +29,7 @@ from oxidb import filemodes
 from oxidb.atrest import AtRestKey
 from oxidb.engine import keys, sqlite, store, textstore, vectors
 from oxidb.engine.blobs import PreparedPuts
+from oxidb.engine.catalog import IndexCatalog
 from oxidb.engine.changes import ChangeRecorder, IChangeListener
 from oxidb.engine.governor import DEFAULT_LIMITS, Clock, Deadline, NotInline, QueryLimits, time_limit_ms
 from oxidb.engine.operations import BUILTIN, EnsureCollection, Operation, OperationCodec, Rejected
@@ -153,6 +154,9 @@ class Engine:
         self.prepared_puts = PreparedPuts()
         self._writer: Writer | None = None
         self._writer_conn: sqlite.Connection | None = None
+        # The writer's index definitions; a new one at each open (the file
+        # may have been replaced while closed: a Raft snapshot, a restore).
+        self._catalog = IndexCatalog()
         self._recorder = ChangeRecorder()
         self._listener: IChangeListener | None = None
         self._local = threading.local()
@@ -188,6 +192,7 @@ class Engine:
             conn.close()
             raise
         self._writer_conn = conn
+        self._catalog = IndexCatalog()
         self._writer = Writer(
             conn,
             self._apply_op,
@@ -195,6 +200,7 @@ class Engine:
             prepare=self._prepare_op,
             on_commit=self._on_commit,
             recorder=self._recorder,
+            catalog=self._catalog,
         )
         listener = self._listener
         last_token = self._writer.listen(listener)
@@ -312,7 +318,7 @@ class Engine:
         name = op.auto_create()
         if name is not None:
             assert self._writer_conn is not None
-            txn = WriteTxn(self._writer_conn, 0.0)
+            txn = WriteTxn(self._writer_conn, 0.0, catalog=self._catalog)
             try:
                 txn.ensure_collection(name)
             except InvalidQueryError:
@@ -327,7 +333,7 @@ class Engine:
                 raise BadRequestError(f"unknown operation: {op.KIND}")
             raise BadRequestError("malformed operation")
         assert self._writer_conn is not None
-        return applier(WriteTxn(self._writer_conn, now, self._recorder), op, now)
+        return applier(WriteTxn(self._writer_conn, now, self._recorder, self._catalog), op, now)
 
     # --- reads ------------------------------------------------------------
 

@@ -731,14 +731,30 @@ class Reader:
         group = compiled.pushed_group
         if group is None or not plan.exact:
             return None
-        statement = sqlquery.group_statement(info.tbl, plan.where, group)
+        measure = False
+        if plan.where == "1":
+            # Without a condition the JSONB sizes cost one quick pass: a
+            # collection they do not settle has its texts measured inline.
+            count, stored = self.conn.execute(f"SELECT count(*), total(octet_length(doc)) FROM {info.tbl}").fetchone()
+            measure = stored * sqlquery.JSONB_TEXT_RATIO > budget.max_bytes - count * DOC_OVERHEAD
+        statement = sqlquery.group_statement(info.tbl, plan.where, group, plan.columns, measure=measure)
         rows = self.conn.execute(statement, plan.params).fetchall()
         count = sum(row[3] for row in rows)
-        text_bytes = sum(row[-1] for row in rows)
-        if count > budget.max_docs or text_bytes + count * DOC_OVERHEAD > budget.max_bytes:
+        if count > budget.max_docs:
             return None
+        room = budget.max_bytes - count * DOC_OVERHEAD
+        if measure:
+            if sum(row[-1] for row in rows) > room:
+                return None
+        elif sum(row[-1] for row in rows) * sqlquery.JSONB_TEXT_RATIO > room:
+            # The bound does not settle it: measure the texts.
+            where = "" if plan.where == "1" else f" WHERE {plan.where}"
+            sql = f"SELECT total(octet_length({store.DOC_TEXT})) FROM {info.tbl}{where}"
+            if self.conn.execute(sql, plan.params).fetchone()[0] > room:
+                return None
         budget.start(compiled.names[compiled.prefix.stages])
-        return group.groups(rows, budget)
+        by_column = sqlquery.group_key_column(group, plan.columns) is not None
+        return group.groups(rows, budget, dates=by_column)
 
     def aggregate_docs(
         self, pipeline: object, docs: object, database: str = databases.DEFAULT

@@ -322,7 +322,21 @@ def order_by(spec: SortSpec | None, *, index_arrays: bool = True, columns: Mappi
     return "ORDER BY " + ", ".join(terms) + ", _id"
 
 
-def group_statement(table: str, where: str, group: GroupPushdown) -> str:
+#: A document's compact JSON text is at most this many times longer than its
+#: JSONB form: every JSONB element has a header byte at least, and the text
+#: of a one-byte element with its separator is at most 6 bytes (C{false,});
+#: strings and numbers are stored as their text (see L{group_statement}).
+JSONB_TEXT_RATIO = 6
+
+
+def group_statement(
+    table: str,
+    where: str,
+    group: GroupPushdown,
+    columns: Mapping[str, str] | None = None,
+    *,
+    measure: bool = False,
+) -> str:
     """
     One statement computing a C{$group} over the rows C{where} selects
     (L{oxidb.engine.aggregate.GroupPushdown}, whose C{groups} reads the
@@ -331,38 +345,44 @@ def group_statement(table: str, where: str, group: GroupPushdown) -> str:
     each C{$sum}/C{$avg} of a path the count, sum, sum of magnitudes and
     count of non-integral floats of its numbers, for each C{$min}/C{$max}
     the extreme integer, the extreme float and the count of other non-null
-    values; last, the total UTF-8 length of the documents' JSON texts (the
-    aggregation budget counts them). Paths are plain names (checked by
+    values; last, the total size of the documents' JSONB forms, which
+    L{JSONB_TEXT_RATIO} times bounds their JSON texts' (the aggregation
+    budget counts the texts; reading them with C{json(doc)} would cost a
+    fifth of the statement), or with C{measure} the texts' own total UTF-8
+    length (for when the caller knows the bound will not settle it). Paths are plain names (checked by
     C{GroupPushdown}), written into the statement.
+
+    When the key's path has a key column in C{columns}, the rows are
+    grouped by that column (no JSON read per row for the key): its keys are
+    equal exactly when the C{$group} identities are, except that an integer
+    and a float of equal value share a key. The key shown is then read from
+    each group's first document, and its type is C{'mixed'} (a case left to
+    Python) when a numeric group holds both integers and floats.
 
     An inner query reads each path once per row (its C{LIMIT -1} keeps
     SQLite from flattening it into the grouping query, which would read
     every path again for each aggregate that uses it).
     """
     slots: dict[tuple[str, ...], int] = {}
-    reads = ["_id", "octet_length(json(doc)) AS n"]
+    reads = ["_id", f"octet_length({'json(doc)' if measure else 'doc'}) AS n"]
 
     def read(parts: tuple[str, ...]) -> tuple[str, str]:
         slot = slots.get(parts)
         if slot is None:
             slot = slots[parts] = len(slots)
-            at = "'$." + ".".join(parts) + "'"
+            at = _json_path(parts)
             reads.append(f"json_type(doc, {at}) AS t{slot}, json_extract(doc, {at}) AS v{slot}")
         return f"t{slot}", f"v{slot}"
 
-    if group.key is None:
-        columns = ["'null'", "NULL"]
-    else:
-        kind, value = read(group.key)
-        columns = [f"coalesce({kind}, 'null')", value]
-    columns += ["min(_id)", "count(*)"]
+    key_column = group_key_column(group, columns)
+    aggregates: list[str] = []
     for _, op, operand in group.accumulators:
         if not isinstance(operand, tuple):
             continue
         kind, value = read(operand)
         number = f"{kind} IN ('integer', 'real')"
         if op in ("$sum", "$avg"):
-            columns += [
+            aggregates += [
                 f"count(CASE WHEN {number} THEN 1 END)",
                 f"total(CASE WHEN {number} THEN {value} END)",
                 f"total(CASE WHEN {number} THEN abs({value} * 1.0) END)",
@@ -370,13 +390,51 @@ def group_statement(table: str, where: str, group: GroupPushdown) -> str:
             ]
         else:
             extreme = "max" if op == "$max" else "min"
-            columns += [
+            aggregates += [
                 f"{extreme}(CASE WHEN {kind} = 'integer' THEN {value} END)",
                 f"{extreme}(CASE WHEN {kind} = 'real' THEN {value} END)",
                 f"count(CASE WHEN {kind} NOT IN ('integer', 'real', 'null') THEN 1 END)",
             ]
-    columns.append("total(n)")
-    inner = f"SELECT {', '.join(reads)} FROM {table}"
-    if where != _TRUE:
-        inner += f" WHERE {where}"
-    return f"SELECT {', '.join(columns)} FROM ({inner} LIMIT -1) GROUP BY 1, 2 ORDER BY 3"
+    aggregates.append("total(n)")
+    condition = "" if where == _TRUE else f" WHERE {where}"
+    if group.key is not None and key_column is not None:
+        at = _json_path(group.key)
+        low, high = _rank_bounds(values.RANK_NUMBER)
+        reads.append(f"{key_column} AS k")
+        reads.append(f"CASE WHEN {key_column} >= {low} AND {key_column} < {high} THEN json_type(doc, {at}) END AS r")
+        named = ", ".join(f"{aggregate} AS a{i}" for i, aggregate in enumerate(aggregates))
+        grouped = (
+            f"SELECT min(_id) AS f0, count(*) AS c0, max(r) IS NOT min(r) AS mixed, {named}"
+            f" FROM (SELECT {', '.join(reads)} FROM {table}{condition} LIMIT -1) GROUP BY k"
+        )
+        outer = [
+            f"CASE WHEN g.mixed THEN 'mixed' ELSE coalesce(json_type(d.doc, {at}), 'null') END",
+            f"json_extract(d.doc, {at})",
+            "g.f0",
+            "g.c0",
+        ] + [f"g.a{i}" for i in range(len(aggregates))]
+        return f"SELECT {', '.join(outer)} FROM ({grouped}) AS g JOIN {table} AS d ON d._id = g.f0 ORDER BY g.f0"
+    if group.key is None:
+        head = ["'null'", "NULL"]
+    else:
+        kind, value = read(group.key)
+        head = [f"coalesce({kind}, 'null')", value]
+    head += ["min(_id)", "count(*)"]
+    inner = f"SELECT {', '.join(reads)} FROM {table}{condition}"
+    return f"SELECT {', '.join(head + aggregates)} FROM ({inner} LIMIT -1) GROUP BY 1, 2 ORDER BY 3"
+
+
+def group_key_column(group: GroupPushdown, columns: Mapping[str, str] | None) -> str | None:
+    """The key column L{group_statement} groups by, if the key's path has one in C{columns}."""
+    if group.key is None or not columns:
+        return None
+    return columns.get(".".join(group.key))
+
+
+def _json_path(parts: tuple[str, ...]) -> str:
+    return "'$." + ".".join(parts) + "'"
+
+
+def _rank_bounds(rank: int) -> tuple[str, str]:
+    """SQL blobs bounding the keys of one rank: C{low <= key < high}."""
+    return f"x'{rank:02x}'", f"x'{rank + 1:02x}'"

@@ -14,6 +14,10 @@ succeeded get their resume tokens (L{oxidb.engine.changes}), the last token
 is stored in the batch's transaction, and after the commit the batch's
 changes go to the listener (L{Writer.listen}), before the futures resolve.
 
+With an L{IndexCatalog}, every rollback (of an operation's savepoint or of
+the batch) tells it, so that index definitions cached inside what was
+rolled back are read again.
+
 An optional C{prepare(op)} runs just before an operation, in a savepoint of
 its own: its effects stay even when the operation then fails (upstream
 creates the collection a failing command names, engine.md 1.6).
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from oxidb.engine import changes, sqlite, store
+from oxidb.engine.catalog import IndexCatalog
 from oxidb.engine.changes import ChangeRecorder, IChangeListener, OperationChanges
 from oxidb.errors import StorageIOError, UnavailableError
 
@@ -68,6 +73,7 @@ class Writer:
         prepare: Callable[[Operation], None] | None = None,
         on_commit: Callable[[int], None] | None = None,
         recorder: ChangeRecorder | None = None,
+        catalog: IndexCatalog | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -82,6 +88,7 @@ class Writer:
         self._lock = threading.Lock()
         self._last_applied = int(store.get_meta(conn, "last_applied", 0))
         self._recorder = recorder
+        self._catalog = catalog
         self._last_token = int(store.get_meta(conn, changes.META_KEY, 0))
         self._listener: IChangeListener | None = None
         self._listener_lock = threading.Lock()
@@ -196,6 +203,8 @@ class Writer:
         except sqlite.Error as e:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if self._catalog is not None:
+                self._catalog.clear()
             if recorder is not None:
                 recorder.begin()
             self._fail_all(batch, e)
@@ -224,6 +233,9 @@ class Writer:
 
     def _apply_one(self, pending: _Pending) -> tuple[bool, Any]:
         conn = self._conn
+        catalog = self._catalog
+        # Before prepare: a failing prepare rolls back too.
+        generation = 0 if catalog is None else catalog.mark()
         conn.execute("SAVEPOINT op")
         try:
             if self._prepare is not None:
@@ -231,6 +243,7 @@ class Writer:
                 self._prepare(pending.op)
                 conn.execute("RELEASE op")
                 conn.execute("SAVEPOINT op")
+                generation = 0 if catalog is None else catalog.mark()
             data = self._apply(pending.op, pending.now)
         except sqlite.Error as e:
             # Disk full, I/O error...: give up on the whole batch.
@@ -238,12 +251,16 @@ class Writer:
                 raise
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
+            if catalog is not None:
+                catalog.rolled_back(generation)
             if isinstance(e, sqlite.DATA_ERRORS):
                 return False, e
             return False, StorageIOError(str(e))
         except Exception as e:  # noqa: BLE001 - the caller gets the exception
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
+            if catalog is not None:
+                catalog.rolled_back(generation)
             return False, e
         conn.execute("RELEASE op")
         return True, data

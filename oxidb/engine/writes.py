@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
 
 from oxidb.engine import databases, keys, paths, sqlite, store, textstore, ttl, values, vectors
+from oxidb.engine.catalog import IndexCatalog
 from oxidb.engine.changes import ChangeRecorder
 from oxidb.engine.matcher import parse_sort
 from oxidb.engine.projection import compile_projection
@@ -55,12 +56,21 @@ class WriteTxn(Reader):
         operations stay identical.
     @ivar changes: the writer's L{ChangeRecorder}: every document inserted,
         updated or deleted is recorded there (None: not recorded).
+    @ivar catalog: the writer's L{IndexCatalog} (None: one of this
+        transaction's own). Every change to index definitions here tells it.
     """
 
-    def __init__(self, conn: sqlite.Connection, now: float, changes: ChangeRecorder | None = None) -> None:
+    def __init__(
+        self,
+        conn: sqlite.Connection,
+        now: float,
+        changes: ChangeRecorder | None = None,
+        catalog: IndexCatalog | None = None,
+    ) -> None:
         super().__init__(conn, None)
         self.now = now
         self.changes = changes
+        self.catalog = IndexCatalog() if catalog is None else catalog
         self._savepoints = 0
 
     @contextlib.contextmanager
@@ -69,12 +79,14 @@ class WriteTxn(Reader):
         self._savepoints += 1
         name = f"sp{self._savepoints}"
         mark = None if self.changes is None else self.changes.mark()
+        generation = self.catalog.mark()
         self.conn.execute(f"SAVEPOINT {name}")
         try:
             yield
         except BaseException:
             self.conn.execute(f"ROLLBACK TO {name}")
             self.conn.execute(f"RELEASE {name}")
+            self.catalog.rolled_back(generation)
             if self.changes is not None and mark is not None:
                 self.changes.rollback_to(mark)
             raise
@@ -82,6 +94,9 @@ class WriteTxn(Reader):
             self.conn.execute(f"RELEASE {name}")
         finally:
             self._savepoints -= 1
+
+    def _columns(self, info: CollectionInfo) -> dict[str, str]:
+        return self.catalog.get(self.conn, info.name).columns
 
     # --- collections ------------------------------------------------------
 
@@ -117,6 +132,7 @@ class WriteTxn(Reader):
             info = store.get_collection(self.conn, name)
             if info is not None:
                 store.drop_collection(self.conn, info)
+                self.catalog.forget(info.name)
                 ttl.drop_collection(self.conn, info.name)
             elif databases.SEPARATOR in name and databases.is_valid_name(databases.database_of(name)):
                 databases.check_exists(self.conn, databases.database_of(name))
@@ -170,9 +186,10 @@ class WriteTxn(Reader):
         old_size = store.storage_bytes(self.conn, info.tbl) + free_pages * page_size
         tbl = store.new_table_name(self.conn)
         conn = self.conn
-        defs = store.list_index_defs(conn, info.name)
-        columns = "".join(f", {column}" for column, _ in store.key_columns(defs))
-        store.create_table(conn, tbl, [column for column, _ in store.key_columns(defs)])
+        indexes = self.catalog.get(conn, info.name)
+        defs = indexes.defs
+        columns = "".join(f", {column}" for column, _ in indexes.key_columns)
+        store.create_table(conn, tbl, [column for column, _ in indexes.key_columns])
         conn.execute(
             f"INSERT INTO {tbl}(_id, _version, doc{columns})"
             f" SELECT _id, _version, doc{columns} FROM {info.tbl} ORDER BY _id"
@@ -258,9 +275,10 @@ class WriteTxn(Reader):
 
     def _store_rows(self, info: CollectionInfo, rows: list[_PreparedRow]) -> None:
         """Store new prepared documents with their index keys, text postings and vectors."""
-        defs = store.list_index_defs(self.conn, info.name)
+        indexes = self.catalog.get(self.conn, info.name)
+        defs = indexes.defs
         self._check_unique(info, defs, rows, replacing=False)
-        key_columns = store.key_columns(defs)
+        key_columns = indexes.key_columns
         names = "".join(f", {column}" for column, _ in key_columns)
         marks = ", ?" * len(key_columns)
         self.conn.executemany(
@@ -307,9 +325,10 @@ class WriteTxn(Reader):
         for doc_id, version, doc in matched:
             new = compiled.apply(doc, self.now, positional)
             rows.append(_prepare(new, doc_id, version + 1))
-        defs = store.list_index_defs(self.conn, info.name)
+        indexes = self.catalog.get(self.conn, info.name)
+        defs = indexes.defs
         self._check_unique(info, defs, rows, replacing=True)
-        key_columns = store.key_columns(defs)
+        key_columns = indexes.key_columns
         assignments = "".join(f", {column} = ?" for column, _ in key_columns)
         self.conn.executemany(
             f"UPDATE {info.tbl} SET _version = ?, doc = {store.DOC_VALUE}{assignments} WHERE _id = ?",
@@ -399,7 +418,7 @@ class WriteTxn(Reader):
         matcher = check_query(query)
         info = self.ensure_collection(collection)
         plan = self.plan_for(info, matcher)
-        defs = store.list_index_defs(self.conn, info.name)
+        defs = self.catalog.defs(self.conn, info.name)
         text_index = _text_index(defs)
         derived = text_index is not None or any(index.kind == store.INDEX_VECTOR for index in defs)
         changes = self.changes
@@ -436,7 +455,7 @@ class WriteTxn(Reader):
     def _check_unique(
         self,
         info: CollectionInfo,
-        defs: list[IndexDef],
+        defs: Sequence[IndexDef],
         rows: list[tuple[int, int, dict[str, Any], str]],
         *,
         replacing: bool,
@@ -471,7 +490,7 @@ class WriteTxn(Reader):
     # --- indexes ----------------------------------------------------------
 
     def _find_def(self, info: CollectionInfo, kind: str, name: str) -> IndexDef | None:
-        for index in store.list_index_defs(self.conn, info.name):
+        for index in self.catalog.defs(self.conn, info.name):
             if index.kind == kind and index.name == name:
                 return index
         return None
@@ -482,6 +501,7 @@ class WriteTxn(Reader):
         info = self.ensure_collection(collection)
         if self._find_def(info, store.INDEX_FIELD, path) is None:
             index = store.add_index_def(self.conn, info.name, store.INDEX_FIELD, path, (path,), False)
+            self.catalog.forget(info.name)
             store.create_sql_index(self.conn, info.tbl, index)
         return "index created"
 
@@ -498,9 +518,11 @@ class WriteTxn(Reader):
         index = existing
         if index is None:
             index = store.add_index_def(self.conn, info.name, store.INDEX_FIELD, path, (path,), True)
+            self.catalog.forget(info.name)
             store.create_sql_index(self.conn, info.tbl, index)
         else:
             store.set_index_unique(self.conn, info.name, index)
+            self.catalog.forget(info.name)
         column = index.columns[0]
         duplicate = self.conn.execute(
             f"SELECT 1 FROM {info.tbl} WHERE {keys.present_sql(path)}"
@@ -517,6 +539,7 @@ class WriteTxn(Reader):
         name = "_".join(names)
         if self._find_def(info, store.INDEX_COMPOSITE, name) is None:
             index = store.add_index_def(self.conn, info.name, store.INDEX_COMPOSITE, name, names, False)
+            self.catalog.forget(info.name)
             store.create_sql_index(self.conn, info.tbl, index)
         return {"index": name}
 
@@ -526,6 +549,7 @@ class WriteTxn(Reader):
         info = self.ensure_collection(collection)
         if self._find_def(info, store.INDEX_TEXT, store.TEXT_INDEX_NAME) is None:
             store.add_index_def(self.conn, info.name, store.INDEX_TEXT, store.TEXT_INDEX_NAME, names, False)
+            self.catalog.forget(info.name)
             store.create_text_tables(self.conn, info.tbl)
             textstore.rebuild(self.conn, info.tbl, names)
         return "text index created"
@@ -542,6 +566,7 @@ class WriteTxn(Reader):
         name = vectors.index_name(path)
         if self._find_def(info, store.INDEX_VECTOR, name) is None:
             index = store.add_index_def(self.conn, info.name, store.INDEX_VECTOR, name, (path,), False)
+            self.catalog.forget(info.name)
             store.set_vector_spec(self.conn, index, size, vectors.normalize_metric(metric))
             store.create_vector_tables(self.conn, info.tbl, index)
             vectors.fill(self.conn, info, index)
@@ -561,6 +586,7 @@ class WriteTxn(Reader):
             if index is None:
                 continue
             store.remove_index_def(self.conn, info.name, index)
+            self.catalog.forget(info.name)
             if kind == store.INDEX_TEXT:
                 store.drop_text_tables(self.conn, info.tbl)
             elif kind == store.INDEX_VECTOR:
@@ -614,7 +640,7 @@ _PreparedRow = tuple[int, int, dict[str, Any], str]
 
 def _with_keys(
     rows: list[_PreparedRow],
-    key_columns: list[tuple[str, str]],
+    key_columns: Sequence[tuple[str, str]],
     head: Callable[[_PreparedRow], tuple[Any, ...]],
     tail: Callable[[_PreparedRow], tuple[Any, ...]] = lambda row: (),
 ) -> list[tuple[Any, ...]]:
