@@ -17,6 +17,16 @@
 #include <stdio.h>
 #include <string.h>
 
+#if defined(__GNUC__) || defined(__clang__)
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define NOINLINE __attribute__((noinline))
+#else
+#define LIKELY(x) (x)
+#define UNLIKELY(x) (x)
+#define NOINLINE
+#endif
+
 #define U32_MAX_VALUE 0xFFFFFFFFu
 #define MAX_DEPTH_CAP 512 /* the largest max_depth decode() accepts */
 
@@ -380,26 +390,35 @@ oxiwire_decode(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
 
 /*
  * The output grows in `small` (on the stack) until it outgrows it, then in a
- * bytes object resized by doubling and trimmed at the end.
+ * bytes object resized by doubling and trimmed at the end. The hot paths
+ * below (reserve, the short copies, compact str and int) are inline and
+ * branch-light; everything rare goes through an out-of-line slow path.
  */
 #define SMALL_OUTPUT 4096
+
+/*
+ * Levels of nesting encoded before Py_EnterRecursiveCall is consulted: a
+ * find result is a few levels deep, and the guard costs a call per
+ * container. Deeper values (a self-referencing list) still end in
+ * RecursionError, FREE_DEPTH levels later than the interpreter's limit.
+ */
+#define FREE_DEPTH 32
 
 typedef struct {
     unsigned char *data; /* small, or the buffer of bytes */
     PyObject *bytes;     /* owned once the output left small, else NULL */
     Py_ssize_t len;
     Py_ssize_t cap;
+    int depth; /* containers open around the value being encoded */
     unsigned char small[SMALL_OUTPUT];
 } Writer;
 
-static int
-reserve(Writer *w, Py_ssize_t n)
+/* Make room for n more bytes: the slow path of reserve(). */
+static NOINLINE int
+grow(Writer *w, Py_ssize_t n)
 {
     Py_ssize_t need, cap;
 
-    if (w->cap - w->len >= n) {
-        return 0;
-    }
     if (n > PY_SSIZE_T_MAX - w->len) {
         PyErr_NoMemory();
         return -1;
@@ -424,6 +443,15 @@ reserve(Writer *w, Py_ssize_t n)
     return 0;
 }
 
+static inline int
+reserve(Writer *w, Py_ssize_t n)
+{
+    if (LIKELY(w->cap - w->len >= n)) {
+        return 0;
+    }
+    return grow(w, n);
+}
+
 static inline unsigned char *
 cursor(Writer *w)
 {
@@ -433,31 +461,84 @@ cursor(Writer *w)
 static inline void
 store_u32(unsigned char *p, uint32_t v)
 {
+#if PY_LITTLE_ENDIAN
+    memcpy(p, &v, 4);
+#else
     p[0] = (unsigned char)v;
     p[1] = (unsigned char)(v >> 8);
     p[2] = (unsigned char)(v >> 16);
     p[3] = (unsigned char)(v >> 24);
+#endif
 }
 
 static inline void
 store_u64(unsigned char *p, uint64_t v)
 {
+#if PY_LITTLE_ENDIAN
+    memcpy(p, &v, 8);
+#else
     store_u32(p, (uint32_t)v);
     store_u32(p + 4, (uint32_t)(v >> 32));
+#endif
 }
 
-static int
+/*
+ * Copy n bytes. Keys and most string values are short: up to 32 bytes they
+ * are copied by two (possibly overlapping) fixed-size moves from each end,
+ * which the compiler turns into plain loads and stores instead of a call to
+ * memcpy; no byte outside [src, src + n) is read.
+ */
+static inline void
+copy_bytes(unsigned char *dst, const char *src, Py_ssize_t n)
+{
+    if (n >= 8) {
+        if (n > 32) {
+            memcpy(dst, src, (size_t)n);
+        }
+        else if (n > 16) {
+            uint64_t a, b, c, d;
+            memcpy(&a, src, 8);
+            memcpy(&b, src + 8, 8);
+            memcpy(&c, src + n - 16, 8);
+            memcpy(&d, src + n - 8, 8);
+            memcpy(dst, &a, 8);
+            memcpy(dst + 8, &b, 8);
+            memcpy(dst + n - 16, &c, 8);
+            memcpy(dst + n - 8, &d, 8);
+        }
+        else {
+            uint64_t a, b;
+            memcpy(&a, src, 8);
+            memcpy(&b, src + n - 8, 8);
+            memcpy(dst, &a, 8);
+            memcpy(dst + n - 8, &b, 8);
+        }
+    }
+    else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, src, 4);
+        memcpy(&b, src + n - 4, 4);
+        memcpy(dst, &a, 4);
+        memcpy(dst + n - 4, &b, 4);
+    }
+    else if (n > 0) {
+        dst[0] = (unsigned char)src[0];
+        dst[n / 2] = (unsigned char)src[n / 2];
+        dst[n - 1] = (unsigned char)src[n - 1];
+    }
+}
+
+static inline int
 put_byte(Writer *w, unsigned char byte)
 {
     if (reserve(w, 1) < 0) {
         return -1;
     }
-    *cursor(w) = byte;
-    w->len += 1;
+    w->data[w->len++] = byte;
     return 0;
 }
 
-static int
+static inline int
 put_tag_u64(Writer *w, unsigned char tag, uint64_t v)
 {
     unsigned char *p;
@@ -471,29 +552,45 @@ put_tag_u64(Writer *w, unsigned char tag, uint64_t v)
     return 0;
 }
 
-static int
+static inline int
 put_double(Writer *w, double number)
 {
     uint64_t bits;
-    if (!isfinite(number)) {
+    if (UNLIKELY(!isfinite(number))) {
         return put_byte(w, 0x00);
     }
     memcpy(&bits, &number, sizeof bits);
     return put_tag_u64(w, 0x05, bits);
 }
 
+/*
+ * The UTF-8 form of a str: the characters themselves for a compact ASCII
+ * string (the common case, keys included), else the cached UTF-8 form
+ * CPython keeps on the object (made on first use; a lone surrogate raises
+ * UnicodeEncodeError).
+ */
+static inline const char *
+utf8_of(PyObject *text, Py_ssize_t *n)
+{
+    if (LIKELY(PyUnicode_IS_COMPACT_ASCII(text))) {
+        *n = PyUnicode_GET_LENGTH(text);
+        return (const char *)PyUnicode_DATA(text);
+    }
+    return PyUnicode_AsUTF8AndSize(text, n);
+}
+
 /* A length-prefixed UTF-8 string, preceded by `tag` unless tag < 0 (keys). */
-static int
+static inline int
 put_text(Writer *w, int tag, PyObject *text, const char *too_long)
 {
     Py_ssize_t n;
-    const char *utf8 = PyUnicode_AsUTF8AndSize(text, &n);
+    const char *utf8 = utf8_of(text, &n);
     unsigned char *p;
 
-    if (utf8 == NULL) {
+    if (UNLIKELY(utf8 == NULL)) {
         return -1;
     }
-    if ((uint64_t)n > (uint64_t)U32_MAX_VALUE) {
+    if (UNLIKELY((uint64_t)n > (uint64_t)U32_MAX_VALUE)) {
         PyErr_SetString(PyExc_ValueError, too_long);
         return -1;
     }
@@ -506,16 +603,16 @@ put_text(Writer *w, int tag, PyObject *text, const char *too_long)
         w->len += 1;
     }
     store_u32(p, (uint32_t)n);
-    memcpy(p + 4, utf8, (size_t)n);
+    copy_bytes(p + 4, utf8, n);
     w->len += 4 + n;
     return 0;
 }
 
-static int
+static inline int
 put_header(Writer *w, unsigned char tag, Py_ssize_t count, const char *too_long)
 {
     unsigned char *p;
-    if ((uint64_t)count > (uint64_t)U32_MAX_VALUE) {
+    if (UNLIKELY((uint64_t)count > (uint64_t)U32_MAX_VALUE)) {
         PyErr_SetString(PyExc_ValueError, too_long);
         return -1;
     }
@@ -529,8 +626,9 @@ put_header(Writer *w, unsigned char tag, Py_ssize_t count, const char *too_long)
     return 0;
 }
 
-static int
-put_int(Writer *w, PyObject *number)
+/* Any int that is not a single machine digit: the slow path of put_int(). */
+static NOINLINE int
+put_long(Writer *w, PyObject *number)
 {
     int overflow;
     long long value = PyLong_AsLongLongAndOverflow(number, &overflow);
@@ -567,7 +665,58 @@ put_int(Writer *w, PyObject *number)
     return put_double(w, approx);
 }
 
+/*
+ * An int: those of at most one internal digit (|n| < 2**30 on usual builds)
+ * are read straight from the object, the rest through put_long().
+ */
+static inline int
+put_int(Writer *w, PyObject *number)
+{
+    int64_t value;
+#if PY_VERSION_HEX >= 0x030C0000
+    if (!PyUnstable_Long_IsCompact((PyLongObject *)number)) {
+        return put_long(w, number);
+    }
+    value = (int64_t)PyUnstable_Long_CompactValue((PyLongObject *)number);
+#else
+    Py_ssize_t size = Py_SIZE(number);
+    if (size == 0) {
+        value = 0;
+    }
+    else if (size == 1) {
+        value = (int64_t)((PyLongObject *)number)->ob_digit[0];
+    }
+    else if (size == -1) {
+        value = -(int64_t)((PyLongObject *)number)->ob_digit[0];
+    }
+    else {
+        return put_long(w, number);
+    }
+#endif
+    return put_tag_u64(w, value >= 0 ? 0x04 : 0x03, (uint64_t)value);
+}
+
 static int encode_value(Writer *w, PyObject *value);
+
+/* Open a container: the recursion guard beyond FREE_DEPTH levels. */
+static inline int
+enter(Writer *w)
+{
+    if (++w->depth > FREE_DEPTH &&
+        Py_EnterRecursiveCall(" while encoding an OxiWire value")) {
+        w->depth--;
+        return -1;
+    }
+    return 0;
+}
+
+static inline void
+leave(Writer *w)
+{
+    if (w->depth-- > FREE_DEPTH) {
+        Py_LeaveRecursiveCall();
+    }
+}
 
 /*
  * Dict and list items are used through borrowed references: no Python code
@@ -584,11 +733,11 @@ put_map(Writer *w, PyObject *dict)
     if (put_header(w, 0x08, PyDict_GET_SIZE(dict), "map too long for OxiWire") < 0) {
         return -1;
     }
-    if (Py_EnterRecursiveCall(" while encoding an OxiWire value")) {
+    if (enter(w) < 0) {
         return -1;
     }
     while (PyDict_Next(dict, &pos, &key, &item)) {
-        if (!PyUnicode_Check(key)) {
+        if (UNLIKELY(!PyUnicode_Check(key))) {
             PyErr_Format(PyExc_TypeError, "map keys must be strings, not %s",
                          _PyType_Name(Py_TYPE(key)));
             status = -1;
@@ -600,7 +749,7 @@ put_map(Writer *w, PyObject *dict)
             break;
         }
     }
-    Py_LeaveRecursiveCall();
+    leave(w);
     return status;
 }
 
@@ -608,60 +757,35 @@ static int
 put_array(Writer *w, PyObject *sequence)
 {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+    PyObject **items = PySequence_Fast_ITEMS(sequence);
     Py_ssize_t i;
     int status = 0;
 
     if (put_header(w, 0x07, n, "array too long for OxiWire") < 0) {
         return -1;
     }
-    if (Py_EnterRecursiveCall(" while encoding an OxiWire value")) {
+    if (enter(w) < 0) {
         return -1;
     }
     for (i = 0; i < n; i++) {
-        if (encode_value(w, PySequence_Fast_GET_ITEM(sequence, i)) < 0) {
+        if (encode_value(w, items[i]) < 0) {
             status = -1;
             break;
         }
     }
-    Py_LeaveRecursiveCall();
+    leave(w);
     return status;
 }
 
-static int
-encode_value(Writer *w, PyObject *value)
+/* Subclasses of the supported types, and the refusal of everything else. */
+static NOINLINE int
+encode_other(Writer *w, PyObject *value)
 {
-    PyTypeObject *type = Py_TYPE(value);
-
-    /* exact types first: the subclass checks below are slower */
-    if (type == &PyUnicode_Type) {
-        return put_text(w, 0x06, value, "string too long for OxiWire");
-    }
-    if (type == &PyLong_Type) {
-        return put_int(w, value);
-    }
-    if (type == &PyDict_Type) {
-        return put_map(w, value);
-    }
-    if (type == &PyFloat_Type) {
-        return put_double(w, PyFloat_AS_DOUBLE(value));
-    }
-    if (value == Py_None) {
-        return put_byte(w, 0x00);
-    }
-    if (value == Py_True) {
-        return put_byte(w, 0x02);
-    }
-    if (value == Py_False) {
-        return put_byte(w, 0x01);
-    }
-    if (type == &PyList_Type || type == &PyTuple_Type) {
-        return put_array(w, value);
-    }
     if (PyUnicode_Check(value)) {
         return put_text(w, 0x06, value, "string too long for OxiWire");
     }
     if (PyLong_Check(value)) {
-        return put_int(w, value);
+        return put_long(w, value);
     }
     if (PyFloat_Check(value)) {
         return put_double(w, PyFloat_AS_DOUBLE(value));
@@ -673,8 +797,44 @@ encode_value(Writer *w, PyObject *value)
         return put_array(w, value);
     }
     PyErr_Format(PyExc_TypeError, "cannot encode object of type %s as OxiWire",
-                 _PyType_Name(type));
+                 _PyType_Name(Py_TYPE(value)));
     return -1;
+}
+
+static int
+encode_value(Writer *w, PyObject *value)
+{
+    PyTypeObject *type = Py_TYPE(value);
+
+    /* exact types first, most frequent in documents first */
+    if (type == &PyUnicode_Type) {
+        return put_text(w, 0x06, value, "string too long for OxiWire");
+    }
+    if (type == &PyLong_Type) {
+        return put_int(w, value);
+    }
+    if (type == &PyFloat_Type) {
+        return put_double(w, PyFloat_AS_DOUBLE(value));
+    }
+    if (type == &PyDict_Type) {
+        return put_map(w, value);
+    }
+    if (type == &PyList_Type) {
+        return put_array(w, value);
+    }
+    if (value == Py_None) {
+        return put_byte(w, 0x00);
+    }
+    if (value == Py_True) {
+        return put_byte(w, 0x02);
+    }
+    if (value == Py_False) {
+        return put_byte(w, 0x01);
+    }
+    if (type == &PyTuple_Type) {
+        return put_array(w, value);
+    }
+    return encode_other(w, value);
 }
 
 /* encode(value, header=b"") -> bytes */
@@ -695,6 +855,7 @@ oxiwire_encode(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
     w.bytes = NULL;
     w.len = 0;
     w.cap = SMALL_OUTPUT;
+    w.depth = 0;
     if (nargs == 2) {
         Py_ssize_t n = PyBytes_GET_SIZE(args[1]);
         if (reserve(&w, n) < 0) {
