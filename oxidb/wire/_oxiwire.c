@@ -21,10 +21,12 @@
 #define LIKELY(x) __builtin_expect(!!(x), 1)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define NOINLINE __attribute__((noinline))
+#define ALWAYS_INLINE inline __attribute__((always_inline))
 #else
 #define LIKELY(x) (x)
 #define UNLIKELY(x) (x)
 #define NOINLINE
+#define ALWAYS_INLINE inline
 #endif
 
 #define U32_MAX_VALUE 0xFFFFFFFFu
@@ -46,14 +48,26 @@ typedef struct {
 static inline uint32_t
 load_u32(const unsigned char *p)
 {
+#if PY_LITTLE_ENDIAN
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+#else
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
            ((uint32_t)p[3] << 24);
+#endif
 }
 
 static inline uint64_t
 load_u64(const unsigned char *p)
 {
+#if PY_LITTLE_ENDIAN
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+#else
     return (uint64_t)load_u32(p) | ((uint64_t)load_u32(p + 4) << 32);
+#endif
 }
 
 static inline Py_ssize_t
@@ -110,7 +124,7 @@ utf8_failure(const char *what)
 }
 
 /* Decode n bytes at the read position as UTF-8 and advance past them. */
-static PyObject *
+static NOINLINE PyObject *
 read_utf8(Reader *r, Py_ssize_t n, const char *what)
 {
     PyObject *text = PyUnicode_DecodeUTF8((const char *)r->buf + r->pos, n, "strict");
@@ -122,13 +136,93 @@ read_utf8(Reader *r, Py_ssize_t n, const char *what)
     return text;
 }
 
+#define HIGH_BITS 0x8080808080808080ull
+
+/*
+ * The first and the last (up to) 8 bytes of p[0:n] as two words: for
+ * n <= 16 they hold every byte, so (n, *head, *tail) tells any two such
+ * strings apart. Reads nothing outside p[0:n].
+ */
+static inline void
+load_ends(const unsigned char *p, Py_ssize_t n, uint64_t *head, uint64_t *tail)
+{
+    if (n >= 8) {
+        *head = load_u64(p);
+        *tail = load_u64(p + n - 8);
+    }
+    else if (n >= 4) {
+        *head = load_u32(p);
+        *tail = load_u32(p + n - 4);
+    }
+    else if (n > 0) {
+        *head = (uint64_t)p[0] | ((uint64_t)p[n / 2] << 8) | ((uint64_t)p[n - 1] << 16);
+        *tail = 0;
+    }
+    else {
+        *head = *tail = 0;
+    }
+}
+
+/* Whether p[0:n] is all ASCII, a word at a time. */
+static inline int
+is_ascii(const unsigned char *p, Py_ssize_t n)
+{
+    uint64_t bits = 0, head, tail;
+    Py_ssize_t i = 0;
+
+    for (; i + 8 <= n; i += 8) {
+        bits |= load_u64(p + i);
+    }
+    if (i < n) {
+        load_ends(p + i, n - i, &head, &tail);
+        bits |= head | tail;
+    }
+    return (bits & HIGH_BITS) == 0;
+}
+
+/* The n ASCII bytes at the read position as a str, advancing past them. */
+static inline PyObject *
+read_ascii(Reader *r, Py_ssize_t n)
+{
+    PyObject *text;
+
+    if (n < 2) {
+        /* the empty and 1-character strs are CPython's shared singletons */
+        return read_utf8(r, n, "");
+    }
+    text = PyUnicode_New(n, 127);
+    if (text == NULL) {
+        return NULL;
+    }
+    memcpy(PyUnicode_DATA(text), r->buf + r->pos, (size_t)n);
+    r->pos += n;
+    return text;
+}
+
+/*
+ * The str of n bytes at the read position, advancing past them: ASCII text
+ * is copied straight into a new compact str; anything else goes through
+ * CPython's UTF-8 decoder, whose errors are reworded for `what`.
+ */
+static inline PyObject *
+read_text(Reader *r, Py_ssize_t n, const char *what)
+{
+    if (!is_ascii(r->buf + r->pos, n)) {
+        return read_utf8(r, n, what);
+    }
+    return read_ascii(r, n);
+}
+
 /*
  * Map keys repeat across the documents of a result, so short ASCII keys are
  * kept in a small direct-mapped cache: a hit skips decoding, allocating and
  * hashing a new str. Entries are strong references held for the life of the
- * process (at most KEY_CACHE_SIZE strings of KEY_CACHE_MAX_LEN bytes).
+ * process (at most KEY_CACHE_SIZE strings of KEY_CACHE_MAX_LEN bytes). The
+ * slot is chosen from the length and the first, middle and last 8 bytes, and
+ * a hit is confirmed on every byte.
  */
-#define KEY_CACHE_SIZE 1024
+#define KEY_CACHE_BITS 10
+#define KEY_CACHE_SIZE (1 << KEY_CACHE_BITS)
 #define KEY_CACHE_MAX_LEN 64
 
 static PyObject *key_cache[KEY_CACHE_SIZE];
@@ -137,126 +231,56 @@ static PyObject *
 read_key(Reader *r, Py_ssize_t n)
 {
     const unsigned char *p = r->buf + r->pos;
-    uint32_t hash = 2166136261u; /* FNV-1a */
-    Py_ssize_t i;
+    uint64_t head, tail, mixed;
+    size_t slot;
     PyObject *cached, *key;
 
     if (n > KEY_CACHE_MAX_LEN) {
+        return read_text(r, n, "invalid utf8 key");
+    }
+    load_ends(p, n, &head, &tail);
+    mixed = (head * 0x9E3779B97F4A7C15ull) ^ (tail * 0xC2B2AE3D27D4EB4Full) ^ (uint64_t)n;
+    if (n > 16) {
+        mixed ^= load_u64(p + n / 2 - 4) * 0x165667B19E3779F9ull;
+    }
+    slot = (size_t)((mixed ^ (mixed >> 29)) * 0xBF58476D1CE4E5B9ull >>
+                    (64 - KEY_CACHE_BITS));
+    cached = key_cache[slot];
+    if (cached != NULL && PyUnicode_GET_LENGTH(cached) == n) {
+        const unsigned char *known = (const unsigned char *)PyUnicode_DATA(cached);
+        int same;
+        if (n <= 16) {
+            uint64_t known_head, known_tail;
+            load_ends(known, n, &known_head, &known_tail);
+            same = known_head == head && known_tail == tail;
+        }
+        else {
+            same = memcmp(known, p, (size_t)n) == 0;
+        }
+        if (same) {
+            r->pos += n;
+            return Py_NewRef(cached);
+        }
+    }
+    if (!is_ascii(p, n)) {
         return read_utf8(r, n, "invalid utf8 key");
     }
-    for (i = 0; i < n; i++) {
-        if (p[i] >= 0x80) {
-            return read_utf8(r, n, "invalid utf8 key");
-        }
-        hash = (hash ^ p[i]) * 16777619u;
-    }
-    cached = key_cache[hash % KEY_CACHE_SIZE];
-    if (cached != NULL && PyUnicode_GET_LENGTH(cached) == n &&
-        memcmp(PyUnicode_DATA(cached), p, (size_t)n) == 0) {
-        r->pos += n;
-        Py_INCREF(cached);
-        return cached;
-    }
-    key = read_utf8(r, n, "invalid utf8 key");
+    key = read_ascii(r, n);
     if (key != NULL) {
-        Py_XSETREF(key_cache[hash % KEY_CACHE_SIZE], Py_NewRef(key));
+        Py_XSETREF(key_cache[slot], Py_NewRef(key));
     }
     return key;
 }
 
-static PyObject *decode_value(Reader *r, long depth);
+static PyObject *decode_array(Reader *r, long depth);
+static PyObject *decode_map(Reader *r, long depth);
 
-static PyObject *
-decode_array(Reader *r, long depth)
-{
-    uint32_t count, i;
-    Py_ssize_t slots;
-    PyObject *list;
-
-    if (remaining(r) < 4) {
-        return fail("truncated array length");
-    }
-    count = load_u32(r->buf + r->pos);
-    r->pos += 4;
-    /* Every element takes at least one byte, so a count beyond the remaining
-       input can never be satisfied: never allocate more than the input. */
-    slots = (uint64_t)count < (uint64_t)remaining(r) ? (Py_ssize_t)count : remaining(r);
-    list = PyList_New(slots);
-    if (list == NULL) {
-        return NULL;
-    }
-    for (i = 0; i < count; i++) {
-        PyObject *item;
-        if ((Py_ssize_t)i >= slots) {
-            /* unreachable: element i would start at or past the end */
-            Py_DECREF(list);
-            return fail("unexpected end of input");
-        }
-        item = decode_value(r, depth + 1);
-        if (item == NULL) {
-            Py_DECREF(list); /* unfilled slots are NULL, which list_dealloc skips */
-            return NULL;
-        }
-        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
-    }
-    return list;
-}
-
-static PyObject *
-decode_map(Reader *r, long depth)
-{
-    uint32_t count, i;
-    PyObject *dict;
-
-    if (remaining(r) < 4) {
-        return fail("truncated map length");
-    }
-    count = load_u32(r->buf + r->pos);
-    r->pos += 4;
-    /* an entry takes at least 5 bytes: size the table from what can fit */
-    dict = _PyDict_NewPresized(
-        (uint64_t)count < (uint64_t)(remaining(r) / 5) ? (Py_ssize_t)count : remaining(r) / 5);
-    if (dict == NULL) {
-        return NULL;
-    }
-    for (i = 0; i < count; i++) {
-        uint32_t length;
-        PyObject *key, *item;
-        int status;
-
-        if (remaining(r) < 4) {
-            Py_DECREF(dict);
-            return fail("truncated map key length");
-        }
-        length = load_u32(r->buf + r->pos);
-        r->pos += 4;
-        if ((uint64_t)remaining(r) < (uint64_t)length) {
-            Py_DECREF(dict);
-            return fail("truncated map key data");
-        }
-        key = read_key(r, (Py_ssize_t)length);
-        if (key == NULL) {
-            Py_DECREF(dict);
-            return NULL;
-        }
-        item = decode_value(r, depth + 1);
-        if (item == NULL) {
-            Py_DECREF(key);
-            Py_DECREF(dict);
-            return NULL;
-        }
-        status = PyDict_SetItem(dict, key, item);
-        Py_DECREF(key);
-        Py_DECREF(item);
-        if (status < 0) {
-            Py_DECREF(dict);
-            return NULL;
-        }
-    }
-    return dict;
-}
-
-static PyObject *
+/*
+ * The tagged value at the read position. Inline, so that the loops of
+ * decode_array() and decode_map() read scalars without a call; containers
+ * go through those two out-of-line functions.
+ */
+static ALWAYS_INLINE PyObject *
 decode_value(Reader *r, long depth)
 {
     Py_ssize_t at;
@@ -319,7 +343,7 @@ decode_value(Reader *r, long depth)
         if ((uint64_t)remaining(r) < (uint64_t)length) {
             return fail("truncated string data");
         }
-        return read_utf8(r, (Py_ssize_t)length, "invalid utf8");
+        return read_text(r, (Py_ssize_t)length, "invalid utf8");
     }
     case 0x07:
         if (depth >= r->max_depth) {
@@ -338,6 +362,96 @@ decode_value(Reader *r, long depth)
         return fail(message);
     }
     }
+}
+
+static NOINLINE PyObject *
+decode_array(Reader *r, long depth)
+{
+    uint32_t count, i;
+    Py_ssize_t slots;
+    PyObject *list;
+
+    if (remaining(r) < 4) {
+        return fail("truncated array length");
+    }
+    count = load_u32(r->buf + r->pos);
+    r->pos += 4;
+    /* Every element takes at least one byte, so a count beyond the remaining
+       input can never be satisfied: never allocate more than the input. */
+    slots = (uint64_t)count < (uint64_t)remaining(r) ? (Py_ssize_t)count : remaining(r);
+    list = PyList_New(slots);
+    if (list == NULL) {
+        return NULL;
+    }
+    for (i = 0; i < count; i++) {
+        PyObject *item;
+        if ((Py_ssize_t)i >= slots) {
+            /* unreachable: element i would start at or past the end */
+            Py_DECREF(list);
+            return fail("unexpected end of input");
+        }
+        item = decode_value(r, depth + 1);
+        if (item == NULL) {
+            Py_DECREF(list); /* unfilled slots are NULL, which list_dealloc skips */
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+    }
+    return list;
+}
+
+static NOINLINE PyObject *
+decode_map(Reader *r, long depth)
+{
+    uint32_t count, i;
+    PyObject *dict;
+
+    if (remaining(r) < 4) {
+        return fail("truncated map length");
+    }
+    count = load_u32(r->buf + r->pos);
+    r->pos += 4;
+    /* an entry takes at least 5 bytes: size the table from what can fit */
+    dict = _PyDict_NewPresized(
+        (uint64_t)count < (uint64_t)(remaining(r) / 5) ? (Py_ssize_t)count : remaining(r) / 5);
+    if (dict == NULL) {
+        return NULL;
+    }
+    for (i = 0; i < count; i++) {
+        uint32_t length;
+        PyObject *key, *item;
+        int status;
+
+        if (remaining(r) < 4) {
+            Py_DECREF(dict);
+            return fail("truncated map key length");
+        }
+        length = load_u32(r->buf + r->pos);
+        r->pos += 4;
+        if ((uint64_t)remaining(r) < (uint64_t)length) {
+            Py_DECREF(dict);
+            return fail("truncated map key data");
+        }
+        key = read_key(r, (Py_ssize_t)length);
+        if (key == NULL) {
+            Py_DECREF(dict);
+            return NULL;
+        }
+        item = decode_value(r, depth + 1);
+        if (item == NULL) {
+            Py_DECREF(key);
+            Py_DECREF(dict);
+            return NULL;
+        }
+        status = PyDict_SetItem(dict, key, item);
+        Py_DECREF(key);
+        Py_DECREF(item);
+        if (status < 0) {
+            Py_DECREF(dict);
+            return NULL;
+        }
+    }
+    return dict;
 }
 
 /* decode(data, offset, max_depth) -> object */
