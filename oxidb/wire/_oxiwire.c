@@ -123,19 +123,6 @@ utf8_failure(const char *what)
     }
 }
 
-/* Decode n bytes at the read position as UTF-8 and advance past them. */
-static NOINLINE PyObject *
-read_utf8(Reader *r, Py_ssize_t n, const char *what)
-{
-    PyObject *text = PyUnicode_DecodeUTF8((const char *)r->buf + r->pos, n, "strict");
-    if (text == NULL) {
-        utf8_failure(what);
-        return NULL;
-    }
-    r->pos += n;
-    return text;
-}
-
 #define HIGH_BITS 0x8080808080808080ull
 
 /*
@@ -180,6 +167,134 @@ is_ascii(const unsigned char *p, Py_ssize_t n)
     return (bits & HIGH_BITS) == 0;
 }
 
+/*
+ * The code point of the valid UTF-8 sequence starting at p[*i] (below
+ * `end`), advancing *i past it; -1 when the bytes there are not valid UTF-8
+ * (an overlong form, a surrogate, beyond U+10FFFF, a stray or missing
+ * continuation byte), which is what CPython's strict decoder refuses.
+ */
+static inline int32_t
+next_code_point(const unsigned char *p, Py_ssize_t *i, Py_ssize_t end)
+{
+    Py_ssize_t at = *i;
+    unsigned int c = p[at], lo = 0x80, hi = 0xBF;
+    int32_t code;
+    int more, k;
+
+    if (c < 0x80) {
+        *i = at + 1;
+        return (int32_t)c;
+    }
+    if (c < 0xC2) {
+        return -1; /* a continuation byte, or an overlong 2-byte lead */
+    }
+    if (c < 0xE0) {
+        more = 1;
+        code = (int32_t)(c & 0x1F);
+    }
+    else if (c < 0xF0) {
+        more = 2;
+        code = (int32_t)(c & 0x0F);
+        if (c == 0xE0) {
+            lo = 0xA0; /* no overlong 3-byte forms */
+        }
+        else if (c == 0xED) {
+            hi = 0x9F; /* no surrogates */
+        }
+    }
+    else if (c < 0xF5) {
+        more = 3;
+        code = (int32_t)(c & 0x07);
+        if (c == 0xF0) {
+            lo = 0x90; /* no overlong 4-byte forms */
+        }
+        else if (c == 0xF4) {
+            hi = 0x8F; /* nothing beyond U+10FFFF */
+        }
+    }
+    else {
+        return -1;
+    }
+    if (end - at <= more) {
+        return -1;
+    }
+    for (k = 1; k <= more; k++) {
+        unsigned int b = p[at + k];
+        if (b < lo || b > hi) {
+            return -1;
+        }
+        lo = 0x80;
+        hi = 0xBF;
+        code = (code << 6) | (int32_t)(b & 0x3F);
+    }
+    *i = at + 1 + more;
+    return code;
+}
+
+/*
+ * Valid UTF-8 text p[0:n] as a new str of the narrowest kind, decoded in two
+ * passes (count and widest character, then fill). NULL without an exception
+ * when the bytes are not valid UTF-8: CPython's decoder then words the error.
+ */
+static PyObject *
+decode_utf8(const unsigned char *p, Py_ssize_t n)
+{
+    Py_ssize_t i = 0, length = 0;
+    int32_t code, widest = 0;
+    PyObject *text;
+    int kind;
+    void *data;
+
+    while (i < n) {
+        code = next_code_point(p, &i, n);
+        if (code < 0) {
+            return NULL;
+        }
+        if (code > widest) {
+            widest = code;
+        }
+        length++;
+    }
+    text = PyUnicode_New(length, (Py_UCS4)widest);
+    if (text == NULL) {
+        return NULL;
+    }
+    kind = PyUnicode_KIND(text);
+    data = PyUnicode_DATA(text);
+    for (i = 0, length = 0; i < n; length++) {
+        PyUnicode_WRITE(kind, data, length, (Py_UCS4)next_code_point(p, &i, n));
+    }
+    return text;
+}
+
+/*
+ * Decode n bytes at the read position as UTF-8 and advance past them; on
+ * invalid text, the error of CPython's decoder reworded for `what`.
+ */
+static NOINLINE PyObject *
+read_utf8(Reader *r, Py_ssize_t n, const char *what)
+{
+    const unsigned char *p = r->buf + r->pos;
+    PyObject *text;
+
+    if (n < 2) {
+        /* the empty and 1-character strs are CPython's shared singletons */
+        text = PyUnicode_DecodeUTF8((const char *)p, n, "strict");
+    }
+    else {
+        text = decode_utf8(p, n);
+        if (text == NULL && !PyErr_Occurred()) {
+            text = PyUnicode_DecodeUTF8((const char *)p, n, "strict");
+        }
+    }
+    if (text == NULL) {
+        utf8_failure(what);
+        return NULL;
+    }
+    r->pos += n;
+    return text;
+}
+
 /* The n ASCII bytes at the read position as a str, advancing past them. */
 static inline PyObject *
 read_ascii(Reader *r, Py_ssize_t n)
@@ -187,7 +302,6 @@ read_ascii(Reader *r, Py_ssize_t n)
     PyObject *text;
 
     if (n < 2) {
-        /* the empty and 1-character strs are CPython's shared singletons */
         return read_utf8(r, n, "");
     }
     text = PyUnicode_New(n, 127);
@@ -200,53 +314,44 @@ read_ascii(Reader *r, Py_ssize_t n)
 }
 
 /*
- * The str of n bytes at the read position, advancing past them: ASCII text
- * is copied straight into a new compact str; anything else goes through
- * CPython's UTF-8 decoder, whose errors are reworded for `what`.
+ * Map keys repeat across the documents of a result, and so do short values
+ * (states, kinds, tags), so short ASCII strings are kept in two small
+ * direct-mapped caches, one for keys (up to KEY_CACHE_MAX_LEN bytes) and one
+ * for values (up to VALUE_CACHE_MAX_LEN): a hit skips allocating and
+ * copying a new str (and, for a key, hashing it again). Entries are strong
+ * references held for the life of the process (2 * CACHE_SIZE short strings
+ * at most). The slot is chosen from the length and the first, middle and
+ * last 8 bytes, and a hit is confirmed on every byte.
  */
-static inline PyObject *
-read_text(Reader *r, Py_ssize_t n, const char *what)
-{
-    if (!is_ascii(r->buf + r->pos, n)) {
-        return read_utf8(r, n, what);
-    }
-    return read_ascii(r, n);
-}
+#define CACHE_BITS 10
+#define CACHE_SIZE (1 << CACHE_BITS)
+#define KEY_CACHE_MAX_LEN 64
+#define VALUE_CACHE_MAX_LEN 16
+
+static PyObject *key_cache[CACHE_SIZE];
+static PyObject *value_cache[CACHE_SIZE];
 
 /*
- * Map keys repeat across the documents of a result, so short ASCII keys are
- * kept in a small direct-mapped cache: a hit skips decoding, allocating and
- * hashing a new str. Entries are strong references held for the life of the
- * process (at most KEY_CACHE_SIZE strings of KEY_CACHE_MAX_LEN bytes). The
- * slot is chosen from the length and the first, middle and last 8 bytes, and
- * a hit is confirmed on every byte.
+ * The n-byte string at the read position through `cache` (n at most 64),
+ * advancing past it.
  */
-#define KEY_CACHE_BITS 10
-#define KEY_CACHE_SIZE (1 << KEY_CACHE_BITS)
-#define KEY_CACHE_MAX_LEN 64
-
-static PyObject *key_cache[KEY_CACHE_SIZE];
-
-static PyObject *
-read_key(Reader *r, Py_ssize_t n)
+static inline PyObject *
+read_cached(Reader *r, Py_ssize_t n, PyObject **cache, const char *what)
 {
     const unsigned char *p = r->buf + r->pos;
     uint64_t head, tail, mixed;
     size_t slot;
-    PyObject *cached, *key;
+    PyObject *cached, *text;
 
-    if (n > KEY_CACHE_MAX_LEN) {
-        return read_text(r, n, "invalid utf8 key");
-    }
     load_ends(p, n, &head, &tail);
     mixed = (head * 0x9E3779B97F4A7C15ull) ^ (tail * 0xC2B2AE3D27D4EB4Full) ^ (uint64_t)n;
     if (n > 16) {
         mixed ^= load_u64(p + n / 2 - 4) * 0x165667B19E3779F9ull;
     }
-    slot = (size_t)((mixed ^ (mixed >> 29)) * 0xBF58476D1CE4E5B9ull >>
-                    (64 - KEY_CACHE_BITS));
-    cached = key_cache[slot];
+    slot = (size_t)((mixed ^ (mixed >> 29)) * 0xBF58476D1CE4E5B9ull >> (64 - CACHE_BITS));
+    cached = cache[slot];
     if (cached != NULL && PyUnicode_GET_LENGTH(cached) == n) {
+        /* cached strings are all ASCII: their characters are their bytes */
         const unsigned char *known = (const unsigned char *)PyUnicode_DATA(cached);
         int same;
         if (n <= 16) {
@@ -262,14 +367,40 @@ read_key(Reader *r, Py_ssize_t n)
             return Py_NewRef(cached);
         }
     }
-    if (!is_ascii(p, n)) {
-        return read_utf8(r, n, "invalid utf8 key");
+    if (n <= 16 ? ((head | tail) & HIGH_BITS) != 0 : !is_ascii(p, n)) {
+        return read_utf8(r, n, what);
     }
-    key = read_ascii(r, n);
-    if (key != NULL) {
-        Py_XSETREF(key_cache[slot], Py_NewRef(key));
+    text = read_ascii(r, n);
+    if (text != NULL) {
+        Py_XSETREF(cache[slot], Py_NewRef(text));
     }
-    return key;
+    return text;
+}
+
+/*
+ * The str of n bytes at the read position, advancing past them: short
+ * ASCII text through the value cache, longer ASCII text copied straight
+ * into a new compact str, anything else through read_utf8().
+ */
+static inline PyObject *
+read_text(Reader *r, Py_ssize_t n, const char *what)
+{
+    if (n <= VALUE_CACHE_MAX_LEN) {
+        return read_cached(r, n, value_cache, what);
+    }
+    if (!is_ascii(r->buf + r->pos, n)) {
+        return read_utf8(r, n, what);
+    }
+    return read_ascii(r, n);
+}
+
+static inline PyObject *
+read_key(Reader *r, Py_ssize_t n)
+{
+    if (n <= KEY_CACHE_MAX_LEN) {
+        return read_cached(r, n, key_cache, "invalid utf8 key");
+    }
+    return read_text(r, n, "invalid utf8 key");
 }
 
 static PyObject *decode_array(Reader *r, long depth);
@@ -523,9 +654,29 @@ typedef struct {
     PyObject *bytes;     /* owned once the output left small, else NULL */
     Py_ssize_t len;
     Py_ssize_t cap;
-    int depth; /* containers open around the value being encoded */
+    int depth;     /* containers open around the value being encoded */
+    int presized;  /* whether presize() was tried: once per output */
     unsigned char small[SMALL_OUTPUT];
 } Writer;
+
+/* Resize the output to cap bytes (at least w->len). */
+static int
+resize(Writer *w, Py_ssize_t cap)
+{
+    if (w->bytes == NULL) {
+        w->bytes = PyBytes_FromStringAndSize(NULL, cap);
+        if (w->bytes == NULL) {
+            return -1;
+        }
+        memcpy(PyBytes_AS_STRING(w->bytes), w->small, (size_t)w->len);
+    }
+    else if (_PyBytes_Resize(&w->bytes, cap) < 0) {
+        return -1; /* w->bytes is NULL now */
+    }
+    w->data = (unsigned char *)PyBytes_AS_STRING(w->bytes);
+    w->cap = cap;
+    return 0;
+}
 
 /* Make room for n more bytes: the slow path of reserve(). */
 static NOINLINE int
@@ -542,19 +693,36 @@ grow(Writer *w, Py_ssize_t n)
     if (cap < need) {
         cap = need;
     }
-    if (w->bytes == NULL) {
-        w->bytes = PyBytes_FromStringAndSize(NULL, cap);
-        if (w->bytes == NULL) {
-            return -1;
+    return resize(w, cap);
+}
+
+/*
+ * Make room at once for `count` more items of an array whose first item
+ * took `item` bytes, plus an eighth, up to PRESIZE_CAP: one allocation
+ * instead of a run of doublings, each copying the output so far. The
+ * excess is trimmed at the end; pages never written cost no memory.
+ */
+#define PRESIZE_CAP ((Py_ssize_t)32 << 20)
+
+static NOINLINE int
+presize(Writer *w, Py_ssize_t item, Py_ssize_t count)
+{
+    Py_ssize_t want;
+
+    if (item > PRESIZE_CAP / count) {
+        want = PRESIZE_CAP;
+    }
+    else {
+        want = item * count;
+        want += want / 8;
+        if (want > PRESIZE_CAP) {
+            want = PRESIZE_CAP;
         }
-        memcpy(PyBytes_AS_STRING(w->bytes), w->small, (size_t)w->len);
     }
-    else if (_PyBytes_Resize(&w->bytes, cap) < 0) {
-        return -1; /* w->bytes is NULL now */
+    if (w->cap - w->len >= want) {
+        return 0;
     }
-    w->data = (unsigned char *)PyBytes_AS_STRING(w->bytes);
-    w->cap = cap;
-    return 0;
+    return resize(w, w->len + want);
 }
 
 static inline int
@@ -882,9 +1050,19 @@ put_array(Writer *w, PyObject *sequence)
         return -1;
     }
     for (i = 0; i < n; i++) {
+        Py_ssize_t before = w->len;
         if (encode_value(w, items[i]) < 0) {
             status = -1;
             break;
+        }
+        if (i == 0 && n > 1 && !w->presized) {
+            /* the first array of several items (a find result): size the
+               output from its first item */
+            w->presized = 1;
+            if (presize(w, w->len - before, n - 1) < 0) {
+                status = -1;
+                break;
+            }
         }
     }
     leave(w);
@@ -970,6 +1148,7 @@ oxiwire_encode(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
     w.len = 0;
     w.cap = SMALL_OUTPUT;
     w.depth = 0;
+    w.presized = 0;
     if (nargs == 2) {
         Py_ssize_t n = PyBytes_GET_SIZE(args[1]);
         if (reserve(&w, n) < 0) {
