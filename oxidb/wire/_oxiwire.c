@@ -654,8 +654,7 @@ typedef struct {
     PyObject *bytes;     /* owned once the output left small, else NULL */
     Py_ssize_t len;
     Py_ssize_t cap;
-    int depth;     /* containers open around the value being encoded */
-    int presized;  /* whether presize() was tried: once per output */
+    int depth; /* containers open around the value being encoded */
     unsigned char small[SMALL_OUTPUT];
 } Writer;
 
@@ -694,35 +693,6 @@ grow(Writer *w, Py_ssize_t n)
         cap = need;
     }
     return resize(w, cap);
-}
-
-/*
- * Make room at once for `count` more items of an array whose first item
- * took `item` bytes, plus an eighth, up to PRESIZE_CAP: one allocation
- * instead of a run of doublings, each copying the output so far. The
- * excess is trimmed at the end; pages never written cost no memory.
- */
-#define PRESIZE_CAP ((Py_ssize_t)32 << 20)
-
-static NOINLINE int
-presize(Writer *w, Py_ssize_t item, Py_ssize_t count)
-{
-    Py_ssize_t want;
-
-    if (item > PRESIZE_CAP / count) {
-        want = PRESIZE_CAP;
-    }
-    else {
-        want = item * count;
-        want += want / 8;
-        if (want > PRESIZE_CAP) {
-            want = PRESIZE_CAP;
-        }
-    }
-    if (w->cap - w->len >= want) {
-        return 0;
-    }
-    return resize(w, w->len + want);
 }
 
 static inline int
@@ -1050,19 +1020,9 @@ put_array(Writer *w, PyObject *sequence)
         return -1;
     }
     for (i = 0; i < n; i++) {
-        Py_ssize_t before = w->len;
         if (encode_value(w, items[i]) < 0) {
             status = -1;
             break;
-        }
-        if (i == 0 && n > 1 && !w->presized) {
-            /* the first array of several items (a find result): size the
-               output from its first item */
-            w->presized = 1;
-            if (presize(w, w->len - before, n - 1) < 0) {
-                status = -1;
-                break;
-            }
         }
     }
     leave(w);
@@ -1148,7 +1108,6 @@ oxiwire_encode(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
     w.len = 0;
     w.cap = SMALL_OUTPUT;
     w.depth = 0;
-    w.presized = 0;
     if (nargs == 2) {
         Py_ssize_t n = PyBytes_GET_SIZE(args[1]);
         if (reserve(&w, n) < 0) {
