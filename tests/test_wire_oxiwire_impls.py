@@ -254,3 +254,175 @@ FAST, DEEP, LONG = py.JSON_FAST, py.JSON_TOO_DEEP, py.JSON_LONG_INTEGER
 def test_json_scan_examples(c: ModuleType, data: bytes, limit: int, result: int) -> None:
     assert py.json_scan(data, limit) == result
     assert c.json_scan(data, limit) == result
+
+
+# --- the C codec's fast paths and their edges --------------------------------------
+#
+# The C encoder reads compact ASCII strs and one-digit ints straight from the
+# object and copies short strings without memcpy; the decoder keeps short
+# ASCII keys and values in caches and decodes other UTF-8 itself. Each such
+# path must give what the reference gives on both sides of its edges.
+
+
+class _Str(str):
+    pass
+
+
+class _Int(int):
+    pass
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        0,
+        1,
+        -1,
+        2**30 - 1,  # the largest one-digit int on 30-bit-digit builds
+        2**30,
+        -(2**30) + 1,
+        -(2**30),
+        2**31,
+        2**60,
+        2**63 - 1,
+        2**63,
+        2**64 - 1,
+        2**64,
+        -(2**63),
+        -(2**63) - 1,
+        2**1023 * 2 - 1,  # beyond uint64 but a finite double
+        10**400,  # not even a double: null
+        -(10**400),
+        _Int(7),
+        _Int(-(2**40)),
+        _Int(2**70),
+        True,
+        False,
+    ],
+)
+def test_integer_edges_agree(c: ModuleType, number: int) -> None:
+    assert_agree(c, "encode", number)
+    assert_agree(c, "encode", [number, {"n": number}])
+
+
+@pytest.mark.parametrize(
+    "number", [0.0, -0.0, 5e-324, -1.5, 1.7976931348623157e308, math.nan, -math.nan, math.inf, -math.inf]
+)
+def test_float_edges_agree(c: ModuleType, number: float) -> None:
+    _, encoded = assert_agree(c, "encode", number)
+    assert isinstance(encoded, bytes)
+    if not math.isfinite(number):
+        assert encoded == b"\x00"  # NaN and infinities are refused as numbers: null
+    decoded = c.decode(encoded, 0, MAX_DEPTH)
+    if math.isfinite(number):
+        assert isinstance(decoded, float)
+        assert math.copysign(1, decoded) == math.copysign(1, number)  # -0.0 keeps its sign
+
+
+# lengths on both sides of each short-copy and cache boundary
+_LENGTHS = [0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 200]
+
+
+@pytest.mark.parametrize("length", _LENGTHS)
+@pytest.mark.parametrize("char", ["a", "\u00e9", "\u2013", "\U0001f600"])
+def test_string_lengths_agree(c: ModuleType, length: int, char: str) -> None:
+    text = ("0123456789" * 20)[: max(0, length - 1)] + char if length else ""
+    value = {text: text, "k": [text, _Str(text)], _Str(text + "!"): 1}
+    kind, encoded = assert_agree(c, "encode", value)
+    assert kind == "value"
+    assert_agree(c, "decode", encoded, 0, MAX_DEPTH)
+    assert c.decode(encoded, 0, MAX_DEPTH) == value
+
+
+@pytest.mark.parametrize("length", [2, 3, 8, 9, 16, 17, 24, 40, 64])
+def test_cached_strings_differing_in_few_bytes(c: ModuleType, length: int) -> None:
+    """
+    Thousands of keys and values of one length, alike but for the bytes at
+    the start, the middle or the end, share the caches' 1024 slots: each
+    decodes to itself however often it repeats, as a hit is confirmed on
+    every byte.
+    """
+    strings = set()
+    for number in range(3000):
+        mark = f"{number:x}"[-min(length, 3) :]
+        for at in (0, max(0, length // 2 - 1), length - len(mark)):
+            strings.add(("m" * at + mark + "m" * length)[:length])
+    ordered = sorted(strings)
+    docs = [{s: s for s in ordered[i : i + 50]} for i in range(0, len(ordered), 50)]
+    encoded = c.encode(docs)
+    assert encoded == py.encode(docs)
+    for _ in range(2):
+        assert c.decode(encoded, 0, MAX_DEPTH) == docs
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xc2\x80",  # smallest 2-byte sequence
+        b"\xdf\xbf",
+        b"\xc1\xbf",  # overlong 2-byte
+        b"\xe0\xa0\x80",  # smallest 3-byte sequence
+        b"\xe0\x9f\xbf",  # overlong 3-byte
+        b"\xed\x9f\xbf",  # last before the surrogates
+        b"\xed\xa0\x80",  # a surrogate
+        b"\xee\x80\x80",
+        b"\xef\xbf\xbf",
+        b"\xf0\x90\x80\x80",  # smallest 4-byte sequence
+        b"\xf0\x8f\xbf\xbf",  # overlong 4-byte
+        b"\xf4\x8f\xbf\xbf",  # U+10FFFF
+        b"\xf4\x90\x80\x80",  # beyond U+10FFFF
+        b"\xf5\x80\x80\x80",
+        b"\xff",
+        b"\x80",
+        b"a\xe2\x82",  # truncated at the end
+        b"\xe2\x82a",  # continuation missing
+        b"ab\xc3\xa9cd\xf0\x9f\x98\x80",
+        b"\xc3\xa9" * 40,
+    ],
+)
+def test_utf8_edges_agree(c: ModuleType, body: bytes) -> None:
+    string = b"\x06" + struct.pack("<I", len(body)) + body
+    entry = b"\x08\x01\x00\x00\x00" + struct.pack("<I", len(body)) + body + b"\x00"
+    for data in (string, entry):
+        assert_agree(c, "decode", data, 0, MAX_DEPTH)
+    try:
+        expected = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    assert c.decode(string, 0, MAX_DEPTH) == expected
+
+
+@pytest.mark.parametrize("depth", [1, 31, 32, 33, 100])
+def test_nesting_around_the_unguarded_levels_agrees(c: ModuleType, depth: int) -> None:
+    value: object = "leaf"
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    assert_agree(c, "encode", value)
+
+
+def test_failures_deep_inside_leave_the_recursion_guard_balanced(c: ModuleType) -> None:
+    """
+    An error raised below the levels the encoder encodes unguarded must
+    release every Py_EnterRecursiveCall it made: thousands of such failures
+    leave deep values encodable and self-references a RecursionError.
+    """
+    bad: object = {"k": {1, 2}}
+    for _ in range(60):
+        bad = [bad]
+    for _ in range(3000):
+        with pytest.raises(TypeError):
+            c.encode(bad)
+    deep: object = None
+    for _ in range(200):
+        deep = [deep]
+    assert c.encode(deep) == py.encode(deep)
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(RecursionError):
+        c.encode(loop)
+
+
+@pytest.mark.parametrize("key", [1, 1.5, None, b"k", ("t",)])
+def test_non_str_keys_agree(c: ModuleType, key: object) -> None:
+    assert_agree(c, "encode", {"a": 1, key: 2})
+    assert_agree(c, "encode", [{"ok": 1}, {"deep": {key: 2}}])
