@@ -332,8 +332,22 @@ READS = [
 Row = tuple[str, str, float, float, str]
 
 
-def run_once(docs: list[dict[str, Any]], seconds: float) -> list[Row]:
-    """One whole bench on fresh databases: C{(workload, baseline, b, o, goal)} rows."""
+def memory_mib(pid: int) -> tuple[float, float]:
+    """Resident and peak resident memory of process C{pid}, in MiB."""
+    found = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                found[key] = int(value.split()[0]) / 1024
+    return found.get("VmRSS", 0.0), found.get("VmHWM", 0.0)
+
+
+def run_once(docs: list[dict[str, Any]], seconds: float) -> tuple[list[Row], tuple[float, float]]:
+    """
+    One whole bench on fresh databases: C{(workload, baseline, b, o, goal)}
+    rows, and the server's resident and peak memory (MiB) at the end.
+    """
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         sqlite_s = sqlite_insert(docs, tmp)
@@ -358,12 +372,13 @@ def run_once(docs: list[dict[str, Any]], seconds: float) -> list[Row]:
                 o = throughput("oxidb", ox_port, op, connections, seconds)
                 goal = ">= 1.0" if op in ("eq", "range") else ""
                 rows.append((label + " (ops/s)", "postgres", p, o, goal))
+            memory = memory_mib(ox.pid)
         finally:
             ox.terminate()
             ox.wait()
             pg.stop()
             shutil.rmtree(pg_dir, ignore_errors=True)
-    return rows
+    return rows, memory
 
 
 def print_table(title: str, rows: list[Row], ratios: list[float] | None = None) -> None:
@@ -384,9 +399,10 @@ def main() -> None:
     title = f"engine bench: {args.docs} documents of 20 fields, 4 field indexes, batches of {BATCH}"
     runs = []
     for number in range(args.runs):
-        rows = run_once(docs, args.seconds)
+        rows, (rss, peak) = run_once(docs, args.seconds)
         runs.append(rows)
         print_table(title + (f" (run {number + 1} of {args.runs})" if args.runs > 1 else ""), rows)
+        print(f"server memory at the end: {rss:.0f} MiB resident, {peak:.0f} MiB peak (goal: < 300 MB at 100k docs)")
         sys.stdout.flush()
     if args.runs > 1:
         medians = [
