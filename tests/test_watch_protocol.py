@@ -281,3 +281,19 @@ def test_connection_loss_cancels_the_subscription(engine: Engine) -> None:
     assert server.services.changes.subscriptions
     watcher.protocol.connectionLost(None)
     assert not server.services.changes.subscriptions
+
+
+def test_an_event_too_large_for_a_frame_leaves_the_document_out(engine: Engine) -> None:
+    """A document that fits an insert frame but not an event frame: the event comes, marked, without it."""
+    from oxidb.wire.limits import MAX_FRAME
+
+    server = make(engine)
+    watcher, writer = Conn(server), Conn(server)
+    assert watcher.call({"cmd": "watch"}) == {"ok": True, "data": "watching"}
+    big = "x" * (MAX_FRAME - 100)
+    assert writer.call({"cmd": "insert", "collection": "c", "doc": {"s": big}}) == {"ok": True, "data": {"id": 1}}
+    writer.call({"cmd": "insert", "collection": "c", "doc": {"s": "small"}})
+    assert watcher.take() == [
+        change(1 << 20, "insert", 1, document_omitted=True),
+        change(2 << 20, "insert", 2, document={"s": "small", "_id": 2, "_version": 1}),
+    ]
