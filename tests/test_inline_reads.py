@@ -209,3 +209,16 @@ def test_context_uses_the_pool_when_the_executor_has_no_inline_reads(clocked: tu
     ctx = CommandContext(None, fake_services(executor=executor, engine=engine))  # type: ignore[arg-type]
     d = ctx.read_inline(engine.find_raw_inline, engine.find_raw, "c", {"_id": 3})
     assert result_of(d) == engine.find_raw("c", {"_id": 3}) and executor.reads == [engine.find_raw]
+
+
+def test_small_reads_of_another_database_run_inline(clocked: tuple[Engine, StepClock]) -> None:
+    """A collection of a database other than the default (stored as C{db/c}) is read inline too."""
+    engine, _ = clocked
+    engine.apply({"CreateDatabase": {"name": "crm"}}, 0.0)
+    engine.apply({"InsertMany": {"collection": "crm/c", "documents": [{"k": i % 5} for i in range(20)]}}, 0.0)
+    engine.apply({"CreateIndex": {"collection": "crm/c", "field": "k"}}, 0.0)
+    for query, sort, limit in [({"k": 2}, None, None), ({"k": {"$lt": 2}}, None, None), ({}, {"k": -1}, 3)]:
+        expected = engine.find_raw("crm/c", query, sort, None, limit)
+        assert engine.find_raw_inline("crm/c", query, sort, None, limit) == expected
+    with pytest.raises(NotInline):
+        engine.find_raw_inline("crm/nope", {"_id": 1})

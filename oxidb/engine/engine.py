@@ -452,7 +452,7 @@ class Engine:
         """
         L{find_raw} on the calling thread (the reactor's: no worker round
         trip) when the read is small (L{Reader.is_small} or
-        L{Reader.is_small_range}, L{Reader.is_small_sorted} with a sort) and finishes
+        L{Reader.small_range}, L{Reader.is_small_sorted} with a sort) and finishes
         within L{INLINE_READ_MS}; else L{NotInline}, having used at most
         that time, and the caller runs L{find_raw} on a worker.
         """

@@ -77,7 +77,7 @@ _RANGE_OPERATORS = frozenset({"$gt", "$gte", "$lt", "$lte"})
 
 def small_range_shape(query: object, limit: object) -> bool:
     """
-    The shape of a range read that may be small (L{Reader.is_small_range}
+    The shape of a range read that may be small (L{Reader.small_range}
     counts it on the index): one path compared with C{$gt}, C{$gte},
     C{$lt} or C{$lte} to scalars, with no C{limit} or one of at most
     L{SMALL_READ_LIMIT}.
@@ -504,11 +504,24 @@ class Reader:
         matcher = self.check_query(query)
         spec = parse_sort(sort, self.limits)
         window = _window(skip, limit)
-        planned = self._planned(collection, matcher)
+        return self._raw_array(self._planned(collection, matcher), spec, window)
+
+    def _raw_array(
+        self, planned: tuple[CollectionInfo, Plan] | None, spec: SortSpec | None, window: tuple[int | None, int | None]
+    ) -> str:
         if planned is None:
             return "[]"
         cap = reply_cap(self.limits)
         return "[" + ",".join(self.texts(*planned, spec, *window, charge=lambda n: cap.add(n + 1))) + "]"
+
+    def _existing(self, collection: object) -> CollectionInfo | None:
+        """The catalog row of C{collection} if it names one that exists; None for a bad name too."""
+        try:
+            store.validate_qualified_name(collection)
+        except OxiError:
+            return None
+        assert isinstance(collection, str)
+        return store.get_collection(self.conn, collection)
 
     def is_small(self, collection: object, query: object, limit: object) -> bool:
         """
@@ -519,15 +532,8 @@ class Reader:
             return False
         assert isinstance(query, dict)
         (path,) = query
-        try:
-            store.validate_collection_name(collection)
-        except OxiError:
-            return False
-        assert isinstance(collection, str)
-        info = store.get_collection(self.conn, collection)
-        if info is None:
-            return False
-        return path == "_id" or path in self._columns(info)
+        info = self._existing(collection)
+        return info is not None and (path == "_id" or path in self._columns(info))
 
     def is_small_sorted(self, collection: object, query: object, sort: object, skip: object, limit: object) -> bool:
         """
@@ -539,43 +545,34 @@ class Reader:
         path = small_sorted_shape(query, sort, skip, limit)
         if path is None:
             return False
-        try:
-            store.validate_collection_name(collection)
-        except OxiError:
-            return False
-        assert isinstance(collection, str)
-        info = store.get_collection(self.conn, collection)
+        info = self._existing(collection)
         if info is None:
             return False
         columns = self._columns(info)
         paths = [path, *query] if isinstance(query, dict) else [path]
         return all(p == "_id" or p in columns for p in paths)
 
-    def is_small_range(self, collection: object, query: object, limit: object) -> bool:
+    def small_range(self, collection: object, query: object, limit: object) -> tuple[CollectionInfo, Plan] | None:
         """
-        Is this range read surely small: L{small_range_shape}, on C{_id} or
-        an indexed path of a collection that exists, selecting at most
-        L{SMALL_READ_LIMIT} documents? The index is counted up to one past
-        that, so the estimate costs little whatever the range holds.
+        The collection and plan of a range read that is surely small:
+        L{small_range_shape}, on C{_id} or an indexed path of a collection
+        that exists, selecting at most L{SMALL_READ_LIMIT} documents; else
+        None. The index is counted up to one past that, so the estimate
+        costs little whatever the range holds, and the read reuses the plan.
         """
         if not small_range_shape(query, limit):
-            return False
+            return None
         assert isinstance(query, dict)
         (path,) = query
-        try:
-            store.validate_collection_name(collection)
-        except OxiError:
-            return False
-        assert isinstance(collection, str)
-        info = store.get_collection(self.conn, collection)
+        info = self._existing(collection)
         if info is None or (path != "_id" and path not in self._columns(info)):
-            return False
+            return None
         plan = self.plan_for(info, self.check_query(query))
         if not plan.exact:
-            return False
+            return None
         sql = f"SELECT count(*) FROM (SELECT 1 FROM {info.tbl} WHERE {plan.where} LIMIT ?)"
         (count,) = self.conn.execute(sql, (*plan.params, SMALL_READ_LIMIT + 1)).fetchone()
-        return int(count) <= SMALL_READ_LIMIT
+        return (info, plan) if int(count) <= SMALL_READ_LIMIT else None
 
     def find_raw_small(
         self,
@@ -586,13 +583,15 @@ class Reader:
         limit: object = None,
     ) -> str:
         """
-        L{find_raw} if L{is_small} or L{is_small_range} (L{is_small_sorted}
+        L{find_raw} if L{is_small} or L{small_range} (L{is_small_sorted}
         with a sort), else L{NotInline}.
         """
-        if sort is None:
-            if not self.is_small(collection, query, limit) and not self.is_small_range(collection, query, limit):
+        if sort is None and not self.is_small(collection, query, limit):
+            planned = self.small_range(collection, query, limit)
+            if planned is None:
                 raise NotInline()
-        elif not self.is_small_sorted(collection, query, sort, skip, limit):
+            return self._raw_array(planned, None, _window(skip, limit))
+        if sort is not None and not self.is_small_sorted(collection, query, sort, skip, limit):
             raise NotInline()
         return self.find_raw(collection, query, sort, skip, limit)
 
