@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,13 +40,23 @@ def logged(cluster: LocalCluster, node: int, text: str, timeout: float = 20) -> 
     wait_until(lambda: text in cluster.nodes[node].log(), timeout, interval=0.05)
 
 
+def settled(cluster: LocalCluster, node: int) -> None:
+    """Wait until C{node} has applied its whole log (upstream's script sleeps a second instead)."""
+
+    def applied() -> bool:
+        status = ok(cluster.request(node, {"cmd": "raft_status"}))
+        return status["last_applied"] is not None and status["last_applied"] == status["last_log_index"]
+
+    wait_until(applied, 15, interval=0.05)
+
+
 def test_upstream_bootstrap_then_a_wiped_node_loses_nothing(cluster: LocalCluster) -> None:
     for node in (1, 2, 3):
         cluster.start(node)
     # Upstream's flow, everything through node 1 (no haproxy).
     assert ok(cluster.request(1, {"cmd": "raft_init"})) == "cluster initialized"
     assert cluster.metrics(1)["state"] == "Leader"  # raft_init returns with node 1 leading
-    time.sleep(1)  # part of upstream's scenario
+    settled(cluster, 1)  # upstream's script pauses here
     for node in (2, 3):
         reply = ok(cluster.request(1, {"cmd": "raft_add_learner", "node_id": node, "addr": cluster.raft_addr(node)}))
         assert f"{node}: BasicNode" in reply["membership"]
@@ -170,7 +179,7 @@ def test_upstream_bootstrap_through_haproxy(cluster: LocalCluster, tmp_path: Pat
         wait_until(down, 15, interval=0.2)
         # So raft_init goes to node 1 itself.
         assert ok(cluster.request(1, {"cmd": "raft_init"})) == "cluster initialized"
-        time.sleep(1)  # part of upstream's scenario
+        settled(cluster, 1)  # upstream's script pauses here
 
         def through_haproxy(request: dict[str, Any]) -> Any:
             # haproxy marks node 1 up at its next check (every second).
