@@ -35,6 +35,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import msgpack  # noqa: E402
+from procstat import memory_mib  # noqa: E402
 from scramp import ScramClient  # noqa: E402
 
 from oxidb._harness import ServerProcess  # noqa: E402
@@ -174,12 +175,6 @@ def p99(samples: list[float]) -> str:
 def rss_reset(pid: int) -> None:
     with open(f"/proc/{pid}/clear_refs", "w") as f:
         f.write("5")
-
-
-def rss_peak_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        text = f.read()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) / 1024  # type: ignore[union-attr]
 
 
 # --- the attacks ---------------------------------------------------------------
@@ -458,7 +453,7 @@ def main() -> None:
                     rows.append((label, "-", "-", "-", f"{took:.1f}", "SERVER DIED"))
                     break
                 rows.append((label, p99(samples["ping"]), p99(samples["find"]),
-                             f"{rss_peak_mb(server.process.pid):.0f}", f"{took:.1f}", result))
+                             f"{memory_mib(server.process.pid, 'VmHWM'):.0f}", f"{took:.1f}", result))
                 print(f"  done: {label}", file=sys.stderr)
             bystanders.stop()
         finally:

@@ -32,6 +32,8 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from procstat import memory_mib  # noqa: E402
+
 from oxidb._harness import free_port, wait_for_port  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -65,14 +67,6 @@ def server_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def drive(port: int, frame: bytes, count: int) -> None:
@@ -156,7 +150,7 @@ class Server:
         return (server_cpu(self.process.pid) - before) / count * 1e6
 
     def stop(self) -> float:
-        rss = peak_rss_mb(self.process.pid)
+        rss = memory_mib(self.process.pid, "VmHWM")
         self.process.terminate()
         self.process.wait()
         return rss

@@ -73,6 +73,8 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # the raw sqlite3 baseline reads the engine's settings
 
+from procstat import memory_mib  # noqa: E402
+
 from oxidb._harness import free_port, wait_for_port  # noqa: E402
 
 PYTHON = sys.executable
@@ -332,17 +334,6 @@ READS = [
 Row = tuple[str, str, float, float, str]
 
 
-def memory_mib(pid: int) -> tuple[float, float]:
-    """Resident and peak resident memory of process C{pid}, in MiB."""
-    found = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                found[key] = int(value.split()[0]) / 1024
-    return found.get("VmRSS", 0.0), found.get("VmHWM", 0.0)
-
-
 def run_once(docs: list[dict[str, Any]], seconds: float) -> tuple[list[Row], tuple[float, float]]:
     """
     One whole bench on fresh databases: C{(workload, baseline, b, o, goal)}
@@ -372,7 +363,7 @@ def run_once(docs: list[dict[str, Any]], seconds: float) -> tuple[list[Row], tup
                 o = throughput("oxidb", ox_port, op, connections, seconds)
                 goal = ">= 1.0" if op in ("eq", "range") else ""
                 rows.append((label + " (ops/s)", "postgres", p, o, goal))
-            memory = memory_mib(ox.pid)
+            memory = memory_mib(ox.pid), memory_mib(ox.pid, "VmHWM")
         finally:
             ox.terminate()
             ox.wait()

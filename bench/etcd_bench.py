@@ -48,6 +48,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from procstat import memory_mib  # noqa: E402
+
 from oxidb._harness import LocalCluster, free_port, wait_until  # noqa: E402
 
 KEY = {"OXIDB_CLUSTER_KEY": "etcd bench shared secret, 32+ characters"}
@@ -272,13 +274,7 @@ class EtcdCluster:
 
 
 def rss_mib(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total / 1024
+    return sum(memory_mib(pid) for pid in pids)
 
 
 def main() -> None:

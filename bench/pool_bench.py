@@ -28,19 +28,13 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from procstat import memory_mib  # noqa: E402
+
 from oxidb._harness import LocalCluster, ServerProcess, free_port  # noqa: E402
 from oxidb.client import Client  # noqa: E402
 from oxidb.client.errors import ClientError  # noqa: E402
 
 NODE_ENV = {"OXIDB_IDLE_TIMEOUT": "0", "OXIDB_RAFT_HEARTBEAT_MS": "100", "OXIDB_RAFT_ELECTION_MS": "500-1000"}
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def record(rid: int, batch: int) -> dict[str, Any]:
@@ -172,9 +166,9 @@ def main() -> None:
             ok = count == loader.acked and total[0]["n"] == loader.acked and total[0]["rids"] == loader.acked_sum
             print(f"check: {count:,} stored, {loader.acked:,} acknowledged, sums {'match' if ok else 'DIFFER'}")
         print(
-            f"RSS: router {rss_mb(router.process.pid):.0f} MiB; nodes "
+            f"RSS: router {memory_mib(router.process.pid):.0f} MiB; nodes "
             + ", ".join(
-                f"{rss_mb(c.nodes[n].process.pid):.0f}"
+                f"{memory_mib(c.nodes[n].process.pid):.0f}"
                 for c in shards
                 for n in (1, 2, 3)
                 if c.nodes[n].process.poll() is None

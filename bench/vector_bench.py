@@ -47,19 +47,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from procstat import memory_mib  # noqa: E402
+
 from oxidb.engine import vectors  # noqa: E402
 from oxidb.engine.engine import Engine  # noqa: E402
 from oxidb.engine.governor import DEFAULT_LIMITS  # noqa: E402
 from oxidb.engine.operations import CreateVectorIndex, InsertMany  # noqa: E402
-
-
-def rss_mib() -> float:
-    """The current resident set size, in MiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def numpy_top(matrix: np.ndarray, norms: np.ndarray, query: np.ndarray, metric: str, k: int) -> np.ndarray:
@@ -109,7 +102,7 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
     shape = f"{args.docs} {args.data} vectors x {args.dim} dims, metric {metric}"
     print(f"{shape}, top-{k}, {args.queries} queries", flush=True)
-    print(f"RSS at start: {rss_mib():.0f} MiB", flush=True)
+    print(f"RSS at start: {memory_mib():.0f} MiB", flush=True)
 
     # numpy brute force: the ground truth.
     norms = np.linalg.norm(data, axis=1)
@@ -129,11 +122,11 @@ def main() -> None:
                 engine.apply(InsertMany("bench", batch), 0.0)
             insert_rate = args.docs / (time.perf_counter() - start)
             print(f"insert with the vector index: {insert_rate:,.0f} docs/s", flush=True)
-            rss_before_graph = rss_mib()
+            rss_before_graph = memory_mib()
             start, cpu = time.perf_counter(), time.process_time()
             engine.vector_search("bench", "emb", queries[0].tolist(), k)
             build, build_cpu = time.perf_counter() - start, time.process_time() - cpu
-            rss_after_graph = rss_mib()
+            rss_after_graph = memory_mib()
             (descriptor,) = [d for d in engine.list_indexes("bench") if d["index_type"] == "vector"]
             calibration = descriptor["search"]
             print(f"calibration: {calibration}", flush=True)
