@@ -472,8 +472,7 @@ class OxiServerProtocol(Protocol):
         """
         turn = self._turn
         queue = self._queue
-        batch: list[bytes] = []
-        batched = 0
+        batch = bytearray()
         while queue and turn.live:
             payload = queue.popleft()
             self._queued_bytes -= len(payload)
@@ -484,49 +483,41 @@ class OxiServerProtocol(Protocol):
                 continue
             if type(result) is not bytes:
                 self._machine.request_pending()
-                if batch:
-                    self._write_batch(batch)
+                self._write_batch(batch)
                 cast("Deferred[bytes]", result).addCallback(self._answered)
                 break
             self._weight = 0
             if len(result) <= _BATCHED_REPLY_BYTES and self._after_reply is None:
-                batch.append(_PREFIX.pack(len(result)))
-                batch.append(result)
-                batched += len(result) + 4
-                if batched >= OFFLOAD_BYTES:
+                batch += _PREFIX.pack(len(result))
+                batch += result
+                if len(batch) >= OFFLOAD_BYTES:
                     self._write_batch(batch)
-                    batched = 0
             else:
-                if batch:
-                    self._write_batch(batch)
-                    batched = 0
+                self._write_batch(batch)
                 self.write_reply(result)
                 self._writing = 0
             # after_reply, inline: this is the fast path.
             if self.session.close_after_reply:
-                if batch:
-                    self._write_batch(batch)
-                    batched = 0
+                self._write_batch(batch)
                 self._machine.close_after_reply()
             else:
                 self._last_activity = self.factory.clock.seconds()
                 if self.session.watch is not None and not self.session.watch.started:
-                    if batch:
-                        self._write_batch(batch)
-                        batched = 0
+                    self._write_batch(batch)
                     self._start_watch()
-        if batch:
-            self._write_batch(batch)
+        self._write_batch(batch)
         if turn.flow:
             self._update_reading()
         elif turn.live and turn.closing and not queue:
             self._machine.all_answered()
 
-    def _write_batch(self, batch: list[bytes]) -> None:
-        """Write the reply frames of C{batch} (prefixes and payloads) at once, and empty it."""
-        size = sum(map(len, batch))
+    def _write_batch(self, batch: bytearray) -> None:
+        """Write the reply frames gathered in C{batch} at once (if any), and empty it."""
+        size = len(batch)
+        if not size:
+            return
         self._writing = size
-        self.transport.write(b"".join(batch))
+        self.transport.write(bytes(batch))
         batch.clear()
         self._writing = 0
         metrics = self.factory.services.metrics
