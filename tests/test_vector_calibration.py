@@ -9,6 +9,7 @@ thread, so one graph per seed.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -263,3 +264,99 @@ def test_tiny_graphs_are_not_calibrated() -> None:
     calibration = vectors.calibrate(index, ids, matrix, held, vectors.METRIC_COSINE)
     assert (calibration.mode, calibration.queries, calibration.ef_search) == ("exact", 0, None)
     assert len(vectors.held_out(1000)) == 100 and len(vectors.held_out(200)) == 40
+
+
+class _Threads:
+    """Searches on threads of their own, each on its own read connection, with a deadline on every wait."""
+
+    def __init__(self, engine: Engine, vt: str) -> None:
+        self.engine, self.vt = engine, vt
+        self.results: dict[str, Any] = {}
+        self.threads: list[threading.Thread] = []
+
+    def search(self, name: str, query: np.ndarray, check: Callable[[], None]) -> threading.Thread:
+        def run() -> None:
+            conn = store.connect(self.engine.path, writer=False)
+            try:
+                found = self.engine.vector_cache.nearest(conn, self.vt, DIM, "cosine", query, 10, None, check)
+                self.results[name] = [doc_id for doc_id, _ in found]
+            finally:
+                conn.close()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+        return thread
+
+
+def exact_index(engine: Engine, model: Model) -> tuple[str, np.ndarray]:
+    """An index that answers exactly from memory: its vector table, and a query."""
+    rng = np.random.default_rng(11)
+    run(engine, CreateVectorIndex("c", "v", DIM, "cosine"))
+    insert(engine, model, random_vectors(rng, 1000))
+    query = random_vectors(rng, 1)[0]
+    engine.vector_search("c", "v", query.tolist())
+    assert search_info(engine)["mode"] == "exact"
+    return vector_table(engine), query
+
+
+def test_exact_scans_of_one_index_run_side_by_side(tmp_path: Path) -> None:
+    """A second search of an index in exact mode completes while the first is still scanning."""
+    model: Model = {}
+    with open_engine(tmp_path, attrs.evolve(RECALL_ONLY, ladder=(16,))) as engine:
+        vt, query = exact_index(engine, model)
+        scanning, release = threading.Event(), threading.Event()
+
+        def held() -> None:
+            scanning.set()
+            assert release.wait(30)
+
+        searches = _Threads(engine, vt)
+        first = searches.search("first", query, held)
+        assert scanning.wait(30)
+        second = searches.search("second", query, lambda: None)
+        second.join(30)
+        done_while_first_scans = not second.is_alive()
+        release.set()
+        first.join(30)
+        assert done_while_first_scans
+        assert searches.results == {"first": top(model, query)[0], "second": top(model, query)[0]}
+
+
+def test_a_catch_up_waits_for_the_exact_scans_reading_the_vectors(tmp_path: Path) -> None:
+    """
+    New vectors reach memory only after the scan running on the old ones
+    ends: that scan answers for its snapshot, the next one for the new.
+    """
+    model: Model = {}
+    with open_engine(tmp_path, attrs.evolve(RECALL_ONLY, ladder=(16,))) as engine:
+        vt, query = exact_index(engine, model)
+        before = top(model, query)[0]
+        cache = engine.vector_cache
+        waiting = threading.Event()
+
+        class Watched(threading.Condition):
+            def wait(self, timeout: float | None = None) -> bool:
+                waiting.set()
+                return super().wait(timeout)
+
+        cache._idle = Watched(cache._lock)
+        scanning, release = threading.Event(), threading.Event()
+
+        def held() -> None:
+            scanning.set()
+            assert release.wait(30)
+
+        searches = _Threads(engine, vt)
+        first = searches.search("first", query, held)
+        assert scanning.wait(30)
+        noise = np.random.default_rng(12).standard_normal((10, DIM)).astype(np.float32)
+        steps = np.arange(1, 11, dtype=np.float32)[:, None] / 20  # distances far apart in float32
+        insert(engine, model, query[None] + steps * noise * np.linalg.norm(query) / np.sqrt(DIM))  # the new nearest ten
+        second = searches.search("second", query, lambda: None)
+        assert waiting.wait(30)
+        release.set()
+        first.join(30)
+        second.join(30)
+        assert searches.results == {"first": before, "second": top(model, query)[0]}
+        assert set(searches.results["second"]).isdisjoint(before)

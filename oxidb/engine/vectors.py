@@ -641,7 +641,9 @@ class VectorCache:
     snapshot (at most L{CATCH_UP_MAX} changes) before searching it; after
     C{policy.recalibrate_after} of its vectors changed, a rebuild and new
     calibration start in the background while the current graph serves.
-    One lock serializes catching up and searching; builds run outside it.
+    One lock serializes catching up and graph searches; exact scans and
+    builds run outside it. A catch-up that would change vectors in memory
+    waits until no exact scan of that index is reading them.
     """
 
     def __init__(
@@ -654,6 +656,10 @@ class VectorCache:
         self._runner = runner
         self.policy = policy
         self._lock = threading.Lock()
+        #: notified when an exact scan ends (catch-ups wait for none to run)
+        self._idle = threading.Condition(self._lock)
+        #: exact scans running, by vector table
+        self._scans: dict[str, int] = {}
         self._graphs: dict[str, _Graph] = {}
         self._building: set[str] = set()
         self._generation = 0
@@ -703,10 +709,27 @@ class VectorCache:
             generation = self._generation
         if start:
             self._runner(lambda: self._build(vt, dimension, metric, generation))
-        if status != _MISSING:
-            return found
-        with self._lock:
-            return self._search(conn, vt, dimension, metric, rev, query, count, ef_search, check)[0]
+        if status == _MISSING:
+            with self._lock:
+                found = self._search(conn, vt, dimension, metric, rev, query, count, ef_search, check)[0]
+        if isinstance(found, _Vectors):
+            return self._scan(vt, found, query, metric, count, check)
+        return found
+
+    def _scan(
+        self, vt: str, exact: _Vectors, query: Matrix, metric: str, count: int, check: Callable[[], None]
+    ) -> list[tuple[int, float]]:
+        """The exact ranking from C{exact}, outside the lock (L{_search} counted this scan in)."""
+        try:
+            return exact.nearest(query, metric, count, check)
+        finally:
+            with self._lock:
+                left = self._scans[vt] - 1
+                if left:
+                    self._scans[vt] = left
+                else:
+                    del self._scans[vt]
+                    self._idle.notify_all()
 
     def _search(
         self,
@@ -719,11 +742,20 @@ class VectorCache:
         count: int,
         ef_search: int | None,
         check: Callable[[], None],
-    ) -> tuple[Nearest, str]:
-        """L{nearest} under the lock, and the graph's state: L{_READY}, L{_MISSING} or L{_DUE}."""
-        graph = self._graphs.get(vt)
-        if graph is None or graph.stale:
-            return None, _MISSING
+    ) -> tuple[Nearest | _Vectors, str]:
+        """
+        L{nearest} under the lock, and the graph's state: L{_READY},
+        L{_MISSING} or L{_DUE}. In exact mode the answer is the vectors in
+        memory, to scan with L{_scan} once the lock is released.
+        """
+        while True:
+            graph = self._graphs.get(vt)
+            if graph is None or graph.stale:
+                return None, _MISSING
+            if rev > graph.rev and graph.exact is not None and self._scans.get(vt):
+                self._idle.wait()  # the catch-up changes vectors an exact scan is reading
+                continue
+            break
         if rev > graph.rev and not self._catch_up(conn, vt, dimension, graph, rev):
             graph.stale = True
             return None, _MISSING
@@ -732,7 +764,8 @@ class VectorCache:
         if ef_search is None and exact is not None:
             if graph.rev != rev:
                 return None, state  # an older snapshot than the vectors in memory
-            return exact.nearest(query, metric, count, check), state
+            self._scans[vt] = self._scans.get(vt, 0) + 1
+            return exact, state
         if len(graph.index) == 0:
             return np.zeros(0, dtype=np.int64), state
         ef = graph.calibration.ef_search if ef_search is None else ef_search
