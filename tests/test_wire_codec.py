@@ -28,6 +28,7 @@ from oxidb.wire.codec import (
     encode_error,
     encode_json_top,
     encode_ok,
+    encode_text,
 )
 
 
@@ -239,6 +240,32 @@ def test_pong_reply_bytes() -> None:
 
 def test_error_reply_bytes() -> None:
     assert encode_error(WireFormat.JSON, 'bad "x" / é') == b'{"ok":false,"error":"bad \\"x\\" / \xc3\xa9"}'
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=80), st.sampled_from(list(WireFormat)), st.booleans())
+def test_encode_text_is_encode_ok_or_error(text: str, fmt: WireFormat, ok: bool) -> None:
+    expected = encode_ok(fmt, text) if ok else encode_error(fmt, text)
+    # The first call may fill the cache; the second may read it: both agree.
+    assert encode_text(fmt, ok, text) == expected
+    assert encode_text(fmt, ok, text) == expected
+
+
+def test_encode_text_keeps_short_texts_only() -> None:
+    assert encode_text(WireFormat.JSON, True, "pong") is encode_text(WireFormat.JSON, True, "pong")
+    assert encode_text(WireFormat.JSON, False, "pong") == b'{"ok":false,"error":"pong"}'
+    long = "x" * 65
+    assert encode_text(WireFormat.JSON, True, long) is not encode_text(WireFormat.JSON, True, long)
+
+
+def test_encode_text_cache_is_bounded() -> None:
+    from oxidb.wire import codec
+
+    for i in range(3 * codec._SHORT_CACHED):
+        assert encode_text(WireFormat.MSGPACK, False, f"unknown command: c{i}") == encode_error(
+            WireFormat.MSGPACK, f"unknown command: c{i}"
+        )
+    assert len(codec._short_error[2]) <= codec._SHORT_CACHED
 
 
 def test_decode_errors_are_replied_in_json() -> None:

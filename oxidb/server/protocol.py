@@ -90,6 +90,7 @@ from oxidb.wire.codec import (
     encode_event,
     encode_json_top,
     encode_ok,
+    encode_text,
     is_small,
 )
 from oxidb.wire.framing import FrameDecoder, FrameTooLargeError, encode_frame
@@ -101,6 +102,8 @@ from oxidb.wire.limits import MAX_FRAME
 OFFLOAD_BYTES = 64 * 1024
 
 _PREFIX = struct.Struct("<I")
+
+_JSON = WireFormat.JSON
 
 #: Replies up to this size are batched (L{OxiServerProtocol._run}).
 _BATCHED_REPLY_BYTES = 16 * 1024
@@ -472,39 +475,55 @@ class OxiServerProtocol(Protocol):
         """
         turn = self._turn
         queue = self._queue
+        session = self.session
         batch = bytearray()
+        answered = False
         while queue and turn.live:
             payload = queue.popleft()
-            self._queued_bytes -= len(payload)
+            size = len(payload)
+            self._queued_bytes -= size
             self._weight = 1
-            result = self._handle(payload)
-            if result is None:  # dropped in watch mode
-                self._weight = 0
-                continue
+            if session.watch is None and size <= OFFLOAD_BYTES:
+                # _handle, inline: a small frame decoded here.
+                try:
+                    decoded = decode_request(payload)
+                except DecodeError as e:
+                    result: bytes | Deferred[bytes] | None = encode_error(_JSON, e.message)
+                else:
+                    result = self._dispatch(decoded)
+            else:
+                result = self._handle(payload)
+                if result is None:  # dropped in watch mode
+                    self._weight = 0
+                    continue
             if type(result) is not bytes:
                 self._machine.request_pending()
                 self._write_batch(batch)
                 cast("Deferred[bytes]", result).addCallback(self._answered)
                 break
             self._weight = 0
-            if len(result) <= _BATCHED_REPLY_BYTES and self._after_reply is None:
-                batch += _PREFIX.pack(len(result))
-                batch += result
+            reply: bytes = result
+            if len(reply) <= _BATCHED_REPLY_BYTES and self._after_reply is None:
+                batch += _PREFIX.pack(len(reply))
+                batch += reply
                 if len(batch) >= OFFLOAD_BYTES:
                     self._write_batch(batch)
             else:
                 self._write_batch(batch)
-                self.write_reply(result)
+                self.write_reply(reply)
                 self._writing = 0
             # after_reply, inline: this is the fast path.
-            if self.session.close_after_reply:
+            if session.close_after_reply:
                 self._write_batch(batch)
                 self._machine.close_after_reply()
             else:
-                self._last_activity = self.factory.clock.seconds()
-                if self.session.watch is not None and not self.session.watch.started:
+                answered = True
+                if session.watch is not None and not session.watch.started:
                     self._write_batch(batch)
                     self._start_watch()
+        if answered:
+            # The idle clock did not run while the requests executed.
+            self._last_activity = self.factory.clock.seconds()
         self._write_batch(batch)
         if turn.flow:
             self._update_reading()
@@ -587,9 +606,9 @@ class OxiServerProtocol(Protocol):
             return d
         value = outcome.value
         if type(value) is str and len(value) <= 4096 and not outcome.top_level:
-            # The fast path (ping, every error): small, encoded inline.
+            # The fast path (ping, every error): small, encoded inline (or reused).
             try:
-                return encode_ok(fmt, value) if outcome.ok else encode_error(fmt, value)
+                return encode_text(fmt, outcome.ok, value)
             except Exception:
                 return self._encode_failed(Failure(), fmt)
         return self._reply(outcome, fmt)
