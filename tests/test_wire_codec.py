@@ -492,6 +492,10 @@ assert oxiwire.IMPLEMENTATION == "python", oxiwire.IMPLEMENTATION
 assert decode_request(b'{"n":123456789012345678901234567890}')[1] == {"n": 123456789012345678901234567890}
 assert decode_request(b"\xdb\x08\x01\x00\x00\x00\x01\x00\x00\x00k\x02") == (WireFormat.OXIWIRE, {"k": True})
 assert encode_ok(WireFormat.OXIWIRE, "pong") == b"\xdb\x00\x06\x04\x00\x00\x00pong"
+from oxidb.wire.framing import FrameDecoder, encode_frame
+frames = FrameDecoder()
+assert frames.feed(encode_frame(b"ab") + encode_frame(b"c")[:3]) == [b"ab"]
+assert frames.feed(b"\0c") == [b"c"]
 for bad in (b"[" * 129 + b"]" * 129, b"\xdb\x09"):
     try:
         decode_request(bad)
