@@ -138,7 +138,12 @@ class Dispatcher:
             return self._failed(Failure(), ctx, command, request, started)
         if type(result) in _PLAIN:
             # The synchronous fast path: no Deferred, no TopLevel check.
-            self._finished(ctx, name, request, "ok", "", started, command)
+            if command.scoped or self.audit is not None:
+                self._finished(ctx, name, request, "ok", "", started, command)
+            else:  # _finished, when it has only the count to do
+                metrics = self.metrics
+                if metrics is not None:
+                    metrics.command_finished(name, "ok", perf_counter() - started, None)
             return Reply(True, result)
         # Deferred is an Awaitable (an ABC): plain results skip that slow check.
         if isinstance(result, Deferred):

@@ -476,51 +476,58 @@ class OxiServerProtocol(Protocol):
         turn = self._turn
         queue = self._queue
         session = self.session
+        dispatch = self._dispatch_owned
         batch = bytearray()
         answered = False
-        while queue and turn.live:
-            payload = queue.popleft()
-            size = len(payload)
-            self._queued_bytes -= size
-            self._weight = 1
-            if session.watch is None and size <= OFFLOAD_BYTES:
-                # _handle, inline: a small frame decoded here.
-                try:
-                    decoded = decode_request(payload)
-                except DecodeError as e:
-                    result: bytes | Deferred[bytes] | None = encode_error(_JSON, e.message)
+        # Work the requests send to the worker pool belongs to this
+        # connection: it is set once for the turn's requests, not per request.
+        token = current_owner.set(self)
+        try:
+            while queue and turn.live:
+                payload = queue.popleft()
+                size = len(payload)
+                self._queued_bytes -= size
+                self._weight = 1
+                if session.watch is None and size <= OFFLOAD_BYTES:
+                    # _handle, inline: a small frame decoded here.
+                    try:
+                        decoded = decode_request(payload)
+                    except DecodeError as e:
+                        result: bytes | Deferred[bytes] | None = encode_error(_JSON, e.message)
+                    else:
+                        result = dispatch(decoded)
                 else:
-                    result = self._dispatch(decoded)
-            else:
-                result = self._handle(payload)
-                if result is None:  # dropped in watch mode
-                    self._weight = 0
-                    continue
-            if type(result) is not bytes:
-                self._machine.request_pending()
-                self._write_batch(batch)
-                cast("Deferred[bytes]", result).addCallback(self._answered)
-                break
-            self._weight = 0
-            reply: bytes = result
-            if len(reply) <= _BATCHED_REPLY_BYTES and self._after_reply is None:
-                batch += _PREFIX.pack(len(reply))
-                batch += reply
-                if len(batch) >= OFFLOAD_BYTES:
+                    result = self._handle(payload)
+                    if result is None:  # dropped in watch mode
+                        self._weight = 0
+                        continue
+                if type(result) is not bytes:
+                    self._machine.request_pending()
                     self._write_batch(batch)
-            else:
-                self._write_batch(batch)
-                self.write_reply(reply)
-                self._writing = 0
-            # after_reply, inline: this is the fast path.
-            if session.close_after_reply:
-                self._write_batch(batch)
-                self._machine.close_after_reply()
-            else:
-                answered = True
-                if session.watch is not None and not session.watch.started:
+                    cast("Deferred[bytes]", result).addCallback(self._answered)
+                    break
+                self._weight = 0
+                reply: bytes = result
+                if len(reply) <= _BATCHED_REPLY_BYTES and self._after_reply is None:
+                    batch += _PREFIX.pack(len(reply))
+                    batch += reply
+                    if len(batch) >= OFFLOAD_BYTES:
+                        self._write_batch(batch)
+                else:
                     self._write_batch(batch)
-                    self._start_watch()
+                    self.write_reply(reply)
+                    self._writing = 0
+                # after_reply, inline: this is the fast path.
+                if session.close_after_reply:
+                    self._write_batch(batch)
+                    self._machine.close_after_reply()
+                else:
+                    answered = True
+                    if session.watch is not None and not session.watch.started:
+                        self._write_batch(batch)
+                        self._start_watch()
+        finally:
+            current_owner.reset(token)
         if answered:
             # The idle clock did not run while the requests executed.
             self._last_activity = self.factory.clock.seconds()
@@ -578,6 +585,18 @@ class OxiServerProtocol(Protocol):
         return encode_error(WireFormat.JSON, InternalError().message)
 
     def _dispatch(self, decoded: tuple[WireFormat, object]) -> bytes | Deferred[bytes]:
+        """L{_dispatch_owned} with this connection as the owner of the work it sends to the pool."""
+        token = current_owner.set(self)
+        try:
+            return self._dispatch_owned(decoded)
+        finally:
+            current_owner.reset(token)
+
+    def _dispatch_owned(self, decoded: tuple[WireFormat, object]) -> bytes | Deferred[bytes]:
+        """
+        Run one decoded request: its reply, or a Deferred firing with it.
+        The caller has made this connection L{current_owner}.
+        """
         if self._gone:  # closed while its frame was decoded on the pool
             return b""
         fmt, request = decoded
@@ -587,15 +606,11 @@ class OxiServerProtocol(Protocol):
             if type(commands) is list and len(commands) > 1 and command_name(request) == "pipeline":
                 self._weight = len(commands)
                 self._update_reading()
-        # Work this request sends to the worker pool belongs to this connection.
-        token = current_owner.set(self)
         try:
             outcome = self.factory.dispatcher.dispatch(self.ctx, request)
         except Exception:
-            current_owner.reset(token)
             self._log.failure("dispatch failed for {peer}", peer=self.session.peer)
             return encode_error(fmt, InternalError().message)
-        current_owner.reset(token)
         if type(outcome) is not Reply:
             d: Deferred[bytes] = outcome.addCallback(self._reply, fmt)
             d.addErrback(self._unexpected, fmt)
