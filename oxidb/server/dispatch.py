@@ -147,6 +147,12 @@ class Dispatcher:
             return Reply(True, result)
         # Deferred is an Awaitable (an ABC): plain results skip that slow check.
         if isinstance(result, Deferred):
+            if result.called and not result.paused:
+                # Fired already (an inline read): its value, without running
+                # more callbacks through the Deferred for the reply.
+                value: Any = result.result
+                if not isinstance(value, (Failure, Deferred)):
+                    return self._succeeded(value, ctx, command, request, started)
             return result.addCallbacks(
                 self._succeeded,
                 self._failed,
