@@ -268,6 +268,49 @@ def test_encode_text_cache_is_bounded() -> None:
     assert len(codec._short_error[2]) <= codec._SHORT_CACHED
 
 
+_flat_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8)
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.one_of(
+        st.dictionaries(st.text(max_size=6), _flat_values, max_size=4),
+        st.dictionaries(st.text(max_size=3), st.lists(_flat_values, max_size=2), max_size=2),
+        st.lists(_flat_values, max_size=3),
+    ),
+    st.sampled_from(["", " "]),
+)
+def test_small_requests_decode_the_same_every_time(value: Any, space: str) -> None:
+    """The memo of small flat requests is invisible: equal values, never one shared with the caller."""
+    payload = json.dumps(value, separators=("," + space, ":" + space)).encode()
+    expected = _json.decode(payload)
+    for _ in range(3):
+        fmt, got = decode_request(payload)
+        assert fmt is WireFormat.JSON
+        assert json.dumps(got) == json.dumps(expected)
+        if isinstance(got, dict):
+            got["mutated"] = True
+            got.clear()
+
+
+def test_small_request_memo_is_bounded_and_skips_nested_and_large() -> None:
+    from oxidb.wire import codec
+
+    for i in range(3 * codec._SMALL_REQUESTS_KEPT):
+        assert decode_request(b'{"cmd":"c%d"}' % i)[1] == {"cmd": f"c{i}"}
+    assert len(codec._small_requests) <= codec._SMALL_REQUESTS_KEPT
+    codec._small_requests.clear()
+    nested = b'{"cmd":"find","query":{"_id":5}}'
+    large = b'{"cmd":"%s"}' % (b"x" * codec.SMALL_REQUEST)
+    for payload in (nested, large, b'{"a":[1]}'):
+        decode_request(payload)
+        decode_request(payload)
+    assert codec._small_requests == {}
+    assert decode_request(bytearray(b'{"cmd":"ping"}')) == (WireFormat.JSON, {"cmd": "ping"})
+
+
 def test_decode_errors_are_replied_in_json() -> None:
     with pytest.raises(DecodeError) as info:
         decode_request(b"\xdb\x09")

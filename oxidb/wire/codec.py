@@ -65,6 +65,15 @@ def detect(payload: bytes) -> WireFormat:
     return WireFormat.MSGPACK
 
 
+#: JSON requests up to this many bytes that are one flat object (such as
+#: C{{"cmd":"ping"}}) are decoded once: L{decode_request} keeps their values
+#: by text and hands out a copy.
+SMALL_REQUEST = 128
+#: At most this many of them (the memo starts over when full).
+_SMALL_REQUESTS_KEPT = 256
+_small_requests: dict[bytes, dict[str, object]] = {}
+
+
 def decode_request(payload: bytes) -> tuple[WireFormat, object]:
     """
     Detect the payload's format and decode it. The value is usually a dict;
@@ -76,7 +85,19 @@ def decode_request(payload: bytes) -> tuple[WireFormat, object]:
         C{encode_error(WireFormat.JSON, str(error))}.
     """
     if payload and payload[0] in _JSON_FIRST:  # detect(), inline: most requests
-        return _JSON, _json.decode(payload)
+        if len(payload) > SMALL_REQUEST or type(payload) is not bytes:
+            return _JSON, _json.decode(payload)
+        known = _small_requests.get(payload)
+        if known is not None:
+            return _JSON, known.copy()
+        value = _json.decode(payload)
+        if type(value) is dict and payload.count(b"{") == 1 and b"[" not in payload:
+            # One flat object (its values are strings, numbers, booleans or
+            # null): kept, so that the same text is not parsed again.
+            if len(_small_requests) >= _SMALL_REQUESTS_KEPT:
+                _small_requests.clear()
+            _small_requests[payload] = value.copy()
+        return _JSON, value
     fmt = detect(payload)
     if fmt is WireFormat.OXIWIRE:
         return fmt, oxiwire.decode_request(payload)
