@@ -17,7 +17,10 @@ Processing order (server.md 3.1, with this project's RBAC table):
     then the handler; the outcome is audited as C{ok} or C{error}.
 
 The fast path stays synchronous: a handler that returns a plain value yields a
-plain L{Reply}, without allocating Deferreds (C{ping} throughput is a goal).
+plain L{Reply}, without allocating Deferreds (C{ping} throughput is a goal),
+and so does one whose Deferred has fired already (an inline read). What only
+the audit line records (the target database) is worked out only when there
+is an audit line to write, or a per-database count to keep.
 """
 
 from __future__ import annotations
