@@ -96,3 +96,27 @@ def test_target_values_are_bounded() -> None:
 def test_gelf_carries_the_target() -> None:
     event = AuditEvent(0.0, "root", "admin", "drop_user", None, "ok", "", "1.2.3.4:5", {"username": "bob"})
     assert audit_event_fields(event, "h")["_target"] == '{"username":"bob"}'
+
+
+def test_the_target_database_is_worked_out_only_for_an_audit_line(
+    audited: tuple[MemoryServer, Sink], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the audit off (and data names off in the metrics) nothing is built for it per request."""
+    from oxidb.server import dispatch
+
+    looked_up: list[Any] = []
+    real = dispatch.requested_database
+
+    def spy(session: Any, request: Any) -> str:
+        looked_up.append(request.get("cmd"))
+        return real(session, request)
+
+    monkeypatch.setattr(dispatch, "requested_database", spy)
+    server, sink = audited
+    server.request({"cmd": "insert", "collection": "c", "doc": {"a": 1}})
+    assert looked_up == ["insert"]
+    assert sink.events[-1].database == "oxidb"  # the default database
+    quiet = MemoryServer(Config(data_dir=str(tmp_path / "quiet")), engine=server.services.engine)
+    assert quiet.request({"cmd": "find", "collection": "c", "query": {}})["ok"] is True
+    assert quiet.request({"cmd": "nope"})["ok"] is False
+    assert looked_up == ["insert"]

@@ -451,3 +451,51 @@ def test_requests_before_an_oversized_frame_are_answered_then_the_connection_clo
     pump.flush()
     assert b"".join(replies) == (encode_frame(b'{"ok":true,"data":"pong"}')) * 2
     assert client.lost_d.called
+
+
+def test_pool_work_of_a_turn_belongs_to_the_connection_and_only_during_it(server: MemoryServer) -> None:
+    """The owner is set once for a turn's requests and is gone after it (also after a handler raised)."""
+    from oxidb.owner import current_owner
+
+    seen: list[Any] = []
+
+    def owner(ctx: Any, request: dict[str, Any]) -> str:
+        seen.append(current_owner.get())
+        return "seen"
+
+    def broken(ctx: Any, request: dict[str, Any]) -> str:
+        raise RuntimeError("boom")
+
+    server.add_command(Command("owner", owner))
+    server.add_command(Command("broken", broken))
+    protocol = server.factory.buildProtocol(None)
+    transport = CountingTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(frame({"cmd": "owner"}) + frame({"cmd": "broken"}) + frame({"cmd": "owner"}))
+    assert seen == [protocol, protocol]
+    assert current_owner.get() is None
+    assert [a["ok"] for a in replies_of(transport.value())] == [True, False, True]
+
+
+def test_a_fired_deferred_is_answered_in_the_same_turn(server: MemoryServer) -> None:
+    """A handler's already-fired Deferred (an inline read) answers like a plain value, errors too."""
+    from twisted.internet.defer import fail, succeed
+
+    from oxidb.errors import BadRequestError
+
+    server.add_command(Command("fired", lambda ctx, request: succeed({"n": 1})))
+    server.add_command(Command("failed", lambda ctx, request: fail(BadRequestError("no"))))
+    pending = add_slow_command(server)
+    protocol = server.factory.buildProtocol(None)
+    transport = CountingTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(frame({"cmd": "fired"}) + frame({"cmd": "failed"}) + frame({"cmd": "slow"}))
+    assert replies_of(transport.value()) == [{"ok": True, "data": {"n": 1}}, {"ok": False, "error": "no"}]
+    assert len(transport.writes) == 1
+    pending[0].callback("late")
+    assert replies_of(transport.value())[2] == {"ok": True, "data": "late"}
+    metrics = server.services.metrics
+    assert metrics is not None
+    count = metrics.registry.get_sample_value
+    assert count("oxidb_commands_total", {"cmd": "fired", "result": "ok"}) == 1
+    assert count("oxidb_commands_total", {"cmd": "failed", "result": "error"}) == 1

@@ -28,6 +28,7 @@ from oxidb.wire.codec import (
     encode_error,
     encode_json_top,
     encode_ok,
+    encode_text,
 )
 
 
@@ -239,6 +240,79 @@ def test_pong_reply_bytes() -> None:
 
 def test_error_reply_bytes() -> None:
     assert encode_error(WireFormat.JSON, 'bad "x" / é') == b'{"ok":false,"error":"bad \\"x\\" / \xc3\xa9"}'
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=80), st.sampled_from(list(WireFormat)), st.booleans())
+def test_encode_text_is_encode_ok_or_error(text: str, fmt: WireFormat, ok: bool) -> None:
+    expected = encode_ok(fmt, text) if ok else encode_error(fmt, text)
+    # The first call may fill the cache; the second may read it: both agree.
+    assert encode_text(fmt, ok, text) == expected
+    assert encode_text(fmt, ok, text) == expected
+
+
+def test_encode_text_keeps_short_texts_only() -> None:
+    assert encode_text(WireFormat.JSON, True, "pong") is encode_text(WireFormat.JSON, True, "pong")
+    assert encode_text(WireFormat.JSON, False, "pong") == b'{"ok":false,"error":"pong"}'
+    long = "x" * 65
+    assert encode_text(WireFormat.JSON, True, long) is not encode_text(WireFormat.JSON, True, long)
+
+
+def test_encode_text_cache_is_bounded() -> None:
+    from oxidb.wire import codec
+
+    for i in range(3 * codec._SHORT_CACHED):
+        assert encode_text(WireFormat.MSGPACK, False, f"unknown command: c{i}") == encode_error(
+            WireFormat.MSGPACK, f"unknown command: c{i}"
+        )
+    assert len(codec._short_error[2]) <= codec._SHORT_CACHED
+
+
+_flat_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.one_of(
+        st.dictionaries(st.text(max_size=6), _flat_values, max_size=4),
+        st.dictionaries(st.text(max_size=3), st.lists(_flat_values, max_size=2), max_size=2),
+        st.lists(_flat_values, max_size=3),
+    ),
+    st.sampled_from(["", " "]),
+)
+def test_small_requests_decode_the_same_every_time(value: Any, space: str) -> None:
+    """The memo of small flat requests is invisible: equal values, never one shared with the caller."""
+    payload = json.dumps(value, separators=("," + space, ":" + space)).encode()
+    expected = _json.decode(payload)
+    for _ in range(3):
+        fmt, got = decode_request(payload)
+        assert fmt is WireFormat.JSON
+        assert json.dumps(got) == json.dumps(expected)
+        if isinstance(got, dict):
+            got["mutated"] = True
+            got.clear()
+
+
+def test_small_request_memo_is_bounded_and_skips_nested_and_large() -> None:
+    from oxidb.wire import codec
+
+    for i in range(3 * codec._SMALL_REQUESTS_KEPT):
+        assert decode_request(b'{"cmd":"c%d"}' % i)[1] == {"cmd": f"c{i}"}
+    assert len(codec._small_requests) <= codec._SMALL_REQUESTS_KEPT
+    codec._small_requests.clear()
+    nested = b'{"cmd":"find","query":{"_id":5}}'
+    large = b'{"cmd":"%s"}' % (b"x" * codec.SMALL_REQUEST)
+    for payload in (nested, large, b'{"a":[1]}'):
+        decode_request(payload)
+        decode_request(payload)
+    assert codec._small_requests == {}
+    assert decode_request(bytearray(b'{"cmd":"ping"}')) == (WireFormat.JSON, {"cmd": "ping"})
 
 
 def test_decode_errors_are_replied_in_json() -> None:
@@ -465,6 +539,10 @@ assert oxiwire.IMPLEMENTATION == "python", oxiwire.IMPLEMENTATION
 assert decode_request(b'{"n":123456789012345678901234567890}')[1] == {"n": 123456789012345678901234567890}
 assert decode_request(b"\xdb\x08\x01\x00\x00\x00\x01\x00\x00\x00k\x02") == (WireFormat.OXIWIRE, {"k": True})
 assert encode_ok(WireFormat.OXIWIRE, "pong") == b"\xdb\x00\x06\x04\x00\x00\x00pong"
+from oxidb.wire.framing import FrameDecoder, encode_frame
+frames = FrameDecoder()
+assert frames.feed(encode_frame(b"ab") + encode_frame(b"c")[:3]) == [b"ab"]
+assert frames.feed(b"\0c") == [b"c"]
 for bad in (b"[" * 129 + b"]" * 129, b"\xdb\x09"):
     try:
         decode_request(bad)

@@ -426,3 +426,45 @@ def test_failures_deep_inside_leave_the_recursion_guard_balanced(c: ModuleType) 
 def test_non_str_keys_agree(c: ModuleType, key: object) -> None:
     assert_agree(c, "encode", {"a": 1, key: 2})
     assert_agree(c, "encode", [{"ok": 1}, {"deep": {key: 2}}])
+
+
+# --- frame splitting --------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    payloads=st.lists(st.binary(max_size=12), max_size=6),
+    cut=st.integers(min_value=0, max_value=120),
+    start=st.integers(min_value=0, max_value=8),
+    max_frame=st.integers(min_value=0, max_value=14),
+    known=st.booleans(),
+)
+def test_frame_splits_agree(
+    c: ModuleType, payloads: list[bytes], cut: int, start: int, max_frame: int, known: bool
+) -> None:
+    """Whole frames, a cut one, a prefix over the limit, a known pending length, a bad start: the same outcome."""
+    stream = bytearray(b"\0" * start + b"".join(struct.pack("<I", len(p)) + p for p in payloads))
+    del stream[start + cut :]
+    length = len(payloads[0]) if known and payloads and len(stream) - start >= 4 else -1
+    expected = assert_agree(c, "split_frames", stream, start, length, max_frame)
+    assert_agree(c, "split_frames", bytes(stream), start, length, max_frame)
+    frames, _, pending, oversized = expected[1]  # type: ignore[misc]
+    assert frames == payloads[: len(frames)]
+    if oversized:
+        assert pending == len(payloads[len(frames)]) > max_frame
+
+
+def test_frame_split_refuses_a_start_outside_the_buffer(c: ModuleType) -> None:
+    for core in (c, py):
+        with pytest.raises(ValueError, match="start outside the buffer"):
+            core.split_frames(b"\0\0\0\0", 5, -1, 10)
+        with pytest.raises(ValueError, match="start outside the buffer"):
+            core.split_frames(b"\0\0\0\0", -1, -1, 10)
+
+
+def test_frame_split_reads_a_32_bit_prefix(c: ModuleType) -> None:
+    """A prefix with its top bit set is a large length, not a negative one."""
+    stream = b"\xff\xff\xff\xff" + b"x" * 8
+    for core in (c, py):
+        assert core.split_frames(stream, 0, -1, 16 << 20) == ([], 0, 0xFFFFFFFF, True)
+        assert core.split_frames(stream, 0, -1, 1 << 40) == ([], 0, 0xFFFFFFFF, False)

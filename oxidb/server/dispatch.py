@@ -17,11 +17,15 @@ Processing order (server.md 3.1, with this project's RBAC table):
     then the handler; the outcome is audited as C{ok} or C{error}.
 
 The fast path stays synchronous: a handler that returns a plain value yields a
-plain L{Reply}, without allocating Deferreds (C{ping} throughput is a goal).
+plain L{Reply}, without allocating Deferreds (C{ping} throughput is a goal),
+and so does one whose Deferred has fired already (an inline read). What only
+the audit line records (the target database) is worked out only when there
+is an audit line to write, or a per-database count to keep.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from time import perf_counter
 from typing import Any
 
@@ -81,11 +85,28 @@ class Dispatcher:
         self.metrics = metrics
         self.audit = audit
 
+    @property
+    def registry(self) -> CommandRegistry:
+        return self._registry
+
+    @registry.setter
+    def registry(self, registry: CommandRegistry) -> None:
+        self._registry = registry
+        # The rows by name, looked up for every request.
+        self._commands: Mapping[str, Any] = {command.name: command for command in registry}
+
     def dispatch(self, ctx: CommandContext, request: Any) -> Reply | Deferred[Reply]:
         """Run one request; a L{Reply} or a Deferred firing with one."""
         started = perf_counter()
-        name = command_name(request)
-        command = self.registry.get(name)
+        # command_name, inline: this runs for every request.
+        name: Any = ""
+        if type(request) is dict:
+            name = request.get("cmd")
+            if name is None:
+                name = request.get("command")
+            if not isinstance(name, str):
+                name = ""
+        command = self._commands.get(name)
         session = ctx.session
 
         if self.auth_enabled:
@@ -118,8 +139,23 @@ class Dispatcher:
                 result = command.handler(ctx, request)
         except Exception:
             return self._failed(Failure(), ctx, command, request, started)
+        if type(result) in _PLAIN:
+            # The synchronous fast path: no Deferred, no TopLevel check.
+            if command.scoped or self.audit is not None:
+                self._finished(ctx, name, request, "ok", "", started, command)
+            else:  # _finished, when it has only the count to do
+                metrics = self.metrics
+                if metrics is not None:
+                    metrics.command_finished(name, "ok", perf_counter() - started, None)
+            return Reply(True, result)
         # Deferred is an Awaitable (an ABC): plain results skip that slow check.
-        if type(result) not in _PLAIN and isinstance(result, Deferred):
+        if isinstance(result, Deferred):
+            if result.called and not result.paused:
+                # Fired already (an inline read): its value, without running
+                # more callbacks through the Deferred for the reply.
+                value: Any = result.result
+                if not isinstance(value, (Failure, Deferred)):
+                    return self._succeeded(value, ctx, command, request, started)
             return result.addCallbacks(
                 self._succeeded,
                 self._failed,
@@ -182,14 +218,28 @@ class Dispatcher:
         Count the outcome and, unless the command audits itself or the
         session has not logged in (server.md 4.4), audit it.
         """
+        metrics = self.metrics
+        audit = self.audit
+        audited = (
+            audit is not None and (command is None or command.audited) and ctx.session.role is not None
+        )
         database = None
-        if command is not None and command.scoped:
+        # The target database is worked out only for what records it: the
+        # audit line, and the per-database count of a success when the
+        # metrics export data names.
+        if (
+            command is not None
+            and command.scoped
+            and (audited or (result == "ok" and metrics is not None and getattr(metrics, "names", True)))
+        ):
             database = requested_database(ctx.session, request)
             if not databases.is_valid_name(database):
                 database = None
-        self._count(command, result, started, database)
-        audit = self.audit
-        if audit is None or (command is not None and not command.audited) or ctx.session.role is None:
+        if metrics is not None:
+            metrics.command_finished(
+                command.name if command is not None else "", result, perf_counter() - started, database
+            )
+        if not audited:
             return
         field = command.audit_collection if command is not None else "collection"
         collection = request.get(field) if field and type(request) is dict else None

@@ -90,6 +90,7 @@ from oxidb.wire.codec import (
     encode_event,
     encode_json_top,
     encode_ok,
+    encode_text,
     is_small,
 )
 from oxidb.wire.framing import FrameDecoder, FrameTooLargeError, encode_frame
@@ -101,6 +102,8 @@ from oxidb.wire.limits import MAX_FRAME
 OFFLOAD_BYTES = 64 * 1024
 
 _PREFIX = struct.Struct("<I")
+
+_JSON = WireFormat.JSON
 
 #: Replies up to this size are batched (L{OxiServerProtocol._run}).
 _BATCHED_REPLY_BYTES = 16 * 1024
@@ -472,39 +475,62 @@ class OxiServerProtocol(Protocol):
         """
         turn = self._turn
         queue = self._queue
+        session = self.session
+        dispatch = self._dispatch_owned
         batch = bytearray()
-        while queue and turn.live:
-            payload = queue.popleft()
-            self._queued_bytes -= len(payload)
-            self._weight = 1
-            result = self._handle(payload)
-            if result is None:  # dropped in watch mode
+        answered = False
+        # Work the requests send to the worker pool belongs to this
+        # connection: it is set once for the turn's requests, not per request.
+        token = current_owner.set(self)
+        try:
+            while queue and turn.live:
+                payload = queue.popleft()
+                size = len(payload)
+                self._queued_bytes -= size
+                self._weight = 1
+                if session.watch is None and size <= OFFLOAD_BYTES:
+                    # _handle, inline: a small frame decoded here.
+                    try:
+                        decoded = decode_request(payload)
+                    except DecodeError as e:
+                        result: bytes | Deferred[bytes] | None = encode_error(_JSON, e.message)
+                    else:
+                        result = dispatch(decoded)
+                else:
+                    result = self._handle(payload)
+                    if result is None:  # dropped in watch mode
+                        self._weight = 0
+                        continue
+                if type(result) is not bytes:
+                    self._machine.request_pending()
+                    self._write_batch(batch)
+                    cast("Deferred[bytes]", result).addCallback(self._answered)
+                    break
                 self._weight = 0
-                continue
-            if type(result) is not bytes:
-                self._machine.request_pending()
-                self._write_batch(batch)
-                cast("Deferred[bytes]", result).addCallback(self._answered)
-                break
-            self._weight = 0
-            if len(result) <= _BATCHED_REPLY_BYTES and self._after_reply is None:
-                batch += _PREFIX.pack(len(result))
-                batch += result
-                if len(batch) >= OFFLOAD_BYTES:
+                reply: bytes = result
+                if len(reply) <= _BATCHED_REPLY_BYTES and self._after_reply is None:
+                    batch += _PREFIX.pack(len(reply))
+                    batch += reply
+                    if len(batch) >= OFFLOAD_BYTES:
+                        self._write_batch(batch)
+                else:
                     self._write_batch(batch)
-            else:
-                self._write_batch(batch)
-                self.write_reply(result)
-                self._writing = 0
-            # after_reply, inline: this is the fast path.
-            if self.session.close_after_reply:
-                self._write_batch(batch)
-                self._machine.close_after_reply()
-            else:
-                self._last_activity = self.factory.clock.seconds()
-                if self.session.watch is not None and not self.session.watch.started:
+                    self.write_reply(reply)
+                    self._writing = 0
+                # after_reply, inline: this is the fast path.
+                if session.close_after_reply:
                     self._write_batch(batch)
-                    self._start_watch()
+                    self._machine.close_after_reply()
+                else:
+                    answered = True
+                    if session.watch is not None and not session.watch.started:
+                        self._write_batch(batch)
+                        self._start_watch()
+        finally:
+            current_owner.reset(token)
+        if answered:
+            # The idle clock did not run while the requests executed.
+            self._last_activity = self.factory.clock.seconds()
         self._write_batch(batch)
         if turn.flow:
             self._update_reading()
@@ -559,6 +585,18 @@ class OxiServerProtocol(Protocol):
         return encode_error(WireFormat.JSON, InternalError().message)
 
     def _dispatch(self, decoded: tuple[WireFormat, object]) -> bytes | Deferred[bytes]:
+        """L{_dispatch_owned} with this connection as the owner of the work it sends to the pool."""
+        token = current_owner.set(self)
+        try:
+            return self._dispatch_owned(decoded)
+        finally:
+            current_owner.reset(token)
+
+    def _dispatch_owned(self, decoded: tuple[WireFormat, object]) -> bytes | Deferred[bytes]:
+        """
+        Run one decoded request: its reply, or a Deferred firing with it.
+        The caller has made this connection L{current_owner}.
+        """
         if self._gone:  # closed while its frame was decoded on the pool
             return b""
         fmt, request = decoded
@@ -568,15 +606,11 @@ class OxiServerProtocol(Protocol):
             if type(commands) is list and len(commands) > 1 and command_name(request) == "pipeline":
                 self._weight = len(commands)
                 self._update_reading()
-        # Work this request sends to the worker pool belongs to this connection.
-        token = current_owner.set(self)
         try:
             outcome = self.factory.dispatcher.dispatch(self.ctx, request)
         except Exception:
-            current_owner.reset(token)
             self._log.failure("dispatch failed for {peer}", peer=self.session.peer)
             return encode_error(fmt, InternalError().message)
-        current_owner.reset(token)
         if type(outcome) is not Reply:
             d: Deferred[bytes] = outcome.addCallback(self._reply, fmt)
             d.addErrback(self._unexpected, fmt)
@@ -587,9 +621,9 @@ class OxiServerProtocol(Protocol):
             return d
         value = outcome.value
         if type(value) is str and len(value) <= 4096 and not outcome.top_level:
-            # The fast path (ping, every error): small, encoded inline.
+            # The fast path (ping, every error): small, encoded inline (or reused).
             try:
-                return encode_ok(fmt, value) if outcome.ok else encode_error(fmt, value)
+                return encode_text(fmt, outcome.ok, value)
             except Exception:
                 return self._encode_failed(Failure(), fmt)
         return self._reply(outcome, fmt)

@@ -1,7 +1,8 @@
 """
 Selects the codec core: the C extension L{oxidb.wire._oxiwire} when it is
 built, else the pure-Python reference L{oxidb.wire._oxiwire_py}. Both expose
-C{OxiWireError}, C{encode}, C{decode}, C{json_scan} and its results.
+C{OxiWireError}, C{encode}, C{decode}, C{json_scan} and its results, and
+C{split_frames}.
 """
 
 from __future__ import annotations

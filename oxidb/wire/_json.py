@@ -77,6 +77,11 @@ def _default(value: Any) -> Any:
     raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
+_json_scan = _impl.json_scan
+_JSON_FAST = _impl.JSON_FAST
+_JSON_TOO_DEEP = _impl.JSON_TOO_DEEP
+
+
 def decode(payload: bytes) -> object:
     """
     Parse one JSON text. Integers stay exact at any size; C{NaN},
@@ -88,14 +93,14 @@ def decode(payload: bytes) -> object:
     # The scan runs first so that no parser ever recurses deeper than
     # MAX_DEPTH. orjson reads integers beyond 64 bits as floats, so text that
     # may hold one goes to the exact standard-library parser instead.
-    scan = _impl.json_scan(payload, MAX_DEPTH)
-    if scan == _impl.JSON_TOO_DEEP:
-        raise DecodeError(f"invalid JSON: nesting deeper than {MAX_DEPTH}")
-    if scan == _impl.JSON_FAST:
+    scan = _json_scan(payload, MAX_DEPTH)
+    if scan == _JSON_FAST:
         try:
             return orjson.loads(payload)
         except orjson.JSONDecodeError as e:
             raise DecodeError(f"invalid JSON: {e}") from None
+    if scan == _JSON_TOO_DEEP:
+        raise DecodeError(f"invalid JSON: nesting deeper than {MAX_DEPTH}")
     return _decode_exact(payload)
 
 

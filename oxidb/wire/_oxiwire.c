@@ -1264,6 +1264,93 @@ oxiwire_json_scan(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
 }
 
 /* ------------------------------------------------------------------------ */
+/* frame splitting                                                           */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * split_frames(buffer, start, length, max_frame) -> (frames, start, length,
+ * oversized): the payloads of the whole length-prefixed frames (u32 little
+ * endian) in buffer from start on. `length` is the declared length of the
+ * frame at start when its prefix was read before, else -1; the result's
+ * `start` and `length` say the same of the first frame not complete. A
+ * prefix above max_frame stops the split: oversized is then true and
+ * `length` that prefix's value.
+ */
+static PyObject *
+oxiwire_split_frames(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    Py_ssize_t start;
+    long long length, max_frame;
+    const unsigned char *data;
+    Py_ssize_t end;
+    int oversized = 0;
+    PyObject *frames, *result;
+
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "split_frames() takes exactly 4 arguments");
+        return NULL;
+    }
+    start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    length = PyLong_AsLongLong(args[2]);
+    if (length == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    max_frame = PyLong_AsLongLong(args[3]);
+    if (max_frame == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    data = (const unsigned char *)view.buf;
+    end = view.len;
+    if (start < 0 || start > end) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "split_frames(): start outside the buffer");
+        return NULL;
+    }
+    frames = PyList_New(0);
+    if (frames == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    for (;;) {
+        PyObject *payload;
+        if (length < 0) {
+            if (end - start < 4) {
+                break;
+            }
+            length = (long long)data[start] | ((long long)data[start + 1] << 8) |
+                     ((long long)data[start + 2] << 16) | ((long long)data[start + 3] << 24);
+            if (length > max_frame) {
+                oversized = 1;
+                break;
+            }
+        }
+        if ((long long)(end - start - 4) < length) {
+            break;
+        }
+        payload = PyBytes_FromStringAndSize((const char *)data + start + 4, (Py_ssize_t)length);
+        if (payload == NULL || PyList_Append(frames, payload) < 0) {
+            Py_XDECREF(payload);
+            Py_DECREF(frames);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        Py_DECREF(payload);
+        start += 4 + (Py_ssize_t)length;
+        length = -1;
+    }
+    PyBuffer_Release(&view);
+    result = Py_BuildValue("(NnLO)", frames, start, length, oversized ? Py_True : Py_False);
+    return result;
+}
+
+/* ------------------------------------------------------------------------ */
 /* module                                                                    */
 /* ------------------------------------------------------------------------ */
 
@@ -1275,6 +1362,9 @@ static PyMethodDef oxiwire_methods[] = {
     {"json_scan", (PyCFunction)(void (*)(void))oxiwire_json_scan, METH_FASTCALL,
      "json_scan(data, limit) -> int: 1 if JSON text nests deeper than limit, "
      "else 2 if it holds an integer literal of 19+ digits, else 0."},
+    {"split_frames", (PyCFunction)(void (*)(void))oxiwire_split_frames, METH_FASTCALL,
+     "split_frames(buffer, start, length, max_frame) -> (frames, start, length, oversized): "
+     "the whole length-prefixed frames from start on."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -274,3 +274,42 @@ def json_scan(data: bytes, limit: int) -> int:
         if outside[start - 1 : start] != b"." and outside[end : end + 1] not in (b".", b"e", b"E"):
             return JSON_LONG_INTEGER
     return JSON_FAST
+
+
+# --- frame splitting ------------------------------------------------------------
+
+_PREFIX = struct.Struct("<I")
+
+
+def split_frames(
+    buffer: bytes | bytearray | memoryview, start: int, length: int, max_frame: int
+) -> tuple[list[bytes], int, int, bool]:
+    """
+    The payloads of the whole length-prefixed frames (a u32 little-endian
+    length, then that many bytes) in C{buffer} from C{start} on.
+
+    @param length: the declared length of the frame at C{start} when its
+        prefix was read before, else -1.
+    @return: C{(frames, start, length, oversized)}: C{start} and C{length}
+        say the same of the first frame not complete. A prefix above
+        C{max_frame} stops the split: C{oversized} is then true and
+        C{length} that prefix's value.
+    """
+    if not 0 <= start <= len(buffer):
+        raise ValueError("split_frames(): start outside the buffer")
+    frames: list[bytes] = []
+    end = len(buffer)
+    with memoryview(buffer) as view:
+        while True:
+            if length < 0:
+                if end - start < 4:
+                    break
+                (length,) = _PREFIX.unpack_from(view, start)
+                if length > max_frame:
+                    return frames, start, length, True
+            if end - start - 4 < length:
+                break
+            frames.append(bytes(view[start + 4 : start + 4 + length]))
+            start += 4 + length
+            length = -1
+    return frames, start, length, False

@@ -30,6 +30,7 @@ __all__ = [
     "encode_event",
     "encode_json_top",
     "encode_ok",
+    "encode_text",
     "is_small",
     "size_at_least",
 ]
@@ -40,6 +41,8 @@ class WireFormat(enum.Enum):
     OXIWIRE = "oxiwire"
     MSGPACK = "msgpack"
 
+
+_JSON = WireFormat.JSON
 
 # First bytes that mean JSON: "{", "[" and the four JSON whitespace bytes.
 # Upstream takes leading whitespace for MessagePack; we deliberately do not.
@@ -62,6 +65,15 @@ def detect(payload: bytes) -> WireFormat:
     return WireFormat.MSGPACK
 
 
+#: JSON requests up to this many bytes that are one flat object (such as
+#: C{{"cmd":"ping"}}) are decoded once: L{decode_request} keeps their values
+#: by text and hands out a copy.
+SMALL_REQUEST = 128
+#: At most this many of them (the memo starts over when full).
+_SMALL_REQUESTS_KEPT = 256
+_small_requests: dict[bytes, dict[str, object]] = {}
+
+
 def decode_request(payload: bytes) -> tuple[WireFormat, object]:
     """
     Detect the payload's format and decode it. The value is usually a dict;
@@ -72,9 +84,21 @@ def decode_request(payload: bytes) -> tuple[WireFormat, object]:
         ..."} or C{"invalid MsgPack: ..."}; reply with
         C{encode_error(WireFormat.JSON, str(error))}.
     """
+    if payload and payload[0] in _JSON_FIRST:  # detect(), inline: most requests
+        if len(payload) > SMALL_REQUEST or type(payload) is not bytes:
+            return _JSON, _json.decode(payload)
+        known = _small_requests.get(payload)
+        if known is not None:
+            return _JSON, known.copy()
+        value = _json.decode(payload)
+        if type(value) is dict and payload.count(b"{") == 1 and b"[" not in payload:
+            # One flat object (its values are strings, numbers, booleans or
+            # null): kept, so that the same text is not parsed again.
+            if len(_small_requests) >= _SMALL_REQUESTS_KEPT:
+                _small_requests.clear()
+            _small_requests[payload] = value.copy()
+        return _JSON, value
     fmt = detect(payload)
-    if fmt is WireFormat.JSON:
-        return fmt, _json.decode(payload)
     if fmt is WireFormat.OXIWIRE:
         return fmt, oxiwire.decode_request(payload)
     return fmt, _msgpack.decode(payload)
@@ -95,6 +119,34 @@ def encode_ok(fmt: WireFormat, data: object) -> bytes:
     if fmt is WireFormat.OXIWIRE:
         return oxiwire.encode_ok(data)
     return _msgpack.encode({"ok": True, "data": data})
+
+
+#: Text replies up to this many characters are kept once encoded (L{encode_text}).
+SHORT_TEXT = 64
+#: At most this many of them per format and outcome (the cache starts over when full).
+_SHORT_CACHED = 256
+# Per format: the payloads of success and of error replies, by text.
+_short_ok: tuple[dict[str, bytes], dict[str, bytes], dict[str, bytes]] = ({}, {}, {})
+_short_error: tuple[dict[str, bytes], dict[str, bytes], dict[str, bytes]] = ({}, {}, {})
+
+
+def encode_text(fmt: WireFormat, ok: bool, text: str) -> bytes:
+    """
+    C{encode_ok(fmt, text)} if C{ok}, else C{encode_error(fmt, text)}, for
+    a C{str}. The payloads of short texts (C{"pong"}, most error messages)
+    are kept and returned again, so that they are encoded once, not per
+    request.
+    """
+    index = 0 if fmt is _JSON else 1 if fmt is WireFormat.OXIWIRE else 2
+    cache = _short_ok[index] if ok else _short_error[index]
+    payload = cache.get(text)
+    if payload is None:
+        payload = encode_ok(fmt, text) if ok else encode_error(fmt, text)
+        if len(text) <= SHORT_TEXT:
+            if len(cache) >= _SHORT_CACHED:
+                cache.clear()
+            cache[text] = payload
+    return payload
 
 
 def encode_error(fmt: WireFormat, message: str) -> bytes:

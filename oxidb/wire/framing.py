@@ -8,14 +8,17 @@ no limit of their own.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import attrs
 
+from oxidb.wire._accel import impl as _impl
 from oxidb.wire.limits import MAX_FRAME
 
 __all__ = ["MAX_FRAME", "FrameDecoder", "FrameTooLargeError", "encode_frame"]
 
 _PREFIX = struct.Struct("<I")
+_split_frames: Callable[[bytearray, int, int, int], tuple[list[bytes], int, int, bool]] = _impl.split_frames
 
 # Consumed bytes at the front of the buffer are dropped once there are at
 # least this many and they make up at least half of it, so compaction copies
@@ -96,25 +99,14 @@ class FrameDecoder:
             raise FrameTooLargeError(self._failure.length)
         buffer = self._buffer
         buffer += data
-        frames: list[bytes] = []
-        start = self._start
+        known = self._length
+        # One pass over the buffer (in C when the extension is built).
+        frames, start, length, oversized = _split_frames(
+            buffer, self._start, -1 if known is None else known, self._max_frame
+        )
         end = len(buffer)
-        length = self._length
-        with memoryview(buffer) as view:
-            while True:
-                if length is None:
-                    if end - start < 4:
-                        break
-                    (length,) = _PREFIX.unpack_from(buffer, start)
-                    if length > self._max_frame:
-                        self._failure = FrameTooLargeError(length, frames)
-                        break
-                if end - start - 4 < length:
-                    break
-                frames.append(bytes(view[start + 4 : start + 4 + length]))
-                start += 4 + length
-                length = None
-        if self._failure is not None:
+        if oversized:
+            self._failure = FrameTooLargeError(length, frames)
             # Drop everything: the connection is over.
             buffer.clear()
             self._start = 0
@@ -127,7 +119,7 @@ class FrameDecoder:
             del buffer[:start]
             start = 0
         self._start = start
-        self._length = length
+        self._length = None if length < 0 else length
         return frames
 
 
