@@ -12,7 +12,10 @@ L{advance <oxidb.raft.core.RaftCore.advance>}. The state machine's part
 snapshot) runs in an apply pipeline behind that, strictly in log order, and
 reports back with L{applied <oxidb.raft.core.RaftCore.applied>}: the next
 batch is persisted and replicated while this one is applied, and entries of
-consecutive batches share the engine's group commit. Proposals and peer
+consecutive batches share the engine's group commit. Committed entries are
+durable before their ready, so they enter the pipeline before its batch is
+persisted (unless a snapshot is installed first), and entries committed while
+it is persisted follow at once (L{RaftCore.take_committed}). Proposals and peer
 messages are handled at the end of the reactor turn they arrive in, and
 inputs that arrive while a ready is being handled are batched into the next
 one, so concurrent writes share one fsync and one append message per
