@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any, ClassVar
 
+import apsw
 import attrs
 import pytest
 
@@ -24,7 +25,7 @@ from oxidb.engine.engine import Engine
 from oxidb.engine.operations import Operation
 from oxidb.engine.reads import Reader, plan_query
 from oxidb.engine.writes import WriteTxn
-from oxidb.errors import BadRequestError, InvalidQueryError, UnavailableError
+from oxidb.errors import BadRequestError, InvalidQueryError, StorageIOError, UnavailableError
 
 WAIT = 30.0  # generous deadline for events between threads
 
@@ -211,6 +212,93 @@ def test_raft_index_is_stored_with_the_data(data_dir: str) -> None:
         assert engine.count("c") == 2
         assert engine.apply({"Insert": {"collection": "c", "document": {}}}, 0.0, raft_index=7) == {"id": 3}
         assert engine.last_applied() == 7
+
+
+@attrs.frozen
+class Boom(Operation):
+    """Fails its whole transaction when C{armed}, as a full disk would."""
+
+    KIND: ClassVar[str] = "Boom"
+
+
+def test_a_run_of_writes_completes_once_with_every_outcome(gated: tuple[Engine, Gate, list[int]]) -> None:
+    engine, gate, batches = gated
+    blocker = engine.submit({"Gate": {}}, 0.0)
+    assert gate.entered.wait(WAIT)
+    items: list[tuple[Operation, float, int | None]] = [
+        (engine.operation_of({"Insert": {"collection": "c" if i != 7 else "", "document": {"n": i}}}), 0.0, i + 1)
+        for i in range(25)
+    ]
+    run = engine.submit_many(items)
+    single = engine.submit({"Insert": {"collection": "c", "document": {"n": 99}}}, 0.0)
+    gate.release.set()
+    assert blocker.result(WAIT) == "opened"
+    outcomes = run.result(WAIT)
+    # One outcome per write, in order; the failing one rolled back alone.
+    assert [ok for ok, _ in outcomes] == [i != 7 for i in range(25)]
+    assert isinstance(outcomes[7][1], InvalidQueryError)
+    assert [value for ok, value in outcomes if ok] == [{"id": n} for n in range(1, 25)]
+    assert single.result(WAIT) == {"id": 25}
+    with pytest.raises(ValueError):
+        engine.submit_many([])
+    # The run spans transactions of max_batch (10); the write queued after
+    # it shares the last one.
+    assert batches == [1, 10, 10, 6]
+    assert engine.last_applied() == 25
+
+
+def test_a_run_cut_by_a_failed_transaction_is_neither_repeated_nor_skipped(data_dir: str) -> None:
+    armed = threading.Event()
+
+    def boom(txn: WriteTxn, op: Boom, now: float) -> None:
+        if armed.is_set():
+            raise apsw.IOError("disk I/O error (test)")
+
+    def items() -> list[tuple[Operation, float, int | None]]:
+        run: list[tuple[Operation, float, int | None]] = [
+            (engine.operation_of({"Insert": {"collection": "c", "document": {"n": i}}}), 0.0, i + 1)
+            for i in range(25)
+        ]
+        run[15] = (Boom(), 0.0, 16)
+        return run
+
+    with Engine(data_dir, synchronous="NORMAL", max_batch=10) as engine:
+        engine.register_operation(Boom, boom)
+        armed.set()
+        failed = engine.submit_many(items())
+        assert isinstance(failed.exception(WAIT), StorageIOError)
+        # The first transaction (entries 1-10) committed; the second rolled
+        # back whole, with its last_applied row.
+        assert engine.last_applied() == 10
+        assert engine.count("c") == 10
+    armed.clear()
+    with Engine(data_dir, synchronous="NORMAL", max_batch=10) as engine:
+        engine.register_operation(Boom, boom)
+        # Raft hands the same entries again after a restart: the committed
+        # ones are skipped, the rest applied once.
+        outcomes = engine.submit_many(items()).result(WAIT)
+        assert outcomes[:10] == [(True, None)] * 10
+        assert [value for _, value in outcomes[10:]] == [{"id": n} for n in range(11, 16)] + [None] + [
+            {"id": n} for n in range(16, 25)
+        ]
+        assert engine.last_applied() == 25
+        assert sorted(d["n"] for d in engine.find("c")) == [i for i in range(25) if i != 15]
+
+
+def test_stopping_finishes_a_run_longer_than_a_batch(gated: tuple[Engine, Gate, list[int]]) -> None:
+    engine, gate, batches = gated
+    blocker = engine.submit({"Gate": {}}, 0.0)
+    assert gate.entered.wait(WAIT)
+    run = engine.submit_many(
+        [(engine.operation_of({"Insert": {"collection": "c", "document": {"n": i}}}), 0.0, None) for i in range(25)]
+    )
+    closing = threading.Thread(target=engine.close)
+    closing.start()
+    gate.release.set()
+    closing.join(WAIT)
+    assert blocker.result(0) == "opened"
+    assert len(run.result(0)) == 25
+    assert batches == [1, 10, 10, 5]
 
 
 def test_closed_engine(data_dir: str) -> None:

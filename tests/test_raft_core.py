@@ -23,6 +23,9 @@ from oxidb.raft.messages import (
     Membership,
     PersistBatch,
     ReadIndexRequest,
+    Snapshot,
+    SnapshotMeta,
+    StoredMembership,
     TimeoutNow,
     VoteRequest,
 )
@@ -637,3 +640,35 @@ def test_the_core_imports_no_reactor_clock_or_global_randomness() -> None:
 
     source = inspect.getsource(core)
     assert "import time" not in source and "random.random(" not in source
+
+
+def test_committed_entries_taken_outside_a_ready_are_not_handed_out_again() -> None:
+    members = Membership([{1}], {1: "n1"}, cluster_id="c")
+    snapshot = Snapshot(SnapshotMeta(LogId(1, 1, 5), StoredMembership(LogId(0, 1, 1), members), "s"), b"state")
+    state = DurableState(
+        hard_state=HardState(1, 1),
+        committed=LogId(1, 1, 7),
+        last_purged=LogId(1, 1, 5),
+        snapshot=snapshot,
+        entries=tuple(Entry(LogId(1, 1, i), put("k", str(i)), 0) for i in (6, 7)),
+    )
+    # The state machine is behind the snapshot: it must be installed first,
+    # in a ready, so nothing is taken before.
+    behind = RaftCore(1, config=CONFIG, rng=random.Random(1), state=state, now=0, applied=None)
+    assert behind.take_committed() == ()
+    ready = behind.ready()
+    assert ready.apply_snapshot == snapshot
+    assert [e.index for e in ready.committed_entries] == [6, 7]
+    # At the snapshot already: the committed entries may be taken at once,
+    # also while a ready is in flight, and no ready carries them again.
+    caught_up = RaftCore(1, config=CONFIG, rng=random.Random(1), state=state, now=0, applied=LogId(1, 1, 5))
+    in_flight = caught_up.ready()
+    assert in_flight.apply_snapshot is None
+    assert [e.index for e in in_flight.committed_entries] == [6, 7]
+    assert caught_up.take_committed() == ()
+    caught_up.advance(in_flight)
+    again = RaftCore(1, config=CONFIG, rng=random.Random(1), state=state, now=0, applied=LogId(1, 1, 5))
+    assert again.has_ready()  # only for the entries to apply
+    assert [e.index for e in again.take_committed()] == [6, 7]
+    assert again.take_committed() == ()
+    assert not again.has_ready()

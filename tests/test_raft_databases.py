@@ -9,12 +9,12 @@ behind the log gets them from a snapshot.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oxidb.auth.store import UserStore
@@ -23,7 +23,7 @@ from oxidb.engine.operations import CreateDatabase, CreateIndex, DropDatabase, I
 from oxidb.raft.core import RaftConfig
 from oxidb.raft.messages import Entry
 from oxidb.raft.node import IStateMachine, Outcome, RaftNode, SnapshotBuild
-from oxidb.raft.statemachine import EngineStateMachine, RaftNoop, ReadGate
+from oxidb.raft.statemachine import EngineStateMachine, ReadGate
 from tests.raft_node_harness import Harness, sync_io
 
 
@@ -47,15 +47,10 @@ class InlineEngineStateMachine:
         return self.engine.last_applied()
 
     def apply(self, entries: Sequence[Entry]) -> Deferred[list[Outcome]]:
-        futures: list[Future[Any]] = []
-        for entry in entries:
-            if entry.membership is None and entry.payload is not None:
-                op = self.engine.operation_of(entry.payload)
-            else:
-                op = RaftNoop()
-            futures.append(self.engine.submit(op, (entry.ts or 0) / 1000.0, entry.index))
-        futures[-1].exception()  # waits for the writer
-        return succeed(self.sm._outcomes(entries, futures))
+        future = self.sm.submit_entries(entries)
+        error = future.exception()  # waits for the writer
+        result: Any = future.result() if error is None else Failure(error)
+        return succeed(self.sm._outcomes(result, entries))
 
     def build_snapshot(self) -> SnapshotBuild:
         return SnapshotBuild(succeed(None), maybeDeferred(self.sm._build, lambda: None))

@@ -245,6 +245,29 @@ def test_writes_made_in_one_reactor_turn_share_one_append_and_one_fsync() -> Non
     assert h.disks[1].syncs == syncs + 1
 
 
+def test_an_entry_committed_during_a_persist_is_applied_without_waiting_for_it() -> None:
+    h = three_nodes()
+    h.run(1)
+    # Slow disks from now on: the leader's fsync takes 0.2 s, the followers' 0.3 s.
+    for i, delay in ((1, 0.2), (2, 0.3), (3, 0.3)):
+        h.nodes[i]._run_io = slow_io(h.clock, delay)
+    start = h.clock.seconds()
+    first = h.nodes[1].write(set_op("first", 1))
+    h.run(0.1)
+    # Proposed while the leader persists the first: its own persist runs 0.2-0.4 s.
+    second = h.nodes[1].write(set_op("second", 2))
+    # The followers' answers commit the first at 0.3 s, in the middle of that
+    # persist; it is applied then, not once the persist is over.
+    h.run_until(lambda: first.called, timeout=0.38 - (h.clock.seconds() - start))
+    assert h.result(first) == {"set": "first"}
+    assert not second.called and h.sms[1].data == {"first": 1}
+    assert h.nodes[1]._persisting is not None  # the second's batch is still being made durable
+    assert h.result(second) == {"set": "second"}
+    h.run(1)
+    assert all(sm.data == {"first": 1, "second": 2} for sm in h.sms.values())
+    assert h.fatal == {}
+
+
 def test_a_proposal_overwritten_by_a_new_leader_is_lost() -> None:
     h = three_nodes(write_timeout=60.0)
     h.net.isolate(1, [2, 3])

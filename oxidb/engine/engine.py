@@ -280,6 +280,18 @@ class Engine:
             return future
         return self._writer.submit(op, now, raft_index)
 
+    def submit_many(self, items: list[tuple[Operation, float, int | None]]) -> Future[list[tuple[bool, Any]]]:
+        """
+        Queue C{(op, now, raft_index)} writes in this order, completed
+        together (L{Writer.submit_many}): the future gets one C{(True, data)}
+        or C{(False, exception)} per write once the last has committed.
+        """
+        if self._writer is None or not self._open:
+            future: Future[list[tuple[bool, Any]]] = Future()
+            future.set_exception(UnavailableError("engine is closed"))
+            return future
+        return self._writer.submit_many(items)
+
     def apply(self, op: Operation | dict[str, Any], now: float, raft_index: int | None = None) -> Any:
         """L{submit} and wait. Never call it from an applier (the writer thread)."""
         if self._writer is not None and self._writer.on_writer_thread():
@@ -314,15 +326,21 @@ class Engine:
         """Transactions committed by the writer since L{open}."""
         return 0 if self._writer is None else self._writer.commits
 
-    def _prepare_op(self, op: Operation) -> None:
+    def _prepare_op(self, op: Operation) -> bool:
+        """Create the collection C{op} names if missing; whether anything was written (L{Writer})."""
         name = op.auto_create()
-        if name is not None:
-            assert self._writer_conn is not None
-            txn = WriteTxn(self._writer_conn, 0.0, catalog=self._catalog)
-            try:
-                txn.ensure_collection(name)
-            except InvalidQueryError:
-                pass  # an invalid name: the operation itself reports it
+        if name is None:
+            return False
+        conn = self._writer_conn
+        assert conn is not None
+        if store.get_collection(conn, name) is not None:
+            return False
+        txn = WriteTxn(conn, 0.0, catalog=self._catalog)
+        try:
+            txn.ensure_collection(name)
+        except InvalidQueryError:
+            pass  # an invalid name: the operation itself reports it
+        return True
 
     def _apply_op(self, op: Operation, now: float) -> Any:
         applier = self._appliers.get(type(op))

@@ -1,13 +1,18 @@
 """
 The engine's single writer thread and its group commit.
 
-Writes are queued with L{Writer.submit}. The thread takes everything queued
-(up to L{Writer.max_batch} operations), opens one transaction, applies each
-operation inside its own SAVEPOINT (a failing operation rolls back only
-itself and gets its error), records the highest Raft index of the batch in
-the same transaction, commits once (one fsync with C{synchronous=FULL}) and
-only then resolves the futures. A write is therefore acknowledged only when
-it is durable, and many concurrent writers share one fsync.
+Writes are queued with L{Writer.submit} (one operation, one future) or
+L{Writer.submit_many} (a run of operations, such as the committed entries
+of a Raft ready, with one future for all their outcomes: one queue put and
+one completion instead of one per operation). The thread takes everything
+queued (up to L{Writer.max_batch} operations; a longer run is applied
+across several transactions and completes with its last), opens one
+transaction, applies each operation inside its own SAVEPOINT (a failing
+operation rolls back only itself and gets its error), records the highest
+Raft index of the batch in the same transaction, commits once (one fsync
+with C{synchronous=FULL}) and only then resolves the futures. A write is
+therefore acknowledged only when it is durable, and many concurrent writers
+share one fsync.
 
 With a L{ChangeRecorder}, the document changes of each operation that
 succeeded get their resume tokens (L{oxidb.engine.changes}), the last token
@@ -20,7 +25,9 @@ rolled back are read again.
 
 An optional C{prepare(op)} runs just before an operation, in a savepoint of
 its own: its effects stay even when the operation then fails (upstream
-creates the collection a failing command names, engine.md 1.6).
+creates the collection a failing command names, engine.md 1.6). When it
+returns C{False} it changed nothing, and the operation runs on in the same
+savepoint (no release and new savepoint for nothing).
 """
 
 from __future__ import annotations
@@ -46,12 +53,40 @@ if TYPE_CHECKING:
 ApplyFunction = Callable[["Operation", float], Any]
 
 
+#: The outcome of one operation: C{(True, data)} or C{(False, exception)}.
+Outcome = tuple[bool, Any]
+
+
 @attrs.define
 class _Pending:
     op: Operation
     now: float
     raft_index: int | None
+
+
+@attrs.define(eq=False)
+class _Job:
+    """
+    Operations queued together and completed together: one of L{Writer.submit}
+    (C{single}: the future gets the data or the exception) or a run of
+    L{Writer.submit_many} (the future gets the list of outcomes). C{done}
+    counts the operations committed so far (a run longer than a batch spans
+    transactions) and C{outcomes} holds theirs.
+    """
+
+    items: list[_Pending]
     future: Future[Any]
+    single: bool
+    done: int = 0
+    outcomes: list[Outcome] = attrs.Factory(list)
+
+    def resolve(self) -> None:
+        if not self.single:
+            self.future.set_result(self.outcomes)
+        elif self.outcomes[0][0]:
+            self.future.set_result(self.outcomes[0][1])
+        else:
+            self.future.set_exception(self.outcomes[0][1])
 
 
 _STOP = object()
@@ -70,7 +105,7 @@ class Writer:
         apply: ApplyFunction,
         *,
         max_batch: int = 512,
-        prepare: Callable[[Operation], None] | None = None,
+        prepare: Callable[[Operation], bool | None] | None = None,
         on_commit: Callable[[int], None] | None = None,
         recorder: ChangeRecorder | None = None,
         catalog: IndexCatalog | None = None,
@@ -132,24 +167,46 @@ class Writer:
         return threading.current_thread() is self._thread
 
     def submit(self, op: Operation, now: float, raft_index: int | None = None) -> Future[Any]:
+        """Queue one operation; the future gets its data or its exception."""
+        return self._queue_job([_Pending(op, now, raft_index)], single=True)
+
+    def submit_many(self, items: list[tuple[Operation, float, int | None]]) -> Future[list[Outcome]]:
+        """
+        Queue C{(op, now, raft_index)} operations, applied in this order; the
+        future gets one outcome per operation, C{(True, data)} or C{(False,
+        exception)}, once the last has committed, or fails when a
+        transaction carrying them failed (then a prefix may have committed:
+        see L{last_applied}).
+        """
+        if not items:
+            raise ValueError("submit_many needs at least one operation")
+        return self._queue_job([_Pending(op, now, index) for op, now, index in items], single=False)
+
+    def _queue_job(self, items: list[_Pending], *, single: bool) -> Future[Any]:
         future: Future[Any] = Future()
         with self._lock:
             if self._closed:
                 future.set_exception(UnavailableError("engine is closed"))
                 return future
-            self._queue.put(_Pending(op, now, raft_index, future))
+            self._queue.put(_Job(items, future, single))
         return future
 
     # --- the thread -------------------------------------------------------
 
     def _run(self) -> None:
         stopping = False
-        while not stopping:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            batch = [item]
-            while len(batch) < self.max_batch:
+        carry: _Job | None = None  # a run partly committed: it goes first
+        while carry is not None or not stopping:
+            if carry is not None:
+                job, carry = carry, None
+            else:
+                item = self._queue.get()
+                if item is _STOP:
+                    break
+                job = item
+            batch = [job]
+            size = len(job.items) - job.done
+            while size < self.max_batch and not stopping:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -158,13 +215,29 @@ class Writer:
                     stopping = True
                     break
                 batch.append(item)
-            self._run_batch(batch)
+                size += len(item.items)
+            carry = self._run_batch(batch)
         # Anything submitted after stop() began is refused; nothing can be
         # queued behind _STOP because submit() checks _closed under the lock.
 
-    def _run_batch(self, batch: list[_Pending]) -> None:
+    def _run_batch(self, batch: list[_Job]) -> _Job | None:
+        """
+        Apply the jobs of C{batch} in one transaction. L{_run} collects them
+        so that only the last can hold more operations than L{max_batch}
+        leaves room for: it is cut there, and returned (with the operations
+        taken counted in C{done}) to go first in the next transaction.
+        """
         conn = self._conn
-        outcomes: list[tuple[bool, Any]] = []
+        # The operations of this transaction, per job.
+        taken: list[tuple[_Job, list[_Pending]]] = []
+        room = self.max_batch
+        for job in batch:
+            items = job.items[job.done :] if job.done else job.items
+            if len(items) > room:
+                items = items[:room]
+            taken.append((job, items))
+            room -= len(items)
+        outcomes: list[Outcome] = []
         last_applied = self._last_applied
         recorder = self._recorder
         committed: list[OperationChanges] = []
@@ -173,28 +246,29 @@ class Writer:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite.Error as e:
             self._fail_all(batch, e)
-            return
+            return None
         try:
-            for pending in batch:
-                if pending.raft_index is not None and pending.raft_index <= last_applied:
-                    # Already applied before a restart: replaying it is a no-op.
-                    outcomes.append((True, None))
-                    continue
-                if recorder is not None:
-                    recorder.begin()
-                outcome = self._apply_one(pending)
-                outcomes.append(outcome)
-                if recorder is not None and outcome[0] and not recorder.empty:
-                    # A Raft entry's changes are numbered by its index, the same on every node.
-                    sequence = pending.raft_index
-                    if sequence is None:
-                        sequence = changes.sequence_of(last_token) + 1
-                    done = recorder.finish(sequence)
-                    if done is not None:
-                        committed.append(done)
-                        last_token = done.last
-                if pending.raft_index is not None:
-                    last_applied = pending.raft_index
+            for _job, items in taken:
+                for pending in items:
+                    if pending.raft_index is not None and pending.raft_index <= last_applied:
+                        # Already applied before a restart: replaying it is a no-op.
+                        outcomes.append((True, None))
+                        continue
+                    if recorder is not None:
+                        recorder.begin()
+                    outcome = self._apply_one(pending)
+                    outcomes.append(outcome)
+                    if recorder is not None and outcome[0] and not recorder.empty:
+                        # A Raft entry's changes are numbered by its index, the same on every node.
+                        sequence = pending.raft_index
+                        if sequence is None:
+                            sequence = changes.sequence_of(last_token) + 1
+                        done = recorder.finish(sequence)
+                        if done is not None:
+                            committed.append(done)
+                            last_token = done.last
+                    if pending.raft_index is not None:
+                        last_applied = pending.raft_index
             if last_applied != self._last_applied:
                 store.set_meta(conn, "last_applied", last_applied)
             if last_token != self._last_token:
@@ -208,7 +282,7 @@ class Writer:
             if recorder is not None:
                 recorder.begin()
             self._fail_all(batch, e)
-            return
+            return None
         self._last_applied = last_applied
         self.commits += 1
         if committed or last_token != self._last_token:
@@ -222,14 +296,20 @@ class Writer:
                     pass
         if self._on_commit is not None:
             try:
-                self._on_commit(len(batch))
+                self._on_commit(len(outcomes))
             except Exception:  # noqa: BLE001 - an observer must not stop the writer
                 pass
-        for pending, (ok, value) in zip(batch, outcomes, strict=True):
-            if ok:
-                pending.future.set_result(value)
+        at = 0
+        carry: _Job | None = None
+        for job, items in taken:
+            job.outcomes.extend(outcomes[at : at + len(items)])
+            at += len(items)
+            job.done += len(items)
+            if job.done < len(job.items):
+                carry = job
             else:
-                pending.future.set_exception(value)
+                job.resolve()
+        return carry
 
     def _apply_one(self, pending: _Pending) -> tuple[bool, Any]:
         conn = self._conn
@@ -238,9 +318,8 @@ class Writer:
         generation = 0 if catalog is None else catalog.mark()
         conn.execute("SAVEPOINT op")
         try:
-            if self._prepare is not None:
+            if self._prepare is not None and self._prepare(pending.op) is not False:
                 # Effects that outlive a failure of the operation itself.
-                self._prepare(pending.op)
                 conn.execute("RELEASE op")
                 conn.execute("SAVEPOINT op")
                 generation = 0 if catalog is None else catalog.mark()
@@ -265,6 +344,6 @@ class Writer:
         conn.execute("RELEASE op")
         return True, data
 
-    def _fail_all(self, batch: list[_Pending], error: sqlite.Error) -> None:
-        for pending in batch:
-            pending.future.set_exception(StorageIOError(str(error)))
+    def _fail_all(self, batch: list[_Job], error: sqlite.Error) -> None:
+        for job in batch:
+            job.future.set_exception(StorageIOError(str(error)))

@@ -145,6 +145,11 @@ class Ready:
 
     No other ready is handed out until L{RaftCore.advance}; inputs that
     arrive meanwhile are batched into the next one (group commit).
+
+    L{committed_entries} are durable before this ready (they never wait for
+    its L{persist}): without an L{apply_snapshot} they may be given to the
+    state machine before step 2, and entries committed while the persist
+    runs may follow them at once (L{RaftCore.take_committed}).
     """
 
     persist: PersistBatch
@@ -1323,6 +1328,19 @@ class RaftCore:
         self._reads.wait_for_apply(state, self._last_applied.index if self._last_applied else 0)
 
     # --- state machine feedback ---------------------------------------------------
+
+    def take_committed(self) -> tuple[Entry, ...]:
+        """
+        Committed entries to apply now, outside a ready: the driver may call
+        it while a ready is in flight (a quorum answered during the persist),
+        once it has handed the state machine the committed entries of every
+        ready taken so far. Only entries durable here, and none while a
+        snapshot waits to be installed (it goes first, in a ready). They are
+        handed out: no ready carries them again.
+        """
+        if self._role is Role.SHUTDOWN or self._log.apply_snapshot is not None:
+            return ()
+        return self._log.take_committed()[1]
 
     def applied(self, log_id: LogId) -> None:
         """The state machine has applied everything up to C{log_id}."""

@@ -12,7 +12,10 @@ L{advance <oxidb.raft.core.RaftCore.advance>}. The state machine's part
 snapshot) runs in an apply pipeline behind that, strictly in log order, and
 reports back with L{applied <oxidb.raft.core.RaftCore.applied>}: the next
 batch is persisted and replicated while this one is applied, and entries of
-consecutive batches share the engine's group commit. Proposals and peer
+consecutive batches share the engine's group commit. Committed entries are
+durable before their ready, so they enter the pipeline before its batch is
+persisted (unless a snapshot is installed first), and entries committed while
+it is persisted follow at once (L{RaftCore.take_committed}). Proposals and peer
 messages are handled at the end of the reactor turn they arrive in, and
 inputs that arrive while a ready is being handled are batched into the next
 one, so concurrent writes share one fsync and one append message per
@@ -194,6 +197,9 @@ class RaftNode(MembershipCommands):
         # other; entries not yet applied; pipeline steps that hold back the
         # submission of later entries.
         self._apply_tail: Deferred[Any] = succeed(None)
+        # The ready whose batch is being persisted, when its entries (and
+        # those committed meanwhile) went to the apply pipeline already.
+        self._persisting: Ready | None = None
         self._apply_backlog = 0
         self._held_back = 0
         self._proposals: dict[int, _Proposal] = {}
@@ -328,18 +334,40 @@ class RaftNode(MembershipCommands):
         if persist.is_empty:
             self._finish(ready)
             return None
+        early = ready.apply_snapshot is None
+        if early:
+            # Its committed entries are durable already: apply them while
+            # the batch is persisted, and what commits meanwhile after them
+            # (L{_take_committed}).
+            self._schedule_apply(ready)
+            self._persisting = ready
         d: Deferred[None] = self._run_io(self._storage.save, persist)
-        d.addCallback(self._persisted, ready)
+        d.addCallback(self._persisted, ready, early)
         return d
 
-    def _persisted(self, _: object, ready: Ready) -> None:
+    def _persisted(self, _: object, ready: Ready, scheduled: bool) -> None:
+        self._persisting = None
         if self._stopped:
             return
         self._saved(ready.persist)
-        self._finish(ready)
+        self._finish(ready, scheduled)
 
-    def _finish(self, ready: Ready) -> None:
-        """The steps of a ready after its batch is durable."""
+    def _take_committed(self) -> None:
+        """
+        While a ready's batch is persisted: hand the state machine the
+        entries a quorum's answers committed meanwhile, instead of holding
+        them until the next ready (a leader's fsync later).
+        """
+        core = self.core
+        if core is None or self._persisting is None or self._apply_backlog > APPLY_BACKLOG:
+            return
+        entries = core.take_committed()
+        if entries:
+            self._schedule_entries(entries)
+            self._apply_tail.addErrback(self._fatal)
+
+    def _finish(self, ready: Ready, scheduled: bool = False) -> None:
+        """The steps of a ready after its batch is durable (its state machine part unless C{scheduled})."""
         core = self.core
         assert core is not None
         self._send_all(ready.persisted_messages)
@@ -349,7 +377,8 @@ class RaftNode(MembershipCommands):
             self._read_done(state.request_id, True)
         for request_id in ready.failed_reads:
             self._read_done(request_id, False)
-        self._schedule_apply(ready)
+        if not scheduled:
+            self._schedule_apply(ready)
         core.advance(ready)
         self._retain_links()
 
@@ -375,21 +404,25 @@ class RaftNode(MembershipCommands):
             snapshot = ready.apply_snapshot
             self._held_back += 1
             tail.addCallback(lambda _: self._install(snapshot))
-        entries = ready.committed_entries
-        if entries:
-            self._apply_backlog += len(entries)
-            if self._held_back == 0:
-                applying = self._sm.apply(entries)
-                tail.addCallback(lambda _: applying)
-            else:
-                self._held_back += 1
-                tail.addCallback(lambda _: self._submit_in_turn(entries))
-            tail.addCallback(self._entries_applied, entries)
+        if ready.committed_entries:
+            self._schedule_entries(ready.committed_entries)
         if ready.build_snapshot:
             self._held_back += 1
             # Later entries wait until the snapshot's state is pinned.
             tail.addCallback(lambda _: self._start_snapshot()).addCallback(self._released)
         tail.addErrback(self._fatal)
+
+    def _schedule_entries(self, entries: Sequence[Entry]) -> None:
+        """Committed entries to the apply pipeline, after everything before them."""
+        tail = self._apply_tail
+        self._apply_backlog += len(entries)
+        if self._held_back == 0:
+            applying = self._sm.apply(entries)
+            tail.addCallback(lambda _: applying)
+        else:
+            self._held_back += 1
+            tail.addCallback(lambda _: self._submit_in_turn(entries))
+        tail.addCallback(self._entries_applied, entries)
 
     def _released(self, result: Any = None) -> None:
         self._held_back -= 1
@@ -530,6 +563,7 @@ class RaftNode(MembershipCommands):
         except SafetyViolationError:
             self._fatal(Failure())
             return
+        self._take_committed()
         self._kick_soon()
 
     # --- writes ------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ The replicated state machine: the document engine and the user store.
   blank and membership entries become a L{RaftNoop}. So the
   engine stores C{last_applied} in the same SQLite transaction as the writes
   and skips entries it applied before a restart. A batch is submitted at
-  once and shares the writer's group commit; the outcomes are collected when
-  the last operation's transaction has committed.
+  once, as one run of the writer (L{oxidb.engine.writer.Writer.submit_many}:
+  one queue put and one completion for the batch), and shares its group
+  commit; the outcomes come when the last operation's transaction has
+  committed.
 * Snapshots are the data itself: an SQLite online backup of the database
   (documents, indexes, blobs, procedures, schedules) plus C{_auth/users.json},
   packed as a tar archive (L{pack_snapshot}). The state is pinned by opening
@@ -34,6 +36,7 @@ import attrs
 import orjson
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oxidb import filemodes
@@ -235,31 +238,37 @@ class EngineStateMachine:
     # --- applying ----------------------------------------------------------------
 
     def apply(self, entries: Sequence[Entry]) -> Deferred[list[Outcome]]:
+        # One completion for the whole run: the writer commits it (in one
+        # transaction, or several for a long run) and then resolves it.
+        future = self.submit_entries(entries)
+        return deferred_from_future(self._reactor, future).addBoth(self._outcomes, entries)
+
+    def submit_entries(self, entries: Sequence[Entry]) -> Future[list[tuple[bool, Any]]]:
+        """Queue C{entries}' operations on the engine's writer as one run (L{Engine.submit_many})."""
         engine = self._engine
-        futures: list[Future[Any]] = []
+        items: list[tuple[Operation, float, int | None]] = []
         for entry in entries:
             if entry.membership is None and entry.payload is not None:
                 op = engine.operation_of(entry.payload)
             else:
                 op = RaftNoop()
-            futures.append(engine.submit(op, (entry.ts or 0) / 1000.0, entry.index))
-        # The writer resolves futures in submission order, so the last one
-        # resolving means every one has; the outcomes are read from them all.
-        return deferred_from_future(self._reactor, futures[-1]).addBoth(lambda _: self._outcomes(entries, futures))
+            items.append((op, (entry.ts or 0) / 1000.0, entry.index))
+        future: Future[list[tuple[bool, Any]]] = engine.submit_many(items)
+        return future
 
-    def _outcomes(self, entries: Sequence[Entry], futures: Sequence[Future[Any]]) -> list[Outcome]:
-        if self._engine.last_applied() < entries[-1].index:
-            error = futures[-1].exception()
+    def _outcomes(self, result: Any, entries: Sequence[Entry]) -> list[Outcome]:
+        applied = self._engine.last_applied()
+        if isinstance(result, Failure) or applied < entries[-1].index:
+            error = result.value if isinstance(result, Failure) else None
             raise RuntimeError(f"the engine did not apply entries up to {entries[-1].index}: {error}")
         outcomes = []
-        for entry, future in zip(entries, futures, strict=True):
-            error = future.exception()
-            if error is not None:
-                outcomes.append(Outcome(False, error))
+        for entry, (ok, value) in zip(entries, result, strict=True):
+            if not ok:
+                outcomes.append(Outcome(False, value))
             elif entry.membership is not None:
                 outcomes.append(Outcome(True, "membership updated"))
             else:
-                outcomes.append(Outcome(True, future.result()))
+                outcomes.append(Outcome(True, value))
         return outcomes
 
     # --- building a snapshot --------------------------------------------------------
