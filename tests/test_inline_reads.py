@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from oxidb.commands._context import CommandContext, IExecutor
 from oxidb.engine import engine as engine_module
+from oxidb.engine import reads as reads_module
 from oxidb.engine.engine import Engine
 from oxidb.engine.governor import NotInline
 from oxidb.errors import BadRequestError, OxiError, TimeLimitError
@@ -267,3 +268,56 @@ def test_small_reads_of_another_database_run_inline(clocked: tuple[Engine, StepC
         assert engine.find_raw_inline("crm/c", query, sort, None, limit) == expected
     with pytest.raises(NotInline):
         engine.find_raw_inline("crm/nope", {"_id": 1})
+
+
+def test_small_read_plans_are_kept_per_query(clocked: tuple[Engine, StepClock]) -> None:
+    """
+    A repeated small read runs the plan its first run compiled; queries
+    that compare equal in Python but not in a query (1, 1.0, true, 0.0,
+    -0.0) keep plans of their own, and the answers match the pool's.
+    """
+    engine, _ = clocked
+    values: list[Any] = [1, 1.0, True, 0.0, -0.0, "1", None, False, 0]
+    engine.apply({"InsertMany": {"collection": "t", "documents": [{"v": v} for v in values]}}, 0.0)
+    engine.apply({"CreateIndex": {"collection": "t", "field": "v"}}, 0.0)
+    for _ in range(2):
+        for value in values:
+            for query in ({"v": value}, {"_id": value}):
+                assert engine.find_raw_inline("t", query) == engine.find_raw("t", query)
+                assert engine.find_one_raw_inline("t", query) == engine.find_one_raw("t", query)
+            sort = ({}, {"v": -1}, None, 3)
+            assert engine.find_raw_inline("t", *sort) == engine.find_raw("t", *sort)
+    plans = engine._local.columns["t"][3]
+    assert len(plans) == len(values) * 2 + 1
+    first = plans[("v", int, 1)]
+    engine.find_raw_inline("t", {"v": 1})
+    assert plans[("v", int, 1)] is first
+
+
+def test_small_read_plans_follow_index_changes(clocked: tuple[Engine, StepClock]) -> None:
+    engine, _ = clocked
+    with pytest.raises(NotInline):
+        engine.find_raw_inline("c", {"n": 7})
+    engine.apply({"CreateIndex": {"collection": "c", "field": "n"}}, 0.0)
+    assert engine.find_raw_inline("c", {"n": 7}) == engine.find_raw("c", {"n": 7}) != "[]"
+    engine.apply({"DropIndex": {"collection": "c", "index": "n"}}, 0.0)
+    with pytest.raises(NotInline):
+        engine.find_raw_inline("c", {"n": 7})
+    # The collection dropped and made again (a new table): its own plans.
+    assert engine.find_raw_inline("c", {"k": 7}) != "[]"
+    engine.apply({"DropCollection": {"name": "c"}}, 0.0)
+    engine.apply({"InsertMany": {"collection": "c", "documents": [{"k": 7, "x": 1}]}}, 0.0)
+    engine.apply({"CreateIndex": {"collection": "c", "field": "k"}}, 0.0)
+    assert engine.find_raw_inline("c", {"k": 7}) == engine.find_raw("c", {"k": 7})
+    assert '"x":1' in engine.find_raw_inline("c", {"k": 7})
+
+
+def test_small_read_plans_are_bounded(clocked: tuple[Engine, StepClock]) -> None:
+    engine, _ = clocked
+    long_text = "x" * (reads_module.SMALL_PLAN_TEXT + 1)
+    assert engine.find_raw_inline("c", {"k": long_text}) == "[]"
+    plans = engine._local.columns["c"][3]
+    assert plans == {}
+    for k in range(reads_module.SMALL_PLANS + 10):
+        assert engine.find_raw_inline("c", {"k": k}) == engine.find_raw("c", {"k": k})
+        assert len(plans) <= reads_module.SMALL_PLANS
