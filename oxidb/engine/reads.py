@@ -387,7 +387,7 @@ class Reader:
         statement = self.scan_statement(info, plan, spec, skip, limit, index_arrays)
         if statement.whole:
             concat_limit = None if charge is None else CAPPED_CONCAT_LENGTH
-            selected = self._all_selected(info, plan, concat_limit, versions=versions)
+            selected = self._all_selected(info, plan, concat_limit, versions=versions, inner=statement.sql)
             if matches is None:
                 for n, (_id, version, text) in enumerate(selected):
                     if not n & 1023:
@@ -472,7 +472,13 @@ class Reader:
         return sql, plan.params
 
     def _all_selected(
-        self, info: CollectionInfo, plan: Plan, concat_limit: int | None = None, *, versions: bool = True
+        self,
+        info: CollectionInfo,
+        plan: Plan,
+        concat_limit: int | None = None,
+        *,
+        versions: bool = True,
+        inner: str | None = None,
     ) -> Iterator[tuple[int, int, str]]:
         """
         Every row C{plan.where} selects, C{(_id, _version, text)} in
@@ -488,9 +494,11 @@ class Reader:
         (C{concat_limit} if given, else the connection's: the engine sets it
         on reader connections, see L{oxidb.engine.engine.READ_LENGTH_LIMIT})
         falls back to stepping through the rows in C{_id} order, so that a
-        capped caller can stop early.
+        capped caller can stop early. C{inner}: the plan's L{scan_statement}
+        if the caller has it.
         """
-        inner = self.scan_statement(info, plan).sql
+        if inner is None:
+            inner = self.scan_statement(info, plan).sql
         version_sql = "group_concat(_version)" if versions else "NULL"
         sql = f"SELECT group_concat(_id), {version_sql}, group_concat(doc, char(31)) FROM ({inner})"
         saved = None
