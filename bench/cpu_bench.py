@@ -10,7 +10,7 @@ the server's user+system CPU before and after, and prints microseconds per
 request and the ratio ours/baseline (below 1 is cheaper), plus each server's
 peak RSS. Servers run one at a time and the shapes alternate between them.
 
-    .venv/bin/python bench/cpu_bench.py --baseline /work/wt-before [--count 20000] [--rounds 3] [--only find]
+    .venv/bin/python bench/cpu_bench.py --baseline /work/wt-before [--count 20000] [--rounds 3] [--only ping,find]
 
 The baseline tree needs its own venv (``.venv``) with its C extension built.
 """
@@ -162,9 +162,9 @@ def main() -> None:
     parser.add_argument("--baseline", required=True, help="root of the baseline tree (with its own .venv)")
     parser.add_argument("--count", type=int, default=20000, help="requests per shape and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the table shows medians")
-    parser.add_argument("--only", default="", help="only the shapes whose label contains this text")
+    parser.add_argument("--only", default="", help="only shapes whose label contains one of these (comma-separated)")
     args = parser.parse_args()
-    shapes = [shape for shape in SHAPES if args.only in shape[0]]
+    shapes = [shape for shape in SHAPES if any(text in shape[0] for text in args.only.split(","))]
     ours: dict[str, list[float]] = {label: [] for label, _, _ in shapes}
     base: dict[str, list[float]] = {label: [] for label, _, _ in shapes}
     with tempfile.TemporaryDirectory() as tmp:
