@@ -10,7 +10,7 @@ the server's user+system CPU before and after, and prints microseconds per
 request and the ratio ours/baseline (below 1 is cheaper), plus each server's
 peak RSS. Servers run one at a time and the shapes alternate between them.
 
-    .venv/bin/python bench/cpu_bench.py --baseline /work/wt-before [--count 20000] [--rounds 3]
+    .venv/bin/python bench/cpu_bench.py --baseline /work/wt-before [--count 20000] [--rounds 3] [--only ping,find]
 
 The baseline tree needs its own venv (``.venv``) with its C extension built.
 """
@@ -50,6 +50,7 @@ def _frame(request: dict[str, object]) -> bytes:
 SHAPES: list[tuple[str, bytes, float]] = [
     ("ping", _frame({"cmd": "ping"}), 4),
     ("find by indexed field", _frame({"cmd": "find", "collection": "people", "query": {"n": 77}}), 1),
+    ("find by _id", _frame({"cmd": "find", "collection": "people", "query": {"_id": 77}}), 1),
     ("find range (~20 docs)",
      _frame({"cmd": "find", "collection": "people", "query": {"n": {"$gte": 100, "$lt": 120}}}), 1),
     ("sort + limit 10 (indexed)",
@@ -161,14 +162,16 @@ def main() -> None:
     parser.add_argument("--baseline", required=True, help="root of the baseline tree (with its own .venv)")
     parser.add_argument("--count", type=int, default=20000, help="requests per shape and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the table shows medians")
+    parser.add_argument("--only", default="", help="only shapes whose label contains one of these (comma-separated)")
     args = parser.parse_args()
-    ours: dict[str, list[float]] = {label: [] for label, _, _ in SHAPES}
-    base: dict[str, list[float]] = {label: [] for label, _, _ in SHAPES}
+    shapes = [shape for shape in SHAPES if any(text in shape[0] for text in args.only.split(","))]
+    ours: dict[str, list[float]] = {label: [] for label, _, _ in shapes}
+    base: dict[str, list[float]] = {label: [] for label, _, _ in shapes}
     with tempfile.TemporaryDirectory() as tmp:
         servers = {"ours": Server(ROOT, tmp, "ours"), "base": Server(os.path.abspath(args.baseline), tmp, "base")}
         try:
             for _ in range(args.rounds):
-                for label, frame, share in SHAPES:
+                for label, frame, share in shapes:
                     count = int(args.count * share)
                     # Alternate so drift of the machine falls on both alike.
                     ours[label].append(servers["ours"].cpu_per_request(frame, count))
@@ -177,7 +180,7 @@ def main() -> None:
             rss = {name: server.stop() for name, server in servers.items()}
     print(f"server CPU per request, median of {args.rounds} rounds (4 conns, {DEPTH} in flight)")
     print(f"{'request':26} {'baseline us':>12} {'ours us':>9} {'ours/base':>10}")
-    for label, _, _ in SHAPES:
+    for label, _, _ in shapes:
         b, o = statistics.median(base[label]), statistics.median(ours[label])
         print(f"{label:26} {b:12.1f} {o:9.1f} {o / b:10.2f}")
     print(f"peak RSS MB: baseline {rss['base']:.0f}, ours {rss['ours']:.0f}")

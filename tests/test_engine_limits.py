@@ -16,7 +16,7 @@ import pytest
 from oxidb.engine import aggregate as aggregate_module
 from oxidb.engine import blobs
 from oxidb.engine.engine import Engine
-from oxidb.engine.governor import DEFAULT_LIMITS, Budget, Deadline, QueryLimits, time_limit_ms
+from oxidb.engine.governor import DEFAULT_LIMITS, Budget, Deadline, InlineDeadline, QueryLimits, time_limit_ms
 from oxidb.engine.matcher import compile_query
 from oxidb.errors import (
     AggregationLimitError,
@@ -100,6 +100,62 @@ def test_deadline_with_a_fake_clock() -> None:
     with pytest.raises(TimeLimitError, match="^operation exceeded time limit of 5 ms$"):
         deadline.check()
     assert deadline.expired and deadline.progress() == 1
+    assert not deadline.overran
+
+
+class ManualClock:
+    """A clock that reads C{now} (tests set it), counting its reads."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
+
+
+def test_inline_deadline_budget_is_cpu_time() -> None:
+    wall, cpu = ManualClock(), ManualClock()
+    deadline = InlineDeadline(1000, wall, 2, cpu)
+    # Wall time short of the budget: the CPU clock is not read.
+    wall.now = 0.0019
+    deadline.check()
+    assert deadline.progress() == 0 and cpu.reads == 1
+    # Wall time past it with little work done: the read goes on, and the
+    # CPU clock is next read when the rest of the budget could be spent.
+    wall.now, cpu.now = 0.5, 0.0005
+    deadline.check()
+    assert cpu.reads == 2 and not deadline.expired
+    wall.now = 0.5014
+    deadline.check()
+    assert cpu.reads == 2
+    wall.now, cpu.now = 0.5015, 0.0019
+    assert deadline.progress() == 0
+    # The work done reaches the budget: an overrun, not the read's own limit.
+    wall.now, cpu.now = 0.6, 0.002
+    with pytest.raises(TimeLimitError, match="^operation exceeded time limit of 1000 ms$"):
+        deadline.check()
+    assert deadline.expired and deadline.overran
+
+
+def test_inline_deadline_keeps_the_wall_clock_limit() -> None:
+    wall, cpu = ManualClock(), ManualClock()
+    deadline = InlineDeadline(5, wall, 2, cpu)
+    wall.now = 0.004
+    deadline.check()
+    wall.now = 0.005
+    assert deadline.progress() == 1
+    assert deadline.expired and not deadline.overran
+    with pytest.raises(TimeLimitError, match="of 5 ms$"):
+        deadline.check()
+    # A limit below the budget is reached first, on the wall clock alone.
+    wall.now, cpu.reads = 0.0, 0
+    short = InlineDeadline(1, wall, 2, cpu)
+    wall.now = 0.001
+    with pytest.raises(TimeLimitError):
+        short.check()
+    assert not short.overran and cpu.reads == 1
 
 
 @pytest.fixture

@@ -17,29 +17,41 @@ from zope.interface import implementer
 
 from oxidb.commands._context import CommandContext, IExecutor
 from oxidb.engine import engine as engine_module
+from oxidb.engine import reads as reads_module
 from oxidb.engine.engine import Engine
 from oxidb.engine.governor import NotInline
-from oxidb.errors import BadRequestError, OxiError
+from oxidb.errors import BadRequestError, OxiError, TimeLimitError
 from oxidb.server.executor import LocalExecutor
 from oxidb.testing import fake_services, result_of
 
 
 class StepClock:
-    """A monotonic clock that advances C{step} seconds each time it is read."""
+    """
+    A monotonic clock that advances C{step} seconds each time it is read,
+    of which C{cpu_step} were the reading thread's work: L{cpu} is that
+    thread's CPU clock.
+    """
 
     def __init__(self) -> None:
         self.now = 0.0
         self.step = 0.0
+        self.cpu_now = 0.0
+        self.cpu_step = 0.0
 
     def __call__(self) -> float:
         self.now += self.step
+        self.cpu_now += self.cpu_step
         return self.now
+
+    def cpu(self) -> float:
+        return self.cpu_now
 
 
 @pytest.fixture
 def clocked(tmp_path: Any) -> Iterator[tuple[Engine, StepClock]]:
     clock = StepClock()
-    with Engine(str(tmp_path / "data"), synchronous="OFF", clock=clock, progress_steps=100) as engine:
+    data = str(tmp_path / "data")
+    with Engine(data, synchronous="OFF", clock=clock, cpu_clock=clock.cpu, progress_steps=100) as engine:
         engine.apply({"InsertMany": {"collection": "c", "documents": [{"k": i % 50, "n": i} for i in range(500)]}}, 0)
         engine.apply({"CreateIndex": {"collection": "c", "field": "k"}}, 0.0)
         yield engine, clock
@@ -129,11 +141,11 @@ def test_a_bad_request_fails_inline_as_on_the_pool(
 
 def test_an_overrunning_sorted_read_skips_its_sort_shape_only(clocked: tuple[Engine, StepClock]) -> None:
     engine, clock = clocked
-    clock.step = 0.001
+    clock.step = clock.cpu_step = 0.001
     with pytest.raises(NotInline) as raised:
         engine.find_raw_inline("c", {}, {"k": -1}, None, 10)
     assert raised.value.overran
-    clock.step = 0.0
+    clock.step = clock.cpu_step = 0.0
     with pytest.raises(NotInline) as raised:
         engine.find_raw_inline("c", {}, {"k": -1}, None, 10)
     assert not raised.value.overran
@@ -143,13 +155,14 @@ def test_an_overrunning_sorted_read_skips_its_sort_shape_only(clocked: tuple[Eng
 
 def test_overrunning_the_budget_declines_then_skips_the_shape(clocked: tuple[Engine, StepClock]) -> None:
     engine, clock = clocked
-    clock.step = 0.001  # each clock read: a millisecond, past the 2 ms budget soon
+    # Each clock read: a millisecond of work, past the 2 ms budget soon.
+    clock.step = clock.cpu_step = 0.001
     with pytest.raises(NotInline) as raised:
         engine.find_raw_inline("c", {"k": 3})
     assert raised.value.overran
     # The server's limit (30 s) still lets the pool's read finish.
     assert len(engine.find_raw("c", {"k": 3})) > 2
-    clock.step = 0.0
+    clock.step = clock.cpu_step = 0.0
     for _ in range(engine_module.INLINE_SKIPS):
         with pytest.raises(NotInline) as raised:
             engine.find_raw_inline("c", {"k": 3})
@@ -157,6 +170,39 @@ def test_overrunning_the_budget_declines_then_skips_the_shape(clocked: tuple[Eng
     # Another field of the collection was never skipped; then this one is tried again.
     assert engine.find_raw_inline("c", {"_id": 1}) == engine.find_raw("c", {"_id": 1})
     assert engine.find_raw_inline("c", {"k": 3}) == engine.find_raw("c", {"k": 3})
+
+
+@pytest.mark.parametrize(
+    "query, sort, limit",
+    [({"k": 3}, None, None), ({"k": {"$gte": 3, "$lt": 5}}, None, None), ({}, {"k": -1}, 10)],
+)
+def test_a_descheduled_read_finishes_inline(
+    clocked: tuple[Engine, StepClock], query: Any, sort: Any, limit: Any
+) -> None:
+    """
+    Wall time passing while the thread does no work (a loaded machine,
+    the GIL held elsewhere) does not spend the inline budget: the read is
+    not run twice, and its shape is not sent to the pool.
+    """
+    engine, clock = clocked
+    expected = engine.find_raw("c", query, sort, None, limit)
+    clock.step = 0.001  # a millisecond of wall time per clock read, no CPU time
+    assert engine.find_raw_inline("c", query, sort, None, limit) == expected
+    assert clock.now > 0.002
+    assert engine.find_raw_inline("c", query, sort, None, limit) == expected
+
+
+def test_the_request_time_limit_stays_wall_time_inline(clocked: tuple[Engine, StepClock]) -> None:
+    """Past its own C{max_time_ms} of wall time, an inline read fails as the pool's does."""
+    engine, clock = clocked
+    clock.step = 0.001
+    with pytest.raises(TimeLimitError):
+        engine.find_raw("c", {}, {"k": -1}, None, 10, 3)
+    with pytest.raises(TimeLimitError):
+        engine.find_raw_inline("c", {}, {"k": -1}, None, 10, 3)
+    # Not an overrun: the shape is still tried inline.
+    clock.step = 0.0
+    assert engine.find_raw_inline("c", {}, {"k": -1}, None, 10) == engine.find_raw("c", {}, {"k": -1}, None, 10)
 
 
 class FakePool:
@@ -222,3 +268,56 @@ def test_small_reads_of_another_database_run_inline(clocked: tuple[Engine, StepC
         assert engine.find_raw_inline("crm/c", query, sort, None, limit) == expected
     with pytest.raises(NotInline):
         engine.find_raw_inline("crm/nope", {"_id": 1})
+
+
+def test_small_read_plans_are_kept_per_query(clocked: tuple[Engine, StepClock]) -> None:
+    """
+    A repeated small read runs the plan its first run compiled; queries
+    that compare equal in Python but not in a query (1, 1.0, true, 0.0,
+    -0.0) keep plans of their own, and the answers match the pool's.
+    """
+    engine, _ = clocked
+    values: list[Any] = [1, 1.0, True, 0.0, -0.0, "1", None, False, 0]
+    engine.apply({"InsertMany": {"collection": "t", "documents": [{"v": v} for v in values]}}, 0.0)
+    engine.apply({"CreateIndex": {"collection": "t", "field": "v"}}, 0.0)
+    for _ in range(2):
+        for value in values:
+            for query in ({"v": value}, {"_id": value}):
+                assert engine.find_raw_inline("t", query) == engine.find_raw("t", query)
+                assert engine.find_one_raw_inline("t", query) == engine.find_one_raw("t", query)
+            sort = ({}, {"v": -1}, None, 3)
+            assert engine.find_raw_inline("t", *sort) == engine.find_raw("t", *sort)
+    plans = engine._local.columns["t"][3]
+    assert len(plans) == len(values) * 2 + 1
+    first = plans[("v", int, 1)]
+    engine.find_raw_inline("t", {"v": 1})
+    assert plans[("v", int, 1)] is first
+
+
+def test_small_read_plans_follow_index_changes(clocked: tuple[Engine, StepClock]) -> None:
+    engine, _ = clocked
+    with pytest.raises(NotInline):
+        engine.find_raw_inline("c", {"n": 7})
+    engine.apply({"CreateIndex": {"collection": "c", "field": "n"}}, 0.0)
+    assert engine.find_raw_inline("c", {"n": 7}) == engine.find_raw("c", {"n": 7}) != "[]"
+    engine.apply({"DropIndex": {"collection": "c", "index": "n"}}, 0.0)
+    with pytest.raises(NotInline):
+        engine.find_raw_inline("c", {"n": 7})
+    # The collection dropped and made again (a new table): its own plans.
+    assert engine.find_raw_inline("c", {"k": 7}) != "[]"
+    engine.apply({"DropCollection": {"name": "c"}}, 0.0)
+    engine.apply({"InsertMany": {"collection": "c", "documents": [{"k": 7, "x": 1}]}}, 0.0)
+    engine.apply({"CreateIndex": {"collection": "c", "field": "k"}}, 0.0)
+    assert engine.find_raw_inline("c", {"k": 7}) == engine.find_raw("c", {"k": 7})
+    assert '"x":1' in engine.find_raw_inline("c", {"k": 7})
+
+
+def test_small_read_plans_are_bounded(clocked: tuple[Engine, StepClock]) -> None:
+    engine, _ = clocked
+    long_text = "x" * (reads_module.SMALL_PLAN_TEXT + 1)
+    assert engine.find_raw_inline("c", {"k": long_text}) == "[]"
+    plans = engine._local.columns["c"][3]
+    assert plans == {}
+    for k in range(reads_module.SMALL_PLANS + 10):
+        assert engine.find_raw_inline("c", {"k": k}) == engine.find_raw("c", {"k": k})
+        assert len(plans) <= reads_module.SMALL_PLANS

@@ -31,7 +31,15 @@ from oxidb.engine import keys, sqlite, store, textstore, vectors
 from oxidb.engine.blobs import PreparedPuts
 from oxidb.engine.catalog import IndexCatalog
 from oxidb.engine.changes import ChangeRecorder, IChangeListener
-from oxidb.engine.governor import DEFAULT_LIMITS, Clock, Deadline, NotInline, QueryLimits, time_limit_ms
+from oxidb.engine.governor import (
+    DEFAULT_LIMITS,
+    Clock,
+    Deadline,
+    InlineDeadline,
+    NotInline,
+    QueryLimits,
+    time_limit_ms,
+)
 from oxidb.engine.operations import BUILTIN, EnsureCollection, Operation, OperationCodec, Rejected
 from oxidb.engine.reads import Reader, small_range_shape, small_shape, small_sorted_shape
 from oxidb.engine.snapshots import Snapshots
@@ -52,7 +60,7 @@ PROGRESS_STEPS = 20_000
 #: capped read can stop early.
 READ_LENGTH_LIMIT = 64 * 1024 * 1024
 
-#: Milliseconds a small read may run on the reactor thread
+#: Milliseconds of the reactor thread's CPU time a small read may use
 #: (L{Engine.find_raw_inline}) before it is handed to a worker instead.
 INLINE_READ_MS = 2
 
@@ -89,6 +97,9 @@ class Engine:
         limit at its default.
     @param clock: a monotonic clock in seconds for read time limits
         (C{time.monotonic}; tests pass a fake one).
+    @param cpu_clock: the calling thread's CPU time in seconds, for the
+        inline budget of small reads (C{time.thread_time}; tests pass a
+        fake one).
     @param progress_steps: SQLite steps between deadline checks inside a
         statement (L{PROGRESS_STEPS}).
     @param vector_exact_below: vector indexes with fewer vectors are
@@ -119,6 +130,7 @@ class Engine:
         on_commit: Callable[[int], None] | None = None,
         limits: Limits | QueryLimits | None = None,
         clock: Clock = time.monotonic,
+        cpu_clock: Clock = time.thread_time,
         progress_steps: int = PROGRESS_STEPS,
         vector_exact_below: int = vectors.EXACT_BELOW,
         vector_runner: vectors.Runner = vectors.in_thread,
@@ -141,6 +153,7 @@ class Engine:
         else:
             self.limits = QueryLimits.from_limits(limits)
         self._clock = clock
+        self._cpu_clock = cpu_clock
         self._progress_steps = progress_steps
         # (collection, field) -> reads left before one is tried inline again
         # (reactor thread only; see _read_inline).
@@ -405,8 +418,11 @@ class Engine:
                 outer = Reader(conn, self._auto_create, self._local.columns, limits=self.limits)
             return fn(outer, *args, **kwargs)
         inline_ms: int | None = getattr(self._local, "inline_ms", None)
-        inline = inline_ms is not None and inline_ms < limit_ms
-        deadline = Deadline(inline_ms if inline_ms is not None and inline else limit_ms, self._clock)
+        deadline: Deadline
+        if inline_ms is None:
+            deadline = Deadline(limit_ms, self._clock)
+        else:
+            deadline = InlineDeadline(limit_ms, self._clock, inline_ms, self._cpu_clock)
         reader = Reader(conn, self._auto_create, self._local.columns, limits=self.limits, deadline=deadline)
         conn.execute("BEGIN")
         conn.set_progress_handler(lambda: bool(deadline.progress()), self._progress_steps)
@@ -414,12 +430,12 @@ class Engine:
         try:
             return fn(reader, *args, **kwargs)
         except TimeLimitError:
-            if inline:
+            if deadline.overran:
                 raise NotInline(overran=True) from None
             raise
         except sqlite.Error:
             if deadline.expired:
-                raise (NotInline(overran=True) if inline else deadline.error()) from None
+                raise (NotInline(overran=True) if deadline.overran else deadline.error()) from None
             raise
         finally:
             self._local.reader = None
@@ -471,8 +487,10 @@ class Engine:
         L{find_raw} on the calling thread (the reactor's: no worker round
         trip) when the read is small (L{Reader.is_small} or
         L{Reader.small_range}, L{Reader.is_small_sorted} with a sort) and finishes
-        within L{INLINE_READ_MS}; else L{NotInline}, having used at most
-        that time, and the caller runs L{find_raw} on a worker.
+        within L{INLINE_READ_MS} of the thread's CPU time (the request's own
+        time limit stays wall-clock time, L{InlineDeadline}); else
+        L{NotInline}, having used at most that budget, and the caller runs
+        L{find_raw} on a worker.
         """
         # The shape checks run before any transaction: most reads are not small.
         if sort is None:

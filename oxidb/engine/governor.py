@@ -6,6 +6,8 @@ query, aggregation or search may cost.
   - L{Deadline}: a time limit over an injected monotonic clock; Python
     loops call L{Deadline.check}, SQLite calls L{Deadline.progress} (its
     progress handler) and stops the statement once the time is up.
+  - L{InlineDeadline}: a L{Deadline} that also bounds the calling
+    thread's CPU time (the inline budget of a read on the reactor thread).
   - L{ByteCap}: a running total of bytes read that raises once it passes
     a cap (the reply frame, an aggregation budget).
   - L{Budget}: the per-stage memory and document budget of a pipeline.
@@ -77,7 +79,12 @@ class Deadline:
     """
     The end of a read's time. C{clock} is a monotonic function in seconds
     (C{time.monotonic} in the server; tests advance a fake one).
+
+    @ivar overran: the time that passed was an inline budget
+        (L{InlineDeadline}), not the read's own limit.
     """
+
+    overran = False
 
     def __init__(self, limit_ms: int, clock: Clock) -> None:
         self.limit_ms = limit_ms
@@ -100,6 +107,56 @@ class Deadline:
 
     def error(self) -> TimeLimitError:
         return TimeLimitError(self.limit_ms)
+
+
+class InlineDeadline(Deadline):
+    """
+    A read's wall-clock L{Deadline} of C{limit_ms} plus an inline budget of
+    C{budget_ms} of the calling thread's CPU time (C{cpu_clock}:
+    C{time.thread_time} in the server). A loaded machine that deschedules
+    the thread stretches wall time, not the budget: only work done counts.
+
+    Past C{limit_ms} the read fails as any read does (L{TimeLimitError});
+    past the budget it fails the same way with C{overran} set, and the
+    engine hands it to a worker. A thread's CPU time never grows faster
+    than wall time, so the CPU clock (a system call) is read only once the
+    wall clock has passed the point where the budget could be spent.
+    """
+
+    def __init__(self, limit_ms: int, clock: Clock, budget_ms: int, cpu_clock: Clock) -> None:
+        now = clock()
+        self.limit_ms = limit_ms
+        self.budget_ms = budget_ms
+        self._clock = clock
+        self._cpu_clock = cpu_clock
+        self._ends = now + limit_ms / 1000.0
+        self._cpu_ends = cpu_clock() + budget_ms / 1000.0
+        # The wall-clock time before which neither limit can have passed.
+        self._next = min(self._ends, now + budget_ms / 1000.0)
+        self.expired = False
+        self.overran = False
+
+    def check(self) -> None:
+        """Raise L{TimeLimitError} once either limit has passed (C{overran}: the budget)."""
+        now = self._clock()
+        if now >= self._next and self._passed(now):
+            raise TimeLimitError(self.limit_ms)
+
+    def progress(self) -> int:
+        """SQLite's progress handler: non-zero stops the running statement."""
+        now = self._clock()
+        return 1 if now >= self._next and self._passed(now) else 0
+
+    def _passed(self, now: float) -> bool:
+        if now >= self._ends:
+            self.expired = True
+            return True
+        left = self._cpu_ends - self._cpu_clock()
+        if left <= 0:
+            self.expired = self.overran = True
+            return True
+        self._next = min(self._ends, now + left)
+        return False
 
 
 class NotInline(Exception):

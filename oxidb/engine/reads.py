@@ -56,6 +56,14 @@ CAPPED_CONCAT_LENGTH = MAX_FRAME + 1024 * 1024
 #: The largest C{limit} of an indexed equality read that L{Reader.is_small} accepts.
 SMALL_READ_LIMIT = 100
 
+#: Plans of small reads kept per collection and reader connection
+#: (L{Reader.small_plan}); the cache starts over when full.
+SMALL_PLANS = 512
+
+#: The longest string operand whose plan is kept (longer ones are compiled
+#: each time, so that the cache stays small).
+SMALL_PLAN_TEXT = 256
+
 
 def small_shape(query: object, limit: object) -> bool:
     """
@@ -121,6 +129,9 @@ _Scanned = tuple[int, int, str, Any]
 Row = tuple[int, int, dict[str, Any]]
 """C{(_id, _version, document)}."""
 
+_ColumnEntry = tuple[int, str, dict[str, str], dict[tuple[Any, ...], Plan]]
+"""A column cache entry: C{(schema version, table, key columns by path, small plans by query)}."""
+
 
 _row_id = operator.itemgetter(0)
 
@@ -173,14 +184,17 @@ class Reader:
     C{column_cache}, owned by the caller and kept for the connection's
     life, remembers each collection's key columns with the schema version
     they were read at (every change to them is DDL, which bumps the
-    version).
+    version), and the plans of small reads compiled against them
+    (L{small_plan}). A reader lives for one transaction, so it reads the
+    schema version once.
     """
 
     conn: sqlite.Connection
     on_missing: Callable[[str], None] | None = None
-    _column_cache: dict[str, tuple[int, str, dict[str, str]]] | None = None
+    _column_cache: dict[str, _ColumnEntry] | None = None
     limits: QueryLimits = attrs.field(default=DEFAULT_LIMITS, kw_only=True)
     deadline: Deadline = attrs.field(default=NO_DEADLINE, kw_only=True)
+    _schema_version: int | None = attrs.field(init=False, default=None)
 
     def check_query(self, query: object) -> Matcher:
         """L{check_query} under this reader's limits."""
@@ -256,16 +270,58 @@ class Reader:
         return compile_plan(matcher, self._columns(info))
 
     def _columns(self, info: CollectionInfo) -> dict[str, str]:
+        entry = self._column_entry(info)
+        if entry is None:
+            return store.column_map(store.list_index_defs(self.conn, info.name))
+        return entry[2]
+
+    def _column_entry(self, info: CollectionInfo) -> _ColumnEntry | None:
+        """The column cache's entry of the collection, brought up to date (None without a cache)."""
         cache = self._column_cache
         if cache is None:
-            return store.column_map(store.list_index_defs(self.conn, info.name))
-        (version,) = self.conn.execute("PRAGMA schema_version").fetchone()
+            return None
+        version = self._schema_version
+        if version is None:
+            (version,) = self.conn.execute("PRAGMA schema_version").fetchone()
+            self._schema_version = version
         cached = cache.get(info.name)
         if cached is not None and cached[0] == version and cached[1] == info.tbl:
-            return cached[2]
-        columns = store.column_map(store.list_index_defs(self.conn, info.name))
-        cache[info.name] = (version, info.tbl, columns)
-        return columns
+            return cached
+        entry: _ColumnEntry = (version, info.tbl, store.column_map(store.list_index_defs(self.conn, info.name)), {})
+        cache[info.name] = entry
+        return entry
+
+    def small_plan(self, info: CollectionInfo, query: object) -> Plan | None:
+        """
+        The plan of a small read's C{query} (none, C{{}}, or one equality of
+        C{_id} or an indexed path to a scalar) over the collection, else
+        None. Such plans are kept with the collection's key columns, so a
+        read repeating a query does not compile it again.
+        """
+        if query is None or query == {}:
+            key: tuple[Any, ...] = ()
+        else:
+            if type(query) is not dict or len(query) != 1:
+                return None
+            ((path, value),) = query.items()
+            if type(value) is dict or type(value) is list:
+                return None
+            # The type keeps 1, 1.0 and true apart; a float by its exact
+            # text keeps 0.0 and -0.0 apart.
+            key = (path, type(value), value.hex() if type(value) is float else value)
+        entry = self._column_entry(info)
+        columns = entry[2] if entry is not None else self._columns(info)
+        if key and key[0] != "_id" and key[0] not in columns:
+            return None
+        plans = None if entry is None else entry[3]
+        plan = None if plans is None else plans.get(key)
+        if plan is None:
+            plan = compile_plan(self.check_query(query), columns)
+            if plans is not None and not (key and type(key[2]) is str and len(key[2]) > SMALL_PLAN_TEXT):
+                if len(plans) >= SMALL_PLANS:
+                    plans.clear()
+                plans[key] = plan
+        return plan
 
     def rows(
         self,
@@ -331,7 +387,7 @@ class Reader:
         statement = self.scan_statement(info, plan, spec, skip, limit, index_arrays)
         if statement.whole:
             concat_limit = None if charge is None else CAPPED_CONCAT_LENGTH
-            selected = self._all_selected(info, plan, concat_limit, versions=versions)
+            selected = self._all_selected(info, plan, concat_limit, versions=versions, inner=statement.sql)
             if matches is None:
                 for n, (_id, version, text) in enumerate(selected):
                     if not n & 1023:
@@ -416,7 +472,13 @@ class Reader:
         return sql, plan.params
 
     def _all_selected(
-        self, info: CollectionInfo, plan: Plan, concat_limit: int | None = None, *, versions: bool = True
+        self,
+        info: CollectionInfo,
+        plan: Plan,
+        concat_limit: int | None = None,
+        *,
+        versions: bool = True,
+        inner: str | None = None,
     ) -> Iterator[tuple[int, int, str]]:
         """
         Every row C{plan.where} selects, C{(_id, _version, text)} in
@@ -432,9 +494,11 @@ class Reader:
         (C{concat_limit} if given, else the connection's: the engine sets it
         on reader connections, see L{oxidb.engine.engine.READ_LENGTH_LIMIT})
         falls back to stepping through the rows in C{_id} order, so that a
-        capped caller can stop early.
+        capped caller can stop early. C{inner}: the plan's L{scan_statement}
+        if the caller has it.
         """
-        inner = self.scan_statement(info, plan).sql
+        if inner is None:
+            inner = self.scan_statement(info, plan).sql
         version_sql = "group_concat(_version)" if versions else "NULL"
         sql = f"SELECT group_concat(_id), {version_sql}, group_concat(doc, char(31)) FROM ({inner})"
         saved = None
@@ -523,34 +587,46 @@ class Reader:
         assert isinstance(collection, str)
         return store.get_collection(self.conn, collection)
 
-    def is_small(self, collection: object, query: object, limit: object) -> bool:
+    def small_eq(self, collection: object, query: object, limit: object) -> tuple[CollectionInfo, Plan] | None:
         """
-        Is this read surely small: L{small_shape}, on C{_id} or an indexed
-        path of a collection that exists?
+        The collection and plan of a read that is surely small:
+        L{small_shape}, on C{_id} or an indexed path of a collection that
+        exists; else None.
         """
         if not small_shape(query, limit):
-            return False
-        assert isinstance(query, dict)
-        (path,) = query
+            return None
         info = self._existing(collection)
-        return info is not None and (path == "_id" or path in self._columns(info))
+        if info is None:
+            return None
+        plan = self.small_plan(info, query)
+        return None if plan is None else (info, plan)
 
-    def is_small_sorted(self, collection: object, query: object, sort: object, skip: object, limit: object) -> bool:
+    def is_small(self, collection: object, query: object, limit: object) -> bool:
+        """Is this read surely small (L{small_eq})?"""
+        return self.small_eq(collection, query, limit) is not None
+
+    def small_sorted(
+        self, collection: object, query: object, sort: object, skip: object, limit: object
+    ) -> tuple[CollectionInfo, Plan] | None:
         """
-        Is this sorted read surely small: L{small_sorted_shape}, sorting on
-        C{_id} or an indexed path and filtering on none or on one of them,
-        of a collection that exists? SQLite then walks the index in order
-        and stops after C{skip + limit} rows.
+        The collection and plan of a sorted read that is surely small:
+        L{small_sorted_shape}, sorting on C{_id} or an indexed path and
+        filtering on none or on one of them, of a collection that exists;
+        else None. SQLite then walks the index in order and stops after
+        C{skip + limit} rows.
         """
         path = small_sorted_shape(query, sort, skip, limit)
         if path is None:
-            return False
+            return None
         info = self._existing(collection)
-        if info is None:
-            return False
-        columns = self._columns(info)
-        paths = [path, *query] if isinstance(query, dict) else [path]
-        return all(p == "_id" or p in columns for p in paths)
+        if info is None or (path != "_id" and path not in self._columns(info)):
+            return None
+        plan = self.small_plan(info, query)
+        return None if plan is None else (info, plan)
+
+    def is_small_sorted(self, collection: object, query: object, sort: object, skip: object, limit: object) -> bool:
+        """Is this sorted read surely small (L{small_sorted})?"""
+        return self.small_sorted(collection, query, sort, skip, limit) is not None
 
     def small_range(self, collection: object, query: object, limit: object) -> tuple[CollectionInfo, Plan] | None:
         """
@@ -583,23 +659,25 @@ class Reader:
         limit: object = None,
     ) -> str:
         """
-        L{find_raw} if L{is_small} or L{small_range} (L{is_small_sorted}
-        with a sort), else L{NotInline}.
+        L{find_raw} if L{small_eq} or L{small_range} (L{small_sorted} with
+        a sort), else L{NotInline}; the read runs the plan the check made.
         """
-        if sort is None and not self.is_small(collection, query, limit):
-            planned = self.small_range(collection, query, limit)
-            if planned is None:
-                raise NotInline()
-            return self._raw_array(planned, None, _window(skip, limit))
-        if sort is not None and not self.is_small_sorted(collection, query, sort, skip, limit):
+        spec = None
+        if sort is None:
+            planned = self.small_eq(collection, query, limit) or self.small_range(collection, query, limit)
+        else:
+            planned = self.small_sorted(collection, query, sort, skip, limit)
+            spec = parse_sort(sort, self.limits)
+        if planned is None:
             raise NotInline()
-        return self.find_raw(collection, query, sort, skip, limit)
+        return self._raw_array(planned, spec, _window(skip, limit))
 
     def find_one_raw_small(self, collection: str, query: object = None) -> str | None:
-        """L{find_one_raw} if L{is_small} (as with a limit of 1), else L{NotInline}."""
-        if not self.is_small(collection, query, 1):
+        """L{find_one_raw} if L{small_eq} (as with a limit of 1), else L{NotInline}."""
+        planned = self.small_eq(collection, query, 1)
+        if planned is None:
             raise NotInline()
-        return self.find_one_raw(collection, query)
+        return next(self.texts(*planned, None, None, 1), None)
 
     def find_one_raw(self, collection: str, query: object = None) -> str | None:
         """L{find_one}'s document as its stored JSON text, or None."""
