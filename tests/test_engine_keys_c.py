@@ -107,7 +107,7 @@ def _outcome(fn: Any, *args: Any) -> Any:
         return (type(e).__name__, str(e))
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(doc=documents, split=paths)
 def test_c_keys_equal_the_python_keys(c: ModuleType, doc: dict[str, Any], split: list[tuple[str, ...]]) -> None:
     assert _outcome(c.keys_at, doc, split) == _outcome(keys.keys_at_python, doc, split)
