@@ -1,9 +1,10 @@
 """
-Build hook for the optional C accelerator of the OxiWire codec.
+Build hook for the optional C accelerators: the OxiWire codec and the index
+keys of written documents.
 
-All metadata lives in setup.cfg; this file only declares the extension. It is
-optional: without a compiler the build goes on and oxidb.wire falls back to
-the pure-Python codec.
+All metadata lives in setup.cfg; this file only declares the extensions. They
+are optional: without a compiler the build goes on and oxidb.wire and
+oxidb.engine.keys fall back to their pure-Python code.
 """
 
 from setuptools import Extension, setup
@@ -13,6 +14,11 @@ setup(
         Extension(
             "oxidb.wire._oxiwire",
             ["oxidb/wire/_oxiwire.c"],
+            optional=True,
+        ),
+        Extension(
+            "oxidb.engine._keys",
+            ["oxidb/engine/_keys.c"],
             optional=True,
         ),
     ],

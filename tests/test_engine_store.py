@@ -476,14 +476,14 @@ def test_index_key_columns_follow_the_indexes(engine: Engine) -> None:
     run(engine, "CreateIndex", collection="c", field="a")
     run(engine, "CreateCompositeIndex", collection="c", fields=["b", "a.x"])
     run(engine, "InsertMany", collection="c", documents=[{"a": i % 3, "b": str(i), "x": {"y": i}} for i in range(30)])
-    assert _table_columns(engine, "c") == ["_id", "_version", "doc", "k1_0", "k2_0", "k2_1"]
+    assert _table_columns(engine, "c") == ["_id", "_version", "doc", "doc_size", "k1_0", "k2_0", "k2_1"]
     assert "USING INDEX" in _query_plan(engine, "c", {"a": 1})
     run(engine, "DropIndex", collection="c", index="a")
-    assert _table_columns(engine, "c") == ["_id", "_version", "doc", "k2_0", "k2_1"]
+    assert _table_columns(engine, "c") == ["_id", "_version", "doc", "doc_size", "k2_0", "k2_1"]
     assert len(engine.find("c", {"a": 1})) == 10
     run(engine, "CreateUniqueIndex", collection="c", field="b")
     run(engine, "Compact", collection="c")
-    assert _table_columns(engine, "c") == ["_id", "_version", "doc", "k2_0", "k2_1", "k3_0"]
+    assert _table_columns(engine, "c") == ["_id", "_version", "doc", "doc_size", "k2_0", "k2_1", "k3_0"]
     assert "USING INDEX" in _query_plan(engine, "c", {"b": "7"})
     with pytest.raises(UniqueViolationError):
         insert(engine, "c", {"b": "7"})
@@ -520,7 +520,7 @@ def test_layout_1_databases_are_migrated_on_open(data_dir: str) -> None:
         expected = [engine.find("c", q) for q in queries]
     _to_layout_1(data_dir)
     with Engine(data_dir, synchronous="OFF") as engine:
-        assert _table_columns(engine, "c") == ["_id", "_version", "doc", "k1_0", "k2_0", "k2_1"]
+        assert _table_columns(engine, "c") == ["_id", "_version", "doc", "doc_size", "k1_0", "k2_0", "k2_1"]
         assert engine.read(lambda reader: store.get_meta(reader.conn, "layout")) == store.LAYOUT
         assert [engine.find("c", q) for q in queries] == expected
         assert "USING INDEX c1_i2" in _query_plan(engine, "c", {"s": "v1"})

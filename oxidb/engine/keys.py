@@ -27,6 +27,7 @@ import functools
 import hashlib
 import math
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -139,8 +140,11 @@ def key_at(doc: dict[str, Any], parts: tuple[str, ...]) -> bytes:
     return key_of_value(value) if found else NULL_KEY
 
 
-def keys_at(doc: dict[str, Any], paths_parts: list[tuple[str, ...]]) -> tuple[bytes, ...]:
-    """L{key_at} of each split path (one call per written row, so inlined)."""
+def keys_at_python(doc: dict[str, Any], paths_parts: list[tuple[str, ...]]) -> tuple[bytes, ...]:
+    """
+    L{key_at} of each split path (one call per written row, so inlined):
+    L{keys_at} when the C extension is not built, and its reference.
+    """
     out = []
     for parts in paths_parts:
         if len(parts) == 1:
@@ -196,6 +200,21 @@ _cached_key_of_json = functools.lru_cache(maxsize=1 << 16)(_key_of_json)
 _cached_str_key = functools.lru_cache(maxsize=1 << 16)(encode_key)
 _SMALL_INT = 1024
 _SMALL_INT_KEYS = tuple(_NUMBER + _encode_number(n) for n in range(-_SMALL_INT, _SMALL_INT + 1))
+
+#: L{keys_at_python}, in C when the optional extension L{oxidb.engine._keys}
+#: is built (it encodes ints and floats itself and leaves strings to
+#: L{_cached_str_key}, everything else to L{key_of_value}).
+keys_at: Callable[[dict[str, Any], list[tuple[str, ...]]], tuple[bytes, ...]]
+try:
+    from oxidb.engine import _keys
+except ImportError:  # the optional extension was not built
+    keys_at = keys_at_python
+else:
+    _keys.configure(values.RANK_NUMBER, NULL_KEY, _cached_str_key, key_of_value)
+    keys_at = _keys.keys_at
+
+#: C{"c"} or C{"python"}: the L{keys_at} in use.
+KEYS_AT_IMPLEMENTATION = "python" if keys_at is keys_at_python else "c"
 
 
 def _decode_path(raw: bytes | str) -> str:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import orjson
 
-from oxidb.engine import keys, values
+from oxidb.engine import keys, store, values
 from oxidb.engine.matcher import And, FieldOp, Matcher, Or, SortSpec
 
 if TYPE_CHECKING:
@@ -349,8 +349,10 @@ def group_statement(
     L{JSONB_TEXT_RATIO} times bounds their JSON texts' (the aggregation
     budget counts the texts; reading them with C{json(doc)} would cost a
     fifth of the statement), or with C{measure} the texts' own total UTF-8
-    length (for when the caller knows the bound will not settle it). Paths are plain names (checked by
-    C{GroupPushdown}), written into the statement.
+    length (for when the caller knows the bound will not settle it): the
+    stored L{store.DOC_SIZE}, measured only in rows written without it.
+    Paths are plain names (checked by C{GroupPushdown}), written into the
+    statement.
 
     When the key's path has a key column in C{columns}, the rows are
     grouped by that column (no JSON read per row for the key): its keys are
@@ -364,7 +366,7 @@ def group_statement(
     every path again for each aggregate that uses it).
     """
     slots: dict[tuple[str, ...], int] = {}
-    reads = ["_id", f"octet_length({'json(doc)' if measure else 'doc'}) AS n"]
+    reads = ["_id", f"{store.TEXT_SIZE if measure else 'octet_length(doc)'} AS n"]
 
     def read(parts: tuple[str, ...]) -> tuple[str, str]:
         slot = slots.get(parts)

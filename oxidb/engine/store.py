@@ -24,11 +24,15 @@ system). Catalog tables:
     default database.
 
 A collection's table is C{<tbl>(_id INTEGER PRIMARY KEY, _version INTEGER,
-doc BLOB, k<seq>_<n> BLOB...)} with the whole document (including C{_id} and
-C{_version}) in SQLite's binary JSONB form in C{doc}: written with
-L{DOC_VALUE}, read back as compact JSON text with L{DOC_TEXT}, and read
-field by field with C{doc -> '$.path'} without parsing the rest of the
-document. A field or composite index C{seq}
+doc BLOB, doc_size INTEGER, k<seq>_<n> BLOB...)} with the whole document
+(including C{_id} and C{_version}) in SQLite's binary JSONB form in C{doc}:
+written with L{doc_values}, read back as compact JSON text with L{DOC_TEXT},
+and read field by field with C{doc -> '$.path'} without parsing the rest of
+the document. C{doc_size} is the UTF-8 length of that text, stored when the
+row is written so that the aggregation budget needs no C{json(doc)} per row
+(L{TEXT_SIZE}); it is NULL in rows written before the column existed (tables
+of older files get the column on open, L{add_size_columns}), and by such
+code, whose rows are measured instead. A field or composite index C{seq}
 adds one key column C{k<seq>_<n>} per indexed path, holding the
 L{oxidb.engine.keys} key of the document at that path (computed in Python on
 every write, from the document the writer already holds), and a plain SQL
@@ -88,8 +92,26 @@ _SCHEMA = (
 #: The table layout this code writes (see the module docstring).
 LAYOUT = 3
 
-#: The SQL value to store for a document's JSON text parameter.
-DOC_VALUE = "jsonb(?)"
+#: The column holding the UTF-8 length of a document's JSON text.
+DOC_SIZE = "doc_size"
+
+#: The SQL expression of a row's JSON text length: stored, or measured for
+#: a row written without it.
+TEXT_SIZE = f"coalesce({DOC_SIZE}, octet_length(json(doc)))"
+
+
+def doc_values(slot: int) -> str:
+    """
+    The SQL values of the C{doc} and L{DOC_SIZE} columns from the document's
+    JSON text, the statement's parameter C{slot} (1-based; later plain C{?}
+    parameters number on from it).
+    """
+    return f"jsonb(?{slot}), octet_length(?{slot})"
+
+
+def doc_assignments(slot: int) -> str:
+    """The C{SET} assignments of L{doc_values}."""
+    return f"doc = jsonb(?{slot}), {DOC_SIZE} = octet_length(?{slot})"
 
 #: The SQL expression reading a stored document back as compact JSON text
 #: (the text it was stored from).
@@ -288,7 +310,10 @@ def list_collections(conn: sqlite.Connection) -> list[CollectionInfo]:
 def create_table(conn: sqlite.Connection, tbl: str, key_columns: Iterable[str] = ()) -> None:
     """Create a collection table (with these key columns)."""
     columns = "".join(f", {column} BLOB" for column in key_columns)
-    conn.execute(f"CREATE TABLE {tbl}(_id INTEGER PRIMARY KEY, _version INTEGER NOT NULL, doc BLOB NOT NULL{columns})")
+    conn.execute(
+        f"CREATE TABLE {tbl}(_id INTEGER PRIMARY KEY, _version INTEGER NOT NULL, doc BLOB NOT NULL,"
+        f" {DOC_SIZE} INTEGER{columns})"
+    )
 
 
 def create_collection(conn: sqlite.Connection, name: str) -> CollectionInfo:
@@ -448,6 +473,19 @@ def migrate_layout(conn: sqlite.Connection) -> None:
     if layout != LAYOUT:
         raise OSError(f"database layout {layout} is newer than this server understands ({LAYOUT})")
     set_meta(conn, "layout", LAYOUT)
+    add_size_columns(conn)
+
+
+def add_size_columns(conn: sqlite.Connection) -> None:
+    """
+    Give every collection table without a L{DOC_SIZE} column one (NULL in its
+    rows: they are measured when needed). The layout number stays: older code
+    opens the file and writes rows without sizes, which read as such.
+    """
+    for info in list_collections(conn):
+        present = conn.execute("SELECT 1 FROM pragma_table_info(?) WHERE name = ?", (info.tbl, DOC_SIZE)).fetchone()
+        if present is None:
+            conn.execute(f"ALTER TABLE {info.tbl} ADD COLUMN {DOC_SIZE} INTEGER")
 
 
 # --- text postings ----------------------------------------------------------

@@ -191,8 +191,8 @@ class WriteTxn(Reader):
         columns = "".join(f", {column}" for column, _ in indexes.key_columns)
         store.create_table(conn, tbl, [column for column, _ in indexes.key_columns])
         conn.execute(
-            f"INSERT INTO {tbl}(_id, _version, doc{columns})"
-            f" SELECT _id, _version, doc{columns} FROM {info.tbl} ORDER BY _id"
+            f"INSERT INTO {tbl}(_id, _version, doc, {store.DOC_SIZE}{columns})"
+            f" SELECT _id, _version, doc, {store.DOC_SIZE}{columns} FROM {info.tbl} ORDER BY _id"
         )
         for index in defs:
             if index.kind == store.INDEX_TEXT:
@@ -282,7 +282,8 @@ class WriteTxn(Reader):
         names = "".join(f", {column}" for column, _ in key_columns)
         marks = ", ?" * len(key_columns)
         self.conn.executemany(
-            f"INSERT INTO {info.tbl}(_id, _version, doc{names}) VALUES (?, ?, {store.DOC_VALUE}{marks})",
+            f"INSERT INTO {info.tbl}(_id, _version, doc, {store.DOC_SIZE}{names})"
+            f" VALUES (?, ?, {store.doc_values(3)}{marks})",
             _with_keys(rows, key_columns, lambda row: (row[0], row[1], row[3])),
         )
         if self.changes is not None:
@@ -331,7 +332,7 @@ class WriteTxn(Reader):
         key_columns = indexes.key_columns
         assignments = "".join(f", {column} = ?" for column, _ in key_columns)
         self.conn.executemany(
-            f"UPDATE {info.tbl} SET _version = ?, doc = {store.DOC_VALUE}{assignments} WHERE _id = ?",
+            f"UPDATE {info.tbl} SET _version = ?, {store.doc_assignments(2)}{assignments} WHERE _id = ?",
             _with_keys(rows, key_columns, lambda row: (row[1], row[3]), lambda row: (row[0],)),
         )
         if self.changes is not None:
