@@ -159,26 +159,31 @@ def _budget_for(engine: Engine, collection: str) -> QueryLimits:
     return attrs.evolve(DEFAULT_LIMITS, agg_max_bytes=texts + count * DOC_OVERHEAD)
 
 
-def test_the_budget_counts_the_stored_sizes(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("match", [[], [{"$match": {"k": {"$gte": 0}}}]], ids=["all", "matched"])
+def test_the_budget_counts_the_stored_sizes(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, match: list[dict[str, Any]]
+) -> None:
     """
     The sizes are read, not measured again: with a wrong stored size the
     statement finds the input too large and leaves it to the Python path
-    (which reads the texts, so the answer stays right).
+    (which reads the texts, so the answer stays right). So too after a
+    C{$match}, whose rows are measured by a statement of their own.
     """
+    name = f"wrong{next(_names)}"
     docs = [{"k": i % 3, "pad": "x" * 50} for i in range(30)]
-    engine.apply({"InsertMany": {"collection": "wrong", "documents": docs}}, 0.0)
-    grouped = [{"$group": {"_id": "$k", "n": {"$count": {}}}}]
+    engine.apply({"InsertMany": {"collection": name, "documents": docs}}, 0.0)
+    grouped = [*match, {"$group": {"_id": "$k", "n": {"$count": {}}}}]
     answer = [{"_id": k, "n": 10} for k in range(3)]
     pushed = _pushed(monkeypatch)
     saved = engine.limits
-    engine.limits = _budget_for(engine, "wrong")
+    engine.limits = _budget_for(engine, name)
     try:
-        assert engine.aggregate("wrong", grouped) == answer
-        engine.apply(_SetSizes("wrong", [7], 10**6), 0.0)
-        assert engine.aggregate("wrong", grouped) == answer
+        assert engine.aggregate(name, grouped) == answer
+        engine.apply(_SetSizes(name, [7], 10**6), 0.0)
+        assert engine.aggregate(name, grouped) == answer
         # A row without a size is measured: exactly its text again.
-        engine.apply(_SetSizes("wrong", [7], None), 0.0)
-        assert engine.aggregate("wrong", grouped) == answer
+        engine.apply(_SetSizes(name, [7], None), 0.0)
+        assert engine.aggregate(name, grouped) == answer
     finally:
         engine.limits = saved
     assert pushed == [True, False, True]

@@ -826,7 +826,7 @@ class Reader:
         elif sum(row[-1] for row in rows) * sqlquery.JSONB_TEXT_RATIO > room:
             # The bound does not settle it: measure the texts.
             where = "" if plan.where == "1" else f" WHERE {plan.where}"
-            sql = f"SELECT total(octet_length({store.DOC_TEXT})) FROM {info.tbl}{where}"
+            sql = f"SELECT total({store.TEXT_SIZE}) FROM {info.tbl}{where}"
             if self.conn.execute(sql, plan.params).fetchone()[0] > room:
                 return None
         budget.start(compiled.names[compiled.prefix.stages])
