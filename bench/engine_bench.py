@@ -43,6 +43,12 @@ What each figure includes:
     library. With 16 connections the 16 client processes share the 2 cores
     with the server, so client CPU per operation counts on both sides.
 
+The client's ceiling: for the indexed finds, the same client processes
+also run against C{bench/canned_server.py}, which answers every request at
+once with a real reply of that workload (taken from our server), so the
+table shows the most any server could score with this client; a goal above
+the ceiling's ratio cannot be met by the server alone.
+
 Needs C{psycopg} (C{pip install -e '.[bench]'}) and the C{postgresql}
 Debian package; when run as root the cluster runs as the C{postgres} user.
 
@@ -292,8 +298,18 @@ def bulk_insert(target: Any, docs: list[dict[str, Any]]) -> float:
     return time.perf_counter() - started
 
 
+def start_canned(port: int, reply: bytes, directory: str) -> subprocess.Popen[bytes]:
+    """bench/canned_server.py on C{port}, answering every request with C{reply}."""
+    path = os.path.join(directory, f"reply-{port}.json")
+    with open(path, "wb") as f:
+        f.write(reply)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    server = os.path.join(HERE, "canned_server.py")
+    return subprocess.Popen([PYTHON, server, str(port), path], env=env, stdout=subprocess.DEVNULL)
+
+
 def _worker(kind: str, address: Any, op: str, seconds: float, seed: int, out: Any) -> None:
-    target = OxiTarget(address) if kind == "oxidb" else PgTarget(address)
+    target = PgTarget(address) if kind == "postgres" else OxiTarget(address)
     fn = target.ops()[op]
     rng = random.Random(seed)
     fn(rng)  # warm up
@@ -358,11 +374,14 @@ def run_once(docs: list[dict[str, Any]], seconds: float) -> tuple[list[Row], tup
             rows.append(("bulk insert (docs/s)", "postgres", n / pg_s, n / ox_s, ">= 1.5"))
             oxt.close()
             pgt.close()
+            found: dict[str, float] = {}
             for label, op, connections in READS:
                 p = throughput("postgres", dsn, op, connections, seconds)
                 o = throughput("oxidb", ox_port, op, connections, seconds)
                 goal = ">= 1.0" if op in ("eq", "range") else ""
                 rows.append((label + " (ops/s)", "postgres", p, o, goal))
+                found[f"{op}/{connections}"] = p
+            rows.extend(client_ceiling(ox_port, found, seconds, tmp))
             memory = memory_mib(ox.pid), memory_mib(ox.pid, "VmHWM")
         finally:
             ox.terminate()
@@ -372,12 +391,40 @@ def run_once(docs: list[dict[str, Any]], seconds: float) -> tuple[list[Row], tup
     return rows, memory
 
 
+def client_ceiling(ox_port: int, pg: dict[str, float], seconds: float, directory: str) -> list[Row]:
+    """
+    Rows of the client's ceiling for the indexed finds: the official client
+    against a server answering at once with a reply our server gave to that
+    workload, beside PostgreSQL's rate measured just before.
+    """
+    rows: list[Row] = []
+    client = official_client().OxiDbClient("127.0.0.1", ox_port, timeout=120)
+    try:
+        ops = {"eq": {"city": "c1"}, "range": _score_range(random.Random(3))}
+        replies = {op: json.dumps({"ok": True, "data": client.find("bench", q)}).encode() for op, q in ops.items()}
+    finally:
+        client.close()
+    for label, op, connections in READS:
+        if op not in replies:
+            continue
+        port = free_port()
+        canned = start_canned(port, replies[op], directory)
+        try:
+            wait_for_port(port)
+            ceiling = throughput("canned", port, op, connections, seconds)
+        finally:
+            canned.terminate()
+            canned.wait()
+        rows.append((f"client ceiling: {label}", "postgres", pg[f"{op}/{connections}"], ceiling, ""))
+    return rows
+
+
 def print_table(title: str, rows: list[Row], ratios: list[float] | None = None) -> None:
     print(title)
-    print(f"{'workload':36} {'baseline':20} {'baseline':>11} {'oxidb':>11} {'ratio':>7} {'goal':>7}")
+    print(f"{'workload':44} {'baseline':20} {'baseline':>11} {'oxidb':>11} {'ratio':>7} {'goal':>7}")
     for i, (label, baseline, b, o, goal) in enumerate(rows):
         ratio = o / b if ratios is None else ratios[i]
-        print(f"{label:36} {baseline:20} {b:11.1f} {o:11.1f} {ratio:7.2f} {goal:>7}")
+        print(f"{label:44} {baseline:20} {b:11.1f} {o:11.1f} {ratio:7.2f} {goal:>7}")
 
 
 def main() -> None:
