@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import importlib
 import math
 from types import ModuleType
 from typing import Any
@@ -21,23 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oxidb.engine import keys, values
-
-# the C extension, or None when it is not built (reported by the fixture, not skipped)
-c_ext: ModuleType | None
-try:
-    c_ext = importlib.import_module("oxidb.engine._keys")
-except ImportError:
-    c_ext = None
+from tests.extensions import built_extension
 
 
 @pytest.fixture(scope="module")
 def c() -> ModuleType:
-    if c_ext is None:
-        pytest.fail(
-            "the C extension oxidb.engine._keys is not built: "
-            "run `pip install -e .` or `python setup.py build_ext --inplace`"
-        )
-    return c_ext
+    return built_extension("oxidb.engine._keys")
 
 
 class _Level(enum.IntEnum):

@@ -288,6 +288,18 @@ class _Threads:
         self.threads.append(thread)
         return thread
 
+    def held(self, name: str, query: np.ndarray) -> tuple[threading.Thread, threading.Event]:
+        """A search held inside its scan (at its first deadline check) until the event returned is set."""
+        scanning, release = threading.Event(), threading.Event()
+
+        def check() -> None:
+            scanning.set()
+            assert release.wait(30)
+
+        thread = self.search(name, query, check)
+        assert scanning.wait(30)
+        return thread, release
+
 
 def exact_index(engine: Engine, model: Model) -> tuple[str, np.ndarray]:
     """An index that answers exactly from memory: its vector table, and a query."""
@@ -305,15 +317,8 @@ def test_exact_scans_of_one_index_run_side_by_side(tmp_path: Path) -> None:
     model: Model = {}
     with open_engine(tmp_path, attrs.evolve(RECALL_ONLY, ladder=(16,))) as engine:
         vt, query = exact_index(engine, model)
-        scanning, release = threading.Event(), threading.Event()
-
-        def held() -> None:
-            scanning.set()
-            assert release.wait(30)
-
         searches = _Threads(engine, vt)
-        first = searches.search("first", query, held)
-        assert scanning.wait(30)
+        first, release = searches.held("first", query)
         second = searches.search("second", query, lambda: None)
         second.join(30)
         done_while_first_scans = not second.is_alive()
@@ -341,15 +346,8 @@ def test_a_catch_up_waits_for_the_exact_scans_reading_the_vectors(tmp_path: Path
                 return super().wait(timeout)
 
         cache._idle = Watched(cache._lock)
-        scanning, release = threading.Event(), threading.Event()
-
-        def held() -> None:
-            scanning.set()
-            assert release.wait(30)
-
         searches = _Threads(engine, vt)
-        first = searches.search("first", query, held)
-        assert scanning.wait(30)
+        first, release = searches.held("first", query)
         noise = np.random.default_rng(12).standard_normal((10, DIM)).astype(np.float32)
         steps = np.arange(1, 11, dtype=np.float32)[:, None] / 20  # distances far apart in float32
         insert(engine, model, query[None] + steps * noise * np.linalg.norm(query) / np.sqrt(DIM))  # the new nearest ten

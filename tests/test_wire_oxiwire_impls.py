@@ -6,7 +6,6 @@ error type and text.
 
 from __future__ import annotations
 
-import importlib
 import math
 import struct
 from types import ModuleType
@@ -17,23 +16,12 @@ from hypothesis import strategies as st
 
 from oxidb.wire import _oxiwire_py as py
 from oxidb.wire.limits import MAX_DEPTH
-
-# the C extension, or None when it is not built (reported by the fixture, not skipped)
-c_ext: ModuleType | None
-try:
-    c_ext = importlib.import_module("oxidb.wire._oxiwire")
-except ImportError:
-    c_ext = None
+from tests.extensions import built_extension
 
 
 @pytest.fixture(scope="module")
 def c() -> ModuleType:
-    if c_ext is None:
-        pytest.fail(
-            "the C extension oxidb.wire._oxiwire is not built: "
-            "run `pip install -e .` or `python setup.py build_ext --inplace`"
-        )
-    return c_ext
+    return built_extension("oxidb.wire._oxiwire")
 
 
 def outcome(core: ModuleType, action: str, *args: object) -> tuple[str, object]:
