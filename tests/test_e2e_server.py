@@ -23,7 +23,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def server(tmp_path: Any) -> Any:
+    """A server of the test's own, for tests that stop or kill it."""
     process = ServerProcess(str(tmp_path / "data")).start()
+    yield process
+    if process.process.poll() is None:
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One server for the tests that leave it running (each uses its own collections)."""
+    process = ServerProcess(str(tmp_path_factory.mktemp("shared") / "data")).start()
     yield process
     if process.process.poll() is None:
         process.kill()
@@ -36,8 +46,8 @@ def test_help_lists_every_option(tmp_path: Any) -> None:
         assert setting.env in out
 
 
-def test_official_client_against_a_real_server(server: ServerProcess, official_client: ModuleType) -> None:
-    client = official_client.OxiDbClient("127.0.0.1", server.port, timeout=10)
+def test_official_client_against_a_real_server(shared_server: ServerProcess, official_client: ModuleType) -> None:
+    client = official_client.OxiDbClient("127.0.0.1", shared_server.port, timeout=10)
     try:
         assert client.ping() == "pong"
         with pytest.raises(official_client.OxiDbError, match="unknown command: frobnicate"):
@@ -56,9 +66,9 @@ def test_sigterm_stops_cleanly_with_status_zero(server: ServerProcess) -> None:
     assert "oxidb-server stopped" in log
 
 
-def test_startup_log_line(server: ServerProcess) -> None:
-    assert f"oxidb-server listening on 127.0.0.1:{server.port} (pool_size=4, data_dir=" in server.log()
-    assert "idle_timeout=30s)" in server.log()
+def test_startup_log_line(shared_server: ServerProcess) -> None:
+    assert f"oxidb-server listening on 127.0.0.1:{shared_server.port} (pool_size=4, data_dir=" in shared_server.log()
+    assert "idle_timeout=30s)" in shared_server.log()
 
 
 @pytest.mark.parametrize(
@@ -78,8 +88,8 @@ def test_bad_configuration_exits_non_zero_with_a_message(tmp_path: Any, env: dic
     assert "Traceback" not in result.stderr
 
 
-def test_port_in_use_fails_startup(tmp_path: Any, server: ServerProcess) -> None:
-    env = dict(os.environ, OXIDB_DATA=str(tmp_path / "other"), OXIDB_ADDR=f"127.0.0.1:{server.port}")
+def test_port_in_use_fails_startup(tmp_path: Any, shared_server: ServerProcess) -> None:
+    env = dict(os.environ, OXIDB_DATA=str(tmp_path / "other"), OXIDB_ADDR=f"127.0.0.1:{shared_server.port}")
     result = subprocess.run(
         [TWISTD, "-n", "--pidfile=", "oxidb"], env=env, capture_output=True, text=True, cwd=tmp_path
     )
@@ -125,9 +135,9 @@ def test_plugin_is_discovered_from_an_installed_wheel(tmp_path: Any) -> None:
     assert not os.path.exists(os.path.join(site, "twisted", "plugins", "__init__.py"))
 
 
-def test_official_client_documents(server: ServerProcess, official_client: ModuleType) -> None:
+def test_official_client_documents(shared_server: ServerProcess, official_client: ModuleType) -> None:
     """The document commands through PyPI's client, unchanged, against the real process."""
-    db = official_client.OxiDbClient("127.0.0.1", server.port, timeout=10)
+    db = official_client.OxiDbClient("127.0.0.1", shared_server.port, timeout=10)
     try:
         assert db.insert("users", {"name": "Ada", "age": 36}) == {"id": 1}
         assert db.insert_many("users", [{"name": "Bob", "age": 25}, {"name": "Cy", "age": 41}]) == [2, 3]

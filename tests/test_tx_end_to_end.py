@@ -11,7 +11,6 @@ import random
 import threading
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
 
 import pytest
 
@@ -25,9 +24,10 @@ THREADS = 8
 TRANSFERS = 15
 
 
-@pytest.fixture
-def server(tmp_path: Any) -> Iterator[ServerProcess]:
-    process = ServerProcess(str(tmp_path / "data")).start()
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the module: the tests use their own collections."""
+    process = ServerProcess(str(tmp_path_factory.mktemp("tx") / "data")).start()
     try:
         yield process
     finally:
