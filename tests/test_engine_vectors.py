@@ -581,3 +581,28 @@ def test_replicas_applying_one_log_hold_the_same_vectors(tmp_path: Path) -> None
             tables.append(replica.read(lambda r: r.conn.execute("SELECT * FROM c2_v1 ORDER BY id").fetchall()))
     assert tables[0] == tables[1]
     assert [row[0] for row in tables[0]] == [1, 3]
+
+
+def test_cosine_distances_of_tiny_and_huge_vectors(engine: Engine) -> None:
+    """
+    Squares that underflow or overflow float32 change no cosine distance:
+    the float64 reference's answers, for queries and rows alike, with the
+    rows' norms given or not; a zero vector is at distance 1.
+    """
+    matrix = np.array([[0, 0, 1], [0, 0, 1e-30], [0, 0, 0], [1e30, 0, 0], [3, 4, 0]], dtype=np.float32)
+    expected = {
+        (0.0, 0.0, 1.18e-38): [0, 0, 1, 1, 1],
+        (0.0, 0.0, 1e30): [0, 0, 1, 1, 1],
+        (1e-30, 0.0, 0.0): [1, 1, 1, 0, 0.4],
+        (0.0, 0.0, 0.0): [1, 1, 1, 1, 1],
+    }
+    for query, distances in expected.items():
+        q = np.array(query, dtype=np.float32)
+        for norms in (None, vectors.row_norms(matrix)):
+            found = vectors.distances(matrix, q, vectors.METRIC_COSINE, norms)
+            assert found.dtype == np.float32
+            assert found.tolist() == pytest.approx(distances, abs=1e-6), (query, norms)
+    run(engine, CreateVectorIndex("tiny", "v", 3, "cosine"))
+    run(engine, InsertMany("tiny", [{"v": [0, 0, 1]}, {"v": [0, 1, 0]}]))
+    (first, second) = engine.vector_search("tiny", "v", [0, 0, 1.18e-38], 2)
+    assert (first["v"], first["_distance"], second["_distance"]) == ([0, 0, 1], 0.0, 1.0)

@@ -253,16 +253,44 @@ def distances(
     if metric == METRIC_EUCLIDEAN:
         diff = matrix - query
         return np.asarray(np.sqrt(np.einsum("ij,ij->i", diff, diff)), dtype=np.float32)
-    dots: npt.NDArray[np.float32] = np.einsum("ij,j->i", matrix, query)
     if metric == METRIC_DOT:
+        dots: npt.NDArray[np.float32] = np.einsum("ij,j->i", matrix, query)
         return (-dots).astype(np.float32)
-    if norms is None:
-        norms = row_norms(matrix)
-    norms = norms * np.float32(np.sqrt(query @ query))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cosine = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), 0)
-    out = np.where(norms > 0, 1 - cosine, 1)
-    return np.asarray(out, dtype=np.float32)
+    return _cosine_distances(matrix, query, row_norms(matrix) if norms is None else norms)
+
+
+#: Rows whose float32 norm is outside these bounds may have had squares
+#: underflow (tiny components) or overflow: their cosine is computed again
+#: in float64.
+_NORM_EXACT = (1e-18, 1e18)
+
+
+def _cosine_distances(matrix: Matrix, query: Matrix, norms: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """
+    Cosine distances: 1 - cos, and 1 against a zero vector. The query is
+    scaled to unit length in float64 (a tiny or huge query loses nothing),
+    the dot products run in float32, and the rare rows whose float32 norm
+    may be wrong (L{_NORM_EXACT}) are done in float64 from their values.
+    """
+    q64 = query.astype(np.float64)
+    q_norm = float(np.sqrt(q64 @ q64))
+    if q_norm == 0 or not math.isfinite(q_norm):
+        return np.ones(len(matrix), dtype=np.float32)
+    unit = (q64 / q_norm).astype(np.float32)
+    dots = np.einsum("ij,j->i", matrix, unit)
+    low, high = _NORM_EXACT
+    good = (norms >= low) & (norms <= high)
+    cosine = dots / np.where(good, norms, 1)
+    out = np.where(good, 1 - cosine, 1).astype(np.float32)
+    rows = np.flatnonzero(~good)
+    if len(rows):
+        m64 = matrix[rows].astype(np.float64)
+        scale = np.abs(m64).max(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scaled = m64 / np.where(scale > 0, scale, 1)[:, None]
+            cos64 = (scaled @ (q64 / q_norm)) / np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
+        out[rows] = np.where(scale > 0, 1 - cos64, 1)
+    return out
 
 
 def similarity(distance: float, metric: str) -> float:
