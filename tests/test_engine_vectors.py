@@ -282,7 +282,8 @@ def test_graph_recall_on_random_data_for_each_metric(tmp_path: Path, monkeypatch
         assert len(engine.vector_cache) == 3
 
 
-def test_graph_recall_through_writes_and_compact(tmp_path: Path) -> None:
+def test_graph_recall_through_writes_and_compact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vectors, "build_threads", lambda: 1)  # one insertion order: one graph, one recall
     rng = np.random.default_rng(7)
     dimension = 16
     with graph_engine(tmp_path, 500) as engine:
