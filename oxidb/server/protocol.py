@@ -476,7 +476,7 @@ class OxiServerProtocol(Protocol):
         turn = self._turn
         queue = self._queue
         session = self.session
-        dispatch = self._dispatch_owned
+        run_small = self._run_small
         batch = bytearray()
         answered = False
         # Work the requests send to the worker pool belongs to this
@@ -488,14 +488,9 @@ class OxiServerProtocol(Protocol):
                 size = len(payload)
                 self._queued_bytes -= size
                 self._weight = 1
+                result: bytes | Deferred[bytes] | None
                 if session.watch is None and size <= OFFLOAD_BYTES:
-                    # _handle, inline: a small frame decoded here.
-                    try:
-                        decoded = decode_request(payload)
-                    except DecodeError as e:
-                        result: bytes | Deferred[bytes] | None = encode_error(_JSON, e.message)
-                    else:
-                        result = dispatch(decoded)
+                    result = run_small(payload)  # _handle's common case, without its checks
                 else:
                     result = self._handle(payload)
                     if result is None:  # dropped in watch mode
@@ -561,7 +556,11 @@ class OxiServerProtocol(Protocol):
         self._run()
 
     def _handle(self, payload: bytes) -> bytes | Deferred[bytes] | None:
-        """The reply to one request, or a Deferred firing with it; None: no reply (watch mode)."""
+        """
+        The reply to one request, or a Deferred firing with it; None: no
+        reply (watch mode). Called in L{_run}'s turn (this connection is
+        L{current_owner}).
+        """
         if self.session.watch is not None:
             return self._watch_frame(payload)
         if len(payload) > OFFLOAD_BYTES:
@@ -569,11 +568,19 @@ class OxiServerProtocol(Protocol):
             if d is not None:
                 replied: Deferred[bytes] = d.addCallbacks(self._dispatch, self._decode_failed, errbackArgs=(payload,))
                 return replied
+        return self._run_small(payload)
+
+    def _run_small(self, payload: bytes) -> bytes | Deferred[bytes]:
+        """
+        A frame decoded here and run: its reply, or a Deferred firing with
+        it. Called in L{_run}'s turn, which made this connection
+        L{current_owner}.
+        """
         try:
             decoded = decode_request(payload)
         except DecodeError as e:
-            return encode_error(WireFormat.JSON, e.message)
-        return self._dispatch(decoded)
+            return encode_error(_JSON, e.message)
+        return self._dispatch_owned(decoded)
 
     def _decode_failed(self, failure: Failure, payload: bytes) -> bytes:
         error = failure.value
