@@ -36,6 +36,7 @@ from oxidb.datadir import DataDirLock
 from oxidb.errors import BadRequestError, ConfigError
 from oxidb.logs import Logger
 from oxidb.metrics import MetricsRefresher, NodeHealth, make_metrics_site
+from oxidb.server.eager import listen_tcp
 from oxidb.server.scheduler import Scheduler
 from oxidb.server.ttl import TtlSweeper
 
@@ -248,7 +249,7 @@ class OxiService(MultiService):
         if self.tls_options is not None:
             self.port = self.reactor.listenSSL(port, self.factory, self.tls_options, interface=host)
         else:
-            self.port = self.reactor.listenTCP(port, self.factory, interface=host)
+            self.port = listen_tcp(self.reactor, port, self.factory, interface=host)
         if self.config.metrics_addr is not None:
             health = NodeHealth(lambda: self.lifecycle.serving, raft=self.parts.metrics.sample_raft)
             settings = self.config.metrics

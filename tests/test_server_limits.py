@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -286,6 +286,9 @@ class PausingTransport(StringTransport):
         producer: Any = self.producer
         if len(self.io.getvalue()) > 64 * 1024 and producer is not None:
             producer.pauseProducing()
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        self.write(b"".join(data))
 
     def drain(self) -> bytes:
         data = self.value()

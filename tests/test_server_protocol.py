@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -301,6 +302,9 @@ class CountingTransport(StringTransport):
         super().write(data)
         if self.pause_above is not None and len(self.value()) > self.pause_above and self.producer is not None:
             self.producer.pauseProducing()
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        self.write(b"".join(data))
 
 
 def replies_of(data: bytes) -> list[Any]:

@@ -327,8 +327,8 @@ class OxiServerProtocol(Protocol):
         if size <= OFFLOAD_BYTES:
             self.transport.write(encode_frame(payload))
         else:
-            self.transport.write(_PREFIX.pack(len(payload)))
-            self.transport.write(payload)
+            # One writeSequence: an eager transport sends both in one syscall.
+            self.transport.writeSequence((_PREFIX.pack(len(payload)), payload))
         metrics = self.factory.services.metrics
         if metrics is not None:
             metrics.bytes_sent(size)
@@ -730,7 +730,9 @@ class OxiServerProtocol(Protocol):
             data.pop("document", None)
             data["document_omitted"] = True
             payload = encode_event(self._watch_format, {"event": event["event"], "data": data})
-        self.transport.write(_PREFIX.pack(len(payload)) + payload)
+        # Buffered, also on an eager transport: a burst of events leaves in one send.
+        write = getattr(self.transport, "write_later", None) or self.transport.write
+        write(_PREFIX.pack(len(payload)) + payload)
         metrics = self.factory.services.metrics
         if metrics is not None:
             metrics.bytes_sent(len(payload) + 4)
