@@ -11,7 +11,8 @@ Each round starts a fresh server; the table gives the median of the rounds.
 With C{--baseline} each round also runs a server started from another
 checkout (with its own C{.venv}), the two alternating, and the table gives
 the ratios ours / baseline of the medians (below 1.0: ours is faster or
-cheaper). Single rounds on this shared 2-core machine vary by 2x or more.
+cheaper), then each round's paired ratios (min, median, max). Single
+rounds on this shared 2-core machine vary by 2x or more.
 """
 
 from __future__ import annotations
@@ -135,6 +136,14 @@ def main() -> None:
             b = base[name]
             line += f"   {row['p50'] / b['p50']:10.2f}   {row['server cpu'] / b['server cpu']:17.2f}"
         print(line)
+    if base_runs:
+        print("paired by round, ours / baseline: min  median  max")
+        for name in ours:
+            cells = []
+            for key in ("p50", "server cpu"):
+                ratios = sorted(o[name][key] / b[name][key] for o, b in zip(ours_runs, base_runs, strict=True))
+                cells.append(f"{key} {ratios[0]:.2f} {statistics.median(ratios):.2f} {ratios[-1]:.2f}")
+            print(f"{name:20} " + "   ".join(cells))
     print(f"server memory at the end of a round: at most {rss:.0f} MiB resident")
 
 
