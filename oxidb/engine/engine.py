@@ -307,6 +307,17 @@ class Engine:
             return future
         return self._writer.submit_many(items)
 
+    def submit_call(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """
+        Run a blocking C{fn(*args)} on the writer thread in line with the
+        writes queued around it, outside their transactions (L{Writer.submit_call}).
+        """
+        if self._writer is None or not self._open:
+            failed: Future[Any] = Future()
+            failed.set_exception(UnavailableError("engine is closed"))
+            return failed
+        return self._writer.submit_call(fn, *args)
+
     def apply(self, op: Operation | dict[str, Any], now: float, raft_index: int | None = None) -> Any:
         """L{submit} and wait. Never call it from an applier (the writer thread)."""
         if self._writer is not None and self._writer.on_writer_thread():

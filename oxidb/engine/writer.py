@@ -112,6 +112,23 @@ class _Txn:
     committed: list[OperationChanges] = attrs.Factory(list)
 
 
+@attrs.define(eq=False)
+class _Call:
+    """A blocking call run on the writer thread in queue order, outside any transaction (L{Writer.submit_call})."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: Future[Any]
+
+    def run(self) -> None:
+        try:
+            result = self.fn(*self.args)
+        except BaseException as e:  # noqa: BLE001 - the caller gets it
+            self.future.set_exception(e)
+        else:
+            self.future.set_result(result)
+
+
 _STOP = object()
 
 
@@ -211,37 +228,67 @@ class Writer:
             raise ValueError("submit_many needs at least one operation")
         return self._queue_job([_Pending(op, now, index) for op, now, index in items], single=False)
 
+    def submit_call(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """
+        Queue a blocking call C{fn(*args)} to run on the writer thread after
+        the operations queued before it are committed and before those
+        queued after it, outside any transaction (it shares none with
+        them); the future gets its result or exception. The Raft driver
+        persists a follower's log batch this way, in line with the apply of
+        its committed entries, instead of on a thread of its own.
+        """
+        future: Future[Any] = Future()
+        self._put(_Call(fn, args, future), future)
+        return future
+
     def _queue_job(self, items: list[_Pending], *, single: bool) -> Future[Any]:
         future: Future[Any] = Future()
+        self._put(_Job(items, future, single), future)
+        return future
+
+    def _put(self, item: _Job | _Call, future: Future[Any]) -> None:
         with self._lock:
             if self._closed:
                 future.set_exception(UnavailableError("engine is closed"))
-                return future
-            self._queue.put(_Job(items, future, single))
-        return future
+                return
+            self._queue.put(item)
 
     # --- the thread -------------------------------------------------------
 
     def _run(self) -> None:
         stopping = False
         carry: _Job | None = None  # a run partly committed: it goes first
-        while carry is not None or not stopping:
+        call: _Call | None = None  # taken from the queue behind a batch: it goes next
+        while True:
             if carry is not None:
                 job, carry = carry, None
+            elif call is not None:
+                queued_call: _Call = call
+                call = None
+                queued_call.run()
+                continue
+            elif stopping:
+                break
             else:
                 item = self._queue.get()
                 if item is _STOP:
                     break
+                if type(item) is _Call:
+                    item.run()
+                    continue
                 job = item
             batch = [job]
             size = len(job.items) - job.done
-            while size < self.max_batch and not stopping:
+            while size < self.max_batch and not stopping and call is None:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is _STOP:
                     stopping = True
+                    break
+                if type(item) is _Call:
+                    call = item  # after this batch: nothing queued behind it joins the batch
                     break
                 batch.append(item)
                 size += len(item.items)
