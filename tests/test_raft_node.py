@@ -621,3 +621,41 @@ def test_a_follower_persists_a_snapshot_and_what_follows_its_install_on_its_io_t
     assert during and set(during) == {"io"}
     assert [where for where, i in calls[end:] if i == 3][-1] == "in line"
     assert h.fatal == {}
+
+
+def test_a_follower_behind_on_its_applies_persists_on_its_io_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("oxidb.raft.node.IN_LINE_BACKLOG", 2)
+    calls: list[tuple[str, int]] = []
+    h = Harness([])
+    for i in (1, 2, 3):
+        h.start(i, run_io=_recording("io", calls, i), run_persist=_recording("in line", calls, i))
+    h.bootstrap([1, 2, 3])
+    h.run_until(lambda: h.nodes[1].is_leader, timeout=5)
+    sm = h.sms[2]
+    apply = sm.apply
+    slow = [True]
+
+    def slow_apply(entries: Any) -> Any:
+        if not slow[0]:
+            return apply(entries)
+        later: Deferred[Any] = Deferred()
+        h.clock.callLater(1.0, lambda: apply(entries).chainDeferred(later))
+        return later
+
+    sm.apply = slow_apply  # type: ignore[method-assign]
+    del calls[:]
+    writes = [h.nodes[1].write(set_op(f"k{n}", n)) for n in range(3)]
+    h.run(0.3)
+    writes += [h.nodes[1].write(set_op(f"k{n}", n)) for n in range(3, 6)]
+    h.run(0.3)
+    behind = [where for where, i in calls if i == 2]
+    # In line while its backlog was small, then on the I/O thread.
+    assert behind[0] == "in line" and behind[-1] == "io"
+    slow[0] = False
+    assert [h.result(d) for d in writes] == [{"set": f"k{n}"} for n in range(6)]
+    h.run_until(lambda: sm.data == h.sms[1].data)
+    del calls[:]
+    h.result(h.nodes[1].write(set_op("k6", 6)))
+    h.run(0.3)
+    assert [where for where, i in calls if i == 2] == ["in line"]
+    assert h.fatal == {}

@@ -81,6 +81,11 @@ _FRAME_ROOM = 64 << 10
 #: Committed entries waiting for the state machine beyond which no new ready
 #: is taken.
 APPLY_BACKLOG = 20_000
+#: Committed entries waiting for the state machine beyond which a follower
+#: persists on the I/O thread instead of in line with the applies (see
+#: C{run_persist}), so that catching up does not hold back its
+#: acknowledgements (the engine writer's default transaction size).
+IN_LINE_BACKLOG = 512
 
 
 @attrs.frozen
@@ -150,8 +155,9 @@ class RaftNode(MembershipCommands):
     @param run_persist: like C{run_io}, but in line with the state machine's
         applies (L{EngineStateMachine.run_in_writer}): a follower persists
         its log batches this way when nothing holds the pipeline back (no
-        snapshot installed or pinned), saving a thread hand-off and a
-        reactor wakeup per ready; a leader, a candidate, a batch carrying a
+        snapshot installed or pinned, at most L{IN_LINE_BACKLOG} entries
+        waiting to be applied), saving a thread hand-off and a reactor
+        wakeup per ready; a leader, a candidate, a batch carrying a
         snapshot, and every batch when None, use C{run_io}.
     """
 
@@ -363,6 +369,7 @@ class RaftNode(MembershipCommands):
             or core is None
             or not core.is_follower
             or self._held_back
+            or self._apply_backlog > IN_LINE_BACKLOG
             or ready.apply_snapshot is not None
             or ready.persist.snapshot is not None
         ):
