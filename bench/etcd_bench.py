@@ -48,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from procstat import memory_mib  # noqa: E402
+from procstat import cpu_seconds, memory_mib  # noqa: E402
 
 from oxidb._harness import LocalCluster, free_port, wait_until  # noqa: E402
 
@@ -273,6 +273,19 @@ class EtcdCluster:
             proc.wait()
 
 
+CPU_ROLES = ("ours leader", "ours follower", "etcd leader", "etcd follower")
+
+
+def measured(
+    pids: list[int], port: int, connections: int, seconds: float, request: bytes, replies: Callable[[bytearray], int]
+) -> tuple[float, list[float]]:
+    """L{drive}'s rate, and the CPU microseconds per write of each process of C{pids} meanwhile."""
+    before = [cpu_seconds(pid) for pid in pids]
+    rate = drive(port, connections, seconds, request, replies)
+    writes = max(rate * seconds, 1.0)
+    return rate, [(cpu_seconds(pid) - b) / writes * 1e6 for pid, b in zip(pids, before, strict=True)]
+
+
 def rss_mib(pids: list[int]) -> float:
     return sum(memory_mib(pid) for pid in pids)
 
@@ -304,6 +317,11 @@ def main() -> None:
             their_port = theirs.leader_port()
             our_request = oxidb_request(args.value_bytes)
             their_request = etcd_request(their_port, args.value_bytes)
+            # Leader first, then the followers.
+            leader = ours.leader()
+            our_pids = [ours.nodes[n].process.pid for n in sorted((1, 2, 3), key=lambda n: n != leader)]
+            their_index = theirs.client_ports.index(their_port)
+            their_pids = [p.pid for p in sorted(theirs.procs, key=lambda p: theirs.procs.index(p) != their_index)]
 
             rows = []
             for connections in levels:
@@ -312,12 +330,23 @@ def main() -> None:
                     "etcd": ceiling("http", their_request, http_replies, connections, args.seconds / 2),
                 }
                 rates: dict[str, list[float]] = {"ours": [], "etcd": []}
+                cpu: dict[str, list[float]] = {role: [] for role in CPU_ROLES}
                 for _ in range(args.repeats):
-                    rates["etcd"].append(drive(their_port, connections, args.seconds, their_request, http_replies))
-                    rates["ours"].append(drive(our_port, connections, args.seconds, our_request, framed_replies))
+                    rate, per_write = measured(
+                        their_pids, their_port, connections, args.seconds, their_request, http_replies
+                    )
+                    rates["etcd"].append(rate)
+                    cpu["etcd leader"].append(per_write[0])
+                    cpu["etcd follower"].append(statistics.mean(per_write[1:]))
+                    rate, per_write = measured(
+                        our_pids, our_port, connections, args.seconds, our_request, framed_replies
+                    )
+                    rates["ours"].append(rate)
+                    cpu["ours leader"].append(per_write[0])
+                    cpu["ours follower"].append(statistics.mean(per_write[1:]))
                 median = {k: statistics.median(v) for k, v in rates.items()}
                 spread = {k: (min(v), max(v)) for k, v in rates.items()}
-                rows.append((connections, median, spread, limits))
+                rows.append((connections, median, spread, limits, {k: statistics.median(v) for k, v in cpu.items()}))
                 print(f"  {connections} connections: ours {rates['ours']}, etcd {rates['etcd']}", flush=True)
 
             our_rss = rss_mib([ours.nodes[n].process.pid for n in (1, 2, 3)])
@@ -330,12 +359,17 @@ def main() -> None:
     print(f"per connection, medians of {args.repeats} alternating runs of {args.seconds:g} s; {version}\n")
     print("| connections | etcd writes/s | ours writes/s | ours / etcd | loadgen ceiling ours / etcd |")
     print("|---|---|---|---|---|")
-    for connections, median, spread, limits in rows:
+    for connections, median, spread, limits, _ in rows:
         print(
             f"| {connections} | {median['etcd']:,.0f} ({spread['etcd'][0]:,.0f}-{spread['etcd'][1]:,.0f})"
             f" | {median['ours']:,.0f} ({spread['ours'][0]:,.0f}-{spread['ours'][1]:,.0f})"
             f" | {median['ours'] / median['etcd']:.2f}x | {limits['ours']:,.0f} / {limits['etcd']:,.0f} |"
         )
+    print("\nCPU per write (user + system, µs; medians; a follower is the mean of both)\n")
+    print("| connections | " + " | ".join(CPU_ROLES) + " |")
+    print("|---|" + "---|" * len(CPU_ROLES))
+    for connections, *_, cpu in rows:
+        print(f"| {connections} | " + " | ".join(f"{cpu[role]:.0f}" for role in CPU_ROLES) + " |")
     print(f"\nRSS at the end: ours {our_rss:.0f} MiB (3 nodes), etcd {their_rss:.0f} MiB (3 members)")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def memory_mib(pid: int | str = "self", field: str = "VmRSS") -> float:
     """
@@ -14,3 +16,10 @@ def memory_mib(pid: int | str = "self", field: str = "VmRSS") -> float:
             if key == field:
                 return int(value.split()[0]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User plus system CPU time of process C{pid} so far, in seconds (from C{/proc/<pid>/stat})."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

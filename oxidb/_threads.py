@@ -97,6 +97,12 @@ class ReactorQueue:
         """From any thread: fire C{d} with C{result} (a L{Failure} errbacks) on the reactor thread."""
         self.call(_fire, d, result)
 
+    def deferred(self, future: Future[T]) -> Deferred[T]:
+        """A Deferred firing on the reactor thread, through this queue, with C{future}'s outcome."""
+        d: Deferred[T] = Deferred()
+        future.add_done_callback(lambda done: self.fire(d, _outcome(done)))
+        return d
+
     def _deliver(self) -> None:
         """On the reactor thread: run every call that has arrived."""
         with self._lock:

@@ -301,6 +301,39 @@ def test_stopping_finishes_a_run_longer_than_a_batch(gated: tuple[Engine, Gate, 
     assert batches == [1, 10, 10, 5]
 
 
+def test_a_call_runs_on_the_writer_between_the_writes_queued_around_it(
+    gated: tuple[Engine, Gate, list[int]],
+) -> None:
+    engine, gate, batches = gated
+    blocker = engine.submit({"Gate": {}}, 0.0)
+    assert gate.entered.wait(WAIT)
+    before = [engine.submit({"Insert": {"collection": "c", "document": {"n": n}}}, 0.0) for n in range(3)]
+    seen: list[tuple[bool, int]] = []
+
+    def call(tag: str) -> str:
+        seen.append((engine._writer.on_writer_thread(), engine.count("c")))  # type: ignore[union-attr]
+        return tag
+
+    def failing() -> None:
+        raise OSError("fsync failed (test)")
+
+    called = engine.submit_call(call, "persisted")
+    broken = engine.submit_call(failing)
+    after = engine.submit({"Insert": {"collection": "c", "document": {"n": 3}}}, 0.0)
+    gate.release.set()
+    assert blocker.result(WAIT) == "opened"
+    assert called.result(WAIT) == "persisted"
+    assert isinstance(broken.exception(WAIT), OSError)
+    assert [f.result(WAIT) for f in before] == [{"id": n} for n in range(1, 4)]
+    assert after.result(WAIT) == {"id": 4}
+    # On the writer thread, after the writes before it committed and before
+    # the one after it; no write queued after a call joins the batch before it.
+    assert seen == [(True, 3)]
+    assert batches == [1, 3, 1]
+    engine.close()
+    assert isinstance(engine.submit_call(call, "late").exception(0), UnavailableError)
+
+
 def test_closed_engine(data_dir: str) -> None:
     engine = Engine(data_dir)
     with pytest.raises(UnavailableError):

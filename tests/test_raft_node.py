@@ -8,13 +8,14 @@ snapshots, fatal storage errors, and peers that fail authentication.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 from raft_node_harness import FAST, DictStateMachine, FailingDisk, Harness, slow_io, sync_io
 from raft_wire import MemoryWire
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 
@@ -540,3 +541,121 @@ def test_leadership_and_membership_changes_are_logged_at_info() -> None:
     assert any(line.startswith("raft: node 1 membership is now") for line in lines)
     assert "raft: node 2 follows leader 1 (term 1)" in lines
     assert any(line.startswith("raft: node 2 joined cluster ") for line in lines)
+
+
+def _recording(name: str, calls: list[tuple[str, int]], node_id: int) -> Callable[..., Deferred[Any]]:
+    """A C{run_io} / C{run_persist} that records which node ran its storage work where."""
+
+    def run(fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        calls.append((name, node_id))
+        return maybeDeferred(fn, *args)
+
+    return run
+
+
+def test_followers_persist_in_line_with_their_applies_and_the_leader_on_its_io_thread() -> None:
+    calls: list[tuple[str, int]] = []
+    h = Harness([])
+    for i in (1, 2, 3):
+        h.start(i, run_io=_recording("io", calls, i), run_persist=_recording("in line", calls, i))
+    h.bootstrap([1, 2, 3])
+    leader = h.leaders()[0]
+    del calls[:]
+    for n in range(20):
+        h.result(h.nodes[leader].write(set_op(f"k{n}", n)))
+    h.run(0.5)
+    assert all(sm.data == {f"k{n}": n for n in range(20)} for sm in h.sms.values())
+    followers = {i for i in (1, 2, 3) if i != leader}
+    assert {i for where, i in calls if where == "in line"} == followers
+    assert {i for where, i in calls if where == "io"} == {leader}
+    assert h.fatal == {}
+
+
+def test_a_follower_persists_a_snapshot_and_what_follows_its_install_on_its_io_thread() -> None:
+    config = RaftConfig(
+        heartbeat_interval=100, election_timeout_min=300, election_timeout_max=600,
+        snapshot_threshold=10, keep_after_snapshot=2,
+    )
+    calls: list[tuple[str, int]] = []
+    h = Harness([], config=config)
+    for i in (1, 2, 3):
+        h.start(i, run_io=_recording("io", calls, i), run_persist=_recording("in line", calls, i))
+    h.bootstrap([1, 2, 3])
+    h.run_until(lambda: h.nodes[1].is_leader, timeout=5)
+    h.net.isolate(3, [1, 2])
+    for n in range(40):
+        h.result(h.nodes[1].write(set_op(f"k{n}", n)))
+    h.run(0.5)
+    sm = h.sms[3]
+    install = sm.install_snapshot
+    installing: list[int] = []
+
+    def slow_install(data: bytes) -> Any:
+        later: Deferred[None] = Deferred()
+        installing.append(len(calls))
+
+        def done() -> None:
+            install(data)
+            installing.append(len(calls))
+            later.callback(None)
+
+        h.clock.callLater(0.5, done)
+        return later
+
+    sm.install_snapshot = slow_install  # type: ignore[method-assign]
+    del calls[:]
+    h.net.heal()
+    h.run_until(lambda: len(installing) == 1, timeout=10)
+    for n in range(40, 45):  # committed by nodes 1 and 2 while node 3 installs
+        h.result(h.nodes[1].write(set_op(f"k{n}", n)))
+    h.run_until(lambda: len(installing) == 2, timeout=10)
+    for n in range(45, 50):
+        h.result(h.nodes[1].write(set_op(f"k{n}", n)))
+    h.run_until(lambda: sm.data == h.sms[1].data)
+    assert sm.installs == 1
+    start, end = installing
+    # Its snapshot batch, and what it persisted while the install ran, went
+    # to its I/O thread; its batches are in line again once it is installed.
+    assert [where for where, i in calls[:start] if i == 3][-1] == "io"
+    during = [where for where, i in calls[start:end] if i == 3]
+    assert during and set(during) == {"io"}
+    assert [where for where, i in calls[end:] if i == 3][-1] == "in line"
+    assert h.fatal == {}
+
+
+def test_a_follower_behind_on_its_applies_persists_on_its_io_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("oxidb.raft.node.IN_LINE_BACKLOG", 2)
+    calls: list[tuple[str, int]] = []
+    h = Harness([])
+    for i in (1, 2, 3):
+        h.start(i, run_io=_recording("io", calls, i), run_persist=_recording("in line", calls, i))
+    h.bootstrap([1, 2, 3])
+    h.run_until(lambda: h.nodes[1].is_leader, timeout=5)
+    sm = h.sms[2]
+    apply = sm.apply
+    slow = [True]
+
+    def slow_apply(entries: Any) -> Any:
+        if not slow[0]:
+            return apply(entries)
+        later: Deferred[Any] = Deferred()
+        h.clock.callLater(1.0, lambda: apply(entries).chainDeferred(later))
+        return later
+
+    sm.apply = slow_apply  # type: ignore[method-assign]
+    del calls[:]
+    writes = [h.nodes[1].write(set_op(f"k{n}", n)) for n in range(3)]
+    h.run(0.3)
+    writes += [h.nodes[1].write(set_op(f"k{n}", n)) for n in range(3, 6)]
+    h.run(0.3)
+    behind = [where for where, i in calls if i == 2]
+    # In line while its backlog was small, then on the I/O thread.
+    assert behind[0] == "in line" and behind[-1] == "io"
+    slow[0] = False
+    assert [h.result(d) for d in writes] == [{"set": f"k{n}"} for n in range(6)]
+    h.run_until(lambda: sm.data == h.sms[1].data)
+    del calls[:]
+    h.result(h.nodes[1].write(set_op("k6", 6)))
+    h.run(0.3)
+    assert [where for where, i in calls if i == 2] == ["in line"]
+    assert h.fatal == {}

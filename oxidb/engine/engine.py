@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from oxidb import filemodes
 from oxidb.atrest import AtRestKey
@@ -40,7 +40,7 @@ from oxidb.engine.governor import (
     QueryLimits,
     time_limit_ms,
 )
-from oxidb.engine.operations import BUILTIN, EnsureCollection, Operation, OperationCodec, Rejected
+from oxidb.engine.operations import BUILTIN, EnsureCollection, Insert, Operation, OperationCodec, Rejected
 from oxidb.engine.reads import Reader, small_range_shape, small_shape, small_sorted_shape
 from oxidb.engine.snapshots import Snapshots
 from oxidb.engine.writer import Writer
@@ -211,6 +211,8 @@ class Engine:
             self._apply_op,
             max_batch=self._max_batch,
             prepare=self._prepare_op,
+            run_key=self._run_key,
+            apply_run=self._apply_run,
             on_commit=self._on_commit,
             recorder=self._recorder,
             catalog=self._catalog,
@@ -305,6 +307,17 @@ class Engine:
             return future
         return self._writer.submit_many(items)
 
+    def submit_call(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """
+        Run a blocking C{fn(*args)} on the writer thread in line with the
+        writes queued around it, outside their transactions (L{Writer.submit_call}).
+        """
+        if self._writer is None or not self._open:
+            failed: Future[Any] = Future()
+            failed.set_exception(UnavailableError("engine is closed"))
+            return failed
+        return self._writer.submit_call(fn, *args)
+
     def apply(self, op: Operation | dict[str, Any], now: float, raft_index: int | None = None) -> Any:
         """L{submit} and wait. Never call it from an applier (the writer thread)."""
         if self._writer is not None and self._writer.on_writer_thread():
@@ -354,6 +367,38 @@ class Engine:
         except InvalidQueryError:
             pass  # an invalid name: the operation itself reports it
         return True
+
+    def _run_key(self, op: Operation) -> str | None:
+        """
+        The collection of a plain L{Insert} (consecutive ones into one
+        collection are applied together: L{_apply_run}); None for any other
+        operation.
+        """
+        if type(op) is Insert and self._appliers.get(Insert) is _apply_itself:
+            return op.collection
+        return None
+
+    def _apply_run(self, ops: list[Operation], each: Callable[[int], None]) -> list[tuple[bool, Any]] | None:
+        """
+        Apply consecutive L{Insert}s into one collection as if one by one
+        (L{WriteTxn.insert_each}), creating the collection first if missing
+        as the first insert would; None (nothing done) when they must go one
+        by one.
+        """
+        conn = self._writer_conn
+        assert conn is not None
+        name = cast(Insert, ops[0]).collection
+        txn = WriteTxn(conn, 0.0, self._recorder, self._catalog)
+        info = store.get_collection(conn, name)
+        if info is None:
+            try:
+                info = txn.ensure_collection(name)
+            except OxiError:
+                return None  # an invalid name, a missing database: each insert reports it
+        outcomes = txn.insert_each(info, [cast(Insert, op).document for op in ops], each)
+        if outcomes is None:
+            return None
+        return [(True, {"id": value}) if ok else (False, value) for ok, value in outcomes]
 
     def _apply_op(self, op: Operation, now: float) -> Any:
         applier = self._appliers.get(type(op))

@@ -28,6 +28,14 @@ its own: its effects stay even when the operation then fails (upstream
 creates the collection a failing command names, engine.md 1.6). When it
 returns C{False} it changed nothing, and the operation runs on in the same
 savepoint (no release and new savepoint for nothing).
+
+With C{run_key} and C{apply_run}, consecutive operations of one transaction
+with the same key (not None) are applied together in one savepoint, such as
+the single inserts into one collection of a Raft ready: one collection
+lookup, one C{INSERT} statement and one id high-water write instead of one
+of each per operation. Their outcomes, changes and C{last_applied} are those
+of one by one; when the run applier declines or fails, the savepoint is
+rolled back and they go one by one.
 """
 
 from __future__ import annotations
@@ -55,6 +63,12 @@ ApplyFunction = Callable[["Operation", float], Any]
 
 #: The outcome of one operation: C{(True, data)} or C{(False, exception)}.
 Outcome = tuple[bool, Any]
+
+#: Applies consecutive operations of one C{run_key} together on the writer
+#: connection, with the outcomes they would have one by one, calling
+#: C{each(k)} once operation C{k}'s changes are recorded: C{apply_run(ops,
+#: each)}; None when they must go one by one.
+RunFunction = Callable[[list["Operation"], Callable[[int], None]], "list[Outcome] | None"]
 
 
 @attrs.define
@@ -89,6 +103,32 @@ class _Job:
             self.future.set_exception(self.outcomes[0][1])
 
 
+@attrs.define
+class _Txn:
+    """What the operations of one transaction have done so far."""
+
+    last_applied: int
+    last_token: int
+    committed: list[OperationChanges] = attrs.Factory(list)
+
+
+@attrs.define(eq=False)
+class _Call:
+    """A blocking call run on the writer thread in queue order, outside any transaction (L{Writer.submit_call})."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: Future[Any]
+
+    def run(self) -> None:
+        try:
+            result = self.fn(*self.args)
+        except BaseException as e:  # noqa: BLE001 - the caller gets it
+            self.future.set_exception(e)
+        else:
+            self.future.set_result(result)
+
+
 _STOP = object()
 
 
@@ -109,6 +149,8 @@ class Writer:
         on_commit: Callable[[int], None] | None = None,
         recorder: ChangeRecorder | None = None,
         catalog: IndexCatalog | None = None,
+        run_key: Callable[[Operation], object | None] | None = None,
+        apply_run: RunFunction | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -116,6 +158,10 @@ class Writer:
         self._apply = apply
         self.max_batch = max_batch
         self._prepare = prepare
+        if (run_key is None) != (apply_run is None):
+            raise ValueError("run_key and apply_run go together")
+        self._run_key = run_key
+        self._apply_run = apply_run
         self._on_commit = on_commit
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -182,37 +228,67 @@ class Writer:
             raise ValueError("submit_many needs at least one operation")
         return self._queue_job([_Pending(op, now, index) for op, now, index in items], single=False)
 
+    def submit_call(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """
+        Queue a blocking call C{fn(*args)} to run on the writer thread after
+        the operations queued before it are committed and before those
+        queued after it, outside any transaction (it shares none with
+        them); the future gets its result or exception. The Raft driver
+        persists a follower's log batch this way, in line with the apply of
+        its committed entries, instead of on a thread of its own.
+        """
+        future: Future[Any] = Future()
+        self._put(_Call(fn, args, future), future)
+        return future
+
     def _queue_job(self, items: list[_Pending], *, single: bool) -> Future[Any]:
         future: Future[Any] = Future()
+        self._put(_Job(items, future, single), future)
+        return future
+
+    def _put(self, item: _Job | _Call, future: Future[Any]) -> None:
         with self._lock:
             if self._closed:
                 future.set_exception(UnavailableError("engine is closed"))
-                return future
-            self._queue.put(_Job(items, future, single))
-        return future
+                return
+            self._queue.put(item)
 
     # --- the thread -------------------------------------------------------
 
     def _run(self) -> None:
         stopping = False
         carry: _Job | None = None  # a run partly committed: it goes first
-        while carry is not None or not stopping:
+        call: _Call | None = None  # taken from the queue behind a batch: it goes next
+        while True:
             if carry is not None:
                 job, carry = carry, None
+            elif call is not None:
+                queued_call: _Call = call
+                call = None
+                queued_call.run()
+                continue
+            elif stopping:
+                break
             else:
                 item = self._queue.get()
                 if item is _STOP:
                     break
+                if type(item) is _Call:
+                    item.run()
+                    continue
                 job = item
             batch = [job]
             size = len(job.items) - job.done
-            while size < self.max_batch and not stopping:
+            while size < self.max_batch and not stopping and call is None:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is _STOP:
                     stopping = True
+                    break
+                if type(item) is _Call:
+                    call = item  # after this batch: nothing queued behind it joins the batch
                     break
                 batch.append(item)
                 size += len(item.items)
@@ -238,37 +314,42 @@ class Writer:
             taken.append((job, items))
             room -= len(items)
         outcomes: list[Outcome] = []
-        last_applied = self._last_applied
         recorder = self._recorder
-        committed: list[OperationChanges] = []
-        last_token = self._last_token
+        txn = _Txn(self._last_applied, self._last_token)
+        pendings = [pending for _job, items in taken for pending in items]
+        run_key = self._run_key
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite.Error as e:
             self._fail_all(batch, e)
             return None
         try:
-            for _job, items in taken:
-                for pending in items:
-                    if pending.raft_index is not None and pending.raft_index <= last_applied:
-                        # Already applied before a restart: replaying it is a no-op.
-                        outcomes.append((True, None))
-                        continue
-                    if recorder is not None:
-                        recorder.begin()
-                    outcome = self._apply_one(pending)
-                    outcomes.append(outcome)
-                    if recorder is not None and outcome[0] and not recorder.empty:
-                        # A Raft entry's changes are numbered by its index, the same on every node.
-                        sequence = pending.raft_index
-                        if sequence is None:
-                            sequence = changes.sequence_of(last_token) + 1
-                        done = recorder.finish(sequence)
-                        if done is not None:
-                            committed.append(done)
-                            last_token = done.last
-                    if pending.raft_index is not None:
-                        last_applied = pending.raft_index
+            at = 0
+            while at < len(pendings):
+                pending = pendings[at]
+                if pending.raft_index is not None and pending.raft_index <= txn.last_applied:
+                    # Already applied before a restart: replaying it is a no-op.
+                    outcomes.append((True, None))
+                    at += 1
+                    continue
+                if run_key is not None:
+                    end = self._run_end(pendings, at)
+                    if end - at > 1:
+                        run = self._apply_run_of(pendings[at:end], txn)
+                        if run is not None:
+                            outcomes.extend(run)
+                            at = end
+                            continue
+                if recorder is not None:
+                    recorder.begin()
+                outcome = self._apply_one(pending)
+                outcomes.append(outcome)
+                if outcome[0]:
+                    self._finish_changes(pending, txn)
+                if pending.raft_index is not None:
+                    txn.last_applied = pending.raft_index
+                at += 1
+            last_applied, last_token, committed = txn.last_applied, txn.last_token, txn.committed
             if last_applied != self._last_applied:
                 store.set_meta(conn, "last_applied", last_applied)
             if last_token != self._last_token:
@@ -310,6 +391,76 @@ class Writer:
             else:
                 job.resolve()
         return carry
+
+    def _finish_changes(self, pending: _Pending, txn: _Txn) -> None:
+        """The changes recorded for C{pending}, which succeeded, join the transaction's."""
+        recorder = self._recorder
+        if recorder is None or recorder.empty:
+            return
+        # A Raft entry's changes are numbered by its index, the same on every node.
+        sequence = pending.raft_index
+        if sequence is None:
+            sequence = changes.sequence_of(txn.last_token) + 1
+        done = recorder.finish(sequence)
+        if done is not None:
+            txn.committed.append(done)
+            txn.last_token = done.last
+
+    def _run_end(self, pendings: list[_Pending], at: int) -> int:
+        """Where the run of operations that L{_apply_run} may apply together from C{at} ends."""
+        assert self._run_key is not None
+        key = self._run_key(pendings[at].op)
+        end = at + 1
+        if key is None:
+            return end
+        while end < len(pendings) and self._run_key(pendings[end].op) == key:
+            end += 1
+        return end
+
+    def _apply_run_of(self, run: list[_Pending], txn: _Txn) -> list[Outcome] | None:
+        """
+        Apply C{run} together in one savepoint (L{_apply_run}), with the
+        same outcomes, changes and C{last_applied} as one by one; None, with
+        nothing changed, when they must go one by one: the applier declined,
+        or failed (a fatal database error is raised, as for one operation).
+        """
+        assert self._apply_run is not None
+        conn = self._conn
+        catalog = self._catalog
+        recorder = self._recorder
+        generation = 0 if catalog is None else catalog.mark()
+        committed, last_token = len(txn.committed), txn.last_token
+
+        def each(k: int) -> None:
+            self._finish_changes(run[k], txn)
+
+        if recorder is not None:
+            recorder.begin()
+        conn.execute("SAVEPOINT run")
+        try:
+            outcomes = self._apply_run([pending.op for pending in run], each)
+        except sqlite.Error as e:
+            if sqlite.is_fatal(e):
+                raise
+            outcomes = None
+        except Exception:  # noqa: BLE001 - applied one by one instead, each gets its own outcome
+            outcomes = None
+        if outcomes is None or len(outcomes) != len(run):
+            conn.execute("ROLLBACK TO run")
+            conn.execute("RELEASE run")
+            if catalog is not None:
+                catalog.rolled_back(generation)
+            del txn.committed[committed:]
+            txn.last_token = last_token
+            if recorder is not None:
+                recorder.begin()
+            return None
+        conn.execute("RELEASE run")
+        for pending in reversed(run):
+            if pending.raft_index is not None:
+                txn.last_applied = pending.raft_index
+                break
+        return outcomes
 
     def _apply_one(self, pending: _Pending) -> tuple[bool, Any]:
         conn = self._conn

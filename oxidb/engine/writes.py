@@ -235,6 +235,77 @@ class WriteTxn(Reader):
         store.set_last_id(self.conn, info.name, last)
         return list(range(first, last + 1))
 
+    def insert_each(
+        self, info: CollectionInfo, documents: Sequence[Any], each: Callable[[int], None]
+    ) -> list[tuple[bool, Any]] | None:
+        """
+        Insert C{documents} into one existing collection as if each were
+        L{insert}ed in turn (a document that fails, not an object or a
+        unique clash with the collection or an earlier one of them, gets its
+        error and takes no C{_id}), but with one catalog lookup, one
+        C{INSERT} statement and one C{last_id} write for all. C{each(k)} is
+        called once the changes of document C{k} are recorded. Outcomes are
+        C{(True, id)} or C{(False, exception)}; None (nothing done) for a
+        collection with a text or vector index, whose documents go one by one.
+
+        An error of the database itself is raised: the caller rolls back and
+        inserts the documents one by one instead.
+        """
+        conn = self.conn
+        defs = self.catalog.defs(conn, info.name)
+        if any(d.kind not in store.KEYED_KINDS for d in defs):
+            return None
+        uniques = [d for d in defs if d.kind == store.INDEX_FIELD and d.unique]
+        probes = [
+            f"SELECT 1 FROM {info.tbl} WHERE {d.columns[0]} = ? AND {keys.present_sql(d.fields[0])} LIMIT 1"
+            for d in uniques
+        ]
+        seen: list[set[bytes]] = [set() for _ in uniques]
+        outcomes: list[tuple[bool, Any]] = []
+        rows: list[_PreparedRow] = []
+        recorder = self.changes
+        next_id = info.last_id + 1
+        for k, document in enumerate(documents):
+            try:
+                row = _prepare(document, next_id, 1)
+                found_keys: list[bytes | None] = []
+                for index, probe, taken in zip(uniques, probes, seen, strict=True):
+                    path = index.fields[0]
+                    found, value = paths.get_path(row[2], path)
+                    if not found:
+                        found_keys.append(None)
+                        continue
+                    key = keys.key_of_value(value)
+                    if key in taken or conn.execute(probe, (key,)).fetchone() is not None:
+                        raise UniqueViolationError(path)
+                    found_keys.append(key)
+            except sqlite.Error:
+                raise
+            except Exception as e:  # noqa: BLE001 - this document's outcome, as insert() would raise it
+                outcomes.append((False, e))
+                each(k)
+                continue
+            for found_key, taken in zip(found_keys, seen, strict=True):
+                if found_key is not None:
+                    taken.add(found_key)
+            rows.append(row)
+            outcomes.append((True, next_id))
+            next_id += 1
+            if recorder is not None:
+                recorder.record_inserts(info.name, [row])
+            each(k)
+        if rows:
+            key_columns = self.catalog.get(conn, info.name).key_columns
+            names = "".join(f", {column}" for column, _ in key_columns)
+            marks = ", ?" * len(key_columns)
+            conn.executemany(
+                f"INSERT INTO {info.tbl}(_id, _version, doc, {store.DOC_SIZE}{names})"
+                f" VALUES (?, ?, {store.doc_values(3)}{marks})",
+                _with_keys(rows, key_columns, lambda row: (row[0], row[1], row[3])),
+            )
+            store.set_last_id(conn, info.name, next_id - 1)
+        return outcomes
+
     def restore_documents(self, collection: object, documents: Any, last_id: int) -> dict[str, int]:
         """
         Insert documents that keep the C{_id} and C{_version} they carry (a

@@ -1378,6 +1378,11 @@ class RaftCore:
         return self._role is Role.LEADER
 
     @property
+    def is_follower(self) -> bool:
+        """A follower or a learner (not a leader, candidate or pre-candidate)."""
+        return self._role is Role.FOLLOWER
+
+    @property
     def current_term(self) -> int:
         return self._term
 

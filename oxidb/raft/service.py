@@ -129,6 +129,7 @@ class RaftService(Service):
             peers=settings.peers,
             forward_writes=settings.forward_writes,
             on_fatal=on_fatal,
+            run_persist=self.state_machine.run_in_writer,
         )
         host, port = settings.listen
         self.member_gate = MemberGate(self.node, self._members, audit, reactor)
@@ -237,5 +238,12 @@ class RaftService(Service):
         self.node.stop()
         stopped = self.transport.stopService()
         self.io_pool.stop()
+        # A follower's last batch may still be persisting on the engine's
+        # writer (L{RaftNode}'s run_persist): let it finish first.
+        self.engine.submit_call(_nothing).exception()
         self.storage.close()
         return stopped
+
+
+def _nothing() -> None:
+    """A call that only waits its turn on the engine's writer."""

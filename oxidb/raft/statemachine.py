@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oxidb import filemodes
-from oxidb._threads import deferred_from_future, fire_from_thread
+from oxidb._threads import ReactorQueue, fire_from_thread
 from oxidb.atrest import AtRestKeyError, EncryptedError, NotEncryptedError
 from oxidb.auth.store import USERS_FILE, UserRecord, UserStore
 from oxidb.engine import sqlite, store
@@ -229,6 +229,9 @@ class EngineStateMachine:
         self._gate = gate
         self._users = users
         self._building: Deferred[Any] | None = None
+        # The writer thread's results (applies, persists run in line with
+        # them): results completing together share one reactor wakeup.
+        self._to_reactor = ReactorQueue(reactor)
         engine.register_operation(RaftNoop)
 
     @property
@@ -241,7 +244,17 @@ class EngineStateMachine:
         # One completion for the whole run: the writer commits it (in one
         # transaction, or several for a long run) and then resolves it.
         future = self.submit_entries(entries)
-        return deferred_from_future(self._reactor, future).addBoth(self._outcomes, entries)
+        return self._to_reactor.deferred(future).addBoth(self._outcomes, entries)
+
+    def run_in_writer(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """
+        Run a blocking C{fn(*args)} on the engine's writer thread, after the
+        entries submitted before it are applied and before those submitted
+        after it (L{oxidb.engine.engine.Engine.submit_call}): how the driver
+        persists a follower's log batch in line with its applies, without a
+        hand-off to the Raft I/O thread and back.
+        """
+        return self._to_reactor.deferred(self._engine.submit_call(fn, *args))
 
     def submit_entries(self, entries: Sequence[Entry]) -> Future[list[tuple[bool, Any]]]:
         """Queue C{entries}' operations on the engine's writer as one run (L{Engine.submit_many})."""
