@@ -346,7 +346,10 @@ class InsertStream:
     _read: int = attrs.field(init=False, default=0)
     _sent_until: int = attrs.field(init=False, default=0)
     _exhausted: bool = attrs.field(init=False, default=False)
+    # Outcomes from the first answered batch that did not land on.
     _outcomes: list[BatchOutcome] = attrs.field(init=False, factory=list)
+    # The batch that could not be encoded: after every batch in flight then.
+    _unsent: BatchOutcome | None = attrs.field(init=False, default=None)
     _source_error: Exception | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
@@ -358,7 +361,7 @@ class InsertStream:
     @property
     def stopped(self) -> bool:
         """A batch did not land, or reading the documents failed: nothing more is sent."""
-        return bool(self._outcomes) or self._source_error is not None
+        return bool(self._outcomes) or self._unsent is not None or self._source_error is not None
 
     @property
     def waiting(self) -> int:
@@ -396,13 +399,12 @@ class InsertStream:
 
     def not_sent(self, request: dict[str, Any], error: Exception) -> BatchOutcome:
         """The request L{next_request} just gave could not be encoded (C{error}): it was not sent."""
-        last, start, count = self._sent.pop()
-        if last is not request:
+        if not self._sent or self._sent[-1][0] is not request:
             raise ValueError("not_sent is for the last request given")
+        _, start, count = self._sent.pop()
         self._sent_until = start
-        outcome = BatchOutcome(start, count, error=error)
-        self._outcomes.append(outcome)
-        return outcome
+        self._unsent = BatchOutcome(start, count, error=error)
+        return self._unsent
 
     def replied(self, reply: Reply) -> BatchOutcome:
         """
@@ -419,7 +421,7 @@ class InsertStream:
         else:
             ids = reply.value
             outcome = BatchOutcome(start, count, ids=ids if isinstance(ids, list) else None)
-        if self.stopped or error is not None:
+        if self._outcomes or error is not None:
             self._outcomes.append(outcome)
         else:
             self.inserted += count
@@ -448,15 +450,16 @@ class InsertStream:
         if not self.stopped:
             return InsertStreamResult(self.inserted, self.batches)
         landed = f"documents 0..{self.inserted - 1} landed" if self.inserted else "no document landed before"
-        if self._outcomes:
-            first = self._outcomes[0]
+        outcomes = self._outcomes + ([self._unsent] if self._unsent is not None else [])
+        if outcomes:
+            first = outcomes[0]
             message = (
                 f"insert_many of documents {first.start}..{first.start + first.count - 1} "
                 f"did not land: {first.error}; {landed}"
             )
         else:
             message = f"reading the documents failed: {self._source_error!r}; {landed}"
-        error = InsertStreamFailed(message, self.inserted, list(self._outcomes), self._sent_until)
+        error = InsertStreamFailed(message, self.inserted, outcomes, self._sent_until)
         raise error from self._source_error
 
 
