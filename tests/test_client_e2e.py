@@ -35,6 +35,8 @@ from oxidb.cli import main
 from oxidb.cli.shell import Shell
 from oxidb.client import AuthenticationFailed, Client, ConnectionFailed, PermissionDenied
 from oxidb.client.blocking import tcp_connector
+from oxidb.client.core import InsertStreamResult
+from oxidb.client.errors import InsertStreamFailed, UniqueViolation
 from oxidb.client.twisted import TwistedClient
 from oxidb.client.url import ConnectOptions
 
@@ -160,6 +162,30 @@ def test_client_over_verified_tls(secured: Secured) -> None:
         Client(secured.options(tls=False)).connect()
 
 
+def test_insert_stream_over_verified_tls(secured: Secured) -> None:
+    """Batches above the server's offload size, three in flight: decoded ahead on the pool, answered in order."""
+    docs = ({"n": i, **{f"f{j}": f"value-{i}-{j}" for j in range(12)}} for i in range(3000))
+    ids: list[int] = []
+    with Client(secured.options()) as client:
+        client.create_unique_index("stream", "n")
+        result = client.insert_stream(
+            "stream", docs, batch_size=300, in_flight=3, on_batch=lambda outcome: ids.extend(outcome.ids or [])
+        )
+        assert result == InsertStreamResult(3000, 10)
+        assert ids == list(range(1, 3001))
+        # A duplicate in the fourth batch: three batches landed, the fourth did not; the stream stopped.
+        again = [{"n": 5000 + i} for i in range(3000)]
+        again[1000] = {"n": 7}
+        with pytest.raises(InsertStreamFailed, match=r"documents 900\.\.1199 did not land") as info:
+            client.insert_stream("stream", again, batch_size=300, in_flight=3)
+        error = info.value
+        assert error.inserted == 900 and isinstance(error.outcomes[0].error, UniqueViolation)
+        landed_after = sum(o.count for o in error.outcomes if o.landed)
+        assert error.resume_at == 1200 + 300 * (len(error.outcomes) - 1)  # the batches already in flight
+        # The connection stays in step.
+        assert client.count("stream") == {"count": 3000 + 900 + landed_after}
+
+
 def test_cli_one_shot_shell_dump_restore(secured: Secured, tmp_path: Path) -> None:
     cities = '[{"n":"Oslo","pop":700},{"n":"Bergen","pop":290}]'
     assert secured.cli("--json", "insert_many", "cities", cities).exit_code == 0
@@ -207,6 +233,9 @@ async def test_twisted_client_over_verified_tls(secured: Secured) -> None:
         async with client.transaction():
             await client.insert("twisted", {"n": 5})
         assert [d["n"] async for d in client.iter_find("twisted", {"n": {"$gte": 2}}, page_size=2)] == [2, 3, 4, 5]
+        streamed = await client.insert_stream("twisted", ({"n": n} for n in range(6, 506)), batch_size=100)
+        assert streamed == InsertStreamResult(500, 5)
+        assert await client.count("twisted") == {"count": 506}
     finally:
         client.close()
     with pytest.raises(ConnectionFailed):

@@ -29,6 +29,7 @@ NOT_COMMANDS = {
     "snapshot_threshold": "a Raft setting",
     "commit_id": "a Raft message field",
     "use_database": "the client method that sends use_db (client.md)",
+    "insert_stream": "the client method that pipelines insert_many batches (client.md)",
 }
 
 #: Commands of the product matrix this server does not have yet, named in

@@ -503,3 +503,99 @@ def test_a_fired_deferred_is_answered_in_the_same_turn(server: MemoryServer) -> 
     count = metrics.registry.get_sample_value
     assert count("oxidb_commands_total", {"cmd": "fired", "result": "ok"}) == 1
     assert count("oxidb_commands_total", {"cmd": "failed", "result": "error"}) == 1
+
+
+class ScriptedPool:
+    """Stands in for the factory's offload: records each job and leaves running it to the test."""
+
+    def __init__(self, server: MemoryServer, refuse: bool = False) -> None:
+        self.jobs: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+        self.refuse = refuse
+        server.factory.offload = self.offload  # type: ignore[method-assign]
+
+    def offload(self, owner: Any, fn: Any, *args: Any) -> Deferred[Any]:
+        from twisted.internet.defer import fail
+
+        from oxidb.errors import ServerBusyError
+
+        if self.refuse:
+            return fail(ServerBusyError("worker queue full (OXIDB_POOL_QUEUE)"))
+        d: Deferred[Any] = Deferred()
+        self.jobs.append((fn, args, d))
+        return d
+
+    def run(self, index: int) -> None:
+        fn, args, d = self.jobs[index]
+        d.callback(fn(*args))
+
+
+def large_ping(tag: int) -> bytes:
+    """A ping frame above the protocol's OFFLOAD_BYTES (decoded on the pool)."""
+    from oxidb.server.protocol import OFFLOAD_BYTES
+
+    return frame({"cmd": "ping", "tag": tag, "pad": "x" * OFFLOAD_BYTES})
+
+
+def test_the_next_large_frame_is_decoded_while_a_request_executes(server: MemoryServer) -> None:
+    from oxidb.server.protocol import decode_large
+
+    pending = add_slow_command(server)
+    pool = ScriptedPool(server)
+    protocol = server.factory.buildProtocol(None)
+    transport = CountingTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(frame({"cmd": "slow"}) + large_ping(1))
+    # slow executes; the frame behind it is decoded ahead, and nothing more runs.
+    assert [fn for fn, _, _ in pool.jobs] == [decode_large]
+    pool.run(0)
+    assert transport.value() == b""
+    pending[0].callback("first")
+    # Its turn takes the decode done ahead: no second decode.
+    assert replies_of(transport.value()) == [{"ok": True, "data": "first"}, {"ok": True, "data": "pong"}]
+    assert len(pool.jobs) == 1
+    # A frame arriving while a request executes is decoded ahead too, even before the decode ends.
+    transport.clear()
+    protocol.dataReceived(frame({"cmd": "slow"}))
+    protocol.dataReceived(large_ping(2) + large_ping(3))
+    assert len(pool.jobs) == 2  # one frame ahead at most
+    pending[1].callback("second")
+    assert replies_of(transport.value()) == [{"ok": True, "data": "second"}]
+    pool.run(1)
+    # The third frame is decoded in its own turn, after the second's reply.
+    assert len(pool.jobs) == 3
+    pool.run(2)
+    assert [r["data"] for r in replies_of(transport.value())] == ["second", "pong", "pong"]
+
+
+def test_decoding_ahead_refused_by_a_full_pool_is_left_to_the_frames_turn(server: MemoryServer) -> None:
+    pending = add_slow_command(server)
+    pool = ScriptedPool(server, refuse=True)
+    protocol = server.factory.buildProtocol(None)
+    transport = CountingTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(frame({"cmd": "slow"}) + large_ping(1))
+    pool.refuse = False
+    pending[0].callback("done")
+    assert len(pool.jobs) == 1  # decoded in its turn, not answered "server busy"
+    pool.run(0)
+    assert [r["data"] for r in replies_of(transport.value())] == ["done", "pong"]
+
+
+def test_a_frame_decoded_ahead_is_dropped_with_its_connection(server: MemoryServer) -> None:
+    from twisted.python.failure import Failure
+
+    from oxidb.errors import RequesterGoneError
+
+    pending = add_slow_command(server)
+    pool = ScriptedPool(server)
+    protocol = server.factory.buildProtocol(None)
+    transport = CountingTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(frame({"cmd": "slow"}) + large_ping(1))
+    protocol.connectionLost(Failure(ConnectionError("gone")))
+    # The pool drops the work of a closed connection; nobody waits for it and nothing is logged as unhandled.
+    _, _, d = pool.jobs[0]
+    d.errback(RequesterGoneError())
+    assert d.called and d.result is None
+    pending[0].callback("late")
+    assert transport.value() == b""

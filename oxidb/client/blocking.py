@@ -13,13 +13,23 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 from oxidb.client import core
 from oxidb.client.commands import CommandMethods, page_query
-from oxidb.client.core import ProtocolCore, Reply, ScramLogin, backoff_delay, last_token, watch_request
+from oxidb.client.core import (
+    BatchOutcome,
+    InsertStream,
+    InsertStreamResult,
+    ProtocolCore,
+    Reply,
+    ScramLogin,
+    backoff_delay,
+    last_token,
+    watch_request,
+)
 from oxidb.client.errors import (
     ClientError,
     ConnectionFailed,
@@ -29,6 +39,7 @@ from oxidb.client.errors import (
     UnknownCommand,
 )
 from oxidb.client.url import ConnectOptions, parse_url
+from oxidb.wire.limits import MAX_FRAME
 
 __all__ = ["Client", "Connector", "SocketLike", "connect", "tcp_connector"]
 
@@ -290,6 +301,92 @@ class Client(CommandMethods):
         if self._sock is not None and not self._session.in_tx and not self._alive():
             self._drop()
         return self._run(self._session.request(request, connected=self._sock is not None))
+
+    # -- bulk loads ------------------------------------------------------------
+
+    def insert_stream(
+        self,
+        collection: str,
+        docs: Iterable[dict[str, Any]],
+        *,
+        batch_size: int = 500,
+        in_flight: int = 2,
+        on_batch: Callable[[BatchOutcome], None] | None = None,
+    ) -> InsertStreamResult:
+        """
+        Insert C{docs} in C{insert_many} batches of C{batch_size}, keeping up
+        to C{in_flight} batches sent and unanswered on this connection, so
+        that the server works on one batch while the next is encoded and on
+        its way. C{docs} is read lazily, one batch at a time. C{on_batch} is
+        called with each batch's L{BatchOutcome} as its reply arrives.
+
+        A batch is never sent twice. The first one that does not land stops
+        the stream (see L{InsertStream}): the batches already in flight are
+        still answered, then L{InsertStreamFailed} says which documents
+        landed, what became of each batch from the failed one on, and from
+        which document nothing was sent.
+
+        @raise ValueError: C{batch_size} or C{in_flight} out of range.
+        @raise ConnectionFailed: no server could be reached to start.
+        @raise InsertStreamFailed: a batch did not land.
+        """
+        stream = InsertStream(collection, iter(docs), batch_size, in_flight)
+        if self._sock is not None and not self._session.in_tx and not self._alive():
+            self._drop()
+        self.connect()
+        try:
+            while not stream.finished:
+                self._send_batches(stream, on_batch)
+                if stream.waiting:
+                    for reply in self._receive_replies():
+                        outcome = stream.replied(reply)
+                        if on_batch is not None:
+                            on_batch(outcome)
+        except _Lost as lost:
+            self._drop()
+            for outcome in stream.lost(str(lost)):
+                if on_batch is not None:
+                    on_batch(outcome)
+        except BaseException:
+            # Replies still due would put the connection out of step.
+            if stream.waiting:
+                self._drop()
+            raise
+        return stream.result()
+
+    def _send_batches(self, stream: InsertStream, on_batch: Callable[[BatchOutcome], None] | None) -> None:
+        """Send what the stream's window allows (a batch that cannot be encoded stops it)."""
+        sock = self._sock
+        assert sock is not None
+        while (request := stream.next_request()) is not None:
+            try:
+                _, frame = self._core.send(request, limit=MAX_FRAME)
+            except (TypeError, ValueError) as e:
+                outcome = stream.not_sent(request, e)
+                if on_batch is not None:
+                    on_batch(outcome)
+                return
+            try:
+                sock.sendall(frame)
+            except OSError as e:
+                raise _Lost(f"send failed: {e}", sent=True) from None
+
+    def _receive_replies(self) -> list[Reply]:
+        """Read until at least one reply is complete."""
+        assert self._sock is not None
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except OSError as e:
+                raise _Lost(f"receive failed: {e}", sent=True) from None
+            if not data:
+                raise _Lost("connection closed by the server", sent=True)
+            try:
+                replies = self._core.receive(data)
+            except ClientError as e:
+                raise _Lost(str(e), sent=True) from None
+            if replies:
+                return replies
 
     # -- change streams -------------------------------------------------------
 

@@ -4,15 +4,18 @@ requests to frames, received bytes to replies matched with their requests
 in order, the SCRAM-SHA-256 conversation, which requests are safe to send
 again after a lost connection, and L{Session}/L{RequestFlow}, the state
 machine that decides how a request gets its answer (which seed to connect
-to, leader discovery, backoff, retry or unknown outcome). Nothing here does
+to, leader discovery, backoff, retry or unknown outcome), and
+L{InsertStream}, the bookkeeping of a pipelined bulk load. Nothing here does
 I/O or keeps time: the clients perform the actions and feed back what
 happened.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import deque
+from collections.abc import Iterator
 from typing import Any, TypeAlias
 
 import attrs
@@ -24,6 +27,7 @@ from oxidb.client.errors import (
     ClientProtocolError,
     ConnectionFailed,
     DatabaseNotFound,
+    InsertStreamFailed,
     NoLeader,
     NotLeader,
     PermissionDenied,
@@ -42,12 +46,16 @@ __all__ = [
     "FORMATS",
     "READ_ONLY",
     "Action",
+    "MAX_IN_FLIGHT",
     "Adopt",
+    "BatchOutcome",
     "Close",
     "Done",
     "Drop",
     "Event",
     "Fail",
+    "InsertStream",
+    "InsertStreamResult",
     "Lost",
     "Open",
     "OpenFailed",
@@ -202,14 +210,18 @@ class ProtocolCore:
             return bytes([oxiwire.MAGIC]) + oxiwire.encode_value(request)
         return json.dumps(request, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
-    def send(self, request: dict[str, Any]) -> tuple[int, bytes]:
+    def send(self, request: dict[str, Any], limit: int | None = None) -> tuple[int, bytes]:
         """
         Register C{request} as sent; its id and the frame to write.
 
+        @param limit: refuse a payload above this many bytes (None: any).
         @raise TypeError: a value that cannot be encoded.
-        @raise ValueError: a non-finite float.
+        @raise ValueError: a non-finite float, or a payload above C{limit}.
         """
-        frame = encode_frame(self.encode(request))
+        payload = self.encode(request)
+        if limit is not None and len(payload) > limit:
+            raise ValueError(f"the request encodes to {len(payload)} bytes, above the frame limit of {limit}")
+        frame = encode_frame(payload)
         request_id = self._next_id
         self._next_id += 1
         self._pending.append(Pending(request_id, request))
@@ -263,6 +275,192 @@ class ProtocolCore:
         pending, self._pending = list(self._pending), deque()
         self._decoder = FrameDecoder(_MAX_REPLY)
         return pending
+
+
+# -- bulk loads ------------------------------------------------------------------
+
+#: The most C{insert_many} batches an L{InsertStream} keeps in flight.
+MAX_IN_FLIGHT = 64
+
+
+@attrs.frozen
+class BatchOutcome:
+    """
+    What became of one batch of an L{InsertStream}: documents C{start ..
+    start + count - 1} of the stream. It landed when C{error} is None
+    (C{ids}: their new ids, in order). Otherwise nothing of it was inserted
+    (C{insert_many} is all-or-nothing) and C{error} says why: the server's
+    error reply, or the C{TypeError}/C{ValueError} that kept it from being
+    encoded (it was not sent); except for L{UnknownOutcome}: the connection
+    broke before its reply, so it may have landed or not.
+    """
+
+    start: int
+    count: int
+    ids: list[Any] | None = None
+    error: Exception | None = None
+
+    @property
+    def landed(self) -> bool:
+        return self.error is None
+
+
+@attrs.frozen
+class InsertStreamResult:
+    """An insert stream that landed whole: C{inserted} documents in C{batches} batches."""
+
+    inserted: int
+    batches: int
+
+
+@attrs.define(eq=False)
+class InsertStream:
+    """
+    The bookkeeping of one pipelined bulk load on one connection: documents
+    read lazily from C{docs} into C{insert_many} requests of C{batch_size},
+    at most C{in_flight} of them sent and not yet answered, and the replies
+    matched to their batches in order. Memory is bounded by the batches in
+    flight: the iterable is read one batch at a time, only when that batch
+    can be sent.
+
+    The driver loops: send every request L{next_request} gives (L{not_sent}
+    for one that could not be encoded), then feed the next reply to
+    L{replied} (or L{lost} when the connection broke), until L{finished};
+    then L{result}.
+
+    The first batch that does not land stops the stream: nothing more is
+    read or sent, the batches already in flight are answered and recorded
+    (they may land: they were sent before the failure was known), and
+    L{result} raises L{InsertStreamFailed}.
+    """
+
+    collection: str
+    docs: Iterator[dict[str, Any]]
+    batch_size: int = 500
+    in_flight: int = 2
+    #: Documents landed, before the first batch that did not.
+    inserted: int = attrs.field(init=False, default=0)
+    #: Batches landed, before the first one that did not.
+    batches: int = attrs.field(init=False, default=0)
+    _sent: deque[tuple[dict[str, Any], int, int]] = attrs.field(init=False, factory=deque)
+    _read: int = attrs.field(init=False, default=0)
+    _sent_until: int = attrs.field(init=False, default=0)
+    _exhausted: bool = attrs.field(init=False, default=False)
+    # Outcomes from the first answered batch that did not land on.
+    _outcomes: list[BatchOutcome] = attrs.field(init=False, factory=list)
+    # The batch that could not be encoded: after every batch in flight then.
+    _unsent: BatchOutcome | None = attrs.field(init=False, default=None)
+    _source_error: Exception | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if type(self.batch_size) is not int or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, not {self.batch_size!r}")
+        if type(self.in_flight) is not int or not 1 <= self.in_flight <= MAX_IN_FLIGHT:
+            raise ValueError(f"in_flight must be an integer from 1 to {MAX_IN_FLIGHT}, not {self.in_flight!r}")
+
+    @property
+    def stopped(self) -> bool:
+        """A batch did not land, or reading the documents failed: nothing more is sent."""
+        return bool(self._outcomes) or self._unsent is not None or self._source_error is not None
+
+    @property
+    def waiting(self) -> int:
+        """Batches sent and not answered."""
+        return len(self._sent)
+
+    @property
+    def finished(self) -> bool:
+        """Nothing is in flight and nothing more will be sent."""
+        return not self._sent and (self._exhausted or self.stopped)
+
+    def next_request(self) -> dict[str, Any] | None:
+        """
+        The next C{insert_many} to send now (counted in flight from here on),
+        or None: the window is full, the documents are all sent, or the
+        stream stopped. An exception from the iterable stops the stream; it
+        is the cause of L{result}'s L{InsertStreamFailed}.
+        """
+        if self._exhausted or self.stopped or len(self._sent) >= self.in_flight:
+            return None
+        try:
+            docs = list(itertools.islice(self.docs, self.batch_size))
+        except Exception as e:  # noqa: BLE001 - the application's iterable: reported by result()
+            self._source_error = e
+            return None
+        if len(docs) < self.batch_size:
+            self._exhausted = True
+            if not docs:
+                return None
+        request = {"cmd": "insert_many", "collection": self.collection, "docs": docs}
+        self._sent.append((request, self._read, len(docs)))
+        self._read += len(docs)
+        self._sent_until = self._read
+        return request
+
+    def not_sent(self, request: dict[str, Any], error: Exception) -> BatchOutcome:
+        """The request L{next_request} just gave could not be encoded (C{error}): it was not sent."""
+        if not self._sent or self._sent[-1][0] is not request:
+            raise ValueError("not_sent is for the last request given")
+        _, start, count = self._sent.pop()
+        self._sent_until = start
+        self._unsent = BatchOutcome(start, count, error=error)
+        return self._unsent
+
+    def replied(self, reply: Reply) -> BatchOutcome:
+        """
+        The reply to the oldest batch in flight: its outcome.
+
+        @raise ClientProtocolError: a reply to another request.
+        """
+        if not self._sent or self._sent[0][0] is not reply.request:
+            raise ClientProtocolError("a reply arrived for a request the insert stream did not send")
+        _, start, count = self._sent.popleft()
+        error = reply.error()
+        if error is not None:
+            outcome = BatchOutcome(start, count, error=error)
+        else:
+            ids = reply.value
+            outcome = BatchOutcome(start, count, ids=ids if isinstance(ids, list) else None)
+        if self._outcomes or error is not None:
+            self._outcomes.append(outcome)
+        else:
+            self.inserted += count
+            self.batches += 1
+        return outcome
+
+    def lost(self, reason: str) -> list[BatchOutcome]:
+        """The connection broke: every batch in flight has an unknown outcome (they are returned)."""
+        lost = []
+        while self._sent:
+            request, start, count = self._sent.popleft()
+            error = UnknownOutcome(f"insert_many: {reason}; it may or may not have been applied", request)
+            lost.append(BatchOutcome(start, count, error=error))
+        self._outcomes.extend(lost)
+        return lost
+
+    def result(self) -> InsertStreamResult:
+        """
+        The totals once L{finished}.
+
+        @raise InsertStreamFailed: a batch did not land or reading the
+            documents failed (the iterable's exception is its cause).
+        """
+        if not self.finished:
+            raise ValueError("the insert stream has batches in flight or documents left")
+        if not self.stopped:
+            return InsertStreamResult(self.inserted, self.batches)
+        landed = f"documents 0..{self.inserted - 1} landed" if self.inserted else "no document landed before"
+        outcomes = self._outcomes + ([self._unsent] if self._unsent is not None else [])
+        if outcomes:
+            first = outcomes[0]
+            message = (
+                f"insert_many of documents {first.start}..{first.start + first.count - 1} "
+                f"did not land: {first.error}; {landed}"
+            )
+        else:
+            message = f"reading the documents failed: {self._source_error!r}; {landed}"
+        error = InsertStreamFailed(message, self.inserted, outcomes, self._sent_until)
+        raise error from self._source_error
 
 
 @attrs.define(eq=False)

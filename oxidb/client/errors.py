@@ -10,12 +10,14 @@ L{error_from_reply} picks the subclass from the text's stable prefix.
 The others are the client's own: L{ConnectionFailed} (no server could be
 reached), L{UnknownOutcome} (a write was sent but its reply was lost, so it
 may or may not have been applied) and L{ClientProtocolError} (a reply that
-makes no sense).
+makes no sense), and L{InsertStreamFailed} (a bulk load stopped at a
+failed batch).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from oxidb import errors as server
 
@@ -27,6 +29,7 @@ __all__ = [
     "CollectionExists",
     "ConnectionFailed",
     "DatabaseNotFound",
+    "InsertStreamFailed",
     "InvalidPipeline",
     "InvalidQuery",
     "NoLeader",
@@ -69,6 +72,28 @@ class UnknownOutcome(ClientError):
 
 class ClientProtocolError(ClientError):
     """A reply that could not be decoded or does not fit the request."""
+
+
+class InsertStreamFailed(ClientError):
+    """
+    An insert stream (C{Client.insert_stream}) stopped at a batch that did
+    not land. The documents of the stream are numbered from 0 in the order
+    they were read.
+
+    @ivar inserted: documents C{0 .. inserted - 1} landed (every batch before
+        the first failed one).
+    @ivar outcomes: the first batch that did not land and every batch sent
+        after it (they were already in flight), in order, each with what
+        became of it (L{oxidb.client.core.BatchOutcome}).
+    @ivar resume_at: the first document never sent: documents from here on
+        were not read from the iterable, or read and not sent.
+    """
+
+    def __init__(self, message: str, inserted: int, outcomes: list[Any], resume_at: int) -> None:
+        super().__init__(message)
+        self.inserted = inserted
+        self.outcomes = outcomes
+        self.resume_at = resume_at
 
 
 class ServerError(ClientError, server.OxiError):

@@ -10,7 +10,8 @@ C{Deferred.fromCoroutine}.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from twisted.internet import task
@@ -21,13 +22,24 @@ from twisted.python.failure import Failure
 
 from oxidb.client import core
 from oxidb.client.commands import CommandMethods, page_query
-from oxidb.client.core import ProtocolCore, Reply, ScramLogin, backoff_delay, last_token, watch_request
+from oxidb.client.core import (
+    BatchOutcome,
+    InsertStream,
+    InsertStreamResult,
+    ProtocolCore,
+    Reply,
+    ScramLogin,
+    backoff_delay,
+    last_token,
+    watch_request,
+)
 from oxidb.client.errors import (
     ClientError,
     ConnectionFailed,
     NoTransaction,
 )
 from oxidb.client.url import ConnectOptions, parse_url
+from oxidb.wire.limits import MAX_FRAME
 
 __all__ = ["OxiClientConnection", "TwistedClient", "Watch", "endpoint_connector"]
 
@@ -54,11 +66,17 @@ class OxiClientConnection(Protocol):
     def connectionMade(self) -> None:
         self.connected = True
 
-    def request(self, request: dict[str, Any]) -> Deferred[Reply]:
-        """The reply to C{request}; fails with L{Lost} if the connection breaks first."""
+    def request(self, request: dict[str, Any], limit: int | None = None) -> Deferred[Reply]:
+        """
+        The reply to C{request}; fails with L{Lost} if the connection breaks first.
+
+        @param limit: see L{ProtocolCore.send}.
+        @raise TypeError: a value that cannot be encoded.
+        @raise ValueError: a non-finite float, or a payload above C{limit}.
+        """
         if not self.connected:
             return fail(Lost("not connected", sent=False))
-        request_id, frame = self.core.send(request)
+        request_id, frame = self.core.send(request, limit)
         d: Deferred[Reply] = Deferred()
         self._waiting[request_id] = d
         self.transport.write(frame)  # type: ignore[union-attr]
@@ -268,6 +286,64 @@ class TwistedClient(CommandMethods):
 
     def _database_selected(self, name: str) -> None:
         self.options = self.options.with_changes(database=name)
+
+    # -- bulk loads ---------------------------------------------------------------
+
+    def insert_stream(
+        self,
+        collection: str,
+        docs: Iterable[dict[str, Any]],
+        *,
+        batch_size: int = 500,
+        in_flight: int = 2,
+        on_batch: Callable[[BatchOutcome], None] | None = None,
+    ) -> Deferred[InsertStreamResult]:
+        """
+        The blocking client's C{insert_stream}, with a Deferred: firing with
+        the L{InsertStreamResult}, or failing with L{InsertStreamFailed}.
+
+        @raise ValueError: C{batch_size} or C{in_flight} out of range (at once).
+        """
+        stream = InsertStream(collection, iter(docs), batch_size, in_flight)
+        return Deferred.fromCoroutine(self._insert_stream(stream, on_batch))
+
+    async def _insert_stream(
+        self, stream: InsertStream, on_batch: Callable[[BatchOutcome], None] | None
+    ) -> InsertStreamResult:
+        await self.connect()
+        conn = self._conn
+        assert conn is not None
+        waiting: deque[Deferred[Reply]] = deque()
+        try:
+            while not stream.finished:
+                while (request := stream.next_request()) is not None:
+                    try:
+                        waiting.append(conn.request(request, MAX_FRAME))
+                    except (TypeError, ValueError) as e:
+                        outcome = stream.not_sent(request, e)
+                        if on_batch is not None:
+                            on_batch(outcome)
+                if not waiting:
+                    continue
+                try:
+                    reply = await waiting.popleft()
+                except Lost as lost:
+                    for outcome in stream.lost(str(lost)):
+                        if on_batch is not None:
+                            on_batch(outcome)
+                    break
+                outcome = stream.replied(reply)
+                if on_batch is not None:
+                    on_batch(outcome)
+        finally:
+            if waiting:
+                # Lost, or on_batch raised: replies still due would put the connection out of step.
+                for d in waiting:
+                    d.addErrback(lambda _: None)
+                if self._conn is conn:
+                    self._conn = None
+                conn.close()
+        return stream.result()
 
     # -- change streams ---------------------------------------------------------
 

@@ -22,7 +22,11 @@ arrives, so a client sends large frames only after its login reply.
 The reactor thread never decodes or encodes much: a frame above
 L{OFFLOAD_BYTES} is decoded on the worker pool and a reply that is not
 surely small (L{oxidb.wire.codec.is_small}) is encoded there; the small
-frames of the fast path (C{ping}) stay synchronous. Work on the pool belongs
+frames of the fast path (C{ping}) stay synchronous. While a request
+executes, the next queued frame, when it is that large, is decoded ahead
+on the pool (at most one per connection), so that a client pipelining
+large writes (C{insert_many} batches) finds it decoded when its turn comes;
+decoding has no effect, so requests still run strictly one at a time. Work on the pool belongs
 to the connection (L{oxidb.server.workers.current_owner}): it is refused
 with C{server busy} when the pool's queue is full and dropped unrun once the
 connection has closed.
@@ -169,6 +173,10 @@ def format_peer(address: Any) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _ignore(failure: Failure) -> None:
+    """Swallow the failure of work whose result nobody waits for."""
+
+
 #: Frames received in watch mode above this size are dropped undecoded (not an C{unwatch}).
 WATCH_FRAME_BYTES = 4096
 
@@ -193,6 +201,8 @@ class OxiServerProtocol(Protocol):
         self.host = host
         self._decoder = FrameDecoder()
         self._queue: deque[bytes] = deque()
+        # The queued frame being decoded ahead on the pool, and its decode.
+        self._ahead: tuple[bytes, Deferred[tuple[WireFormat, object]]] | None = None
         self._queued_bytes = 0
         # Requests the executing one counts for (a pipeline: its commands).
         self._weight = 0
@@ -314,6 +324,7 @@ class OxiServerProtocol(Protocol):
     def clear_queue(self) -> None:
         self._queue.clear()
         self._queued_bytes = 0
+        self._drop_ahead()
 
     def stop_reading(self) -> None:
         if not self._reading_paused:
@@ -420,6 +431,7 @@ class OxiServerProtocol(Protocol):
         frames = self._read(data)
         if frames:
             self.enqueue(frames)
+            self._decode_ahead()
         self._update_reading()
 
     def _read_and_drop(self, data: bytes) -> None:
@@ -500,6 +512,7 @@ class OxiServerProtocol(Protocol):
                     self._machine.request_pending()
                     self._write_batch(batch)
                     cast("Deferred[bytes]", result).addCallback(self._answered)
+                    self._decode_ahead()
                     break
                 self._weight = 0
                 reply: bytes = result
@@ -561,14 +574,47 @@ class OxiServerProtocol(Protocol):
         reply (watch mode). Called in L{_run}'s turn (this connection is
         L{current_owner}).
         """
+        ahead = self._ahead
+        if ahead is not None and ahead[0] is not payload:
+            self._drop_ahead()
+            ahead = None
+        self._ahead = None
         if self.session.watch is not None:
+            if ahead is not None:
+                ahead[1].addErrback(_ignore)
             return self._watch_frame(payload)
         if len(payload) > OFFLOAD_BYTES:
-            d = self.factory.offload(self, decode_large, payload)
+            d = ahead[1] if ahead is not None else self.factory.offload(self, decode_large, payload)
             if d is not None:
                 replied: Deferred[bytes] = d.addCallbacks(self._dispatch, self._decode_failed, errbackArgs=(payload,))
                 return replied
         return self._run_small(payload)
+
+    def _decode_ahead(self) -> None:
+        """
+        Start decoding the next queued frame on the pool if it is large and
+        nothing is being decoded ahead yet (a request is executing). Not
+        when the pool refuses it at once (full): its turn decodes it then.
+        """
+        queue = self._queue
+        if self._ahead is not None or not queue or self._gone or self.session.watch is not None:
+            return
+        payload = queue[0]
+        if len(payload) <= OFFLOAD_BYTES:
+            return
+        d = self.factory.offload(self, decode_large, payload)
+        if d is None:
+            return
+        if d.called and isinstance(d.result, Failure):
+            d.addErrback(_ignore)
+            return
+        self._ahead = (payload, d)
+
+    def _drop_ahead(self) -> None:
+        """Forget the frame decoded ahead (its request will not run)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[1].addErrback(_ignore)
 
     def _run_small(self, payload: bytes) -> bytes | Deferred[bytes]:
         """
