@@ -17,6 +17,7 @@ from twisted.internet.testing import MemoryReactorClock
 from zope.interface.verify import verifyObject
 
 from oxidb.metrics import (
+    ICommandCounter,
     IServerMetrics,
     RaftStatus,
     ServerMetrics,
@@ -132,6 +133,29 @@ def test_commands_by_name_and_result(metrics: ServerMetrics) -> None:
     assert value(samples, "oxidb_commands_total", cmd="insert", result="denied") == 1
     assert label_values(samples, "oxidb_commands_total", "cmd") == {"ping", "find", "insert"}
     assert metrics.commands_served() == 4
+
+
+def test_a_commands_counter_counts_as_command_finished(clock: Clock) -> None:
+    by_hook, by_counter = ServerMetrics(clock, COMMANDS), ServerMetrics(clock, COMMANDS)
+    ping, unknown = by_counter.counter("ping"), by_counter.counter("drop_everything")
+    assert verifyObject(ICommandCounter, ping)
+    assert by_counter.counter("ping") is ping
+    assert by_counter.counter("nope") is unknown
+    for seconds in (0.00002, 0.0002, 0.3, 20.0):
+        by_hook.command_finished("ping", "ok", seconds)
+        ping.ok(seconds)
+    by_hook.command_finished("ping", "denied", 0.001)
+    ping.finished("denied", 0.001)
+    by_hook.command_finished("drop_everything", "error", 0.001)
+    unknown.finished("error", 0.001)
+    def commands(metrics: ServerMetrics) -> Samples:
+        return {key: v for key, v in scrape(metrics).items() if key[0].startswith("oxidb_command")}
+
+    assert commands(by_counter) == commands(by_hook)
+    assert len(commands(by_hook)) > 20
+    assert by_counter.commands_served() == 6
+    with pytest.raises(KeyError):
+        ping.finished("maybe", 0.0)
 
 
 def test_duration_histogram_uses_le_buckets(clock: Clock) -> None:
