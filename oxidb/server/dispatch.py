@@ -187,7 +187,8 @@ class Dispatcher:
             elif counter is not None:  # _finished, when it has only the count to do
                 counter.ok(perf_counter() - started)
             if type(result) is str:
-                return _text_reply(result)
+                reply = _text_replies.get(result)  # _text_reply, inline
+                return _text_reply(result) if reply is None else reply
             return Reply(True, result)
         # Deferred is an Awaitable (an ABC): plain results skip that slow check.
         if isinstance(result, Deferred):
