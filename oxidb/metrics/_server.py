@@ -14,6 +14,7 @@ measurement is exported.
 
 from __future__ import annotations
 
+import math
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -73,22 +74,36 @@ class CommandCounter:
     per request.
     """
 
-    __slots__ = ("results", "buckets", "seconds", "_bounds")
+    __slots__ = ("_ok", "_failed", "buckets", "seconds", "_bounds", "_first")
 
     def __init__(self, bounds: list[float]) -> None:
-        self.results = dict.fromkeys(RESULTS, 0)
+        self._ok = 0
+        self._failed = dict.fromkeys(RESULTS[1:], 0)
         self.buckets = [0] * (len(bounds) + 1)
         self.seconds = 0.0
         self._bounds = bounds
+        # Most requests fall in the first bucket: one comparison, no search.
+        self._first = bounds[0] if bounds else math.inf
+
+    @property
+    def results(self) -> dict[str, int]:
+        """Replies by result, every one of L{RESULTS}."""
+        return {"ok": self._ok, **self._failed}
 
     def ok(self, seconds: float) -> None:
         """L{finished} with C{ok}, for the request path."""
-        self.results["ok"] += 1
-        self.buckets[bisect_left(self._bounds, seconds)] += 1
+        self._ok += 1
+        if seconds <= self._first:
+            self.buckets[0] += 1
+        else:
+            self.buckets[bisect_left(self._bounds, seconds)] += 1
         self.seconds += seconds
 
     def finished(self, result: str, seconds: float) -> None:
-        self.results[result] += 1
+        if result == "ok":
+            self._ok += 1
+        else:
+            self._failed[result] += 1
         self.buckets[bisect_left(self._bounds, seconds)] += 1
         self.seconds += seconds
 
