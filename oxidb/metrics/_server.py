@@ -100,6 +100,7 @@ class CommandCounter:
         self.seconds += seconds
 
     def finished(self, result: str, seconds: float) -> None:
+        """One reply with C{result}; an undefined result raises C{KeyError}."""
         if result == "ok":
             self._ok += 1
         else:
