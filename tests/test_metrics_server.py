@@ -17,6 +17,8 @@ from twisted.internet.testing import MemoryReactorClock
 from zope.interface.verify import verifyObject
 
 from oxidb.metrics import (
+    DURATION_BUCKETS,
+    ICommandCounter,
     IServerMetrics,
     RaftStatus,
     ServerMetrics,
@@ -132,6 +134,32 @@ def test_commands_by_name_and_result(metrics: ServerMetrics) -> None:
     assert value(samples, "oxidb_commands_total", cmd="insert", result="denied") == 1
     assert label_values(samples, "oxidb_commands_total", "cmd") == {"ping", "find", "insert"}
     assert metrics.commands_served() == 4
+
+
+@pytest.mark.parametrize("buckets", [DURATION_BUCKETS, [], [0.001, 0.01]])
+def test_a_commands_counter_counts_as_command_finished(clock: Clock, buckets: Any) -> None:
+    by_hook = ServerMetrics(clock, COMMANDS, buckets=buckets)
+    by_counter = ServerMetrics(clock, COMMANDS, buckets=buckets)
+    ping, unknown = by_counter.counter("ping"), by_counter.counter("drop_everything")
+    assert verifyObject(ICommandCounter, ping)
+    assert by_counter.counter("ping") is ping
+    assert by_counter.counter("nope") is unknown
+    # Each side of each of the first bounds, and on them.
+    for seconds in (0.0, 0.00002, 0.0001, 0.00011, 0.0002, 0.001, 0.0011, 0.3, 20.0):
+        by_hook.command_finished("ping", "ok", seconds)
+        ping.ok(seconds)
+    by_hook.command_finished("ping", "denied", 0.001)
+    ping.finished("denied", 0.001)
+    by_hook.command_finished("drop_everything", "error", 0.001)
+    unknown.finished("error", 0.001)
+    def commands(metrics: ServerMetrics) -> Samples:
+        return {key: v for key, v in scrape(metrics).items() if key[0].startswith("oxidb_command")}
+
+    assert commands(by_counter) == commands(by_hook)
+    assert len(commands(by_hook)) >= 12  # counts, buckets, sums
+    assert by_counter.commands_served() == 11
+    with pytest.raises(KeyError):
+        ping.finished("maybe", 0.0)
 
 
 def test_duration_histogram_uses_le_buckets(clock: Clock) -> None:

@@ -156,6 +156,54 @@ def test_a_pipelines_commands_count_as_queued_requests(tmp_path: Any) -> None:
     assert len(replies(transport.value())) == 2
 
 
+class FlowTransport(StringTransport):
+    """Records each change of its producer state (the protocol pausing and resuming reading)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changes: list[str] = []
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        self.changes.append(self.producerState)
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        self.changes.append(self.producerState)
+
+
+def test_a_synchronous_pipeline_counts_for_its_commands_only_while_it_runs(tmp_path: Any) -> None:
+    server = make_server(tmp_path, OXIDB_MAX_QUEUED_REQUESTS="8")
+    pending = add_slow(server)
+    protocol, transport = connect(server, transport=FlowTransport())
+    # One read: a pipeline of 7 pings (answered at once), then a slow
+    # request with two pings waiting behind it.
+    pipeline = frame({"cmd": "pipeline", "commands": [{"cmd": "ping"}] * 7})
+    protocol.dataReceived(pipeline + frame({"cmd": "slow"}) + frame({"cmd": "ping"}) * 2)
+    # 7 running + 3 waiting, then 1 running + 2 waiting.
+    assert transport.changes == ["paused", "producing"]
+    pending.pop().callback(1)
+    assert [r["ok"] for r in replies(transport.value())] == [True] * 4
+    assert transport.changes == ["paused", "producing"]
+
+
+def test_queued_bytes_are_exact_after_every_turn(tmp_path: Any) -> None:
+    server = make_server(tmp_path, OXIDB_MAX_QUEUED_BYTES="65536")
+    pending = add_slow(server)
+    protocol, transport = connect(server, transport=FlowTransport())
+    padded = frame({"cmd": "ping", "pad": "x" * 1000})
+    for waiting, state in [(40, "producing"), (40, "producing"), (70, "paused"), (40, "producing")]:
+        # 30 frames of 1 KB answered at once, then a slow request with
+        # that many frames of 1 KB waiting behind it.
+        protocol.dataReceived(padded * 30 + frame({"cmd": "slow"}) + padded * waiting)
+        assert transport.producerState == state
+        pending.pop().callback(1)
+        assert transport.producerState == "producing"
+        assert [r["ok"] for r in replies(transport.value())] == [True] * (31 + waiting)
+        transport.clear()
+    assert transport.changes == ["paused", "producing"]
+
+
 # --- the worker pool ----------------------------------------------------------
 
 

@@ -599,3 +599,18 @@ def test_a_frame_decoded_ahead_is_dropped_with_its_connection(server: MemoryServ
     assert d.called and d.result is None
     pending[0].callback("late")
     assert transport.value() == b""
+
+
+def test_text_replies_and_their_counts(server: MemoryServer) -> None:
+    """Short text results share their reply; every request is counted in its command's row."""
+    long_text = "x" * 100
+    server.add_command(Command("long_text", lambda ctx, request: long_text, audited=False))
+    server.add_command(Command("short_text", lambda ctx, request: "short", audited=False))
+    protocol, transport = make_protocol(server)
+    protocol.dataReceived(b"".join(frame({"cmd": cmd}) for cmd in ["ping", "long_text", "short_text"] * 40))
+    assert replies_of(transport.value()) == [{"ok": True, "data": text} for text in ["pong", long_text, "short"] * 40]
+    metrics = server.services.metrics
+    assert metrics is not None
+    for cmd in ["ping", "long_text", "short_text"]:
+        assert metrics.registry.get_sample_value("oxidb_commands_total", {"cmd": cmd, "result": "ok"}) == 40
+        assert metrics.registry.get_sample_value("oxidb_command_duration_seconds_count", {"cmd": cmd}) == 40

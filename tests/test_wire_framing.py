@@ -95,6 +95,37 @@ def test_random_chunking(payloads: list[bytes], cuts: list[int]) -> None:
     assert not decoder.in_frame
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    payloads=st.lists(st.binary(max_size=300), max_size=12),
+    cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=30),
+)
+def test_feed_sized_counts_the_payloads_it_returns(payloads: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(encode_frame(p) for p in payloads)
+    bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    decoder = FrameDecoder()
+    got: list[bytes] = []
+    for start, end in pairwise(bounds):
+        frames, size = decoder.feed_sized(stream[start:end])
+        assert size == sum(map(len, frames))
+        got.extend(frames)
+    assert got == payloads
+
+
+def test_feed_sized_across_a_compaction_of_the_buffer() -> None:
+    # 40 KB frames in 50 KB chunks: a partial frame stays behind once more
+    # than 64 KiB have been consumed, so the buffer's front is dropped.
+    payloads = [bytes([n]) * 40_000 for n in range(12)]
+    stream = b"".join(encode_frame(p) for p in payloads)
+    decoder = FrameDecoder()
+    got: list[bytes] = []
+    for start in range(0, len(stream), 50_000):
+        frames, size = decoder.feed_sized(stream[start : start + 50_000])
+        assert size == 40_000 * len(frames)
+        got.extend(frames)
+    assert got == payloads
+
+
 def test_many_small_pipelined_frames() -> None:
     rng = random.Random(7)
     payloads = [rng.randbytes(rng.randrange(0, 40)) for _ in range(20_000)]

@@ -5,13 +5,14 @@ C{/ready}. See C{docs/monitoring.md} for every series.
 """
 
 from oxidb.metrics._health import NodeHealth
-from oxidb.metrics._interfaces import IHealth, IServerMetrics
+from oxidb.metrics._interfaces import ICommandCounter, IHealth, IServerMetrics
 from oxidb.metrics._process import ProcessSampler
 from oxidb.metrics._refresh import MetricsRefresher
 from oxidb.metrics._server import (
     DURATION_BUCKETS,
     RESULTS,
     UNKNOWN_COMMAND,
+    CommandCounter,
     ServerMetrics,
     directory_size,
     threadpool_stats,
@@ -29,6 +30,8 @@ from oxidb.metrics._web import make_metrics_site
 
 __all__ = [
     "DURATION_BUCKETS",
+    "CommandCounter",
+    "ICommandCounter",
     "IHealth",
     "IServerMetrics",
     "MetricsRefresher",

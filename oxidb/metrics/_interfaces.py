@@ -46,6 +46,14 @@ class IServerMetrics(Interface):
             None.
         """
 
+    def counter(cmd: str) -> ICommandCounter:
+        """
+        The counters C{command_finished(cmd, ...)} adds to, to be kept by a
+        caller that counts many requests of one registered command:
+        counting into them is the same as calling C{command_finished}
+        without a database.
+        """
+
     def auth_failed() -> None:
         """A login attempt failed."""
 
@@ -54,6 +62,16 @@ class IServerMetrics(Interface):
 
     def tx_conflicted() -> None:
         """A transaction failed its commit-time conflict check."""
+
+
+class ICommandCounter(Interface):
+    """The replies of one command (L{IServerMetrics.counter})."""
+
+    def ok(seconds: float) -> None:
+        """One success reply, C{seconds} after the request was decoded."""
+
+    def finished(result: str, seconds: float) -> None:
+        """One reply with C{result} (C{ok}, C{error} or C{denied})."""
 
 
 class IHealth(Interface):

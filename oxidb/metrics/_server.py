@@ -14,6 +14,7 @@ measurement is exported.
 
 from __future__ import annotations
 
+import math
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -32,7 +33,7 @@ from prometheus_client.utils import floatToGoString
 from zope.interface import implementer
 
 from oxidb import __version__
-from oxidb.metrics._interfaces import IServerMetrics
+from oxidb.metrics._interfaces import ICommandCounter, IServerMetrics
 from oxidb.metrics._process import ProcessSampler
 from oxidb.metrics._values import RAFT_STATES, RaftStatus, StorageSample, ThreadPoolStats
 
@@ -64,15 +65,48 @@ DURATION_BUCKETS = (
 )  # fmt: skip
 
 
-class _CommandStats:
-    """Counters of one command: replies by result and a duration histogram."""
+@implementer(ICommandCounter)
+class CommandCounter:
+    """
+    Counters of one command: replies by result and a duration histogram.
+    The dispatcher takes each registered command's record once
+    (L{ServerMetrics.counter}) and counts into it directly, with no lookup
+    per request.
+    """
 
-    __slots__ = ("results", "buckets", "seconds")
+    __slots__ = ("_ok", "_failed", "buckets", "seconds", "_bounds", "_first")
 
-    def __init__(self, bucket_count: int) -> None:
-        self.results = dict.fromkeys(RESULTS, 0)
-        self.buckets = [0] * bucket_count
+    def __init__(self, bounds: list[float]) -> None:
+        self._ok = 0
+        self._failed = dict.fromkeys(RESULTS[1:], 0)
+        self.buckets = [0] * (len(bounds) + 1)
         self.seconds = 0.0
+        self._bounds = bounds
+        # Most requests fall in the first bucket: one comparison, no search.
+        self._first = bounds[0] if bounds else math.inf
+
+    @property
+    def results(self) -> dict[str, int]:
+        """Replies by result, every one of L{RESULTS}."""
+        return {"ok": self._ok, **self._failed}
+
+    def ok(self, seconds: float) -> None:
+        """L{finished} with C{ok}, for the request path."""
+        self._ok += 1
+        if seconds <= self._first:
+            self.buckets[0] += 1
+        else:
+            self.buckets[bisect_left(self._bounds, seconds)] += 1
+        self.seconds += seconds
+
+    def finished(self, result: str, seconds: float) -> None:
+        """One reply with C{result}; an undefined result raises C{KeyError}."""
+        if result == "ok":
+            self._ok += 1
+        else:
+            self._failed[result] += 1
+        self.buckets[bisect_left(self._bounds, seconds)] += 1
+        self.seconds += seconds
 
 
 def directory_size(path: str) -> int:
@@ -160,9 +194,8 @@ class ServerMetrics:
         self._clock = clock
         self._bounds = list(buckets)
         self._bucket_labels = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
-        size = len(self._bucket_labels)
-        self._commands = {name: _CommandStats(size) for name in command_names}
-        self._unknown = self._commands.setdefault(UNKNOWN_COMMAND, _CommandStats(size))
+        self._commands = {name: CommandCounter(self._bounds) for name in command_names}
+        self._unknown = self._commands.setdefault(UNKNOWN_COMMAND, CommandCounter(self._bounds))
 
         self._connections_opened = 0
         self._connections_closed = 0
@@ -216,9 +249,14 @@ class ServerMetrics:
             stats = self._commands.get(cmd, self._unknown)  # type: ignore[call-overload]
         except TypeError:  # an unhashable cmd value
             stats = self._unknown
-        stats.results[result] += 1
-        stats.buckets[bisect_left(self._bounds, seconds)] += 1
-        stats.seconds += seconds
+        stats.finished(result, seconds)
+
+    def counter(self, cmd: str) -> CommandCounter:
+        """
+        The record L{command_finished} counts C{cmd}'s replies in (that of
+        C{unknown} for a name that is not a registered command).
+        """
+        return self._commands.get(cmd, self._unknown)
 
     def auth_failed(self) -> None:
         self._auth_failures += 1

@@ -53,6 +53,28 @@ from oxidb.logs import Logger
 #: Result types that are never a Deferred.
 _PLAIN = frozenset({str, dict, list, int, float, bool, type(None)})
 
+#: A row that is not there: no command, no counters.
+_NO_ROW: tuple[Any, Any] = (None, None)
+
+#: Text results up to this many characters have their success L{Reply} made
+#: once (C{"pong"}); no L{Reply} is changed once made.
+_SHORT_TEXT = 64
+#: At most this many of them (the cache starts over when full).
+_TEXT_REPLIES_KEPT = 256
+_text_replies: dict[str, Reply] = {}
+
+
+def _text_reply(text: str) -> Reply:
+    """C{Reply(True, text)}, made once for a short text."""
+    reply = _text_replies.get(text)
+    if reply is None:
+        reply = Reply(True, text)
+        if len(text) <= _SHORT_TEXT:
+            if len(_text_replies) >= _TEXT_REPLIES_KEPT:
+                _text_replies.clear()
+            _text_replies[text] = reply
+    return reply
+
 
 @implementer(IDispatcher)
 class Dispatcher:
@@ -79,10 +101,10 @@ class Dispatcher:
         metrics: Any = None,
         audit: Any = None,
     ) -> None:
+        self._metrics = metrics
         self.registry = registry
         self.auth_enabled = auth_enabled
         self.health_open = health_open
-        self.metrics = metrics
         self.audit = audit
 
     @property
@@ -92,8 +114,27 @@ class Dispatcher:
     @registry.setter
     def registry(self, registry: CommandRegistry) -> None:
         self._registry = registry
-        # The rows by name, looked up for every request.
-        self._commands: Mapping[str, Any] = {command.name: command for command in registry}
+        self._index()
+
+    @property
+    def metrics(self) -> Any:
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, metrics: Any) -> None:
+        self._metrics = metrics
+        self._index()
+
+    def _index(self) -> None:
+        """
+        Look up, once, what every request looks up: the rows by name and,
+        beside each, its counters (L{oxidb.metrics.IServerMetrics.counter}).
+        """
+        metrics = self._metrics
+        self._rows: Mapping[str, tuple[Any, Any]] = {
+            command.name: (command, None if metrics is None else metrics.counter(command.name))
+            for command in self._registry
+        }
 
     def dispatch(self, ctx: CommandContext, request: Any) -> Reply | Deferred[Reply]:
         """Run one request; a L{Reply} or a Deferred firing with one."""
@@ -106,7 +147,7 @@ class Dispatcher:
                 name = request.get("command")
             if not isinstance(name, str):
                 name = ""
-        command = self._commands.get(name)
+        command, counter = self._rows.get(name, _NO_ROW)
         session = ctx.session
 
         if self.auth_enabled:
@@ -143,10 +184,11 @@ class Dispatcher:
             # The synchronous fast path: no Deferred, no TopLevel check.
             if command.scoped or self.audit is not None:
                 self._finished(ctx, name, request, "ok", "", started, command)
-            else:  # _finished, when it has only the count to do
-                metrics = self.metrics
-                if metrics is not None:
-                    metrics.command_finished(name, "ok", perf_counter() - started, None)
+            elif counter is not None:  # _finished, when it has only the count to do
+                counter.ok(perf_counter() - started)
+            if type(result) is str:
+                reply = _text_replies.get(result)  # _text_reply, inline
+                return _text_reply(result) if reply is None else reply
             return Reply(True, result)
         # Deferred is an Awaitable (an ABC): plain results skip that slow check.
         if isinstance(result, Deferred):

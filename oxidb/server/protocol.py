@@ -204,6 +204,8 @@ class OxiServerProtocol(Protocol):
         # The queued frame being decoded ahead on the pool, and its decode.
         self._ahead: tuple[bytes, Deferred[tuple[WireFormat, object]]] | None = None
         self._queued_bytes = 0
+        # The size of the frames the last read completed (see _read).
+        self._read_size = 0
         # Requests the executing one counts for (a pipeline: its commands).
         self._weight = 0
         self._max_requests: int = factory.max_queued_requests
@@ -317,9 +319,10 @@ class OxiServerProtocol(Protocol):
         self._turn.live = False
         self._turn = turn
 
-    def enqueue(self, frames: list[bytes]) -> None:
+    def enqueue(self, frames: list[bytes], size: int | None = None) -> None:
+        """Queue C{frames}; C{size}: their total size, if known."""
         self._queue.extend(frames)
-        self._queued_bytes += sum(len(f) for f in frames)
+        self._queued_bytes += sum(map(len, frames)) if size is None else size
 
     def clear_queue(self) -> None:
         self._queue.clear()
@@ -422,7 +425,7 @@ class OxiServerProtocol(Protocol):
     def _read_and_run(self, data: bytes) -> None:
         frames = self._read(data)
         if frames:
-            self.enqueue(frames)
+            self.enqueue(frames, self._read_size)
             self._run()
         else:
             self._update_reading()
@@ -430,7 +433,7 @@ class OxiServerProtocol(Protocol):
     def _read_and_queue(self, data: bytes) -> None:
         frames = self._read(data)
         if frames:
-            self.enqueue(frames)
+            self.enqueue(frames, self._read_size)
             self._decode_ahead()
         self._update_reading()
 
@@ -439,9 +442,12 @@ class OxiServerProtocol(Protocol):
         self._update_reading()
 
     def _read(self, data: bytes) -> list[bytes] | None:
-        """The whole frames in C{data}; None once a too large frame closes the connection."""
+        """
+        The whole frames in C{data} (their total size in C{_read_size});
+        None once a too large frame closes the connection.
+        """
         try:
-            frames = self._decoder.feed(data)
+            frames, self._read_size = self._decoder.feed_sized(data)
         except FrameTooLargeError as e:
             if e.length <= MAX_FRAME:  # so the pre-login limit was in force
                 self._log.warn(
@@ -484,13 +490,26 @@ class OxiServerProtocol(Protocol):
         (a pending reply, a close, a watch's events), so the bytes keep the
         requests' order. A pause of the transport then stops the turn as
         after a single reply.
+
+        The flow-control counts (L{_update_reading}) are settled once per
+        turn, not per request: nothing reads them while the turn's requests
+        run synchronously, except a C{pipeline}, which works out its own
+        (L{_dispatch_pipeline}).
         """
         turn = self._turn
         queue = self._queue
+        if not (queue and turn.live):
+            return self._turn_over(turn)
         session = self.session
         run_small = self._run_small
         batch = bytearray()
         answered = False
+        pending = False
+        # The bytes of the frames taken off the queue in this turn.
+        taken = 0
+        # One request executes at a time; a pipeline counts for more (its
+        # commands), set and reset around it by _dispatch_pipeline.
+        self._weight = 1
         # Work the requests send to the worker pool belongs to this
         # connection: it is set once for the turn's requests, not per request.
         token = current_owner.set(self)
@@ -498,23 +517,22 @@ class OxiServerProtocol(Protocol):
             while queue and turn.live:
                 payload = queue.popleft()
                 size = len(payload)
-                self._queued_bytes -= size
-                self._weight = 1
+                taken += size
                 result: bytes | Deferred[bytes] | None
                 if session.watch is None and size <= OFFLOAD_BYTES:
                     result = run_small(payload)  # _handle's common case, without its checks
                 else:
                     result = self._handle(payload)
                     if result is None:  # dropped in watch mode
-                        self._weight = 0
                         continue
                 if type(result) is not bytes:
+                    pending = True
+                    self._settle(taken, pending)
                     self._machine.request_pending()
                     self._write_batch(batch)
                     cast("Deferred[bytes]", result).addCallback(self._answered)
                     self._decode_ahead()
                     break
-                self._weight = 0
                 reply: bytes = result
                 if len(reply) <= _BATCHED_REPLY_BYTES and self._after_reply is None:
                     batch += _PREFIX.pack(len(reply))
@@ -536,14 +554,30 @@ class OxiServerProtocol(Protocol):
                         self._start_watch()
         finally:
             current_owner.reset(token)
+            if not pending:
+                self._settle(taken, pending)
         if answered:
             # The idle clock did not run while the requests executed.
             self._last_activity = self.factory.clock.seconds()
         self._write_batch(batch)
+        self._turn_over(turn)
+
+    def _turn_over(self, turn: Turn) -> None:
+        """After a turn: read on or not; close once the last request of a closing connection is answered."""
         if turn.flow:
             self._update_reading()
-        elif turn.live and turn.closing and not queue:
+        elif turn.live and turn.closing and not self._queue:
             self._machine.all_answered()
+
+    def _settle(self, taken: int, pending: bool) -> None:
+        """
+        The flow-control counts after a turn took C{taken} bytes of frames
+        off the queue, and left a request C{pending} or none executing.
+        """
+        # The queue may have been cleared during the turn (a shutdown's drain).
+        self._queued_bytes = self._queued_bytes - taken if self._queue else 0
+        if not pending:
+            self._weight = 0
 
     def _write_batch(self, batch: bytearray) -> None:
         """Write the reply frames gathered in C{batch} at once (if any), and empty it."""
@@ -645,20 +679,21 @@ class OxiServerProtocol(Protocol):
         finally:
             current_owner.reset(token)
 
-    def _dispatch_owned(self, decoded: tuple[WireFormat, object]) -> bytes | Deferred[bytes]:
+    def _dispatch_owned(self, decoded: tuple[WireFormat, object], counted: bool = False) -> bytes | Deferred[bytes]:
         """
         Run one decoded request: its reply, or a Deferred firing with it.
         The caller has made this connection L{current_owner}.
+
+        @param counted: a C{pipeline}'s weight is set (L{_dispatch_pipeline}).
         """
         if self._gone:  # closed while its frame was decoded on the pool
             return b""
         fmt, request = decoded
         self._last_format = fmt
-        if type(request) is dict and "commands" in request:
+        if not counted and type(request) is dict and "commands" in request:
             commands = request["commands"]
             if type(commands) is list and len(commands) > 1 and command_name(request) == "pipeline":
-                self._weight = len(commands)
-                self._update_reading()
+                return self._dispatch_pipeline(decoded, len(commands))
         try:
             outcome = self.factory.dispatcher.dispatch(self.ctx, request)
         except Exception:
@@ -680,6 +715,20 @@ class OxiServerProtocol(Protocol):
             except Exception:
                 return self._encode_failed(Failure(), fmt)
         return self._reply(outcome, fmt)
+
+    def _dispatch_pipeline(self, decoded: tuple[WireFormat, object], commands: int) -> bytes | Deferred[bytes]:
+        """
+        L{_dispatch_owned} for a C{pipeline} of C{commands} commands: it
+        counts for that many requests while it executes.
+        """
+        self._weight = commands
+        # The waiting frames' size, exact also during a turn (L{_run}
+        # settles L{_queued_bytes} only at its end).
+        self._update_reading(sum(map(len, self._queue)))
+        reply = self._dispatch_owned(decoded, counted=True)
+        if type(reply) is bytes:
+            self._weight = 1  # one request executing, until the turn settles
+        return reply
 
     def _unexpected(self, failure: Failure, fmt: WireFormat) -> bytes:
         self._log.failure("reply failed for {peer}", failure, peer=self.session.peer)
@@ -798,10 +847,17 @@ class OxiServerProtocol(Protocol):
 
     # --- flow control ----------------------------------------------------
 
-    def _update_reading(self) -> None:
+    def _update_reading(self, queued_bytes: int | None = None) -> None:
+        """
+        Read from the socket or not, by the flow-control limits;
+        C{queued_bytes}: the size of the waiting frames, when it is not
+        L{_queued_bytes} (during a turn).
+        """
         if not self._turn.flow:
             return
-        full = len(self._queue) + self._weight >= self._max_requests or self._queued_bytes >= self._max_bytes
+        if queued_bytes is None:
+            queued_bytes = self._queued_bytes
+        full = len(self._queue) + self._weight >= self._max_requests or queued_bytes >= self._max_bytes
         if full and not self._reading_paused:
             self._reading_paused = True
             self.transport.pauseProducing()

@@ -84,12 +84,14 @@ def decode_request(payload: bytes) -> tuple[WireFormat, object]:
         ..."} or C{"invalid MsgPack: ..."}; reply with
         C{encode_error(WireFormat.JSON, str(error))}.
     """
-    if payload and payload[0] in _JSON_FIRST:  # detect(), inline: most requests
-        if len(payload) > SMALL_REQUEST or type(payload) is not bytes:
-            return _JSON, _json.decode(payload)
+    if type(payload) is bytes and len(payload) <= SMALL_REQUEST:
+        # A request seen before (ping): nothing else to find out.
         known = _small_requests.get(payload)
         if known is not None:
             return _JSON, known.copy()
+    if payload and payload[0] in _JSON_FIRST:  # detect(), inline: most requests
+        if len(payload) > SMALL_REQUEST or type(payload) is not bytes:
+            return _JSON, _json.decode(payload)
         value = _json.decode(payload)
         if type(value) is dict and payload.count(b"{") == 1 and b"[" not in payload:
             # One flat object (its values are strings, numbers, booleans or

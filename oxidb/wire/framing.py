@@ -95,9 +95,19 @@ class FrameDecoder:
         @raise FrameTooLargeError: a prefix declared more than the limit
             (raised again on every later call).
         """
+        return self.feed_sized(data)[0]
+
+    def feed_sized(self, data: bytes) -> tuple[list[bytes], int]:
+        """
+        L{feed}, and the total size of the payloads it returns (counted
+        from the bytes taken off the buffer, not payload by payload).
+
+        @raise FrameTooLargeError: as L{feed}.
+        """
         if self._failure is not None:
             raise FrameTooLargeError(self._failure.length)
         buffer = self._buffer
+        available = len(buffer) - self._start + len(data)
         buffer += data
         known = self._length
         # One pass over the buffer (in C when the extension is built).
@@ -112,6 +122,8 @@ class FrameDecoder:
             self._start = 0
             self._length = None
             raise self._failure
+        # What was taken: the whole frames, each a 4-byte prefix and its payload.
+        size = available - (end - start) - 4 * len(frames)
         if start == end:
             buffer.clear()
             start = 0
@@ -120,7 +132,7 @@ class FrameDecoder:
             start = 0
         self._start = start
         self._length = None if length < 0 else length
-        return frames
+        return frames, size
 
 
 def encode_frame(payload: bytes) -> bytes:
