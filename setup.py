@@ -1,6 +1,6 @@
 """
-Build hook for the optional C accelerators: the OxiWire codec and the index
-keys of written documents.
+Build hook for the optional C accelerators: the OxiWire codec, the index
+keys of written documents and the $group hash aggregate.
 
 All metadata lives in setup.cfg; this file only declares the extensions. They
 are optional: without a compiler the build goes on and oxidb.wire and
@@ -19,6 +19,11 @@ setup(
         Extension(
             "oxidb.engine._keys",
             ["oxidb/engine/_keys.c"],
+            optional=True,
+        ),
+        Extension(
+            "oxidb.engine._grouphash",
+            ["oxidb/engine/_grouphash.c"],
             optional=True,
         ),
     ],

@@ -10,6 +10,7 @@ text, so that C{1} and C{1.0} differ.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator
 from typing import Any
@@ -20,11 +21,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oxidb.engine import reads, sqlite, sqlquery
+from oxidb.engine import grouphash, reads, sqlite, sqlquery
 from oxidb.engine.aggregate import GroupPushdown, compile_pipeline
 from oxidb.engine.engine import Engine
 from oxidb.engine.governor import DEFAULT_LIMITS, DOC_OVERHEAD
 from oxidb.errors import AggregationLimitError
+from tests.extensions import built_extension
 
 scalars = st.one_of(
     st.none(),
@@ -136,15 +138,69 @@ def column_groups(draw: Any) -> dict[str, Any]:
     return spec
 
 
+#: How a C{$group} keyed by a key column is aggregated: the hash aggregate
+#: (L{grouphash.hash_rows}; also its Python reference when the C one is
+#: built), or SQLite's C{GROUP BY} (the path without the C extension).
+KEY_COLUMN_PATHS = ["hash", "sql", "hash-python"]
+
+
+_BUILT = grouphash.hash_rows
+
+
+def _hash_rows_of(path: str) -> grouphash.HashRows | None:
+    """The L{grouphash.hash_rows} of a path of L{KEY_COLUMN_PATHS} (the C one must be built)."""
+    if path == "hash":
+        hash_rows: grouphash.HashRows = built_extension("oxidb.engine._grouphash").hash_rows
+        return hash_rows
+    return None if path == "sql" else grouphash.hash_rows_python
+
+
+@contextlib.contextmanager
+def key_column_path(path: str) -> Iterator[None]:
+    """Aggregate by C{path} (one of L{KEY_COLUMN_PATHS}) inside the block."""
+    grouphash.hash_rows = _hash_rows_of(path)
+    try:
+        yield
+    finally:
+        grouphash.hash_rows = _BUILT
+
+
+def _key_column_matches(
+    engine: Engine, path: str, docs: list[dict[str, Any]], match: Any, group: dict[str, Any], after: Any
+) -> None:
+    name = f"g{next(_names)}"
+    for field in ("k", "x", "o.b"):
+        engine.apply({"CreateIndex": {"collection": name, "field": field}}, 0.0)
+    with key_column_path(path):
+        _assert_pushdown_matches(engine, name, docs, [match, {"$group": group}, after])
+
+
+# One test per path: pytest-twisted runs a parametrized Hypothesis test's second case on the wrong greenlet.
 @settings(PROPERTY, max_examples=60)
 @given(docs=st.lists(documents, max_size=12), match=matches, group=column_groups(), after=later)
 def test_group_by_key_column_equals_python_path(
     engine: Engine, docs: list[dict[str, Any]], match: Any, group: dict[str, Any], after: Any
 ) -> None:
-    name = f"g{next(_names)}"
-    for field in ("k", "x", "o.b"):
-        engine.apply({"CreateIndex": {"collection": name, "field": field}}, 0.0)
-    _assert_pushdown_matches(engine, name, docs, [match, {"$group": group}, after])
+    """The hash aggregate (in C when built)."""
+    _key_column_matches(engine, "hash", docs, match, group, after)
+
+
+@settings(PROPERTY, max_examples=60)
+@given(docs=st.lists(documents, max_size=12), match=matches, group=column_groups(), after=later)
+def test_group_by_key_column_in_sql_equals_python_path(
+    engine: Engine, docs: list[dict[str, Any]], match: Any, group: dict[str, Any], after: Any
+) -> None:
+    """SQLite's C{GROUP BY} over the key column (without the C extension)."""
+    _key_column_matches(engine, "sql", docs, match, group, after)
+
+
+@settings(PROPERTY, max_examples=30)
+@given(docs=st.lists(documents, max_size=12), match=matches, group=column_groups(), after=later)
+def test_group_by_key_column_hash_python_equals_python_path(
+    engine: Engine, docs: list[dict[str, Any]], match: Any, group: dict[str, Any], after: Any
+) -> None:
+    """The hash aggregate's Python reference (tests/test_engine_grouphash.py holds the C one to it)."""
+    _key_column_matches(engine, "hash-python", docs, match, group, after)
 
 
 def _statements(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -247,7 +303,21 @@ def _pushed(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     return answered
 
 
-def test_indexed_key_groups_by_its_key_column(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+def _scans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    made: list[str] = []
+    real = sqlquery.group_scan_statement
+
+    def spy(*args: Any, **kwargs: Any) -> tuple[str, Any]:
+        out = real(*args, **kwargs)
+        made.append(out[0])
+        return out
+
+    monkeypatch.setattr(sqlquery, "group_scan_statement", spy)
+    return made
+
+
+@pytest.mark.parametrize("path", KEY_COLUMN_PATHS)
+def test_indexed_key_groups_by_its_key_column(engine: Engine, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     name = f"g{next(_names)}"
     engine.apply({"CreateIndex": {"collection": name, "field": "k"}}, 0.0)
     docs = [
@@ -261,7 +331,9 @@ def test_indexed_key_groups_by_its_key_column(engine: Engine, monkeypatch: pytes
         {"k": True, "x": 8},
     ]
     engine.apply({"InsertMany": {"collection": name, "documents": docs}}, 0.0)
+    monkeypatch.setattr(grouphash, "hash_rows", _hash_rows_of(path))
     made = _statements(engine, monkeypatch)
+    scans = _scans(monkeypatch)
     pushed = _pushed(monkeypatch)
     pipeline = [{"$group": {"_id": "$k", "s": {"$sum": "$x"}, "n": {"$count": {}}}}]
     # Dates group by instant and show the first one seen; null and missing are one group.
@@ -272,7 +344,12 @@ def test_indexed_key_groups_by_its_key_column(engine: Engine, monkeypatch: pytes
         {"_id": 2, "s": 13, "n": 2},
         {"_id": True, "s": 8, "n": 1},
     ]
-    assert pushed == [True] and "GROUP BY k" in made[0] and "json_type(doc, '$.k') AS t" not in made[0]
+    if path == "sql":
+        assert pushed == [True] and "GROUP BY k" in made[0] and "json_type(doc, '$.k') AS t" not in made[0]
+    else:
+        # One scan reading the key column (not the key's JSON) and the summed path's text, no sort.
+        assert pushed == [True] and made == [] and len(scans) == 1
+        assert "doc -> '$.k'" not in scans[0] and "doc -> '$.x'" in scans[0] and "GROUP BY" not in scans[0]
     # An integer and a float of equal value share a key but not a group: Python answers.
     engine.apply({"Insert": {"collection": name, "document": {"k": 2.0, "x": 9}}}, 0.0)
     expected = compile_pipeline(pipeline).run(engine.find(name), lambda coll, query: [])

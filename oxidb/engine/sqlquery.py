@@ -426,6 +426,54 @@ def group_statement(
     return f"SELECT {', '.join(head + aggregates)} FROM ({inner} LIMIT -1) GROUP BY 1, 2 ORDER BY 3"
 
 
+#: C{group_scan_statement}'s kinds of accumulator (L{oxidb.engine.grouphash}).
+_HASH_KINDS = {"$sum": 0, "$avg": 0, "$min": 1, "$max": 2}
+
+
+def group_scan_statement(
+    table: str, where: str, group: GroupPushdown, key_column: str, size: str
+) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """
+    The rows L{oxidb.engine.grouphash.hash_rows} aggregates for a C{$group}
+    keyed by C{key_column} (see L{group_statement}), and its specs: per row
+    the C{_id}, the SQL expression C{size} (the document's text size, or
+    C{0}), the key column, for a numeric key whether its JSON value is a
+    float, then each accumulated path's JSON text (C{doc -> path}: one
+    path read per row, where C{json_type} and C{json_extract} took two).
+    """
+    assert group.key is not None
+    slots: dict[tuple[str, ...], int] = {}
+    specs: list[tuple[int, int]] = []
+    for _, op, operand in group.accumulators:
+        if isinstance(operand, tuple):
+            slot = slots.setdefault(operand, len(slots))
+            specs.append((slot, _HASH_KINDS[op]))
+    low, high = _rank_bounds(values.RANK_NUMBER)
+    at = _json_path(group.key)
+    reads = [
+        "_id",
+        size,
+        key_column,
+        f"CASE WHEN {key_column} >= {low} AND {key_column} < {high} THEN json_type(doc, {at}) = 'real' END",
+    ] + [f"doc -> {_json_path(parts)}" for parts in slots]
+    condition = "" if where == _TRUE else f" WHERE {where}"
+    return f"SELECT {', '.join(reads)} FROM {table}{condition}", tuple(specs)
+
+
+def group_first_keys_statement(table: str, group: GroupPushdown) -> str:
+    """
+    The key's JSON type and value in each of the documents whose C{_id}s
+    the statement's one parameter lists as a JSON array (each group's
+    first, for L{group_scan_statement}'s groups).
+    """
+    assert group.key is not None
+    at = _json_path(group.key)
+    return (
+        f"SELECT _id, coalesce(json_type(doc, {at}), 'null'), json_extract(doc, {at}) FROM {table}"
+        " WHERE _id IN (SELECT value FROM json_each(?))"
+    )
+
+
 def group_key_column(group: GroupPushdown, columns: Mapping[str, str] | None) -> str | None:
     """The key column L{group_statement} groups by, if the key's path has one in C{columns}."""
     if group.key is None or not columns:

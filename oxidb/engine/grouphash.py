@@ -1,0 +1,134 @@
+"""
+A hash aggregate for a pushed-down C{$group} keyed by an index key column
+(L{oxidb.engine.sqlquery.group_scan_statement}): one pass over the rows of
+one cursor, with no sort (SQLite's C{GROUP BY} sorts every row by the key,
+which was most of the statement's time).
+
+Each row is C{(_id, size, key, real, text, ...)}: the document's id, its
+text size for the budget (or 0 when the caller counts it otherwise), the
+key column's value, for a numeric key whether the key's JSON value is a
+float (1) or an integer (0) (None for other keys), then one column per
+accumulated path, the JSON text of the value there (C{doc -> path}) or None
+when missing. C{specs} gives each accumulator's column (counted from the
+first text) and kind (L{SUM} for C{$sum}/C{$avg}, L{MIN}, L{MAX}).
+
+The result is, per group in order of its first C{_id}: the first C{_id},
+the row count, whether the group holds both integer and float keys, then
+for each accumulator the figures C{group_statement} computes in SQL (for
+L{SUM}: the count of numbers, their float total, the total of their
+magnitudes, the count of non-integral floats; for L{MIN}/L{MAX}: the
+extreme integer, the extreme float, the count of other non-null values),
+last the total size. None when a value's text is a number no C{int64}
+holds, or not a JSON number the parser reads (the caller then takes the
+Python path).
+
+L{hash_rows} is the C extension L{oxidb.engine._grouphash}, None when it is
+not built: L{hash_rows_python}, its reference (tests/test_engine_grouphash.py
+holds them identical with Hypothesis), is slower than SQLite's sorting
+C{GROUP BY}, which the caller then uses.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+#: Kinds of accumulator.
+SUM, MIN, MAX = 0, 1, 2
+
+#: Integer texts with more digits than this go to the Python path.
+MAX_DIGITS = 18
+
+_NOT_NUMBER = frozenset('"[{tf')
+
+#: A JSON number: its integer digits, fraction, exponent.
+_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+HashRows = Callable[[Iterable[tuple[Any, ...]], tuple[tuple[int, int], ...]], "list[tuple[Any, ...]] | None"]
+
+
+class _Bail(Exception):
+    pass
+
+
+def _parse(text: str) -> int | float | bool | None:
+    """
+    The number a value's JSON text holds; None for null or missing, False
+    for another value; L{_Bail} if not read exactly.
+    """
+    if not text or text == "null":
+        return None
+    if text[0] in _NOT_NUMBER:
+        return False
+    match = _NUMBER.fullmatch(text)
+    if match is None:
+        raise _Bail
+    if match.group(2) or match.group(3):
+        return float(text)
+    if len(match.group(1)) > MAX_DIGITS:
+        raise _Bail
+    return int(text)
+
+
+def hash_rows_python(
+    rows: Iterable[tuple[Any, ...]], specs: tuple[tuple[int, int], ...]
+) -> list[tuple[Any, ...]] | None:
+    """The hash aggregate in Python (see the module docstring)."""
+    groups: dict[Any, list[Any]] = {}
+    try:
+        for row in rows:
+            doc_id, size, key, real = row[0], row[1], row[2], row[3]
+            state = groups.get(key)
+            if state is None:
+                state = [doc_id, 0, real, False, 0]
+                for _, kind in specs:
+                    state.append([0, 0.0, 0.0, 0] if kind == SUM else [None, None, 0])
+                groups[key] = state
+            elif doc_id < state[0]:
+                state[0] = doc_id
+            state[1] += 1
+            if real != state[2]:
+                state[3] = True
+            state[4] += size
+            parsed = [None if text is None else _parse(text) for text in row[4:]]
+            for i, (column, kind) in enumerate(specs):
+                value = parsed[column]
+                if value is None:
+                    continue
+                stats = state[5 + i]
+                if value is False:
+                    if kind != SUM:
+                        stats[2] += 1
+                    continue
+                if kind == SUM:
+                    stats[0] += 1
+                    stats[1] += float(value)
+                    stats[2] += abs(float(value))
+                    if type(value) is float and math.isfinite(value) and not value.is_integer():
+                        stats[3] += 1
+                    continue
+                slot = 0 if type(value) is int else 1
+                current = stats[slot]
+                if current is None or (value > current if kind == MAX else value < current):
+                    stats[slot] = value
+    except _Bail:
+        return None
+    out = []
+    for state in sorted(groups.values(), key=lambda state: state[0]):
+        row_out: list[Any] = [state[0], state[1], state[3]]
+        for stats in state[5:]:
+            row_out.extend(stats)
+        row_out.append(state[4])
+        out.append(tuple(row_out))
+    return out
+
+
+hash_rows: HashRows | None
+try:
+    from oxidb.engine import _grouphash
+except ImportError:  # the optional extension was not built
+    hash_rows = None
+else:
+    hash_rows = _grouphash.hash_rows

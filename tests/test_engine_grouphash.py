@@ -1,0 +1,131 @@
+"""
+The C hash aggregate of C{$group} (L{oxidb.engine._grouphash}) and its
+pure-Python reference L{grouphash.hash_rows_python} give the same result for
+any rows: keys of any kind in any order of C{_id}, every JSON text a value's
+C{doc -> path} gives (null and missing, booleans, strings, arrays, objects,
+integers up to and past 18 digits, floats with C{-0.0}, exponents and
+overflow) and texts no JSON number reads as (both leave those to Python);
+and the C one refuses rows and specs of the wrong shape with a clear error.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from oxidb.engine import grouphash
+from tests.extensions import built_extension
+
+
+@pytest.fixture(scope="module")
+def c() -> ModuleType:
+    return built_extension("oxidb.engine._grouphash")
+
+
+numbers = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.integers(-20, 20),
+    st.sampled_from([10**17, 10**18 - 1, 10**18, -(10**18) + 1, 2**53, 2**53 + 1, 2**63 - 1]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.0, -0.0, 1.0, 2.5, -1.5, 1e300, 4.0e15]),
+)
+texts = st.one_of(
+    st.none(),
+    numbers.map(lambda n: str(n) if type(n) is int else orjson.dumps(n).decode()),
+    st.sampled_from(["null", "true", "false", '"a"', '""', "[1]", "{}", "[]", '{"a":1}']),
+    # Number texts as written by hand, and texts no JSON number reads as.
+    st.sampled_from(["1E5", "-1.5e-7", "1e400", "-0", "0.0", "2.0", "1e+2", "-1E-400"]),
+    st.sampled_from(["", "nan", "inf", "-", "007", "1.", ".5", "1_0", "+1", "0x1F", " 1", "1 ", "١", "n"]),
+)
+keys = st.one_of(st.none(), st.sampled_from([b"\x00", b"\x02a", b"\x02b", b"\x03x", b""]))
+
+
+@st.composite
+def tables(draw: Any) -> tuple[list[tuple[Any, ...]], tuple[tuple[int, int], ...]]:
+    width = draw(st.integers(0, 3))
+    specs = [(column, draw(st.sampled_from([grouphash.SUM, grouphash.MIN, grouphash.MAX]))) for column in range(width)]
+    if width:
+        specs += draw(st.lists(st.tuples(st.integers(0, width - 1), st.integers(0, 2)), max_size=2))
+    ids = draw(st.lists(st.integers(-(2**62), 2**62), unique=True, max_size=30))
+    rows = [
+        (doc_id, draw(st.integers(0, 10**6)), draw(keys), draw(st.sampled_from([None, 0, 1])))
+        + tuple(draw(texts) for _ in range(width))
+        for doc_id in ids
+    ]
+    return rows, tuple(specs)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, telling ints from floats and C{-0.0} from C{0.0}."""
+    return orjson.dumps(a) == orjson.dumps(b)
+
+
+@settings(max_examples=400, deadline=None)
+@given(table=tables())
+def test_c_equals_python(c: ModuleType, table: tuple[list[tuple[Any, ...]], tuple[tuple[int, int], ...]]) -> None:
+    rows, specs = table
+    assert _same(c.hash_rows(iter(rows), specs), grouphash.hash_rows_python(iter(rows), specs))
+
+
+def test_figures(c: ModuleType) -> None:
+    """Groups in order of their first C{_id}, and the figures of each kind of accumulator."""
+    rows = [
+        (5, 10, b"b", None, "1", "2.5", '"s"'),
+        (3, 20, b"a", 0, "null", "-7", "true"),
+        (4, 30, b"b", None, None, "3", "4"),
+        (9, 40, b"a", 1, "2.0", "1e2", "[1]"),
+    ]
+    specs = ((0, grouphash.SUM), (1, grouphash.MIN), (2, grouphash.MAX), (0, grouphash.MAX))
+    expected = [
+        # first _id, count, mixed; $sum; $min; $max; $max; size
+        (3, 2, True, 1, 2.0, 2.0, 0, -7, 100.0, 0, None, None, 2, None, 2.0, 0, 60),
+        (4, 2, False, 1, 1.0, 1.0, 0, 3, 2.5, 0, 4, None, 1, 1, None, 0, 40),
+    ]
+    for hash_rows in (c.hash_rows, grouphash.hash_rows_python):
+        assert _same(hash_rows(rows, specs), expected)
+    # A fraction, and an integer past 18 digits (left to Python).
+    assert c.hash_rows([(1, 0, b"a", None, "0.5")], ((0, grouphash.SUM),)) == [(1, 1, False, 1, 0.5, 0.5, 1, 0)]
+    assert c.hash_rows([(1, 0, b"a", None, "1" * 19)], ((0, grouphash.SUM),)) is None
+
+
+@pytest.mark.parametrize(
+    ("rows", "specs", "message"),
+    [
+        ([(1, 0, b"a", None)], ((0, 0),), "wrong shape"),
+        ([[1, 0, b"a", None, "1"]], ((0, 0),), "wrong shape"),
+        ([(1, 0, b"a", None, 5)], ((0, 0),), "str or None"),
+        ([("x", 0, b"a", None, "1")], ((0, 0),), "integer"),
+        ([(1, 0, b"a", None, "1")], ((0, 7),), "out of range"),
+        ([(1, 0, b"a", None, "1")], ((-1, 0),), "out of range"),
+        ([(1, 0, b"a", None, "1")], ((2**70, 0),), "too large"),
+        ([(1, 0, b"a", None, "1")], (0,), "(column, kind)"),
+        ([(1, 0, [], None, "1")], ((0, 0),), "unhashable"),
+    ],
+)
+def test_bad_input(c: ModuleType, rows: Any, specs: Any, message: str) -> None:
+    with pytest.raises((TypeError, ValueError, OverflowError)) as raised:
+        c.hash_rows(rows, specs)
+    assert message in str(raised.value)
+
+
+def test_bad_arguments(c: ModuleType) -> None:
+    with pytest.raises(TypeError, match="takes an iterable"):
+        c.hash_rows([])
+    with pytest.raises(TypeError, match="not iterable"):
+        c.hash_rows(5, ())
+
+
+def test_an_error_from_the_rows_reaches_the_caller(c: ModuleType) -> None:
+    """A cursor's error (a read's time limit) stops the aggregate with that error."""
+
+    def rows() -> Any:
+        yield (1, 0, b"a", None, "1")
+        raise KeyError("stopped")
+
+    with pytest.raises(KeyError, match="stopped"):
+        c.hash_rows(rows(), ((0, 0),))
