@@ -4,8 +4,10 @@ pure-Python reference L{grouphash.hash_rows_python} give the same result for
 any rows: keys of any kind in any order of C{_id}, every JSON text a value's
 C{doc -> path} gives (null and missing, booleans, strings, arrays, objects,
 integers up to and past 18 digits, floats with C{-0.0}, exponents and
-overflow) and texts no JSON number reads as (both leave those to Python);
-and the C one refuses rows and specs of the wrong shape with a clear error.
+overflow) and texts no JSON number reads as (both leave those to Python),
+the index keys of summed paths (every rank, numbers past a double, bytes no
+key is); and the C one refuses rows and specs of the wrong shape with a
+clear error.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oxidb.engine import grouphash
+from oxidb.engine import grouphash, keys, values
 from tests.extensions import built_extension
 
 
@@ -42,19 +44,32 @@ texts = st.one_of(
     st.sampled_from(["1E5", "-1.5e-7", "1e400", "-0", "0.0", "2.0", "1e+2", "-1E-400"]),
     st.sampled_from(["", "nan", "inf", "-", "007", "1.", ".5", "1_0", "+1", "0x1F", " 1", "1 ", "١", "n"]),
 )
-keys = st.one_of(st.none(), st.sampled_from([b"\x00", b"\x02a", b"\x02b", b"\x03x", b""]))
+group_keys = st.one_of(st.none(), st.sampled_from([b"\x00", b"\x02a", b"\x02b", b"\x03x", b""]))
+# The index keys of summed paths: every kind of value, numbers past a double,
+# and bytes no key is.
+index_keys = st.one_of(
+    st.none(),
+    st.one_of(
+        numbers, st.none(), st.booleans(), st.text(max_size=3), st.just("2024-01-15"), st.lists(numbers, max_size=2)
+    ).map(keys.key_of_value),
+    st.sampled_from([b"", b"\x02", b"\x02" + bytes(9), b"\x02" + bytes(8) + b"\x02", b"\x00\x00"]),
+)
 
 
 @st.composite
 def tables(draw: Any) -> tuple[list[tuple[Any, ...]], tuple[tuple[int, int], ...]]:
+    """Rows and specs; a column of keys is only summed (as L{sqlquery.group_scan_statement} reads them)."""
     width = draw(st.integers(0, 3))
-    specs = [(column, draw(st.sampled_from([grouphash.SUM, grouphash.MIN, grouphash.MAX]))) for column in range(width)]
-    if width:
-        specs += draw(st.lists(st.tuples(st.integers(0, width - 1), st.integers(0, 2)), max_size=2))
+    keyed = [draw(st.booleans()) for _ in range(width)]
+    kinds = [grouphash.SUM, grouphash.MIN, grouphash.MAX]
+    specs = [(column, grouphash.SUM if keyed[column] else draw(st.sampled_from(kinds))) for column in range(width)]
+    for _ in range(draw(st.integers(0, 2)) if width else 0):
+        column = draw(st.integers(0, width - 1))
+        specs.append((column, grouphash.SUM if keyed[column] else draw(st.sampled_from(kinds))))
     ids = draw(st.lists(st.integers(-(2**62), 2**62), unique=True, max_size=30))
     rows = [
-        (doc_id, draw(st.integers(0, 10**6)), draw(keys), draw(st.sampled_from([None, 0, 1])))
-        + tuple(draw(texts) for _ in range(width))
+        (doc_id, draw(st.integers(0, 10**6)), draw(group_keys))
+        + tuple(draw(index_keys if keyed[column] else texts) for column in range(width))
         for doc_id in ids
     ]
     return rows, tuple(specs)
@@ -74,37 +89,47 @@ def test_c_equals_python(c: ModuleType, table: tuple[list[tuple[Any, ...]], tupl
 
 def test_figures(c: ModuleType) -> None:
     """Groups in order of their first C{_id}, and the figures of each kind of accumulator."""
+    key = keys.key_of_value
     rows = [
-        (5, 10, b"b", None, "1", "2.5", '"s"'),
-        (3, 20, b"a", 0, "null", "-7", "true"),
-        (4, 30, b"b", None, None, "3", "4"),
-        (9, 40, b"a", 1, "2.0", "1e2", "[1]"),
+        (5, 10, b"b", "1", "2.5", '"s"', key(-1.5)),
+        (3, 20, b"a", "null", "-7", "true", key(None)),
+        (4, 30, b"b", None, "3", "4", key("x")),
+        (9, 40, b"a", "2.0", "1e2", "[1]", key(4)),
     ]
-    specs = ((0, grouphash.SUM), (1, grouphash.MIN), (2, grouphash.MAX), (0, grouphash.MAX))
+    specs = ((0, grouphash.SUM), (1, grouphash.MIN), (2, grouphash.MAX), (0, grouphash.MAX), (3, grouphash.SUM))
     expected = [
-        # first _id, count, mixed; $sum; $min; $max; $max; size
-        (3, 2, True, 1, 2.0, 2.0, 0, -7, 100.0, 0, None, None, 2, None, 2.0, 0, 60),
-        (4, 2, False, 1, 1.0, 1.0, 0, 3, 2.5, 0, 4, None, 1, 1, None, 0, 40),
+        # first _id, count; $sum; $min; $max; $max; $sum of a key column; size
+        (3, 2, 1, 2.0, 2.0, 0, -7, 100.0, 0, None, None, 2, None, 2.0, 0, 1, 4.0, 4.0, 0, 60),
+        (4, 2, 1, 1.0, 1.0, 0, 3, 2.5, 0, 4, None, 1, 1, None, 0, 1, -1.5, 1.5, 1, 40),
     ]
     for hash_rows in (c.hash_rows, grouphash.hash_rows_python):
         assert _same(hash_rows(rows, specs), expected)
-    # A fraction, and an integer past 18 digits (left to Python).
-    assert c.hash_rows([(1, 0, b"a", None, "0.5")], ((0, grouphash.SUM),)) == [(1, 1, False, 1, 0.5, 0.5, 1, 0)]
-    assert c.hash_rows([(1, 0, b"a", None, "1" * 19)], ((0, grouphash.SUM),)) is None
+    # A fraction, and numbers past 18 digits or a double (left to Python).
+    assert c.hash_rows([(1, 0, b"a", "0.5")], ((0, grouphash.SUM),)) == [(1, 1, 1, 0.5, 0.5, 1, 0)]
+    assert c.hash_rows([(1, 0, b"a", "1" * 19)], ((0, grouphash.SUM),)) is None
+    assert c.hash_rows([(1, 0, b"a", key(2**53 + 1))], ((0, grouphash.SUM),)) is None
+
+
+def test_ranks(c: ModuleType) -> None:
+    """The key ranks both read are the engine's."""
+    assert (grouphash.NULL_RANK, grouphash.NUMBER_RANK) == (values.RANK_NULL, values.RANK_NUMBER)
+    assert (c.NULL_RANK, c.NUMBER_RANK) == (values.RANK_NULL, values.RANK_NUMBER)
+    assert keys.NULL_KEY == bytes([values.RANK_NULL])
 
 
 @pytest.mark.parametrize(
     ("rows", "specs", "message"),
     [
-        ([(1, 0, b"a", None)], ((0, 0),), "wrong shape"),
-        ([[1, 0, b"a", None, "1"]], ((0, 0),), "wrong shape"),
-        ([(1, 0, b"a", None, 5)], ((0, 0),), "str or None"),
-        ([("x", 0, b"a", None, "1")], ((0, 0),), "integer"),
-        ([(1, 0, b"a", None, "1")], ((0, 7),), "out of range"),
-        ([(1, 0, b"a", None, "1")], ((-1, 0),), "out of range"),
-        ([(1, 0, b"a", None, "1")], ((2**70, 0),), "too large"),
-        ([(1, 0, b"a", None, "1")], (0,), "(column, kind)"),
-        ([(1, 0, [], None, "1")], ((0, 0),), "unhashable"),
+        ([(1, 0, b"a")], ((0, 0),), "wrong shape"),
+        ([[1, 0, b"a", "1"]], ((0, 0),), "wrong shape"),
+        ([(1, 0, b"a", 5)], ((0, 0),), "str, bytes or None"),
+        ([("x", 0, b"a", "1")], ((0, 0),), "integer"),
+        ([(1, 0, b"a", "1")], ((0, 7),), "out of range"),
+        ([(1, 0, b"a", "1")], ((-1, 0),), "out of range"),
+        ([(1, 0, b"a", "1")], ((2**70, 0),), "too large"),
+        ([(1, 0, b"a", "1")], (0,), "(column, kind)"),
+        ([(1, 0, [], "1")], ((0, 0),), "unhashable"),
+        ([(1, 0, b"a", keys.key_of_value(3))], ((0, 1),), "not its key"),
     ],
 )
 def test_bad_input(c: ModuleType, rows: Any, specs: Any, message: str) -> None:
@@ -124,7 +149,7 @@ def test_an_error_from_the_rows_reaches_the_caller(c: ModuleType) -> None:
     """A cursor's error (a read's time limit) stops the aggregate with that error."""
 
     def rows() -> Any:
-        yield (1, 0, b"a", None, "1")
+        yield (1, 0, b"a", "1")
         raise KeyError("stopped")
 
     with pytest.raises(KeyError, match="stopped"):

@@ -27,12 +27,15 @@ typedef struct {
 
 typedef struct {
     long long first_id, count, size;
-    int real; /* -1: not a numeric key */
-    int mixed;
 } Group;
 
-/* A parsed value: missing or null, another value, an integer, a float. */
-enum { V_NONE, V_OTHER, V_INT, V_FLOAT };
+/* A parsed value: missing or null, another value, an integer, a float, a
+ * number read from a key (a double, integer or not: for sums only). */
+enum { V_NONE, V_OTHER, V_INT, V_FLOAT, V_KEY };
+
+/* oxidb.engine.values.RANK_NULL and RANK_NUMBER, the first byte of a key. */
+#define NULL_RANK 0
+#define NUMBER_RANK 2
 
 typedef struct {
     int type;
@@ -89,7 +92,38 @@ json_number(const char *s, Py_ssize_t n, int *is_float)
     return k == n;
 }
 
-/* Parse a value's JSON text; 0 on success, -1 to hand the group to Python. */
+/* A value read from an index key column (oxidb.engine.keys): missing or
+ * null, a number that is a double exactly, another value; -1 for a number
+ * the key holds past a double (an integer past 2**53). */
+static int
+parse_key(PyObject *key, Value *out)
+{
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(key);
+    Py_ssize_t n = PyBytes_GET_SIZE(key);
+    uint64_t bits = 0;
+    int i;
+    if (n == 0 || (n == 1 && b[0] == NULL_RANK)) {
+        out->type = V_NONE;
+        return 0;
+    }
+    if (b[0] != NUMBER_RANK) {
+        out->type = V_OTHER;
+        return 0;
+    }
+    if (n != 10 || b[9] != 1) {
+        return -1;
+    }
+    for (i = 1; i < 9; i++) {
+        bits = (bits << 8) | b[i];
+    }
+    bits = (bits >> 63) ? bits & ~(1ULL << 63) : ~bits;
+    memcpy(&out->f, &bits, sizeof bits);
+    out->type = V_KEY;
+    return 0;
+}
+
+/* Parse a value's JSON text, or its key (bytes); 0 on success, -1 to hand
+ * the group to Python, -2 with an exception set. */
 static int
 parse_value(PyObject *text, Value *out)
 {
@@ -102,8 +136,11 @@ parse_value(PyObject *text, Value *out)
         out->type = V_NONE;
         return 0;
     }
+    if (PyBytes_Check(text)) {
+        return parse_key(text, out);
+    }
     if (!PyUnicode_Check(text)) {
-        PyErr_SetString(PyExc_TypeError, "a value's text must be str or None");
+        PyErr_SetString(PyExc_TypeError, "a value must be str, bytes or None");
         return -2;
     }
     if (PyUnicode_GET_LENGTH(text) == 0) {
@@ -235,11 +272,10 @@ grouphash_hash_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         goto done;
     }
-    width = 4 + nvalues;
+    width = 3 + nvalues;
     while ((row = PyIter_Next(iter)) != NULL) {
-        PyObject *key, *found, *real_obj;
+        PyObject *key, *found;
         long long doc_id, size;
-        int real;
         Py_ssize_t g;
         Group *group;
         Stats *st;
@@ -250,14 +286,12 @@ grouphash_hash_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         doc_id = PyLong_AsLongLong(PyTuple_GET_ITEM(row, 0));
         size = PyLong_AsLongLong(PyTuple_GET_ITEM(row, 1));
-        real_obj = PyTuple_GET_ITEM(row, 3);
-        real = real_obj == Py_None ? -1 : (int)PyLong_AsLong(real_obj);
         if (PyErr_Occurred()) {
             Py_DECREF(row);
             goto done;
         }
         for (i = 0; i < nvalues; i++) {
-            int rc = parse_value(PyTuple_GET_ITEM(row, 4 + i), &values[i]);
+            int rc = parse_value(PyTuple_GET_ITEM(row, 3 + i), &values[i]);
             if (rc == -2) {
                 Py_DECREF(row);
                 goto done;
@@ -311,8 +345,6 @@ grouphash_hash_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             group->first_id = doc_id;
             group->count = 0;
             group->size = 0;
-            group->real = real;
-            group->mixed = 0;
             memset(&stats[g * (nspecs + 1)], 0, (nspecs + 1) * sizeof(Stats));
         }
         else {
@@ -325,9 +357,6 @@ grouphash_hash_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(row);
         group->count++;
         group->size += size;
-        if (real != group->real) {
-            group->mixed = 1;
-        }
         st = &stats[g * (nspecs + 1)];
         for (i = 0; i < nspecs; i++, st++) {
             const Value *v = &values[columns[i]];
@@ -345,9 +374,13 @@ grouphash_hash_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 st->numbers++;
                 st->total += x;
                 st->magnitude += fabs(x);
-                if (v->type == V_FLOAT && isfinite(x) && x != floor(x)) {
+                if (v->type != V_INT && isfinite(x) && x != floor(x)) {
                     st->fractions++;
                 }
+            }
+            else if (v->type == V_KEY) {
+                PyErr_SetString(PyExc_ValueError, "a $min or $max reads a value's text, not its key");
+                goto done;
             }
             else if (v->type == V_INT) {
                 if (!st->has_int || (kinds[i] == KIND_MAX ? v->i > st->extreme_int : v->i < st->extreme_int)) {
@@ -389,7 +422,7 @@ grouphash_hash_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     for (i = 0; i < ngroups; i++) {
         const Group *group = &groups[order[i]];
         const Stats *st = &stats[order[i] * (nspecs + 1)];
-        Py_ssize_t size = 4;
+        Py_ssize_t size = 3;
         Py_ssize_t j;
         PyObject *out;
         for (j = 0; j < nspecs; j++) {
@@ -402,8 +435,7 @@ grouphash_hash_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         PyTuple_SET_ITEM(out, 0, PyLong_FromLongLong(group->first_id));
         PyTuple_SET_ITEM(out, 1, PyLong_FromLongLong(group->count));
-        PyTuple_SET_ITEM(out, 2, PyBool_FromLong(group->mixed));
-        at = 3;
+        at = 2;
         for (j = 0; j < nspecs; j++) {
             stats_items(out, at, &st[j], kinds[j]);
             at += kinds[j] == KIND_SUM ? 4 : 3;
@@ -452,5 +484,11 @@ static struct PyModuleDef grouphash_module = {
 PyMODINIT_FUNC
 PyInit__grouphash(void)
 {
-    return PyModule_Create(&grouphash_module);
+    PyObject *module = PyModule_Create(&grouphash_module);
+    if (module != NULL && (PyModule_AddIntConstant(module, "NULL_RANK", NULL_RANK) < 0 ||
+                           PyModule_AddIntConstant(module, "NUMBER_RANK", NUMBER_RANK) < 0)) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

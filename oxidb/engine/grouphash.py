@@ -4,23 +4,24 @@ A hash aggregate for a pushed-down C{$group} keyed by an index key column
 one cursor, with no sort (SQLite's C{GROUP BY} sorts every row by the key,
 which was most of the statement's time).
 
-Each row is C{(_id, size, key, real, text, ...)}: the document's id, its
-text size for the budget (or 0 when the caller counts it otherwise), the
-key column's value, for a numeric key whether the key's JSON value is a
-float (1) or an integer (0) (None for other keys), then one column per
-accumulated path, the JSON text of the value there (C{doc -> path}) or None
-when missing. C{specs} gives each accumulator's column (counted from the
-first text) and kind (L{SUM} for C{$sum}/C{$avg}, L{MIN}, L{MAX}).
+Each row is C{(_id, size, key, value, ...)}: the document's id, its text
+size for the budget (or 0 when the caller counts it otherwise), the key
+column's value, then one column per accumulated path: the JSON text of the
+value there (C{doc -> path}) or None when missing; or, for a path only
+summed, its index key column when it has one (L{oxidb.engine.keys}: no
+JSON read per row; a sum adds the same double whether the number was an
+integer or a float, and a key holds either exactly up to 2**53). C{specs}
+gives each accumulator's column (counted from the first value) and kind
+(L{SUM} for C{$sum}/C{$avg}, L{MIN}, L{MAX}).
 
 The result is, per group in order of its first C{_id}: the first C{_id},
-the row count, whether the group holds both integer and float keys, then
-for each accumulator the figures C{group_statement} computes in SQL (for
-L{SUM}: the count of numbers, their float total, the total of their
-magnitudes, the count of non-integral floats; for L{MIN}/L{MAX}: the
-extreme integer, the extreme float, the count of other non-null values),
-last the total size. None when a value's text is a number no C{int64}
-holds, or not a JSON number the parser reads (the caller then takes the
-Python path).
+the row count, then for each accumulator the figures C{group_statement}
+computes in SQL (for L{SUM}: the count of numbers, their float total, the
+total of their magnitudes, the count of non-integral floats; for
+L{MIN}/L{MAX}: the extreme integer, the extreme float, the count of other
+non-null values), last the total size. None when a value's text is a
+number no C{int64} holds or not a JSON number the parser reads, or a key
+holds a number past a double (the caller then takes the Python path).
 
 L{hash_rows} is the C extension L{oxidb.engine._grouphash}, None when it is
 not built: L{hash_rows_python}, its reference (tests/test_engine_grouphash.py
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -49,8 +51,34 @@ _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 HashRows = Callable[[Iterable[tuple[Any, ...]], tuple[tuple[int, int], ...]], "list[tuple[Any, ...]] | None"]
 
 
+#: The first byte of a key (L{oxidb.engine.values} ranks) of null, of a
+#: number (the C extension's C{NULL_RANK} and C{NUMBER_RANK}).
+NULL_RANK, NUMBER_RANK = 0, 2
+
+_KEY_BITS = struct.Struct(">Q")
+_DOUBLE = struct.Struct("<d")
+_SIGN = 1 << 63
+
+
 class _Bail(Exception):
     pass
+
+
+def _parse_key(key: bytes) -> float | bool | None:
+    """
+    The number a key column holds as a double; None for null or missing,
+    False for another value; L{_Bail} for a number past a double.
+    """
+    if not key or key == bytes([NULL_RANK]):
+        return None
+    if key[0] != NUMBER_RANK:
+        return False
+    if len(key) != 10 or key[9] != 1:
+        raise _Bail
+    (bits,) = _KEY_BITS.unpack_from(key, 1)
+    bits = bits & ~_SIGN if bits & _SIGN else ~bits & (_SIGN * 2 - 1)
+    (number,) = _DOUBLE.unpack(bits.to_bytes(8, "little"))
+    return float(number)
 
 
 def _parse(text: str) -> int | float | bool | None:
@@ -72,6 +100,16 @@ def _parse(text: str) -> int | float | bool | None:
     return int(text)
 
 
+def _parse_value(value: str | bytes | None) -> int | float | bool | None:
+    if value is None:
+        return None
+    if type(value) is bytes:
+        return _parse_key(value)
+    if type(value) is not str:
+        raise TypeError("a value must be str, bytes or None")
+    return _parse(value)
+
+
 def hash_rows_python(
     rows: Iterable[tuple[Any, ...]], specs: tuple[tuple[int, int], ...]
 ) -> list[tuple[Any, ...]] | None:
@@ -79,25 +117,23 @@ def hash_rows_python(
     groups: dict[Any, list[Any]] = {}
     try:
         for row in rows:
-            doc_id, size, key, real = row[0], row[1], row[2], row[3]
+            doc_id, size, key = row[0], row[1], row[2]
             state = groups.get(key)
             if state is None:
-                state = [doc_id, 0, real, False, 0]
+                state = [doc_id, 0, 0]
                 for _, kind in specs:
                     state.append([0, 0.0, 0.0, 0] if kind == SUM else [None, None, 0])
                 groups[key] = state
             elif doc_id < state[0]:
                 state[0] = doc_id
             state[1] += 1
-            if real != state[2]:
-                state[3] = True
-            state[4] += size
-            parsed = [None if text is None else _parse(text) for text in row[4:]]
+            state[2] += size
+            parsed = [_parse_value(value) for value in row[3:]]
             for i, (column, kind) in enumerate(specs):
                 value = parsed[column]
                 if value is None:
                     continue
-                stats = state[5 + i]
+                stats = state[3 + i]
                 if value is False:
                     if kind != SUM:
                         stats[2] += 1
@@ -109,6 +145,8 @@ def hash_rows_python(
                     if type(value) is float and math.isfinite(value) and not value.is_integer():
                         stats[3] += 1
                     continue
+                if type(row[3 + column]) is bytes:
+                    raise ValueError("a $min or $max reads a value's text, not its key")
                 slot = 0 if type(value) is int else 1
                 current = stats[slot]
                 if current is None or (value > current if kind == MAX else value < current):
@@ -117,10 +155,10 @@ def hash_rows_python(
         return None
     out = []
     for state in sorted(groups.values(), key=lambda state: state[0]):
-        row_out: list[Any] = [state[0], state[1], state[3]]
-        for stats in state[5:]:
+        row_out: list[Any] = [state[0], state[1]]
+        for stats in state[3:]:
             row_out.extend(stats)
-        row_out.append(state[4])
+        row_out.append(state[2])
         out.append(tuple(row_out))
     return out
 

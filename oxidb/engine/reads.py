@@ -847,7 +847,8 @@ class Reader:
         L{sqlquery.group_statement}'s rows for a C{$group} keyed by
         C{key_column}, aggregated by L{grouphash.hash_rows} over one scan
         (no sort), the key shown read from each group's first document;
-        None when the hash aggregate leaves the data to Python. Without a
+        None when the hash aggregate leaves the data to Python, or a group
+        holds integer and float keys of equal value. Without a
         condition the caller has the documents' sizes already (unless
         C{measure}): the rows then count none.
         """
@@ -856,20 +857,19 @@ class Reader:
             size = store.TEXT_SIZE if measure else "octet_length(doc)"
         else:
             size = store.TEXT_SIZE if measure else "0"
-        scan, specs = sqlquery.group_scan_statement(info.tbl, plan.where, group, key_column, size)
+        scan, specs = sqlquery.group_scan_statement(info.tbl, plan.where, group, plan.columns, size)
         hashed = grouphash.hash_rows(self.conn.execute(scan, plan.params), specs)
         if hashed is None:
+            return None
+        mixed = sqlquery.group_mixed_statement(info.tbl, plan.where, group, key_column)
+        if any(True for _ in self.conn.execute(mixed, plan.params)):
             return None
         ids = orjson.dumps([row[0] for row in hashed]).decode()
         first = {
             doc_id: (kind, value)
             for doc_id, kind, value in self.conn.execute(sqlquery.group_first_keys_statement(info.tbl, group), (ids,))
         }
-        rows = []
-        for row in hashed:
-            kind, value = first[row[0]]
-            rows.append(("mixed" if row[2] else kind, value, row[0], row[1], *row[3:]))
-        return rows
+        return [(*first[row[0]], *row) for row in hashed]
 
     def aggregate_docs(
         self, pipeline: object, docs: object, database: str = databases.DEFAULT

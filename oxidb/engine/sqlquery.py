@@ -431,33 +431,52 @@ _HASH_KINDS = {"$sum": 0, "$avg": 0, "$min": 1, "$max": 2}
 
 
 def group_scan_statement(
-    table: str, where: str, group: GroupPushdown, key_column: str, size: str
+    table: str, where: str, group: GroupPushdown, columns: Mapping[str, str], size: str
 ) -> tuple[str, tuple[tuple[int, int], ...]]:
     """
     The rows L{oxidb.engine.grouphash.hash_rows} aggregates for a C{$group}
-    keyed by C{key_column} (see L{group_statement}), and its specs: per row
-    the C{_id}, the SQL expression C{size} (the document's text size, or
-    C{0}), the key column, for a numeric key whether its JSON value is a
-    float, then each accumulated path's JSON text (C{doc -> path}: one
-    path read per row, where C{json_type} and C{json_extract} took two).
+    whose key has a key column in C{columns} (see L{group_statement}), and
+    its specs: per row the C{_id}, the SQL expression C{size} (the
+    document's text size, or C{0}), the key column, then each accumulated
+    path once: its key column if it has one and is only summed, else its
+    JSON text (C{doc -> path}: one path read per row, where C{json_type}
+    and C{json_extract} took two).
     """
     assert group.key is not None
+    key_column = columns[".".join(group.key)]
     slots: dict[tuple[str, ...], int] = {}
+    summed_only: dict[tuple[str, ...], bool] = {}
     specs: list[tuple[int, int]] = []
     for _, op, operand in group.accumulators:
         if isinstance(operand, tuple):
             slot = slots.setdefault(operand, len(slots))
-            specs.append((slot, _HASH_KINDS[op]))
-    low, high = _rank_bounds(values.RANK_NUMBER)
-    at = _json_path(group.key)
-    reads = [
-        "_id",
-        size,
-        key_column,
-        f"CASE WHEN {key_column} >= {low} AND {key_column} < {high} THEN json_type(doc, {at}) = 'real' END",
-    ] + [f"doc -> {_json_path(parts)}" for parts in slots]
+            kind = _HASH_KINDS[op]
+            summed_only[operand] = summed_only.get(operand, True) and kind == _HASH_KINDS["$sum"]
+            specs.append((slot, kind))
+    reads = ["_id", size, key_column]
+    for parts in slots:
+        column = columns.get(".".join(parts)) if summed_only[parts] else None
+        reads.append(column or f"doc -> {_json_path(parts)}")
     condition = "" if where == _TRUE else f" WHERE {where}"
     return f"SELECT {', '.join(reads)} FROM {table}{condition}", tuple(specs)
+
+
+def group_mixed_statement(table: str, where: str, group: GroupPushdown, key_column: str) -> str:
+    """
+    The first C{_id} of each group of L{group_scan_statement}'s rows whose
+    numeric key column holds both integers and floats (an integer and a
+    float of equal value share a key but not a C{$group} identity: a case
+    left to Python). It reads only rows with numeric keys, through the key
+    column's index.
+    """
+    assert group.key is not None
+    low, high = _rank_bounds(values.RANK_NUMBER)
+    condition = "" if where == _TRUE else f" AND ({where})"
+    return (
+        f"SELECT min(_id) FROM {table} WHERE {key_column} >= {low} AND {key_column} < {high}{condition}"
+        f" GROUP BY {key_column} HAVING min(json_type(doc, {_json_path(group.key)}))"
+        f" IS NOT max(json_type(doc, {_json_path(group.key)}))"
+    )
 
 
 def group_first_keys_statement(table: str, group: GroupPushdown) -> str:
