@@ -139,30 +139,32 @@ def column_groups(draw: Any) -> dict[str, Any]:
 
 
 #: How a C{$group} keyed by a key column is aggregated: the hash aggregate
-#: (L{grouphash.hash_rows}; also its Python reference when the C one is
-#: built), or SQLite's C{GROUP BY} (the path without the C extension).
+#: (L{grouphash.hash_rows} and L{grouphash.hash_blobs} in C, or their Python
+#: references), or SQLite's C{GROUP BY} (the path without the C extension).
 KEY_COLUMN_PATHS = ["hash", "sql", "hash-python"]
 
 
-_BUILT = grouphash.hash_rows
+_BUILT = (grouphash.hash_rows, grouphash.hash_blobs)
 
 
-def _hash_rows_of(path: str) -> grouphash.HashRows | None:
-    """The L{grouphash.hash_rows} of a path of L{KEY_COLUMN_PATHS} (the C one must be built)."""
+def _hash_of(path: str) -> tuple[grouphash.HashRows | None, grouphash.HashBlobs | None]:
+    """L{grouphash.hash_rows} and L{grouphash.hash_blobs} of a path of L{KEY_COLUMN_PATHS} (C must be built)."""
     if path == "hash":
-        hash_rows: grouphash.HashRows = built_extension("oxidb.engine._grouphash").hash_rows
-        return hash_rows
-    return None if path == "sql" else grouphash.hash_rows_python
+        module = built_extension("oxidb.engine._grouphash")
+        return module.hash_rows, module.hash_blobs  # type: ignore[no-any-return]
+    if path == "sql":
+        return None, None
+    return grouphash.hash_rows_python, grouphash.hash_blobs_python
 
 
 @contextlib.contextmanager
 def key_column_path(path: str) -> Iterator[None]:
     """Aggregate by C{path} (one of L{KEY_COLUMN_PATHS}) inside the block."""
-    grouphash.hash_rows = _hash_rows_of(path)
+    grouphash.hash_rows, grouphash.hash_blobs = _hash_of(path)
     try:
         yield
     finally:
-        grouphash.hash_rows = _BUILT
+        grouphash.hash_rows, grouphash.hash_blobs = _BUILT
 
 
 def _key_column_matches(
@@ -331,7 +333,9 @@ def test_indexed_key_groups_by_its_key_column(engine: Engine, path: str, monkeyp
         {"k": True, "x": 8},
     ]
     engine.apply({"InsertMany": {"collection": name, "documents": docs}}, 0.0)
-    monkeypatch.setattr(grouphash, "hash_rows", _hash_rows_of(path))
+    hash_rows, hash_blobs = _hash_of(path)
+    monkeypatch.setattr(grouphash, "hash_rows", hash_rows)
+    monkeypatch.setattr(grouphash, "hash_blobs", hash_blobs)
     made = _statements(engine, monkeypatch)
     scans = _scans(monkeypatch)
     pushed = _pushed(monkeypatch)
@@ -419,3 +423,43 @@ def test_byte_budget_decided_as_the_python_path(
             assert pushed == [False]
         # Without a condition a quick pass over the JSONB sizes tells the statement to measure the texts.
         assert ("octet_length(json(doc))" in made[0]) == (not match)
+
+
+@pytest.mark.parametrize("path", ["hash", "hash-python"])
+def test_indexed_paths_read_in_blobs(engine: Engine, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Without a C{$match}, a key and summed paths that all have key columns
+    are read packed in blobs (L{grouphash.hash_blobs}), a few thousand
+    C{_id}s each: keys of any length (their lengths take 1 to 3 bytes) and
+    any bytes; a sum past a double leaves the data to Python.
+    """
+    name = f"g{next(_names)}"
+    for field in ("k", "x"):
+        engine.apply({"CreateIndex": {"collection": name, "field": field}}, 0.0)
+    keys = ["a", "\x1e", "b" * 200, "c" * 3000, 7, 2.5, None, True, "2024-01-15"]
+    docs = [{"k": keys[i % len(keys)], "x": [1, 2.0, -3, None, "s", 1e15][i % 6]} for i in range(40)]
+    docs.append({"x": 4})
+    engine.apply({"InsertMany": {"collection": name, "documents": docs}}, 0.0)
+    monkeypatch.setattr(reads, "BLOB_IDS", 16)
+    hash_rows, hash_blobs = _hash_of(path)
+    monkeypatch.setattr(grouphash, "hash_rows", hash_rows)
+    monkeypatch.setattr(grouphash, "hash_blobs", hash_blobs)
+    blobs = []
+    real = sqlquery.group_blob_statement
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        blobs.append(out)
+        return out
+
+    monkeypatch.setattr(sqlquery, "group_blob_statement", spy)
+    pushed = _pushed(monkeypatch)
+    pipeline = [{"$group": {"_id": "$k", "s": {"$sum": "$x"}, "a": {"$avg": "$x"}, "n": {"$sum": 1}}}]
+    stored = engine.find(name)
+    expected = compile_pipeline(pipeline).run(stored, lambda coll, query: [])
+    assert orjson.dumps(engine.aggregate(name, pipeline)) == orjson.dumps(expected)
+    assert pushed == [True] and blobs and blobs[-1] is not None
+    engine.apply({"Insert": {"collection": name, "document": {"k": "a", "x": 2**53 + 1}}}, 0.0)
+    expected = compile_pipeline(pipeline).run(engine.find(name), lambda coll, query: [])
+    assert orjson.dumps(engine.aggregate(name, pipeline)) == orjson.dumps(expected)
+    assert pushed == [True, False]

@@ -80,7 +80,7 @@ def _same(a: Any, b: Any) -> bool:
     return orjson.dumps(a) == orjson.dumps(b)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(table=tables())
 def test_c_equals_python(c: ModuleType, table: tuple[list[tuple[Any, ...]], tuple[tuple[int, int], ...]]) -> None:
     rows, specs = table
@@ -154,3 +154,92 @@ def test_an_error_from_the_rows_reaches_the_caller(c: ModuleType) -> None:
 
     with pytest.raises(KeyError, match="stopped"):
         c.hash_rows(rows(), ((0, 0),))
+
+
+def _record(row: tuple[Any, ...], sized: bool) -> bytes:
+    """A row packed as L{sqlquery.group_blob_statement} packs it (C{char(length(k)) || k || _id || x'1e' ...})."""
+    doc_id, size, key, *columns = row
+    out = chr(len(key)).encode() + key + str(doc_id).encode() + b"\x1e"
+    if sized:
+        out += str(size).encode() + b"\x1e"
+    for column in columns:
+        out += chr(len(column)).encode() + column
+    return out
+
+
+@st.composite
+def packed(draw: Any) -> tuple[list[tuple[Any, ...]], tuple[tuple[int, int], ...], bool, list[bytes | None]]:
+    """Rows of key columns only, summed, and the blobs packing them (split anywhere between records)."""
+    width = draw(st.integers(0, 3))
+    columns = list(range(width)) + (draw(st.lists(st.integers(0, width - 1), max_size=2)) if width else [])
+    specs = tuple((column, grouphash.SUM) for column in columns)
+    sized = draw(st.booleans())
+    key = st.one_of(
+        st.sampled_from([b"\x00", b"\x02a", b"\x02b", b"\x03x", b"\x1e\x1e", b"\xff\x00"]),
+        st.sampled_from([b"\x04" + b"x" * 200, b"\x04" + b"y" * 3000]),  # lengths of 2 and 3 UTF-8 bytes
+    )
+    value = st.one_of(
+        st.sampled_from([keys.key_of_value(v) for v in (None, True, "a", "2024-01-15", [1], 2**53 + 1, 10**40)]),
+        numbers.map(keys.key_of_value),
+    )
+    raw = draw(
+        st.lists(
+            st.tuples(
+                st.integers(-(2**59), 2**59),
+                st.integers(0, 10**12),
+                key,
+                st.lists(value, min_size=width, max_size=width),
+            ),
+            max_size=12,
+            unique_by=lambda row: row[0],
+        )
+    )
+    rows = [(doc_id, size, k, *values) for doc_id, size, k, values in raw]
+    blobs: list[bytes | None] = []
+    records = [_record(row, sized) for row in rows]
+    while records:
+        take = draw(st.integers(0, len(records)))
+        blobs.append(b"".join(records[:take]) if take or draw(st.booleans()) else None)
+        records = records[take:]
+    return rows, specs, sized, blobs
+
+
+@settings(max_examples=100, deadline=None)
+@given(case=packed())
+def test_blobs_c_equals_python(c: ModuleType, case: Any) -> None:
+    """Both read the same rows from the blobs, and aggregate them as L{grouphash.hash_rows_python} does."""
+    rows, specs, sized, blobs = case
+    expected = grouphash.hash_rows_python([(i, s if sized else 0, *rest) for i, s, *rest in rows], specs)
+    python = grouphash.hash_blobs_python(iter(blobs), specs, sized)
+    assert _same(python, None if expected is None else (expected, len(rows)))
+    assert _same(c.hash_blobs(iter(blobs), specs, sized), python)
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"\x05ab",  # a key longer than the blob
+        b"\x01a12",  # an _id without its end
+        b"\x01a\x1e",  # no _id
+        b"\x01a1x\x1e",  # not a decimal
+        b"\x01a" + b"1" * 19 + b"\x1e",  # past 18 digits
+        b"\x01a1\x1e\x0a\x02",  # a value longer than the blob
+        b"\x01a1\x1e",  # no value
+        b"\xc3",  # a length cut short
+        b"\xc3\x41",  # not UTF-8
+        b"\xf8",  # not UTF-8
+    ],
+)
+def test_malformed_blobs(c: ModuleType, blob: bytes) -> None:
+    for hash_blobs in (c.hash_blobs, grouphash.hash_blobs_python):
+        with pytest.raises(ValueError, match="malformed"):
+            hash_blobs([blob], ((0, grouphash.SUM),), False)
+
+
+def test_blob_bad_arguments(c: ModuleType) -> None:
+    with pytest.raises(TypeError, match="3 arguments"):
+        c.hash_blobs([], ())
+    with pytest.raises(TypeError, match="bytes or None"):
+        c.hash_blobs(["text"], (), False)
+    with pytest.raises(TypeError, match="tuple"):
+        c.hash_blobs([], [(0, 0)], False)

@@ -23,10 +23,11 @@ non-null values), last the total size. None when a value's text is a
 number no C{int64} holds or not a JSON number the parser reads, or a key
 holds a number past a double (the caller then takes the Python path).
 
-L{hash_rows} is the C extension L{oxidb.engine._grouphash}, None when it is
-not built: L{hash_rows_python}, its reference (tests/test_engine_grouphash.py
-holds them identical with Hypothesis), is slower than SQLite's sorting
-C{GROUP BY}, which the caller then uses.
+L{hash_rows} and L{hash_blobs} (the same over rows packed in blobs) are
+the C extension L{oxidb.engine._grouphash}, None when it is not built:
+L{hash_rows_python} and L{hash_blobs_python}, their references
+(tests/test_engine_grouphash.py holds them identical with Hypothesis), are
+slower than SQLite's sorting C{GROUP BY}, which the caller then uses.
 """
 
 from __future__ import annotations
@@ -163,10 +164,100 @@ def hash_rows_python(
     return out
 
 
+#: The end of a decimal in a record of L{hash_blobs_python}.
+RECORD_END = 0x1E
+
+
+def _read_length(blob: bytes, at: int) -> tuple[int, int]:
+    """The code point SQL's C{char()} wrote at C{at} (UTF-8) and the offset after it."""
+    if at >= len(blob):
+        raise ValueError("a malformed record")
+    first = blob[at]
+    if first < 0x80:
+        return first, at + 1
+    if first & 0xE0 == 0xC0:
+        more = 1
+    elif first & 0xF0 == 0xE0:
+        more = 2
+    elif first & 0xF8 == 0xF0:
+        more = 3
+    else:
+        raise ValueError("a malformed record")
+    tail = blob[at + 1 : at + 1 + more]
+    if len(tail) < more or any(byte & 0xC0 != 0x80 for byte in tail):
+        raise ValueError("a malformed record")
+    code = first & (0x7F >> (more + 1))
+    for byte in tail:
+        code = code << 6 | byte & 0x3F
+    return code, at + 1 + more
+
+
+def _read_decimal(blob: bytes, at: int) -> tuple[int, int]:
+    """A decimal ended by L{RECORD_END} at C{at}, and the offset after it."""
+    end = blob.find(RECORD_END, at)
+    text = blob[at:end] if end >= 0 else b""
+    digits = text[1:] if text[:1] == b"-" else text
+    if not digits or len(digits) > MAX_DIGITS or not digits.isdigit():
+        raise ValueError("a malformed record")
+    return int(text), end + 1
+
+
+def hash_blobs_python(
+    blobs: Iterable[bytes | None], specs: tuple[tuple[int, int], ...], sized: bool
+) -> tuple[list[tuple[Any, ...]], int] | None:
+    """
+    L{hash_rows_python} over rows packed in blobs, with the count of rows:
+    each row a record of its key (its length as SQL's C{char()} writes a
+    code point, then its bytes), its C{_id} and with C{sized} its size (each
+    a decimal ended by L{RECORD_END}), then each value column, an index key
+    (its length and bytes). A blob of None holds no row. Reading no Python
+    object per row, where a cursor gives a tuple of them, halves the cost
+    of a scan (L{oxidb.engine.sqlquery.group_blob_statement} writes them).
+    """
+    width = max((column + 1 for column, _ in specs), default=0)
+    count = 0
+
+    def rows() -> Iterable[tuple[Any, ...]]:
+        nonlocal count
+        for blob in blobs:
+            if blob is None:
+                continue
+            if type(blob) is not bytes:
+                raise TypeError("a blob must be bytes or None")
+            at = 0
+            while at < len(blob):
+                length, at = _read_length(blob, at)
+                if len(blob) - at < length:
+                    raise ValueError("a malformed record")
+                key, at = blob[at : at + length], at + length
+                doc_id, at = _read_decimal(blob, at)
+                size = 0
+                if sized:
+                    size, at = _read_decimal(blob, at)
+                row: list[Any] = [doc_id, size, key]
+                for _ in range(width):
+                    length, at = _read_length(blob, at)
+                    if len(blob) - at < length:
+                        raise ValueError("a malformed record")
+                    row.append(blob[at : at + length])
+                    at += length
+                count += 1
+                yield tuple(row)
+
+    out = hash_rows_python(rows(), specs)
+    return None if out is None else (out, count)
+
+
+HashBlobs = Callable[
+    [Iterable["bytes | None"], tuple[tuple[int, int], ...], bool], "tuple[list[tuple[Any, ...]], int] | None"
+]
+
 hash_rows: HashRows | None
+hash_blobs: HashBlobs | None
 try:
     from oxidb.engine import _grouphash
 except ImportError:  # the optional extension was not built
-    hash_rows = None
+    hash_rows = hash_blobs = None
 else:
     hash_rows = _grouphash.hash_rows
+    hash_blobs = _grouphash.hash_blobs

@@ -169,6 +169,11 @@ class ScanStatement:
     window_in_sql: bool
 
 
+#: C{_id}s per blob of L{grouphash.hash_blobs}: a blob holds a record of a
+#: few dozen bytes per document.
+BLOB_IDS = 8192
+
+
 @attrs.define(eq=False)
 class Reader:
     """
@@ -810,15 +815,18 @@ class Reader:
         if group is None or not plan.exact:
             return None
         measure = False
+        ids: tuple[int, int, int] | None = None
         if plan.where == "1":
             # Without a condition the JSONB sizes cost one quick pass: a
             # collection they do not settle has its texts measured inline.
-            count, stored = self.conn.execute(f"SELECT count(*), total(octet_length(doc)) FROM {info.tbl}").fetchone()
+            sql = f"SELECT count(*), total(octet_length(doc)), min(_id), max(_id) FROM {info.tbl}"
+            count, stored, first, last = self.conn.execute(sql).fetchone()
             measure = stored * sqlquery.JSONB_TEXT_RATIO > budget.max_bytes - count * DOC_OVERHEAD
+            ids = (count, first or 0, last or 0)
         key_column = sqlquery.group_key_column(group, plan.columns)
         rows: list[tuple[Any, ...]] | None
         if key_column is not None and grouphash.hash_rows is not None:
-            rows = self._group_hashed(info, plan, group, key_column, measure)
+            rows = self._group_hashed(info, plan, group, key_column, measure, ids)
             if rows is None:
                 return None
         else:
@@ -841,7 +849,13 @@ class Reader:
         return group.groups(rows, budget, dates=key_column is not None)
 
     def _group_hashed(
-        self, info: CollectionInfo, plan: Plan, group: GroupPushdown, key_column: str, measure: bool
+        self,
+        info: CollectionInfo,
+        plan: Plan,
+        group: GroupPushdown,
+        key_column: str,
+        measure: bool,
+        ids: tuple[int, int, int] | None,
     ) -> list[tuple[Any, ...]] | None:
         """
         L{sqlquery.group_statement}'s rows for a C{$group} keyed by
@@ -850,25 +864,41 @@ class Reader:
         None when the hash aggregate leaves the data to Python, or a group
         holds integer and float keys of equal value. Without a
         condition the caller has the documents' sizes already (unless
-        C{measure}): the rows then count none.
+        C{measure}): the rows then count none. C{ids}: without a condition,
+        the count of documents and the first and last C{_id}; when every
+        path read has a key column, the rows are then read in blobs
+        (L{grouphash.hash_blobs}), L{BLOB_IDS} C{_id}s at a time.
         """
         assert grouphash.hash_rows is not None
         if plan.where != "1":
             size = store.TEXT_SIZE if measure else "octet_length(doc)"
         else:
             size = store.TEXT_SIZE if measure else "0"
-        scan, specs = sqlquery.group_scan_statement(info.tbl, plan.where, group, plan.columns, size)
-        hashed = grouphash.hash_rows(self.conn.execute(scan, plan.params), specs)
+        hashed: list[tuple[Any, ...]] | None
+        blobs = None
+        if ids is not None and grouphash.hash_blobs is not None:
+            blobs = sqlquery.group_blob_statement(info.tbl, group, plan.columns, store.TEXT_SIZE if measure else None)
+        if blobs is not None:
+            assert ids is not None and grouphash.hash_blobs is not None
+            count, first_id, last_id = ids
+            sql, specs = blobs
+            lows = range(first_id, last_id + 1, BLOB_IDS)
+            chunks = (self.conn.execute(sql, (low, low + BLOB_IDS)).fetchone()[0] for low in lows)
+            packed = grouphash.hash_blobs(chunks, specs, measure)
+            if packed is None or packed[1] != count:  # a NULL key column leaves its row out
+                return None
+            hashed = packed[0]
+        else:
+            scan, specs = sqlquery.group_scan_statement(info.tbl, plan.where, group, plan.columns, size)
+            hashed = grouphash.hash_rows(self.conn.execute(scan, plan.params), specs)
         if hashed is None:
             return None
         mixed = sqlquery.group_mixed_statement(info.tbl, plan.where, group, key_column)
         if any(True for _ in self.conn.execute(mixed, plan.params)):
             return None
-        ids = orjson.dumps([row[0] for row in hashed]).decode()
-        first = {
-            doc_id: (kind, value)
-            for doc_id, kind, value in self.conn.execute(sqlquery.group_first_keys_statement(info.tbl, group), (ids,))
-        }
+        firsts = orjson.dumps([row[0] for row in hashed]).decode()
+        keys_sql = sqlquery.group_first_keys_statement(info.tbl, group)
+        first = {doc_id: (kind, value) for doc_id, kind, value in self.conn.execute(keys_sql, (firsts,))}
         return [(*first[row[0]], *row) for row in hashed]
 
     def aggregate_docs(
