@@ -169,8 +169,8 @@ class ScanStatement:
     window_in_sql: bool
 
 
-#: C{_id}s per blob of L{grouphash.hash_blobs}: a blob holds a record of a
-#: few dozen bytes per document.
+#: Documents per blob of L{grouphash.hash_blobs}: a blob holds a record of
+#: a few dozen bytes per document.
 BLOB_IDS = 8192
 
 
@@ -815,18 +815,17 @@ class Reader:
         if group is None or not plan.exact:
             return None
         measure = False
-        ids: tuple[int, int, int] | None = None
+        count: int | None = None
         if plan.where == "1":
             # Without a condition the JSONB sizes cost one quick pass: a
             # collection they do not settle has its texts measured inline.
-            sql = f"SELECT count(*), total(octet_length(doc)), min(_id), max(_id) FROM {info.tbl}"
-            count, stored, first, last = self.conn.execute(sql).fetchone()
+            sql = f"SELECT count(*), total(octet_length(doc)) FROM {info.tbl}"
+            count, stored = self.conn.execute(sql).fetchone()
             measure = stored * sqlquery.JSONB_TEXT_RATIO > budget.max_bytes - count * DOC_OVERHEAD
-            ids = (count, first or 0, last or 0)
         key_column = sqlquery.group_key_column(group, plan.columns)
         rows: list[tuple[Any, ...]] | None
         if key_column is not None and grouphash.hash_rows is not None:
-            rows = self._group_hashed(info, plan, group, key_column, measure, ids)
+            rows = self._group_hashed(info, plan, group, key_column, measure, count)
             if rows is None:
                 return None
         else:
@@ -855,7 +854,7 @@ class Reader:
         group: GroupPushdown,
         key_column: str,
         measure: bool,
-        ids: tuple[int, int, int] | None,
+        count: int | None,
     ) -> list[tuple[Any, ...]] | None:
         """
         L{sqlquery.group_statement}'s rows for a C{$group} keyed by
@@ -864,10 +863,10 @@ class Reader:
         None when the hash aggregate leaves the data to Python, or a group
         holds integer and float keys of equal value. Without a
         condition the caller has the documents' sizes already (unless
-        C{measure}): the rows then count none. C{ids}: without a condition,
-        the count of documents and the first and last C{_id}; when every
-        path read has a key column, the rows are then read in blobs
-        (L{grouphash.hash_blobs}), L{BLOB_IDS} C{_id}s at a time.
+        C{measure}): the rows then count none. C{count}: without a
+        condition, the count of documents; when every path read has a key
+        column, the rows are then read in blobs (L{grouphash.hash_blobs}),
+        L{BLOB_IDS} documents at a time.
         """
         assert grouphash.hash_rows is not None
         if plan.where != "1":
@@ -876,15 +875,21 @@ class Reader:
             size = store.TEXT_SIZE if measure else "0"
         hashed: list[tuple[Any, ...]] | None
         blobs = None
-        if ids is not None and grouphash.hash_blobs is not None:
+        if count is not None and grouphash.hash_blobs is not None:
             blobs = sqlquery.group_blob_statement(info.tbl, group, plan.columns, store.TEXT_SIZE if measure else None)
         if blobs is not None:
-            assert ids is not None and grouphash.hash_blobs is not None
-            count, first_id, last_id = ids
+            assert grouphash.hash_blobs is not None
             sql, specs = blobs
-            lows = range(first_id, last_id + 1, BLOB_IDS)
-            chunks = (self.conn.execute(sql, (low, low + BLOB_IDS)).fetchone()[0] for low in lows)
-            packed = grouphash.hash_blobs(chunks, specs, measure)
+
+            def chunks() -> Iterator[bytes | None]:
+                last = -(2**63)
+                while True:
+                    blob, last = self.conn.execute(sql, (last, BLOB_IDS)).fetchone()
+                    if last is None:
+                        return
+                    yield blob
+
+            packed = grouphash.hash_blobs(chunks(), specs, measure)
             if packed is None or packed[1] != count:  # a NULL key column leaves its row out
                 return None
             hashed = packed[0]

@@ -471,8 +471,9 @@ def group_blob_statement(
     table: str, group: GroupPushdown, columns: Mapping[str, str], size: str | None
 ) -> tuple[str, tuple[tuple[int, int], ...]] | None:
     """
-    L{group_scan_statement}'s rows of the C{_id}s from C{?1} to before
-    C{?2}, packed in one blob for L{oxidb.engine.grouphash.hash_blobs}
+    L{group_scan_statement}'s rows of the first C{?2} C{_id}s after C{?1},
+    packed in one blob for L{oxidb.engine.grouphash.hash_blobs}, and the
+    last C{_id} read (None past the last row)
     (C{size}: the SQL expression of a row's size, or None to leave it out),
     when the key and every accumulated path, only summed, have key columns
     (else None: a JSON text could hold the records' separator): a record per
@@ -492,7 +493,8 @@ def group_blob_statement(
             return None
         parts += [f"char(length({column}))", column]
     record = " || ".join(parts)
-    return f"SELECT CAST(group_concat({record}, '') AS BLOB) FROM {table} WHERE _id >= ?1 AND _id < ?2", specs
+    rows = f"SELECT {record} AS r, _id AS i FROM {table} WHERE _id > ?1 ORDER BY _id LIMIT ?2"
+    return f"SELECT CAST(group_concat(r, '') AS BLOB), max(i) FROM ({rows})", specs
 
 
 def group_mixed_statement(table: str, where: str, group: GroupPushdown, key_column: str) -> str:
