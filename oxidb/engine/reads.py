@@ -819,8 +819,7 @@ class Reader:
         if plan.where == "1":
             # Without a condition the JSONB sizes cost one quick pass: a
             # collection they do not settle has its texts measured inline.
-            sql = f"SELECT count(*), total(octet_length(doc)) FROM {info.tbl}"
-            count, stored = self.conn.execute(sql).fetchone()
+            count, stored = self.conn.execute(f"SELECT count(*), total(octet_length(doc)) FROM {info.tbl}").fetchone()
             measure = stored * sqlquery.JSONB_TEXT_RATIO > budget.max_bytes - count * DOC_OVERHEAD
         key_column = sqlquery.group_key_column(group, plan.columns)
         rows: list[tuple[Any, ...]] | None
