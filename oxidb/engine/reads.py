@@ -823,8 +823,12 @@ class Reader:
             measure = stored * sqlquery.JSONB_TEXT_RATIO > budget.max_bytes - count * DOC_OVERHEAD
         key_column = sqlquery.group_key_column(group, plan.columns)
         rows: list[tuple[Any, ...]] | None
-        if key_column is not None and grouphash.hash_rows is not None:
-            rows = self._group_hashed(info, plan, group, key_column, measure, count)
+        if (
+            key_column is not None
+            and grouphash.hash_rows is not None
+            and self.conn.execute(sqlquery.group_numeric_keys_statement(info.tbl, key_column)).fetchone() is None
+        ):
+            rows = self._group_hashed(info, plan, group, measure, count)
             if rows is None:
                 return None
         else:
@@ -851,16 +855,15 @@ class Reader:
         info: CollectionInfo,
         plan: Plan,
         group: GroupPushdown,
-        key_column: str,
         measure: bool,
         count: int | None,
     ) -> list[tuple[Any, ...]] | None:
         """
-        L{sqlquery.group_statement}'s rows for a C{$group} keyed by
-        C{key_column}, aggregated by L{grouphash.hash_rows} over one scan
-        (no sort), the key shown read from each group's first document;
-        None when the hash aggregate leaves the data to Python, or a group
-        holds integer and float keys of equal value. Without a
+        L{sqlquery.group_statement}'s rows for a C{$group} keyed by a key
+        column that holds no number, aggregated by
+        L{grouphash.hash_rows} over one scan (no sort), the key shown read
+        from each group's first document; None when the hash aggregate
+        leaves the data to Python. Without a
         condition the caller has the documents' sizes already (unless
         C{measure}): the rows then count none. C{count}: without a
         condition, the count of documents; when every path read has a key
@@ -896,9 +899,6 @@ class Reader:
             scan, specs = sqlquery.group_scan_statement(info.tbl, plan.where, group, plan.columns, size)
             hashed = grouphash.hash_rows(self.conn.execute(scan, plan.params), specs)
         if hashed is None:
-            return None
-        mixed = sqlquery.group_mixed_statement(info.tbl, plan.where, group, key_column)
-        if any(True for _ in self.conn.execute(mixed, plan.params)):
             return None
         firsts = orjson.dumps([row[0] for row in hashed]).decode()
         keys_sql = sqlquery.group_first_keys_statement(info.tbl, group)

@@ -497,22 +497,15 @@ def group_blob_statement(
     return f"SELECT CAST(group_concat(r, '') AS BLOB), max(i) FROM ({rows})", specs
 
 
-def group_mixed_statement(table: str, where: str, group: GroupPushdown, key_column: str) -> str:
+def group_numeric_keys_statement(table: str, key_column: str) -> str:
     """
-    The first C{_id} of each group of L{group_scan_statement}'s rows whose
-    numeric key column holds both integers and floats (an integer and a
-    float of equal value share a key but not a C{$group} identity: a case
-    left to Python). It reads only rows with numeric keys, through the key
-    column's index.
+    One row if any document's key column holds a number (through the
+    column's index). The hash aggregate does not tell an integer key from a
+    float of equal value (they share a key but not a C{$group} identity),
+    so such groups are left to L{group_statement}, which does.
     """
-    assert group.key is not None
     low, high = _rank_bounds(values.RANK_NUMBER)
-    condition = "" if where == _TRUE else f" AND ({where})"
-    return (
-        f"SELECT min(_id) FROM {table} WHERE {key_column} >= {low} AND {key_column} < {high}{condition}"
-        f" GROUP BY {key_column} HAVING min(json_type(doc, {_json_path(group.key)}))"
-        f" IS NOT max(json_type(doc, {_json_path(group.key)}))"
-    )
+    return f"SELECT 1 FROM {table} WHERE {key_column} >= {low} AND {key_column} < {high} LIMIT 1"
 
 
 def group_first_keys_statement(table: str, group: GroupPushdown) -> str:
