@@ -196,7 +196,7 @@ def test_group_by_key_column_in_sql_equals_python_path(
     _key_column_matches(engine, "sql", docs, match, group, after)
 
 
-@settings(PROPERTY, max_examples=30)
+@settings(PROPERTY, max_examples=20)
 @given(docs=st.lists(documents, max_size=12), match=matches, group=column_groups(), after=later)
 def test_group_by_key_column_hash_python_equals_python_path(
     engine: Engine, docs: list[dict[str, Any]], match: Any, group: dict[str, Any], after: Any

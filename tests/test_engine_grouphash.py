@@ -80,7 +80,7 @@ def _same(a: Any, b: Any) -> bool:
     return orjson.dumps(a) == orjson.dumps(b)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(table=tables())
 def test_c_equals_python(c: ModuleType, table: tuple[list[tuple[Any, ...]], tuple[tuple[int, int], ...]]) -> None:
     rows, specs = table
@@ -204,7 +204,7 @@ def packed(draw: Any) -> tuple[list[tuple[Any, ...]], tuple[tuple[int, int], ...
     return rows, specs, sized, blobs
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(case=packed())
 def test_blobs_c_equals_python(c: ModuleType, case: Any) -> None:
     """Both read the same rows from the blobs, and aggregate them as L{grouphash.hash_rows_python} does."""
