@@ -10,6 +10,7 @@ text, so that C{1} and C{1.0} differ.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator
 from typing import Any
@@ -20,11 +21,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oxidb.engine import reads, sqlite, sqlquery
+from oxidb.engine import grouphash, reads, sqlite, sqlquery
 from oxidb.engine.aggregate import GroupPushdown, compile_pipeline
 from oxidb.engine.engine import Engine
 from oxidb.engine.governor import DEFAULT_LIMITS, DOC_OVERHEAD
 from oxidb.errors import AggregationLimitError
+from tests.extensions import built_extension
 
 scalars = st.one_of(
     st.none(),
@@ -136,15 +138,71 @@ def column_groups(draw: Any) -> dict[str, Any]:
     return spec
 
 
+#: How a C{$group} keyed by a key column is aggregated: the hash aggregate
+#: (L{grouphash.hash_rows} and L{grouphash.hash_blobs} in C, or their Python
+#: references), or SQLite's C{GROUP BY} (the path without the C extension).
+KEY_COLUMN_PATHS = ["hash", "sql", "hash-python"]
+
+
+_BUILT = (grouphash.hash_rows, grouphash.hash_blobs)
+
+
+def _hash_of(path: str) -> tuple[grouphash.HashRows | None, grouphash.HashBlobs | None]:
+    """L{grouphash.hash_rows} and L{grouphash.hash_blobs} of a path of L{KEY_COLUMN_PATHS} (C must be built)."""
+    if path == "hash":
+        module = built_extension("oxidb.engine._grouphash")
+        return module.hash_rows, module.hash_blobs  # type: ignore[no-any-return]
+    if path == "sql":
+        return None, None
+    return grouphash.hash_rows_python, grouphash.hash_blobs_python
+
+
+@contextlib.contextmanager
+def key_column_path(path: str) -> Iterator[None]:
+    """Aggregate by C{path} (one of L{KEY_COLUMN_PATHS}) inside the block."""
+    grouphash.hash_rows, grouphash.hash_blobs = _hash_of(path)
+    try:
+        yield
+    finally:
+        grouphash.hash_rows, grouphash.hash_blobs = _BUILT
+
+
+def _key_column_matches(
+    engine: Engine, path: str, docs: list[dict[str, Any]], match: Any, group: dict[str, Any], after: Any
+) -> None:
+    name = f"g{next(_names)}"
+    for field in ("k", "x", "o.b"):
+        engine.apply({"CreateIndex": {"collection": name, "field": field}}, 0.0)
+    with key_column_path(path):
+        _assert_pushdown_matches(engine, name, docs, [match, {"$group": group}, after])
+
+
+# One test per path: pytest-twisted runs a parametrized Hypothesis test's second case on the wrong greenlet.
 @settings(PROPERTY, max_examples=60)
 @given(docs=st.lists(documents, max_size=12), match=matches, group=column_groups(), after=later)
 def test_group_by_key_column_equals_python_path(
     engine: Engine, docs: list[dict[str, Any]], match: Any, group: dict[str, Any], after: Any
 ) -> None:
-    name = f"g{next(_names)}"
-    for field in ("k", "x", "o.b"):
-        engine.apply({"CreateIndex": {"collection": name, "field": field}}, 0.0)
-    _assert_pushdown_matches(engine, name, docs, [match, {"$group": group}, after])
+    """The hash aggregate (in C when built)."""
+    _key_column_matches(engine, "hash", docs, match, group, after)
+
+
+@settings(PROPERTY, max_examples=60)
+@given(docs=st.lists(documents, max_size=12), match=matches, group=column_groups(), after=later)
+def test_group_by_key_column_in_sql_equals_python_path(
+    engine: Engine, docs: list[dict[str, Any]], match: Any, group: dict[str, Any], after: Any
+) -> None:
+    """SQLite's C{GROUP BY} over the key column (without the C extension)."""
+    _key_column_matches(engine, "sql", docs, match, group, after)
+
+
+@settings(PROPERTY, max_examples=20)
+@given(docs=st.lists(documents, max_size=12), match=matches, group=column_groups(), after=later)
+def test_group_by_key_column_hash_python_equals_python_path(
+    engine: Engine, docs: list[dict[str, Any]], match: Any, group: dict[str, Any], after: Any
+) -> None:
+    """The hash aggregate's Python reference (tests/test_engine_grouphash.py holds the C one to it)."""
+    _key_column_matches(engine, "hash-python", docs, match, group, after)
 
 
 def _statements(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -247,7 +305,21 @@ def _pushed(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     return answered
 
 
-def test_indexed_key_groups_by_its_key_column(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+def _scans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    made: list[str] = []
+    real = sqlquery.group_scan_statement
+
+    def spy(*args: Any, **kwargs: Any) -> tuple[str, Any]:
+        out = real(*args, **kwargs)
+        made.append(out[0])
+        return out
+
+    monkeypatch.setattr(sqlquery, "group_scan_statement", spy)
+    return made
+
+
+@pytest.mark.parametrize("path", KEY_COLUMN_PATHS)
+def test_indexed_key_groups_by_its_key_column(engine: Engine, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     name = f"g{next(_names)}"
     engine.apply({"CreateIndex": {"collection": name, "field": "k"}}, 0.0)
     docs = [
@@ -261,7 +333,11 @@ def test_indexed_key_groups_by_its_key_column(engine: Engine, monkeypatch: pytes
         {"k": True, "x": 8},
     ]
     engine.apply({"InsertMany": {"collection": name, "documents": docs}}, 0.0)
+    hash_rows, hash_blobs = _hash_of(path)
+    monkeypatch.setattr(grouphash, "hash_rows", hash_rows)
+    monkeypatch.setattr(grouphash, "hash_blobs", hash_blobs)
     made = _statements(engine, monkeypatch)
+    scans = _scans(monkeypatch)
     pushed = _pushed(monkeypatch)
     pipeline = [{"$group": {"_id": "$k", "s": {"$sum": "$x"}, "n": {"$count": {}}}}]
     # Dates group by instant and show the first one seen; null and missing are one group.
@@ -272,12 +348,27 @@ def test_indexed_key_groups_by_its_key_column(engine: Engine, monkeypatch: pytes
         {"_id": 2, "s": 13, "n": 2},
         {"_id": True, "s": 8, "n": 1},
     ]
+    # A numeric key (2) is left to SQL's GROUP BY, which tells integers from floats.
     assert pushed == [True] and "GROUP BY k" in made[0] and "json_type(doc, '$.k') AS t" not in made[0]
+    assert scans == []
+    engine.apply({"Delete": {"collection": name, "query": {"k": {"$in": [2, True]}}}}, 0.0)
+    made.clear()
+    assert engine.aggregate(name, pipeline) == [
+        {"_id": "2024-01-15T00:00:00Z", "s": 4, "n": 2},
+        {"_id": "b", "s": 2, "n": 1},
+        {"_id": None, "s": 9, "n": 2},
+    ]
+    if path == "sql":
+        assert pushed == [True, True] and "GROUP BY k" in made[0] and scans == []
+    else:
+        # One scan reading the key column (not the key's JSON) and the summed path's text, no sort.
+        assert pushed == [True, True] and made == [] and len(scans) == 1
+        assert "doc -> '$.k'" not in scans[0] and "doc -> '$.x'" in scans[0] and "GROUP BY" not in scans[0]
     # An integer and a float of equal value share a key but not a group: Python answers.
-    engine.apply({"Insert": {"collection": name, "document": {"k": 2.0, "x": 9}}}, 0.0)
+    engine.apply({"InsertMany": {"collection": name, "documents": [{"k": 2, "x": 6}, {"k": 2.0, "x": 9}]}}, 0.0)
     expected = compile_pipeline(pipeline).run(engine.find(name), lambda coll, query: [])
     assert orjson.dumps(engine.aggregate(name, pipeline)) == orjson.dumps(expected)
-    assert pushed == [True, False]
+    assert pushed == [True, True, False]
 
 
 json_values = st.recursive(
@@ -342,3 +433,49 @@ def test_byte_budget_decided_as_the_python_path(
             assert pushed == [False]
         # Without a condition a quick pass over the JSONB sizes tells the statement to measure the texts.
         assert ("octet_length(json(doc))" in made[0]) == (not match)
+
+
+@pytest.mark.parametrize("path", ["hash", "hash-python"])
+def test_indexed_paths_read_in_blobs(engine: Engine, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Without a C{$match}, a key and summed paths that all have key columns
+    are read packed in blobs (L{grouphash.hash_blobs}), a few thousand
+    C{_id}s each: keys of any length (their lengths take 1 to 3 bytes) and
+    any bytes; a sum past a double leaves the data to Python.
+    """
+    name = f"g{next(_names)}"
+    for field in ("k", "x"):
+        engine.apply({"CreateIndex": {"collection": name, "field": field}}, 0.0)
+    keys = ["a", "\x1e", "b" * 200, "c" * 3000, None, True, False, "2024-01-15"]
+    docs = [{"k": keys[i % len(keys)], "x": [1, 2.0, -3, None, "s", 1e15][i % 6]} for i in range(40)]
+    docs.append({"x": 4})
+    engine.apply({"InsertMany": {"collection": name, "documents": docs}}, 0.0)
+    monkeypatch.setattr(reads, "BLOB_IDS", 16)
+    hash_rows, hash_blobs = _hash_of(path)
+    monkeypatch.setattr(grouphash, "hash_rows", hash_rows)
+    monkeypatch.setattr(grouphash, "hash_blobs", hash_blobs)
+    blobs = []
+    real = sqlquery.group_blob_statement
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        blobs.append(out)
+        return out
+
+    monkeypatch.setattr(sqlquery, "group_blob_statement", spy)
+    pushed = _pushed(monkeypatch)
+    pipeline = [{"$group": {"_id": "$k", "s": {"$sum": "$x"}, "a": {"$avg": "$x"}, "n": {"$sum": 1}}}]
+    stored = engine.find(name)
+    expected = compile_pipeline(pipeline).run(stored, lambda coll, query: [])
+    assert orjson.dumps(engine.aggregate(name, pipeline)) == orjson.dumps(expected)
+    assert pushed == [True] and blobs and blobs[-1] is not None
+    engine.apply({"Insert": {"collection": name, "document": {"k": "a", "x": 2**53 + 1}}}, 0.0)
+    expected = compile_pipeline(pipeline).run(engine.find(name), lambda coll, query: [])
+    assert orjson.dumps(engine.aggregate(name, pipeline)) == orjson.dumps(expected)
+    assert pushed == [True, False] and len(blobs) == 2
+    # A numeric key: SQL's GROUP BY answers (it tells an integer from a float).
+    engine.apply({"Delete": {"collection": name, "query": {"x": 2**53 + 1}}}, 0.0)
+    engine.apply({"Insert": {"collection": name, "document": {"k": 7, "x": 1}}}, 0.0)
+    expected = compile_pipeline(pipeline).run(engine.find(name), lambda coll, query: [])
+    assert orjson.dumps(engine.aggregate(name, pipeline)) == orjson.dumps(expected)
+    assert pushed == [True, False, True] and len(blobs) == 2

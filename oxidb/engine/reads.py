@@ -27,8 +27,8 @@ from typing import Any
 import attrs
 import orjson
 
-from oxidb.engine import databases, sqlite, sqlquery, store, textindex, textstore, ttl
-from oxidb.engine.aggregate import Pipeline, compile_pipeline
+from oxidb.engine import databases, grouphash, sqlite, sqlquery, store, textindex, textstore, ttl
+from oxidb.engine.aggregate import GroupPushdown, Pipeline, compile_pipeline
 from oxidb.engine.governor import (
     DEFAULT_LIMITS,
     DOC_OVERHEAD,
@@ -167,6 +167,11 @@ class ScanStatement:
     params: tuple[Any, ...]
     whole: bool
     window_in_sql: bool
+
+
+#: Documents per blob of L{grouphash.hash_blobs}: a blob holds a record of
+#: a few dozen bytes per document.
+BLOB_IDS = 8192
 
 
 @attrs.define(eq=False)
@@ -799,7 +804,8 @@ class Reader:
     ) -> tuple[list[dict[str, Any]], list[int]] | None:
         """
         The output of the C{$group} after the leading C{$match} stages,
-        computed by one SQL statement (L{GroupPushdown}), or None when the
+        computed by one SQL statement (L{GroupPushdown}; keyed by an index
+        key column, by a hash aggregate over one scan), or None when the
         pipeline or the data needs the Python path: the match is not exact
         in SQL, the documents are more than the aggregation budget takes as
         input (the Python path then fails as it always did), or a group
@@ -809,13 +815,25 @@ class Reader:
         if group is None or not plan.exact:
             return None
         measure = False
+        count: int | None = None
         if plan.where == "1":
             # Without a condition the JSONB sizes cost one quick pass: a
             # collection they do not settle has its texts measured inline.
             count, stored = self.conn.execute(f"SELECT count(*), total(octet_length(doc)) FROM {info.tbl}").fetchone()
             measure = stored * sqlquery.JSONB_TEXT_RATIO > budget.max_bytes - count * DOC_OVERHEAD
-        statement = sqlquery.group_statement(info.tbl, plan.where, group, plan.columns, measure=measure)
-        rows = self.conn.execute(statement, plan.params).fetchall()
+        key_column = sqlquery.group_key_column(group, plan.columns)
+        rows: list[tuple[Any, ...]] | None
+        if (
+            key_column is not None
+            and grouphash.hash_rows is not None
+            and self.conn.execute(sqlquery.group_numeric_keys_statement(info.tbl, key_column)).fetchone() is None
+        ):
+            rows = self._group_hashed(info, plan, group, measure, count)
+            if rows is None:
+                return None
+        else:
+            statement = sqlquery.group_statement(info.tbl, plan.where, group, plan.columns, measure=measure)
+            rows = self.conn.execute(statement, plan.params).fetchall()
         count = sum(row[3] for row in rows)
         if count > budget.max_docs:
             return None
@@ -830,8 +848,62 @@ class Reader:
             if self.conn.execute(sql, plan.params).fetchone()[0] > room:
                 return None
         budget.start(compiled.names[compiled.prefix.stages])
-        by_column = sqlquery.group_key_column(group, plan.columns) is not None
-        return group.groups(rows, budget, dates=by_column)
+        return group.groups(rows, budget, dates=key_column is not None)
+
+    def _group_hashed(
+        self,
+        info: CollectionInfo,
+        plan: Plan,
+        group: GroupPushdown,
+        measure: bool,
+        count: int | None,
+    ) -> list[tuple[Any, ...]] | None:
+        """
+        L{sqlquery.group_statement}'s rows for a C{$group} keyed by a key
+        column that holds no number, aggregated by
+        L{grouphash.hash_rows} over one scan (no sort), the key shown read
+        from each group's first document; None when the hash aggregate
+        leaves the data to Python. Without a
+        condition the caller has the documents' sizes already (unless
+        C{measure}): the rows then count none. C{count}: without a
+        condition, the count of documents; when every path read has a key
+        column, the rows are then read in blobs (L{grouphash.hash_blobs}),
+        L{BLOB_IDS} documents at a time.
+        """
+        assert grouphash.hash_rows is not None
+        if plan.where != "1":
+            size = store.TEXT_SIZE if measure else "octet_length(doc)"
+        else:
+            size = store.TEXT_SIZE if measure else "0"
+        hashed: list[tuple[Any, ...]] | None
+        blobs = None
+        if count is not None and grouphash.hash_blobs is not None:
+            blobs = sqlquery.group_blob_statement(info.tbl, group, plan.columns, store.TEXT_SIZE if measure else None)
+        if blobs is not None:
+            assert grouphash.hash_blobs is not None
+            sql, specs = blobs
+
+            def chunks() -> Iterator[bytes | None]:
+                last = -(2**63)
+                while True:
+                    blob, last = self.conn.execute(sql, (last, BLOB_IDS)).fetchone()
+                    if last is None:
+                        return
+                    yield blob
+
+            packed = grouphash.hash_blobs(chunks(), specs, measure)
+            if packed is None or packed[1] != count:  # a NULL key column leaves its row out
+                return None
+            hashed = packed[0]
+        else:
+            scan, specs = sqlquery.group_scan_statement(info.tbl, plan.where, group, plan.columns, size)
+            hashed = grouphash.hash_rows(self.conn.execute(scan, plan.params), specs)
+        if hashed is None:
+            return None
+        firsts = orjson.dumps([row[0] for row in hashed]).decode()
+        keys_sql = sqlquery.group_first_keys_statement(info.tbl, group)
+        first = {doc_id: (kind, value) for doc_id, kind, value in self.conn.execute(keys_sql, (firsts,))}
+        return [(*first[row[0]], *row) for row in hashed]
 
     def aggregate_docs(
         self, pipeline: object, docs: object, database: str = databases.DEFAULT

@@ -426,6 +426,102 @@ def group_statement(
     return f"SELECT {', '.join(head + aggregates)} FROM ({inner} LIMIT -1) GROUP BY 1, 2 ORDER BY 3"
 
 
+#: C{group_scan_statement}'s kinds of accumulator (L{oxidb.engine.grouphash}).
+_HASH_KINDS = {"$sum": 0, "$avg": 0, "$min": 1, "$max": 2}
+
+
+def group_scan_statement(
+    table: str, where: str, group: GroupPushdown, columns: Mapping[str, str], size: str
+) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """
+    The rows L{oxidb.engine.grouphash.hash_rows} aggregates for a C{$group}
+    whose key has a key column in C{columns} (see L{group_statement}), and
+    its specs: per row the C{_id}, the SQL expression C{size} (the
+    document's text size, or C{0}), the key column, then each accumulated
+    path once: its key column if it has one and is only summed, else its
+    JSON text (C{doc -> path}: one path read per row, where C{json_type}
+    and C{json_extract} took two).
+    """
+    assert group.key is not None
+    paths, specs = _hash_specs(group)
+    reads = ["_id", size, columns[".".join(group.key)]]
+    for parts, summed_only in paths.items():
+        column = columns.get(".".join(parts)) if summed_only else None
+        reads.append(column or f"doc -> {_json_path(parts)}")
+    condition = "" if where == _TRUE else f" WHERE {where}"
+    return f"SELECT {', '.join(reads)} FROM {table}{condition}", specs
+
+
+def _hash_specs(group: GroupPushdown) -> tuple[dict[tuple[str, ...], bool], tuple[tuple[int, int], ...]]:
+    """
+    Each path the accumulators read (in column order), whether it is only
+    summed; the specs of L{oxidb.engine.grouphash.hash_rows}.
+    """
+    paths: dict[tuple[str, ...], bool] = {}
+    specs: list[tuple[int, int]] = []
+    for _, op, operand in group.accumulators:
+        if isinstance(operand, tuple):
+            kind = _HASH_KINDS[op]
+            paths[operand] = paths.get(operand, True) and kind == _HASH_KINDS["$sum"]
+            specs.append((list(paths).index(operand), kind))
+    return paths, tuple(specs)
+
+
+def group_blob_statement(
+    table: str, group: GroupPushdown, columns: Mapping[str, str], size: str | None
+) -> tuple[str, tuple[tuple[int, int], ...]] | None:
+    """
+    L{group_scan_statement}'s rows of the first C{?2} C{_id}s after C{?1},
+    packed in one blob for L{oxidb.engine.grouphash.hash_blobs}, and the
+    last C{_id} read (None past the last row)
+    (C{size}: the SQL expression of a row's size, or None to leave it out),
+    when the key and every accumulated path, only summed, have key columns
+    (else None: a JSON text could hold the records' separator): a record per
+    row, each key column's length (C{char()}) then its bytes, and the C{_id}
+    and size as decimals ended by C{x'1e'}. SQLite builds the blob at a
+    fraction of the cost of a tuple of Python objects per row.
+    """
+    assert group.key is not None
+    paths, specs = _hash_specs(group)
+    key_column = columns[".".join(group.key)]
+    parts = [f"char(length({key_column}))", key_column, "_id", "x'1e'"]
+    if size is not None:
+        parts += [size, "x'1e'"]
+    for path, summed_only in paths.items():
+        column = columns.get(".".join(path))
+        if not summed_only or column is None:
+            return None
+        parts += [f"char(length({column}))", column]
+    record = " || ".join(parts)
+    rows = f"SELECT {record} AS r, _id AS i FROM {table} WHERE _id > ?1 ORDER BY _id LIMIT ?2"
+    return f"SELECT CAST(group_concat(r, '') AS BLOB), max(i) FROM ({rows})", specs
+
+
+def group_numeric_keys_statement(table: str, key_column: str) -> str:
+    """
+    One row if any document's key column holds a number (through the
+    column's index). The hash aggregate does not tell an integer key from a
+    float of equal value (they share a key but not a C{$group} identity),
+    so such groups are left to L{group_statement}, which does.
+    """
+    low, high = _rank_bounds(values.RANK_NUMBER)
+    return f"SELECT 1 FROM {table} WHERE {key_column} >= {low} AND {key_column} < {high} LIMIT 1"
+
+
+def group_first_keys_statement(table: str, group: GroupPushdown) -> str:
+    """
+    The key's JSON type and value in each of the documents whose C{_id}s
+    the statement's one parameter lists as a JSON array (each group's
+    first, for L{group_scan_statement}'s groups).
+    """
+    assert group.key is not None
+    at = _json_path(group.key)
+    return (
+        f"SELECT _id, coalesce(json_type(doc, {at}), 'null'), json_extract(doc, {at}) FROM {table}"
+        " WHERE _id IN (SELECT value FROM json_each(?))"
+    )
+
+
 def group_key_column(group: GroupPushdown, columns: Mapping[str, str] | None) -> str | None:
     """The key column L{group_statement} groups by, if the key's path has one in C{columns}."""
     if group.key is None or not columns:
