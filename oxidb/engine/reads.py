@@ -133,6 +133,9 @@ _ColumnEntry = tuple[int, str, dict[str, str], dict[tuple[Any, ...], Plan]]
 """A column cache entry: C{(schema version, table, key columns by path, small plans by query)}."""
 
 
+#: The most statements a plan keeps (L{Reader.scan_statement}).
+PLAN_STATEMENTS = 16
+
 _row_id = operator.itemgetter(0)
 _row_key = operator.itemgetter(3)
 
@@ -479,7 +482,27 @@ class Reader:
         L{_all_selected}) and sorted by C{_id} in Python. A limited
         descending sort that L{sqlquery.top_rows_column} suits runs
         L{sqlquery.top_rows_statement} (see L{ScanStatement.fallback}).
+        The statement is kept with the plan (small reads reuse their plans).
         """
+        shape = (info.tbl, spec, skip, limit, index_arrays)
+        kept = plan.statements
+        statement: ScanStatement | None = kept.get(shape)
+        if statement is None:
+            statement = self._scan_statement(info, plan, spec, skip, limit, index_arrays)
+            if len(kept) >= PLAN_STATEMENTS:
+                kept.clear()
+            kept[shape] = statement
+        return statement
+
+    def _scan_statement(
+        self,
+        info: CollectionInfo,
+        plan: Plan,
+        spec: SortSpec | None,
+        skip: int | None,
+        limit: int | None,
+        index_arrays: bool,
+    ) -> ScanStatement:
         select = f"_id, _version, {store.DOC_TEXT} AS doc"
         sql = f"SELECT {select} FROM {info.tbl}"
         if plan.where != "1":

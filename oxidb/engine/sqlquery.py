@@ -78,6 +78,8 @@ class Plan:
     matcher: Matcher
     columns: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
     """The key columns the plan was compiled against (for L{order_by})."""
+    statements: dict[Any, Any] = attrs.field(factory=dict, eq=False, repr=False)
+    """The read statements built over the plan, by shape (kept by L{oxidb.engine.reads.Reader.scan_statement})."""
 
     def accepts(self, doc: dict[str, Any]) -> bool:
         """The residual test for a row the condition selected."""
