@@ -2,9 +2,9 @@
 One request in flight: the latency of ping, find by C{_id}, an indexed
 equality find (20 documents per reply at the default size) and sort + limit
 10 on an indexed field, both directions, through the official client, with
-the server's and the client's CPU per request. This
-is the shape where a reply's syscalls and reactor wakeups are not shared
-with other requests, so it shows costs that pipelined benches hide.
+the server's and the client's CPU per request. This is the shape where a
+reply's syscalls and reactor wakeups are not shared with other requests, so
+it shows costs that pipelined benches hide.
 
     .venv/bin/python bench/latency_bench.py [--docs 20000] [--count 2000] [--rounds 3] [--baseline TREE]
 
