@@ -1,9 +1,10 @@
 """
-One request in flight: the latency of ping, find by C{_id} and an indexed
-equality find (20 documents per reply at the default size) through the
-official client, with the server's and the client's CPU per request. This
-is the shape where a reply's syscalls and reactor wakeups are not shared
-with other requests, so it shows costs that pipelined benches hide.
+One request in flight: the latency of ping, find by C{_id}, an indexed
+equality find (20 documents per reply at the default size) and sort + limit
+10 on an indexed field, both directions, through the official client, with
+the server's and the client's CPU per request. This is the shape where a
+reply's syscalls and reactor wakeups are not shared with other requests, so
+it shows costs that pipelined benches hide.
 
     .venv/bin/python bench/latency_bench.py [--docs 20000] [--count 2000] [--rounds 3] [--baseline TREE]
 
@@ -89,6 +90,8 @@ def run_tree(tree: str, docs: list[dict[str, Any]], count: int) -> tuple[dict[st
                 "ping": client.ping,
                 "find by _id": lambda: client.find("bench", {"_id": rng.randint(1, len(docs))}),
                 "eq find (indexed)": lambda: client.find("bench", {"city": f"c{rng.randint(0, 999)}"}),
+                "sort desc + limit 10": lambda: client.find("bench", {}, sort={"score": -1}, limit=10),
+                "sort asc + limit 10": lambda: client.find("bench", {}, sort={"score": 1}, limit=10),
             }
             results = {name: measure(server.pid, fn, count) for name, fn in shapes.items()}
             rss = memory_mib(server.pid)

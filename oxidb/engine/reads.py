@@ -133,7 +133,11 @@ _ColumnEntry = tuple[int, str, dict[str, str], dict[tuple[Any, ...], Plan]]
 """A column cache entry: C{(schema version, table, key columns by path, small plans by query)}."""
 
 
+#: The most statements a plan keeps (L{Reader.scan_statement}).
+PLAN_STATEMENTS = 16
+
 _row_id = operator.itemgetter(0)
+_row_key = operator.itemgetter(3)
 
 
 def plan_query(query: object) -> Plan:
@@ -161,12 +165,18 @@ class ScanStatement:
         made in Python.
     @ivar window_in_sql: skip and limit (if any) are in the SQL; otherwise
         they apply in Python after the residual matcher.
+    @ivar fallback: for a L{sqlquery.top_rows_statement} (the first C{skip
+        + limit} rows of a descending sort, each with its key, unordered:
+        they are ordered and skipped in Python), the read to run instead
+        when it returns no row or more than L{sqlquery.TOP_ROWS_CHARS} of
+        text; else None.
     """
 
     sql: str
     params: tuple[Any, ...]
     whole: bool
     window_in_sql: bool
+    fallback: ScanStatement | None = None
 
 
 #: Documents per blob of L{grouphash.hash_blobs}: a blob holds a record of
@@ -409,6 +419,29 @@ class Reader:
                         charge(text_size(text))
                     yield _id, version, text, doc
             return
+        if statement.fallback is not None:
+            # The rows are held to be ordered: past TOP_ROWS_CHARS of text,
+            # the sorted statement streams them instead.
+            top: list[Any] = []
+            chars = 0
+            for row in self.conn.execute(statement.sql, statement.params):
+                chars += len(row[2])
+                if chars > sqlquery.TOP_ROWS_CHARS:
+                    break
+                top.append(row)
+            else:
+                if top:
+                    # Key descending, then ascending _id (stable sorts).
+                    top.sort(key=_row_id)
+                    top.sort(key=_row_key, reverse=True)
+                    for _id, version, text, _ in top[skip or 0 :]:
+                        check()
+                        if charge is not None:
+                            charge(text_size(text))
+                        yield _id, version, text, None
+                    return
+            del top
+            statement = statement.fallback
         if plan.exact:
             for _id, version, text in self.conn.execute(statement.sql, statement.params):
                 check()
@@ -451,9 +484,32 @@ class Reader:
         and C{limit} in SQL when the plan is exact (else the residual
         matcher runs first and they are applied in Python). Without sort,
         skip or limit the statement is fetched in one step (see
-        L{_all_selected}) and sorted by C{_id} in Python.
+        L{_all_selected}) and sorted by C{_id} in Python. A limited
+        descending sort that L{sqlquery.top_rows_column} suits runs
+        L{sqlquery.top_rows_statement} (see L{ScanStatement.fallback}).
+        The statement is kept with the plan (small reads reuse their plans).
         """
-        sql = f"SELECT _id, _version, {store.DOC_TEXT} AS doc FROM {info.tbl}"
+        shape = (info.tbl, spec, skip, limit, index_arrays)
+        kept = plan.statements
+        statement: ScanStatement | None = kept.get(shape)
+        if statement is None:
+            statement = self._scan_statement(info, plan, spec, skip, limit, index_arrays)
+            if len(kept) >= PLAN_STATEMENTS:
+                kept.clear()
+            kept[shape] = statement
+        return statement
+
+    def _scan_statement(
+        self,
+        info: CollectionInfo,
+        plan: Plan,
+        spec: SortSpec | None,
+        skip: int | None,
+        limit: int | None,
+        index_arrays: bool,
+    ) -> ScanStatement:
+        select = f"_id, _version, {store.DOC_TEXT} AS doc"
+        sql = f"SELECT {select} FROM {info.tbl}"
         if plan.where != "1":
             sql += f" WHERE {plan.where}"
         params = plan.params
@@ -463,7 +519,12 @@ class Reader:
         if plan.exact and (limit is not None or skip):
             sql += " LIMIT ? OFFSET ?"
             params = params + (-1 if limit is None else limit, skip or 0)
-        return ScanStatement(sql, params, whole=False, window_in_sql=plan.exact)
+        statement = ScanStatement(sql, params, whole=False, window_in_sql=plan.exact)
+        column = sqlquery.top_rows_column(spec, plan, index_arrays=index_arrays)
+        if column is not None and limit is not None and (skip or 0) + limit <= sqlquery.TOP_ROWS_MAX:
+            top_sql, top_params = sqlquery.top_rows_statement(select, info.tbl, plan, column, (skip or 0) + limit)
+            return ScanStatement(top_sql, top_params, whole=False, window_in_sql=True, fallback=statement)
+        return statement
 
     def count_statement(self, info: CollectionInfo, plan: Plan) -> tuple[str, tuple[Any, ...]]:
         """

@@ -78,6 +78,8 @@ class Plan:
     matcher: Matcher
     columns: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
     """The key columns the plan was compiled against (for L{order_by})."""
+    statements: dict[Any, Any] = attrs.field(factory=dict, eq=False, repr=False)
+    """The read statements built over the plan, by shape (kept by L{oxidb.engine.reads.Reader.scan_statement})."""
 
     def accepts(self, doc: dict[str, Any]) -> bool:
         """The residual test for a row the condition selected."""
@@ -320,6 +322,73 @@ def order_by(spec: SortSpec | None, *, index_arrays: bool = True, columns: Mappi
 
     terms = [key(path) + (" DESC" if direction == -1 else "") for path, direction in spec]
     return "ORDER BY " + ", ".join(terms) + ", _id"
+
+
+#: The most rows (C{skip + limit}) a L{top_rows_statement} read takes.
+TOP_ROWS_MAX = 1000
+
+#: The most characters of document text a L{top_rows_statement} read holds
+#: to order them; a longer answer is read with the sorted statement, which
+#: streams.
+TOP_ROWS_CHARS = 1 << 20
+
+#: The most parameters of a condition a L{top_rows_statement} repeats.
+TOP_ROWS_PARAMS = 100
+
+
+def top_rows_column(spec: SortSpec | None, plan: Plan, *, index_arrays: bool = True) -> str | None:
+    """
+    The key column L{top_rows_statement} reads for C{spec} over C{plan}, if
+    it suits them: C{spec} sorts on one path, descending, that L{order_by}
+    reads from a key column, and the plan is exact and filters on that path
+    alone, if at all (with another path's condition SQLite may choose that
+    path's index, and the statement would then sort three times where
+    C{order_by} sorts once); else None.
+    """
+    if not spec or len(spec) != 1 or not plan.exact or len(plan.params) > TOP_ROWS_PARAMS:
+        return None
+    ((path, direction),) = spec
+    if direction != -1 or (index_arrays and any(ch in _DIGITS for ch in path)):
+        return None
+    column = plan.columns.get(path)
+    if column is None or not _only_path(plan.matcher.root, path):
+        return None
+    return column
+
+
+def _only_path(node: And | Or | FieldOp, path: str) -> bool:
+    """Does every condition under C{node} test C{path}?"""
+    if isinstance(node, FieldOp):
+        return node.path == path
+    return all(_only_path(child, path) for child in node.children)
+
+
+def top_rows_statement(select: str, tbl: str, plan: Plan, column: str, rows: int) -> tuple[str, tuple[Any, ...]]:
+    """
+    The first C{rows} rows of C{plan} in the order C{ORDER BY column DESC,
+    _id} without a sort: a single-column index runs C{(key, _id)}
+    ascending, so read backwards it breaks ties by descending C{_id}, and
+    that C{ORDER BY} makes SQLite sort every key's ties. Instead, with C{b}
+    the key of the C{rows}-th row (one read down the index), the statement
+    selects the rows keyed above C{b} (fewer than C{rows}), then the rows
+    keyed C{b} in ascending C{_id} (the index's own order), as many as make
+    C{rows}. C{select} lists the wanted columns; the statement adds the key
+    as the last one, and its rows come in no particular order: the caller
+    orders them by key (descending) then C{_id}. When the plan selects
+    fewer than C{rows} rows (or the C{rows}-th key is SQL C{NULL}), it
+    returns none. The plan must be exact.
+    """
+    where = "" if plan.where == _TRUE else f" AND ({plan.where})"
+    cond = "" if plan.where == _TRUE else f" WHERE {plan.where}"
+    above = f"{column} > (SELECT k FROM b){where}"
+    sql = (
+        f"WITH b(k) AS (SELECT {column} FROM {tbl}{cond} ORDER BY {column} DESC LIMIT 1 OFFSET ?) "
+        f"SELECT {select}, {column} FROM {tbl} WHERE {above} "
+        f"UNION ALL SELECT * FROM (SELECT {select}, {column} FROM {tbl} WHERE {column} = (SELECT k FROM b){where} "
+        f"ORDER BY _id LIMIT ? - (SELECT count(*) FROM {tbl} WHERE {above}))"
+    )
+    params = plan.params
+    return sql, (*params, rows - 1, *params, *params, rows, *params)
 
 
 #: A document's compact JSON text is at most this many times longer than its
