@@ -378,16 +378,21 @@ def throughput(kind: str, address: Any, op: str, connections: int, seconds: floa
     return total / seconds
 
 
+#: C{(label, workload, connections, goal)}: issue 17's goal against PostgreSQL.
 READS = [
-    ("indexed eq find, 1 conn", "eq", 1),
-    ("indexed eq find, 16 conns", "eq", 16),
-    ("indexed range find, 1 conn", "range", 1),
-    ("indexed range find, 16 conns", "range", 16),
-    ("unindexed scan, 1 conn", "scan", 1),
-    ("sort + limit 10 (indexed)", "sort_limit", 1),
-    ("count (indexed range)", "count", 1),
-    ("$group $sum/$avg", "group", 1),
+    ("indexed eq find, 1 conn", "eq", 1, ">= 1.5"),
+    ("indexed eq find, 16 conns", "eq", 16, ">= 1.2"),
+    ("indexed range find, 1 conn", "range", 1, ">= 1.5"),
+    ("indexed range find, 16 conns", "range", 16, ">= 1.2"),
+    ("unindexed scan, 1 conn", "scan", 1, ">= 1.0"),
+    ("sort + limit 10 (indexed)", "sort_limit", 1, ">= 1.0"),
+    ("count (indexed range)", "count", 1, ""),
+    ("$group $sum/$avg", "group", 1, ">= 1.0"),
 ]
+
+#: Issue 17's goal for bulk insert against raw SQLite in-process. The
+#: official client has one batch in flight; ours keeps two (the goal's row).
+SQLITE_INSERT_GOAL = ">= 0.8"
 
 
 Row = tuple[str, str, float, float, str]
@@ -411,8 +416,14 @@ def run_inserts(docs: list[dict[str, Any]]) -> tuple[list[Row], tuple[float, flo
             ox.wait()
     n = len(docs)
     rows: list[Row] = [
-        ("bulk insert (docs/s)", "sqlite3 in-process", n / sqlite_s, n / ox_s, ">= 0.5"),
-        ("bulk insert, oxidb client pipelined (docs/s)", "sqlite3 in-process", n / sqlite_s, n / piped_s, ">= 0.8"),
+        ("bulk insert (docs/s)", "sqlite3 in-process", n / sqlite_s, n / ox_s, ""),
+        (
+            "bulk insert, oxidb client pipelined (docs/s)",
+            "sqlite3 in-process",
+            n / sqlite_s,
+            n / piped_s,
+            SQLITE_INSERT_GOAL,
+        ),
     ]
     return rows, memory
 
@@ -438,24 +449,23 @@ def run_once(docs: list[dict[str, Any]], seconds: float) -> tuple[list[Row], tup
             pg_s = bulk_insert(pgt, docs)
             pgt.conn.execute("VACUUM ANALYZE bench")
             n = len(docs)
-            rows.append(("bulk insert (docs/s)", "sqlite3 in-process", n / sqlite_s, n / ox_s, ">= 0.5"))
+            rows.append(("bulk insert (docs/s)", "sqlite3 in-process", n / sqlite_s, n / ox_s, ""))
             rows.append(
                 (
                     "bulk insert, oxidb client pipelined (docs/s)",
                     "sqlite3 in-process",
                     n / sqlite_s,
                     n / piped_s,
-                    ">= 0.8",
+                    SQLITE_INSERT_GOAL,
                 )
             )
             rows.append(("bulk insert (docs/s)", "postgres", n / pg_s, n / ox_s, ">= 1.5"))
             oxt.close()
             pgt.close()
             found: dict[str, float] = {}
-            for label, op, connections in READS:
+            for label, op, connections, goal in READS:
                 p = throughput("postgres", dsn, op, connections, seconds)
                 o = throughput("oxidb", ox_port, op, connections, seconds)
-                goal = ">= 1.0" if op in ("eq", "range") else ""
                 rows.append((label + " (ops/s)", "postgres", p, o, goal))
                 found[f"{op}/{connections}"] = p
             rows.extend(client_ceiling(ox_port, found, seconds, tmp))
@@ -481,7 +491,7 @@ def client_ceiling(ox_port: int, pg: dict[str, float], seconds: float, directory
         replies = {op: json.dumps({"ok": True, "data": client.find("bench", q)}).encode() for op, q in ops.items()}
     finally:
         client.close()
-    for label, op, connections in READS:
+    for label, op, connections, _ in READS:
         if op not in replies:
             continue
         port = free_port()
