@@ -269,12 +269,7 @@ class Client(CommandMethods):
         except OSError as e:
             raise _Lost(f"send failed: {e}", sent=False) from None
         while True:
-            try:
-                data = self._sock.recv(65536)
-            except OSError as e:
-                raise _Lost(f"receive failed: {e}", sent=True) from None
-            if not data:
-                raise _Lost("connection closed by the server", sent=True)
+            data = self._recv()
             replies = self._core.receive(data)
             if replies:
                 return replies[0]
@@ -375,12 +370,7 @@ class Client(CommandMethods):
         """Read until at least one reply is complete."""
         assert self._sock is not None
         while True:
-            try:
-                data = self._sock.recv(65536)
-            except OSError as e:
-                raise _Lost(f"receive failed: {e}", sent=True) from None
-            if not data:
-                raise _Lost("connection closed by the server", sent=True)
+            data = self._recv()
             try:
                 replies = self._core.receive(data)
             except ClientError as e:
@@ -456,6 +446,10 @@ class Client(CommandMethods):
                     pass
 
     def _receive_events(self) -> None:
+        self._core.receive(self._recv())
+
+    def _recv(self) -> bytes:
+        """The next bytes from the server (L{_Lost} if the connection failed or closed)."""
         assert self._sock is not None
         try:
             data = self._sock.recv(65536)
@@ -463,7 +457,7 @@ class Client(CommandMethods):
             raise _Lost(f"receive failed: {e}", sent=True) from None
         if not data:
             raise _Lost("connection closed by the server", sent=True)
-        self._core.receive(data)
+        return data
 
     def command(self, cmd: str, **fields: Any) -> Any:
         """C{request({"cmd": cmd, **fields})}."""
