@@ -14,7 +14,7 @@ import attrs
 import pytest
 
 from oxidb.engine import aggregate as aggregate_module
-from oxidb.engine import blobs
+from oxidb.engine import blobs, grouphash
 from oxidb.engine.engine import Engine
 from oxidb.engine.governor import DEFAULT_LIMITS, Budget, Deadline, InlineDeadline, QueryLimits, time_limit_ms
 from oxidb.engine.matcher import compile_query
@@ -193,6 +193,47 @@ def test_reads_stop_at_the_time_limit(
     # at the end of the 1000 documents.
     assert clock.reads <= 52
     # The worker's connection is free again: the next read works.
+    assert engine.find_one("c", {"_id": 7}) is not None
+
+
+@pytest.mark.parametrize(
+    "pipeline, hashed_by",
+    [
+        # The C hash aggregate over one cursor (a $match first) and over the
+        # blobs SQLite packs (no $match, the key indexed).
+        ([{"$match": {"k": {"$gte": 0}}}, {"$group": {"_id": "$s", "n": {"$sum": 1}}}], "hash_rows"),
+        ([{"$group": {"_id": "$s", "n": {"$sum": 1}}}], "hash_blobs"),
+    ],
+)
+def test_hashed_group_stops_at_the_time_limit(
+    make_engine: Callable[..., Engine],
+    monkeypatch: pytest.MonkeyPatch,
+    pipeline: list[dict[str, Any]],
+    hashed_by: str,
+) -> None:
+    # A limit the statements before the hash (counts, the numeric-key check:
+    # about 50 reads of the clock) leave room in, and the hash's scan (over
+    # a thousand reads) does not.
+    clock = FakeClock()
+    engine = make_engine(limits=limits(max_time_ms=200), clock=clock, progress_steps=100)
+    insert(engine, "c", [{"k": i, "s": f"abc {i}"} for i in range(1000)])
+    engine.apply({"CreateIndex": {"collection": "c", "field": "s"}}, 0.0)
+    entered: list[int] = []
+    built = getattr(grouphash, hashed_by)
+    if built is not None:
+
+        def recording(*args: Any) -> Any:
+            entered.append(clock.reads)
+            return built(*args)
+
+        monkeypatch.setattr(grouphash, hashed_by, recording)
+    clock.reads = 0
+    with pytest.raises(TimeLimitError, match="of 200 ms$"):
+        engine.aggregate("c", pipeline)
+    assert clock.reads <= 202
+    if built is not None:
+        # The limit struck inside the hash aggregate's scan.
+        assert len(entered) == 1 and entered[0] < 200
     assert engine.find_one("c", {"_id": 7}) is not None
 
 
