@@ -608,14 +608,11 @@ class OxiServerProtocol(Protocol):
         reply (watch mode). Called in L{_run}'s turn (this connection is
         L{current_owner}).
         """
-        ahead = self._ahead
-        if ahead is not None and ahead[0] is not payload:
-            self._drop_ahead()
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and (ahead[0] is not payload or self.session.watch is not None):
+            ahead[1].addErrback(_ignore)  # decoded for a request that will not use it
             ahead = None
-        self._ahead = None
         if self.session.watch is not None:
-            if ahead is not None:
-                ahead[1].addErrback(_ignore)
             return self._watch_frame(payload)
         if len(payload) > OFFLOAD_BYTES:
             d = ahead[1] if ahead is not None else self.factory.offload(self, decode_large, payload)
