@@ -167,7 +167,7 @@ def test_a_fatal_error_in_a_run_fails_its_transaction(tmp_path: Any, monkeypatch
         assert [d["n"] for d in engine.find("c")] == [0, 1, 2, 3]
 
 
-def test_text_and_vector_indexed_collections_insert_one_by_one(tmp_path: Any) -> None:
+def test_text_and_vector_indexed_collections_insert_one_by_one(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     payloads: list[dict[str, Any]] = [
         {"CreateTextIndex": {"collection": "t", "fields": ["s"]}},
         {"CreateVectorIndex": {"collection": "v", "field": "e", "dimension": 2, "metric": "cosine"}},
@@ -177,11 +177,22 @@ def test_text_and_vector_indexed_collections_insert_one_by_one(tmp_path: Any) ->
     for i in range(6):
         payloads.append({"Insert": {"collection": "v", "document": {"e": [1.0, float(i)] if i != 3 else "bad"}}})
     expected, _, oracle = _one_by_one(str(tmp_path / "oracle"), payloads)
+    tried: list[int] = []
+    apply_run = Engine._apply_run
+
+    def counting(self: Engine, ops: list[Any], each: Any) -> Any:
+        tried.append(len(ops))
+        return apply_run(self, ops, each)
+
+    monkeypatch.setattr(Engine, "_apply_run", counting)
     with oracle, Engine(str(tmp_path / "run"), synchronous="OFF") as engine:
         outcomes = engine.submit_many(_items(engine, payloads)).result(WAIT)
         assert [_comparable(o) for o in outcomes] == expected
         assert _state(engine) == _state(oracle)
         assert engine.text_search("t", "common", 10) == oracle.text_search("t", "common", 10)
+    # Each collection's run is offered once; declined, it goes one by one to
+    # its end (not offered again from each later insert).
+    assert tried == [6, 6]
 
 
 # --- kill -9 between the transactions of one run ------------------------------------

@@ -325,6 +325,9 @@ class Writer:
             return None
         try:
             at = 0
+            # A run the applier declined or failed goes one by one to its end
+            # (not tried again from each of its later operations).
+            single_until = 0
             while at < len(pendings):
                 pending = pendings[at]
                 if pending.raft_index is not None and pending.raft_index <= txn.last_applied:
@@ -332,7 +335,7 @@ class Writer:
                     outcomes.append((True, None))
                     at += 1
                     continue
-                if run_key is not None:
+                if run_key is not None and at >= single_until:
                     end = self._run_end(pendings, at)
                     if end - at > 1:
                         run = self._apply_run_of(pendings[at:end], txn)
@@ -340,6 +343,7 @@ class Writer:
                             outcomes.extend(run)
                             at = end
                             continue
+                        single_until = end
                 if recorder is not None:
                     recorder.begin()
                 outcome = self._apply_one(pending)
