@@ -267,6 +267,14 @@ def make_protocol(server: MemoryServer) -> tuple[Any, StringTransport]:
     return protocol, transport
 
 
+def counting_protocol(server: MemoryServer, pause_above: int | None = None) -> tuple[Any, CountingTransport]:
+    """A connection of C{server} on a L{CountingTransport}."""
+    protocol = server.factory.buildProtocol(None)
+    transport = CountingTransport(pause_above)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
 def test_reading_pauses_when_too_many_requests_are_queued(server: MemoryServer) -> None:
     pending = add_slow_command(server)
     protocol, transport = make_protocol(server)
@@ -317,9 +325,7 @@ def replies_of(data: bytes) -> list[Any]:
 
 
 def test_the_replies_of_one_read_are_written_at_once(server: MemoryServer) -> None:
-    protocol = server.factory.buildProtocol(None)
-    transport = CountingTransport()
-    protocol.makeConnection(transport)
+    protocol, transport = counting_protocol(server)
     protocol.dataReceived(b"".join(frame({"cmd": "ping" if i % 3 else "nope"}) for i in range(32)))
     assert len(transport.writes) == 1
     assert replies_of(transport.value()) == [
@@ -330,9 +336,7 @@ def test_the_replies_of_one_read_are_written_at_once(server: MemoryServer) -> No
 
 def test_batched_replies_go_out_before_a_pending_one(server: MemoryServer) -> None:
     pending = add_slow_command(server)
-    protocol = server.factory.buildProtocol(None)
-    transport = CountingTransport()
-    protocol.makeConnection(transport)
+    protocol, transport = counting_protocol(server)
     protocol.dataReceived(frame({"cmd": "ping"}) * 3 + frame({"cmd": "slow"}) + frame({"cmd": "ping"}) * 2)
     assert replies_of(transport.value()) == [{"ok": True, "data": "pong"}] * 3
     pending[0].callback("done")
@@ -345,9 +349,7 @@ def test_batched_replies_go_out_before_a_pending_one(server: MemoryServer) -> No
 def test_a_batch_is_written_by_64_kib_and_a_pause_stops_the_turn(server: MemoryServer) -> None:
     """Replies of about 10 KiB: a write every 64 KiB; a transport that is full stops further requests."""
     server.add_command(Command("blob", lambda ctx, request: "x" * 10_000))
-    protocol = server.factory.buildProtocol(None)
-    transport = CountingTransport(pause_above=100_000)
-    protocol.makeConnection(transport)
+    protocol, transport = counting_protocol(server, pause_above=100_000)
     protocol.dataReceived(frame({"cmd": "blob"}) * 40)
     # Seven replies make a batch past 64 KiB; the second batch fills the transport.
     assert transport.writes == [7 * 10_025, 7 * 10_025]
@@ -361,9 +363,7 @@ def test_a_batch_is_written_by_64_kib_and_a_pause_stops_the_turn(server: MemoryS
 
 def test_a_large_reply_is_written_on_its_own_after_the_batch(server: MemoryServer) -> None:
     server.add_command(Command("big", lambda ctx, request: "y" * 20_000))
-    protocol = server.factory.buildProtocol(None)
-    transport = CountingTransport()
-    protocol.makeConnection(transport)
+    protocol, transport = counting_protocol(server)
     protocol.dataReceived(frame({"cmd": "ping"}) * 2 + frame({"cmd": "big"}) + frame({"cmd": "ping"}))
     answers = replies_of(transport.value())
     assert [a["data"][:1] for a in answers] == ["p", "p", "y", "p"]
@@ -472,9 +472,7 @@ def test_pool_work_of_a_turn_belongs_to_the_connection_and_only_during_it(server
 
     server.add_command(Command("owner", owner))
     server.add_command(Command("broken", broken))
-    protocol = server.factory.buildProtocol(None)
-    transport = CountingTransport()
-    protocol.makeConnection(transport)
+    protocol, transport = counting_protocol(server)
     protocol.dataReceived(frame({"cmd": "owner"}) + frame({"cmd": "broken"}) + frame({"cmd": "owner"}))
     assert seen == [protocol, protocol]
     assert current_owner.get() is None
@@ -490,9 +488,7 @@ def test_a_fired_deferred_is_answered_in_the_same_turn(server: MemoryServer) -> 
     server.add_command(Command("fired", lambda ctx, request: succeed({"n": 1})))
     server.add_command(Command("failed", lambda ctx, request: fail(BadRequestError("no"))))
     pending = add_slow_command(server)
-    protocol = server.factory.buildProtocol(None)
-    transport = CountingTransport()
-    protocol.makeConnection(transport)
+    protocol, transport = counting_protocol(server)
     protocol.dataReceived(frame({"cmd": "fired"}) + frame({"cmd": "failed"}) + frame({"cmd": "slow"}))
     assert replies_of(transport.value()) == [{"ok": True, "data": {"n": 1}}, {"ok": False, "error": "no"}]
     assert len(transport.writes) == 1
@@ -541,9 +537,7 @@ def test_the_next_large_frame_is_decoded_while_a_request_executes(server: Memory
 
     pending = add_slow_command(server)
     pool = ScriptedPool(server)
-    protocol = server.factory.buildProtocol(None)
-    transport = CountingTransport()
-    protocol.makeConnection(transport)
+    protocol, transport = counting_protocol(server)
     protocol.dataReceived(frame({"cmd": "slow"}) + large_ping(1))
     # slow executes; the frame behind it is decoded ahead, and nothing more runs.
     assert [fn for fn, _, _ in pool.jobs] == [decode_large]
@@ -570,9 +564,7 @@ def test_the_next_large_frame_is_decoded_while_a_request_executes(server: Memory
 def test_decoding_ahead_refused_by_a_full_pool_is_left_to_the_frames_turn(server: MemoryServer) -> None:
     pending = add_slow_command(server)
     pool = ScriptedPool(server, refuse=True)
-    protocol = server.factory.buildProtocol(None)
-    transport = CountingTransport()
-    protocol.makeConnection(transport)
+    protocol, transport = counting_protocol(server)
     protocol.dataReceived(frame({"cmd": "slow"}) + large_ping(1))
     pool.refuse = False
     pending[0].callback("done")
@@ -588,9 +580,7 @@ def test_a_frame_decoded_ahead_is_dropped_with_its_connection(server: MemoryServ
 
     pending = add_slow_command(server)
     pool = ScriptedPool(server)
-    protocol = server.factory.buildProtocol(None)
-    transport = CountingTransport()
-    protocol.makeConnection(transport)
+    protocol, transport = counting_protocol(server)
     protocol.dataReceived(frame({"cmd": "slow"}) + large_ping(1))
     protocol.connectionLost(Failure(ConnectionError("gone")))
     # The pool drops the work of a closed connection; nobody waits for it and nothing is logged as unhandled.
